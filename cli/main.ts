@@ -1,0 +1,52 @@
+/**
+ * clonebox command line. Parses arguments and renders output; the work happens in src/. Command
+ * modules import their heavy dependencies inside the action so that startup stays fast.
+ */
+import { Command, CommanderError } from 'commander';
+import { reportError } from './output.js';
+import { usageError } from '../src/errors.js';
+import { registerImage } from './commands/image.js';
+import { registerVm } from './commands/vm.js';
+
+export function buildProgram(): Command {
+  const program = new Command();
+  program
+    .name('clonebox')
+    .description('VM disk snapshots on qcow2: snapshot trees, deduplicated bundles, team sync')
+    .version('0.1.0')
+    .option('--home <dir>', 'state directory (default: $CLONEBOX_HOME or ~/.clonebox)')
+    .showHelpAfterError(false)
+    .configureOutput({
+      writeErr: () => undefined, // usage errors are printed by main() in the contract's format
+    })
+    .exitOverride();
+  registerVm(program);
+  registerImage(program);
+  // Usage errors in subcommands must reach main() too, not exit inside commander.
+  const walk = (c: Command) => {
+    c.exitOverride();
+    c.configureOutput({ writeErr: () => undefined });
+    c.commands.forEach(walk);
+  };
+  program.commands.forEach(walk);
+  return program;
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  const json = argv.includes('--json');
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') {
+        process.exitCode = 0;
+        return;
+      }
+      const msg = err.message.replace(/^error: /, '');
+      process.exitCode = reportError(usageError(msg, 'see `clonebox --help`'), json);
+      return;
+    }
+    process.exitCode = reportError(err, json);
+  }
+}

@@ -1,0 +1,36 @@
+/** Parsing and validation of user-given names and sizes (contract: "Conventions"). */
+import { CloneboxError } from './errors.js';
+
+export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function checkName(kind: 'VM' | 'snapshot' | 'team' | 'workstation', name: string): string {
+  if (!NAME_RE.test(name) || name === '.' || name === '..') {
+    throw new CloneboxError('BAD_NAME', `invalid ${kind} name ${JSON.stringify(name)}`, {
+      exitCode: 2,
+      hint: 'names start with a letter or digit and use only letters, digits, ".", "_" and "-" (at most 128)',
+    });
+  }
+  return name;
+}
+
+const UNITS: Record<string, number> = { '': 1, B: 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40, P: 2 ** 50 };
+
+/** "512M", "20G", "1048576", "1.5G" (binary units, optional trailing "iB"/"B"). */
+export function parseSize(text: string, what = 'size'): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$/i.exec(text);
+  if (!m) throw new CloneboxError('BAD_SIZE', `invalid ${what} ${JSON.stringify(text)}`, { exitCode: 2, hint: 'use bytes or a K/M/G/T suffix, e.g. 512M or 20G' });
+  const n = Number(m[1]) * UNITS[m[2]!.toUpperCase()]!;
+  if (!Number.isFinite(n) || n > Number.MAX_SAFE_INTEGER) throw new CloneboxError('BAD_SIZE', `${what} ${text} is too large`, { exitCode: 2 });
+  return Math.round(n);
+}
+
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB', 'PiB'];
+  let i = 0;
+  let v = n;
+  while (v >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${n} B` : `${v.toFixed(v >= 100 ? 0 : v >= 10 ? 1 : 2)} ${units[i]}`;
+}

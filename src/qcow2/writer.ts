@@ -1,0 +1,358 @@
+/**
+ * Native qcow2 v3 writer for new images (snapshot overlays, merged layers, imported layers).
+ *
+ * Layout it produces:
+ *
+ *   cluster 0          header (112 bytes), extensions (backing format, end), backing file name
+ *   clusters 1..n      L1 table (sized for the virtual size)
+ *   then, in order     data clusters and L2 tables, appended as the caller writes
+ *   at finish()        refcount blocks, then the refcount table, all refcounts = 1
+ *
+ * Every cluster is referenced exactly once, so COPIED flags are set on every L1 and data L2 entry and
+ * `qemu-img check` finds no leaks. The image is written under a temporary name in the target directory
+ * and renamed into place only after fsync, so a crash never leaves a half-written image at `path`.
+ */
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { CloneboxError, ioError } from '../errors.js';
+import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
+import { fsyncDir } from '../store/fsutil.js';
+
+export interface CreateOptions {
+  virtualSize: number;
+  /** Power of two from 512 B to 2 MiB; default 64 KiB. */
+  clusterSize?: number;
+  /** Stored as given: pass a path relative to the new image's directory so layers can move together. */
+  backingFile?: string | null;
+  backingFormat?: 'qcow2' | 'raw' | null;
+}
+
+const HEADER_LENGTH = 112;
+const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
+/** Contiguous data is gathered up to this size before one write() call. */
+const WRITE_BATCH = 4 * 1024 * 1024;
+/** Bytes of L2 tables kept in memory; older ones are written back and re-read if needed again. */
+const L2_CACHE_BYTES = 16 * 1024 * 1024;
+
+export class Qcow2Writer {
+  readonly path: string;
+  readonly tmpPath: string;
+  readonly clusterSize: number;
+  readonly virtualSize: number;
+  private readonly l2Entries: number;
+  private readonly fh: FileHandle;
+  private readonly l1: BigUint64Array;
+  private readonly l1Offset: number;
+  /** Next free host offset (the file only grows). */
+  private next: number;
+  private readonly l2Cache = new Map<number, { buf: Buffer; host: number; dirty: boolean }>();
+  private readonly l2CacheMax: number;
+  private batch: { host: number; bufs: Buffer[]; bytes: number } | null = null;
+  private finished = false;
+  /** Bytes of guest data written (data clusters only), for reports. */
+  dataBytes = 0;
+
+  private constructor(p: string, tmp: string, fh: FileHandle, clusterSize: number, virtualSize: number, l1Size: number, l1Offset: number, next: number) {
+    this.path = p;
+    this.tmpPath = tmp;
+    this.fh = fh;
+    this.clusterSize = clusterSize;
+    this.virtualSize = virtualSize;
+    this.l2Entries = clusterSize / 8;
+    this.l1 = new BigUint64Array(l1Size);
+    this.l1Offset = l1Offset;
+    this.next = next;
+    this.l2CacheMax = Math.max(2, Math.floor(L2_CACHE_BYTES / clusterSize));
+  }
+
+  static async create(file: string, opts: CreateOptions): Promise<Qcow2Writer> {
+    const abs = path.resolve(file);
+    const cs = opts.clusterSize ?? 65536;
+    if (!Number.isInteger(cs) || cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
+      throw new CloneboxError('BAD_SIZE', `cluster size must be a power of two from 512 to 2M, got ${cs}`, { exitCode: 2 });
+    }
+    const vs = opts.virtualSize;
+    if (!Number.isSafeInteger(vs) || vs < 0 || BigInt(vs) > MAX_VIRTUAL_SIZE) {
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is out of range`, { exitCode: 2 });
+    }
+    const backing = opts.backingFile ?? null;
+    if (backing !== null && Buffer.byteLength(backing) > MAX_BACKING_FILE_NAME) {
+      throw new CloneboxError('USAGE', `backing file name is longer than ${MAX_BACKING_FILE_NAME} bytes, ${backing}`, { exitCode: 2 });
+    }
+    const l2Coverage = (cs / 8) * cs;
+    const l1Size = Math.ceil(vs / l2Coverage);
+    if (l1Size * 8 > MAX_L1_BYTES) {
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} needs an L1 table above 32 MiB with ${cs}-byte clusters; use a larger cluster size`, { exitCode: 2 });
+    }
+    const header = buildHeader(cs, vs, l1Size, backing, opts.backingFormat ?? (backing ? 'qcow2' : null));
+    const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
+    const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    let fh: FileHandle;
+    try {
+      fh = await open(tmp, 'wx+', 0o644);
+    } catch (err) {
+      throw ioError(err, 'cannot create image', tmp);
+    }
+    const w = new Qcow2Writer(abs, tmp, fh, cs, vs, l1Size, cs, cs * (1 + l1Clusters));
+    try {
+      await w.pwrite(header, 0);
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
+    return w;
+  }
+
+  private async pwrite(buf: Buffer, pos: number): Promise<void> {
+    let done = 0;
+    while (done < buf.length) {
+      try {
+        const { bytesWritten } = await this.fh.write(buf, done, buf.length - done, pos + done);
+        done += bytesWritten;
+      } catch (err) {
+        throw ioError(err, 'cannot write image', this.tmpPath);
+      }
+    }
+  }
+
+  private async flushBatch(): Promise<void> {
+    const b = this.batch;
+    if (!b) return;
+    this.batch = null;
+    await this.pwrite(b.bufs.length === 1 ? b.bufs[0]! : Buffer.concat(b.bufs, b.bytes), b.host);
+  }
+
+  /** Allocates a cluster at the end of the file (its bytes are written by the caller). */
+  private allocCluster(): number {
+    const host = this.next;
+    this.next += this.clusterSize;
+    return host;
+  }
+
+  private async l2For(guest: number, create: boolean): Promise<{ buf: Buffer; host: number; dirty: boolean } | null> {
+    const l1i = Math.floor(guest / (this.l2Entries * this.clusterSize));
+    const existing = this.l1[l1i]!;
+    if (existing === 0n && !create) return null;
+    let host = Number(existing & 0x00fffffffffffe00n);
+    let hit = host ? this.l2Cache.get(host) : undefined;
+    if (hit) {
+      this.l2Cache.delete(host);
+      this.l2Cache.set(host, hit);
+      return hit;
+    }
+    if (this.l2Cache.size >= this.l2CacheMax) await this.evictL2();
+    if (host === 0) {
+      await this.flushBatch();
+      host = this.allocCluster();
+      this.l1[l1i] = BigInt(host) | L2E_COPIED;
+      hit = { buf: Buffer.alloc(this.clusterSize), host, dirty: true };
+    } else {
+      await this.flushBatch();
+      const buf = Buffer.alloc(this.clusterSize);
+      await this.fh.read(buf, 0, this.clusterSize, host);
+      hit = { buf, host, dirty: false };
+    }
+    this.l2Cache.set(host, hit);
+    return hit;
+  }
+
+  private async evictL2(): Promise<void> {
+    const [host, t] = this.l2Cache.entries().next().value!;
+    this.l2Cache.delete(host);
+    if (t.dirty) {
+      await this.flushBatch();
+      await this.pwrite(t.buf, t.host);
+    }
+  }
+
+  private checkRange(guest: number, length: number): void {
+    if (this.finished) throw new CloneboxError('INTERNAL', `image already finished, ${this.path}`);
+    if (guest % this.clusterSize !== 0 || guest < 0) {
+      throw new CloneboxError('INTERNAL', `write at ${guest} is not cluster aligned (${this.clusterSize}), ${this.path}`);
+    }
+    if (guest + length > this.virtualSize && guest + length - this.virtualSize >= this.clusterSize) {
+      throw new CloneboxError('INTERNAL', `write of ${length} bytes at ${guest} is past the virtual size ${this.virtualSize}, ${this.path}`);
+    }
+  }
+
+  /**
+   * Writes guest data at a cluster-aligned offset. The length must be a whole number of clusters, except
+   * that the final cluster of the disk may be short (it is zero-padded on disk).
+   */
+  async write(guest: number, data: Buffer): Promise<void> {
+    this.checkRange(guest, data.length);
+    const cs = this.clusterSize;
+    for (let off = 0; off < data.length; off += cs) {
+      let chunk = data.subarray(off, Math.min(off + cs, data.length));
+      if (chunk.length < cs) {
+        if (guest + off + chunk.length < this.virtualSize) {
+          throw new CloneboxError('INTERNAL', `partial cluster write at ${guest + off}, ${this.path}`);
+        }
+        const padded = Buffer.alloc(cs);
+        chunk.copy(padded);
+        chunk = padded;
+      }
+      await this.writeCluster(guest + off, chunk);
+    }
+  }
+
+  private async writeCluster(guest: number, chunk: Buffer): Promise<void> {
+    const l2 = (await this.l2For(guest, true))!;
+    const l2i = Math.floor(guest / this.clusterSize) % this.l2Entries;
+    const old = l2.buf.readBigUInt64BE(l2i * 8);
+    const oldHost = Number(old & 0x00fffffffffffe00n);
+    this.dataBytes += chunk.length;
+    if (oldHost !== 0) {
+      // Rewriting a cluster: reuse its host cluster, keep the entry (clear a zero flag if any).
+      await this.flushBatch();
+      await this.pwrite(chunk, oldHost);
+      if (old & 1n) {
+        l2.buf.writeBigUInt64BE(BigInt(oldHost) | L2E_COPIED, l2i * 8);
+        l2.dirty = true;
+      }
+      return;
+    }
+    const host = this.allocCluster();
+    l2.buf.writeBigUInt64BE(BigInt(host) | L2E_COPIED, l2i * 8);
+    l2.dirty = true;
+    if (this.batch && this.batch.host + this.batch.bytes === host && this.batch.bytes < WRITE_BATCH) {
+      // The caller may reuse its buffer after we return, so keep a copy only when batching.
+      this.batch.bufs.push(Buffer.from(chunk));
+      this.batch.bytes += chunk.length;
+    } else {
+      await this.flushBatch();
+      this.batch = { host, bufs: [Buffer.from(chunk)], bytes: chunk.length };
+    }
+    if (this.batch!.bytes >= WRITE_BATCH) await this.flushBatch();
+  }
+
+  /**
+   * Marks a cluster-aligned range as reading zeros (v3 zero clusters, no host space). A previously
+   * written cluster in the range becomes a preallocated zero cluster, which QEMU accepts.
+   */
+  async writeZero(guest: number, length: number): Promise<void> {
+    this.checkRange(guest, length);
+    const cs = this.clusterSize;
+    const end = guest + length;
+    for (let g = guest; g < end; g += cs) {
+      const l2 = (await this.l2For(g, true))!;
+      const l2i = Math.floor(g / cs) % this.l2Entries;
+      const old = l2.buf.readBigUInt64BE(l2i * 8);
+      const oldHost = old & 0x00fffffffffffe00n;
+      l2.buf.writeBigUInt64BE(oldHost === 0n ? 1n : oldHost | L2E_COPIED | 1n, l2i * 8);
+      l2.dirty = true;
+    }
+  }
+
+  /** Writes the L1 table and refcounts, fsyncs, and renames the image into place. */
+  async finish(): Promise<void> {
+    try {
+      await this.flushBatch();
+      for (const t of this.l2Cache.values()) if (t.dirty) await this.pwrite(t.buf, t.host);
+      this.l2Cache.clear();
+      const l1 = Buffer.alloc(this.l1.length * 8);
+      for (let i = 0; i < this.l1.length; i++) l1.writeBigUInt64BE(this.l1[i]!, i * 8);
+      if (l1.length) await this.pwrite(l1, this.l1Offset);
+      await this.writeRefcounts();
+      await this.fh.sync();
+      await this.fh.close();
+      this.finished = true;
+    } catch (err) {
+      await this.abort();
+      throw err;
+    }
+    try {
+      await rename(this.tmpPath, this.path);
+      await fsyncDir(path.dirname(this.path));
+    } catch (err) {
+      await unlink(this.tmpPath).catch(() => undefined);
+      throw ioError(err, 'cannot move image into place', this.path);
+    }
+  }
+
+  /**
+   * Every cluster below `next` is in use exactly once. The refcount blocks and table go after them; their
+   * own count depends on the total, so iterate to the fixed point (converges in two or three rounds).
+   */
+  private async writeRefcounts(): Promise<void> {
+    const cs = this.clusterSize;
+    const perBlock = (cs * 8) / (1 << REFCOUNT_ORDER);
+    const used = this.next / cs;
+    let blocks = 0;
+    let tableClusters = 0;
+    for (;;) {
+      const total = used + blocks + tableClusters;
+      const nb = Math.ceil(total / perBlock);
+      const nt = Math.ceil((nb * 8) / cs);
+      if (nb === blocks && nt === tableClusters) break;
+      blocks = nb;
+      tableClusters = nt;
+    }
+    const total = used + blocks + tableClusters;
+    const blocksAt = this.next;
+    const tableAt = blocksAt + blocks * cs;
+    // Refcount blocks: entries for clusters [0, total) are 1. Written block by block to bound memory.
+    const block = Buffer.alloc(cs);
+    for (let b = 0; b < blocks; b++) {
+      const first = b * perBlock;
+      const n = Math.min(perBlock, total - first);
+      block.fill(0);
+      for (let i = 0; i < n; i++) block.writeUInt16BE(1, i * 2);
+      await this.pwrite(block, blocksAt + b * cs);
+    }
+    const table = Buffer.alloc(tableClusters * cs);
+    for (let b = 0; b < blocks; b++) table.writeBigUInt64BE(BigInt(blocksAt + b * cs), b * 8);
+    await this.pwrite(table, tableAt);
+    this.next = tableAt + tableClusters * cs;
+    const hdr = Buffer.alloc(12);
+    hdr.writeBigUInt64BE(BigInt(tableAt), 0);
+    hdr.writeUInt32BE(tableClusters, 8);
+    await this.pwrite(hdr, 48);
+  }
+
+  /** Removes the temporary file; safe to call more than once. */
+  async abort(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    await this.fh.close().catch(() => undefined);
+    await unlink(this.tmpPath).catch(() => undefined);
+  }
+}
+
+function buildHeader(cs: number, vs: number, l1Size: number, backing: string | null, backingFormat: string | null): Buffer {
+  const buf = Buffer.alloc(cs);
+  buf.writeUInt32BE(QCOW2_MAGIC, 0);
+  buf.writeUInt32BE(3, 4);
+  buf.writeUInt32BE(Math.log2(cs), 20);
+  buf.writeBigUInt64BE(BigInt(vs), 24);
+  buf.writeUInt32BE(0, 32);
+  buf.writeUInt32BE(l1Size, 36);
+  buf.writeBigUInt64BE(BigInt(l1Size ? cs : 0), 40);
+  // refcount table offset/clusters are filled in by finish().
+  buf.writeBigUInt64BE(0n, 72); // incompatible
+  buf.writeBigUInt64BE(0n, 80); // compatible
+  buf.writeBigUInt64BE(0n, 88); // autoclear
+  buf.writeUInt32BE(REFCOUNT_ORDER, 96);
+  buf.writeUInt32BE(HEADER_LENGTH, 100);
+  buf.writeUInt8(0, 104); // compression type zlib
+  let off = HEADER_LENGTH;
+  if (backing !== null && backingFormat) {
+    const fmt = Buffer.from(backingFormat, 'utf8');
+    buf.writeUInt32BE(EXT_BACKING_FORMAT, off);
+    buf.writeUInt32BE(fmt.length, off + 4);
+    fmt.copy(buf, off + 8);
+    off += 8 + ((fmt.length + 7) & ~7);
+  }
+  buf.writeUInt32BE(0, off); // end of extensions
+  buf.writeUInt32BE(0, off + 4);
+  off += 8;
+  if (backing !== null) {
+    const name = Buffer.from(backing, 'utf8');
+    if (off + name.length > cs) throw new CloneboxError('USAGE', `backing file name does not fit in the header cluster, ${backing}`, { exitCode: 2 });
+    name.copy(buf, off);
+    buf.writeBigUInt64BE(BigInt(off), 8);
+    buf.writeUInt32BE(name.length, 16);
+  }
+  return buf;
+}

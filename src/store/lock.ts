@@ -1,0 +1,100 @@
+/**
+ * Per-VM advisory lock: a file created with O_EXCL holding the owner's pid and host. A holder that died
+ * (same host, pid gone) is taken over; a live holder makes us wait up to the timeout, then fail with
+ * VM_BUSY. Locks are released on exit paths by the caller (try/finally).
+ */
+import { open, readFile, unlink, rename } from 'node:fs/promises';
+import os from 'node:os';
+import { CloneboxError, ioError } from '../errors.js';
+import { tempPathFor } from './fsutil.js';
+
+export interface LockInfo {
+  pid: number;
+  host: string;
+  command: string;
+  since: string;
+}
+
+export interface Lock {
+  path: string;
+  release(): Promise<void>;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function lockWaitMs(): number {
+  const v = Number(process.env.CLONEBOX_LOCK_WAIT_MS);
+  return Number.isFinite(v) && v >= 0 ? v : 5000;
+}
+
+export async function acquireLock(file: string, what: string, command: string, waitMs = lockWaitMs()): Promise<Lock> {
+  const deadline = Date.now() + waitMs;
+  const info: LockInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString() };
+  for (;;) {
+    try {
+      const fh = await open(file, 'wx', 0o644);
+      await fh.writeFile(JSON.stringify(info));
+      await fh.close();
+      let released = false;
+      return {
+        path: file,
+        release: async () => {
+          if (released) return;
+          released = true;
+          await unlink(file).catch(() => undefined);
+        },
+      };
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, 'cannot create lock', file);
+    }
+    let holder: LockInfo | null = null;
+    try {
+      holder = JSON.parse(await readFile(file, 'utf8')) as LockInfo;
+    } catch {
+      holder = null; // being written right now, or torn by a crash: judged again on the next round
+    }
+    if (holder && holder.host === os.hostname() && !pidAlive(holder.pid)) {
+      // Take over atomically: move the stale file aside under a unique name, so two processes racing
+      // for the same stale lock cannot both delete a fresh lock.
+      const aside = tempPathFor(file);
+      try {
+        await rename(file, aside);
+        const moved = JSON.parse(await readFile(aside, 'utf8')) as LockInfo;
+        await unlink(aside).catch(() => undefined);
+        if (moved.pid !== holder.pid) {
+          // We moved a fresh lock by mistake: put it back if the slot is still free.
+          await rename(aside, file).catch(() => undefined);
+        }
+      } catch {
+        /* someone else took it over first */
+      }
+      continue;
+    }
+    if (!holder) {
+      // Unreadable lock file: give a writer 100 ms, then treat a still-empty file from a crash as stale.
+      await sleep(100);
+      try {
+        const again = await readFile(file, 'utf8');
+        if (again.trim() === '') await unlink(file).catch(() => undefined);
+      } catch {
+        /* gone */
+      }
+      continue;
+    }
+    if (Date.now() >= deadline) {
+      throw new CloneboxError('VM_BUSY', `VM is busy, ${what}`, {
+        hint: `${holder.command} (pid ${holder.pid} on ${holder.host}) holds it since ${holder.since}; try again when it ends`,
+      });
+    }
+    await sleep(50 + Math.random() * 50);
+  }
+}

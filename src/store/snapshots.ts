@@ -1,0 +1,67 @@
+/**
+ * Snapshot metadata records: <home>/vms/<vm>/snapshots/<name>.json, one file per snapshot, each
+ * replaced atomically. The fields are the contract's snapshot object plus clonebox's own bookkeeping.
+ */
+import { readdir, readFile, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { CloneboxError, ioError } from '../errors.js';
+import { ensureDir, writeJsonAtomic } from './fsutil.js';
+import { vmDir, type Home } from './home.js';
+
+export type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
+
+export interface SnapshotRecord {
+  name: string;
+  vm_name: string;
+  type: 'disk' | 'full';
+  state: SnapshotState;
+  created_at: string;
+  description: string | null;
+  parent: string | null;
+  tags: string[];
+  auto_created: boolean;
+  auto_policy: string | null;
+  expires_at: string | null;
+  /** Sealed layer per disk: a qcow2 whose backing chain gives the disk as it was at this snapshot. */
+  disks: { target: string; path: string }[];
+  /** Content identity (set by the bundle/sync code): derived from the parent's id and the layer content. */
+  content_id?: string | null;
+  /** Path of the saved memory state for `full` snapshots (libvirt driver). */
+  memory_path?: string | null;
+}
+
+export function snapshotsDir(home: Home, vm: string): string {
+  return path.join(vmDir(home, vm), 'snapshots');
+}
+
+export async function listSnapshotRecords(home: Home, vm: string): Promise<SnapshotRecord[]> {
+  const dir = snapshotsDir(home, vm);
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw ioError(err, 'cannot list snapshots', dir);
+  }
+  const out: SnapshotRecord[] = [];
+  for (const n of names) {
+    if (!n.endsWith('.json') || n.startsWith('.')) continue;
+    const file = path.join(dir, n);
+    try {
+      out.push(JSON.parse(await readFile(file, 'utf8')) as SnapshotRecord);
+    } catch (err) {
+      throw new CloneboxError('STORE_CORRUPT', `snapshot record is damaged (${(err as Error).message}), ${file}`);
+    }
+  }
+  return out;
+}
+
+export async function saveSnapshotRecord(home: Home, rec: SnapshotRecord): Promise<void> {
+  const dir = snapshotsDir(home, rec.vm_name);
+  await ensureDir(dir);
+  await writeJsonAtomic(path.join(dir, `${rec.name}.json`), rec);
+}
+
+export async function removeSnapshotRecord(home: Home, vm: string, name: string): Promise<void> {
+  await rm(path.join(snapshotsDir(home, vm), `${name}.json`), { force: true });
+}

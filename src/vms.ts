@@ -1,0 +1,171 @@
+/** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
+import { realpath, stat, unlink, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { CloneboxError, ioError } from './errors.js';
+import { checkName } from './names.js';
+import { Qcow2Image } from './qcow2/reader.js';
+import { Qcow2Writer } from './qcow2/writer.js';
+import { ensureDir } from './store/fsutil.js';
+import type { Home } from './store/home.js';
+import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
+import { listSnapshotRecords } from './store/snapshots.js';
+
+export interface DiskView {
+  target: string;
+  path: string;
+  virtual_size: number;
+}
+
+export interface VmView {
+  name: string;
+  driver: 'image' | 'libvirt';
+  current: string | null;
+  snapshot_count: number;
+  disks: DiskView[];
+}
+
+export async function vmView(home: Home, rec: VmRecord): Promise<VmView> {
+  const disks: DiskView[] = [];
+  for (const d of rec.disks) {
+    let virtualSize = 0;
+    try {
+      const img = await Qcow2Image.open(d.path);
+      virtualSize = img.virtualSize;
+      await img.close();
+    } catch (err) {
+      if (!(err instanceof CloneboxError && err.code === 'IO')) throw err;
+      throw new CloneboxError('DISK_NOT_FOUND', `disk ${d.target} of VM ${rec.name} is missing, ${d.path}`, {
+        hint: 'restore the file, or unregister the VM with `clonebox vm remove`',
+      });
+    }
+    disks.push({ target: d.target, path: d.path, virtual_size: virtualSize });
+  }
+  const snaps = await listSnapshotRecords(home, rec.name);
+  return { name: rec.name, driver: rec.driver, current: rec.current, snapshot_count: snaps.length, disks };
+}
+
+export async function createVm(home: Home, name: string, opts: { size: number; dir?: string; clusterSize?: number }): Promise<VmView> {
+  checkName('VM', name);
+  const lock = await lockVm(home, name, 'vm create');
+  try {
+    if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
+    const dir = path.resolve(opts.dir ?? path.join(home.disksDir, name));
+    await ensureDir(dir);
+    const disk = path.join(dir, `${name}.qcow2`);
+    if (await exists(disk)) {
+      throw new CloneboxError('VM_EXISTS', `disk file already exists, ${disk}`, { hint: 'use `clonebox vm add` to register it, or pick another --dir' });
+    }
+    // Sizes are rounded up to whole 512-byte sectors, as qemu-img does.
+    const size = Math.ceil(opts.size / 512) * 512;
+    const w = await Qcow2Writer.create(disk, { virtualSize: size, clusterSize: opts.clusterSize ?? 65536 });
+    await w.finish();
+    const rec: VmRecord = {
+      format: 1, name, driver: 'image', created_at: new Date().toISOString(),
+      disks: [{ target: 'vda', path: disk }], current: null, layers_dir: path.join(dir, `.${name}.layers`),
+    };
+    try {
+      await saveVm(home, rec);
+    } catch (err) {
+      await unlink(disk).catch(() => undefined);
+      throw err;
+    }
+    return await vmView(home, rec);
+  } finally {
+    await lock.release();
+  }
+}
+
+export async function addVm(home: Home, name: string, diskPaths: string[]): Promise<VmView> {
+  checkName('VM', name);
+  if (diskPaths.length === 0) throw new CloneboxError('USAGE', 'vm add needs --disk PATH (or --libvirt)', { exitCode: 2 });
+  const lock = await lockVm(home, name, 'vm add');
+  try {
+    if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
+    const disks = [];
+    const seen = new Set<string>();
+    for (const [i, p] of diskPaths.entries()) {
+      let abs: string;
+      try {
+        abs = await realpath(path.resolve(p));
+      } catch (err) {
+        throw ioError(err, 'cannot register disk', path.resolve(p));
+      }
+      if (seen.has(abs)) throw new CloneboxError('USAGE', `the same disk is given twice, ${abs}`, { exitCode: 2 });
+      seen.add(abs);
+      const img = await Qcow2Image.open(abs); // refuses non-qcow2 and unsupported features with a clear error
+      await img.close();
+      const owner = await findDiskOwner(home, abs, name);
+      if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);
+      disks.push({ target: diskTarget(i), path: abs });
+    }
+    const dir = path.dirname(disks[0]!.path);
+    const rec: VmRecord = {
+      format: 1, name, driver: 'image', created_at: new Date().toISOString(),
+      disks, current: null, layers_dir: path.join(dir, `.${name}.layers`),
+    };
+    await saveVm(home, rec);
+    return await vmView(home, rec);
+  } catch (err) {
+    throw err;
+  } finally {
+    await lock.release();
+  }
+}
+
+export async function listVms(home: Home): Promise<VmView[]> {
+  const out: VmView[] = [];
+  for (const n of await listVmNames(home)) {
+    const rec = await loadVm(home, n);
+    try {
+      out.push(await vmView(home, rec));
+    } catch (err) {
+      if (!(err instanceof CloneboxError && err.code === 'DISK_NOT_FOUND')) throw err;
+      out.push({ name: rec.name, driver: rec.driver, current: rec.current, snapshot_count: 0, disks: rec.disks.map((d) => ({ ...d, virtual_size: 0 })) });
+    }
+  }
+  return out;
+}
+
+export async function showVm(home: Home, name: string): Promise<VmView> {
+  checkName('VM', name);
+  return vmView(home, await loadVm(home, name));
+}
+
+/**
+ * Unregisters a VM. With deleteFiles, its disks and every snapshot layer are deleted too: the record
+ * goes first so that a crash mid-way leaves unreferenced files, never a VM pointing at missing ones.
+ */
+export async function removeVm(home: Home, name: string, deleteFiles: boolean): Promise<{ name: string; deleted_files: string[] }> {
+  checkName('VM', name);
+  const lock = await lockVm(home, name, 'vm remove');
+  const deleted: string[] = [];
+  try {
+    const rec = await loadVm(home, name);
+    const snaps = await listSnapshotRecords(home, name);
+    await removeVmDir(home, name);
+    if (deleteFiles) {
+      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => s.disks.map((d) => d.path))];
+      for (const f of files) {
+        try {
+          await unlink(f);
+          deleted.push(f);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, 'cannot delete', f);
+        }
+      }
+      await rm(rec.layers_dir, { recursive: true, force: true }).catch(() => undefined);
+    }
+    return { name, deleted_files: deleted };
+  } finally {
+    await lock.release();
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
