@@ -1,5 +1,5 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
-import { realpath, stat, unlink, rm } from 'node:fs/promises';
+import { realpath, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from './errors.js';
 import { checkName } from './names.js';
@@ -61,7 +61,7 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
     await w.finish();
     const rec: VmRecord = {
       format: 1, name, driver: 'image', created_at: new Date().toISOString(),
-      disks: [{ target: 'vda', path: disk }], current: null, layers_dir: path.join(dir, `.${name}.layers`),
+      disks: [{ target: 'vda', path: disk }], current: null
     };
     try {
       await saveVm(home, rec);
@@ -98,10 +98,9 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);
       disks.push({ target: diskTarget(i), path: abs });
     }
-    const dir = path.dirname(disks[0]!.path);
     const rec: VmRecord = {
       format: 1, name, driver: 'image', created_at: new Date().toISOString(),
-      disks, current: null, layers_dir: path.join(dir, `.${name}.layers`),
+      disks, current: null
     };
     await saveVm(home, rec);
     return await vmView(home, rec);
@@ -153,7 +152,6 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, 'cannot delete', f);
         }
       }
-      await rm(rec.layers_dir, { recursive: true, force: true }).catch(() => undefined);
     }
     return { name, deleted_files: deleted };
   } finally {

@@ -26,8 +26,6 @@ export interface VmRecord {
   disks: DiskRecord[];
   /** Name of the current snapshot (the parent of the writable state), or null. */
   current: string | null;
-  /** Directory holding this VM's sealed snapshot layers (same filesystem as the disks). */
-  layers_dir: string;
   libvirt?: { domain: string; uri: string };
   /** Free-form extra state owned by other modules (policies, sharing...), kept as is. */
   extra?: Record<string, unknown>;
