@@ -7,6 +7,7 @@ import { reportError } from './output.js';
 import { usageError } from '../src/errors.js';
 import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
+import { registerSnapshot } from './commands/snapshot.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
     })
     .exitOverride();
   registerVm(program);
+  registerSnapshot(program);
   registerImage(program);
   // Usage errors in subcommands must reach main() too, not exit inside commander.
   const walk = (c: Command) => {

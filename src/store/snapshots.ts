@@ -24,6 +24,8 @@ export interface SnapshotRecord {
   expires_at: string | null;
   /** Sealed layer per disk: a qcow2 whose backing chain gives the disk as it was at this snapshot. */
   disks: { target: string; path: string }[];
+  /** Allocated bytes in this snapshot's own layers (recomputed when a merge rewrites them). */
+  size_bytes: number;
   /** Content identity (set by the bundle/sync code): derived from the parent's id and the layer content. */
   content_id?: string | null;
   /** Path of the saved memory state for `full` snapshots (libvirt driver). */

@@ -1,0 +1,235 @@
+import { InvalidArgumentError, type Command } from 'commander';
+import { printJson, printLine, table, warn } from '../output.js';
+import { action } from '../run.js';
+import { confirm } from '../confirm.js';
+import { formatBytes, parseSize } from '../../src/names.js';
+import type { Ctx } from '../context.js';
+import type { SnapshotView, TreeNode } from '../../src/snapshots/model.js';
+
+async function manager(ctx: Ctx) {
+  const { SnapshotManager } = await import('../../src/snapshots/manager.js');
+  return new SnapshotManager(ctx.home);
+}
+
+function intOpt(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) {
+      // Thrown inside commander's parsing: reported as a usage error (exit 2).
+      throw new InvalidArgumentError(`${name} takes a whole number, got ${JSON.stringify(v)}`);
+    }
+    return n;
+  };
+}
+
+function shortTime(iso: string): string {
+  const d = new Date(iso);
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
+}
+
+export function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, expired: Set<string>): string {
+  const lines = [`${vm}`];
+  const label = (n: TreeNode) => {
+    const v = views.get(n.name);
+    const marks = [
+      v?.auto_created ? '[auto]' : '',
+      expired.has(n.name) ? '[expired]' : '',
+      v && v.state !== 'ready' ? `[${v.state}]` : '',
+    ].filter(Boolean).join(' ');
+    return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? '  ' + marks : ''}`;
+  };
+  // Iterative walk: snapshot chains can be thousands deep.
+  const stack: { n: TreeNode | 'here'; prefix: string; last: boolean }[] = [];
+  const push = (nodes: (TreeNode | 'here')[], prefix: string) => {
+    for (let i = nodes.length - 1; i >= 0; i--) stack.push({ n: nodes[i]!, prefix, last: i === nodes.length - 1 });
+  };
+  // With no current snapshot the current state stands on its own, beside the roots.
+  const hasCurrent = [...views.values()].some((v) => v.current);
+  push(hasCurrent || roots.length === 0 ? roots : [...roots, 'here'], '');
+  while (stack.length) {
+    const { n, prefix, last } = stack.pop()!;
+    const branch = last ? '└── ' : '├── ';
+    if (n === 'here') {
+      lines.push(`${prefix}${branch}(you are here: current state)`);
+      continue;
+    }
+    lines.push(`${prefix}${branch}${label(n)}`);
+    const kids: (TreeNode | 'here')[] = [...n.children];
+    if (n.current) kids.push('here');
+    push(kids, prefix + (last ? '    ' : '│   '));
+  }
+  if (roots.length === 0) lines.push('└── (no snapshots)');
+  return lines.join('\n');
+}
+
+export function registerSnapshot(program: Command): Command {
+  const snap = program.command('snapshot').description('create, list, restore, delete and compare snapshots');
+
+  snap.command('create').argument('<vm>').description('snapshot every disk of a VM (becomes the current snapshot)')
+    .option('--name <name>', 'snapshot name (default snap-YYYYMMDD-HHMMSS)')
+    .option('--description <text>', 'free text')
+    .option('--tags <a,b>', 'comma-separated tags')
+    .option('--memory', 'include memory state (running libvirt VMs)')
+    .option('--quiesce', 'freeze guest filesystems through the guest agent')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean }) => {
+      const m = await manager(ctx);
+      const tags = o.tags ? o.tags.split(',').map((t) => t.trim()).filter(Boolean) : [];
+      const r = await m.create(vm, {
+        ...(o.name !== undefined ? { name: o.name } : {}),
+        description: o.description ?? null, tags, memory: Boolean(o.memory), quiesce: Boolean(o.quiesce),
+      });
+      r.warnings.forEach(warn);
+      if (ctx.json) return printJson(r.value);
+      printLine(`created snapshot ${r.value.name} of ${vm} (${formatBytes(r.value.size_bytes)})`);
+    }));
+
+  snap.command('list').argument('<vm>').description('list snapshots, newest first')
+    .option('--tree', 'show the snapshot tree')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { tree?: boolean }) => {
+      const m = await manager(ctx);
+      if (o.tree) {
+        const t = await m.tree(vm);
+        if (ctx.json) return printJson({ vm_name: t.vm_name, current: t.current, roots: t.roots });
+        const views = new Map((await m.list(vm)).map((v) => [v.name, v]));
+        return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
+      }
+      const list = await m.list(vm);
+      if (ctx.json) return printJson(list);
+      if (list.length === 0) return printLine(`no snapshots of ${vm}`);
+      printLine(table(['', 'NAME', 'TYPE', 'CREATED', 'SIZE', 'PARENT', 'TAGS'], list.map((v) => [
+        v.current ? '*' : '', v.name, v.type, shortTime(v.created_at), formatBytes(v.size_bytes), v.parent ?? '-', v.tags.join(','),
+      ]), [false, false, false, false, true, false, false]));
+    }));
+
+  snap.command('show').argument('<vm>').description('show one snapshot')
+    .requiredOption('--name <name>', 'snapshot name')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { name: string }) => {
+      const v = await (await manager(ctx)).show(vm, o.name);
+      if (ctx.json) return printJson(v);
+      printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
+      printLine(`vm: ${v.vm_name}`);
+      printLine(`type: ${v.type}, state: ${v.state}`);
+      printLine(`created: ${v.created_at}`);
+      printLine(`parent: ${v.parent ?? '(none)'}`);
+      printLine(`children: ${v.children.join(', ') || '(none)'}`);
+      printLine(`size: ${formatBytes(v.size_bytes)}`);
+      printLine(`tags: ${v.tags.join(', ') || '(none)'}${v.auto_created ? ` (auto: ${v.auto_policy})` : ''}`);
+      if (v.expires_at) printLine(`expires: ${v.expires_at}`);
+      if (v.description) printLine(`description: ${v.description}`);
+      for (const d of v.disks) printLine(`layer ${d.target}: ${d.path}`);
+    }));
+
+  snap.command('restore').argument('<vm>').description('make the VM state equal to a snapshot (discards unsnapshotted changes)')
+    .option('--name <name>', 'snapshot to restore')
+    .option('--at <time>', 'restore the newest snapshot created at or before TIME (ISO-8601)')
+    .option('--start', 'start the VM afterwards (libvirt)')
+    .option('--backup', 'snapshot the current state first')
+    .option('--yes', 'do not ask for confirmation')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean }) => {
+      const { usageError } = await import('../../src/errors.js');
+      if ((o.name === undefined) === (o.at === undefined)) throw usageError('restore needs exactly one of --name or --at');
+      const m = await manager(ctx);
+      const sel = o.name !== undefined ? { name: o.name } : { at: o.at! };
+      const target = await m.resolveTarget(vm, sel);
+      await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
+      const r = await m.restore(vm, { name: target }, { backup: Boolean(o.backup), start: Boolean(o.start) });
+      r.warnings.forEach(warn);
+      if (ctx.json) return printJson({ vm, restored: r.value.restored, backup: r.value.backup });
+      printLine(`restored ${vm} to ${r.value.restored}${r.value.backup ? ` (backup snapshot ${r.value.backup})` : ''}`);
+    }));
+
+  snap.command('delete').argument('<vm>').description('delete a snapshot, keeping every other state identical')
+    .requiredOption('--name <name>', 'snapshot to delete')
+    .option('--recursive', 'delete its whole subtree')
+    .option('--keep-children', 'merge its data into its children')
+    .option('--yes', 'do not ask for confirmation')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean }) => {
+      if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
+      const r = await (await manager(ctx)).delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
+      r.warnings.forEach(warn);
+      if (ctx.json) return printJson({ vm, deleted: r.value.deleted, merged_into: r.value.merged_into });
+      printLine(`deleted ${r.value.deleted.join(', ')}${r.value.merged_into.length ? ` (merged into ${r.value.merged_into.join(', ')})` : ''}`);
+    }));
+
+  snap.command('diff').argument('<vm>').description('byte ranges whose content differs between two snapshots')
+    .requiredOption('--from <a>', 'snapshot')
+    .requiredOption('--to <b>', 'snapshot, or "current"')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { from: string; to: string }) => {
+      const d = await (await manager(ctx)).diff(vm, o.from, o.to);
+      if (ctx.json) return printJson(d);
+      for (const disk of d.disks) {
+        printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
+        for (const r of disk.ranges.slice(0, 50)) printLine(`  ${r.offset}+${r.length}`);
+        if (disk.ranges.length > 50) printLine(`  ... ${disk.ranges.length - 50} more (use --json)`);
+      }
+    }));
+
+  snap.command('stats').argument('<vm>').description('space used by the VM and its snapshots, and dedup savings')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string) => {
+      const s = await (await manager(ctx)).stats(vm);
+      if (ctx.json) return printJson({ virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes, savings_percent: s.savings_percent });
+      printLine(`virtual size:    ${formatBytes(s.virtual_size)}`);
+      printLine(`on disk:         ${formatBytes(s.physical_bytes)} in ${s.layers} file(s), ${s.snapshots} snapshot(s)`);
+      printLine(`allocated:       ${formatBytes(s.allocated_bytes)}`);
+      printLine(`after dedup:     ${formatBytes(s.unique_bytes)} (${s.savings_percent}% saved)`);
+    }));
+
+  snap.command('policy').argument('<vm>').description('show or set the retention policy for auto snapshots')
+    .option('--keep-last <n>', 'keep the N newest', intOpt('--keep-last'))
+    .option('--keep-hourly <n>', 'newest per hour, for N hours', intOpt('--keep-hourly'))
+    .option('--keep-daily <n>', 'newest per day, for N days', intOpt('--keep-daily'))
+    .option('--keep-weekly <n>', 'newest per week, for N weeks', intOpt('--keep-weekly'))
+    .option('--keep-monthly <n>', 'newest per month, for N months', intOpt('--keep-monthly'))
+    .option('--keep-yearly <n>', 'newest per year, for N years', intOpt('--keep-yearly'))
+    .option('--keep-within <duration>', 'all within DURATION of the newest (e.g. 7d, 1y2m)')
+    .option('--max-snapshots <n>', 'at most N auto snapshots', intOpt('--max-snapshots'))
+    .option('--max-size <size>', 'auto snapshots use at most SIZE')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: Record<string, unknown>) => {
+      const { POLICY_KEYS, parseDuration } = await import('../../src/snapshots/policy.js');
+      const changes: Record<string, unknown> = {};
+      const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
+      for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
+      if (typeof changes.max_size === 'string') changes.max_size = parseSize(changes.max_size, 'max size');
+      if (typeof changes.keep_within === 'string') parseDuration(changes.keep_within);
+      const m = await manager(ctx);
+      const policy = Object.keys(changes).length ? await m.setPolicy(vm, changes) : await m.getPolicy(vm);
+      if (ctx.json) return printJson({ vm, policy });
+      const entries = Object.entries(policy);
+      if (entries.length === 0) return printLine(`no retention policy for ${vm} (auto snapshots are kept)`);
+      for (const [k, v] of entries) printLine(`${k.replace(/_/g, '-')}: ${k === 'max_size' ? formatBytes(v as number) : v}`);
+    }));
+
+  snap.command('prune').argument('<vm>').description('apply the retention policy to auto snapshots')
+    .option('--dry-run', 'only show what would be deleted')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: { dryRun?: boolean }) => {
+      const plan = await (await manager(ctx)).prune(vm, Boolean(o.dryRun));
+      if (ctx.json) return printJson({ vm, dry_run: plan.dry_run, keep: plan.keep, remove: plan.remove });
+      for (const k of plan.keep) printLine(`keep    ${k.name}  (${k.reasons.join(', ')})`);
+      for (const r of plan.remove) printLine(`${plan.dry_run ? 'would remove' : 'removed'} ${r.name}  (${r.reason})`);
+      if (plan.keep.length + plan.remove.length === 0) printLine('no auto snapshots');
+    }));
+
+  snap.command('run').argument('<vm>').argument('[command...]', 'command and arguments, after --')
+    .description('snapshot, run a command, and optionally roll back when it fails')
+    .option('--name <name>', 'name of the auto snapshot')
+    .option('--rollback-on-fail', 'restore the snapshot when the command exits non-zero')
+    .action(action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean }) => {
+      const { runWithSnapshot } = await import('../../src/snapshots/run.js');
+      const r = await runWithSnapshot(await manager(ctx), vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
+      r.warnings.forEach(warn);
+      if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
+      process.exitCode = r.exit_code;
+    }));
+
+  return snap;
+}

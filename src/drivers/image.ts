@@ -1,0 +1,119 @@
+/**
+ * The image driver: a VM is a set of plain qcow2 files. The registered disk path always holds the
+ * current writable state; a snapshot renames it to `<stem>@<snapshot>.qcow2` in the same directory
+ * (so relative backing names stay valid and no data is copied) and puts a new empty overlay at the
+ * disk path. Nothing here costs more for a bigger disk: only headers and L1 tables are written.
+ */
+import path from 'node:path';
+import { stat } from 'node:fs/promises';
+import { CloneboxError } from '../errors.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
+import { rebaseImage } from '../snapshots/rebase.js';
+import type { Action, Journal } from '../store/journal.js';
+import type { VmRecord } from '../store/registry.js';
+import type { SnapshotRecord } from '../store/snapshots.js';
+import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from './driver.js';
+
+export function diskStem(diskPath: string): string {
+  const base = path.basename(diskPath);
+  return base.replace(/\.(qcow2|qcow|img)$/i, '');
+}
+
+export function layerPathFor(diskPath: string, snapshot: string): string {
+  return path.join(path.dirname(diskPath), `${diskStem(diskPath)}@${snapshot}.qcow2`);
+}
+
+/** The temporary name of a new image that will replace `diskPath` at commit. */
+function nextPathFor(diskPath: string, op: string): string {
+  return path.join(path.dirname(diskPath), `.${path.basename(diskPath)}.${op}-${process.pid}.new`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function geometry(file: string): Promise<{ virtualSize: number; clusterSize: number }> {
+  const img = await Qcow2Image.open(file);
+  try {
+    return { virtualSize: img.virtualSize, clusterSize: img.clusterSize };
+  } finally {
+    await img.close();
+  }
+}
+
+/** A new empty overlay at `out` whose backing file is `backing` (absolute), stored relative to `out`. */
+export async function createOverlay(out: string, backing: string, geo: { virtualSize: number; clusterSize: number }): Promise<void> {
+  const w = await Qcow2Writer.create(out, {
+    virtualSize: geo.virtualSize,
+    clusterSize: geo.clusterSize,
+    backingFile: path.relative(path.dirname(out), backing),
+    backingFormat: 'qcow2',
+  });
+  await w.finish();
+}
+
+export class ImageDriver implements SnapshotDriver {
+  readonly name = 'image' as const;
+
+  async prepareSnapshot(vm: VmRecord, name: string, opts: { memory: boolean; quiesce: boolean }, j: Journal): Promise<PreparedSnapshot> {
+    if (opts.memory) {
+      throw new CloneboxError('VM_NOT_RUNNING', `full snapshot requires a running VM, ${vm.name}`, {
+        hint: 'image-driver VMs have no running state; take a disk snapshot (without --memory)',
+      });
+    }
+    const warnings: string[] = [];
+    if (opts.quiesce) warnings.push(`no guest agent for image-driver VM ${vm.name}; snapshot taken without quiescing`);
+    const layers: LayerRef[] = [];
+    const actions: Action[] = [];
+    const nexts: { disk: string; next: string; layer: string }[] = [];
+    for (const d of vm.disks) {
+      const layer = layerPathFor(d.path, name);
+      if (await exists(layer)) {
+        throw new CloneboxError('SNAPSHOT_EXISTS', `layer file already exists, ${layer}`, { hint: 'choose another snapshot name or move the file away' });
+      }
+      nexts.push({ disk: d.path, next: nextPathFor(d.path, 'snap'), layer });
+    }
+    await j.willCreate(...nexts.map((n) => n.next));
+    for (const n of nexts) {
+      await createOverlay(n.next, n.layer, await geometry(n.disk));
+    }
+    for (const [i, n] of nexts.entries()) {
+      actions.push({ do: 'rename', from: n.disk, to: n.layer }, { do: 'rename', from: n.next, to: n.disk });
+      layers.push({ target: vm.disks[i]!.target, path: n.layer });
+    }
+    return { layers, type: 'disk', memoryPath: null, actions, disks: vm.disks.map((d) => ({ ...d })), warnings };
+  }
+
+  async prepareRestore(vm: VmRecord, snap: SnapshotRecord, j: Journal): Promise<PreparedSwitch> {
+    const actions: Action[] = [];
+    const plan: { next: string; layer: string; disk: string }[] = [];
+    for (const d of vm.disks) {
+      const layer = snap.disks.find((l) => l.target === d.target);
+      if (!layer) throw new CloneboxError('STORE_CORRUPT', `snapshot ${snap.name} has no layer for disk ${d.target}, ${vm.name}`);
+      plan.push({ next: nextPathFor(d.path, 'restore'), layer: layer.path, disk: d.path });
+    }
+    await j.willCreate(...plan.map((p) => p.next));
+    for (const p of plan) {
+      await createOverlay(p.next, p.layer, await geometry(p.layer));
+      actions.push({ do: 'rename', from: p.next, to: p.disk });
+    }
+    return { actions, disks: vm.disks.map((d) => ({ ...d })) };
+  }
+
+  async prepareRebaseCurrent(vm: VmRecord, newBase: Map<string, string | null>, j: Journal): Promise<PreparedSwitch> {
+    const actions: Action[] = [];
+    const plan = vm.disks.map((d) => ({ disk: d.path, next: nextPathFor(d.path, 'merge'), base: newBase.get(d.target) ?? null }));
+    await j.willCreate(...plan.map((p) => p.next));
+    for (const p of plan) {
+      await rebaseImage(p.disk, p.base, p.next);
+      actions.push({ do: 'rename', from: p.next, to: p.disk });
+    }
+    return { actions, disks: vm.disks.map((d) => ({ ...d })) };
+  }
+}

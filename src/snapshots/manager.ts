@@ -1,0 +1,410 @@
+/**
+ * The snapshot manager: create, restore, delete (with merge), prune, run. It owns locking, the
+ * journal and the metadata records; drivers own the disks. Every changing operation:
+ *   1. takes the VM lock and finishes or rolls back any interrupted operation (journal recover),
+ *   2. prepares new files through the driver (announced to the journal, nothing existing touched),
+ *   3. commits driver actions and record writes together in one journal commit.
+ */
+import path from 'node:path';
+import { CloneboxError } from '../errors.js';
+import { checkName } from '../names.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { ImageDriver } from '../drivers/image.js';
+import type { SnapshotDriver } from '../drivers/driver.js';
+import type { Home } from '../store/home.js';
+import { Journal, recover, journalPath, type Action } from '../store/journal.js';
+import { loadVm, lockVm, vmFile, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { rebaseImage } from './rebase.js';
+import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
+import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
+import { stat } from 'node:fs/promises';
+import { diffDisk, type DiskDiff } from './diff.js';
+import { computeStats, type VmStats } from './stats.js';
+
+export interface CreateOptions {
+  name?: string;
+  description?: string | null;
+  tags?: string[];
+  memory?: boolean;
+  quiesce?: boolean;
+  /** Set for automatic snapshots: the policy (or trigger) that made it. */
+  autoPolicy?: string;
+}
+
+export interface OpResult<T> {
+  value: T;
+  warnings: string[];
+}
+
+export function driverFor(vm: VmRecord): SnapshotDriver {
+  if (vm.driver === 'image') return new ImageDriver();
+  throw new CloneboxError('UNSUPPORTED', `the ${vm.driver} driver is not available in this version, ${vm.name}`);
+}
+
+function recordPath(home: Home, vm: string, name: string): string {
+  return path.join(snapshotsDir(home, vm), `${name}.json`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Allocated data bytes in one image file alone. */
+async function allocatedBytes(file: string): Promise<number> {
+  const img = await Qcow2Image.open(file);
+  try {
+    let n = 0;
+    for await (const r of img.runs()) if (r.kind === 'data') n += r.length;
+    return n;
+  } finally {
+    await img.close();
+  }
+}
+
+async function backingOf(file: string): Promise<string | null> {
+  const img = await Qcow2Image.open(file);
+  try {
+    return img.backingPath();
+  } finally {
+    await img.close();
+  }
+}
+
+function pad(n: number, w = 2): string {
+  return String(n).padStart(w, '0');
+}
+
+export function autoName(existing: Set<string>, now = new Date()): string {
+  const base = `snap-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
+  if (!existing.has(base)) return base;
+  for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
+}
+
+export function policyOf(vm: VmRecord): Policy {
+  return ((vm.extra?.policy as Policy | undefined) ?? {});
+}
+
+export class SnapshotManager {
+  constructor(readonly home: Home) {}
+
+  /** Runs `fn` with the VM locked and any interrupted operation recovered. */
+  async withVm<T>(vmName: string, command: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>): Promise<T> {
+    checkName('VM', vmName);
+    await loadVm(this.home, vmName); // a clear VM_NOT_FOUND before any lock file is made
+    const lock = await lockVm(this.home, vmName, command);
+    try {
+      await recover(this.home, vmName);
+      const vm = await loadVm(this.home, vmName);
+      const snaps = await listSnapshotRecords(this.home, vmName);
+      return await fn(vm, snaps);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Read-only access: no lock unless an interrupted operation must be recovered first. */
+  async read<T>(vmName: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>): Promise<T> {
+    checkName('VM', vmName);
+    await loadVm(this.home, vmName);
+    if (await exists(journalPath(this.home, vmName))) {
+      return this.withVm(vmName, 'snapshot list', fn);
+    }
+    return fn(await loadVm(this.home, vmName), await listSnapshotRecords(this.home, vmName));
+  }
+
+  private find(snaps: SnapshotRecord[], vm: VmRecord, name: string): SnapshotRecord {
+    const s = snaps.find((r) => r.name === name);
+    if (!s) {
+      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm.name}`, { hint: `see \`clonebox snapshot list ${vm.name}\`` });
+    }
+    return s;
+  }
+
+  // ---------------------------------------------------------------- views
+
+  async list(vmName: string): Promise<SnapshotView[]> {
+    return this.read(vmName, async (vm, snaps) => this.views(vm, snaps));
+  }
+
+  views(vm: VmRecord, snaps: SnapshotRecord[]): SnapshotView[] {
+    const idx = childrenIndex(snaps);
+    const policy = policyOf(vm);
+    const within = policy.keep_within ? parseDuration(policy.keep_within) : null;
+    return [...snaps].sort(newestFirst).map((r) => {
+      const expires = r.auto_created && within !== null ? new Date(Date.parse(r.created_at) + within).toISOString() : r.expires_at;
+      return toView(vm, r, idx, expires);
+    });
+  }
+
+  async show(vmName: string, name: string): Promise<SnapshotView> {
+    return this.read(vmName, async (vm, snaps) => {
+      this.find(snaps, vm, name);
+      return this.views(vm, snaps).find((v) => v.name === name)!;
+    });
+  }
+
+  async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[] }> {
+    return this.read(vmName, async (vm, snaps) => ({ ...buildTree(vm, snaps), expired: this.planFor(vm, snaps).remove.map((r) => r.name) }));
+  }
+
+  // ---------------------------------------------------------------- create
+
+  async create(vmName: string, opts: CreateOptions = {}): Promise<OpResult<SnapshotView>> {
+    const result = await this.withVm(vmName, 'snapshot create', (vm, snaps) => this.createLocked(vm, snaps, opts));
+    if (opts.autoPolicy) {
+      // The policy applies after each auto snapshot; failing to prune must not fail the snapshot.
+      try {
+        const plan = await this.prune(vmName, false);
+        if (plan.remove.length) result.warnings.push(`policy pruned ${plan.remove.map((r) => r.name).join(', ')}`);
+      } catch (err) {
+        result.warnings.push(`policy not applied: ${(err as Error).message}`);
+      }
+    }
+    return result;
+  }
+
+  private async createLocked(vm: VmRecord, snaps: SnapshotRecord[], opts: CreateOptions): Promise<OpResult<SnapshotView>> {
+    const names = new Set(snaps.map((s) => s.name));
+    const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoName(names);
+    if (names.has(name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
+    if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)', { exitCode: 2 });
+    const tags = [...new Set(opts.tags ?? [])];
+    if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
+    const driver = driverFor(vm);
+    const j = await Journal.begin(this.home, vm.name, `snapshot create ${name}`);
+    try {
+      let size = 0;
+      for (const d of vm.disks) size += await allocatedBytes(d.path);
+      const prepared = await driver.prepareSnapshot(vm, name, { memory: Boolean(opts.memory), quiesce: Boolean(opts.quiesce) }, j);
+      const rec: SnapshotRecord = {
+        name, vm_name: vm.name, type: prepared.type, state: 'creating', created_at: new Date().toISOString(),
+        description: opts.description ?? null, parent: vm.current, tags, auto_created: Boolean(opts.autoPolicy),
+        auto_policy: opts.autoPolicy ?? null, expires_at: null, disks: prepared.layers, size_bytes: size,
+        content_id: null, memory_path: prepared.memoryPath,
+      };
+      const newVm: VmRecord = { ...vm, current: name, disks: prepared.disks };
+      const rp = recordPath(this.home, vm.name, name);
+      await j.commit([
+        { do: 'write_json', path: rp, value: rec },
+        ...prepared.actions,
+        { do: 'write_json', path: rp, value: { ...rec, state: 'ready' } },
+        { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
+      ]);
+      const after = [...snaps, { ...rec, state: 'ready' as const }];
+      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings: prepared.warnings };
+    } catch (err) {
+      await j.rollback();
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- restore
+
+  /** Picks the snapshot for `--at TIME`: the newest created at or before TIME. */
+  static pickAt(snaps: SnapshotRecord[], at: string, vm: string): SnapshotRecord {
+    const t = Date.parse(at);
+    if (Number.isNaN(t)) throw new CloneboxError('USAGE', `invalid time ${JSON.stringify(at)}`, { exitCode: 2, hint: 'use ISO-8601, e.g. 2026-11-22T10:00:00Z' });
+    const c = snaps.filter((s) => Date.parse(s.created_at) <= t).sort(newestFirst)[0];
+    if (!c) throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no snapshot created at or before ${at}, VM ${vm}`);
+    return c;
+  }
+
+  async resolveTarget(vmName: string, sel: { name?: string; at?: string }): Promise<string> {
+    return this.read(vmName, async (vm, snaps) => (sel.name !== undefined ? this.find(snaps, vm, sel.name).name : SnapshotManager.pickAt(snaps, sel.at!, vm.name).name));
+  }
+
+  async restore(vmName: string, sel: { name?: string; at?: string }, opts: { backup?: boolean; start?: boolean } = {}): Promise<OpResult<{ restored: string; backup: string | null }>> {
+    return this.withVm(vmName, 'snapshot restore', async (vm, snaps) => {
+      const target = sel.name !== undefined ? this.find(snaps, vm, sel.name) : SnapshotManager.pickAt(snaps, sel.at!, vm.name);
+      const warnings: string[] = [];
+      let backup: string | null = null;
+      if (opts.backup) {
+        const b = await this.createLocked(vm, snaps, { autoPolicy: 'backup', tags: ['auto', 'backup'], description: `automatic backup before restoring ${target.name}` });
+        backup = b.value.name;
+        warnings.push(...b.warnings);
+        vm = await loadVm(this.home, vm.name);
+        snaps = await listSnapshotRecords(this.home, vm.name);
+      }
+      await this.restoreLocked(vm, target);
+      if (opts.start) {
+        const driver = driverFor(vm);
+        if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
+        else await driver.start(await loadVm(this.home, vm.name));
+      }
+      return { value: { restored: target.name, backup }, warnings };
+    });
+  }
+
+  private async restoreLocked(vm: VmRecord, target: SnapshotRecord): Promise<void> {
+    const driver = driverFor(vm);
+    const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`);
+    try {
+      const prepared = await driver.prepareRestore(vm, target, j);
+      const rp = recordPath(this.home, vm.name, target.name);
+      await j.commit([
+        { do: 'write_json', path: rp, value: { ...target, state: 'reverting' } },
+        ...prepared.actions,
+        { do: 'write_json', path: vmFile(this.home, vm.name), value: { ...vm, current: target.name, disks: prepared.disks } },
+        { do: 'write_json', path: rp, value: { ...target, state: 'ready' } },
+      ]);
+    } catch (err) {
+      await j.rollback();
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- delete
+
+  async delete(vmName: string, name: string, opts: { recursive?: boolean; keepChildren?: boolean } = {}): Promise<OpResult<{ deleted: string[]; merged_into: string[] }>> {
+    if (opts.recursive && opts.keepChildren) throw new CloneboxError('USAGE', '--recursive and --keep-children exclude each other', { exitCode: 2 });
+    return this.withVm(vmName, 'snapshot delete', async (vm, snaps) => {
+      const s = this.find(snaps, vm, name);
+      const children = snaps.filter((r) => r.parent === s.name);
+      if (children.length > 0 && !opts.recursive && !opts.keepChildren) {
+        throw new CloneboxError('SNAPSHOT_HAS_CHILDREN', `snapshot ${name} has children: ${children.map((c) => c.name).join(', ')}, VM ${vm.name}`, {
+          hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
+        });
+      }
+      return { value: await this.deleteLocked(vm, snaps, s, Boolean(opts.recursive)), warnings: [] };
+    });
+  }
+
+  /**
+   * Removes `s` (and with `recursive` its subtree). Whatever sits directly on removed layers and
+   * survives (children with keep-children, the current state) is rebased onto s's parent, so its
+   * content stays byte-identical.
+   */
+  private async deleteLocked(vm: VmRecord, snaps: SnapshotRecord[], s: SnapshotRecord, recursive: boolean): Promise<{ deleted: string[]; merged_into: string[] }> {
+    const doomed = recursive ? subtree(snaps, s.name) : [s];
+    const doomedNames = new Set(doomed.map((d) => d.name));
+    const parent = s.parent ? snaps.find((r) => r.name === s.parent) ?? null : null;
+    const newBase = new Map<string, string | null>();
+    for (const d of vm.disks) {
+      const pl = parent?.disks.find((l) => l.target === d.target)?.path;
+      const own = s.disks.find((l) => l.target === d.target)?.path;
+      newBase.set(d.target, pl ?? (own ? await backingOf(own) : null));
+    }
+    const driver = driverFor(vm);
+    const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`);
+    const mergedInto: string[] = [];
+    try {
+      const actions: Action[] = [];
+      for (const d of doomed) actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, d.name), value: { ...d, state: 'deleting' } });
+      let newVm: VmRecord = vm;
+      if (vm.current !== null && doomedNames.has(vm.current)) {
+        const prepared = await driver.prepareRebaseCurrent(vm, newBase, j);
+        actions.push(...prepared.actions);
+        newVm = { ...vm, current: s.parent, disks: prepared.disks };
+        mergedInto.push('current');
+      }
+      if (!recursive) {
+        for (const c of snaps.filter((r) => r.parent === s.name)) {
+          const layers = [];
+          let size = 0;
+          for (const l of c.disks) {
+            const next = path.join(path.dirname(l.path), `.${path.basename(l.path)}.merge-${process.pid}.new`);
+            await j.willCreate(next);
+            await rebaseImage(l.path, newBase.get(l.target) ?? null, next);
+            size += await allocatedBytes(next);
+            actions.push({ do: 'rename', from: next, to: l.path });
+            layers.push(l);
+          }
+          actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, c.name), value: { ...c, parent: s.parent, size_bytes: size } });
+          mergedInto.push(c.name);
+        }
+      }
+      for (const d of doomed) {
+        for (const l of d.disks) actions.push({ do: 'unlink', path: l.path });
+        if (d.memory_path) actions.push({ do: 'unlink', path: d.memory_path });
+        actions.push({ do: 'unlink', path: recordPath(this.home, vm.name, d.name) });
+      }
+      actions.push({ do: 'write_json', path: vmFile(this.home, vm.name), value: newVm });
+      await j.commit(actions);
+      return { deleted: doomed.map((d) => d.name), merged_into: mergedInto };
+    } catch (err) {
+      await j.rollback();
+      throw err;
+    }
+  }
+
+  // ---------------------------------------------------------------- policy and prune
+
+  async setPolicy(vmName: string, changes: Policy): Promise<Policy> {
+    return this.withVm(vmName, 'snapshot policy', async (vm) => {
+      const policy = { ...policyOf(vm), ...changes };
+      if (policy.keep_within !== undefined) parseDuration(policy.keep_within);
+      const { writeJsonAtomic } = await import('../store/fsutil.js');
+      await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), policy } });
+      return policy;
+    });
+  }
+
+  async getPolicy(vmName: string): Promise<Policy> {
+    return this.read(vmName, async (vm) => policyOf(vm));
+  }
+
+  planFor(vm: VmRecord, snaps: SnapshotRecord[]): PrunePlan {
+    const candidates = snaps.filter((s) => s.auto_created && s.name !== vm.current && s.state === 'ready');
+    return planPrune(candidates.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })), policyOf(vm));
+  }
+
+  /** Applies the VM's policy to its auto snapshots; pruned ones are merged into their children. */
+  async prune(vmName: string, dryRun: boolean): Promise<PrunePlan & { dry_run: boolean }> {
+    if (dryRun) return this.read(vmName, async (vm, snaps) => ({ ...this.planFor(vm, snaps), dry_run: true }));
+    return this.withVm(vmName, 'snapshot prune', async (vm, snaps) => {
+      const plan = this.planFor(vm, snaps);
+      for (const r of plan.remove) {
+        const curVm = await loadVm(this.home, vm.name);
+        const cur = await listSnapshotRecords(this.home, vm.name);
+        const s = cur.find((x) => x.name === r.name);
+        if (!s) continue;
+        await this.deleteLocked(curVm, cur, s, false);
+      }
+      return { ...plan, dry_run: false };
+    });
+  }
+
+  // ---------------------------------------------------------------- diff and stats
+
+  async diff(vmName: string, from: string, to: string): Promise<{ from: string; to: string; disks: DiskDiff[] }> {
+    return this.withVm(vmName, 'snapshot diff', async (vm, snaps) => {
+      const a = this.find(snaps, vm, from);
+      const b = to === 'current' ? null : this.find(snaps, vm, to);
+      const ancA = ancestry(snaps, a.name);
+      const ancB = ancestry(snaps, b ? b.name : vm.current);
+      const inB = new Set(ancB.map((r) => r.name));
+      const common = ancA.find((r) => inB.has(r.name)) ?? null;
+      const upTo = (chain: SnapshotRecord[]) => (common ? chain.slice(0, chain.findIndex((r) => r.name === common.name)) : chain);
+      const disks: DiskDiff[] = [];
+      for (const d of vm.disks) {
+        const layerOf = (r: SnapshotRecord) => r.disks.find((l) => l.target === d.target)!.path;
+        const topA = layerOf(a);
+        const topB = b ? layerOf(b) : d.path;
+        const between = common
+          ? [...upTo(ancA).map(layerOf), ...upTo(ancB).map(layerOf), ...(b ? [] : [d.path])]
+          : null;
+        disks.push(await diffDisk(d.target, topA, topB, between));
+      }
+      return { from, to, disks };
+    });
+  }
+
+  async stats(vmName: string): Promise<VmStats & { vm: string; snapshots: number }> {
+    return this.withVm(vmName, 'snapshot stats', async (vm, snaps) => {
+      let virtual = 0;
+      for (const d of vm.disks) {
+        const img = await Qcow2Image.open(d.path);
+        virtual += img.virtualSize;
+        await img.close();
+      }
+      const files = [...vm.disks.map((d) => d.path), ...snaps.flatMap((s) => s.disks.map((l) => l.path))];
+      return { vm: vm.name, snapshots: snaps.length, ...(await computeStats(virtual, files)) };
+    });
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * Retention for auto-created snapshots, with restic's `forget` semantics:
+ *  - keep-last N: the N newest;
+ *  - keep-hourly/daily/weekly/monthly/yearly N: for the last N hours (days, ISO weeks, months, years)
+ *    that have snapshots, the newest snapshot of each;
+ *  - keep-within D: every snapshot created within D of the newest snapshot;
+ * a snapshot is kept when any rule keeps it. With no keep rule at all, every snapshot is kept.
+ * Then two caps (HawkFish's retention limits): max-snapshots keeps at most N auto snapshots and
+ * max-size keeps their total size under SIZE, dropping the oldest first.
+ * Manual snapshots and the current snapshot are never candidates. Time buckets use local time, as
+ * restic does.
+ */
+import { CloneboxError } from '../errors.js';
+
+export interface Policy {
+  keep_last?: number;
+  keep_hourly?: number;
+  keep_daily?: number;
+  keep_weekly?: number;
+  keep_monthly?: number;
+  keep_yearly?: number;
+  keep_within?: string;
+  max_snapshots?: number;
+  max_size?: number;
+}
+
+export const POLICY_KEYS = ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within', 'max_snapshots', 'max_size'] as const;
+
+export interface Candidate {
+  name: string;
+  created_at: string;
+  size_bytes: number;
+}
+
+export interface PrunePlan {
+  keep: { name: string; reasons: string[] }[];
+  remove: { name: string; reason: string }[];
+}
+
+/** "1y2m3w4d5h30min" style durations (restic's y/m/d/h plus w and min); returns milliseconds. */
+export function parseDuration(text: string): number {
+  const re = /(\d+)\s*(y|m|w|d|h|min)/gy;
+  let ms = 0;
+  let matched = 0;
+  let m: RegExpExecArray | null;
+  const t = text.trim();
+  while ((m = re.exec(t)) !== null) {
+    matched += m[0].length;
+    const n = Number(m[1]);
+    const unit = m[2];
+    const day = 86_400_000;
+    ms += n * (unit === 'y' ? 365 * day : unit === 'm' ? 30 * day : unit === 'w' ? 7 * day : unit === 'd' ? day : unit === 'h' ? 3_600_000 : 60_000);
+  }
+  if (t.length === 0 || matched !== t.length) {
+    throw new CloneboxError('USAGE', `invalid duration ${JSON.stringify(text)}`, { exitCode: 2, hint: 'use e.g. 7d, 12h, 2w, 1y6m, 90min' });
+  }
+  return ms;
+}
+
+function isoWeek(d: Date): string {
+  const t = new Date(d.getFullYear(), d.getMonth(), d.getDate());
+  const day = (t.getDay() + 6) % 7; // Monday = 0
+  t.setDate(t.getDate() - day + 3); // Thursday of this week decides the year
+  const firstThursday = new Date(t.getFullYear(), 0, 4);
+  const week = 1 + Math.round(((t.getTime() - firstThursday.getTime()) / 86_400_000 - 3 + ((firstThursday.getDay() + 6) % 7)) / 7);
+  return `${t.getFullYear()}-W${week}`;
+}
+
+const BUCKETS: [keyof Policy, string, (d: Date) => string][] = [
+  ['keep_hourly', 'hourly', (d) => `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}-${d.getHours()}`],
+  ['keep_daily', 'daily', (d) => `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`],
+  ['keep_weekly', 'weekly', isoWeek],
+  ['keep_monthly', 'monthly', (d) => `${d.getFullYear()}-${d.getMonth()}`],
+  ['keep_yearly', 'yearly', (d) => `${d.getFullYear()}`],
+];
+
+export function hasKeepRule(p: Policy): boolean {
+  return ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within'].some((k) => p[k as keyof Policy] !== undefined);
+}
+
+export function planPrune(candidates: Candidate[], p: Policy): PrunePlan {
+  const sorted = [...candidates].sort((a, b) => (a.created_at < b.created_at ? 1 : a.created_at > b.created_at ? -1 : 0));
+  const reasons = new Map<string, string[]>(sorted.map((c) => [c.name, []]));
+  const keepAll = !hasKeepRule(p);
+  if (keepAll) for (const c of sorted) reasons.get(c.name)!.push('no keep rule');
+  if (p.keep_last !== undefined) sorted.slice(0, p.keep_last).forEach((c) => reasons.get(c.name)!.push('last'));
+  for (const [key, label, bucketOf] of BUCKETS) {
+    const n = p[key] as number | undefined;
+    if (n === undefined) continue;
+    const seen = new Set<string>();
+    for (const c of sorted) {
+      if (seen.size >= n) break;
+      const b = bucketOf(new Date(c.created_at));
+      if (seen.has(b)) continue;
+      seen.add(b);
+      reasons.get(c.name)!.push(label);
+    }
+  }
+  if (p.keep_within !== undefined && sorted.length > 0) {
+    const newest = Date.parse(sorted[0]!.created_at);
+    const within = parseDuration(p.keep_within);
+    for (const c of sorted) if (newest - Date.parse(c.created_at) <= within) reasons.get(c.name)!.push('within');
+  }
+  let kept = sorted.filter((c) => reasons.get(c.name)!.length > 0);
+  const remove: PrunePlan['remove'] = sorted.filter((c) => reasons.get(c.name)!.length === 0).map((c) => ({ name: c.name, reason: 'no rule keeps it' }));
+  if (p.max_snapshots !== undefined) {
+    while (kept.length > p.max_snapshots) remove.push({ name: kept.pop()!.name, reason: `over max-snapshots ${p.max_snapshots}` });
+  }
+  if (p.max_size !== undefined) {
+    let total = kept.reduce((a, c) => a + c.size_bytes, 0);
+    while (kept.length > 0 && total > p.max_size) {
+      const c = kept.pop()!;
+      total -= c.size_bytes;
+      remove.push({ name: c.name, reason: `over max-size ${p.max_size}` });
+    }
+  }
+  return { keep: kept.map((c) => ({ name: c.name, reasons: reasons.get(c.name)! })), remove };
+}

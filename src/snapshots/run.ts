@@ -1,0 +1,42 @@
+/**
+ * `snapshot run`: an automatic snapshot, then the user's command with inherited stdio; with
+ * rollback-on-fail a non-zero exit restores the snapshot. Returns the command's exit status
+ * (128 + signal number when it died of a signal, as shells report it).
+ */
+import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
+import { CloneboxError } from '../errors.js';
+import type { SnapshotManager } from './manager.js';
+
+export interface RunResult {
+  snapshot: string;
+  exit_code: number;
+  rolled_back: boolean;
+  warnings: string[];
+}
+
+export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: string[], opts: { name?: string; rollbackOnFail?: boolean }): Promise<RunResult> {
+  if (argv.length === 0) throw new CloneboxError('USAGE', 'snapshot run needs a command after --', { exitCode: 2, hint: 'e.g. clonebox snapshot run web -- ./upgrade.sh' });
+  const created = await mgr.create(vm, {
+    ...(opts.name !== undefined ? { name: opts.name } : {}),
+    autoPolicy: 'run',
+    description: `automatic snapshot before: ${argv.join(' ')}`.slice(0, 500),
+  });
+  const snapshot = created.value.name;
+  const warnings = [...created.warnings];
+  const code = await new Promise<number>((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit' });
+    child.on('error', (err) => reject(new CloneboxError('COMMAND_FAILED', `cannot run ${argv[0]}: ${err.message}`)));
+    child.on('exit', (c, sig) => resolve(c ?? 128 + (sig ? (constants.signals as Record<string, number>)[sig] ?? 1 : 1)));
+  }).catch(async (err) => {
+    // The command never ran: the snapshot stays (it is harmless and records the attempt).
+    throw err;
+  });
+  let rolledBack = false;
+  if (code !== 0 && opts.rollbackOnFail) {
+    const r = await mgr.restore(vm, { name: snapshot });
+    warnings.push(...r.warnings);
+    rolledBack = true;
+  }
+  return { snapshot, exit_code: code, rolled_back: rolledBack, warnings };
+}

@@ -1,0 +1,183 @@
+/**
+ * Per-VM operation journal: what makes every multi-step command crash-safe.
+ *
+ * An operation runs in two phases:
+ *   prepare  new files are created (each recorded in the journal BEFORE it is created); nothing that
+ *            already existed is touched. A crash here is rolled back: the recorded files are deleted.
+ *   commit   the complete list of remaining actions (renames, record writes, deletions) is written to
+ *            the journal first, then executed one by one, the journal noting progress after each. A
+ *            crash here is rolled forward: the next command re-runs the actions from the last one
+ *            noted. Every action is idempotent, so re-running the one in flight is harmless.
+ *
+ * The journal lives at <home>/vms/<vm>/journal.json and is replaced atomically at every step.
+ *
+ * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
+ * (each persist and each commit action counts), so tests can stop an operation at every point.
+ */
+import { readFile, rename, rm, unlink, readdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { CloneboxError, ioError } from '../errors.js';
+import { writeJsonAtomic, ensureDir } from './fsutil.js';
+import { vmDir, type Home } from './home.js';
+
+export type Action =
+  | { do: 'rename'; from: string; to: string }
+  | { do: 'unlink'; path: string }
+  | { do: 'write_json'; path: string; value: unknown }
+  | { do: 'remove_dir'; path: string };
+
+interface JournalDoc {
+  format: 1;
+  op: string;
+  vm: string;
+  started: string;
+  pid: number;
+  phase: 'prepare' | 'commit';
+  created: string[];
+  actions: Action[];
+  done: number;
+}
+
+let crashCounter = 0;
+/** A numbered point at which a crash test may kill us. */
+export function crashPoint(): void {
+  const at = Number(process.env.CLONEBOX_CRASH_AT);
+  if (!Number.isInteger(at) || at <= 0) return;
+  crashCounter++;
+  if (crashCounter === at) process.kill(process.pid, 'SIGKILL');
+}
+
+export function journalPath(home: Home, vm: string): string {
+  return path.join(vmDir(home, vm), 'journal.json');
+}
+
+export class Journal {
+  private doc: JournalDoc;
+  private readonly file: string;
+
+  private constructor(file: string, doc: JournalDoc) {
+    this.file = file;
+    this.doc = doc;
+  }
+
+  /** Starts an operation. The caller holds the VM lock and has run recover() already. */
+  static async begin(home: Home, vm: string, op: string): Promise<Journal> {
+    const file = journalPath(home, vm);
+    await ensureDir(path.dirname(file));
+    const doc: JournalDoc = { format: 1, op, vm, started: new Date().toISOString(), pid: process.pid, phase: 'prepare', created: [], actions: [], done: 0 };
+    const j = new Journal(file, doc);
+    await j.persist();
+    return j;
+  }
+
+  private async persist(): Promise<void> {
+    await writeJsonAtomic(this.file, this.doc);
+    crashPoint();
+  }
+
+  /** Records a file this operation is about to create, so a crash before commit deletes it. */
+  async willCreate(...files: string[]): Promise<void> {
+    this.doc.created.push(...files);
+    await this.persist();
+  }
+
+  /** Writes the remaining actions, then performs them. After this returns the operation is done. */
+  async commit(actions: Action[]): Promise<void> {
+    this.doc.phase = 'commit';
+    this.doc.actions = actions;
+    this.doc.done = 0;
+    await this.persist();
+    await runActions(this.doc, this.file);
+  }
+
+  /** Undoes the prepare phase (after an error): deletes what it created and the journal. */
+  async rollback(): Promise<void> {
+    if (this.doc.phase === 'commit') {
+      // Past the point of no return: finish instead of undoing.
+      await runActions(this.doc, this.file);
+      return;
+    }
+    await deleteCreated(this.doc.created);
+    await rm(this.file, { force: true });
+  }
+}
+
+async function deleteCreated(created: string[]): Promise<void> {
+  for (const f of created) {
+    await unlink(f).catch(() => undefined);
+    // The qcow2 writer and atomic writes use `.<name>.tmp-*` siblings before renaming into place.
+    const dir = path.dirname(f);
+    const prefix = `.${path.basename(f)}.tmp-`;
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const n of names) if (n.startsWith(prefix)) await unlink(path.join(dir, n)).catch(() => undefined);
+  }
+}
+
+async function runActions(doc: JournalDoc, file: string): Promise<void> {
+  while (doc.done < doc.actions.length) {
+    await perform(doc.actions[doc.done]!);
+    crashPoint();
+    doc.done++;
+    await writeJsonAtomic(file, doc);
+  }
+  await rm(file, { force: true });
+}
+
+async function perform(a: Action): Promise<void> {
+  switch (a.do) {
+    case 'rename':
+      try {
+        await rename(a.from, a.to);
+      } catch (err) {
+        // Already done by an earlier, interrupted run: the source is gone and the target is there.
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await exists(a.to))) return;
+        throw ioError(err, 'cannot rename', `${a.from} -> ${a.to}`);
+      }
+      return;
+    case 'unlink':
+      await unlink(a.path).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOENT') throw ioError(err, 'cannot delete', a.path);
+      });
+      return;
+    case 'write_json':
+      await ensureDir(path.dirname(a.path));
+      await writeJsonAtomic(a.path, a.value);
+      return;
+    case 'remove_dir':
+      await rm(a.path, { recursive: true, force: true });
+      return;
+  }
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Finishes or rolls back an interrupted operation on `vm`. The caller holds the VM lock (so the
+ * journal's writer is dead or is us). Returns what it did.
+ */
+export async function recover(home: Home, vm: string): Promise<'none' | 'rolled-back' | 'completed'> {
+  const file = journalPath(home, vm);
+  let doc: JournalDoc;
+  try {
+    doc = JSON.parse(await readFile(file, 'utf8')) as JournalDoc;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    throw new CloneboxError('STORE_CORRUPT', `operation journal is damaged (${(err as Error).message}), ${file}`, {
+      hint: 'inspect it by hand; clonebox will not touch the VM until it is fixed or removed',
+    });
+  }
+  if (doc.phase === 'commit') {
+    await runActions(doc, file);
+    return 'completed';
+  }
+  await deleteCreated(doc.created);
+  await rm(file, { force: true });
+  return 'rolled-back';
+}
