@@ -1,0 +1,108 @@
+/**
+ * Helpers for snapshot-manager tests: build a VM through the CLI, write known patterns into its
+ * current disk with qemu-io, keep raw reference copies of each state, and check a VM against them.
+ */
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { expect } from 'vitest';
+import { parseJsonOutput, qemuCheck, qemuCompare, qemuIo, qemuRaw, runCli, type RunResult } from './qemu.js';
+
+export interface SnapView {
+  name: string;
+  vm_name: string;
+  type: string;
+  state: string;
+  created_at: string;
+  description: string | null;
+  parent: string | null;
+  children: string[];
+  size_bytes: number;
+  tags: string[];
+  auto_created: boolean;
+  auto_policy: string | null;
+  expires_at: string | null;
+  current: boolean;
+  disks: { target: string; path: string }[];
+}
+
+export class VmFixture {
+  /** Raw reference image of each snapshot (by name) and of the current state. */
+  readonly refs = new Map<string, string>();
+  private n = 0;
+
+  constructor(readonly home: string, readonly dir: string, readonly vm: string) {}
+
+  async cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+    return runCli(args, { home: this.home, env });
+  }
+
+  async ok(args: string[]): Promise<RunResult> {
+    const r = await this.cli(args);
+    if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+    return r;
+  }
+
+  async json<T>(args: string[]): Promise<T> {
+    return parseJsonOutput<T>(await this.ok([...args, '--json']));
+  }
+
+  get disk(): string {
+    return path.join(this.dir, `${this.vm}.qcow2`);
+  }
+
+  static async create(home: string, dir: string, vm: string, size = '16M'): Promise<VmFixture> {
+    const f = new VmFixture(home, dir, vm);
+    await f.ok(['vm', 'create', vm, '--size', size, '--dir', dir]);
+    return f;
+  }
+
+  /** qemu-io commands on the current disk (the image driver's registered path). */
+  async write(...cmds: string[]): Promise<void> {
+    await qemuIo(this.disk, cmds);
+  }
+
+  /** A raw copy of the current state, to compare against later. */
+  async refCurrent(label: string): Promise<string> {
+    const out = path.join(this.dir, `ref-${label}-${this.n++}.raw`);
+    await qemuRaw(this.disk, out);
+    this.refs.set(label, out);
+    return out;
+  }
+
+  /** Snapshot the current state and keep its raw reference under the snapshot's name. */
+  async snap(name: string, extra: string[] = []): Promise<SnapView> {
+    await this.refCurrent(name);
+    return this.json<SnapView>(['snapshot', 'create', this.vm, '--name', name, ...extra]);
+  }
+
+  async list(): Promise<SnapView[]> {
+    return this.json<SnapView[]>(['snapshot', 'list', this.vm]);
+  }
+
+  /**
+   * Checks that every listed snapshot is ready and identical to its reference, the current state is
+   * identical to `current`, every image passes qemu-img check, and no stray files are left.
+   */
+  async expectIntact(current: string, allowed?: Set<string>): Promise<SnapView[]> {
+    const list = await this.list();
+    for (const s of list) {
+      expect(s.state, `state of ${s.name}`).toBe('ready');
+      if (allowed) expect(allowed.has(s.name), `unexpected snapshot ${s.name}`).toBe(true);
+      const ref = this.refs.get(s.name);
+      expect(ref, `reference for ${s.name}`).toBeDefined();
+      for (const d of s.disks) {
+        const cmp = await qemuCompare(d.path, ref!);
+        expect(cmp.code, `snapshot ${s.name} differs from its reference: ${cmp.stdout}`).toBe(0);
+        const chk = await qemuCheck(d.path);
+        expect(chk.code, `qemu-img check ${d.path}: ${chk.stdout}`).toBe(0);
+      }
+    }
+    const cmp = await qemuCompare(this.disk, current);
+    expect(cmp.code, `current state differs: ${cmp.stdout}`).toBe(0);
+    expect((await qemuCheck(this.disk)).code).toBe(0);
+    const expected = new Set([path.basename(this.disk), ...list.flatMap((s) => s.disks.map((d) => path.basename(d.path)))]);
+    const files = (await readdir(this.dir)).filter((f) => !f.startsWith('ref-'));
+    expect(files.sort()).toEqual([...expected].sort());
+    return list;
+  }
+}
