@@ -39,7 +39,10 @@ async function base(f: VmFixture): Promise<void> {
 const scenarios: Scenario[] = [
   {
     name: 'create',
-    build: base,
+    build: async (f) => {
+      await base(f);
+      f.refs.set('s4', f.refs.get('cur')!); // the new snapshot holds the current state
+    },
     op: ['snapshot', 'create', 'web', '--name', 's4'],
     before: ['s1', 's2', 's3'], after: ['s1', 's2', 's3', 's4'],
     currentBefore: 'cur', currentAfter: 'cur',
