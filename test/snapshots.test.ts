@@ -289,3 +289,42 @@ describe('stats, policy, prune, run', () => {
     expect(vmJson.current).toBe('pre2');
   });
 });
+
+describe('locking', () => {
+  it('a live holder makes the second command wait, then fail with VM busy; a dead holder is taken over', async () => {
+    const f = await fixture();
+    const lockFile = path.join(f.home, 'vms', 'web', 'lock');
+    const { writeFile, rm } = await import('node:fs/promises');
+    const os = await import('node:os');
+    await writeFile(lockFile, JSON.stringify({ pid: process.pid, host: os.hostname(), command: 'test holder', since: new Date().toISOString() }));
+    const t0 = Date.now();
+    const busy = await f.cli(['snapshot', 'create', 'web', '--json'], { CLONEBOX_LOCK_WAIT_MS: '400' });
+    expect(busy.code).toBe(1);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400);
+    expect(parseJsonOutput<{ error: { code: string } }>(busy).error.code).toBe('VM_BUSY');
+    expect(busy.stderr).toContain('VM is busy, web');
+    expect(busy.stderr).toContain('test holder');
+    // A holder that died (a pid that has exited) is recovered.
+    const { spawnSync } = await import('node:child_process');
+    const dead = spawnSync('true').pid!;
+    await writeFile(lockFile, JSON.stringify({ pid: dead, host: os.hostname(), command: 'dead', since: new Date().toISOString() }));
+    const ok = await f.cli(['snapshot', 'create', 'web', '--name', 'after-takeover']);
+    expect(ok.code, ok.stderr).toBe(0);
+    await rm(lockFile, { force: true });
+  });
+
+  it('concurrent creates on one VM are serialized into one consistent chain', async () => {
+    const f = await fixture();
+    await f.write('write -P 1 0 64k');
+    const rs = await Promise.all([1, 2, 3, 4].map((i) => f.cli(['snapshot', 'create', 'web', '--name', `c${i}`], { CLONEBOX_LOCK_WAIT_MS: '30000' })));
+    for (const r of rs) expect(r.code, r.stderr).toBe(0);
+    const list = await f.list();
+    expect(list.length).toBe(4);
+    // A single line: exactly one root, every other snapshot's parent is another one of them.
+    expect(list.filter((s) => s.parent === null).length).toBe(1);
+    expect(new Set(list.map((s) => s.parent)).size).toBe(4);
+    await f.refCurrent('cur');
+    for (const s of list) f.refs.set(s.name, f.refs.get('cur')!);
+    await f.expectIntact(f.refs.get('cur')!);
+  });
+});
