@@ -8,6 +8,7 @@ import { usageError } from '../src/errors.js';
 import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
 import { registerSnapshot } from './commands/snapshot.js';
+import { registerDemo } from './commands/demo.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerVm(program);
   registerSnapshot(program);
   registerImage(program);
+  registerDemo(program);
   // Usage errors in subcommands must reach main() too, not exit inside commander.
   const walk = (c: Command) => {
     c.exitOverride();

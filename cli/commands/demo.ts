@@ -1,0 +1,17 @@
+import type { Command } from 'commander';
+import { printJson, printLine } from '../output.js';
+import { action } from '../run.js';
+
+export function registerDemo(program: Command): void {
+  program.command('demo').description('run the whole story on a generated disk (nothing else needed)')
+    .option('--dir <dir>', 'working directory (default: a new temporary directory)')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, o: { dir?: string }) => {
+      const { runDemo } = await import('../../src/demo/story.js');
+      const r = await runDemo({ ...(o.dir ? { dir: o.dir } : {}), ...(ctx.json ? {} : { log: printLine }) });
+      if (ctx.json) return printJson(r);
+      printLine('');
+      printLine(`demo finished in ${r.seconds} s; everything is in ${r.dir}`);
+      printLine(`try: clonebox --home ${r.home} snapshot list ${r.vm} --tree`);
+    }));
+}

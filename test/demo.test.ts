@@ -1,0 +1,25 @@
+/** `clonebox demo` runs the whole story with nothing but Node, and leaves valid images behind. */
+import { describe, expect, it } from 'vitest';
+import path from 'node:path';
+import { readdir } from 'node:fs/promises';
+import { makeTempDir, parseJsonOutput, qemuCheck, runCli } from './helpers/qemu.js';
+
+describe('demo', () => {
+  it('runs the story and every image it leaves passes qemu-img check', async () => {
+    const dir = await makeTempDir('clonebox-demo-');
+    const r = await runCli(['demo', '--dir', dir, '--json'], { home: null, env: { HOME: dir } });
+    expect(r.code, r.stderr).toBe(0);
+    const out = parseJsonOutput<{ vm: string; steps: { command: string; output: string[] }[]; stats: { savings_percent: number; unique_bytes: number; allocated_bytes: number } }>(r);
+    const commands = out.steps.map((s) => s.command).join('\n');
+    for (const c of ['vm create', 'snapshot create', 'snapshot restore', 'snapshot diff', 'snapshot list', 'snapshot stats']) expect(commands).toContain(c);
+    expect(out.stats.unique_bytes).toBeLessThan(out.stats.allocated_bytes); // the repeated library deduplicates
+    const tree = await runCli(['snapshot', 'list', 'demo', '--tree', '--json'], { home: path.join(dir, 'home') });
+    const t = parseJsonOutput<{ current: string; roots: { name: string; children: { name: string }[] }[] }>(tree);
+    expect(t.current).toBe('experiment');
+    expect(t.roots.map((n) => n.name)).toEqual(['installed']);
+    expect(t.roots[0]!.children.map((c) => c.name)).toEqual(['app-v1', 'experiment']);
+    const images = (await readdir(path.join(dir, 'disks'))).filter((f) => f.endsWith('.qcow2'));
+    expect(images.length).toBe(5);
+    for (const f of images) expect((await qemuCheck(path.join(dir, 'disks', f))).code, f).toBe(0);
+  });
+});
