@@ -1,0 +1,228 @@
+/**
+ * Wire formats of clonebox's team protocol, in one place so the protocol reads in one sitting (docs/sync.md,
+ * "Wire protocol"). Everything travels inside a Noise-encrypted Hyperswarm connection, multiplexed by
+ * Protomux into channels:
+ *
+ *   clonebox/membership  opened first by both sides; its handshake carries the membership proof
+ *                        (src/sync/membership.ts), then each side sends an Intro once it has checked the
+ *                        other's proof. Nothing else is opened or sent before that.
+ *   hypercore/alpha      Hypercore replication of each member's catalog core (one per workstation).
+ *   clonebox/blocks      block requests and replies (Request, Block, Missing, Cancel below).
+ *
+ * Encodings are compact-encoding (varint "uint", length-prefixed strings and buffers). The protocol
+ * version travels in the membership handshake; both sides then speak the lower of the two versions.
+ * Decoders check every length against a fixed limit before anything is kept, and reject trailing bytes.
+ */
+import c from 'compact-encoding';
+import { NAME_RE } from '../names.js';
+
+export const PROTOCOL_VERSION = 1;
+export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
+export const BLOCKS_PROTOCOL = 'clonebox/blocks';
+
+/** Largest block payload accepted on the wire (compressed blocks are at most a few MiB). */
+export const MAX_BLOCK_BYTES = 16 * 1024 * 1024;
+/** Most block hashes in one Request. */
+export const MAX_HASHES_PER_REQUEST = 1024;
+export const HASH_BYTES = 32;
+
+export class WireError extends Error {
+  constructor(message: string) {
+    super(`malformed message: ${message}`);
+    this.name = 'WireError';
+  }
+}
+
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new WireError(what);
+}
+
+// ---- Membership channel (clonebox/membership) -----------------------------------------------------
+
+/**
+ * The channel's handshake, sent by both sides as soon as the connection opens. It carries nothing but
+ * the protocol version and the proof, so a peer that fails the proof has learnt nothing about us.
+ *
+ *   version   uint      highest protocol version the sender speaks (1); the session uses the lower of the two
+ *   proof     32 bytes  membership proof bound to this connection (src/sync/membership.ts)
+ */
+export interface MembershipHandshake {
+  version: number;
+  proof: Buffer;
+}
+
+export const membershipHandshake: c.Encoding<MembershipHandshake> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.version);
+    c.fixed32.preencode(state, m.proof);
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.version);
+    c.fixed32.encode(state, m.proof);
+  },
+  decode(state) {
+    const version = c.uint.decode(state);
+    check(version >= 1, 'protocol version');
+    return { version, proof: c.fixed32.decode(state) };
+  },
+};
+
+/**
+ * Message 0 of the membership channel, sent by each side only after it has checked the other's proof.
+ *
+ *   name      string    the sender's workstation name (clonebox name rules)
+ *   catalog   buffer    key of the sender's catalog core (32 bytes), or empty when it shares nothing yet
+ */
+export interface Intro {
+  name: string;
+  catalog: Buffer | null;
+}
+
+export const intro: c.Encoding<Intro> = {
+  preencode(state, m) {
+    c.string.preencode(state, m.name);
+    c.optionalBuffer.preencode(state, m.catalog);
+  },
+  encode(state, m) {
+    c.string.encode(state, m.name);
+    c.optionalBuffer.encode(state, m.catalog);
+  },
+  decode(state) {
+    const name = c.string.decode(state);
+    check(NAME_RE.test(name), 'workstation name');
+    const catalog = c.optionalBuffer.decode(state);
+    check(catalog === null || catalog.length === 32, 'catalog key length');
+    return { name, catalog };
+  },
+};
+
+// ---- Block exchange (clonebox/blocks) -------------------------------------------------------------
+
+/** Message 0. Asks for blocks by content hash; replies come as Block or Missing, in any order. */
+export interface BlockRequest {
+  id: number;
+  hashes: Buffer[];
+}
+/** Message 1. One block; `codec` 0 = raw, 1 = zstd; `size` is the uncompressed length. */
+export interface BlockReply {
+  id: number;
+  hash: Buffer;
+  codec: number;
+  size: number;
+  data: Buffer;
+}
+/** Message 2. The sender does not have (or will not serve) this block. */
+export interface BlockMissing {
+  id: number;
+  hash: Buffer;
+}
+/** Message 3. Drop what is still queued for this request. */
+export interface BlockCancel {
+  id: number;
+}
+
+export const CODEC_RAW = 0;
+export const CODEC_ZSTD = 1;
+
+export const blockRequest: c.Encoding<BlockRequest> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.id);
+    c.uint.preencode(state, m.hashes.length);
+    state.end += HASH_BYTES * m.hashes.length;
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.id);
+    c.uint.encode(state, m.hashes.length);
+    for (const h of m.hashes) c.fixed32.encode(state, h);
+  },
+  decode(state) {
+    const id = c.uint.decode(state);
+    const n = c.uint.decode(state);
+    check(n >= 1 && n <= MAX_HASHES_PER_REQUEST, 'hash count');
+    check(state.end - state.start >= n * HASH_BYTES, 'request truncated');
+    const hashes: Buffer[] = [];
+    for (let i = 0; i < n; i++) hashes.push(c.fixed32.decode(state));
+    return { id, hashes };
+  },
+};
+
+export const blockReply: c.Encoding<BlockReply> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.id);
+    c.fixed32.preencode(state, m.hash);
+    c.uint8.preencode(state, m.codec);
+    c.uint.preencode(state, m.size);
+    c.binary.preencode(state, m.data);
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.id);
+    c.fixed32.encode(state, m.hash);
+    c.uint8.encode(state, m.codec);
+    c.uint.encode(state, m.size);
+    c.binary.encode(state, m.data);
+  },
+  decode(state) {
+    const id = c.uint.decode(state);
+    const hash = c.fixed32.decode(state);
+    const codec = c.uint8.decode(state);
+    check(codec === CODEC_RAW || codec === CODEC_ZSTD, 'codec');
+    const size = c.uint.decode(state);
+    check(size >= 1 && size <= MAX_BLOCK_BYTES, 'block size');
+    // Peek at the length prefix before binary.decode slices, so a lying length is refused early.
+    const save = state.start;
+    const len = c.uint.decode(state);
+    check(len >= 1 && len <= MAX_BLOCK_BYTES, 'payload length');
+    check(codec !== CODEC_RAW || len === size, 'raw payload length');
+    state.start = save;
+    const data = c.binary.decode(state);
+    return { id, hash, codec, size, data };
+  },
+};
+
+export const blockMissing: c.Encoding<BlockMissing> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.id);
+    c.fixed32.preencode(state, m.hash);
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.id);
+    c.fixed32.encode(state, m.hash);
+  },
+  decode(state) {
+    return { id: c.uint.decode(state), hash: c.fixed32.decode(state) };
+  },
+};
+
+export const blockCancel: c.Encoding<BlockCancel> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.id);
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.id);
+  },
+  decode(state) {
+    return { id: c.uint.decode(state) };
+  },
+};
+
+/** Encodes one message to a standalone buffer (tests, fuzzing, logs). */
+export function encodeMessage<T>(enc: c.Encoding<T>, value: T): Buffer {
+  return c.encode(enc, value);
+}
+
+/**
+ * Decodes one standalone message: any decoder failure (short input, bad field) and any trailing byte
+ * become a WireError.
+ */
+export function decodeMessage<T>(enc: c.Encoding<T>, buf: Buffer): T {
+  const state = c.state(0, buf.length, buf);
+  let value: T;
+  try {
+    value = enc.decode(state);
+  } catch (err) {
+    if (err instanceof WireError) throw err;
+    throw new WireError((err as Error).message);
+  }
+  if (state.start !== state.end) throw new WireError('trailing bytes');
+  return value;
+}

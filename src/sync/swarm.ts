@@ -1,0 +1,178 @@
+/**
+ * A workstation on its team's swarm: a DHT node (src/sync/dht.ts), a Hyperswarm joined to the team's
+ * topic, and the membership proof (src/sync/membership.ts) run on every connection before anything else.
+ * Peers that pass are recorded in the team record (first seen) and emitted as 'peer'; peers that fail
+ * are dropped, logged, and refused for the rest of the session ('rejected').
+ *
+ * Later protocols (catalog replication, block exchange) attach to `peer.mux`, which is only handed out
+ * after the proof, so nothing of ours reaches a non-member.
+ */
+import { EventEmitter } from 'node:events';
+import Hyperswarm from 'hyperswarm';
+import type NoiseSecretStream from '@hyperswarm/secret-stream';
+import type { Home } from '../store/home.js';
+import { openDht, type Bootstrap } from './dht.js';
+import type { Identity } from './identity.js';
+import { membershipKey, teamTopic } from './keys.js';
+import { MembershipError, proveMembership, type ProvenPeer, type RejectReason } from './membership.js';
+import { recordMember, teamSecret, type MemberRecord, type TeamRecord } from './teams.js';
+
+export interface TeamPeer extends ProvenPeer {
+  /** The name this workstation knows the peer by (see teams.ts: first seen, never a taken name). */
+  name: string;
+  member: MemberRecord;
+  stream: NoiseSecretStream;
+}
+
+export interface Rejection {
+  publicKey: Buffer;
+  reason: RejectReason;
+  message: string;
+}
+
+export interface TeamSwarmOptions {
+  home: Home;
+  team: TeamRecord;
+  identity: Identity;
+  /** Resolved bootstrap: --bootstrap, else the team's setting, else null (public DHT). */
+  bootstrap: Bootstrap;
+  /** Epoch ms by which the DHT must be reachable (DHT_UNREACHABLE otherwise). */
+  deadline: number;
+  proofTimeoutMs?: number;
+  /** Our catalog core key, announced to proven peers (null: nothing shared yet). */
+  catalogKey?: Buffer | null;
+  /** One line per notable event (dropped peers, new members), for stderr. */
+  log?: (line: string) => void;
+}
+
+/** Reasons that get a peer refused for the rest of the session (a closed connection may just be a retry). */
+const BANNED: ReadonlySet<RejectReason> = new Set(['bad-proof', 'protocol', 'timeout']);
+
+export function shortKey(key: Buffer): string {
+  return key.toString('hex').slice(0, 8);
+}
+
+export class TeamSwarm extends EventEmitter {
+  readonly peers = new Map<string, TeamPeer>();
+  readonly rejections: Rejection[] = [];
+  private readonly refused = new Set<string>();
+  private closing: Promise<void> | null = null;
+
+  private constructor(readonly swarm: Hyperswarm, private readonly opts: TeamSwarmOptions) {
+    super();
+  }
+
+  /** Joins the team's swarm. Throws DHT_UNREACHABLE at opts.deadline when no DHT node answers. */
+  static async open(opts: TeamSwarmOptions): Promise<TeamSwarm> {
+    const log = opts.log ?? (() => undefined);
+    const dht = await openDht({ bootstrap: opts.bootstrap, deadline: opts.deadline, keyPair: opts.identity, onError: (err) => log(`DHT error: ${err.message}`) });
+    let self: TeamSwarm | null = null;
+    const swarm = new Hyperswarm({
+      dht,
+      keyPair: { publicKey: opts.identity.publicKey, secretKey: opts.identity.secretKey },
+      firewall: (remotePublicKey) => self !== null && self.refused.has(remotePublicKey.toString('hex')),
+    });
+    self = new TeamSwarm(swarm, opts);
+    swarm.on('connection', (conn, info) => self!.onConnection(conn, info));
+    swarm.on('error', (err: Error) => log(`swarm error: ${err.message}`));
+    const discovery = swarm.join(teamTopic(teamSecret(opts.team)), { server: true, client: true });
+    // The first announce normally takes milliseconds once the DHT answers; do not wait past the deadline.
+    await Promise.race([discovery.flushed().catch(() => undefined), new Promise((r) => setTimeout(r, Math.max(0, opts.deadline - Date.now())).unref())]);
+    return self;
+  }
+
+  private log(line: string): void {
+    this.opts.log?.(line);
+  }
+
+  private onConnection(conn: NoiseSecretStream, info: Hyperswarm.PeerInfo): void {
+    // An unhandled 'error' on a connection would crash the process: always listen.
+    conn.on('error', () => undefined);
+    const key = conn.remotePublicKey ?? info.publicKey;
+    proveMembership(conn, {
+      key: membershipKey(teamSecret(this.opts.team)),
+      intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null },
+      ...(this.opts.proofTimeoutMs !== undefined ? { timeoutMs: this.opts.proofTimeoutMs } : {}),
+    }).then(
+      (proven) => this.onProven(conn, proven),
+      (err) => {
+        if (!(err instanceof MembershipError)) {
+          conn.destroy(err as Error);
+          this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
+          return;
+        }
+        if (!BANNED.has(err.reason)) return; // a duplicate or a peer that left: not an offence
+        const hex = key.toString('hex');
+        this.refused.add(hex);
+        info.ban(true);
+        const rejection: Rejection = { publicKey: key, reason: err.reason, message: err.message };
+        this.rejections.push(rejection);
+        this.log(`dropped peer ${shortKey(key)} on team ${this.opts.team.team}: ${err.message}`);
+        this.emit('rejected', rejection);
+      },
+    );
+  }
+
+  private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<void> {
+    if (this.closing) return;
+    let seen;
+    try {
+      seen = await recordMember(this.opts.home, this.opts.team.team, this.opts.identity, {
+        publicKey: proven.publicKey,
+        name: proven.intro.name,
+        catalogKey: proven.intro.catalog,
+      });
+    } catch (err) {
+      this.log(`cannot record member ${shortKey(proven.publicKey)}: ${(err as Error).message}`);
+      conn.destroy();
+      return;
+    }
+    if (seen.isNew) {
+      this.log(`new member on team ${this.opts.team.team}: ${seen.member.name} (${shortKey(proven.publicKey)})`
+        + (seen.renamed ? `, calls itself ${JSON.stringify(proven.intro.name)}, a name already taken here` : ''));
+    }
+    const peer: TeamPeer = { ...proven, name: seen.member.name, member: seen.member, stream: conn };
+    const hex = proven.publicKey.toString('hex');
+    this.peers.set(hex, peer);
+    conn.once('close', () => {
+      if (this.peers.get(hex) === peer) this.peers.delete(hex);
+      this.emit('peer-left', peer);
+    });
+    if (conn.destroyed) {
+      this.peers.delete(hex);
+      return;
+    }
+    this.emit('peer', peer);
+  }
+
+  /** Resolves with the proven peers once there are at least `n`, or with what there is at `deadline`. */
+  async waitForPeers(n: number, deadline: number): Promise<TeamPeer[]> {
+    if (this.peers.size >= n) return [...this.peers.values()];
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.removeListener('peer', onpeer);
+        resolve([...this.peers.values()]);
+      };
+      const onpeer = () => {
+        if (this.peers.size >= n) done();
+      };
+      const timer = setTimeout(done, Math.max(0, deadline - Date.now()));
+      this.on('peer', onpeer);
+    });
+  }
+
+  /** Leaves the topic, closes every connection and the DHT node. */
+  close(): Promise<void> {
+    if (!this.closing) {
+      this.closing = (async () => {
+        for (const conn of this.swarm.connections) conn.destroy();
+        // Unannouncing is polite but needs the DHT: give it 2 s, then close regardless.
+        const polite = this.swarm.destroy().then(() => true, () => true);
+        const inTime = await Promise.race([polite, new Promise<boolean>((r) => setTimeout(r, 2000, false).unref())]);
+        if (!inTime) await this.swarm.destroy({ force: true }).catch(() => undefined);
+      })();
+    }
+    return this.closing;
+  }
+}
