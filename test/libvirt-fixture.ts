@@ -35,7 +35,7 @@ export async function libvirtAvailability(): Promise<Availability> {
     const ver = await v.version();
     return { ok: true, reason: `libvirt ${ver.library ?? '?'}, ${ver.hypervisor ?? '?'}` };
   } catch (err) {
-    return { ok: false, reason: `libvirtd is not reachable at ${URI}: ${(err as Error).message} (run scripts/setup-libvirt.sh as root)` };
+    return { ok: false, reason: `${(err as Error).message} (run scripts/setup-libvirt.sh as root)` };
   }
 }
 
