@@ -39,7 +39,7 @@ export interface PrunePlan {
 
 /** "1y2m3w4d5h30min" style durations (restic's y/m/d/h plus w and min); returns milliseconds. */
 export function parseDuration(text: string): number {
-  const re = /(\d+)\s*(y|m|w|d|h|min)/gy;
+  const re = /(\d+)\s*(min|y|m|w|d|h)/gy; // "min" before "m", or "30min" would read as 30 months
   let ms = 0;
   let matched = 0;
   let m: RegExpExecArray | null;
