@@ -9,6 +9,7 @@ import { ensureDir } from './store/fsutil.js';
 import type { Home } from './store/home.js';
 import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';
+import { recover } from './store/journal.js';
 
 export interface DiskView {
   target: string;
@@ -136,9 +137,12 @@ export async function showVm(home: Home, name: string): Promise<VmView> {
  */
 export async function removeVm(home: Home, name: string, deleteFiles: boolean): Promise<{ name: string; deleted_files: string[] }> {
   checkName('VM', name);
+  await loadVm(home, name); // a clear VM_NOT_FOUND before any lock file is made
   const lock = await lockVm(home, name, 'vm remove');
   const deleted: string[] = [];
   try {
+    // Finish or undo an interrupted operation first, so the files listed below are the real ones.
+    await recover(home, name);
     const rec = await loadVm(home, name);
     const snaps = await listSnapshotRecords(home, name);
     await removeVmDir(home, name);
