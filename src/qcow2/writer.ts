@@ -76,6 +76,11 @@ export class Qcow2Writer {
     if (!Number.isSafeInteger(vs) || vs < 0 || BigInt(vs) > MAX_VIRTUAL_SIZE) {
       throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is out of range`, { exitCode: 2 });
     }
+    if (vs % 512 !== 0) {
+      // QEMU sees a qcow2 disk as whole 512-byte sectors (it rounds the header's size down), so any
+      // other size would make QEMU and clonebox disagree about the last bytes of the disk.
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is not a multiple of 512 bytes`, { exitCode: 2 });
+    }
     const backing = opts.backingFile ?? null;
     if (backing !== null && Buffer.byteLength(backing) > MAX_BACKING_FILE_NAME) {
       throw new CloneboxError('USAGE', `backing file name is longer than ${MAX_BACKING_FILE_NAME} bytes, ${backing}`, { exitCode: 2 });
@@ -86,7 +91,9 @@ export class Qcow2Writer {
       throw new CloneboxError('BAD_SIZE', `virtual size ${vs} needs an L1 table above 32 MiB with ${cs}-byte clusters; use a larger cluster size`, { exitCode: 2 });
     }
     const header = buildHeader(cs, vs, l1Size, backing, opts.backingFormat ?? (backing ? 'qcow2' : null));
-    const l1Clusters = Math.max(1, Math.ceil((l1Size * 8) / cs));
+    // A zero-sized disk has no L1 table (l1_table_offset 0): reserving a cluster for it anyway would
+    // leave a cluster with refcount 1 that nothing references, which `qemu-img check` reports as a leak.
+    const l1Clusters = Math.ceil((l1Size * 8) / cs);
     const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
     let fh: FileHandle;
     try {
