@@ -447,6 +447,31 @@ export class Virsh {
     return { seconds: (Date.now() - t0) / 1000 };
   }
 
+  /**
+   * Block pull (stream) on a running domain's disk: copies into the current image the data of every layer
+   * between it and `base` (all layers when `base` is omitted), then re-points the current image at `base`
+   * (or makes it self-contained). The current image keeps its path and content; the layers above `base`
+   * drop out of the chain and can be deleted. Bounded like blockCommit.
+   */
+  async blockPull(domain: string, target: string, o: { base?: string; keepRelative?: boolean; timeoutMs?: number; bandwidthMiB?: number } = {}): Promise<{ seconds: number }> {
+    const t0 = Date.now();
+    const timeoutMs = o.timeoutMs ?? TIMEOUTS.blockjob;
+    const args = ['blockpull', domain, target, '--wait', '--timeout', String(Math.max(1, Math.floor(timeoutMs / 1000)))];
+    if (o.base !== undefined) args.push('--base', o.base);
+    if (o.keepRelative) args.push('--keep-relative');
+    if (o.bandwidthMiB !== undefined) args.push('--bandwidth', String(o.bandwidthMiB));
+    try {
+      const out = await this.run(args, { domain, timeoutMs: timeoutMs + 30_000, what: `cannot pull layers into disk ${target}` });
+      if (/timed out|aborted/i.test(out)) {
+        throw new CloneboxError('LIBVIRT_TIMEOUT', `pulling layers into disk ${target} did not finish within ${Math.round(timeoutMs / 1000)}s and was aborted, domain ${domain}`);
+      }
+    } catch (err) {
+      await this.blockJobAbort(domain, target).catch(() => undefined);
+      throw err;
+    }
+    return { seconds: (Date.now() - t0) / 1000 };
+  }
+
   /** The disk's current block job, or null. */
   async blockJobInfo(domain: string, target: string): Promise<{ type: string; percent: number } | null> {
     const out = await this.run(['blockjob', domain, target, '--info'], { domain, what: `cannot read block job of disk ${target}` });
@@ -569,7 +594,16 @@ export class Virsh {
    * overlay): qemu's built-in qemu-io on the device `alias` (from the live XML, e.g. virtio-disk0).
    */
   async guestWrite(domain: string, alias: string, io: string): Promise<void> {
-    await this.hmp(domain, `qemu-io -d /machine/peripheral/${alias}/virtio-backend "${io.replace(/"/g, '')}"`);
+    const dev = `/machine/peripheral/${alias}/virtio-backend`;
+    await this.hmp(domain, `qemu-io -d ${dev} "${io.replace(/"/g, '')}"`);
+    // qemu caches qcow2 metadata (L2 tables, refcounts): until it flushes, another reader of the file
+    // (qemu-img -U, clonebox's own reader) may not see the write.
+    await this.hmp(domain, `qemu-io -d ${dev} "flush"`);
+  }
+
+  /** Makes qemu write back its caches for a disk, so the image files read as the guest sees them. */
+  async flushDisk(domain: string, alias: string): Promise<void> {
+    await this.hmp(domain, `qemu-io -d /machine/peripheral/${alias}/virtio-backend "flush"`);
   }
 }
 

@@ -1,0 +1,390 @@
+/**
+ * The libvirt driver: a VM is a persistent libvirt domain whose qcow2 disks clonebox snapshots.
+ *
+ * Layout. A snapshot seals each disk's current image as the snapshot's layer and moves the domain to a new
+ * overlay `<stem>~<snapshot>.qcow2` beside it (made by clonebox, with a relative backing name, and handed
+ * to libvirt with --reuse-external). So, unlike the image driver, the current image's PATH changes with
+ * each snapshot and restore (qemu holds the sealed file open and libvirt tracks it by path: it cannot be
+ * renamed under a running domain). The VM record follows (PreparedSnapshot.disks).
+ *
+ *   create, running   virsh snapshot-create --disk-only --atomic --no-metadata --reuse-external
+ *                     (+ memory file for --memory, + --quiesce when a guest agent answers)
+ *   create, stopped   the same call on the inactive domain (libvirt rewrites the persistent XML), plus the
+ *                     managed save image's XML when there is one
+ *   restore           stop the domain, drop a stale managed save, define the persistent XML on new overlays
+ *                     over the snapshot's layers; for a `full` snapshot restore the memory image onto them
+ *                     (restore --paused, then managedsave) so that `start` resumes the snapshot's memory
+ *   rebase current    running: virsh blockpull --base NEWBASE (the current image keeps its path, the layers
+ *   (delete/merge)    above NEWBASE drop out of qemu's chain); stopped: the qcow2 engine (rebaseImage) and
+ *                     a rename, as the image driver does
+ *
+ * Crash safety. prepare* only creates new files (announced to the journal). Every libvirt call happens in
+ * the journal's commit phase as a `{do: 'driver', driver: 'libvirt', step}` action whose step is
+ * idempotent: performLibvirtStep() first checks whether the step already took effect (a crash may have
+ * come after libvirt acted but before the journal noted it) and only then acts.
+ *
+ * Metadata. libvirt keeps no snapshot metadata (--no-metadata): clonebox's records are the only ones, so
+ * `virsh snapshot-list` never shows stale entries and `virsh snapshot-delete`/`snapshot-revert` cannot
+ * act on clonebox's layers behind its back. See docs/libvirt.md.
+ */
+import { stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import { CloneboxError } from '../../errors.js';
+import { Qcow2Image } from '../../qcow2/reader.js';
+import { rebaseImage } from '../../snapshots/rebase.js';
+import type { Action, Journal } from '../../store/journal.js';
+import type { VmRecord } from '../../store/registry.js';
+import type { SnapshotRecord } from '../../store/snapshots.js';
+import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
+import { createOverlay } from '../image.js';
+import { parseDomainXml, type DiskInfo, type DomainXml } from './domain-xml.js';
+import { DEFAULT_URI, Virsh } from './virsh.js';
+
+// --- journal steps ------------------------------------------------------------------------------------
+
+interface Where {
+  uri: string;
+  domain: string;
+}
+
+export type LibvirtStep =
+  /** External snapshot of `disks` (from → to); memory too when memoryFile is set and the domain runs. */
+  | (Where & { op: 'snapshot'; name: string; disks: { target: string; from: string; to: string }[]; memoryFile: string | null; quiesce: boolean })
+  /** Domain off (destroy) and, with dropManagedSave, no managed save image left. */
+  | (Where & { op: 'stop'; dropManagedSave: boolean })
+  /** Persistent XML (and the managed save image's XML, if any) point at `disks`, with no stale chains. */
+  | (Where & { op: 'sync_xml'; disks: LayerRef[] })
+  /** Memory state from `memoryFile` onto `disks`, left as a managed save image (the next start resumes it). */
+  | (Where & { op: 'load_memory'; memoryFile: string; disks: LayerRef[] })
+  /** Running domain: pull the layers above `base` into `path` (disk `target`); base null = all. */
+  | (Where & { op: 'block_pull'; target: string; path: string; base: string | null });
+
+export interface LibvirtAction {
+  do: 'driver';
+  driver: 'libvirt';
+  step: LibvirtStep;
+}
+
+function action(step: LibvirtStep): Action {
+  // The journal's Action union gains `{do: 'driver'}` with registerActionHandler (see journalSupport()).
+  return { do: 'driver', driver: 'libvirt', step } as unknown as Action;
+}
+
+/**
+ * The journal runs driver actions through a handler registered by name. Older journals without that
+ * hook would skip unknown actions silently, so the driver refuses to work with them.
+ */
+let registered: boolean | null = null;
+async function journalSupport(): Promise<boolean> {
+  if (registered !== null) return registered;
+  const j = (await import('../../store/journal.js')) as unknown as { registerActionHandler?: (driver: string, fn: (step: unknown) => Promise<void>) => void };
+  if (typeof j.registerActionHandler === 'function') {
+    j.registerActionHandler('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
+    registered = true;
+  } else {
+    registered = false;
+  }
+  return registered;
+}
+// Register as soon as this module loads, so that journal recovery in a new process can finish our steps.
+void journalSupport();
+
+const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Sources of `targets` in the live XML (running) or the persistent XML (stopped). */
+async function currentSources(v: Virsh, domain: string, targets: string[], active: boolean): Promise<(string | null)[]> {
+  const x = parseDomainXml(await v.dumpXml(domain, active ? {} : { inactive: true }));
+  return targets.map((t) => x.disks().find((d) => d.target === t)?.source ?? null);
+}
+
+/** Points the given disks at `disks` paths with no `<backingStore>` (libvirt reads the image headers). */
+function pointAt(x: DomainXml, disks: LayerRef[]): DomainXml {
+  for (const d of disks) x.setDiskSource(d.target, d.path);
+  return x;
+}
+
+async function syncXml(v: Virsh, domain: string, disks: LayerRef[]): Promise<void> {
+  const persistent = parseDomainXml(await v.dumpXml(domain, { inactive: true, secure: true }));
+  const before = persistent.toString();
+  const after = pointAt(persistent, disks).toString();
+  if (after !== before) await v.define(after);
+  if (await v.hasManagedSave(domain)) {
+    // libvirt 9.0 lets offline disk changes proceed without touching the managed save image: the next
+    // start would resume on the old (sealed) images. Keep it in step.
+    const ms = parseDomainXml(await v.managedSaveXml(domain));
+    const msBefore = ms.toString();
+    const msAfter = pointAt(ms, disks).toString();
+    if (msAfter !== msBefore) await v.managedSaveDefine(domain, msAfter);
+  }
+}
+
+/** Performs one journal step; safe to call again after a crash at any point inside it. */
+export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
+  const v = new Virsh({ uri: s.uri });
+  switch (s.op) {
+    case 'snapshot': {
+      const active = await v.isActive(s.domain);
+      const targets = s.disks.map((d) => d.target);
+      const now = await currentSources(v, s.domain, targets, active);
+      if (sameList(now, s.disks.map((d) => d.to))) {
+        await syncXml(v, s.domain, s.disks.map((d) => ({ target: d.target, path: d.to })));
+        return; // done before a crash
+      }
+      if (!sameList(now, s.disks.map((d) => d.from))) {
+        throw new CloneboxError('DOMAIN_CHANGED', `the domain's disks changed while the snapshot was being taken (${now.join(', ')}), domain ${s.domain}`);
+      }
+      // A memory file left by an attempt that did not complete is partial: start again.
+      let memoryFile = s.memoryFile;
+      if (memoryFile !== null) await unlink(memoryFile).catch(() => undefined);
+      // The domain may have stopped since prepare (someone else's virsh): take the disks anyway; a
+      // `full` snapshot without its memory file restores as a disk snapshot.
+      if (!active) memoryFile = null;
+      const spec = {
+        name: s.name,
+        disks: s.disks.map((d) => ({ target: d.target, file: d.to })),
+        quiesce: s.quiesce && active,
+        ...(memoryFile === null ? {} : { memoryFile }),
+      };
+      await v.createSnapshot(s.domain, spec);
+      await syncXml(v, s.domain, s.disks.map((d) => ({ target: d.target, path: d.to })));
+      return;
+    }
+    case 'stop': {
+      await v.ensureStopped(s.domain);
+      if (s.dropManagedSave && (await v.hasManagedSave(s.domain))) await v.managedSaveRemove(s.domain);
+      return;
+    }
+    case 'sync_xml': {
+      await syncXml(v, s.domain, s.disks);
+      return;
+    }
+    case 'load_memory': {
+      if (!(await exists(s.memoryFile))) return; // a full snapshot whose memory could not be taken
+      if (await v.hasManagedSave(s.domain)) return; // done (the stale one was dropped by 'stop')
+      if (!(await v.isActive(s.domain))) {
+        const xml = pointAt(parseDomainXml(await v.saveImageXml(s.memoryFile, s.domain)), s.disks).toString();
+        await v.restore(s.memoryFile, { xml, paused: true, domain: s.domain });
+      }
+      // Running (paused) on the restored memory: park it where `virsh start` resumes it.
+      await v.managedSave(s.domain, { running: true });
+      return;
+    }
+    case 'block_pull': {
+      const x = parseDomainXml(await v.dumpXml(s.domain));
+      const d = x.disks().find((k) => k.target === s.target);
+      if (!d || d.source !== s.path) {
+        throw new CloneboxError('DOMAIN_CHANGED', `disk ${s.target} is no longer ${s.path}, domain ${s.domain}`);
+      }
+      const below = d.backingChain?.[0]?.source ?? null;
+      if (below === s.base) return; // done
+      await v.blockPull(s.domain, s.target, { ...(s.base === null ? {} : { base: s.base }), keepRelative: true });
+      return;
+    }
+  }
+}
+
+// --- registration -------------------------------------------------------------------------------------
+
+export interface DomainDisks {
+  domain: string;
+  uri: string;
+  disks: LayerRef[];
+  warnings: string[];
+}
+
+/**
+ * What `vm add --libvirt` registers: the domain's writable qcow2 disks (targets and current images).
+ * Refuses transient domains, non-qcow2 writable disks and domains that libvirt holds snapshot metadata
+ * for (they would go stale under clonebox).
+ */
+export async function inspectDomain(domain: string, uri = DEFAULT_URI): Promise<DomainDisks> {
+  const v = new Virsh({ uri });
+  if (!(await v.exists(domain))) {
+    throw new CloneboxError('DOMAIN_NOT_FOUND', `no such libvirt domain at ${uri}, ${domain}`, { hint: `see \`virsh -c ${uri} list --all\`` });
+  }
+  if (!(await v.isPersistent(domain))) {
+    throw new CloneboxError('LIBVIRT_UNSUPPORTED', `the domain is transient (clonebox edits its persistent definition), domain ${domain}`, { hint: '`virsh define` it first' });
+  }
+  const existing = await v.snapshotList(domain);
+  if (existing.length > 0) {
+    throw new CloneboxError('LIBVIRT_UNSUPPORTED', `libvirt already holds snapshots of this domain (${existing.join(', ')}), domain ${domain}`, {
+      hint: 'delete or merge them with virsh first: clonebox must be the only one layering its disks',
+    });
+  }
+  const active = await v.isActive(domain);
+  const x = parseDomainXml(await v.dumpXml(domain, active ? {} : { inactive: true }));
+  const warnings: string[] = [];
+  const disks: LayerRef[] = [];
+  for (const d of x.snapshotDisks()) {
+    if (d.type !== 'file' || d.format !== 'qcow2') {
+      throw new CloneboxError('LIBVIRT_UNSUPPORTED', `disk ${d.target} is ${d.type === 'file' ? `a ${d.format ?? 'unknown'} image` : `a ${d.type} disk`}, only qcow2 files are supported, domain ${domain}`, {
+        hint: 'convert it with `qemu-img convert -O qcow2`, or mark it <readonly/> or <shareable/> to leave it out',
+      });
+    }
+    disks.push({ target: d.target, path: d.source! });
+  }
+  if (disks.length === 0) throw new CloneboxError('LIBVIRT_UNSUPPORTED', `the domain has no writable qcow2 disk, domain ${domain}`);
+  const skipped = x.disks().filter((d) => !disks.some((k) => k.target === d.target));
+  if (skipped.length > 0) warnings.push(`not snapshotted (read-only, shared or removable): ${skipped.map((d) => d.target).join(', ')}`);
+  return { domain, uri, disks, warnings };
+}
+
+// --- the driver ---------------------------------------------------------------------------------------
+
+function stemOf(p: string): string {
+  return path.basename(p).replace(/\.(qcow2|qcow|img)$/i, '').replace(/~.*$/, '');
+}
+
+/** A new file name `<stem>~<label>.qcow2` beside `current`, not used yet. */
+async function freshPath(current: string, label: string, taken: Set<string>): Promise<string> {
+  const dir = path.dirname(current);
+  for (let i = 1; ; i++) {
+    const p = path.join(dir, `${stemOf(current)}~${label}${i === 1 ? '' : `-${i}`}.qcow2`);
+    if (!taken.has(p) && !(await exists(p))) {
+      taken.add(p);
+      return p;
+    }
+  }
+}
+
+async function geometry(file: string): Promise<{ virtualSize: number; clusterSize: number }> {
+  const img = await Qcow2Image.open(file);
+  try {
+    return { virtualSize: img.virtualSize, clusterSize: img.clusterSize };
+  } finally {
+    await img.close();
+  }
+}
+
+export class LibvirtDriver implements SnapshotDriver {
+  readonly name = 'libvirt' as const;
+  private readonly requireJournalHook: boolean;
+
+  /** `requireJournalHook: false` is for tests that run the returned actions themselves. */
+  constructor(opts: { requireJournalHook?: boolean } = {}) {
+    this.requireJournalHook = opts.requireJournalHook ?? true;
+  }
+
+  private where(vm: VmRecord): Where & { virsh: Virsh } {
+    if (!vm.libvirt) throw new CloneboxError('STORE_CORRUPT', `VM record has no libvirt domain, ${vm.name}`);
+    return { uri: vm.libvirt.uri, domain: vm.libvirt.domain, virsh: new Virsh({ uri: vm.libvirt.uri }) };
+  }
+
+  private async ready(): Promise<void> {
+    if (this.requireJournalHook && !(await journalSupport())) {
+      throw new CloneboxError('UNSUPPORTED', 'the libvirt driver needs journal driver actions (registerActionHandler), which this build lacks');
+    }
+  }
+
+  /** The domain's view of the VM's disks must be clonebox's: anything else was changed behind its back. */
+  private async checkDisks(vm: VmRecord, v: Virsh, domain: string, active: boolean): Promise<DiskInfo[]> {
+    const x = parseDomainXml(await v.dumpXml(domain, active ? {} : { inactive: true }));
+    const disks = vm.disks.map((d) => x.disks().find((k) => k.target === d.target));
+    const bad = vm.disks.filter((d, i) => disks[i]?.source !== d.path);
+    if (bad.length > 0) {
+      throw new CloneboxError('DOMAIN_CHANGED', `the domain's disks are not where clonebox left them (${bad.map((d) => `${d.target}: expected ${d.path}, found ${disks[vm.disks.indexOf(d)]?.source ?? 'none'}`).join('; ')}), domain ${domain}`, {
+        hint: 'point the domain back at those images, or re-register the VM',
+      });
+    }
+    return disks as DiskInfo[];
+  }
+
+  async prepareSnapshot(vm: VmRecord, name: string, opts: { memory: boolean; quiesce: boolean }, j: Journal): Promise<PreparedSnapshot> {
+    await this.ready();
+    const { uri, domain, virsh } = this.where(vm);
+    const active = await virsh.isActive(domain);
+    if (opts.memory && !active) {
+      throw new CloneboxError('VM_NOT_RUNNING', `full snapshot requires a running VM, ${vm.name}`, { hint: `start it (\`virsh -c ${uri} start ${domain}\`) or take a disk snapshot` });
+    }
+    await this.checkDisks(vm, virsh, domain, active);
+    const warnings: string[] = [];
+    let quiesce = false;
+    if (opts.quiesce && active) {
+      const agent = await virsh.agentStatus(domain);
+      if (agent === 'connected' && (await virsh.agentPing(domain, 5))) quiesce = true;
+      else {
+        warnings.push(agent === 'none'
+          ? `no guest agent channel in domain ${domain}; snapshot ${name} is crash-consistent, not quiesced`
+          : `the guest agent of domain ${domain} does not answer; snapshot ${name} is crash-consistent, not quiesced`);
+      }
+    }
+    const taken = new Set<string>();
+    const plan: { target: string; from: string; to: string }[] = [];
+    for (const d of vm.disks) plan.push({ target: d.target, from: d.path, to: await freshPath(d.path, name, taken) });
+    const memoryFile = opts.memory ? path.join(path.dirname(vm.disks[0]!.path), `${stemOf(vm.disks[0]!.path)}@${name}.mem`) : null;
+    if (memoryFile !== null && (await exists(memoryFile))) {
+      throw new CloneboxError('SNAPSHOT_EXISTS', `memory file already exists, ${memoryFile}`, { hint: 'choose another snapshot name or move the file away' });
+    }
+    await j.willCreate(...plan.map((p) => p.to), ...(memoryFile === null ? [] : [memoryFile]));
+    for (const p of plan) await createOverlay(p.to, p.from, await geometry(p.from));
+    return {
+      layers: plan.map((p) => ({ target: p.target, path: p.from })),
+      type: opts.memory ? 'full' : 'disk',
+      memoryPath: memoryFile,
+      actions: [action({ op: 'snapshot', uri, domain, name, disks: plan, memoryFile, quiesce })],
+      disks: plan.map((p) => ({ target: p.target, path: p.to })),
+      warnings,
+    };
+  }
+
+  async prepareRestore(vm: VmRecord, snap: SnapshotRecord, j: Journal): Promise<PreparedSwitch> {
+    await this.ready();
+    const { uri, domain, virsh } = this.where(vm);
+    if (!(await virsh.exists(domain))) throw new CloneboxError('DOMAIN_NOT_FOUND', `no such libvirt domain at ${uri}, ${domain}`);
+    const taken = new Set<string>();
+    const plan: { target: string; layer: string; next: string; old: string }[] = [];
+    for (const d of vm.disks) {
+      const layer = snap.disks.find((l) => l.target === d.target);
+      if (!layer) throw new CloneboxError('STORE_CORRUPT', `snapshot ${snap.name} has no layer for disk ${d.target}, ${vm.name}`);
+      plan.push({ target: d.target, layer: layer.path, next: await freshPath(layer.path, `${snap.name}.restored`, taken), old: d.path });
+    }
+    await j.willCreate(...plan.map((p) => p.next));
+    for (const p of plan) await createOverlay(p.next, p.layer, await geometry(p.layer));
+    const disks = plan.map((p) => ({ target: p.target, path: p.next }));
+    const actions: Action[] = [
+      action({ op: 'stop', uri, domain, dropManagedSave: true }),
+      action({ op: 'sync_xml', uri, domain, disks }),
+    ];
+    if (snap.type === 'full' && snap.memory_path) actions.push(action({ op: 'load_memory', uri, domain, memoryFile: snap.memory_path, disks }));
+    // The discarded current images: never a snapshot's layer (a snapshot moves the domain off them).
+    for (const p of plan) actions.push({ do: 'unlink', path: p.old });
+    return { actions, disks };
+  }
+
+  async prepareRebaseCurrent(vm: VmRecord, newBase: Map<string, string | null>, j: Journal): Promise<PreparedSwitch> {
+    await this.ready();
+    const { uri, domain, virsh } = this.where(vm);
+    const active = await virsh.isActive(domain);
+    await this.checkDisks(vm, virsh, domain, active);
+    const disks = vm.disks.map((d) => ({ ...d }));
+    const actions: Action[] = [];
+    if (active) {
+      for (const d of vm.disks) actions.push(action({ op: 'block_pull', uri, domain, target: d.target, path: d.path, base: newBase.get(d.target) ?? null }));
+    } else {
+      const plan = vm.disks.map((d) => ({ disk: d.path, next: path.join(path.dirname(d.path), `.${path.basename(d.path)}.merge-${process.pid}.new`), base: newBase.get(d.target) ?? null }));
+      await j.willCreate(...plan.map((p) => p.next));
+      for (const p of plan) {
+        await rebaseImage(p.disk, p.base, p.next);
+        actions.push({ do: 'rename', from: p.next, to: p.disk });
+      }
+    }
+    // The persistent XML (and a managed save image) may still describe the old chain: libvirt would
+    // trust it over the headers at the next start.
+    actions.push(action({ op: 'sync_xml', uri, domain, disks }));
+    return { actions, disks };
+  }
+
+  async start(vm: VmRecord): Promise<void> {
+    const { domain, virsh } = this.where(vm);
+    if (!(await virsh.isActive(domain))) await virsh.start(domain);
+  }
+}
