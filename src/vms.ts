@@ -1,11 +1,11 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
-import { realpath, stat, unlink } from 'node:fs/promises';
+import { realpath, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from './errors.js';
 import { checkName } from './names.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
-import { ensureDir } from './store/fsutil.js';
+import { ensureDir, pathExists } from './store/fsutil.js';
 import type { Home } from './store/home.js';
 import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';
@@ -53,7 +53,7 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
     const dir = path.resolve(opts.dir ?? path.join(home.disksDir, name));
     await ensureDir(dir);
     const disk = path.join(dir, `${name}.qcow2`);
-    if (await exists(disk)) {
+    if (await pathExists(disk)) {
       throw new CloneboxError('VM_EXISTS', `disk file already exists, ${disk}`, { hint: 'use `clonebox vm add` to register it, or pick another --dir' });
     }
     // Sizes are rounded up to whole 512-byte sectors, as qemu-img does.
@@ -163,11 +163,3 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}

@@ -5,9 +5,9 @@
  * disk path. Nothing here costs more for a bigger disk: only headers and L1 tables are written.
  */
 import path from 'node:path';
-import { stat } from 'node:fs/promises';
 import { CloneboxError } from '../errors.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { imageGeometry, type Geometry } from '../qcow2/probe.js';
+import { pathExists } from '../store/fsutil.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { rebaseImage } from '../snapshots/rebase.js';
 import type { Action, Journal } from '../store/journal.js';
@@ -29,26 +29,10 @@ function nextPathFor(diskPath: string, op: string): string {
   return path.join(path.dirname(diskPath), `.${path.basename(diskPath)}.${op}-${process.pid}.new`);
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
-async function geometry(file: string): Promise<{ virtualSize: number; clusterSize: number }> {
-  const img = await Qcow2Image.open(file);
-  try {
-    return { virtualSize: img.virtualSize, clusterSize: img.clusterSize };
-  } finally {
-    await img.close();
-  }
-}
 
 /** A new empty overlay at `out` whose backing file is `backing` (absolute), stored relative to `out`. */
-export async function createOverlay(out: string, backing: string, geo: { virtualSize: number; clusterSize: number }): Promise<void> {
+export async function createOverlay(out: string, backing: string, geo: Geometry): Promise<void> {
   const w = await Qcow2Writer.create(out, {
     virtualSize: geo.virtualSize,
     clusterSize: geo.clusterSize,
@@ -74,14 +58,14 @@ export class ImageDriver implements SnapshotDriver {
     const nexts: { disk: string; next: string; layer: string }[] = [];
     for (const d of vm.disks) {
       const layer = layerPathFor(d.path, name);
-      if (await exists(layer)) {
+      if (await pathExists(layer)) {
         throw new CloneboxError('SNAPSHOT_EXISTS', `layer file already exists, ${layer}`, { hint: 'choose another snapshot name or move the file away' });
       }
       nexts.push({ disk: d.path, next: nextPathFor(d.path, 'snap'), layer });
     }
     await j.willCreate(...nexts.map((n) => n.next));
     for (const n of nexts) {
-      await createOverlay(n.next, n.layer, await geometry(n.disk));
+      await createOverlay(n.next, n.layer, await imageGeometry(n.disk));
     }
     for (const [i, n] of nexts.entries()) {
       actions.push({ do: 'rename', from: n.disk, to: n.layer }, { do: 'rename', from: n.next, to: n.disk });
@@ -100,7 +84,7 @@ export class ImageDriver implements SnapshotDriver {
     }
     await j.willCreate(...plan.map((p) => p.next));
     for (const p of plan) {
-      await createOverlay(p.next, p.layer, await geometry(p.layer));
+      await createOverlay(p.next, p.layer, await imageGeometry(p.layer));
       actions.push({ do: 'rename', from: p.next, to: p.disk });
     }
     return { actions, disks: vm.disks.map((d) => ({ ...d })) };

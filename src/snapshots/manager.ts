@@ -18,7 +18,8 @@ import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store
 import { rebaseImage } from './rebase.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
 import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
-import { stat } from 'node:fs/promises';
+import { pathExists } from '../store/fsutil.js';
+import { allocatedBytes, backingOf } from '../qcow2/probe.js';
 import { diffDisk, type DiskDiff } from './diff.js';
 import { computeStats, type VmStats } from './stats.js';
 
@@ -46,35 +47,6 @@ function recordPath(home: Home, vm: string, name: string): string {
   return path.join(snapshotsDir(home, vm), `${name}.json`);
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Allocated data bytes in one image file alone. */
-async function allocatedBytes(file: string): Promise<number> {
-  const img = await Qcow2Image.open(file);
-  try {
-    let n = 0;
-    for await (const r of img.runs()) if (r.kind === 'data') n += r.length;
-    return n;
-  } finally {
-    await img.close();
-  }
-}
-
-async function backingOf(file: string): Promise<string | null> {
-  const img = await Qcow2Image.open(file);
-  try {
-    return img.backingPath();
-  } finally {
-    await img.close();
-  }
-}
 
 function pad(n: number, w = 2): string {
   return String(n).padStart(w, '0');
@@ -112,7 +84,7 @@ export class SnapshotManager {
   async read<T>(vmName: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>): Promise<T> {
     checkName('VM', vmName);
     await loadVm(this.home, vmName);
-    if (await exists(journalPath(this.home, vmName))) {
+    if (await pathExists(journalPath(this.home, vmName))) {
       return this.withVm(vmName, 'snapshot list', fn);
     }
     return fn(await loadVm(this.home, vmName), await listSnapshotRecords(this.home, vmName));

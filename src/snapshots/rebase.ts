@@ -12,6 +12,8 @@ import path from 'node:path';
 import { Chain } from '../qcow2/chain.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
+import { formatOf } from '../qcow2/probe.js';
+import { ChainReader } from './diff.js';
 
 /** Data is read and written in slices of at most this size. */
 const SLICE = 4 * 1024 * 1024;
@@ -31,6 +33,8 @@ export async function rebaseImage(top: string, newBase: string | null, out: stri
   const vs = topImg.virtualSize;
   await topImg.close();
   const upper = await Chain.open(top, newBase ? { stopAt: newBase } : {});
+  const reader = new ChainReader(upper);
+  let slice: Buffer | null = null;
   let full: Chain | null = null;
   const w = await Qcow2Writer.create(out, {
     virtualSize: vs,
@@ -91,8 +95,10 @@ export async function rebaseImage(top: string, newBase: string | null, out: stri
         } else if (kind === 'data') {
           for (let s = off; s < wholeEnd; s += SLICE) {
             const len = Math.min(SLICE, wholeEnd - s);
-            const data = await upper.read(s, len);
-            await w.write(s, data);
+            // One reused buffer: the writer keeps its own copy of what it has not written yet.
+            slice ??= Buffer.allocUnsafe(SLICE);
+            await reader.readInto(s, len, slice);
+            await w.write(s, slice.subarray(0, len));
             res.dataBytes += len;
           }
         }
@@ -106,17 +112,8 @@ export async function rebaseImage(top: string, newBase: string | null, out: stri
     await w.abort();
     throw err;
   } finally {
+    await reader.close();
     await upper.close();
     if (full) await (full as Chain).close();
-  }
-}
-
-async function formatOf(file: string): Promise<'qcow2' | 'raw'> {
-  try {
-    const img = await Qcow2Image.open(file);
-    await img.close();
-    return 'qcow2';
-  } catch {
-    return 'raw';
   }
 }

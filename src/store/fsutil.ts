@@ -3,7 +3,7 @@
  * directory, fsync, rename, and an fsync of the directory, so a crash leaves either the old or the
  * new content and never a torn file.
  */
-import { open, rename, unlink, mkdir } from 'node:fs/promises';
+import { open, rename, unlink, mkdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ioError } from '../errors.js';
@@ -54,5 +54,14 @@ export async function ensureDir(dir: string, mode = 0o755): Promise<void> {
     await mkdir(dir, { recursive: true, mode });
   } catch (err) {
     throw ioError(err, 'cannot create directory', dir);
+  }
+}
+
+export async function pathExists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
   }
 }

@@ -14,10 +14,10 @@
  * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
  * (each persist and each commit action counts), so tests can stop an operation at every point.
  */
-import { readFile, rename, rm, unlink, readdir, stat } from 'node:fs/promises';
+import { readFile, rename, rm, unlink, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { writeJsonAtomic, ensureDir } from './fsutil.js';
+import { writeJsonAtomic, ensureDir, pathExists } from './fsutil.js';
 import { vmDir, type Home } from './home.js';
 
 export type Action =
@@ -130,7 +130,7 @@ async function perform(a: Action): Promise<void> {
         await rename(a.from, a.to);
       } catch (err) {
         // Already done by an earlier, interrupted run: the source is gone and the target is there.
-        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await exists(a.to))) return;
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT' && (await pathExists(a.to))) return;
         throw ioError(err, 'cannot rename', `${a.from} -> ${a.to}`);
       }
       return;
@@ -149,14 +149,6 @@ async function perform(a: Action): Promise<void> {
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /**
  * Finishes or rolls back an interrupted operation on `vm`. The caller holds the VM lock (so the
