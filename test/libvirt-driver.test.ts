@@ -101,7 +101,7 @@ describe.skipIf(suite.skip)(suite.title, () => {
       await commit(p.actions);
       const rec: SnapshotRecord = {
         name, vm_name: vm.name, type: p.type, state: 'ready', created_at: new Date().toISOString(), description: null,
-        parent: vm.current, tags: [], auto_created: false, auto_policy: null, expires_at: null, disks: p.layers, memory_path: p.memoryPath,
+        parent: vm.current, tags: [], auto_created: false, auto_policy: null, expires_at: null, disks: p.layers, memory_path: p.memoryPath, size_bytes: 0,
       };
       snaps.push(rec);
       vm = { ...vm, current: name, disks: p.disks };
