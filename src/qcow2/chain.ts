@@ -2,6 +2,7 @@
  * Reads a disk as the VM sees it: an image and its backing chain, resolved top-down per range.
  * Raw backing files are supported (a raw file reads as data up to its length, zeros beyond).
  */
+import { constants as fsc } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
@@ -32,11 +33,16 @@ export class RawLayer implements Layer {
   static async open(file: string): Promise<RawLayer> {
     let fh: FileHandle;
     try {
-      fh = await open(file, 'r');
+      // O_NONBLOCK: a FIFO must be refused below, not waited on forever (no effect on regular files).
+      fh = await open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
     } catch (err) {
       throw ioError(err, 'cannot open backing file', file);
     }
     const st = await fh.stat();
+    if (!st.isFile() && !st.isBlockDevice()) {
+      await fh.close();
+      throw new CloneboxError('BACKING_MISSING', `backing file is not a regular file, ${file}`);
+    }
     return new RawLayer(file, fh, st.size);
   }
 
@@ -196,11 +202,14 @@ export class Chain {
 async function sniffFormat(file: string): Promise<'qcow2' | 'raw'> {
   let fh: FileHandle;
   try {
-    fh = await open(file, 'r');
+    // O_NONBLOCK: a FIFO must be refused below, not waited on forever (no effect on regular files).
+    fh = await open(file, fsc.O_RDONLY | fsc.O_NONBLOCK);
   } catch (err) {
     throw new CloneboxError('BACKING_MISSING', `backing file is missing or unreadable, ${file}`, { cause: err });
   }
   try {
+    const st = await fh.stat();
+    if (!st.isFile() && !st.isBlockDevice()) throw new CloneboxError('BACKING_MISSING', `backing file is not a regular file, ${file}`);
     const b = Buffer.alloc(4);
     const { bytesRead } = await fh.read(b, 0, 4, 0);
     return bytesRead === 4 && b.readUInt32BE(0) === 0x514649fb ? 'qcow2' : 'raw';

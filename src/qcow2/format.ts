@@ -226,8 +226,12 @@ export function parseHeader(buf: Buffer, fileSize: number, file: string): Qcow2H
     if (h.backingFileSize > MAX_BACKING_FILE_NAME) {
       throw corrupt(file, `backing file name is ${h.backingFileSize} bytes (the limit is ${MAX_BACKING_FILE_NAME})`);
     }
-    if (h.backingFileOffset + h.backingFileSize > Math.min(clusterSize, fileSize)) {
+    if (h.backingFileOffset + h.backingFileSize > clusterSize) {
       throw corrupt(file, 'backing file name lies outside the header cluster');
+    }
+    if (h.backingFileOffset + h.backingFileSize > fileSize) {
+      // Inside the header cluster, but the file ends before it: the file was cut short.
+      throw new CloneboxError('QCOW2_TRUNCATED', `truncated qcow2 image: backing file name is past the end of the file, ${file}`);
     }
   }
 

@@ -2,6 +2,7 @@
  * Native qcow2 reader: enumerates what ONE image file holds (never its backing file) and reads those
  * bytes, with memory bounded by the L1 table plus a few L2 tables and the data being read.
  */
+import { constants as fsc } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { inflateRawSync, constants as zc } from 'node:zlib';
 import path from 'node:path';
@@ -81,7 +82,9 @@ export class Qcow2Image {
     const abs = path.resolve(file);
     let fh: FileHandle;
     try {
-      fh = await open(abs, 'r');
+      // O_NONBLOCK: opening a FIFO (a hostile backing file name can point anywhere) must not wait for a
+      // writer forever; it is refused just below as not a regular file. No effect on regular files.
+      fh = await open(abs, fsc.O_RDONLY | fsc.O_NONBLOCK);
     } catch (err) {
       throw ioError(err, 'cannot open image', abs);
     }
@@ -107,6 +110,7 @@ export class Qcow2Image {
       if (header.l1Size > 0) await readFully(fh, l1Bytes, header.l1TableOffset, abs);
       const l1 = new BigUint64Array(header.l1Size);
       for (let i = 0; i < header.l1Size; i++) l1[i] = l1Bytes.readBigUInt64BE(i * 8);
+      checkL1Aliasing(l1, abs);
       return new Qcow2Image(abs, fh, fileSize, header, ext, backingFile, l1);
     } catch (err) {
       await fh.close().catch(() => undefined);
@@ -333,6 +337,11 @@ export class Qcow2Image {
     }
   }
 
+  private compressedCutByEof(offset: number): CloneboxError {
+    return new CloneboxError('QCOW2_TRUNCATED',
+      `truncated qcow2 image: compressed cluster at 0x${offset.toString(16)} is cut off by the end of the file, ${this.path}`);
+  }
+
   private async readCompressed(c: { offset: number; maxBytes: number }): Promise<Buffer> {
     const cs = this.header.clusterSize;
     // A compressed cluster never needs more than cluster size + one sector of input; anything larger
@@ -349,9 +358,12 @@ export class Qcow2Image {
       }
     } catch (err) {
       if (err instanceof CloneboxError) throw err;
+      if (len < c.maxBytes && len < cs + 512 * 2) throw this.compressedCutByEof(c.offset);
       throw this.corrupt(`compressed cluster at 0x${c.offset.toString(16)} does not decompress (${(err as Error).message})`);
     }
     if (out.length !== cs) {
+      // The file ended inside the descriptor's range: the stream was cut off, the file is truncated.
+      if (len < c.maxBytes && len < cs + 512 * 2) throw this.compressedCutByEof(c.offset);
       throw this.corrupt(`compressed cluster at 0x${c.offset.toString(16)} decompresses to ${out.length} bytes, not ${cs}`);
     }
     return out;
@@ -388,6 +400,29 @@ export class Qcow2Image {
       data_bytes: data,
       zero_bytes: zero,
     };
+  }
+}
+
+/**
+ * Two L1 entries never name the same L2 table in a valid image (each table has exactly one owner). A
+ * hostile file could point millions of L1 entries at one table and make enumeration walk billions of
+ * entries; refusing aliases bounds the work by the file's size (distinct tables must each fit in it).
+ */
+function checkL1Aliasing(l1: BigUint64Array, file: string): void {
+  let n = 0;
+  const offsets = new Float64Array(l1.length);
+  for (let i = 0; i < l1.length; i++) {
+    const off = Number(l1[i]! & L1E_OFFSET_MASK);
+    if (off !== 0) offsets[n++] = off;
+  }
+  if (n < 2) return;
+  const sorted = offsets.subarray(0, n).sort();
+  for (let i = 1; i < n; i++) {
+    if (sorted[i] === sorted[i - 1]) {
+      throw new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: L2 table at 0x${sorted[i]!.toString(16)} is used by two L1 entries, ${file}`, {
+        hint: 'the file is damaged; `qemu-img check` may tell more',
+      });
+    }
   }
 }
 
