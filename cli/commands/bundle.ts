@@ -1,0 +1,142 @@
+/**
+ * Bundles on the command line: `snapshot export|import|verify|inspect` and `key generate`. Parsing
+ * and rendering only; the work is in src/bundle/.
+ */
+import { InvalidArgumentError, type Command } from 'commander';
+import { printJson, printLine, table } from '../output.js';
+import { action } from '../run.js';
+import { formatBytes } from '../../src/names.js';
+
+interface KeyOpts {
+  passphraseFile?: string;
+  keyFile?: string;
+}
+
+function levelOpt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1 || n > 19) throw new InvalidArgumentError(`--level takes a whole number from 1 to 19, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+async function keyFrom(o: KeyOpts) {
+  const { loadKeySource } = await import('../../src/bundle/crypto.js');
+  return loadKeySource({ passphraseFile: o.passphraseFile, keyFile: o.keyFile });
+}
+
+function pct(part: number, whole: number): string {
+  return whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-';
+}
+
+/** Registers the bundle commands: four under `snapshot`, and `key generate` on the program. */
+export function registerBundle(snapshot: Command, program: Command): void {
+  snapshot.command('export').argument('<vm>').description('write snapshots (root..N) as one deduplicated, compressed tar bundle')
+    .option('--name <snapshot>', 'last snapshot to include (default: the current one)')
+    .option('--since <base>', 'include only the snapshots after BASE (the importing VM must hold BASE)')
+    .requiredOption('-o, --output <file>', 'bundle file, or - for stdout (then --json goes to stderr)')
+    .option('--encrypt', 'encrypt blocks and metadata (needs --passphrase-file or --key-file)')
+    .option('--passphrase-file <file>', 'passphrase (Argon2id-derived key)')
+    .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
+    .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
+      const { usageError } = await import('../../src/errors.js');
+      if (o.encrypt && !o.passphraseFile && !o.keyFile) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
+      if (!o.encrypt && (o.passphraseFile || o.keyFile)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the bundle');
+      const key = o.encrypt ? await keyFrom(o) : null;
+      const { exportBundle } = await import('../../src/bundle/export.js');
+      const r = await exportBundle(ctx.home, vm, { name: o.name, since: o.since, output: o.output, key, level: o.level, json: ctx.json });
+      const doc = {
+        file: r.file, snapshots: r.snapshots, logical_bytes: r.logical_bytes, unique_bytes: r.unique_bytes, stored_bytes: r.stored_bytes,
+        blocks: r.blocks, unique_blocks: r.unique_blocks, encrypted: r.encrypted, seconds: r.seconds, bundle_bytes: r.bundle_bytes, since: r.since,
+      };
+      const toStdout = o.output === '-';
+      if (ctx.json) {
+        // stdout carries the bundle itself with -o -: the report goes to stderr then.
+        if (toStdout) process.stderr.write(JSON.stringify(doc, null, 2) + '\n');
+        else printJson(doc);
+        return;
+      }
+      const say = (s: string) => (toStdout ? process.stderr.write(s + '\n') : printLine(s));
+      say(`exported ${r.snapshots.length} snapshot(s) of ${vm}${r.since ? ` after ${r.since}` : ''} to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
+      say(`  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`);
+      say(`  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`);
+    }));
+
+  snapshot.command('import').argument('<vm>').argument('<file>', 'bundle file, or - for stdin')
+    .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
+    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--dir <dir>', 'directory for the disks of a new VM (default: <home>/disks/<vm>)')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string }) => {
+      const key = await keyFrom(o);
+      const { importBundle } = await import('../../src/bundle/import.js');
+      const r = await importBundle(ctx.home, vm, { input: file, key, dir: o.dir, json: ctx.json });
+      if (ctx.json) return printJson({ vm: r.vm, snapshots: r.snapshots, bytes_written: r.bytes_written, seconds: r.seconds, current: r.current, base: r.base });
+      printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
+      printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
+      if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
+        printLine(`  the VM's current state was left as it was; \`clonebox snapshot restore ${vm} --name ${r.snapshots[r.snapshots.length - 1]}\` switches to the imported one`);
+      }
+    }));
+
+  snapshot.command('verify').argument('<file>', 'bundle file, or - for stdin')
+    .description('read a whole bundle and check every block, map and seal (writes nothing)')
+    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, file: string, o: KeyOpts) => {
+      const key = await keyFrom(o);
+      const { verifyBundle } = await import('../../src/bundle/verify.js');
+      const r = await verifyBundle(file, key, { json: ctx.json });
+      if (!r.ok) process.exitCode = 1;
+      // Problems found are the result, not an exception: each also gets the contract's error line.
+      for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
+      if (ctx.json) return printJson(r);
+      if (r.ok) {
+        printLine(`ok: ${r.snapshots.length} snapshot(s), ${r.blocks_checked} blocks checked in ${r.packs} pack(s)${r.encrypted ? ' (encrypted)' : ''}`);
+        return;
+      }
+    }));
+
+  snapshot.command('inspect').argument('<file>', 'bundle file')
+    .description('show what a bundle holds: snapshots, sizes, dedup and compression savings')
+    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, file: string, o: KeyOpts) => {
+      const key = await keyFrom(o);
+      const { inspectBundle } = await import('../../src/bundle/inspect.js');
+      const r = await inspectBundle(file, key);
+      if (ctx.json) return printJson(r);
+      printLine(`bundle: ${r.file} (format ${r.format_version}${r.bundle_bytes !== null ? `, ${formatBytes(r.bundle_bytes)}` : ''})`);
+      printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no'}`);
+      if (!r.readable) {
+        printLine('contents: encrypted; pass --passphrase-file or --key-file to see them');
+        return;
+      }
+      printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+      printLine('');
+      printLine(table(['SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'], r.snapshots.map((s) => [
+        s.name, s.parent ?? '-', s.created_at, formatBytes(s.data_bytes), formatBytes(s.zero_bytes), s.description ?? '',
+      ]), [false, false, false, true, true, false]));
+      printLine('');
+      printLine(`data:        ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks`);
+      printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saves ${r.dedup_savings_percent}%)`);
+      printLine(`stored:      ${formatBytes(r.stored_bytes)} in ${r.frames} frames, ${r.packs} packs (compression saves ${r.compression_savings_percent}%)`);
+      printLine(`overall:     ${r.total_savings_percent}% smaller than the data`);
+    }));
+
+  const key = program.commands.find((c) => c.name() === 'key') ?? program.command('key').description('encryption keys for bundles');
+  key.command('generate').description('write a new random 32-byte key file (mode 0600; never overwrites)')
+    .requiredOption('-o, --output <file>', 'where to write the key')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, o: { output: string }) => {
+      const path = await import('node:path');
+      const { generateKeyFile } = await import('../../src/bundle/crypto.js');
+      const file = path.resolve(o.output);
+      await generateKeyFile(file);
+      if (ctx.json) return printJson({ file });
+      printLine(`wrote a new key to ${file}; keep it secret and keep a copy: bundles encrypted with it cannot be read without it`);
+    }));
+}

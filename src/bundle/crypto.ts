@@ -1,0 +1,193 @@
+/**
+ * Keys and sealing for bundles (libsodium through sodium-native).
+ *
+ *   master key K    32 bytes: a key file's content, or Argon2id13(passphrase, salt, opslimit, memlimit)
+ *                   with the parameters and salt stored in the header
+ *   key check       BLAKE2b-256(key = K, header bytes 0..71): tells a wrong key from a damaged bundle
+ *   K_enc           BLAKE2b-256(key = K, "clonebox-bundle/v1/enc" || bundle id): one key per bundle
+ *   K_id            BLAKE2b-256(key = K, "clonebox-bundle/v1/block-id"): block ids are
+ *                   BLAKE2b-256(key = K_id, SHA-256(block)), so equal blocks under different keys (or
+ *                   a guessed plaintext) cannot be recognised without the key
+ *
+ * Every entry after the header is sealed with associated data = header checksum || kind || index, so an
+ * entry cannot move to another position or another bundle. Plain bundles use the same framing with a
+ * SHA-256 tag: that catches damage, truncation and mix-ups (not forgery: anyone may re-hash).
+ */
+import { createHash } from 'node:crypto';
+import { open, readFile } from 'node:fs/promises';
+import sodium from 'sodium-native';
+import { CloneboxError, ioError } from '../errors.js';
+import { NONCE_BYTES, TAG_AEAD_BYTES, TAG_PLAIN_BYTES, type EntryKind } from './format.js';
+
+export const KEY_BYTES = 32;
+
+export type KeySource =
+  | { kind: 'passphrase'; passphrase: Buffer; file: string }
+  | { kind: 'keyfile'; key: Buffer; file: string };
+
+export function sha256(...parts: Uint8Array[]): Buffer {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return h.digest();
+}
+
+export function blake2b256(key: Uint8Array | null, ...parts: Uint8Array[]): Buffer {
+  const out = Buffer.alloc(32);
+  const input = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+  sodium.crypto_generichash(out, input, key ?? undefined);
+  return out;
+}
+
+export function randomBytes(n: number): Buffer {
+  const b = Buffer.alloc(n);
+  sodium.randombytes_buf(b);
+  return b;
+}
+
+/** Reads --passphrase-file or --key-file. A passphrase file loses one trailing newline, as restic's does. */
+export async function loadKeySource(opts: { passphraseFile?: string | undefined; keyFile?: string | undefined }): Promise<KeySource | null> {
+  if (opts.passphraseFile !== undefined && opts.keyFile !== undefined) {
+    throw new CloneboxError('USAGE', 'give either --passphrase-file or --key-file, not both', { exitCode: 2 });
+  }
+  if (opts.passphraseFile !== undefined) {
+    const file = opts.passphraseFile;
+    let text: Buffer;
+    try {
+      text = await readFile(file);
+    } catch (err) {
+      throw ioError(err, 'cannot read passphrase file', file);
+    }
+    let end = text.length;
+    if (end > 0 && text[end - 1] === 0x0a) end--;
+    if (end > 0 && text[end - 1] === 0x0d) end--;
+    if (end === 0) throw new CloneboxError('USAGE', `passphrase file is empty, ${file}`, { exitCode: 2 });
+    return { kind: 'passphrase', passphrase: Buffer.from(text.subarray(0, end)), file };
+  }
+  if (opts.keyFile !== undefined) {
+    const file = opts.keyFile;
+    let raw: Buffer;
+    try {
+      raw = await readFile(file);
+    } catch (err) {
+      throw ioError(err, 'cannot read key file', file);
+    }
+    let key: Buffer | null = null;
+    if (raw.length === KEY_BYTES) key = raw;
+    else {
+      // Also accept the key written as 64 hex digits (and a newline), for keys kept in text form.
+      const t = raw.toString('latin1').trim();
+      if (/^[0-9a-fA-F]{64}$/.test(t)) key = Buffer.from(t, 'hex');
+    }
+    if (!key) {
+      throw new CloneboxError('BAD_KEY_FILE', `key file must hold exactly 32 bytes (or 64 hex digits), ${file}`, {
+        hint: 'create one with `clonebox key generate -o FILE`',
+      });
+    }
+    return { kind: 'keyfile', key, file };
+  }
+  return null;
+}
+
+/** Derives the master key. Argon2id runs in libsodium's thread, off the event loop. */
+export async function deriveMaster(src: KeySource, kdf: { salt: Buffer; opslimit: number; memlimit: number }): Promise<Buffer> {
+  if (src.kind === 'keyfile') return Buffer.from(src.key);
+  const out = Buffer.alloc(KEY_BYTES);
+  await sodium.crypto_pwhash_async(out, src.passphrase, kdf.salt, kdf.opslimit, kdf.memlimit, sodium.crypto_pwhash_ALG_ARGON2ID13);
+  return out;
+}
+
+export function keyCheck(master: Buffer, headerPrefix: Buffer): Buffer {
+  return blake2b256(master, headerPrefix);
+}
+
+export function encKey(master: Buffer, bundleId: Buffer): Buffer {
+  return blake2b256(master, Buffer.from('clonebox-bundle/v1/enc', 'latin1'), bundleId);
+}
+
+export function idKey(master: Buffer): Buffer {
+  return blake2b256(master, Buffer.from('clonebox-bundle/v1/block-id', 'latin1'));
+}
+
+/** A block's id as stored: its SHA-256, or the keyed BLAKE2b of that SHA-256 in encrypted bundles. */
+export function blockId(sha: Uint8Array, idk: Buffer | null): Buffer {
+  if (!idk) return Buffer.from(sha.buffer, sha.byteOffset, sha.byteLength);
+  return blake2b256(idk, sha);
+}
+
+function associatedData(headerChecksum: Buffer, kind: EntryKind, index: number): Buffer {
+  const ad = Buffer.alloc(32 + 1 + 4);
+  headerChecksum.copy(ad, 0);
+  ad.writeUInt8(kind, 32);
+  ad.writeUInt32BE(index, 33);
+  return ad;
+}
+
+/** Seals and opens the entries of one bundle. `key` null: plain bundle (SHA-256 tags). */
+export class Sealer {
+  constructor(private readonly headerChecksum: Buffer, private readonly key: Buffer | null) {}
+
+  get encrypted(): boolean {
+    return this.key !== null;
+  }
+
+  /** Bytes `seal()` adds to a payload. */
+  get overhead(): number {
+    return this.key ? NONCE_BYTES + TAG_AEAD_BYTES : TAG_PLAIN_BYTES;
+  }
+
+  seal(kind: EntryKind, index: number, payload: Buffer): Buffer {
+    const ad = associatedData(this.headerChecksum, kind, index);
+    if (!this.key) {
+      const out = Buffer.allocUnsafe(payload.length + TAG_PLAIN_BYTES);
+      payload.copy(out, 0);
+      sha256(ad, payload).copy(out, payload.length);
+      return out;
+    }
+    const out = Buffer.allocUnsafe(NONCE_BYTES + payload.length + TAG_AEAD_BYTES);
+    const nonce = out.subarray(0, NONCE_BYTES);
+    sodium.randombytes_buf(nonce);
+    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(out.subarray(NONCE_BYTES), payload, ad, null, nonce, this.key);
+    return out;
+  }
+
+  /** Returns the payload, or null when the entry does not authenticate at this position. */
+  open(kind: EntryKind, index: number, sealed: Buffer): Buffer | null {
+    const ad = associatedData(this.headerChecksum, kind, index);
+    if (!this.key) {
+      if (sealed.length < TAG_PLAIN_BYTES) return null;
+      const payload = sealed.subarray(0, sealed.length - TAG_PLAIN_BYTES);
+      const tag = sealed.subarray(sealed.length - TAG_PLAIN_BYTES);
+      return sha256(ad, payload).equals(tag) ? payload : null;
+    }
+    if (sealed.length < NONCE_BYTES + TAG_AEAD_BYTES) return null;
+    const nonce = sealed.subarray(0, NONCE_BYTES);
+    const out = Buffer.allocUnsafe(sealed.length - NONCE_BYTES - TAG_AEAD_BYTES);
+    try {
+      sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, sealed.subarray(NONCE_BYTES), ad, nonce, this.key);
+    } catch {
+      return null;
+    }
+    return out;
+  }
+}
+
+/** `clonebox key generate`: 32 random bytes in a new file only its owner can read. */
+export async function generateKeyFile(file: string): Promise<void> {
+  const key = randomBytes(KEY_BYTES);
+  let fh;
+  try {
+    fh = await open(file, 'wx', 0o600);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+      throw new CloneboxError('FILE_EXISTS', `file already exists, ${file}`, { hint: 'a key file is never overwritten; pick another name' });
+    }
+    throw ioError(err, 'cannot create key file', file);
+  }
+  try {
+    await fh.writeFile(key);
+    await fh.sync();
+  } finally {
+    await fh.close();
+    sodium.sodium_memzero(key);
+  }
+}

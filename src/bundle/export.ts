@@ -1,0 +1,421 @@
+/**
+ * `snapshot export`: a snapshot chain (root..N, or the layers after BASE) into one bundle.
+ *
+ * Pipeline, per layer in bundle order:
+ *   main thread   reads the layer's map and data (blocks.ts), cuts blocks into ~4 MiB batches
+ *   worker        hashes every block of a batch (SHA-256)
+ *   main thread   looks each block id up in the dedup index, in batch order: known → a reference,
+ *                 new → gets the next block number
+ *   worker        compresses the batch's new blocks into one zstd frame (the bytes never came back)
+ *   main thread   appends the frame and the batch's records to the current pack, in batch order;
+ *                 a full pack is sealed and written as one tar entry
+ * Batches in flight are bounded (two per worker), so memory does not grow with the disk.
+ */
+import { createWriteStream } from 'node:fs';
+import { open, rename, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { Writable } from 'node:stream';
+import { CloneboxError, ioError, usageError } from '../errors.js';
+import { checkName } from '../names.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { fsyncDir, tempPathFor } from '../store/fsutil.js';
+import type { Home } from '../store/home.js';
+import { recover } from '../store/journal.js';
+import { loadVm, lockVm } from '../store/registry.js';
+import { listSnapshotRecords, saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
+import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import { Batcher, BlockIndex, LayerDigest, openLayer, type Batch } from './blocks.js';
+import { blockId, deriveMaster, encKey, idKey, keyCheck, randomBytes, Sealer, type KeySource } from './crypto.js';
+import {
+  BLOCK_SIZE, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, FRAME_TARGET, KDF_MEMLIMIT, KDF_OPSLIMIT, KeyKind, PACK_TARGET,
+  packEntryName, type Meta, type MetaLayer, type Seal, type SealTotals,
+} from './format.js';
+import { encodeHeader, encodeJson, headerPrefix } from './manifest.js';
+import { PackWriter } from './packs.js';
+import { Progress } from './progress.js';
+import { TarWriter } from './tar.js';
+import { WorkerPool } from './workers.js';
+import type { WorkerReply } from './worker.js';
+import { Codec } from './format.js';
+
+export interface ExportOptions {
+  /** Last snapshot to include (default: the current one). */
+  name?: string | undefined;
+  /** Include only the snapshots after this one. */
+  since?: string | undefined;
+  /** File path, or '-' for stdout. */
+  output: string;
+  /** Encrypt with this key (null: plain bundle). */
+  key: KeySource | null;
+  /** zstd level, 1..19. */
+  level?: number;
+  /** Suppresses the progress line. */
+  json?: boolean;
+  /** Where '-' writes (default process.stdout); for tests. */
+  stdout?: Writable;
+}
+
+export interface ExportResult {
+  file: string;
+  snapshots: string[];
+  logical_bytes: number;
+  unique_bytes: number;
+  stored_bytes: number;
+  blocks: number;
+  unique_blocks: number;
+  encrypted: boolean;
+  seconds: number;
+  bundle_bytes: number;
+  since: string | null;
+}
+
+interface LayerPlan {
+  meta: MetaLayer;
+  path: string;
+  resolved: boolean;
+}
+
+/** Header, sealer and block-id key for a new bundle. */
+async function newHeader(key: KeySource | null): Promise<{ header: Buffer; sealer: Sealer; idk: Buffer | null }> {
+  const bundleId = randomBytes(16);
+  if (!key) {
+    const prefix = headerPrefix({ version: 1, encrypted: false, bundleId, keyKind: KeyKind.None, opslimit: 0, memlimit: 0, salt: Buffer.alloc(16) });
+    const { bytes, checksum } = encodeHeader(prefix, Buffer.alloc(32));
+    return { header: bytes, sealer: new Sealer(checksum, null), idk: null };
+  }
+  const passphrase = key.kind === 'passphrase';
+  const kdf = passphrase
+    ? { salt: randomBytes(16), opslimit: KDF_OPSLIMIT, memlimit: KDF_MEMLIMIT }
+    : { salt: Buffer.alloc(16), opslimit: 0, memlimit: 0 };
+  const master = await deriveMaster(key, kdf);
+  const prefix = headerPrefix({
+    version: 1, encrypted: true, bundleId, keyKind: passphrase ? KeyKind.Passphrase : KeyKind.KeyFile, ...kdf,
+  });
+  const { bytes, checksum } = encodeHeader(prefix, keyCheck(master, prefix));
+  const sealer = new Sealer(checksum, encKey(master, bundleId));
+  const idk = idKey(master);
+  master.fill(0);
+  return { header: bytes, sealer, idk };
+}
+
+function notFound(vm: string, name: string): CloneboxError {
+  return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
+}
+
+export async function exportBundle(home: Home, vmName: string, opts: ExportOptions): Promise<ExportResult> {
+  checkName('VM', vmName);
+  const level = opts.level ?? 3;
+  if (!Number.isInteger(level) || level < 1 || level > 19) throw usageError(`--level must be a whole number from 1 to 19, got ${level}`);
+  const toStdout = opts.output === '-';
+  const stdout = opts.stdout ?? process.stdout;
+  if (toStdout && (stdout as NodeJS.WriteStream).isTTY) {
+    throw usageError('refusing to write a bundle to a terminal', 'redirect stdout to a file or a pipe, or use -o FILE');
+  }
+  const t0 = Date.now();
+  await loadVm(home, vmName); // VM_NOT_FOUND before a lock file is made
+  const lock = await lockVm(home, vmName, 'snapshot export');
+  try {
+    await recover(home, vmName);
+    const vm = await loadVm(home, vmName);
+    const snaps = await listSnapshotRecords(home, vmName);
+    const byName = new Map(snaps.map((s) => [s.name, s]));
+    const last = opts.name ?? vm.current;
+    if (last === null) {
+      throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
+    }
+    if (opts.name !== undefined) checkName('snapshot', opts.name);
+    if (!byName.has(last)) throw notFound(vmName, last);
+    // The line from the root to `last`.
+    const line: SnapshotRecord[] = [];
+    for (let cur: string | null = last; cur !== null; cur = byName.get(cur)?.parent ?? null) {
+      const rec = byName.get(cur);
+      if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vmName}`);
+      if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vmName}`);
+      line.push(rec);
+    }
+    line.reverse();
+    let since: Meta['since'] = null;
+    let chain = line;
+    if (opts.since !== undefined) {
+      checkName('snapshot', opts.since);
+      if (!byName.has(opts.since)) throw notFound(vmName, opts.since);
+      const at = line.findIndex((s) => s.name === opts.since);
+      if (at < 0 || at === line.length - 1) {
+        throw usageError(`--since ${opts.since} is not an ancestor of ${last}`, `see \`clonebox snapshot list ${vmName} --tree\``);
+      }
+      const ids = await ensureContentIds(home, snaps, [opts.since]);
+      since = { name: opts.since, content_id: ids.get(opts.since)! };
+      chain = line.slice(at + 1);
+    }
+    for (const s of chain) {
+      if (s.state !== 'ready') throw new CloneboxError('SNAPSHOT_NOT_READY', `snapshot ${s.name} is ${s.state}, not ready, VM ${vmName}`);
+    }
+
+    // Layers, with the checks that make the bundle rebuildable: each layer stands on its parent's.
+    const layers: LayerPlan[] = [];
+    let targets: string | null = null;
+    for (const [si, s] of chain.entries()) {
+      const disks = [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1));
+      const t = disks.map((d) => d.target).join(',');
+      if (targets === null) targets = t;
+      else if (targets !== t) throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${t}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
+      for (const d of disks) {
+        const img = await Qcow2Image.open(d.path);
+        try {
+          const backing = img.backingPath();
+          let resolved = false;
+          if (s.parent === null) resolved = backing !== null;
+          else {
+            const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
+            if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
+              throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
+            }
+          }
+          layers.push({ meta: { snapshot: si, target: d.target, virtual_size: img.virtualSize, cluster_size: img.clusterSize }, path: d.path, resolved });
+        } finally {
+          await img.close();
+        }
+      }
+    }
+
+    const meta: Meta = {
+      format: 'clonebox-bundle', version: 1, created_at: new Date().toISOString(), vm: { name: vmName }, block_size: BLOCK_SIZE,
+      block_hash: opts.key ? 'blake2b256-keyed-sha256' : 'sha256', compression: { codec: 'zstd', level }, since,
+      snapshots: chain.map((s) => ({
+        name: s.name, parent: s.parent, type: s.type, created_at: s.created_at, description: s.description, tags: s.tags,
+        auto_created: s.auto_created, auto_policy: s.auto_policy, expires_at: s.expires_at, content_id: s.content_id ?? null,
+      })),
+      layers: layers.map((l) => l.meta),
+    };
+
+    const { header, sealer, idk } = await newHeader(opts.key);
+    let out: Writable;
+    let tmp: string | null = null;
+    let finalPath: string | null = null;
+    let fh: import('node:fs/promises').FileHandle | null = null;
+    if (toStdout) out = stdout;
+    else {
+      finalPath = path.resolve(opts.output);
+      tmp = tempPathFor(finalPath);
+      try {
+        fh = await open(tmp, 'wx', 0o644);
+      } catch (err) {
+        throw ioError(err, 'cannot create bundle', finalPath);
+      }
+      out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 1024 * 1024 });
+    }
+    const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date());
+    let pool: WorkerPool | null = null;
+    const progress = Progress.for('export', opts.json || !process.stderr.isTTY ? null : await totalData(layers), Boolean(opts.json));
+    try {
+      await tarW.add(ENTRY_HEADER, header);
+      await tarW.add(ENTRY_META, sealer.seal(EntryKind.Meta, 0, encodeJson(meta)));
+      pool = await WorkerPool.start();
+      const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress);
+      const ids: string[] = [];
+      for (const [si, s] of chain.entries()) {
+        const parentId = si === 0 ? (since ? since.content_id : null) : ids[si - 1]!;
+        ids.push(s.content_id ?? contentId(parentId, layers.flatMap((l, li) => (l.meta.snapshot === si ? [{ target: l.meta.target, digest: result.digests[li]! }] : []))));
+      }
+      const seal: Seal = {
+        packs: result.packs,
+        snapshots: chain.map((s, i) => ({ name: s.name, content_id: ids[i]! })),
+        layers: result.layerStats,
+        totals: result.totals,
+      };
+      await tarW.add(ENTRY_SEAL, sealer.seal(EntryKind.Seal, 0, encodeJson(seal)));
+      await tarW.finish();
+      if (fh) {
+        await fh.sync();
+        await fh.close();
+        fh = null;
+        await rename(tmp!, finalPath!);
+        tmp = null;
+        await fsyncDir(path.dirname(finalPath!));
+      }
+      progress.finish();
+      // The ids computed on the way are kept: later merges must not change what names these states.
+      for (const [i, s] of chain.entries()) {
+        if (!s.content_id) {
+          s.content_id = ids[i]!;
+          await saveSnapshotRecord(home, s);
+        }
+      }
+      return {
+        file: finalPath ?? '-', snapshots: chain.map((s) => s.name), logical_bytes: result.totals.logical_bytes,
+        unique_bytes: result.totals.unique_bytes, stored_bytes: result.totals.stored_bytes, blocks: result.totals.blocks,
+        unique_blocks: result.totals.unique_blocks, encrypted: opts.key !== null, seconds: (Date.now() - t0) / 1000,
+        bundle_bytes: tarW.bytes, since: since?.name ?? null,
+      };
+    } catch (err) {
+      progress.finish();
+      tarW.abort(err as Error);
+      throw err;
+    } finally {
+      await pool?.close();
+      if (fh) await fh.close().catch(() => undefined);
+      if (tmp) await unlink(tmp).catch(() => undefined);
+    }
+  } finally {
+    await lock.release();
+  }
+}
+
+async function totalData(layers: LayerPlan[]): Promise<number> {
+  let n = 0;
+  for (const l of layers) {
+    const src = await openLayer(l.path, l.resolved);
+    try {
+      for await (const p of src.pieces()) if (p.kind === 'data') n += p.length;
+    } finally {
+      await src.close();
+    }
+  }
+  return n;
+}
+
+interface InFlight {
+  batch: Batch;
+  slot: number;
+  id: number;
+  shas: Buffer | null;
+  /** Block number of each block item, in item order. */
+  numbers: Uint32Array | null;
+  fresh: number[];
+  deduped: Promise<void>;
+  frame: Promise<{ codec: Codec; rawLength: number; stored: Buffer } | null> | null;
+}
+
+interface PipelineResult {
+  packs: number;
+  digests: Buffer[];
+  layerStats: Seal['layers'];
+  totals: SealTotals;
+}
+
+async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWriter, sealer: Sealer, idk: Buffer | null, level: number,
+  progress: Progress): Promise<PipelineResult> {
+  const index = new BlockIndex();
+  const packW = new PackWriter();
+  let packNo = 0;
+  const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
+  const digests = layers.map((l) => new LayerDigest(l.meta.virtual_size, l.meta.cluster_size));
+  const maxInFlight = pool.size * 2 + 1;
+  const queue: InFlight[] = [];
+  let lastDedup: Promise<void> = Promise.resolve();
+
+  const writePack = async () => {
+    const payload = packW.take();
+    await tarW.add(packEntryName(packNo), sealer.seal(EntryKind.Pack, packNo, payload));
+    packNo++;
+  };
+
+  const emit = async (f: InFlight) => {
+    await f.deduped;
+    const frame = f.frame ? await f.frame : null;
+    const b = f.batch;
+    if (frame) {
+      const lengths = b.items.flatMap((x) => (x.kind === 'block' ? [x.length] : []));
+      const blocks = f.fresh.map((k) => ({ length: lengths[k]!, id: index.idOf(f.numbers![k]!) }));
+      packW.frame(frame.codec, blocks, frame.stored);
+      totals.frames++;
+      totals.stored_bytes += frame.stored.length;
+      totals.unique_bytes += frame.rawLength;
+      totals.unique_blocks += blocks.length;
+    }
+    const dg = digests[b.layer]!;
+    let k = 0;
+    let bytes = 0;
+    for (const it of b.items) {
+      if (it.kind === 'zero') {
+        packW.zero(b.layer, it.offset, it.length);
+        dg.addZero(it.offset, it.length);
+        continue;
+      }
+      packW.data(b.layer, it.offset, f.numbers![k]!, it.length);
+      dg.addBlock(it.offset, it.length, f.shas!.subarray(k * 32, k * 32 + 32));
+      totals.blocks++;
+      totals.logical_bytes += it.length;
+      bytes += it.length;
+      k++;
+    }
+    if (packW.size >= PACK_TARGET) await writePack();
+    progress.add(bytes);
+  };
+
+  const submit = async (batch: Batch) => {
+    while (queue.length >= maxInFlight) await emit(queue.shift()!);
+    const slot = pool.pick();
+    const id = pool.newId();
+    const blocks = new Uint32Array(batch.blocks * 2);
+    let k = 0;
+    for (const it of batch.items) {
+      if (it.kind !== 'block') continue;
+      blocks[2 * k] = it.at;
+      blocks[2 * k + 1] = it.length;
+      k++;
+    }
+    const f: InFlight = { batch, slot, id, shas: null, numbers: null, fresh: [], deduped: Promise.resolve(), frame: null };
+    if (batch.blocks === 0) {
+      queue.push(f);
+      return;
+    }
+    const hashed = pool.request(slot, { op: 'hash', id, buf: batch.buf.buffer as ArrayBuffer, blocks }, [batch.buf.buffer as ArrayBuffer]);
+    // The batch's bytes now belong to the worker; only offsets and lengths stay here.
+    f.deduped = lastDedup.then(async () => {
+      const r = (await hashed) as Extract<WorkerReply, { shas: ArrayBuffer }>;
+      const shas = Buffer.from(r.shas);
+      f.shas = shas;
+      const numbers = new Uint32Array(batch.blocks);
+      for (let i = 0; i < batch.blocks; i++) {
+        const bid = blockId(shas.subarray(i * 32, i * 32 + 32), idk);
+        let n = index.get(bid);
+        if (n < 0) {
+          n = index.add(bid);
+          f.fresh.push(i);
+        }
+        numbers[i] = n;
+      }
+      f.numbers = numbers;
+      if (f.fresh.length) {
+        f.frame = pool.request(slot, { op: 'compress', id, select: Uint32Array.from(f.fresh), level }).then((rep) => {
+          const c = rep as Extract<WorkerReply, { storedLength: number }>;
+          return { codec: c.codec, rawLength: c.rawLength, stored: Buffer.from(c.stored, c.storedOffset, c.storedLength) };
+        });
+      } else {
+        f.frame = pool.request(slot, { op: 'drop', id }).then(() => null);
+      }
+      f.frame.catch(() => undefined);
+    });
+    lastDedup = f.deduped;
+    // A failure surfaces when the batch is emitted; keep Node from calling it unhandled before that.
+    f.deduped.catch(() => undefined);
+    queue.push(f);
+  };
+
+  for (const [li, l] of layers.entries()) {
+    const src = await openLayer(l.path, l.resolved);
+    try {
+      const batcher = new Batcher(li, FRAME_TARGET, submit);
+      for await (const p of src.pieces()) {
+        if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
+        else await batcher.data(p.offset, await p.read());
+      }
+      await batcher.flush();
+    } finally {
+      await src.close();
+    }
+  }
+  while (queue.length) await emit(queue.shift()!);
+  if (!packW.empty) await writePack();
+  const layerStats = digests.map((d) => {
+    const digest = d.digest();
+    return { digest: digest.toString('hex'), data_bytes: d.dataBytes, zero_bytes: d.zeroBytes, blocks: d.blocks, raw: digest };
+  });
+  return {
+    packs: packNo,
+    digests: layerStats.map((s) => s.raw),
+    layerStats: layerStats.map(({ raw: _raw, ...rest }) => rest),
+    totals,
+  };
+}

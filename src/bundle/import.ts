@@ -1,0 +1,414 @@
+/**
+ * `snapshot import`: a bundle (file or stdin) back into qcow2 layers, registered as a VM.
+ *
+ * Order of events, so that a failure anywhere leaves nothing behind:
+ *  1. header, key and meta are read and checked (wrong key, damaged header or meta: stop, nothing written);
+ *  2. under the VM lock: the VM must not exist (or, for a --since bundle, must hold the base by content
+ *     id), no target file may exist; a journal operation starts (store/journal.ts);
+ *  3. packs are applied as they arrive: each layer is written by the native qcow2 writer under a
+ *     hidden temporary name beside its final place (announced to the journal first), frames are
+ *     appended to a hidden spool file so that later references to their blocks can be served; at most
+ *     one pack (plus the next, read ahead) is in memory;
+ *  4. the seal is checked (pack count, every layer digest, totals, content ids);
+ *  5. only then the journal commits: temporary files are renamed into place, the snapshot records are
+ *     written and the VM record last (a VM exists exactly when its vm.json does).
+ * An error before 5 rolls back (temporary files deleted); a crash before 5 is rolled back by the next
+ * command that recovers this VM's journal, a crash during 5 is rolled forward.
+ */
+import { createReadStream } from 'node:fs';
+import { open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
+import path from 'node:path';
+import type { Readable } from 'node:stream';
+import { CloneboxError, ioError } from '../errors.js';
+import { checkName } from '../names.js';
+import { layerPathFor } from '../drivers/image.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
+import { ensureDir } from '../store/fsutil.js';
+import { vmDir, type Home } from '../store/home.js';
+import { Journal, journalPath, recover, type Action } from '../store/journal.js';
+import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { ensureContentIds } from '../snapshots/identity.js';
+import { decodeFrame } from './codec.js';
+import { randomBytes, type KeySource } from './crypto.js';
+import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
+import { Progress } from './progress.js';
+import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
+import { WorkerPool } from './workers.js';
+
+export interface ImportOptions {
+  /** Bundle file, or '-' for stdin. */
+  input: string;
+  key: KeySource | null;
+  /** Directory for a new VM's disks (default <home>/disks/<vm>). */
+  dir?: string | undefined;
+  json?: boolean;
+  /** What '-' reads (default process.stdin); for tests. */
+  stdin?: Readable;
+}
+
+export interface ImportResult {
+  vm: string;
+  snapshots: string[];
+  bytes_written: number;
+  seconds: number;
+  /** The VM's current snapshot after the import. */
+  current: string | null;
+  /** For a --since bundle: the local snapshot the imported ones stand on. */
+  base: string | null;
+}
+
+/** Opens the input: a file (its size known, for progress) or stdin. */
+export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable; label: string; size: number | null }> {
+  if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null };
+  const file = path.resolve(input);
+  let size: number;
+  try {
+    const st = await stat(file);
+    if (!st.isFile()) throw new CloneboxError('USAGE', `not a file, ${file}`, { exitCode: 2 });
+    size = st.size;
+  } catch (err) {
+    throw ioError(err, 'cannot read bundle', file);
+  }
+  return { stream: createReadStream(file, { highWaterMark: 1024 * 1024 }), label: file, size };
+}
+
+function diskPathFor(dir: string, vm: string, target: string): string {
+  return path.join(dir, target === 'vda' ? `${vm}.qcow2` : `${vm}-${target}.qcow2`);
+}
+
+function hiddenTemp(final: string): string {
+  return path.join(path.dirname(final), `.${path.basename(final)}.import-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+async function exists(p: string): Promise<boolean> {
+  try {
+    await stat(p);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+interface LayerFile {
+  final: string;
+  temp: string;
+  backing: string | null;
+  virtualSize: number;
+  clusterSize: number;
+}
+
+/** Writes decoded pieces into the layers' temporary files, assembling clusters larger than a block. */
+class ImportSink implements BundleSink {
+  private writer: Qcow2Writer | null = null;
+  private pend: Buffer | null = null;
+  private pendStart = 0;
+  private pendFill = 0;
+  private spool: FileHandle | null = null;
+  private spoolEnd = 0;
+  private readonly frames: { at: number; length: number; codec: Codec; raw: number }[] = [];
+  private readonly cache = new Map<number, Buffer>();
+  private cacheBytes = 0;
+  dataBytes = 0;
+
+  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string,
+    private readonly progress: Progress) {}
+
+  async open(): Promise<void> {
+    await this.journal.willCreate(this.spoolPath);
+    try {
+      this.spool = await open(this.spoolPath, 'wx+', 0o600);
+    } catch (err) {
+      throw ioError(err, 'cannot create temporary file', this.spoolPath);
+    }
+  }
+
+  async beginLayer(li: number): Promise<void> {
+    const f = this.files[li]!;
+    await this.journal.willCreate(f.temp);
+    this.writer = await Qcow2Writer.create(f.temp, {
+      virtualSize: f.virtualSize, clusterSize: f.clusterSize, backingFile: f.backing, backingFormat: f.backing ? 'qcow2' : null,
+    });
+  }
+
+  async endLayer(): Promise<void> {
+    const w = this.writer!;
+    this.writer = null;
+    if (this.pend) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
+    await w.finish();
+  }
+
+  async frame(frame: number, codec: Codec, stored: Buffer, raw: Buffer): Promise<void> {
+    let done = 0;
+    while (done < stored.length) {
+      const { bytesWritten } = await this.spool!.write(stored, done, stored.length - done, this.spoolEnd + done).catch((err) => {
+        throw ioError(err, 'cannot write temporary file', this.spoolPath);
+      });
+      done += bytesWritten;
+    }
+    this.frames[frame] = { at: this.spoolEnd, length: stored.length, codec, raw: raw.length };
+    this.spoolEnd += stored.length;
+    this.remember(frame, raw);
+  }
+
+  private remember(frame: number, raw: Buffer): void {
+    this.cache.set(frame, raw);
+    this.cacheBytes += raw.length;
+    // Keep the most recent frames (about 64 MiB): references are mostly to nearby data.
+    while (this.cacheBytes > 64 * 1024 * 1024 && this.cache.size > 1) {
+      const [k, v] = this.cache.entries().next().value!;
+      this.cache.delete(k);
+      this.cacheBytes -= v.length;
+    }
+  }
+
+  async frameBytes(frame: number): Promise<Buffer> {
+    const hit = this.cache.get(frame);
+    if (hit) {
+      this.cache.delete(frame);
+      this.cache.set(frame, hit);
+      return hit;
+    }
+    const f = this.frames[frame]!;
+    const stored = Buffer.allocUnsafe(f.length);
+    let got = 0;
+    while (got < f.length) {
+      const { bytesRead } = await this.spool!.read(stored, got, f.length - got, f.at + got);
+      if (bytesRead === 0) throw new CloneboxError('IO', `temporary file is shorter than written, ${this.spoolPath}`);
+      got += bytesRead;
+    }
+    const d = decodeFrame(f.codec, stored, f.raw, new Uint32Array(0));
+    if (!d) throw new CloneboxError('IO', `temporary file was changed while importing, ${this.spoolPath}`);
+    this.remember(frame, d.raw);
+    return d.raw;
+  }
+
+  async data(_layer: number, offset: number, _block: number, length: number, data: Buffer | null): Promise<void> {
+    const w = this.writer!;
+    const cs = w.clusterSize;
+    this.dataBytes += length;
+    this.progress.add(length);
+    if (cs <= BLOCK_SIZE) {
+      // Blocks start and end on cluster boundaries (or at the end of the disk): write as they come.
+      await w.write(offset, data!);
+      return;
+    }
+    if (!this.pend) {
+      this.pend = Buffer.alloc(cs);
+      this.pendStart = offset;
+      this.pendFill = 0;
+    }
+    if (offset !== this.pendStart + this.pendFill) throw new CloneboxError('INTERNAL', 'cluster assembly out of order');
+    data!.copy(this.pend, this.pendFill);
+    this.pendFill += length;
+    if (this.pendFill === Math.min(cs, w.virtualSize - this.pendStart)) {
+      await w.write(this.pendStart, this.pend.subarray(0, this.pendFill));
+      this.pend = null;
+    }
+  }
+
+  async zero(_layer: number, offset: number, length: number): Promise<void> {
+    await this.writer!.writeZero(offset, length);
+  }
+
+  async close(): Promise<void> {
+    await this.spool?.close().catch(() => undefined);
+    this.spool = null;
+    await rm(this.spoolPath, { force: true });
+  }
+
+  async abort(): Promise<void> {
+    if (this.writer) await this.writer.abort();
+    this.writer = null;
+    await this.close();
+  }
+}
+
+export async function importBundle(home: Home, vmName: string, opts: ImportOptions): Promise<ImportResult> {
+  checkName('VM', vmName);
+  const t0 = Date.now();
+  const input = await openInput(opts.input, opts.stdin);
+  const reader = await BundleReader.open(input.stream, input.label, opts.key);
+  try {
+    return await importLocked(home, vmName, reader, opts, input.size, t0);
+  } finally {
+    reader.destroy();
+  }
+}
+
+async function importLocked(home: Home, vmName: string, reader: BundleReader, opts: ImportOptions, size: number | null, t0: number): Promise<ImportResult> {
+  const meta = reader.meta;
+  const hadDir = await exists(vmDir(home, vmName));
+  const lock = await lockVm(home, vmName, 'snapshot import');
+  let committed = false;
+  try {
+    await recover(home, vmName);
+    const plan = await planImport(home, vmName, meta, opts);
+    const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
+    const progress = Progress.for('import', size, Boolean(opts.json));
+    const sink = new ImportSink(plan.layers, j, plan.spool, progress);
+    let pool: WorkerPool | null = null;
+    try {
+      await sink.open();
+      pool = await WorkerPool.start();
+      const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => progress.set(reader.bytesIn) });
+      await sink.close();
+      progress.finish();
+      // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
+      for (const o of plan.overlays) {
+        await j.willCreate(o.temp);
+        const w = await Qcow2Writer.create(o.temp, { virtualSize: o.virtualSize, clusterSize: o.clusterSize, backingFile: o.backing, backingFormat: 'qcow2' });
+        await w.finish();
+      }
+      let written = 0;
+      for (const f of [...plan.layers, ...plan.overlays]) written += (await stat(f.temp)).size;
+      const last = meta.snapshots[meta.snapshots.length - 1]!.name;
+      const records: SnapshotRecord[] = meta.snapshots.map((s, si) => ({
+        name: s.name, vm_name: vmName, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
+        parent: si === 0 ? plan.baseName : s.parent, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
+        expires_at: s.expires_at,
+        disks: meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, path: plan.layers[li]!.final }] : [])),
+        size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
+        content_id: res.contentIds[si]!, memory_path: null,
+      }));
+      const actions: Action[] = [];
+      for (const f of [...plan.layers, ...plan.overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
+      for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, vmName), `${r.name}.json`), value: r });
+      const newCurrent = plan.overlays.length ? last : plan.vm?.current ?? null;
+      const vmRec: VmRecord = plan.vm
+        ? { ...plan.vm, current: newCurrent }
+        : { format: 1, name: vmName, driver: 'image', created_at: new Date().toISOString(), disks: plan.disks, current: last };
+      actions.push({ do: 'write_json', path: vmFile(home, vmName), value: vmRec });
+      // Past this point the import completes even across a crash (the journal rolls it forward).
+      await j.commit(actions);
+      committed = true;
+      return {
+        vm: vmName, snapshots: meta.snapshots.map((s) => s.name), bytes_written: written, seconds: (Date.now() - t0) / 1000,
+        current: vmRec.current, base: plan.baseName,
+      };
+    } catch (err) {
+      progress.finish();
+      await sink.abort().catch(() => undefined);
+      await j.rollback().catch(() => undefined);
+      throw err;
+    } finally {
+      await pool?.close();
+    }
+  } finally {
+    await lock.release();
+    if (!committed && !hadDir) await removeEmptyVmDir(home, vmName);
+  }
+}
+
+/** After a failed import of a new VM: the registry directory that locking created goes again. */
+async function removeEmptyVmDir(home: Home, vm: string): Promise<void> {
+  const dir = vmDir(home, vm);
+  if (await vmExists(home, vm)) return;
+  if (await exists(journalPath(home, vm))) return;
+  const left = await readdir(path.join(dir, 'snapshots')).catch(() => [] as string[]);
+  if (left.length) return;
+  await rm(dir, { recursive: true, force: true });
+}
+
+interface Plan {
+  vm: VmRecord | null;
+  disks: { target: string; path: string }[];
+  layers: LayerFile[];
+  overlays: LayerFile[];
+  spool: string;
+  baseName: string | null;
+}
+
+async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOptions): Promise<Plan> {
+  const targets = [...new Set(meta.layers.map((l) => l.target))].sort();
+  let vm: VmRecord | null = null;
+  let baseName: string | null = null;
+  const diskPath = new Map<string, string>();
+  const baseLayer = new Map<string, string>();
+  let fastForward = true;
+  if (meta.since === null) {
+    if (await vmExists(home, vmName)) {
+      throw new CloneboxError('VM_EXISTS', `VM already exists, ${vmName}`, { hint: 'import into a new VM name, or remove the existing VM first' });
+    }
+    const dir = path.resolve(opts.dir ?? path.join(home.disksDir, vmName));
+    await ensureDir(dir);
+    for (const t of targets) diskPath.set(t, diskPathFor(dir, vmName, t));
+  } else {
+    const since = meta.since;
+    const missing = (why: string) => new CloneboxError('BASE_MISSING',
+      `${why}: the bundle holds only the snapshots after ${since.name} (content id ${since.content_id.slice(0, 12)}), VM ${vmName}`, {
+        hint: `import the full chain first (export without --since), or export --since a snapshot this VM holds`,
+      });
+    if (!(await vmExists(home, vmName))) throw missing(`VM ${vmName} does not exist`);
+    vm = await loadVm(home, vmName);
+    const snaps = await listSnapshotRecords(home, vmName);
+    let base = snaps.find((s) => s.content_id === since.content_id);
+    if (!base && snaps.some((s) => !s.content_id)) {
+      await ensureContentIds(home, snaps);
+      base = snaps.find((s) => s.content_id === since.content_id);
+    }
+    if (!base) throw missing(`VM ${vmName} lacks the bundle's base snapshot ${since.name}`);
+    baseName = base.name;
+    for (const s of meta.snapshots) {
+      if (snaps.some((x) => x.name === s.name)) {
+        throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${s.name} already exists, VM ${vmName}`, { hint: 'the VM already holds (part of) this bundle' });
+      }
+    }
+    const vmTargets = vm.disks.map((d) => d.target).sort();
+    if (vmTargets.join(',') !== targets.join(',')) {
+      throw new CloneboxError('DISK_MISMATCH', `the bundle's disks (${targets.join(', ')}) differ from VM ${vmName}'s (${vmTargets.join(', ')})`);
+    }
+    for (const d of vm.disks) diskPath.set(d.target, d.path);
+    for (const d of base.disks) baseLayer.set(d.target, d.path);
+    // Fast-forward: when the VM stands on the base with no unsnapshotted changes, it moves to the
+    // newest imported snapshot; otherwise its current state is left alone.
+    fastForward = vm.current === base.name && (await Promise.all(vm.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
+  }
+  const layers: LayerFile[] = [];
+  const lastOf = new Map<string, string>();
+  for (const l of meta.layers) {
+    const s = meta.snapshots[l.snapshot]!;
+    const disk = diskPath.get(l.target)!;
+    const final = layerPathFor(disk, s.name);
+    const parentLayer = l.snapshot > 0 ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : baseLayer.get(l.target) ?? null;
+    layers.push({
+      final, temp: hiddenTemp(final), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
+      virtualSize: l.virtual_size, clusterSize: l.cluster_size,
+    });
+    lastOf.set(l.target, final);
+  }
+  const lastLayers = meta.layers.filter((l) => l.snapshot === meta.snapshots.length - 1);
+  const overlays: LayerFile[] = [];
+  if (fastForward) {
+    for (const l of lastLayers) {
+      const final = diskPath.get(l.target)!;
+      overlays.push({
+        final, temp: hiddenTemp(final), backing: path.relative(path.dirname(final), lastOf.get(l.target)!),
+        virtualSize: l.virtual_size, clusterSize: l.cluster_size,
+      });
+    }
+  }
+  // Nothing that exists may be overwritten (a fast-forward replaces an empty overlay, on purpose).
+  for (const f of [...layers, ...(vm ? [] : overlays)]) {
+    if (await exists(f.final)) {
+      throw new CloneboxError('FILE_EXISTS', `file already exists, ${f.final}`, { hint: vm ? 'remove the stray file' : 'move it away, or import with --dir DIR' });
+    }
+  }
+  const spoolDir = path.dirname(layers[0]!.final);
+  return {
+    vm, baseName, layers, overlays, spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),
+    disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })),
+  };
+}
+
+/** True when a qcow2 file holds no cluster of its own (an overlay with no changes). */
+async function isEmptyImage(file: string): Promise<boolean> {
+  const img = await Qcow2Image.open(file);
+  try {
+    for await (const r of img.runs()) if (r.kind !== 'unallocated') return false;
+    return true;
+  } finally {
+    await img.close();
+  }
+}

@@ -1,0 +1,116 @@
+/**
+ * Snapshot identity by content, like a commit id:
+ *
+ *   content_id = hex SHA-256( "clonebox-snapshot-v1\n" || parent's content id (32 bytes; zeros for a
+ *                root) || u32 disk count || per disk, by target name: u8 name length, name, layer digest )
+ *
+ * The layer digest (src/bundle/blocks.ts, LayerDigest) covers the layer's map and the SHA-256 of every
+ * block of its data. For a root snapshot whose layer stands on an external base image, the layer means
+ * the whole resolved disk (what a bundle carries for it), so the id does not depend on where the base
+ * lives. Ids are computed once and then stored in the snapshot record (`content_id`): they name a state
+ * and stay valid when a later merge rewrites the layer that holds it. Bundles and team sync find a
+ * common base by these ids.
+ */
+import { createHash } from 'node:crypto';
+import { CloneboxError } from '../errors.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import type { Home } from '../store/home.js';
+import { saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
+import { Batcher, LayerDigest, openLayer } from '../bundle/blocks.js';
+import { FRAME_TARGET } from '../bundle/format.js';
+
+export interface LayerSummary {
+  digest: Buffer;
+  dataBytes: number;
+  zeroBytes: number;
+  blocks: number;
+}
+
+/** The content id of a snapshot from its parent's id and its layers' digests. */
+export function contentId(parentId: string | null, disks: { target: string; digest: Buffer }[]): string {
+  const h = createHash('sha256');
+  h.update('clonebox-snapshot-v1\n', 'latin1');
+  h.update(parentId === null ? Buffer.alloc(32) : Buffer.from(parentId, 'hex'));
+  const n = Buffer.alloc(4);
+  n.writeUInt32BE(disks.length);
+  h.update(n);
+  for (const d of [...disks].sort((a, b) => (a.target < b.target ? -1 : a.target > b.target ? 1 : 0))) {
+    const t = Buffer.from(d.target, 'latin1');
+    h.update(Buffer.from([t.length]));
+    h.update(t);
+    h.update(d.digest);
+  }
+  return h.digest('hex');
+}
+
+/** Whether a snapshot's layer must be read through its backing chain (a root on an external base). */
+export async function isResolvedLayer(rec: SnapshotRecord, layerPath: string): Promise<boolean> {
+  if (rec.parent !== null) return false;
+  const img = await Qcow2Image.open(layerPath);
+  try {
+    return img.backingFile !== null;
+  } finally {
+    await img.close();
+  }
+}
+
+/** Reads a whole layer and returns its digest. Memory: one batch of about 4 MiB. */
+export async function layerDigest(file: string, resolved: boolean): Promise<LayerSummary> {
+  const src = await openLayer(file, resolved);
+  try {
+    const dg = new LayerDigest(src.virtualSize, src.clusterSize);
+    const batcher = new Batcher(0, FRAME_TARGET, async (b) => {
+      for (const it of b.items) {
+        if (it.kind === 'zero') dg.addZero(it.offset, it.length);
+        else dg.addBlock(it.offset, it.length, createHash('sha256').update(b.buf.subarray(it.at, it.at + it.length)).digest());
+      }
+    });
+    for await (const p of src.pieces()) {
+      if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
+      else await batcher.data(p.offset, await p.read());
+    }
+    await batcher.flush();
+    return { digest: dg.digest(), dataBytes: dg.dataBytes, zeroBytes: dg.zeroBytes, blocks: dg.blocks };
+  } finally {
+    await src.close();
+  }
+}
+
+/**
+ * Makes sure the named snapshots (default: all) and their ancestors have a content id: computes the
+ * missing ones, root first, sets `content_id` on the records passed in (so later writes of those
+ * objects keep it) and saves them. The caller holds the VM lock. Call it before rewriting any layer
+ * (a merge): the ids of the states that exist now must be computed from their layers as they are now.
+ * Returns name → content id for the named snapshots.
+ */
+export async function ensureContentIds(home: Home, snaps: SnapshotRecord[], names?: string[]): Promise<Map<string, string>> {
+  const byName = new Map(snaps.map((s) => [s.name, s]));
+  const out = new Map<string, string>();
+  const idOf = async (name: string, depth: number): Promise<string> => {
+    const rec = byName.get(name);
+    if (!rec) throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}`);
+    if (rec.content_id) return rec.content_id;
+    if (depth > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop at ${name}, VM ${rec.vm_name}`);
+    const parentId = rec.parent === null ? null : await idOf(rec.parent, depth + 1);
+    const disks: { target: string; digest: Buffer }[] = [];
+    for (const d of rec.disks) {
+      const resolved = await isResolvedLayer(rec, d.path);
+      disks.push({ target: d.target, digest: (await layerDigest(d.path, resolved)).digest });
+    }
+    rec.content_id = contentId(parentId, disks);
+    await saveSnapshotRecord(home, rec);
+    return rec.content_id;
+  };
+  // Iterative over ancestors first, so that deep chains do not recurse thousands of frames at once.
+  for (const name of names ?? snaps.map((s) => s.name)) {
+    const line: string[] = [];
+    let cur: string | null = name;
+    while (cur !== null && !byName.get(cur)?.content_id && line.length <= snaps.length) {
+      line.push(cur);
+      cur = byName.get(cur)?.parent ?? null;
+    }
+    for (const n of line.reverse()) await idOf(n, 0);
+    out.set(name, await idOf(name, 0));
+  }
+  return out;
+}
