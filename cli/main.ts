@@ -9,6 +9,8 @@ import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerDemo } from './commands/demo.js';
+import { registerBundle } from './commands/bundle.js';
+import { registerDht, registerTeam } from './commands/team.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -23,7 +25,9 @@ export function buildProgram(): Command {
     })
     .exitOverride();
   registerVm(program);
-  registerSnapshot(program);
+  registerBundle(registerSnapshot(program), program);
+  registerTeam(program);
+  registerDht(program);
   registerImage(program);
   registerDemo(program);
   // Usage errors in subcommands must reach main() too, not exit inside commander.
