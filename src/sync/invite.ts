@@ -72,6 +72,8 @@ export function decodeInvite(text: string): Invite {
   } catch (err) {
     throw bad(`invite is damaged (${(err as Error).message})`);
   }
+  // One text per invite: extra characters that decode to no whole byte are refused too.
+  if (z32Encode(bytes) !== t.slice(INVITE_PREFIX.length).toLowerCase()) throw bad('invite is damaged (extra characters at the end)');
   if (bytes.length < 2 + SECRET_BYTES + CHECKSUM_BYTES) throw bad('invite is truncated');
   const body = bytes.subarray(0, bytes.length - CHECKSUM_BYTES);
   if (!checksum(body).equals(bytes.subarray(bytes.length - CHECKSUM_BYTES))) throw bad('invite is damaged (checksum mismatch)');

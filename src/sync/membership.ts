@@ -70,6 +70,12 @@ export interface ProveOptions {
   /** What we tell a peer once it has proven itself. */
   intro: Intro;
   timeoutMs?: number;
+  /**
+   * Called synchronously once the peer's proof has checked, before our Intro is sent. Protomux refuses
+   * a channel the remote opens before we created or paired it, and a proven peer may open its
+   * channels as soon as it reads our Intro: this is where those protocols get paired (swarm.ts).
+   */
+  onVerified?: (mux: Protomux) => void;
 }
 
 /**
@@ -156,9 +162,10 @@ export async function proveMembership(stream: NoiseSecretStream, opts: ProveOpti
         proven = true;
         version = Math.min(hs.version, PROTOCOL_VERSION);
         try {
+          opts.onVerified?.(mux);
           channel!.messages[0]!.send(opts.intro);
         } catch (err) {
-          fail('protocol', `cannot send our introduction (${(err as Error).message})`);
+          fail('protocol', `cannot introduce ourselves (${(err as Error).message})`);
         }
       },
       onclose: () => {

@@ -16,6 +16,9 @@
 import c from 'compact-encoding';
 import { NAME_RE } from '../names.js';
 
+/** A compact-encoding codec of one message type. */
+export type Encoding<T> = c.Encoding<T>;
+
 export const PROTOCOL_VERSION = 1;
 export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
 export const BLOCKS_PROTOCOL = 'clonebox/blocks';

@@ -43,6 +43,12 @@ export interface TeamSwarmOptions {
   catalogKey?: Buffer | null;
   /** One line per notable event (dropped peers, new members), for stderr. */
   log?: (line: string) => void;
+  /**
+   * Protocols run with every proven peer: protocol name -> attach(peer), which must create and open
+   * its Protomux channel synchronously. A peer opening one of these before we attached is held (paired)
+   * until attach has run, never refused.
+   */
+  services?: Record<string, (peer: TeamPeer) => void>;
 }
 
 /** Reasons that get a peer refused for the rest of the session (a closed connection may just be a retry). */
@@ -89,12 +95,22 @@ export class TeamSwarm extends EventEmitter {
     // An unhandled 'error' on a connection would crash the process: always listen.
     conn.on('error', () => undefined);
     const key = conn.remotePublicKey ?? info.publicKey;
+    let attached!: (ok: boolean) => void;
+    const whenAttached = new Promise<boolean>((r) => { attached = r; });
+    conn.once('close', () => attached(false));
     proveMembership(conn, {
+      onVerified: (mux) => {
+        for (const protocol of Object.keys(this.opts.services ?? {})) mux.pair({ protocol }, () => whenAttached);
+      },
       key: membershipKey(teamSecret(this.opts.team)),
       intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null },
       ...(this.opts.proofTimeoutMs !== undefined ? { timeoutMs: this.opts.proofTimeoutMs } : {}),
     }).then(
-      (proven) => this.onProven(conn, proven),
+      (proven) => this.onProven(conn, proven).then(attached, (err) => {
+        attached(false);
+        this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
+        conn.destroy();
+      }),
       (err) => {
         if (!(err instanceof MembershipError)) {
           conn.destroy(err as Error);
@@ -113,8 +129,9 @@ export class TeamSwarm extends EventEmitter {
     );
   }
 
-  private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<void> {
-    if (this.closing) return;
+  /** Records the member, attaches the services, announces the peer. Resolves true when attached. */
+  private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<boolean> {
+    if (this.closing) return false;
     let seen;
     try {
       seen = await recordMember(this.opts.home, this.opts.team.team, this.opts.identity, {
@@ -125,7 +142,7 @@ export class TeamSwarm extends EventEmitter {
     } catch (err) {
       this.log(`cannot record member ${shortKey(proven.publicKey)}: ${(err as Error).message}`);
       conn.destroy();
-      return;
+      return false;
     }
     if (seen.isNew) {
       this.log(`new member on team ${this.opts.team.team}: ${seen.member.name} (${shortKey(proven.publicKey)})`
@@ -140,9 +157,11 @@ export class TeamSwarm extends EventEmitter {
     });
     if (conn.destroyed) {
       this.peers.delete(hex);
-      return;
+      return false;
     }
+    for (const attach of Object.values(this.opts.services ?? {})) attach(peer);
     this.emit('peer', peer);
+    return true;
   }
 
   /** Resolves with the proven peers once there are at least `n`, or with what there is at `deadline`. */

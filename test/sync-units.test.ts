@@ -1,0 +1,219 @@
+/**
+ * In-process tests of the sync building blocks: z-base-32, invites (every single-character change and
+ * every truncation refused), wire messages (round trips, truncations, mutations, limits), key
+ * derivation, the membership proof's binding, identities and the member naming rule.
+ */
+import { readFile, stat, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CloneboxError } from '../src/errors.js';
+import { resolveHome } from '../src/store/home.js';
+import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
+import { parseHostPort } from '../src/sync/hostport.js';
+import { defaultWorkstationName, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
+import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
+import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
+import { membershipProof } from '../src/sync/membership.js';
+import * as m from '../src/sync/messages.js';
+import { createTeam, joinTeam, memberName, recordMember, loadTeam, type TeamRecord } from '../src/sync/teams.js';
+import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
+import { rng } from './helpers/random.js';
+
+afterAll(cleanupTempDirs);
+
+function codeOf(fn: () => unknown): string | null {
+  try {
+    fn();
+    return null;
+  } catch (err) {
+    return err instanceof CloneboxError ? err.code : `not a CloneboxError: ${(err as Error).message}`;
+  }
+}
+
+describe('z-base-32', () => {
+  it('round-trips every length and rejects foreign characters', () => {
+    const r = rng(5);
+    for (let n = 0; n < 80; n++) {
+      const b = r.bytes(n);
+      const t = z32Encode(b);
+      expect([...t].every((ch) => Z32_ALPHABET.includes(ch))).toBe(true);
+      expect(z32Decode(t).equals(b)).toBe(true);
+      expect(z32Decode(t.toUpperCase()).equals(b)).toBe(true);
+    }
+    expect(() => z32Decode('ybn0')).toThrow(/position 4/);
+    expect(() => z32Decode('yl')).toThrow(/not z-base-32/);
+  });
+});
+
+describe('invites', () => {
+  const secret = Buffer.alloc(32, 7);
+
+  it('round-trip with and without bootstrap nodes', () => {
+    const plain = decodeInvite(encodeInvite(secret));
+    expect(plain.secret.equals(secret)).toBe(true);
+    expect(plain.bootstrap).toEqual([]);
+    const boot = [{ host: '127.0.0.1', port: 49737 }, { host: 'dht.lan.example', port: 1 }];
+    const withBoot = decodeInvite(`  ${encodeInvite(secret, boot)}\n`);
+    expect(withBoot.bootstrap).toEqual(boot);
+    expect(withBoot.version).toBe(1);
+  });
+
+  it('refuses every single-character change and every truncation', () => {
+    for (const inv of [encodeInvite(secret), encodeInvite(secret, [{ host: '10.1.2.3', port: 4000 }])]) {
+      const body = inv.slice(4);
+      for (let i = 0; i < body.length; i++) {
+        for (const step of [1, 13]) {
+          const ch = Z32_ALPHABET[(Z32_ALPHABET.indexOf(body[i]!) + step) % 32]!;
+          expect(codeOf(() => decodeInvite(`cbi-${body.slice(0, i)}${ch}${body.slice(i + 1)}`)), `position ${i}`).toBe('BAD_INVITE');
+        }
+      }
+      for (let n = 0; n < inv.length; n++) expect(codeOf(() => decodeInvite(inv.slice(0, n))), `length ${n}`).toBe('BAD_INVITE');
+      expect(codeOf(() => decodeInvite(`${inv}y`))).toBe('BAD_INVITE');
+      expect(codeOf(() => decodeInvite(`${inv}yyyy`))).toBe('BAD_INVITE');
+    }
+  });
+
+  it('names a newer version instead of calling it damaged', async () => {
+    const { createHash } = await import('node:crypto');
+    const body = Buffer.concat([Buffer.from([2, 0]), secret]);
+    const sum = createHash('sha256').update('clonebox/v1/invite').update(body).digest().subarray(0, 4);
+    const text = `cbi-${z32Encode(Buffer.concat([body, sum]))}`;
+    expect(() => decodeInvite(text)).toThrow(/version 2 is not supported/);
+  });
+});
+
+describe('wire messages', () => {
+  const h = (i: number) => Buffer.alloc(32, i);
+  const samples: [string, m.Encoding<any>, unknown][] = [
+    ['handshake', m.membershipHandshake, { version: 1, proof: h(1) }],
+    ['intro', m.intro, { name: 'ws-1', catalog: h(2) }],
+    ['intro without catalog', m.intro, { name: 'ws-1', catalog: null }],
+    ['request', m.blockRequest, { id: 7, hashes: [h(3), h(4)] }],
+    ['reply', m.blockReply, { id: 7, hash: h(3), codec: m.CODEC_ZSTD, size: 65536, data: Buffer.from('zstd frame') }],
+    ['missing', m.blockMissing, { id: 9, hash: h(5) }],
+    ['cancel', m.blockCancel, { id: 300000 }],
+  ];
+
+  it('round-trip, and refuse every truncation and any trailing byte', () => {
+    for (const [what, enc, value] of samples) {
+      const buf = m.encodeMessage(enc, value);
+      expect(m.decodeMessage(enc, buf), what).toEqual(value);
+      for (let n = 0; n < buf.length; n++) expect(() => m.decodeMessage(enc, buf.subarray(0, n)), `${what} cut at ${n}`).toThrow(m.WireError);
+      expect(() => m.decodeMessage(enc, Buffer.concat([buf, Buffer.from([0])])), what).toThrow(/trailing/);
+    }
+  });
+
+  it('survive random mutations: decoded or WireError, never anything else', () => {
+    const r = rng(11);
+    for (const [what, enc, value] of samples) {
+      const buf = m.encodeMessage(enc, value);
+      for (let k = 0; k < 300; k++) {
+        const mut = Buffer.from(buf);
+        for (let j = r.int(1, 4); j > 0; j--) mut[r.int(0, mut.length)] = r.u32() & 0xff;
+        try {
+          m.decodeMessage(enc, mut);
+        } catch (err) {
+          expect(err, what).toBeInstanceOf(m.WireError);
+        }
+      }
+    }
+  });
+
+  it('enforce limits before keeping anything', () => {
+    expect(() => m.encodeMessage(m.blockRequest, { id: 1, hashes: [] })).not.toThrow();
+    expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: [] }))).toThrow(/hash count/);
+    const many = Array.from({ length: m.MAX_HASHES_PER_REQUEST + 1 }, () => h(1));
+    expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: many }))).toThrow(/hash count/);
+    const big = { id: 1, hash: h(1), codec: m.CODEC_ZSTD, size: m.MAX_BLOCK_BYTES + 1, data: Buffer.from('x') };
+    expect(() => m.decodeMessage(m.blockReply, m.encodeMessage(m.blockReply, big))).toThrow(/block size/);
+    const lying = { id: 1, hash: h(1), codec: m.CODEC_RAW, size: 10, data: Buffer.from('abc') };
+    expect(() => m.decodeMessage(m.blockReply, m.encodeMessage(m.blockReply, lying))).toThrow(/raw payload/);
+    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: '../x', catalog: null }))).toThrow(/workstation name/);
+    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: Buffer.alloc(5) }))).toThrow(/catalog/);
+    expect(() => m.decodeMessage(m.membershipHandshake, m.encodeMessage(m.membershipHandshake, { version: 0, proof: h(1) }))).toThrow(/version/);
+  });
+});
+
+describe('keys and the membership proof', () => {
+  it('derive distinct, deterministic values per secret', () => {
+    const s1 = newTeamSecret();
+    const s2 = newTeamSecret();
+    expect(teamTopic(s1).equals(teamTopic(Buffer.from(s1)))).toBe(true);
+    expect(teamTopic(s1).equals(teamTopic(s2))).toBe(false);
+    expect(teamTopic(s1).equals(membershipKey(s1))).toBe(false);
+    expect(teamTopic(s1)).toHaveLength(32);
+  });
+
+  it('binds the proof to the connection and to the direction', () => {
+    const key = membershipKey(newTeamSecret());
+    const hh = Buffer.alloc(64, 1);
+    const a = Buffer.alloc(32, 2);
+    const b = Buffer.alloc(32, 3);
+    const p = membershipProof(key, hh, a, b);
+    expect(p).toHaveLength(32);
+    expect(membershipProof(key, hh, a, b).equals(p)).toBe(true);
+    expect(membershipProof(key, hh, b, a).equals(p)).toBe(false); // no reflection
+    expect(membershipProof(key, Buffer.alloc(64, 9), a, b).equals(p)).toBe(false); // no replay elsewhere
+    expect(membershipProof(membershipKey(newTeamSecret()), hh, a, b).equals(p)).toBe(false);
+  });
+});
+
+describe('addresses', () => {
+  it('parses HOST:PORT and detects loopback setups', () => {
+    expect(parseHostPort('127.0.0.1:49737')).toEqual({ host: '127.0.0.1', port: 49737 });
+    expect(parseHostPort('localhost:1')).toEqual({ host: '127.0.0.1', port: 1 });
+    expect(parseHostPort('dht.example.org:4000')).toEqual({ host: 'dht.example.org', port: 4000 });
+    for (const bad of ['127.0.0.1', '127.0.0.1:0', '127.0.0.1:70000', ':5', 'a b:5', 'host:port', '[::1]:5']) {
+      expect(codeOf(() => parseHostPort(bad)), bad).toBe('USAGE');
+    }
+    const lo = [{ host: '127.0.0.1', port: 5 }];
+    expect(isLoopbackBootstrap(lo)).toBe(true);
+    expect(isLoopbackBootstrap(null)).toBe(false);
+    expect(isLoopbackBootstrap([...lo, { host: '10.0.0.1', port: 5 }])).toBe(false);
+    expect(dhtOptions(lo)).toMatchObject({ host: '127.0.0.1', firewalled: false, bootstrap: lo });
+    expect(dhtOptions(null).bootstrap).toBeUndefined(); // the public DHT (never contacted by these tests)
+  });
+});
+
+describe('identity and teams on disk', () => {
+  it('keeps one key pair per home, private, and names it', async () => {
+    const home = resolveHome(path.join(await makeTempDir('clonebox-sync-id-'), 'home'));
+    const [a, b] = await Promise.all([ensureIdentity(home), ensureIdentity(home)]);
+    expect(a.publicKey.equals(b.publicKey)).toBe(true); // racing creators agree
+    expect(a.name).toBe(defaultWorkstationName());
+    expect((await stat(identityFile(home))).mode & 0o777).toBe(0o600);
+    const renamed = await ensureIdentity(home, 'desk-2');
+    expect(renamed.publicKey.equals(a.publicKey)).toBe(true);
+    expect((await loadIdentity(home))!.name).toBe('desk-2');
+    expect((await stat(identityFile(home))).mode & 0o777).toBe(0o600);
+    expect(defaultWorkstationName('My Laptop.local')).toBe('My-Laptop');
+    expect(defaultWorkstationName('---')).toBe('workstation');
+
+    const rec = JSON.parse(await readFile(identityFile(home), 'utf8'));
+    rec.public_key = Buffer.alloc(32, 1).toString('hex');
+    await writeFile(identityFile(home), JSON.stringify(rec));
+    await expect(loadIdentity(home)).rejects.toMatchObject({ code: 'STORE_CORRUPT' });
+  });
+
+  it('records members on first sight and never hands out a taken name', async () => {
+    const root = await makeTempDir('clonebox-sync-members-');
+    const home = resolveHome(path.join(root, 'h'));
+    const self = await ensureIdentity(home, 'alice');
+    const { invite } = await createTeam(home, 't');
+    await expect(joinTeam(home, 't', invite)).resolves.toMatchObject({ already: true });
+    const k = (i: number) => Buffer.alloc(32, i);
+    const bob = await recordMember(home, 't', self, { publicKey: k(1), name: 'bob', catalogKey: null });
+    expect(bob).toMatchObject({ isNew: true, renamed: false, member: { name: 'bob' } });
+    const again = await recordMember(home, 't', self, { publicKey: k(1), name: 'bobby', catalogKey: k(9) });
+    expect(again.member).toMatchObject({ name: 'bob', claimed_name: 'bobby', catalog_key: k(9).toString('hex') });
+    const fakeBob = await recordMember(home, 't', self, { publicKey: k(2), name: 'bob', catalogKey: null });
+    expect(fakeBob.member.name).toBe(`bob-${k(2).toString('hex').slice(0, 8)}`);
+    expect(fakeBob.renamed).toBe(true);
+    const fakeAlice = await recordMember(home, 't', self, { publicKey: k(3), name: 'alice', catalogKey: null });
+    expect(fakeAlice.member.name).toBe(`alice-${k(3).toString('hex').slice(0, 8)}`);
+    const rec: TeamRecord = await loadTeam(home, 't');
+    expect(rec.members.map((x) => x.name)).toEqual(['bob', fakeBob.member.name, fakeAlice.member.name]);
+    expect(memberName(rec, self, k(4).toString('hex'), 'x'.repeat(128)).name).toHaveLength(128);
+  });
+});
