@@ -458,7 +458,8 @@ export class Virsh {
     const timeoutMs = o.timeoutMs ?? TIMEOUTS.blockjob;
     const args = ['blockpull', domain, target, '--wait', '--timeout', String(Math.max(1, Math.floor(timeoutMs / 1000)))];
     if (o.base !== undefined) args.push('--base', o.base);
-    if (o.keepRelative) args.push('--keep-relative');
+    // libvirt: "flag VIR_DOMAIN_BLOCK_REBASE_RELATIVE is valid only with non-null base"
+    if (o.keepRelative && o.base !== undefined) args.push('--keep-relative');
     if (o.bandwidthMiB !== undefined) args.push('--bandwidth', String(o.bandwidthMiB));
     try {
       const out = await this.run(args, { domain, timeoutMs: timeoutMs + 30_000, what: `cannot pull layers into disk ${target}` });
