@@ -98,6 +98,12 @@ async function newHeader(key: KeySource | null): Promise<{ header: Buffer; seale
   return { header: bytes, sealer, idk };
 }
 
+/** Test knob: smaller packs and frames (to exercise multi-pack bundles with little data). */
+function envSize(name: string, dflt: number): number {
+  const v = Number(process.env[name]);
+  return Number.isInteger(v) && v >= BLOCK_SIZE && v <= dflt ? v : dflt;
+}
+
 function notFound(vm: string, name: string): CloneboxError {
   return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
 }
@@ -301,6 +307,8 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
   const digests = layers.map((l) => new LayerDigest(l.meta.virtual_size, l.meta.cluster_size));
   const maxInFlight = pool.size * 2 + 1;
+  const packTarget = envSize('CLONEBOX_BUNDLE_PACK_BYTES', PACK_TARGET);
+  const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
   const queue: InFlight[] = [];
   let lastDedup: Promise<void> = Promise.resolve();
 
@@ -339,7 +347,7 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
       bytes += it.length;
       k++;
     }
-    if (packW.size >= PACK_TARGET) await writePack();
+    if (packW.size >= packTarget) await writePack();
     progress.add(bytes);
   };
 
@@ -396,7 +404,7 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
   for (const [li, l] of layers.entries()) {
     const src = await openLayer(l.path, l.resolved);
     try {
-      const batcher = new Batcher(li, FRAME_TARGET, submit);
+      const batcher = new Batcher(li, frameTarget, submit);
       for await (const p of src.pieces()) {
         if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
         else await batcher.data(p.offset, await p.read());

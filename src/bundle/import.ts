@@ -16,7 +16,7 @@
  * command that recovers this VM's journal, a crash during 5 is rolled forward.
  */
 import { createReadStream } from 'node:fs';
-import { open, readdir, rm, stat, type FileHandle } from 'node:fs/promises';
+import { open, readdir, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
@@ -242,9 +242,11 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
   const hadDir = await exists(vmDir(home, vmName));
   const lock = await lockVm(home, vmName, 'snapshot import');
   let committed = false;
+  let madeDir: string | null = null;
   try {
     await recover(home, vmName);
     const plan = await planImport(home, vmName, meta, opts);
+    madeDir = plan.createdDir;
     const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
     const progress = Progress.for('import', size, Boolean(opts.json));
     const sink = new ImportSink(plan.layers, j, plan.spool, progress);
@@ -298,6 +300,7 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
   } finally {
     await lock.release();
     if (!committed && !hadDir) await removeEmptyVmDir(home, vmName);
+    if (!committed && madeDir) await rmdir(madeDir).catch(() => undefined); // only when empty
   }
 }
 
@@ -318,6 +321,8 @@ interface Plan {
   overlays: LayerFile[];
   spool: string;
   baseName: string | null;
+  /** The disks directory, when this import made it (removed again if the import fails). */
+  createdDir: string | null;
 }
 
 async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOptions): Promise<Plan> {
@@ -327,11 +332,13 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
   const diskPath = new Map<string, string>();
   const baseLayer = new Map<string, string>();
   let fastForward = true;
+  let createdDir: string | null = null;
   if (meta.since === null) {
     if (await vmExists(home, vmName)) {
       throw new CloneboxError('VM_EXISTS', `VM already exists, ${vmName}`, { hint: 'import into a new VM name, or remove the existing VM first' });
     }
     const dir = path.resolve(opts.dir ?? path.join(home.disksDir, vmName));
+    if (!(await exists(dir))) createdDir = dir;
     await ensureDir(dir);
     for (const t of targets) diskPath.set(t, diskPathFor(dir, vmName, t));
   } else {
@@ -397,7 +404,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
   }
   const spoolDir = path.dirname(layers[0]!.final);
   return {
-    vm, baseName, layers, overlays, spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),
+    vm, baseName, layers, overlays, createdDir, spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),
     disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })),
   };
 }

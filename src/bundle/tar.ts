@@ -1,17 +1,16 @@
 /**
- * The tar layer of a bundle (tar-stream). Writing: plain ustar regular files, one per entry, with
- * backpressure (an entry's promise resolves once the output has taken it). Reading: a strict reader
- * for archives we did not write ourselves. Every header is judged before its data is read: only
- * regular files, only names the caller expects at that position (so no absolute paths, no `..`, no
- * links, no duplicates, no surprises), no pax extensions, and a size below the caller's limit for that
- * entry, checked before a byte of it is buffered.
+ * The tar layer of a bundle. Writing (tar-stream): plain ustar regular files, one per entry, with
+ * backpressure (an entry's promise resolves once the output has taken it). Reading (our own, below):
+ * tar-stream's extractor is lenient where we must not be — it follows pax and GNU headers and skips
+ * padding and trailing blocks unseen — so bundles are read by a small strict parser that accepts only
+ * what the writer produces: only regular files, only names the caller expects at that position (so no
+ * absolute paths, no `..`, no links, no duplicates, no surprises), a size below the caller's limit for
+ * that entry checked before a byte of it is buffered, zero padding, and nothing after the end.
  */
 import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tar from 'tar-stream';
 
-/** An entry being read: its header and a stream of its bytes (tar-stream's Source, not exported by its types). */
-type Source = AsyncIterable<Buffer> & { header: tar.Header };
 import { CloneboxError } from '../errors.js';
 
 export class TarWriter {
@@ -66,82 +65,155 @@ export interface TarEntry {
 export type EntryGate = (name: string) => number;
 
 function bad(what: string, file: string): CloneboxError {
-  return new CloneboxError('BUNDLE_CORRUPT', `bundle is damaged or not a clonebox bundle: ${what}, ${file}`, {
-    hint: 'the file was changed or cut short after export, or is something else; get an intact copy',
+  return new CloneboxError('BUNDLE_CORRUPT', `bundle is damaged or was modified: ${what}, ${file}`, {
+    hint: 'the file changed after export (or was cut short), or is not a clonebox bundle; get an intact copy',
   });
 }
 
+/** Exactly `n` bytes from a stream of chunks, or fewer at its end. */
+class ByteQueue {
+  private readonly chunks: Buffer[] = [];
+  private head = 0;
+  private buffered = 0;
+  private ended = false;
+  private readonly it: AsyncIterator<Buffer>;
+
+  constructor(input: AsyncIterable<Buffer>) {
+    this.it = input[Symbol.asyncIterator]();
+  }
+
+  private async fill(n: number): Promise<void> {
+    while (this.buffered < n && !this.ended) {
+      const r = await this.it.next();
+      if (r.done) this.ended = true;
+      else if (r.value.length) {
+        this.chunks.push(r.value);
+        this.buffered += r.value.length;
+      }
+    }
+  }
+
+  /** Copies the next `n` bytes into `dst` at `at`; returns how many there were. */
+  async readInto(dst: Buffer, at: number, n: number): Promise<number> {
+    let done = 0;
+    while (done < n) {
+      await this.fill(1);
+      if (this.buffered === 0) break;
+      const c = this.chunks[0]!;
+      const take = Math.min(n - done, c.length - this.head);
+      c.copy(dst, at + done, this.head, this.head + take);
+      this.head += take;
+      this.buffered -= take;
+      done += take;
+      if (this.head === c.length) {
+        this.chunks.shift();
+        this.head = 0;
+      }
+    }
+    return done;
+  }
+
+  /** Whether everything left in the stream is zero bytes (tar record padding). */
+  async restIsZero(): Promise<boolean> {
+    for (;;) {
+      await this.fill(1);
+      if (this.buffered === 0) return true;
+      const c = this.chunks.shift()!;
+      for (let i = this.head; i < c.length; i++) if (c[i] !== 0) return false;
+      this.buffered -= c.length - this.head;
+      this.head = 0;
+    }
+  }
+}
+
+const USTAR = Buffer.from('ustar\x0000', 'latin1');
+
+function octal(h: Buffer, off: number, len: number): number {
+  // Only plain octal digits, space/NUL terminated: base-256 sizes (giant entries) are refused here.
+  const s = h.subarray(off, off + len).toString('latin1').replace(/[\0 ]+$/, '').replace(/^ +/, '');
+  if (!/^[0-7]{1,12}$/.test(s)) return -1;
+  return parseInt(s, 8);
+}
+
 /**
- * Reads the archive entry by entry. `next(gate)` returns the next entry's bytes, or null at the end of
- * the archive; it rejects links, directories, pax headers and anything the gate refuses.
+ * A strict reader for archives we did not write ourselves: plain ustar regular files only. Every header
+ * is judged before its data is read (checksum, magic, type, name, size against the caller's limit);
+ * link targets, prefixes, pax/GNU extensions and base-256 sizes are refused, the padding after each
+ * entry must be zero and so must everything after the end-of-archive marker, so that a modified byte
+ * anywhere in the file is noticed, not only in the entries' data.
  */
 export class TarReader {
-  private readonly extract = tar.extract();
-  private readonly iter: AsyncIterator<Source>;
-  private streamError: Error | null = null;
+  private readonly q: ByteQueue;
+  private finished = false;
   bytesIn = 0;
 
   constructor(private readonly input: Readable, private readonly file: string) {
-    input.on('data', (b: Buffer) => {
-      this.bytesIn += b.length;
-    });
-    input.on('error', (err) => {
-      this.streamError = err;
-      this.extract.destroy(err);
-    });
-    input.pipe(this.extract as unknown as Writable);
-    this.iter = (this.extract as unknown as AsyncIterable<Source>)[Symbol.asyncIterator]();
-  }
-
-  async next(gate: EntryGate): Promise<TarEntry | null> {
-    let res: IteratorResult<Source>;
-    try {
-      res = await this.iter.next();
-    } catch (err) {
-      throw this.translate(err);
-    }
-    if (res.done) return null;
-    const entry = res.value;
-    const h = entry.header;
-    const name = h.name;
-    if (h.type !== 'file') throw bad(`entry ${JSON.stringify(name)} is a ${h.type}, not a regular file`, this.file);
-    if (h.pax) throw bad(`entry ${JSON.stringify(name)} has pax extended headers`, this.file);
-    if (h.linkname) throw bad(`entry ${JSON.stringify(name)} names a link target`, this.file);
-    if (name.startsWith('/') || name.split('/').includes('..')) throw bad(`entry name ${JSON.stringify(name)} points outside the archive`, this.file);
-    const limit = gate(name);
-    if (!Number.isSafeInteger(h.size) || h.size < 0 || h.size > limit) {
-      throw bad(`entry ${JSON.stringify(name)} claims ${h.size} bytes (at most ${limit} expected)`, this.file);
-    }
-    const data = Buffer.allocUnsafe(h.size);
-    let got = 0;
-    try {
-      for await (const chunk of entry as AsyncIterable<Buffer>) {
-        if (got + chunk.length > data.length) throw bad(`entry ${JSON.stringify(name)} holds more bytes than its header says`, this.file);
-        chunk.copy(data, got);
-        got += chunk.length;
+    const self = this;
+    this.q = new ByteQueue((async function* () {
+      try {
+        for await (const chunk of input as AsyncIterable<Buffer>) {
+          self.bytesIn += chunk.length;
+          yield chunk;
+        }
+      } catch (err) {
+        throw new CloneboxError('IO', `cannot read bundle: ${(err as Error).message}, ${file}`, { cause: err });
       }
-    } catch (err) {
-      throw this.translate(err);
-    }
-    if (got !== h.size) throw bad(`entry ${JSON.stringify(name)} is cut short (${got} of ${h.size} bytes)`, this.file);
-    return { name, data };
+    })());
   }
 
-  private translate(err: unknown): Error {
-    if (err instanceof CloneboxError) return err;
-    if (this.streamError) {
-      const e = this.streamError as NodeJS.ErrnoException;
-      return new CloneboxError('IO', `cannot read bundle: ${e.message}, ${this.file}`, { cause: e });
+  private async block(what: string): Promise<Buffer> {
+    const b = Buffer.alloc(512);
+    const n = await this.q.readInto(b, 0, 512);
+    if (n === 0 && what === 'header') throw bad('the archive ends without its end-of-archive marker (cut short?)', this.file);
+    if (n !== 512) throw bad(`the archive ends inside a ${what} (cut short?)`, this.file);
+    return b;
+  }
+
+  /** The next entry, or null after the end-of-archive marker (which must end the file). */
+  async next(gate: EntryGate): Promise<TarEntry | null> {
+    if (this.finished) return null;
+    const h = await this.block('header');
+    if (h.every((x) => x === 0)) {
+      const second = await this.block('end-of-archive marker');
+      if (!second.every((x) => x === 0)) throw bad('data after an empty tar header', this.file);
+      if (!(await this.q.restIsZero())) throw bad('data after the end of the archive', this.file);
+      this.finished = true;
+      return null;
     }
-    const msg = (err as Error)?.message ?? String(err);
-    if (/unexpected end/i.test(msg)) return bad('the archive ends in the middle of an entry', this.file);
-    return bad(`invalid tar data (${msg})`, this.file);
+    const stored = octal(h, 148, 8);
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : h[i]!;
+    if (stored !== sum) throw bad('a tar header checksum does not match', this.file);
+    const rawName = h.subarray(0, 100);
+    const nul = rawName.indexOf(0);
+    const name = rawName.subarray(0, nul < 0 ? 100 : nul).toString('latin1');
+    const shown = JSON.stringify(name);
+    if (!h.subarray(257, 265).equals(USTAR)) throw bad(`entry ${shown} is not a plain ustar header`, this.file);
+    const type = String.fromCharCode(h[156]!);
+    if (type === 'x' || type === 'g' || type === 'L' || type === 'K') throw bad(`entry ${shown} uses pax or GNU extensions`, this.file);
+    if (type === '1' || type === '2') throw bad(`entry ${shown} is a link`, this.file);
+    if (type !== '0' && type !== '\0') throw bad(`entry ${shown} is not a regular file (type ${JSON.stringify(type)})`, this.file);
+    if (h[157] !== 0) throw bad(`entry ${shown} names a link target`, this.file);
+    if (h[345] !== 0) throw bad(`entry ${shown} has a name prefix`, this.file);
+    if (name.startsWith('/') || name.split('/').includes('..')) throw bad(`entry name ${shown} points outside the archive`, this.file);
+    const size = octal(h, 124, 12);
+    if (size < 0) throw bad(`entry ${shown} has an invalid or oversized size field`, this.file);
+    const limit = gate(name);
+    if (size > limit) throw bad(`entry ${shown} claims ${size} bytes (at most ${limit} expected)`, this.file);
+    const data = Buffer.allocUnsafe(size);
+    const got = await this.q.readInto(data, 0, size);
+    if (got !== size) throw bad(`entry ${shown} is cut short (${got} of ${size} bytes)`, this.file);
+    const padLen = (512 - (size % 512)) % 512;
+    if (padLen) {
+      const pad = Buffer.alloc(padLen);
+      if ((await this.q.readInto(pad, 0, padLen)) !== padLen) throw bad(`the archive ends in the padding of ${shown}`, this.file);
+      if (!pad.every((x) => x === 0)) throw bad(`the padding after entry ${shown} is not zero`, this.file);
+    }
+    return { name, data };
   }
 
   /** Stops reading (after an error or when done). */
   destroy(): void {
-    this.input.unpipe(this.extract as unknown as Writable);
-    this.extract.destroy();
     this.input.destroy();
   }
 }
