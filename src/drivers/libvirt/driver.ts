@@ -32,6 +32,7 @@ import path from 'node:path';
 import { CloneboxError } from '../../errors.js';
 import { Qcow2Image } from '../../qcow2/reader.js';
 import { rebaseImage } from '../../snapshots/rebase.js';
+import * as journalModule from '../../store/journal.js';
 import type { Action, Journal } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
@@ -72,22 +73,14 @@ function action(step: LibvirtStep): Action {
 
 /**
  * The journal runs driver actions through a handler registered by name. Older journals without that
- * hook would skip unknown actions silently, so the driver refuses to work with them.
+ * hook would skip unknown actions silently, so the driver refuses to work with them. Registration is
+ * synchronous, at module load: journal recovery in a new process must find the handler.
  */
-let registered: boolean | null = null;
-async function journalSupport(): Promise<boolean> {
-  if (registered !== null) return registered;
-  const j = (await import('../../store/journal.js')) as unknown as { registerActionHandler?: (driver: string, fn: (step: unknown) => Promise<void>) => void };
-  if (typeof j.registerActionHandler === 'function') {
-    j.registerActionHandler('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
-    registered = true;
-  } else {
-    registered = false;
-  }
-  return registered;
+const journalHook = (journalModule as unknown as { registerActionHandler?: (driver: string, fn: (step: unknown) => Promise<void>) => void }).registerActionHandler;
+if (typeof journalHook === 'function') journalHook('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
+function journalSupport(): boolean {
+  return typeof journalHook === 'function';
 }
-// Register as soon as this module loads, so that journal recovery in a new process can finish our steps.
-void journalSupport();
 
 const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
@@ -280,7 +273,7 @@ export class LibvirtDriver implements SnapshotDriver {
   }
 
   private async ready(): Promise<void> {
-    if (this.requireJournalHook && !(await journalSupport())) {
+    if (this.requireJournalHook && !journalSupport()) {
       throw new CloneboxError('UNSUPPORTED', 'the libvirt driver needs journal driver actions (registerActionHandler), which this build lacks');
     }
   }
