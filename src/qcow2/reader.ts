@@ -8,7 +8,7 @@ import { inflateRawSync, constants as zc } from 'node:zlib';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import {
-  HEADER_READ_MAX, L1E_OFFSET_MASK, L2E_COMPRESSED, L2E_OFFSET_MASK, L2E_ZERO, compressedLayout,
+  HEADER_READ_MAX, L1E_OFFSET_MASK, L2E_COMPRESSED, L2E_ZERO, compressedLayout,
   parseExtensions, parseHeader, type HeaderExtensions, type Qcow2Header,
 } from './format.js';
 import { decompressZstdCluster } from './zstd.js';
@@ -48,6 +48,10 @@ export interface OpenOptions {
   /** Called for conditions worth telling the user that do not stop the read (internal snapshots...). */
   warn?: (message: string) => void;
 }
+
+/** L2E_COMPRESSED and L2E_ZERO as bits of the entry's high and low 32-bit halves. */
+const L2E_COMPRESSED_HI = Number(L2E_COMPRESSED >> 32n);
+const L2E_ZERO_LO = Number(L2E_ZERO);
 
 /** Data runs are cut at this length so that reading one never needs more than this much memory. */
 export const MAX_RUN_BYTES = 4 * 1024 * 1024;
@@ -212,9 +216,27 @@ export class Qcow2Image {
         const l2i = Math.floor((guest % h.l2Coverage) / cs);
         const clusterStart = guest - (guest % cs);
         const clusterEnd = Math.min(clusterStart + cs, h.virtualSize);
-        const entry = l2.readBigUInt64BE(l2i * h.l2EntryBytes);
-        if (entry & L2E_COMPRESSED) {
-          const c = compressedLayout(entry, h.clusterBits);
+        // The entry as two 32-bit halves: plain numbers here, BigInt only for compressed descriptors
+        // (a BigInt per entry made enumeration several times slower on big layers).
+        const eo = l2i * h.l2EntryBytes;
+        const hi = l2.readUInt32BE(eo);
+        const lo = l2.readUInt32BE(eo + 4);
+        if ((hi | lo) === 0 && clusterStart + cs <= tableEnd
+          && (!h.extendedL2 || (l2.readUInt32BE(eo + 8) | l2.readUInt32BE(eo + 12)) === 0)) {
+          // Unallocated clusters: take the whole stretch of them at once, not one Run per cluster. Only
+          // clusters wholly before tableEnd: a last partial one goes the normal way below.
+          let stop = clusterStart + cs;
+          for (let o = eo + h.l2EntryBytes; stop + cs <= tableEnd; o += h.l2EntryBytes, stop += cs) {
+            if ((l2.readUInt32BE(o) | l2.readUInt32BE(o + 4)) !== 0) break;
+            if (h.extendedL2 && (l2.readUInt32BE(o + 8) | l2.readUInt32BE(o + 12)) !== 0) break;
+          }
+          const out = emit({ offset: guest, length: stop - guest, kind: 'unallocated' });
+          if (out) yield out;
+          guest = stop;
+          continue;
+        }
+        if (hi & L2E_COMPRESSED_HI) {
+          const c = compressedLayout(l2.readBigUInt64BE(eo), h.clusterBits);
           if (c.offset < cs) throw this.corrupt('compressed cluster points into the header');
           if (c.offset >= this.fileSize) {
             throw new CloneboxError('QCOW2_TRUNCATED', `truncated qcow2 image: compressed cluster at 0x${c.offset.toString(16)} is past the end of the file, ${this.path}`);
@@ -224,14 +246,15 @@ export class Qcow2Image {
           guest = clusterEnd;
           continue;
         }
-        const host = Number(entry & L2E_OFFSET_MASK);
+        // L2E_OFFSET_MASK: bits 9..55.
+        const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
         if (host !== 0) {
           if (host % cs !== 0) throw this.corrupt(`data cluster offset 0x${host.toString(16)} is not cluster aligned`);
           if (host < cs) throw this.corrupt('L2 entry points into the header');
         }
         if (!h.extendedL2) {
           let kind: ExtentKind;
-          if (entry & L2E_ZERO) kind = 'zero';
+          if (lo & L2E_ZERO_LO) kind = 'zero';
           else if (host !== 0) kind = 'data';
           else kind = 'unallocated';
           if (kind === 'data' && host >= this.fileSize) {
@@ -245,9 +268,8 @@ export class Qcow2Image {
           continue;
         }
         // Extended L2: a 32-bit "allocated" mask and a 32-bit "reads as zero" mask, one bit per subcluster.
-        const bitmap = l2.readBigUInt64BE(l2i * 16 + 8);
-        const alloc = Number(bitmap & 0xffffffffn);
-        const zero = Number(bitmap >> 32n);
+        const zero = l2.readUInt32BE(eo + 8);
+        const alloc = l2.readUInt32BE(eo + 12);
         if (alloc & zero) throw this.corrupt('subcluster marked both allocated and zero');
         if (alloc !== 0 && host === 0) throw this.corrupt('allocated subclusters without a host cluster');
         if (alloc !== 0 && host >= this.fileSize) {
@@ -354,7 +376,8 @@ export class Qcow2Image {
       if (this.header.compressionType === 'zstd') {
         out = await decompressZstdCluster(src, cs);
       } else {
-        out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs });
+        // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined (2x faster).
+        out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs, chunkSize: cs + 64 });
       }
     } catch (err) {
       if (err instanceof CloneboxError) throw err;

@@ -1,0 +1,161 @@
+/**
+ * Shared helpers for the benches: temp dirs, timing of child processes, paired measurements with
+ * medians, page-cache reports and result files. No bench asserts a timing: they measure and report.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const BENCH_DIR = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
+export const ROOT = path.dirname(BENCH_DIR);
+export const OUT_DIR = path.join(BENCH_DIR, 'out');
+
+/** Runs `fn(dir)` with a fresh temp dir that is removed afterwards, whatever happens. */
+export async function withTempDir(prefix, fn) {
+  const dir = await mkdtemp(path.join(process.env.CLONEBOX_BENCH_TMP ?? os.tmpdir(), `clonebox-bench-${prefix}-`));
+  const cleanup = () => { try { spawnSync('rm', ['-rf', dir]); } catch { /* best effort */ } };
+  process.once('SIGINT', cleanup);
+  try {
+    return await fn(dir);
+  } finally {
+    process.removeListener('SIGINT', cleanup);
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+/** Checks that a tool is on PATH; throws a readable error otherwise. */
+export function requireTool(name) {
+  const r = spawnSync(name, ['--version'], { encoding: 'utf8' });
+  if (r.error) throw new Error(`${name} is not installed (bash scripts/install-system-deps.sh installs it)`);
+  return (r.stdout || r.stderr).split('\n')[0].trim();
+}
+
+/** Runs a command to completion (not timed); throws with its stderr on failure. */
+export function sh(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...opts });
+  if (r.error) throw r.error;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.slice(0, 6).join(' ')}... exited ${r.status}: ${r.stderr.trim().slice(0, 2000)}`);
+  return r.stdout;
+}
+
+/**
+ * Runs a command and returns its wall time in milliseconds (spawn to exit, so process start-up is
+ * counted on both sides), its CPU time (user + system, from bash's `times`, which covers the
+ * command's whole process tree) and its stdout. Throws if it fails.
+ */
+export function timeCommand(cmd, args, opts = {}) {
+  return new Promise((resolve, reject) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn('bash', ['-c', '"$@"; s=$?; times >&2; exit $s', 'bash', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d) => { out += d; });
+    child.stderr.on('data', (d) => { err += d; });
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      const lines = err.trimEnd().split('\n');
+      const times = lines.pop() ?? '';
+      lines.pop(); // the shell's own times
+      const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(times.trim());
+      const cpuMs = m ? (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * 1000 : NaN;
+      const stderr = lines.join('\n');
+      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${stderr.trim().slice(0, 2000)}`));
+      else resolve({ ms, cpuMs, stdout: out, stderr });
+    });
+  });
+}
+
+export function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+/**
+ * Measures two sides on the same data, alternating A,B,B,A,A,B... so that drift on the shared machine
+ * hits both sides alike. `sides` maps a label to an async function returning {ms, ...extra}. One
+ * untimed warm-up run of each side comes first (it also fills the page cache).
+ * Returns per-side samples and medians.
+ */
+export async function measure(sides, { runs = 5, warmup = 1, before } = {}) {
+  const names = Object.keys(sides);
+  const samples = Object.fromEntries(names.map((n) => [n, []]));
+  const cpu = Object.fromEntries(names.map((n) => [n, []]));
+  const extras = Object.fromEntries(names.map((n) => [n, null]));
+  for (let w = 0; w < warmup; w++) for (const n of names) { await before?.(n); extras[n] = await sides[n](); }
+  for (let i = 0; i < runs; i++) {
+    const order = i % 2 === 0 ? names : [...names].reverse();
+    for (const n of order) {
+      await before?.(n);
+      const r = await sides[n]();
+      samples[n].push(r.ms);
+      if (Number.isFinite(r.cpuMs)) cpu[n].push(r.cpuMs);
+      extras[n] = r;
+    }
+  }
+  const result = {};
+  for (const n of names) {
+    const { ms: _ms, cpuMs: _c, stdout: _o, stderr: _e, ...rest } = extras[n] ?? {};
+    result[n] = {
+      median_ms: round(median(samples[n])),
+      min_ms: round(Math.min(...samples[n])),
+      samples_ms: samples[n].map((x) => round(x)),
+      cpu_median_ms: cpu[n].length ? round(median(cpu[n])) : null,
+      ...rest,
+    };
+  }
+  return result;
+}
+
+export function round(x, d = 1) {
+  const f = 10 ** d;
+  return Math.round(x * f) / f;
+}
+
+/** Ratio clonebox/peer of median wall times (below 1.0: clonebox is faster). */
+export function ratio(clonebox, peer) {
+  return Math.round((clonebox.median_ms / peer.median_ms) * 1000) / 1000;
+}
+
+/** Ratio clonebox/peer of median CPU times (user + system), or null when not measured. */
+export function cpuRatio(clonebox, peer) {
+  if (!clonebox.cpu_median_ms || !peer.cpu_median_ms) return null;
+  return Math.round((clonebox.cpu_median_ms / peer.cpu_median_ms) * 1000) / 1000;
+}
+
+/** Percentage of a file's pages in the page cache, via fincore(1) when available (null otherwise). */
+export function cachedPercent(file) {
+  const r = spawnSync('fincore', ['--bytes', '--noheadings', '--raw', '--output', 'RES,SIZE', file], { encoding: 'utf8' });
+  if (r.status !== 0 || !r.stdout) return null;
+  const [res, size] = r.stdout.trim().split(/\s+/).map(Number);
+  if (!size) return null;
+  return Math.round((res / size) * 1000) / 10;
+}
+
+export function machineInfo() {
+  return {
+    node: process.version,
+    cpus: os.cpus().length,
+    cpu_model: os.cpus()[0]?.model ?? null,
+    mem_total_mib: Math.round(os.totalmem() / 2 ** 20),
+    mem_free_mib: Math.round(os.freemem() / 2 ** 20),
+    loadavg: os.loadavg().map((x) => round(x, 2)),
+  };
+}
+
+export async function writeResult(name, result) {
+  await mkdir(OUT_DIR, { recursive: true });
+  const file = path.join(OUT_DIR, `${name}.json`);
+  await writeFile(file, JSON.stringify(result, null, 2) + '\n');
+  return file;
+}
+
+export function distReady() {
+  return existsSync(path.join(ROOT, 'dist', 'src', 'qcow2', 'reader.js'));
+}
+
+export const MiB = 1024 * 1024;

@@ -1,0 +1,134 @@
+/**
+ * qcow2-read: reading ALL allocated data of one qcow2 layer, clonebox vs qemu-img, same data, same run.
+ *
+ * Sides (each one process, timed from spawn to exit, so start-up counts on both sides):
+ *   clonebox        node bench/lib/read-layer.mjs LAYER: readData() from src/qcow2/stream.ts enumerates
+ *                   the layer's runs, reads every data run, inflates compressed clusters, and the
+ *                   consumer touches every 64-byte line of every chunk. Default options (fresh buffers).
+ *   clonebox-reuse  the same with { reuseBuffers: true } (batches in one ring buffer; what a pipeline
+ *                   that consumes each chunk before asking for the next can use).
+ *   clonebox-api    Qcow2Image.runs() + readRun(), one read at a time (the random-access API), for reference.
+ *   qemu-raw        qemu-img convert -O raw LAYER out.raw   (the issue's yardstick; writes a sparse file,
+ *                   out.raw is deleted before each run, untimed)
+ *   qemu-null       qemu-img convert -n --target-image-opts LAYER driver=null-co,...  (qemu's read path
+ *                   alone: same conversion, the output is thrown away)
+ *
+ * Layers: one written by qemu-io (plain clusters in shuffled order, see lib/layer.mjs), and the same
+ * content recompressed with `qemu-img convert -c` using zlib and using zstd. Before timing, qemu-img
+ * converts each layer once and clonebox's bytes are compared with that raw output (every chunk, untimed).
+ * Each side then runs once untimed (warm-up: the layer is in the page cache for every timed run, which
+ * the result records with fincore), then `runs` times in alternating order; medians are compared.
+ */
+import path from 'node:path';
+import { rm, stat } from 'node:fs/promises';
+import {
+  BENCH_DIR, MiB, ROOT, cachedPercent, cpuRatio, machineInfo, measure, ratio, requireTool, sh, timeCommand, withTempDir,
+} from './lib/harness.mjs';
+import { makeLayer } from './lib/layer.mjs';
+
+export const name = 'qcow2-read';
+export const description = 'read all allocated data of a qcow2 layer vs qemu-img convert -O raw';
+
+const READER = path.join(BENCH_DIR, 'lib', 'read-layer.mjs');
+
+export default async function run({ runs = 5, log = () => {} } = {}) {
+  const dataMiB = Number(process.env.BENCH_QCOW2_MIB ?? 384);
+  const qemuImg = requireTool('qemu-img');
+  requireTool('qemu-io');
+  return withTempDir('qcow2-read', async (dir) => {
+    const plain = path.join(dir, 'layer.qcow2');
+    log(`making a 2 GiB layer holding ${dataMiB} MiB of data with qemu-io...`);
+    const layout = await makeLayer(dir, plain, { dataMiB });
+    const layers = [{ case: 'plain', file: plain }];
+    if (!process.env.BENCH_QCOW2_NO_COMPRESSED) {
+      log('recompressing it with qemu-img convert -c (zlib, then zstd)...');
+      const zlib = path.join(dir, 'layer-zlib.qcow2');
+      const zstd = path.join(dir, 'layer-zstd.qcow2');
+      sh('qemu-img', ['convert', '-c', '-O', 'qcow2', plain, zlib]);
+      sh('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', plain, zstd]);
+      layers.push({ case: 'zlib', file: zlib }, { case: 'zstd', file: zstd });
+    }
+    const out = path.join(dir, 'out.raw');
+    const cases = [];
+    for (const l of layers) {
+      const st = await stat(l.file);
+      const info = JSON.parse(sh('node', [path.join(ROOT, 'bin', 'clonebox.js'), 'image', 'info', l.file, '--json']));
+      const check = sh('qemu-img', ['check', l.file]);
+      const compressedPct = /([\d.]+)% compressed clusters/.exec(check)?.[1] ?? null;
+      log(`${l.case}: ${(st.size / MiB).toFixed(0)} MiB file, ${(info.data_bytes / MiB).toFixed(0)} MiB of data, `
+        + `${compressedPct}% compressed clusters; verifying, then ${runs} timed runs per side...`);
+
+      // Correctness first (untimed): clonebox's bytes equal qemu-img's raw output, chunk by chunk.
+      sh('qemu-img', ['convert', '-O', 'raw', l.file, out]);
+      const verified = JSON.parse(sh('node', [READER, l.file, '--verify', out]));
+      if (verified.bytes !== info.data_bytes) throw new Error(`clonebox read ${verified.bytes} bytes of ${l.case}, image info says ${info.data_bytes}`);
+      await rm(out, { force: true });
+
+      const reader = (args, expect = verified.checksum) => async () => {
+        const r = await timeCommand('node', [READER, l.file, ...args]);
+        const j = JSON.parse(r.stdout);
+        if (j.bytes !== verified.bytes || j.checksum !== expect) throw new Error(`clonebox read different bytes from ${l.case} (${r.stdout.trim()})`);
+        return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: j.inner_ms };
+      };
+      const sides = {
+        clonebox: reader([]),
+        'clonebox-reuse': reader(['--opts', JSON.stringify({ reuseBuffers: true })]),
+        'clonebox-api': reader(['--mode', 'runs']),
+        'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', l.file, out]),
+        'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-image-opts', '-f', 'qcow2', l.file,
+          `driver=null-co,size=${info.virtual_size}`]),
+      };
+      let cachedAfterWarmup = null;
+      let calls = 0;
+      const res = await measure(sides, {
+        runs,
+        before: async (side) => {
+          if (side === 'qemu-raw') await rm(out, { force: true });
+          if (++calls === Object.keys(sides).length + 1) cachedAfterWarmup = cachedPercent(l.file);
+        },
+      });
+      const cachedAtEnd = cachedPercent(l.file);
+      await rm(out, { force: true });
+      const raw = res['qemu-raw'];
+      cases.push({
+        case: l.case,
+        file_bytes: st.size,
+        data_bytes: info.data_bytes,
+        compressed_clusters_percent: compressedPct === null ? null : Number(compressedPct),
+        page_cache_percent: { after_warmup: cachedAfterWarmup, at_end: cachedAtEnd },
+        ratios: {
+          clonebox_vs_qemu_raw: ratio(res.clonebox, raw),
+          clonebox_vs_qemu_raw_cpu: cpuRatio(res.clonebox, raw),
+          clonebox_reuse_vs_qemu_raw: ratio(res['clonebox-reuse'], raw),
+          clonebox_reuse_vs_qemu_raw_cpu: cpuRatio(res['clonebox-reuse'], raw),
+          clonebox_vs_qemu_null: ratio(res.clonebox, res['qemu-null']),
+          clonebox_api_vs_qemu_raw: ratio(res['clonebox-api'], raw),
+        },
+        sides: res,
+      });
+    }
+    const row = (c, side, peer, label) => ({
+      case: `${c.case}: ${label}`,
+      clonebox_ms: c.sides[side].median_ms,
+      peer_ms: c.sides[peer].median_ms,
+      ratio: ratio(c.sides[side], c.sides[peer]),
+      cpu_ratio: cpuRatio(c.sides[side], c.sides[peer]),
+    });
+    return {
+      name,
+      description,
+      date: new Date().toISOString(),
+      runs,
+      machine: machineInfo(),
+      qemu_img: qemuImg,
+      layout,
+      cases,
+      summary: cases.flatMap((c) => [
+        row(c, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
+        row(c, 'clonebox-reuse', 'qemu-raw', 'readData reuseBuffers vs convert -O raw'),
+        row(c, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
+        row(c, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
+      ]),
+    };
+  });
+}

@@ -1,0 +1,401 @@
+/**
+ * Streaming read of all data ONE qcow2 file holds (never its backing file), in guest order, for the
+ * pipelines that consume whole layers (export, dedup statistics, the benches).
+ *
+ * `Qcow2Image.runs()` + `readRun()` issue one read per run and wait for it. That is right for random
+ * access but slow for whole layers: a layer a VM wrote to is thousands of scattered clusters, every
+ * compressed cluster is a run of its own, and each asynchronous read is a round trip through the libuv
+ * thread pool that costs more CPU than copying a 64 KiB cluster. This module plans the reads instead:
+ *
+ *  - consecutive pieces (in guest order) whose bytes follow each other on the host, possibly with a
+ *    small gap, are fetched with ONE read: compressed clusters written by `qemu-img convert -c`, and
+ *    data clusters separated only by holes in the guest, are usually host-adjacent;
+ *  - large reads go to the thread pool and run ahead of the consumer (up to `readAheadBytes`), so the
+ *    copy overlaps with decompression and with whatever the consumer does; small reads (scattered
+ *    clusters) are done in place with a blocking pread, which is cheaper than a thread-pool round trip
+ *    when the data is in the page cache (see `syncReadMaxBytes`);
+ *  - compressed clusters are decompressed on the calling thread as soon as their batch is read:
+ *    deflate with one output buffer per cluster, zstd with one reused context straight into the
+ *    batch's output buffer;
+ *  - optionally (`reuseBuffers`), batches live in one ring buffer instead of fresh memory.
+ *
+ * Memory is bounded by the options, not by the image: the batches read ahead hold at most
+ * `readAheadBytes` (plus the batch being consumed); one batch is at most `maxBatchBytes` of host bytes
+ * plus at most `maxBatchBytes` of decompressed clusters.
+ *
+ * Validation is the reader's: every run comes from `Qcow2Image.runs()`, which checks each L1/L2 entry
+ * against the file; compressed input is clamped to the file and to cluster size + 2 sectors as in
+ * `readRun()`; bytes past the end of the file read as zeros (as QEMU reads them); a compressed cluster
+ * that does not decompress to exactly one cluster is a QCOW2_CORRUPT error naming the file.
+ */
+import { close as closeFile, open as openFile, read as fsRead, readSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { inflateRawSync, constants as zc } from 'node:zlib';
+import { CloneboxError, ioError } from '../errors.js';
+import type { Qcow2Image, Run } from './reader.js';
+
+export interface DataChunk {
+  /** Guest offset of the first byte. */
+  offset: number;
+  /** The guest bytes at [offset, offset + data.length). */
+  data: Buffer;
+}
+
+export interface StreamOptions {
+  /** Guest range to read (default: the whole disk). Runs are clipped to it. */
+  start?: number;
+  end?: number;
+  /** Largest host read, and most decompressed bytes, of one batch (default 4 MiB; at least 2 clusters + 1 KiB). */
+  maxBatchBytes?: number;
+  /** Unwanted host bytes one read may span to join two pieces (default 64 KiB; 0 joins only touching pieces). */
+  maxGapBytes?: number;
+  /** Bytes of batches read ahead of the consumer (default 16 MiB; at least one batch is always allowed). */
+  readAheadBytes?: number;
+  /**
+   * Batches of at most this many host bytes are read with a blocking pread on the calling thread
+   * instead of through the libuv thread pool (default 256 KiB; 0: never). A thread-pool round trip
+   * costs more CPU than copying a few hundred KiB from the page cache, and a layer's scattered
+   * clusters make thousands of such reads; large batches still go to the pool, where the copy overlaps
+   * with the consumer. Set 0 in a process whose event loop must never wait for the disk.
+   */
+  syncReadMaxBytes?: number;
+  /**
+   * Keep batches in one ring buffer reused for the whole stream instead of fresh memory for each batch
+   * (faster: no page faults on new memory, no garbage). A chunk's `data` is then only valid until the
+   * next chunk is requested (the next loop iteration): copy what you keep, and do not hand it to
+   * anything asynchronous that outlives the iteration. Default false: chunks stay valid for good
+   * (they may be views into a larger batch buffer, which a kept chunk keeps alive).
+   */
+  reuseBuffers?: boolean;
+}
+
+export const STREAM_DEFAULTS = {
+  maxBatchBytes: 4 * 1024 * 1024,
+  maxGapBytes: 64 * 1024,
+  readAheadBytes: 16 * 1024 * 1024,
+  syncReadMaxBytes: 256 * 1024,
+} as const;
+
+/** One data run and where its bytes are on the host. */
+interface Piece {
+  offset: number;
+  length: number;
+  host: number;
+  hostLength: number;
+  /** For a compressed cluster: where the run starts inside the decompressed cluster; else -1. */
+  skip: number;
+}
+
+/** Pieces fetched with one read. */
+interface Batch {
+  host: number;
+  hostEnd: number;
+  /** Bytes for decompressed clusters (one cluster per compressed piece). */
+  outBytes: number;
+  /** Guest bytes the batch yields. */
+  guestBytes: number;
+  pieces: Piece[];
+}
+
+interface Launched {
+  done: Promise<DataChunk[]>;
+  /** Bytes of memory the batch holds (host span + decompressed clusters). */
+  bytes: number;
+}
+
+/**
+ * Yields every data byte of `img` in guest order: one chunk per data run (zero and unallocated ranges
+ * hold no bytes and are skipped; `img.extents()` / `img.runs()` tell where they are). See
+ * `StreamOptions.reuseBuffers` for how long a chunk's bytes stay valid. Breaking out of the loop early
+ * is fine: reads still in flight are awaited before the generator returns.
+ */
+export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): AsyncGenerator<DataChunk> {
+  const cs = img.clusterSize;
+  const start = Math.max(0, opts.start ?? 0);
+  const end = Math.min(opts.end ?? img.virtualSize, img.virtualSize);
+  const maxBatch = Math.max(opts.maxBatchBytes ?? STREAM_DEFAULTS.maxBatchBytes, 2 * cs + 1024);
+  const maxGap = Math.max(0, opts.maxGapBytes ?? STREAM_DEFAULTS.maxGapBytes);
+  const readAhead = Math.max(0, opts.readAheadBytes ?? STREAM_DEFAULTS.readAheadBytes);
+  const syncReadMax = Math.max(0, opts.syncReadMaxBytes ?? STREAM_DEFAULTS.syncReadMaxBytes);
+  // A batch needs at most maxBatch host bytes + maxBatch decompressed bytes. The ring holds the batches
+  // in flight (the read-ahead, or one batch) and what wrapping around can waste.
+  const ring = opts.reuseBuffers ? new Ring(readAhead + 2 * 2 * maxBatch) : null;
+  const fileSize = img.fileSize;
+  const io = await fdOf(img);
+  const ctx: BatchContext = { img, fd: io.fd, syncReadMax };
+
+  const inFlight: Launched[] = [];
+  let inFlightBytes = 0;
+
+  /** Starts reading `b` if the read-ahead budget allows it (always when nothing is in flight). */
+  const tryLaunch = (b: Batch): boolean => {
+    const bytes = b.hostEnd - b.host + b.outBytes;
+    if (inFlight.length > 0 && inFlightBytes + bytes > readAhead) return false;
+    let mem: Buffer | null = null;
+    if (ring) {
+      mem = ring.alloc(bytes);
+      // Cannot happen with the ring's size; if it did, consuming a batch frees room, and with nothing
+      // in flight fresh memory does.
+      if (!mem && inFlight.length > 0) return false;
+    }
+    const done = runBatch(ctx, b, mem);
+    done.catch(() => undefined); // awaited in order below; this only keeps a failure from being "unhandled"
+    inFlight.push({ done, bytes });
+    inFlightBytes += bytes;
+    return true;
+  };
+
+  try {
+    // runs() itself when the whole disk is wanted (one async generator less per run), else clipped runs.
+    const source = start === 0 && end === img.virtualSize ? img.runs() : img.runsIn(start, end);
+    let batch: Batch | null = null;
+    for await (const r of source) {
+      if (r.kind !== 'data') continue;
+      for (const p of piecesOf(r, cs, fileSize, maxBatch)) {
+        const pOut = p.skip >= 0 ? cs : 0;
+        if (batch) {
+          const last = batch.pieces[batch.pieces.length - 1]!;
+          const newEnd = Math.max(batch.hostEnd, p.host + p.hostLength);
+          if (p.host >= last.host && p.host <= batch.hostEnd + maxGap && newEnd - batch.host <= maxBatch
+            && batch.outBytes + pOut <= maxBatch && batch.guestBytes + p.length <= maxBatch) {
+            batch.pieces.push(p);
+            batch.hostEnd = newEnd;
+            batch.outBytes += pOut;
+            batch.guestBytes += p.length;
+            continue;
+          }
+          while (!tryLaunch(batch)) yield* consumeHead();
+        }
+        batch = { host: p.host, hostEnd: p.host + p.hostLength, outBytes: pOut, guestBytes: p.length, pieces: [p] };
+      }
+    }
+    if (batch) while (!tryLaunch(batch)) yield* consumeHead();
+    while (inFlight.length) yield* consumeHead();
+  } finally {
+    // Early exit (break, error): let reads still in flight finish before the caller may close the file.
+    await Promise.allSettled(inFlight.map((f) => f.done));
+    if (io.close) await io.close();
+  }
+
+  async function* consumeHead(): AsyncGenerator<DataChunk> {
+    const head = inFlight[0]!;
+    const chunks = await head.done;
+    yield* chunks;
+    // The consumer asked for the chunk after this batch's last one: the batch's memory is free.
+    inFlight.shift();
+    inFlightBytes -= head.bytes;
+    ring?.release();
+  }
+}
+
+/** The pieces of a data run: the run itself, or for a plain run longer than `max`, slices of `max`. */
+function piecesOf(r: Run, cs: number, fileSize: number, max: number): Piece[] {
+  if (r.compressed) {
+    const c = r.compressed;
+    // As Qcow2Image.readRun: the descriptor's length is clamped to the file and to what one cluster
+    // can need, before anything is allocated.
+    const hostLength = Math.max(0, Math.min(c.maxBytes, fileSize - c.offset, cs + 512 * 2));
+    return [{ offset: r.offset, length: r.length, host: c.offset, hostLength, skip: r.offset % cs }];
+  }
+  const out: Piece[] = [];
+  for (let o = 0; o < r.length; o += max) {
+    const n = Math.min(max, r.length - o);
+    out.push({ offset: r.offset + o, length: n, host: r.hostOffset! + o, hostLength: n, skip: -1 });
+  }
+  return out;
+}
+
+interface BatchContext {
+  img: Qcow2Image;
+  fd: number;
+  syncReadMax: number;
+}
+
+/** Reads one batch (into `mem` when given) and decompresses its compressed clusters. */
+async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promise<DataChunk[]> {
+  const { img } = ctx;
+  const cs = img.clusterSize;
+  const span = b.hostEnd - b.host;
+  const buf = mem ? mem.subarray(0, span) : Buffer.allocUnsafe(span);
+  if (span <= ctx.syncReadMax) preadSync(ctx.fd, buf, b.host, img.path);
+  else await pread(ctx.fd, buf, b.host, img.path);
+  const zstd = img.header.compressionType === 'zstd';
+  let outBuf: Buffer | null = null;
+  let outPos = 0;
+  if (b.outBytes > 0 && zstd) outBuf = mem ? mem.subarray(span, span + b.outBytes) : Buffer.allocUnsafe(b.outBytes);
+  const out: DataChunk[] = new Array(b.pieces.length);
+  for (let i = 0; i < b.pieces.length; i++) {
+    const p = b.pieces[i]!;
+    const src = buf.subarray(p.host - b.host, p.host - b.host + p.hostLength);
+    let data: Buffer;
+    if (p.skip < 0) {
+      data = src;
+    } else if (zstd) {
+      const dst = outBuf!.subarray(outPos, outPos + cs);
+      outPos += cs;
+      decompressZstdInto(img, src, dst, p.host);
+      data = dst.subarray(p.skip, p.skip + p.length);
+    } else {
+      // deflate hands back fresh memory for each cluster: nothing to put in the ring.
+      data = inflateCluster(img, src, p.host).subarray(p.skip, p.skip + p.length);
+    }
+    out[i] = { offset: p.offset, data };
+  }
+  return out;
+}
+
+/**
+ * A FIFO ring of memory: batches take slices in launch order and give them back in the same order.
+ * `alloc` returns null when the slice does not fit until older batches are released.
+ */
+class Ring {
+  private buf: Buffer | null = null;
+  private readonly live: { start: number; end: number }[] = [];
+  constructor(private readonly size: number) {}
+
+  alloc(n: number): Buffer | null {
+    if (n > this.size) return null;
+    this.buf ??= Buffer.allocUnsafe(this.size);
+    let s: number;
+    if (this.live.length === 0) {
+      s = 0;
+    } else {
+      const tail = this.live[0]!.start;
+      const last = this.live[this.live.length - 1]!;
+      const wrapped = last.start < tail;
+      if (wrapped) {
+        if (last.end + n > tail) return null;
+        s = last.end;
+      } else if (last.end + n <= this.size) {
+        s = last.end;
+      } else if (n <= tail) {
+        s = 0;
+      } else {
+        return null;
+      }
+    }
+    this.live.push({ start: s, end: s + n });
+    return this.buf.subarray(s, s + n);
+  }
+
+  /** Frees the oldest slice. */
+  release(): void {
+    this.live.shift();
+  }
+}
+
+/** The image's own descriptor when it exposes one, else a descriptor of our own on the same path. */
+async function fdOf(img: Qcow2Image): Promise<{ fd: number; close: (() => Promise<void>) | null }> {
+  const fh = (img as unknown as { fh?: { fd?: unknown } }).fh;
+  if (fh && typeof fh.fd === 'number' && fh.fd >= 0) return { fd: fh.fd, close: null };
+  const fd = await new Promise<number>((resolve, reject) => {
+    openFile(img.path, 'r', (err, d) => (err ? reject(ioError(err, 'cannot open image', img.path)) : resolve(d)));
+  });
+  return { fd, close: () => new Promise<void>((resolve) => closeFile(fd, () => resolve())) };
+}
+
+/** Reads `buf.length` bytes at `pos` in the thread pool; what lies past the end of the file reads as zeros. */
+function pread(fd: number, buf: Buffer, pos: number, file: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let done = 0;
+    const step = (): void => {
+      fsRead(fd, buf, done, buf.length - done, pos + done, (err, n) => {
+        if (err) return reject(ioError(err, 'cannot read image', file));
+        if (n === 0) {
+          buf.fill(0, done);
+          return resolve();
+        }
+        done += n;
+        if (done >= buf.length) resolve();
+        else step();
+      });
+    };
+    if (buf.length === 0) resolve();
+    else step();
+  });
+}
+
+/** As `pread`, blocking the calling thread. */
+function preadSync(fd: number, buf: Buffer, pos: number, file: string): void {
+  let done = 0;
+  while (done < buf.length) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, done, buf.length - done, pos + done);
+    } catch (err) {
+      throw ioError(err, 'cannot read image', file);
+    }
+    if (n === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += n;
+  }
+}
+
+function corrupt(img: Qcow2Image, host: number, why: string): CloneboxError {
+  return new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: compressed cluster at 0x${host.toString(16)} ${why}, ${img.path}`, {
+    hint: 'the file is damaged; `qemu-img check` may tell more',
+  });
+}
+
+/** Inflates one deflate cluster (raw deflate, no header, as QEMU writes it). */
+function inflateCluster(img: Qcow2Image, src: Buffer, host: number): Buffer {
+  const cs = img.clusterSize;
+  let out: Buffer;
+  try {
+    // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
+    out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs, chunkSize: cs + 64 });
+  } catch (err) {
+    throw corrupt(img, host, `does not decompress (${(err as Error).message})`);
+  }
+  if (out.length !== cs) throw corrupt(img, host, `decompresses to ${out.length} bytes, not ${cs}`);
+  return out;
+}
+
+interface ZstdDCtx {
+  decompressStream(dst: Uint8Array, src: Uint8Array): [number, number, number];
+  reset(directive: number): void;
+}
+interface ZstdBinding {
+  DCtx: new () => ZstdDCtx;
+  ResetDirective: { sessionOnly: number };
+}
+let zstdBinding: ZstdBinding | null = null;
+let zstdCtx: ZstdDCtx | null = null;
+
+/**
+ * Decompresses one zstd cluster into `dst` (exactly one cluster) with a context reused across clusters
+ * (creating one per cluster costs more than decompressing). QEMU writes one frame per cluster and the
+ * input may carry padding up to the sector end: stream until the output is full or the frame ends.
+ */
+function decompressZstdInto(img: Qcow2Image, src: Buffer, dst: Buffer, host: number): void {
+  if (!zstdCtx) {
+    if (!zstdBinding) {
+      try {
+        zstdBinding = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
+      } catch (err) {
+        throw new CloneboxError('INTERNAL', `zstd support is not available (${(err as Error).message})`, {
+          hint: 'reinstall clonebox with `npm ci` so that zstd-napi builds',
+        });
+      }
+    }
+    zstdCtx = new zstdBinding.DCtx();
+  }
+  const d = zstdCtx;
+  d.reset(zstdBinding!.ResetDirective.sessionOnly);
+  let produced = 0;
+  let consumed = 0;
+  try {
+    // Each step consumes input or produces output; a step doing neither means the frame is stuck.
+    while (produced < dst.length && consumed < src.length) {
+      const [ret, p, c] = d.decompressStream(dst.subarray(produced), src.subarray(consumed));
+      produced += p;
+      consumed += c;
+      if (ret === 0 || (p === 0 && c === 0)) break;
+    }
+  } catch (err) {
+    throw corrupt(img, host, `does not decompress (${(err as Error).message})`);
+  }
+  if (produced !== dst.length) throw corrupt(img, host, `decompresses to ${produced} bytes, not ${dst.length}`);
+}
