@@ -75,9 +75,15 @@ export class LayerDigest {
     this.h.update(r.subarray(0, 45));
   }
 
+  private done: Buffer | null = null;
+
+  /** The digest (the same buffer on every later call; nothing may be added after the first). */
   digest(): Buffer {
-    this.flushZero();
-    return this.h.digest();
+    if (!this.done) {
+      this.flushZero();
+      this.done = this.h.digest();
+    }
+    return this.done;
   }
 }
 
