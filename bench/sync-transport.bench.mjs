@@ -210,12 +210,12 @@ async function serve(home) {
             onmessage: (req) => {
               for (const h of req.hashes) {
                 const data = byHash.get(h.toString('hex'));
-                if (data) st.replies.push({ id: req.id, hash: h, codec: m.CODEC_RAW, size: data.length, data });
-                else blocks.messages[2].send({ id: req.id, hash: h });
+                if (data) st.replies.push({ id: req.id, codec: m.CODEC_RAW, blocks: [{ hash: h, size: data.length }], data });
+                else blocks.messages[2].send({ id: req.id, hashes: [h] });
               }
             },
           },
-          { encoding: m.blockReply },
+          { encoding: m.blockFrame },
           { encoding: m.blockMissing },
           { encoding: m.blockCancel },
         ],
@@ -295,7 +295,7 @@ async function fetch(home) {
     [m.BLOCKS_PROTOCOL]: (peer) => {
       blocks = peer.mux.createChannel({
         protocol: m.BLOCKS_PROTOCOL,
-        messages: [{ encoding: m.blockRequest }, { encoding: m.blockReply, onmessage: (r) => onReply(r) }, { encoding: m.blockMissing }, { encoding: m.blockCancel }],
+        messages: [{ encoding: m.blockRequest }, { encoding: m.blockFrame, onmessage: (r) => onReply(r) }, { encoding: m.blockMissing }, { encoding: m.blockCancel }],
       });
       blocks.open();
     },
@@ -364,8 +364,9 @@ async function fetch(home) {
           }
         };
         onReply = (r) => {
-          const i = index.get(r.hash.toString('hex'));
-          if (i === undefined || !createHash('sha256').update(r.data).digest().equals(r.hash)) return reject(new Error('bad block'));
+          const { hash } = r.blocks[0];
+          const i = index.get(hash.toString('hex'));
+          if (i === undefined || !createHash('sha256').update(r.data).digest().equals(hash)) return reject(new Error('bad block'));
           writes.push(fh.write(r.data, 0, r.data.length, i * blockSize));
           outstanding -= r.data.length;
           if (++received === count) Promise.all(writes).then(resolve, reject);

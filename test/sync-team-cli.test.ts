@@ -65,13 +65,13 @@ describe('team CLI', () => {
     const clash = await cb(h2, ['team', 'join', 'alpha', '--invite', other.invite, '--json']);
     expect(clash.code).toBe(1);
     expect(parseCliError(clash, true).code).toBe('TEAM_EXISTS');
-    const dup = await cb(h1, ['team', 'create', 'alpha', '--json']);
+    const dup = await cb(h1, ['team', 'create', 'alpha', '--name', 'renamed', '--json']);
     expect(dup.code).toBe(1);
     expect(parseCliError(dup, true).code).toBe('TEAM_EXISTS');
 
     // Human output of show.
     const human = await cb(h1, ['team', 'show', 'alpha']);
-    expect(human.stdout).toContain('this workstation: ws-one');
+    expect(human.stdout).toContain('this workstation: ws-one'); // the failed create renamed nothing
     const missing = await cb(h1, ['team', 'show', 'nope', '--json']);
     expect(missing.code).toBe(1);
     expect(parseCliError(missing, true).code).toBe('TEAM_NOT_FOUND');

@@ -90,8 +90,9 @@ describe('wire messages', () => {
     ['intro', m.intro, { name: 'ws-1', catalog: h(2) }],
     ['intro without catalog', m.intro, { name: 'ws-1', catalog: null }],
     ['request', m.blockRequest, { id: 7, hashes: [h(3), h(4)] }],
-    ['reply', m.blockReply, { id: 7, hash: h(3), codec: m.CODEC_ZSTD, size: 65536, data: Buffer.from('zstd frame') }],
-    ['missing', m.blockMissing, { id: 9, hash: h(5) }],
+    ['frame', m.blockFrame, { id: 7, codec: m.CODEC_ZSTD, blocks: [{ hash: h(3), size: 65536 }, { hash: h(4), size: 512 }], data: Buffer.from('zstd frame') }],
+    ['raw frame', m.blockFrame, { id: 8, codec: m.CODEC_RAW, blocks: [{ hash: h(3), size: 3 }], data: Buffer.from('abc') }],
+    ['missing', m.blockMissing, { id: 9, hashes: [h(5)] }],
     ['cancel', m.blockCancel, { id: 300000 }],
   ];
 
@@ -125,10 +126,14 @@ describe('wire messages', () => {
     expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: [] }))).toThrow(/hash count/);
     const many = Array.from({ length: m.MAX_HASHES_PER_REQUEST + 1 }, () => h(1));
     expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: many }))).toThrow(/hash count/);
-    const big = { id: 1, hash: h(1), codec: m.CODEC_ZSTD, size: m.MAX_BLOCK_BYTES + 1, data: Buffer.from('x') };
-    expect(() => m.decodeMessage(m.blockReply, m.encodeMessage(m.blockReply, big))).toThrow(/block size/);
-    const lying = { id: 1, hash: h(1), codec: m.CODEC_RAW, size: 10, data: Buffer.from('abc') };
-    expect(() => m.decodeMessage(m.blockReply, m.encodeMessage(m.blockReply, lying))).toThrow(/raw payload/);
+    const frame = (blocks: { hash: Buffer; size: number }[], data: Buffer, codec: number = m.CODEC_ZSTD) =>
+      () => m.decodeMessage(m.blockFrame, m.encodeMessage(m.blockFrame, { id: 1, codec, blocks, data }));
+    expect(frame([{ hash: h(1), size: m.MAX_FRAME_RAW + 1 }], Buffer.from('x'))).toThrow(/block size/);
+    expect(frame([{ hash: h(1), size: m.MAX_FRAME_RAW }, { hash: h(2), size: 1 }], Buffer.from('x'))).toThrow(/frame size/);
+    expect(frame([{ hash: h(1), size: 10 }], Buffer.from('abc'), m.CODEC_RAW)).toThrow(/raw payload/);
+    expect(frame([{ hash: h(1), size: 2 }], Buffer.from('abc'))).toThrow(/payload length/); // bigger than its raw bytes
+    expect(frame([], Buffer.from('abc'))).toThrow(/block count/);
+    expect(frame([{ hash: h(1), size: 3 }], Buffer.from('abc'), 7)).toThrow(/codec/);
     expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: '../x', catalog: null }))).toThrow(/workstation name/);
     expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: Buffer.alloc(5) }))).toThrow(/catalog/);
     expect(() => m.decodeMessage(m.membershipHandshake, m.encodeMessage(m.membershipHandshake, { version: 0, proof: h(1) }))).toThrow(/version/);

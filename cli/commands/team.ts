@@ -29,10 +29,11 @@ export function registerTeam(program: Command): void {
       checkName('team', name);
       if (o.name !== undefined) checkName('workstation', o.name);
       const bootstrap = await parseBootstraps(o.bootstrap);
-      const { ensureIdentity } = await import('../../src/sync/identity.js');
+      const { ensureIdentity, loadIdentity } = await import('../../src/sync/identity.js');
       const { createTeam } = await import('../../src/sync/teams.js');
-      const id = await ensureIdentity(ctx.home, o.name);
+      await loadIdentity(ctx.home); // a damaged identity fails before anything is written
       const { invite } = await createTeam(ctx.home, name, bootstrap ? { bootstrap } : {});
+      const id = await ensureIdentity(ctx.home, o.name); // named only once the team exists
       if (ctx.json) return printJson({ team: name, invite });
       printLine(`created team ${name} (this workstation: ${id.name})`);
       printLine('invite (a secret: anyone holding it can join the team):');
@@ -51,10 +52,11 @@ export function registerTeam(program: Command): void {
       const bootstrap = await parseBootstraps(o.bootstrap);
       const { decodeInvite } = await import('../../src/sync/invite.js');
       decodeInvite(o.invite); // a bad invite fails before the identity or anything else is written
-      const { ensureIdentity } = await import('../../src/sync/identity.js');
+      const { ensureIdentity, loadIdentity } = await import('../../src/sync/identity.js');
       const { joinTeam, teamView } = await import('../../src/sync/teams.js');
-      const id = await ensureIdentity(ctx.home, o.name);
+      await loadIdentity(ctx.home); // a damaged identity fails before anything is written
       const { record, already } = await joinTeam(ctx.home, name, o.invite, bootstrap ? { bootstrap } : {});
+      const id = await ensureIdentity(ctx.home, o.name); // named only once the team is stored
       if (ctx.json) return printJson(teamView(record, id));
       printLine(already ? `already a member of team ${name} (this workstation: ${id.name})` : `joined team ${name} as ${id.name}`);
       if (record.bootstrap.length) printLine(`bootstrap: ${record.bootstrap.join(', ')}`);

@@ -7,7 +7,7 @@
  *                        (src/sync/membership.ts), then each side sends an Intro once it has checked the
  *                        other's proof. Nothing else is opened or sent before that.
  *   hypercore/alpha      Hypercore replication of each member's catalog core (one per workstation).
- *   clonebox/blocks      block requests and replies (Request, Block, Missing, Cancel below).
+ *   clonebox/blocks      block requests and frames of blocks (Request, Frame, Missing, Cancel below).
  *
  * Encodings are compact-encoding (varint "uint", length-prefixed strings and buffers). The protocol
  * version travels in the membership handshake; both sides then speak the lower of the two versions.
@@ -23,10 +23,8 @@ export const PROTOCOL_VERSION = 1;
 export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
 export const BLOCKS_PROTOCOL = 'clonebox/blocks';
 
-/** Largest block payload accepted on the wire (compressed blocks are at most a few MiB). */
-export const MAX_BLOCK_BYTES = 16 * 1024 * 1024;
-/** Most block hashes in one Request. */
-export const MAX_HASHES_PER_REQUEST = 1024;
+/** Most block hashes in one Request or Missing. */
+export const MAX_HASHES_PER_REQUEST = 4096;
 export const HASH_BYTES = 32;
 
 export class WireError extends Error {
@@ -100,24 +98,31 @@ export const intro: c.Encoding<Intro> = {
 };
 
 // ---- Block exchange (clonebox/blocks) -------------------------------------------------------------
+//
+// Blocks are the bundle's blocks (src/bundle/format.ts: guest data cut at 64 KiB, named by the SHA-256
+// of their raw bytes, listed in the signed catalog). They travel in frames: one or more blocks
+// compressed together, as the bundle's packs store them, so a sharer can send a frame it already has
+// and the receiver checks every block against its hash after decompressing, before writing it.
 
-/** Message 0. Asks for blocks by content hash; replies come as Block or Missing, in any order. */
+/** Message 0. Asks for blocks by hash; answers come as Frame or Missing messages, in any order. */
 export interface BlockRequest {
   id: number;
   hashes: Buffer[];
 }
-/** Message 1. One block; `codec` 0 = raw, 1 = zstd; `size` is the uncompressed length. */
-export interface BlockReply {
+/**
+ * Message 1. Blocks `blocks` (in order: hash and raw size) whose raw bytes, concatenated, are `data`
+ * (codec 0) or decompress from it (codec 1: one zstd frame).
+ */
+export interface BlockFrame {
   id: number;
-  hash: Buffer;
   codec: number;
-  size: number;
+  blocks: { hash: Buffer; size: number }[];
   data: Buffer;
 }
-/** Message 2. The sender does not have (or will not serve) this block. */
+/** Message 2. The sender does not have (or will not serve) these blocks. */
 export interface BlockMissing {
   id: number;
-  hash: Buffer;
+  hashes: Buffer[];
 }
 /** Message 3. Drop what is still queued for this request. */
 export interface BlockCancel {
@@ -126,73 +131,104 @@ export interface BlockCancel {
 
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;
+/** Most raw bytes in one frame (the bundle's MAX_FRAME_RAW). */
+export const MAX_FRAME_RAW = 16 * 1024 * 1024;
+/** Most blocks in one frame (16 MiB of 512-byte clusters). */
+export const MAX_FRAME_BLOCKS = MAX_FRAME_RAW / 512;
+
+const hashList = (what: string, max: number): c.Encoding<Buffer[]> => ({
+  preencode(state, list) {
+    c.uint.preencode(state, list.length);
+    state.end += HASH_BYTES * list.length;
+  },
+  encode(state, list) {
+    c.uint.encode(state, list.length);
+    for (const h of list) c.fixed32.encode(state, h);
+  },
+  decode(state) {
+    const n = c.uint.decode(state);
+    check(n >= 1 && n <= max, `${what} count`);
+    check(state.end - state.start >= n * HASH_BYTES, `${what} truncated`);
+    const out: Buffer[] = [];
+    for (let i = 0; i < n; i++) out.push(c.fixed32.decode(state));
+    return out;
+  },
+});
+
+const requestHashes = hashList('hash', MAX_HASHES_PER_REQUEST);
 
 export const blockRequest: c.Encoding<BlockRequest> = {
   preencode(state, m) {
     c.uint.preencode(state, m.id);
-    c.uint.preencode(state, m.hashes.length);
-    state.end += HASH_BYTES * m.hashes.length;
+    requestHashes.preencode(state, m.hashes);
   },
   encode(state, m) {
     c.uint.encode(state, m.id);
-    c.uint.encode(state, m.hashes.length);
-    for (const h of m.hashes) c.fixed32.encode(state, h);
+    requestHashes.encode(state, m.hashes);
   },
   decode(state) {
-    const id = c.uint.decode(state);
-    const n = c.uint.decode(state);
-    check(n >= 1 && n <= MAX_HASHES_PER_REQUEST, 'hash count');
-    check(state.end - state.start >= n * HASH_BYTES, 'request truncated');
-    const hashes: Buffer[] = [];
-    for (let i = 0; i < n; i++) hashes.push(c.fixed32.decode(state));
-    return { id, hashes };
+    return { id: c.uint.decode(state), hashes: requestHashes.decode(state) };
   },
 };
 
-export const blockReply: c.Encoding<BlockReply> = {
+export const blockFrame: c.Encoding<BlockFrame> = {
   preencode(state, m) {
     c.uint.preencode(state, m.id);
-    c.fixed32.preencode(state, m.hash);
     c.uint8.preencode(state, m.codec);
-    c.uint.preencode(state, m.size);
+    c.uint.preencode(state, m.blocks.length);
+    for (const b of m.blocks) {
+      c.fixed32.preencode(state, b.hash);
+      c.uint.preencode(state, b.size);
+    }
     c.binary.preencode(state, m.data);
   },
   encode(state, m) {
     c.uint.encode(state, m.id);
-    c.fixed32.encode(state, m.hash);
     c.uint8.encode(state, m.codec);
-    c.uint.encode(state, m.size);
+    c.uint.encode(state, m.blocks.length);
+    for (const b of m.blocks) {
+      c.fixed32.encode(state, b.hash);
+      c.uint.encode(state, b.size);
+    }
     c.binary.encode(state, m.data);
   },
   decode(state) {
     const id = c.uint.decode(state);
-    const hash = c.fixed32.decode(state);
     const codec = c.uint8.decode(state);
     check(codec === CODEC_RAW || codec === CODEC_ZSTD, 'codec');
-    const size = c.uint.decode(state);
-    check(size >= 1 && size <= MAX_BLOCK_BYTES, 'block size');
-    // Peek at the length prefix before binary.decode slices, so a lying length is refused early.
-    const save = state.start;
-    const len = c.uint.decode(state);
-    check(len >= 1 && len <= MAX_BLOCK_BYTES, 'payload length');
-    check(codec !== CODEC_RAW || len === size, 'raw payload length');
-    state.start = save;
+    const n = c.uint.decode(state);
+    check(n >= 1 && n <= MAX_FRAME_BLOCKS, 'block count');
+    check(state.end - state.start >= n * (HASH_BYTES + 1), 'frame truncated');
+    const blocks: BlockFrame['blocks'] = [];
+    let total = 0;
+    for (let i = 0; i < n; i++) {
+      const hash = c.fixed32.decode(state);
+      const size = c.uint.decode(state);
+      check(size >= 1 && size <= MAX_FRAME_RAW, 'block size');
+      total += size;
+      check(total <= MAX_FRAME_RAW, 'frame size');
+      blocks.push({ hash, size });
+    }
     const data = c.binary.decode(state);
-    return { id, hash, codec, size, data };
+    check(data.length >= 1 && data.length <= total, 'payload length');
+    check(codec !== CODEC_RAW || data.length === total, 'raw payload length');
+    return { id, codec, blocks, data };
   },
 };
+
+const missingHashes = hashList('hash', MAX_HASHES_PER_REQUEST);
 
 export const blockMissing: c.Encoding<BlockMissing> = {
   preencode(state, m) {
     c.uint.preencode(state, m.id);
-    c.fixed32.preencode(state, m.hash);
+    missingHashes.preencode(state, m.hashes);
   },
   encode(state, m) {
     c.uint.encode(state, m.id);
-    c.fixed32.encode(state, m.hash);
+    missingHashes.encode(state, m.hashes);
   },
   decode(state) {
-    return { id: c.uint.decode(state), hash: c.fixed32.decode(state) };
+    return { id: c.uint.decode(state), hashes: missingHashes.decode(state) };
   },
 };
 
