@@ -4,6 +4,8 @@
  * can differ, so only those are read; content decides (identical rewrites are no change, a zeroed
  * cluster is one).
  */
+import { open, type FileHandle } from 'node:fs/promises';
+import { ioError } from '../errors.js';
 import { Chain } from '../qcow2/chain.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 
@@ -19,8 +21,14 @@ export interface DiskDiff {
   ranges: Range[];
 }
 
-/** Compared in slices of this many bytes (a multiple of every cluster size). */
-const SLICE = 4 * 1024 * 1024;
+/**
+ * Compared in slices of this many bytes, or of one cluster when clusters are larger (2 MiB), so a
+ * slice is always a whole number of clusters. Small slices keep the buffers in the CPU cache between
+ * the read and the compare: 1 MiB measured about twice as fast as 4 MiB on page-cached layers.
+ */
+const SLICE = 1024 * 1024;
+/** Slices being read at once (each read is one pread per piece, both states in parallel). */
+const DEPTH = 4;
 
 /** Sorted, merged union of ranges (aligned outward to `g`). */
 export function unionAligned(ranges: Range[], g: number, limit: number): Range[] {
@@ -54,6 +62,72 @@ async function allocatedIn(files: string[]): Promise<Range[]> {
 }
 
 /**
+ * Reads guest bytes of a chain straight into a caller's buffer: every piece of the range is read
+ * from the layer that supplies it with one pread into its place (no per-piece buffers, no copies),
+ * all pieces at once. Compressed clusters go through the reader (inflate) and are copied.
+ */
+export class ChainReader {
+  private readonly fhs = new Map<string, Promise<FileHandle>>();
+
+  constructor(readonly chain: Chain) {}
+
+  private fh(file: string): Promise<FileHandle> {
+    let p = this.fhs.get(file);
+    if (!p) {
+      p = open(file, 'r').catch((err) => {
+        throw ioError(err, 'cannot open image', file);
+      });
+      this.fhs.set(file, p);
+    }
+    return p;
+  }
+
+  /** Host bytes [pos, pos+len) of `file` into buf[dst..]; past the end of the file reads as zeros. */
+  private async pread(file: string, buf: Buffer, dst: number, len: number, pos: number): Promise<void> {
+    const fh = await this.fh(file);
+    let done = 0;
+    while (done < len) {
+      const { bytesRead } = await fh.read(buf, dst + done, len - done, pos + done).catch((err) => {
+        throw ioError(err, 'cannot read image', file);
+      });
+      if (bytesRead === 0) {
+        buf.fill(0, dst + done, dst + len);
+        return;
+      }
+      done += bytesRead;
+    }
+  }
+
+  /** The guest bytes of [offset, offset+length) into buf[0..length). */
+  async readInto(offset: number, length: number, buf: Buffer): Promise<void> {
+    const vs = this.chain.virtualSize;
+    if (offset + length > vs) buf.fill(0, Math.max(0, vs - offset), length); // past this chain's disk
+    const jobs: Promise<void>[] = [];
+    try {
+      for await (const r of this.chain.resolve(offset, offset + length)) {
+        const dst = r.offset - offset;
+        const run = r.run;
+        if (r.layer < 0 || run === null || run.kind !== 'data') {
+          buf.fill(0, dst, dst + r.length);
+          continue;
+        }
+        const layer = this.chain.layers[r.layer]!;
+        if (run.compressed || run.hostOffset === undefined) jobs.push(layer.readRun(run).then((d) => void d.copy(buf, dst)));
+        else jobs.push(this.pread(layer.path, buf, dst, r.length, run.hostOffset));
+      }
+    } catch (err) {
+      await Promise.allSettled(jobs); // nothing left running (or rejecting unobserved) behind the error
+      throw err;
+    }
+    await Promise.all(jobs);
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.fhs.values()) await (await p.catch(() => null))?.close().catch(() => undefined);
+  }
+}
+
+/**
  * `a` and `b` are the top images of the two states; `between` lists every image file whose content
  * may separate them (the layers above the common ancestor on both sides), or null to compare
  * everything either chain holds.
@@ -61,6 +135,9 @@ async function allocatedIn(files: string[]): Promise<Range[]> {
 export async function diffDisk(target: string, a: string, b: string, between: string[] | null): Promise<DiskDiff> {
   const ca = await Chain.open(a);
   const cb = await Chain.open(b);
+  const ra = new ChainReader(ca);
+  const rb = new ChainReader(cb);
+  const inFlight: Promise<unknown>[] = [];
   try {
     const g = ca.top.clusterSize;
     const size = Math.max(ca.virtualSize, cb.virtualSize);
@@ -75,18 +152,38 @@ export async function diffDisk(target: string, a: string, b: string, between: st
       if (last && last.offset + last.length === offset) last.length += length;
       else changed.push({ offset, length });
     };
+    const sliceBytes = Math.max(SLICE, g);
+    const slices: Range[] = [];
     for (const r of candidates) {
-      for (let off = r.offset; off < r.offset + r.length; off += SLICE) {
-        const len = Math.min(SLICE, r.offset + r.length - off);
-        const [da, db] = await Promise.all([ca.read(off, len), cb.read(off, len)]);
-        for (let c = 0; c < len; c += g) {
-          const n = Math.min(g, len - c);
-          if (da.compare(db, c, c + n, c, c + n) !== 0) push(off + c, n);
-        }
+      for (let off = r.offset; off < r.offset + r.length; off += sliceBytes) slices.push({ offset: off, length: Math.min(sliceBytes, r.offset + r.length - off) });
+    }
+    // DEPTH buffer pairs: the next slices are read while the current one is compared.
+    const bufs = Array.from({ length: DEPTH }, () => [Buffer.allocUnsafe(sliceBytes), Buffer.allocUnsafe(sliceBytes)] as const);
+    const readSlice = (i: number) => {
+      const s = slices[i]!;
+      const [da, db] = bufs[i % DEPTH]!;
+      const p = Promise.all([ra.readInto(s.offset, s.length, da), rb.readInto(s.offset, s.length, db)]);
+      p.catch(() => undefined); // observed when its turn comes; an earlier failure must not leave it unhandled
+      return p;
+    };
+    for (let i = 0; i < Math.min(DEPTH - 1, slices.length); i++) inFlight.push(readSlice(i));
+    for (let i = 0; i < slices.length; i++) {
+      await inFlight.shift();
+      if (i + DEPTH - 1 < slices.length) inFlight.push(readSlice(i + DEPTH - 1));
+      const { offset: off, length: len } = slices[i]!;
+      const [da, db] = bufs[i % DEPTH]!;
+      if (da.compare(db, 0, len, 0, len) === 0) continue;
+      for (let c = 0; c < len; c += g) {
+        const n = Math.min(g, len - c);
+        if (da.compare(db, c, c + n, c, c + n) !== 0) push(off + c, n);
       }
     }
     return { target, granularity: g, changed_bytes: changedBytes, ranges: changed };
   } finally {
+    // Reads still in flight after an error finish before their files are closed.
+    await Promise.allSettled(inFlight);
+    await ra.close();
+    await rb.close();
     await ca.close();
     await cb.close();
   }
