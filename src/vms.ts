@@ -112,6 +112,29 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
   }
 }
 
+/** Registers a libvirt domain: its writable qcow2 disks become the VM's disks (libvirt driver). */
+export async function addLibvirtVm(home: Home, name: string, domain: string, uri: string): Promise<{ view: VmView; warnings: string[] }> {
+  checkName('VM', name);
+  const { inspectDomain } = await import('./drivers/libvirt/driver.js');
+  const lock = await lockVm(home, name, 'vm add');
+  try {
+    if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
+    const ins = await inspectDomain(domain, uri);
+    for (const d of ins.disks) {
+      const owner = await findDiskOwner(home, d.path, name);
+      if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${d.path}`);
+    }
+    const rec: VmRecord = {
+      format: 1, name, driver: 'libvirt', created_at: new Date().toISOString(),
+      disks: ins.disks.map((d) => ({ target: d.target, path: d.path })), current: null, libvirt: { domain, uri },
+    };
+    await saveVm(home, rec);
+    return { view: await vmView(home, rec), warnings: ins.warnings };
+  } finally {
+    await lock.release();
+  }
+}
+
 export async function listVms(home: Home): Promise<VmView[]> {
   const out: VmView[] = [];
   for (const n of await listVmNames(home)) {

@@ -54,7 +54,7 @@ async function check(file: string): Promise<void> {
 
 describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = new Virsh({ uri: URI });
-  const driver = new LibvirtDriver({ requireJournalHook: false });
+  const driver = new LibvirtDriver();
   beforeAll(async () => {
     await sweepStaleDomains(virsh);
   });

@@ -1,5 +1,6 @@
 import { Option, type Command } from 'commander';
-import { printJson, printLine, table } from '../output.js';
+import { printJson, printLine, table, warn } from '../output.js';
+import { usageError } from '../../src/errors.js';
 import { action } from '../run.js';
 import { confirm } from '../confirm.js';
 import { formatBytes, parseSize } from '../../src/names.js';
@@ -33,8 +34,12 @@ export function registerVm(program: Command): void {
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string }) => {
       if (o.libvirt) {
-        const { CloneboxError } = await import('../../src/errors.js');
-        throw new CloneboxError('UNSUPPORTED', 'the libvirt driver is not available in this version', { hint: 'register the qcow2 disks with --disk for now' });
+        if (o.disk.length) throw usageError('--libvirt and --disk exclude each other');
+        const { addLibvirtVm } = await import('../../src/vms.js');
+        const r = await addLibvirtVm(ctx.home, name, o.domain ?? name, o.connect);
+        r.warnings.forEach(warn);
+        if (ctx.json) return printJson(r.view);
+        return printLine(`registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${r.view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
       }
       const { addVm } = await import('../../src/vms.js');
       const view = await addVm(ctx.home, name, o.disk);

@@ -38,8 +38,13 @@ export interface OpResult<T> {
   warnings: string[];
 }
 
-export function driverFor(vm: VmRecord): SnapshotDriver {
+export async function driverFor(vm: VmRecord): Promise<SnapshotDriver> {
   if (vm.driver === 'image') return new ImageDriver();
+  if (vm.driver === 'libvirt') {
+    // Loaded only for libvirt VMs: it brings the XML parser and virsh plumbing.
+    const { LibvirtDriver } = await import('../drivers/libvirt/driver.js');
+    return new LibvirtDriver();
+  }
   throw new CloneboxError('UNSUPPORTED', `the ${vm.driver} driver is not available in this version, ${vm.name}`);
 }
 
@@ -148,7 +153,7 @@ export class SnapshotManager {
     if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)', { exitCode: 2 });
     const tags = [...new Set(opts.tags ?? [])];
     if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
-    const driver = driverFor(vm);
+    const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot create ${name}`);
     try {
       let size = 0;
@@ -205,7 +210,7 @@ export class SnapshotManager {
       }
       await this.restoreLocked(vm, target);
       if (opts.start) {
-        const driver = driverFor(vm);
+        const driver = await driverFor(vm);
         if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
         else await driver.start(await loadVm(this.home, vm.name));
       }
@@ -214,7 +219,7 @@ export class SnapshotManager {
   }
 
   private async restoreLocked(vm: VmRecord, target: SnapshotRecord): Promise<void> {
-    const driver = driverFor(vm);
+    const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`);
     try {
       const prepared = await driver.prepareRestore(vm, target, j);
@@ -262,7 +267,7 @@ export class SnapshotManager {
       const own = s.disks.find((l) => l.target === d.target)?.path;
       newBase.set(d.target, pl ?? (own ? await backingOf(own) : null));
     }
-    const driver = driverFor(vm);
+    const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`);
     const mergedInto: string[] = [];
     try {

@@ -24,7 +24,23 @@ export type Action =
   | { do: 'rename'; from: string; to: string }
   | { do: 'unlink'; path: string }
   | { do: 'write_json'; path: string; value: unknown }
-  | { do: 'remove_dir'; path: string };
+  | { do: 'remove_dir'; path: string }
+  /** A step a driver performs itself (virsh calls...); its handler must be idempotent too. */
+  | { do: 'driver'; driver: string; step: unknown };
+
+type StepHandler = (step: unknown) => Promise<void>;
+const actionHandlers = new Map<string, StepHandler>();
+/**
+ * Driver modules that register handlers, loaded on demand: a journal left by a crash is recovered
+ * by whatever command runs next, which may never have loaded that driver.
+ */
+const handlerModules: Record<string, () => Promise<unknown>> = {
+  libvirt: () => import('../drivers/libvirt/driver.js'),
+};
+
+export function registerActionHandler(driver: string, fn: StepHandler): void {
+  actionHandlers.set(driver, fn);
+}
 
 interface JournalDoc {
   format: 1;
@@ -146,6 +162,16 @@ async function perform(a: Action): Promise<void> {
     case 'remove_dir':
       await rm(a.path, { recursive: true, force: true });
       return;
+    case 'driver': {
+      if (!actionHandlers.has(a.driver)) await handlerModules[a.driver]?.();
+      const h = actionHandlers.get(a.driver);
+      if (!h) throw new CloneboxError('INTERNAL', `no handler for ${a.driver} journal steps`);
+      await h(a.step);
+      return;
+    }
+    default:
+      // An action this build does not know must stop recovery, never be skipped.
+      throw new CloneboxError('STORE_CORRUPT', `unknown journal action ${JSON.stringify((a as { do?: unknown }).do)}`);
   }
 }
 

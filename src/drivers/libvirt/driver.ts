@@ -27,12 +27,13 @@
  * `virsh snapshot-list` never shows stale entries and `virsh snapshot-delete`/`snapshot-revert` cannot
  * act on clonebox's layers behind its back. See docs/libvirt.md.
  */
-import { stat, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError } from '../../errors.js';
 import { Qcow2Image } from '../../qcow2/reader.js';
 import { rebaseImage } from '../../snapshots/rebase.js';
-import * as journalModule from '../../store/journal.js';
+import { registerActionHandler } from '../../store/journal.js';
+import { pathExists } from '../../store/fsutil.js';
 import type { Action, Journal } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
@@ -67,31 +68,17 @@ export interface LibvirtAction {
 }
 
 function action(step: LibvirtStep): Action {
-  // The journal's Action union gains `{do: 'driver'}` with registerActionHandler (see journalSupport()).
-  return { do: 'driver', driver: 'libvirt', step } as unknown as Action;
+  return { do: 'driver', driver: 'libvirt', step };
 }
 
 /**
- * The journal runs driver actions through a handler registered by name. Older journals without that
- * hook would skip unknown actions silently, so the driver refuses to work with them. Registration is
- * synchronous, at module load: journal recovery in a new process must find the handler.
+ * The journal runs driver actions through a handler registered by name, at module load: journal
+ * recovery in a new process loads this module (journal.ts knows it) and must find the handler.
  */
-const journalHook = (journalModule as unknown as { registerActionHandler?: (driver: string, fn: (step: unknown) => Promise<void>) => void }).registerActionHandler;
-if (typeof journalHook === 'function') journalHook('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
-function journalSupport(): boolean {
-  return typeof journalHook === 'function';
-}
+registerActionHandler('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
 
 const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Sources of `targets` in the live XML (running) or the persistent XML (stopped). */
 async function currentSources(v: Virsh, domain: string, targets: string[], active: boolean): Promise<(string | null)[]> {
@@ -161,7 +148,7 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
       return;
     }
     case 'load_memory': {
-      if (!(await exists(s.memoryFile))) return; // a full snapshot whose memory could not be taken
+      if (!(await pathExists(s.memoryFile))) return; // a full snapshot whose memory could not be taken
       if (await v.hasManagedSave(s.domain)) return; // done (the stale one was dropped by 'stop')
       if (!(await v.isActive(s.domain))) {
         const xml = pointAt(parseDomainXml(await v.saveImageXml(s.memoryFile, s.domain)), s.disks).toString();
@@ -242,7 +229,7 @@ async function freshPath(current: string, label: string, taken: Set<string>): Pr
   const dir = path.dirname(current);
   for (let i = 1; ; i++) {
     const p = path.join(dir, `${stemOf(current)}~${label}${i === 1 ? '' : `-${i}`}.qcow2`);
-    if (!taken.has(p) && !(await exists(p))) {
+    if (!taken.has(p) && !(await pathExists(p))) {
       taken.add(p);
       return p;
     }
@@ -260,22 +247,10 @@ async function geometry(file: string): Promise<{ virtualSize: number; clusterSiz
 
 export class LibvirtDriver implements SnapshotDriver {
   readonly name = 'libvirt' as const;
-  private readonly requireJournalHook: boolean;
-
-  /** `requireJournalHook: false` is for tests that run the returned actions themselves. */
-  constructor(opts: { requireJournalHook?: boolean } = {}) {
-    this.requireJournalHook = opts.requireJournalHook ?? true;
-  }
 
   private where(vm: VmRecord): Where & { virsh: Virsh } {
     if (!vm.libvirt) throw new CloneboxError('STORE_CORRUPT', `VM record has no libvirt domain, ${vm.name}`);
     return { uri: vm.libvirt.uri, domain: vm.libvirt.domain, virsh: new Virsh({ uri: vm.libvirt.uri }) };
-  }
-
-  private async ready(): Promise<void> {
-    if (this.requireJournalHook && !journalSupport()) {
-      throw new CloneboxError('UNSUPPORTED', 'the libvirt driver needs journal driver actions (registerActionHandler), which this build lacks');
-    }
   }
 
   /** The domain's view of the VM's disks must be clonebox's: anything else was changed behind its back. */
@@ -292,7 +267,6 @@ export class LibvirtDriver implements SnapshotDriver {
   }
 
   async prepareSnapshot(vm: VmRecord, name: string, opts: { memory: boolean; quiesce: boolean }, j: Journal): Promise<PreparedSnapshot> {
-    await this.ready();
     const { uri, domain, virsh } = this.where(vm);
     const active = await virsh.isActive(domain);
     if (opts.memory && !active) {
@@ -314,7 +288,7 @@ export class LibvirtDriver implements SnapshotDriver {
     const plan: { target: string; from: string; to: string }[] = [];
     for (const d of vm.disks) plan.push({ target: d.target, from: d.path, to: await freshPath(d.path, name, taken) });
     const memoryFile = opts.memory ? path.join(path.dirname(vm.disks[0]!.path), `${stemOf(vm.disks[0]!.path)}@${name}.mem`) : null;
-    if (memoryFile !== null && (await exists(memoryFile))) {
+    if (memoryFile !== null && (await pathExists(memoryFile))) {
       throw new CloneboxError('SNAPSHOT_EXISTS', `memory file already exists, ${memoryFile}`, { hint: 'choose another snapshot name or move the file away' });
     }
     await j.willCreate(...plan.map((p) => p.to), ...(memoryFile === null ? [] : [memoryFile]));
@@ -330,7 +304,6 @@ export class LibvirtDriver implements SnapshotDriver {
   }
 
   async prepareRestore(vm: VmRecord, snap: SnapshotRecord, j: Journal): Promise<PreparedSwitch> {
-    await this.ready();
     const { uri, domain, virsh } = this.where(vm);
     if (!(await virsh.exists(domain))) throw new CloneboxError('DOMAIN_NOT_FOUND', `no such libvirt domain at ${uri}, ${domain}`);
     const taken = new Set<string>();
@@ -354,7 +327,6 @@ export class LibvirtDriver implements SnapshotDriver {
   }
 
   async prepareRebaseCurrent(vm: VmRecord, newBase: Map<string, string | null>, j: Journal): Promise<PreparedSwitch> {
-    await this.ready();
     const { uri, domain, virsh } = this.where(vm);
     const active = await virsh.isActive(domain);
     await this.checkDisks(vm, virsh, domain, active);

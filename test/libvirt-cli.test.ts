@@ -1,0 +1,66 @@
+/**
+ * The libvirt driver through the CLI on a real libvirtd: `vm add --libvirt`, then snapshot commands
+ * exactly as a user types them. Skips loudly when no daemon is reachable (fails under
+ * CLONEBOX_REQUIRE_LIBVIRT=1).
+ */
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Virsh } from '../src/drivers/libvirt/virsh.js';
+import { libvirtAvailability, qemuIo, removeAllTestDomains, sameContent, snapshotRaw, suiteTitle, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
+import { makeTempDir, parseJsonOutput, runCli } from './helpers/qemu.js';
+
+const BASE = 'libvirt VMs through the CLI (real daemon)';
+const avail = await libvirtAvailability();
+const suite = suiteTitle(BASE, avail);
+if (suite.mustFail) {
+  describe(BASE, () => {
+    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
+      throw new Error(avail.reason);
+    });
+  });
+}
+
+describe.skipIf(suite.skip)(suite.title, () => {
+  const virsh = new Virsh({ uri: URI });
+  beforeAll(async () => {
+    await sweepStaleDomains(virsh);
+  });
+  afterAll(async () => {
+    await removeAllTestDomains();
+  });
+
+  it('registers a domain, snapshots it offline, restores it, and refuses --memory when stopped', async () => {
+    const dom = await TestDomain.define(virsh, 'cli');
+    const home = path.join(await makeTempDir('clonebox-lvcli-'), 'home');
+    const cli = (args: string[]) => runCli(args, { home, timeoutMs: 120_000 });
+    const add = await cli(['vm', 'add', 'web', '--libvirt', '--domain', dom.name, '--connect', URI, '--json']);
+    expect(add.code, add.stderr).toBe(0);
+    const view = parseJsonOutput<{ driver: string; disks: { target: string; path: string }[] }>(add);
+    expect(view.driver).toBe('libvirt');
+    expect(view.disks.map((d) => d.target)).toEqual(['vda']);
+    expect(view.disks[0]!.path).toBe(dom.disks[0]!.path);
+    const both = await cli(['vm', 'add', 'x', '--libvirt', '--disk', '/tmp/x.qcow2']);
+    expect(both.code).toBe(2);
+
+    await qemuIo(dom.disks[0]!.path, 'write -P 0x31 0 1M');
+    const s1 = await cli(['snapshot', 'create', 'web', '--name', 's1', '--json']);
+    expect(s1.code, s1.stderr).toBe(0);
+    const rec = parseJsonOutput<{ type: string; disks: { path: string }[] }>(s1);
+    expect(rec.type).toBe('disk');
+    const ref = path.join(dom.dir, 's1.raw');
+    await snapshotRaw(rec.disks[0]!.path, ref);
+    const mem = await cli(['snapshot', 'create', 'web', '--memory']);
+    expect(mem.code).toBe(1);
+    expect(mem.stderr).toContain('full snapshot requires a running VM');
+
+    const shown = parseJsonOutput<{ disks: { path: string }[] }>(await cli(['vm', 'show', 'web', '--json']));
+    await qemuIo(shown.disks[0]!.path, 'write -P 0x32 0 64k');
+    const r = await cli(['snapshot', 'restore', 'web', '--name', 's1', '--yes', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const after = parseJsonOutput<{ disks: { path: string }[] }>(await cli(['vm', 'show', 'web', '--json']));
+    const cur = path.join(dom.dir, 'cur.raw');
+    await snapshotRaw(after.disks[0]!.path, cur);
+    expect(await sameContent(cur, ref)).toBe(true);
+    expect((await virsh.snapshotList(dom.name)).length).toBe(0); // no stale libvirt snapshot metadata
+  });
+});
