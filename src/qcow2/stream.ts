@@ -26,7 +26,8 @@
  * Validation is the reader's: every run comes from `Qcow2Image.runs()`, which checks each L1/L2 entry
  * against the file; compressed input is clamped to the file and to cluster size + 2 sectors as in
  * `readRun()`; bytes past the end of the file read as zeros (as QEMU reads them); a compressed cluster
- * that does not decompress to exactly one cluster is a QCOW2_CORRUPT error naming the file.
+ * that does not decompress to exactly one cluster is a QCOW2_CORRUPT error naming the file, or
+ * QCOW2_TRUNCATED when the file ends inside the cluster's compressed bytes.
  */
 import { close as closeFile, open as openFile, read as fsRead, readSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -84,6 +85,8 @@ interface Piece {
   hostLength: number;
   /** For a compressed cluster: where the run starts inside the decompressed cluster; else -1. */
   skip: number;
+  /** For a compressed cluster: the file ends inside the descriptor's range (a failure means truncation). */
+  cut: boolean;
 }
 
 /** Pieces fetched with one read. */
@@ -195,12 +198,13 @@ function piecesOf(r: Run, cs: number, fileSize: number, max: number): Piece[] {
     // As Qcow2Image.readRun: the descriptor's length is clamped to the file and to what one cluster
     // can need, before anything is allocated.
     const hostLength = Math.max(0, Math.min(c.maxBytes, fileSize - c.offset, cs + 512 * 2));
-    return [{ offset: r.offset, length: r.length, host: c.offset, hostLength, skip: r.offset % cs }];
+    const cut = hostLength < c.maxBytes && hostLength < cs + 512 * 2;
+    return [{ offset: r.offset, length: r.length, host: c.offset, hostLength, skip: r.offset % cs, cut }];
   }
   const out: Piece[] = [];
   for (let o = 0; o < r.length; o += max) {
     const n = Math.min(max, r.length - o);
-    out.push({ offset: r.offset + o, length: n, host: r.hostOffset! + o, hostLength: n, skip: -1 });
+    out.push({ offset: r.offset + o, length: n, host: r.hostOffset! + o, hostLength: n, skip: -1, cut: false });
   }
   return out;
 }
@@ -233,11 +237,11 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
     } else if (zstd) {
       const dst = outBuf!.subarray(outPos, outPos + cs);
       outPos += cs;
-      decompressZstdInto(img, src, dst, p.host);
+      decompressZstdInto(img, src, dst, p);
       data = dst.subarray(p.skip, p.skip + p.length);
     } else {
       // deflate hands back fresh memory for each cluster: nothing to put in the ring.
-      data = inflateCluster(img, src, p.host).subarray(p.skip, p.skip + p.length);
+      data = inflateCluster(img, src, p).subarray(p.skip, p.skip + p.length);
     }
     out[i] = { offset: p.offset, data };
   }
@@ -333,23 +337,28 @@ function preadSync(fd: number, buf: Buffer, pos: number, file: string): void {
   }
 }
 
-function corrupt(img: Qcow2Image, host: number, why: string): CloneboxError {
-  return new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: compressed cluster at 0x${host.toString(16)} ${why}, ${img.path}`, {
+/** The error for a compressed cluster that does not decompress to one cluster (as Qcow2Image.readRun). */
+function badCluster(img: Qcow2Image, p: Piece, why: string): CloneboxError {
+  if (p.cut) {
+    return new CloneboxError('QCOW2_TRUNCATED',
+      `truncated qcow2 image: compressed cluster at 0x${p.host.toString(16)} is cut off by the end of the file, ${img.path}`);
+  }
+  return new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: compressed cluster at 0x${p.host.toString(16)} ${why}, ${img.path}`, {
     hint: 'the file is damaged; `qemu-img check` may tell more',
   });
 }
 
 /** Inflates one deflate cluster (raw deflate, no header, as QEMU writes it). */
-function inflateCluster(img: Qcow2Image, src: Buffer, host: number): Buffer {
+function inflateCluster(img: Qcow2Image, src: Buffer, p: Piece): Buffer {
   const cs = img.clusterSize;
   let out: Buffer;
   try {
     // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
     out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs, chunkSize: cs + 64 });
   } catch (err) {
-    throw corrupt(img, host, `does not decompress (${(err as Error).message})`);
+    throw badCluster(img, p, `does not decompress (${(err as Error).message})`);
   }
-  if (out.length !== cs) throw corrupt(img, host, `decompresses to ${out.length} bytes, not ${cs}`);
+  if (out.length !== cs) throw badCluster(img, p, `decompresses to ${out.length} bytes, not ${cs}`);
   return out;
 }
 
@@ -369,7 +378,7 @@ let zstdCtx: ZstdDCtx | null = null;
  * (creating one per cluster costs more than decompressing). QEMU writes one frame per cluster and the
  * input may carry padding up to the sector end: stream until the output is full or the frame ends.
  */
-function decompressZstdInto(img: Qcow2Image, src: Buffer, dst: Buffer, host: number): void {
+function decompressZstdInto(img: Qcow2Image, src: Buffer, dst: Buffer, p: Piece): void {
   if (!zstdCtx) {
     if (!zstdBinding) {
       try {
@@ -395,7 +404,7 @@ function decompressZstdInto(img: Qcow2Image, src: Buffer, dst: Buffer, host: num
       if (ret === 0 || (p === 0 && c === 0)) break;
     }
   } catch (err) {
-    throw corrupt(img, host, `does not decompress (${(err as Error).message})`);
+    throw badCluster(img, p, `does not decompress (${(err as Error).message})`);
   }
-  if (produced !== dst.length) throw corrupt(img, host, `decompresses to ${produced} bytes, not ${dst.length}`);
+  if (produced !== dst.length) throw badCluster(img, p, `decompresses to ${produced} bytes, not ${dst.length}`);
 }
