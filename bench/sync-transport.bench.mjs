@@ -77,26 +77,29 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
 
       const cases = fetched.cases.map((c) => {
         const mibps = (ms) => round(c.bytes / MiB / (ms / 1000), 1);
+        const side = (x) => ({ ...x, mib_per_s: mibps(x.median_ms), best_mib_per_s: mibps(x.min_ms), cpu_ms_per_mib: x.cpu_median_ms === null ? null : round(x.cpu_median_ms / (c.bytes / MiB), 2) });
         return {
           block_size: c.block_size,
           blocks: c.blocks,
           bytes: c.bytes,
-          hypercore: { ...c.hypercore, mib_per_s: mibps(c.hypercore.median_ms) },
+          hypercore: side(c.hypercore),
           hypercore_extract_ms: c.hypercore_extract_ms,
           sharer_append_ms: c.append_ms,
           sharer_append_mib_per_s: mibps(c.append_ms),
           sharer_hypercore_storage_bytes: c.storage_bytes,
-          protomux: { ...c.protomux, mib_per_s: mibps(c.protomux.median_ms) },
-          stream: { ...c.stream, mib_per_s: mibps(c.stream.median_ms) },
+          protomux: side(c.protomux),
+          stream: side(c.stream),
         };
       });
       for (const c of cases) {
-        log(`${label(c.block_size)}: hypercore ${c.hypercore.mib_per_s} MiB/s (+${c.hypercore_extract_ms} ms extract, sharer append ${c.sharer_append_mib_per_s} MiB/s), `
-          + `protomux ${c.protomux.mib_per_s} MiB/s, stream ${c.stream.mib_per_s} MiB/s`);
+        const fmt = (x) => `${x.mib_per_s} MiB/s (best ${x.best_mib_per_s}, ${x.cpu_ms_per_mib} CPU ms/MiB)`;
+        log(`${label(c.block_size)}: hypercore ${fmt(c.hypercore)} +${c.hypercore_extract_ms} ms extract, sharer append ${c.sharer_append_mib_per_s} MiB/s; `
+          + `protomux ${fmt(c.protomux)}; stream ${fmt(c.stream)}`);
       }
       return {
         name,
         machine: machineInfo(),
+        loadavg_after: os.loadavg().map((x) => round(x, 2)),
         runs,
         mib_per_case: totalMiB,
         window_bytes: WINDOW_BYTES,
@@ -261,6 +264,9 @@ async function serve(home) {
                 append_ms: round(appendMs),
                 storage_bytes: storage,
               });
+            } else if (msg.op === 'cpu') {
+              const u = process.cpuUsage();
+              control.messages[0].send({ op: 'cpu', us: u.user + u.system });
             } else if (msg.op === 'stream') {
               const chunk = randomBytes(msg.blockSize);
               for (let i = 0; i < msg.count; i++) st.raw.push(chunk);
@@ -390,8 +396,17 @@ async function fetch(home) {
       return { ms: Number(process.hrtime.bigint() - t0) / 1e6 };
     };
 
+    // CPU of both processes during a run (user + system): steadier than wall time on a busy machine.
+    const withCpu = (fn) => async () => {
+      const s0 = (await ask({ op: 'cpu' })).us;
+      const r0 = process.cpuUsage();
+      const r = await fn();
+      const r1 = process.cpuUsage(r0);
+      const s1 = (await ask({ op: 'cpu' })).us;
+      return { ...r, cpuMs: (r1.user + r1.system + s1 - s0) / 1000 };
+    };
     process.stderr.write(`progress: ${label(blockSize)} blocks: sharer appended ${count} blocks to its Hypercore in ${prepared.append_ms} ms; measuring...\n`);
-    const r = await measure({ hypercore: viaHypercore, protomux: viaProtomux, stream: viaStream }, { runs, warmup: 1 });
+    const r = await measure({ hypercore: withCpu(viaHypercore), protomux: withCpu(viaProtomux), stream: withCpu(viaStream) }, { runs, warmup: 1 });
     cases.push({
       block_size: blockSize,
       blocks: count,

@@ -15,7 +15,7 @@ import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof } from '../src/sync/membership.js';
 import * as m from '../src/sync/messages.js';
-import { createTeam, joinTeam, memberName, recordMember, loadTeam, type TeamRecord } from '../src/sync/teams.js';
+import { createTeam, joinTeam, memberName, recordMember, loadTeam, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
 import { rng } from './helpers/random.js';
@@ -218,6 +218,9 @@ describe('identity and teams on disk', () => {
     const fakeAlice = await recordMember(home, 't', self, { publicKey: k(3), name: 'alice', catalogKey: null });
     expect(fakeAlice.member.name).toBe(`alice-${k(3).toString('hex').slice(0, 8)}`);
     const rec: TeamRecord = await loadTeam(home, 't');
+    expect(resolveBootstrap(rec)).toBeNull(); // public DHT
+    expect(resolveBootstrap({ ...rec, bootstrap: ['127.0.0.1:7'] })).toEqual([{ host: '127.0.0.1', port: 7 }]);
+    expect(resolveBootstrap({ ...rec, bootstrap: ['127.0.0.1:7'] }, [{ host: '127.0.0.1', port: 8 }])).toEqual([{ host: '127.0.0.1', port: 8 }]);
     expect(rec.members.map((x) => x.name)).toEqual(['bob', fakeBob.member.name, fakeAlice.member.name]);
     expect(memberName(rec, self, k(4).toString('hex'), 'x'.repeat(128)).name).toHaveLength(128);
   });

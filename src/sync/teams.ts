@@ -70,6 +70,15 @@ export function teamBootstrap(rec: TeamRecord): HostPort[] {
   return rec.bootstrap.map((b) => parseHostPort(b, 'bootstrap'));
 }
 
+/**
+ * The bootstrap nodes a command uses for this team: `--bootstrap` flags when given, else the team's
+ * setting, else null (the public DHT).
+ */
+export function resolveBootstrap(rec: TeamRecord, flags?: HostPort[]): HostPort[] | null {
+  if (flags && flags.length) return flags;
+  return rec.bootstrap.length ? teamBootstrap(rec) : null;
+}
+
 export function teamInvite(rec: TeamRecord): string {
   return encodeInvite(teamSecret(rec), teamBootstrap(rec));
 }
