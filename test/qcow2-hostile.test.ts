@@ -198,6 +198,12 @@ describe('hostile headers', () => {
   it('absurd virtual sizes', async () => {
     await expectCode(await patched(plain, 'size-2^63', (b) => void b.writeBigUInt64BE(1n << 63n, HDR.size)), 'QCOW2_CORRUPT', /virtual size/);
     await expectCode(await patched(plain, 'size-max', (b) => void b.writeBigUInt64BE(0xffffffffffffffffn, HDR.size)), 'QCOW2_CORRUPT');
+    // Not a multiple of 512: QEMU rounds down to whole sectors, and clonebox must agree with it.
+    const odd = await patched(plain, 'size-odd', (b) => void b.writeBigUInt64BE(BigInt(4 * M - 512 + 300), HDR.size));
+    const q = JSON.parse((await qemuImg(['info', '--output=json', odd])).stdout);
+    expect(q['virtual-size']).toBe(4 * M - 512);
+    const o = await expectRead(odd, await qemuBytes(odd));
+    expect(o.info.virtual_size).toBe(4 * M - 512);
     // A virtual size the L1 table cannot map.
     await expectCode(await patched(plain, 'size-vs-l1', (b) => void b.writeBigUInt64BE(1n << 40n, HDR.size)), 'QCOW2_CORRUPT', /L1 table has/);
   });

@@ -154,7 +154,10 @@ export function parseHeader(buf: Buffer, fileSize: number, file: string): Qcow2H
   if (sizeBig > MAX_VIRTUAL_SIZE || sizeBig > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw corrupt(file, `virtual size ${sizeBig} is too large`);
   }
-  h.virtualSize = Number(sizeBig);
+  // QEMU sees the disk as whole 512-byte sectors (total_sectors = size / 512, rounded down); so do we,
+  // or clonebox and QEMU would disagree about the last bytes of a disk whose size is not a multiple of 512.
+  const headerSize = Number(sizeBig);
+  h.virtualSize = headerSize - (headerSize % 512);
   h.cryptMethod = buf.readUInt32BE(32);
   h.l1Size = buf.readUInt32BE(36);
   h.l1TableOffset = u64(buf, 40, file, 'l1_table_offset');
@@ -235,7 +238,7 @@ export function parseHeader(buf: Buffer, fileSize: number, file: string): Qcow2H
     }
   }
 
-  const neededL1 = Math.ceil(h.virtualSize / h.l2Coverage);
+  const neededL1 = Math.ceil(headerSize / h.l2Coverage); // QEMU checks the L1 size against the header's size
   if (h.l1Size * 8 > MAX_L1_BYTES) throw new CloneboxError('QCOW2_TOO_LARGE', `qcow2 L1 table is too large (${h.l1Size} entries), ${file}`);
   if (h.l1Size < neededL1) throw corrupt(file, `L1 table has ${h.l1Size} entries, the virtual size needs ${neededL1}`);
   if (h.l1Size > 0) {
