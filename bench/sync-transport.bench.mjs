@@ -4,9 +4,9 @@
  *   hypercore  the sharer appends the blocks to a Hypercore; the receiver opens the core by key and
  *              downloads the whole range with sparse replication (Merkle-verified by Hypercore), on
  *              the connection's Protomux beside the other channels.
- *   protomux   the blocks travel as clonebox/blocks messages (src/sync/messages.ts) on a Protomux
- *              channel of the same connection: requests by hash, pipelined with a 16 MiB window,
- *              each reply checked against its SHA-256 and written to a file at its offset.
+ *   protomux   the blocks travel on the clonebox/blocks channel of the same connection with the real
+ *              code (src/sync/blocks.ts): requests by hash, a 16 MiB window, one block per frame,
+ *              each block checked against its SHA-256 and written to a file at its offset.
  *   stream     the same bytes as plain Protomux messages, no hashing, no writing: the ceiling of one
  *              connection on this machine.
  *
@@ -190,6 +190,7 @@ function sender(message) {
 }
 
 async function serve(home) {
+  const { BlockChannel } = await import(dist('src/sync/blocks.js'));
   const c = (await import('compact-encoding')).default;
   const Hypercore = (await import('hypercore')).default;
   const m = await import(dist('src/sync/messages.js'));
@@ -204,28 +205,18 @@ async function serve(home) {
 
   const services = {
     [m.BLOCKS_PROTOCOL]: (peer) => {
-      const st = state(peer);
-      const blocks = peer.mux.createChannel({
-        protocol: m.BLOCKS_PROTOCOL,
-        messages: [
-          {
-            encoding: m.blockRequest,
-            onmessage: (req) => {
-              for (const h of req.hashes) {
-                const data = byHash.get(h.toString('hex'));
-                if (data) st.replies.push({ id: req.id, codec: m.CODEC_RAW, blocks: [{ hash: h, size: data.length }], data });
-                else blocks.messages[2].send({ id: req.id, hashes: [h] });
-              }
-            },
+      BlockChannel.attach(peer.mux, {
+        source: {
+          async *read(hashes) {
+            const missing = hashes.filter((h) => !byHash.has(h.toString('hex')));
+            if (missing.length) yield { missing };
+            for (const h of hashes) {
+              const data = byHash.get(h.toString('hex'));
+              if (data) yield { frame: { codec: m.CODEC_RAW, blocks: [{ hash: h, size: data.length }], data } };
+            }
           },
-          { encoding: m.blockFrame },
-          { encoding: m.blockMissing },
-          { encoding: m.blockCancel },
-        ],
-        ondrain: () => st.replies.drain(),
+        },
       });
-      st.replies = sender(blocks.messages[1]);
-      blocks.open();
     },
     [STREAM]: (peer) => {
       const st = state(peer);
@@ -287,23 +278,19 @@ async function serve(home) {
 }
 
 async function fetch(home) {
+  const { BlockChannel } = await import(dist('src/sync/blocks.js'));
   const c = (await import('compact-encoding')).default;
   const Hypercore = (await import('hypercore')).default;
   const m = await import(dist('src/sync/messages.js'));
   const runs = Number(process.env.BENCH_SYNC_RUNS ?? 5);
   const total = Number(process.env.BENCH_SYNC_MIB ?? 128) * MiB;
-  let onReply = null;
   let onChunk = null;
   let onControl = null;
   let blocks = null;
   let control = null;
   const services = {
     [m.BLOCKS_PROTOCOL]: (peer) => {
-      blocks = peer.mux.createChannel({
-        protocol: m.BLOCKS_PROTOCOL,
-        messages: [{ encoding: m.blockRequest }, { encoding: m.blockFrame, onmessage: (r) => onReply(r) }, { encoding: m.blockMissing }, { encoding: m.blockCancel }],
-      });
-      blocks.open();
+      blocks = BlockChannel.attach(peer.mux);
     },
     [STREAM]: (peer) => {
       peer.mux.createChannel({ protocol: STREAM, messages: [{ encoding: c.raw, onmessage: (b) => onChunk(b) }] }).open();
@@ -318,7 +305,7 @@ async function fetch(home) {
   if (!peer) throw new Error('no peer within 15 s');
   const mux = peer.mux;
   const tmp = await mkdtemp(path.join(process.env.BENCH_SYNC_TMP ?? os.tmpdir(), 'receiver-'));
-  await Promise.all([blocks, control].map((ch) => ch.fullyOpened()));
+  await Promise.all([blocks.channel, control].map((ch) => ch.fullyOpened()));
   const ask = (msg) => new Promise((resolve) => { onControl = resolve; control.messages[0].send(msg); });
 
   const cases = [];
@@ -354,33 +341,16 @@ async function fetch(home) {
       const file = path.join(tmp, `pm-${runNo++}`);
       const fh = await open(file, 'w');
       const index = new Map(hashes.map((h, i) => [h.toString('hex'), i]));
-      const perRequest = Math.max(1, Math.min(m.MAX_HASHES_PER_REQUEST, Math.floor(MiB / blockSize)));
+      const writes = [];
       const t0 = process.hrtime.bigint();
-      await new Promise((resolve, reject) => {
-        let next = 0;
-        let outstanding = 0;
-        let received = 0;
-        const writes = [];
-        const request = () => {
-          while (next < count && outstanding + perRequest * blockSize <= Math.max(WINDOW_BYTES, 2 * blockSize * perRequest)) {
-            const batch = hashes.slice(next, next + perRequest);
-            blocks.messages[0].send({ id: next, hashes: batch });
-            next += batch.length;
-            outstanding += batch.length * blockSize;
-          }
-        };
-        onReply = (r) => {
-          const { hash } = r.blocks[0];
-          const i = index.get(hash.toString('hex'));
-          if (i === undefined || !createHash('sha256').update(r.data).digest().equals(hash)) return reject(new Error('bad block'));
-          writes.push(fh.write(r.data, 0, r.data.length, i * blockSize));
-          outstanding -= r.data.length;
-          if (++received === count) Promise.all(writes).then(resolve, reject);
-          else request();
-        };
-        request();
+      const res = await blocks.fetch(hashes, {
+        onBlock: (h, data) => { writes.push(fh.write(data, 0, data.length, index.get(h.toString('hex')) * blockSize)); },
+        expectedSize: () => blockSize,
+        windowBytes: WINDOW_BYTES,
       });
+      await Promise.all(writes);
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+      if (res.received !== count) throw new Error(`protomux: ${res.received}/${count} blocks (${res.corrupt.length} corrupt, ${res.missing.length} missing)`);
       await fh.close();
       await rm(file, { force: true });
       return { ms };

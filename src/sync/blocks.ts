@@ -1,0 +1,297 @@
+/**
+ * Block exchange on the `clonebox/blocks` Protomux channel (messages in messages.ts; the choice of this
+ * transport over Hypercore entries is measured in docs/sync.md). One BlockChannel per proven peer
+ * plays both roles:
+ *
+ * - serving: Requests are answered in arrival order from a BlockSource (frames of blocks it has,
+ *   Missing for the rest), one frame at a time, waiting for the stream to drain when it is full; a
+ *   Cancel drops what is still queued for that request.
+ * - fetching: `fetch(hashes)` asks for blocks in requests of about 1 MiB (at most 4096 hashes) with a
+ *   bounded number of bytes in flight, decodes each frame, checks every block's SHA-256 against the
+ *   hash asked for, and hands only good blocks to `onBlock`. Blocks that fail the check, that the peer lacks, or that
+ *   did not arrive before the deadline or the end of the connection are reported, never written.
+ *
+ * What to ask for (what is missing locally), from whom, and what to do with a corrupt block (ask
+ * another peer) is the puller's business.
+ */
+import type Protomux from 'protomux';
+import { decodeFrame } from '../bundle/codec.js';
+import {
+  blockCancel, blockFrame, blockMissing, blockRequest, BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD, MAX_FRAME_RAW, MAX_HASHES_PER_REQUEST,
+  type BlockCancel, type BlockFrame, type BlockMissing, type BlockRequest,
+} from './messages.js';
+
+/** What a sharer serves from: frames holding the blocks it has, and the hashes it lacks. */
+export interface BlockSource {
+  read(hashes: Buffer[]): AsyncIterable<{ frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] }>;
+}
+
+/**
+ * Frame decoding: the raw bytes of all its blocks and the SHA-256 of each (n × 32 bytes), or null when
+ * the frame is damaged. The default runs the bundle's decodeFrame on this thread; a puller may pass
+ * one that runs on the bundle's worker pool.
+ */
+export type FrameDecoder = (frame: BlockFrame) => Promise<DecodedFrame | null> | DecodedFrame | null;
+export interface DecodedFrame {
+  raw: Buffer;
+  shas: Buffer;
+}
+
+export const defaultDecoder: FrameDecoder = (frame) => {
+  if (frame.codec !== CODEC_RAW && frame.codec !== CODEC_ZSTD) return null;
+  const lengths = Uint32Array.from(frame.blocks.map((b) => b.size));
+  const total = frame.blocks.reduce((a, b) => a + b.size, 0);
+  return decodeFrame(frame.codec, frame.data, total, lengths);
+};
+
+export interface FetchOptions {
+  /** Called once per verified block, in arrival order; the fetch waits for the returned promise. */
+  onBlock: (hash: Buffer, data: Buffer) => Promise<void> | void;
+  /** Expected raw size of a block, to size the window (default 64 KiB). */
+  expectedSize?: (hash: Buffer) => number;
+  /** Bytes asked for and not yet received (default 16 MiB). */
+  windowBytes?: number;
+  /** Epoch ms after which unanswered blocks are given up (reported as `unanswered`). */
+  deadline?: number;
+}
+
+export interface FetchResult {
+  received: number;
+  /** Raw bytes of the verified blocks. */
+  bytes: number;
+  /** Compressed bytes received in frames (what crossed the wire, without framing). */
+  wireBytes: number;
+  /** The peer said it does not have these. */
+  missing: Buffer[];
+  /** Arrived but failed the SHA-256 check (or came in a damaged frame): not written. */
+  corrupt: Buffer[];
+  /** No answer before the deadline or before the connection closed. */
+  unanswered: Buffer[];
+}
+
+export const DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024;
+const DEFAULT_BLOCK_SIZE = 64 * 1024;
+
+interface Pending {
+  id: number;
+  want: Map<string, Buffer>; // hex -> hash, not yet resolved
+  asked: Map<string, number>; // hex -> expected bytes, asked and not yet answered
+  result: FetchResult;
+  onBlock: FetchOptions['onBlock'];
+  /** The hash got its answer: free its share of the window. */
+  settle(hex: string): void;
+  pump(): void;
+  finish(err?: Error): void;
+  chain: Promise<void>;
+}
+
+export class BlockChannel {
+  readonly channel: Protomux.Channel;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly queue: BlockRequest[] = [];
+  private readonly cancelled = new Set<number>();
+  private serving = false;
+  private drainWaiters: (() => void)[] = [];
+  private closed = false;
+
+  private constructor(mux: Protomux, private readonly source: BlockSource | null, private readonly decode: FrameDecoder) {
+    const channel = mux.createChannel({
+      protocol: BLOCKS_PROTOCOL,
+      messages: [
+        { encoding: blockRequest, onmessage: (m: BlockRequest) => this.onRequest(m) },
+        { encoding: blockFrame, onmessage: (m: BlockFrame) => this.onFrame(m) },
+        { encoding: blockMissing, onmessage: (m: BlockMissing) => this.onMissing(m) },
+        { encoding: blockCancel, onmessage: (m: BlockCancel) => this.cancelled.add(m.id) },
+      ],
+      ondrain: () => this.drained(),
+      onclose: () => this.onClose(),
+    });
+    if (!channel) throw new Error('a blocks channel is already open on this connection');
+    this.channel = channel;
+  }
+
+  /**
+   * Creates and opens the channel on a proven peer's mux (call it from a TeamSwarm service, so that
+   * the peer's open is never refused). `source`: what to serve (null: serve nothing, answer Missing).
+   */
+  static attach(mux: Protomux, opts: { source?: BlockSource | null; decode?: FrameDecoder } = {}): BlockChannel {
+    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder);
+    bc.channel.open();
+    return bc;
+  }
+
+  close(): void {
+    this.channel.close();
+  }
+
+  // ---- serving ------------------------------------------------------------------------------------
+
+  private onRequest(req: BlockRequest): void {
+    this.queue.push(req);
+    if (!this.serving) void this.serve();
+  }
+
+  private drained(): void {
+    const waiters = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  private async send<T>(index: number, value: T): Promise<void> {
+    if (this.closed) return;
+    if (!this.channel.messages[index]!.send(value) && !this.closed) {
+      await new Promise<void>((r) => this.drainWaiters.push(r));
+    }
+  }
+
+  private async serve(): Promise<void> {
+    this.serving = true;
+    try {
+      while (this.queue.length && !this.closed) {
+        const req = this.queue.shift()!;
+        if (this.cancelled.delete(req.id)) continue;
+        if (!this.source) {
+          await this.send(2, { id: req.id, hashes: req.hashes });
+          continue;
+        }
+        for await (const part of this.source.read(req.hashes)) {
+          if (this.closed || this.cancelled.has(req.id)) break;
+          if ('missing' in part) {
+            for (let i = 0; i < part.missing.length; i += MAX_HASHES_PER_REQUEST) {
+              await this.send(2, { id: req.id, hashes: part.missing.slice(i, i + MAX_HASHES_PER_REQUEST) });
+            }
+          } else {
+            await this.send(1, { id: req.id, ...part.frame });
+          }
+        }
+        this.cancelled.delete(req.id);
+      }
+    } catch (err) {
+      // A failing source must not take the connection down silently: close the channel, the peer sees
+      // its fetch end with everything unanswered.
+      this.channel.close();
+      throw err;
+    } finally {
+      this.serving = false;
+    }
+  }
+
+  // ---- fetching -----------------------------------------------------------------------------------
+
+  /** Fetches blocks by hash from this peer (see the module comment). Never rejects for peer faults. */
+  fetch(hashes: Buffer[], opts: FetchOptions): Promise<FetchResult> {
+    const window = Math.max(opts.windowBytes ?? DEFAULT_WINDOW_BYTES, MAX_FRAME_RAW);
+    const sizeOf = opts.expectedSize ?? (() => DEFAULT_BLOCK_SIZE);
+    const id = this.nextId++;
+    const result: FetchResult = { received: 0, bytes: 0, wireBytes: 0, missing: [], corrupt: [], unanswered: [] };
+    const want = new Map<string, Buffer>();
+    for (const h of hashes) want.set(h.toString('hex'), h);
+    const todo = [...want.values()];
+    const asked = new Map<string, number>();
+    let inFlight = 0;
+    let next = 0;
+
+    return new Promise<FetchResult>((resolve, reject) => {
+      let timer: NodeJS.Timeout | null = null;
+      const p: Pending = {
+        id,
+        want,
+        asked,
+        result,
+        onBlock: opts.onBlock,
+        chain: Promise.resolve(),
+        settle: (hex: string) => {
+          want.delete(hex);
+          const size = asked.get(hex);
+          if (size !== undefined) {
+            inFlight -= size;
+            asked.delete(hex);
+          }
+        },
+        pump: () => {
+          while (next < todo.length && !this.closed) {
+            const batch: Buffer[] = [];
+            let bytes = 0;
+            while (next < todo.length && batch.length < MAX_HASHES_PER_REQUEST) {
+              const size = sizeOf(todo[next]!);
+              if (inFlight + bytes + size > window && (inFlight + bytes > 0)) break;
+              batch.push(todo[next]!);
+              asked.set(todo[next]!.toString('hex'), size);
+              bytes += size;
+              next++;
+              if (bytes >= 1024 * 1024) break; // about 1 MiB per request keeps replies flowing early
+            }
+            if (batch.length === 0) break;
+            inFlight += bytes;
+            this.channel.messages[0]!.send({ id, hashes: batch });
+          }
+          if (want.size === 0) p.finish();
+        },
+        finish: (err?: Error) => {
+          if (!this.pending.has(id)) return;
+          this.pending.delete(id);
+          if (timer) clearTimeout(timer);
+          for (const h of want.values()) result.unanswered.push(h);
+          want.clear();
+          if (result.unanswered.length && !this.closed) this.channel.messages[3]!.send({ id });
+          p.chain.then(() => (err ? reject(err) : resolve(result)), reject);
+        },
+      };
+      this.pending.set(id, p);
+      if (opts.deadline !== undefined) timer = setTimeout(() => p.finish(), Math.max(0, opts.deadline - Date.now()));
+      if (this.closed) return p.finish();
+      p.pump();
+    });
+  }
+
+  private onFrame(frame: BlockFrame): void {
+    const p = this.pending.get(frame.id);
+    if (!p) return; // a late answer to a finished fetch
+    p.result.wireBytes += frame.data.length;
+    // Decoding may be asynchronous (worker threads); blocks are handed on in arrival order.
+    p.chain = p.chain.then(async () => {
+      const decoded = await this.decode(frame);
+      let at = 0;
+      for (const [i, b] of frame.blocks.entries()) {
+        const hex = b.hash.toString('hex');
+        const ok = decoded !== null && decoded.shas.length === frame.blocks.length * 32 && at + b.size <= decoded.raw.length
+          && decoded.shas.subarray(i * 32, i * 32 + 32).equals(b.hash);
+        const data = ok ? decoded!.raw.subarray(at, at + b.size) : null;
+        at += b.size;
+        if (!p.want.has(hex)) continue; // not asked for (or already settled): ignore it
+        p.settle(hex);
+        if (data) {
+          await p.onBlock(b.hash, data);
+          p.result.received++;
+          p.result.bytes += data.length;
+        } else {
+          p.result.corrupt.push(b.hash);
+        }
+      }
+      if (this.pending.has(p.id)) p.pump();
+    });
+    p.chain.catch((err: Error) => p.finish(err));
+  }
+
+  private onMissing(m: BlockMissing): void {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    p.chain = p.chain.then(() => {
+      for (const h of m.hashes) {
+        const hex = h.toString('hex');
+        if (!p.want.has(hex)) continue;
+        p.settle(hex);
+        p.result.missing.push(h);
+      }
+      if (this.pending.has(p.id)) p.pump();
+    });
+    p.chain.catch((err: Error) => p.finish(err));
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    this.drained(); // release a server waiting for drain
+    for (const p of [...this.pending.values()]) p.chain.then(() => p.finish(), () => undefined);
+  }
+}
