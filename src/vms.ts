@@ -1,5 +1,5 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
-import { realpath, unlink } from 'node:fs/promises';
+import { realpath, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from './errors.js';
 import { checkName } from './names.js';
@@ -50,16 +50,26 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
   const lock = await lockVm(home, name, 'vm create');
   try {
     if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
-    const dir = path.resolve(opts.dir ?? path.join(home.disksDir, name));
-    await ensureDir(dir);
+    const wanted = path.resolve(opts.dir ?? path.join(home.disksDir, name));
+    const createdDir = !(await pathExists(wanted));
+    await ensureDir(wanted);
+    // The disk is registered under its real path (no symlinks), as `vm add` registers disks: otherwise
+    // the same file reached through a symlinked directory would not be recognised as in use.
+    const dir = await realpath(wanted);
     const disk = path.join(dir, `${name}.qcow2`);
-    if (await pathExists(disk)) {
-      throw new CloneboxError('VM_EXISTS', `disk file already exists, ${disk}`, { hint: 'use `clonebox vm add` to register it, or pick another --dir' });
+    try {
+      if (await pathExists(disk)) {
+        throw new CloneboxError('VM_EXISTS', `disk file already exists, ${disk}`, { hint: 'use `clonebox vm add` to register it, or pick another --dir' });
+      }
+      // Sizes are rounded up to whole 512-byte sectors, as qemu-img does.
+      const size = Math.ceil(opts.size / 512) * 512;
+      const w = await Qcow2Writer.create(disk, { virtualSize: size, clusterSize: opts.clusterSize ?? 65536 });
+      await w.finish();
+    } catch (err) {
+      // A failed create leaves nothing behind: not even the (still empty) directory it made.
+      if (createdDir) await rmdir(wanted).catch(() => undefined);
+      throw err;
     }
-    // Sizes are rounded up to whole 512-byte sectors, as qemu-img does.
-    const size = Math.ceil(opts.size / 512) * 512;
-    const w = await Qcow2Writer.create(disk, { virtualSize: size, clusterSize: opts.clusterSize ?? 65536 });
-    await w.finish();
     const rec: VmRecord = {
       format: 1, name, driver: 'image', created_at: new Date().toISOString(),
       disks: [{ target: 'vda', path: disk }], current: null
