@@ -92,7 +92,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
   const lock = await lockVm(home, name, 'vm add');
   try {
     if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
-    const disks = [];
+    const disks: { target: string; path: string }[] = [];
     const seen = new Set<string>();
     for (const [i, p] of diskPaths.entries()) {
       let abs: string;
@@ -107,6 +107,13 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       await img.close();
       const owner = await findDiskOwner(home, abs, name);
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);
+      const { layerPathFor } = await import('./drivers/image.js');
+      const clash = disks.find((d) => layerPathFor(d.path, 'x') === layerPathFor(abs, 'x'));
+      if (clash) {
+        throw new CloneboxError('DISK_NAME_CLASH', `disks ${clash.path} and ${abs} differ only in their extension; their snapshot layers would collide`, {
+          exitCode: 2, hint: 'rename one of the files so that their names differ before the extension',
+        });
+      }
       disks.push({ target: diskTarget(i), path: abs });
     }
     const rec: VmRecord = {

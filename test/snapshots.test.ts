@@ -328,3 +328,33 @@ describe('locking', () => {
     await f.expectIntact(f.refs.get('cur')!);
   });
 });
+
+describe('regressions', () => {
+  it('refuses two disks whose layers would share a name (x.qcow2 and x.img)', async () => {
+    const root = await makeTempDir('clonebox-snap-');
+    await qemuImg(['create', '-f', 'qcow2', path.join(root, 'x.qcow2'), '1M']);
+    await qemuImg(['create', '-f', 'qcow2', path.join(root, 'x.img'), '1M']);
+    const f = new VmFixture(path.join(root, 'home'), root, 'v');
+    const r = await f.cli(['vm', 'add', 'v', '--disk', path.join(root, 'x.qcow2'), '--disk', path.join(root, 'x.img'), '--json']);
+    expect(r.code).toBe(2);
+    expect(parseJsonOutput<{ error: { code: string } }>(r).error.code).toBe('DISK_NAME_CLASH');
+  });
+
+  it('a lock file holding garbage is stale, not a hang', async () => {
+    const f = await fixture();
+    const { writeFile } = await import('node:fs/promises');
+    await writeFile(path.join(f.home, 'vms', 'web', 'lock'), 'garbage, not JSON');
+    const r = await f.cli(['snapshot', 'create', 'web', '--name', 'x'], { CLONEBOX_LOCK_WAIT_MS: '1000' });
+    expect(r.code, r.stderr).toBe(0);
+  });
+
+  it('output into a closed pipe ends quietly', async () => {
+    const f = await fixture();
+    for (let i = 0; i < 3; i++) await f.ok(['snapshot', 'create', 'web', '--name', `s${i}`]);
+    const { run, CLI_PATH } = await import('./helpers/qemu.js');
+    const r = await run('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" snapshot list web --tree | true`],
+      { env: { ...process.env, CLONEBOX_HOME: f.home } });
+    // `true` exits at once, so clonebox writes into a pipe with no reader (EPIPE).
+    expect(r.stderr).not.toMatch(/EPIPE|Error/);
+  });
+});

@@ -93,7 +93,7 @@ export function registerSnapshot(program: Command): Command {
       if (o.tree) {
         const t = await m.tree(vm);
         if (ctx.json) return printJson({ vm_name: t.vm_name, current: t.current, roots: t.roots });
-        const views = new Map((await m.list(vm)).map((v) => [v.name, v]));
+        const views = new Map(t.views.map((v) => [v.name, v]));
         return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
       }
       const list = await m.list(vm);

@@ -61,6 +61,13 @@ export class ImageDriver implements SnapshotDriver {
       if (await pathExists(layer)) {
         throw new CloneboxError('SNAPSHOT_EXISTS', `layer file already exists, ${layer}`, { hint: 'choose another snapshot name or move the file away' });
       }
+      if (nexts.some((n) => n.layer === layer)) {
+        // Two disks named alike in one directory (x.qcow2 and x.img) would share a layer name: refuse
+        // rather than let the second rename overwrite the first disk's layer.
+        throw new CloneboxError('DISK_NAME_CLASH', `disks ${nexts.find((n) => n.layer === layer)!.disk} and ${d.path} would share the layer ${layer}, VM ${vm.name}`, {
+          hint: 'rename one of the disk files (and register the VM again) so that their names differ before the extension',
+        });
+      }
       nexts.push({ disk: d.path, next: nextPathFor(d.path, 'snap'), layer });
     }
     await j.willCreate(...nexts.map((n) => n.next));

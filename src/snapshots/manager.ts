@@ -126,8 +126,10 @@ export class SnapshotManager {
     });
   }
 
-  async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[] }> {
-    return this.read(vmName, async (vm, snaps) => ({ ...buildTree(vm, snaps), expired: this.planFor(vm, snaps).remove.map((r) => r.name) }));
+  async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[]; views: SnapshotView[] }> {
+    return this.read(vmName, async (vm, snaps) => ({
+      ...buildTree(vm, snaps), expired: this.planFor(vm, snaps).remove.map((r) => r.name), views: this.views(vm, snaps),
+    }));
   }
 
   // ---------------------------------------------------------------- create

@@ -68,25 +68,30 @@ export async function acquireLock(file: string, what: string, command: string, w
       const aside = tempPathFor(file);
       try {
         await rename(file, aside);
-        const moved = JSON.parse(await readFile(aside, 'utf8')) as LockInfo;
-        await unlink(aside).catch(() => undefined);
-        if (moved.pid !== holder.pid) {
+        let moved: LockInfo | null = null;
+        try {
+          moved = JSON.parse(await readFile(aside, 'utf8')) as LockInfo;
+        } catch {
+          moved = null;
+        }
+        if (moved && moved.pid !== holder.pid) {
           // We moved a fresh lock by mistake: put it back if the slot is still free.
           await rename(aside, file).catch(() => undefined);
         }
+        await unlink(aside).catch(() => undefined);
       } catch {
         /* someone else took it over first */
       }
       continue;
     }
     if (!holder) {
-      // Unreadable lock file: give a writer 100 ms, then treat a still-empty file from a crash as stale.
+      // Unreadable lock file: a holder writes its JSON right after creating the file, so give it 100 ms;
+      // still unreadable then (empty after a crash, or garbage) means no live holder: remove it.
       await sleep(100);
       try {
-        const again = await readFile(file, 'utf8');
-        if (again.trim() === '') await unlink(file).catch(() => undefined);
-      } catch {
-        /* gone */
+        JSON.parse(await readFile(file, 'utf8'));
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') await unlink(file).catch(() => undefined);
       }
       continue;
     }

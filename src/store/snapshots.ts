@@ -2,7 +2,8 @@
  * Snapshot metadata records: <home>/vms/<vm>/snapshots/<name>.json, one file per snapshot, each
  * replaced atomically. The fields are the contract's snapshot object plus clonebox's own bookkeeping.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from './fsutil.js';
@@ -50,7 +51,9 @@ export async function listSnapshotRecords(home: Home, vm: string): Promise<Snaps
     if (!n.endsWith('.json') || n.startsWith('.')) continue;
     const file = path.join(dir, n);
     try {
-      out.push(JSON.parse(await readFile(file, 'utf8')) as SnapshotRecord);
+      // Synchronous reads: with a thousand small records they are several times faster than
+      // promise-based ones, and a CLI process has nothing else to do meanwhile.
+      out.push(JSON.parse(readFileSync(file, 'utf8')) as SnapshotRecord);
     } catch (err) {
       throw new CloneboxError('STORE_CORRUPT', `snapshot record is damaged (${(err as Error).message}), ${file}`);
     }
