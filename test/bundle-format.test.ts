@@ -276,7 +276,14 @@ describe('maps and blocks', () => {
         let p = 0;
         while (p < e.data.length) {
           const n = Math.min(e.data.length - p, r.int(1, 200) * 512);
-          await batcher.data(e.offset + p, e.data.subarray(p, p + n));
+          const piece = e.data.subarray(p, p + n);
+          let next = 0; // fills must come in order, each piece from its start to its end
+          await batcher.data(e.offset + p, n, async (buf, at, skip, len) => {
+            expect(skip).toBe(next);
+            next = skip + len;
+            piece.copy(buf, at, skip, skip + len);
+          });
+          expect(next).toBe(n);
           p += n;
         }
         batcher.gap();

@@ -17,6 +17,8 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Chain } from '../qcow2/chain.js';
 import { Qcow2Image } from '../qcow2/reader.js';
+import { readData, type DataChunk } from '../qcow2/stream.js';
+import { CloneboxError } from '../errors.js';
 import { BLOCK_SIZE } from './format.js';
 
 // ------------------------------------------------------------------------------------ layer digest
@@ -166,19 +168,24 @@ export class BlockIndex {
 
 // ------------------------------------------------------------------------------------ layer reading
 
+/**
+ * Copies bytes [piece.offset + skip, + len) of a data piece into `buf` at `at`. Calls must come in
+ * guest order (each piece's bytes from its start to its end, pieces one after the other).
+ */
+export type Fill = (buf: Buffer, at: number, skip: number, len: number) => Promise<void>;
+
 export type Piece =
   | { kind: 'zero'; offset: number; length: number }
-  | { kind: 'data'; offset: number; length: number; read(): Promise<Buffer> };
+  | { kind: 'data'; offset: number; length: number; fill: Fill };
 
-/** Data pieces are at most this long, so one read never needs more memory. */
+/** Slow-path data pieces are at most this long, so one chain read never needs more memory. */
 const MAX_PIECE = 4 * 1024 * 1024;
 
 export interface LayerSource {
   readonly virtualSize: number;
   readonly clusterSize: number;
-  /** The layer's normalised map in guest order, with a way to read each data piece. */
+  /** The layer's normalised map in guest order; data pieces' bytes are read through `fill`, in order. */
   pieces(): AsyncGenerator<Piece>;
-  /** Allocated bytes (data + zero) of the normalised map, without reading data (for progress). */
   close(): Promise<void>;
 }
 
@@ -191,16 +198,43 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
   const vs = img.virtualSize;
   const cs = img.clusterSize;
   if (!resolved && !img.header.extendedL2) {
+    // Fast path: the map from the layer's own runs, the bytes from the streaming reader (batched host
+    // reads with read-ahead, one reused ring of buffers), copied straight into the caller's buffer.
+    let chunks: AsyncGenerator<DataChunk> | null = null;
+    let cur: DataChunk | null = null;
+    const fillAt = async (buf: Buffer, at: number, from: number, len: number): Promise<void> => {
+      chunks ??= readData(img, { reuseBuffers: true });
+      let done = 0;
+      while (done < len) {
+        const g = from + done;
+        while (!cur || g >= cur.offset + cur.data.length) {
+          const r = await chunks.next();
+          if (r.done) throw new CloneboxError('INTERNAL', `layer data ends before ${g}, ${file}`);
+          cur = r.value;
+        }
+        if (g < cur.offset) throw new CloneboxError('INTERNAL', `layer data out of step at ${g}, ${file}`);
+        const s = g - cur.offset;
+        const n = Math.min(len - done, cur.data.length - s);
+        cur.data.copy(buf, at + done, s, s + n);
+        done += n;
+      }
+    };
     return {
       virtualSize: vs,
       clusterSize: cs,
       async *pieces() {
         for await (const r of img.runs()) {
           if (r.kind === 'zero') yield { kind: 'zero', offset: r.offset, length: r.length };
-          else if (r.kind === 'data') yield { kind: 'data', offset: r.offset, length: r.length, read: () => img.readRun(r) };
+          else if (r.kind === 'data') {
+            const base = r.offset;
+            yield { kind: 'data', offset: r.offset, length: r.length, fill: (buf, at, skip, len) => fillAt(buf, at, base + skip, len) };
+          }
         }
       },
-      close: () => img.close(),
+      close: async () => {
+        await chunks?.return(undefined);
+        await img.close();
+      },
     };
   }
   // Slow path: classify every cluster from a finer or deeper view, read data through the chain.
@@ -230,8 +264,14 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
           continue;
         }
         for (let o = e.offset; o < e.offset + e.length; o += MAX_PIECE) {
+          const base = o;
           const len = Math.min(MAX_PIECE, e.offset + e.length - o);
-          yield { kind: 'data', offset: o, length: len, read: () => chain.read(o, len) };
+          yield {
+            kind: 'data', offset: o, length: len,
+            fill: async (buf, at, skip, n) => {
+              (await chain.read(base + skip, n)).copy(buf, at);
+            },
+          };
         }
       }
     },
@@ -302,7 +342,7 @@ export type BatchItem =
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'block'; offset: number; length: number; at: number };
 
-/** A run of items in guest order, with the bytes of its blocks packed into one transferable buffer. */
+/** A run of items in guest order, with the bytes of its blocks packed into one buffer. */
 export interface Batch {
   layer: number;
   buf: Buffer;
@@ -312,57 +352,71 @@ export interface Batch {
 }
 
 /**
- * Cuts a layer's pieces into blocks and groups them into batches of about `target` bytes. A batch ends
- * only between blocks, so every block is whole inside one batch. Each batch buffer is a fresh
- * ArrayBuffer of its own (it can be transferred to a worker).
+ * Cuts a layer's pieces into blocks and groups them into batches of about `target` bytes, reading each
+ * piece's bytes straight into the batch buffer. A block only starts with a whole block of room left,
+ * so it never straddles two batches. The submit callback must be done with `buf` when it returns: the
+ * batcher's one buffer is then reused for the next batch.
  */
 export class Batcher {
   private cur: Batch | null = null;
   private open: { offset: number; length: number; at: number } | null = null;
+  private buf: Buffer;
 
-  constructor(private readonly layer: number, private readonly target: number, private readonly submit: (b: Batch) => Promise<void>) {}
+  /**
+   * `submit` may keep the batch's buffer (it returns 'kept', e.g. to hand it to a worker); the next
+   * batch then gets a buffer from `take` (target + BLOCK_SIZE bytes).
+   */
+  constructor(private readonly layer: number, private readonly target: number, private readonly submit: (b: Batch) => Promise<void | 'kept'>,
+    private readonly take: () => Buffer = () => Buffer.allocUnsafe(target + BLOCK_SIZE)) {
+    this.buf = take();
+  }
 
-  private fresh(): Batch {
-    return { layer: this.layer, buf: Buffer.from(new ArrayBuffer(this.target + BLOCK_SIZE)), used: 0, items: [], blocks: 0 };
+  private batch(): Batch {
+    return (this.cur ??= { layer: this.layer, buf: this.buf, used: 0, items: [], blocks: 0 });
   }
 
   async zero(offset: number, length: number): Promise<void> {
     this.open = null;
-    (this.cur ??= this.fresh()).items.push({ kind: 'zero', offset, length });
+    this.batch().items.push({ kind: 'zero', offset, length });
   }
 
-  async data(offset: number, bytes: Buffer): Promise<void> {
+  async data(offset: number, length: number, fill: Fill): Promise<void> {
     let p = 0;
-    let o = offset;
-    // Continue a block cut short by the previous piece when this one follows it directly (the open
-    // block is always the last item of the current batch: zeros, gaps and flushes close it).
-    const open = this.open;
-    this.open = null;
-    if (open && open.offset + open.length === o && o % BLOCK_SIZE !== 0) {
-      const b = this.cur!;
-      const n = Math.min(blockEnd(open.offset) - o, bytes.length);
-      bytes.copy(b.buf, b.used, 0, n);
-      b.used += n;
-      open.length += n;
-      p = n;
-      o += n;
-      if (o % BLOCK_SIZE !== 0) this.open = open;
-      else if (b.used >= this.target) await this.flush();
-    }
-    while (p < bytes.length) {
-      if (this.cur && this.cur.used + BLOCK_SIZE > this.cur.buf.length) await this.flush();
-      const b = (this.cur ??= this.fresh());
-      const n = Math.min(blockEnd(o) - o, bytes.length - p);
-      bytes.copy(b.buf, b.used, p, p + n);
-      const item = { kind: 'block' as const, offset: o, length: n, at: b.used };
-      b.items.push(item);
-      b.blocks++;
-      b.used += n;
-      p += n;
-      o += n;
-      // A block that stops short of its boundary may continue in the next piece: keep it open, and
-      // never end the batch there.
-      if (o % BLOCK_SIZE !== 0) this.open = item;
+    while (p < length) {
+      const o = offset + p;
+      const open = this.open;
+      this.open = null;
+      if (open && open.offset + open.length === o && o % BLOCK_SIZE !== 0) {
+        // Continue a block the previous piece left short (it started with a whole block of room).
+        const b = this.cur!;
+        const n = Math.min(blockEnd(open.offset) - o, length - p);
+        await fill(b.buf, b.used, p, n);
+        b.used += n;
+        open.length += n;
+        p += n;
+        if ((o + n) % BLOCK_SIZE !== 0) this.open = open;
+        else if (b.used >= this.target) await this.flush();
+        continue;
+      }
+      if (this.cur && (this.cur.used >= this.target || this.cur.used + BLOCK_SIZE > this.buf.length)) await this.flush();
+      const b = this.batch();
+      // A span of blocks, each starting with a whole block of room, read in one go.
+      const start = b.used;
+      let q = p;
+      let last: { kind: 'block'; offset: number; length: number; at: number } | null = null;
+      while (q < length && start + (q - p) < this.target && start + (q - p) + BLOCK_SIZE <= this.buf.length) {
+        const bo = offset + q;
+        const n = Math.min(blockEnd(bo) - bo, length - q);
+        last = { kind: 'block', offset: bo, length: n, at: start + (q - p) };
+        b.items.push(last);
+        b.blocks++;
+        q += n;
+      }
+      await fill(b.buf, start, p, q - p);
+      b.used += q - p;
+      p = q;
+      // Only the piece's last block can stop short of its boundary; it may go on in the next piece.
+      if ((last!.offset + last!.length) % BLOCK_SIZE !== 0) this.open = last;
       else if (b.used >= this.target) await this.flush();
     }
   }
@@ -376,6 +430,6 @@ export class Batcher {
     const b = this.cur;
     this.cur = null;
     this.open = null;
-    if (b && b.items.length) await this.submit(b);
+    if (b && b.items.length && (await this.submit(b)) === 'kept') this.buf = this.take();
   }
 }

@@ -1,7 +1,7 @@
 /**
- * The CPU-heavy work on blocks, as plain functions: hashing a batch, compressing the new blocks of a
- * batch into one frame, decompressing and hashing a frame. They run in worker threads (workers.ts) and,
- * where no worker can be started, on the calling thread. zstd-napi is loaded on first use.
+ * The CPU-heavy work on frames, as plain functions: compressing the new blocks of a batch as one zstd
+ * frame, decompressing and hashing a frame. They run in worker threads (workers.ts) and, where no
+ * worker can be started, on the calling thread. zstd-napi is loaded on first use.
  */
 import { createHash } from 'node:crypto';
 import { createRequire } from 'node:module';
@@ -44,51 +44,20 @@ export function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
   return out;
 }
 
-export interface FrameOut {
-  codec: Codec;
-  rawLength: number;
-  /** The stored bytes, in a buffer of their own (transferable). */
-  stored: Buffer;
+/** Bound on zstd's output for `n` input bytes (size output buffers with it). */
+export function compressBound(n: number): number {
+  return binding().compressBound(n);
 }
 
 /**
- * Compresses the selected blocks (indices into `blocks`) as one frame; keeps them raw when zstd does
- * not make them smaller.
+ * Compresses `input` as one zstd frame into `output` (at least compressBound(input) bytes). Returns
+ * codec raw when zstd does not make it smaller (the caller then stores `input` as it is).
  */
-export function compressFrame(buf: Uint8Array, blocks: Uint32Array, select: Uint32Array, level: number): FrameOut {
-  let raw = 0;
-  let contiguous = true;
-  let next = -1;
-  for (const i of select) {
-    const at = blocks[2 * i]!;
-    const len = blocks[2 * i + 1]!;
-    if (next >= 0 && at !== next) contiguous = false;
-    next = at + len;
-    raw += len;
-  }
-  let input: Uint8Array;
-  if (contiguous && select.length) {
-    const first = blocks[2 * select[0]!]!;
-    input = buf.subarray(first, first + raw);
-  } else {
-    const tmp = Buffer.allocUnsafe(raw);
-    let o = 0;
-    for (const i of select) {
-      const at = blocks[2 * i]!;
-      const len = blocks[2 * i + 1]!;
-      tmp.set(buf.subarray(at, at + len), o);
-      o += len;
-    }
-    input = tmp;
-  }
+export function compressInto(input: Uint8Array, output: Uint8Array, level: number): { codec: Codec; length: number } {
   const z = binding();
   cctx ??= new z.CCtx();
-  const dst = Buffer.from(new ArrayBuffer(z.compressBound(raw)));
-  const n = cctx.compress(dst, input, level);
-  if (n < raw) return { codec: Codec.Zstd, rawLength: raw, stored: dst.subarray(0, n) };
-  const copy = Buffer.from(new ArrayBuffer(raw));
-  copy.set(input);
-  return { codec: Codec.Raw, rawLength: raw, stored: copy };
+  const n = cctx.compress(output, input, level);
+  return n < input.length ? { codec: Codec.Zstd, length: n } : { codec: Codec.Raw, length: input.length };
 }
 
 /**

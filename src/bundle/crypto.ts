@@ -150,6 +150,12 @@ export class Sealer {
     return out;
   }
 
+  /** The sealed entry as parts to write one after the other (a plain entry's payload is not copied). */
+  sealParts(kind: EntryKind, index: number, payload: Buffer): Buffer[] {
+    if (this.key) return [this.seal(kind, index, payload)];
+    return [payload, sha256(associatedData(this.headerChecksum, kind, index), payload)];
+  }
+
   /** Returns the payload, or null when the entry does not authenticate at this position. */
   open(kind: EntryKind, index: number, sealed: Buffer): Buffer | null {
     const ad = associatedData(this.headerChecksum, kind, index);

@@ -37,6 +37,8 @@ import { TarWriter } from './tar.js';
 import { WorkerPool } from './workers.js';
 import type { WorkerReply } from './worker.js';
 import { Codec } from './format.js';
+import { compressBound } from './codec.js';
+import { createHash } from 'node:crypto';
 
 export interface ExportOptions {
   /** Last snapshot to include (default: the current one). */
@@ -210,12 +212,12 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       }
       out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 1024 * 1024 });
     }
-    const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date());
+    const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStdout);
     let pool: WorkerPool | null = null;
     const progress = Progress.for('export', opts.json || !process.stderr.isTTY ? null : await totalData(layers), Boolean(opts.json));
     try {
       await tarW.add(ENTRY_HEADER, header);
-      await tarW.add(ENTRY_META, sealer.seal(EntryKind.Meta, 0, encodeJson(meta)));
+      await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
       pool = await WorkerPool.start();
       const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress);
       const ids: string[] = [];
@@ -229,7 +231,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         layers: result.layerStats,
         totals: result.totals,
       };
-      await tarW.add(ENTRY_SEAL, sealer.seal(EntryKind.Seal, 0, encodeJson(seal)));
+      await tarW.add(ENTRY_SEAL, sealer.sealParts(EntryKind.Seal, 0, encodeJson(seal)));
       await tarW.finish();
       if (fh) {
         await fh.sync();
@@ -281,15 +283,14 @@ async function totalData(layers: LayerPlan[]): Promise<number> {
 }
 
 interface InFlight {
-  batch: Batch;
-  slot: number;
-  id: number;
-  shas: Buffer | null;
+  batch: { layer: number; items: Batch['items'] };
+  /** SHA-256 of each block item, in item order. */
+  shas: Buffer;
   /** Block number of each block item, in item order. */
-  numbers: Uint32Array | null;
-  fresh: number[];
-  deduped: Promise<void>;
-  frame: Promise<{ codec: Codec; rawLength: number; stored: Buffer } | null> | null;
+  numbers: Uint32Array;
+  /** Lengths and ids of the batch's new blocks (the frame), in order. */
+  fresh: { length: number; id: Buffer }[];
+  frame: Promise<{ codec: Codec; stored: Buffer; rawLength: number; release: () => void }> | null;
 }
 
 interface PipelineResult {
@@ -299,37 +300,52 @@ interface PipelineResult {
   totals: SealTotals;
 }
 
+/** ArrayBuffers that cycle between this thread and the workers (no page faults, no garbage). */
+class BufferPool {
+  private readonly free: ArrayBuffer[] = [];
+  constructor(private readonly size: number) {}
+  take(): ArrayBuffer {
+    return this.free.pop() ?? new ArrayBuffer(this.size);
+  }
+  give(b: ArrayBuffer): void {
+    if (b.byteLength === this.size && this.free.length < 16) this.free.push(b);
+  }
+}
+
 async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWriter, sealer: Sealer, idk: Buffer | null, level: number,
   progress: Progress): Promise<PipelineResult> {
   const index = new BlockIndex();
-  const packW = new PackWriter();
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
   const digests = layers.map((l) => new LayerDigest(l.meta.virtual_size, l.meta.cluster_size));
-  const maxInFlight = pool.size * 2 + 1;
+  // Frames being compressed: enough to keep every worker busy while this thread reads and hashes.
+  const maxInFlight = pool.size * 2;
   const packTarget = envSize('CLONEBOX_BUNDLE_PACK_BYTES', PACK_TARGET);
   const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
+  const packW = new PackWriter(packTarget + 2 * (frameTarget + BLOCK_SIZE));
+  const inputs = new BufferPool(frameTarget + BLOCK_SIZE);
+  const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE));
   const queue: InFlight[] = [];
-  let lastDedup: Promise<void> = Promise.resolve();
 
   const writePack = async () => {
     const payload = packW.take();
-    await tarW.add(packEntryName(packNo), sealer.seal(EntryKind.Pack, packNo, payload));
+    const { written } = await tarW.add(packEntryName(packNo), sealer.sealParts(EntryKind.Pack, packNo, payload));
+    packW.release(payload, written);
     packNo++;
+    await packW.ready();
   };
 
+  // In batch order: the frame (if any), then the batch's records; a full pack goes out as one entry.
   const emit = async (f: InFlight) => {
-    await f.deduped;
-    const frame = f.frame ? await f.frame : null;
     const b = f.batch;
-    if (frame) {
-      const lengths = b.items.flatMap((x) => (x.kind === 'block' ? [x.length] : []));
-      const blocks = f.fresh.map((k) => ({ length: lengths[k]!, id: index.idOf(f.numbers![k]!) }));
-      packW.frame(frame.codec, blocks, frame.stored);
+    if (f.frame) {
+      const frame = await f.frame;
+      packW.frame(frame.codec, f.fresh, frame.stored);
+      frame.release();
       totals.frames++;
       totals.stored_bytes += frame.stored.length;
       totals.unique_bytes += frame.rawLength;
-      totals.unique_blocks += blocks.length;
+      totals.unique_blocks += f.fresh.length;
     }
     const dg = digests[b.layer]!;
     let k = 0;
@@ -340,8 +356,8 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
         dg.addZero(it.offset, it.length);
         continue;
       }
-      packW.data(b.layer, it.offset, f.numbers![k]!, it.length);
-      dg.addBlock(it.offset, it.length, f.shas!.subarray(k * 32, k * 32 + 32));
+      packW.data(b.layer, it.offset, f.numbers[k]!, it.length);
+      dg.addBlock(it.offset, it.length, f.shas.subarray(k * 32, k * 32 + 32));
       totals.blocks++;
       totals.logical_bytes += it.length;
       bytes += it.length;
@@ -351,63 +367,70 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
     progress.add(bytes);
   };
 
+  // Runs on this thread while the batch buffer is still ours: hash, dedup, copy the new blocks out.
   const submit = async (batch: Batch) => {
-    while (queue.length >= maxInFlight) await emit(queue.shift()!);
-    const slot = pool.pick();
-    const id = pool.newId();
-    const blocks = new Uint32Array(batch.blocks * 2);
+    const shas = Buffer.allocUnsafe(batch.blocks * 32);
+    const numbers = new Uint32Array(batch.blocks);
+    const fresh: { length: number; id: Buffer }[] = [];
+    const freshItems: { at: number; length: number }[] = [];
     let k = 0;
     for (const it of batch.items) {
       if (it.kind !== 'block') continue;
-      blocks[2 * k] = it.at;
-      blocks[2 * k + 1] = it.length;
-      k++;
+      const sha = shas.subarray(k * 32, k * 32 + 32);
+      createHash('sha256').update(batch.buf.subarray(it.at, it.at + it.length)).digest().copy(sha);
+      const bid = blockId(sha, idk);
+      let n = index.get(bid);
+      if (n < 0) {
+        n = index.add(bid);
+        fresh.push({ length: it.length, id: index.idOf(n) });
+        freshItems.push(it);
+      }
+      numbers[k++] = n;
     }
-    const f: InFlight = { batch, slot, id, shas: null, numbers: null, fresh: [], deduped: Promise.resolve(), frame: null };
-    if (batch.blocks === 0) {
-      queue.push(f);
-      return;
+    const f: InFlight = { batch: { layer: batch.layer, items: batch.items }, shas, numbers, fresh, frame: null };
+    let input: Buffer | null = null;
+    let rawLength = 0;
+    let kept = false;
+    if (fresh.length === batch.blocks && fresh.length > 0) {
+      // Every block is new: the batch buffer itself goes to the worker (no copy); the batcher takes another.
+      input = batch.buf;
+      rawLength = batch.used;
+      kept = true;
+    } else if (fresh.length) {
+      input = Buffer.from(inputs.take());
+      for (const it of freshItems) {
+        batch.buf.copy(input, rawLength, it.at, it.at + it.length);
+        rawLength += it.length;
+      }
     }
-    const hashed = pool.request(slot, { op: 'hash', id, buf: batch.buf.buffer as ArrayBuffer, blocks }, [batch.buf.buffer as ArrayBuffer]);
-    // The batch's bytes now belong to the worker; only offsets and lengths stay here.
-    f.deduped = lastDedup.then(async () => {
-      const r = (await hashed) as Extract<WorkerReply, { shas: ArrayBuffer }>;
-      const shas = Buffer.from(r.shas);
-      f.shas = shas;
-      const numbers = new Uint32Array(batch.blocks);
-      for (let i = 0; i < batch.blocks; i++) {
-        const bid = blockId(shas.subarray(i * 32, i * 32 + 32), idk);
-        let n = index.get(bid);
-        if (n < 0) {
-          n = index.add(bid);
-          f.fresh.push(i);
+    if (input) {
+      const output = outputs.take();
+      const inAb = input.buffer as ArrayBuffer;
+      const raw = rawLength;
+      f.frame = pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level }, [inAb, output]).then((rep) => {
+        const r = rep as Extract<WorkerReply, { storedLength: number }>;
+        // The stored bytes stay in their buffer until the batch is emitted (copied into the pack then).
+        if (r.codec === Codec.Zstd) {
+          inputs.give(r.input);
+          return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => outputs.give(r.output) };
         }
-        numbers[i] = n;
-      }
-      f.numbers = numbers;
-      if (f.fresh.length) {
-        f.frame = pool.request(slot, { op: 'compress', id, select: Uint32Array.from(f.fresh), level }).then((rep) => {
-          const c = rep as Extract<WorkerReply, { storedLength: number }>;
-          return { codec: c.codec, rawLength: c.rawLength, stored: Buffer.from(c.stored, c.storedOffset, c.storedLength) };
-        });
-      } else {
-        f.frame = pool.request(slot, { op: 'drop', id }).then(() => null);
-      }
-      f.frame.catch(() => undefined);
-    });
-    lastDedup = f.deduped;
-    // A failure surfaces when the batch is emitted; keep Node from calling it unhandled before that.
-    f.deduped.catch(() => undefined);
+        outputs.give(r.output);
+        return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => inputs.give(r.input) };
+      });
+      f.frame.catch(() => undefined); // a failure surfaces when the batch is emitted
+    }
     queue.push(f);
+    while (queue.length > maxInFlight) await emit(queue.shift()!);
+    return kept ? ('kept' as const) : undefined;
   };
 
   for (const [li, l] of layers.entries()) {
     const src = await openLayer(l.path, l.resolved);
     try {
-      const batcher = new Batcher(li, frameTarget, submit);
+      const batcher = new Batcher(li, frameTarget, submit, () => Buffer.from(inputs.take()));
       for await (const p of src.pieces()) {
         if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
-        else await batcher.data(p.offset, await p.read());
+        else await batcher.data(p.offset, p.length, p.fill);
       }
       await batcher.flush();
     } finally {

@@ -28,64 +28,82 @@ export interface FrameBlock {
   id: Buffer;
 }
 
+/**
+ * Builds one pack payload at a time, straight into a buffer (no list of parts to join). Two buffers
+ * take turns: while one pack is being written out, the next is built in the other.
+ */
 export class PackWriter {
-  private parts: Buffer[] = [];
-  private bytes = 0;
+  private buf: Buffer;
+  private spare: Buffer | null;
+  private readonly gates = new Map<ArrayBufferLike, Promise<void>>();
+  private len = 0;
   private openData: { layer: number; offset: number; first: number; count: number; end: number } | null = null;
   private openZero: { layer: number; offset: number; length: number } | null = null;
 
+  constructor(capacity = 20 * 1024 * 1024) {
+    this.buf = Buffer.allocUnsafe(capacity);
+    this.spare = Buffer.allocUnsafe(capacity);
+  }
+
   get size(): number {
-    return this.bytes + (this.openData ? DATA_RECORD_BYTES : 0) + (this.openZero ? ZERO_RECORD_BYTES : 0);
+    return this.len + (this.openData ? DATA_RECORD_BYTES : 0) + (this.openZero ? ZERO_RECORD_BYTES : 0);
   }
 
   get empty(): boolean {
     return this.size === 0;
   }
 
-  private push(b: Buffer): void {
-    this.parts.push(b);
-    this.bytes += b.length;
+  private room(n: number): Buffer {
+    if (this.len + n > this.buf.length) {
+      const bigger = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.len + n));
+      this.buf.copy(bigger, 0, 0, this.len);
+      this.buf = bigger;
+    }
+    return this.buf;
   }
 
   private flushOpen(): void {
     if (this.openData) {
       const d = this.openData;
-      const b = Buffer.allocUnsafe(DATA_RECORD_BYTES);
-      b.writeUInt8(RecordType.Data, 0);
-      b.writeUInt32BE(d.layer, 1);
-      writeU64(b, d.offset, 5);
-      b.writeUInt32BE(d.first, 13);
-      b.writeUInt32BE(d.count, 17);
+      const b = this.room(DATA_RECORD_BYTES);
+      const o = this.len;
+      b.writeUInt8(RecordType.Data, o);
+      b.writeUInt32BE(d.layer, o + 1);
+      writeU64(b, d.offset, o + 5);
+      b.writeUInt32BE(d.first, o + 13);
+      b.writeUInt32BE(d.count, o + 17);
+      this.len += DATA_RECORD_BYTES;
       this.openData = null;
-      this.push(b);
     }
     if (this.openZero) {
       const z = this.openZero;
-      const b = Buffer.allocUnsafe(ZERO_RECORD_BYTES);
-      b.writeUInt8(RecordType.Zero, 0);
-      b.writeUInt32BE(z.layer, 1);
-      writeU64(b, z.offset, 5);
-      writeU64(b, z.length, 13);
+      const b = this.room(ZERO_RECORD_BYTES);
+      const o = this.len;
+      b.writeUInt8(RecordType.Zero, o);
+      b.writeUInt32BE(z.layer, o + 1);
+      writeU64(b, z.offset, o + 5);
+      writeU64(b, z.length, o + 13);
+      this.len += ZERO_RECORD_BYTES;
       this.openZero = null;
-      this.push(b);
     }
   }
 
   frame(codec: Codec, blocks: FrameBlock[], stored: Buffer): void {
     this.flushOpen();
-    const head = Buffer.allocUnsafe(FRAME_HEAD_BYTES + blocks.length * FRAME_BLOCK_BYTES);
-    head.writeUInt8(RecordType.Frame, 0);
-    head.writeUInt8(codec, 1);
-    head.writeUInt32BE(blocks.length, 2);
-    head.writeUInt32BE(stored.length, 6);
-    let o = FRAME_HEAD_BYTES;
-    for (const b of blocks) {
-      head.writeUInt32BE(b.length, o);
-      b.id.copy(head, o + 4);
+    const b = this.room(FRAME_HEAD_BYTES + blocks.length * FRAME_BLOCK_BYTES + stored.length);
+    let o = this.len;
+    b.writeUInt8(RecordType.Frame, o);
+    b.writeUInt8(codec, o + 1);
+    b.writeUInt32BE(blocks.length, o + 2);
+    b.writeUInt32BE(stored.length, o + 6);
+    o += FRAME_HEAD_BYTES;
+    for (const blk of blocks) {
+      b.writeUInt32BE(blk.length, o);
+      blk.id.copy(b, o + 4);
       o += FRAME_BLOCK_BYTES;
     }
-    this.push(head);
-    this.push(stored);
+    stored.copy(b, o);
+    this.len = o + stored.length;
   }
 
   data(layer: number, offset: number, block: number, length: number): void {
@@ -109,13 +127,32 @@ export class PackWriter {
     this.openZero = { layer, offset, length };
   }
 
-  /** The payload so far; the writer starts over empty. */
+  /**
+   * The payload so far; the writer starts over in the other buffer. Give the payload back with
+   * `release()` and wait for `ready()` before adding records again.
+   */
   take(): Buffer {
     this.flushOpen();
-    const out = this.parts.length === 1 ? this.parts[0]! : Buffer.concat(this.parts, this.bytes);
-    this.parts = [];
-    this.bytes = 0;
+    const out = this.buf.subarray(0, this.len);
+    this.buf = this.spare ?? Buffer.allocUnsafe(this.buf.length);
+    this.spare = null;
+    this.len = 0;
     return out;
+  }
+
+  /** The buffer behind `payload` may be reused once `free` resolves (its bytes were written out). */
+  release(payload: Buffer, free: Promise<void>): void {
+    this.spare = Buffer.from(payload.buffer as ArrayBuffer, payload.byteOffset, payload.buffer.byteLength - payload.byteOffset);
+    this.gates.set(payload.buffer, free);
+  }
+
+  /** Waits until the buffer now in use is free to be written. */
+  async ready(): Promise<void> {
+    const gate = this.gates.get(this.buf.buffer);
+    if (gate) {
+      await gate;
+      this.gates.delete(this.buf.buffer);
+    }
   }
 }
 

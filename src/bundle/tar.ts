@@ -1,55 +1,108 @@
 /**
- * The tar layer of a bundle. Writing (tar-stream): plain ustar regular files, one per entry, with
- * backpressure (an entry's promise resolves once the output has taken it). Reading (our own, below):
- * tar-stream's extractor is lenient where we must not be — it follows pax and GNU headers and skips
- * padding and trailing blocks unseen — so bundles are read by a small strict parser that accepts only
- * what the writer produces: only regular files, only names the caller expects at that position (so no
+ * The tar layer of a bundle: plain ustar regular files, one per entry, written and read here.
+ * (tar-stream was the first choice; it is not used because its extractor is lenient where we must not
+ * be — it follows pax and GNU headers and skips padding and trailing blocks unseen — and its packer
+ * cannot tell when an entry's buffers have reached the file, which buffer reuse needs.) The writer
+ * produces what `tar -tf` lists; the reader is a small strict parser that accepts only what the writer
+ * produces: only regular files, only names the caller expects at that position (so no
  * absolute paths, no `..`, no links, no duplicates, no surprises), a size below the caller's limit for
  * that entry checked before a byte of it is buffered, zero padding, and nothing after the end.
  */
 import type { Readable, Writable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import tar from 'tar-stream';
 
 import { CloneboxError } from '../errors.js';
 
+/** A ustar header for a regular file (the only kind a bundle holds). */
+export function ustarHeader(name: string, size: number, mtime: Date): Buffer {
+  const h = Buffer.alloc(512);
+  if (Buffer.byteLength(name) > 100) throw new CloneboxError('INTERNAL', `tar entry name too long: ${name}`);
+  h.write(name, 0, 'latin1');
+  h.write('0000644\0', 100, 'latin1');
+  h.write('0000000\0', 108, 'latin1');
+  h.write('0000000\0', 116, 'latin1');
+  h.write(size.toString(8).padStart(11, '0') + '\0', 124, 'latin1');
+  h.write(Math.max(0, Math.floor(mtime.getTime() / 1000)).toString(8).padStart(11, '0') + '\0', 136, 'latin1');
+  h.write('0', 156, 'latin1');
+  h.write('ustar\x0000', 257, 'latin1');
+  h.write('0000000\0', 329, 'latin1');
+  h.write('0000000\0', 337, 'latin1');
+  h.fill(0x20, 148, 156);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += h[i]!;
+  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+  return h;
+}
+
+const ZEROS = Buffer.alloc(1024);
+
+/**
+ * Writes the archive to a stream, with backpressure: `add()` resolves once the stream can take more,
+ * and returns a promise of the moment the entry's bytes have really been written (after which the
+ * caller may reuse its buffers).
+ */
 export class TarWriter {
-  private readonly pack = tar.pack();
-  private readonly done: Promise<void>;
-  private failed: Error | null = null;
+  private failure: Error | null = null;
+  private readonly onError = (err: Error) => {
+    this.failure ??= err;
+  };
   /** Archive bytes produced so far (headers, data, padding). */
   bytes = 0;
 
-  constructor(out: Writable, private readonly mtime: Date) {
-    this.done = pipeline(this.pack as unknown as Readable, out).catch((err: Error) => {
-      this.failed = err;
-      throw err;
-    });
-    this.done.catch(() => undefined); // observed through add()/finish()
+  constructor(private readonly out: Writable, private readonly mtime: Date, private readonly endStream = true) {
+    out.on('error', this.onError);
   }
 
-  async add(name: string, data: Buffer): Promise<void> {
-    if (this.failed) throw this.failed;
-    // ustar: a 512-byte header, the data, zero padding to the next 512 bytes (names here are short).
-    this.bytes += 512 + Math.ceil(data.length / 512) * 512;
+  private write(b: Buffer): Promise<void> {
+    this.bytes += b.length;
+    return new Promise<void>((resolve, reject) => {
+      this.out.write(b, (err) => (err ? reject(err) : resolve()));
+    });
+  }
+
+  private async drain(): Promise<void> {
+    if (!this.out.writableNeedDrain) return;
     await new Promise<void>((resolve, reject) => {
-      this.pack.entry({ name, size: data.length, mode: 0o644, mtime: this.mtime, uid: 0, gid: 0, type: 'file' }, data, (err?: Error | null) => {
+      const done = (err?: Error) => {
+        this.out.off('drain', done);
+        this.out.off('error', done);
         if (err) reject(err);
         else resolve();
-      });
+      };
+      this.out.on('drain', done);
+      this.out.on('error', done);
     });
-    if (this.failed) throw this.failed;
+  }
+
+  /** Adds one entry whose content is `data` (or its parts, one after the other). */
+  async add(name: string, data: Buffer | Buffer[]): Promise<{ written: Promise<void> }> {
+    if (this.failure) throw this.failure;
+    const parts = Array.isArray(data) ? data : [data];
+    const size = parts.reduce((a, p) => a + p.length, 0);
+    const writes = [this.write(ustarHeader(name, size, this.mtime)), ...parts.map((p) => this.write(p))];
+    const pad = (512 - (size % 512)) % 512;
+    if (pad) writes.push(this.write(ZEROS.subarray(0, pad)));
+    const written = Promise.all(writes).then(() => undefined);
+    written.catch(() => undefined);
+    await this.drain();
+    if (this.failure) throw this.failure;
+    return { written };
   }
 
   /** Writes the end-of-archive marker and waits until the output has everything. */
   async finish(): Promise<void> {
-    this.pack.finalize();
-    this.bytes += 1024; // end-of-archive: two zero blocks
-    await this.done;
+    if (this.failure) throw this.failure;
+    await this.write(ZEROS);
+    if (this.endStream) {
+      await new Promise<void>((resolve, reject) => {
+        this.out.end((err?: Error | null) => (err ? reject(err) : resolve()));
+      });
+    }
+    if (this.failure) throw this.failure;
   }
 
   abort(err: Error): void {
-    this.pack.destroy(err);
+    this.failure ??= err;
+    if (this.endStream) this.out.destroy();
   }
 }
 

@@ -1,49 +1,28 @@
 /**
- * Worker-thread entry for the bundle pool (workers.ts): hashes batches, compresses frames, decodes
- * frames. A batch's bytes stay here between `hash` and `compress` so they cross threads only once.
+ * Worker-thread entry for the bundle pool (workers.ts): compresses frames (export) and decompresses
+ * and hashes them (import, verify). Buffers are transferred both ways, never copied between threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { compressFrame, decodeFrame, hashBlocks } from './codec.js';
+import { compressInto, decodeFrame } from './codec.js';
 import type { Codec } from './format.js';
 
 export type WorkerRequest =
-  | { op: 'hash'; id: number; buf: ArrayBuffer; blocks: Uint32Array }
-  | { op: 'compress'; id: number; select: Uint32Array; level: number }
-  | { op: 'drop'; id: number }
+  | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }
   | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array };
 
 export type WorkerReply =
-  | { id: number; shas: ArrayBuffer }
-  | { id: number; codec: Codec; rawLength: number; stored: ArrayBuffer; storedOffset: number; storedLength: number }
-  | { id: number; dropped: true }
+  /** Compressed (codec zstd: `output` holds `storedLength` bytes) or not worth it (codec raw: use `input`). Both buffers come back. */
+  | { id: number; codec: Codec; storedLength: number; input: ArrayBuffer; output: ArrayBuffer }
   | { id: number; raw: ArrayBuffer; shas: ArrayBuffer }
   | { id: number; bad: true }
   | { id: number; error: string };
 
-const held = new Map<number, { buf: Uint8Array; blocks: Uint32Array }>();
-
 function handle(msg: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
   switch (msg.op) {
-    case 'hash': {
-      const buf = new Uint8Array(msg.buf);
-      held.set(msg.id, { buf, blocks: msg.blocks });
-      const shas = hashBlocks(buf, msg.blocks);
-      return { reply: { id: msg.id, shas: shas.buffer as ArrayBuffer }, transfer: [shas.buffer as ArrayBuffer] };
-    }
     case 'compress': {
-      const h = held.get(msg.id);
-      if (!h) throw new Error(`no batch ${msg.id}`);
-      held.delete(msg.id);
-      const f = compressFrame(h.buf, h.blocks, msg.select, msg.level);
-      const ab = f.stored.buffer as ArrayBuffer;
-      return {
-        reply: { id: msg.id, codec: f.codec, rawLength: f.rawLength, stored: ab, storedOffset: f.stored.byteOffset, storedLength: f.stored.length },
-        transfer: [ab],
-      };
+      const r = compressInto(new Uint8Array(msg.input, 0, msg.length), new Uint8Array(msg.output), msg.level);
+      return { reply: { id: msg.id, codec: r.codec, storedLength: r.length, input: msg.input, output: msg.output }, transfer: [msg.input, msg.output] };
     }
-    case 'drop':
-      held.delete(msg.id);
-      return { reply: { id: msg.id, dropped: true }, transfer: [] };
     case 'decode': {
       const r = decodeFrame(msg.codec, new Uint8Array(msg.stored, msg.offset, msg.length), msg.rawLength, msg.lengths);
       if (!r) return { reply: { id: msg.id, bad: true }, transfer: [] };
