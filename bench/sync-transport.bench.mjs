@@ -109,6 +109,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           clonebox_ms: c.protomux.median_ms,
           peer_ms: c.hypercore.median_ms,
           ratio: round(c.protomux.median_ms / c.hypercore.median_ms, 3),
+          cpu_ratio: c.protomux.cpu_median_ms && c.hypercore.cpu_median_ms ? round(c.protomux.cpu_median_ms / c.hypercore.cpu_median_ms, 3) : null,
         })),
       };
     } finally {
