@@ -182,17 +182,45 @@ describe('sealing', () => {
   it('binds each entry to its bundle, kind and position', () => {
     for (const key of [null, Buffer.alloc(32, 3)]) {
       const s = new Sealer(Buffer.alloc(32, 1), key);
-      const sealed = s.seal(EntryKind.Pack, 4, Buffer.from('payload'));
-      expect(s.open(EntryKind.Pack, 4, sealed)?.toString()).toBe('payload');
-      expect(s.open(EntryKind.Pack, 5, sealed)).toBeNull();
+      const sealed = s.seal(EntryKind.Meta, 4, Buffer.from('payload'));
+      expect(s.open(EntryKind.Meta, 4, sealed)?.toString()).toBe('payload');
+      expect(s.open(EntryKind.Meta, 5, sealed)).toBeNull();
       expect(s.open(EntryKind.Seal, 4, sealed)).toBeNull();
-      expect(new Sealer(Buffer.alloc(32, 2), key).open(EntryKind.Pack, 4, sealed)).toBeNull();
+      expect(new Sealer(Buffer.alloc(32, 2), key).open(EntryKind.Meta, 4, sealed)).toBeNull();
       for (let i = 0; i < sealed.length; i++) {
         const m = Buffer.from(sealed);
         m[i] = m[i]! ^ 0x80;
-        expect(s.open(EntryKind.Pack, 4, m), `byte ${i}`).toBeNull();
+        expect(s.open(EntryKind.Meta, 4, m), `byte ${i}`).toBeNull();
       }
-      expect(s.open(EntryKind.Pack, 4, sealed.subarray(0, 5))).toBeNull();
+      expect(s.open(EntryKind.Meta, 4, sealed.subarray(0, 5))).toBeNull();
+    }
+  });
+
+  it('tags a plain pack over everything but its frames\' compressed bytes (those are checked by block id)', () => {
+    const w = new PackWriter();
+    w.frame(Codec.Raw, [{ length: 8, id: sha256(Buffer.from('12345678')) }], Buffer.from('12345678'));
+    w.data(0, 0, 0, 8);
+    w.zero(0, 65536, 65536);
+    const payload = w.take();
+    const s = new Sealer(Buffer.alloc(32, 1), null);
+    const parts = s.sealParts(EntryKind.Pack, 2, payload);
+    const sealed = Buffer.concat(parts);
+    expect(s.open(EntryKind.Pack, 2, sealed)?.equals(payload)).toBe(true);
+    expect(s.open(EntryKind.Pack, 3, sealed)).toBeNull();
+    const storedAt = payload.indexOf('12345678');
+    for (let i = 0; i < sealed.length; i++) {
+      const m = Buffer.from(sealed);
+      m[i] = m[i]! ^ 0x01;
+      const inStored = i >= storedAt && i < storedAt + 8;
+      expect(s.open(EntryKind.Pack, 2, m) === null, `byte ${i}`).toBe(!inStored);
+    }
+    // Encrypted packs are authenticated in full.
+    const e = new Sealer(Buffer.alloc(32, 1), Buffer.alloc(32, 9));
+    const es = e.seal(EntryKind.Pack, 2, payload);
+    for (let i = 0; i < es.length; i += 7) {
+      const m = Buffer.from(es);
+      m[i] = m[i]! ^ 0x01;
+      expect(e.open(EntryKind.Pack, 2, m)).toBeNull();
     }
   });
 

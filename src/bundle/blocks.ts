@@ -203,7 +203,7 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
     let chunks: AsyncGenerator<DataChunk> | null = null;
     let cur: DataChunk | null = null;
     const fillAt = async (buf: Buffer, at: number, from: number, len: number): Promise<void> => {
-      chunks ??= readData(img, { reuseBuffers: true });
+      chunks ??= readData(img, { reuseBuffers: true, maxBatchBytes: 1024 * 1024, readAheadBytes: 4 * 1024 * 1024 });
       let done = 0;
       while (done < len) {
         const g = from + done;

@@ -64,15 +64,15 @@ export function compressInto(input: Uint8Array, output: Uint8Array, level: numbe
  * Decompresses a frame into exactly `rawLength` bytes and hashes its blocks. Returns null when the
  * stored bytes are not a zstd frame of that size (damage the caller reports with context).
  */
-export function decodeFrame(codec: Codec, stored: Uint8Array, rawLength: number, lengths: Uint32Array): { raw: Buffer; shas: Buffer } | null {
-  let raw: Buffer;
+export function decodeFrame(codec: Codec, stored: Uint8Array, rawLength: number, lengths: Uint32Array, out?: ArrayBuffer): { raw: Buffer; shas: Buffer } | null {
+  // Into `out` when given (at least rawLength bytes), else into new memory; never more than rawLength.
+  const raw = out && out.byteLength >= rawLength ? Buffer.from(out, 0, rawLength) : Buffer.from(new ArrayBuffer(rawLength));
   if (codec === Codec.Raw) {
     if (stored.length !== rawLength) return null;
-    raw = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
+    raw.set(stored);
   } else {
     const z = binding();
     dctx ??= new z.DCtx();
-    raw = Buffer.from(new ArrayBuffer(rawLength));
     let n: number;
     try {
       // The destination is exactly the promised size: a frame that would produce more fails here.

@@ -210,7 +210,8 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       } catch (err) {
         throw ioError(err, 'cannot create bundle', finalPath);
       }
-      out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 1024 * 1024 });
+      // A high-water mark above one pack: writing a pack never holds up building the next one.
+      out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 2 * PACK_TARGET + 1024 * 1024 });
     }
     const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStdout);
     let pool: WorkerPool | null = null;
@@ -303,12 +304,12 @@ interface PipelineResult {
 /** ArrayBuffers that cycle between this thread and the workers (no page faults, no garbage). */
 class BufferPool {
   private readonly free: ArrayBuffer[] = [];
-  constructor(private readonly size: number) {}
+  constructor(private readonly size: number, private readonly keep: number) {}
   take(): ArrayBuffer {
     return this.free.pop() ?? new ArrayBuffer(this.size);
   }
   give(b: ArrayBuffer): void {
-    if (b.byteLength === this.size && this.free.length < 16) this.free.push(b);
+    if (b.byteLength === this.size && this.free.length < this.keep) this.free.push(b);
   }
 }
 
@@ -323,8 +324,8 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
   const packTarget = envSize('CLONEBOX_BUNDLE_PACK_BYTES', PACK_TARGET);
   const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
   const packW = new PackWriter(packTarget + 2 * (frameTarget + BLOCK_SIZE));
-  const inputs = new BufferPool(frameTarget + BLOCK_SIZE);
-  const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE));
+  const inputs = new BufferPool(frameTarget + BLOCK_SIZE, 2);
+  const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE), 2);
   const queue: InFlight[] = [];
 
   const writePack = async () => {

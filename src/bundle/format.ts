@@ -73,9 +73,9 @@ export const BLOCK_SIZE = 64 * 1024;
  * compressed together as one zstd frame of at most FRAME_TARGET raw bytes: per-64 KiB compression
  * costs ~14% of size on real disks, a 4 MiB frame is within 1% of compressing the whole stream.
  */
-export const FRAME_TARGET = 4 * 1024 * 1024;
+export const FRAME_TARGET = 2 * 1024 * 1024;
 /** Pack: the unit of sealing and of tar entries. A pack is closed once its payload reaches this. */
-export const PACK_TARGET = 16 * 1024 * 1024;
+export const PACK_TARGET = 8 * 1024 * 1024;
 
 // Limits a reader enforces before it allocates (a writer stays far below them).
 export const MAX_META_BYTES = 16 * 1024 * 1024;

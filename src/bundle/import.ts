@@ -17,6 +17,7 @@
  */
 import { createReadStream } from 'node:fs';
 import { open, readdir, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
@@ -30,7 +31,6 @@ import { Journal, journalPath, recover, type Action } from '../store/journal.js'
 import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
 import { ensureContentIds } from '../snapshots/identity.js';
-import { decodeFrame } from './codec.js';
 import { randomBytes, type KeySource } from './crypto.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { Progress } from './progress.js';
@@ -107,9 +107,7 @@ class ImportSink implements BundleSink {
   private pendFill = 0;
   private spool: FileHandle | null = null;
   private spoolEnd = 0;
-  private readonly frames: { at: number; length: number; codec: Codec; raw: number }[] = [];
-  private readonly cache = new Map<number, Buffer>();
-  private cacheBytes = 0;
+  private readonly frames: { at: number; length: number }[] = [];
   dataBytes = 0;
 
   constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string,
@@ -139,7 +137,7 @@ class ImportSink implements BundleSink {
     await w.finish();
   }
 
-  async frame(frame: number, codec: Codec, stored: Buffer, raw: Buffer): Promise<void> {
+  async frame(frame: number, _codec: Codec, stored: Buffer): Promise<void> {
     let done = 0;
     while (done < stored.length) {
       const { bytesWritten } = await this.spool!.write(stored, done, stored.length - done, this.spoolEnd + done).catch((err) => {
@@ -147,29 +145,11 @@ class ImportSink implements BundleSink {
       });
       done += bytesWritten;
     }
-    this.frames[frame] = { at: this.spoolEnd, length: stored.length, codec, raw: raw.length };
+    this.frames[frame] = { at: this.spoolEnd, length: stored.length };
     this.spoolEnd += stored.length;
-    this.remember(frame, raw);
   }
 
-  private remember(frame: number, raw: Buffer): void {
-    this.cache.set(frame, raw);
-    this.cacheBytes += raw.length;
-    // Keep the most recent frames (about 64 MiB): references are mostly to nearby data.
-    while (this.cacheBytes > 64 * 1024 * 1024 && this.cache.size > 1) {
-      const [k, v] = this.cache.entries().next().value!;
-      this.cache.delete(k);
-      this.cacheBytes -= v.length;
-    }
-  }
-
-  async frameBytes(frame: number): Promise<Buffer> {
-    const hit = this.cache.get(frame);
-    if (hit) {
-      this.cache.delete(frame);
-      this.cache.set(frame, hit);
-      return hit;
-    }
+  async storedBytes(frame: number): Promise<Buffer> {
     const f = this.frames[frame]!;
     const stored = Buffer.allocUnsafe(f.length);
     let got = 0;
@@ -178,10 +158,7 @@ class ImportSink implements BundleSink {
       if (bytesRead === 0) throw new CloneboxError('IO', `temporary file is shorter than written, ${this.spoolPath}`);
       got += bytesRead;
     }
-    const d = decodeFrame(f.codec, stored, f.raw, new Uint32Array(0));
-    if (!d) throw new CloneboxError('IO', `temporary file was changed while importing, ${this.spoolPath}`);
-    this.remember(frame, d.raw);
-    return d.raw;
+    return stored;
   }
 
   async data(_layer: number, offset: number, _block: number, length: number, data: Buffer | null): Promise<void> {
@@ -253,7 +230,8 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
     let pool: WorkerPool | null = null;
     try {
       await sink.open();
-      pool = await WorkerPool.start();
+      // This thread (writing the layers) is the busy one: one worker per other core is enough.
+      pool = await WorkerPool.start(Math.max(1, Math.min(8, os.availableParallelism() - 1)));
       const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => progress.set(reader.bytesIn) });
       await sink.close();
       progress.finish();

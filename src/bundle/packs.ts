@@ -6,6 +6,7 @@
  * adjacent zero extents one Zero record. The parser checks every count and length against the bytes
  * that are really there before it slices anything; meaning (layer order, offsets) is the decoder's job.
  */
+import { createHash } from 'node:crypto';
 import { CloneboxError } from '../errors.js';
 import {
   BLOCK_SIZE, Codec, DATA_RECORD_BYTES, FRAME_BLOCK_BYTES, FRAME_HEAD_BYTES, MAX_FRAME_BLOCKS, MAX_FRAME_RAW, RecordType,
@@ -213,4 +214,22 @@ export function* parsePack(p: Buffer, where: string, file: string): Generator<Pa
       throw bad(at, `unknown record type ${type}`);
     }
   }
+}
+
+/**
+ * The digest a plain bundle's pack tag covers: SHA-256 over `prefix` and every byte of the payload
+ * except the frames' stored bytes, which need no second hash (every block they hold is checked against
+ * its SHA-256 id once decompressed). Throws BUNDLE_CORRUPT when the payload does not parse.
+ */
+export function packDigest(prefix: Buffer, payload: Buffer, where: string, file: string): Buffer {
+  const h = createHash('sha256').update(prefix);
+  let pos = 0;
+  for (const rec of parsePack(payload, where, file)) {
+    if (rec.type !== 'frame') continue;
+    const start = rec.stored.byteOffset - payload.byteOffset;
+    h.update(payload.subarray(pos, start));
+    pos = start + rec.stored.length;
+  }
+  h.update(payload.subarray(pos));
+  return h.digest();
 }

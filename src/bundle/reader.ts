@@ -16,7 +16,7 @@ import { contentId } from '../snapshots/identity.js';
 import { LayerDigest, blockEnd } from './blocks.js';
 import { blockId, deriveMaster, encKey, idKey, keyCheck, Sealer, type KeySource } from './crypto.js';
 import {
-  BLOCK_SIZE, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, HEADER_SIZE, KeyKind, MAX_META_BYTES, MAX_PACK_BYTES, MAX_PACKS,
+  BLOCK_SIZE, FRAME_TARGET, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, HEADER_SIZE, KeyKind, MAX_META_BYTES, MAX_PACK_BYTES, MAX_PACKS,
   MAX_SEAL_BYTES, packEntryName, type Codec, type Meta, type Seal, type SealTotals,
 } from './format.js';
 import { decodeHeader, decodeMeta, decodeSeal, headerPrefix, type BundleHeader } from './manifest.js';
@@ -111,13 +111,29 @@ export class BundleReader {
     this.meta = decodeMeta(payload, this.file);
   }
 
+  /**
+   * Two buffers take turns for pack entries (and two for decrypted payloads): pack k is read into
+   * buffer k % 2 while the caller still works on pack k - 1 in the other one.
+   */
+  private readonly entryBufs: (Buffer | null)[] = [null, null];
+  private readonly plainBufs: (Buffer | null)[] = [null, null];
+
+  private static turn(bufs: (Buffer | null)[], k: number, size: number): Buffer {
+    const b = bufs[k % 2];
+    if (b && b.length >= size) return b.subarray(0, size);
+    const fresh = Buffer.allocUnsafe(Math.max(size, 9 * 1024 * 1024));
+    bufs[k % 2] = fresh;
+    return fresh.subarray(0, size);
+  }
+
   private fetch(): Promise<{ name: string; data: Buffer } | null> {
     const want = packEntryName(this.packsSeen);
+    const k = this.packsSeen;
     return this.tar.next((name) => {
       if (name === want) return MAX_PACK_BYTES;
       if (name === ENTRY_SEAL) return MAX_SEAL_BYTES;
       throw corrupt(`expected ${want} or seal, found ${JSON.stringify(name)}`, this.file);
-    });
+    }, (size) => BundleReader.turn(this.entryBufs, k, size));
   }
 
   /**
@@ -142,7 +158,7 @@ export class BundleReader {
     }
     const index = this.packsSeen;
     if (index >= MAX_PACKS) throw corrupt('too many packs', this.file);
-    const payload = this.sealer.open(EntryKind.Pack, index, e.data);
+    const payload = this.sealer.open(EntryKind.Pack, index, e.data, (size) => BundleReader.turn(this.plainBufs, index, size));
     if (!payload) throw corrupt(`${e.name} fails authentication (changed, damaged, or moved from another position or bundle)`, this.file);
     this.packsSeen++;
     this.pending = this.fetch();
@@ -167,8 +183,36 @@ export interface BundleSink {
   /** Block `block` (bytes `data`, when the sink asked for data) goes at `offset` of `layer`. */
   data?(layer: number, offset: number, block: number, length: number, data: Buffer | null): Promise<void>;
   zero?(layer: number, offset: number, length: number): Promise<void>;
-  /** Returns the raw bytes of an earlier frame (import keeps them; verify never asks). */
-  frameBytes?(frame: number): Promise<Buffer>;
+  /** The stored bytes of an earlier frame, when the decoder needs its blocks again (import keeps them). */
+  storedBytes?(frame: number): Promise<Buffer>;
+}
+
+/** Recently used raw frames, newest last, within a byte budget. */
+class FrameCache {
+  private readonly map = new Map<number, Buffer>();
+  private bytes = 0;
+  constructor(private readonly budget: number, private readonly evicted: (raw: Buffer) => void) {}
+  get(n: number): Buffer | undefined {
+    const b = this.map.get(n);
+    if (b) {
+      this.map.delete(n);
+      this.map.set(n, b);
+    }
+    return b;
+  }
+  has(n: number): boolean {
+    return this.map.has(n);
+  }
+  put(n: number, raw: Buffer): void {
+    this.map.set(n, raw);
+    this.bytes += raw.length;
+    while (this.bytes > this.budget && this.map.size > 1) {
+      const [k, v] = this.map.entries().next().value!;
+      this.map.delete(k);
+      this.bytes -= v.length;
+      this.evicted(v);
+    }
+  }
 }
 
 export interface DecodeResult {
@@ -262,15 +306,62 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
     }
   };
 
-  const decode = (rec: Extract<PackRecord, { type: 'frame' }>): Promise<WorkerReply> => {
-    const slot = pool.pick();
-    // The stored bytes are copied out of the pack: the pack stays here (import spools from it).
-    const stored = Buffer.from(new ArrayBuffer(rec.stored.length));
-    rec.stored.copy(stored);
-    const lengths = Uint32Array.from(rec.lengths);
-    return pool.request(slot, { op: 'decode', id: pool.newId(), codec: rec.codec, stored: stored.buffer as ArrayBuffer, offset: 0, length: stored.length, rawLength: rec.rawLength, lengths },
-      [stored.buffer as ArrayBuffer]);
+  // Stored bytes and raw frames cross to a worker in buffers that come back and are used again.
+  const storedSize = 3 * 1024 * 1024;
+  const rawSize = FRAME_TARGET + BLOCK_SIZE;
+  const storedPool: ArrayBuffer[] = [];
+  const rawPool: ArrayBuffer[] = [];
+  type Decoded = { raw: Buffer; shas: Buffer } | null;
+  const decodeFrame = (codec: Codec, stored: Buffer, rawLength: number, lengths: Uint32Array): Promise<Decoded> => {
+    const ab = stored.length <= storedSize ? storedPool.pop() ?? new ArrayBuffer(storedSize) : new ArrayBuffer(stored.length);
+    stored.copy(Buffer.from(ab));
+    // Raw frames decode into pooled memory: given back on eviction (import) or at once (verify).
+    const output = rawLength <= rawSize ? rawPool.pop() ?? new ArrayBuffer(rawSize) : undefined;
+    const msg = { op: 'decode' as const, id: pool.newId(), codec, stored: ab, offset: 0, length: stored.length, rawLength, lengths, ...(output ? { output } : {}) };
+    return pool.request(pool.pick(), msg, output ? [ab, output] : [ab]).then((rep) => {
+      if ('stored' in rep && rep.stored.byteLength === storedSize && storedPool.length < 2) storedPool.push(rep.stored);
+      if ('bad' in rep) {
+        if (rep.output) rawPool.push(rep.output);
+        return null;
+      }
+      const r = rep as Extract<WorkerReply, { raw: ArrayBuffer }>;
+      return { raw: Buffer.from(r.raw, 0, r.rawLength), shas: Buffer.from(r.shas) };
+    });
   };
+
+  // Import only: raw frames kept for blocks placed again later, and how to get evicted ones back.
+  // Evicted frames' memory is reused, so evictions happen only here in the record loop, never while
+  // a sink is still using a block's bytes (reloads land in `reloaded` and enter the cache when used).
+  const giveRaw = (raw: Buffer) => {
+    if (raw.buffer.byteLength === rawSize && rawPool.length < 4) rawPool.push(raw.buffer as ArrayBuffer);
+  };
+  const cache = new FrameCache(16 * 1024 * 1024, giveRaw);
+  const frameInfo: { codec: Codec; rawLength: number; lengths: Uint32Array }[] = [];
+  const pending = new Map<number, Promise<Buffer>>();
+  const reload = (f: number): Promise<Buffer> => {
+    let p = pending.get(f);
+    if (!p) {
+      const info = frameInfo[f]!;
+      p = sink.storedBytes!(f).then((stored) => decodeFrame(info.codec, stored, info.rawLength, info.lengths)).then((d) => {
+        if (!d) throw new CloneboxError('IO', `a temporary file changed while importing, ${file}`);
+        return d.raw;
+      });
+      p.catch(() => undefined);
+      pending.set(f, p);
+    }
+    return p;
+  };
+  const frameRaw = async (f: number): Promise<Buffer> => {
+    const hit = cache.get(f);
+    if (hit) return hit;
+    const raw = await reload(f);
+    pending.delete(f);
+    cache.put(f, raw);
+    return raw;
+  };
+  /** Frames decoded ahead of use, and earlier frames fetched ahead of the records that need them. */
+  const DECODE_AHEAD = Math.max(2, pool.size);
+  const REFS_AHEAD = 3;
 
   let packNo = 0;
   for (;;) {
@@ -278,20 +369,51 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
     if (payload === null) break;
     const where = packEntryName(packNo);
     const records = [...parsePack(payload, where, file)];
-    // Frames decompress in the workers while earlier records are applied here.
-    const decoding = new Map<PackRecord, Promise<WorkerReply>>();
-    for (const rec of records) {
-      if (rec.type !== 'frame') continue;
-      const p = decode(rec);
-      p.catch(() => undefined);
-      decoding.set(rec, p);
+    const frameRecs = records.filter((x): x is Extract<PackRecord, { type: 'frame' }> => x.type === 'frame');
+    const decoding: Promise<Decoded>[] = [];
+    let consumed = 0;
+    const decodeAhead = () => {
+      while (decoding.length < frameRecs.length && decoding.length - consumed < DECODE_AHEAD) {
+        const rec = frameRecs[decoding.length]!;
+        const p = decodeFrame(rec.codec, rec.stored, rec.rawLength, Uint32Array.from(rec.lengths));
+        p.catch(() => undefined);
+        decoding.push(p);
+      }
+    };
+    decodeAhead();
+    // Earlier frames this pack's records use, in order of first use: fetched a few ahead.
+    const known = blkLen.n;
+    const refOrder: number[] = [];
+    const refIndex = new Map<number, number>();
+    if (opts.wantData) {
+      for (const rec of records) {
+        if (rec.type !== 'data') continue;
+        const end = Math.min(rec.first + rec.count, known);
+        for (let n = rec.first; n < end; n++) {
+          const f = blkFrame.a[n]!;
+          if (!refIndex.has(f)) {
+            refIndex.set(f, refOrder.length);
+            refOrder.push(f);
+          }
+        }
+      }
     }
+    let refNext = 0;
+    const refsAhead = (upTo: number) => {
+      for (let i = Math.max(refNext, upTo); i < Math.min(refOrder.length, upTo + REFS_AHEAD); i++) {
+        const f = refOrder[i]!;
+        if (!cache.has(f)) void reload(f);
+      }
+      refNext = Math.max(refNext, upTo);
+    };
+    refsAhead(0);
     for (const rec of records) {
       if (rec.type === 'frame') {
-        const rep = await decoding.get(rec)!;
-        if ('bad' in rep) throw corrupt(`${where}: frame ${frames} does not decompress to its ${rec.rawLength} bytes`, file);
-        const { raw, shas: shaAb } = rep as Extract<WorkerReply, { raw: ArrayBuffer }>;
-        const sh = Buffer.from(shaAb);
+        const d = await decoding[consumed]!;
+        consumed++;
+        decodeAhead();
+        if (!d) throw corrupt(`${where}: frame ${frames} does not decompress to its ${rec.rawLength} bytes`, file);
+        const sh = d.shas;
         let at = 0;
         for (let i = 0; i < rec.lengths.length; i++) {
           const sha = sh.subarray(i * 32, i * 32 + 32);
@@ -305,8 +427,13 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
           shas.push(sha);
           at += rec.lengths[i]!;
         }
-        const rawBuf = Buffer.from(raw);
-        await sink.frame?.(frames, rec.codec, rec.stored, rawBuf);
+        await sink.frame?.(frames, rec.codec, rec.stored, d.raw);
+        if (opts.wantData) {
+          frameInfo[frames] = { codec: rec.codec, rawLength: rec.rawLength, lengths: Uint32Array.from(rec.lengths) };
+          cache.put(frames, d.raw);
+        } else {
+          giveRaw(d.raw);
+        }
         totals.frames++;
         totals.unique_blocks += rec.lengths.length;
         totals.unique_bytes += rec.rawLength;
@@ -343,7 +470,10 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
         totals.logical_bytes += len;
         let bytes: Buffer | null = null;
         if (opts.wantData) {
-          const raw = await sink.frameBytes!(blkFrame.a[n]!);
+          const f = blkFrame.a[n]!;
+          const ri = refIndex.get(f);
+          if (ri !== undefined && ri >= refNext) refsAhead(ri);
+          const raw = await frameRaw(f);
           const at = blkAt.a[n]!;
           bytes = raw.subarray(at, at + len);
         }

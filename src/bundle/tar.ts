@@ -223,7 +223,7 @@ export class TarReader {
   }
 
   /** The next entry, or null after the end-of-archive marker (which must end the file). */
-  async next(gate: EntryGate): Promise<TarEntry | null> {
+  async next(gate: EntryGate, alloc: (size: number) => Buffer = (n) => Buffer.allocUnsafe(n)): Promise<TarEntry | null> {
     if (this.finished) return null;
     const h = await this.block('header');
     if (h.every((x) => x === 0)) {
@@ -253,7 +253,7 @@ export class TarReader {
     if (size < 0) throw bad(`entry ${shown} has an invalid or oversized size field`, this.file);
     const limit = gate(name);
     if (size > limit) throw bad(`entry ${shown} claims ${size} bytes (at most ${limit} expected)`, this.file);
-    const data = Buffer.allocUnsafe(size);
+    const data = alloc(size);
     const got = await this.q.readInto(data, 0, size);
     if (got !== size) throw bad(`entry ${shown} is cut short (${got} of ${size} bytes)`, this.file);
     const padLen = (512 - (size % 512)) % 512;

@@ -8,13 +8,13 @@ import type { Codec } from './format.js';
 
 export type WorkerRequest =
   | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }
-  | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array };
+  | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array; output?: ArrayBuffer };
 
 export type WorkerReply =
   /** Compressed (codec zstd: `output` holds `storedLength` bytes) or not worth it (codec raw: use `input`). Both buffers come back. */
   | { id: number; codec: Codec; storedLength: number; input: ArrayBuffer; output: ArrayBuffer }
-  | { id: number; raw: ArrayBuffer; shas: ArrayBuffer }
-  | { id: number; bad: true }
+  | { id: number; raw: ArrayBuffer; rawLength: number; shas: ArrayBuffer; stored: ArrayBuffer }
+  | { id: number; bad: true; stored: ArrayBuffer; output?: ArrayBuffer }
   | { id: number; error: string };
 
 function handle(msg: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
@@ -24,16 +24,14 @@ function handle(msg: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
       return { reply: { id: msg.id, codec: r.codec, storedLength: r.length, input: msg.input, output: msg.output }, transfer: [msg.input, msg.output] };
     }
     case 'decode': {
-      const r = decodeFrame(msg.codec, new Uint8Array(msg.stored, msg.offset, msg.length), msg.rawLength, msg.lengths);
-      if (!r) return { reply: { id: msg.id, bad: true }, transfer: [] };
-      const rawAb = r.raw.buffer as ArrayBuffer;
-      // A raw frame's bytes are a view into the transferred input: send that buffer back as is.
-      if (r.raw.byteOffset !== 0 || r.raw.length !== rawAb.byteLength) {
-        const copy = Buffer.from(new ArrayBuffer(r.raw.length));
-        r.raw.copy(copy);
-        return { reply: { id: msg.id, raw: copy.buffer as ArrayBuffer, shas: r.shas.buffer as ArrayBuffer }, transfer: [copy.buffer as ArrayBuffer, r.shas.buffer as ArrayBuffer] };
+      const r = decodeFrame(msg.codec, new Uint8Array(msg.stored, msg.offset, msg.length), msg.rawLength, msg.lengths, msg.output);
+      if (!r) {
+        const t = msg.output ? [msg.stored, msg.output] : [msg.stored];
+        return { reply: { id: msg.id, bad: true, stored: msg.stored, ...(msg.output ? { output: msg.output } : {}) }, transfer: t };
       }
-      return { reply: { id: msg.id, raw: rawAb, shas: r.shas.buffer as ArrayBuffer }, transfer: [rawAb, r.shas.buffer as ArrayBuffer] };
+      const rawAb = r.raw.buffer as ArrayBuffer;
+      const shaAb = r.shas.buffer as ArrayBuffer;
+      return { reply: { id: msg.id, raw: rawAb, rawLength: r.raw.length, shas: shaAb, stored: msg.stored }, transfer: [rawAb, shaAb, msg.stored] };
     }
   }
 }
