@@ -14,6 +14,7 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Image, type Run } from '../src/qcow2/reader.js';
 import { Chain } from '../src/qcow2/chain.js';
+import { readData } from '../src/qcow2/stream.js';
 import {
   assertSameBytes, parseJsonOutput, qemuCheck, qemuImg, qemuIo, qemuMapAlone, qemuRaw, qemuRawAlone,
   readFileRange, runCli, useTempDir, type MapExtent,
@@ -494,6 +495,41 @@ describe('image map / image info / reads agree with qemu-img', () => {
             const len = Math.min(r.int(1, 300_000), img.virtualSize - off);
             assertSameBytes(await img.read(off, len), await readFileRange(raw, off, len), `read(${off}, ${len})`, off);
           }
+        } finally {
+          await img.close();
+        }
+      });
+
+      it('the streaming reader (readData) yields the same bytes, in order, with and without buffer reuse', async () => {
+        const raw = path.join(tmp(), `${path.basename(built.file)}.alone.raw`);
+        await qemuRawAlone(built.file, raw);
+        const img = await Qcow2Image.open(built.file);
+        try {
+          const dataBytes = (await img.info()).data_bytes;
+          for (const opts of [{}, { reuseBuffers: true, maxBatchBytes: 256 * K, readAheadBytes: 1 * M, syncReadMaxBytes: 0 }]) {
+            let total = 0;
+            let end = 0;
+            for await (const ch of readData(img, opts)) {
+              expect(ch.offset).toBeGreaterThanOrEqual(end);
+              assertSameBytes(ch.data, await readFileRange(raw, ch.offset, ch.data.length), `readData chunk ${JSON.stringify(opts)}`, ch.offset);
+              end = ch.offset + ch.data.length;
+              total += ch.data.length;
+            }
+            expect(total).toBe(dataBytes);
+          }
+          // A clipped range.
+          const start = Math.floor(img.virtualSize / 3) + 777;
+          const stop = Math.min(img.virtualSize, start + 3 * M + 5);
+          let got = 0;
+          for await (const ch of readData(img, { start, end: stop })) {
+            expect(ch.offset).toBeGreaterThanOrEqual(start);
+            expect(ch.offset + ch.data.length).toBeLessThanOrEqual(stop);
+            assertSameBytes(ch.data, await readFileRange(raw, ch.offset, ch.data.length), 'readData clipped', ch.offset);
+            got += ch.data.length;
+          }
+          let want = 0;
+          for await (const r of img.runsIn(start, stop)) if (r.kind === 'data') want += r.length;
+          expect(got).toBe(want);
         } finally {
           await img.close();
         }

@@ -14,6 +14,7 @@ import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Image } from '../src/qcow2/reader.js';
+import { readData } from '../src/qcow2/stream.js';
 import { CloneboxError } from '../src/errors.js';
 import { aloneSpec, assertSameBytes, qemuImg, qemuIo, run, useTempDir } from './helpers/qemu.js';
 import { parseLayout, type Layout } from './helpers/qcow2-layout.js';
@@ -107,9 +108,14 @@ beforeAll(async () => {
 
 type Outcome = { ok: true; bytes: Buffer | null } | { ok: false; code: string };
 
-/** Open, info(), enumerate every run and read every data run; the whole disk when small. */
+/**
+ * Open, info(), enumerate every run and read every data run; the whole disk when small. Then the
+ * streaming reader (stream.ts) must agree: the same bytes when this succeeded, a CloneboxError when
+ * reading failed after the open.
+ */
 async function readAll(file: string): Promise<Outcome> {
   let img: Qcow2Image | null = null;
+  let result: Outcome;
   try {
     img = await Qcow2Image.open(file, { warn: () => undefined });
     await img.info();
@@ -118,13 +124,32 @@ async function readAll(file: string): Promise<Outcome> {
       const b = await img.readRun(run);
       if (b.length !== run.length) throw new Error(`readRun returned ${b.length} bytes for a ${run.length}-byte run at ${run.offset}`);
     }
-    return { ok: true, bytes: img.virtualSize <= 16 * M ? await img.read(0, img.virtualSize) : null };
+    result = { ok: true, bytes: img.virtualSize <= 16 * M ? await img.read(0, img.virtualSize) : null };
   } catch (err) {
-    if (err instanceof CloneboxError) return { ok: false, code: err.code };
-    throw err;
-  } finally {
-    await img?.close().catch(() => undefined);
+    if (!(err instanceof CloneboxError)) {
+      await img?.close().catch(() => undefined);
+      throw err;
+    }
+    result = { ok: false, code: err.code };
   }
+  if (img) {
+    try {
+      let streamError: CloneboxError | null = null;
+      try {
+        for await (const ch of readData(img, { maxBatchBytes: 64 * K })) {
+          if (result.ok && result.bytes) assertSameBytes(ch.data, result.bytes.subarray(ch.offset, ch.offset + ch.data.length), 'readData chunk', ch.offset);
+        }
+      } catch (err) {
+        if (!(err instanceof CloneboxError)) throw new Error(`readData threw a non-CloneboxError: ${(err as Error)?.stack ?? err}`);
+        streamError = err;
+      }
+      if (result.ok && streamError) throw new Error(`readData failed (${streamError.code}: ${streamError.message}) where runs()/readRun() read fine`);
+      if (!result.ok && !streamError) throw new Error(`readData read fine where runs()/readRun() failed with ${result.code}`);
+    } finally {
+      await img.close().catch(() => undefined);
+    }
+  }
+  return result;
 }
 
 const INTERESTING_U64 = [0n, 1n, 0xffffffffffffffffn, 1n << 63n, 1n << 62n, (1n << 63n) | (1n << 62n), 0x00fffffffffffe00n, 0x7fffffffffffffffn];
