@@ -44,11 +44,12 @@ export interface TeamSwarmOptions {
   /** One line per notable event (dropped peers, new members), for stderr. */
   log?: (line: string) => void;
   /**
-   * Protocols run with every proven peer: protocol name -> attach(peer), which must create and open
-   * its Protomux channel synchronously. A peer opening one of these before we attached is held (paired)
-   * until attach has run, never refused.
+   * Protocols run with every proven peer: protocol name -> attach(peer), which must have created and
+   * opened its Protomux channels when it returns (or when the promise it returns resolves). A peer
+   * opening one of these (any channel id) before we attached is held (paired) until attach is done,
+   * never refused.
    */
-  services?: Record<string, (peer: TeamPeer) => void>;
+  services?: Record<string, (peer: TeamPeer) => void | Promise<void>>;
 }
 
 /** Reasons that get a peer refused for the rest of the session (a closed connection may just be a retry). */
@@ -159,7 +160,8 @@ export class TeamSwarm extends EventEmitter {
       this.peers.delete(hex);
       return false;
     }
-    for (const attach of Object.values(this.opts.services ?? {})) attach(peer);
+    for (const attach of Object.values(this.opts.services ?? {})) await attach(peer);
+    if (conn.destroyed) return false;
     this.emit('peer', peer);
     return true;
   }

@@ -1,0 +1,266 @@
+/**
+ * Records of a workstation's catalog (src/sync/catalog.ts): one Hypercore entry each, compact-encoding,
+ * starting with a format byte (1) and a type byte. Decoders check every count and length against fixed
+ * limits and reject trailing bytes, like the wire messages (messages.ts): a catalog is signed by its
+ * author, but the author may be a hostile member.
+ *
+ *   1 Share     vm, upto (snapshot name or empty: every snapshot), at
+ *   2 Unshare   vm, at
+ *   3 Map       vm, target, items: the piece of one layer's map (zero extents and 64 KiB blocks by SHA-256)
+ *   4 Snapshot  vm, name, content id, parent content id, metadata, disks (digest + which Map entries)
+ *   5 Head      vm, content id of the sharer's current snapshot (or none)
+ *
+ * A Snapshot record names its map pieces by entry index (map_start, map_count): they are appended
+ * before it, so a replicated catalog prefix is always self-contained.
+ */
+import c from 'compact-encoding';
+import { NAME_RE } from '../names.js';
+import { HASH_BYTES, WireError } from './messages.js';
+
+export const CATALOG_FORMAT = 1;
+/** Items (zero extents and blocks) in one Map record: about 700 KiB, far below Hypercore's 15 MiB. */
+export const MAX_MAP_ITEMS = 16384;
+export const MAX_TAGS = 256;
+export const MAX_DISKS = 64;
+export const MAX_TEXT = 64 * 1024;
+const MAX_SIZE = 2 ** 53 - 1;
+
+export const RecordKind = { Share: 1, Unshare: 2, Map: 3, Snapshot: 4, Head: 5 } as const;
+
+export type MapItem =
+  | { kind: 'zero'; offset: number; length: number }
+  | { kind: 'block'; offset: number; length: number; sha: Buffer };
+
+export interface ShareRecord { kind: 'share'; vm: string; upto: string | null; at: string }
+export interface UnshareRecord { kind: 'unshare'; vm: string; at: string }
+export interface MapRecord { kind: 'map'; vm: string; target: string; items: MapItem[] }
+export interface SnapshotDiskRecord {
+  target: string;
+  virtual_size: number;
+  cluster_size: number;
+  digest: Buffer;
+  data_bytes: number;
+  zero_bytes: number;
+  blocks: number;
+  map_start: number;
+  map_count: number;
+}
+export interface SnapshotRecordEntry {
+  kind: 'snapshot';
+  vm: string;
+  name: string;
+  content_id: Buffer;
+  parent: Buffer | null;
+  parent_name: string | null;
+  type: 'disk' | 'full';
+  created_at: string;
+  description: string | null;
+  tags: string[];
+  auto_created: boolean;
+  auto_policy: string | null;
+  disks: SnapshotDiskRecord[];
+}
+export interface HeadRecord { kind: 'head'; vm: string; content_id: Buffer | null }
+
+export type CatalogRecord = ShareRecord | UnshareRecord | MapRecord | SnapshotRecordEntry | HeadRecord;
+
+function check(ok: boolean, what: string): void {
+  if (!ok) throw new WireError(`catalog ${what}`);
+}
+
+const optString: c.Encoding<string | null> = {
+  preencode(state, v) { c.string.preencode(state, v ?? ''); },
+  encode(state, v) { c.string.encode(state, v ?? ''); },
+  decode(state) {
+    const s = c.string.decode(state);
+    return s === '' ? null : s;
+  },
+};
+
+function name(state: c.State, what: string): string {
+  const s = c.string.decode(state);
+  check(NAME_RE.test(s), what);
+  return s;
+}
+
+function text(state: c.State, what: string): string {
+  const s = c.string.decode(state);
+  check(s.length <= MAX_TEXT, what);
+  return s;
+}
+
+function size(state: c.State, what: string): number {
+  const n = c.uint.decode(state);
+  check(Number.isSafeInteger(n) && n >= 0 && n <= MAX_SIZE, what);
+  return n;
+}
+
+function optHash(state: c.State): Buffer | null {
+  const b = c.optionalBuffer.decode(state);
+  check(b === null || b.length === HASH_BYTES, 'hash length');
+  return b;
+}
+
+export const catalogRecord: c.Encoding<CatalogRecord> = {
+  preencode(state, r) {
+    state.end += 2;
+    switch (r.kind) {
+      case 'share':
+        c.string.preencode(state, r.vm); optString.preencode(state, r.upto); c.string.preencode(state, r.at);
+        break;
+      case 'unshare':
+        c.string.preencode(state, r.vm); c.string.preencode(state, r.at);
+        break;
+      case 'map':
+        c.string.preencode(state, r.vm); c.string.preencode(state, r.target); c.uint.preencode(state, r.items.length);
+        for (const it of r.items) {
+          state.end += 1;
+          c.uint.preencode(state, it.offset); c.uint.preencode(state, it.length);
+          if (it.kind === 'block') state.end += HASH_BYTES;
+        }
+        break;
+      case 'snapshot':
+        c.string.preencode(state, r.vm); c.string.preencode(state, r.name); state.end += HASH_BYTES;
+        c.optionalBuffer.preencode(state, r.parent); optString.preencode(state, r.parent_name);
+        c.string.preencode(state, r.type); c.string.preencode(state, r.created_at); optString.preencode(state, r.description);
+        c.uint.preencode(state, r.tags.length); for (const t of r.tags) c.string.preencode(state, t);
+        state.end += 1; optString.preencode(state, r.auto_policy);
+        c.uint.preencode(state, r.disks.length);
+        for (const d of r.disks) {
+          c.string.preencode(state, d.target);
+          for (const n of [d.virtual_size, d.cluster_size, d.data_bytes, d.zero_bytes, d.blocks, d.map_start, d.map_count]) c.uint.preencode(state, n);
+          state.end += HASH_BYTES;
+        }
+        break;
+      case 'head':
+        c.string.preencode(state, r.vm); c.optionalBuffer.preencode(state, r.content_id);
+        break;
+    }
+  },
+  encode(state, r) {
+    c.uint8.encode(state, CATALOG_FORMAT);
+    c.uint8.encode(state, RecordKind[r.kind === 'share' ? 'Share' : r.kind === 'unshare' ? 'Unshare' : r.kind === 'map' ? 'Map' : r.kind === 'snapshot' ? 'Snapshot' : 'Head']);
+    switch (r.kind) {
+      case 'share':
+        c.string.encode(state, r.vm); optString.encode(state, r.upto); c.string.encode(state, r.at);
+        break;
+      case 'unshare':
+        c.string.encode(state, r.vm); c.string.encode(state, r.at);
+        break;
+      case 'map':
+        c.string.encode(state, r.vm); c.string.encode(state, r.target); c.uint.encode(state, r.items.length);
+        for (const it of r.items) {
+          c.uint8.encode(state, it.kind === 'zero' ? 0 : 1);
+          c.uint.encode(state, it.offset); c.uint.encode(state, it.length);
+          if (it.kind === 'block') c.fixed32.encode(state, it.sha);
+        }
+        break;
+      case 'snapshot':
+        c.string.encode(state, r.vm); c.string.encode(state, r.name); c.fixed32.encode(state, r.content_id);
+        c.optionalBuffer.encode(state, r.parent); optString.encode(state, r.parent_name);
+        c.string.encode(state, r.type); c.string.encode(state, r.created_at); optString.encode(state, r.description);
+        c.uint.encode(state, r.tags.length); for (const t of r.tags) c.string.encode(state, t);
+        c.uint8.encode(state, r.auto_created ? 1 : 0); optString.encode(state, r.auto_policy);
+        c.uint.encode(state, r.disks.length);
+        for (const d of r.disks) {
+          c.string.encode(state, d.target);
+          for (const n of [d.virtual_size, d.cluster_size, d.data_bytes, d.zero_bytes, d.blocks, d.map_start, d.map_count]) c.uint.encode(state, n);
+          c.fixed32.encode(state, d.digest);
+        }
+        break;
+      case 'head':
+        c.string.encode(state, r.vm); c.optionalBuffer.encode(state, r.content_id);
+        break;
+    }
+  },
+  decode(state): CatalogRecord {
+    check(c.uint8.decode(state) === CATALOG_FORMAT, 'format');
+    const kind = c.uint8.decode(state);
+    switch (kind) {
+      case RecordKind.Share: {
+        const vm = name(state, 'vm name');
+        const upto = optString.decode(state);
+        check(upto === null || NAME_RE.test(upto), 'snapshot name');
+        return { kind: 'share', vm, upto, at: text(state, 'time') };
+      }
+      case RecordKind.Unshare:
+        return { kind: 'unshare', vm: name(state, 'vm name'), at: text(state, 'time') };
+      case RecordKind.Map: {
+        const vm = name(state, 'vm name');
+        const target = name(state, 'disk target');
+        const n = c.uint.decode(state);
+        check(n >= 1 && n <= MAX_MAP_ITEMS, 'map item count');
+        const items: MapItem[] = [];
+        for (let i = 0; i < n; i++) {
+          const k = c.uint8.decode(state);
+          check(k === 0 || k === 1, 'map item kind');
+          const offset = size(state, 'offset');
+          const length = size(state, 'length');
+          check(length >= 1, 'length');
+          if (k === 0) items.push({ kind: 'zero', offset, length });
+          else {
+            check(length <= 64 * 1024, 'block length');
+            items.push({ kind: 'block', offset, length, sha: c.fixed32.decode(state) });
+          }
+        }
+        return { kind: 'map', vm, target, items };
+      }
+      case RecordKind.Snapshot: {
+        const vm = name(state, 'vm name');
+        const sname = name(state, 'snapshot name');
+        const content_id = c.fixed32.decode(state);
+        const parent = optHash(state);
+        const parent_name = optString.decode(state);
+        check(parent_name === null || NAME_RE.test(parent_name), 'parent name');
+        check((parent === null) === (parent_name === null), 'parent');
+        const type = c.string.decode(state);
+        check(type === 'disk' || type === 'full', 'snapshot type');
+        const created_at = text(state, 'time');
+        check(!Number.isNaN(Date.parse(created_at)), 'time');
+        const description = optString.decode(state);
+        check(description === null || description.length <= MAX_TEXT, 'description');
+        const nt = c.uint.decode(state);
+        check(nt <= MAX_TAGS, 'tag count');
+        const tags: string[] = [];
+        for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+        const auto_created = c.uint8.decode(state) === 1;
+        const auto_policy = optString.decode(state);
+        const nd = c.uint.decode(state);
+        check(nd >= 1 && nd <= MAX_DISKS, 'disk count');
+        const disks: SnapshotDiskRecord[] = [];
+        for (let i = 0; i < nd; i++) {
+          const target = name(state, 'disk target');
+          const [virtual_size, cluster_size, data_bytes, zero_bytes, blocks, map_start, map_count] =
+            ['virtual size', 'cluster size', 'data bytes', 'zero bytes', 'blocks', 'map start', 'map count'].map((w) => size(state, w)) as [number, number, number, number, number, number, number];
+          check(cluster_size >= 512 && cluster_size <= 2 * 1024 * 1024 && (cluster_size & (cluster_size - 1)) === 0, 'cluster size');
+          check(virtual_size % 512 === 0, 'virtual size');
+          disks.push({ target, virtual_size, cluster_size, data_bytes, zero_bytes, blocks, map_start, map_count, digest: c.fixed32.decode(state) });
+        }
+        return {
+          kind: 'snapshot', vm, name: sname, content_id, parent, parent_name, type: type as 'disk' | 'full', created_at, description, tags, auto_created, auto_policy, disks,
+        };
+      }
+      case RecordKind.Head:
+        return { kind: 'head', vm: name(state, 'vm name'), content_id: optHash(state) };
+      default:
+        throw new WireError(`catalog record type ${kind}`);
+    }
+  },
+};
+
+export function encodeRecord(r: CatalogRecord): Buffer {
+  return c.encode(catalogRecord, r);
+}
+
+export function decodeRecord(buf: Buffer): CatalogRecord {
+  const state = c.state(0, buf.length, buf);
+  let r: CatalogRecord;
+  try {
+    r = catalogRecord.decode(state);
+  } catch (err) {
+    if (err instanceof WireError) throw err;
+    throw new WireError(`catalog record: ${(err as Error).message}`);
+  }
+  if (state.start !== state.end) throw new WireError('catalog record: trailing bytes');
+  return r;
+}

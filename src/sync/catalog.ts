@@ -1,0 +1,139 @@
+/**
+ * The catalog: one append-only Hypercore per workstation and team, written only by that workstation,
+ * so every entry is signed by its author. Records are in catalog-records.ts.
+ *
+ *   key pair  Ed25519 from the seed HMAC-SHA256(identity seed, "clonebox/v1/catalog" || team topic):
+ *             it survives a lost core directory, and one workstation's catalogs in two teams are
+ *             unrelated (a teammate in one team learns nothing of what is shared with another).
+ *   storage   <home>/sync/<team>/catalog/         our own core
+ *             <home>/sync/<team>/peers/<key hex>/  teammates' cores, replicated in full
+ *
+ * A core is a RocksDB store that one process opens at a time: `snapshot share` appends when it can
+ * open ours, and `sync` (which holds it while it runs) appends what is still missing (share.ts).
+ */
+import { createHmac, createPrivateKey, createPublicKey } from 'node:crypto';
+import path from 'node:path';
+import Hypercore from 'hypercore';
+import { CloneboxError } from '../errors.js';
+import type { Home } from '../store/home.js';
+import { ensureDir } from '../store/fsutil.js';
+import { decodeRecord, encodeRecord, RecordKind, type CatalogRecord, type HeadRecord, type MapItem, type SnapshotRecordEntry } from './catalog-records.js';
+import type { Identity, KeyPair } from './identity.js';
+import { teamTopic } from './keys.js';
+import { teamSecret, type TeamRecord } from './teams.js';
+
+const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
+
+export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
+  const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
+    .update('clonebox/v1/catalog', 'utf8')
+    .update(teamTopic(teamSecret(team)))
+    .digest();
+  const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+  const publicKey = Buffer.from(createPublicKey(key).export({ format: 'jwk' }).x!, 'base64url');
+  return { publicKey, secretKey: Buffer.concat([seed, publicKey]) };
+}
+
+export function syncDir(home: Home, team: string): string {
+  return path.join(home.root, 'sync', team);
+}
+
+/** A snapshot as the catalog says it is, with the catalog's index of its record. */
+export interface CatalogSnapshot extends SnapshotRecordEntry {
+  index: number;
+  id: string; // content id, hex
+}
+
+/** What a catalog says, folded: shares in force, every snapshot record, the heads. */
+export interface CatalogView {
+  length: number;
+  shares: Map<string, { upto: string | null }>;
+  /** vm -> its snapshot records, in catalog order. */
+  snapshots: Map<string, CatalogSnapshot[]>;
+  heads: Map<string, Buffer | null>;
+}
+
+export class Catalog {
+  private constructor(readonly core: Hypercore, readonly writable: boolean) {}
+
+  static async openOwn(home: Home, team: TeamRecord, identity: Identity): Promise<Catalog> {
+    const dir = path.join(syncDir(home, team.team), 'catalog');
+    await ensureDir(path.dirname(dir));
+    const core = new Hypercore(dir, { keyPair: catalogKeyPair(identity, team) });
+    try {
+      await core.ready();
+    } catch (err) {
+      await core.close().catch(() => undefined);
+      if (/lock/i.test((err as Error).message)) {
+        throw new CloneboxError('SYNC_BUSY', `the catalog is in use by another clonebox process (a running sync?), ${dir}`, { cause: err });
+      }
+      throw new CloneboxError('IO', `cannot open the catalog (${(err as Error).message}), ${dir}`, { cause: err });
+    }
+    return new Catalog(core, true);
+  }
+
+  static async openPeer(home: Home, team: string, key: Buffer): Promise<Catalog> {
+    const dir = path.join(syncDir(home, team), 'peers', key.toString('hex'));
+    await ensureDir(path.dirname(dir));
+    const core = new Hypercore(dir, key);
+    await core.ready();
+    return new Catalog(core, false);
+  }
+
+  get key(): Buffer {
+    return this.core.key!;
+  }
+
+  get length(): number {
+    return this.core.length;
+  }
+
+  async append(records: CatalogRecord[]): Promise<number> {
+    if (!records.length) return this.core.length;
+    const { length } = await this.core.append(records.map(encodeRecord));
+    return length - records.length;
+  }
+
+  async get(index: number): Promise<CatalogRecord> {
+    const buf = await this.core.get(index, { timeout: 30_000 });
+    if (!buf) throw new CloneboxError('SYNC_CATALOG', `catalog entry ${index} is not available, catalog ${this.key.toString('hex').slice(0, 8)}`);
+    return decodeRecord(buf);
+  }
+
+  /** The map items of entries [start, start+count), which must all be Map records of this vm/target. */
+  async mapItems(start: number, count: number, vm: string, target: string): Promise<MapItem[]> {
+    const out: MapItem[] = [];
+    for (let i = start; i < start + count; i++) {
+      const r = await this.get(i);
+      if (r.kind !== 'map' || r.vm !== vm || r.target !== target) {
+        throw new CloneboxError('SYNC_CATALOG', `catalog entry ${i} is not a map of ${vm}/${target}, catalog ${this.key.toString('hex').slice(0, 8)}`);
+      }
+      for (const it of r.items) out.push(it);
+    }
+    return out;
+  }
+
+  /** Folds entries [0, length) (Map entries are only peeked at, never decoded). */
+  async view(): Promise<CatalogView> {
+    const v: CatalogView = { length: this.core.length, shares: new Map(), snapshots: new Map(), heads: new Map() };
+    for (let i = 0; i < v.length; i++) {
+      const buf = await this.core.get(i, { timeout: 30_000 });
+      if (!buf) throw new CloneboxError('SYNC_CATALOG', `catalog entry ${i} is not available`);
+      if (buf[1] === RecordKind.Map) continue;
+      const r = decodeRecord(buf);
+      if (r.kind === 'share') v.shares.set(r.vm, { upto: r.upto });
+      else if (r.kind === 'unshare') v.shares.delete(r.vm);
+      else if (r.kind === 'head') v.heads.set(r.vm, (r as HeadRecord).content_id);
+      else if (r.kind === 'snapshot') {
+        const list = v.snapshots.get(r.vm) ?? [];
+        list.push({ ...r, index: i, id: r.content_id.toString('hex') });
+        v.snapshots.set(r.vm, list);
+      }
+    }
+    return v;
+  }
+
+  async close(): Promise<void> {
+    await this.core.close().catch(() => undefined);
+  }
+}

@@ -1,0 +1,240 @@
+/**
+ * Layer maps for sync: a layer's normalised map (src/bundle/blocks.ts) as zero extents and 64 KiB
+ * blocks named by SHA-256, plus its layer digest. The sharer publishes them in its catalog; the
+ * receiver uses them to find blocks it already has in any local layer (other VMs, earlier pulls).
+ *
+ * Maps of local layers are cached under <home>/sync/maps/ keyed by the layer's path and stamped with
+ * its size, mtime and inode, so a layer is read once, not at every sync.
+ */
+import { createHash } from 'node:crypto';
+import { open, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { Batcher, LayerDigest, openLayer } from '../bundle/blocks.js';
+import { FRAME_TARGET } from '../bundle/format.js';
+import { Chain } from '../qcow2/chain.js';
+import { ensureDir, writeFileAtomic } from '../store/fsutil.js';
+import type { Home } from '../store/home.js';
+import { listVmNames } from '../store/registry.js';
+import { listSnapshotRecords } from '../store/snapshots.js';
+import { isResolvedLayer } from '../snapshots/identity.js';
+import type { MapItem } from './catalog-records.js';
+
+export interface LayerMap {
+  virtualSize: number;
+  clusterSize: number;
+  items: MapItem[];
+  digest: Buffer;
+  dataBytes: number;
+  zeroBytes: number;
+  blocks: number;
+}
+
+/** Reads a whole layer: its map and digest. Memory: one batch of about 4 MiB plus the map. */
+export async function computeLayerMap(file: string, resolved: boolean): Promise<LayerMap> {
+  const src = await openLayer(file, resolved);
+  try {
+    const dg = new LayerDigest(src.virtualSize, src.clusterSize);
+    const items: MapItem[] = [];
+    const batcher = new Batcher(0, FRAME_TARGET, async (b) => {
+      for (const it of b.items) {
+        if (it.kind === 'zero') {
+          dg.addZero(it.offset, it.length);
+          const last = items[items.length - 1];
+          if (last && last.kind === 'zero' && last.offset + last.length === it.offset) last.length += it.length;
+          else items.push({ kind: 'zero', offset: it.offset, length: it.length });
+        } else {
+          const sha = createHash('sha256').update(b.buf.subarray(it.at, it.at + it.length)).digest();
+          dg.addBlock(it.offset, it.length, sha);
+          items.push({ kind: 'block', offset: it.offset, length: it.length, sha });
+        }
+      }
+    });
+    for await (const p of src.pieces()) {
+      if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
+      else await batcher.data(p.offset, p.length, p.fill);
+    }
+    await batcher.flush();
+    return { virtualSize: src.virtualSize, clusterSize: src.clusterSize, items, digest: dg.digest(), dataBytes: dg.dataBytes, zeroBytes: dg.zeroBytes, blocks: dg.blocks };
+  } finally {
+    await src.close();
+  }
+}
+
+/** The digest a map defines (what the receiver recomputes from a catalog's map before trusting it). */
+export function digestOfItems(virtualSize: number, clusterSize: number, items: MapItem[]): LayerDigest {
+  const dg = new LayerDigest(virtualSize, clusterSize);
+  for (const it of items) {
+    if (it.kind === 'zero') dg.addZero(it.offset, it.length);
+    else dg.addBlock(it.offset, it.length, it.sha);
+  }
+  return dg;
+}
+
+// ---- cache ------------------------------------------------------------------------------------------
+
+const ITEM_BYTES = 1 + 8 + 8 + 32;
+
+function encodeMap(stamp: string, resolved: boolean, m: LayerMap): Buffer {
+  const head = Buffer.from(JSON.stringify({
+    stamp, resolved, virtual_size: m.virtualSize, cluster_size: m.clusterSize, digest: m.digest.toString('hex'),
+    data_bytes: m.dataBytes, zero_bytes: m.zeroBytes, blocks: m.blocks, items: m.items.length,
+  }) + '\n');
+  const body = Buffer.alloc(m.items.length * ITEM_BYTES);
+  m.items.forEach((it, i) => {
+    const at = i * ITEM_BYTES;
+    body[at] = it.kind === 'zero' ? 0 : 1;
+    body.writeDoubleBE(it.offset, at + 1);
+    body.writeDoubleBE(it.length, at + 9);
+    if (it.kind === 'block') it.sha.copy(body, at + 17);
+  });
+  return Buffer.concat([head, body]);
+}
+
+function decodeMap(buf: Buffer, stamp: string, resolved: boolean): LayerMap | null {
+  const nl = buf.indexOf(10);
+  if (nl < 0) return null;
+  try {
+    const h = JSON.parse(buf.subarray(0, nl).toString()) as Record<string, unknown>;
+    if (h.stamp !== stamp || h.resolved !== resolved) return null;
+    const n = Number(h.items);
+    if (buf.length !== nl + 1 + n * ITEM_BYTES) return null;
+    const items: MapItem[] = [];
+    for (let i = 0; i < n; i++) {
+      const at = nl + 1 + i * ITEM_BYTES;
+      const offset = buf.readDoubleBE(at + 1);
+      const length = buf.readDoubleBE(at + 9);
+      items.push(buf[at] === 0 ? { kind: 'zero', offset, length } : { kind: 'block', offset, length, sha: Buffer.from(buf.subarray(at + 17, at + 49)) });
+    }
+    return {
+      virtualSize: Number(h.virtual_size), clusterSize: Number(h.cluster_size), items, digest: Buffer.from(String(h.digest), 'hex'),
+      dataBytes: Number(h.data_bytes), zeroBytes: Number(h.zero_bytes), blocks: Number(h.blocks),
+    };
+  } catch {
+    return null;
+  }
+}
+
+function cacheFile(home: Home, file: string): string {
+  return path.join(home.root, 'sync', 'maps', createHash('sha256').update(path.resolve(file)).digest('hex').slice(0, 40) + '.map');
+}
+
+async function stampOf(file: string): Promise<string> {
+  const st = await stat(file);
+  return `${st.size}:${st.mtimeMs}:${st.ino}`;
+}
+
+/** The layer's map from the cache, or computed (and cached). */
+export async function cachedLayerMap(home: Home, file: string, resolved: boolean): Promise<LayerMap> {
+  const stamp = await stampOf(file);
+  const cf = cacheFile(home, file);
+  const cached = await readFile(cf).then((b) => decodeMap(b, stamp, resolved), () => null);
+  if (cached) return cached;
+  const m = await computeLayerMap(file, resolved);
+  await ensureDir(path.dirname(cf));
+  await writeFileAtomic(cf, encodeMap(stamp, resolved, m)).catch(() => undefined);
+  return m;
+}
+
+/** Seeds the cache with a map we know is right (a layer just written from a verified map). */
+export async function rememberLayerMap(home: Home, file: string, resolved: boolean, m: LayerMap): Promise<void> {
+  const cf = cacheFile(home, file);
+  await ensureDir(path.dirname(cf));
+  await writeFileAtomic(cf, encodeMap(await stampOf(file), resolved, m)).catch(() => undefined);
+}
+
+// ---- local blocks -----------------------------------------------------------------------------------
+
+interface Where {
+  file: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Every block of every sealed snapshot layer in this home, by SHA-256: what a pull copies locally
+ * instead of fetching. Reading goes through the layer's chain (a layer's own data clusters are its top).
+ */
+export class LocalBlocks {
+  private readonly where = new Map<string, Where>();
+  private readonly chains = new Map<string, Chain>();
+
+  static async scan(home: Home, log?: (line: string) => void): Promise<LocalBlocks> {
+    const lb = new LocalBlocks();
+    for (const vm of await listVmNames(home)) {
+      let snaps;
+      try {
+        snaps = await listSnapshotRecords(home, vm);
+      } catch {
+        continue;
+      }
+      for (const s of snaps) {
+        if (s.state !== 'ready') continue;
+        for (const d of s.disks) {
+          try {
+            const resolved = await isResolvedLayer(s, d.path);
+            lb.addMap(d.path, await cachedLayerMap(home, d.path, resolved));
+          } catch (err) {
+            log?.(`cannot index layer ${d.path}: ${(err as Error).message}`);
+          }
+        }
+      }
+    }
+    return lb;
+  }
+
+  addMap(file: string, m: LayerMap): void {
+    for (const it of m.items) {
+      if (it.kind !== 'block') continue;
+      const hex = it.sha.toString('hex');
+      if (!this.where.has(hex)) this.where.set(hex, { file, offset: it.offset, length: it.length });
+    }
+  }
+
+  has(sha: Buffer): boolean {
+    return this.where.has(sha.toString('hex'));
+  }
+
+  get size(): number {
+    return this.where.size;
+  }
+
+  /** The block's bytes, checked against its hash (null when it is gone or changed). */
+  async read(sha: Buffer): Promise<Buffer | null> {
+    const w = this.where.get(sha.toString('hex'));
+    if (!w) return null;
+    try {
+      let ch = this.chains.get(w.file);
+      if (!ch) {
+        ch = await Chain.open(w.file);
+        this.chains.set(w.file, ch);
+      }
+      const data = await ch.read(w.offset, w.length);
+      if (!createHash('sha256').update(data).digest().equals(sha)) return null;
+      return data;
+    } catch {
+      return null;
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const ch of this.chains.values()) await ch.close();
+    this.chains.clear();
+  }
+}
+
+/** Reads [offset, offset+length) of a file in one go (no short reads). */
+export async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
+  const fh = await open(file, 'r');
+  try {
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+      if (bytesRead === 0) throw new Error(`short read at ${offset + got}, ${file}`);
+      got += bytesRead;
+    }
+    return buf;
+  } finally {
+    await fh.close();
+  }
+}

@@ -1,0 +1,402 @@
+/**
+ * Pulling one teammate's shared chain into this home.
+ *
+ *  1. Verify: every snapshot record's maps give its layer digests (recomputed here), and the digests
+ *     with the parent's content id give its content id; the parent must come earlier in the catalog.
+ *  2. Place: VM `<vm>` when it does not exist or holds only snapshots of this chain (by content id);
+ *     else `<vm>.<peer name>` under the same rule; a local VM holding another chain is never touched.
+ *  3. Gather: each block the new layers need comes from a local layer (any VM, earlier pulls: the
+ *     LocalBlocks index), from the spool (an earlier, interrupted pull), or from the peer; fetched
+ *     blocks are verified by BlockChannel, then spooled (spool.ts) before they are used.
+ *  4. Build and register, as `snapshot import` does: under the VM lock and the journal, each layer is
+ *     written by the qcow2 writer under a hidden temporary name, every block hashed again and the
+ *     layer digest checked against the catalog; only then are the files renamed and the records (VM
+ *     last) written in one journal commit. A failure before that leaves nothing behind.
+ */
+import { randomBytes } from 'node:crypto';
+import { rmdir, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { layerPathFor } from '../drivers/image.js';
+import { CloneboxError } from '../errors.js';
+import { NAME_RE } from '../names.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
+import { ensureDir, pathExists } from '../store/fsutil.js';
+import type { Home } from '../store/home.js';
+import { Journal, recover, type Action } from '../store/journal.js';
+import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import { BLOCK_SIZE } from '../bundle/format.js';
+import type { MapItem } from './catalog-records.js';
+import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
+import { digestOfItems, LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
+import type { Spool } from './spool.js';
+
+export interface ChainReport {
+  vm: string;
+  /** Snapshots added by this pull (names as registered). */
+  snapshots: string[];
+  blocks_fetched: number;
+  blocks_reused: number;
+  bytes_received: number;
+  /** Extra: where it came from, and the remote VM name. */
+  peer: string;
+  remote_vm: string;
+}
+
+/** Fetches blocks from teammates into the spool; resolves with what it could not get. */
+export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number) => Promise<{ fetched: number; wireBytes: number; failed: Buffer[]; corrupt: number }>;
+
+export interface PullContext {
+  home: Home;
+  peerName: string;
+  catalog: Catalog;
+  view: CatalogView;
+  local: LocalBlocks;
+  spool: Spool;
+  fetch: Fetcher;
+  log: (line: string) => void;
+  progress?: (vm: string, done: number, total: number) => void;
+}
+
+interface VerifiedSnapshot extends CatalogSnapshot {
+  maps: LayerMap[]; // per disk, in record order
+}
+
+function chainError(message: string, hint?: string): CloneboxError {
+  return new CloneboxError('SYNC_CHAIN', message, hint ? { hint } : {});
+}
+
+/** The snapshots of `vm` the catalog shares, verified (step 1), parents first. */
+export async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: string): Promise<VerifiedSnapshot[]> {
+  const share = view.shares.get(vm);
+  if (!share) return [];
+  const all = view.snapshots.get(vm) ?? [];
+  const byId = new Map<string, VerifiedSnapshot>();
+  for (const s of all) {
+    if (byId.has(s.id)) continue;
+    const parentHex = s.parent ? s.parent.toString('hex') : null;
+    if (parentHex !== null && !byId.has(parentHex)) {
+      throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} names a parent that comes nowhere before it`);
+    }
+    const maps: LayerMap[] = [];
+    for (const d of s.disks) {
+      const items = await cat.mapItems(d.map_start, d.map_count, vm, d.target);
+      let end = 0;
+      for (const it of items) {
+        if (it.offset < end || it.offset + it.length > d.virtual_size + d.cluster_size) {
+          throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) is out of order or out of range`);
+        }
+        end = it.offset + it.length;
+      }
+      const dg = digestOfItems(d.virtual_size, d.cluster_size, items);
+      if (!dg.digest().equals(d.digest) || dg.blocks !== d.blocks || dg.dataBytes !== d.data_bytes) {
+        throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) does not give its layer digest`);
+      }
+      maps.push({ virtualSize: d.virtual_size, clusterSize: d.cluster_size, items, digest: d.digest, dataBytes: d.data_bytes, zeroBytes: d.zero_bytes, blocks: d.blocks });
+    }
+    const id = contentId(parentHex, s.disks.map((d) => ({ target: d.target, digest: d.digest })));
+    if (id !== s.id) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} does not have the content id its layers give`);
+    if (new Set(s.disks.map((d) => d.target)).size !== s.disks.length) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} lists a disk twice`);
+    byId.set(id, { ...s, maps });
+  }
+  let list = [...byId.values()];
+  if (share.upto !== null) {
+    // root..upto only (the newest record of that name).
+    const top = [...list].reverse().find((s) => s.name === share.upto);
+    const keep = new Set<string>();
+    for (let cur = top ?? null; cur; cur = cur.parent ? byId.get(cur.parent.toString('hex')) ?? null : null) keep.add(cur.id);
+    list = list.filter((s) => keep.has(s.id));
+  }
+  return list;
+}
+
+interface Placement {
+  name: string;
+  exists: boolean;
+  /** content id -> local snapshot record (existing VM). */
+  localById: Map<string, SnapshotRecord>;
+}
+
+/** Step 2: where the chain goes. Null: both `<vm>` and `<vm>.<peer>` hold other chains. */
+async function place(home: Home, vm: string, peer: string, ids: Set<string>, log: (l: string) => void): Promise<Placement | null> {
+  const candidates = [vm, `${vm}.${peer}`].filter((n) => NAME_RE.test(n));
+  for (const name of candidates) {
+    if (!(await vmExists(home, name))) return { name, exists: false, localById: new Map() };
+    const rec = await loadVm(home, name);
+    const lock = await lockVm(home, name, 'snapshot sync');
+    let snaps: SnapshotRecord[];
+    try {
+      await recover(home, name);
+      snaps = await listSnapshotRecords(home, name);
+      if (snaps.some((s) => !s.content_id) && snaps.length) await ensureContentIds(home, snaps);
+    } finally {
+      await lock.release();
+    }
+    const same = rec.driver === 'image' && snaps.length > 0 && snaps.every((s) => s.content_id && ids.has(s.content_id));
+    if (same) return { name, exists: true, localById: new Map(snaps.map((s) => [s.content_id!, s])) };
+    log(`VM ${name} here holds another chain than ${peer}'s ${vm}: left untouched`);
+  }
+  return null;
+}
+
+function diskPathFor(dir: string, vm: string, target: string): string {
+  return path.join(dir, target === 'vda' ? `${vm}.qcow2` : `${vm}-${target}.qcow2`);
+}
+
+function hiddenTemp(final: string): string {
+  return path.join(path.dirname(final), `.${path.basename(final)}.sync-${process.pid}-${randomBytes(4).toString('hex')}`);
+}
+
+async function isEmptyImage(file: string): Promise<boolean> {
+  const img = await Qcow2Image.open(file);
+  try {
+    for await (const r of img.runs()) if (r.kind !== 'unallocated') return false;
+    return true;
+  } finally {
+    await img.close();
+  }
+}
+
+/** Pulls one chain (see the module comment). Returns null when there was nothing new. */
+export async function pullChain(ctx: PullContext, vm: string): Promise<ChainReport | null> {
+  const { home, peerName: peer, log } = ctx;
+  const chain = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
+  if (!chain.length) return null;
+  const ids = new Set(chain.map((s) => s.id));
+  const placed = await place(home, vm, peer, ids, log);
+  if (!placed) {
+    throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
+  }
+  const missing = chain.filter((s) => !placed.localById.has(s.id));
+  const report: ChainReport = { vm: placed.name, snapshots: [], blocks_fetched: 0, blocks_reused: 0, bytes_received: 0, peer, remote_vm: vm };
+  if (!missing.length) return report;
+
+  // Step 3: gather.
+  const need = new Map<string, { sha: Buffer; length: number }>();
+  for (const s of missing) for (const m of s.maps) for (const it of m.items) if (it.kind === 'block') need.set(it.sha.toString('hex'), { sha: it.sha, length: it.length });
+  const toFetch: Buffer[] = [];
+  let reused = 0;
+  for (const { sha } of need.values()) {
+    if (ctx.local.has(sha) || ctx.spool.has(sha)) reused++;
+    else toFetch.push(sha);
+  }
+  report.blocks_reused = reused;
+  if (toFetch.length) {
+    const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
+    const got = await ctx.fetch(toFetch, (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE);
+    report.blocks_fetched = got.fetched;
+    report.bytes_received = got.wireBytes;
+    if (got.failed.length) {
+      throw chainError(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
+        'sync again later; blocks already received are kept and not fetched again');
+    }
+  }
+  await ctx.spool.flush();
+
+  // Step 4: build and register.
+  const built = await build(ctx, vm, placed, chain, missing);
+  report.snapshots = built;
+  return report;
+}
+
+interface LayerPlan {
+  snap: VerifiedSnapshot;
+  disk: number;
+  target: string;
+  final: string;
+  temp: string;
+  backing: string | null;
+}
+
+async function build(ctx: PullContext, remoteVm: string, placed: Placement, chain: VerifiedSnapshot[], missing: VerifiedSnapshot[]): Promise<string[]> {
+  const { home } = ctx;
+  const name = placed.name;
+  const hadVmDir = await pathExists(path.join(home.vmsDir, name));
+  const lock = await lockVm(home, name, 'snapshot sync');
+  let committed = false;
+  let madeDir: string | null = null;
+  try {
+    await recover(home, name);
+    // The VM may have changed since it was placed: check again.
+    let vm: VmRecord | null = null;
+    const localById = new Map<string, SnapshotRecord>();
+    if (await vmExists(home, name)) {
+      if (!placed.exists) throw chainError(`VM ${name} appeared while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
+      vm = await loadVm(home, name);
+      const snaps = await listSnapshotRecords(home, name);
+      if (snaps.some((s) => !s.content_id)) await ensureContentIds(home, snaps);
+      for (const s of snaps) {
+        if (!s.content_id || !chain.some((c) => c.id === s.content_id)) throw chainError(`VM ${name} changed while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
+        localById.set(s.content_id, s);
+      }
+      for (const m of missing) {
+        if (snaps.some((s) => s.name === m.name)) throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
+      }
+    } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
+    const todo = missing.filter((m) => !localById.has(m.id));
+    if (!todo.length) return [];
+
+    const targets = [...new Set(todo[0]!.disks.map((d) => d.target))].sort();
+    const diskPath = new Map<string, string>();
+    if (vm) {
+      for (const d of vm.disks) diskPath.set(d.target, d.path);
+      for (const t of targets) if (!diskPath.has(t)) throw chainError(`VM ${name} has no disk ${t}, which ${ctx.peerName}'s ${remoteVm} has`);
+    } else {
+      const dir = path.join(home.disksDir, name);
+      if (!(await pathExists(dir))) madeDir = dir;
+      await ensureDir(dir);
+      for (const t of targets) diskPath.set(t, diskPathFor(dir, name, t));
+    }
+    const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
+    for (const [id, s] of localById) layerOf.set(id, new Map(s.disks.map((d) => [d.target, d.path])));
+    const nameOf = new Map<string, string>();
+    for (const [id, s] of localById) nameOf.set(id, s.name);
+    const plans: LayerPlan[] = [];
+    for (const s of todo) {
+      const mine = new Map<string, string>();
+      for (const [di, d] of s.disks.entries()) {
+        const dp = diskPath.get(d.target);
+        if (!dp) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm} has a disk ${d.target} the others lack`);
+        const final = layerPathFor(dp, s.name);
+        if (await pathExists(final)) throw new CloneboxError('FILE_EXISTS', `file already exists, ${final}`, { hint: 'move the stray file away, then sync again' });
+        const parentLayer = s.parent ? layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null : null;
+        if (s.parent && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
+        plans.push({ snap: s, disk: di, target: d.target, final, temp: hiddenTemp(final), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer) });
+        mine.set(d.target, final);
+      }
+      layerOf.set(s.id, mine);
+      nameOf.set(s.id, s.name);
+    }
+    // The head the sharer stands on (else the newest pulled snapshot).
+    const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
+    const head = headHex !== null && layerOf.has(headHex) ? headHex : todo[todo.length - 1]!.id;
+    let fastForward = !vm;
+    if (vm && vm.current !== null && localById.has([...localById].find(([, s]) => s.name === vm!.current)?.[0] ?? '')) {
+      // Moves the current state to the new head only when it stands, unchanged, on an ancestor of it.
+      const curId = [...localById].find(([, s]) => s.name === vm!.current)![0];
+      let anc: string | null = head;
+      let isAnc = false;
+      const byId = new Map(chain.map((c) => [c.id, c]));
+      while (anc !== null) {
+        if (anc === curId) { isAnc = true; break; }
+        const c = byId.get(anc);
+        anc = c?.parent ? c.parent.toString('hex') : null;
+      }
+      fastForward = isAnc && curId !== head && (await Promise.all(vm.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
+    }
+
+    const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`);
+    const overlays: { final: string; temp: string; backing: string; vs: number; cs: number }[] = [];
+    try {
+      const total = plans.reduce((a, p) => a + p.snap.maps[p.disk]!.dataBytes, 0);
+      let done = 0;
+      for (const p of plans) {
+        await j.willCreate(p.temp);
+        const m = p.snap.maps[p.disk]!;
+        done += await writeLayer(ctx, p.temp, p.backing, m, (n) => ctx.progress?.(name, done + n, total));
+      }
+      if (fastForward) {
+        const headSnap = chain.find((c) => c.id === head)!;
+        for (const [di, d] of headSnap.disks.entries()) {
+          const final = diskPath.get(d.target)!;
+          const m = headSnap.maps[di]!;
+          const o = { final, temp: hiddenTemp(final), backing: path.relative(path.dirname(final), layerOf.get(head)!.get(d.target)!), vs: m.virtualSize, cs: m.clusterSize };
+          await j.willCreate(o.temp);
+          const w = await Qcow2Writer.create(o.temp, { virtualSize: o.vs, clusterSize: o.cs, backingFile: o.backing, backingFormat: 'qcow2' });
+          await w.finish();
+          overlays.push(o);
+        }
+      }
+      const records: SnapshotRecord[] = todo.map((s) => ({
+        name: s.name, vm_name: name, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
+        parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
+        expires_at: null, disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
+        size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0), content_id: s.id, memory_path: null,
+      }));
+      const actions: Action[] = [];
+      for (const f of [...plans, ...overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
+      for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, name), `${r.name}.json`), value: r });
+      const headName = nameOf.get(head)!;
+      const vmRec: VmRecord = vm
+        ? { ...vm, current: fastForward ? headName : vm.current }
+        : { format: 1, name, driver: 'image', created_at: new Date().toISOString(), disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })), current: headName };
+      actions.push({ do: 'write_json', path: vmFile(home, name), value: vmRec });
+      await j.commit(actions);
+      committed = true;
+    } catch (err) {
+      await j.rollback().catch(() => undefined);
+      throw err;
+    }
+    // The new layers' maps are known (verified): later pulls reuse their blocks without reading them.
+    for (const p of plans) {
+      const m = p.snap.maps[p.disk]!;
+      await rememberLayerMap(home, p.final, false, m);
+      ctx.local.addMap(p.final, m);
+    }
+    return todo.map((s) => s.name);
+  } finally {
+    await lock.release();
+    if (!committed) {
+      if (!hadVmDir && !(await vmExists(home, name))) {
+        const { rm } = await import('node:fs/promises');
+        await rm(path.join(home.vmsDir, name), { recursive: true, force: true }).catch(() => undefined);
+      }
+      if (madeDir) await rmdir(madeDir).catch(() => undefined);
+    }
+  }
+}
+
+/** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
+async function writeLayer(ctx: PullContext, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
+  const w = await Qcow2Writer.create(file, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: backing, backingFormat: backing ? 'qcow2' : null });
+  const cs = m.clusterSize;
+  let pend: Buffer | null = null;
+  let pendStart = 0;
+  let pendFill = 0;
+  let bytes = 0;
+  try {
+    const dg = digestOfItems(m.virtualSize, cs, []);
+    for (const it of m.items as MapItem[]) {
+      if (it.kind === 'zero') {
+        if (pend) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
+        await w.writeZero(it.offset, it.length);
+        dg.addZero(it.offset, it.length);
+        continue;
+      }
+      const data = (await ctx.spool.read(it.sha)) ?? (await ctx.local.read(it.sha));
+      if (!data || data.length !== it.length) {
+        throw chainError(`block ${it.sha.toString('hex').slice(0, 12)} needed at ${it.offset} is no longer available here`, 'sync again');
+      }
+      dg.addBlock(it.offset, it.length, it.sha); // data was hashed against it.sha by read()
+      bytes += it.length;
+      if (bytes % (8 * 1024 * 1024) < it.length) onBytes(bytes);
+      if (cs <= BLOCK_SIZE) {
+        await w.write(it.offset, data);
+        continue;
+      }
+      if (!pend) {
+        pend = Buffer.alloc(cs);
+        pendStart = it.offset;
+        pendFill = 0;
+      }
+      if (it.offset !== pendStart + pendFill) throw chainError('map blocks do not fill whole clusters');
+      data.copy(pend, pendFill);
+      pendFill += it.length;
+      if (pendFill === Math.min(cs, m.virtualSize - pendStart)) {
+        await w.write(pendStart, pend.subarray(0, pendFill));
+        pend = null;
+      }
+    }
+    if (pend) throw chainError('map blocks do not fill whole clusters');
+    if (!dg.digest().equals(m.digest)) throw chainError('a pulled layer does not match its digest');
+    await w.finish();
+  } catch (err) {
+    await w.abort();
+    throw err;
+  }
+  onBytes(bytes);
+  await stat(file);
+  return bytes;
+}

@@ -1,0 +1,348 @@
+/**
+ * Sharing: which VMs this workstation shares with a team, publishing their snapshots in the catalog,
+ * and serving their blocks.
+ *
+ * `snapshot share <vm> --team T [--name N]` records the VM in <home>/sync/<team>/shares.json (the
+ * local truth, written atomically under the team lock) and, when the catalog is free, publishes right
+ * away. Every `sync` publishes again: the catalog gets a Share/Unshare record for each change of
+ * shares.json, the maps and Snapshot records of snapshots not published yet (parents first, each
+ * snapshot's maps and record appended together), and a Head record when the VM's current snapshot
+ * moved. So a shared VM's later snapshots follow; `unshare` stops that (what teammates already pulled
+ * stays theirs).
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { compressBound, compressInto } from '../bundle/codec.js';
+import { Codec, FRAME_TARGET } from '../bundle/format.js';
+import { CloneboxError } from '../errors.js';
+import { checkName } from '../names.js';
+import { Chain } from '../qcow2/chain.js';
+import { acquireLock } from '../store/lock.js';
+import { ensureDir, writeJsonAtomic } from '../store/fsutil.js';
+import type { Home } from '../store/home.js';
+import { loadVm, vmExists } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { contentId, isResolvedLayer } from '../snapshots/identity.js';
+import type { BlockSource } from './blocks.js';
+import { MAX_MAP_ITEMS, type CatalogRecord, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
+import { Catalog, syncDir, type CatalogView } from './catalog.js';
+import { ensureIdentity } from './identity.js';
+import { cachedLayerMap } from './layermap.js';
+import { MAX_FRAME_RAW, type BlockFrame } from './messages.js';
+import { loadTeam } from './teams.js';
+
+export interface SharesFile {
+  format: 1;
+  vms: Record<string, { upto: string | null; since: string }>;
+}
+
+export function sharesFile(home: Home, team: string): string {
+  return path.join(syncDir(home, team), 'shares.json');
+}
+
+export async function loadShares(home: Home, team: string): Promise<SharesFile> {
+  try {
+    const doc = JSON.parse(await readFile(sharesFile(home, team), 'utf8')) as SharesFile;
+    if (doc.format !== 1 || typeof doc.vms !== 'object') throw new Error('unexpected shape');
+    return doc;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 1, vms: {} };
+    throw new CloneboxError('STORE_CORRUPT', `shares record is damaged (${(err as Error).message}), ${sharesFile(home, team)}`);
+  }
+}
+
+async function updateShares(home: Home, team: string, fn: (s: SharesFile) => SharesFile): Promise<SharesFile> {
+  const file = sharesFile(home, team);
+  await ensureDir(path.dirname(file));
+  const lock = await acquireLock(`${file}.lock`, `shares of team ${team}`, 'snapshot share');
+  try {
+    const next = fn(await loadShares(home, team));
+    await writeJsonAtomic(file, next);
+    return next;
+  } finally {
+    await lock.release();
+  }
+}
+
+export interface ShareResult {
+  vm: string;
+  team: string;
+  upto: string | null;
+  /** Snapshots now in the catalog for this VM (null when a running sync holds the catalog: it publishes). */
+  published: string[] | null;
+}
+
+export async function shareVm(home: Home, team: string, vm: string, upto: string | null, log?: (l: string) => void): Promise<ShareResult> {
+  checkName('VM', vm);
+  if (upto !== null) checkName('snapshot', upto);
+  const rec = await loadTeam(home, team);
+  await loadVm(home, vm);
+  if (upto !== null) {
+    const snaps = await listSnapshotRecords(home, vm);
+    if (!snaps.some((s) => s.name === upto)) {
+      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${upto}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
+    }
+  }
+  await updateShares(home, team, (s) => ({ ...s, vms: { ...s.vms, [vm]: { upto, since: new Date().toISOString() } } }));
+  const identity = await ensureIdentity(home);
+  let cat: Catalog;
+  try {
+    cat = await Catalog.openOwn(home, rec, identity);
+  } catch (err) {
+    if ((err as CloneboxError).code === 'SYNC_BUSY') return { vm, team, upto, published: null };
+    throw err;
+  }
+  try {
+    const res = await publish(home, team, cat, log);
+    return { vm, team, upto, published: res.find((r) => r.vm === vm)?.snapshots ?? [] };
+  } finally {
+    await cat.close();
+  }
+}
+
+export async function unshareVm(home: Home, team: string, vm: string): Promise<{ vm: string; team: string; was_shared: boolean }> {
+  checkName('VM', vm);
+  const rec = await loadTeam(home, team);
+  let was = false;
+  await updateShares(home, team, (s) => {
+    was = vm in s.vms;
+    const vms = { ...s.vms };
+    delete vms[vm];
+    return { ...s, vms };
+  });
+  const identity = await ensureIdentity(home);
+  try {
+    const cat = await Catalog.openOwn(home, rec, identity);
+    try {
+      await publish(home, team, cat);
+    } finally {
+      await cat.close();
+    }
+  } catch (err) {
+    if ((err as CloneboxError).code !== 'SYNC_BUSY') throw err;
+  }
+  return { vm, team, was_shared: was };
+}
+
+/** The snapshots a share covers: root..upto, or every ready snapshot; parents before children. */
+export function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecord[] {
+  const byName = new Map(snaps.map((s) => [s.name, s]));
+  let chosen: SnapshotRecord[];
+  if (upto !== null) {
+    chosen = [];
+    for (let cur: string | null = upto; cur !== null && chosen.length <= snaps.length; cur = byName.get(cur)?.parent ?? null) {
+      const r = byName.get(cur);
+      if (!r) break;
+      chosen.push(r);
+    }
+    chosen.reverse();
+  } else {
+    // Every snapshot whose whole ancestry is ready, parents first.
+    const depth = new Map<string, number>();
+    const depthOf = (s: SnapshotRecord): number => {
+      let d = 0;
+      for (let cur = s.parent; cur !== null && d <= snaps.length; cur = byName.get(cur)?.parent ?? null) d++;
+      return d;
+    };
+    for (const s of snaps) depth.set(s.name, depthOf(s));
+    chosen = [...snaps].sort((a, b) => depth.get(a.name)! - depth.get(b.name)! || a.created_at.localeCompare(b.created_at));
+  }
+  const ok = new Set<string>();
+  return chosen.filter((s) => {
+    const good = s.state === 'ready' && (s.parent === null || ok.has(s.parent));
+    if (good) ok.add(s.name);
+    return good;
+  });
+}
+
+const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
+
+/**
+ * Brings the catalog up to date with shares.json and the shared VMs' snapshots. Returns, per shared
+ * VM, the snapshots it holds in the catalog.
+ */
+export async function publish(home: Home, team: string, cat: Catalog, log?: (l: string) => void): Promise<{ vm: string; snapshots: string[]; appended: number }[]> {
+  const shares = await loadShares(home, team);
+  const view = await cat.view();
+  const now = new Date().toISOString();
+  const head: CatalogRecord[] = [];
+  for (const [vm, s] of Object.entries(shares.vms)) {
+    const cur = view.shares.get(vm);
+    if (!cur || cur.upto !== s.upto) head.push({ kind: 'share', vm, upto: s.upto, at: now });
+  }
+  for (const vm of view.shares.keys()) if (!(vm in shares.vms)) head.push({ kind: 'unshare', vm, at: now });
+  await cat.append(head);
+
+  const out: { vm: string; snapshots: string[]; appended: number }[] = [];
+  for (const [vm, s] of Object.entries(shares.vms)) {
+    if (!(await vmExists(home, vm))) {
+      log?.(`shared VM ${vm} no longer exists here; nothing new to publish`);
+      continue;
+    }
+    const vmRec = await loadVm(home, vm);
+    const snaps = await listSnapshotRecords(home, vm);
+    const line = sharedLine(snaps, s.upto);
+    const published = new Map<string, SnapshotRecordEntry & { id: string }>();
+    for (const p of view.snapshots.get(vm) ?? []) published.set(keyOf(p.name, p.created_at), p);
+    const idOf = new Map<string, string>(); // local snapshot name -> published content id
+    for (const r of line) {
+      const p = published.get(keyOf(r.name, r.created_at));
+      if (p) idOf.set(r.name, p.id);
+    }
+    let appended = 0;
+    for (const r of line) {
+      if (idOf.has(r.name)) continue;
+      const parentId = r.parent === null ? null : idOf.get(r.parent) ?? null;
+      if (r.parent !== null && parentId === null) continue; // parent not publishable
+      const recs: CatalogRecord[] = [];
+      const disks: SnapshotRecordEntry['disks'] = [];
+      let index = cat.length;
+      for (const d of [...r.disks].sort((a, b) => (a.target < b.target ? -1 : 1))) {
+        const resolved = await isResolvedLayer(r, d.path);
+        const m = await cachedLayerMap(home, d.path, resolved);
+        const start = index;
+        for (let i = 0; i < m.items.length || i === 0; i += MAX_MAP_ITEMS) {
+          const items = m.items.slice(i, i + MAX_MAP_ITEMS);
+          if (!items.length) break;
+          recs.push({ kind: 'map', vm, target: d.target, items } satisfies MapRecord);
+          index++;
+        }
+        disks.push({
+          target: d.target, virtual_size: m.virtualSize, cluster_size: m.clusterSize, digest: m.digest, data_bytes: m.dataBytes,
+          zero_bytes: m.zeroBytes, blocks: m.blocks, map_start: start, map_count: index - start,
+        });
+      }
+      const id = contentId(parentId, disks.map((d) => ({ target: d.target, digest: d.digest })));
+      if (r.content_id && r.content_id !== id) log?.(`snapshot ${r.name} of ${vm}: its layers no longer give its recorded content id (merged?); published by content`);
+      recs.push({
+        kind: 'snapshot', vm, name: r.name, content_id: Buffer.from(id, 'hex'), parent: parentId === null ? null : Buffer.from(parentId, 'hex'),
+        parent_name: parentId === null ? null : r.parent, type: r.type, created_at: r.created_at, description: r.description,
+        tags: r.tags, auto_created: r.auto_created, auto_policy: r.auto_policy, disks,
+      });
+      const at = await cat.append(recs);
+      if (at !== index - disks.reduce((a, d) => a + d.map_count, 0)) {
+        throw new CloneboxError('INTERNAL', `catalog grew while publishing ${vm}/${r.name}`);
+      }
+      idOf.set(r.name, id);
+      appended++;
+    }
+    // Head: the current snapshot when it is shared, else the newest shared one on its line.
+    let headName: string | null = vmRec.current;
+    while (headName !== null && !idOf.has(headName)) headName = snaps.find((x) => x.name === headName)?.parent ?? null;
+    if (s.upto !== null) headName = idOf.has(s.upto) ? s.upto : headName;
+    const headId = headName === null ? null : idOf.get(headName)!;
+    const prev = view.heads.get(vm);
+    if (prev === undefined || (prev === null ? null : prev.toString('hex')) !== headId) {
+      await cat.append([{ kind: 'head', vm, content_id: headId === null ? null : Buffer.from(headId, 'hex') }]);
+    }
+    out.push({ vm, snapshots: line.filter((r) => idOf.has(r.name)).map((r) => r.name), appended });
+  }
+  return out;
+}
+
+// ---- serving ----------------------------------------------------------------------------------------
+
+interface Located {
+  file: string;
+  offset: number;
+  length: number;
+}
+
+/**
+ * Serves the blocks of this workstation's shared chains: an index SHA-256 -> (local layer, offset)
+ * built from our own catalog's maps of the VMs still shared, and frames read through the layer's
+ * chain, compressed with zstd (level 3; raw when that is not smaller), at most FRAME_TARGET raw bytes.
+ */
+export class ShareSource implements BlockSource {
+  private readonly index = new Map<string, Located>();
+  private readonly chains = new Map<string, Chain>();
+  blocksServed = 0;
+
+  static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
+    const src = new ShareSource();
+    const v = view ?? (await cat.view());
+    for (const [vm] of v.shares) {
+      if (!(await vmExists(home, vm))) continue;
+      const snaps = await listSnapshotRecords(home, vm);
+      const local = new Map(snaps.map((s) => [keyOf(s.name, s.created_at), s]));
+      for (const p of v.snapshots.get(vm) ?? []) {
+        const l = local.get(keyOf(p.name, p.created_at));
+        if (!l || l.state !== 'ready') continue;
+        for (const d of p.disks) {
+          const file = l.disks.find((x) => x.target === d.target)?.path;
+          if (!file) continue;
+          for (const it of await cat.mapItems(d.map_start, d.map_count, vm, d.target)) {
+            if (it.kind === 'block') src.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+          }
+        }
+      }
+    }
+    return src;
+  }
+
+  get blocks(): number {
+    return this.index.size;
+  }
+
+  private async chain(file: string): Promise<Chain> {
+    let ch = this.chains.get(file);
+    if (!ch) {
+      ch = await Chain.open(file);
+      this.chains.set(file, ch);
+    }
+    return ch;
+  }
+
+  async *read(hashes: Buffer[]): AsyncIterable<{ frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] }> {
+    const missing: Buffer[] = [];
+    const found: { hash: Buffer; at: Located }[] = [];
+    for (const h of hashes) {
+      const at = this.index.get(h.toString('hex'));
+      if (at) found.push({ hash: h, at });
+      else missing.push(h);
+    }
+    if (missing.length) yield { missing };
+    // In the order asked (the puller asks in layer order): contiguous blocks are read in one go.
+    let i = 0;
+    while (i < found.length) {
+      const group: typeof found = [];
+      let raw = 0;
+      while (i < found.length && raw + found[i]!.at.length <= Math.min(FRAME_TARGET, MAX_FRAME_RAW)) {
+        group.push(found[i]!);
+        raw += found[i]!.at.length;
+        i++;
+      }
+      const data = Buffer.allocUnsafe(raw);
+      let at = 0;
+      let j = 0;
+      while (j < group.length) {
+        // A run of blocks adjacent in one file.
+        let k = j + 1;
+        while (k < group.length && group[k]!.at.file === group[j]!.at.file
+          && group[k]!.at.offset === group[k - 1]!.at.offset + group[k - 1]!.at.length) k++;
+        const first = group[j]!.at;
+        const last = group[k - 1]!.at;
+        const len = last.offset + last.length - first.offset;
+        const bytes = await (await this.chain(first.file)).read(first.offset, len);
+        bytes.copy(data, at);
+        at += len;
+        j = k;
+      }
+      const out = Buffer.allocUnsafe(compressBound(raw));
+      const z = compressInto(data, out, 3);
+      this.blocksServed += group.length;
+      yield {
+        frame: {
+          codec: z.codec === Codec.Zstd ? 1 : 0,
+          blocks: group.map((g) => ({ hash: g.hash, size: g.at.length })),
+          data: z.codec === Codec.Zstd ? Buffer.from(out.subarray(0, z.length)) : data,
+        },
+      };
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const ch of this.chains.values()) await ch.close();
+    this.chains.clear();
+  }
+}

@@ -1,0 +1,319 @@
+/**
+ * `snapshot sync`: join the team's swarm, serve this workstation's shared chains, pull every chain
+ * that online teammates share, and exit when caught up (or keep going with --watch).
+ *
+ * Per proven peer (TeamSwarm services, attached before the peer's channels can be refused):
+ *   hypercore/alpha   our catalog replicates to it; its catalog (key from its Intro, recorded with the
+ *                     member on first sight) replicates to us, in full
+ *   clonebox/blocks   a BlockChannel serving our shared chains' blocks (ShareSource) and fetching theirs
+ *
+ * Pulls run one at a time (pull.ts). Without --watch the run ends when: at least one teammate came
+ * (or the deadline passed), no new one came for a moment, every pull is done, and nobody asked us for
+ * blocks for a moment (so a teammate pulling from us is not cut off). At the deadline a pull in
+ * progress stops, keeps what it received (the spool) and the command fails with SYNC_TIMEOUT.
+ */
+import path from 'node:path';
+import { CloneboxError } from '../errors.js';
+import { acquireLock, type Lock } from '../store/lock.js';
+import { ensureDir } from '../store/fsutil.js';
+import type { Home } from '../store/home.js';
+import { BlockChannel } from './blocks.js';
+import { Catalog } from './catalog.js';
+import type { HostPort } from './hostport.js';
+import { ensureIdentity } from './identity.js';
+import { LocalBlocks } from './layermap.js';
+import { BLOCKS_PROTOCOL } from './messages.js';
+import { pullChain, type Fetcher } from './pull.js';
+import { publish, ShareSource } from './share.js';
+import { Spool } from './spool.js';
+import { shortKey, TeamSwarm, type TeamPeer } from './swarm.js';
+import { loadTeam, resolveBootstrap } from './teams.js';
+
+export const DEFAULT_TIMEOUT_S = 300;
+/** How long a finished run waits for more teammates, and for requests to stop, before it exits. */
+const SETTLE_MS = 2500;
+
+export interface SyncOptions {
+  home: Home;
+  team: string;
+  bootstrap?: HostPort[];
+  timeoutSeconds?: number;
+  watch?: boolean;
+  /** Stops a --watch run (SIGINT/SIGTERM in the CLI). */
+  signal?: AbortSignal;
+  log?: (line: string) => void;
+  /** Progress lines per chain (the CLI passes one when stderr is a TTY and not --json). */
+  progress?: (line: string, final: boolean) => void;
+}
+
+export interface SyncReport {
+  peers: string[];
+  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string }[];
+  bytes_received: number;
+  /** Extra: what this workstation published (per shared VM). */
+  shared: { vm: string; snapshots: string[] }[];
+  /** Extra: chains that failed (the command exits 1 when any did). */
+  errors: { peer: string; vm: string | null; code: string; message: string }[];
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
+
+interface PeerState {
+  peer: TeamPeer;
+  channel: BlockChannel | null;
+  catalog: Catalog | null;
+}
+
+export async function runSync(opts: SyncOptions): Promise<SyncReport> {
+  const { home } = opts;
+  const log = opts.log ?? (() => undefined);
+  const t0 = Date.now();
+  const deadline = t0 + (opts.timeoutSeconds ?? DEFAULT_TIMEOUT_S) * 1000;
+  // --watch: the timeout bounds only reaching the DHT; pulls take what they take.
+  const pullDeadline = opts.watch ? t0 + 1e12 : deadline;
+  const team = await loadTeam(home, opts.team);
+  const identity = await ensureIdentity(home);
+  const bootstrap = resolveBootstrap(team, opts.bootstrap);
+
+  await ensureDir(path.join(home.root, 'sync'));
+  let lock: Lock;
+  try {
+    lock = await acquireLock(path.join(home.root, 'sync', 'sync.lock'), 'sync', `snapshot sync --team ${opts.team}`, 0);
+  } catch (err) {
+    if ((err as CloneboxError).code === 'VM_BUSY') {
+      throw new CloneboxError('SYNC_BUSY', `another sync is running in this home, ${home.root}`, { hint: 'wait for it to finish (or stop its --watch)' });
+    }
+    throw err;
+  }
+  const report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [] };
+  const cleanups: (() => Promise<void>)[] = [];
+  try {
+    const own = await Catalog.openOwn(home, team, identity);
+    cleanups.push(() => own.close());
+    report.shared = (await publish(home, opts.team, own, log)).map(({ vm, snapshots }) => ({ vm, snapshots }));
+    let source = await ShareSource.build(home, own);
+    let lastServed = 0;
+    const serving = {
+      read(hashes: Buffer[]) {
+        lastServed = Date.now();
+        const inner = source.read(hashes);
+        return (async function* () {
+          for await (const part of inner) {
+            lastServed = Date.now();
+            yield part;
+          }
+        })();
+      },
+    };
+    cleanups.push(() => source.close());
+    const local = await LocalBlocks.scan(home, log);
+    cleanups.push(() => local.close());
+    const spool = await Spool.open(home);
+    let spoolDone = false;
+    cleanups.push(async () => {
+      if (!spoolDone) await spool.close();
+    });
+
+    const states = new Map<string, PeerState>();
+    const peerCats = new Map<string, Catalog>();
+    cleanups.push(async () => {
+      for (const c of peerCats.values()) await c.close();
+    });
+    const openPeerCatalog = async (key: Buffer): Promise<Catalog> => {
+      const hex = key.toString('hex');
+      let cat = peerCats.get(hex);
+      if (!cat) {
+        cat = await Catalog.openPeer(home, opts.team, key);
+        peerCats.set(hex, cat);
+      }
+      return cat;
+    };
+    const stateOf = (peer: TeamPeer): PeerState => {
+      const hex = peer.publicKey.toString('hex');
+      let st = states.get(hex);
+      if (!st || st.peer !== peer) {
+        st = { peer, channel: st?.peer === peer ? st.channel : null, catalog: st?.peer === peer ? st.catalog : null };
+        states.set(hex, st);
+      }
+      return st;
+    };
+
+    let lastPeerAt = 0;
+    const queue: TeamPeer[] = [];
+    const dirty = new Set<string>();
+    let pulling: Promise<void> | null = null;
+    let stopping = false;
+
+    const fetcherFor = (st: PeerState, progress: (bytes: number) => void): Fetcher => async (hashes, sizeOf) => {
+      let todo = hashes;
+      let fetched = 0;
+      let wireBytes = 0;
+      let corrupt = 0;
+      // The sharer first, then any other teammate online; a corrupt block is asked for once more.
+      const order = [st, ...[...states.values()].filter((s) => s !== st)];
+      const tries = [...order, st];
+      for (const s of tries) {
+        if (!todo.length || stopping) break;
+        if (!s.channel || s.peer.stream.destroyed) continue;
+        let bytes = 0;
+        const r = await s.channel.fetch(todo, {
+          onBlock: async (h, data) => {
+            await spool.append(h, data);
+            bytes += data.length;
+            progress(bytes);
+          },
+          expectedSize: sizeOf,
+          deadline: pullDeadline,
+        });
+        fetched += r.received;
+        wireBytes += r.wireBytes;
+        if (r.corrupt.length) {
+          corrupt += r.corrupt.length;
+          log(`peer ${s.peer.name} (${shortKey(s.peer.publicKey)}) sent ${r.corrupt.length} corrupt block(s); not written, asking again`);
+        }
+        todo = [...r.corrupt, ...r.missing, ...r.unanswered];
+      }
+      await spool.flush();
+      return { fetched, wireBytes, failed: todo, corrupt };
+    };
+
+    const pullPeer = async (st: PeerState): Promise<void> => {
+      const cat = st.catalog;
+      if (!cat) return;
+      const peerName = st.peer.name;
+      // Catch up with the peer's catalog: its length, then every entry.
+      await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(Math.min(10_000, Math.max(0, pullDeadline - Date.now())))]);
+      if (cat.core.length > cat.core.contiguousLength) {
+        const dl = cat.core.download({ start: 0, end: cat.core.length });
+        await Promise.race([dl.done().catch(() => undefined), sleep(Math.max(0, Math.min(pullDeadline, Date.now() + 60_000) - Date.now()))]);
+      }
+      const view = await cat.view();
+      for (const vm of view.shares.keys()) {
+        if (stopping) return;
+        const label = `${vm} from ${peerName}`;
+        try {
+          const r = await pullChain({
+            home, peerName, catalog: cat, view, local, spool, log,
+            fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
+            progress: (name, done, total) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
+          }, vm);
+          if (r) {
+            report.chains.push(r);
+            report.bytes_received += r.bytes_received;
+            if (r.snapshots.length) opts.progress?.(`pull ${label}: ${r.snapshots.length} snapshot(s) into VM ${r.vm}, ${r.blocks_fetched} blocks fetched, ${r.blocks_reused} reused`, true);
+          }
+        } catch (err) {
+          const e = err as CloneboxError;
+          report.errors.push({ peer: peerName, vm, code: e.code ?? 'INTERNAL', message: e.message });
+          log(`pull ${label} failed: ${e.message}`);
+        }
+      }
+    };
+
+    const pump = (): void => {
+      if (pulling) return;
+      pulling = (async () => {
+        while (queue.length && !stopping) {
+          const peer = queue.shift()!;
+          dirty.delete(peer.publicKey.toString('hex'));
+          const st = states.get(peer.publicKey.toString('hex'));
+          if (st && st.peer === peer && !peer.stream.destroyed) await pullPeer(st);
+        }
+      })().finally(() => {
+        pulling = null;
+        if (queue.length && !stopping) pump();
+      });
+    };
+    const schedule = (peer: TeamPeer): void => {
+      const hex = peer.publicKey.toString('hex');
+      if (dirty.has(hex)) return;
+      dirty.add(hex);
+      queue.push(peer);
+      pump();
+    };
+
+    const swarm = await TeamSwarm.open({
+      home, team, identity, bootstrap, deadline, log, catalogKey: own.key,
+      services: {
+        'hypercore/alpha': async (peer) => {
+          const st = stateOf(peer);
+          own.core.replicate(peer.mux);
+          const recorded = peer.member.catalog_key ? Buffer.from(peer.member.catalog_key, 'hex') : null;
+          if (recorded && peer.intro.catalog && !recorded.equals(peer.intro.catalog)) {
+            log(`peer ${peer.name} announces another catalog than the one first recorded; using the recorded one`);
+          }
+          const key = recorded ?? peer.intro.catalog;
+          if (!key || key.equals(own.key)) return;
+          const cat = await openPeerCatalog(key);
+          cat.core.replicate(peer.mux);
+          st.catalog = cat;
+        },
+        [BLOCKS_PROTOCOL]: (peer) => {
+          stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
+        },
+      },
+    });
+    cleanups.unshift(() => swarm.close());
+    const onPeer = (peer: TeamPeer) => {
+      lastPeerAt = Date.now();
+      if (!report.peers.includes(peer.name)) report.peers.push(peer.name);
+      const st = stateOf(peer);
+      st.catalog?.core.on('append', () => {
+        if (opts.watch) schedule(peer);
+      });
+      schedule(peer);
+    };
+    swarm.on('peer', onPeer);
+    for (const p of swarm.peers.values()) onPeer(p);
+
+    if (opts.watch) {
+      // Serve and pull until stopped; republish every few seconds (new snapshots follow the share).
+      while (!opts.signal?.aborted) {
+        await Promise.race([sleep(5000), new Promise((r) => opts.signal?.addEventListener('abort', r, { once: true }))]);
+        if (opts.signal?.aborted) break;
+        try {
+          const res = await publish(home, opts.team, own, log);
+          if (res.some((r) => r.appended > 0) || res.length !== report.shared.length) {
+            report.shared = res.map(({ vm, snapshots }) => ({ vm, snapshots }));
+            const next = await ShareSource.build(home, own);
+            const old = source;
+            source = next;
+            await old.close();
+          }
+        } catch (err) {
+          log(`publishing failed: ${(err as Error).message}`);
+        }
+        // Teammates' catalogs may have grown while we were pulling: look again.
+        for (const st of states.values()) if (!st.peer.stream.destroyed) schedule(st.peer);
+      }
+      stopping = true;
+    } else {
+      // Until caught up: see the module comment.
+      for (;;) {
+        const now = Date.now();
+        if (now >= deadline) break;
+        const quiet = now - Math.max(lastPeerAt, lastServed) >= SETTLE_MS;
+        if (report.peers.length > 0 && quiet && !pulling && queue.length === 0) break;
+        await sleep(100);
+      }
+      if (pulling || queue.length) {
+        stopping = true;
+        await pulling;
+        throw new CloneboxError('SYNC_TIMEOUT', `sync did not finish in ${opts.timeoutSeconds ?? DEFAULT_TIMEOUT_S} s, team ${opts.team}`, {
+          hint: 'blocks received so far are kept: run sync again to continue (or give a longer --timeout)',
+        });
+      }
+      if (report.peers.length === 0) log(`no teammate online on team ${opts.team} within ${Math.round((Date.now() - t0) / 1000)} s`);
+    }
+    await pulling;
+    if (report.errors.length === 0) {
+      // Every block in the spool is in a registered layer now.
+      await spool.clear();
+      spoolDone = true;
+    }
+    return report;
+  } finally {
+    for (const c of cleanups) await c().catch(() => undefined);
+    await lock.release();
+  }
+}
