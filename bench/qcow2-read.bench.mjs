@@ -10,8 +10,15 @@
  *   clonebox-api    Qcow2Image.runs() + readRun(), one read at a time (the random-access API), for reference.
  *   qemu-raw        qemu-img convert -O raw LAYER out.raw   (the issue's yardstick; writes a sparse file,
  *                   out.raw is deleted before each run, untimed)
- *   qemu-null       qemu-img convert -n --target-image-opts LAYER driver=null-co,...  (qemu's read path
- *                   alone: same conversion, the output is thrown away)
+ *   qemu-null       qemu-img convert -n --target-is-zero --target-image-opts LAYER driver=null-co,...
+ *                   (qemu's read path alone: the same conversion, data thrown away, and no zeroes
+ *                   written for the holes: the null target reads as zeros)
+ *
+ * Then the plain layer again with a cold page cache: evicted (dd iflag=nocache) before every run of
+ * every side, no warm-up; what exporting a layer nobody has read lately looks like.
+ *
+ * A last case runs the same sides on a layer holding one 64 KiB cluster: the start-up floor of each
+ * process (Node loading clonebox vs qemu-img), to tell fixed cost from reading cost.
  *
  * Layers: one written by qemu-io (plain clusters in shuffled order, see lib/layer.mjs), and the same
  * content recompressed with `qemu-img convert -c` using zlib and using zstd. Before timing, qemu-img
@@ -75,7 +82,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         'clonebox-reuse': reader(['--opts', JSON.stringify({ reuseBuffers: true })]),
         'clonebox-api': reader(['--mode', 'runs']),
         'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', l.file, out]),
-        'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-image-opts', '-f', 'qcow2', l.file,
+        'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', l.file,
           `driver=null-co,size=${info.virtual_size}`]),
       };
       let cachedAfterWarmup = null;
@@ -107,6 +114,46 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         sides: res,
       });
     }
+    // Cold cache: the plain layer evicted from the page cache before every run (dd iflag=nocache asks
+    // the kernel to drop the file's cached pages; no root needed), as when exporting a layer nobody
+    // has read lately. No warm-up, of course.
+    log(`plain, cold cache (layer evicted before every run); ${runs} timed runs per side...`);
+    let evictedPercent = null;
+    const evict = async () => {
+      sh('dd', [`if=${plain}`, 'iflag=nocache', 'count=0', 'status=none']);
+      evictedPercent ??= cachedPercent(plain);
+    };
+    const plainInfoBytes = cases[0].data_bytes;
+    const coldReader = (args) => async () => {
+      const r = await timeCommand('node', [READER, plain, ...args]);
+      if (JSON.parse(r.stdout).bytes !== plainInfoBytes) throw new Error(`clonebox read the wrong amount from the cold layer: ${r.stdout.trim()}`);
+      return { ms: r.ms, cpuMs: r.cpuMs };
+    };
+    const cold = await measure({
+      clonebox: coldReader([]),
+      'clonebox-api': coldReader(['--mode', 'runs']),
+      'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', plain, out]),
+      'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', plain,
+        `driver=null-co,size=${layout.virtual_size}`]),
+    }, { runs, warmup: 0, before: async () => { await rm(out, { force: true }); await evict(); } });
+    await rm(out, { force: true });
+    const coldCase = { case: 'plain-cold', data_bytes: plainInfoBytes, page_cache_percent_after_eviction: evictedPercent, sides: cold };
+
+    // Start-up floor: the same sides on a layer holding one cluster, so the fixed cost of starting
+    // each process (Node loading clonebox vs qemu-img) can be told apart from the cost of reading.
+    log(`start-up floor: a layer holding 64 KiB; ${runs} timed runs per side...`);
+    const tiny = path.join(dir, 'tiny.qcow2');
+    sh('qemu-img', ['create', '-q', '-f', 'qcow2', tiny, '64M']);
+    sh('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 7 1M 64k', tiny]);
+    const floor = await measure({
+      clonebox: async () => {
+        const r = await timeCommand('node', [READER, tiny]);
+        return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: JSON.parse(r.stdout).inner_ms };
+      },
+      'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', tiny, out]),
+      'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', tiny, 'driver=null-co,size=67108864']),
+    }, { runs, before: async (side) => { if (side === 'qemu-raw') await rm(out, { force: true }); } });
+    await rm(out, { force: true });
     const row = (c, side, peer, label) => ({
       case: `${c.case}: ${label}`,
       clonebox_ms: c.sides[side].median_ms,
@@ -123,12 +170,18 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       qemu_img: qemuImg,
       layout,
       cases,
-      summary: cases.flatMap((c) => [
+      cold_cache: coldCase,
+      startup_floor: { data_bytes: 65536, sides: floor },
+      summary: [...cases.flatMap((c) => [
         row(c, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
         row(c, 'clonebox-reuse', 'qemu-raw', 'readData reuseBuffers vs convert -O raw'),
         row(c, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
         row(c, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
       ]),
+      row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
+      row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
+      row({ case: 'plain, cold cache', sides: cold }, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
+      row({ case: 'start-up floor (64 KiB layer)', sides: floor }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw')],
     };
   });
 }

@@ -10,7 +10,7 @@ import { readdir } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { BENCH_DIR, distReady, writeResult } from './lib/harness.mjs';
+import { BENCH_DIR, cpuPressure, distReady, writeResult } from './lib/harness.mjs';
 
 const argv = process.argv.slice(2);
 let runs = 5;
@@ -51,10 +51,16 @@ let failed = 0;
 for (const n of selected) {
   const mod = await import(pathToFileURL(path.join(BENCH_DIR, `${n}.bench.mjs`)).href);
   const t0 = Date.now();
+  const loadStart = os.loadavg().map((x) => Math.round(x * 100) / 100);
+  const pressureStart = cpuPressure();
   process.stderr.write(`== ${n}: ${mod.description ?? ''}\n`);
   try {
     const result = await mod.default({ runs, log: (m) => process.stderr.write(`   ${m}\n`) });
     result.wall_seconds = Math.round((Date.now() - t0) / 100) / 10;
+    result.loadavg_start = loadStart;
+    result.loadavg_end = os.loadavg().map((x) => Math.round(x * 100) / 100);
+    result.cpu_pressure_start = pressureStart;
+    result.cpu_pressure_end = cpuPressure();
     const file = await writeResult(n, result);
     process.stderr.write(`   done in ${result.wall_seconds} s, ${path.relative(process.cwd(), file)}\n`);
     for (const r of result.summary ?? []) rows.push({ bench: n, ...r });
@@ -65,13 +71,16 @@ for (const n of selected) {
   }
 }
 
+const pressure = cpuPressure();
 const header = ['bench', 'case', 'clonebox ms', 'peer ms', 'ratio', 'cpu ratio'];
 const body = rows.map((r) => [r.bench, r.case, fmt(r.clonebox_ms), fmt(r.peer_ms), fmtRatio(r.ratio), fmtRatio(r.cpu_ratio)]);
 const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
 const line = (cells) => cells.map((c, i) => (i >= 2 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ');
 process.stdout.write(`\n${line(header)}\n${body.map(line).join('\n')}\n`);
 process.stdout.write(`\nratio = clonebox median wall time / peer median wall time over ${runs} alternated runs each; cpu ratio\n`
-  + `= the same for user+system CPU time. Below 1.00: clonebox is faster. Load average now: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
+  + `= the same for user+system CPU time. Below 1.00: clonebox is faster.\n`
+  + `Machine now: ${os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`
+  + `${pressure ? `, tasks waiting for a CPU ${pressure.some_avg60}% of the last minute` : ''}.\n`);
 process.exit(failed ? 1 : 0);
 
 function fmtRatio(x) {

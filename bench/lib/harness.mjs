@@ -4,7 +4,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -144,7 +144,19 @@ export function machineInfo() {
     mem_total_mib: Math.round(os.totalmem() / 2 ** 20),
     mem_free_mib: Math.round(os.freemem() / 2 ** 20),
     loadavg: os.loadavg().map((x) => round(x, 2)),
+    cpu_pressure: cpuPressure(),
   };
+}
+
+/** Linux PSI: the share of time some task waited for a CPU (avg10, avg60 in percent), or null. */
+export function cpuPressure() {
+  try {
+    const line = readFileSync('/proc/pressure/cpu', 'utf8').split('\n').find((l) => l.startsWith('some'));
+    const m = /avg10=([\d.]+) avg60=([\d.]+)/.exec(line ?? '');
+    return m ? { some_avg10: Number(m[1]), some_avg60: Number(m[2]) } : null;
+  } catch {
+    return null;
+  }
 }
 
 export async function writeResult(name, result) {

@@ -10,7 +10,7 @@
  *  - consecutive pieces (in guest order) whose bytes follow each other on the host, possibly with a
  *    small gap, are fetched with ONE read: compressed clusters written by `qemu-img convert -c`, and
  *    data clusters separated only by holes in the guest, are usually host-adjacent;
- *  - large reads go to the thread pool and run ahead of the consumer (up to `readAheadBytes`), so the
+ *  - large reads go to the thread pool and may run ahead of the consumer (`readAheadBytes`), so the
  *    copy overlaps with decompression and with whatever the consumer does; small reads (scattered
  *    clusters) are done in place with a blocking pread, which is cheaper than a thread-pool round trip
  *    when the data is in the page cache (see `syncReadMaxBytes`);
@@ -19,9 +19,9 @@
  *    batch's output buffer;
  *  - optionally (`reuseBuffers`), batches live in one ring buffer instead of fresh memory.
  *
- * Memory is bounded by the options, not by the image: the batches read ahead hold at most
- * `readAheadBytes` (plus the batch being consumed); one batch is at most `maxBatchBytes` of host bytes
- * plus at most `maxBatchBytes` of decompressed clusters.
+ * Memory is bounded by the options, not by the image: the batches in flight (the one being consumed
+ * included) hold at most `readAheadBytes`, or one batch when that is more; one batch is at most
+ * `maxBatchBytes` of host bytes plus at most `maxBatchBytes` of decompressed clusters.
  *
  * Validation is the reader's: every run comes from `Qcow2Image.runs()`, which checks each L1/L2 entry
  * against the file; compressed input is clamped to the file and to cluster size + 2 sectors as in
@@ -50,14 +50,20 @@ export interface StreamOptions {
   maxBatchBytes?: number;
   /** Unwanted host bytes one read may span to join two pieces (default 64 KiB; 0 joins only touching pieces). */
   maxGapBytes?: number;
-  /** Bytes of batches read ahead of the consumer (default 16 MiB; at least one batch is always allowed). */
+  /**
+   * Bytes of batches in flight, the one being consumed included (default 4 MiB; one batch is always
+   * allowed). More lets reads run further ahead of a slow consumer, at the cost of memory: with fresh
+   * buffers every extra MiB in flight is new memory to fault in, and 16 MiB measured slower than 4.
+   */
   readAheadBytes?: number;
   /**
    * Batches of at most this many host bytes are read with a blocking pread on the calling thread
    * instead of through the libuv thread pool (default 256 KiB; 0: never). A thread-pool round trip
    * costs more CPU than copying a few hundred KiB from the page cache, and a layer's scattered
    * clusters make thousands of such reads; large batches still go to the pool, where the copy overlaps
-   * with the consumer. Set 0 in a process whose event loop must never wait for the disk.
+   * with the consumer. The first blocking read that takes over a millisecond (the data came from
+   * the disk, not the page cache) turns this off for the rest of the stream: from the disk, several
+   * reads in flight beat one at a time. Set 0 in a process whose event loop must never wait for it.
    */
   syncReadMaxBytes?: number;
   /**
@@ -73,9 +79,12 @@ export interface StreamOptions {
 export const STREAM_DEFAULTS = {
   maxBatchBytes: 4 * 1024 * 1024,
   maxGapBytes: 64 * 1024,
-  readAheadBytes: 16 * 1024 * 1024,
+  readAheadBytes: 4 * 1024 * 1024,
   syncReadMaxBytes: 256 * 1024,
 } as const;
+
+/** A blocking read slower than this (ms) means the data came from the disk, not the page cache. */
+const SLOW_SYNC_READ_MS = 1;
 
 /** One data run and where its bytes are on the host. */
 interface Piece {
@@ -221,7 +230,13 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
   const cs = img.clusterSize;
   const span = b.hostEnd - b.host;
   const buf = mem ? mem.subarray(0, span) : Buffer.allocUnsafe(span);
-  if (span <= ctx.syncReadMax) preadSync(ctx.fd, buf, b.host, img.path);
+  if (span <= ctx.syncReadMax) {
+    const t0 = performance.now();
+    preadSync(ctx.fd, buf, b.host, img.path);
+    // A small read that took this long waited for the disk: the layer is not (all) in the page cache,
+    // and blocking reads one at a time lose to several in flight there. Read asynchronously from now on.
+    if (performance.now() - t0 > SLOW_SYNC_READ_MS) ctx.syncReadMax = 0;
+  }
   else await pread(ctx.fd, buf, b.host, img.path);
   const zstd = img.header.compressionType === 'zstd';
   let outBuf: Buffer | null = null;
