@@ -1,8 +1,9 @@
 /**
  * Test helpers around the real QEMU tools (qemu-img, qemu-io) and the clonebox CLI.
  *
- * - Temporary directories: `makeTempDir()` (removed by `cleanupTempDirs()`), or `useTempDir()` which
- *   registers beforeAll/afterAll hooks in the calling test file. Set CLONEBOX_KEEP_TMP=1 to keep them.
+ * - Temporary directories: `makeTempDir()` (removed after the test file's tests by a hook this module
+ *   registers, or earlier by `cleanupTempDirs()`), or `useTempDir()` which registers beforeAll/afterAll
+ *   hooks in the calling suite. Set CLONEBOX_KEEP_TMP=1 to keep them.
  * - `run()` spawns any program and collects its output; `qemuImg()` / `qemuIo()` throw with the tool's
  *   stderr when it fails (unless the exit code is listed in `okCodes`).
  * - `qemuMapAlone()` / `qemuRawAlone()`: what qemu sees in ONE qcow2 file with its backing file cut off,
@@ -67,6 +68,10 @@ export function useTempDir(prefix?: string): () => string {
     return dir;
   };
 }
+
+// Every test file importing this module removes its makeTempDir() directories when its tests are done
+// (vitest evaluates this module once per test file, while the file's suites are being collected).
+afterAll(cleanupTempDirs);
 
 // ---------------------------------------------------------------------------------------------------
 // Running programs
