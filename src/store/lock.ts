@@ -3,7 +3,8 @@
  * (same host, pid gone) is taken over; a live holder makes us wait up to the timeout, then fail with
  * VM_BUSY. Locks are released on exit paths by the caller (try/finally).
  */
-import { open, readFile, unlink, rename } from 'node:fs/promises';
+import { open, readFile, unlink, rename, mkdir } from 'node:fs/promises';
+import path from 'node:path';
 import os from 'node:os';
 import { CloneboxError, ioError } from '../errors.js';
 import { tempPathFor } from './fsutil.js';
@@ -54,7 +55,13 @@ export async function acquireLock(file: string, what: string, command: string, w
         },
       };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw ioError(err, 'cannot create lock', file);
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') {
+        // The VM directory was just removed by a failed create that released its lock: make it again.
+        await mkdir(path.dirname(file), { recursive: true }).catch(() => undefined);
+        continue;
+      }
+      if (code !== 'EEXIST') throw ioError(err, 'cannot create lock', file);
     }
     let holder: LockInfo | null = null;
     try {

@@ -2,7 +2,7 @@
  * The VM registry: one directory per VM under <home>/vms holding vm.json. A VM exists exactly when its
  * vm.json exists, and vm.json is only ever replaced atomically, so a crash never leaves half a VM.
  */
-import { readdir, readFile, rm } from 'node:fs/promises';
+import { readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from './fsutil.js';
@@ -82,8 +82,18 @@ export async function listVmNames(home: Home): Promise<string[]> {
 }
 
 export async function lockVm(home: Home, vm: string, command: string): Promise<Lock> {
-  await ensureDir(vmDir(home, vm));
-  return acquireLock(path.join(vmDir(home, vm), 'lock'), vm, command);
+  const dir = vmDir(home, vm);
+  await ensureDir(dir);
+  const lock = await acquireLock(path.join(dir, 'lock'), vm, command);
+  return {
+    path: lock.path,
+    release: async () => {
+      await lock.release();
+      // A command that failed to create the VM leaves no trace: drop the directory if it is empty
+      // (rmdir refuses otherwise, so a VM that exists, or one being made by another process, stays).
+      await rmdir(dir).catch(() => undefined);
+    },
+  };
 }
 
 /** Which registered VM (other than `except`) already uses this image path, if any. */
