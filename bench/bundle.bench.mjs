@@ -166,7 +166,7 @@ async function uniqueZstd(layers, dir) {
       });
       for await (const p of src.pieces()) {
         if (p.kind === 'zero') await b.zero(p.offset, p.length);
-        else await b.data(p.offset, await p.read());
+        else await b.data(p.offset, p.length, p.fill);
       }
       await b.flush();
       await src.close();
@@ -184,14 +184,15 @@ async function uniqueZstd(layers, dir) {
 
 /** A tool, installed from Debian with apt-get when missing; null when that is not possible. */
 function ensureTool(bin, pkg, log) {
-  if (spawnSync(bin, ['--version'], { encoding: 'utf8' }).status === 0) return true;
+  const probe = bin === 'restic' ? ['version'] : ['--version'];
+  if (spawnSync(bin, probe, { encoding: 'utf8' }).status === 0) return true;
   log(`${bin} is missing: apt-get install -y ${pkg}...`);
   const r = spawnSync('apt-get', ['install', '-y', '-q', pkg], { encoding: 'utf8', env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' } });
   if (r.status !== 0) {
     log(`could not install ${pkg} (${(r.stderr || r.stdout).trim().split('\n').pop()})`);
     return false;
   }
-  return spawnSync(bin, ['--version'], { encoding: 'utf8' }).status === 0;
+  return spawnSync(bin, probe, { encoding: 'utf8' }).status === 0;
 }
 
 async function duBytes(p) {
