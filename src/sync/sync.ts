@@ -268,8 +268,12 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
 
     if (opts.watch) {
       // Serve and pull until stopped; republish every few seconds (new snapshots follow the share).
+      const aborted = new Promise<void>((r) => {
+        if (opts.signal?.aborted) r();
+        opts.signal?.addEventListener('abort', () => r(), { once: true });
+      });
       while (!opts.signal?.aborted) {
-        await Promise.race([sleep(5000), new Promise((r) => opts.signal?.addEventListener('abort', r, { once: true }))]);
+        await Promise.race([sleep(5000), aborted]);
         if (opts.signal?.aborted) break;
         try {
           const res = await publish(home, opts.team, own, log);
