@@ -154,12 +154,21 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', tiny, 'driver=null-co,size=67108864']),
     }, { runs, before: async (side) => { if (side === 'qemu-raw') await rm(out, { force: true }); } });
     await rm(out, { force: true });
+    // The same ratio with each process's start-up floor taken off both sides (medians of the floor
+    // case): how the reading itself compares, apart from Node's start-up cost.
+    const floorOf = (side) => floor[side.startsWith('clonebox') ? 'clonebox' : side].median_ms;
+    const netRatio = (c, side, peer) => {
+      const a = c.sides[side].median_ms - floorOf(side);
+      const b = c.sides[peer].median_ms - floorOf(peer);
+      return c.sides === floor || b <= 0 ? null : Math.round((a / b) * 1000) / 1000;
+    };
     const row = (c, side, peer, label) => ({
       case: `${c.case}: ${label}`,
       clonebox_ms: c.sides[side].median_ms,
       peer_ms: c.sides[peer].median_ms,
       ratio: ratio(c.sides[side], c.sides[peer]),
       cpu_ratio: cpuRatio(c.sides[side], c.sides[peer]),
+      net_ratio: netRatio(c, side, peer),
     });
     return {
       name,

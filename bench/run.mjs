@@ -72,13 +72,14 @@ for (const n of selected) {
 }
 
 const pressure = cpuPressure();
-const header = ['bench', 'case', 'clonebox ms', 'peer ms', 'ratio', 'cpu ratio'];
-const body = rows.map((r) => [r.bench, r.case, fmt(r.clonebox_ms), fmt(r.peer_ms), fmtRatio(r.ratio), fmtRatio(r.cpu_ratio)]);
+const header = ['bench', 'case', 'clonebox ms', 'peer ms', 'ratio', 'cpu ratio', 'net ratio'];
+const body = rows.map((r) => [r.bench, r.case, fmt(r.clonebox_ms), fmt(r.peer_ms), fmtRatio(r.ratio), fmtRatio(r.cpu_ratio), fmtRatio(r.net_ratio)]);
 const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
 const line = (cells) => cells.map((c, i) => (i >= 2 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ');
 process.stdout.write(`\n${line(header)}\n${body.map(line).join('\n')}\n`);
 process.stdout.write(`\nratio = clonebox median wall time / peer median wall time over ${runs} alternated runs each; cpu ratio\n`
-  + `= the same for user+system CPU time. Below 1.00: clonebox is faster.\n`
+  + `= the same for user+system CPU time; net ratio (where a bench measures a start-up floor) = the wall\n`
+  + `ratio with each side's process start-up time taken off. Below 1.00: clonebox is faster.\n`
   + `Machine now: ${os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`
   + `${pressure ? `, tasks waiting for a CPU ${pressure.some_avg60}% of the last minute` : ''}.\n`);
 process.exit(failed ? 1 : 0);

@@ -61,9 +61,10 @@ export interface StreamOptions {
    * instead of through the libuv thread pool (default 256 KiB; 0: never). A thread-pool round trip
    * costs more CPU than copying a few hundred KiB from the page cache, and a layer's scattered
    * clusters make thousands of such reads; large batches still go to the pool, where the copy overlaps
-   * with the consumer. The first blocking read that takes over a millisecond (the data came from
-   * the disk, not the page cache) turns this off for the rest of the stream: from the disk, several
-   * reads in flight beat one at a time. Set 0 in a process whose event loop must never wait for it.
+   * with the consumer. When blocking reads keep taking over a millisecond (8 of them, and at least
+   * half of all: the data comes from the disk, not the page cache), the stream stops using them:
+   * from the disk, several reads in flight beat one at a time. Set 0 in a process whose event loop
+   * must never wait for the disk.
    */
   syncReadMaxBytes?: number;
   /**
@@ -85,6 +86,8 @@ export const STREAM_DEFAULTS = {
 
 /** A blocking read slower than this (ms) means the data came from the disk, not the page cache. */
 const SLOW_SYNC_READ_MS = 1;
+/** Slow blocking reads (at least half of them all) after which a stream reads asynchronously only. */
+const SLOW_SYNC_READS_TO_SWITCH = 8;
 
 /** One data run and where its bytes are on the host. */
 interface Piece {
@@ -134,7 +137,7 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
   const ring = opts.reuseBuffers ? new Ring(readAhead + 2 * 2 * maxBatch) : null;
   const fileSize = img.fileSize;
   const io = await fdOf(img);
-  const ctx: BatchContext = { img, fd: io.fd, syncReadMax };
+  const ctx: BatchContext = { img, fd: io.fd, syncReadMax, syncReads: 0, slowSyncReads: 0 };
 
   const inFlight: Launched[] = [];
   let inFlightBytes = 0;
@@ -222,6 +225,8 @@ interface BatchContext {
   img: Qcow2Image;
   fd: number;
   syncReadMax: number;
+  syncReads: number;
+  slowSyncReads: number;
 }
 
 /** Reads one batch (into `mem` when given) and decompresses its compressed clusters. */
@@ -233,9 +238,13 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
   if (span <= ctx.syncReadMax) {
     const t0 = performance.now();
     preadSync(ctx.fd, buf, b.host, img.path);
-    // A small read that took this long waited for the disk: the layer is not (all) in the page cache,
-    // and blocking reads one at a time lose to several in flight there. Read asynchronously from now on.
-    if (performance.now() - t0 > SLOW_SYNC_READ_MS) ctx.syncReadMax = 0;
+    // A small read that took this long waited for the disk (or lost the CPU: on a busy machine a
+    // cached read can be preempted, hence a count, not one sample). When half of them do, the layer
+    // is not in the page cache, where blocking reads one at a time lose to several in flight: read
+    // asynchronously from now on.
+    ctx.syncReads++;
+    if (performance.now() - t0 > SLOW_SYNC_READ_MS) ctx.slowSyncReads++;
+    if (ctx.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH && ctx.slowSyncReads * 2 >= ctx.syncReads) ctx.syncReadMax = 0;
   }
   else await pread(ctx.fd, buf, b.host, img.path);
   const zstd = img.header.compressionType === 'zstd';
