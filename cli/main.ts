@@ -11,6 +11,7 @@ import { registerSnapshot } from './commands/snapshot.js';
 import { registerDemo } from './commands/demo.js';
 import { registerBundle } from './commands/bundle.js';
 import { registerDht, registerTeam } from './commands/team.js';
+import { registerSync } from './commands/sync.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -25,7 +26,9 @@ export function buildProgram(): Command {
     })
     .exitOverride();
   registerVm(program);
-  registerBundle(registerSnapshot(program), program);
+  const snapshotCommand = registerSnapshot(program);
+  registerBundle(snapshotCommand, program);
+  registerSync(snapshotCommand);
   registerTeam(program);
   registerDht(program);
   registerImage(program);
