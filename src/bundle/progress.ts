@@ -40,7 +40,8 @@ export class Progress {
       if (rate > 0 && this.done < this.total) text += `  ETA ${clock((this.total - this.done) / rate)}`;
     }
     text += `  ${formatBytes(rate)}/s`;
-    const width = process.stderr.columns ?? 80;
+    const cols = process.stderr.columns ?? 0;
+    const width = cols >= 20 ? cols : 80;
     process.stderr.write(`\r${text.slice(0, width - 1).padEnd(Math.min(width - 1, this.shownWidth))}`);
     this.shownWidth = Math.max(this.shownWidth, Math.min(width - 1, text.length));
     this.shown = true;
