@@ -139,8 +139,7 @@ class ImportSink implements BundleSink {
   private readonly frames: { at: number; length: number }[] = [];
   dataBytes = 0;
 
-  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string,
-    private readonly progress: Progress) {}
+  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string) {}
 
   async open(): Promise<void> {
     await this.journal.willCreate(this.spoolPath);
@@ -196,7 +195,6 @@ class ImportSink implements BundleSink {
     const w = this.writer!;
     const cs = w.clusterSize;
     this.dataBytes += length;
-    this.progress.add(length);
     if (cs <= BLOCK_SIZE) {
       // Blocks start and end on cluster boundaries (or at the end of the disk): write as they come.
       await w.write(offset, data!);
@@ -257,7 +255,7 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
     madeDir = plan.createdDir;
     const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
     const progress = Progress.for('import', size, Boolean(opts.json));
-    const sink = new ImportSink(plan.layers, j, plan.spool, progress);
+    const sink = new ImportSink(plan.layers, j, plan.spool);
     let pool: WorkerPool | null = null;
     try {
       await sink.open();
