@@ -61,10 +61,9 @@ export interface StreamOptions {
    * instead of through the libuv thread pool (default 256 KiB; 0: never). A thread-pool round trip
    * costs more CPU than copying a few hundred KiB from the page cache, and a layer's scattered
    * clusters make thousands of such reads; large batches still go to the pool, where the copy overlaps
-   * with the consumer. When blocking reads keep taking over a millisecond (8 of them, and at least
-   * half of all: the data comes from the disk, not the page cache), the stream stops using them:
-   * from the disk, several reads in flight beat one at a time. Set 0 in a process whose event loop
-   * must never wait for the disk.
+   * with the consumer. After 4 blocking reads that took over a millisecond (the data came from the
+   * disk, not the page cache) the stream stops using them: from the disk, several reads in flight
+   * beat one at a time. Set 0 in a process whose event loop must never wait for the disk.
    */
   syncReadMaxBytes?: number;
   /**
@@ -86,8 +85,8 @@ export const STREAM_DEFAULTS = {
 
 /** A blocking read slower than this (ms) means the data came from the disk, not the page cache. */
 const SLOW_SYNC_READ_MS = 1;
-/** Slow blocking reads (at least half of them all) after which a stream reads asynchronously only. */
-const SLOW_SYNC_READS_TO_SWITCH = 8;
+/** Slow blocking reads after which a stream reads asynchronously only. */
+const SLOW_SYNC_READS_TO_SWITCH = 4;
 
 /** One data run and where its bytes are on the host. */
 interface Piece {
@@ -137,7 +136,7 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
   const ring = opts.reuseBuffers ? new Ring(readAhead + 2 * 2 * maxBatch) : null;
   const fileSize = img.fileSize;
   const io = await fdOf(img);
-  const ctx: BatchContext = { img, fd: io.fd, syncReadMax, syncReads: 0, slowSyncReads: 0 };
+  const ctx: BatchContext = { img, fd: io.fd, syncReadMax, slowSyncReads: 0 };
 
   const inFlight: Launched[] = [];
   let inFlightBytes = 0;
@@ -225,7 +224,6 @@ interface BatchContext {
   img: Qcow2Image;
   fd: number;
   syncReadMax: number;
-  syncReads: number;
   slowSyncReads: number;
 }
 
@@ -239,12 +237,10 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
     const t0 = performance.now();
     preadSync(ctx.fd, buf, b.host, img.path);
     // A small read that took this long waited for the disk (or lost the CPU: on a busy machine a
-    // cached read can be preempted, hence a count, not one sample). When half of them do, the layer
-    // is not in the page cache, where blocking reads one at a time lose to several in flight: read
-    // asynchronously from now on.
-    ctx.syncReads++;
-    if (performance.now() - t0 > SLOW_SYNC_READ_MS) ctx.slowSyncReads++;
-    if (ctx.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH && ctx.slowSyncReads * 2 >= ctx.syncReads) ctx.syncReadMax = 0;
+    // cached read is sometimes preempted, hence a few, not one). Then the layer is not all in the page
+    // cache, and there blocking reads one at a time lose to several in flight (each miss stalls the
+    // stream): read asynchronously from now on. A wrong switch only costs some CPU.
+    if (performance.now() - t0 > SLOW_SYNC_READ_MS && ++ctx.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH) ctx.syncReadMax = 0;
   }
   else await pread(ctx.fd, buf, b.host, img.path);
   const zstd = img.header.compressionType === 'zstd';
