@@ -22,6 +22,9 @@ declare module 'sodium-native' {
   /** Writes the plaintext into m (m.length === c.length - ABYTES); throws when the tag does not verify. */
   export function crypto_aead_xchacha20poly1305_ietf_decrypt(m: Bytes, nsec: null, c: Bytes, ad: Bytes | null, npub: Bytes, k: Bytes): number;
 
+  /** XChaCha20 keystream XOR from 64-byte block `ic` (the AEAD's message starts at block 1). */
+  export function crypto_stream_xchacha20_xor_ic(c: Bytes, m: Bytes, n: Bytes, ic: number, k: Bytes): void;
+
   export function randombytes_buf(buf: Bytes): void;
   export function sodium_memzero(buf: Bytes): void;
 }

@@ -165,6 +165,26 @@ export class Sealer {
     return [payload, this.plainTag(kind, index, payload)];
   }
 
+  /**
+   * Where payload byte `p` of a sealed entry lies within the entry's data, and how to turn the bytes
+   * found there back into payload bytes. Only for entries that already authenticated in full: this
+   * reads a part again later (a frame of an earlier pack), and the caller checks the result by block id.
+   */
+  rangeOf(p: number, length: number): { at: number; length: number; skip: number; block: number } {
+    if (!this.key) return { at: p, length, skip: 0, block: 0 };
+    const block = Math.floor(p / 64);
+    return { at: NONCE_BYTES + block * 64, length: p - block * 64 + length, skip: p - block * 64, block };
+  }
+
+  /** Decrypts bytes read at `rangeOf(...)` of an encrypted entry whose nonce is `nonce`. */
+  decryptRange(nonce: Buffer, bytes: Buffer, range: { skip: number; block: number }): Buffer {
+    if (!this.key) return bytes;
+    const out = Buffer.allocUnsafe(bytes.length);
+    // The AEAD encrypts the message with the XChaCha20 keystream from block 1 on.
+    sodium.crypto_stream_xchacha20_xor_ic(out, bytes, nonce, 1 + range.block, this.key);
+    return out.subarray(range.skip);
+  }
+
   /** Returns the payload, or null when the entry does not authenticate at this position. */
   open(kind: EntryKind, index: number, sealed: Buffer, alloc: (size: number) => Buffer = (n) => Buffer.allocUnsafe(n)): Buffer | null {
     const ad = associatedData(this.headerChecksum, kind, index);

@@ -17,6 +17,7 @@
  */
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, readdir, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
@@ -59,8 +60,8 @@ export interface ImportResult {
 }
 
 /** Opens the input: a file (its size known, for progress) or stdin. */
-export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable; label: string; size: number | null }> {
-  if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null };
+export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable; label: string; size: number | null; file: string | null }> {
+  if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null, file: null };
   const file = path.resolve(input);
   let size: number;
   try {
@@ -70,7 +71,7 @@ export async function openInput(input: string, stdin?: Readable): Promise<{ stre
   } catch (err) {
     throw ioError(err, 'cannot read bundle', file);
   }
-  return { stream: Readable.from(readFileChunks(file)), label: file, size };
+  return { stream: Readable.from(readFileChunks(file)), label: file, size, file };
 }
 
 /**
@@ -139,9 +140,14 @@ class ImportSink implements BundleSink {
   private readonly frames: { at: number; length: number }[] = [];
   dataBytes = 0;
 
-  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string) {}
+  /** Layers being finished (flushed, fsynced) while the next ones are written. */
+  private finishing: Promise<void>[] = [];
+
+  /** `spoolPath` null: the bundle is a file the decoder reads again, nothing to spool. */
+  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string | null) {}
 
   async open(): Promise<void> {
+    if (this.spoolPath === null) return;
     await this.journal.willCreate(this.spoolPath);
     try {
       this.spool = await open(this.spoolPath, 'wx+', 0o600);
@@ -162,17 +168,30 @@ class ImportSink implements BundleSink {
     const w = this.writer!;
     this.writer = null;
     if (this.pend) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
-    await w.finish();
+    // The layer's fsync overlaps with writing the next one; settle() waits for all of them.
+    const p = w.finish();
+    p.catch(() => undefined);
+    this.finishing.push(p);
+  }
+
+  /** Waits until every layer is finished (written, fsynced, under its temporary name). */
+  async settle(): Promise<void> {
+    const all = this.finishing;
+    this.finishing = [];
+    const results = await Promise.allSettled(all);
+    const failed = results.find((r) => r.status === 'rejected');
+    if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
   async frame(frame: number, _codec: Codec, stored: Buffer): Promise<void> {
+    if (this.spool === null) return;
     // Blocking writes: into the page cache, faster than a thread-pool round trip per frame.
     let done = 0;
     while (done < stored.length) {
       try {
         done += writeSync(this.spool!.fd, stored, done, stored.length - done, this.spoolEnd + done);
       } catch (err) {
-        throw ioError(err, 'cannot write temporary file', this.spoolPath);
+        throw ioError(err, 'cannot write temporary file', this.spoolPath!);
       }
     }
     this.frames[frame] = { at: this.spoolEnd, length: stored.length };
@@ -185,7 +204,7 @@ class ImportSink implements BundleSink {
     let got = 0;
     while (got < f.length) {
       const bytesRead = readSync(this.spool!.fd, stored, got, f.length - got, f.at + got);
-      if (bytesRead === 0) throw new CloneboxError('IO', `temporary file is shorter than written, ${this.spoolPath}`);
+      if (bytesRead === 0) throw new CloneboxError('IO', `temporary file is shorter than written, ${this.spoolPath!}`);
       got += bytesRead;
     }
     return stored;
@@ -221,12 +240,13 @@ class ImportSink implements BundleSink {
   async close(): Promise<void> {
     await this.spool?.close().catch(() => undefined);
     this.spool = null;
-    await rm(this.spoolPath, { force: true });
+    if (this.spoolPath !== null) await rm(this.spoolPath, { force: true });
   }
 
   async abort(): Promise<void> {
     if (this.writer) await this.writer.abort();
     this.writer = null;
+    await Promise.allSettled(this.finishing); // so that the rollback finds (and deletes) their files
     await this.close();
   }
 }
@@ -235,15 +255,22 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   checkName('VM', vmName);
   const t0 = Date.now();
   const input = await openInput(opts.input, opts.stdin);
-  const reader = await BundleReader.open(input.stream, input.label, opts.key);
+  // The workers start while the header, key and meta are read. This thread, writing the layers, is
+  // the busy one: a worker per other core keeps up with it (and one isolate less keeps memory down).
+  const pool = WorkerPool.start(Math.max(1, Math.min(8, os.availableParallelism() - 1)));
+  pool.catch(() => undefined);
+  let reader: BundleReader | null = null;
   try {
-    return await importLocked(home, vmName, reader, opts, input.size, t0);
+    reader = await BundleReader.open(input.stream, input.label, opts.key);
+    if (input.file) reader.setSeekable(input.file);
+    return await importLocked(home, vmName, reader, await pool, opts, input.size, t0);
   } finally {
-    reader.destroy();
+    reader?.destroy();
+    await (await pool.catch(() => null))?.close();
   }
 }
 
-async function importLocked(home: Home, vmName: string, reader: BundleReader, opts: ImportOptions, size: number | null, t0: number): Promise<ImportResult> {
+async function importLocked(home: Home, vmName: string, reader: BundleReader, pool: WorkerPool, opts: ImportOptions, size: number | null, t0: number): Promise<ImportResult> {
   const meta = reader.meta;
   const hadDir = await exists(vmDir(home, vmName));
   const lock = await lockVm(home, vmName, 'snapshot import');
@@ -255,12 +282,11 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
     madeDir = plan.createdDir;
     const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
     const progress = Progress.for('import', size, Boolean(opts.json));
-    const sink = new ImportSink(plan.layers, j, plan.spool);
-    let pool: WorkerPool | null = null;
+    const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool);
     try {
       await sink.open();
-      pool = await WorkerPool.start();
       const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => progress.set(reader.bytesIn) });
+      await sink.settle();
       await sink.close();
       progress.finish();
       // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
@@ -300,8 +326,6 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, op
       await sink.abort().catch(() => undefined);
       await j.rollback().catch(() => undefined);
       throw err;
-    } finally {
-      await pool?.close();
     }
   } finally {
     await lock.release();

@@ -10,6 +10,7 @@
  *                  (pack count, digests, totals, content ids) — then, and only then, returns.
  * A sink receives the checked pieces: import writes them, verify only counts.
  */
+import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CloneboxError } from '../errors.js';
 import { contentId } from '../snapshots/identity.js';
@@ -39,11 +40,48 @@ export class BundleReader {
   idk: Buffer | null = null;
   seal: Seal | null = null;
   packsSeen = 0;
+  /** The payload nextPack() returned last (frames' stored bytes are views into it). */
+  lastPayload: Buffer | null = null;
   private readonly tar: TarReader;
-  private pending: Promise<{ name: string; data: Buffer } | null> | null = null;
+  private pending: Promise<{ name: string; data: Buffer; offset: number } | null> | null = null;
+  /** Where each pack's data starts in the file, and its nonce (encrypted bundles). */
+  private readonly packAt: { offset: number; nonce: Buffer | null }[] = [];
+  /** Set when the bundle is a file that can be read again (import re-reads frames instead of spooling). */
+  private seekable: string | null = null;
 
   private constructor(input: Readable, readonly file: string) {
     this.tar = new TarReader(input, file);
+  }
+
+  /** Declares the input a regular file at `path` (not a pipe): earlier frames can be read again from it. */
+  setSeekable(path: string): void {
+    this.seekable = path;
+  }
+
+  get canReread(): boolean {
+    return this.seekable !== null;
+  }
+
+  /**
+   * Reads bytes [p, p + length) of pack `index`'s payload again from the file. The pack
+   * authenticated when it was read; the caller checks what comes back (block ids).
+   */
+  async reread(index: number, p: number, length: number): Promise<Buffer> {
+    const where = this.packAt[index]!;
+    const range = this.sealer.rangeOf(p, length);
+    const buf = Buffer.allocUnsafe(range.length);
+    const fh = await open(this.seekable!, 'r');
+    try {
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, where.offset + range.at + got);
+        if (bytesRead === 0) throw new CloneboxError('BUNDLE_CHANGED', `the bundle file was changed or cut while importing, ${this.file}`);
+        got += bytesRead;
+      }
+    } finally {
+      await fh.close();
+    }
+    return where.nonce ? this.sealer.decryptRange(where.nonce, buf, range) : buf;
   }
 
   get bytesIn(): number {
@@ -126,7 +164,7 @@ export class BundleReader {
     return fresh.subarray(0, size);
   }
 
-  private fetch(): Promise<{ name: string; data: Buffer } | null> {
+  private fetch(): Promise<{ name: string; data: Buffer; offset: number } | null> {
     const want = packEntryName(this.packsSeen);
     const k = this.packsSeen;
     return this.tar.next((name) => {
@@ -160,6 +198,8 @@ export class BundleReader {
     if (index >= MAX_PACKS) throw corrupt('too many packs', this.file);
     const payload = this.sealer.open(EntryKind.Pack, index, e.data, (size) => BundleReader.turn(this.plainBufs, index, size));
     if (!payload) throw corrupt(`${e.name} fails authentication (changed, damaged, or moved from another position or bundle)`, this.file);
+    this.packAt[index] = { offset: e.offset, nonce: this.sealer.encrypted ? Buffer.from(e.data.subarray(0, 24)) : null };
+    this.lastPayload = payload;
     this.packsSeen++;
     this.pending = this.fetch();
     this.pending.catch(() => undefined); // surfaces on the next call
@@ -183,7 +223,10 @@ export interface BundleSink {
   /** Block `block` (bytes `data`, when the sink asked for data) goes at `offset` of `layer`. */
   data?(layer: number, offset: number, block: number, length: number, data: Buffer | null): Promise<void>;
   zero?(layer: number, offset: number, length: number): Promise<void>;
-  /** The stored bytes of an earlier frame, when the decoder needs its blocks again (import keeps them). */
+  /**
+   * The stored bytes of an earlier frame, when the decoder needs its blocks again and the bundle is not
+   * a file it can read again (import from a pipe spools them).
+   */
   storedBytes?(frame: number): Promise<Buffer>;
 }
 
@@ -336,14 +379,22 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
     if (raw.buffer.byteLength === rawSize && rawPool.length < 4) rawPool.push(raw.buffer as ArrayBuffer);
   };
   const cache = new FrameCache(16 * 1024 * 1024, giveRaw);
-  const frameInfo: { codec: Codec; rawLength: number; lengths: Uint32Array }[] = [];
+  const frameInfo: { codec: Codec; rawLength: number; lengths: Uint32Array; first: number; pack: number; at: number; stored: number }[] = [];
   const pending = new Map<number, Promise<Buffer>>();
   const reload = (f: number): Promise<Buffer> => {
     let p = pending.get(f);
     if (!p) {
       const info = frameInfo[f]!;
-      p = sink.storedBytes!(f).then((stored) => decodeFrame(info.codec, stored, info.rawLength, info.lengths)).then((d) => {
-        if (!d) throw new CloneboxError('IO', `a temporary file changed while importing, ${file}`);
+      // From the bundle file itself when it is one, else from the import's spool; checked by block id.
+      const stored = r.canReread ? r.reread(info.pack, info.at, info.stored) : sink.storedBytes!(f);
+      p = stored.then((b) => decodeFrame(info.codec, b, info.rawLength, info.lengths)).then((d) => {
+        const changed = () => new CloneboxError('BUNDLE_CHANGED', `the bundle (or a temporary file) changed while importing, ${file}`, {
+          hint: 'nothing was imported; do not modify the bundle while it is being imported',
+        });
+        if (!d) throw changed();
+        for (let i = 0; i < info.lengths.length; i++) {
+          if (!d.shas.subarray(i * 32, i * 32 + 32).equals(shas.row(info.first + i))) throw changed();
+        }
         return d.raw;
       });
       p.catch(() => undefined);
@@ -429,7 +480,10 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
         }
         await sink.frame?.(frames, rec.codec, rec.stored, d.raw);
         if (opts.wantData) {
-          frameInfo[frames] = { codec: rec.codec, rawLength: rec.rawLength, lengths: Uint32Array.from(rec.lengths) };
+          frameInfo[frames] = {
+            codec: rec.codec, rawLength: rec.rawLength, lengths: Uint32Array.from(rec.lengths), first: blkLen.n - rec.lengths.length,
+            pack: packNo, at: rec.stored.byteOffset - payload.byteOffset, stored: rec.stored.length,
+          };
           cache.put(frames, d.raw);
         } else {
           giveRaw(d.raw);

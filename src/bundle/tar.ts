@@ -109,6 +109,8 @@ export class TarWriter {
 export interface TarEntry {
   name: string;
   data: Buffer;
+  /** Where the entry's data starts in the archive. */
+  offset: number;
 }
 
 /**
@@ -127,6 +129,8 @@ function bad(what: string, file: string): CloneboxError {
 class ByteQueue {
   private readonly chunks: Buffer[] = [];
   private head = 0;
+  /** Bytes handed out so far: the stream offset of the next byte. */
+  consumed = 0;
   private buffered = 0;
   private ended = false;
   private readonly it: AsyncIterator<Buffer>;
@@ -157,6 +161,7 @@ class ByteQueue {
       c.copy(dst, at + done, this.head, this.head + take);
       this.head += take;
       this.buffered -= take;
+      this.consumed += take;
       done += take;
       if (this.head === c.length) {
         this.chunks.shift();
@@ -254,6 +259,7 @@ export class TarReader {
     const limit = gate(name);
     if (size > limit) throw bad(`entry ${shown} claims ${size} bytes (at most ${limit} expected)`, this.file);
     const data = alloc(size);
+    const offset = this.q.consumed;
     const got = await this.q.readInto(data, 0, size);
     if (got !== size) throw bad(`entry ${shown} is cut short (${got} of ${size} bytes)`, this.file);
     const padLen = (512 - (size % 512)) % 512;
@@ -262,7 +268,7 @@ export class TarReader {
       if ((await this.q.readInto(pad, 0, padLen)) !== padLen) throw bad(`the archive ends in the padding of ${shown}`, this.file);
       if (!pad.every((x) => x === 0)) throw bad(`the padding after entry ${shown} is not zero`, this.file);
     }
-    return { name, data };
+    return { name, data, offset };
   }
 
   /** Stops reading (after an error or when done). */
