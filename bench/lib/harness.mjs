@@ -41,6 +41,9 @@ export function sh(cmd, args, opts = {}) {
   return r.stdout;
 }
 
+/** Separates the command's own stderr from the output of bash's `times`. */
+const TIMES_MARK = '@@clonebox-bench-times@@';
+
 /**
  * Runs a command and returns its wall time in milliseconds (spawn to exit, so process start-up is
  * counted on both sides), its CPU time (user + system, from bash's `times`, which covers the
@@ -49,7 +52,8 @@ export function sh(cmd, args, opts = {}) {
 export function timeCommand(cmd, args, opts = {}) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn('bash', ['-c', '"$@"; s=$?; times >&2; exit $s', 'bash', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    const child = spawn('bash', ['-c', `"$@"; s=$?; printf '\\n${TIMES_MARK}\\n' >&2; times >&2; exit $s`, 'bash', cmd, ...args],
+      { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
     let out = '';
     let err = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -57,12 +61,12 @@ export function timeCommand(cmd, args, opts = {}) {
     child.on('error', reject);
     child.on('close', (code, signal) => {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      const lines = err.trimEnd().split('\n');
-      const times = lines.pop() ?? '';
-      lines.pop(); // the shell's own times
+      const at = err.lastIndexOf(`\n${TIMES_MARK}\n`);
+      const stderr = at < 0 ? err : err.slice(0, at);
+      // `times` prints the shell's own user/system times, then its children's: the command's.
+      const times = at < 0 ? '' : err.slice(at + TIMES_MARK.length + 2).trim().split('\n').pop() ?? '';
       const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(times.trim());
       const cpuMs = m ? (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * 1000 : NaN;
-      const stderr = lines.join('\n');
       if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${stderr.trim().slice(0, 2000)}`));
       else resolve({ ms, cpuMs, stdout: out, stderr });
     });
