@@ -19,7 +19,7 @@ import { closeSync, openSync, readSync, writeSync } from 'node:fs';
 import { open, readdir, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
 import { checkName } from '../names.js';
 import { layerPathFor } from '../drivers/image.js';
@@ -60,7 +60,7 @@ export interface ImportResult {
 }
 
 /** Opens the input: a file (its size known, for progress) or stdin. */
-export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable; label: string; size: number | null; file: string | null }> {
+export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable | AsyncIterable<Buffer>; label: string; size: number | null; file: string | null }> {
   if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null, file: null };
   const file = path.resolve(input);
   let size: number;
@@ -71,15 +71,18 @@ export async function openInput(input: string, stdin?: Readable): Promise<{ stre
   } catch (err) {
     throw ioError(err, 'cannot read bundle', file);
   }
-  return { stream: Readable.from(readFileChunks(file)), label: file, size, file };
+  return { stream: readFileChunks(file), label: file, size, file };
 }
 
 /**
- * A file's bytes in 4 MiB chunks, read with blocking reads on this thread: a bundle is read start to
+ * A file's bytes in 1 MiB chunks, read with blocking reads on this thread: a bundle is read start to
  * end and nothing else waits on this thread meanwhile, and a thread-pool round trip per chunk costs
- * more than the copy from the page cache (and much more on a busy machine).
+ * more than the copy from the page cache (and much more on a busy machine). Pulled one chunk at a
+ * time; two buffers take turns (the tar reader copies a chunk out before it asks for the next).
  */
 async function* readFileChunks(file: string): AsyncGenerator<Buffer> {
+  const bufs = [Buffer.allocUnsafe(1024 * 1024), Buffer.allocUnsafe(1024 * 1024)];
+  let turn = 0;
   let fd: number;
   try {
     fd = openSync(file, 'r');
@@ -88,7 +91,7 @@ async function* readFileChunks(file: string): AsyncGenerator<Buffer> {
   }
   try {
     for (;;) {
-      const b = Buffer.allocUnsafe(4 * 1024 * 1024);
+      const b = bufs[turn++ % 2]!;
       let n: number;
       try {
         n = readSync(fd, b, 0, b.length, null);

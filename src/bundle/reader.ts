@@ -49,7 +49,7 @@ export class BundleReader {
   /** Set when the bundle is a file that can be read again (import re-reads frames instead of spooling). */
   private seekable: string | null = null;
 
-  private constructor(input: Readable, readonly file: string) {
+  private constructor(input: Readable | AsyncIterable<Buffer>, readonly file: string) {
     this.tar = new TarReader(input, file);
   }
 
@@ -89,7 +89,7 @@ export class BundleReader {
   }
 
   /** Reads and checks the header (and key) and the meta. */
-  static async open(input: Readable, file: string, key: KeySource | null, opts: { lockedOk?: boolean } = {}): Promise<BundleReader> {
+  static async open(input: Readable | AsyncIterable<Buffer>, file: string, key: KeySource | null, opts: { lockedOk?: boolean } = {}): Promise<BundleReader> {
     const r = new BundleReader(input, file);
     try {
       await r.start(key, Boolean(opts.lockedOk));

@@ -205,7 +205,11 @@ export class TarReader {
   private finished = false;
   bytesIn = 0;
 
-  constructor(private readonly input: Readable, private readonly file: string) {
+  /**
+   * `input`: a stream, or any async iterable of chunks (pulled one at a time; a chunk may be reused by
+   * its producer once the next one is asked for — every byte is copied out before that).
+   */
+  constructor(private readonly input: Readable | AsyncIterable<Buffer>, private readonly file: string) {
     const self = this;
     this.q = new ByteQueue((async function* () {
       try {
@@ -273,6 +277,8 @@ export class TarReader {
 
   /** Stops reading (after an error or when done). */
   destroy(): void {
-    this.input.destroy();
+    const i = this.input as { destroy?: () => void; return?: (v: undefined) => Promise<unknown> };
+    if (typeof i.destroy === 'function') i.destroy();
+    else if (typeof i.return === 'function') i.return(undefined).catch(() => undefined);
   }
 }
