@@ -48,6 +48,7 @@ export class BundleReader {
   private readonly packAt: { offset: number; nonce: Buffer | null }[] = [];
   /** Set when the bundle is a file that can be read again (import re-reads frames instead of spooling). */
   private seekable: string | null = null;
+  private rereadFh: Promise<import('node:fs/promises').FileHandle> | null = null;
 
   private constructor(input: Readable | AsyncIterable<Buffer>, readonly file: string) {
     this.tar = new TarReader(input, file);
@@ -70,16 +71,13 @@ export class BundleReader {
     const where = this.packAt[index]!;
     const range = this.sealer.rangeOf(p, length);
     const buf = Buffer.allocUnsafe(range.length);
-    const fh = await open(this.seekable!, 'r');
-    try {
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, where.offset + range.at + got);
-        if (bytesRead === 0) throw new CloneboxError('BUNDLE_CHANGED', `the bundle file was changed or cut while importing, ${this.file}`);
-        got += bytesRead;
-      }
-    } finally {
-      await fh.close();
+    this.rereadFh ??= open(this.seekable!, 'r');
+    const fh = await this.rereadFh;
+    let got = 0;
+    while (got < buf.length) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, where.offset + range.at + got);
+      if (bytesRead === 0) throw new CloneboxError('BUNDLE_CHANGED', `the bundle file was changed or cut while importing, ${this.file}`);
+      got += bytesRead;
     }
     return where.nonce ? this.sealer.decryptRange(where.nonce, buf, range) : buf;
   }
@@ -208,6 +206,8 @@ export class BundleReader {
 
   destroy(): void {
     this.tar.destroy();
+    this.rereadFh?.then((fh) => fh.close()).catch(() => undefined);
+    this.rereadFh = null;
   }
 }
 
