@@ -67,7 +67,7 @@ export async function layerDigest(file: string, resolved: boolean): Promise<Laye
     });
     for await (const p of src.pieces()) {
       if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
-      else await batcher.data(p.offset, await p.read());
+      else await batcher.data(p.offset, p.length, p.fill);
     }
     await batcher.flush();
     return { digest: dg.digest(), dataBytes: dg.dataBytes, zeroBytes: dg.zeroBytes, blocks: dg.blocks };
