@@ -30,6 +30,33 @@ export type ErrorCode =
   | 'STORE_CORRUPT'
   | 'IO'
   | 'INTERNAL'
+  | 'DISK_NAME_CLASH'
+  // bundles
+  | 'BUNDLE_CORRUPT'
+  | 'BUNDLE_CHANGED'
+  | 'NOT_A_BUNDLE'
+  | 'BUNDLE_UNSUPPORTED'
+  | 'KEY_REQUIRED'
+  | 'WRONG_KEY'
+  | 'BAD_KEY_FILE'
+  | 'FILE_EXISTS'
+  | 'BASE_MISSING'
+  | 'DISK_MISMATCH'
+  | 'NO_SNAPSHOTS'
+  | 'SNAPSHOT_NOT_READY'
+  // libvirt
+  | 'LIBVIRT_UNAVAILABLE'
+  | 'LIBVIRT_UNSUPPORTED'
+  | 'LIBVIRT_ERROR'
+  | 'LIBVIRT_TIMEOUT'
+  | 'DOMAIN_NOT_FOUND'
+  | 'DOMAIN_CHANGED'
+  // sync
+  | 'DHT_UNREACHABLE'
+  | 'BAD_INVITE'
+  | 'SYNC_BUSY'
+  | 'SYNC_TIMEOUT'
+  | 'SYNC_CHAIN'
   | (string & {});
 
 export class CloneboxError extends Error {

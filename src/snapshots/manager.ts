@@ -283,7 +283,11 @@ export class SnapshotManager {
         mergedInto.push('current');
       }
       if (!recursive) {
-        for (const c of snaps.filter((r) => r.parent === s.name)) {
+        // Merges keep content ids as recorded. An id is fixed when a state is first published (export,
+        // share); a state nobody has seen yet may get its id from the merged layer, which holds the
+        // same content. So merges never need to hash whole chains just in case.
+        const children = snaps.filter((r) => r.parent === s.name);
+        for (const c of children) {
           const layers = [];
           let size = 0;
           for (const l of c.disks) {
