@@ -29,7 +29,7 @@ describe.skipIf(suite.skip)(suite.title, () => {
     await removeAllTestDomains();
   });
 
-  it('registers a domain, snapshots it offline, restores it, and refuses --memory when stopped', async () => {
+  it('registers a domain, snapshots it offline, restores it, refuses --memory when stopped, and exports to an identical image-driver VM', async () => {
     const dom = await TestDomain.define(virsh, 'cli');
     const home = path.join(await makeTempDir('clonebox-lvcli-'), 'home');
     const cli = (args: string[]) => runCli(args, { home, timeoutMs: 120_000 });
@@ -62,5 +62,17 @@ describe.skipIf(suite.skip)(suite.title, () => {
     await snapshotRaw(after.disks[0]!.path, cur);
     expect(await sameContent(cur, ref)).toBe(true);
     expect((await virsh.snapshotList(dom.name)).length).toBe(0); // no stale libvirt snapshot metadata
+
+    // Exported from libvirt, imported as an image-driver VM elsewhere: identical snapshot.
+    const bundle = path.join(dom.dir, 'web.cbx');
+    const ex = await cli(['snapshot', 'export', 'web', '--name', 's1', '-o', bundle, '--json']);
+    expect(ex.code, ex.stderr).toBe(0);
+    const home2 = path.join(path.dirname(home), 'home2');
+    const im = await runCli(['snapshot', 'import', 'copy', bundle, '--dir', path.join(path.dirname(home), 'copy'), '--json'], { home: home2 });
+    expect(im.code, im.stderr).toBe(0);
+    const copy = parseJsonOutput<{ driver: string }>(await runCli(['vm', 'show', 'copy', '--json'], { home: home2 }));
+    expect(copy.driver).toBe('image');
+    const layer = parseJsonOutput<{ disks: { path: string }[] }>(await runCli(['snapshot', 'show', 'copy', '--name', 's1', '--json'], { home: home2 })).disks[0]!.path;
+    expect(await sameContent(layer, ref)).toBe(true);
   });
 });
