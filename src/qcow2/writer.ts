@@ -48,7 +48,15 @@ export class Qcow2Writer {
   private next: number;
   private readonly l2Cache = new Map<number, { buf: Buffer; host: number; dirty: boolean }>();
   private readonly l2CacheMax: number;
-  private batch: { host: number; bufs: Buffer[]; bytes: number } | null = null;
+  /**
+   * Data clusters are copied once into the filling batch buffer; a full batch is written while the
+   * next one fills (one write in flight at most, two buffers alternating).
+   */
+  private batchBuf: Buffer | null = null;
+  private spareBuf: Buffer | null = null;
+  private batchHost = 0;
+  private batchLen = 0;
+  private inflight: Promise<void> | null = null;
   private finished = false;
   /** Bytes of guest data written (data clusters only), for reports. */
   dataBytes = 0;
@@ -123,11 +131,34 @@ export class Qcow2Writer {
     }
   }
 
-  private async flushBatch(): Promise<void> {
-    const b = this.batch;
-    if (!b) return;
-    this.batch = null;
-    await this.pwrite(b.bufs.length === 1 ? b.bufs[0]! : Buffer.concat(b.bufs, b.bytes), b.host);
+  /** Starts writing the filling batch (waiting for the previous write first); `drain` waits for it too. */
+  private async flushBatch(drain = true): Promise<void> {
+    if (this.batchLen > 0) {
+      if (this.inflight) await this.inflight;
+      const buf = this.batchBuf!;
+      const write = this.pwrite(buf.subarray(0, this.batchLen), this.batchHost);
+      // The buffer becomes the spare once its write is done; until then nobody touches it.
+      this.inflight = write.then(() => {
+        this.spareBuf = buf;
+      });
+      this.inflight.catch(() => undefined); // surfaced by the next await of `inflight`
+      this.batchBuf = null;
+      this.batchLen = 0;
+    }
+    if (drain && this.inflight) {
+      const p = this.inflight;
+      this.inflight = null;
+      await p;
+    }
+  }
+
+  private batchBuffer(): Buffer {
+    if (this.spareBuf) {
+      const b = this.spareBuf;
+      this.spareBuf = null;
+      return b;
+    }
+    return Buffer.allocUnsafe(Math.max(WRITE_BATCH, this.clusterSize));
   }
 
   /** Allocates a cluster at the end of the file (its bytes are written by the caller). */
@@ -150,12 +181,12 @@ export class Qcow2Writer {
     }
     if (this.l2Cache.size >= this.l2CacheMax) await this.evictL2();
     if (host === 0) {
-      await this.flushBatch();
+      // The new table's cluster breaks the batch's contiguity; writeCluster starts a new batch then.
       host = this.allocCluster();
       this.l1[l1i] = BigInt(host) | L2E_COPIED;
       hit = { buf: Buffer.alloc(this.clusterSize), host, dirty: true };
     } else {
-      await this.flushBatch();
+      // Evicted tables were written with an awaited write, and data batches never cover a table.
       const buf = Buffer.alloc(this.clusterSize);
       await this.fh.read(buf, 0, this.clusterSize, host);
       hit = { buf, host, dirty: false };
@@ -168,7 +199,6 @@ export class Qcow2Writer {
     const [host, t] = this.l2Cache.entries().next().value!;
     this.l2Cache.delete(host);
     if (t.dirty) {
-      await this.flushBatch();
       await this.pwrite(t.buf, t.host);
     }
   }
@@ -212,8 +242,12 @@ export class Qcow2Writer {
     this.dataBytes += chunk.length;
     if (oldHost !== 0) {
       // Rewriting a cluster: reuse its host cluster, keep the entry (clear a zero flag if any).
-      await this.flushBatch();
-      await this.pwrite(chunk, oldHost);
+      if (this.batchLen > 0 && oldHost >= this.batchHost && oldHost < this.batchHost + this.batchLen) {
+        chunk.copy(this.batchBuf!, oldHost - this.batchHost);
+      } else {
+        await this.flushBatch(); // a write in flight may hold this cluster: order matters
+        await this.pwrite(chunk, oldHost);
+      }
       if (old & 1n) {
         l2.buf.writeBigUInt64BE(BigInt(oldHost) | L2E_COPIED, l2i * 8);
         l2.dirty = true;
@@ -223,15 +257,16 @@ export class Qcow2Writer {
     const host = this.allocCluster();
     l2.buf.writeBigUInt64BE(BigInt(host) | L2E_COPIED, l2i * 8);
     l2.dirty = true;
-    if (this.batch && this.batch.host + this.batch.bytes === host && this.batch.bytes < WRITE_BATCH) {
-      // The caller may reuse its buffer after we return, so keep a copy only when batching.
-      this.batch.bufs.push(Buffer.from(chunk));
-      this.batch.bytes += chunk.length;
-    } else {
-      await this.flushBatch();
-      this.batch = { host, bufs: [Buffer.from(chunk)], bytes: chunk.length };
+    const cap = Math.max(WRITE_BATCH, this.clusterSize);
+    if (!(this.batchLen > 0 && this.batchHost + this.batchLen === host && this.batchLen + chunk.length <= cap)) {
+      await this.flushBatch(false);
+      this.batchBuf = this.batchBuffer();
+      this.batchHost = host;
     }
-    if (this.batch!.bytes >= WRITE_BATCH) await this.flushBatch();
+    // The one copy: the caller may reuse its buffer as soon as we return.
+    chunk.copy(this.batchBuf!, this.batchLen);
+    this.batchLen += chunk.length;
+    if (this.batchLen >= cap) await this.flushBatch(false);
   }
 
   /**
