@@ -3,7 +3,7 @@
  * directory, fsync, rename, and an fsync of the directory, so a crash leaves either the old or the
  * new content and never a torn file.
  */
-import { open, rename, unlink, mkdir, stat } from 'node:fs/promises';
+import { open, rename, unlink, mkdir, stat, link } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { ioError } from '../errors.js';
@@ -27,22 +27,53 @@ export function tempPathFor(file: string): string {
   return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
 }
 
-export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
+/** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */
+async function writeTempSynced(file: string, data: string | Buffer, mode: number): Promise<string> {
   const tmp = tempPathFor(file);
+  const fh = await open(tmp, 'wx', mode);
   try {
-    const fh = await open(tmp, 'wx', mode);
-    try {
-      await fh.writeFile(data);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  return tmp;
+}
+
+export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
+  let tmp: string | null = null;
+  try {
+    tmp = await writeTempSynced(file, data, mode);
     await rename(tmp, file);
   } catch (err) {
-    await unlink(tmp).catch(() => undefined);
+    if (tmp) await unlink(tmp).catch(() => undefined);
     throw ioError(err, 'cannot write', file);
   }
   await fsyncDir(path.dirname(file));
+}
+
+/**
+ * Creates `file` with `data` only if it does not exist yet: a complete, fsynced temporary file is
+ * link(2)ed into place, which fails when the name is taken. So two processes creating the same file at
+ * once agree on one content, and a crash never leaves a torn file. Returns false when it existed.
+ */
+export async function createFileExclusive(file: string, data: string | Buffer, mode = 0o600): Promise<boolean> {
+  let tmp: string | null = null;
+  try {
+    tmp = await writeTempSynced(file, data, mode);
+    try {
+      await link(tmp, file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+      throw err;
+    }
+    await fsyncDir(path.dirname(file));
+    return true;
+  } catch (err) {
+    throw ioError(err, 'cannot write', file);
+  } finally {
+    if (tmp) await unlink(tmp).catch(() => undefined);
+  }
 }
 
 export async function writeJsonAtomic(file: string, value: unknown, mode = 0o644): Promise<void> {

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { checkName } from '../names.js';
 import { ensureDir, writeFileAtomic } from '../store/fsutil.js';
-import { createFileExclusive } from './files.js';
+import { createFileExclusive } from '../store/fsutil.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { formatHostPort, parseHostPort, type HostPort } from './hostport.js';

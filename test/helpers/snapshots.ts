@@ -5,25 +5,11 @@
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
+import type { SnapshotView } from '../../src/snapshots/model.js';
 import { parseJsonOutput, qemuCheck, qemuCompare, qemuIo, qemuRaw, runCli, type RunResult } from './qemu.js';
 
-export interface SnapView {
-  name: string;
-  vm_name: string;
-  type: string;
-  state: string;
-  created_at: string;
-  description: string | null;
-  parent: string | null;
-  children: string[];
-  size_bytes: number;
-  tags: string[];
-  auto_created: boolean;
-  auto_policy: string | null;
-  expires_at: string | null;
-  current: boolean;
-  disks: { target: string; path: string }[];
-}
+/** The contract's snapshot object, as the CLI prints it. */
+export type SnapView = SnapshotView;
 
 export class VmFixture {
   /** Raw reference image of each snapshot (by name) and of the current state. */
