@@ -6,19 +6,11 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import { libvirtAvailability, qemuIo, removeAllTestDomains, sameContent, snapshotRaw, suiteTitle, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
+import { libvirtSuite, qemuIo, removeAllTestDomains, sameContent, snapshotRaw, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
 import { makeTempDir, parseJsonOutput, runCli } from './helpers/qemu.js';
 
 const BASE = 'libvirt VMs through the CLI (real daemon)';
-const avail = await libvirtAvailability();
-const suite = suiteTitle(BASE, avail);
-if (suite.mustFail) {
-  describe(BASE, () => {
-    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-      throw new Error(avail.reason);
-    });
-  });
-}
+const { suite } = await libvirtSuite(BASE);
 
 describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = new Virsh({ uri: URI });

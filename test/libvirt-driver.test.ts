@@ -16,18 +16,10 @@ import { inspectDomain, LibvirtDriver, performLibvirtStep, type LibvirtStep } fr
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
 import {
-  libvirtAvailability, qcow2, removeAllTestDomains, sameContent, sh, snapshotRaw, suiteTitle, sweepStaleDomains, TestDomain, URI,
+  libvirtSuite, qcow2, removeAllTestDomains, sameContent, sh, snapshotRaw, sweepStaleDomains, TestDomain, URI,
 } from './libvirt-fixture.js';
 
-const avail = await libvirtAvailability();
-const suite = suiteTitle('libvirt driver on a real daemon', avail);
-if (suite.mustFail) {
-  describe('libvirt driver on a real daemon', () => {
-    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-      throw new Error(avail.reason);
-    });
-  });
-}
+const { suite } = await libvirtSuite('libvirt driver on a real daemon');
 
 /** Stands in for the journal during prepare: records the files announced. */
 function fakeJournal(): Journal & { created: string[] } {

@@ -5,6 +5,7 @@
  * When libvirtd is not reachable the suites skip, with the reason in the suite name and on stderr; with
  * CLONEBOX_REQUIRE_LIBVIRT=1 (CI) they fail instead.
  */
+import { describe, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -232,4 +233,21 @@ export async function bounded<T>(p: Promise<T>, ms: number, what: string): Promi
   } finally {
     clearTimeout(timer);
   }
+}
+
+/**
+ * Availability and title for a libvirt suite. When CI requires the daemon (CLONEBOX_REQUIRE_LIBVIRT=1)
+ * and it is missing, registers a failing test instead, so the suite can never pass by skipping.
+ */
+export async function libvirtSuite(base: string): Promise<{ avail: Availability; suite: ReturnType<typeof suiteTitle> }> {
+  const avail = await libvirtAvailability();
+  const suite = suiteTitle(base, avail);
+  if (suite.mustFail) {
+    describe(base, () => {
+      it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
+        throw new Error(avail.reason);
+      });
+    });
+  }
+  return { avail, suite };
 }

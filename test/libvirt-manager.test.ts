@@ -17,22 +17,14 @@ import { inspectDomain } from '../src/drivers/libvirt/driver.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
 import { CloneboxError } from '../src/errors.js';
 import {
-  libvirtAvailability, removeAllTestDomains, sameContent, sh, snapshotRaw, suiteTitle, sweepStaleDomains, TestDomain, URI,
+  libvirtSuite, removeAllTestDomains, sameContent, sh, snapshotRaw, sweepStaleDomains, TestDomain, URI,
 } from './libvirt-fixture.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const DIST = path.join(ROOT, 'dist', 'src');
 
 const BASE = 'snapshot manager on a libvirt VM (real daemon)';
-const avail = await libvirtAvailability();
-const suite = suiteTitle(BASE, avail);
-if (suite.mustFail) {
-  describe(BASE, () => {
-    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-      throw new Error(avail.reason);
-    });
-  });
-}
+const { suite } = await libvirtSuite(BASE);
 /** The child: one manager operation with the built code, killed at journal step N by CLONEBOX_CRASH_AT. */
 const CHILD = `
 const [home, op, name] = process.argv.slice(1);

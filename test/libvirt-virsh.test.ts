@@ -9,20 +9,11 @@ import { CloneboxError } from '../src/errors.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
 import {
-  bounded, libvirtAvailability, qcow2, qemuIo, removeAllTestDomains, sameContent, snapshotRaw, suiteTitle,
+  bounded, libvirtSuite, qcow2, qemuIo, removeAllTestDomains, sameContent, snapshotRaw,
   sweepStaleDomains, TestDomain, URI,
 } from './libvirt-fixture.js';
 
-const avail = await libvirtAvailability();
-const suite = suiteTitle('libvirt virsh primitives on a real daemon', avail);
-
-if (suite.mustFail) {
-  describe('libvirt virsh primitives on a real daemon', () => {
-    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-      throw new Error(avail.reason);
-    });
-  });
-}
+const { suite } = await libvirtSuite('libvirt virsh primitives on a real daemon');
 
 async function codeOf(p: Promise<unknown>): Promise<string> {
   try {

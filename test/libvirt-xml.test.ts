@@ -6,7 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { XMLParser } from 'fast-xml-parser';
 import { buildSnapshotXml, parseDomainXml, XmlDoc } from '../src/drivers/libvirt/domain-xml.js';
 import { mapVirshError, parseDomblklist, reasonOf, Virsh } from '../src/drivers/libvirt/virsh.js';
-import { libvirtAvailability, qcow2, removeAllTestDomains, suiteTitle, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
+import { libvirtSuite, qcow2, removeAllTestDomains, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
 
 /**
  * A canonical form for "semantically identical": element names, attributes as ordered [name, value]
@@ -190,15 +190,7 @@ describe('domain XML (no daemon needed)', () => {
   });
 });
 
-const avail = await libvirtAvailability();
-const suite = suiteTitle('domain XML against a real daemon', avail);
-if (suite.mustFail) {
-  describe('domain XML against a real daemon', () => {
-    it('needs a reachable libvirtd (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-      throw new Error(avail.reason);
-    });
-  });
-}
+const { suite } = await libvirtSuite('domain XML against a real daemon');
 
 describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = new Virsh({ uri: URI });

@@ -289,11 +289,8 @@ export class Qcow2Image {
         guest = Math.min(clusterStart + cs, tableEnd);
       }
     }
-    if (pending) {
-      const last = pending as Run;
-      // The first run may start before `start` (aligned down); clip both ends to the request.
-      yield last;
-    }
+    // Runs may extend past [start, end) to whole (sub)clusters; runsIn() clips them.
+    if (pending) yield pending as Run;
   }
 
   /** Runs clipped to exactly [start, end). */
