@@ -4,7 +4,17 @@
  */
 import type { Command } from 'commander';
 import { makeCtx, type Ctx, type GlobalOpts } from './context.js';
-import { reportError } from './output.js';
+import { reportError, warn } from './output.js';
+import { sweepInterrupted } from '../src/store/sweep.js';
+
+/** Commands that never use the home (they work on files given to them), so they do not sweep it. */
+const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo']);
+
+function commandPath(cmd: Command): string {
+  const names: string[] = [];
+  for (let c: Command | null = cmd; c?.parent; c = c.parent) names.unshift(c.name());
+  return names.join(' ');
+}
 
 type Action = (ctx: Ctx, ...args: any[]) => Promise<unknown> | unknown;
 
@@ -15,6 +25,8 @@ export function action(fn: Action) {
     let ctx: Ctx | null = null;
     try {
       ctx = makeCtx(opts);
+      // Interrupted imports of VMs that never came to exist are recovered here (store/sweep.ts).
+      if (!NO_HOME.has(commandPath(cmd))) for (const w of await sweepInterrupted(ctx.home)) warn(w);
       await fn(ctx, ...args.slice(0, -1));
     } catch (err) {
       process.exitCode = reportError(err, Boolean(opts.json));

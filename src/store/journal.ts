@@ -14,7 +14,7 @@
  * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
  * (each persist and each commit action counts), so tests can stop an operation at every point.
  */
-import { readFile, rename, rm, unlink, readdir } from 'node:fs/promises';
+import { readFile, rename, rm, unlink, readdir, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { writeJsonAtomic, ensureDir, pathExists } from './fsutil.js';
@@ -118,15 +118,25 @@ export class Journal {
   }
 }
 
-async function deleteCreated(created: string[]): Promise<void> {
+/** Deletes what a prepare phase created; returns how many files that removed and their bytes. */
+async function deleteCreated(created: string[]): Promise<{ files: number; bytes: number }> {
+  const removed = { files: 0, bytes: 0 };
+  const remove = async (f: string) => {
+    const size = await lstat(f).then((st) => st.size, () => 0);
+    await unlink(f).then(() => {
+      removed.files++;
+      removed.bytes += size;
+    }, () => undefined);
+  };
   for (const f of created) {
-    await unlink(f).catch(() => undefined);
+    await remove(f);
     // The qcow2 writer and atomic writes use `.<name>.tmp-*` siblings before renaming into place.
     const dir = path.dirname(f);
     const prefix = `.${path.basename(f)}.tmp-`;
     const names = await readdir(dir).catch(() => [] as string[]);
-    for (const n of names) if (n.startsWith(prefix)) await unlink(path.join(dir, n)).catch(() => undefined);
+    for (const n of names) if (n.startsWith(prefix)) await remove(path.join(dir, n));
   }
+  return removed;
 }
 
 async function runActions(doc: JournalDoc, file: string): Promise<void> {
@@ -176,26 +186,51 @@ async function perform(a: Action): Promise<void> {
 }
 
 
+/** What recoverReport() did: the outcome, the interrupted operation, and what a rollback deleted. */
+export interface RecoveryReport {
+  outcome: 'none' | 'rolled-back' | 'completed';
+  /** The journal's operation ("snapshot import a,b"...), null when there was none. */
+  op: string | null;
+  /** Files the rollback deleted (and their bytes); zero for a roll-forward. */
+  removedFiles: number;
+  removedBytes: number;
+}
+
 /**
  * Finishes or rolls back an interrupted operation on `vm`. The caller holds the VM lock (so the
  * journal's writer is dead or is us). Returns what it did.
  */
 export async function recover(home: Home, vm: string): Promise<'none' | 'rolled-back' | 'completed'> {
+  return (await recoverReport(home, vm)).outcome;
+}
+
+/** recover(), telling what it found and removed (for the home sweep's warning, store/sweep.ts). */
+export async function recoverReport(home: Home, vm: string): Promise<RecoveryReport> {
   const file = journalPath(home, vm);
   let doc: JournalDoc;
   try {
     doc = JSON.parse(await readFile(file, 'utf8')) as JournalDoc;
+    if (!isJournalDoc(doc)) throw new Error('unexpected shape');
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 'none';
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { outcome: 'none', op: null, removedFiles: 0, removedBytes: 0 };
     throw new CloneboxError('STORE_CORRUPT', `operation journal is damaged (${(err as Error).message}), ${file}`, {
       hint: 'inspect it by hand; clonebox will not touch the VM until it is fixed or removed',
     });
   }
+  const op = typeof doc.op === 'string' ? doc.op : null;
   if (doc.phase === 'commit') {
     await runActions(doc, file);
-    return 'completed';
+    return { outcome: 'completed', op, removedFiles: 0, removedBytes: 0 };
   }
-  await deleteCreated(doc.created);
+  const removed = await deleteCreated(doc.created);
   await rm(file, { force: true });
-  return 'rolled-back';
+  return { outcome: 'rolled-back', op, removedFiles: removed.files, removedBytes: removed.bytes };
+}
+
+/** A journal that parses but is not one (truncated by hand, another program's file) is damaged too. */
+function isJournalDoc(d: unknown): d is JournalDoc {
+  const j = d as JournalDoc | null;
+  return typeof j === 'object' && j !== null && (j.phase === 'prepare' || j.phase === 'commit') &&
+    Array.isArray(j.created) && j.created.every((f) => typeof f === 'string') &&
+    Array.isArray(j.actions) && Number.isInteger(j.done);
 }
