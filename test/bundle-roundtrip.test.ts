@@ -286,31 +286,37 @@ describe('snapshot export / import round trips', () => {
     expect(parseJsonOutput<{ error: { code: string } }>(r3).error.code).toBe('SNAPSHOT_EXISTS');
   });
 
-  it('serves blocks placed again long after their frame (re-read from the bundle file, or from the spool for a pipe), plain and encrypted', async () => {
+  it('serves blocks placed again long after their frame (read back from an earlier layer, re-read from the bundle file, or from the spool for a pipe), plain and encrypted', async () => {
     const { root, a, b, disksA } = await setup('reuse');
-    await a.ok(['vm', 'create', 'big', '--size', '96M', '--dir', disksA]);
-    const disk = path.join(disksA, 'big.qcow2');
     const rnd = path.join(root, 'r.bin');
     await writeFile(rnd, rng(21).bytes(40 * 1024 * 1024));
-    await qemuIo(disk, [`write -s ${rnd} 0 40M`]);
-    await a.ok(['snapshot', 'create', 'big', '--name', 'one']);
-    // The first 4 MiB again, at the same place and elsewhere: their frames left the importer's cache long ago.
-    await qemuIo(disk, [`write -s ${rnd} 0 4M`, `write -s ${rnd} 60M 4M`]);
-    await a.ok(['snapshot', 'create', 'big', '--name', 'two']);
+    // 64 KiB clusters: the importer reads repeated blocks back from the layer it wrote them to. 128 KiB
+    // clusters assemble blocks in memory, so repeated blocks come from their frame again (from the
+    // bundle file, or the spool for a pipe).
+    for (const [vm, cs] of [['big', '64K'], ['wide', '128K']] as const) {
+      await a.ok(['vm', 'create', vm, '--size', '96M', '--cluster-size', cs, '--dir', disksA]);
+      const disk = path.join(disksA, `${vm}.qcow2`);
+      await qemuIo(disk, [`write -s ${rnd} 0 40M`]);
+      await a.ok(['snapshot', 'create', vm, '--name', 'one']);
+      // The first 4 MiB again, at the same place and elsewhere: their frames left the importer's cache long ago.
+      await qemuIo(disk, [`write -s ${rnd} 0 4M`, `write -s ${rnd} 60M 4M`]);
+      await a.ok(['snapshot', 'create', vm, '--name', 'two']);
+    }
     const key = path.join(root, 'k.key');
     await a.ok(['key', 'generate', '-o', key]);
-    for (const enc of [false, true]) {
-      const file = path.join(root, `big-${enc}.bundle`);
+    for (const [vm, enc] of [['big', false], ['big', true], ['wide', false], ['wide', true]] as const) {
+      const tag = `${vm}-${enc}`;
+      const file = path.join(root, `${tag}.bundle`);
       const extra = enc ? ['--encrypt', '--key-file', key] : [];
-      const ex = await a.json<ExportDoc>(['snapshot', 'export', 'big', '-o', file, ...extra]);
+      const ex = await a.json<ExportDoc>(['snapshot', 'export', vm, '-o', file, ...extra]);
       expect(ex.unique_bytes).toBe(40 * 1024 * 1024);
       const keyArgs = enc ? ['--key-file', key] : [];
-      await b.ok(['snapshot', 'import', `file-${enc}`, file, '--dir', path.join(root, `out-file-${enc}`), ...keyArgs]);
-      await expectSameChain(a, 'big', b, `file-${enc}`);
-      const piped = await run('bash', ['-c', `"${process.execPath}" "${CLI_PATH}" --home "${b.home}" snapshot import pipe-${enc} - --dir "${path.join(root, `out-pipe-${enc}`)}" ${keyArgs.join(' ')} < "${file}"`]);
+      await b.ok(['snapshot', 'import', `file-${tag}`, file, '--dir', path.join(root, `out-file-${tag}`), ...keyArgs]);
+      await expectSameChain(a, vm, b, `file-${tag}`);
+      const piped = await run('bash', ['-c', `"${process.execPath}" "${CLI_PATH}" --home "${b.home}" snapshot import pipe-${tag} - --dir "${path.join(root, `out-pipe-${tag}`)}" ${keyArgs.join(' ')} < "${file}"`]);
       expect(piped.code, piped.stderr).toBe(0);
-      await expectSameChain(a, 'big', b, `pipe-${enc}`);
-      expect((await readdir(path.join(root, `out-pipe-${enc}`))).filter((f) => f.startsWith('.'))).toEqual([]);
+      await expectSameChain(a, vm, b, `pipe-${tag}`);
+      expect((await readdir(path.join(root, `out-pipe-${tag}`))).filter((f) => f.startsWith('.'))).toEqual([]);
     }
   });
 

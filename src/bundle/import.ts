@@ -33,6 +33,7 @@ import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store
 import { ensureContentIds } from '../snapshots/identity.js';
 import { randomBytes, type KeySource } from './crypto.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
+import { openInput } from './input.js';
 import { Progress } from './progress.js';
 import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
 import { WorkerPool } from './workers.js';
@@ -57,54 +58,6 @@ export interface ImportResult {
   current: string | null;
   /** For a --since bundle: the local snapshot the imported ones stand on. */
   base: string | null;
-}
-
-/** Opens the input: a file (its size known, for progress) or stdin. */
-export async function openInput(input: string, stdin?: Readable): Promise<{ stream: Readable | AsyncIterable<Buffer>; label: string; size: number | null; file: string | null }> {
-  if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null, file: null };
-  const file = path.resolve(input);
-  let size: number;
-  try {
-    const st = await stat(file);
-    if (!st.isFile()) throw new CloneboxError('USAGE', `not a file, ${file}`, { exitCode: 2 });
-    size = st.size;
-  } catch (err) {
-    throw ioError(err, 'cannot read bundle', file);
-  }
-  return { stream: readFileChunks(file), label: file, size, file };
-}
-
-/**
- * A file's bytes in 1 MiB chunks, read with blocking reads on this thread: a bundle is read start to
- * end and nothing else waits on this thread meanwhile, and a thread-pool round trip per chunk costs
- * more than the copy from the page cache (and much more on a busy machine). Pulled one chunk at a
- * time; two buffers take turns (the tar reader copies a chunk out before it asks for the next).
- */
-async function* readFileChunks(file: string): AsyncGenerator<Buffer> {
-  const bufs = [Buffer.allocUnsafe(1024 * 1024), Buffer.allocUnsafe(1024 * 1024)];
-  let turn = 0;
-  let fd: number;
-  try {
-    fd = openSync(file, 'r');
-  } catch (err) {
-    throw ioError(err, 'cannot read bundle', file);
-  }
-  try {
-    for (;;) {
-      const b = bufs[turn++ % 2]!;
-      let n: number;
-      try {
-        n = readSync(fd, b, 0, b.length, null);
-      } catch (err) {
-        throw ioError(err, 'cannot read bundle', file);
-      }
-      if (n === 0) return;
-      yield n === b.length ? b : b.subarray(0, n);
-      await new Promise<void>((r) => setImmediate(r)); // let worker replies in between
-    }
-  } finally {
-    closeSync(fd);
-  }
 }
 
 function diskPathFor(dir: string, vm: string, target: string): string {
@@ -142,6 +95,17 @@ class ImportSink implements BundleSink {
   private spoolEnd = 0;
   private readonly frames: { at: number; length: number }[] = [];
   dataBytes = 0;
+  /**
+   * Where each block was first written: layer (-1: nowhere readable) and host offset in that layer's
+   * file. A block placed again later is read back from there (a page-cache read) instead of decoding
+   * its whole frame again; 12 bytes per unique block.
+   */
+  private homeLayer = new Int32Array(0);
+  private homeHost = new Float64Array(0);
+  private readonly layerWriters: Qcow2Writer[] = [];
+  private readonly readFds: number[] = [];
+  private readonly backBuf = Buffer.allocUnsafe(BLOCK_SIZE);
+  private layer = -1;
 
   /** Layers being finished (flushed, fsynced) while the next ones are written. */
   private finishing: Promise<void>[] = [];
@@ -165,6 +129,53 @@ class ImportSink implements BundleSink {
     this.writer = await Qcow2Writer.create(f.temp, {
       virtualSize: f.virtualSize, clusterSize: f.clusterSize, backingFile: f.backing, backingFormat: f.backing ? 'qcow2' : null,
     });
+    this.layer = li;
+    this.layerWriters[li] = this.writer;
+    try {
+      // A descriptor of our own: it stays valid when the writer renames the file at its finish.
+      this.readFds[li] = openSync(this.writer.tmpPath, 'r');
+    } catch (err) {
+      throw ioError(err, 'cannot read temporary file', this.writer.tmpPath);
+    }
+  }
+
+  canReadBack(block: number): boolean {
+    return block < this.homeLayer.length && this.homeLayer[block]! >= 0;
+  }
+
+  readBack(block: number, length: number): Buffer | null {
+    if (!this.canReadBack(block) || length > this.backBuf.length) return null;
+    const li = this.homeLayer[block]!;
+    const host = this.homeHost[block]!;
+    if (host + length > this.layerWriters[li]!.flushedEnd) return null; // still in the writer's batch
+    let got = 0;
+    while (got < length) {
+      let n: number;
+      try {
+        n = readSync(this.readFds[li]!, this.backBuf, got, length - got, host + got);
+      } catch (err) {
+        throw ioError(err, 'cannot read temporary file', this.files[li]!.temp);
+      }
+      if (n === 0) throw new CloneboxError('IO', `temporary file is shorter than written, ${this.files[li]!.temp}`);
+      got += n;
+    }
+    return this.backBuf.subarray(0, length);
+  }
+
+  private noteHome(block: number, host: number): void {
+    if (host < 0) return;
+    if (block >= this.homeLayer.length) {
+      const size = Math.max(1024, block + 1, this.homeLayer.length * 2);
+      const l = new Int32Array(size).fill(-1);
+      l.set(this.homeLayer);
+      const h = new Float64Array(size);
+      h.set(this.homeHost);
+      this.homeLayer = l;
+      this.homeHost = h;
+    }
+    if (this.homeLayer[block]! >= 0) return;
+    this.homeLayer[block] = this.layer;
+    this.homeHost[block] = host;
   }
 
   async endLayer(): Promise<void> {
@@ -213,13 +224,13 @@ class ImportSink implements BundleSink {
     return stored;
   }
 
-  async data(_layer: number, offset: number, _block: number, length: number, data: Buffer | null): Promise<void> {
+  async data(_layer: number, offset: number, block: number, length: number, data: Buffer | null): Promise<void> {
     const w = this.writer!;
     const cs = w.clusterSize;
     this.dataBytes += length;
     if (cs <= BLOCK_SIZE) {
       // Blocks start and end on cluster boundaries (or at the end of the disk): write as they come.
-      await w.write(offset, data!);
+      this.noteHome(block, await w.write(offset, data!));
       return;
     }
     if (!this.pend) {
@@ -241,6 +252,7 @@ class ImportSink implements BundleSink {
   }
 
   async close(): Promise<void> {
+    for (const fd of this.readFds.splice(0)) if (fd !== undefined) closeSync(fd);
     await this.spool?.close().catch(() => undefined);
     this.spool = null;
     if (this.spoolPath !== null) await rm(this.spoolPath, { force: true });

@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { KeySource } from './crypto.js';
-import { openInput } from './import.js';
+import { openInput } from './input.js';
 import { BundleReader } from './reader.js';
 
 export interface InspectResult {

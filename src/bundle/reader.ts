@@ -10,6 +10,7 @@
  *                  (pack count, digests, totals, content ids) — then, and only then, returns.
  * A sink receives the checked pieces: import writes them, verify only counts.
  */
+import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CloneboxError } from '../errors.js';
@@ -157,7 +158,9 @@ export class BundleReader {
   private static turn(bufs: (Buffer | null)[], k: number, size: number): Buffer {
     const b = bufs[k % 2];
     if (b && b.length >= size) return b.subarray(0, size);
-    const fresh = Buffer.allocUnsafe(Math.max(size, 9 * 1024 * 1024));
+    // Room to spare: a pack a little larger than the last must not cost a fresh (page-faulting) buffer.
+    // Shared memory: the workers decode frames where they lie, nothing is copied or transferred.
+    const fresh = Buffer.from(new SharedArrayBuffer(Math.max(Math.ceil(size * 1.25), 12 * 1024 * 1024)));
     bufs[k % 2] = fresh;
     return fresh.subarray(0, size);
   }
@@ -228,6 +231,14 @@ export interface BundleSink {
    * a file it can read again (import from a pipe spools them).
    */
   storedBytes?(frame: number): Promise<Buffer>;
+  /**
+   * Block `block`'s `length` bytes read back from where the sink already wrote them (synchronously;
+   * the buffer is valid until the next call), or null when they are not readable there yet. Cheaper
+   * than decoding the block's frame again; the decoder checks them against the block's hash.
+   */
+  readBack?(block: number, length: number): Buffer | null;
+  /** Whether the sink has placed `block` somewhere it may read it back from (for read-ahead). */
+  canReadBack?(block: number): boolean;
 }
 
 /** Recently used raw frames, newest last, within a byte budget. */
@@ -352,17 +363,33 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
   // Stored bytes and raw frames cross to a worker in buffers that come back and are used again.
   const storedSize = 3 * 1024 * 1024;
   const rawSize = FRAME_TARGET + BLOCK_SIZE;
+  // Pools as deep as the frames in flight: every fresh buffer costs a page fault per 4 KiB when first
+  // touched, and with shallow pools an import of 460 MiB faulted in about 160 MiB of fresh buffers.
+  const POOL_MAX = 12;
   const storedPool: ArrayBuffer[] = [];
   const rawPool: ArrayBuffer[] = [];
   type Decoded = { raw: Buffer; shas: Buffer } | null;
   const decodeFrame = (codec: Codec, stored: Buffer, rawLength: number, lengths: Uint32Array): Promise<Decoded> => {
-    const ab = stored.length <= storedSize ? storedPool.pop() ?? new ArrayBuffer(storedSize) : new ArrayBuffer(stored.length);
-    stored.copy(Buffer.from(ab));
+    // Frames of a pack lie in shared memory (BundleReader.turn) and are decoded in place; the pack's
+    // buffer is not reused before every frame of it has come back. Re-read frames are copied over.
+    let src: ArrayBuffer | SharedArrayBuffer;
+    let offset = 0;
+    const transfer: ArrayBuffer[] = [];
+    if (stored.buffer instanceof SharedArrayBuffer) {
+      src = stored.buffer;
+      offset = stored.byteOffset;
+    } else {
+      const ab = stored.length <= storedSize ? storedPool.pop() ?? new ArrayBuffer(storedSize) : new ArrayBuffer(stored.length);
+      stored.copy(Buffer.from(ab));
+      src = ab;
+      transfer.push(ab);
+    }
     // Raw frames decode into pooled memory: given back on eviction (import) or at once (verify).
     const output = rawLength <= rawSize ? rawPool.pop() ?? new ArrayBuffer(rawSize) : undefined;
-    const msg = { op: 'decode' as const, id: pool.newId(), codec, stored: ab, offset: 0, length: stored.length, rawLength, lengths, ...(output ? { output } : {}) };
-    return pool.request(pool.pick(), msg, output ? [ab, output] : [ab]).then((rep) => {
-      if ('stored' in rep && rep.stored.byteLength === storedSize && storedPool.length < 2) storedPool.push(rep.stored);
+    if (output) transfer.push(output);
+    const msg = { op: 'decode' as const, id: pool.newId(), codec, stored: src, offset, length: stored.length, rawLength, lengths, ...(output ? { output } : {}) };
+    return pool.request(pool.pick(), msg, transfer).then((rep) => {
+      if ('stored' in rep && rep.stored instanceof ArrayBuffer && rep.stored.byteLength === storedSize && storedPool.length < POOL_MAX) storedPool.push(rep.stored);
       if ('bad' in rep) {
         if (rep.output) rawPool.push(rep.output);
         return null;
@@ -376,7 +403,7 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
   // Evicted frames' memory is reused, so evictions happen only here in the record loop, never while
   // a sink is still using a block's bytes (reloads land in `reloaded` and enter the cache when used).
   const giveRaw = (raw: Buffer) => {
-    if (raw.buffer.byteLength === rawSize && rawPool.length < 4) rawPool.push(raw.buffer as ArrayBuffer);
+    if (raw.buffer.byteLength === rawSize && rawPool.length < POOL_MAX) rawPool.push(raw.buffer as ArrayBuffer);
   };
   const cache = new FrameCache(16 * 1024 * 1024, giveRaw);
   const frameInfo: { codec: Codec; rawLength: number; lengths: Uint32Array; first: number; pack: number; at: number; stored: number }[] = [];
@@ -442,6 +469,7 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
         const end = Math.min(rec.first + rec.count, known);
         for (let n = rec.first; n < end; n++) {
           const f = blkFrame.a[n]!;
+          if (sink.canReadBack?.(n)) continue;
           if (!refIndex.has(f)) {
             refIndex.set(f, refOrder.length);
             refOrder.push(f);
@@ -525,11 +553,24 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
         let bytes: Buffer | null = null;
         if (opts.wantData) {
           const f = blkFrame.a[n]!;
-          const ri = refIndex.get(f);
-          if (ri !== undefined && ri >= refNext) refsAhead(ri);
-          const raw = await frameRaw(f);
-          const at = blkAt.a[n]!;
-          bytes = raw.subarray(at, at + len);
+          const hit = cache.get(f);
+          const back = hit ? null : sink.readBack?.(n, len) ?? null;
+          if (hit) {
+            bytes = hit.subarray(blkAt.a[n]!, blkAt.a[n]! + len);
+          } else if (back) {
+            if (!createHash('sha256').update(back).digest().equals(shas.row(n))) {
+              throw new CloneboxError('BUNDLE_CHANGED', `a temporary file of this import changed while importing (block ${n} read back differs), ${file}`, {
+                hint: 'nothing was imported; check the disk and that nothing else writes to the destination directory',
+              });
+            }
+            bytes = back;
+          } else {
+            const ri = refIndex.get(f);
+            if (ri !== undefined && ri >= refNext) refsAhead(ri);
+            const raw = await frameRaw(f);
+            const at = blkAt.a[n]!;
+            bytes = raw.subarray(at, at + len);
+          }
         }
         await sink.data?.(rec.layer, o, n, len, bytes);
         o += len;

@@ -11,6 +11,7 @@
 import type { Readable, Writable } from 'node:stream';
 
 import { CloneboxError } from '../errors.js';
+import { isDirectSource } from './input.js';
 
 /** A ustar header for a regular file (the only kind a bundle holds). */
 export function ustarHeader(name: string, size: number, mtime: Date): Buffer {
@@ -125,6 +126,9 @@ function bad(what: string, file: string): CloneboxError {
   });
 }
 
+const DIRECT_MIN = 64 * 1024;
+const DIRECT_PIECE = 4 * 1024 * 1024;
+
 /** Exactly `n` bytes from a stream of chunks, or fewer at its end. */
 class ByteQueue {
   private readonly chunks: Buffer[] = [];
@@ -135,7 +139,11 @@ class ByteQueue {
   private ended = false;
   private readonly it: AsyncIterator<Buffer>;
 
-  constructor(input: AsyncIterable<Buffer>) {
+  /**
+   * `direct`: reads straight into the caller's buffer at the current position (a file); used for
+   * large reads once the queued chunks are used up, so entry data is not copied twice.
+   */
+  constructor(input: AsyncIterable<Buffer>, private readonly direct: ((dst: Buffer, at: number, n: number) => number) | null = null) {
     this.it = input[Symbol.asyncIterator]();
   }
 
@@ -154,6 +162,18 @@ class ByteQueue {
   async readInto(dst: Buffer, at: number, n: number): Promise<number> {
     let done = 0;
     while (done < n) {
+      if (this.direct && this.buffered === 0 && !this.ended && n - done >= DIRECT_MIN) {
+        // Pieces of a few MiB, yielding in between so that worker replies are not held up.
+        const got = this.direct(dst, at + done, Math.min(n - done, DIRECT_PIECE));
+        if (got === 0) {
+          this.ended = true;
+          break;
+        }
+        this.consumed += got;
+        done += got;
+        if (done < n) await new Promise<void>((r) => setImmediate(r));
+        continue;
+      }
       await this.fill(1);
       if (this.buffered === 0) break;
       const c = this.chunks[0]!;
@@ -211,6 +231,13 @@ export class TarReader {
    */
   constructor(private readonly input: Readable | AsyncIterable<Buffer>, private readonly file: string) {
     const self = this;
+    const direct = isDirectSource(input)
+      ? (dst: Buffer, at: number, n: number) => {
+        const got = input.readDirect(dst, at, n);
+        self.bytesIn += got;
+        return got;
+      }
+      : null;
     this.q = new ByteQueue((async function* () {
       try {
         for await (const chunk of input as AsyncIterable<Buffer>) {
@@ -220,7 +247,7 @@ export class TarReader {
       } catch (err) {
         throw new CloneboxError('IO', `cannot read bundle: ${(err as Error).message}, ${file}`, { cause: err });
       }
-    })());
+    })(), direct);
   }
 
   private async block(what: string): Promise<Buffer> {

@@ -5,7 +5,7 @@
  */
 import { CloneboxError } from '../errors.js';
 import type { KeySource } from './crypto.js';
-import { openInput } from './import.js';
+import { openInput } from './input.js';
 import { BundleReader, decodeBundle } from './reader.js';
 import { WorkerPool } from './workers.js';
 import { Progress } from './progress.js';

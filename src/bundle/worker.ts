@@ -8,13 +8,13 @@ import type { Codec } from './format.js';
 
 export type WorkerRequest =
   | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }
-  | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array; output?: ArrayBuffer };
+  | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer | SharedArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array; output?: ArrayBuffer };
 
 export type WorkerReply =
   /** Compressed (codec zstd: `output` holds `storedLength` bytes) or not worth it (codec raw: use `input`). Both buffers come back. */
   | { id: number; codec: Codec; storedLength: number; input: ArrayBuffer; output: ArrayBuffer }
-  | { id: number; raw: ArrayBuffer; rawLength: number; shas: ArrayBuffer; stored: ArrayBuffer }
-  | { id: number; bad: true; stored: ArrayBuffer; output?: ArrayBuffer }
+  | { id: number; raw: ArrayBuffer; rawLength: number; shas: ArrayBuffer; stored: ArrayBuffer | SharedArrayBuffer }
+  | { id: number; bad: true; stored: ArrayBuffer | SharedArrayBuffer; output?: ArrayBuffer }
   | { id: number; error: string };
 
 function handle(msg: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer[] } {
@@ -25,13 +25,15 @@ function handle(msg: WorkerRequest): { reply: WorkerReply; transfer: ArrayBuffer
     }
     case 'decode': {
       const r = decodeFrame(msg.codec, new Uint8Array(msg.stored, msg.offset, msg.length), msg.rawLength, msg.lengths, msg.output);
+      // Shared memory is not transferred (it never left the sender); the rest goes back to be reused.
+      const stored = msg.stored instanceof ArrayBuffer ? [msg.stored] : [];
       if (!r) {
-        const t = msg.output ? [msg.stored, msg.output] : [msg.stored];
+        const t = msg.output ? [...stored, msg.output] : stored;
         return { reply: { id: msg.id, bad: true, stored: msg.stored, ...(msg.output ? { output: msg.output } : {}) }, transfer: t };
       }
       const rawAb = r.raw.buffer as ArrayBuffer;
       const shaAb = r.shas.buffer as ArrayBuffer;
-      return { reply: { id: msg.id, raw: rawAb, rawLength: r.raw.length, shas: shaAb, stored: msg.stored }, transfer: [rawAb, shaAb, msg.stored] };
+      return { reply: { id: msg.id, raw: rawAb, rawLength: r.raw.length, shas: shaAb, stored: msg.stored }, transfer: [rawAb, shaAb, ...stored] };
     }
   }
 }

@@ -34,6 +34,13 @@ const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
 const WRITE_BATCH = 4 * 1024 * 1024;
 /** Bytes of L2 tables kept in memory; older ones are written back and re-read if needed again. */
 const L2_CACHE_BYTES = 16 * 1024 * 1024;
+/**
+ * Batch buffers of finished writers, for the next writer: an import writes layer after layer, and
+ * fresh 4 MiB buffers cost a page fault per 4 KiB on first touch (measured: about a tenth of an
+ * import's wall time went to faulting in fresh buffers).
+ */
+const batchPool: Buffer[] = [];
+const BATCH_POOL_MAX = 4;
 
 export class Qcow2Writer {
   readonly path: string;
@@ -60,6 +67,12 @@ export class Qcow2Writer {
   private finished = false;
   /** Bytes of guest data written (data clusters only), for reports. */
   dataBytes = 0;
+  /**
+   * Every new data cluster below this host offset has been handed to the kernel (batches are written
+   * in host order, one at a time), so another descriptor on the file reads it back: import uses that
+   * to serve a block it placed before from the layer it wrote, instead of decoding its frame again.
+   */
+  flushedEnd = 0;
 
   private constructor(p: string, tmp: string, fh: FileHandle, clusterSize: number, virtualSize: number, l1Size: number, l1Offset: number, next: number) {
     this.path = p;
@@ -136,10 +149,13 @@ export class Qcow2Writer {
     if (this.batchLen > 0) {
       if (this.inflight) await this.inflight;
       const buf = this.batchBuf!;
+      const end = this.batchHost + this.batchLen;
       const write = this.pwrite(buf.subarray(0, this.batchLen), this.batchHost);
       // The buffer becomes the spare once its write is done; until then nobody touches it.
       this.inflight = write.then(() => {
-        this.spareBuf = buf;
+        this.flushedEnd = end;
+        if (this.spareBuf === null) this.spareBuf = buf;
+        else if (batchPool.length < BATCH_POOL_MAX) batchPool.push(buf);
       });
       this.inflight.catch(() => undefined); // surfaced by the next await of `inflight`
       this.batchBuf = null;
@@ -158,7 +174,13 @@ export class Qcow2Writer {
       this.spareBuf = null;
       return b;
     }
-    return Buffer.allocUnsafe(Math.max(WRITE_BATCH, this.clusterSize));
+    return batchPool.pop() ?? Buffer.allocUnsafe(WRITE_BATCH);
+  }
+
+  /** Gives the idle batch buffer to the next writer (no write is in flight when this is called). */
+  private releaseBuffers(): void {
+    if (this.spareBuf && batchPool.length < BATCH_POOL_MAX) batchPool.push(this.spareBuf);
+    this.spareBuf = null;
   }
 
   /** Allocates a cluster at the end of the file (its bytes are written by the caller). */
@@ -215,11 +237,15 @@ export class Qcow2Writer {
 
   /**
    * Writes guest data at a cluster-aligned offset. The length must be a whole number of clusters, except
-   * that the final cluster of the disk may be short (it is zero-padded on disk).
+   * that the final cluster of the disk may be short (it is zero-padded on disk). Returns the host offset
+   * the data starts at when it went to new, contiguous clusters (readable there once below
+   * `flushedEnd`), else -1.
    */
-  async write(guest: number, data: Buffer): Promise<void> {
+  async write(guest: number, data: Buffer): Promise<number> {
     this.checkRange(guest, data.length);
     const cs = this.clusterSize;
+    let first = -1;
+    let contiguous = true;
     for (let off = 0; off < data.length; off += cs) {
       let chunk = data.subarray(off, Math.min(off + cs, data.length));
       if (chunk.length < cs) {
@@ -230,11 +256,15 @@ export class Qcow2Writer {
         chunk.copy(padded);
         chunk = padded;
       }
-      await this.writeCluster(guest + off, chunk);
+      const host = await this.writeCluster(guest + off, chunk);
+      if (off === 0) first = host;
+      else if (host !== first + off) contiguous = false;
     }
+    return contiguous ? first : -1;
   }
 
-  private async writeCluster(guest: number, chunk: Buffer): Promise<void> {
+  /** Returns the new cluster's host offset, or -1 for a rewrite of an allocated cluster. */
+  private async writeCluster(guest: number, chunk: Buffer): Promise<number> {
     const l2 = (await this.l2For(guest, true))!;
     const l2i = Math.floor(guest / this.clusterSize) % this.l2Entries;
     const old = l2.buf.readBigUInt64BE(l2i * 8);
@@ -252,7 +282,7 @@ export class Qcow2Writer {
         l2.buf.writeBigUInt64BE(BigInt(oldHost) | L2E_COPIED, l2i * 8);
         l2.dirty = true;
       }
-      return;
+      return -1;
     }
     const host = this.allocCluster();
     l2.buf.writeBigUInt64BE(BigInt(host) | L2E_COPIED, l2i * 8);
@@ -267,6 +297,7 @@ export class Qcow2Writer {
     chunk.copy(this.batchBuf!, this.batchLen);
     this.batchLen += chunk.length;
     if (this.batchLen >= cap) await this.flushBatch(false);
+    return host;
   }
 
   /**
@@ -291,6 +322,7 @@ export class Qcow2Writer {
   async finish(): Promise<void> {
     try {
       await this.flushBatch();
+      this.releaseBuffers();
       for (const t of this.l2Cache.values()) if (t.dirty) await this.pwrite(t.buf, t.host);
       this.l2Cache.clear();
       const l1 = Buffer.alloc(this.l1.length * 8);
