@@ -29,3 +29,22 @@ export function formatHostPort(hp: HostPort): string {
 export function isLoopbackHost(host: string): boolean {
   return /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host) || host === 'localhost';
 }
+
+function ipv4(host: string): number[] | null {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/.exec(host);
+  if (!m) return null;
+  const b = m.slice(1).map(Number);
+  return b.every((x) => x <= 255) ? b : null;
+}
+
+/**
+ * True for an IPv4 address of a private network (RFC 1918: 10/8, 172.16/12, 192.168/16) or a
+ * link-local one (169.254/16): a LAN, where teammates reach each other without NAT. Host names and
+ * carrier-grade NAT space (100.64/10) are not.
+ */
+export function isPrivateHost(host: string): boolean {
+  const b = ipv4(host);
+  if (!b) return false;
+  const [a, c] = [b[0]!, b[1]!];
+  return a === 10 || (a === 172 && c >= 16 && c <= 31) || (a === 192 && c === 168) || (a === 169 && c === 254);
+}

@@ -181,7 +181,20 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       const cat = st.catalog;
       if (!cat) return;
       const peerName = st.peer.name;
-      // Catch up with the peer's catalog: its length, then every entry.
+      // Catch up with the peer's catalog: its length, then every entry. Hypercore's update() answers
+      // "nothing new" at once while the core has no replicating peer yet (its channel opens a round
+      // trip after ours), which made a pull under load see an old catalog: wait for the peer first.
+      if (cat.core.peers.length === 0) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            clearTimeout(timer);
+            cat.core.removeListener('peer-add', done);
+            resolve();
+          };
+          const timer = setTimeout(done, Math.min(10_000, Math.max(0, pullDeadline - Date.now())));
+          cat.core.on('peer-add', done);
+        });
+      }
       await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(Math.min(10_000, Math.max(0, pullDeadline - Date.now())))]);
       if (cat.core.length > cat.core.contiguousLength) {
         const dl = cat.core.download({ start: 0, end: cat.core.length });
