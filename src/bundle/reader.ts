@@ -438,7 +438,7 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
     return raw;
   };
   /** Frames decoded ahead of use, and earlier frames fetched ahead of the records that need them. */
-  const DECODE_AHEAD = Math.max(2, pool.size);
+  const DECODE_AHEAD = 2 * pool.size;
   const REFS_AHEAD = 3;
 
   let packNo = 0;
