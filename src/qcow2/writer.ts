@@ -41,6 +41,8 @@ const L2_CACHE_BYTES = 16 * 1024 * 1024;
  */
 const batchPool: Buffer[] = [];
 const BATCH_POOL_MAX = 4;
+/** Data written between background datasyncs (see `syncing`). */
+const BACKGROUND_SYNC_BYTES = 32 * 1024 * 1024;
 
 export class Qcow2Writer {
   readonly path: string;
@@ -73,6 +75,12 @@ export class Qcow2Writer {
    * to serve a block it placed before from the layer it wrote, instead of decoding its frame again.
    */
   flushedEnd = 0;
+  /**
+   * A datasync started in the background every BACKGROUND_SYNC_BYTES of data, so that the fsync in
+   * finish() waits only for the tail (the last layer's fsync sat at the end of every import).
+   */
+  private syncing: Promise<void> | null = null;
+  private syncedTo = 0;
 
   private constructor(p: string, tmp: string, fh: FileHandle, clusterSize: number, virtualSize: number, l1Size: number, l1Offset: number, next: number) {
     this.path = p;
@@ -154,6 +162,14 @@ export class Qcow2Writer {
       // The buffer becomes the spare once its write is done; until then nobody touches it.
       this.inflight = write.then(() => {
         this.flushedEnd = end;
+        if (this.syncing === null && end - this.syncedTo >= BACKGROUND_SYNC_BYTES) {
+          // Errors are left to finish()'s fsync, which reports them with the file's name.
+          this.syncing = this.fh.datasync().then(() => {
+            this.syncedTo = end;
+          }, () => undefined).finally(() => {
+            this.syncing = null;
+          });
+        }
         if (this.spareBuf === null) this.spareBuf = buf;
         else if (batchPool.length < BATCH_POOL_MAX) batchPool.push(buf);
       });
@@ -322,6 +338,7 @@ export class Qcow2Writer {
   async finish(): Promise<void> {
     try {
       await this.flushBatch();
+      await this.syncing;
       this.releaseBuffers();
       for (const t of this.l2Cache.values()) if (t.dirty) await this.pwrite(t.buf, t.host);
       this.l2Cache.clear();
