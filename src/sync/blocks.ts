@@ -4,8 +4,9 @@
  * plays both roles:
  *
  * - serving: Requests are answered in arrival order from a BlockSource (frames of blocks it has,
- *   Missing for the rest), one frame at a time, waiting for the stream to drain when it is full; a
- *   Cancel drops what is still queued for that request.
+ *   Missing for the rest), up to SERVE_AHEAD frames prepared ahead (across requests) and sent in
+ *   order, waiting for the stream to drain when it is full; a Cancel drops what is still queued or
+ *   prepared for that request. A source that fails closes the channel (the peer's fetch ends).
  * - fetching: `fetch(hashes)` asks for blocks in requests of about 1 MiB (at most 4096 hashes) with a
  *   bounded number of bytes in flight, decodes each frame, checks every block's SHA-256 against the
  *   hash asked for, and hands only good blocks to `onBlock`. Blocks that fail the check, that the peer lacks, or that
@@ -21,10 +22,20 @@ import {
   type BlockCancel, type BlockFrame, type BlockMissing, type BlockRequest,
 } from './messages.js';
 
-/** What a sharer serves from: frames holding the blocks it has, and the hashes it lacks. */
+/** One answer to a request: a frame of blocks the source has, or the hashes it lacks. */
+export type SourcePart = { frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] };
+
+/**
+ * What a sharer serves from: parts in the order of the request. A part may be a promise (work started
+ * ahead, e.g. compression on a worker thread): the channel then keeps up to SERVE_AHEAD parts under way,
+ * across requests, and sends them in order.
+ */
 export interface BlockSource {
-  read(hashes: Buffer[]): AsyncIterable<{ frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] }>;
+  read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>>;
 }
+
+/** Parts (frames) a serving channel prepares ahead of the one it sends. */
+export const SERVE_AHEAD = 4;
 
 /**
  * Frame decoding: the raw bytes of all its blocks and the SHA-256 of each (n × 32 bytes), or null when
@@ -91,7 +102,13 @@ export class BlockChannel {
   private readonly pending = new Map<number, Pending>();
   private readonly queue: BlockRequest[] = [];
   private readonly cancelled = new Set<number>();
-  private serving = false;
+  /** Serving: parts under way in sending order, the request being read, the two loops' state. */
+  private readonly ahead: { id: number; part: Promise<SourcePart> }[] = [];
+  private iter: AsyncIterator<SourcePart | Promise<SourcePart>> | null = null;
+  private iterId = 0;
+  private producing = false;
+  private sending = false;
+  private wakeProducer: (() => void) | null = null;
   private drainWaiters: (() => void)[] = [];
   private closed = false;
 
@@ -129,7 +146,7 @@ export class BlockChannel {
 
   private onRequest(req: BlockRequest): void {
     this.queue.push(req);
-    if (!this.serving) void this.serve();
+    this.kickProducer();
   }
 
   private drained(): void {
@@ -145,35 +162,105 @@ export class BlockChannel {
     }
   }
 
-  private async serve(): Promise<void> {
-    this.serving = true;
+  /**
+   * Serving runs as two loops: the producer starts parts (reads the source, request after request)
+   * while fewer than SERVE_AHEAD are under way; the sender sends them in order. So a frame being
+   * compressed or read never holds up one that is ready, and a slow source part holds up only itself.
+   */
+  private kickProducer(): void {
+    if (this.producing) {
+      this.wakeProducer?.();
+      return;
+    }
+    this.producing = true;
+    void this.produce();
+  }
+
+  private kickSender(): void {
+    if (this.sending) return; // the running loop takes it
+    this.sending = true;
+    void this.sendParts();
+  }
+
+  private stopIter(): void {
+    const it = this.iter;
+    this.iter = null;
+    if (it?.return) void Promise.resolve(it.return()).catch(() => undefined);
+  }
+
+  private async produce(): Promise<void> {
     try {
-      while (this.queue.length && !this.closed) {
-        const req = this.queue.shift()!;
-        if (this.cancelled.delete(req.id)) continue;
-        if (!this.source) {
-          await this.send(2, { id: req.id, hashes: req.hashes });
+      for (;;) {
+        if (this.closed) return;
+        if (this.ahead.length >= SERVE_AHEAD) {
+          await new Promise<void>((r) => { this.wakeProducer = r; });
+          this.wakeProducer = null;
           continue;
         }
-        for await (const part of this.source.read(req.hashes)) {
-          if (this.closed || this.cancelled.has(req.id)) break;
-          if ('missing' in part) {
-            for (let i = 0; i < part.missing.length; i += MAX_HASHES_PER_REQUEST) {
-              await this.send(2, { id: req.id, hashes: part.missing.slice(i, i + MAX_HASHES_PER_REQUEST) });
-            }
-          } else {
-            await this.send(1, { id: req.id, ...part.frame });
+        if (this.iter && this.cancelled.has(this.iterId)) this.stopIter();
+        if (!this.iter) {
+          const req = this.queue.shift();
+          if (!req) return;
+          if (this.cancelled.delete(req.id)) continue;
+          if (!this.source) {
+            this.push(req.id, Promise.resolve({ missing: req.hashes }));
+            continue;
           }
+          this.iter = this.source.read(req.hashes)[Symbol.asyncIterator]();
+          this.iterId = req.id;
         }
-        this.cancelled.delete(req.id);
+        const id = this.iterId;
+        let n: IteratorResult<SourcePart | Promise<SourcePart>>;
+        try {
+          n = await this.iter.next();
+        } catch (err) {
+          this.push(id, Promise.reject(err as Error));
+          this.stopIter();
+          return;
+        }
+        if (n.done) this.iter = null;
+        else this.push(id, Promise.resolve(n.value));
       }
-    } catch (err) {
-      // A failing source must not take the connection down silently: close the channel, the peer sees
-      // its fetch end with everything unanswered.
-      this.channel.close();
-      throw err;
     } finally {
-      this.serving = false;
+      this.producing = false;
+    }
+  }
+
+  private push(id: number, part: Promise<SourcePart>): void {
+    part.catch(() => undefined); // awaited in its turn by the sender
+    this.ahead.push({ id, part });
+    this.kickSender();
+  }
+
+  private async sendParts(): Promise<void> {
+    try {
+      while (this.ahead.length && !this.closed) {
+        const head = this.ahead.shift()!;
+        this.wakeProducer?.();
+        let part: SourcePart;
+        try {
+          part = await head.part;
+        } catch {
+          // A failing source (a layer gone, a read error) ends this channel: the peer sees its fetch
+          // end with everything unanswered and can ask elsewhere. The connection stays.
+          this.channel.close();
+          return;
+        }
+        if (this.closed) return;
+        const cancelled = this.cancelled.has(head.id);
+        // A cancelled request is over once no part of it is under way and it is not being read.
+        if (cancelled && !(this.iter && this.iterId === head.id) && !this.ahead.some((a) => a.id === head.id)) this.cancelled.delete(head.id);
+        if (cancelled) continue;
+        if ('missing' in part) {
+          for (let i = 0; i < part.missing.length; i += MAX_HASHES_PER_REQUEST) {
+            await this.send(2, { id: head.id, hashes: part.missing.slice(i, i + MAX_HASHES_PER_REQUEST) });
+          }
+        } else {
+          await this.send(1, { id: head.id, ...part.frame });
+        }
+      }
+    } finally {
+      this.sending = false;
     }
   }
 
@@ -292,6 +379,8 @@ export class BlockChannel {
   private onClose(): void {
     this.closed = true;
     this.drained(); // release a server waiting for drain
+    this.wakeProducer?.();
+    this.stopIter();
     for (const p of [...this.pending.values()]) p.chain.then(() => p.finish(), () => undefined);
   }
 }

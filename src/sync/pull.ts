@@ -32,6 +32,7 @@ import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import { digestOfItems, LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
 import type { Spool } from './spool.js';
+import { trace } from './trace.js';
 
 export interface ChainReport {
   vm: string;
@@ -45,8 +46,17 @@ export interface ChainReport {
   remote_vm: string;
 }
 
-/** Fetches blocks from teammates into the spool; resolves with what it could not get. */
-export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number) => Promise<{ fetched: number; wireBytes: number; failed: Buffer[]; corrupt: number }>;
+/**
+ * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
+ * called with each verified block once it is in the spool (the data stays valid: not reused).
+ */
+export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number, onArrive?: (hash: Buffer, data: Buffer) => void) => Promise<{ fetched: number; wireBytes: number; failed: Buffer[]; corrupt: number }>;
+
+/** A block's verified bytes for the layer writer (waits while it is on its way), or null. */
+type BlockGetter = (sha: Buffer) => Promise<Buffer | null>;
+
+/** Bytes of arrived blocks held in memory for the layer writer. */
+const ARRIVED_MAX = 64 * 1024 * 1024;
 
 export interface PullContext {
   home: Home;
@@ -162,7 +172,9 @@ async function isEmptyImage(file: string): Promise<boolean> {
 /** Pulls one chain (see the module comment). Returns null when there was nothing new. */
 export async function pullChain(ctx: PullContext, vm: string): Promise<ChainReport | null> {
   const { home, peerName: peer, log } = ctx;
+  trace(`pull ${vm}: verifying`);
   const chain = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
+  trace(`pull ${vm}: verified ${chain.length} snapshots`);
   if (!chain.length) return null;
   const ids = new Set(chain.map((s) => s.id));
   const placed = await place(home, vm, peer, ids, log);
@@ -183,20 +195,69 @@ export async function pullChain(ctx: PullContext, vm: string): Promise<ChainRepo
     else toFetch.push(sha);
   }
   report.blocks_reused = reused;
-  if (toFetch.length) {
-    const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
-    const got = await ctx.fetch(toFetch, (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE);
-    report.blocks_fetched = got.fetched;
-    report.bytes_received = got.wireBytes;
-    if (got.failed.length) {
-      throw chainError(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
-        'sync again later; blocks already received are kept and not fetched again');
-    }
-  }
-  await ctx.spool.flush();
 
-  // Step 4: build and register.
-  const built = await build(ctx, vm, placed, chain, missing);
+  // Steps 3 and 4 overlap: the layers are written while the blocks arrive (in the order the layers
+  // need them: the order asked), each arrived block handed over in memory (up to ARRIVED_MAX bytes
+  // waiting; beyond that, and for a block needed twice, the writer reads it back from the spool).
+  const waiting = new Set(toFetch.map((h) => h.toString('hex')));
+  const wakers = new Map<string, () => void>();
+  const arrived = new Map<string, Buffer>();
+  let arrivedBytes = 0;
+  let fetchOver = toFetch.length === 0;
+  const onArrive = (h: Buffer, data: Buffer) => {
+    const hex = h.toString('hex');
+    if (!waiting.delete(hex)) return;
+    if (arrivedBytes + data.length <= ARRIVED_MAX) {
+      arrived.set(hex, data);
+      arrivedBytes += data.length;
+    }
+    wakers.get(hex)?.();
+    wakers.delete(hex);
+  };
+  const blockOf: BlockGetter = async (sha) => {
+    const hex = sha.toString('hex');
+    if (waiting.has(hex) && !fetchOver) await new Promise<void>((r) => wakers.set(hex, r));
+    const mem = arrived.get(hex);
+    if (mem) {
+      arrived.delete(hex);
+      arrivedBytes -= mem.length;
+      return mem; // verified against its hash on arrival (BlockChannel)
+    }
+    return (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
+  };
+  let fetchError: CloneboxError | null = null;
+  const fetching = (async () => {
+    if (!toFetch.length) return;
+    const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
+    trace(`pull ${vm}: fetching ${toFetch.length} blocks`);
+    try {
+      const got = await ctx.fetch(toFetch, (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE, onArrive);
+      trace(`pull ${vm}: fetched ${got.fetched} blocks, ${got.wireBytes} bytes`);
+      report.blocks_fetched = got.fetched;
+      report.bytes_received = got.wireBytes;
+      if (got.failed.length) {
+        fetchError = chainError(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
+          'sync again later; blocks already received are kept and not fetched again');
+      }
+    } finally {
+      // Nothing more will come: a writer still waiting finds its block missing (and fails).
+      fetchOver = true;
+      for (const w of wakers.values()) w();
+      wakers.clear();
+    }
+  })();
+  // Step 4: build and register, while the blocks come. A fetch that fails wins over what the writer
+  // then reports (a missing block); the build never commits without every block (digest check).
+  const building = build(ctx, vm, placed, chain, missing, blockOf, () => fetching.then(() => {
+    if (fetchError) throw fetchError;
+  }));
+  const [f, b] = await Promise.allSettled([fetching, building]);
+  await ctx.spool.flush();
+  if (f.status === 'rejected') throw f.reason;
+  if (fetchError) throw fetchError;
+  if (b.status === 'rejected') throw b.reason;
+  const built = b.value;
+  trace(`pull ${vm}: built and registered`);
   report.snapshots = built;
   return report;
 }
@@ -210,7 +271,12 @@ interface LayerPlan {
   backing: string | null;
 }
 
-async function build(ctx: PullContext, remoteVm: string, placed: Placement, chain: VerifiedSnapshot[], missing: VerifiedSnapshot[]): Promise<string[]> {
+/**
+ * Step 4. `blockOf` gives each block (waiting for blocks still on their way); `fetched` resolves once
+ * every block came (rejects when some could not be fetched): nothing is committed before it.
+ */
+async function build(ctx: PullContext, remoteVm: string, placed: Placement, chain: VerifiedSnapshot[], missing: VerifiedSnapshot[],
+  blockOf: BlockGetter, fetched: () => Promise<void>): Promise<string[]> {
   const { home } = ctx;
   const name = placed.name;
   const hadVmDir = await pathExists(path.join(home.vmsDir, name));
@@ -295,8 +361,9 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
       for (const p of plans) {
         await j.willCreate(p.temp);
         const m = p.snap.maps[p.disk]!;
-        done += await writeLayer(ctx, p.temp, p.backing, m, (n) => ctx.progress?.(name, done + n, total));
+        done += await writeLayer(blockOf, p.temp, p.backing, m, (n) => ctx.progress?.(name, done + n, total));
       }
+      await fetched();
       if (fastForward) {
         const headSnap = chain.find((c) => c.id === head)!;
         for (const [di, d] of headSnap.disks.entries()) {
@@ -349,7 +416,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
 }
 
 /** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
-async function writeLayer(ctx: PullContext, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
+async function writeLayer(blockOf: BlockGetter, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
   const w = await Qcow2Writer.create(file, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: backing, backingFormat: backing ? 'qcow2' : null });
   const cs = m.clusterSize;
   let pend: Buffer | null = null;
@@ -365,11 +432,11 @@ async function writeLayer(ctx: PullContext, file: string, backing: string | null
         dg.addZero(it.offset, it.length);
         continue;
       }
-      const data = (await ctx.spool.read(it.sha)) ?? (await ctx.local.read(it.sha));
+      const data = await blockOf(it.sha);
       if (!data || data.length !== it.length) {
         throw chainError(`block ${it.sha.toString('hex').slice(0, 12)} needed at ${it.offset} is no longer available here`, 'sync again');
       }
-      dg.addBlock(it.offset, it.length, it.sha); // data was hashed against it.sha by read()
+      dg.addBlock(it.offset, it.length, it.sha); // data was hashed against it.sha on arrival or by read()
       bytes += it.length;
       if (bytes % (8 * 1024 * 1024) < it.length) onBytes(bytes);
       if (cs <= BLOCK_SIZE) {

@@ -12,8 +12,9 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { compressBound, compressInto } from '../bundle/codec.js';
+import { compressBound } from '../bundle/codec.js';
 import { Codec, FRAME_TARGET } from '../bundle/format.js';
+import { WorkerPool } from '../bundle/workers.js';
 import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';
@@ -23,7 +24,7 @@ import type { Home } from '../store/home.js';
 import { loadVm, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import { contentId, isResolvedLayer } from '../snapshots/identity.js';
-import type { BlockSource } from './blocks.js';
+import type { BlockSource, SourcePart } from './blocks.js';
 import { MAX_MAP_ITEMS, type CatalogRecord, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
 import { Catalog, syncDir, type CatalogView } from './catalog.js';
 import { ensureIdentity } from './identity.js';
@@ -251,11 +252,13 @@ interface Located {
 /**
  * Serves the blocks of this workstation's shared chains: an index SHA-256 -> (local layer, offset)
  * built from our own catalog's maps of the VMs still shared, and frames read through the layer's
- * chain, compressed with zstd (level 3; raw when that is not smaller), at most FRAME_TARGET raw bytes.
+ * chain, compressed with zstd (level 3; raw when that is not smaller) on the bundle's worker threads
+ * (one per core) while the next frames are read, at most FRAME_TARGET raw bytes.
  */
 export class ShareSource implements BlockSource {
   private readonly index = new Map<string, Located>();
   private readonly chains = new Map<string, Chain>();
+  private pool: Promise<WorkerPool> | null = null;
   blocksServed = 0;
 
   static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
@@ -293,7 +296,13 @@ export class ShareSource implements BlockSource {
     return ch;
   }
 
-  async *read(hashes: Buffer[]): AsyncIterable<{ frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] }> {
+  /** The bundle's worker pool, started on first use: frames are compressed there, off this thread. */
+  private workers(): Promise<WorkerPool> {
+    this.pool ??= WorkerPool.start();
+    return this.pool;
+  }
+
+  async *read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>> {
     const missing: Buffer[] = [];
     const found: { hash: Buffer; at: Located }[] = [];
     for (const h of hashes) {
@@ -312,7 +321,7 @@ export class ShareSource implements BlockSource {
         raw += found[i]!.at.length;
         i++;
       }
-      const data = Buffer.allocUnsafe(raw);
+      let data: Buffer | null = null;
       let at = 0;
       let j = 0;
       while (j < group.length) {
@@ -324,25 +333,36 @@ export class ShareSource implements BlockSource {
         const last = group[k - 1]!.at;
         const len = last.offset + last.length - first.offset;
         const bytes = await (await this.chain(first.file)).read(first.offset, len);
-        bytes.copy(data, at);
+        if (len === raw && bytes.byteOffset === 0 && bytes.buffer.byteLength === len) data = bytes; // the whole frame, in memory of its own
+        else {
+          data ??= Buffer.from(new ArrayBuffer(raw));
+          bytes.copy(data, at);
+        }
         at += len;
         j = k;
       }
-      const out = Buffer.allocUnsafe(compressBound(raw));
-      const z = compressInto(data, out, 3);
       this.blocksServed += group.length;
-      yield {
-        frame: {
-          codec: z.codec === Codec.Zstd ? 1 : 0,
-          blocks: group.map((g) => ({ hash: g.hash, size: g.at.length })),
-          data: z.codec === Codec.Zstd ? Buffer.from(out.subarray(0, z.length)) : data,
-        },
-      };
+      // Compressed on a worker while the next frame is read (the channel keeps a few under way).
+      yield this.compress(data!, group.map((g) => ({ hash: g.hash, size: g.at.length })));
     }
+  }
+
+  /** zstd level 3 on a worker thread; raw when that is not smaller. `data` is handed over (transferred). */
+  private async compress(data: Buffer, blocks: BlockFrame['blocks']): Promise<SourcePart> {
+    const pool = await this.workers();
+    const raw = data.length;
+    const output = new ArrayBuffer(compressBound(raw));
+    const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: data.buffer as ArrayBuffer, length: raw, output, level: 3 }, [data.buffer as ArrayBuffer, output]);
+    if (!('storedLength' in rep)) throw new CloneboxError('INTERNAL', 'unexpected reply from a compression worker');
+    const zstd = rep.codec === Codec.Zstd;
+    return { frame: { codec: zstd ? 1 : 0, blocks, data: zstd ? Buffer.from(rep.output, 0, rep.storedLength) : Buffer.from(rep.input, 0, raw) } };
   }
 
   async close(): Promise<void> {
     for (const ch of this.chains.values()) await ch.close();
     this.chains.clear();
+    const pool = this.pool;
+    this.pool = null;
+    if (pool) await (await pool).close();
   }
 }

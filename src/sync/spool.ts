@@ -20,14 +20,28 @@ import type { Home } from '../store/home.js';
 const ENTRY = 44;
 /** Bytes of blocks written before the data is fsynced and their index entries appended. */
 const FLUSH_BYTES = 8 * 1024 * 1024;
+/** Blocks are gathered into writes of about this many bytes (one writev each). */
+const WRITE_BYTES = 1024 * 1024;
+/** append() makes its caller wait only when more than this is queued and not yet written. */
+const MAX_UNWRITTEN = 32 * 1024 * 1024;
 
 export class Spool {
   private readonly where = new Map<string, { offset: number; length: number }>();
+  /** Index entries of blocks appended since the last flush. */
   private pending: Buffer[] = [];
   private pendingBytes = 0;
+  /** Blocks appended and not yet handed to a write, from file offset `queueAt`. */
+  private queue: Buffer[] = [];
+  private queueBytes = 0;
+  private queueAt = 0;
+  /** Bytes handed to writes that have not completed. */
+  private unwritten = 0;
+  /** Writes, fsyncs and index appends, in order. */
   private chain: Promise<void> = Promise.resolve();
 
-  private constructor(readonly dir: string, private readonly data: FileHandle, private readonly idx: FileHandle, private end: number) {}
+  private constructor(readonly dir: string, private readonly data: FileHandle, private readonly idx: FileHandle, private end: number) {
+    this.queueAt = end;
+  }
 
   static dirOf(home: Home): string {
     return path.join(home.root, 'sync', 'partial');
@@ -83,7 +97,12 @@ export class Spool {
     return this.where.has(sha.toString('hex'));
   }
 
-  /** Appends a verified block (queued; `flush` makes it durable and indexed). */
+  /**
+   * Appends a verified block: queued, written with its neighbours in writes of about 1 MiB, made
+   * durable and indexed by `flush` (and every 8 MiB). The spool keeps `data` (not a copy) until it is
+   * written: the caller must not reuse it. Resolves at once unless more than 32 MiB wait to be
+   * written (then when the writes caught up), so a fetch does not wait for the disk block by block.
+   */
   append(sha: Buffer, data: Buffer): Promise<void> {
     const hex = sha.toString('hex');
     if (this.where.has(hex)) return Promise.resolve();
@@ -94,22 +113,41 @@ export class Spool {
     sha.copy(entry, 0);
     entry.writeBigUInt64BE(BigInt(offset), 32);
     entry.writeUInt32BE(data.length, 40);
-    const copy = Buffer.from(data);
-    this.chain = this.chain.then(async () => {
-      let done = 0;
-      while (done < copy.length) {
-        const { bytesWritten } = await this.data.write(copy, done, copy.length - done, offset + done);
-        done += bytesWritten;
-      }
-    });
+    this.queue.push(data);
+    this.queueBytes += data.length;
     this.pending.push(entry);
     this.pendingBytes += data.length;
-    if (this.pendingBytes >= FLUSH_BYTES) return this.flush();
-    return this.chain;
+    if (this.pendingBytes >= FLUSH_BYTES) void this.flush().catch(() => undefined);
+    else if (this.queueBytes >= WRITE_BYTES) this.writeQueued();
+    return this.unwritten > MAX_UNWRITTEN ? this.chain : Promise.resolve();
+  }
+
+  /** Hands the queued blocks to one write (appended to the chain). */
+  private writeQueued(): void {
+    if (!this.queue.length) return;
+    const bufs = this.queue;
+    const at = this.queueAt;
+    const total = this.queueBytes;
+    this.queue = [];
+    this.queueBytes = 0;
+    this.queueAt += total;
+    this.unwritten += total;
+    this.chain = this.chain.then(async () => {
+      try {
+        let done = (await this.data.writev(bufs, at)).bytesWritten;
+        if (done < total) {
+          const all = Buffer.concat(bufs); // a short write: the rest one piece at a time
+          while (done < total) done += (await this.data.write(all, done, total - done, at + done)).bytesWritten;
+        }
+      } finally {
+        this.unwritten -= total;
+      }
+    });
   }
 
   /** Makes every appended block durable, then indexes it. */
   async flush(): Promise<void> {
+    this.writeQueued();
     const entries = this.pending;
     this.pending = [];
     this.pendingBytes = 0;
@@ -130,6 +168,7 @@ export class Spool {
   async read(sha: Buffer): Promise<Buffer | null> {
     const w = this.where.get(sha.toString('hex'));
     if (!w) return null;
+    if (w.offset >= this.queueAt) this.writeQueued();
     await this.chain;
     const buf = Buffer.allocUnsafe(w.length);
     let got = 0;

@@ -62,6 +62,8 @@ export function shortKey(key: Buffer): string {
 export class TeamSwarm extends EventEmitter {
   readonly peers = new Map<string, TeamPeer>();
   readonly rejections: Rejection[] = [];
+  /** Connections whose membership proof (and attaching of services) is still under way. */
+  provingNow = 0;
   private readonly refused = new Set<string>();
   private closing: Promise<void> | null = null;
 
@@ -99,6 +101,13 @@ export class TeamSwarm extends EventEmitter {
     let attached!: (ok: boolean) => void;
     const whenAttached = new Promise<boolean>((r) => { attached = r; });
     conn.once('close', () => attached(false));
+    this.provingNow++;
+    let counted = true;
+    const settled = () => {
+      if (counted) this.provingNow--;
+      counted = false;
+    };
+    void whenAttached.then(settled);
     proveMembership(conn, {
       onVerified: (mux) => {
         for (const protocol of Object.keys(this.opts.services ?? {})) mux.pair({ protocol }, () => whenAttached);
@@ -113,6 +122,7 @@ export class TeamSwarm extends EventEmitter {
         conn.destroy();
       }),
       (err) => {
+        settled();
         if (!(err instanceof MembershipError)) {
           conn.destroy(err as Error);
           this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
@@ -164,6 +174,14 @@ export class TeamSwarm extends EventEmitter {
     if (conn.destroyed) return false;
     this.emit('peer', peer);
     return true;
+  }
+
+  /**
+   * Resolves once the first lookup of the topic is done and every connection it found was made or
+   * failed (Hyperswarm's flush), or at `deadline`.
+   */
+  async discovered(deadline: number): Promise<void> {
+    await Promise.race([this.swarm.flush().catch(() => undefined), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())).unref())]);
   }
 
   /** Resolves with the proven peers once there are at least `n`, or with what there is at `deadline`. */

@@ -8,9 +8,11 @@
  *   clonebox/blocks   a BlockChannel serving our shared chains' blocks (ShareSource) and fetching theirs
  *
  * Pulls run one at a time (pull.ts). Without --watch the run ends when: at least one teammate came
- * (or the deadline passed), no new one came for a moment, every pull is done, and nobody asked us for
- * blocks for a moment (so a teammate pulling from us is not cut off). At the deadline a pull in
- * progress stops, keeps what it received (the spool) and the command fails with SYNC_TIMEOUT.
+ * (or the deadline passed), every pull is done, and either (sharing something) no teammate came and
+ * nobody asked us for blocks for 2.5 s, so a teammate pulling from us is not cut off, or (sharing
+ * nothing) the swarm's lookup of the topic is done, every connection it found is proven or dropped,
+ * and no teammate came for 0.4 s. At the deadline a pull in progress stops, keeps what it received
+ * (the spool) and the command fails with SYNC_TIMEOUT.
  */
 import path from 'node:path';
 import { CloneboxError } from '../errors.js';
@@ -28,10 +30,13 @@ import { publish, ShareSource } from './share.js';
 import { Spool } from './spool.js';
 import { shortKey, TeamSwarm, type TeamPeer } from './swarm.js';
 import { loadTeam, resolveBootstrap } from './teams.js';
+import { trace } from './trace.js';
 
 export const DEFAULT_TIMEOUT_S = 300;
-/** How long a finished run waits for more teammates, and for requests to stop, before it exits. */
+/** How long a finished run that shares something waits for more teammates and for requests to stop. */
 const SETTLE_MS = 2500;
+/** How long a finished run that shares nothing waits after the last teammate came (lookup done). */
+const PEER_GRACE_MS = 400;
 
 export interface SyncOptions {
   home: Home;
@@ -88,10 +93,14 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
   const report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [] };
   const cleanups: (() => Promise<void>)[] = [];
   try {
+    trace('sync: locked');
     const own = await Catalog.openOwn(home, team, identity);
+    trace('sync: own catalog open');
     cleanups.push(() => own.close());
     report.shared = (await publish(home, opts.team, own, log)).map(({ vm, snapshots }) => ({ vm, snapshots }));
+    trace('sync: published');
     let source = await ShareSource.build(home, own);
+    trace(`sync: serving index built (${source.blocks} blocks)`);
     let lastServed = 0;
     const serving = {
       read(hashes: Buffer[]) {
@@ -108,6 +117,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     cleanups.push(() => source.close());
     const local = await LocalBlocks.scan(home, log);
     cleanups.push(() => local.close());
+    trace(`sync: local blocks indexed (${local.size})`);
     const spool = await Spool.open(home);
     let spoolDone = false;
     cleanups.push(async () => {
@@ -144,7 +154,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     let pulling: Promise<void> | null = null;
     let stopping = false;
 
-    const fetcherFor = (st: PeerState, progress: (bytes: number) => void): Fetcher => async (hashes, sizeOf) => {
+    const fetcherFor = (st: PeerState, progress: (bytes: number) => void): Fetcher => async (hashes, sizeOf, onArrive) => {
       let todo = hashes;
       let fetched = 0;
       let wireBytes = 0;
@@ -158,7 +168,8 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         let bytes = 0;
         const r = await s.channel.fetch(todo, {
           onBlock: async (h, data) => {
-            await spool.append(h, data);
+            await spool.append(h, data); // keeps `data`: frames are decoded into fresh buffers
+            onArrive?.(h, data);
             bytes += data.length;
             progress(bytes);
           },
@@ -200,6 +211,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         const dl = cat.core.download({ start: 0, end: cat.core.length });
         await Promise.race([dl.done().catch(() => undefined), sleep(Math.max(0, Math.min(pullDeadline, Date.now() + 60_000) - Date.now()))]);
       }
+      trace(`pull ${peerName}: catalog replicated (${cat.core.length} entries)`);
       const view = await cat.view();
       for (const vm of view.shares.keys()) {
         if (stopping) return;
@@ -267,8 +279,10 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       },
     });
     cleanups.unshift(() => swarm.close());
+    trace('sync: swarm joined');
     const onPeer = (peer: TeamPeer) => {
       lastPeerAt = Date.now();
+      trace(`sync: peer ${peer.name} proven`);
       if (!report.peers.includes(peer.name)) report.peers.push(peer.name);
       const st = stateOf(peer);
       st.catalog?.core.on('append', () => {
@@ -306,12 +320,18 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       stopping = true;
     } else {
       // Until caught up: see the module comment.
+      let discovered = false;
+      void swarm.discovered(deadline).then(() => { discovered = true; });
       for (;;) {
         const now = Date.now();
         if (now >= deadline) break;
-        const quiet = now - Math.max(lastPeerAt, lastServed) >= SETTLE_MS;
+        // Sharing: a teammate may be about to ask us for blocks, or between two of its pulls. Not
+        // sharing: done once the teammates the lookup found are connected and proven.
+        const quiet = source.blocks > 0
+          ? now - Math.max(lastPeerAt, lastServed) >= SETTLE_MS
+          : discovered && swarm.provingNow === 0 && now - lastPeerAt >= PEER_GRACE_MS;
         if (report.peers.length > 0 && quiet && !pulling && queue.length === 0) break;
-        await sleep(100);
+        await sleep(50);
       }
       if (pulling || queue.length) {
         stopping = true;
@@ -323,6 +343,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       if (report.peers.length === 0) log(`no teammate online on team ${opts.team} within ${Math.round((Date.now() - t0) / 1000)} s`);
     }
     await pulling;
+    trace('sync: done, closing');
     if (report.errors.length === 0) {
       // Every block in the spool is in a registered layer now.
       await spool.clear();
