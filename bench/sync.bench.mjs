@@ -30,6 +30,10 @@
  * Namespaces are made and removed here (finally blocks, SIGINT/SIGTERM); without CAP_NET_ADMIN the
  * link cases are skipped with the reason in the log.
  *
+ * CPU: the harness's cpu ratio here counts both ends: the client command's user + system time plus
+ * what the sharer's process (threads included) or the rsync daemon (its reaped per-connection process
+ * included) used during the run, read from /proc/PID/stat; the client's alone is kept as client_cpu_ms.
+ *
  * Checked (the bench fails otherwise): the received chain's snapshots equal the sharer's
  * (`qemu-img compare` of each pulled snapshot against the sharer's), rsync's files equal the sharer's
  * (cmp). Reported beside the ratios: MiB/s of chain data on loopback (target >= 50), the incremental
@@ -37,11 +41,13 @@
  * compressed as the sharer frames them: zstd -3 in frames of up to 2 MiB; target <= 1.2x + 256 KiB).
  *
  * Env: BENCH_SYNC_MIB, BENCH_SYNC_INC_MIB (sizes), BENCH_SYNC_LINK_RUNS (timed runs per side of the
- * full 100 Mbit case, default min(runs, 2): ~30 s each), BENCH_SYNC_CASES (comma list of
+ * full 100 Mbit case, default min(runs, 3): ~40 s per pair), BENCH_SYNC_LINK_INC_RUNS (the same for the
+ * incremental one, default min(runs, 3)), BENCH_SYNC_CASES (comma list of
  * loopback-full, loopback-inc, link-full, link-inc), BENCH_SYNC_DEBUG=1 (children's stderr in the log).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -327,6 +333,20 @@ function counters(ns, dev) {
   }
 }
 
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/** User + system CPU of a process, its threads and its reaped children, in ms (/proc/PID/stat). */
+function processCpuMs(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // Fields 14-17 of stat (utime, stime, cutime, cstime) are 11-14 after the command name.
+    return ((Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14])) * 1000) / CLK_TCK;
+  } catch {
+    return NaN;
+  }
+}
+
 function ensureRsync(log) {
   if (spawnSync('rsync', ['--version'], { encoding: 'utf8' }).status === 0) return requireTool('rsync');
   log('rsync is missing: apt-get install -y rsync...');
@@ -382,7 +402,7 @@ async function withServers({ dir, ns, host, sharerHome, disks, tag, log }, fn) {
       const [c, a] = inNs(ns, 'rsync', ['--list-only', url]);
       return spawnSync(c, a, { stdio: 'ignore' }).status === 0;
     });
-    return await fn({ bs, url, sharer });
+    return await fn({ bs, url, sharer, daemon });
   } finally {
     for (const p of procs.reverse()) await p.stop();
   }
@@ -396,7 +416,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
   const rsyncVersion = ensureRsync(log);
   const totalMiB = Number(process.env.BENCH_SYNC_MIB ?? 288);
   const incMiB = Number(process.env.BENCH_SYNC_INC_MIB ?? 32);
-  const linkRuns = Number(process.env.BENCH_SYNC_LINK_RUNS ?? Math.min(runs, 2));
+  const linkRuns = Number(process.env.BENCH_SYNC_LINK_RUNS ?? Math.min(runs, 3));
   const wanted = new Set((process.env.BENCH_SYNC_CASES ?? 'loopback-full,loopback-inc,link-full,link-inc').split(',').map((s) => s.trim()));
 
   const nss = new Namespaces();
@@ -493,7 +513,10 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       const runCase = async (net, label, srv, { fresh, base, timedRuns, warmup }) => {
         const wire = { clonebox: [], rsync: [] };
         const count = () => (net.ns || net.clientNs ? counters(net.clientNs ?? net.ns, net.dev) : null);
+        const serverCpu = { clonebox: [], rsync: [] };
         const timed = async (side, cmd, args) => {
+          const server = side === 'clonebox' ? srv.sharer.child.pid : srv.daemon.child.pid;
+          const s0 = processCpuMs(server);
           const c0 = count();
           const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: ENV });
           const c1 = count();
@@ -501,26 +524,30 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
             // lo: every packet is counted once sent and once received; a veth end sees both directions.
             wire[side].push(net.dev === 'lo' ? c1.rx - c0.rx : (c1.rx - c0.rx) + (c1.tx - c0.tx));
           }
-          return r;
+          await new Promise((res) => setTimeout(res, 150)); // the daemon reaps its connection's process
+          const serverMs = processCpuMs(server) - s0;
+          serverCpu[side].push(serverMs);
+          // CPU of both ends: the client command, and the sharer / the rsync daemon during the run.
+          return { ...r, clientCpuMs: r.cpuMs, cpuMs: r.cpuMs + serverMs };
         };
         const m = await measure({
           clonebox: async () => {
             const r = await timed('clonebox', NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']);
             const doc = JSON.parse(r.stdout);
             if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
-            return { ms: r.ms, cpuMs: r.cpuMs, bytes_received: doc.bytes_received, blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0), snapshots: doc.chains.flatMap((c) => c.snapshots) };
+            return { ms: r.ms, cpuMs: r.cpuMs, client_cpu_ms: r.clientCpuMs, bytes_received: doc.bytes_received, blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0), snapshots: doc.chains.flatMap((c) => c.snapshots) };
           },
           rsync: async () => {
             const r = await timed('rsync', 'rsync', ['-a', '--stats', srv.url, `${dest}/`]);
             const num = (re) => Number((re.exec(r.stdout)?.[1] ?? 'NaN').replace(/[,.](?=\d{3})/g, ''));
-            return { ms: r.ms, cpuMs: r.cpuMs, total_bytes_sent: num(/Total bytes sent: ([\d,.]+)/), total_bytes_received: num(/Total bytes received: ([\d,.]+)/) };
+            return { ms: r.ms, cpuMs: r.cpuMs, client_cpu_ms: r.clientCpuMs, total_bytes_sent: num(/Total bytes sent: ([\d,.]+)/), total_bytes_received: num(/Total bytes received: ([\d,.]+)/) };
           },
         }, {
           runs: timedRuns,
           warmup,
           before: async (side) => (side === 'clonebox' ? restore(fresh ? recvEmpty : base.recv, recv) : restore(fresh ? null : base.dest, dest)),
         });
-        return { m, wire };
+        return { m, wire, serverCpu };
       };
 
       /** The received chain equals the sharer's; rsync's files equal the sharer's. */
@@ -535,15 +562,15 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       };
 
       const cases = [];
-      const summarize = (key, net, label, { m, wire }, extra = {}) => {
+      const summarize = (key, net, label, { m, wire, serverCpu }, extra = {}) => {
         const cb = m.clonebox;
         const rs = m.rsync;
         const med = (xs) => (xs.length ? [...xs].sort((a, b) => a - b)[xs.length >> 1] : null);
         const c = {
           key,
           case: label,
-          clonebox: { ...cb, wire_bytes: wire.clonebox, wire_median: med(wire.clonebox) },
-          rsync: { ...rs, wire_bytes: wire.rsync, wire_median: med(wire.rsync) },
+          clonebox: { ...cb, wire_bytes: wire.clonebox, wire_median: med(wire.clonebox), server_cpu_ms: serverCpu.clonebox, server_cpu_median_ms: med(serverCpu.clonebox) },
+          rsync: { ...rs, wire_bytes: wire.rsync, wire_median: med(wire.rsync), server_cpu_ms: serverCpu.rsync, server_cpu_median_ms: med(serverCpu.rsync) },
           ratio: ratio(cb, rs),
           cpu_ratio: cpuRatio(cb, rs),
           ...extra,
@@ -554,7 +581,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         c.rsync_wire = c.rsync.wire_median ?? (rs.total_bytes_received + rs.total_bytes_sent);
         c.wire_ratio = round(c.clonebox_wire / c.rsync_wire, 3);
         cases.push(c);
-        log(`${label}: clonebox ${cb.median_ms} ms vs rsync ${rs.median_ms} ms (ratio ${c.ratio}, cpu ${c.cpu_ratio}); wire ${(c.clonebox_wire / MiB).toFixed(1)} vs ${(c.rsync_wire / MiB).toFixed(1)} MiB (ratio ${c.wire_ratio}, ${c.wire_source}); clonebox payload ${(cb.bytes_received / MiB).toFixed(1)} MiB`);
+        log(`${label}: clonebox ${cb.median_ms} ms vs rsync ${rs.median_ms} ms (ratio ${c.ratio}; CPU of both ends ${cb.cpu_median_ms} vs ${rs.cpu_median_ms} ms, ratio ${c.cpu_ratio}; sharer ${c.clonebox.server_cpu_median_ms} ms, rsync daemon ${c.rsync.server_cpu_median_ms} ms); wire ${(c.clonebox_wire / MiB).toFixed(1)} vs ${(c.rsync_wire / MiB).toFixed(1)} MiB (ratio ${c.wire_ratio}, ${c.wire_source}); clonebox payload ${(cb.bytes_received / MiB).toFixed(1)} MiB`);
         return c;
       };
 
