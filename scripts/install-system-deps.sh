@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # System packages the test suite uses (Debian): qemu-img/qemu-io to make and check reference images,
-# zstd for comparisons. Idempotent; developers run it once, CI on every run.
+# zstd for comparisons, iproute2 for the LAN sync test. Idempotent; developers run it once, CI on every run.
 set -euo pipefail
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 need=()
 command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v zstd >/dev/null || need+=(zstd)
+# ip (network namespaces for the LAN sync test, which skips without root or without ip)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
