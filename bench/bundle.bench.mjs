@@ -24,14 +24,14 @@
  * installed by this bench when missing) and restic when it can be had the same way.
  * Env: BENCH_BUNDLE_KEEP=DIR keeps the data in DIR (and reuses it when present).
  */
-import { randomBytes } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, writeFile, open } from 'node:fs/promises';
+import { mkdir, rm, stat, open } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { MiB, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
+import { regionWriter } from './lib/chain-data.mjs';
 
 export const name = 'bundle';
 export const description = 'snapshot export/import of a 3-layer chain vs tar|zstd -3 -T2; size vs zstd of unique data, borg, restic; peak RSS';
@@ -40,25 +40,6 @@ const CLI = path.join(ROOT, 'bin', 'clonebox.js');
 const NODE = process.execPath;
 const ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLONEBOX_')));
 const VM = 'v';
-
-/** Log-like text: compresses about 3-4x with zstd -3, never repeats exactly. */
-function textBytes(size, rnd) {
-  const words = ['kernel', 'systemd', 'started', 'session', 'user', 'eth0', 'link', 'up', 'down', 'disk', 'sda1', 'mounted',
-    'error', 'warning', 'cron', 'job', 'finished', 'nginx', 'GET', 'POST', '/api/v1/items', '200', '404', 'latency', 'ms',
-    'cache', 'miss', 'hit', 'postgres', 'query', 'checkpoint', 'complete', 'backup', 'snapshot', 'ok', 'failed', 'retry'];
-  const parts = [];
-  let n = 0;
-  let t = 1700000000 + Math.floor(rnd() * 1e6);
-  while (n < size) {
-    t += Math.floor(rnd() * 5);
-    let line = `${t}.${String(Math.floor(rnd() * 1e6)).padStart(6, '0')} host${Math.floor(rnd() * 16)} pid=${Math.floor(rnd() * 65536)} `;
-    const k = 4 + Math.floor(rnd() * 10);
-    for (let i = 0; i < k; i++) line += words[Math.floor(rnd() * words.length)] + (i + 1 < k ? ' ' : '\n');
-    parts.push(line);
-    n += line.length;
-  }
-  return Buffer.from(parts.join('')).subarray(0, size);
-}
 
 /** Builds the chain through the CLI; returns its layer files. */
 async function buildChain(dir, log) {
@@ -74,34 +55,7 @@ async function buildChain(dir, log) {
   const size = 4096 * MiB;
   sh(NODE, [CLI, '--home', home, 'vm', 'create', VM, '--size', '4G', '--dir', disks], { env: ENV });
   const disk = path.join(disks, `${VM}.qcow2`);
-  let nsrc = 0;
-  const source = async (kind, len) => {
-    const f = path.join(src, `s${nsrc++}.bin`);
-    await writeFile(f, kind === 'random' ? randomBytes(len) : textBytes(len, rnd));
-    return f;
-  };
-  const used = new Uint8Array(size / cs);
-  const pick = (len, align = MiB) => {
-    for (;;) {
-      const a = align / cs;
-      const c = Math.floor((rnd() * (used.length - len / cs)) / a) * a;
-      if (used.subarray(c, c + len / cs).some((x) => x)) continue;
-      used.fill(1, c, c + len / cs);
-      return c * cs;
-    }
-  };
-  const apply = (cmds) => {
-    for (let i = 0; i < cmds.length; i += 400) sh('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 400).flatMap((c) => ['-c', c]), disk]);
-  };
-  const shuffle = (a) => {
-    for (let i = a.length - 1; i > 0; i--) {
-      const j = Math.floor(rnd() * (i + 1));
-      [a[i], a[j]] = [a[j], a[i]];
-    }
-    return a;
-  };
-  const region = async (kind, len, align = MiB) => ({ off: pick(len, align), len, kind, file: kind === 'pattern' || kind === 'zero' ? null : await source(kind, len) });
-  const cmd = (r, i = 0) => (r.kind === 'zero' ? `write -q -z ${r.off} ${r.len}` : r.kind === 'pattern' ? `write -q -P ${(i * 37) % 255 + 1} ${r.off} ${r.len}` : `write -q -s ${r.file} ${r.off} ${r.len}`);
+  const { used, pick, apply, shuffle, region, cmd } = regionWriter({ src, rnd, disk, size, cs });
 
   log('building l1 (256 MiB)...');
   const l1 = [];
@@ -110,7 +64,7 @@ async function buildChain(dir, log) {
   for (let i = 0; i < 16; i++) l1.push(await region('pattern', MiB));
   for (let i = 0; i < 1280; i++) l1.push(await region(i % 3 ? 'text' : 'random', cs, cs));
   for (let i = 0; i < 8; i++) l1.push(await region('zero', MiB));
-  apply(shuffle(l1.map((r, i) => cmd(r, i))));
+  apply(shuffle(l1.map(cmd)));
   sh(NODE, [CLI, '--home', home, 'snapshot', 'create', VM, '--name', 'l1'], { env: ENV });
 
   log('building l2 (132 MiB)...');
@@ -125,7 +79,7 @@ async function buildChain(dir, log) {
   for (let i = 0; i < 2; i++) l2new.push(await region('random', 8 * MiB));
   for (let i = 0; i < 128; i++) l2new.push(await region(i % 2 ? 'text' : 'random', cs, cs));
   for (let i = 0; i < 4; i++) l2new.push(await region('zero', MiB));
-  apply(shuffle([...l2, ...l2new.map((r, i) => cmd(r, i))]));
+  apply(shuffle([...l2, ...l2new.map(cmd)]));
   sh(NODE, [CLI, '--home', home, 'snapshot', 'create', VM, '--name', 'l2'], { env: ENV });
 
   log('building l3 (80 MiB)...');

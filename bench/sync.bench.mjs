@@ -46,7 +46,6 @@
  * loopback-full, loopback-inc, link-full, link-inc), BENCH_SYNC_DEBUG=1 (children's stderr in the log).
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -54,6 +53,7 @@ import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
 import { MiB, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
+import { regionWriter } from './lib/chain-data.mjs';
 
 export const name = 'sync';
 export const description = 'snapshot sync (full, incremental) of a 3-layer chain vs rsync -a from an rsync daemon, on loopback and a 100 Mbit/s veth link; wall and bytes on the wire';
@@ -67,25 +67,6 @@ const dist = (p) => pathToFileURL(path.join(ROOT, 'dist', p)).href;
 const KiB = 1024;
 
 // ---- data ---------------------------------------------------------------------------------------------
-
-/** Log-like text: compresses about 3-4x with zstd -3, never repeats exactly. */
-function textBytes(size, rnd) {
-  const words = ['kernel', 'systemd', 'started', 'session', 'user', 'eth0', 'link', 'up', 'down', 'disk', 'sda1', 'mounted',
-    'error', 'warning', 'cron', 'job', 'finished', 'nginx', 'GET', 'POST', '/api/v1/items', '200', '404', 'latency', 'ms',
-    'cache', 'miss', 'hit', 'postgres', 'query', 'checkpoint', 'complete', 'backup', 'snapshot', 'ok', 'failed', 'retry'];
-  const parts = [];
-  let n = 0;
-  let t = 1700000000 + Math.floor(rnd() * 1e6);
-  while (n < size) {
-    t += Math.floor(rnd() * 5);
-    let line = `${t}.${String(Math.floor(rnd() * 1e6)).padStart(6, '0')} host${Math.floor(rnd() * 16)} pid=${Math.floor(rnd() * 65536)} `;
-    const k = 4 + Math.floor(rnd() * 10);
-    for (let i = 0; i < k; i++) line += words[Math.floor(rnd() * words.length)] + (i + 1 < k ? ' ' : '\n');
-    parts.push(line);
-    n += line.length;
-  }
-  return Buffer.from(parts.join('')).subarray(0, size);
-}
 
 /**
  * Builds the sharer's VM with snapshots l1..l3 (scaled to `totalMiB` of data) and returns a function
@@ -101,35 +82,7 @@ export async function buildChain(dir, home, disks, totalMiB, incMiB, log) {
   const n = (x) => Math.max(1, Math.round(x * f));
   sh(NODE, [CLI, '--home', home, 'vm', 'create', VM, '--size', '4G', '--dir', disks], { env: ENV });
   const disk = path.join(disks, `${VM}.qcow2`);
-  let nsrc = 0;
-  const source = async (kind, len) => {
-    const file = path.join(src, `s${nsrc++}.bin`);
-    await writeFile(file, kind === 'random' ? randomBytes(len) : textBytes(len, rnd));
-    return file;
-  };
-  const used = new Uint8Array(size / cs);
-  const pick = (len, align = MiB) => {
-    for (;;) {
-      const a = align / cs;
-      const c = Math.floor((rnd() * (used.length - len / cs)) / a) * a;
-      if (used.subarray(c, c + len / cs).some((x) => x)) continue;
-      used.fill(1, c, c + len / cs);
-      return c * cs;
-    }
-  };
-  const apply = (cmds) => {
-    for (let i = 0; i < cmds.length; i += 400) sh('qemu-io', ['-f', 'qcow2', ...cmds.slice(i, i + 400).flatMap((c) => ['-c', c]), disk]);
-  };
-  const shuffle = (a) => {
-    for (let i = a.length - 1; i > 0; i--) {
-      const j = Math.floor(rnd() * (i + 1));
-      [a[i], a[j]] = [a[j], a[i]];
-    }
-    return a;
-  };
-  let pat = 0;
-  const region = async (kind, len, align = MiB) => ({ off: pick(len, align), len, kind, pat: (pat++ * 37) % 255 + 1, file: kind === 'pattern' || kind === 'zero' ? null : await source(kind, len) });
-  const cmd = (r) => (r.kind === 'zero' ? `write -q -z ${r.off} ${r.len}` : r.kind === 'pattern' ? `write -q -P ${r.pat} ${r.off} ${r.len}` : `write -q -s ${r.file} ${r.off} ${r.len}`);
+  const { used, pick, apply, shuffle, region, cmd } = regionWriter({ src, rnd, disk, size, cs });
   const snapshot = (s) => sh(NODE, [CLI, '--home', home, 'snapshot', 'create', VM, '--name', s], { env: ENV });
 
   // l1 (~160 MiB at the default size)
