@@ -22,8 +22,8 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
 import { checkName } from '../names.js';
-import { layerPathFor } from '../drivers/image.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { layerPathFor, newDiskPath } from '../drivers/image.js';
+import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureDir } from '../store/fsutil.js';
 import { vmDir, type Home } from '../store/home.js';
@@ -60,9 +60,6 @@ export interface ImportResult {
   base: string | null;
 }
 
-function diskPathFor(dir: string, vm: string, target: string): string {
-  return path.join(dir, target === 'vda' ? `${vm}.qcow2` : `${vm}-${target}.qcow2`);
-}
 
 function hiddenTemp(final: string): string {
   return path.join(path.dirname(final), `.${path.basename(final)}.import-${process.pid}-${randomBytes(4).toString('hex')}`);
@@ -387,7 +384,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     const dir = path.resolve(opts.dir ?? path.join(home.disksDir, vmName));
     if (!(await exists(dir))) createdDir = dir;
     await ensureDir(dir);
-    for (const t of targets) diskPath.set(t, diskPathFor(dir, vmName, t));
+    for (const t of targets) diskPath.set(t, newDiskPath(dir, vmName, t));
   } else {
     const since = meta.since;
     const missing = (why: string) => new CloneboxError('BASE_MISSING',
@@ -456,13 +453,3 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
   };
 }
 
-/** True when a qcow2 file holds no cluster of its own (an overlay with no changes). */
-async function isEmptyImage(file: string): Promise<boolean> {
-  const img = await Qcow2Image.open(file);
-  try {
-    for await (const r of img.runs()) if (r.kind !== 'unallocated') return false;
-    return true;
-  } finally {
-    await img.close();
-  }
-}

@@ -24,6 +24,11 @@ export function layerPathFor(diskPath: string, snapshot: string): string {
   return path.join(path.dirname(diskPath), `${diskStem(diskPath)}@${snapshot}.qcow2`);
 }
 
+/** Where a new VM's disk `target` goes in `dir` (import and sync pulls): `<vm>.qcow2` for vda, else `<vm>-<target>.qcow2`. */
+export function newDiskPath(dir: string, vm: string, target: string): string {
+  return path.join(dir, target === 'vda' ? `${vm}.qcow2` : `${vm}-${target}.qcow2`);
+}
+
 /** The temporary name of a new image that will replace `diskPath` at commit. */
 function nextPathFor(diskPath: string, op: string): string {
   return path.join(path.dirname(diskPath), `.${path.basename(diskPath)}.${op}-${process.pid}.new`);

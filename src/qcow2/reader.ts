@@ -446,6 +446,17 @@ function checkL1Aliasing(l1: BigUint64Array, file: string): void {
   }
 }
 
+/** True when a qcow2 file holds no cluster of its own (an overlay with no changes). */
+export async function isEmptyImage(file: string): Promise<boolean> {
+  const img = await Qcow2Image.open(file);
+  try {
+    for await (const r of img.runs()) if (r.kind !== 'unallocated') return false;
+    return true;
+  } finally {
+    await img.close();
+  }
+}
+
 export async function readFully(fh: FileHandle, buf: Buffer, pos: number, file: string): Promise<void> {
   let done = 0;
   while (done < buf.length) {

@@ -16,10 +16,10 @@
 import { randomBytes } from 'node:crypto';
 import { rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { layerPathFor } from '../drivers/image.js';
+import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { CloneboxError } from '../errors.js';
 import { NAME_RE } from '../names.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureDir, pathExists } from '../store/fsutil.js';
 import type { Home } from '../store/home.js';
@@ -151,23 +151,11 @@ async function place(home: Home, vm: string, peer: string, ids: Set<string>, log
   return null;
 }
 
-function diskPathFor(dir: string, vm: string, target: string): string {
-  return path.join(dir, target === 'vda' ? `${vm}.qcow2` : `${vm}-${target}.qcow2`);
-}
 
 function hiddenTemp(final: string): string {
   return path.join(path.dirname(final), `.${path.basename(final)}.sync-${process.pid}-${randomBytes(4).toString('hex')}`);
 }
 
-async function isEmptyImage(file: string): Promise<boolean> {
-  const img = await Qcow2Image.open(file);
-  try {
-    for await (const r of img.runs()) if (r.kind !== 'unallocated') return false;
-    return true;
-  } finally {
-    await img.close();
-  }
-}
 
 /** Pulls one chain (see the module comment). Returns null when there was nothing new. */
 export async function pullChain(ctx: PullContext, vm: string): Promise<ChainReport | null> {
@@ -313,7 +301,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
       const dir = path.join(home.disksDir, name);
       if (!(await pathExists(dir))) madeDir = dir;
       await ensureDir(dir);
-      for (const t of targets) diskPath.set(t, diskPathFor(dir, name, t));
+      for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
     }
     const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
     for (const [id, s] of localById) layerOf.set(id, new Map(s.disks.map((d) => [d.target, d.path])));
