@@ -4,22 +4,15 @@
  * CLONEBOX_REQUIRE_LIBVIRT=1).
  */
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import { libvirtSuite, qemuIo, removeAllTestDomains, sameContent, snapshotRaw, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
+import { describe, expect, it } from 'vitest';
+import { libvirtSuite, qemuIo, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
 import { makeTempDir, parseJsonOutput, runCli } from './helpers/qemu.js';
 
 const BASE = 'libvirt VMs through the CLI (real daemon)';
 const { suite } = await libvirtSuite(BASE);
 
 describe.skipIf(suite.skip)(suite.title, () => {
-  const virsh = new Virsh({ uri: URI });
-  beforeAll(async () => {
-    await sweepStaleDomains(virsh);
-  });
-  afterAll(async () => {
-    await removeAllTestDomains();
-  });
+  const virsh = useTestDaemon();
 
   it('registers a domain, snapshots it offline, restores it, refuses --memory when stopped, and exports to an identical image-driver VM', async () => {
     const dom = await TestDomain.define(virsh, 'cli');

@@ -7,17 +7,14 @@
 import { existsSync } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { Action, Journal } from '../src/store/journal.js';
 import type { VmRecord } from '../src/store/registry.js';
 import type { SnapshotRecord } from '../src/store/snapshots.js';
 import { CloneboxError } from '../src/errors.js';
 import { inspectDomain, LibvirtDriver, performLibvirtStep, type LibvirtStep } from '../src/drivers/libvirt/driver.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
-import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import {
-  libvirtSuite, qcow2, removeAllTestDomains, sameContent, sh, snapshotRaw, sweepStaleDomains, TestDomain, URI,
-} from './libvirt-fixture.js';
+import { libvirtSuite, qcow2, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
 
 const { suite } = await libvirtSuite('libvirt driver on a real daemon');
 
@@ -45,14 +42,8 @@ async function check(file: string): Promise<void> {
 }
 
 describe.skipIf(suite.skip)(suite.title, () => {
-  const virsh = new Virsh({ uri: URI });
+  const virsh = useTestDaemon();
   const driver = new LibvirtDriver();
-  beforeAll(async () => {
-    await sweepStaleDomains(virsh);
-  });
-  afterAll(async () => {
-    await removeAllTestDomains();
-  });
 
   it('registers only persistent domains with qcow2 disks and no libvirt snapshot metadata', async () => {
     const d = await TestDomain.define(virsh, 'reg', { disks: [{ target: 'vda', sizeMiB: 16 }, { target: 'vdb', sizeMiB: 16 }] });

@@ -5,7 +5,7 @@
  * When libvirtd is not reachable the suites skip, with the reason in the suite name and on stderr; with
  * CLONEBOX_REQUIRE_LIBVIRT=1 (CI) they fail instead.
  */
-import { describe, it } from 'vitest';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -250,4 +250,19 @@ export async function libvirtSuite(base: string): Promise<{ avail: Availability;
     });
   }
   return { avail, suite };
+}
+
+/**
+ * Inside a libvirt describe block: a Virsh on the test daemon; test domains a killed earlier run left
+ * are swept before the block, and the block's own are removed after it.
+ */
+export function useTestDaemon(): Virsh {
+  const virsh = new Virsh({ uri: URI });
+  beforeAll(async () => {
+    await sweepStaleDomains(virsh);
+  });
+  afterAll(async () => {
+    await removeAllTestDomains();
+  });
+  return virsh;
 }

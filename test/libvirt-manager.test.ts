@@ -11,14 +11,11 @@
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { inspectDomain } from '../src/drivers/libvirt/driver.js';
-import { Virsh } from '../src/drivers/libvirt/virsh.js';
 import { CloneboxError } from '../src/errors.js';
-import {
-  libvirtSuite, removeAllTestDomains, sameContent, sh, snapshotRaw, sweepStaleDomains, TestDomain, URI,
-} from './libvirt-fixture.js';
+import { libvirtSuite, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const DIST = path.join(ROOT, 'dist', 'src');
@@ -46,13 +43,7 @@ function child(home: string, op: string, name: string, crashAt: number): 'killed
 }
 
 describe.skipIf(suite.skip)(suite.title, () => {
-  const virsh = new Virsh({ uri: URI });
-  beforeAll(async () => {
-    await sweepStaleDomains(virsh);
-  });
-  afterAll(async () => {
-    await removeAllTestDomains();
-  });
+  const virsh = useTestDaemon();
 
   it('create / restore / delete-merge on a running domain, and SIGKILL at every journal step', async () => {
     const { resolveHome } = await import('../src/store/home.js');

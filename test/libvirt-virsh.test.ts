@@ -4,14 +4,11 @@
  */
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { CloneboxError } from '../src/errors.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import {
-  bounded, libvirtSuite, qcow2, qemuIo, removeAllTestDomains, sameContent, snapshotRaw,
-  sweepStaleDomains, TestDomain, URI,
-} from './libvirt-fixture.js';
+import { bounded, libvirtSuite, qcow2, qemuIo, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
 
 const { suite } = await libvirtSuite('libvirt virsh primitives on a real daemon');
 
@@ -26,14 +23,7 @@ async function codeOf(p: Promise<unknown>): Promise<string> {
 }
 
 describe.skipIf(suite.skip)(suite.title, () => {
-  const virsh = new Virsh({ uri: URI });
-
-  beforeAll(async () => {
-    await sweepStaleDomains(virsh);
-  });
-  afterAll(async () => {
-    await removeAllTestDomains();
-  });
+  const virsh = useTestDaemon();
 
   it('maps an unreachable daemon, a missing domain and a bad binary to stable codes', async () => {
     const gone = new Virsh({ uri: 'qemu+unix:///system?socket=/nonexistent/libvirt-sock' });

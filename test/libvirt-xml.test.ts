@@ -2,11 +2,11 @@
  * Domain XML round trip and edits (fast-xml-parser), virsh error mapping and table parsing. The first
  * block needs no daemon; the second takes XML from a real libvirtd and feeds edits back to it.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { XMLParser } from 'fast-xml-parser';
 import { buildSnapshotXml, parseDomainXml, XmlDoc } from '../src/drivers/libvirt/domain-xml.js';
-import { mapVirshError, parseDomblklist, reasonOf, Virsh } from '../src/drivers/libvirt/virsh.js';
-import { libvirtSuite, qcow2, removeAllTestDomains, sweepStaleDomains, TestDomain, URI } from './libvirt-fixture.js';
+import { mapVirshError, parseDomblklist, reasonOf } from '../src/drivers/libvirt/virsh.js';
+import { libvirtSuite, qcow2, TestDomain, useTestDaemon } from './libvirt-fixture.js';
 
 /**
  * A canonical form for "semantically identical": element names, attributes as ordered [name, value]
@@ -193,13 +193,7 @@ describe('domain XML (no daemon needed)', () => {
 const { suite } = await libvirtSuite('domain XML against a real daemon');
 
 describe.skipIf(suite.skip)(suite.title, () => {
-  const virsh = new Virsh({ uri: URI });
-  beforeAll(async () => {
-    await sweepStaleDomains(virsh);
-  });
-  afterAll(async () => {
-    await removeAllTestDomains();
-  });
+  const virsh = useTestDaemon();
 
   it('round-trips real `virsh dumpxml` output (live and inactive), and libvirt reads it back unchanged', async () => {
     const d = await TestDomain.define(virsh, 'xml', { disks: [{ target: 'vda', sizeMiB: 16 }, { target: 'vdb', sizeMiB: 16 }], agentChannel: true });
