@@ -7,9 +7,10 @@ import { describe, expect, it } from 'vitest';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
-  makeTempDir, parseJsonOutput, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMapAlone, run, runCli, CLI_PATH, type RunResult,
+  CliHome, makeTempDir, parseJsonOutput, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMapAlone, run, CLI_PATH,
 } from './helpers/qemu.js';
 import { compressibleBytes, rng } from './helpers/random.js';
+import type { ExportResult } from '../src/bundle/export.js';
 
 interface Snap {
   name: string;
@@ -21,30 +22,11 @@ interface Snap {
   disks: { target: string; path: string }[];
 }
 
-interface ExportDoc {
-  file: string;
-  snapshots: string[];
-  logical_bytes: number;
-  unique_bytes: number;
-  stored_bytes: number;
-  blocks: number;
-  unique_blocks: number;
-  encrypted: boolean;
-  seconds: number;
-}
+type ExportDoc = ExportResult;
 
-class Home {
-  constructor(readonly home: string) {}
-  cli(args: string[], opts: { input?: string } = {}): Promise<RunResult> {
-    return runCli(args, { home: this.home, timeoutMs: 120_000, ...opts });
-  }
-  async ok(args: string[]): Promise<RunResult> {
-    const r = await this.cli(args);
-    if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-    return r;
-  }
-  async json<T>(args: string[]): Promise<T> {
-    return parseJsonOutput<T>(await this.ok([...args, '--json']));
+class Home extends CliHome {
+  constructor(home: string) {
+    super(home, { timeoutMs: 120_000 });
   }
   async snaps(vm: string): Promise<Snap[]> {
     return (await this.json<Snap[]>(['snapshot', 'list', vm])).reverse(); // oldest first

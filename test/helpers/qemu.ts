@@ -303,6 +303,25 @@ export async function runCli(args: readonly string[], opts: CliOptions): Promise
   });
 }
 
+/** The CLI bound to one home: `cli` (any outcome), `ok` (must exit 0), `json` (with `--json`, parsed). */
+export class CliHome {
+  constructor(readonly home: string, private readonly defaults: Omit<CliOptions, 'home'> = {}) {}
+
+  cli(args: string[], opts: Omit<CliOptions, 'home'> = {}): Promise<RunResult> {
+    return runCli(args, { ...this.defaults, ...opts, home: this.home });
+  }
+
+  async ok(args: string[]): Promise<RunResult> {
+    const r = await this.cli(args);
+    if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
+    return r;
+  }
+
+  async json<T>(args: string[]): Promise<T> {
+    return parseJsonOutput<T>(await this.ok([...args, '--json']));
+  }
+}
+
 /** Parses the CLI's `--json` stdout, with the whole output in the error when it is not one JSON document. */
 export function parseJsonOutput<T = unknown>(r: RunResult): T {
   try {

@@ -6,30 +6,23 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
 import type { SnapshotView } from '../../src/snapshots/model.js';
-import { parseJsonOutput, qemuCheck, qemuCompare, qemuIo, qemuRaw, runCli, type RunResult } from './qemu.js';
+import { CliHome, qemuCheck, qemuCompare, qemuIo, qemuRaw, type RunResult } from './qemu.js';
 
 /** The contract's snapshot object, as the CLI prints it. */
 export type SnapView = SnapshotView;
 
-export class VmFixture {
+export class VmFixture extends CliHome {
   /** Raw reference image of each snapshot (by name) and of the current state. */
   readonly refs = new Map<string, string>();
   private n = 0;
 
-  constructor(readonly home: string, readonly dir: string, readonly vm: string) {}
-
-  async cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
-    return runCli(args, { home: this.home, env });
+  constructor(home: string, readonly dir: string, readonly vm: string) {
+    super(home);
   }
 
-  async ok(args: string[]): Promise<RunResult> {
-    const r = await this.cli(args);
-    if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} exited ${r.code}: ${r.stderr}`);
-    return r;
-  }
-
-  async json<T>(args: string[]): Promise<T> {
-    return parseJsonOutput<T>(await this.ok([...args, '--json']));
+  /** `env`: extra environment variables for this run. */
+  override cli(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+    return super.cli(args, { env });
   }
 
   get disk(): string {
