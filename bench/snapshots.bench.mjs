@@ -49,7 +49,6 @@
  * one (`qemu-img compare` against the template, `qemu-img check`). Env: BENCH_SNAPSHOTS_SKIP=list,diff,...
  * skips parts (startup, create-restore, list, diff, delete).
  */
-import { spawn } from 'node:child_process';
 import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -77,30 +76,6 @@ function cli(home, ...args) {
 async function timedCli(home, ...args) {
   const r = await timeCommand(NODE, cliArgs(home, args), { env: ENV });
   return { ms: r.ms, cpuMs: r.cpuMs, stdout: r.stdout, json: args.includes('--json') ? JSON.parse(r.stdout) : null };
-}
-
-/**
- * Like the harness's timeCommand (wall time, and CPU time from bash's `times`), but exit codes in
- * `ok` count as success: qemu-img compare exits 1 on a mismatch.
- */
-function timeCommandOk(cmd, args, ok = [0]) {
-  return new Promise((resolve, reject) => {
-    const t0 = process.hrtime.bigint();
-    const child = spawn('bash', ['-c', '"$@"; s=$?; times >&2; exit $s', 'bash', cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-      const lines = err.trimEnd().split('\n');
-      const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec((lines.pop() ?? '').trim());
-      const cpuMs = m ? (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * 1000 : NaN;
-      if (!ok.includes(code)) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${(err || out).trim().slice(0, 2000)}`));
-      else resolve({ ms, cpuMs, code });
-    });
-  });
 }
 
 function qemuIo(file, cmds) {
@@ -391,11 +366,11 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
       clonebox_identical: diffSide('s0', 's1', 0),
       clonebox_changed: diffSide('s1', 's2', dataBytes),
       qemu_compare_identical: async () => {
-        const r = await timeCommandOk('qemu-img', ['compare', L('s0'), L('s1')], [0]);
+        const r = await timeCommand('qemu-img', ['compare', L('s0'), L('s1')], { env: ENV });
         return { ms: r.ms, cpuMs: r.cpuMs };
       },
       qemu_compare_changed_first_mismatch: async () => {
-        const r = await timeCommandOk('qemu-img', ['compare', L('s1'), L('s2')], [1]);
+        const r = await timeCommand('qemu-img', ['compare', L('s1'), L('s2')], { env: ENV, okCodes: [1] });
         return { ms: r.ms, cpuMs: r.cpuMs };
       },
     }, { runs });

@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
+import { pidAlive } from '../src/store/lock.js';
 
 const run = promisify(execFile);
 
@@ -92,15 +93,6 @@ export async function snapshotRaw(image: string, out: string): Promise<void> {
 
 const PREFIX = 'clonebox-test-';
 let seq = 0;
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Removes a domain whatever its state; never throws. */
 export async function removeDomain(v: Virsh, name: string): Promise<void> {

@@ -47,9 +47,10 @@ const TIMES_MARK = '@@clonebox-bench-times@@';
 /**
  * Runs a command and returns its wall time in milliseconds (spawn to exit, so process start-up is
  * counted on both sides), its CPU time (user + system, from bash's `times`, which covers the
- * command's whole process tree) and its stdout. Throws if it fails.
+ * command's whole process tree), its stdout and exit code. Throws if it fails: exits with a code not in
+ * `okCodes` (default [0]; `qemu-img compare` exits 1 on a mismatch, which a bench may expect).
  */
-export function timeCommand(cmd, args, opts = {}) {
+export function timeCommand(cmd, args, { okCodes = [0], ...opts } = {}) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
     const child = spawn('bash', ['-c', `"$@"; s=$?; printf '\\n${TIMES_MARK}\\n' >&2; times >&2; exit $s`, 'bash', cmd, ...args],
@@ -67,8 +68,8 @@ export function timeCommand(cmd, args, opts = {}) {
       const times = at < 0 ? '' : err.slice(at + TIMES_MARK.length + 2).trim().split('\n').pop() ?? '';
       const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(times.trim());
       const cpuMs = m ? (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * 1000 : NaN;
-      if (code !== 0) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${stderr.trim().slice(0, 2000)}`));
-      else resolve({ ms, cpuMs, stdout: out, stderr });
+      if (!okCodes.includes(code)) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${stderr.trim().slice(0, 2000)}`));
+      else resolve({ ms, cpuMs, stdout: out, stderr, code });
     });
   });
 }

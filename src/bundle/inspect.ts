@@ -5,10 +5,12 @@
  */
 import type { Readable } from 'node:stream';
 import type { KeySource } from './crypto.js';
+import type { SealTotals } from './format.js';
 import { openInput } from './input.js';
 import { BundleReader } from './reader.js';
 
-export interface InspectResult {
+/** The seal's totals are part of the report as they are (logical, unique, stored bytes; blocks; frames). */
+export interface InspectResult extends SealTotals {
   file: string;
   format_version: number;
   encrypted: boolean;
@@ -25,12 +27,6 @@ export interface InspectResult {
     disks: { target: string; virtual_size: number; cluster_size: number; data_bytes: number; zero_bytes: number; blocks: number }[];
   }[];
   packs: number;
-  logical_bytes: number;
-  unique_bytes: number;
-  stored_bytes: number;
-  blocks: number;
-  unique_blocks: number;
-  frames: number;
   /** Share of the logical data that dedup removed, of what remained that compression removed, and overall. */
   dedup_savings_percent: number;
   compression_savings_percent: number;
