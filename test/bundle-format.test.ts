@@ -349,3 +349,31 @@ describe('maps and blocks', () => {
     expect(c.digest().equals(b.digest())).toBe(false);
   });
 });
+
+describe('bundle input', () => {
+  it('a reader stopped early closes the bundle file at once', async () => {
+    const { mkdtemp, readdir, rm, writeFile } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const path = (await import('node:path')).default;
+    const { openInput } = await import('../src/bundle/input.js');
+    const { TarReader, ustarHeader } = await import('../src/bundle/tar.js');
+    const dir = await mkdtemp(path.join(tmpdir(), 'clonebox-input-'));
+    try {
+      const file = path.join(dir, 'a.tar');
+      const data = Buffer.alloc(200 * 1024, 7); // larger than a chunk: read straight into the entry
+      await writeFile(file, Buffer.concat([ustarHeader('one', data.length, new Date(0)), data, Buffer.alloc(1024 * 3)]));
+      const fds = async () => (await readdir('/proc/self/fd')).length;
+      const before = await fds();
+      for (let i = 0; i < 4; i++) {
+        const input = await openInput(file);
+        const tar = new TarReader(input.stream, input.label);
+        const e = await tar.next(() => data.length);
+        expect(e!.data.equals(data)).toBe(true);
+        tar.destroy(); // before the end of the archive, as after an error
+      }
+      expect(await fds()).toBe(before);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

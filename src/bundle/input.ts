@@ -70,6 +70,11 @@ class FileChunks implements DirectSource {
     return this.fd;
   }
 
+  /** Stops early (TarReader.destroy() after an error): the file is closed now, not at exit. */
+  destroy(): void {
+    this.close();
+  }
+
   private close(): void {
     this.done = true;
     if (this.fd !== null) closeSync(this.fd);
