@@ -162,6 +162,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     sharer = watch(A());
     const r = await sync(B);
     expect(r.code, r.stderr).toBe(0);
+    expect(r.doc.chains, `sync:\n${r.stderr}\nsharer:\n${sharer.stderr()}`).toHaveLength(1);
     const c = r.doc.chains[0];
     expect(c.snapshots).toEqual(['patch']);
     expect(c.blocks_fetched).toBe(16);

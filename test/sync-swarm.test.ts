@@ -17,7 +17,7 @@ import { dhtOptions, openDht } from '../src/sync/dht.js';
 import type { HostPort } from '../src/sync/hostport.js';
 import { ensureIdentity } from '../src/sync/identity.js';
 import { teamTopic, newTeamSecret, membershipKey } from '../src/sync/keys.js';
-import { membershipProof } from '../src/sync/membership.js';
+import { membershipProof, proveMembership } from '../src/sync/membership.js';
 import { intro, membershipHandshake, MEMBERSHIP_PROTOCOL } from '../src/sync/messages.js';
 import { createTeam, joinTeam, loadTeam, teamSecret } from '../src/sync/teams.js';
 import { TeamSwarm, type Rejection, type TeamPeer } from '../src/sync/swarm.js';
@@ -89,6 +89,32 @@ describe('team swarm on a local testnet', () => {
     expect(ra.members.map((x) => [x.name, x.public_key])).toEqual([['ws-b', idb.publicKey.toString('hex')]]);
     expect(rb.members.map((x) => [x.name, x.public_key])).toEqual([['ws-a', ida.publicKey.toString('hex')]]);
     expect(logs.some((l) => l.includes('new member on team crew: ws-b'))).toBe(true);
+  });
+
+  it('finds a teammate that announced after its own lookup: it looks the topic up again while alone', async () => {
+    // Hyperswarm alone would look again only after ~10 minutes: two workstations joining at the same
+    // moment could miss each other for that long. Here the teammate only listens (never looks up), so
+    // only the re-lookup can bring the two together.
+    const { a, b, ida, idb } = await twoHomes('late');
+    const team = await loadTeam(a, 'crew');
+    const sb = await TeamSwarm.open({ home: b, team: await loadTeam(b, 'crew'), identity: idb, bootstrap: [net.address], deadline: Date.now() + 10_000 });
+    const late = new Hyperswarm({ dht: new HyperDHT(dhtOptions([net.address])), keyPair: { publicKey: ida.publicKey, secretKey: ida.secretKey } });
+    const proofs: Promise<unknown>[] = [];
+    late.on('connection', (conn) => {
+      conn.on('error', () => undefined);
+      proofs.push(proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-a', catalog: null } }).catch(() => undefined));
+    });
+    try {
+      expect(sb.peers.size).toBe(0);
+      await late.join(teamTopic(teamSecret(team)), { server: true, client: false }).flushed();
+      const peers = await sb.waitForPeers(1, Date.now() + 12_000);
+      expect(peers.map((p) => p.name)).toEqual(['ws-a']);
+      expect(sb.relookups).toBeGreaterThanOrEqual(1);
+    } finally {
+      await late.destroy();
+      await sb.close();
+      await Promise.all(proofs);
+    }
   });
 
   it('drops a peer that found the topic but lacks the secret; it receives nothing of ours', async () => {

@@ -40,6 +40,8 @@ declare module 'hyperswarm' {
     readonly keyPair: HyperDHT.KeyPair;
     readonly dht: HyperDHT;
     readonly connections: Set<NoiseSecretStream>;
+    /** Client connections being attempted now. */
+    readonly connecting: number;
     readonly peers: Map<string, Hyperswarm.PeerInfo>;
     readonly destroyed: boolean;
     join(topic: Buffer, opts?: { server?: boolean; client?: boolean; limit?: number }): Hyperswarm.Discovery;

@@ -2,7 +2,13 @@
  * A workstation on its team's swarm: a DHT node (src/sync/dht.ts), a Hyperswarm joined to the team's
  * topic, and the membership proof (src/sync/membership.ts) run on every connection before anything else.
  * Peers that pass are recorded in the team record (first seen) and emitted as 'peer'; peers that fail
- * are dropped, logged, and refused for the rest of the session ('rejected').
+ * are dropped, logged, and refused for a while ('rejected').
+ *
+ * Hyperswarm looks the topic up once at join and then every ~10 minutes. Two workstations that join at
+ * the same moment can each query the DHT before the other's announce lands and so miss each other for
+ * those 10 minutes (seen in CI: a sync that waited its whole --timeout beside a sharer started with
+ * it). So while no teammate is connected, the topic is looked up again after 1, 2, 4, 8, then every
+ * 15 s.
  *
  * Later protocols (catalog replication, block exchange) attach to `peer.mux`, which is only handed out
  * after the proof, so nothing of ours reaches a non-member.
@@ -52,8 +58,17 @@ export interface TeamSwarmOptions {
   services?: Record<string, (peer: TeamPeer) => void | Promise<void>>;
 }
 
-/** Reasons that get a peer refused for the rest of the session (a closed connection may just be a retry). */
+/** Reasons that get a peer refused for REFUSE_MS (a closed connection may just be a retry). */
 const BANNED: ReadonlySet<RejectReason> = new Set(['bad-proof', 'protocol', 'timeout']);
+/**
+ * How long a refused key stays refused. Long enough that an outsider cannot make us redo proofs in a
+ * loop; short enough that a teammate whose proof timed out under load is not locked out of a --watch
+ * that runs for days.
+ */
+const REFUSE_MS = 60_000;
+/** Re-lookup backoff while no teammate is connected (see the module comment). */
+const LOOKUP_FIRST_MS = 1000;
+const LOOKUP_MAX_MS = 15_000;
 
 export function shortKey(key: Buffer): string {
   return key.toString('hex').slice(0, 8);
@@ -66,6 +81,11 @@ export class TeamSwarm extends EventEmitter {
   provingNow = 0;
   private readonly refused = new Set<string>();
   private closing: Promise<void> | null = null;
+  private discovery: Hyperswarm.Discovery | null = null;
+  private lookupTimer: NodeJS.Timeout | null = null;
+  private lookupEvery = LOOKUP_FIRST_MS;
+  /** Topic lookups made after the one at join (for tests and traces). */
+  relookups = 0;
 
   private constructor(readonly swarm: Hyperswarm, private readonly opts: TeamSwarmOptions) {
     super();
@@ -85,9 +105,32 @@ export class TeamSwarm extends EventEmitter {
     swarm.on('connection', (conn, info) => self!.onConnection(conn, info));
     swarm.on('error', (err: Error) => log(`swarm error: ${err.message}`));
     const discovery = swarm.join(teamTopic(teamSecret(opts.team)), { server: true, client: true });
+    self.discovery = discovery;
     // The first announce normally takes milliseconds once the DHT answers; do not wait past the deadline.
     await Promise.race([discovery.flushed().catch(() => undefined), new Promise((r) => setTimeout(r, Math.max(0, opts.deadline - Date.now())).unref())]);
+    self.scheduleLookup();
     return self;
+  }
+
+  /** Alone on the topic: look it up again later (see the module comment). */
+  private scheduleLookup(): void {
+    if (this.closing) return;
+    this.lookupTimer = setTimeout(() => void this.lookupAgain(), this.lookupEvery);
+    this.lookupTimer.unref();
+  }
+
+  private async lookupAgain(): Promise<void> {
+    this.lookupTimer = null;
+    if (this.closing || !this.discovery) return;
+    if (this.peers.size > 0 || this.provingNow > 0 || this.swarm.connecting > 0) {
+      // Not alone: when the last teammate leaves, start again from the short interval.
+      this.lookupEvery = LOOKUP_FIRST_MS;
+    } else {
+      this.lookupEvery = Math.min(this.lookupEvery * 2, LOOKUP_MAX_MS);
+      this.relookups++;
+      await this.discovery.refresh().catch((err: Error) => this.log(`topic lookup failed: ${err.message}`));
+    }
+    this.scheduleLookup();
   }
 
   private log(line: string): void {
@@ -132,6 +175,10 @@ export class TeamSwarm extends EventEmitter {
         const hex = key.toString('hex');
         this.refused.add(hex);
         info.ban(true);
+        setTimeout(() => {
+          this.refused.delete(hex);
+          info.ban(false);
+        }, REFUSE_MS).unref();
         const rejection: Rejection = { publicKey: key, reason: err.reason, message: err.message };
         this.rejections.push(rejection);
         this.log(`dropped peer ${shortKey(key)} on team ${this.opts.team.team}: ${err.message}`);
@@ -205,6 +252,7 @@ export class TeamSwarm extends EventEmitter {
   close(): Promise<void> {
     if (!this.closing) {
       this.closing = (async () => {
+        if (this.lookupTimer) clearTimeout(this.lookupTimer);
         for (const conn of this.swarm.connections) conn.destroy();
         // Unannouncing is polite but needs the DHT: give it 2 s, then close regardless.
         const polite = this.swarm.destroy().then(() => true, () => true);

@@ -149,7 +149,9 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     };
 
     let lastPeerAt = 0;
-    const queue: TeamPeer[] = [];
+    // Keys of teammates to pull from, each once; the connection is looked up when its turn comes, since
+    // the one that asked may have been replaced (Hyperswarm keeps one of two simultaneous connections).
+    const queue: string[] = [];
     const dirty = new Set<string>();
     let pulling: Promise<void> | null = null;
     let stopping = false;
@@ -239,10 +241,10 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       if (pulling) return;
       pulling = (async () => {
         while (queue.length && !stopping) {
-          const peer = queue.shift()!;
-          dirty.delete(peer.publicKey.toString('hex'));
-          const st = states.get(peer.publicKey.toString('hex'));
-          if (st && st.peer === peer && !peer.stream.destroyed) await pullPeer(st);
+          const hex = queue.shift()!;
+          dirty.delete(hex);
+          const st = states.get(hex);
+          if (st && !st.peer.stream.destroyed) await pullPeer(st);
         }
       })().finally(() => {
         pulling = null;
@@ -253,7 +255,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       const hex = peer.publicKey.toString('hex');
       if (dirty.has(hex)) return;
       dirty.add(hex);
-      queue.push(peer);
+      queue.push(hex);
       pump();
     };
 
