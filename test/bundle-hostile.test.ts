@@ -16,9 +16,9 @@ import { cleanupTempDirs, makeTempDir, qemuIo, runCli } from './helpers/qemu.js'
 import { rng, compressibleBytes } from './helpers/random.js';
 
 let root = '';
-let plain = Buffer.alloc(0);
-let other = Buffer.alloc(0);
-let encrypted = Buffer.alloc(0);
+let plain : Buffer = Buffer.alloc(0);
+let other : Buffer = Buffer.alloc(0);
+let encrypted : Buffer = Buffer.alloc(0);
 let pwKey: KeySource;
 let attempt = 0;
 

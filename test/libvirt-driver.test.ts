@@ -28,7 +28,7 @@ function fakeJournal(): Journal & { created: string[] } {
 async function commit(actions: Action[]): Promise<void> {
   for (const a of actions) {
     for (let pass = 0; pass < 2; pass++) {
-      const x = a as Action | { do: 'driver'; driver: string; step: LibvirtStep };
+      const x = a as Exclude<Action, { do: 'driver' }> | { do: 'driver'; driver: string; step: LibvirtStep };
       if (x.do === 'driver') await performLibvirtStep(x.step);
       else if (x.do === 'rename') await rename(x.from, x.to).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT' || !existsSync(x.to)) throw e; });
       else if (x.do === 'unlink') await unlink(x.path).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });

@@ -9,7 +9,6 @@
  * LibvirtDriver; until both exist this suite skips, saying so.
  */
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';

@@ -279,7 +279,7 @@ export interface CliOptions {
    */
   home: string | null;
   /** Written to stdin (stdin is a pipe, never a TTY). */
-  input?: string;
+  input?: string | Buffer;
   /** Extra environment variables (merged over process.env). */
   env?: NodeJS.ProcessEnv;
   cwd?: string;
