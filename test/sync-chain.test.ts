@@ -260,8 +260,13 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const indexed = Math.floor((await stat(idx).then((s) => s.size, () => 0)) / 44);
     expect(indexed).toBeGreaterThan(0);
     expect((await json<any[]>(E, ['vm', 'list'])).map((v) => v.name)).not.toContain('big');
+    // The layer it was writing is listed for the next sync to remove.
+    const listed = (await readFile(path.join(E, 'sync', 'pull-temps.list'), 'utf8')).split('\n').filter((l) => l.includes('.sync-'));
+    expect(listed.length).toBeGreaterThan(0);
     const r = await sync(E);
     expect(r.code, r.stderr).toBe(0);
+    for (const f of listed) expect(await stat(f).then(() => 'left behind', () => 'removed'), f).toBe('removed');
+    expect(await readFile(path.join(E, 'sync', 'pull-temps.list'), 'utf8')).toBe('');
     const big = r.doc.chains.find((c: any) => c.vm === 'big');
     // E has no other copy of big's random blocks: what it reused is what the killed run kept.
     const spooled = big.blocks_reused;
@@ -303,5 +308,61 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     } finally {
       await second.stop();
     }
+  });
+
+  it('writes the layers without holding the VM: it stays usable while a pull extends it, and a change there fails the pull cleanly', async () => {
+    const G = home('g');
+    await join(G, 'ws-g');
+    const first = await sync(G);
+    expect(first.code, first.stderr).toBe(0);
+    await sharer.stop();
+    await qemuIo(await diskOf(A(), 'dev'), `write -s ${await randomFile('r32', 32 * MiB)} 0 32M`);
+    await ok(A(), ['snapshot', 'create', 'dev', '--name', 'large']);
+    sharer = watch(A());
+    const devDir = path.dirname(await diskOf(G, 'dev'));
+    const before = (await json<any[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name);
+
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    delete env.CLONEBOX_HOME;
+    const child = spawn(process.execPath, [CLI_PATH, '--home', G, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    children.add(child);
+    let out = '';
+    let err = '';
+    child.stdout!.on('data', (d) => { out += d; });
+    child.stderr!.on('data', (d) => { err += d; });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => { children.delete(child); r(code); }));
+    // Wait for the new layer to be on its way (a hidden temporary beside dev's disk), then freeze the pull.
+    const t0 = Date.now();
+    let writing = false;
+    while (!writing && child.exitCode === null && Date.now() - t0 < 60_000) {
+      writing = (await readdir(devDir)).some((f) => f.startsWith('.') && f.includes('.sync-'));
+      if (!writing) await new Promise((r) => setTimeout(r, 5));
+    }
+    expect(writing, `the pull never wrote a layer: ${err}`).toBe(true);
+    child.kill('SIGSTOP');
+    let mine;
+    try {
+      // Before: VM_BUSY after the lock wait, as the pull held dev's lock for the whole transfer.
+      mine = await cb(G, ['snapshot', 'create', 'dev', '--name', 'mine'], 30_000);
+    } finally {
+      child.kill('SIGCONT');
+    }
+    expect(mine.code, mine.stderr).toBe(0);
+    expect(await exited).toBe(1);
+    const doc = JSON.parse(out);
+    expect(doc.error.code, err).toBe('SYNC_CHAIN');
+    expect(doc.error.message).toMatch(/VM dev changed while pulling/);
+    // Nothing half-written, nothing of the local VM lost.
+    expect((await readdir(devDir)).filter((f) => f.startsWith('.'))).toEqual([]);
+    expect(await readFile(path.join(G, 'sync', 'pull-temps.list'), 'utf8')).toBe('');
+    expect((await json<any[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name).sort()).toEqual([...before, 'mine'].sort());
+    // dev now holds a chain of its own, so the next sync lands in dev.ws-a, and fetches nothing again:
+    // the blocks the failed pull received wait in the spool.
+    const again = await sync(G);
+    expect(again.code, again.stderr).toBe(0);
+    const c = again.doc.chains.find((x: any) => x.remote_vm === 'dev');
+    expect(c.vm).toBe('dev.ws-a');
+    expect(c.blocks_fetched).toBe(0);
+    await expectSameChain(A(), 'dev', G, 'dev.ws-a');
   });
 });

@@ -8,13 +8,14 @@
  *  3. Gather: each block the new layers need comes from a local layer (any VM, earlier pulls: the
  *     LocalBlocks index), from the spool (an earlier, interrupted pull), or from the peer; fetched
  *     blocks are verified by BlockChannel, then spooled (spool.ts) before they are used.
- *  4. Build and register, as `snapshot import` does: under the VM lock and the journal, each layer is
- *     written by the qcow2 writer under a hidden temporary name, every block hashed again and the
- *     layer digest checked against the catalog; only then are the files renamed and the records (VM
- *     last) written in one journal commit. A failure before that leaves nothing behind.
+ *  4. Build and register, as `snapshot import` does: each layer is written by the qcow2 writer under a
+ *     hidden temporary name (listed in PullTemps, without the VM lock, while the blocks arrive), every
+ *     layer digest checked against the catalog; then, under the VM lock and the journal, the VM is
+ *     checked again, the files renamed and the records (VM last) written in one journal commit. A
+ *     failure before that leaves nothing behind.
  */
 import { randomBytes } from 'node:crypto';
-import { rmdir, stat } from 'node:fs/promises';
+import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { CloneboxError } from '../errors.js';
@@ -32,6 +33,7 @@ import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import { digestOfItems, LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
 import type { Spool } from './spool.js';
+import type { PullTemps } from './temps.js';
 import { trace } from './trace.js';
 
 export interface ChainReport {
@@ -66,6 +68,8 @@ export interface PullContext {
   local: LocalBlocks;
   spool: Spool;
   fetch: Fetcher;
+  /** Where temporaries written before the VM lock is taken are listed (temps.ts). */
+  temps: PullTemps;
   log: (line: string) => void;
   progress?: (vm: string, done: number, total: number) => void;
 }
@@ -262,51 +266,46 @@ interface LayerPlan {
 /**
  * Step 4. `blockOf` gives each block (waiting for blocks still on their way); `fetched` resolves once
  * every block came (rejects when some could not be fetched): nothing is committed before it.
+ *
+ * The layers are written without the VM lock, under hidden temporary names listed in PullTemps, so a
+ * VM being extended stays usable for as long as the transfer takes. The lock is taken for the commit
+ * only: the VM is checked again (its snapshots and disks must be the ones the chain was placed on,
+ * otherwise the pull fails and the blocks stay in the spool), the temporaries pass to the VM's journal,
+ * and one journal commit renames them and writes the records.
  */
 async function build(ctx: PullContext, remoteVm: string, placed: Placement, chain: VerifiedSnapshot[], missing: VerifiedSnapshot[],
   blockOf: BlockGetter, fetched: () => Promise<void>): Promise<string[]> {
-  const { home } = ctx;
+  const { home, temps } = ctx;
   const name = placed.name;
-  const hadVmDir = await pathExists(path.join(home.vmsDir, name));
-  const lock = await lockVm(home, name, 'snapshot sync');
-  let committed = false;
+  const todo = missing.filter((m) => !placed.localById.has(m.id));
+  if (!todo.length) return [];
+  const changed = () => chainError(`VM ${name} changed while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
+  const vm: VmRecord | null = placed.exists ? await loadVm(home, name) : null;
+  const targets = [...new Set(todo[0]!.disks.map((d) => d.target))].sort();
+  const diskPath = new Map<string, string>();
+  const made: string[] = []; // temporaries (and a new VM's disk directory) created here
   let madeDir: string | null = null;
+  let committed = false;
   try {
-    await recover(home, name);
-    // The VM may have changed since it was placed: check again.
-    let vm: VmRecord | null = null;
-    const localById = new Map<string, SnapshotRecord>();
-    if (await vmExists(home, name)) {
-      if (!placed.exists) throw chainError(`VM ${name} appeared while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
-      vm = await loadVm(home, name);
-      const snaps = await listSnapshotRecords(home, name);
-      if (snaps.some((s) => !s.content_id)) await ensureContentIds(home, snaps);
-      for (const s of snaps) {
-        if (!s.content_id || !chain.some((c) => c.id === s.content_id)) throw chainError(`VM ${name} changed while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
-        localById.set(s.content_id, s);
-      }
-      for (const m of missing) {
-        if (snaps.some((s) => s.name === m.name)) throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
-      }
-    } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
-    const todo = missing.filter((m) => !localById.has(m.id));
-    if (!todo.length) return [];
-
-    const targets = [...new Set(todo[0]!.disks.map((d) => d.target))].sort();
-    const diskPath = new Map<string, string>();
     if (vm) {
       for (const d of vm.disks) diskPath.set(d.target, d.path);
       for (const t of targets) if (!diskPath.has(t)) throw chainError(`VM ${name} has no disk ${t}, which ${ctx.peerName}'s ${remoteVm} has`);
     } else {
       const dir = path.join(home.disksDir, name);
-      if (!(await pathExists(dir))) madeDir = dir;
+      if (!(await pathExists(dir))) {
+        madeDir = dir;
+        await temps.add(dir + path.sep);
+        made.push(dir + path.sep);
+      }
       await ensureDir(dir);
       for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
     }
     const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
-    for (const [id, s] of localById) layerOf.set(id, new Map(s.disks.map((d) => [d.target, d.path])));
     const nameOf = new Map<string, string>();
-    for (const [id, s] of localById) nameOf.set(id, s.name);
+    for (const [id, s] of placed.localById) {
+      layerOf.set(id, new Map(s.disks.map((d) => [d.target, d.path])));
+      nameOf.set(id, s.name);
+    }
     const plans: LayerPlan[] = [];
     for (const s of todo) {
       const mine = new Map<string, string>();
@@ -323,66 +322,104 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
       layerOf.set(s.id, mine);
       nameOf.set(s.id, s.name);
     }
-    // The head the sharer stands on (else the newest pulled snapshot).
-    const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
-    const head = headHex !== null && layerOf.has(headHex) ? headHex : todo[todo.length - 1]!.id;
-    let fastForward = !vm;
-    if (vm && vm.current !== null && localById.has([...localById].find(([, s]) => s.name === vm!.current)?.[0] ?? '')) {
-      // Moves the current state to the new head only when it stands, unchanged, on an ancestor of it.
-      const curId = [...localById].find(([, s]) => s.name === vm!.current)![0];
-      let anc: string | null = head;
-      let isAnc = false;
-      const byId = new Map(chain.map((c) => [c.id, c]));
-      while (anc !== null) {
-        if (anc === curId) { isAnc = true; break; }
-        const c = byId.get(anc);
-        anc = c?.parent ? c.parent.toString('hex') : null;
-      }
-      fastForward = isAnc && curId !== head && (await Promise.all(vm.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
-    }
 
-    const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`);
-    const overlays: { final: string; temp: string; backing: string; vs: number; cs: number }[] = [];
+    // Unlocked: write every layer as its blocks arrive.
+    const total = plans.reduce((a, p) => a + p.snap.maps[p.disk]!.dataBytes, 0);
+    let done = 0;
+    for (const p of plans) {
+      await temps.add(p.temp);
+      made.push(p.temp);
+      done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
+    }
+    await fetched();
+
+    // Locked: check, hand over, commit.
+    const hadVmDir = await pathExists(path.join(home.vmsDir, name));
+    const lock = await lockVm(home, name, 'snapshot sync');
     try {
-      const total = plans.reduce((a, p) => a + p.snap.maps[p.disk]!.dataBytes, 0);
-      let done = 0;
-      for (const p of plans) {
-        await j.willCreate(p.temp);
-        const m = p.snap.maps[p.disk]!;
-        done += await writeLayer(blockOf, p.temp, p.backing, m, (n) => ctx.progress?.(name, done + n, total));
-      }
-      await fetched();
-      if (fastForward) {
-        const headSnap = chain.find((c) => c.id === head)!;
-        for (const [di, d] of headSnap.disks.entries()) {
-          const final = diskPath.get(d.target)!;
-          const m = headSnap.maps[di]!;
-          const o = { final, temp: hiddenTemp(final), backing: path.relative(path.dirname(final), layerOf.get(head)!.get(d.target)!), vs: m.virtualSize, cs: m.clusterSize };
-          await j.willCreate(o.temp);
-          const w = await Qcow2Writer.create(o.temp, { virtualSize: o.vs, clusterSize: o.cs, backingFile: o.backing, backingFormat: 'qcow2' });
-          await w.finish();
-          overlays.push(o);
+      await recover(home, name);
+      let cur: VmRecord | null = null;
+      if (await vmExists(home, name)) {
+        if (!placed.exists) throw chainError(`VM ${name} appeared while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
+        cur = await loadVm(home, name);
+        const snaps = await listSnapshotRecords(home, name);
+        if (snaps.some((s) => !s.content_id)) await ensureContentIds(home, snaps);
+        // The chain was placed on these snapshots and disks, and the new layers stand on their files.
+        if (snaps.length !== placed.localById.size) throw changed();
+        for (const s of snaps) {
+          const was = s.content_id ? placed.localById.get(s.content_id) : undefined;
+          if (!was || was.name !== s.name || JSON.stringify(was.disks) !== JSON.stringify(s.disks)) throw changed();
         }
+        if (JSON.stringify(cur.disks) !== JSON.stringify(vm!.disks)) throw changed();
+        for (const m of todo) {
+          if (snaps.some((s) => s.name === m.name)) throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
+        }
+      } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
+      for (const p of plans) {
+        if (await pathExists(p.final)) throw new CloneboxError('FILE_EXISTS', `file already exists, ${p.final}`, { hint: 'move the stray file away, then sync again' });
       }
-      const records: SnapshotRecord[] = todo.map((s) => ({
-        name: s.name, vm_name: name, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
-        parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
-        expires_at: null, disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
-        size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0), content_id: s.id, memory_path: null,
-      }));
-      const actions: Action[] = [];
-      for (const f of [...plans, ...overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
-      for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, name), `${r.name}.json`), value: r });
-      const headName = nameOf.get(head)!;
-      const vmRec: VmRecord = vm
-        ? { ...vm, current: fastForward ? headName : vm.current }
-        : { format: 1, name, driver: 'image', created_at: new Date().toISOString(), disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })), current: headName };
-      actions.push({ do: 'write_json', path: vmFile(home, name), value: vmRec });
-      await j.commit(actions);
-      committed = true;
-    } catch (err) {
-      await j.rollback().catch(() => undefined);
-      throw err;
+
+      // The head the sharer stands on (else the newest pulled snapshot).
+      const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
+      const head = headHex !== null && layerOf.has(headHex) ? headHex : todo[todo.length - 1]!.id;
+      let fastForward = !cur;
+      const curId = cur && cur.current !== null ? [...placed.localById].find(([, s]) => s.name === cur!.current)?.[0] ?? null : null;
+      if (cur && curId !== null) {
+        // Moves the current state to the new head only when it stands, unchanged, on an ancestor of it.
+        let anc: string | null = head;
+        let isAnc = false;
+        const byId = new Map(chain.map((c) => [c.id, c]));
+        while (anc !== null) {
+          if (anc === curId) { isAnc = true; break; }
+          const c = byId.get(anc);
+          anc = c?.parent ? c.parent.toString('hex') : null;
+        }
+        fastForward = isAnc && curId !== head && (await Promise.all(cur.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
+      }
+
+      const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`);
+      try {
+        // The journal owns the layers from here (rollback deletes them, commit renames them).
+        await j.willCreate(...plans.map((p) => p.temp));
+        await temps.drop(plans.map((p) => p.temp));
+        const overlays: { final: string; temp: string }[] = [];
+        if (fastForward) {
+          const headSnap = chain.find((c) => c.id === head)!;
+          for (const [di, d] of headSnap.disks.entries()) {
+            const final = diskPath.get(d.target)!;
+            const m = headSnap.maps[di]!;
+            const o = { final, temp: hiddenTemp(final) };
+            await j.willCreate(o.temp);
+            const w = await Qcow2Writer.create(o.temp, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: path.relative(path.dirname(final), layerOf.get(head)!.get(d.target)!), backingFormat: 'qcow2' });
+            await w.finish();
+            overlays.push(o);
+          }
+        }
+        const records: SnapshotRecord[] = todo.map((s) => ({
+          name: s.name, vm_name: name, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
+          parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
+          expires_at: null, disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
+          size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0), content_id: s.id, memory_path: null,
+        }));
+        const actions: Action[] = [];
+        for (const f of [...plans, ...overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
+        for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, name), `${r.name}.json`), value: r });
+        const headName = nameOf.get(head)!;
+        const vmRec: VmRecord = cur
+          ? { ...cur, current: fastForward ? headName : cur.current }
+          : { format: 1, name, driver: 'image', created_at: new Date().toISOString(), disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })), current: headName };
+        actions.push({ do: 'write_json', path: vmFile(home, name), value: vmRec });
+        await j.commit(actions);
+        committed = true;
+      } catch (err) {
+        await j.rollback().catch(() => undefined);
+        throw err;
+      }
+    } finally {
+      await lock.release();
+      if (!committed && !hadVmDir && !(await vmExists(home, name))) {
+        await rm(path.join(home.vmsDir, name), { recursive: true, force: true }).catch(() => undefined);
+      }
     }
     // The new layers' maps are known (verified): later pulls reuse their blocks without reading them.
     for (const p of plans) {
@@ -392,14 +429,11 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
     }
     return todo.map((s) => s.name);
   } finally {
-    await lock.release();
     if (!committed) {
-      if (!hadVmDir && !(await vmExists(home, name))) {
-        const { rm } = await import('node:fs/promises');
-        await rm(path.join(home.vmsDir, name), { recursive: true, force: true }).catch(() => undefined);
-      }
+      for (const f of made) if (!f.endsWith(path.sep)) await unlink(f).catch(() => undefined);
       if (madeDir) await rmdir(madeDir).catch(() => undefined);
     }
+    if (made.length) await temps.drop(made).catch(() => undefined);
   }
 }
 

@@ -28,6 +28,7 @@ import { BLOCKS_PROTOCOL } from './messages.js';
 import { pullChain, type Fetcher } from './pull.js';
 import { publish, ShareSource } from './share.js';
 import { Spool } from './spool.js';
+import { PullTemps } from './temps.js';
 import { shortKey, TeamSwarm, type TeamPeer } from './swarm.js';
 import { loadTeam, resolveBootstrap } from './teams.js';
 import { trace } from './trace.js';
@@ -118,6 +119,8 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     const local = await LocalBlocks.scan(home, log);
     cleanups.push(() => local.close());
     trace(`sync: local blocks indexed (${local.size})`);
+    // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock).
+    const temps = await PullTemps.open(home, log);
     const spool = await Spool.open(home);
     let spoolDone = false;
     cleanups.push(async () => {
@@ -220,7 +223,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         const label = `${vm} from ${peerName}`;
         try {
           const r = await pullChain({
-            home, peerName, catalog: cat, view, local, spool, log,
+            home, peerName, catalog: cat, view, local, spool, temps, log,
             fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
             progress: (name, done, total) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
           }, vm);

@@ -1,0 +1,74 @@
+/**
+ * Files a pull writes before it takes the VM lock: its new layers under hidden temporary names and,
+ * for a new VM, its disk directory. They are listed in <home>/sync/pull-temps.list (one absolute path
+ * per line, a directory with a trailing slash), each line fsynced before the file is created, so that
+ * the next sync (which holds the home's sync lock, so no other pull is running) removes what a killed
+ * one left. Under the VM lock the pull hands its temporaries to the VM's journal (willCreate) and only
+ * then drops them from this list: at every moment one of the two owns them, and never is a file that
+ * a committed journal will still rename deleted from here.
+ */
+import { open, readFile, rmdir, unlink } from 'node:fs/promises';
+import path from 'node:path';
+import type { Home } from '../store/home.js';
+import { writeFileAtomic } from '../store/fsutil.js';
+
+/** A list longer than this was not written by us: it is ignored (and reported), never acted on. */
+const MAX_LIST_BYTES = 1024 * 1024;
+
+export class PullTemps {
+  private readonly entries = new Set<string>();
+
+  private constructor(private readonly file: string) {}
+
+  static listPath(home: Home): string {
+    return path.join(home.root, 'sync', 'pull-temps.list');
+  }
+
+  /** Removes what an earlier, killed pull left; the caller holds the sync lock. Returns what it removed. */
+  static async open(home: Home, log: (line: string) => void): Promise<PullTemps> {
+    const t = new PullTemps(PullTemps.listPath(home));
+    const text = await readFile(t.file, 'utf8').catch((e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOENT') return '';
+      throw e;
+    });
+    if (text.length > MAX_LIST_BYTES) {
+      log(`ignoring ${t.file}: ${text.length} bytes is not a list a pull wrote; remove it`);
+      return t;
+    }
+    const root = path.resolve(home.root);
+    let removed = 0;
+    // Files first, then directories (deepest first): a directory goes only once it is empty.
+    const lines = text.split('\n').filter((l) => l.length > 0 && path.isAbsolute(l));
+    for (const l of lines.filter((x) => !x.endsWith('/'))) {
+      // Only hidden temporaries inside this home's disk area or a VM's own directory: a damaged line
+      // must never point us at a user's file.
+      if (!path.basename(l).startsWith('.') || !l.includes('.sync-')) continue;
+      if (await unlink(l).then(() => true, () => false)) removed++;
+    }
+    for (const l of lines.filter((x) => x.endsWith('/')).sort((a, b) => b.length - a.length)) {
+      if (!path.resolve(l).startsWith(root + path.sep)) continue;
+      if (await rmdir(l).then(() => true, () => false)) removed++;
+    }
+    if (removed) log(`removed ${removed} temporary file(s) of an interrupted pull`);
+    if (text.length) await writeFileAtomic(t.file, '');
+    return t;
+  }
+
+  /** Lists `file` (a directory: `dir/`) durably before it is created. */
+  async add(file: string): Promise<void> {
+    this.entries.add(file);
+    const fh = await open(this.file, 'a', 0o600);
+    try {
+      await fh.write(`${file}\n`);
+      await fh.datasync();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  /** Forgets `files` (now owned by a journal, renamed or removed). */
+  async drop(files: string[]): Promise<void> {
+    for (const f of files) this.entries.delete(f);
+    await writeFileAtomic(this.file, [...this.entries].map((e) => `${e}\n`).join(''));
+  }
+}
