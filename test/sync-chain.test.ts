@@ -365,4 +365,34 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(c.blocks_fetched).toBe(0);
     await expectSameChain(A(), 'dev', G, 'dev.ws-a');
   });
+
+  it('a teammate who pulled a chain serves it on, catalog included, while its author is offline', async () => {
+    const B = home('b');
+    const D = home('d');
+    await sharer.stop();
+    await qemuIo(await diskOf(A(), 'dev'), `write -s ${await randomFile('r2', 2 * MiB)} 48M 2M`);
+    await ok(A(), ['snapshot', 'create', 'dev', '--name', 'relay']);
+    sharer = watch(A());
+    // B, online with A, takes the new snapshots; then A goes away.
+    const rb = await sync(B);
+    expect(rb.code, rb.stderr).toBe(0);
+    expect(rb.doc.chains.find((x: any) => x.remote_vm === 'dev').snapshots).toEqual(['large', 'relay']);
+    await sharer.stop();
+    const relay = watch(B);
+    try {
+      // D met A once (it pulled dev before) but A is offline: D reaches only B.
+      const r = await sync(D);
+      expect(r.code, r.stderr).toBe(0);
+      expect(r.doc.peers).toEqual(['ws-b']);
+      const c = r.doc.chains.find((x: any) => x.remote_vm === 'dev');
+      expect(c, r.stderr).toBeDefined();
+      expect(c.peer).toBe('ws-a');
+      expect(c.vm).toBe('dev');
+      expect(c.snapshots).toEqual(['large', 'relay']);
+      expect(c.blocks_fetched).toBe((32 + 2) * 16); // random data: every block is new
+      await expectSameChain(A(), 'dev', D, 'dev');
+    } finally {
+      await relay.stop();
+    }
+  });
 });

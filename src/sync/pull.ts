@@ -82,6 +82,13 @@ function chainError(message: string, hint?: string): CloneboxError {
   return new CloneboxError('SYNC_CHAIN', message, hint ? { hint } : {});
 }
 
+/** A chain that failed because no teammate online could give some of its blocks. */
+export class BlocksUnavailable extends CloneboxError {
+  constructor(message: string, hint: string, readonly failed: number, readonly corrupt: number) {
+    super('SYNC_CHAIN', message, { hint });
+  }
+}
+
 /** The snapshots of `vm` the catalog shares, verified (step 1), parents first. */
 export async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: string): Promise<VerifiedSnapshot[]> {
   const share = view.shares.get(vm);
@@ -217,7 +224,7 @@ export async function pullChain(ctx: PullContext, vm: string): Promise<ChainRepo
     }
     return (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
   };
-  let fetchError: CloneboxError | null = null;
+  let fetchError: BlocksUnavailable | null = null;
   const fetching = (async () => {
     if (!toFetch.length) return;
     const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
@@ -228,8 +235,8 @@ export async function pullChain(ctx: PullContext, vm: string): Promise<ChainRepo
       report.blocks_fetched = got.fetched;
       report.bytes_received = got.wireBytes;
       if (got.failed.length) {
-        fetchError = chainError(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
-          'sync again later; blocks already received are kept and not fetched again');
+        fetchError = new BlocksUnavailable(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
+          'sync again later; blocks already received are kept and not fetched again', got.failed.length, got.corrupt);
       }
     } finally {
       // Nothing more will come: a writer still waiting finds its block missing (and fails).

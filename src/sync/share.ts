@@ -21,7 +21,7 @@ import { Chain } from '../qcow2/chain.js';
 import { acquireLock } from '../store/lock.js';
 import { ensureDir, writeJsonAtomic } from '../store/fsutil.js';
 import type { Home } from '../store/home.js';
-import { loadVm, vmExists } from '../store/registry.js';
+import { listVmNames, loadVm, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { BlockSource, SourcePart } from './blocks.js';
@@ -251,19 +251,23 @@ interface Located {
 
 /**
  * Serves the blocks of this workstation's shared chains: an index SHA-256 -> (local layer, offset)
- * built from our own catalog's maps of the VMs still shared, and frames read through the layer's
+ * built from our own catalog's maps of the VMs still shared, and of the chains it pulled from
+ * teammates (so a teammate can get them while their author is offline), and frames read through the layer's
  * chain, compressed with zstd (level 3; raw when that is not smaller) on the bundle's worker threads
  * (one per core) while the next frames are read, at most FRAME_TARGET raw bytes.
  */
 export class ShareSource implements BlockSource {
   private readonly index = new Map<string, Located>();
   private readonly chains = new Map<string, Chain>();
+  private own = 0;
   private pool: Promise<WorkerPool> | null = null;
   blocksServed = 0;
 
-  static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
+  static async build(home: Home, cat: Catalog, view?: CatalogView, others: Catalog[] = []): Promise<ShareSource> {
     const src = new ShareSource();
+    await src.addPulled(home, others);
     const v = view ?? (await cat.view());
+    const ownHashes = new Set<string>();
     for (const [vm] of v.shares) {
       if (!(await vmExists(home, vm))) continue;
       const snaps = await listSnapshotRecords(home, vm);
@@ -275,7 +279,13 @@ export class ShareSource implements BlockSource {
           const file = l.disks.find((x) => x.target === d.target)?.path;
           if (!file) continue;
           for (const it of await cat.mapItems(d.map_start, d.map_count, vm, d.target)) {
-            if (it.kind === 'block') src.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+            if (it.kind !== 'block') continue;
+            const hex = it.sha.toString('hex');
+            if (!ownHashes.has(hex)) {
+              ownHashes.add(hex);
+              src.own++;
+            }
+            src.index.set(hex, { file, offset: it.offset, length: it.length });
           }
         }
       }
@@ -283,8 +293,45 @@ export class ShareSource implements BlockSource {
     return src;
   }
 
+  /**
+   * Adds the chains this home pulled: a snapshot one of the teammates' catalogs `others` shares that
+   * this home holds (a local snapshot with the same content id, which a pull verified layer by layer)
+   * is served too, so teammates get it while its author is offline. Only what some teammate's catalog
+   * lists is ever served: a member cannot probe for other local data by hash.
+   */
+  async addPulled(home: Home, others: Catalog[]): Promise<void> {
+    if (!others.length) return;
+    const byId = new Map<string, SnapshotRecord>();
+    for (const vm of await listVmNames(home)) {
+      for (const s of await listSnapshotRecords(home, vm).catch(() => [])) {
+        if (s.content_id && s.state === 'ready') byId.set(s.content_id, s);
+      }
+    }
+    for (const o of others) {
+      // A teammate's catalog not replicated in full yet would make view() wait for missing entries.
+      if (o.core.contiguousLength < o.core.length) continue;
+      const ov = await o.view().catch(() => null);
+      if (!ov) continue;
+      for (const [vm] of ov.shares) {
+        for (const p of ov.snapshots.get(vm) ?? []) {
+          const l = byId.get(p.id);
+          if (!l) continue;
+          for (const d of p.disks) {
+            const file = l.disks.find((x) => x.target === d.target)?.path;
+            if (!file) continue;
+            const items = await o.mapItems(d.map_start, d.map_count, vm, d.target).catch(() => []);
+            for (const it of items) {
+              if (it.kind === 'block' && !this.index.has(it.sha.toString('hex'))) this.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+            }
+          }
+        }
+      }
+    }
+  }
+
+  /** Blocks of this workstation's own shared chains (pulled chains served on are not counted). */
   get blocks(): number {
-    return this.index.size;
+    return this.own;
   }
 
   private async chain(file: string): Promise<Chain> {

@@ -4,8 +4,10 @@
  *
  * Per proven peer (TeamSwarm services, attached before the peer's channels can be refused):
  *   hypercore/alpha   our catalog replicates to it; its catalog (key from its Intro, recorded with the
- *                     member on first sight) replicates to us, in full
- *   clonebox/blocks   a BlockChannel serving our shared chains' blocks (ShareSource) and fetching theirs
+ *                     member on first sight) replicates to us, in full; so does every other teammate's
+ *                     catalog either side has (relaying: chains travel while their author is away)
+ *   clonebox/blocks   a BlockChannel serving our shared chains' blocks and those of chains we pulled
+ *                     (ShareSource), and fetching theirs
  *
  * Pulls run one at a time (pull.ts). Without --watch the run ends when: at least one teammate came
  * (or the deadline passed), every pull is done, and either (sharing something) no teammate came and
@@ -25,7 +27,7 @@ import type { HostPort } from './hostport.js';
 import { ensureIdentity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL } from './messages.js';
-import { pullChain, type Fetcher } from './pull.js';
+import { BlocksUnavailable, pullChain, type Fetcher } from './pull.js';
 import { publish, ShareSource } from './share.js';
 import { Spool } from './spool.js';
 import { PullTemps } from './temps.js';
@@ -38,6 +40,8 @@ export const DEFAULT_TIMEOUT_S = 300;
 const SETTLE_MS = 2500;
 /** How long a finished run that shares nothing waits after the last teammate came (lookup done). */
 const PEER_GRACE_MS = 400;
+/** How long a pull waits for a peer to start replicating a catalog it may not have (pullPeer). */
+const RELAY_WAIT_MS = 1500;
 
 export interface SyncOptions {
   home: Home;
@@ -100,7 +104,35 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     cleanups.push(() => own.close());
     report.shared = (await publish(home, opts.team, own, log)).map(({ vm, snapshots }) => ({ vm, snapshots }));
     trace('sync: published');
-    let source = await ShareSource.build(home, own);
+    const peerCats = new Map<string, Catalog>();
+    cleanups.push(async () => {
+      for (const c of peerCats.values()) await c.close();
+    });
+    /** Catalog key hex -> the name of the member who writes it. */
+    const authors = new Map<string, string>();
+    const openPeerCatalog = async (key: Buffer): Promise<Catalog> => {
+      const hex = key.toString('hex');
+      let cat = peerCats.get(hex);
+      if (!cat) {
+        cat = await Catalog.openPeer(home, opts.team, key);
+        peerCats.set(hex, cat);
+      }
+      return cat;
+    };
+    // Every teammate's catalog we know, not only those of teammates online: a teammate who has one
+    // replicates it to us (hypercore checks its author's signatures), and we serve the chains we
+    // pulled from it, so chains travel while their author is away.
+    for (const m of team.members) {
+      if (!m.catalog_key || m.catalog_key === own.key.toString('hex')) continue;
+      authors.set(m.catalog_key, m.name);
+      try {
+        await openPeerCatalog(Buffer.from(m.catalog_key, 'hex'));
+      } catch (err) {
+        log(`cannot open the catalog of ${m.name}: ${(err as Error).message}`);
+      }
+    }
+    trace(`sync: ${peerCats.size} teammates' catalogs open`);
+    let source = await ShareSource.build(home, own, undefined, [...peerCats.values()]);
     trace(`sync: serving index built (${source.blocks} blocks)`);
     let lastServed = 0;
     const serving = {
@@ -128,19 +160,6 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     });
 
     const states = new Map<string, PeerState>();
-    const peerCats = new Map<string, Catalog>();
-    cleanups.push(async () => {
-      for (const c of peerCats.values()) await c.close();
-    });
-    const openPeerCatalog = async (key: Buffer): Promise<Catalog> => {
-      const hex = key.toString('hex');
-      let cat = peerCats.get(hex);
-      if (!cat) {
-        cat = await Catalog.openPeer(home, opts.team, key);
-        peerCats.set(hex, cat);
-      }
-      return cat;
-    };
     const stateOf = (peer: TeamPeer): PeerState => {
       const hex = peer.publicKey.toString('hex');
       let st = states.get(hex);
@@ -193,13 +212,14 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       return { fetched, wireBytes, failed: todo, corrupt };
     };
 
-    const pullPeer = async (st: PeerState): Promise<void> => {
-      const cat = st.catalog;
-      if (!cat) return;
-      const peerName = st.peer.name;
-      // Catch up with the peer's catalog: its length, then every entry. Hypercore's update() answers
-      // "nothing new" at once while the core has no replicating peer yet (its channel opens a round
-      // trip after ours), which made a pull under load see an old catalog: wait for the peer first.
+    /**
+     * Catches up with a teammate's catalog as the connected peers have it: its length, then every
+     * entry. Hypercore's update() answers "nothing new" at once while the core has no replicating peer
+     * yet (its channel opens a round trip after ours), which made a pull under load see an old
+     * catalog: wait up to `waitMs` for a peer first.
+     */
+    const catchUp = async (cat: Catalog, waitMs: number): Promise<void> => {
+      const bound = (ms: number) => Math.min(ms, Math.max(0, pullDeadline - Date.now()));
       if (cat.core.peers.length === 0) {
         await new Promise<void>((resolve) => {
           const done = () => {
@@ -207,36 +227,71 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             cat.core.removeListener('peer-add', done);
             resolve();
           };
-          const timer = setTimeout(done, Math.min(10_000, Math.max(0, pullDeadline - Date.now())));
+          const timer = setTimeout(done, bound(waitMs));
           cat.core.on('peer-add', done);
         });
+        if (cat.core.peers.length === 0) return;
       }
-      await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(Math.min(10_000, Math.max(0, pullDeadline - Date.now())))]);
+      await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(bound(10_000))]);
       if (cat.core.length > cat.core.contiguousLength) {
         const dl = cat.core.download({ start: 0, end: cat.core.length });
-        await Promise.race([dl.done().catch(() => undefined), sleep(Math.max(0, Math.min(pullDeadline, Date.now() + 60_000) - Date.now()))]);
+        await Promise.race([dl.done().catch(() => undefined), sleep(bound(60_000))]);
       }
-      trace(`pull ${peerName}: catalog replicated (${cat.core.length} entries)`);
+    };
+
+    /** Pulls every chain `cat` shares; blocks come from `st` first (see fetcherFor). */
+    const pullCatalog = async (st: PeerState, cat: Catalog, author: string, relayed: boolean): Promise<void> => {
+      if (cat.core.contiguousLength < cat.core.length) {
+        log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
+        return;
+      }
       const view = await cat.view();
       for (const vm of view.shares.keys()) {
         if (stopping) return;
-        const label = `${vm} from ${peerName}`;
+        const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
         try {
           const r = await pullChain({
-            home, peerName, catalog: cat, view, local, spool, temps, log,
+            home, peerName: author, catalog: cat, view, local, spool, temps, log,
             fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
             progress: (name, done, total) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
           }, vm);
           if (r) {
             report.chains.push(r);
             report.bytes_received += r.bytes_received;
-            if (r.snapshots.length) opts.progress?.(`pull ${label}: ${r.snapshots.length} snapshot(s) into VM ${r.vm}, ${r.blocks_fetched} blocks fetched, ${r.blocks_reused} reused`, true);
+            if (r.snapshots.length) {
+              opts.progress?.(`pull ${label}: ${r.snapshots.length} snapshot(s) into VM ${r.vm}, ${r.blocks_fetched} blocks fetched, ${r.blocks_reused} reused`, true);
+              await source.addPulled(home, [cat]); // served on from now
+            }
           }
         } catch (err) {
+          if (relayed && err instanceof BlocksUnavailable && err.corrupt === 0) {
+            // Teammates online need not hold every chain of an absent one: not an error, it waits.
+            log(`${vm} from ${author}: ${err.failed} block(s) are on no teammate online; it waits for ${author}`);
+            continue;
+          }
           const e = err as CloneboxError;
-          report.errors.push({ peer: peerName, vm, code: e.code ?? 'INTERNAL', message: e.message });
+          report.errors.push({ peer: author, vm, code: e.code ?? 'INTERNAL', message: e.message });
           log(`pull ${label} failed: ${e.message}`);
         }
+      }
+    };
+
+    const pullPeer = async (st: PeerState): Promise<void> => {
+      if (st.catalog) {
+        await catchUp(st.catalog, 10_000);
+        trace(`pull ${st.peer.name}: catalog replicated (${st.catalog.core.length} entries)`);
+        await pullCatalog(st, st.catalog, st.peer.name, false);
+      }
+      // Relayed: the catalogs of teammates not online, as this peer has them (a peer that lacks one
+      // never opens its channel: waited for in parallel, RELAY_WAIT_MS at most).
+      const online = new Set([...states.values()].filter((o) => !o.peer.stream.destroyed).map((o) => o.catalog));
+      const relayed = [...peerCats].filter(([, c]) => c !== st.catalog && !online.has(c));
+      await Promise.all(relayed.map(([, c]) => catchUp(c, RELAY_WAIT_MS)));
+      for (const [hex, cat] of relayed) {
+        if (stopping) return;
+        if (cat.core.peers.length === 0 || cat.core.length === 0) continue;
+        trace(`pull ${st.peer.name}: relays the catalog of ${authors.get(hex) ?? hex.slice(0, 8)} (${cat.core.length} entries)`);
+        await pullCatalog(st, cat, authors.get(hex) ?? hex.slice(0, 8), true);
       }
     };
 
@@ -273,10 +328,13 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             log(`peer ${peer.name} announces another catalog than the one first recorded; using the recorded one`);
           }
           const key = recorded ?? peer.intro.catalog;
-          if (!key || key.equals(own.key)) return;
-          const cat = await openPeerCatalog(key);
-          cat.core.replicate(peer.mux);
-          st.catalog = cat;
+          if (key && !key.equals(own.key)) {
+            const cat = await openPeerCatalog(key);
+            authors.set(key.toString('hex'), peer.name);
+            st.catalog = cat;
+          }
+          // Its own catalog, and every other teammate's we have (relayed both ways).
+          for (const c of peerCats.values()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
           stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
