@@ -105,7 +105,9 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     report.shared = (await publish(home, opts.team, own, log)).map(({ vm, snapshots }) => ({ vm, snapshots }));
     trace('sync: published');
     const peerCats = new Map<string, Catalog>();
+    let relayIndexed: Promise<void> = Promise.resolve();
     cleanups.push(async () => {
+      await relayIndexed; // reads these catalogs
       for (const c of peerCats.values()) await c.close();
     });
     /** Catalog key hex -> the name of the member who writes it. */
@@ -122,17 +124,20 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     // Every teammate's catalog we know, not only those of teammates online: a teammate who has one
     // replicates it to us (hypercore checks its author's signatures), and we serve the chains we
     // pulled from it, so chains travel while their author is away.
-    for (const m of team.members) {
-      if (!m.catalog_key || m.catalog_key === own.key.toString('hex')) continue;
+    await Promise.all(team.members.map(async (m) => {
+      if (!m.catalog_key || m.catalog_key === own.key.toString('hex')) return;
       authors.set(m.catalog_key, m.name);
       try {
         await openPeerCatalog(Buffer.from(m.catalog_key, 'hex'));
       } catch (err) {
         log(`cannot open the catalog of ${m.name}: ${(err as Error).message}`);
       }
-    }
+    }));
     trace(`sync: ${peerCats.size} teammates' catalogs open`);
-    let source = await ShareSource.build(home, own, undefined, [...peerCats.values()]);
+    let source = await ShareSource.build(home, own);
+    // The chains we pulled are served too; indexing them reads those catalogs' maps, so it runs while
+    // the swarm is joined (a request before it is done gets "missing" for them and asks elsewhere).
+    relayIndexed = source.addPulled(home, [...peerCats.values()]).catch((err: Error) => log(`cannot index pulled chains for serving: ${err.message}`));
     trace(`sync: serving index built (${source.blocks} blocks)`);
     let lastServed = 0;
     const serving = {
@@ -370,6 +375,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
           if (res.some((r) => r.appended > 0) || res.length !== report.shared.length) {
             report.shared = res.map(({ vm, snapshots }) => ({ vm, snapshots }));
             const next = await ShareSource.build(home, own);
+            await next.addPulled(home, [...peerCats.values()]);
             const old = source;
             source = next;
             await old.close();
