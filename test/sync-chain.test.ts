@@ -372,11 +372,17 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await sharer.stop();
     await qemuIo(await diskOf(A(), 'dev'), `write -s ${await randomFile('r2', 2 * MiB)} 48M 2M`);
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'relay']);
+    await ok(A(), ['vm', 'create', 'solo', '--size', '8M']);
+    await qemuIo(await diskOf(A(), 'solo'), `write -s ${await randomFile('r1s', MiB)} 0 1M`);
+    await ok(A(), ['snapshot', 'create', 'solo', '--name', 's1']);
+    await ok(A(), ['snapshot', 'share', 'solo', '--team', 'crew']);
     sharer = watch(A());
-    // B, online with A, takes the new snapshots; then A goes away.
+    // B, online with A, takes the new snapshots (and solo, which it then drops); then A goes away.
     const rb = await sync(B);
     expect(rb.code, rb.stderr).toBe(0);
     expect(rb.doc.chains.find((x: any) => x.remote_vm === 'dev').snapshots).toEqual(['large', 'relay']);
+    expect(rb.doc.chains.find((x: any) => x.remote_vm === 'solo').snapshots).toEqual(['s1']);
+    await ok(B, ['vm', 'remove', 'solo', '--delete-files', '--yes']);
     await sharer.stop();
     const relay = watch(B);
     try {
@@ -387,10 +393,15 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       const c = r.doc.chains.find((x: any) => x.remote_vm === 'dev');
       expect(c, r.stderr).toBeDefined();
       expect(c.peer).toBe('ws-a');
+      expect(c.via).toBe('ws-b');
       expect(c.vm).toBe('dev');
       expect(c.snapshots).toEqual(['large', 'relay']);
       expect(c.blocks_fetched).toBe((32 + 2) * 16); // random data: every block is new
       await expectSameChain(A(), 'dev', D, 'dev');
+      // solo is in A's catalog as B passed it on, but nobody online holds its blocks: it waits.
+      expect(r.stderr).toMatch(/solo from ws-a: 16 block\(s\) are on no teammate online; it waits for ws-a/);
+      expect(r.doc.chains.some((x: any) => x.remote_vm === 'solo')).toBe(false);
+      expect((await json<any[]>(D, ['vm', 'list'])).map((v) => v.name)).not.toContain('solo');
     } finally {
       await relay.stop();
     }

@@ -102,7 +102,7 @@ export function registerSync(snapshot: Command): void {
       if (ctx.json) {
         return printJson({
           peers: report.peers,
-          chains: report.chains.map((c) => ({ vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received, peer: c.peer, remote_vm: c.remote_vm })),
+          chains: report.chains.map((c) => ({ vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received, peer: c.peer, remote_vm: c.remote_vm, ...(c.via ? { via: c.via } : {}) })),
           bytes_received: report.bytes_received,
           shared: report.shared,
         });
@@ -111,7 +111,7 @@ export function registerSync(snapshot: Command): void {
       if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${s.snapshots.length} snapshots)`).join(', ')}`);
       if (report.chains.length) {
         printLine(table(['VM', 'FROM', 'NEW SNAPSHOTS', 'FETCHED', 'REUSED', 'RECEIVED'], report.chains.map((c) => [
-          c.vm, `${c.peer}:${c.remote_vm}`, String(c.snapshots.length), String(c.blocks_fetched), String(c.blocks_reused), mib(c.bytes_received),
+          c.vm, `${c.peer}:${c.remote_vm}${c.via ? ` (via ${c.via})` : ''}`, String(c.snapshots.length), String(c.blocks_fetched), String(c.blocks_reused), mib(c.bytes_received),
         ]), [false, false, true, true, true, true]));
       }
       printLine(`received ${mib(report.bytes_received)}`);

@@ -46,6 +46,8 @@ export interface ChainReport {
   /** Extra: where it came from, and the remote VM name. */
   peer: string;
   remote_vm: string;
+  /** Extra: the teammate that relayed the chain while its author (`peer`) was away. */
+  via?: string;
 }
 
 /**

@@ -58,7 +58,7 @@ export interface SyncOptions {
 
 export interface SyncReport {
   peers: string[];
-  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string }[];
+  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string; via?: string }[];
   bytes_received: number;
   /** Extra: what this workstation published (per shared VM). */
   shared: { vm: string; snapshots: string[] }[];
@@ -261,6 +261,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             progress: (name, done, total) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
           }, vm);
           if (r) {
+            if (relayed) r.via = st.peer.name;
             report.chains.push(r);
             report.bytes_received += r.bytes_received;
             if (r.snapshots.length) {
