@@ -402,6 +402,20 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       expect(r.stderr).toMatch(/solo from ws-a: 16 block\(s\) are on no teammate online; it waits for ws-a/);
       expect(r.doc.chains.some((x: any) => x.remote_vm === 'solo')).toBe(false);
       expect((await json<any[]>(D, ['vm', 'list'])).map((v) => v.name)).not.toContain('solo');
+
+      // H never met A: B hands on A's signed catalog card, so H can follow A's catalog too.
+      const H = home('h');
+      await join(H, 'ws-h');
+      const rh = await sync(H);
+      expect(rh.code, rh.stderr).toBe(0);
+      expect(rh.doc.peers).toEqual(['ws-b']);
+      expect(rh.stderr).toMatch(/new member on team crew: ws-a \([0-9a-f]{8}\), known through ws-b/);
+      const h = rh.doc.chains.find((x: any) => x.remote_vm === 'dev');
+      expect(h, rh.stderr).toBeDefined();
+      expect([h.peer, h.via, h.vm]).toEqual(['ws-a', 'ws-b', 'dev']);
+      await expectSameChain(A(), 'dev', H, 'dev');
+      const members = (await json(H, ['team', 'show', 'crew'])).members;
+      expect(members.find((m: any) => m.name === 'ws-a')).toMatchObject({ via: 'ws-b' });
     } finally {
       await relay.stop();
     }

@@ -15,7 +15,8 @@ import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof } from '../src/sync/membership.js';
 import * as m from '../src/sync/messages.js';
-import { createTeam, joinTeam, memberName, recordMember, loadTeam, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
+import { makeCard, verifyCard } from '../src/sync/cards.js';
+import { createTeam, joinTeam, memberName, recordCard, recordMember, loadTeam, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
 import { rng } from './helpers/random.js';
@@ -94,6 +95,7 @@ describe('wire messages', () => {
     ['raw frame', m.blockFrame, { id: 8, codec: m.CODEC_RAW, blocks: [{ hash: h(3), size: 3 }], data: Buffer.from('abc') }],
     ['missing', m.blockMissing, { id: 9, hashes: [h(5)] }],
     ['cancel', m.blockCancel, { id: 300000 }],
+    ['cards', m.catalogCards, [{ identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8) }, { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11) }]],
   ];
 
   it('round-trip, and refuse every truncation and any trailing byte', () => {
@@ -137,6 +139,53 @@ describe('wire messages', () => {
     expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: '../x', catalog: null }))).toThrow(/workstation name/);
     expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: Buffer.alloc(5) }))).toThrow(/catalog/);
     expect(() => m.decodeMessage(m.membershipHandshake, m.encodeMessage(m.membershipHandshake, { version: 0, proof: h(1) }))).toThrow(/version/);
+    const card = { identity: h(1), name: 'ws', catalog: h(2), sig: Buffer.alloc(64) };
+    expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, []))).toThrow(/card count/);
+    expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, Array(m.MAX_CARDS + 1).fill(card)))).toThrow(/card count/);
+    expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, [{ ...card, name: '../x' }]))).toThrow(/card name/);
+  });
+});
+
+describe('catalog cards', () => {
+  it('verify only as signed: every field and the team are bound', async () => {
+    const root = await makeTempDir('clonebox-sync-cards-');
+    const home = resolveHome(path.join(root, 'h'));
+    const me = await ensureIdentity(home, 'ws-a');
+    const other = await ensureIdentity(resolveHome(path.join(root, 'o')), 'ws-o');
+    await createTeam(home, 't');
+    await createTeam(home, 'u');
+    const t = await loadTeam(home, 't');
+    const u = await loadTeam(home, 'u');
+    const card = makeCard(me, t, Buffer.alloc(32, 5));
+    expect(verifyCard(card, t)).toBe(true);
+    expect(verifyCard(m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, [card]))[0]!, t)).toBe(true);
+    expect(verifyCard(card, u)).toBe(false); // another team
+    expect(verifyCard({ ...card, name: 'ws-b' }, t)).toBe(false);
+    expect(verifyCard({ ...card, catalog: Buffer.alloc(32, 6) }, t)).toBe(false);
+    expect(verifyCard({ ...card, identity: other.publicKey }, t)).toBe(false); // a relay cannot re-attribute it
+    const sig = Buffer.from(card.sig);
+    sig[10]! ^= 1;
+    expect(verifyCard({ ...card, sig }, t)).toBe(false);
+    expect(verifyCard({ ...card, sig: sig.subarray(0, 63) }, t)).toBe(false);
+  });
+
+  it('record a stranger through the teammate that handed the card on, and never rebind a known catalog', async () => {
+    const root = await makeTempDir('clonebox-sync-cards-rec-');
+    const home = resolveHome(path.join(root, 'h'));
+    const self = await ensureIdentity(home, 'alice');
+    await createTeam(home, 't');
+    const t = await loadTeam(home, 't');
+    const bob = await ensureIdentity(resolveHome(path.join(root, 'b')), 'bob');
+    const card = makeCard(bob, t, Buffer.alloc(32, 1));
+    const rec = await recordCard(home, 't', self, card, 'carol');
+    expect(rec).toMatchObject({ name: 'bob', via: 'carol', catalog_key: Buffer.alloc(32, 1).toString('hex'), card: { name: 'bob' } });
+    // Another catalog for bob (a second card, or a forged binding) never replaces the first.
+    expect(await recordCard(home, 't', self, makeCard(bob, t, Buffer.alloc(32, 2)), 'carol')).toBeNull();
+    // Meeting bob directly clears "via".
+    await recordMember(home, 't', self, { publicKey: bob.publicKey, name: 'bob', catalogKey: null });
+    expect((await loadTeam(home, 't')).members).toMatchObject([{ name: 'bob', via: null, catalog_key: Buffer.alloc(32, 1).toString('hex') }]);
+    // Our own card is never recorded as a member.
+    expect(await recordCard(home, 't', self, makeCard(self, t, Buffer.alloc(32, 3)), 'carol')).toBeNull();
   });
 });
 

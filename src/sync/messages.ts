@@ -8,6 +8,9 @@
  *                        other's proof. Nothing else is opened or sent before that.
  *   hypercore/alpha      Hypercore replication of each member's catalog core (one per workstation).
  *   clonebox/blocks      block requests and frames of blocks (Request, Frame, Missing, Cancel below).
+ *   clonebox/catalogs    its handshake carries the catalog cards the sender knows (cards.ts), its own
+ *                        first, so teammates can follow catalogs of members they never met. A peer
+ *                        that does not speak it (an older clonebox) just never opens it.
  *
  * Encodings are compact-encoding (varint "uint", length-prefixed strings and buffers). The protocol
  * version travels in the membership handshake; both sides then speak the lower of the two versions.
@@ -22,6 +25,7 @@ export type Encoding<T> = c.Encoding<T>;
 export const PROTOCOL_VERSION = 1;
 export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
 export const BLOCKS_PROTOCOL = 'clonebox/blocks';
+export const CATALOGS_PROTOCOL = 'clonebox/catalogs';
 
 /** Most block hashes in one Request or Missing. */
 export const MAX_HASHES_PER_REQUEST = 4096;
@@ -96,6 +100,55 @@ export const intro: c.Encoding<Intro> = {
     return { name, catalog };
   },
 };
+
+// ---- Catalog cards (clonebox/catalogs) ------------------------------------------------------------
+
+/** Most cards in one handshake (a team of that many members is far beyond what clonebox is for). */
+export const MAX_CARDS = 256;
+
+/**
+ * The channel's handshake: count (1..MAX_CARDS), then per card identity (32 bytes), name (string,
+ * clonebox name rules), catalog key (32 bytes), signature (64 bytes). Signatures are checked by the
+ * receiver (cards.ts verifyCard), not here.
+ */
+export const catalogCards: c.Encoding<CatalogCardWire[]> = {
+  preencode(state, list) {
+    c.uint.preencode(state, list.length);
+    for (const k of list) {
+      state.end += 32;
+      c.string.preencode(state, k.name);
+      state.end += 32 + 64;
+    }
+  },
+  encode(state, list) {
+    c.uint.encode(state, list.length);
+    for (const k of list) {
+      c.fixed32.encode(state, k.identity);
+      c.string.encode(state, k.name);
+      c.fixed32.encode(state, k.catalog);
+      c.fixed64.encode(state, k.sig);
+    }
+  },
+  decode(state) {
+    const n = c.uint.decode(state);
+    check(n >= 1 && n <= MAX_CARDS, 'card count');
+    const out: CatalogCardWire[] = [];
+    for (let i = 0; i < n; i++) {
+      const identity = c.fixed32.decode(state);
+      const name = c.string.decode(state);
+      check(NAME_RE.test(name), 'card name');
+      out.push({ identity, name, catalog: c.fixed32.decode(state), sig: c.fixed64.decode(state) });
+    }
+    return out;
+  },
+};
+
+export interface CatalogCardWire {
+  identity: Buffer;
+  name: string;
+  catalog: Buffer;
+  sig: Buffer;
+}
 
 // ---- Block exchange (clonebox/blocks) -------------------------------------------------------------
 //

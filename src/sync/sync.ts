@@ -26,13 +26,14 @@ import { Catalog } from './catalog.js';
 import type { HostPort } from './hostport.js';
 import { ensureIdentity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
-import { BLOCKS_PROTOCOL } from './messages.js';
+import { makeCard, verifyCard, type CatalogCard } from './cards.js';
+import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL, catalogCards, MAX_CARDS } from './messages.js';
 import { BlocksUnavailable, pullChain, type Fetcher } from './pull.js';
 import { publish, ShareSource } from './share.js';
 import { Spool } from './spool.js';
 import { PullTemps } from './temps.js';
 import { shortKey, TeamSwarm, type TeamPeer } from './swarm.js';
-import { loadTeam, resolveBootstrap } from './teams.js';
+import { loadTeam, recordCard, resolveBootstrap } from './teams.js';
 import { trace } from './trace.js';
 
 export const DEFAULT_TIMEOUT_S = 300;
@@ -72,6 +73,8 @@ interface PeerState {
   peer: TeamPeer;
   channel: BlockChannel | null;
   catalog: Catalog | null;
+  /** The catalog cards the peer handed us (resolves with none if it never opens the channel). */
+  cards: Promise<CatalogCard[]> | null;
 }
 
 export async function runSync(opts: SyncOptions): Promise<SyncReport> {
@@ -134,6 +137,13 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       }
     }));
     trace(`sync: ${peerCats.size} teammates' catalogs open`);
+    // Cards we hand on: ours, then those of the members we know (checked when they were recorded).
+    const cardsToSend: CatalogCard[] = [makeCard(identity, team, own.key)];
+    for (const m of team.members) {
+      if (!m.card || !m.catalog_key || cardsToSend.length >= MAX_CARDS) continue;
+      cardsToSend.push({ identity: Buffer.from(m.public_key, 'hex'), name: m.card.name, catalog: Buffer.from(m.catalog_key, 'hex'), sig: Buffer.from(m.card.sig, 'hex') });
+    }
+    const cardOf = new Map(team.members.map((m) => [m.public_key, m.card ?? null]));
     let source = await ShareSource.build(home, own);
     // The chains we pulled are served too; indexing them reads those catalogs' maps, so it runs while
     // the swarm is joined (a request before it is done gets "missing" for them and asks elsewhere).
@@ -169,7 +179,8 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       const hex = peer.publicKey.toString('hex');
       let st = states.get(hex);
       if (!st || st.peer !== peer) {
-        st = { peer, channel: st?.peer === peer ? st.channel : null, catalog: st?.peer === peer ? st.catalog : null };
+        const same = st?.peer === peer;
+        st = { peer, channel: same ? st!.channel : null, catalog: same ? st!.catalog : null, cards: same ? st!.cards : null };
         states.set(hex, st);
       }
       return st;
@@ -288,6 +299,30 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         trace(`pull ${st.peer.name}: catalog replicated (${st.catalog.core.length} entries)`);
         await pullCatalog(st, st.catalog, st.peer.name, false);
       }
+      // The peer's cards: members we never met become known through it (their catalogs then relay
+      // like any other); a member we met without its card gets it recorded, to hand on.
+      const cards = st.cards ? await Promise.race([st.cards, sleep(RELAY_WAIT_MS).then((): CatalogCard[] => [])]) : [];
+      for (const card of cards) {
+        if (stopping) return;
+        const hex = card.catalog.toString('hex');
+        const pk = card.identity.toString('hex');
+        const known = peerCats.has(hex) || card.catalog.equals(own.key);
+        if (known && (cardOf.get(pk) || card.identity.equals(identity.publicKey))) continue;
+        if (!verifyCard(card, team)) {
+          log(`peer ${st.peer.name} handed on a catalog card that does not verify (${shortKey(card.identity)}); ignored`);
+          continue;
+        }
+        const via = card.identity.equals(st.peer.publicKey) ? null : st.peer.name;
+        const m = await recordCard(home, opts.team, identity, card, via);
+        if (!m || m.catalog_key !== hex) continue;
+        cardOf.set(pk, m.card ?? null);
+        if (cardsToSend.length < MAX_CARDS && !cardsToSend.some((k) => k.identity.equals(card.identity))) cardsToSend.push(card);
+        if (known) continue;
+        log(`new member on team ${opts.team}: ${m.name} (${shortKey(card.identity)}), known through ${st.peer.name}`);
+        authors.set(hex, m.name);
+        const cat = await openPeerCatalog(card.catalog);
+        cat.core.replicate(st.peer.mux);
+      }
       // Relayed: the catalogs of teammates not online, as this peer has them (a peer that lacks one
       // never opens its channel: waited for in parallel, RELAY_WAIT_MS at most).
       const online = new Set([...states.values()].filter((o) => !o.peer.stream.destroyed).map((o) => o.catalog));
@@ -344,6 +379,19 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         },
         [BLOCKS_PROTOCOL]: (peer) => {
           stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
+        },
+        [CATALOGS_PROTOCOL]: (peer) => {
+          const st = stateOf(peer);
+          let got!: (cards: CatalogCard[]) => void;
+          st.cards = new Promise((r) => { got = r; });
+          const ch = peer.mux.createChannel({
+            protocol: CATALOGS_PROTOCOL,
+            handshake: catalogCards,
+            onopen: (cards: CatalogCard[]) => got(cards),
+            onclose: () => got([]),
+          });
+          if (!ch) return got([]);
+          ch.open(cardsToSend.slice(0, MAX_CARDS));
         },
       },
     });

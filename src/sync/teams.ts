@@ -3,7 +3,8 @@
  *
  *   {"format": 1, "team", "secret" (hex), "created_at", "origin": "created"|"joined",
  *    "bootstrap": ["HOST:PORT", ...] (empty: public DHT), "members": [Member, ...]}
- *   Member = {"public_key" (hex), "name", "claimed_name", "first_seen", "last_seen", "catalog_key"}
+ *   Member = {"public_key" (hex), "name", "claimed_name", "first_seen", "last_seen", "catalog_key",
+ *             "card": {"name", "sig" (hex)} | null, "via": name | null}
  *
  * Members are recorded the first time they complete the membership proof (trust on first use): a
  * public key keeps the name it was first seen with, and a name keeps the key it was first seen with.
@@ -34,6 +35,10 @@ export interface MemberRecord {
   last_seen: string;
   /** Key of the member's catalog core, as first announced (null until it shares something). */
   catalog_key: string | null;
+  /** The member's signed catalog card (cards.ts), kept to hand on: its signed name and signature. */
+  card?: { name: string; sig: string } | null;
+  /** Set while the member is known only from a card a teammate handed on: that teammate's name. */
+  via?: string | null;
 }
 
 export interface TeamRecord {
@@ -50,7 +55,7 @@ export interface TeamRecord {
 export interface TeamView {
   team: string;
   self: { name: string; public_key: string };
-  members: { name: string; public_key: string; first_seen: string; last_seen: string }[];
+  members: { name: string; public_key: string; first_seen: string; last_seen: string; via?: string }[];
   bootstrap: string[];
 }
 
@@ -229,6 +234,7 @@ export async function recordMember(
     if (known) {
       known.last_seen = now;
       known.claimed_name = peer.name;
+      known.via = null;
       if (known.catalog_key === null && peer.catalogKey) known.catalog_key = peer.catalogKey.toString('hex');
       result = { member: known, isNew: false, renamed: known.name !== peer.name };
     } else {
@@ -249,11 +255,51 @@ export async function recordMember(
   return result!;
 }
 
+/**
+ * Records a verified catalog card (cards.ts), from the member itself or handed on by `via`. A card for
+ * a known member only fills in what is missing (a catalog key recorded first stays); a card for a
+ * stranger records it as a member known through `via` (its name under the first-seen rules). Returns
+ * the member when the card's catalog is the one recorded for it, else null.
+ */
+export async function recordCard(
+  home: Home,
+  team: string,
+  self: Identity,
+  card: { identity: Buffer; name: string; catalog: Buffer; sig: Buffer },
+  via: string | null,
+): Promise<MemberRecord | null> {
+  const pk = card.identity.toString('hex');
+  if (card.identity.equals(self.publicKey)) return null;
+  const catalog = card.catalog.toString('hex');
+  let result: MemberRecord | null = null;
+  await updateTeam(home, team, (rec) => {
+    const members = rec.members.map((m) => ({ ...m }));
+    const known = members.find((m) => m.public_key === pk);
+    if (known) {
+      if (known.catalog_key === null) known.catalog_key = catalog;
+      if (known.catalog_key !== catalog) return rec;
+      known.card = { name: card.name, sig: card.sig.toString('hex') };
+      result = known;
+    } else {
+      const now = new Date().toISOString();
+      const { name } = memberName(rec, self, pk, card.name);
+      const member: MemberRecord = {
+        public_key: pk, name, claimed_name: card.name, first_seen: now, last_seen: now, catalog_key: catalog,
+        card: { name: card.name, sig: card.sig.toString('hex') }, via,
+      };
+      members.push(member);
+      result = member;
+    }
+    return { ...rec, members };
+  });
+  return result;
+}
+
 export function teamView(rec: TeamRecord, self: Identity): TeamView {
   return {
     team: rec.team,
     self: { name: self.name, public_key: self.publicKey.toString('hex') },
-    members: rec.members.map((m) => ({ name: m.name, public_key: m.public_key, first_seen: m.first_seen, last_seen: m.last_seen })),
+    members: rec.members.map((m) => ({ name: m.name, public_key: m.public_key, first_seen: m.first_seen, last_seen: m.last_seen, ...(m.via ? { via: m.via } : {}) })),
     bootstrap: rec.bootstrap,
   };
 }
