@@ -420,4 +420,34 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       await relay.stop();
     }
   });
+
+  it('a snapshot its sharer deleted after sharing it is left out (with what stands on it), the rest pulled, and the sync succeeds', async () => {
+    await sharer.stop();
+    await ok(A(), ['vm', 'create', 'prn', '--size', '8M']);
+    const disk = await diskOf(A(), 'prn');
+    await qemuIo(disk, 'write -P 0x51 0 1M');
+    await ok(A(), ['snapshot', 'create', 'prn', '--name', 's1']);
+    await qemuIo(disk, `write -s ${await randomFile('rp2', MiB)} 1M 1M`);
+    await ok(A(), ['snapshot', 'create', 'prn', '--name', 's2']);
+    await qemuIo(disk, `write -s ${await randomFile('rp3', MiB)} 1M 1M`); // s3 overwrites all of s2's data
+    await ok(A(), ['snapshot', 'create', 'prn', '--name', 's3']);
+    await ok(A(), ['snapshot', 'share', 'prn', '--team', 'crew']);
+    // Published, then deleted (as a retention policy prunes): s3 is merged onto s1, s2's blocks are gone.
+    await ok(A(), ['snapshot', 'delete', 'prn', '--name', 's2', '--keep-children']);
+    sharer = watch(A());
+    const J = home('j');
+    await join(J, 'ws-j');
+    const r = await sync(J);
+    expect(r.code, r.stderr).toBe(0);
+    const c = r.doc.chains.find((x: any) => x.remote_vm === 'prn');
+    expect(c, r.stderr).toBeDefined();
+    expect(c.snapshots).toEqual(['s1']);
+    expect(c.unavailable).toEqual(['s2', 's3']);
+    expect(r.stderr).toMatch(/prn from ws-a: s2, s3 left out: ws-a no longer has some of their blocks/);
+    const s1 = (await json<any[]>(J, ['snapshot', 'list', 'prn'])).map((x) => x.name);
+    expect(s1).toEqual(['s1']);
+    const a1 = (await json(A(), ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0].path;
+    const j1 = (await json(J, ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0].path;
+    expect((await run('qemu-img', ['compare', a1, j1])).code).toBe(0);
+  });
 });

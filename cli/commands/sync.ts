@@ -102,7 +102,7 @@ export function registerSync(snapshot: Command): void {
       if (ctx.json) {
         return printJson({
           peers: report.peers,
-          chains: report.chains.map((c) => ({ vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received, peer: c.peer, remote_vm: c.remote_vm, ...(c.via ? { via: c.via } : {}) })),
+          chains: report.chains.map((c) => ({ vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received, peer: c.peer, remote_vm: c.remote_vm, ...(c.via ? { via: c.via } : {}), ...(c.unavailable ? { unavailable: c.unavailable } : {}) })),
           bytes_received: report.bytes_received,
           shared: report.shared,
         });

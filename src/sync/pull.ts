@@ -48,13 +48,22 @@ export interface ChainReport {
   remote_vm: string;
   /** Extra: the teammate that relayed the chain while its author (`peer`) was away. */
   via?: string;
+  /** Extra: snapshots left out because their sharer no longer serves some of their blocks. */
+  unavailable?: string[];
 }
 
 /**
  * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
  * called with each verified block once it is in the spool (the data stays valid: not reused).
  */
-export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number, onArrive?: (hash: Buffer, data: Buffer) => void) => Promise<{ fetched: number; wireBytes: number; failed: Buffer[]; corrupt: number }>;
+export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number, onArrive?: (hash: Buffer, data: Buffer) => void) => Promise<{
+  fetched: number;
+  wireBytes: number;
+  failed: Buffer[];
+  corrupt: number;
+  /** The sharer answered plainly that it does not have the failed blocks (it deleted a snapshot?). */
+  notServed: boolean;
+}>;
 
 /** A block's verified bytes for the layer writer (waits while it is on its way), or null. */
 type BlockGetter = (sha: Buffer) => Promise<Buffer | null>;
@@ -86,7 +95,7 @@ function chainError(message: string, hint?: string): CloneboxError {
 
 /** A chain that failed because no teammate online could give some of its blocks. */
 export class BlocksUnavailable extends CloneboxError {
-  constructor(message: string, hint: string, readonly failed: number, readonly corrupt: number) {
+  constructor(message: string, hint: string, readonly failed: Buffer[], readonly corrupt: number, readonly notServed: boolean) {
     super('SYNC_CHAIN', message, { hint });
   }
 }
@@ -170,20 +179,34 @@ function hiddenTemp(final: string): string {
 }
 
 
-/** Pulls one chain (see the module comment). Returns null when there was nothing new. */
-export async function pullChain(ctx: PullContext, vm: string): Promise<ChainReport | null> {
+/**
+ * Pulls one chain (see the module comment). Returns null when there was nothing new. `unservable`:
+ * blocks the sharer said it no longer has; the snapshots that need one, and their descendants, are
+ * left out (named in the report's `unavailable`) and the rest is pulled.
+ */
+export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<string>): Promise<ChainReport | null> {
   const { home, peerName: peer, log } = ctx;
   trace(`pull ${vm}: verifying`);
-  const chain = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
-  trace(`pull ${vm}: verified ${chain.length} snapshots`);
-  if (!chain.length) return null;
-  const ids = new Set(chain.map((s) => s.id));
+  const full = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
+  trace(`pull ${vm}: verified ${full.length} snapshots`);
+  if (!full.length) return null;
+  const ids = new Set(full.map((s) => s.id));
   const placed = await place(home, vm, peer, ids, log);
   if (!placed) {
     throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
   }
+  const left = new Set<string>();
+  if (unservable?.size) {
+    for (const s of full) {
+      if (placed.localById.has(s.id)) continue;
+      const parentLeft = s.parent !== null && left.has(s.parent.toString('hex'));
+      if (parentLeft || s.maps.some((m) => m.items.some((it) => it.kind === 'block' && unservable.has(it.sha.toString('hex'))))) left.add(s.id);
+    }
+  }
+  const chain = full.filter((s) => !left.has(s.id));
   const missing = chain.filter((s) => !placed.localById.has(s.id));
   const report: ChainReport = { vm: placed.name, snapshots: [], blocks_fetched: 0, blocks_reused: 0, bytes_received: 0, peer, remote_vm: vm };
+  if (left.size) report.unavailable = full.filter((s) => left.has(s.id)).map((s) => s.name);
   if (!missing.length) return report;
 
   // Step 3: gather.
@@ -238,7 +261,7 @@ export async function pullChain(ctx: PullContext, vm: string): Promise<ChainRepo
       report.bytes_received = got.wireBytes;
       if (got.failed.length) {
         fetchError = new BlocksUnavailable(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
-          'sync again later; blocks already received are kept and not fetched again', got.failed.length, got.corrupt);
+          'sync again later; blocks already received are kept and not fetched again', got.failed, got.corrupt, got.notServed);
       }
     } finally {
       // Nothing more will come: a writer still waiting finds its block missing (and fails).

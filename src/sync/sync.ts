@@ -59,7 +59,7 @@ export interface SyncOptions {
 
 export interface SyncReport {
   peers: string[];
-  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string; via?: string }[];
+  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string; via?: string; unavailable?: string[] }[];
   bytes_received: number;
   /** Extra: what this workstation published (per shared VM). */
   shared: { vm: string; snapshots: string[] }[];
@@ -199,6 +199,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       let fetched = 0;
       let wireBytes = 0;
       let corrupt = 0;
+      let notServed = false;
       // The sharer first, then any other teammate online; a corrupt block is asked for once more.
       const order = [st, ...[...states.values()].filter((s) => s !== st)];
       const tries = [...order, st];
@@ -223,9 +224,11 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
           log(`peer ${s.peer.name} (${shortKey(s.peer.publicKey)}) sent ${r.corrupt.length} corrupt block(s); not written, asking again`);
         }
         todo = [...r.corrupt, ...r.missing, ...r.unanswered];
+        // The sharer, asked last, said plainly that it does not have them (no timeout, no corruption).
+        notServed = s === st && r.corrupt.length === 0 && r.unanswered.length === 0;
       }
       await spool.flush();
-      return { fetched, wireBytes, failed: todo, corrupt };
+      return { fetched, wireBytes, failed: todo, corrupt, notServed: notServed && todo.length > 0 };
     };
 
     /**
@@ -255,6 +258,9 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       }
     };
 
+    /** Per catalog and VM: blocks its sharer said it no longer has, at which catalog length. */
+    const unservableMemo = new Map<string, { length: number; blocks: Set<string> }>();
+
     /** Pulls every chain `cat` shares; blocks come from `st` first (see fetcherFor). */
     const pullCatalog = async (st: PeerState, cat: Catalog, author: string, relayed: boolean): Promise<void> => {
       if (cat.core.contiguousLength < cat.core.length) {
@@ -265,12 +271,29 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       for (const vm of view.shares.keys()) {
         if (stopping) return;
         const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
+        const ctx = {
+          home, peerName: author, catalog: cat, view, local, spool, temps, log,
+          fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
+          progress: (name: string, done: number, total: number) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
+        };
+        const memoKey = `${cat.key.toString('hex')}/${vm}`;
+        const memo = unservableMemo.get(memoKey);
         try {
-          const r = await pullChain({
-            home, peerName: author, catalog: cat, view, local, spool, temps, log,
-            fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
-            progress: (name, done, total) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
-          }, vm);
+          let r;
+          try {
+            r = await pullChain(ctx, vm, memo && memo.length === view.length ? memo.blocks : undefined);
+          } catch (err) {
+            // The sharer itself says it no longer has some blocks (it deleted or pruned a published
+            // snapshot): pull what does not need them, name the rest, and do not ask again for them
+            // while its catalog stays the same.
+            if (!(err instanceof BlocksUnavailable) || relayed || !err.notServed || err.corrupt > 0) throw err;
+            const blocks = new Set(err.failed.map((h) => h.toString('hex')));
+            unservableMemo.set(memoKey, { length: view.length, blocks });
+            r = await pullChain(ctx, vm, blocks);
+          }
+          if (r?.unavailable?.length) {
+            log(`${label}: ${r.unavailable.join(', ')} left out: ${author} no longer has some of their blocks (deleted or pruned there after it shared them)`);
+          }
           if (r) {
             if (relayed) r.via = st.peer.name;
             report.chains.push(r);
@@ -283,7 +306,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         } catch (err) {
           if (relayed && err instanceof BlocksUnavailable && err.corrupt === 0) {
             // Teammates online need not hold every chain of an absent one: not an error, it waits.
-            log(`${vm} from ${author}: ${err.failed} block(s) are on no teammate online; it waits for ${author}`);
+            log(`${vm} from ${author}: ${err.failed.length} block(s) are on no teammate online; it waits for ${author}`);
             continue;
           }
           const e = err as CloneboxError;
