@@ -346,10 +346,12 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         const cat = await openPeerCatalog(card.catalog);
         cat.core.replicate(st.peer.mux);
       }
-      // Relayed: the catalogs of teammates not online, as this peer has them (a peer that lacks one
-      // never opens its channel: waited for in parallel, RELAY_WAIT_MS at most).
+      // Relayed: the catalogs of teammates not online, as this peer has them. A peer that lacks one
+      // never opens its channel, so its arrival is waited for (in parallel, RELAY_WAIT_MS at most),
+      // only for the catalogs whose cards the peer handed us (all, for a peer without cards).
       const online = new Set([...states.values()].filter((o) => !o.peer.stream.destroyed).map((o) => o.catalog));
-      const relayed = [...peerCats].filter(([, c]) => c !== st.catalog && !online.has(c));
+      const offered = new Set(cards.map((k) => k.catalog.toString('hex')));
+      const relayed = [...peerCats].filter(([hex, c]) => c !== st.catalog && !online.has(c) && (cards.length === 0 || offered.has(hex) || c.core.peers.length > 0));
       await Promise.all(relayed.map(([, c]) => catchUp(c, RELAY_WAIT_MS)));
       for (const [hex, cat] of relayed) {
         if (stopping) return;
