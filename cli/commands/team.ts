@@ -75,7 +75,7 @@ export function registerTeam(program: Command): void {
       printLine(`this workstation: ${view.self.name} (${view.self.public_key})`);
       printLine(`bootstrap: ${view.bootstrap.length ? view.bootstrap.join(', ') : 'public DHT'}`);
       if (view.members.length === 0) return printLine('members: none seen yet (they appear after a sync)');
-      printLine(table(['MEMBER', 'PUBLIC KEY', 'FIRST SEEN', 'LAST SEEN'], view.members.map((m) => [m.name, m.public_key, m.first_seen, m.last_seen])));
+      printLine(table(['MEMBER', 'PUBLIC KEY', 'FIRST SEEN', 'LAST SEEN'], view.members.map((m) => [m.name, m.public_key, m.first_seen, m.via ? `never (known through ${m.via})` : m.last_seen])));
     }));
 
   team.command('invite').argument('<team>').description('print the team\'s invite again (a secret)')
