@@ -261,11 +261,11 @@ export class ShareSource implements BlockSource {
   private readonly chains = new Map<string, Chain>();
   private own = 0;
   private pool: Promise<WorkerPool> | null = null;
+  private pulled: { home: Home; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
   blocksServed = 0;
 
-  static async build(home: Home, cat: Catalog, view?: CatalogView, others: Catalog[] = []): Promise<ShareSource> {
+  static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
     const src = new ShareSource();
-    await src.addPulled(home, others);
     const v = view ?? (await cat.view());
     const ownHashes = new Set<string>();
     for (const [vm] of v.shares) {
@@ -291,6 +291,35 @@ export class ShareSource implements BlockSource {
       }
     }
     return src;
+  }
+
+  /**
+   * Serves the chains this home pulled from teammates' `catalogs()` too (see addPulled). They are
+   * indexed on the first request: reading those catalogs' maps costs a pulling-only sync 100-200 ms
+   * that nobody may ever ask for.
+   */
+  servePulled(home: Home, catalogs: () => Catalog[], onError: (err: Error) => void): void {
+    this.pulled = { home, catalogs, onError, done: null };
+  }
+
+  /** A chain was just pulled from `cat`: served from now, if pulled chains are indexed already. */
+  async pulledFrom(cat: Catalog): Promise<void> {
+    const p = this.pulled;
+    if (!p?.done) return; // the index, when it is made, reads every local snapshot anyway
+    await p.done;
+    await this.addPulled(p.home, [cat]).catch(p.onError);
+  }
+
+  /** Resolves once no indexing of pulled chains is under way (before their catalogs close). */
+  async settled(): Promise<void> {
+    await this.pulled?.done;
+  }
+
+  private indexPulled(): Promise<void> {
+    const p = this.pulled;
+    if (!p) return Promise.resolve();
+    p.done ??= this.addPulled(p.home, p.catalogs()).catch(p.onError);
+    return p.done;
   }
 
   /**
@@ -350,6 +379,7 @@ export class ShareSource implements BlockSource {
   }
 
   async *read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>> {
+    await this.indexPulled();
     const missing: Buffer[] = [];
     const found: { hash: Buffer; at: Located }[] = [];
     for (const h of hashes) {

@@ -108,9 +108,9 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
     report.shared = (await publish(home, opts.team, own, log)).map(({ vm, snapshots }) => ({ vm, snapshots }));
     trace('sync: published');
     const peerCats = new Map<string, Catalog>();
-    let relayIndexed: Promise<void> = Promise.resolve();
+    let sourceSettled = (): Promise<void> => Promise.resolve();
     cleanups.push(async () => {
-      await relayIndexed; // reads these catalogs
+      await sourceSettled(); // may be reading these catalogs
       for (const c of peerCats.values()) await c.close();
     });
     /** Catalog key hex -> the name of the member who writes it. */
@@ -144,10 +144,10 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       cardsToSend.push({ identity: Buffer.from(m.public_key, 'hex'), name: m.card.name, catalog: Buffer.from(m.catalog_key, 'hex'), sig: Buffer.from(m.card.sig, 'hex') });
     }
     const cardOf = new Map(team.members.map((m) => [m.public_key, m.card ?? null]));
+    const servePulled = (src: ShareSource) => src.servePulled(home, () => [...peerCats.values()], (err) => log(`cannot index pulled chains for serving: ${err.message}`));
     let source = await ShareSource.build(home, own);
-    // The chains we pulled are served too; indexing them reads those catalogs' maps, so it runs while
-    // the swarm is joined (a request before it is done gets "missing" for them and asks elsewhere).
-    relayIndexed = source.addPulled(home, [...peerCats.values()]).catch((err: Error) => log(`cannot index pulled chains for serving: ${err.message}`));
+    servePulled(source); // the chains we pulled are served too (indexed on the first request)
+    sourceSettled = () => source.settled();
     trace(`sync: serving index built (${source.blocks} blocks)`);
     let lastServed = 0;
     const serving = {
@@ -300,7 +300,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             report.bytes_received += r.bytes_received;
             if (r.snapshots.length) {
               opts.progress?.(`pull ${label}: ${r.snapshots.length} snapshot(s) into VM ${r.vm}, ${r.blocks_fetched} blocks fetched, ${r.blocks_reused} reused`, true);
-              await source.addPulled(home, [cat]); // served on from now
+              await source.pulledFrom(cat); // served on from now
             }
           }
         } catch (err) {
@@ -449,7 +449,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
           if (res.some((r) => r.appended > 0) || res.length !== report.shared.length) {
             report.shared = res.map(({ vm, snapshots }) => ({ vm, snapshots }));
             const next = await ShareSource.build(home, own);
-            await next.addPulled(home, [...peerCats.values()]);
+            servePulled(next);
             const old = source;
             source = next;
             await old.close();
