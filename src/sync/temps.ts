@@ -68,7 +68,9 @@ export class PullTemps {
 
   /** Forgets `files` (now owned by a journal, renamed or removed). */
   async drop(files: string[]): Promise<void> {
-    for (const f of files) this.entries.delete(f);
+    let changed = false;
+    for (const f of files) changed = this.entries.delete(f) || changed;
+    if (!changed) return;
     await writeFileAtomic(this.file, [...this.entries].map((e) => `${e}\n`).join(''));
   }
 }
