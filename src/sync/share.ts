@@ -267,7 +267,6 @@ export class ShareSource implements BlockSource {
   static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
     const src = new ShareSource();
     const v = view ?? (await cat.view());
-    const ownHashes = new Set<string>();
     for (const [vm] of v.shares) {
       if (!(await vmExists(home, vm))) continue;
       const snaps = await listSnapshotRecords(home, vm);
@@ -279,17 +278,12 @@ export class ShareSource implements BlockSource {
           const file = l.disks.find((x) => x.target === d.target)?.path;
           if (!file) continue;
           for (const it of await cat.mapItems(d.map_start, d.map_count, vm, d.target)) {
-            if (it.kind !== 'block') continue;
-            const hex = it.sha.toString('hex');
-            if (!ownHashes.has(hex)) {
-              ownHashes.add(hex);
-              src.own++;
-            }
-            src.index.set(hex, { file, offset: it.offset, length: it.length });
+            if (it.kind === 'block') src.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
           }
         }
       }
     }
+    src.own = src.index.size; // pulled chains are added later (servePulled)
     return src;
   }
 
