@@ -12,8 +12,8 @@
  * a relay can do (withhold a card, or hand on a real member's card late) gives it nothing it could
  * not do by connecting under a new key pair of its own.
  */
-import { createPrivateKey, createPublicKey, sign, verify } from 'node:crypto';
-import type { Identity } from './identity.js';
+import { createPublicKey, sign, verify } from 'node:crypto';
+import { ed25519PrivateKey, type Identity } from './identity.js';
 import type { CatalogCardWire } from './messages.js';
 import { teamTopic } from './keys.js';
 import { teamSecret, type TeamRecord } from './teams.js';
@@ -22,7 +22,6 @@ import { teamSecret, type TeamRecord } from './teams.js';
 export type CatalogCard = CatalogCardWire;
 
 const CONTEXT = Buffer.from('clonebox/v1/catalog-card\n', 'latin1');
-const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 const SPKI_ED25519_PREFIX = Buffer.from('302a300506032b6570032100', 'hex');
 
 function signedBytes(team: TeamRecord, catalog: Buffer, name: string): Buffer {
@@ -32,7 +31,7 @@ function signedBytes(team: TeamRecord, catalog: Buffer, name: string): Buffer {
 
 /** Our own card for `team` (the identity's secret key is libsodium's layout: seed, then public key). */
 export function makeCard(identity: Identity, team: TeamRecord, catalog: Buffer): CatalogCard {
-  const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, identity.secretKey.subarray(0, 32)]), format: 'der', type: 'pkcs8' });
+  const key = ed25519PrivateKey(identity.secretKey.subarray(0, 32));
   return { identity: identity.publicKey, name: identity.name, catalog, sig: sign(null, signedBytes(team, catalog, identity.name), key) };
 }
 

@@ -11,26 +11,23 @@
  * A core is a RocksDB store that one process opens at a time: `snapshot share` appends when it can
  * open ours, and `sync` (which holds it while it runs) appends what is still missing (share.ts).
  */
-import { createHmac, createPrivateKey, createPublicKey } from 'node:crypto';
+import { createHmac } from 'node:crypto';
 import path from 'node:path';
 import Hypercore from 'hypercore';
 import { CloneboxError } from '../errors.js';
 import type { Home } from '../store/home.js';
 import { ensureDir } from '../store/fsutil.js';
 import { decodeRecord, encodeRecord, RecordKind, type CatalogRecord, type HeadRecord, type MapItem, type SnapshotRecordEntry } from './catalog-records.js';
-import type { Identity, KeyPair } from './identity.js';
+import { publicKeyOfSeed, type Identity, type KeyPair } from './identity.js';
 import { teamTopic } from './keys.js';
 import { teamSecret, type TeamRecord } from './teams.js';
-
-const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 
 export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
     .update('clonebox/v1/catalog', 'utf8')
     .update(teamTopic(teamSecret(team)))
     .digest();
-  const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });
-  const publicKey = Buffer.from(createPublicKey(key).export({ format: 'jwk' }).x!, 'base64url');
+  const publicKey = publicKeyOfSeed(seed);
   return { publicKey, secretKey: Buffer.concat([seed, publicKey]) };
 }
 

@@ -9,7 +9,7 @@
  * public key), which is what Hyperswarm takes. The name defaults to the host name and is set by
  * `team create/join --name`; the key pair never changes once made.
  */
-import { createPrivateKey, createPublicKey, generateKeyPairSync } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject } from 'node:crypto';
 import { chmod, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -53,10 +53,14 @@ export function defaultWorkstationName(hostname = os.hostname()): string {
 
 const PKCS8_ED25519_PREFIX = Buffer.from('302e020100300506032b657004220420', 'hex');
 
+/** Node's private key object for a 32-byte Ed25519 seed (libsodium keeps the seed as the first half). */
+export function ed25519PrivateKey(seed: Buffer): KeyObject {
+  return createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });
+}
+
 /** The Ed25519 public key of a 32-byte seed. */
-function publicKeyOfSeed(seed: Buffer): Buffer {
-  const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: 'der', type: 'pkcs8' });
-  return Buffer.from(createPublicKey(key).export({ format: 'jwk' }).x!, 'base64url');
+export function publicKeyOfSeed(seed: Buffer): Buffer {
+  return Buffer.from(createPublicKey(ed25519PrivateKey(seed)).export({ format: 'jwk' }).x!, 'base64url');
 }
 
 /** A fresh Ed25519 key pair in libsodium's layout (secret key = seed || public key). */
