@@ -29,16 +29,14 @@ import { existsSync } from 'node:fs';
 import { mkdir, rm, stat, open } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { MiB, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 import { regionWriter } from './lib/chain-data.mjs';
 
 export const name = 'bundle';
 export const description = 'snapshot export/import of a 3-layer chain vs tar|zstd -3 -T2; size vs zstd of unique data, borg, restic; peak RSS';
 
-const CLI = path.join(ROOT, 'bin', 'clonebox.js');
-const NODE = process.execPath;
-const ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLONEBOX_')));
+const ENV = CLEAN_ENV;
 const VM = 'v';
 
 /** Builds the chain through the CLI; returns its layer files. */

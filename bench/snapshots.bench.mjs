@@ -53,18 +53,16 @@ import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'no
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { MiB, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 
 export const name = 'snapshots';
 export const description = 'snapshot create/restore (1 GiB, 100 GiB), list of 1000, diff and delete --keep-children vs qemu-img';
 
-const CLI = path.join(ROOT, 'bin', 'clonebox.js');
-const NODE = process.execPath;
 const GiB = 1024 * MiB;
 
 /** The environment of every child: no test hooks, no inherited home. */
-const ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLONEBOX_')));
+const ENV = CLEAN_ENV;
 
 const cliArgs = (home, args) => [CLI, '--home', home, ...args];
 /** Untimed CLI call; returns stdout (parsed when --json). */

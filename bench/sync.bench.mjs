@@ -51,16 +51,14 @@ import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
-import { MiB, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 import { regionWriter } from './lib/chain-data.mjs';
 
 export const name = 'sync';
 export const description = 'snapshot sync (full, incremental) of a 3-layer chain vs rsync -a from an rsync daemon, on loopback and a 100 Mbit/s veth link; wall and bytes on the wire';
 
-const CLI = path.join(ROOT, 'bin', 'clonebox.js');
-const NODE = process.execPath;
-const ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLONEBOX_')));
+const ENV = CLEAN_ENV;
 const VM = 'v';
 const TEAM = 'bench';
 const dist = (p) => pathToFileURL(path.join(ROOT, 'dist', p)).href;

@@ -12,6 +12,11 @@ import { fileURLToPath } from 'node:url';
 export const BENCH_DIR = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 export const ROOT = path.dirname(BENCH_DIR);
 export const OUT_DIR = path.join(BENCH_DIR, 'out');
+/** The CLI as a user runs it, and the Node that runs it. */
+export const CLI = path.join(ROOT, 'bin', 'clonebox.js');
+export const NODE = process.execPath;
+/** The environment for clonebox runs: no CLONEBOX_* setting of the shell may change what is measured. */
+export const CLEAN_ENV = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('CLONEBOX_')));
 
 /** Runs `fn(dir)` with a fresh temp dir that is removed afterwards, whatever happens. */
 export async function withTempDir(prefix, fn) {
