@@ -17,7 +17,7 @@
  * (the spool) and the command fails with SYNC_TIMEOUT.
  */
 import path from 'node:path';
-import { CloneboxError } from '../errors.js';
+import { CloneboxError, type ErrorCode } from '../errors.js';
 import { acquireLock, type Lock } from '../store/lock.js';
 import { ensureDir } from '../store/fsutil.js';
 import type { Home } from '../store/home.js';
@@ -64,7 +64,7 @@ export interface SyncReport {
   /** Extra: what this workstation published (per shared VM). */
   shared: { vm: string; snapshots: string[] }[];
   /** Extra: chains that failed (the command exits 1 when any did). */
-  errors: { peer: string; vm: string | null; code: string; message: string }[];
+  errors: { peer: string; vm: string | null; code: ErrorCode; message: string }[];
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
@@ -309,8 +309,8 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             log(`${vm} from ${author}: ${err.failed.length} block(s) are on no teammate online; it waits for ${author}`);
             continue;
           }
-          const e = err as CloneboxError;
-          report.errors.push({ peer: author, vm, code: e.code ?? 'INTERNAL', message: e.message });
+          const e = err as Error;
+          report.errors.push({ peer: author, vm, code: err instanceof CloneboxError ? err.code : 'INTERNAL', message: e.message });
           log(`pull ${label} failed: ${e.message}`);
         }
       }
