@@ -120,7 +120,7 @@ export const ERROR_CODES = {
 
 export type ErrorCode = keyof typeof ERROR_CODES;
 
-export interface CloneboxErrorOptions {
+interface CloneboxErrorOptions {
   hint?: string;
   cause?: unknown;
   /**

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { MiB, sh } from './harness.mjs';
 
 /** Log-like text: compresses about 3-4x with zstd -3, never repeats exactly. */
-export function textBytes(size, rnd) {
+function textBytes(size, rnd) {
   const words = ['kernel', 'systemd', 'started', 'session', 'user', 'eth0', 'link', 'up', 'down', 'disk', 'sda1', 'mounted',
     'error', 'warning', 'cron', 'job', 'finished', 'nginx', 'GET', 'POST', '/api/v1/items', '200', '404', 'latency', 'ms',
     'cache', 'miss', 'hit', 'postgres', 'query', 'checkpoint', 'complete', 'backup', 'snapshot', 'ok', 'failed', 'retry'];

@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 
 export const BENCH_DIR = path.dirname(path.dirname(fileURLToPath(import.meta.url)));
 export const ROOT = path.dirname(BENCH_DIR);
-export const OUT_DIR = path.join(BENCH_DIR, 'out');
+const OUT_DIR = path.join(BENCH_DIR, 'out');
 /** The CLI as a user runs it, and the Node that runs it. */
 export const CLI = path.join(ROOT, 'bin', 'clonebox.js');
 export const NODE = process.execPath;
@@ -79,7 +79,7 @@ export function timeCommand(cmd, args, { okCodes = [0], ...opts } = {}) {
   });
 }
 
-export function median(xs) {
+function median(xs) {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
