@@ -32,7 +32,7 @@ if (!Number.isInteger(runs) || runs < 1) {
 
 const all = (await readdir(BENCH_DIR)).filter((f) => f.endsWith('.bench.mjs')).map((f) => f.slice(0, -'.bench.mjs'.length)).sort();
 if (names[0] === '--list') {
-  process.stdout.write(all.join('\n') + '\n');
+  process.stdout.write(`${all.join('\n')}\n`);
   process.exit(0);
 }
 const unknown = names.filter((n) => !all.includes(n));

@@ -220,11 +220,11 @@ export async function makeManySnapshots(d, src, { total = 1000, log = () => {} }
       expires_at: null, disks: [{ target: 'vda', path: layer }], size_bytes: p === null ? 5 * MiB : 0,
       content_id: null, memory_path: null,
     };
-    await writeFile(path.join(snapDir, `${nm}.json`), JSON.stringify(rec, null, 2) + '\n');
+    await writeFile(path.join(snapDir, `${nm}.json`), `${JSON.stringify(rec, null, 2)}\n`);
   }
   await createOverlay(disk, layerPathFor(disk, nameOf(TOTAL - 2)), geo);
   const vm = JSON.parse(await readFile(vmFile, 'utf8'));
-  await writeFile(vmFile, JSON.stringify({ ...vm, current: nameOf(TOTAL - 2) }, null, 2) + '\n');
+  await writeFile(vmFile, `${JSON.stringify({ ...vm, current: nameOf(TOTAL - 2) }, null, 2)}\n`);
   const genSeconds = round((Date.now() - t0) / 1000, 1);
   // The last one through the real CLI, then a policy (auto snapshots: keep 24 hourly, 7 daily).
   cli(home, 'snapshot', 'create', 'v', '--name', nameOf(TOTAL - 1), '--json');
@@ -452,7 +452,8 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const summary = [];
     const row = (c, cb, peer, r) => summary.push({ case: c, clonebox_ms: cb.median_ms, peer_ms: peer.median_ms, ratio: r, cpu_ratio: cpuRatio(cb, peer) });
     if (!skip.has('startup')) {
-      const st = result.startup = await startup(dir, runs, log);
+      const st = await startup(dir, runs, log);
+      result.startup = st;
       row('start-up: clonebox --version vs qemu-img --version', st.clonebox_version, st.qemu_img_version, ratio(st.clonebox_version, st.qemu_img_version));
       row('start-up: list, 0 snapshots vs qemu-img info', st.clonebox_list_empty, st.qemu_img_info, ratio(st.clonebox_list_empty, st.qemu_img_info));
       // The library issue's promise: `snapshot list` costs at most 100 ms more than bare Node.
@@ -467,13 +468,15 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       }
     }
     if (!skip.has('list')) {
-      const l = result.list = await list1000(dir, runs, log, srcA);
+      const l = await list1000(dir, runs, log, srcA);
+      result.list = l;
       row('list --json, 1000 snaps (yardstick: qemu-img info)', l.list_json, l.qemu_img_info_one_image, l.ratio_list_json_vs_qemu_info);
       row('list --tree, 1000 snaps (yardstick: qemu-img info)', l.list_tree, l.qemu_img_info_one_image, l.ratio_list_tree_vs_qemu_info);
       row('list --tree --json, 1000 (yardstick: qemu-img info)', l.list_tree_json, l.qemu_img_info_one_image, l.ratio_list_tree_json_vs_qemu_info);
     }
     if (!skip.has('diff') || !skip.has('delete')) {
-      const c = result.chain = await diffDelete(dir, runs, log, srcA, srcB, skip);
+      const c = await diffDelete(dir, runs, log, srcA, srcB, skip);
+      result.chain = c;
       if (c.diff) {
         row('diff 256 MiB identical rewrite vs qemu-img compare', c.diff.identical.clonebox, c.diff.identical.qemu_img_compare, c.diff.identical.ratio);
         row('diff 256 MiB changed vs compare (identical pair)', c.diff.changed.clonebox, c.diff.identical.qemu_img_compare, c.diff.changed.ratio_vs_qemu_compare_identical_pair);

@@ -388,7 +388,7 @@ async function fetch(home) {
       ...r,
     });
   }
-  process.stdout.write(JSON.stringify({ cases }) + '\n');
+  process.stdout.write(`${JSON.stringify({ cases })}\n`);
   await swarm.close();
   await rm(tmp, { recursive: true, force: true });
   process.exit(0);
@@ -402,6 +402,6 @@ if (process.argv[1] && path.resolve(process.argv[1]) === SELF) {
   else if (role === 'fetch') fetch(home).catch(fail);
   else {
     run({ runs: Number(process.env.BENCH_SYNC_RUNS ?? 3), log: (l) => process.stderr.write(`${l}\n`) })
-      .then((r) => { process.stdout.write(JSON.stringify(r, null, 2) + '\n'); process.exit(0); }, fail);
+      .then((r) => { process.stdout.write(`${JSON.stringify(r, null, 2)}\n`); process.exit(0); }, fail);
   }
 }

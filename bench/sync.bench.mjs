@@ -658,5 +658,5 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
 // `node bench/sync.bench.mjs` runs it alone (bench/run.mjs is the usual way).
 if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
   const r = await run({ runs: Number(process.env.BENCH_RUNS ?? 3), log: (m) => process.stderr.write(`   ${m}\n`) });
-  process.stdout.write(JSON.stringify(r, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
 }

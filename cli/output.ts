@@ -2,11 +2,11 @@
 import { CloneboxError } from '../src/errors.js';
 
 export function printJson(value: unknown): void {
-  process.stdout.write(JSON.stringify(value, null, 2) + '\n');
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
 export function printLine(text = ''): void {
-  process.stdout.write(text + '\n');
+  process.stdout.write(`${text}\n`);
 }
 
 export function warn(message: string): void {

@@ -16,7 +16,8 @@ function commandPath(cmd: Command): string {
   return names.join(' ');
 }
 
-type Action = (ctx: Ctx, ...args: any[]) => Promise<unknown> | unknown;
+/** Commander passes the command's arguments, then its options; each action declares their types. */
+type Action = (ctx: Ctx, ...args: never[]) => Promise<unknown> | unknown;
 
 export function action(fn: Action) {
   return async (...args: unknown[]): Promise<void> => {
@@ -27,7 +28,7 @@ export function action(fn: Action) {
       ctx = makeCtx(opts);
       // Interrupted imports of VMs that never came to exist are recovered here (store/sweep.ts).
       if (!NO_HOME.has(commandPath(cmd))) for (const w of await sweepInterrupted(ctx.home)) warn(w);
-      await fn(ctx, ...args.slice(0, -1));
+      await (fn as (ctx: Ctx, ...args: unknown[]) => unknown)(ctx, ...args.slice(0, -1));
     } catch (err) {
       process.exitCode = reportError(err, Boolean(opts.json));
     }

@@ -29,7 +29,8 @@ export const ERROR_CODES = {
   },
   BAD_SIZE: {
     exit: 2,
-    meaning: 'a size that does not parse or is out of range: cluster size not a power of two from 512 to 2M, virtual size not a multiple of 512 or too large for the cluster size',
+    meaning:
+      'a size that does not parse or is out of range: cluster size not a power of two from 512 to 2M, virtual size not a multiple of 512 or too large for the cluster size',
   },
   BAD_INVITE: { exit: 2, meaning: 'a team invite that does not decode or whose checksum or version is wrong; nothing is written' },
   DISK_NAME_CLASH: {
@@ -40,11 +41,13 @@ export const ERROR_CODES = {
   NOT_QCOW2: { exit: 1, meaning: 'the file is not a qcow2 image (no magic, too short) or not a regular file or block device' },
   QCOW2_UNSUPPORTED: {
     exit: 1,
-    meaning: 'a qcow2 feature clonebox does not handle: a version other than 2 or 3, encryption, an external data file, unknown incompatible feature bits or compression type, a `json:` backing name',
+    meaning:
+      'a qcow2 feature clonebox does not handle: a version other than 2 or 3, encryption, an external data file, unknown incompatible feature bits or compression type, a `json:` backing name',
   },
   QCOW2_CORRUPT: {
     exit: 1,
-    meaning: 'inconsistent qcow2 metadata: misaligned or overlapping table entries, contradictory subcluster bitmaps, a backing chain that loops, a compressed cluster of the wrong size',
+    meaning:
+      'inconsistent qcow2 metadata: misaligned or overlapping table entries, contradictory subcluster bitmaps, a backing chain that loops, a compressed cluster of the wrong size',
   },
   QCOW2_TRUNCATED: { exit: 1, meaning: 'the image ends before data its header or tables point to (header, tables, clusters, backing name)' },
   QCOW2_TOO_LARGE: {
@@ -76,7 +79,8 @@ export const ERROR_CODES = {
   },
   STORE_CORRUPT: {
     exit: 1,
-    meaning: 'damaged state in the home (an unparseable VM, snapshot, team or journal record, an unknown journal action, parent links that loop); clonebox stops rather than guess',
+    meaning:
+      'damaged state in the home (an unparseable VM, snapshot, team or journal record, an unknown journal action, parent links that loop); clonebox stops rather than guess',
   },
   IO: { exit: 1, meaning: 'a file system error (no such file, permission denied, no space left...), naming the path' },
   INTERNAL: { exit: 1, meaning: 'a bug, or a missing native module such as zstd support; `CLONEBOX_DEBUG=1` prints the stack' },
@@ -99,7 +103,8 @@ export const ERROR_CODES = {
   SYNC_TIMEOUT: { exit: 1, meaning: 'sync did not finish within `--timeout`; blocks received so far are kept' },
   SYNC_CHAIN: {
     exit: 1,
-    meaning: "a teammate's chain could not be pulled (blocks unavailable or corrupt, the local VM changed meanwhile, a conflicting chain); nothing local was touched",
+    meaning:
+      "a teammate's chain could not be pulled (blocks unavailable or corrupt, the local VM changed meanwhile, a conflicting chain); nothing local was touched",
   },
   SYNC_CATALOG: { exit: 1, meaning: "a teammate's catalog lacks an entry it refers to, or holds a record of the wrong kind there" },
   // libvirt driver
@@ -179,7 +184,15 @@ export function usageError(message: string, hint?: string): CloneboxError {
 export function ioError(err: unknown, what: string, path: string): CloneboxError {
   if (err instanceof CloneboxError) return err;
   const e = err as NodeJS.ErrnoException;
-  const reason = e?.code === 'ENOENT' ? 'no such file' : e?.code === 'EACCES' || e?.code === 'EPERM' ? 'permission denied'
-    : e?.code === 'ENOSPC' ? 'no space left on device' : e?.code === 'EISDIR' ? 'is a directory' : (e?.message ?? String(err));
+  const reason =
+    e?.code === 'ENOENT'
+      ? 'no such file'
+      : e?.code === 'EACCES' || e?.code === 'EPERM'
+        ? 'permission denied'
+        : e?.code === 'ENOSPC'
+          ? 'no space left on device'
+          : e?.code === 'EISDIR'
+            ? 'is a directory'
+            : (e?.message ?? String(err));
   return new CloneboxError('IO', `${what}: ${reason}, ${path}`, { cause: err });
 }

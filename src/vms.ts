@@ -122,8 +122,6 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
     };
     await saveVm(home, rec);
     return await vmView(home, rec);
-  } catch (err) {
-    throw err;
   } finally {
     await lock.release();
   }

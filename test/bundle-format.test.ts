@@ -32,7 +32,7 @@ function mutate(r: Rng, b: Buffer): Buffer {
     const at = r.int(0, m.length);
     if (k === 0) m[at] = r.int(0, 256);
     else if (k === 1) m[at] = m[at]! ^ (1 << r.int(0, 8));
-    else if (k === 2) m.writeUInt32BE(r.pick([0, 1, 0xffffffff, 0x7fffffff, 65536, 65537]) >>> 0, Math.min(at, m.length - 4 < 0 ? 0 : m.length - 4));
+    else if (k === 2) m.writeUInt32BE(r.pick([0, 1, 0xffffffff, 0x7fffffff, 65536, 65537]) >>> 0, Math.min(at, Math.max(m.length - 4, 0)));
     else return m.subarray(0, at);
   }
   return m;

@@ -106,7 +106,7 @@ function header(name: string, size: number, opts: { type?: string; linkname?: st
   h.write('0000000\0', 108, 'latin1');
   h.write('0000000\0', 116, 'latin1');
   if (opts.sizeField) opts.sizeField.copy(h, 124);
-  else h.write(size.toString(8).padStart(11, '0') + '\0', 124, 'latin1');
+  else h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
   h.write('00000000000\0', 136, 'latin1');
   h.write(opts.type ?? '0', 156, 'latin1');
   if (opts.linkname) h.write(opts.linkname, 157, 'latin1');
@@ -115,7 +115,7 @@ function header(name: string, size: number, opts: { type?: string; linkname?: st
   h.fill(0x20, 148, 156);
   let sum = 0;
   for (const b of h) sum += b;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
   return h;
 }
 

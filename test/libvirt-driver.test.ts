@@ -11,7 +11,7 @@ import { describe, expect, it } from 'vitest';
 import type { Action, Journal } from '../src/store/journal.js';
 import type { VmRecord } from '../src/store/registry.js';
 import type { SnapshotRecord } from '../src/store/snapshots.js';
-import { CloneboxError } from '../src/errors.js';
+import type { CloneboxError } from '../src/errors.js';
 import { inspectDomain, LibvirtDriver, performLibvirtStep, type LibvirtStep } from '../src/drivers/libvirt/driver.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { libvirtSuite, qcow2, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { inspectDomain } from '../src/drivers/libvirt/driver.js';
-import { CloneboxError } from '../src/errors.js';
+import type { CloneboxError } from '../src/errors.js';
 import { libvirtSuite, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');

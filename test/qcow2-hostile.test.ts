@@ -107,7 +107,7 @@ interface Base {
 
 let caseNo = 0;
 /** Writes a patched copy of a base image and returns its path. */
-async function patched(base: Base, name: string, patch: (b: Buffer, lay: Layout) => Buffer | void): Promise<string> {
+async function patched(base: Base, name: string, patch: (b: Buffer, lay: Layout) => Buffer | undefined): Promise<string> {
   const b = Buffer.from(base.buf);
   const out = patch(b, base.lay) ?? b;
   const file = path.join(tmp(), `case-${String(++caseNo).padStart(3, '0')}-${name.replace(/[^a-z0-9]+/gi, '-')}.qcow2`);
@@ -440,8 +440,8 @@ describe('truncated files', () => {
       const size = base.buf.length;
       const lens = new Set<number>([0, 1, 3, 4, 5, 50, 71, 72, 73, 100, 103, 104, 105, 111, 112, 113, 120, 200, 300, 511, 512, 1000,
         l.cs - 1, l.cs, l.cs + 1, l.l1Offset, l.l1Offset + 4, l.l1Offset + l.l1Size * 8 - 1, l.l1Offset + l.l1Size * 8, size - 1, size - 511]);
-      for (const t of l.l2Tables) if (t) [t, t + 8, t + l.cs - 1, t + l.cs].forEach((x) => lens.add(x));
-      for (const e of l.entries) if (e.host) [e.host, e.host + 1, e.host + 700, e.host + l.cs - 1].forEach((x) => lens.add(x));
+      for (const t of l.l2Tables) if (t) for (const x of [t, t + 8, t + l.cs - 1, t + l.cs]) lens.add(x);
+      for (const e of l.entries) if (e.host) for (const x of [e.host, e.host + 1, e.host + 700, e.host + l.cs - 1]) lens.add(x);
       const r = rng(99 + size);
       for (let i = 0; i < 15; i++) lens.add(r.int(0, size));
       const counts = { NOT_QCOW2: 0, QCOW2_TRUNCATED: 0, read: 0 };

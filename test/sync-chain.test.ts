@@ -44,7 +44,14 @@ async function ok(h: string, args: string[], timeoutMs = 60_000): Promise<string
   if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} (home ${path.basename(h)}) exited ${r.code}\n${r.stderr}\n${r.stdout}`);
   return r.stdout;
 }
-const json = async <T = any>(h: string, args: string[], timeoutMs?: number): Promise<T> => JSON.parse(await ok(h, [...args, '--json'], timeoutMs)) as T;
+const json = async <T = unknown>(h: string, args: string[], timeoutMs?: number): Promise<T> => JSON.parse(await ok(h, [...args, '--json'], timeoutMs)) as T;
+
+/** The parts of the CLI's --json documents that these tests read. */
+interface DiskDoc { target: string; path: string }
+interface SnapshotDoc { name: string; parent: string | null; description: string | null; tags: string[]; created_at: string; type: string; children: string[]; disks: DiskDoc[] }
+interface VmDoc { name: string; current: string | null; disks: DiskDoc[] }
+interface ChainDoc { vm: string; remote_vm: string; peer: string; snapshots: string[]; bytes_received: number; blocks_fetched: number; blocks_reused: number; via?: string; unavailable?: string[] }
+interface SyncDoc { peers: string[]; chains: ChainDoc[]; bytes_received: number; error?: { code: string; message: string } }
 
 async function qemuIo(file: string, cmd: string): Promise<void> {
   const r = await run('qemu-io', ['-f', 'qcow2', '-c', cmd, file]);
@@ -58,7 +65,7 @@ async function randomFile(name: string, bytes: number): Promise<string> {
 }
 
 async function diskOf(h: string, vm: string): Promise<string> {
-  return (await json(h, ['vm', 'show', vm])).disks[0].path;
+  return (await json<VmDoc>(h, ['vm', 'show', vm])).disks[0]!.path;
 }
 
 /** `sync --watch` of a home as a child process; stop() sends SIGTERM and waits. */
@@ -80,9 +87,10 @@ function watch(h: string): { stop(): Promise<void>; stderr(): string } {
   };
 }
 
-async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: any; stderr: string }> {
+async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
   const r = await cb(h, ['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', String(timeoutS), '--json'], (timeoutS + 20) * 1000);
-  return { code: r.code, doc: r.stdout.trim() ? JSON.parse(r.stdout) : null, stderr: r.stderr };
+  // A run that printed nothing gives {}: the assertions on its fields then fail and show it.
+  return { code: r.code, doc: JSON.parse(r.stdout.trim() || '{}') as SyncDoc, stderr: r.stderr };
 }
 
 async function join(h: string, name: string): Promise<void> {
@@ -91,15 +99,15 @@ async function join(h: string, name: string): Promise<void> {
 
 /** Every snapshot of `vm` in home b has the same content (qemu-img compare) and metadata as in a. */
 async function expectSameChain(a: string, vmA: string, b: string, vmB: string): Promise<string[]> {
-  const la = await json<any[]>(a, ['snapshot', 'list', vmA]);
-  const lb = await json<any[]>(b, ['snapshot', 'list', vmB]);
-  const pick = (s: any) => ({ name: s.name, parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at, type: s.type, children: s.children });
+  const la = await json<SnapshotDoc[]>(a, ['snapshot', 'list', vmA]);
+  const lb = await json<SnapshotDoc[]>(b, ['snapshot', 'list', vmB]);
+  const pick = (s: SnapshotDoc) => ({ name: s.name, parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at, type: s.type, children: s.children });
   expect(lb.map(pick).sort((x, y) => x.name.localeCompare(y.name))).toEqual(la.map(pick).sort((x, y) => x.name.localeCompare(y.name)));
   for (const s of la) {
-    const t = lb.find((x) => x.name === s.name);
-    const r = await run('qemu-img', ['compare', s.disks[0].path, t.disks[0].path]);
+    const t = lb.find((x) => x.name === s.name)!;
+    const r = await run('qemu-img', ['compare', s.disks[0]!.path, t.disks[0]!.path]);
     expect(r.code, `${s.name}: ${r.stdout}${r.stderr}`).toBe(0);
-    const c = await run('qemu-img', ['check', t.disks[0].path]);
+    const c = await run('qemu-img', ['check', t.disks[0]!.path]);
     expect(c.code, c.stdout + c.stderr).toBe(0);
   }
   return la.map((s) => s.name);
@@ -118,8 +126,8 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'base', '--description', 'the base image', '--tags', 'golden,v1']);
     await qemuIo(disk, 'write -P 0x22 32M 2M');
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'tools']);
-    invite = (await json(A(), ['team', 'create', 'crew', '--name', 'ws-a'])).invite;
-    const shared = await json(A(), ['snapshot', 'share', 'dev', '--team', 'crew']);
+    invite = (await json<{ invite: string }>(A(), ['team', 'create', 'crew', '--name', 'ws-a'])).invite;
+    const shared = await json<{ published: string[] }>(A(), ['snapshot', 'share', 'dev', '--team', 'crew']);
     expect(shared.published).toEqual(['base', 'tools']);
     sharer = watch(A());
   });
@@ -136,7 +144,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(r.code, r.stderr).toBe(0);
     expect(r.doc.peers).toEqual(['ws-a']);
     expect(r.doc.chains).toHaveLength(1);
-    const c = r.doc.chains[0];
+    const c = r.doc.chains[0]!;
     expect(c.vm).toBe('dev');
     expect(c.snapshots).toEqual(['base', 'tools']);
     // 128 random blocks, one 0x11 block (64 copies), one 0x22 block.
@@ -145,10 +153,10 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(c.bytes_received).toBeLessThan(8.5 * MiB);
     expect(r.doc.bytes_received).toBe(c.bytes_received);
     await expectSameChain(A(), 'dev', B, 'dev');
-    const vm = await json(B, ['vm', 'show', 'dev']);
+    const vm = await json<VmDoc>(B, ['vm', 'show', 'dev']);
     expect(vm.current).toBe('tools');
     // The current state stands on the pulled head.
-    expect((await run('qemu-img', ['compare', vm.disks[0].path, await diskOf(A(), 'dev')])).code).toBe(0);
+    expect((await run('qemu-img', ['compare', vm.disks[0]!.path, await diskOf(A(), 'dev')])).code).toBe(0);
     process.stderr.write(`full pull: ${(c.bytes_received / MiB).toFixed(1)} MiB in ${Date.now() - t0} ms (whole command)\n`);
     // Nothing left in the spool.
     expect(await readdir(path.join(B, 'sync', 'partial'))).toEqual([]);
@@ -163,14 +171,14 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const r = await sync(B);
     expect(r.code, r.stderr).toBe(0);
     expect(r.doc.chains, `sync:\n${r.stderr}\nsharer:\n${sharer.stderr()}`).toHaveLength(1);
-    const c = r.doc.chains[0];
+    const c = r.doc.chains[0]!;
     expect(c.snapshots).toEqual(['patch']);
     expect(c.blocks_fetched).toBe(16);
     // Random data: its compressed size is its size (stored raw); framing adds a few bytes.
     expect(c.bytes_received).toBeGreaterThanOrEqual(MiB);
     expect(c.bytes_received).toBeLessThanOrEqual(1.05 * MiB);
     await expectSameChain(A(), 'dev', B, 'dev');
-    expect((await json(B, ['vm', 'show', 'dev'])).current).toBe('patch');
+    expect((await json<VmDoc>(B, ['vm', 'show', 'dev'])).current).toBe('patch');
     // Caught up: a second sync moves nothing.
     const again = await sync(B);
     expect(again.code, again.stderr).toBe(0);
@@ -191,7 +199,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     };
     const r = await sync(C);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.doc.chains.map((c: any) => c.vm)).toEqual(['dev.ws-a']);
+    expect(r.doc.chains.map((c) => c.vm)).toEqual(['dev.ws-a']);
     expect(await readFile(path.join(C, 'vms', 'dev', 'vm.json'), 'utf8')).toBe(before.vm);
     expect(await json(C, ['snapshot', 'list', 'dev'])).toEqual(before.snaps);
     expect(createHash('sha256').update(await readFile(await diskOf(C, 'dev'))).digest('hex')).toBe(before.disk);
@@ -202,7 +210,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const D = home('d');
     await join(D, 'ws-d');
     // Rot one byte of the sharer's 'patch' layer, inside its data.
-    const layer = (await json(A(), ['snapshot', 'show', 'dev', '--name', 'patch'])).disks[0].path;
+    const layer = (await json<SnapshotDoc>(A(), ['snapshot', 'show', 'dev', '--name', 'patch'])).disks[0]!.path;
     const map = JSON.parse((await run('qemu-img', ['map', '--output=json', layer])).stdout) as { start: number; data: boolean; depth: number; offset?: number }[];
     const ext = map.find((e) => e.data && e.depth === 0 && e.offset !== undefined)!;
     const at = ext.offset! + 1000;
@@ -214,7 +222,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       const r = await sync(D);
       expect(r.code).toBe(1);
       expect(r.stderr).toMatch(/corrupt/);
-      expect(r.doc.error.code).toBe('SYNC_CHAIN');
+      expect(r.doc.error?.code).toBe('SYNC_CHAIN');
       expect(await json(D, ['vm', 'list'])).toEqual([]);
       const disks = await readdir(path.join(D, 'disks')).catch(() => []);
       expect(disks).toEqual([]);
@@ -225,7 +233,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const r2 = await sync(D);
     expect(r2.code, r2.stderr).toBe(0);
     // What arrived the first time was kept: only the blocks it lacked came again.
-    expect(r2.doc.chains[0].blocks_reused).toBeGreaterThan(0);
+    expect(r2.doc.chains[0]!.blocks_reused).toBeGreaterThan(0);
     await expectSameChain(A(), 'dev', D, 'dev');
   });
 
@@ -259,7 +267,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(killedAt, 'the pull ended before it could be killed').toBeGreaterThan(0);
     const indexed = Math.floor((await stat(idx).then((s) => s.size, () => 0)) / 44);
     expect(indexed).toBeGreaterThan(0);
-    expect((await json<any[]>(E, ['vm', 'list'])).map((v) => v.name)).not.toContain('big');
+    expect((await json<VmDoc[]>(E, ['vm', 'list'])).map((v) => v.name)).not.toContain('big');
     // The layer it was writing is listed for the next sync to remove.
     const listed = (await readFile(path.join(E, 'sync', 'pull-temps.list'), 'utf8')).split('\n').filter((l) => l.includes('.sync-'));
     expect(listed.length).toBeGreaterThan(0);
@@ -267,7 +275,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(r.code, r.stderr).toBe(0);
     for (const f of listed) expect(await stat(f).then(() => 'left behind', () => 'removed'), f).toBe('removed');
     expect(await readFile(path.join(E, 'sync', 'pull-temps.list'), 'utf8')).toBe('');
-    const big = r.doc.chains.find((c: any) => c.vm === 'big');
+    const big = r.doc.chains.find((c) => c.vm === 'big')!;
     // E has no other copy of big's random blocks: what it reused is what the killed run kept.
     const spooled = big.blocks_reused;
     expect(spooled).toBeGreaterThan(0);
@@ -292,18 +300,18 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       const F = home('f');
       await join(F, 'ws-f');
       // Wait for both sharers to be reachable: sync retries until both chains are in.
-      let got: any[] = [];
+      let got: ChainDoc[] = [];
       for (let i = 0; i < 3 && got.length < 3; i++) {
         const r = await sync(F);
         expect(r.code, r.stderr).toBe(0);
-        got = [...got, ...r.doc.chains.filter((c: any) => c.snapshots.length)];
+        got = [...got, ...r.doc.chains.filter((c) => c.snapshots.length)];
       }
       expect(got.map((c) => c.vm).sort()).toEqual(['big', 'dev', 'tools']);
       await expectSameChain(A(), 'dev', F, 'dev');
       await expectSameChain(B, 'tools', F, 'tools');
       // dev and tools share 128 blocks: whichever came second reused them.
-      const dev = got.find((c) => c.vm === 'dev');
-      const tools = got.find((c) => c.vm === 'tools');
+      const dev = got.find((c) => c.vm === 'dev')!;
+      const tools = got.find((c) => c.vm === 'tools')!;
       expect(dev.blocks_reused + tools.blocks_reused).toBeGreaterThanOrEqual(128);
     } finally {
       await second.stop();
@@ -320,7 +328,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'large']);
     sharer = watch(A());
     const devDir = path.dirname(await diskOf(G, 'dev'));
-    const before = (await json<any[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name);
+    const before = (await json<SnapshotDoc[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name);
 
     const env: NodeJS.ProcessEnv = { ...process.env };
     delete env.CLONEBOX_HOME;
@@ -340,7 +348,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     }
     expect(writing, `the pull never wrote a layer: ${err}`).toBe(true);
     child.kill('SIGSTOP');
-    let mine;
+    let mine: Awaited<ReturnType<typeof cb>>;
     try {
       // Before: VM_BUSY after the lock wait, as the pull held dev's lock for the whole transfer.
       mine = await cb(G, ['snapshot', 'create', 'dev', '--name', 'mine'], 30_000);
@@ -355,12 +363,12 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     // Nothing half-written, nothing of the local VM lost.
     expect((await readdir(devDir)).filter((f) => f.startsWith('.'))).toEqual([]);
     expect(await readFile(path.join(G, 'sync', 'pull-temps.list'), 'utf8')).toBe('');
-    expect((await json<any[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name).sort()).toEqual([...before, 'mine'].sort());
+    expect((await json<SnapshotDoc[]>(G, ['snapshot', 'list', 'dev'])).map((x) => x.name).sort()).toEqual([...before, 'mine'].sort());
     // dev now holds a chain of its own, so the next sync lands in dev.ws-a, and fetches nothing again:
     // the blocks the failed pull received wait in the spool.
     const again = await sync(G);
     expect(again.code, again.stderr).toBe(0);
-    const c = again.doc.chains.find((x: any) => x.remote_vm === 'dev');
+    const c = again.doc.chains.find((x) => x.remote_vm === 'dev')!;
     expect(c.vm).toBe('dev.ws-a');
     expect(c.blocks_fetched).toBe(0);
     await expectSameChain(A(), 'dev', G, 'dev.ws-a');
@@ -380,8 +388,8 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     // B, online with A, takes the new snapshots (and solo, which it then drops); then A goes away.
     const rb = await sync(B);
     expect(rb.code, rb.stderr).toBe(0);
-    expect(rb.doc.chains.find((x: any) => x.remote_vm === 'dev').snapshots).toEqual(['large', 'relay']);
-    expect(rb.doc.chains.find((x: any) => x.remote_vm === 'solo').snapshots).toEqual(['s1']);
+    expect(rb.doc.chains.find((x) => x.remote_vm === 'dev')!.snapshots).toEqual(['large', 'relay']);
+    expect(rb.doc.chains.find((x) => x.remote_vm === 'solo')!.snapshots).toEqual(['s1']);
     await ok(B, ['vm', 'remove', 'solo', '--delete-files', '--yes']);
     await sharer.stop();
     const relay = watch(B);
@@ -390,7 +398,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       const r = await sync(D);
       expect(r.code, r.stderr).toBe(0);
       expect(r.doc.peers).toEqual(['ws-b']);
-      const c = r.doc.chains.find((x: any) => x.remote_vm === 'dev');
+      const c = r.doc.chains.find((x) => x.remote_vm === 'dev')!;
       expect(c, r.stderr).toBeDefined();
       expect(c.peer).toBe('ws-a');
       expect(c.via).toBe('ws-b');
@@ -400,8 +408,8 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       await expectSameChain(A(), 'dev', D, 'dev');
       // solo is in A's catalog as B passed it on, but nobody online holds its blocks: it waits.
       expect(r.stderr).toMatch(/solo from ws-a: 16 block\(s\) are on no teammate online; it waits for ws-a/);
-      expect(r.doc.chains.some((x: any) => x.remote_vm === 'solo')).toBe(false);
-      expect((await json<any[]>(D, ['vm', 'list'])).map((v) => v.name)).not.toContain('solo');
+      expect(r.doc.chains.some((x) => x.remote_vm === 'solo')).toBe(false);
+      expect((await json<VmDoc[]>(D, ['vm', 'list'])).map((v) => v.name)).not.toContain('solo');
 
       // H never met A: B hands on A's signed catalog card, so H can follow A's catalog too.
       const H = home('h');
@@ -410,12 +418,12 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       expect(rh.code, rh.stderr).toBe(0);
       expect(rh.doc.peers).toEqual(['ws-b']);
       expect(rh.stderr).toMatch(/new member on team crew: ws-a \([0-9a-f]{8}\), known through ws-b/);
-      const h = rh.doc.chains.find((x: any) => x.remote_vm === 'dev');
+      const h = rh.doc.chains.find((x) => x.remote_vm === 'dev')!;
       expect(h, rh.stderr).toBeDefined();
       expect([h.peer, h.via, h.vm]).toEqual(['ws-a', 'ws-b', 'dev']);
       await expectSameChain(A(), 'dev', H, 'dev');
-      const members = (await json(H, ['team', 'show', 'crew'])).members;
-      expect(members.find((m: any) => m.name === 'ws-a')).toMatchObject({ via: 'ws-b' });
+      const members = (await json<{ members: { name: string; via?: string }[] }>(H, ['team', 'show', 'crew'])).members;
+      expect(members.find((m) => m.name === 'ws-a')).toMatchObject({ via: 'ws-b' });
     } finally {
       await relay.stop();
     }
@@ -439,15 +447,15 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await join(J, 'ws-j');
     const r = await sync(J);
     expect(r.code, r.stderr).toBe(0);
-    const c = r.doc.chains.find((x: any) => x.remote_vm === 'prn');
+    const c = r.doc.chains.find((x) => x.remote_vm === 'prn')!;
     expect(c, r.stderr).toBeDefined();
     expect(c.snapshots).toEqual(['s1']);
     expect(c.unavailable).toEqual(['s2', 's3']);
     expect(r.stderr).toMatch(/prn from ws-a: s2, s3 left out: ws-a no longer has some of their blocks/);
-    const s1 = (await json<any[]>(J, ['snapshot', 'list', 'prn'])).map((x) => x.name);
+    const s1 = (await json<SnapshotDoc[]>(J, ['snapshot', 'list', 'prn'])).map((x) => x.name);
     expect(s1).toEqual(['s1']);
-    const a1 = (await json(A(), ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0].path;
-    const j1 = (await json(J, ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0].path;
+    const a1 = (await json<SnapshotDoc>(A(), ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0]!.path;
+    const j1 = (await json<SnapshotDoc>(J, ['snapshot', 'show', 'prn', '--name', 's1'])).disks[0]!.path;
     expect((await run('qemu-img', ['compare', a1, j1])).code).toBe(0);
   });
 });

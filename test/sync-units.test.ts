@@ -86,6 +86,7 @@ describe('invites', () => {
 
 describe('wire messages', () => {
   const h = (i: number) => Buffer.alloc(32, i);
+  // biome-ignore lint/suspicious/noExplicitAny: each sample pairs an encoding with a value of its own type
   const samples: [string, m.Encoding<any>, unknown][] = [
     ['handshake', m.membershipHandshake, { version: 1, proof: h(1) }],
     ['intro', m.intro, { name: 'ws-1', catalog: h(2) }],

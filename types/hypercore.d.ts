@@ -82,7 +82,7 @@ declare module 'hypercore' {
     on(event: 'append', listener: () => void): this;
     on(event: 'peer-add' | 'peer-remove', listener: (peer: unknown) => void): this;
     on(event: 'close', listener: () => void): this;
-    on(event: string, listener: (...args: any[]) => void): this;
+    on(event: string, listener: (...args: never[]) => void): this;
   }
 
   export = Hypercore;

@@ -55,7 +55,7 @@ declare module 'hyperswarm' {
     on(event: 'connection', listener: (conn: NoiseSecretStream, info: Hyperswarm.PeerInfo) => void): this;
     on(event: 'update', listener: () => void): this;
     on(event: 'ban', listener: (info: Hyperswarm.PeerInfo, err: Error) => void): this;
-    on(event: string, listener: (...args: any[]) => void): this;
+    on(event: string, listener: (...args: never[]) => void): this;
   }
 
   export = Hyperswarm;

@@ -26,6 +26,7 @@ declare module 'protomux' {
       /** false allows several channels of the same protocol and id. Default true (createChannel returns null). */
       unique?: boolean;
       handshake?: c.Encoding<H> | null;
+      // biome-ignore lint/suspicious/noExplicitAny: each slot has its own message type; TypeScript has no existential type for such a list
       messages?: Array<MessageOptions<any> | null>;
       onopen?: (handshake: H, channel: Channel) => unknown;
       onclose?: (isRemote: boolean, channel: Channel) => unknown;
@@ -40,6 +41,7 @@ declare module 'protomux' {
       readonly destroyed: boolean;
       /** The mux's drained state: false means wait for ondrain before sending more. */
       readonly drained: boolean;
+      // biome-ignore lint/suspicious/noExplicitAny: one message type per slot, as in ChannelOptions.messages
       readonly messages: Message<any>[];
       userData: unknown;
       open(handshake?: unknown): void;

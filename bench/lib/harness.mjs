@@ -172,7 +172,7 @@ export function cpuPressure() {
 export async function writeResult(name, result) {
   await mkdir(OUT_DIR, { recursive: true });
   const file = path.join(OUT_DIR, `${name}.json`);
-  await writeFile(file, JSON.stringify(result, null, 2) + '\n');
+  await writeFile(file, `${JSON.stringify(result, null, 2)}\n`);
   return file;
 }
 

@@ -78,4 +78,4 @@ try {
   await img.close();
 }
 const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-process.stdout.write(JSON.stringify({ mode, bytes, chunks, checksum: sum >>> 0, inner_ms: Math.round(ms * 10) / 10 }) + '\n');
+process.stdout.write(`${JSON.stringify({ mode, bytes, chunks, checksum: sum >>> 0, inner_ms: Math.round(ms * 10) / 10 })}\n`);

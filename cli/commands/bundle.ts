@@ -52,11 +52,11 @@ export function registerBundle(snapshot: Command, program: Command): void {
       const toStdout = o.output === '-';
       if (ctx.json) {
         // stdout carries the bundle itself with -o -: the report goes to stderr then.
-        if (toStdout) process.stderr.write(JSON.stringify(doc, null, 2) + '\n');
+        if (toStdout) process.stderr.write(`${JSON.stringify(doc, null, 2)}\n`);
         else printJson(doc);
         return;
       }
-      const say = (s: string) => (toStdout ? process.stderr.write(s + '\n') : printLine(s));
+      const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
       say(`exported ${r.snapshots.length} snapshot(s) of ${vm}${r.since ? ` after ${r.since}` : ''} to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
       say(`  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`);
       say(`  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`);

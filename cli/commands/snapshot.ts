@@ -37,7 +37,7 @@ export function renderTree(vm: string, roots: TreeNode[], views: Map<string, Sna
       expired.has(n.name) ? '[expired]' : '',
       v && v.state !== 'ready' ? `[${v.state}]` : '',
     ].filter(Boolean).join(' ');
-    return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? '  ' + marks : ''}`;
+    return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? `  ${marks}` : ''}`;
   };
   // Iterative walk: snapshot chains can be thousands deep.
   const stack: { n: TreeNode | 'here'; prefix: string; last: boolean }[] = [];

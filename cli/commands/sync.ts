@@ -78,7 +78,7 @@ export function registerSync(snapshot: Command): void {
         process.once('SIGINT', stop);
         process.once('SIGTERM', stop);
       }
-      let report;
+      let report: Awaited<ReturnType<typeof runSync>>;
       try {
         report = await runSync({
           home: ctx.home, team: o.team, ...(bootstrap ? { bootstrap } : {}), timeoutSeconds: o.timeout ?? DEFAULT_TIMEOUT_S,

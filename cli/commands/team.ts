@@ -115,7 +115,7 @@ export function registerDht(program: Command): void {
       });
       const address = `${net.address.host}:${net.address.port}`;
       if (ctx.json) {
-        process.stdout.write(JSON.stringify({ bootstrap: address, host: net.address.host, port: net.address.port, nodes: net.nodes.length }) + '\n');
+        process.stdout.write(`${JSON.stringify({ bootstrap: address, host: net.address.host, port: net.address.port, nodes: net.nodes.length })}\n`);
       } else {
         printLine(`DHT bootstrap running on ${address} (${net.nodes.length} nodes)`);
         printLine(`teammates use: --bootstrap ${address}   (stop with Ctrl-C)`);

@@ -366,13 +366,14 @@ export class Batcher {
    * `submit` may keep the batch's buffer (it returns 'kept', e.g. to hand it to a worker); the next
    * batch then gets a buffer from `take` (target + BLOCK_SIZE bytes).
    */
-  constructor(private readonly layer: number, private readonly target: number, private readonly submit: (b: Batch) => Promise<void | 'kept'>,
+  constructor(private readonly layer: number, private readonly target: number, private readonly submit: (b: Batch) => Promise<'kept' | undefined>,
     private readonly take: () => Buffer = () => Buffer.allocUnsafe(target + BLOCK_SIZE)) {
     this.buf = take();
   }
 
   private batch(): Batch {
-    return (this.cur ??= { layer: this.layer, buf: this.buf, used: 0, items: [], blocks: 0 });
+    this.cur ??= { layer: this.layer, buf: this.buf, used: 0, items: [], blocks: 0 };
+    return this.cur;
   }
 
   async zero(offset: number, length: number): Promise<void> {
@@ -430,6 +431,6 @@ export class Batcher {
     const b = this.cur;
     this.cur = null;
     this.open = null;
-    if (b && b.items.length && (await this.submit(b)) === 'kept') this.buf = this.take();
+    if (b?.items.length && (await this.submit(b)) === 'kept') this.buf = this.take();
   }
 }

@@ -225,7 +225,7 @@ export class Sealer {
 /** `clonebox key generate`: 32 random bytes in a new file only its owner can read. */
 export async function generateKeyFile(file: string): Promise<void> {
   const key = randomBytes(KEY_BYTES);
-  let fh;
+  let fh: Awaited<ReturnType<typeof open>>;
   try {
     fh = await open(file, 'wx', 0o600);
   } catch (err) {

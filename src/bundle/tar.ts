@@ -21,8 +21,8 @@ export function ustarHeader(name: string, size: number, mtime: Date): Buffer {
   h.write('0000644\0', 100, 'latin1');
   h.write('0000000\0', 108, 'latin1');
   h.write('0000000\0', 116, 'latin1');
-  h.write(size.toString(8).padStart(11, '0') + '\0', 124, 'latin1');
-  h.write(Math.max(0, Math.floor(mtime.getTime() / 1000)).toString(8).padStart(11, '0') + '\0', 136, 'latin1');
+  h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
+  h.write(`${Math.max(0, Math.floor(mtime.getTime() / 1000)).toString(8).padStart(11, '0')}\0`, 136, 'latin1');
   h.write('0', 156, 'latin1');
   h.write('ustar\x0000', 257, 'latin1');
   h.write('0000000\0', 329, 'latin1');
@@ -30,7 +30,7 @@ export function ustarHeader(name: string, size: number, mtime: Date): Buffer {
   h.fill(0x20, 148, 156);
   let sum = 0;
   for (let i = 0; i < 512; i++) sum += h[i]!;
-  h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148, 'latin1');
+  h.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
   return h;
 }
 

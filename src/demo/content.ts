@@ -32,7 +32,7 @@ export function textBlock(rng: Prng, size: number): Buffer {
   while (n < size) {
     const words = 6 + (rng.next() % 10);
     let line = `2026-11-${String(1 + (rng.next() % 28)).padStart(2, '0')}T${String(rng.next() % 24).padStart(2, '0')}:00:00Z`;
-    for (let i = 0; i < words; i++) line += ' ' + WORDS[rng.next() % WORDS.length];
+    for (let i = 0; i < words; i++) line += ` ${WORDS[rng.next() % WORDS.length]}`;
     lines.push(line);
     n += line.length + 1;
   }

@@ -42,9 +42,8 @@ export function parseDuration(text: string): number {
   const re = /(\d+)\s*(min|y|m|w|d|h)/gy; // "min" before "m", or "30min" would read as 30 months
   let ms = 0;
   let matched = 0;
-  let m: RegExpExecArray | null;
   const t = text.trim();
-  while ((m = re.exec(t)) !== null) {
+  for (const m of t.matchAll(re)) {
     matched += m[0].length;
     const n = Number(m[1]);
     const unit = m[2];
@@ -83,7 +82,7 @@ export function planPrune(candidates: Candidate[], p: Policy): PrunePlan {
   const reasons = new Map<string, string[]>(sorted.map((c) => [c.name, []]));
   const keepAll = !hasKeepRule(p);
   if (keepAll) for (const c of sorted) reasons.get(c.name)!.push('no keep rule');
-  if (p.keep_last !== undefined) sorted.slice(0, p.keep_last).forEach((c) => reasons.get(c.name)!.push('last'));
+  if (p.keep_last !== undefined) for (const c of sorted.slice(0, p.keep_last)) reasons.get(c.name)!.push('last');
   for (const [key, label, bucketOf] of BUCKETS) {
     const n = p[key] as number | undefined;
     if (n === undefined) continue;
@@ -101,7 +100,7 @@ export function planPrune(candidates: Candidate[], p: Policy): PrunePlan {
     const within = parseDuration(p.keep_within);
     for (const c of sorted) if (newest - Date.parse(c.created_at) <= within) reasons.get(c.name)!.push('within');
   }
-  let kept = sorted.filter((c) => reasons.get(c.name)!.length > 0);
+  const kept = sorted.filter((c) => reasons.get(c.name)!.length > 0);
   const remove: PrunePlan['remove'] = sorted.filter((c) => reasons.get(c.name)!.length === 0).map((c) => ({ name: c.name, reason: 'no rule keeps it' }));
   if (p.max_snapshots !== undefined) {
     while (kept.length > p.max_snapshots) remove.push({ name: kept.pop()!.name, reason: `over max-snapshots ${p.max_snapshots}` });

@@ -77,7 +77,7 @@ export async function createFileExclusive(file: string, data: string | Buffer, m
 }
 
 export async function writeJsonAtomic(file: string, value: unknown, mode = 0o644): Promise<void> {
-  await writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n', mode);
+  await writeFileAtomic(file, `${JSON.stringify(value, null, 2)}\n`, mode);
 }
 
 export async function ensureDir(dir: string, mode = 0o755): Promise<void> {

@@ -101,7 +101,7 @@ function serialize(id: Identity): string {
     name: id.name,
     created_at: id.createdAt,
   };
-  return JSON.stringify(rec, null, 2) + '\n';
+  return `${JSON.stringify(rec, null, 2)}\n`;
 }
 
 export async function loadIdentity(home: Home): Promise<Identity | null> {

@@ -75,10 +75,10 @@ export function digestOfItems(virtualSize: number, clusterSize: number, items: M
 const ITEM_BYTES = 1 + 8 + 8 + 32;
 
 function encodeMap(stamp: string, resolved: boolean, m: LayerMap): Buffer {
-  const head = Buffer.from(JSON.stringify({
+  const head = Buffer.from(`${JSON.stringify({
     stamp, resolved, virtual_size: m.virtualSize, cluster_size: m.clusterSize, digest: m.digest.toString('hex'),
     data_bytes: m.dataBytes, zero_bytes: m.zeroBytes, blocks: m.blocks, items: m.items.length,
-  }) + '\n');
+  })}\n`);
   const body = Buffer.alloc(m.items.length * ITEM_BYTES);
   m.items.forEach((it, i) => {
     const at = i * ITEM_BYTES;
@@ -115,7 +115,7 @@ function decodeMap(buf: Buffer, stamp: string, resolved: boolean): LayerMap | nu
 }
 
 function cacheFile(home: Home, file: string): string {
-  return path.join(home.root, 'sync', 'maps', createHash('sha256').update(path.resolve(file)).digest('hex').slice(0, 40) + '.map');
+  return path.join(home.root, 'sync', 'maps', `${createHash('sha256').update(path.resolve(file)).digest('hex').slice(0, 40)}.map`);
 }
 
 async function stampOf(file: string): Promise<string> {
@@ -161,7 +161,7 @@ export class LocalBlocks {
   static async scan(home: Home, log?: (line: string) => void): Promise<LocalBlocks> {
     const lb = new LocalBlocks();
     for (const vm of await listVmNames(home)) {
-      let snaps;
+      let snaps: Awaited<ReturnType<typeof listSnapshotRecords>>;
       try {
         snaps = await listSnapshotRecords(home, vm);
       } catch {

@@ -31,7 +31,7 @@ import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import { BLOCK_SIZE } from '../bundle/format.js';
 import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
-import { digestOfItems, LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
+import { digestOfItems, type LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
 import type { Spool } from './spool.js';
 import type { PullTemps } from './temps.js';
 import { trace } from './trace.js';

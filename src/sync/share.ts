@@ -273,7 +273,7 @@ export class ShareSource implements BlockSource {
       const local = new Map(snaps.map((s) => [keyOf(s.name, s.created_at), s]));
       for (const p of v.snapshots.get(vm) ?? []) {
         const l = local.get(keyOf(p.name, p.created_at));
-        if (!l || l.state !== 'ready') continue;
+        if (l?.state !== 'ready') continue;
         for (const d of p.disks) {
           const file = l.disks.find((x) => x.target === d.target)?.path;
           if (!file) continue;

@@ -99,7 +99,7 @@ export class TeamSwarm extends EventEmitter {
     const swarm = new Hyperswarm({
       dht,
       keyPair: { publicKey: opts.identity.publicKey, secretKey: opts.identity.secretKey },
-      firewall: (remotePublicKey) => self !== null && self.refused.has(remotePublicKey.toString('hex')),
+      firewall: (remotePublicKey) => self?.refused.has(remotePublicKey.toString('hex')) === true,
     });
     self = new TeamSwarm(swarm, opts);
     swarm.on('connection', (conn, info) => self!.onConnection(conn, info));
@@ -190,7 +190,7 @@ export class TeamSwarm extends EventEmitter {
   /** Records the member, attaches the services, announces the peer. Resolves true when attached. */
   private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<boolean> {
     if (this.closing) return false;
-    let seen;
+    let seen: Awaited<ReturnType<typeof recordMember>>;
     try {
       seen = await recordMember(this.opts.home, this.opts.team.team, this.opts.identity, {
         publicKey: proven.publicKey,

@@ -279,7 +279,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         const memoKey = `${cat.key.toString('hex')}/${vm}`;
         const memo = unservableMemo.get(memoKey);
         try {
-          let r;
+          let r: Awaited<ReturnType<typeof pullChain>>;
           try {
             r = await pullChain(ctx, vm, memo && memo.length === view.length ? memo.blocks : undefined);
           } catch (err) {

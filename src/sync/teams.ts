@@ -80,7 +80,7 @@ export function teamBootstrap(rec: TeamRecord): HostPort[] {
  * setting, else null (the public DHT).
  */
 export function resolveBootstrap(rec: TeamRecord, flags?: HostPort[]): HostPort[] | null {
-  if (flags && flags.length) return flags;
+  if (flags?.length) return flags;
   return rec.bootstrap.length ? teamBootstrap(rec) : null;
 }
 
@@ -89,7 +89,7 @@ export function teamInvite(rec: TeamRecord): string {
 }
 
 function serialize(rec: TeamRecord): string {
-  return JSON.stringify(rec, null, 2) + '\n';
+  return `${JSON.stringify(rec, null, 2)}\n`;
 }
 
 function validate(rec: TeamRecord, team: string, file: string): TeamRecord {
@@ -98,7 +98,7 @@ function validate(rec: TeamRecord, team: string, file: string): TeamRecord {
     if (rec.team !== team) throw new Error(`names team ${JSON.stringify(rec.team)}`);
     if (!/^[0-9a-f]+$/.test(rec.secret) || rec.secret.length !== SECRET_BYTES * 2) throw new Error('bad secret');
     if (!Array.isArray(rec.bootstrap) || !Array.isArray(rec.members)) throw new Error('unexpected shape');
-    rec.bootstrap.forEach((b) => parseHostPort(b, 'bootstrap'));
+    for (const b of rec.bootstrap) parseHostPort(b, 'bootstrap');
     return rec;
   } catch (err) {
     throw new CloneboxError('STORE_CORRUPT', `team record is damaged (${(err as Error).message}), ${file}`);

@@ -162,7 +162,7 @@ export function qemuIo(file: string, commands: readonly string[], opts: { format
  * unallocated ranges are reported as such (and read as zeros) instead of coming from the backing file.
  */
 export function aloneSpec(file: string): string {
-  return 'json:' + JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path.resolve(file) } });
+  return `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path.resolve(file) } })}`;
 }
 
 export type ExtentKind = 'data' | 'zero' | 'unallocated';

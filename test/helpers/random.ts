@@ -77,6 +77,6 @@ export function compressibleBytes(r: Rng, n: number): Buffer {
   const words = ['clonebox', 'qcow2', 'cluster', 'snapshot', 'layer', 'backing', 'refcount', 'extent', '\n', ' '];
   const out = Buffer.alloc(n);
   let off = 0;
-  while (off < n) off += out.write(r.pick(words) + ' ', off);
+  while (off < n) off += out.write(`${r.pick(words)} `, off);
   return out;
 }

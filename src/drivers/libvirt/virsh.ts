@@ -262,7 +262,7 @@ export class Virsh {
   }
 
   async isPersistent(domain: string): Promise<boolean> {
-    return (await this.info(domain))['Persistent'] === 'yes';
+    return (await this.info(domain)).Persistent === 'yes';
   }
 
   /** Domain XML: the live definition, or with `inactive` the persistent one (what the next start uses). */
