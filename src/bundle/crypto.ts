@@ -13,7 +13,8 @@
  * entry cannot move to another position or another bundle. Plain bundles use the same framing with a
  * SHA-256 tag: that catches damage, truncation and mix-ups (not forgery: anyone may re-hash). A plain
  * pack's tag skips its frames' compressed bytes: each block in them is checked against its SHA-256 id
- * after decompression anyway, and hashing them twice cost a tenth of the export's time.
+ * after decompression anyway, and hashing them twice was a visible share of the export's time
+ * (bench/README.md, "Figures behind the code").
  */
 import { createHash, randomFillSync } from 'node:crypto';
 import { open, readFile } from 'node:fs/promises';
@@ -26,8 +27,8 @@ import { packDigest } from './packs.js';
 export const KEY_BYTES = 32;
 
 /**
- * libsodium, loaded on first use: only encrypted bundles need it, and loading the addon costs ~16 ms
- * of every plain export and import.
+ * libsodium, loaded on first use: only encrypted bundles need it, and loading the addon would add to
+ * the start of every plain export and import (bench/README.md).
  */
 let sodiumLib: typeof Sodium | null = null;
 function na(): typeof Sodium {

@@ -124,7 +124,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
   }
   const t0 = Date.now();
   await loadVm(home, vmName); // VM_NOT_FOUND before a lock file is made
-  // The workers start (load, compile, zstd) while the chain is checked: ~50 ms off every export.
+  // The workers start (load, compile, zstd) while the chain is checked, not after it (bench/README.md).
   const starting = WorkerPool.start();
   starting.catch(() => undefined);
   let pool: WorkerPool | null = null;
@@ -230,7 +230,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
       pool = await starting;
       // Dirty pages go to the disk while the export goes on (one datasync at a time, every 32 MiB), so
-      // the fsync before the rename waits only for the tail: it took ~130 ms of a 1.8 s bench export.
+      // the fsync before the rename waits only for the tail, not for the whole bundle (bench/README.md).
       let syncing: Promise<void> | null = null;
       let syncedUpTo = 0;
       const afterPack = (written: Promise<void>) => {
@@ -350,7 +350,7 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
   const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
   const packW = new PackWriter(packTarget + 2 * (frameTarget + BLOCK_SIZE));
   // Pools as deep as the frames in flight (plus the batcher's and the one being emitted): a fresh
-  // buffer costs a page fault per 4 KiB when first touched; shallow pools faulted in ~190 MiB per export.
+  // buffer costs a page fault per 4 KiB when first touched, and shallow pools kept faulting (bench/README.md).
   const inputs = new BufferPool(frameTarget + BLOCK_SIZE, maxInFlight + 3);
   const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE), maxInFlight + 2);
   const queue: InFlight[] = [];

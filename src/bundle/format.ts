@@ -70,8 +70,9 @@ export const BLOCK_SIZE = 64 * 1024;
 
 /**
  * Frame: the unit of compression. The new blocks of one read batch (consecutive in guest order) are
- * compressed together as one zstd frame of at most FRAME_TARGET raw bytes: per-64 KiB compression
- * costs ~14% of size on real disks, a 4 MiB frame is within 1% of compressing the whole stream.
+ * compressed together as one zstd frame of at most FRAME_TARGET raw bytes: compressing each 64 KiB
+ * block alone loses much of the ratio on real disks, while frames of a few MiB come close to
+ * compressing the whole stream (figures: bench/README.md, "Figures behind the code").
  */
 export const FRAME_TARGET = 2 * 1024 * 1024;
 /** Pack: the unit of sealing and of tar entries. A pack is closed once its payload reaches this. */

@@ -269,8 +269,8 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   const input = await openInput(opts.input, opts.stdin);
   // The workers start while the header, key and meta are read. A worker per core, not per other core:
   // this thread is about half idle, and with one worker on 2 cores the worker was the longer thread
-  // (decompression and SHA-256 of every unique block): medians of 9 alternated bench imports were
-  // 1.27x `zstd -d | tar -x` with two workers, 1.37x with one.
+  // (decompression and SHA-256 of every unique block), and imports with one worker were slower
+  // (figures: bench/README.md, "Figures behind the code").
   const pool = WorkerPool.start(Math.max(1, Math.min(8, os.availableParallelism())));
   pool.catch(() => undefined);
   let reader: BundleReader | null = null;

@@ -364,7 +364,7 @@ export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: Bund
   const storedSize = 3 * 1024 * 1024;
   const rawSize = FRAME_TARGET + BLOCK_SIZE;
   // Pools as deep as the frames in flight: every fresh buffer costs a page fault per 4 KiB when first
-  // touched, and with shallow pools an import of 460 MiB faulted in about 160 MiB of fresh buffers.
+  // touched, and shallow pools made an import fault in a large share of its data again (bench/README.md).
   const POOL_MAX = 12;
   const storedPool: ArrayBuffer[] = [];
   const rawPool: ArrayBuffer[] = [];

@@ -36,8 +36,8 @@ const WRITE_BATCH = 4 * 1024 * 1024;
 const L2_CACHE_BYTES = 16 * 1024 * 1024;
 /**
  * Batch buffers of finished writers, for the next writer: an import writes layer after layer, and
- * fresh 4 MiB buffers cost a page fault per 4 KiB on first touch (measured: about a tenth of an
- * import's wall time went to faulting in fresh buffers).
+ * fresh 4 MiB buffers cost a page fault per 4 KiB on first touch, a visible share of an import's
+ * wall time (bench/README.md, "Figures behind the code").
  */
 const batchPool: Buffer[] = [];
 const BATCH_POOL_MAX = 4;

@@ -289,8 +289,8 @@ export class ShareSource implements BlockSource {
 
   /**
    * Serves the chains this home pulled from teammates' `catalogs()` too (see addPulled). They are
-   * indexed on the first request: reading those catalogs' maps costs a pulling-only sync 100-200 ms
-   * that nobody may ever ask for.
+   * indexed on the first request: reading those catalogs' maps up front would slow down every
+   * pulling-only sync for chains that nobody may ever ask for (bench/README.md).
    */
   servePulled(home: Home, catalogs: () => Catalog[], onError: (err: Error) => void): void {
     this.pulled = { home, catalogs, onError, done: null };
