@@ -8,7 +8,7 @@
  * Every code lives in ERROR_CODES below with its exit code and meaning: the ErrorCode union and the
  * per-code constructors (`CloneboxError.VM_NOT_FOUND(message, {hint})`, as hypercore-errors does it)
  * are derived from that table, so a code cannot be thrown without an entry, and docs/errors.md is
- * kept equal to it by test/errors-doc.test.ts.
+ * kept equal to it by test/errors-doc.unit.test.ts.
  */
 
 /** What the table says about one code: the process exit code of the CLI and a one-line meaning. */
@@ -72,7 +72,11 @@ export const ERROR_CODES = {
   NO_SNAPSHOTS: { exit: 1, meaning: 'export of a VM that has no snapshots' },
   COMMAND_FAILED: { exit: 1, meaning: '`snapshot run` could not start the command' },
   NEEDS_CONFIRMATION: { exit: 1, meaning: 'a command that asks for confirmation ran without a terminal and without `--yes`' },
-  ABORTED: { exit: 1, meaning: 'the user answered no to a confirmation; nothing was changed' },
+  ABORTED: {
+    exit: 1,
+    meaning:
+      'stopped before it finished: the user answered no to a confirmation, or the caller aborted it (its AbortSignal, SIGINT in the CLI); nothing is left half-done',
+  },
   UNSUPPORTED: {
     exit: 1,
     meaning: 'something this version cannot do: a VM record of an unknown driver, an export of a chain whose snapshots have different disk sets',

@@ -5,7 +5,7 @@
  * for a declared code that nothing raises (a dead code in the contract).
  *
  * After changing the table or moving a throw site: CLONEBOX_UPDATE_DOCS=1 npx vitest run
- * test/errors-doc.test.ts rewrites the table in the doc (and only the table).
+ * test/errors-doc.unit.test.ts rewrites the table in the doc (and only the table).
  */
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -82,7 +82,7 @@ describe('docs/errors.md', () => {
       await writeFile(DOC, lines.join('\n'));
       return;
     }
-    expect(rows, 'docs/errors.md is stale: run CLONEBOX_UPDATE_DOCS=1 npx vitest run test/errors-doc.test.ts').toEqual(want);
+    expect(rows, 'docs/errors.md is stale: run CLONEBOX_UPDATE_DOCS=1 npx vitest run test/errors-doc.unit.test.ts').toEqual(want);
   });
 
   it('has no code that nothing raises', async () => {
