@@ -9,7 +9,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import { CloneboxError } from '../src/errors.js';
 import { resolveHome } from '../src/store/home.js';
 import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
-import { parseHostPort } from '../src/sync/hostport.js';
+import { isPrivateHost, parseHostPort } from '../src/sync/hostport.js';
 import { defaultWorkstationName, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
 import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
@@ -215,6 +215,11 @@ describe('keys and the membership proof', () => {
 });
 
 describe('addresses', () => {
+  it('knows private and link-local IPv4 addresses', () => {
+    for (const h of ['10.0.0.1', '10.255.255.255', '172.16.0.1', '172.31.9.9', '192.168.1.20', '169.254.3.4']) expect(isPrivateHost(h), h).toBe(true);
+    for (const h of ['127.0.0.1', '172.15.0.1', '172.32.0.1', '192.169.0.1', '100.64.0.1', '8.8.8.8', 'dht.lan', '10.0.0.256', '10.0.0']) expect(isPrivateHost(h), h).toBe(false);
+  });
+
   it('parses HOST:PORT and detects loopback setups', () => {
     expect(parseHostPort('127.0.0.1:49737')).toEqual({ host: '127.0.0.1', port: 49737 });
     expect(parseHostPort('localhost:1')).toEqual({ host: '127.0.0.1', port: 1 });
