@@ -6,7 +6,9 @@
 import { describe, expect, it } from 'vitest';
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { makeTempDir, parseJsonOutput, qemuCheck, qemuCompare, qemuIo, runCli } from './helpers/qemu.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { qemuCheck, qemuCompare, qemuIo } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
 
 describe('import crash safety', () => {

@@ -12,7 +12,9 @@ import { resolveHome } from '../src/store/home.js';
 import { importBundle } from '../src/bundle/import.js';
 import { verifyBundle } from '../src/bundle/verify.js';
 import { loadKeySource, type KeySource } from '../src/bundle/crypto.js';
-import { cleanupTempDirs, makeTempDir, qemuIo, runCli } from './helpers/qemu.js';
+import { runCli } from './helpers/cli.js';
+import { qemuIo } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng, compressibleBytes } from './helpers/random.js';
 
 let root = '';

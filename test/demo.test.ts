@@ -2,7 +2,9 @@
 import { describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { readdir } from 'node:fs/promises';
-import { makeTempDir, parseJsonOutput, qemuCheck, qemuCompare, runCli } from './helpers/qemu.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { qemuCheck, qemuCompare } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 
 describe('demo', () => {
   it('runs the story and every image it leaves passes qemu-img check', async () => {

@@ -12,7 +12,10 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { makeTempDir, parseJsonOutput, qemuCheck, qemuCompare, qemuIo, runCli, type RunResult } from './helpers/qemu.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import type { RunResult } from './helpers/process.js';
+import { qemuCheck, qemuCompare, qemuIo } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
 
 const WARNING = /^clonebox: warning: (removed the remains of|completed) an interrupted import of VM 'dst'.*$/gm;

@@ -5,8 +5,10 @@
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { libvirtSuite, qemuIo, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
-import { makeTempDir, parseJsonOutput, runCli } from './helpers/qemu.js';
+import { libvirtSuite, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { qemuIo } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 
 const BASE = 'libvirt VMs through the CLI (real daemon)';
 const { suite } = await libvirtSuite(BASE);

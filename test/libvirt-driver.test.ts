@@ -14,7 +14,7 @@ import type { SnapshotRecord } from '../src/store/snapshots.js';
 import type { CloneboxError } from '../src/errors.js';
 import { inspectDomain, LibvirtDriver, performLibvirtStep, type LibvirtStep } from '../src/drivers/libvirt/driver.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
-import { libvirtSuite, qcow2, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
+import { libvirtSuite, qcow2, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 
 const { suite } = await libvirtSuite('libvirt driver on a real daemon');
 

@@ -14,7 +14,7 @@ import { describe, expect, it } from 'vitest';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { inspectDomain } from '../src/drivers/libvirt/driver.js';
 import type { CloneboxError } from '../src/errors.js';
-import { libvirtSuite, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
+import { libvirtSuite, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const DIST = path.join(ROOT, 'dist', 'src');

@@ -8,26 +8,19 @@ import { describe, expect, it } from 'vitest';
 import { CloneboxError } from '../src/errors.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import { bounded, libvirtSuite, qcow2, qemuIo, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './libvirt-fixture.js';
+import { libvirtSuite, qcow2, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
+import { rejectionCode } from './helpers/errors.js';
+import { bounded } from './helpers/process.js';
+import { qemuIo } from './helpers/qemu.js';
 
 const { suite } = await libvirtSuite('libvirt virsh primitives on a real daemon');
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof CloneboxError) return err.code;
-    throw err;
-  }
-  return 'no error';
-}
 
 describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = useTestDaemon();
 
   it('maps an unreachable daemon, a missing domain and a bad binary to stable codes', async () => {
     const gone = new Virsh({ uri: 'qemu+unix:///system?socket=/nonexistent/libvirt-sock' });
-    expect(await codeOf(gone.ping(5000))).toBe('LIBVIRT_UNAVAILABLE');
+    expect(await rejectionCode(gone.ping(5000))).toBe('LIBVIRT_UNAVAILABLE');
     const err = await gone.state('web1').catch((e: unknown) => e as CloneboxError);
     expect((err as CloneboxError).code).toBe('LIBVIRT_UNAVAILABLE');
     expect((err as CloneboxError).message).toMatch(/web1/);
@@ -39,7 +32,7 @@ describe.skipIf(suite.skip)(suite.title, () => {
     expect((e2 as CloneboxError).message).toContain(missing);
     expect(await virsh.exists(missing)).toBe(false);
 
-    expect(await codeOf(new Virsh({ uri: URI, binary: '/nonexistent/virsh' }).ping())).toBe('LIBVIRT_UNAVAILABLE');
+    expect(await rejectionCode(new Virsh({ uri: URI, binary: '/nonexistent/virsh' }).ping())).toBe('LIBVIRT_UNAVAILABLE');
   });
 
   it('defines, starts, stops and undefines a domain', async () => {

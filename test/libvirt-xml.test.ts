@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
-import { libvirtSuite, qcow2, TestDomain, useTestDaemon } from './libvirt-fixture.js';
+import { libvirtSuite, qcow2, TestDomain, useTestDaemon } from './helpers/libvirt.js';
 import { canon } from './helpers/xml.js';
 
 const { suite } = await libvirtSuite('domain XML against a real daemon');

@@ -4,7 +4,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import path from 'node:path';
-import { makeTempDir, parseJsonOutput, qemuCompare, qemuIo, runCli } from './helpers/qemu.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { qemuCompare, qemuIo } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 
 describe('content ids across merges', () => {
   it('a --since bundle on a merged base imports where the unmerged chain was imported', async () => {

@@ -11,9 +11,11 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Image, type ImageInfo } from '../src/qcow2/reader.js';
 import { Chain } from '../src/qcow2/chain.js';
 import { CloneboxError } from '../src/errors.js';
-import {
-  assertSameBytes, parseCliError, qemuImg, qemuIo, qemuRawAlone, runChecked, runCli, useTempDir,
-} from './helpers/qemu.js';
+import { assertSameBytes } from './helpers/bytes.js';
+import { parseCliError, runCli } from './helpers/cli.js';
+import { runChecked } from './helpers/process.js';
+import { qemuImg, qemuIo, qemuRawAlone } from './helpers/qemu.js';
+import { useTempDir } from './helpers/temp.js';
 import { HDR, parseLayout, type Layout } from './helpers/qcow2-layout.js';
 import { compressibleBytes, rng } from './helpers/random.js';
 

@@ -15,10 +15,10 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Image, type Run } from '../src/qcow2/reader.js';
 import { Chain } from '../src/qcow2/chain.js';
 import { readData } from '../src/qcow2/stream.js';
-import {
-  assertSameBytes, parseJsonOutput, qemuCheck, qemuImg, qemuIo, qemuMapAlone, qemuRaw, qemuRawAlone,
-  readFileRange, runCli, useTempDir, type MapExtent,
-} from './helpers/qemu.js';
+import { assertSameBytes, readFileRange } from './helpers/bytes.js';
+import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { type MapExtent, qemuCheck, qemuCreate, qemuImg, qemuIo, qemuMapAlone, qemuRaw, qemuRawAlone } from './helpers/qemu.js';
+import { useTempDir } from './helpers/temp.js';
 import { compressibleBytes, rng, seedFromEnv, type Rng } from './helpers/random.js';
 
 const K = 1024;
@@ -96,20 +96,12 @@ const v3 = (cluster_size: number, virtual_size: number, extra: Partial<Expected>
   version: 3, cluster_size, virtual_size, backing_file: null, backing_format: null, compression_type: 'zlib', extended_l2: false, ...extra,
 });
 
-async function create(file: string, size: number | string, opts: string[] = [], backing?: { file: string; format: string }): Promise<void> {
-  const args = ['create', '-f', 'qcow2'];
-  if (opts.length) args.push('-o', opts.join(','));
-  if (backing) args.push('-b', backing.file, '-F', backing.format);
-  args.push(file, String(size));
-  await qemuImg(args, { cwd: path.dirname(file) });
-}
-
 const variants: Variant[] = [
   {
     name: 'compat=0.10 (v2) with writes, zero writes and discards',
     async build(dir, s) {
       const f = path.join(dir, 'v2.qcow2');
-      await create(f, 8 * M, ['compat=0.10']);
+      await qemuCreate(f, 8 * M, { options: ['compat=0.10'] });
       await qemuIo(f, [
         await s.w(0, 100_000), await s.w(3 * M + 333, 5000), 'write -z 5M 128k', await s.w(6 * M, 256 * K),
         'discard 6208k 128k', await s.w(8 * M - 512, 512),
@@ -121,7 +113,7 @@ const variants: Variant[] = [
     name: 'cluster_size=512 with many unaligned writes, zero writes and discards',
     async build(dir, s) {
       const f = path.join(dir, 'c512.qcow2');
-      await create(f, 2 * M, ['cluster_size=512']);
+      await qemuCreate(f, 2 * M, { options: ['cluster_size=512'] });
       const cmds: string[] = [];
       for (let i = 0; i < 60; i++) {
         const off = s.r.int(0, 2 * M - 4096);
@@ -138,7 +130,7 @@ const variants: Variant[] = [
     name: 'cluster_size=2M with unaligned writes, zero writes and a discard',
     async build(dir, s) {
       const f = path.join(dir, 'c2m.qcow2');
-      await create(f, 24 * M, ['cluster_size=2M']);
+      await qemuCreate(f, 24 * M, { options: ['cluster_size=2M'] });
       await qemuIo(f, [
         await s.w(1000, 70_000), await s.w(4 * M - 100, 300), await s.w(9 * M, 3 * M), 'write -z 14M 2M',
         await s.w(16 * M, 2 * M), 'write -z 16M 2M', await s.w(18 * M, 4 * M), 'discard 20M 2M', await s.w(24 * M - 1, 1),
@@ -150,7 +142,7 @@ const variants: Variant[] = [
     name: 'extended_l2=on (64K clusters, 2K subclusters) with subcluster writes, zeroes and discards',
     async build(dir, s) {
       const f = path.join(dir, 'extl2.qcow2');
-      await create(f, 8 * M, ['extended_l2=on', 'cluster_size=64k']);
+      await qemuCreate(f, 8 * M, { options: ['extended_l2=on', 'cluster_size=64k'] });
       await qemuIo(f, [
         // cluster 0: subclusters 0, 3, 5..6 written, 10..12 zeroed inside the allocated cluster
         await s.w(0, 2 * K), await s.w(6 * K, 2 * K), await s.w(10 * K, 4 * K), 'write -z 20k 6k',
@@ -171,7 +163,7 @@ const variants: Variant[] = [
     name: 'extended_l2=on with 2M clusters (64K subclusters)',
     async build(dir, s) {
       const f = path.join(dir, 'extl2-2m.qcow2');
-      await create(f, 12 * M, ['extended_l2=on', 'cluster_size=2M']);
+      await qemuCreate(f, 12 * M, { options: ['extended_l2=on', 'cluster_size=2M'] });
       await qemuIo(f, [
         await s.w(64 * K, 64 * K), await s.w(300 * K, 100 * K), 'write -z 1M 128k', await s.w(4 * M, 2 * M),
         'discard 4352k 64k', 'write -z -u 5M 64k', 'write -z 8M 192k',
@@ -225,7 +217,7 @@ const variants: Variant[] = [
     name: 'zero writes: write -z (preallocated zero on allocated clusters) and write -z -u',
     async build(dir, s) {
       const f = path.join(dir, 'zeroes.qcow2');
-      await create(f, 4 * M);
+      await qemuCreate(f, 4 * M);
       await qemuIo(f, [
         await s.w(0, 1 * M), 'write -z 64k 128k', 'write -z -u 320k 128k', 'write -z 2M 256k', 'write -z -u 3M 64k',
         'write -z 512k 1000', // unaligned zero write inside a data cluster
@@ -240,7 +232,7 @@ const variants: Variant[] = [
     name: 'discards of whole and partial clusters',
     async build(dir, s) {
       const f = path.join(dir, 'discards.qcow2');
-      await create(f, 4 * M, ['refcount_bits=64', 'lazy_refcounts=on']);
+      await qemuCreate(f, 4 * M, { options: ['refcount_bits=64', 'lazy_refcounts=on'] });
       await qemuIo(f, [await s.w(0, 3 * M), 'discard 64k 64k', 'discard 200k 300k', 'discard 1M 1M', 'discard 2100k 1k']);
       return { file: f, expect: v3(64 * K, 4 * M), kinds: ['data', 'zero', 'unallocated'] };
     },
@@ -249,7 +241,7 @@ const variants: Variant[] = [
     name: 'unaligned writes (1000 bytes at 3333 and others)',
     async build(dir, s) {
       const f = path.join(dir, 'unaligned.qcow2');
-      await create(f, 4 * M, ['refcount_bits=1']);
+      await qemuCreate(f, 4 * M, { options: ['refcount_bits=1'] });
       await qemuIo(f, [
         await s.w(3333, 1000), await s.w(65535, 2), await s.w(200_001, 131_071), await s.w(1 * M + 511, 1),
         await s.w(4 * M - 1000, 1000),
@@ -262,7 +254,7 @@ const variants: Variant[] = [
     async build(dir, s) {
       const size = 10 * M + 3 * 512;
       const f = path.join(dir, 'oddsize.qcow2');
-      await create(f, size);
+      await qemuCreate(f, size);
       await qemuIo(f, [await s.w(size - 1536, 1536), await s.w(5 * M, 100), `write -z ${10 * M} 1k`, await s.w(0, 512)]);
       return { file: f, expect: v3(64 * K, size), kinds: ['data', 'unallocated'] };
     },
@@ -272,7 +264,7 @@ const variants: Variant[] = [
     async build(dir, s) {
       const size = 5 * M + 512;
       const f = path.join(dir, 'oddsize2m.qcow2');
-      await create(f, size, ['cluster_size=2M']);
+      await qemuCreate(f, size, { options: ['cluster_size=2M'] });
       await qemuIo(f, [await s.w(0, 4096), `write -z ${4 * M} ${M + 512}`]);
       return { file: f, expect: v3(2 * M, size), kinds: ['data', 'zero', 'unallocated'] };
     },
@@ -281,7 +273,7 @@ const variants: Variant[] = [
     name: 'large sparse virtual size with data past 4 GiB (several L2 tables)',
     async build(dir, s) {
       const f = path.join(dir, 'sparse.qcow2');
-      await create(f, 6 * 1024 * M);
+      await qemuCreate(f, 6 * 1024 * M);
       await qemuIo(f, [await s.w(0, 4096), await s.w(512 * M - 100, 200), await s.w(5 * 1024 * M + 12345, 70_000), 'write -z 3G 1M']);
       return { file: f, expect: v3(64 * K, 6 * 1024 * M), kinds: ['data', 'zero', 'unallocated'] };
     },
@@ -291,10 +283,10 @@ const variants: Variant[] = [
     chain: true,
     async build(dir, s) {
       const base = path.join(dir, 'chain-base.qcow2');
-      await create(base, 4 * M);
+      await qemuCreate(base, 4 * M);
       await qemuIo(base, [await s.w(0, 4 * M)]);
       const top = path.join(dir, 'chain-top.qcow2');
-      await create(top, 4 * M, [], { file: 'chain-base.qcow2', format: 'qcow2' });
+      await qemuCreate(top, 4 * M, { backing: 'chain-base.qcow2' });
       await qemuIo(top, [
         await s.w(3333, 1000), // partial cluster: qemu copies the rest of the cluster up from the base
         'write -z 1M 128k', 'write -z 1600k 1000', 'discard 2M 64k', await s.w(3 * M, 64 * K),
@@ -312,10 +304,10 @@ const variants: Variant[] = [
       const raw = path.join(dir, 'chain3-base.raw');
       await writeFile(raw, s.r.bytes(2 * M - 3996)); // raw base, shorter than the layer above it
       const mid = path.join(dir, 'chain3-mid.qcow2');
-      await create(mid, 2 * M, ['cluster_size=4k'], { file: 'chain3-base.raw', format: 'raw' });
+      await qemuCreate(mid, 2 * M, { options: ['cluster_size=4k'], backing: 'chain3-base.raw', backingFormat: 'raw' });
       await qemuIo(mid, [await s.w(4096, 8192), 'write -z 1M 64k', 'discard 1536k 8k']);
       const top = path.join(dir, 'chain3-top.qcow2');
-      await create(top, 3 * M, ['cluster_size=16k'], { file: 'chain3-mid.qcow2', format: 'qcow2' });
+      await qemuCreate(top, 3 * M, { options: ['cluster_size=16k'], backing: 'chain3-mid.qcow2' });
       await qemuIo(top, [await s.w(10_000, 20_000), await s.w(2 * M + 100, 1000), 'write -z 1040k 16k']);
       return {
         file: top, expect: v3(16 * K, 3 * M, { backing_file: 'chain3-mid.qcow2', backing_format: 'qcow2' }),
@@ -328,10 +320,10 @@ const variants: Variant[] = [
     chain: true,
     async build(dir, s) {
       const base = path.join(dir, 'el2-base.qcow2');
-      await create(base, 2 * M);
+      await qemuCreate(base, 2 * M);
       await qemuIo(base, [await s.w(0, 2 * M)]);
       const top = path.join(dir, 'el2-top.qcow2');
-      await create(top, 2 * M, ['extended_l2=on'], { file: 'el2-base.qcow2', format: 'qcow2' });
+      await qemuCreate(top, 2 * M, { options: ['extended_l2=on'], backing: 'el2-base.qcow2' });
       await qemuIo(top, [await s.w(3333, 1000), 'write -z 70k 4k', 'discard 140k 2k', await s.w(1 * M, 64 * K)]);
       return {
         file: top, expect: v3(64 * K, 2 * M, { backing_file: 'el2-base.qcow2', backing_format: 'qcow2', extended_l2: true }),
@@ -344,11 +336,11 @@ const variants: Variant[] = [
     chain: true,
     async build(dir, s) {
       const base = path.join(dir, 'nofmt-base.qcow2');
-      await create(base, 1 * M, ['cluster_size=4k']);
+      await qemuCreate(base, 1 * M, { options: ['cluster_size=4k'] });
       await qemuIo(base, [await s.w(0, 700 * K), 'write -z 800k 64k']);
       await mkdir(path.join(dir, 'sub'), { recursive: true });
       const top = path.join(dir, 'sub', 'nofmt-top.qcow2');
-      await create(top, 1 * M, [], { file: '../nofmt-base.qcow2', format: 'qcow2' });
+      await qemuCreate(top, 1 * M, { backing: '../nofmt-base.qcow2' });
       await qemuIo(top, [await s.w(5000, 10_000), 'write -z 512k 64k']);
       // Turn the backing-format header extension into an unknown (ignored) one: QEMU then probes.
       const buf = await readFile(top);
@@ -366,7 +358,7 @@ const variants: Variant[] = [
     name: 'preallocation=metadata (every cluster allocated, file sparse)',
     async build(dir, s) {
       const f = path.join(dir, 'prealloc.qcow2');
-      await create(f, 2 * M, ['preallocation=metadata']);
+      await qemuCreate(f, 2 * M, { options: ['preallocation=metadata'] });
       await qemuIo(f, [await s.w(100_000, 5000), 'write -z 1M 64k']);
       return { file: f, expect: v3(64 * K, 2 * M), kinds: ['data', 'zero'] };
     },
@@ -375,7 +367,7 @@ const variants: Variant[] = [
     name: 'internal snapshot present (only the active state counts, with a warning)',
     async build(dir, s) {
       const f = path.join(dir, 'intsnap.qcow2');
-      await create(f, 2 * M);
+      await qemuCreate(f, 2 * M);
       await qemuIo(f, [await s.w(0, 256 * K), await s.w(1 * M, 64 * K)]);
       await qemuImg(['snapshot', '-c', 'snap1', f]);
       await qemuIo(f, [await s.w(64 * K, 64 * K), 'discard 1M 64k', 'write -z 128k 64k', await s.w(1536 * K, 10)]);

@@ -16,7 +16,10 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Qcow2Image } from '../src/qcow2/reader.js';
 import { readData } from '../src/qcow2/stream.js';
 import { CloneboxError } from '../src/errors.js';
-import { aloneSpec, assertSameBytes, qemuImg, qemuIo, run, useTempDir } from './helpers/qemu.js';
+import { assertSameBytes } from './helpers/bytes.js';
+import { run } from './helpers/process.js';
+import { aloneSpec, qemuImg, qemuIo } from './helpers/qemu.js';
+import { useTempDir } from './helpers/temp.js';
 import { parseLayout, type Layout } from './helpers/qcow2-layout.js';
 import { compressibleBytes, rng, type Rng } from './helpers/random.js';
 

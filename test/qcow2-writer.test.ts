@@ -17,10 +17,9 @@ import { Qcow2Writer, type CreateOptions } from '../src/qcow2/writer.js';
 import { Qcow2Image } from '../src/qcow2/reader.js';
 import { Chain } from '../src/qcow2/chain.js';
 import { CloneboxError } from '../src/errors.js';
-import {
-  assertSameBytes, makeTempDir, mergeExtents, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMapAlone, qemuRaw,
-  readFileRange, useTempDir, type MapExtent,
-} from './helpers/qemu.js';
+import { assertSameBytes, readFileRange } from './helpers/bytes.js';
+import { type MapExtent, mergeExtents, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMapAlone, qemuRaw } from './helpers/qemu.js';
+import { makeTempDir, useTempDir } from './helpers/temp.js';
 import { rng, seedFromEnv, type Rng } from './helpers/random.js';
 
 const K = 1024;

@@ -8,7 +8,8 @@ import { describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { cp, mkdir, rm } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
-import { makeTempDir, qemuCompare } from './helpers/qemu.js';
+import { qemuCompare } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 import { VmFixture } from './helpers/snapshots.js';
 
 interface Scenario {

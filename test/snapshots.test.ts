@@ -5,7 +5,10 @@
 import { describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { mkdir, readFile } from 'node:fs/promises';
-import { makeTempDir, parseJsonOutput, qemuImg } from './helpers/qemu.js';
+import { CLI_PATH, parseJsonOutput } from './helpers/cli.js';
+import { run } from './helpers/process.js';
+import { qemuImg } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 import { VmFixture, type SnapView } from './helpers/snapshots.js';
 
 async function fixture(name = 'web', size = '16M'): Promise<VmFixture> {
@@ -351,7 +354,6 @@ describe('regressions', () => {
   it('output into a closed pipe ends quietly', async () => {
     const f = await fixture();
     for (let i = 0; i < 3; i++) await f.ok(['snapshot', 'create', 'web', '--name', `s${i}`]);
-    const { run, CLI_PATH } = await import('./helpers/qemu.js');
     const r = await run('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" snapshot list web --tree | true`],
       { env: { ...process.env, CLONEBOX_HOME: f.home } });
     // `true` exits at once, so clonebox writes into a pipe with no reader (EPIPE).

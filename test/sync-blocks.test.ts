@@ -14,7 +14,7 @@ import { ensureIdentity } from '../src/sync/identity.js';
 import { BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD } from '../src/sync/messages.js';
 import { TeamSwarm, type TeamPeer } from '../src/sync/swarm.js';
 import { createTeam, joinTeam, loadTeam } from '../src/sync/teams.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest();

@@ -16,8 +16,11 @@ import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateDht, type PrivateDht } from '../src/sync/bootstrap.js';
-import { CLI_PATH, cleanupTempDirs, makeTempDir, run } from './helpers/qemu.js';
-import { cb } from './sync-helpers.js';
+import { expectSameChain } from './helpers/chains.js';
+import { CLI_PATH, cb } from './helpers/cli.js';
+import { run } from './helpers/process.js';
+import { qemuIo } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const MiB = 1024 * 1024;
 let net: PrivateDht;
@@ -52,11 +55,6 @@ interface SnapshotDoc { name: string; parent: string | null; description: string
 interface VmDoc { name: string; current: string | null; disks: DiskDoc[] }
 interface ChainDoc { vm: string; remote_vm: string; peer: string; snapshots: string[]; bytes_received: number; blocks_fetched: number; blocks_reused: number; via?: string; unavailable?: string[] }
 interface SyncDoc { peers: string[]; chains: ChainDoc[]; bytes_received: number; error?: { code: string; message: string } }
-
-async function qemuIo(file: string, cmd: string): Promise<void> {
-  const r = await run('qemu-io', ['-f', 'qcow2', '-c', cmd, file]);
-  if (r.code !== 0) throw new Error(`qemu-io ${cmd}: ${r.stderr}`);
-}
 
 async function randomFile(name: string, bytes: number): Promise<string> {
   const f = path.join(root, name);
@@ -95,22 +93,6 @@ async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: Sync
 
 async function join(h: string, name: string): Promise<void> {
   await ok(h, ['team', 'join', 'crew', '--invite', invite, '--name', name]);
-}
-
-/** Every snapshot of `vm` in home b has the same content (qemu-img compare) and metadata as in a. */
-async function expectSameChain(a: string, vmA: string, b: string, vmB: string): Promise<string[]> {
-  const la = await json<SnapshotDoc[]>(a, ['snapshot', 'list', vmA]);
-  const lb = await json<SnapshotDoc[]>(b, ['snapshot', 'list', vmB]);
-  const pick = (s: SnapshotDoc) => ({ name: s.name, parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at, type: s.type, children: s.children });
-  expect(lb.map(pick).sort((x, y) => x.name.localeCompare(y.name))).toEqual(la.map(pick).sort((x, y) => x.name.localeCompare(y.name)));
-  for (const s of la) {
-    const t = lb.find((x) => x.name === s.name)!;
-    const r = await run('qemu-img', ['compare', s.disks[0]!.path, t.disks[0]!.path]);
-    expect(r.code, `${s.name}: ${r.stdout}${r.stderr}`).toBe(0);
-    const c = await run('qemu-img', ['check', t.disks[0]!.path]);
-    expect(c.code, c.stdout + c.stderr).toBe(0);
-  }
-  return la.map((s) => s.name);
 }
 
 let invite = '';
@@ -152,7 +134,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(c.bytes_received).toBeGreaterThanOrEqual(8 * MiB);
     expect(c.bytes_received).toBeLessThan(8.5 * MiB);
     expect(r.doc.bytes_received).toBe(c.bytes_received);
-    await expectSameChain(A(), 'dev', B, 'dev');
+    await expectSameChain(A(), 'dev', B, 'dev', { sameTree: true });
     const vm = await json<VmDoc>(B, ['vm', 'show', 'dev']);
     expect(vm.current).toBe('tools');
     // The current state stands on the pulled head.
@@ -177,7 +159,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     // Random data: its compressed size is its size (stored raw); framing adds a few bytes.
     expect(c.bytes_received).toBeGreaterThanOrEqual(MiB);
     expect(c.bytes_received).toBeLessThanOrEqual(1.05 * MiB);
-    await expectSameChain(A(), 'dev', B, 'dev');
+    await expectSameChain(A(), 'dev', B, 'dev', { sameTree: true });
     expect((await json<VmDoc>(B, ['vm', 'show', 'dev'])).current).toBe('patch');
     // Caught up: a second sync moves nothing.
     const again = await sync(B);
@@ -203,7 +185,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(await readFile(path.join(C, 'vms', 'dev', 'vm.json'), 'utf8')).toBe(before.vm);
     expect(await json(C, ['snapshot', 'list', 'dev'])).toEqual(before.snaps);
     expect(createHash('sha256').update(await readFile(await diskOf(C, 'dev'))).digest('hex')).toBe(before.disk);
-    await expectSameChain(A(), 'dev', C, 'dev.ws-a');
+    await expectSameChain(A(), 'dev', C, 'dev.ws-a', { sameTree: true });
   });
 
   it('detects a corrupted block served by a peer: nothing registered, and a later sync succeeds', async () => {
@@ -234,7 +216,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(r2.code, r2.stderr).toBe(0);
     // What arrived the first time was kept: only the blocks it lacked came again.
     expect(r2.doc.chains[0]!.blocks_reused).toBeGreaterThan(0);
-    await expectSameChain(A(), 'dev', D, 'dev');
+    await expectSameChain(A(), 'dev', D, 'dev', { sameTree: true });
   });
 
   it('a pull killed mid-way resumes without fetching again what it had', async () => {
@@ -285,7 +267,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(total).toBeLessThanOrEqual(64 * MiB * 1.03);
     expect(big.bytes_received).toBeLessThanOrEqual((1024 - spooled) * 64 * 1024 * 1.01 + 64 * 1024);
     process.stderr.write(`resume: killed with ${(killedAt / MiB).toFixed(1)} MiB spooled, ${spooled} of big's blocks kept; second run received ${(big.bytes_received / MiB).toFixed(1)} MiB\n`);
-    await expectSameChain(A(), 'big', E, 'big');
+    await expectSameChain(A(), 'big', E, 'big', { sameTree: true });
   });
 
   it('three homes: each pulls the others\' shared chains, reusing blocks it already has', async () => {
@@ -307,8 +289,8 @@ describe('snapshot share / sync between homes on a local testnet', () => {
         got = [...got, ...r.doc.chains.filter((c) => c.snapshots.length)];
       }
       expect(got.map((c) => c.vm).sort()).toEqual(['big', 'dev', 'tools']);
-      await expectSameChain(A(), 'dev', F, 'dev');
-      await expectSameChain(B, 'tools', F, 'tools');
+      await expectSameChain(A(), 'dev', F, 'dev', { sameTree: true });
+      await expectSameChain(B, 'tools', F, 'tools', { sameTree: true });
       // dev and tools share 128 blocks: whichever came second reused them.
       const dev = got.find((c) => c.vm === 'dev')!;
       const tools = got.find((c) => c.vm === 'tools')!;
@@ -371,7 +353,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const c = again.doc.chains.find((x) => x.remote_vm === 'dev')!;
     expect(c.vm).toBe('dev.ws-a');
     expect(c.blocks_fetched).toBe(0);
-    await expectSameChain(A(), 'dev', G, 'dev.ws-a');
+    await expectSameChain(A(), 'dev', G, 'dev.ws-a', { sameTree: true });
   });
 
   it('a teammate who pulled a chain serves it on, catalog included, while its author is offline', async () => {
@@ -405,7 +387,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       expect(c.vm).toBe('dev');
       expect(c.snapshots).toEqual(['large', 'relay']);
       expect(c.blocks_fetched).toBe((32 + 2) * 16); // random data: every block is new
-      await expectSameChain(A(), 'dev', D, 'dev');
+      await expectSameChain(A(), 'dev', D, 'dev', { sameTree: true });
       // solo is in A's catalog as B passed it on, but nobody online holds its blocks: it waits.
       expect(r.stderr).toMatch(/solo from ws-a: 16 block\(s\) are on no teammate online; it waits for ws-a/);
       expect(r.doc.chains.some((x) => x.remote_vm === 'solo')).toBe(false);
@@ -421,7 +403,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       const h = rh.doc.chains.find((x) => x.remote_vm === 'dev')!;
       expect(h, rh.stderr).toBeDefined();
       expect([h.peer, h.via, h.vm]).toEqual(['ws-a', 'ws-b', 'dev']);
-      await expectSameChain(A(), 'dev', H, 'dev');
+      await expectSameChain(A(), 'dev', H, 'dev', { sameTree: true });
       const members = (await json<{ members: { name: string; via?: string }[] }>(H, ['team', 'show', 'crew'])).members;
       expect(members.find((m) => m.name === 'ws-a')).toMatchObject({ via: 'ws-b' });
     } finally {

@@ -15,8 +15,9 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dhtOptions, lanLocalAddress, localAddressTo } from '../src/sync/dht.js';
-import { CLI_PATH, cleanupTempDirs, makeTempDir, run } from './helpers/qemu.js';
-import { cb } from './sync-helpers.js';
+import { cb, CLI_PATH } from './helpers/cli.js';
+import { run } from './helpers/process.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 describe('LAN bootstrap addresses', () => {
   it('binds the LAN address and declares it reachable only for LAN bootstraps', async () => {

@@ -21,8 +21,10 @@ import { membershipProof, proveMembership } from '../src/sync/membership.js';
 import { intro, membershipHandshake, MEMBERSHIP_PROTOCOL } from '../src/sync/messages.js';
 import { createTeam, joinTeam, loadTeam, teamSecret } from '../src/sync/teams.js';
 import { TeamSwarm, type Rejection, type TeamPeer } from '../src/sync/swarm.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
-import { cb, startBootstrapCli } from './sync-helpers.js';
+import { cb } from './helpers/cli.js';
+import { startBootstrapCli } from './helpers/dht.js';
+import { bounded } from './helpers/process.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 let net: PrivateDht;
 let root: string;
@@ -46,10 +48,6 @@ async function twoHomes(tag: string) {
   const { invite } = await createTeam(a, 'crew');
   await joinTeam(b, 'crew', invite);
   return { a, b, ida, idb };
-}
-
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  return Promise.race([p, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what}: no result in ${ms} ms`)), ms))]);
 }
 
 describe('team swarm on a local testnet', () => {
@@ -139,7 +137,7 @@ describe('team swarm on a local testnet', () => {
     });
     try {
       eve.join(teamTopic(teamSecret(team)), { server: true, client: true });
-      await withTimeout(new Promise<void>((resolve) => {
+      await bounded(new Promise<void>((resolve) => {
         const check = setInterval(() => { if (rejected.length > 0 && closed > 0) { clearInterval(check); resolve(); } }, 25);
       }), 12_000, 'outsider dropped');
       expect(rejected[0]!.reason).toMatch(/^(protocol|timeout)$/);
@@ -182,7 +180,7 @@ describe('team swarm on a local testnet', () => {
     });
     try {
       mallory.join(teamTopic(teamSecret(team)), { server: true, client: true });
-      await withTimeout(new Promise<void>((resolve) => {
+      await bounded(new Promise<void>((resolve) => {
         const check = setInterval(() => { if (rejected.length > 0 && closed) { clearInterval(check); resolve(); } }, 25);
       }), 12_000, 'mallory dropped');
       expect(rejected[0]!.reason).toBe('bad-proof');

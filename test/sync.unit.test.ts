@@ -6,7 +6,6 @@
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CloneboxError } from '../src/errors.js';
 import { resolveHome } from '../src/store/home.js';
 import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
 import { isPrivateHost, parseHostPort } from '../src/sync/hostport.js';
@@ -18,19 +17,11 @@ import * as m from '../src/sync/messages.js';
 import { makeCard, verifyCard } from '../src/sync/cards.js';
 import { createTeam, joinTeam, memberName, recordCard, recordMember, loadTeam, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
+import { codeOf } from './helpers/errors.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
 
 afterAll(cleanupTempDirs);
-
-function codeOf(fn: () => unknown): string | null {
-  try {
-    fn();
-    return null;
-  } catch (err) {
-    return err instanceof CloneboxError ? err.code : `not a CloneboxError: ${(err as Error).message}`;
-  }
-}
 
 describe('z-base-32', () => {
   it('round-trips every length and rejects foreign characters', () => {

@@ -5,7 +5,10 @@
 import { mkdir, readdir, stat, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { makeTempDir, parseCliError, parseJsonOutput, qemuCheck, qemuImg, runCli, type RunResult } from './helpers/qemu.js';
+import { parseCliError, parseJsonOutput, runCli } from './helpers/cli.js';
+import type { RunResult } from './helpers/process.js';
+import { qemuCheck, qemuImg } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
 
 const M = 1024 * 1024;
 

@@ -6,7 +6,9 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { expect } from 'vitest';
 import type { SnapshotView } from '../../src/snapshots/model.js';
-import { CliHome, qemuCheck, qemuCompare, qemuIo, qemuRaw, type RunResult } from './qemu.js';
+import { CliHome } from './cli.js';
+import type { RunResult } from './process.js';
+import { qemuCheck, qemuCompare, qemuIo, qemuRaw } from './qemu.js';
 
 /** The contract's snapshot object, as the CLI prints it. */
 export type SnapView = SnapshotView;

@@ -11,8 +11,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import { pidAlive } from '../src/store/lock.js';
+import { Virsh } from '../../src/drivers/libvirt/virsh.js';
+import { pidAlive } from '../../src/store/lock.js';
+import { qemuCompare, qemuCreate, qemuImg } from './qemu.js';
 
 const run = promisify(execFile);
 
@@ -64,31 +65,18 @@ export async function sh(cmd: string, args: string[], timeoutMs = 60_000): Promi
 
 /** `qemu-img compare -U`: true when the two images (with their chains) hold the same data. */
 export async function sameContent(a: string, b: string): Promise<boolean> {
-  try {
-    await run('qemu-img', ['compare', '-U', a, b], { timeout: 120_000 });
-    return true;
-  } catch (err) {
-    if ((err as { code?: number }).code === 1) return false;
-    throw err;
-  }
+  return (await qemuCompare(a, b, { shareLocks: true, timeoutMs: 120_000 })).code === 0;
 }
 
+/** A qcow2 image of `sizeMiB`, or an overlay (of its backing file's size) on `backing`. */
 export async function qcow2(file: string, sizeMiB: number, backing?: string): Promise<void> {
-  const args = ['create', '-q', '-f', 'qcow2'];
-  if (backing !== undefined) args.push('-b', path.relative(path.dirname(file), backing), '-F', 'qcow2');
-  args.push(file);
-  if (backing === undefined) args.push(`${sizeMiB}M`);
-  await sh('qemu-img', args);
-}
-
-/** Writes with qemu-io into an image that no process has open (e.g. `write -P 0x5a 0 1M`). */
-export async function qemuIo(file: string, cmd: string): Promise<void> {
-  await sh('qemu-io', ['-f', 'qcow2', '-c', cmd, file]);
+  if (backing === undefined) await qemuCreate(file, `${sizeMiB}M`);
+  else await qemuCreate(file, undefined, { backing: path.relative(path.dirname(file), backing) });
 }
 
 /** A raw, flattened copy of an image as it reads now (works while qemu has it open). */
 export async function snapshotRaw(image: string, out: string): Promise<void> {
-  await sh('qemu-img', ['convert', '-U', '-O', 'raw', image, out]);
+  await qemuImg(['convert', '-U', '-O', 'raw', image, out]);
 }
 
 const PREFIX = 'clonebox-test-';
@@ -210,21 +198,6 @@ const registry = new Set<TestDomain>();
 /** Removes every test domain this process made (for afterAll; also safe after failures). */
 export async function removeAllTestDomains(): Promise<void> {
   for (const t of [...registry]) await t.remove();
-}
-
-/** Rejects when `p` takes longer than `ms`. */
-export async function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms);
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
 }
 
 /**

@@ -1,17 +1,10 @@
 /**
- * Helpers for the team-sync tests: the CLI with an explicit --home, and `clonebox dht bootstrap` as a
- * child process on 127.0.0.1 (never the public DHT) that is stopped with SIGTERM.
+ * A private DHT for the team-sync tests: `clonebox dht bootstrap` as a child process on 127.0.0.1
+ * (never the public DHT) that is stopped with SIGTERM.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
-import { CLI_PATH, run, type RunResult } from './helpers/qemu.js';
-
-/** Runs clonebox with --home HOME. */
-export async function cb(home: string, args: readonly string[], timeoutMs = 30_000): Promise<RunResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env };
-  delete env.CLONEBOX_HOME;
-  return run(process.execPath, [CLI_PATH, '--home', home, ...args], { env, timeoutMs });
-}
+import { CLI_PATH } from './cli.js';
 
 /** Starts `clonebox dht bootstrap` (port 0: any free port) and returns its address and process. */
 export async function startBootstrapCli(home: string): Promise<{ child: ChildProcess; address: { host: string; port: number }; stop(): Promise<number | null> }> {
