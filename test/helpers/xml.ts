@@ -11,7 +11,7 @@ const canonParser = new XMLParser({
   preserveOrder: true, ignoreAttributes: false, attributeNamePrefix: '', parseTagValue: false,
   parseAttributeValue: false, trimValues: false, commentPropName: '#comment',
 });
-export type Canon = { tag: string; attrs: [string, string][]; children: Canon[] } | { text: string } | { comment: string };
+type Canon = { tag: string; attrs: [string, string][]; children: Canon[] } | { text: string } | { comment: string };
 export function canon(xml: string): Canon[] {
   const walk = (nodes: Record<string, unknown>[]): Canon[] => {
     const hasEl = nodes.some((n) => Object.keys(n).some((k) => k !== '#text' && k !== ':@'));
