@@ -6,22 +6,15 @@
 import { createHash } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Chain } from '../src/qcow2/chain.js';
-import { type Extent, Qcow2Image } from '../src/qcow2/reader.js';
+import { type Extent, type ImageInfo, Qcow2Image } from '../src/qcow2/reader.js';
 import { fixtureFile, readExpected } from './helpers/fixtures.js';
 import { useTempDir } from './helpers/temp.js';
 
 interface QcowFixture {
   file: string;
   what: string;
-  info: {
-    version: 2 | 3;
-    virtual_size: number;
-    cluster_size: number;
-    backing_file: string | null;
-    backing_format: string | null;
-    compression_type: 'zlib' | 'zstd';
-    extended_l2: boolean;
-  };
+  /** What qemu-img info reported; the byte counts follow from the map. */
+  info: Omit<ImageInfo, 'format' | 'data_bytes' | 'zero_bytes'>;
   compressed_clusters: number;
   map: Extent[];
   sha256_alone: string;
