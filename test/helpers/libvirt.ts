@@ -18,7 +18,7 @@ import { qemuCompare, qemuCreate, qemuImg } from './qemu.js';
 const run = promisify(execFile);
 
 export const URI = process.env.CLONEBOX_TEST_LIBVIRT_URI ?? 'qemu:///system';
-export const REQUIRED = process.env.CLONEBOX_REQUIRE_LIBVIRT === '1';
+const REQUIRED = process.env.CLONEBOX_REQUIRE_LIBVIRT === '1';
 
 export interface Availability {
   ok: boolean;
@@ -26,7 +26,7 @@ export interface Availability {
 }
 
 /** Is a daemon answering at URI, with the QEMU driver and qemu-img at hand? */
-export async function libvirtAvailability(): Promise<Availability> {
+async function libvirtAvailability(): Promise<Availability> {
   try {
     await run('qemu-img', ['--version'], { timeout: 10_000 });
   } catch {
@@ -83,7 +83,7 @@ const PREFIX = 'clonebox-test-';
 let seq = 0;
 
 /** Removes a domain whatever its state; never throws. */
-export async function removeDomain(v: Virsh, name: string): Promise<void> {
+async function removeDomain(v: Virsh, name: string): Promise<void> {
   try {
     if (!(await v.exists(name))) return;
     await v.ensureStopped(name).catch(() => undefined);
@@ -98,7 +98,7 @@ export async function removeDomain(v: Virsh, name: string): Promise<void> {
  * the pid of the test process that made them, and only dead pids' domains are touched (parallel test
  * files of this run keep theirs).
  */
-export async function sweepStaleDomains(v: Virsh): Promise<void> {
+async function sweepStaleDomains(v: Virsh): Promise<void> {
   const out = await v.run(['list', '--all', '--name'], { what: 'cannot list domains' });
   for (const name of out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith(PREFIX))) {
     const pid = Number(/^clonebox-test-(\d+)-/.exec(name)?.[1]);
@@ -196,7 +196,7 @@ ${agent}    <memballoon model='none'/>
 const registry = new Set<TestDomain>();
 
 /** Removes every test domain this process made (for afterAll; also safe after failures). */
-export async function removeAllTestDomains(): Promise<void> {
+async function removeAllTestDomains(): Promise<void> {
   for (const t of [...registry]) await t.remove();
 }
 

@@ -30,7 +30,7 @@ export const HDR = {
 const OFFSET_MASK = 0x00fffffffffffe00n;
 const COMPRESSED = 1n << 62n;
 
-export interface L2Entry {
+interface L2Entry {
   /** Index in the L1 table and in the L2 table; guest offset of the cluster. */
   l1Index: number;
   l2Index: number;

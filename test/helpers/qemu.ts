@@ -56,7 +56,7 @@ export function aloneSpec(file: string): string {
   return `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path.resolve(file) } })}`;
 }
 
-export type ExtentKind = 'data' | 'zero' | 'unallocated';
+type ExtentKind = 'data' | 'zero' | 'unallocated';
 
 export interface MapExtent {
   offset: number;
@@ -65,7 +65,7 @@ export interface MapExtent {
 }
 
 /** One entry of `qemu-img map --output=json`. */
-export interface QemuMapEntry {
+interface QemuMapEntry {
   start: number;
   length: number;
   depth: number;
@@ -76,7 +76,7 @@ export interface QemuMapEntry {
 }
 
 /** Maps qemu's flags to clonebox's kinds: data → data; present zero → zero; not present → unallocated. */
-export function qemuKind(e: QemuMapEntry): ExtentKind {
+function qemuKind(e: QemuMapEntry): ExtentKind {
   if (e.data) return 'data';
   if (e.present === false) return 'unallocated';
   if (e.zero) return 'zero';
