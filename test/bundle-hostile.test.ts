@@ -69,7 +69,7 @@ async function refuse(bytes: Buffer, key: KeySource | null = null): Promise<Clon
   const dir = path.join(root, `victim-disks-${n}`);
   let err: unknown = null;
   try {
-    await importBundle(home, `v${n}`, { input: file, key, dir, json: true });
+    await importBundle(home, `v${n}`, { input: file, key, dir });
   } catch (e) {
     err = e;
   }
@@ -147,7 +147,7 @@ describe('damaged bundles are refused and nothing is written', () => {
     const rebuilt = path.join(root, 'rebuilt.bundle');
     await writeFile(rebuilt, tarOf(entries(plain)));
     const home = resolveHome(path.join(root, 'good-home'));
-    const r = await importBundle(home, 'good', { input: rebuilt, key: null, dir: path.join(root, 'good-disks'), json: true });
+    const r = await importBundle(home, 'good', { input: rebuilt, key: null, dir: path.join(root, 'good-disks') });
     expect(r.snapshots).toEqual(['one', 'two', 'three']);
     expect((await verifyBundle(path.join(root, 'enc-enc.bundle'), pwKey)).ok).toBe(true);
   });

@@ -32,7 +32,8 @@ import {
 } from './format.js';
 import { encodeHeader, encodeJson, headerPrefix } from './manifest.js';
 import { PackWriter } from './packs.js';
-import { Progress } from './progress.js';
+import { Progress, type ProgressCallback } from './progress.js';
+import { checkAborted } from '../abort.js';
 import { TarWriter } from './tar.js';
 import { WorkerPool } from './workers.js';
 import type { WorkerReply } from './worker.js';
@@ -45,16 +46,16 @@ export interface ExportOptions {
   name?: string | undefined;
   /** Include only the snapshots after this one. */
   since?: string | undefined;
-  /** File path, or '-' for stdout. */
-  output: string;
+  /** File path, or a stream that takes the bundle (the CLI passes process.stdout for '-'). */
+  output: string | Writable;
   /** Encrypt with this key (null: plain bundle). */
   key: KeySource | null;
   /** zstd level, 1..19. */
   level?: number;
-  /** Suppresses the progress line. */
-  json?: boolean;
-  /** Where '-' writes (default process.stdout); for tests. */
-  stdout?: Writable;
+  /** Stops the export: the output file is not created (its temporary is deleted), ABORTED rejects. */
+  signal?: AbortSignal | undefined;
+  /** Bytes of layer data read so far, of the chain's total (counted first only when this is given). */
+  onProgress?: ProgressCallback | undefined;
 }
 
 export interface ExportResult {
@@ -117,11 +118,11 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
   checkName('VM', vmName);
   const level = opts.level ?? 3;
   if (!Number.isInteger(level) || level < 1 || level > 19) throw usageError(`--level must be a whole number from 1 to 19, got ${level}`);
-  const toStdout = opts.output === '-';
-  const stdout = opts.stdout ?? process.stdout;
-  if (toStdout && (stdout as NodeJS.WriteStream).isTTY) {
+  const toStream = typeof opts.output !== 'string';
+  if (typeof opts.output !== 'string' && (opts.output as Partial<NodeJS.WriteStream>).isTTY) {
     throw usageError('refusing to write a bundle to a terminal', 'redirect stdout to a file or a pipe, or use -o FILE');
   }
+  checkAborted(opts.signal);
   const t0 = Date.now();
   await loadVm(home, vmName); // VM_NOT_FOUND before a lock file is made
   // The workers start (load, compile, zstd) while the chain is checked, not after it (bench/README.md).
@@ -211,7 +212,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     let tmp: string | null = null;
     let finalPath: string | null = null;
     let fh: import('node:fs/promises').FileHandle | null = null;
-    if (toStdout) out = stdout;
+    if (typeof opts.output !== 'string') out = opts.output;
     else {
       finalPath = path.resolve(opts.output);
       tmp = tempPathFor(finalPath);
@@ -223,8 +224,8 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       // A high-water mark above one pack: writing a pack never holds up building the next one.
       out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 2 * PACK_TARGET + 1024 * 1024 });
     }
-    const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStdout);
-    const progress = Progress.for('export', opts.json || !process.stderr.isTTY ? null : await totalData(layers), Boolean(opts.json));
+    const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStream);
+    const progress = new Progress('export', opts.onProgress ? await totalData(layers) : null, opts.onProgress);
     try {
       await tarW.add(ENTRY_HEADER, header);
       await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
@@ -243,7 +244,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
           syncing = null;
         });
       };
-      const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack);
+      const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack, opts.signal);
       await syncing;
       const ids: string[] = [];
       for (const [si, s] of chain.entries()) {
@@ -266,7 +267,6 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         tmp = null;
         await fsyncDir(path.dirname(finalPath!));
       }
-      progress.finish();
       // The ids computed on the way are kept: later merges must not change what names these states.
       for (const [i, s] of chain.entries()) {
         if (!s.content_id) {
@@ -281,7 +281,6 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         bundle_bytes: tarW.bytes, since: since?.name ?? null,
       };
     } catch (err) {
-      progress.finish();
       tarW.abort(err as Error);
       throw err;
     } finally {
@@ -339,7 +338,7 @@ class BufferPool {
 }
 
 async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWriter, sealer: Sealer, idk: Buffer | null, level: number,
-  progress: Progress, afterPack: (written: Promise<void>) => void): Promise<PipelineResult> {
+  progress: Progress, afterPack: (written: Promise<void>) => void, signal: AbortSignal | undefined): Promise<PipelineResult> {
   const index = new BlockIndex();
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
@@ -394,6 +393,7 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
     }
     if (packW.size >= packTarget) await writePack();
     progress.add(bytes);
+    checkAborted(signal);
   };
 
   // Runs on this thread while the batch buffer is still ours: hash, dedup, copy the new blocks out.

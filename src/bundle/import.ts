@@ -34,19 +34,21 @@ import { ensureContentIds } from '../snapshots/identity.js';
 import { randomBytes, type KeySource } from './crypto.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
-import { Progress } from './progress.js';
+import { Progress, type ProgressCallback } from './progress.js';
+import { checkAborted } from '../abort.js';
 import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
 import { WorkerPool } from './workers.js';
 
 export interface ImportOptions {
-  /** Bundle file, or '-' for stdin. */
-  input: string;
+  /** Bundle file, or a stream that gives it (the CLI passes process.stdin for '-'). */
+  input: string | Readable;
   key: KeySource | null;
   /** Directory for a new VM's disks (default <home>/disks/<vm>). */
   dir?: string | undefined;
-  json?: boolean;
-  /** What '-' reads (default process.stdin); for tests. */
-  stdin?: Readable;
+  /** Stops the import: everything it wrote is rolled back (no VM, layer, record or journal), ABORTED rejects. */
+  signal?: AbortSignal | undefined;
+  /** Bundle bytes read so far, of the file's size (null for a stream). */
+  onProgress?: ProgressCallback | undefined;
 }
 
 export interface ImportResult {
@@ -265,8 +267,9 @@ class ImportSink implements BundleSink {
 
 export async function importBundle(home: Home, vmName: string, opts: ImportOptions): Promise<ImportResult> {
   checkName('VM', vmName);
+  checkAborted(opts.signal);
   const t0 = Date.now();
-  const input = await openInput(opts.input, opts.stdin);
+  const input = await openInput(opts.input);
   // The workers start while the header, key and meta are read. A worker per core, not per other core:
   // this thread is about half idle, and with one worker on 2 cores the worker was the longer thread
   // (decompression and SHA-256 of every unique block), and imports with one worker were slower
@@ -295,14 +298,17 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
     const plan = await planImport(home, vmName, meta, opts);
     madeDir = plan.createdDir;
     const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
-    const progress = Progress.for('import', size, Boolean(opts.json));
+    const progress = new Progress('import', size, opts.onProgress);
     const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool);
     try {
       await sink.open();
-      const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => progress.set(reader.bytesIn) });
+      const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => {
+        progress.set(reader.bytesIn);
+        checkAborted(opts.signal);
+      } });
       await sink.settle();
       await sink.close();
-      progress.finish();
+      checkAborted(opts.signal); // the last moment an abort can still undo the import
       // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
       for (const o of plan.overlays) {
         await j.willCreate(o.temp);
@@ -336,7 +342,6 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
         current: vmRec.current, base: plan.baseName,
       };
     } catch (err) {
-      progress.finish();
       await sink.abort().catch(() => undefined);
       await j.rollback().catch(() => undefined);
       throw err;

@@ -30,9 +30,9 @@ export interface BundleInput {
   file: string | null;
 }
 
-/** Opens the input: a file (its size known, for progress) or stdin. */
-export async function openInput(input: string, stdin?: Readable): Promise<BundleInput> {
-  if (input === '-') return { stream: stdin ?? process.stdin, label: 'stdin', size: null, file: null };
+/** Opens the input: a file (its size known, for progress) or a stream (the CLI's stdin for '-'). */
+export async function openInput(input: string | Readable): Promise<BundleInput> {
+  if (typeof input !== 'string') return { stream: input, label: 'stdin', size: null, file: null };
   const file = path.resolve(input);
   let size: number;
   try {

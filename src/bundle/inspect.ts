@@ -35,8 +35,9 @@ export interface InspectResult extends SealTotals {
 
 const pct = (part: number, whole: number) => (whole > 0 ? Math.round((1000 * part) / whole) / 10 : 0);
 
-export async function inspectBundle(input: string, key: KeySource | null, opts: { stdin?: Readable } = {}): Promise<InspectResult> {
-  const src = await openInput(input, opts.stdin);
+/** `input`: a bundle file, or a stream that gives it. */
+export async function inspectBundle(input: string | Readable, key: KeySource | null): Promise<InspectResult> {
+  const src = await openInput(input);
   const r = await BundleReader.open(src.stream, src.label, key, { lockedOk: true });
   try {
     const h = r.header;

@@ -8,7 +8,8 @@ import type { KeySource } from './crypto.js';
 import { openInput } from './input.js';
 import { BundleReader, decodeBundle } from './reader.js';
 import { WorkerPool } from './workers.js';
-import { Progress } from './progress.js';
+import { Progress, type ProgressCallback } from './progress.js';
+import { checkAborted } from '../abort.js';
 import type { Readable } from 'node:stream';
 
 export interface VerifyResult {
@@ -21,27 +22,38 @@ export interface VerifyResult {
   bytes: number;
 }
 
-export async function verifyBundle(input: string, key: KeySource | null, opts: { json?: boolean; stdin?: Readable } = {}): Promise<VerifyResult> {
-  const src = await openInput(input, opts.stdin);
+export interface VerifyOptions {
+  /** Stops the check (it writes nothing): ABORTED rejects. */
+  signal?: AbortSignal | undefined;
+  /** Bundle bytes read so far, of the file's size (null for a stream). */
+  onProgress?: ProgressCallback | undefined;
+}
+
+/** `input`: a bundle file, or a stream that gives it (the CLI passes process.stdin for '-'). */
+export async function verifyBundle(input: string | Readable, key: KeySource | null, opts: VerifyOptions = {}): Promise<VerifyResult> {
+  checkAborted(opts.signal);
+  const src = await openInput(input);
   const result: VerifyResult = { ok: false, snapshots: [], blocks_checked: 0, errors: [], encrypted: null, packs: 0, bytes: 0 };
   let reader: BundleReader | null = null;
   let pool: WorkerPool | null = null;
-  const progress = Progress.for('verify', src.size, Boolean(opts.json));
+  const progress = new Progress('verify', src.size, opts.onProgress);
   try {
     reader = await BundleReader.open(src.stream, src.label, key);
     result.encrypted = reader.header.encrypted;
     result.snapshots = reader.meta.snapshots.map((s) => s.name);
     pool = await WorkerPool.start();
     const r = reader;
-    const res = await decodeBundle(reader, pool, {}, { wantData: false, onPack: () => progress.set(r.bytesIn) });
+    const res = await decodeBundle(reader, pool, {}, { wantData: false, onPack: () => {
+      progress.set(r.bytesIn);
+      checkAborted(opts.signal);
+    } });
     result.blocks_checked = res.totals.unique_blocks;
     result.packs = res.seal.packs;
     result.ok = true;
   } catch (err) {
-    if (!(err instanceof CloneboxError) || err.code === 'INTERNAL' || err.exitCode === 2) throw err;
+    if (!(err instanceof CloneboxError) || err.code === 'INTERNAL' || err.code === 'ABORTED' || err.exitCode === 2) throw err;
     result.errors.push({ code: err.code, message: err.message });
   } finally {
-    progress.finish();
     result.bytes = reader?.bytesIn ?? 0;
     reader?.destroy();
     await pool?.close();

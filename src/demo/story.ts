@@ -112,12 +112,12 @@ export async function runDemo(opts: { dir?: string; log?: (line: string) => void
   step(`clonebox key generate -o ${keyFile}`, '32-byte key file (mode 0600)');
   const key = await loadKeySource({ keyFile });
   const bundle = path.join(dir, 'app-v2.cbx');
-  const ex = await exportBundle(home, vm, { name: 'app-v2', output: bundle, key, json: true });
+  const ex = await exportBundle(home, vm, { name: 'app-v2', output: bundle, key });
   step(`clonebox snapshot export ${vm} --name app-v2 --encrypt --key-file ${keyFile} -o ${bundle}`,
     `${ex.snapshots.join(', ')}: ${formatBytes(ex.logical_bytes)} of data, ${formatBytes(ex.unique_bytes)} after dedup, ` +
     `${formatBytes(ex.bundle_bytes)} in the bundle (${Math.round((1 - ex.bundle_bytes / Math.max(1, ex.logical_bytes)) * 100)}% smaller), encrypted`);
   const home2 = resolveHome(path.join(dir, 'home2'));
-  const im = await importBundle(home2, vm, { input: bundle, key, dir: path.join(dir, 'disks2'), json: true });
+  const im = await importBundle(home2, vm, { input: bundle, key, dir: path.join(dir, 'disks2') });
   step(`clonebox --home ${home2.root} snapshot import ${vm} ${bundle} --key-file ${keyFile}`,
     `${im.snapshots.join(', ')} rebuilt as qcow2 layers (${formatBytes(im.bytes_written)} written) in a second home`);
   const mgr2 = new SnapshotManager(home2);

@@ -35,6 +35,7 @@ import { PullTemps } from './temps.js';
 import { shortKey, TeamSwarm, type TeamPeer } from './swarm.js';
 import { loadTeam, recordCard, resolveBootstrap } from './teams.js';
 import { trace } from './trace.js';
+import { abortedError } from '../abort.js';
 
 export const DEFAULT_TIMEOUT_S = 300;
 /** How long a finished run that shares something waits for more teammates and for requests to stop. */
@@ -50,12 +51,20 @@ export interface SyncOptions {
   bootstrap?: HostPort[];
   timeoutSeconds?: number;
   watch?: boolean;
-  /** Stops a --watch run (SIGINT/SIGTERM in the CLI). */
+  /**
+   * Stops the run (SIGINT/SIGTERM in the CLI). A --watch run ends normally; otherwise a pull in
+   * progress stops before it registers anything (blocks received stay in the spool) and ABORTED rejects.
+   */
   signal?: AbortSignal;
   log?: (line: string) => void;
-  /** Progress lines per chain (the CLI passes one when stderr is a TTY and not --json). */
-  progress?: (line: string, final: boolean) => void;
+  /** Progress of each chain pulled: received bytes, written bytes of a snapshot, and its end. */
+  progress?: (p: SyncProgress) => void;
 }
+
+export type SyncProgress =
+  | { phase: 'receive'; chain: string; done: number; total: null }
+  | { phase: 'write'; chain: string; snapshot: string; done: number; total: number }
+  | { phase: 'pulled'; chain: string; done: number; total: number; vm: string; blocks_fetched: number; blocks_reused: number };
 
 export interface SyncReport {
   peers: string[];
@@ -209,6 +218,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         let bytes = 0;
         const r = await s.channel.fetch(todo, {
           onBlock: async (h, data) => {
+            if (opts.signal?.aborted) throw abortedError(); // the pull fails before it registers anything
             await spool.append(h, data); // keeps `data`: frames are decoded into fresh buffers
             onArrive?.(h, data);
             bytes += data.length;
@@ -273,8 +283,8 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
         const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
         const ctx = {
           home, peerName: author, catalog: cat, view, local, spool, temps, log,
-          fetch: fetcherFor(st, (b) => opts.progress?.(`pull ${label}: received ${(b / 1048576).toFixed(1)} MiB`, false)),
-          progress: (name: string, done: number, total: number) => opts.progress?.(`pull ${label}: writing ${name} ${(done / 1048576).toFixed(1)}/${(total / 1048576).toFixed(1)} MiB`, false),
+          fetch: fetcherFor(st, (b) => opts.progress?.({ phase: 'receive', chain: label, done: b, total: null })),
+          progress: (name: string, done: number, total: number) => opts.progress?.({ phase: 'write', chain: label, snapshot: name, done, total }),
         };
         const memoKey = `${cat.key.toString('hex')}/${vm}`;
         const memo = unservableMemo.get(memoKey);
@@ -299,7 +309,9 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
             report.chains.push(r);
             report.bytes_received += r.bytes_received;
             if (r.snapshots.length) {
-              opts.progress?.(`pull ${label}: ${r.snapshots.length} snapshot(s) into VM ${r.vm}, ${r.blocks_fetched} blocks fetched, ${r.blocks_reused} reused`, true);
+              opts.progress?.({
+                phase: 'pulled', chain: label, done: r.snapshots.length, total: r.snapshots.length, vm: r.vm, blocks_fetched: r.blocks_fetched, blocks_reused: r.blocks_reused,
+              });
               await source.pulledFrom(cat); // served on from now
             }
           }
@@ -467,7 +479,7 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
       void swarm.discovered(deadline).then(() => { discovered = true; });
       for (;;) {
         const now = Date.now();
-        if (now >= deadline) break;
+        if (now >= deadline || opts.signal?.aborted) break;
         // Sharing: a teammate may be about to ask us for blocks, or between two of its pulls. Not
         // sharing: done once the teammates the lookup found are connected and proven.
         const quiet = source.blocks > 0
@@ -475,6 +487,11 @@ export async function runSync(opts: SyncOptions): Promise<SyncReport> {
           : discovered && swarm.provingNow === 0 && now - lastPeerAt >= PEER_GRACE_MS;
         if (report.peers.length > 0 && quiet && !pulling && queue.length === 0) break;
         await sleep(50);
+      }
+      if (opts.signal?.aborted) {
+        stopping = true;
+        await pulling;
+        throw abortedError();
       }
       if (pulling || queue.length) {
         stopping = true;
