@@ -1,6 +1,6 @@
 /** Asks yes/no on the terminal. Without a TTY (scripts, CI) it refuses unless --yes was given. */
 import { createInterface } from 'node:readline/promises';
-import { CloneboxError } from '../src/errors.js';
+import { CloneboxError } from '../src/index.js';
 
 export async function confirm(question: string, yes: boolean): Promise<void> {
   if (yes) return;

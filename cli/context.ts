@@ -1,5 +1,5 @@
-/** What every command action gets: the home and output mode, from global and per-command flags. */
-import { resolveHome, type Home } from '../src/store/home.js';
+/** What every command action gets: the open library and the output mode, from global and per-command flags. */
+import type { Clonebox } from '../src/index.js';
 
 export interface GlobalOpts {
   home?: string;
@@ -7,10 +7,6 @@ export interface GlobalOpts {
 }
 
 export interface Ctx {
-  home: Home;
+  cb: Clonebox;
   json: boolean;
-}
-
-export function makeCtx(opts: GlobalOpts): Ctx {
-  return { home: resolveHome(opts.home), json: Boolean(opts.json) };
 }

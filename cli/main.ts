@@ -1,10 +1,10 @@
 /**
- * clonebox command line. Parses arguments and renders output; the work happens in src/. Command
- * modules import their heavy dependencies inside the action so that startup stays fast.
+ * clonebox command line. Parses arguments and renders output; the work happens in the library
+ * (src/index.ts, the only module of src/ the CLI imports), which loads its heavy modules only when a
+ * method is called, so that start-up stays fast.
  */
 import { Command, CommanderError } from 'commander';
-import { reportError } from './output.js';
-import { usageError } from '../src/errors.js';
+import { reportError, usage } from './output.js';
 import { registerImage } from './commands/image.js';
 import { registerVm } from './commands/vm.js';
 import { registerSnapshot } from './commands/snapshot.js';
@@ -60,7 +60,7 @@ export async function main(argv: string[]): Promise<void> {
         return;
       }
       const msg = err.message.replace(/^error: /, '');
-      process.exitCode = reportError(usageError(msg, 'see `clonebox --help`'), json);
+      process.exitCode = reportError(usage(msg, 'see `clonebox --help`'), json);
       return;
     }
     process.exitCode = reportError(err, json);

@@ -1,5 +1,5 @@
-/** Rendering: JSON documents, tables, and the contract's one-line errors. No business logic here. */
-import { CloneboxError } from '../src/errors.js';
+/** Rendering: JSON documents, tables, warnings, and the contract's one-line errors. No business logic here. */
+import { CloneboxError, type Warning } from '../src/index.js';
 
 export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
@@ -11,6 +11,17 @@ export function printLine(text = ''): void {
 
 export function warn(message: string): void {
   process.stderr.write(`clonebox: warning: ${message}\n`);
+}
+
+/** The library's warnings: a sync's notices are plain lines, everything else a warning line. */
+export function printWarning(w: Warning): void {
+  if (w.code === 'NOTICE') process.stderr.write(`clonebox: ${w.message}\n`);
+  else warn(w.message);
+}
+
+/** A usage error (exit 2) found while parsing. */
+export function usage(message: string, hint?: string): CloneboxError {
+  return CloneboxError.USAGE(message, hint === undefined ? {} : { hint });
 }
 
 /** Left-aligned columns; numbers (right: true) right-aligned. */

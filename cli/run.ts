@@ -1,13 +1,14 @@
 /**
- * Glue between commander and the actions: builds the context, runs the action, and turns any thrown
- * error into the contract's error output and exit code.
+ * Glue between commander and the actions: opens the library on the home, runs the action, and turns
+ * any thrown error into the contract's error output and exit code.
  */
 import type { Command } from 'commander';
-import { makeCtx, type Ctx, type GlobalOpts } from './context.js';
-import { reportError, warn } from './output.js';
-import { sweepInterrupted } from '../src/store/sweep.js';
+import { Clonebox } from '../src/index.js';
+import type { Ctx, GlobalOpts } from './context.js';
+import { interruptedBy, signalExitCode } from './interrupt.js';
+import { printWarning, reportError } from './output.js';
 
-/** Commands that never use the home (they work on files given to them), so they do not sweep it. */
+/** Commands that never use the home (they work on files given to them), so they do not recover it. */
 const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo']);
 
 function commandPath(cmd: Command): string {
@@ -23,14 +24,17 @@ export function action(fn: Action) {
   return async (...args: unknown[]): Promise<void> => {
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.optsWithGlobals() as GlobalOpts;
-    let ctx: Ctx | null = null;
+    let cb: Clonebox | null = null;
     try {
-      ctx = makeCtx(opts);
       // Interrupted imports of VMs that never came to exist are recovered here (store/sweep.ts).
-      if (!NO_HOME.has(commandPath(cmd))) for (const w of await sweepInterrupted(ctx.home)) warn(w);
-      await (fn as (ctx: Ctx, ...args: unknown[]) => unknown)(ctx, ...args.slice(0, -1));
+      cb = await Clonebox.open({ ...(opts.home !== undefined ? { home: opts.home } : {}), recover: !NO_HOME.has(commandPath(cmd)), onWarning: printWarning });
+      await (fn as (ctx: Ctx, ...args: unknown[]) => unknown)({ cb, json: Boolean(opts.json) }, ...args.slice(0, -1));
     } catch (err) {
       process.exitCode = reportError(err, Boolean(opts.json));
+      const sig = interruptedBy();
+      if (sig) process.exitCode = signalExitCode(sig);
+    } finally {
+      await cb?.close();
     }
   };
 }

@@ -1,11 +1,13 @@
 /**
  * Bundles on the command line: `snapshot export|import|verify|inspect` and `key generate`. Parsing
- * and rendering only; the work is in src/bundle/.
+ * and rendering only; the work is in the library's bundles and keys namespaces.
  */
 import { InvalidArgumentError, type Command } from 'commander';
+import { formatBytes, type KeyOptions, type ProgressCallback } from '../../src/index.js';
+import { interruptible } from '../interrupt.js';
 import { printJson, printLine, table } from '../output.js';
+import { progressFor } from '../progress.js';
 import { action } from '../run.js';
-import { formatBytes } from '../../src/names.js';
 
 interface KeyOpts {
   passphraseFile?: string;
@@ -18,13 +20,22 @@ function levelOpt(v: string): number {
   return n;
 }
 
-async function keyFrom(o: KeyOpts) {
-  const { loadKeySource } = await import('../../src/bundle/crypto.js');
-  return loadKeySource({ passphraseFile: o.passphraseFile, keyFile: o.keyFile });
+function keyOpts(o: KeyOpts): KeyOptions {
+  return { ...(o.passphraseFile !== undefined ? { passphraseFile: o.passphraseFile } : {}), ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}) };
 }
 
 function pct(part: number, whole: number): string {
   return whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-';
+}
+
+/** Runs a long bundle operation with SIGINT wired to its signal and the progress line drawn on a terminal. */
+async function long<T>(label: string, json: boolean, fn: (o: { signal: AbortSignal; onProgress?: ProgressCallback }) => Promise<T>): Promise<T> {
+  const bar = progressFor(label, json);
+  try {
+    return await interruptible((signal) => fn({ signal, ...(bar ? { onProgress: bar.update } : {}) }));
+  } finally {
+    bar?.finish();
+  }
 }
 
 /** Registers the bundle commands: four under `snapshot`, and `key generate` on the program. */
@@ -39,21 +50,15 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
-      const { usageError } = await import('../../src/errors.js');
-      if (o.encrypt && !o.passphraseFile && !o.keyFile) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
-      if (!o.encrypt && (o.passphraseFile || o.keyFile)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the bundle');
-      const key = o.encrypt ? await keyFrom(o) : null;
-      const { exportBundle } = await import('../../src/bundle/export.js');
-      const r = await exportBundle(ctx.home, vm, { name: o.name, since: o.since, output: o.output, key, level: o.level, json: ctx.json });
-      const doc = {
-        file: r.file, snapshots: r.snapshots, logical_bytes: r.logical_bytes, unique_bytes: r.unique_bytes, stored_bytes: r.stored_bytes,
-        blocks: r.blocks, unique_blocks: r.unique_blocks, encrypted: r.encrypted, seconds: r.seconds, bundle_bytes: r.bundle_bytes, since: r.since,
-      };
       const toStdout = o.output === '-';
+      const r = await long('export', ctx.json, (lo) => ctx.cb.bundles.export(vm, {
+        ...keyOpts(o), ...(o.name !== undefined ? { name: o.name } : {}), ...(o.since !== undefined ? { since: o.since } : {}),
+        output: toStdout ? process.stdout : o.output, encrypt: Boolean(o.encrypt), level: o.level, ...lo,
+      }));
       if (ctx.json) {
         // stdout carries the bundle itself with -o -: the report goes to stderr then.
-        if (toStdout) process.stderr.write(`${JSON.stringify(doc, null, 2)}\n`);
-        else printJson(doc);
+        if (toStdout) process.stderr.write(`${JSON.stringify(r, null, 2)}\n`);
+        else printJson(r);
         return;
       }
       const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
@@ -69,10 +74,10 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--dir <dir>', 'directory for the disks of a new VM (default: <home>/disks/<vm>)')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string }) => {
-      const key = await keyFrom(o);
-      const { importBundle } = await import('../../src/bundle/import.js');
-      const r = await importBundle(ctx.home, vm, { input: file, key, dir: o.dir, json: ctx.json });
-      if (ctx.json) return printJson({ vm: r.vm, snapshots: r.snapshots, bytes_written: r.bytes_written, seconds: r.seconds, current: r.current, base: r.base });
+      const r = await long('import', ctx.json, (lo) => ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
+        ...keyOpts(o), ...(o.dir !== undefined ? { dir: o.dir } : {}), ...lo,
+      }));
+      if (ctx.json) return printJson(r);
       printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
       printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
       if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
@@ -86,9 +91,7 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--json', 'print JSON')
     .action(action(async (ctx, file: string, o: KeyOpts) => {
-      const key = await keyFrom(o);
-      const { verifyBundle } = await import('../../src/bundle/verify.js');
-      const r = await verifyBundle(file, key, { json: ctx.json });
+      const r = await long('verify', ctx.json, (lo) => ctx.cb.bundles.verify(file === '-' ? process.stdin : file, { ...keyOpts(o), ...lo }));
       if (!r.ok) process.exitCode = 1;
       // Problems found are the result, not an exception: each also gets the contract's error line.
       for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
@@ -105,9 +108,7 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--json', 'print JSON')
     .action(action(async (ctx, file: string, o: KeyOpts) => {
-      const key = await keyFrom(o);
-      const { inspectBundle } = await import('../../src/bundle/inspect.js');
-      const r = await inspectBundle(file, key);
+      const r = await ctx.cb.bundles.inspect(file === '-' ? process.stdin : file, keyOpts(o));
       if (ctx.json) return printJson(r);
       printLine(`bundle: ${r.file} (format ${r.format_version}${r.bundle_bytes !== null ? `, ${formatBytes(r.bundle_bytes)}` : ''})`);
       printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no'}`);
@@ -132,11 +133,8 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .requiredOption('-o, --output <file>', 'where to write the key')
     .option('--json', 'print JSON')
     .action(action(async (ctx, o: { output: string }) => {
-      const path = await import('node:path');
-      const { generateKeyFile } = await import('../../src/bundle/crypto.js');
-      const file = path.resolve(o.output);
-      await generateKeyFile(file);
-      if (ctx.json) return printJson({ file });
-      printLine(`wrote a new key to ${file}; keep it secret and keep a copy: bundles encrypted with it cannot be read without it`);
+      const r = await ctx.cb.keys.generate(o.output);
+      if (ctx.json) return printJson(r);
+      printLine(`wrote a new key to ${r.file}; keep it secret and keep a copy: bundles encrypted with it cannot be read without it`);
     }));
 }

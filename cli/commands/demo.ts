@@ -7,8 +7,7 @@ export function registerDemo(program: Command): void {
     .option('--dir <dir>', 'working directory (default: a new temporary directory)')
     .option('--json', 'print JSON')
     .action(action(async (ctx, o: { dir?: string }) => {
-      const { runDemo } = await import('../../src/demo/story.js');
-      const r = await runDemo({ ...(o.dir ? { dir: o.dir } : {}), ...(ctx.json ? {} : { log: printLine }) });
+      const r = await ctx.cb.demo.run({ ...(o.dir ? { dir: o.dir } : {}), ...(ctx.json ? {} : { onLog: printLine }) });
       if (ctx.json) return printJson(r);
       printLine('');
       printLine(`demo finished in ${r.seconds} s; everything is in ${r.dir}`);

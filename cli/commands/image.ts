@@ -1,7 +1,8 @@
+import path from 'node:path';
 import type { Command } from 'commander';
-import { printJson, printLine, table, warn } from '../output.js';
+import { formatBytes } from '../../src/index.js';
+import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
-import { formatBytes } from '../../src/names.js';
 
 export function registerImage(program: Command): void {
   const image = program.command('image').description('inspect qcow2 images (no qemu-img needed)');
@@ -9,36 +10,23 @@ export function registerImage(program: Command): void {
   image.command('info').argument('<file>', 'qcow2 image').description('show an image header and its allocation')
     .option('--json', 'print JSON')
     .action(action(async (ctx, file: string) => {
-      const { Qcow2Image } = await import('../../src/qcow2/reader.js');
-      const img = await Qcow2Image.open(file, { warn });
-      try {
-        const info = await img.info();
-        if (ctx.json) return printJson(info);
-        printLine(`image: ${img.path}`);
-        printLine(`format: qcow2 (version ${info.version})`);
-        printLine(`virtual size: ${formatBytes(info.virtual_size)} (${info.virtual_size} bytes)`);
-        printLine(`cluster size: ${info.cluster_size}`);
-        printLine(`backing file: ${info.backing_file ?? '(none)'}${info.backing_format ? ` (format ${info.backing_format})` : ''}`);
-        printLine(`compression type: ${info.compression_type}`);
-        printLine(`extended L2: ${info.extended_l2 ? 'yes' : 'no'}`);
-        printLine(`data: ${formatBytes(info.data_bytes)}, zero: ${formatBytes(info.zero_bytes)}`);
-      } finally {
-        await img.close();
-      }
+      const info = await ctx.cb.images.info(file);
+      if (ctx.json) return printJson(info);
+      printLine(`image: ${path.resolve(file)}`);
+      printLine(`format: qcow2 (version ${info.version})`);
+      printLine(`virtual size: ${formatBytes(info.virtual_size)} (${info.virtual_size} bytes)`);
+      printLine(`cluster size: ${info.cluster_size}`);
+      printLine(`backing file: ${info.backing_file ?? '(none)'}${info.backing_format ? ` (format ${info.backing_format})` : ''}`);
+      printLine(`compression type: ${info.compression_type}`);
+      printLine(`extended L2: ${info.extended_l2 ? 'yes' : 'no'}`);
+      printLine(`data: ${formatBytes(info.data_bytes)}, zero: ${formatBytes(info.zero_bytes)}`);
     }));
 
   image.command('map').argument('<file>', 'qcow2 image').description('list the extents this file alone holds')
     .option('--json', 'print JSON')
     .action(action(async (ctx, file: string) => {
-      const { Qcow2Image } = await import('../../src/qcow2/reader.js');
-      const img = await Qcow2Image.open(file, { warn });
-      try {
-        const extents = [];
-        for await (const e of img.extents()) extents.push(e);
-        if (ctx.json) return printJson(extents);
-        printLine(table(['offset', 'length', 'kind'], extents.map((e) => [String(e.offset), String(e.length), e.kind]), [true, true, false]));
-      } finally {
-        await img.close();
-      }
+      const extents = await ctx.cb.images.map(file);
+      if (ctx.json) return printJson(extents);
+      printLine(table(['offset', 'length', 'kind'], extents.map((e) => [String(e.offset), String(e.length), e.kind]), [true, true, false]));
     }));
 }

@@ -1,15 +1,11 @@
 import { InvalidArgumentError, type Command } from 'commander';
-import { printJson, printLine, table, warn } from '../output.js';
+import { formatBytes, type Policy, type SnapshotView, type TreeNode } from '../../src/index.js';
+import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
 import { confirm } from '../confirm.js';
-import { formatBytes, parseSize } from '../../src/names.js';
-import type { Ctx } from '../context.js';
-import type { SnapshotView, TreeNode } from '../../src/snapshots/model.js';
 
-async function manager(ctx: Ctx) {
-  const { SnapshotManager } = await import('../../src/snapshots/manager.js');
-  return new SnapshotManager(ctx.home);
-}
+/** The retention flags, as policy keys (--keep-last is keep_last). */
+const POLICY_KEYS = ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within', 'max_snapshots', 'max_size'] as const;
 
 function intOpt(name: string) {
   return (v: string): number => {
@@ -74,29 +70,26 @@ export function registerSnapshot(program: Command): Command {
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean }) => {
-      const m = await manager(ctx);
       const tags = o.tags ? o.tags.split(',').map((t) => t.trim()).filter(Boolean) : [];
-      const r = await m.create(vm, {
+      const v = await ctx.cb.snapshots.create(vm, {
         ...(o.name !== undefined ? { name: o.name } : {}),
         description: o.description ?? null, tags, memory: Boolean(o.memory), quiesce: Boolean(o.quiesce),
       });
-      r.warnings.forEach(warn);
-      if (ctx.json) return printJson(r.value);
-      printLine(`created snapshot ${r.value.name} of ${vm} (${formatBytes(r.value.size_bytes)})`);
+      if (ctx.json) return printJson(v);
+      printLine(`created snapshot ${v.name} of ${vm} (${formatBytes(v.size_bytes)})`);
     }));
 
   snap.command('list').argument('<vm>').description('list snapshots, newest first')
     .option('--tree', 'show the snapshot tree')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { tree?: boolean }) => {
-      const m = await manager(ctx);
       if (o.tree) {
-        const t = await m.tree(vm);
-        if (ctx.json) return printJson({ vm_name: t.vm_name, current: t.current, roots: t.roots });
+        if (ctx.json) return printJson(await ctx.cb.snapshots.tree(vm));
+        const t = await ctx.cb.snapshots.treeDetails(vm);
         const views = new Map(t.views.map((v) => [v.name, v]));
         return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
       }
-      const list = await m.list(vm);
+      const list = await ctx.cb.snapshots.list(vm);
       if (ctx.json) return printJson(list);
       if (list.length === 0) return printLine(`no snapshots of ${vm}`);
       printLine(table(['', 'NAME', 'TYPE', 'CREATED', 'SIZE', 'PARENT', 'TAGS'], list.map((v) => [
@@ -108,7 +101,7 @@ export function registerSnapshot(program: Command): Command {
     .requiredOption('--name <name>', 'snapshot name')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { name: string }) => {
-      const v = await (await manager(ctx)).show(vm, o.name);
+      const v = await ctx.cb.snapshots.show(vm, o.name);
       if (ctx.json) return printJson(v);
       printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
       printLine(`vm: ${v.vm_name}`);
@@ -131,16 +124,11 @@ export function registerSnapshot(program: Command): Command {
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean }) => {
-      const { usageError } = await import('../../src/errors.js');
-      if ((o.name === undefined) === (o.at === undefined)) throw usageError('restore needs exactly one of --name or --at');
-      const m = await manager(ctx);
-      const sel = o.name !== undefined ? { name: o.name } : { at: o.at! };
-      const target = await m.resolveTarget(vm, sel);
+      const target = await ctx.cb.snapshots.resolve(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
       await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
-      const r = await m.restore(vm, { name: target }, { backup: Boolean(o.backup), start: Boolean(o.start) });
-      r.warnings.forEach(warn);
-      if (ctx.json) return printJson({ vm, restored: r.value.restored, backup: r.value.backup });
-      printLine(`restored ${vm} to ${r.value.restored}${r.value.backup ? ` (backup snapshot ${r.value.backup})` : ''}`);
+      const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start) });
+      if (ctx.json) return printJson(r);
+      printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
     }));
 
   snap.command('delete').argument('<vm>').description('delete a snapshot, keeping every other state identical')
@@ -151,10 +139,9 @@ export function registerSnapshot(program: Command): Command {
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean }) => {
       if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
-      const r = await (await manager(ctx)).delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
-      r.warnings.forEach(warn);
-      if (ctx.json) return printJson({ vm, deleted: r.value.deleted, merged_into: r.value.merged_into });
-      printLine(`deleted ${r.value.deleted.join(', ')}${r.value.merged_into.length ? ` (merged into ${r.value.merged_into.join(', ')})` : ''}`);
+      const r = await ctx.cb.snapshots.delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
+      if (ctx.json) return printJson(r);
+      printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
     }));
 
   snap.command('diff').argument('<vm>').description('byte ranges whose content differs between two snapshots')
@@ -162,7 +149,7 @@ export function registerSnapshot(program: Command): Command {
     .requiredOption('--to <b>', 'snapshot, or "current"')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { from: string; to: string }) => {
-      const d = await (await manager(ctx)).diff(vm, o.from, o.to);
+      const d = await ctx.cb.snapshots.diff(vm, o.from, o.to);
       if (ctx.json) return printJson(d);
       for (const disk of d.disks) {
         printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
@@ -174,8 +161,8 @@ export function registerSnapshot(program: Command): Command {
   snap.command('stats').argument('<vm>').description('space used by the VM and its snapshots, and dedup savings')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string) => {
-      const s = await (await manager(ctx)).stats(vm);
-      if (ctx.json) return printJson({ virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes, savings_percent: s.savings_percent });
+      if (ctx.json) return printJson(await ctx.cb.snapshots.stats(vm));
+      const s = await ctx.cb.snapshots.statsDetails(vm);
       printLine(`virtual size:    ${formatBytes(s.virtual_size)}`);
       printLine(`on disk:         ${formatBytes(s.physical_bytes)} in ${s.layers} file(s), ${s.snapshots} snapshot(s)`);
       printLine(`allocated:       ${formatBytes(s.allocated_bytes)}`);
@@ -194,16 +181,13 @@ export function registerSnapshot(program: Command): Command {
     .option('--max-size <size>', 'auto snapshots use at most SIZE')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: Record<string, unknown>) => {
-      const { POLICY_KEYS, parseDuration } = await import('../../src/snapshots/policy.js');
       const changes: Record<string, unknown> = {};
       const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
       for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
-      if (typeof changes.max_size === 'string') changes.max_size = parseSize(changes.max_size, 'max size');
-      if (typeof changes.keep_within === 'string') parseDuration(changes.keep_within);
-      const m = await manager(ctx);
-      const policy = Object.keys(changes).length ? await m.setPolicy(vm, changes) : await m.getPolicy(vm);
-      if (ctx.json) return printJson({ vm, policy });
-      const entries = Object.entries(policy);
+      // commander gives the numbers (intOpt) and strings (--keep-within, --max-size) the keys take.
+      const r = await ctx.cb.snapshots.policy(vm, changes as Policy);
+      if (ctx.json) return printJson(r);
+      const entries = Object.entries(r.policy);
       if (entries.length === 0) return printLine(`no retention policy for ${vm} (auto snapshots are kept)`);
       for (const [k, v] of entries) printLine(`${k.replace(/_/g, '-')}: ${k === 'max_size' ? formatBytes(v as number) : v}`);
     }));
@@ -212,8 +196,8 @@ export function registerSnapshot(program: Command): Command {
     .option('--dry-run', 'only show what would be deleted')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { dryRun?: boolean }) => {
-      const plan = await (await manager(ctx)).prune(vm, Boolean(o.dryRun));
-      if (ctx.json) return printJson({ vm, dry_run: plan.dry_run, keep: plan.keep, remove: plan.remove });
+      const plan = await ctx.cb.snapshots.prune(vm, { dryRun: Boolean(o.dryRun) });
+      if (ctx.json) return printJson(plan);
       for (const k of plan.keep) printLine(`keep    ${k.name}  (${k.reasons.join(', ')})`);
       for (const r of plan.remove) printLine(`${plan.dry_run ? 'would remove' : 'removed'} ${r.name}  (${r.reason})`);
       if (plan.keep.length + plan.remove.length === 0) printLine('no auto snapshots');
@@ -224,9 +208,7 @@ export function registerSnapshot(program: Command): Command {
     .option('--name <name>', 'name of the auto snapshot')
     .option('--rollback-on-fail', 'restore the snapshot when the command exits non-zero')
     .action(action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean }) => {
-      const { runWithSnapshot } = await import('../../src/snapshots/run.js');
-      const r = await runWithSnapshot(await manager(ctx), vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
-      r.warnings.forEach(warn);
+      const r = await ctx.cb.snapshots.run(vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
       if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
       process.exitCode = r.exit_code;
     }));

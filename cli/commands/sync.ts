@@ -1,13 +1,13 @@
 /**
  * Team sync of snapshot chains on the command line: `snapshot share|unshare|sync`. Parsing and
- * rendering only; the work is in src/sync/ (share.ts, pull.ts, sync.ts). Hyperswarm and Hypercore load
- * inside the actions.
+ * rendering only; the work is in the library's sync namespace (Hyperswarm and Hypercore load when a
+ * sync runs).
  */
 import { InvalidArgumentError, type Command } from 'commander';
-import { printJson, printLine, table, warn } from '../output.js';
+import type { SyncProgressEvent, SyncResult, Warning } from '../../src/index.js';
+import { interruptible } from '../interrupt.js';
+import { printJson, printLine, printWarning, table } from '../output.js';
 import { action } from '../run.js';
-import { checkName } from '../../src/names.js';
-import { CloneboxError } from '../../src/errors.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -23,6 +23,13 @@ function mib(n: number): string {
   return `${(n / 1048576).toFixed(1)} MiB`;
 }
 
+/** The progress line of a chain being pulled, as the terminal shows it. */
+function progressText(p: SyncProgressEvent): string {
+  if (p.phase === 'receive') return `pull ${p.chain}: received ${mib(p.done)}`;
+  if (p.phase === 'write') return `pull ${p.chain}: writing ${p.snapshot} ${(p.done / 1048576).toFixed(1)}/${((p.total ?? 0) / 1048576).toFixed(1)} MiB`;
+  return `pull ${p.chain}: ${p.done} snapshot(s) into VM ${p.vm}, ${p.blocks_fetched} blocks fetched, ${p.blocks_reused} reused`;
+}
+
 /** Registers `share`, `unshare` and `sync` under the `snapshot` command. */
 export function registerSync(snapshot: Command): void {
   snapshot.command('share').argument('<vm>').description('publish a VM\'s snapshots (and its later ones) to a team')
@@ -30,11 +37,7 @@ export function registerSync(snapshot: Command): void {
     .option('--name <snapshot>', 'share only the snapshots from the root to this one')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { team: string; name?: string }) => {
-      checkName('VM', vm);
-      checkName('team', o.team);
-      if (o.name !== undefined) checkName('snapshot', o.name);
-      const { shareVm } = await import('../../src/sync/share.js');
-      const r = await shareVm(ctx.home, o.team, vm, o.name ?? null, (l) => warn(l));
+      const r = await ctx.cb.sync.share(vm, { team: o.team, ...(o.name !== undefined ? { name: o.name } : {}) });
       if (ctx.json) return printJson(r);
       printLine(`sharing ${vm} with team ${o.team}${o.name ? ` (up to ${o.name})` : ' (and its later snapshots)'}`);
       if (r.published === null) printLine('a running sync publishes it');
@@ -45,10 +48,7 @@ export function registerSync(snapshot: Command): void {
     .requiredOption('--team <team>', 'the team')
     .option('--json', 'print JSON')
     .action(action(async (ctx, vm: string, o: { team: string }) => {
-      checkName('VM', vm);
-      checkName('team', o.team);
-      const { unshareVm } = await import('../../src/sync/share.js');
-      const r = await unshareVm(ctx.home, o.team, vm);
+      const r = await ctx.cb.sync.unshare(vm, { team: o.team });
       if (ctx.json) return printJson(r);
       printLine(r.was_shared ? `stopped sharing ${vm} with team ${o.team}` : `${vm} was not shared with team ${o.team}`);
     }));
@@ -60,53 +60,31 @@ export function registerSync(snapshot: Command): void {
     .option('--timeout <seconds>', 'give up after this long (default 300)', secondsOpt)
     .option('--json', 'print JSON')
     .action(action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number }) => {
-      checkName('team', o.team);
-      const { parseHostPort } = await import('../../src/sync/hostport.js');
-      const bootstrap = o.bootstrap?.map((b) => parseHostPort(b));
-      const { runSync, DEFAULT_TIMEOUT_S } = await import('../../src/sync/sync.js');
       const tty = Boolean(process.stderr.isTTY) && !ctx.json;
       let open = false;
-      const progress = tty
-        ? (line: string, final: boolean) => {
-          process.stderr.write(`\r\x1b[K${line}${final ? '\n' : ''}`);
-          open = !final;
-        }
-        : undefined;
-      const controller = new AbortController();
-      const stop = () => controller.abort();
-      if (o.watch) {
-        process.once('SIGINT', stop);
-        process.once('SIGTERM', stop);
-      }
-      let report: Awaited<ReturnType<typeof runSync>>;
+      const onWarning = (w: Warning) => {
+        if (open) process.stderr.write('\n');
+        open = false;
+        printWarning(w);
+      };
+      const onProgress = (p: SyncProgressEvent) => {
+        const final = p.phase === 'pulled';
+        process.stderr.write(`\r\x1b[K${progressText(p)}${final ? '\n' : ''}`);
+        open = !final;
+      };
+      const trace = process.env.CLONEBOX_SYNC_TRACE === '1';
+      let report: SyncResult;
       try {
-        report = await runSync({
-          home: ctx.home, team: o.team, ...(bootstrap ? { bootstrap } : {}), timeoutSeconds: o.timeout ?? DEFAULT_TIMEOUT_S,
-          watch: Boolean(o.watch), signal: controller.signal,
-          log: (l) => {
-            if (open) process.stderr.write('\n');
-            open = false;
-            process.stderr.write(`clonebox: ${l}\n`);
-          },
-          ...(progress ? { progress } : {}),
-        });
+        // --watch ends normally on SIGINT/SIGTERM; a run without it is aborted (nothing half-pulled stays).
+        report = await interruptible((signal) => ctx.cb.sync.run({
+          team: o.team, ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}), ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
+          watch: Boolean(o.watch), signal, onWarning, ...(tty ? { onProgress } : {}),
+          ...(trace ? { onTrace: (ms: number, what: string) => process.stderr.write(`clonebox-trace ${ms} ms: ${what}\n`) } : {}),
+        }));
       } finally {
         if (open) process.stderr.write('\n');
-        process.removeListener('SIGINT', stop);
-        process.removeListener('SIGTERM', stop);
       }
-      if (report.errors.length) {
-        const first = report.errors[0]!;
-        throw new CloneboxError(first.code, report.errors.length === 1 ? first.message : `${report.errors.length} chains failed; first: ${first.message}`);
-      }
-      if (ctx.json) {
-        return printJson({
-          peers: report.peers,
-          chains: report.chains.map((c) => ({ vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received, peer: c.peer, remote_vm: c.remote_vm, ...(c.via ? { via: c.via } : {}), ...(c.unavailable ? { unavailable: c.unavailable } : {}) })),
-          bytes_received: report.bytes_received,
-          shared: report.shared,
-        });
-      }
+      if (ctx.json) return printJson(report);
       printLine(`peers: ${report.peers.length ? report.peers.join(', ') : 'none online'}`);
       if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${s.snapshots.length} snapshots)`).join(', ')}`);
       if (report.chains.length) {

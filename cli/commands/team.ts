@@ -1,21 +1,13 @@
 /**
  * `clonebox team ...` (identity, teams, invites) and `clonebox dht bootstrap` (a private DHT).
- * Parsing and rendering only: the work is in src/sync/. Heavy modules (hyperdht) load inside actions.
+ * Parsing and rendering only: the work is in the library's teams and dht namespaces.
  */
 import type { Command } from 'commander';
-import { printJson, printLine, table } from '../output.js';
+import { printJson, printLine, table, usage } from '../output.js';
 import { action } from '../run.js';
-import { checkName } from '../../src/names.js';
-import { usageError } from '../../src/errors.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
-}
-
-async function parseBootstraps(list: string[] | undefined): Promise<import('../../src/sync/hostport.js').HostPort[] | undefined> {
-  if (!list || list.length === 0) return undefined;
-  const { parseHostPort } = await import('../../src/sync/hostport.js');
-  return list.map((b) => parseHostPort(b));
 }
 
 export function registerTeam(program: Command): void {
@@ -26,16 +18,10 @@ export function registerTeam(program: Command): void {
     .option('--bootstrap <host:port>', 'private DHT bootstrap node for this team, repeatable (default: the public DHT)', collect)
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string, o: { name?: string; bootstrap?: string[] }) => {
-      checkName('team', name);
-      if (o.name !== undefined) checkName('workstation', o.name);
-      const bootstrap = await parseBootstraps(o.bootstrap);
-      const { ensureIdentity, loadIdentity } = await import('../../src/sync/identity.js');
-      const { createTeam } = await import('../../src/sync/teams.js');
-      await loadIdentity(ctx.home); // a damaged identity fails before anything is written
-      const { invite } = await createTeam(ctx.home, name, bootstrap ? { bootstrap } : {});
-      const id = await ensureIdentity(ctx.home, o.name); // named only once the team exists
-      if (ctx.json) return printJson({ team: name, invite });
-      printLine(`created team ${name} (this workstation: ${id.name})`);
+      const r = await ctx.cb.teams.create(name, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}) });
+      if (ctx.json) return printJson(r);
+      const { invite } = r;
+      printLine(`created team ${name} (this workstation: ${(await ctx.cb.teams.self()).name})`);
       printLine('invite (a secret: anyone holding it can join the team):');
       printLine(invite);
       printLine(`teammates run: clonebox team join ${name} --invite ${invite}`);
@@ -47,29 +33,18 @@ export function registerTeam(program: Command): void {
     .option('--bootstrap <host:port>', 'private DHT bootstrap node, repeatable (default: the invite\'s)', collect)
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string, o: { invite: string; name?: string; bootstrap?: string[] }) => {
-      checkName('team', name);
-      if (o.name !== undefined) checkName('workstation', o.name);
-      const bootstrap = await parseBootstraps(o.bootstrap);
-      const { decodeInvite } = await import('../../src/sync/invite.js');
-      decodeInvite(o.invite); // a bad invite fails before the identity or anything else is written
-      const { ensureIdentity, loadIdentity } = await import('../../src/sync/identity.js');
-      const { joinTeam, teamView } = await import('../../src/sync/teams.js');
-      await loadIdentity(ctx.home); // a damaged identity fails before anything is written
-      const { record, already } = await joinTeam(ctx.home, name, o.invite, bootstrap ? { bootstrap } : {});
-      const id = await ensureIdentity(ctx.home, o.name); // named only once the team is stored
-      if (ctx.json) return printJson(teamView(record, id));
-      printLine(already ? `already a member of team ${name} (this workstation: ${id.name})` : `joined team ${name} as ${id.name}`);
-      if (record.bootstrap.length) printLine(`bootstrap: ${record.bootstrap.join(', ')}`);
+      // Only the text says whether this workstation was already a member.
+      const already = !ctx.json && (await ctx.cb.teams.list()).includes(name);
+      const view = await ctx.cb.teams.join(name, { invite: o.invite, ...(o.name !== undefined ? { name: o.name } : {}), ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}) });
+      if (ctx.json) return printJson(view);
+      printLine(already ? `already a member of team ${name} (this workstation: ${view.self.name})` : `joined team ${name} as ${view.self.name}`);
+      if (view.bootstrap.length) printLine(`bootstrap: ${view.bootstrap.join(', ')}`);
     }));
 
   team.command('show').argument('<team>').description('show this workstation\'s identity and the members seen so far')
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string) => {
-      checkName('team', name);
-      const { ensureIdentity } = await import('../../src/sync/identity.js');
-      const { loadTeam, teamView } = await import('../../src/sync/teams.js');
-      const rec = await loadTeam(ctx.home, name);
-      const view = teamView(rec, await ensureIdentity(ctx.home));
+      const view = await ctx.cb.teams.show(name);
       if (ctx.json) return printJson(view);
       printLine(`team: ${view.team}`);
       printLine(`this workstation: ${view.self.name} (${view.self.public_key})`);
@@ -81,18 +56,15 @@ export function registerTeam(program: Command): void {
   team.command('invite').argument('<team>').description('print the team\'s invite again (a secret)')
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string) => {
-      checkName('team', name);
-      const { loadTeam, teamInvite } = await import('../../src/sync/teams.js');
-      const invite = teamInvite(await loadTeam(ctx.home, name));
-      if (ctx.json) return printJson({ team: name, invite });
-      printLine(invite);
+      const r = await ctx.cb.teams.invite(name);
+      if (ctx.json) return printJson(r);
+      printLine(r.invite);
     }));
 
   team.command('list').description('list the teams this workstation belongs to')
     .option('--json', 'print JSON')
     .action(action(async (ctx) => {
-      const { listTeams } = await import('../../src/sync/teams.js');
-      const names = await listTeams(ctx.home);
+      const names = await ctx.cb.teams.list();
       if (ctx.json) return printJson(names);
       printLine(names.length ? names.join('\n') : 'no teams');
     }));
@@ -106,18 +78,13 @@ export function registerDht(program: Command): void {
     .option('--port <port>', 'UDP port of the bootstrap address (0: any free port)', '49737')
     .option('--json', 'print one JSON line with the address once ready')
     .action(action(async (ctx, o: { host: string; port: string }) => {
-      if (!/^\d{1,5}$/.test(o.port) || Number(o.port) > 65535) throw usageError(`invalid --port ${JSON.stringify(o.port)}`, 'use a UDP port number, 1-65535 (0: any free port)');
-      const { startPrivateDht } = await import('../../src/sync/bootstrap.js');
-      const net = await startPrivateDht({
-        host: o.host,
-        port: Number(o.port),
-        onError: (err) => process.stderr.write(`clonebox: warning: DHT node error: ${err.message}\n`),
-      });
-      const address = `${net.address.host}:${net.address.port}`;
+      if (!/^\d{1,5}$/.test(o.port) || Number(o.port) > 65535) throw usage(`invalid --port ${JSON.stringify(o.port)}`, 'use a UDP port number, 1-65535 (0: any free port)');
+      const net = await ctx.cb.dht.bootstrap({ host: o.host, port: Number(o.port) });
+      const address = net.bootstrap;
       if (ctx.json) {
-        process.stdout.write(`${JSON.stringify({ bootstrap: address, host: net.address.host, port: net.address.port, nodes: net.nodes.length })}\n`);
+        process.stdout.write(`${JSON.stringify({ bootstrap: address, host: net.host, port: net.port, nodes: net.nodes })}\n`);
       } else {
-        printLine(`DHT bootstrap running on ${address} (${net.nodes.length} nodes)`);
+        printLine(`DHT bootstrap running on ${address} (${net.nodes} nodes)`);
         printLine(`teammates use: --bootstrap ${address}   (stop with Ctrl-C)`);
       }
       await new Promise<void>((resolve) => {

@@ -1,9 +1,8 @@
 import { Option, type Command } from 'commander';
-import { printJson, printLine, table, warn } from '../output.js';
-import { usageError } from '../../src/errors.js';
+import { formatBytes } from '../../src/index.js';
+import { printJson, printLine, table, usage } from '../output.js';
 import { action } from '../run.js';
 import { confirm } from '../confirm.js';
-import { formatBytes, parseSize } from '../../src/names.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -18,10 +17,7 @@ export function registerVm(program: Command): void {
     .option('--cluster-size <size>', 'qcow2 cluster size, 512 to 2M (default 64K)')
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string, o: { size: string; dir?: string; clusterSize?: string }) => {
-      const size = parseSize(o.size, 'size');
-      const clusterSize = o.clusterSize === undefined ? undefined : parseSize(o.clusterSize, 'cluster size');
-      const { createVm } = await import('../../src/vms.js');
-      const view = await createVm(ctx.home, name, { size, ...(o.dir ? { dir: o.dir } : {}), ...(clusterSize ? { clusterSize } : {}) });
+      const view = await ctx.cb.vms.create(name, { size: o.size, ...(o.dir ? { dir: o.dir } : {}), ...(o.clusterSize !== undefined ? { clusterSize: o.clusterSize } : {}) });
       if (ctx.json) return printJson(view);
       printLine(`created VM ${view.name}: ${view.disks[0]!.path} (${formatBytes(view.disks[0]!.virtual_size)})`);
     }));
@@ -34,15 +30,12 @@ export function registerVm(program: Command): void {
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string }) => {
       if (o.libvirt) {
-        if (o.disk.length) throw usageError('--libvirt and --disk exclude each other');
-        const { addLibvirtVm } = await import('../../src/vms.js');
-        const r = await addLibvirtVm(ctx.home, name, o.domain ?? name, o.connect);
-        r.warnings.forEach(warn);
-        if (ctx.json) return printJson(r.view);
-        return printLine(`registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${r.view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
+        if (o.disk.length) throw usage('--libvirt and --disk exclude each other');
+        const view = await ctx.cb.vms.addLibvirt(name, { domain: o.domain ?? name, uri: o.connect });
+        if (ctx.json) return printJson(view);
+        return printLine(`registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
       }
-      const { addVm } = await import('../../src/vms.js');
-      const view = await addVm(ctx.home, name, o.disk);
+      const view = await ctx.cb.vms.add(name, { disks: o.disk });
       if (ctx.json) return printJson(view);
       printLine(`registered VM ${view.name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
     }));
@@ -50,8 +43,7 @@ export function registerVm(program: Command): void {
   vm.command('list').description('list registered VMs')
     .option('--json', 'print JSON')
     .action(action(async (ctx) => {
-      const { listVms } = await import('../../src/vms.js');
-      const vms = await listVms(ctx.home);
+      const vms = await ctx.cb.vms.list();
       if (ctx.json) return printJson(vms);
       if (vms.length === 0) return printLine('no VMs registered');
       printLine(table(['NAME', 'DRIVER', 'DISKS', 'SIZE', 'SNAPSHOTS', 'CURRENT'], vms.map((v) => [
@@ -63,8 +55,7 @@ export function registerVm(program: Command): void {
   vm.command('show').argument('<vm>').description('show one VM')
     .option('--json', 'print JSON')
     .action(action(async (ctx, name: string) => {
-      const { showVm } = await import('../../src/vms.js');
-      const v = await showVm(ctx.home, name);
+      const v = await ctx.cb.vms.show(name);
       if (ctx.json) return printJson(v);
       printLine(`name: ${v.name}`);
       printLine(`driver: ${v.driver}`);
@@ -79,8 +70,7 @@ export function registerVm(program: Command): void {
     .addOption(new Option('--json', 'print JSON'))
     .action(action(async (ctx, name: string, o: { deleteFiles?: boolean; yes?: boolean }) => {
       if (o.deleteFiles) await confirm(`Delete VM ${name} with all its disk images and snapshot layers?`, Boolean(o.yes));
-      const { removeVm } = await import('../../src/vms.js');
-      const r = await removeVm(ctx.home, name, Boolean(o.deleteFiles));
+      const r = await ctx.cb.vms.remove(name, { deleteFiles: Boolean(o.deleteFiles) });
       if (ctx.json) return printJson(r);
       printLine(`removed VM ${name}${o.deleteFiles ? ` and ${r.deleted_files.length} file(s)` : ' (files kept)'}`);
     }));

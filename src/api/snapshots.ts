@@ -1,0 +1,160 @@
+/**
+ * `cb.snapshots`: the snapshot tree of a VM (the work is in src/snapshots/). Restore, delete and
+ * create are journaled operations that cannot stop half-way: their signal is checked before they
+ * start, and onProgress hears when they start and end.
+ */
+import { checkAborted } from '../abort.js';
+import { usageError } from '../errors.js';
+import { parseSize } from '../names.js';
+import type { Session } from './session.js';
+import type {
+  DeleteOptions, DeleteResult, DiffResult, LongOptions, Policy, PolicyResult, PruneResult, RestoreOptions, RestoreResult, RunOptions,
+  RunResult, SnapshotCreateOptions, SnapshotTree, SnapshotTreeDetails, SnapshotView, StatsDetails, StatsResult,
+} from './types.js';
+import type { Policy as InternalPolicy } from '../snapshots/policy.js';
+
+/** Runs one journaled step with the long-operation options: abort before it, progress around it. */
+async function step<T>(phase: string, opts: LongOptions, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
+  checkAborted(signal);
+  opts.onProgress?.({ phase, done: 0, total: 1 });
+  const r = await fn();
+  opts.onProgress?.({ phase, done: 1, total: 1 });
+  return r;
+}
+
+export class Snapshots {
+  constructor(private readonly s: Session) {}
+
+  private async manager() {
+    const { SnapshotManager } = await import('../snapshots/manager.js');
+    return new SnapshotManager(this.s.home);
+  }
+
+  /** Snapshots every disk of the VM; the new snapshot becomes the current one. */
+  create(vm: string, opts: SnapshotCreateOptions = {}): Promise<SnapshotView> {
+    return this.s.run(async () => {
+      const m = await this.manager();
+      const r = await step('create', opts, this.s.signal(opts.signal), () => m.create(vm, {
+        ...(opts.name !== undefined ? { name: opts.name } : {}),
+        description: opts.description ?? null, tags: opts.tags ?? [], memory: Boolean(opts.memory), quiesce: Boolean(opts.quiesce),
+      }));
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return r.value;
+    });
+  }
+
+  /** Newest first. */
+  list(vm: string): Promise<SnapshotView[]> {
+    return this.s.run(async () => (await this.manager()).list(vm));
+  }
+
+  tree(vm: string): Promise<SnapshotTree> {
+    return this.s.run(async () => {
+      const t = await (await this.manager()).tree(vm);
+      return { vm_name: t.vm_name, current: t.current, roots: t.roots };
+    });
+  }
+
+  /** The tree with what a rendering marks: each snapshot's view, and those the policy would prune. */
+  treeDetails(vm: string): Promise<SnapshotTreeDetails> {
+    return this.s.run(async () => {
+      const t = await (await this.manager()).tree(vm);
+      return { vm_name: t.vm_name, current: t.current, roots: t.roots, views: t.views, expired: t.expired };
+    });
+  }
+
+  show(vm: string, name: string): Promise<SnapshotView> {
+    return this.s.run(async () => (await this.manager()).show(vm, name));
+  }
+
+  /** The snapshot a restore selection names (exactly one of name and at). */
+  resolve(vm: string, sel: { name?: string; at?: string }): Promise<string> {
+    return this.s.run(async () => (await this.manager()).resolveTarget(vm, selection(sel)));
+  }
+
+  /** Makes the VM state equal to a snapshot: unsnapshotted changes are discarded (backup: snapshot them first). */
+  restore(vm: string, opts: RestoreOptions): Promise<RestoreResult> {
+    return this.s.run(async () => {
+      const sel = selection(opts);
+      const m = await this.manager();
+      const r = await step('restore', opts, this.s.signal(opts.signal), () => m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start) }));
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return { vm, restored: r.value.restored, backup: r.value.backup };
+    });
+  }
+
+  /** Deletes a snapshot keeping every other state identical (keepChildren: merges it into its children). */
+  delete(vm: string, name: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    return this.s.run(async () => {
+      const m = await this.manager();
+      const r = await step('delete', opts, this.s.signal(opts.signal), () => m.delete(vm, name, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren) }));
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return { vm, deleted: r.value.deleted, merged_into: r.value.merged_into };
+    });
+  }
+
+  /** Byte ranges whose content differs between two snapshots (`to` may be 'current'). */
+  diff(vm: string, from: string, to: string): Promise<DiffResult> {
+    return this.s.run(async () => (await this.manager()).diff(vm, from, to));
+  }
+
+  stats(vm: string): Promise<StatsResult> {
+    return this.s.run(async () => {
+      const s = await (await this.manager()).stats(vm);
+      return { virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes, savings_percent: s.savings_percent };
+    });
+  }
+
+  /** stats() with the layer files and snapshots counted. */
+  statsDetails(vm: string): Promise<StatsDetails> {
+    return this.s.run(async () => {
+      const s = await (await this.manager()).stats(vm);
+      return {
+        virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes,
+        savings_percent: s.savings_percent, layers: s.layers, snapshots: s.snapshots,
+      };
+    });
+  }
+
+  /** The retention policy of auto snapshots; with `set`, changes those keys first. */
+  policy(vm: string, set?: Policy): Promise<PolicyResult> {
+    return this.s.run(async () => {
+      const { POLICY_KEYS, parseDuration } = await import('../snapshots/policy.js');
+      const changes: Record<string, number | string> = {};
+      for (const k of POLICY_KEYS) {
+        const v = set?.[k];
+        if (v !== undefined) changes[k] = v;
+      }
+      if (typeof changes.max_size === 'string') changes.max_size = parseSize(changes.max_size, 'max size');
+      if (typeof changes.keep_within === 'string') parseDuration(changes.keep_within);
+      const m = await this.manager();
+      // max_size is a number and keep_within a valid duration by now.
+      const policy = Object.keys(changes).length ? await m.setPolicy(vm, changes as InternalPolicy) : await m.getPolicy(vm);
+      return { vm, policy };
+    });
+  }
+
+  /** Applies the retention policy to auto snapshots (dryRun: only says what it would delete). */
+  prune(vm: string, opts: { dryRun?: boolean } = {}): Promise<PruneResult> {
+    return this.s.run(async () => {
+      const plan = await (await this.manager()).prune(vm, Boolean(opts.dryRun));
+      return { vm, dry_run: plan.dry_run, keep: plan.keep, remove: plan.remove };
+    });
+  }
+
+  /** Snapshots, runs argv with inherited stdio, and with rollbackOnFail restores the snapshot when it fails. */
+  run(vm: string, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
+    return this.s.run(async () => {
+      const { runWithSnapshot } = await import('../snapshots/run.js');
+      const r = await runWithSnapshot(await this.manager(), vm, argv, { ...(opts.name !== undefined ? { name: opts.name } : {}), rollbackOnFail: Boolean(opts.rollbackOnFail) });
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return { snapshot: r.snapshot, exit_code: r.exit_code, rolled_back: r.rolled_back };
+    });
+  }
+}
+
+function selection(sel: { name?: string; at?: string }): { name: string } | { at: string } {
+  if (sel.name !== undefined && sel.at === undefined) return { name: sel.name };
+  if (sel.at !== undefined && sel.name === undefined) return { at: sel.at };
+  throw usageError('restore needs exactly one of --name or --at');
+}

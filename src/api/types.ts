@@ -1,0 +1,492 @@
+/**
+ * The public shapes of the library: options and results of every namespace. Results are exactly the
+ * objects the CLI prints with --json (snake_case keys, as docs/api.md and the CLI contract show).
+ * This module stands alone (no import from the internals): the type declarations a consumer gets
+ * never reach into clonebox's internal modules, and the compiler checks each internal result against
+ * these shapes where the namespaces return it.
+ */
+import type { Readable, Writable } from 'node:stream';
+
+/** A condition worth telling the user that does not stop the operation. */
+export interface Warning {
+  /**
+   * RECOVERED: open() cleaned up an interrupted operation. WARNING: anything else worth a warning
+   * line. NOTICE: what a sync tells as it goes (peers that refused, chains that wait), not a warning.
+   */
+  code: 'RECOVERED' | 'WARNING' | 'NOTICE';
+  message: string;
+}
+
+export type WarningCallback = (w: Warning) => void;
+
+export interface ProgressEvent {
+  /** What is being done: 'export', 'import', 'verify', 'receive', 'write', 'pulled'... */
+  phase: string;
+  done: number;
+  /** Null when not known (a bundle read from a stream, bytes still to receive). */
+  total: number | null;
+}
+
+export type ProgressCallback = (p: ProgressEvent) => void;
+
+/** Taken by every long operation. */
+export interface LongOptions {
+  /** Aborting leaves nothing half-written (as SIGINT does for the CLI); the call rejects with ABORTED. */
+  signal?: AbortSignal;
+  onProgress?: ProgressCallback;
+  /** Warnings of this call (default: the onWarning given to Clonebox.open). */
+  onWarning?: WarningCallback;
+}
+
+/** Options that take only warnings (short operations that may still have something to say). */
+export interface WarningOptions {
+  onWarning?: WarningCallback;
+}
+
+export interface OpenOptions {
+  /** The state directory (default $CLONEBOX_HOME, else ~/.clonebox). */
+  home?: string;
+  /**
+   * Recover interrupted imports and pulls of VMs that never came to exist (default true). The CLI
+   * turns it off for the commands that do not use the home.
+   */
+  recover?: boolean;
+  /** Warnings of open() and, unless a call gives its own, of every call. Without it they are kept in `warnings`. */
+  onWarning?: WarningCallback;
+}
+
+// ---- vms ----
+
+export interface DiskView {
+  target: string;
+  path: string;
+  virtual_size: number;
+}
+
+/** `vm show --json`. */
+export interface VmView {
+  name: string;
+  driver: 'image' | 'libvirt';
+  current: string | null;
+  snapshot_count: number;
+  disks: DiskView[];
+}
+
+export interface VmCreateOptions {
+  /** Bytes, or a size as the CLI takes it ('20G', '512M'). */
+  size: number | string;
+  /** Directory for the disk (default <home>/disks/<vm>). */
+  dir?: string;
+  /** qcow2 cluster size, 512 to 2M (bytes or '64K'); default 64K. */
+  clusterSize?: number | string;
+}
+
+export interface VmRemoveResult {
+  name: string;
+  deleted_files: string[];
+}
+
+// ---- snapshots ----
+
+/** `snapshot show --json`, and each entry of `snapshot list --json`. */
+export interface SnapshotView {
+  name: string;
+  vm_name: string;
+  type: 'disk' | 'full';
+  state: 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
+  created_at: string;
+  description: string | null;
+  parent: string | null;
+  children: string[];
+  size_bytes: number;
+  tags: string[];
+  auto_created: boolean;
+  auto_policy: string | null;
+  expires_at: string | null;
+  current: boolean;
+  disks: { target: string; path: string }[];
+}
+
+export interface TreeNode {
+  name: string;
+  created_at: string;
+  current: boolean;
+  children: TreeNode[];
+}
+
+/** `snapshot list --tree --json`. */
+export interface SnapshotTree {
+  vm_name: string;
+  current: string | null;
+  roots: TreeNode[];
+}
+
+/** What a text rendering of the tree needs besides the tree: every snapshot's view, and the expired ones. */
+export interface SnapshotTreeDetails extends SnapshotTree {
+  views: SnapshotView[];
+  expired: string[];
+}
+
+export interface SnapshotCreateOptions extends LongOptions {
+  /** Default snap-YYYYMMDD-HHMMSS. */
+  name?: string;
+  description?: string | null;
+  tags?: string[];
+  /** Include memory state (running libvirt VMs). */
+  memory?: boolean;
+  /** Freeze guest filesystems through the guest agent. */
+  quiesce?: boolean;
+}
+
+export interface RestoreOptions extends LongOptions {
+  /** Exactly one of name and at. */
+  name?: string;
+  /** The newest snapshot created at or before this time (ISO-8601). */
+  at?: string;
+  /** Snapshot the current state first. */
+  backup?: boolean;
+  /** Start the VM afterwards (libvirt). */
+  start?: boolean;
+}
+
+/** `snapshot restore --json`. */
+export interface RestoreResult {
+  vm: string;
+  restored: string;
+  backup: string | null;
+}
+
+export interface DeleteOptions extends LongOptions {
+  /** Delete the whole subtree. */
+  recursive?: boolean;
+  /** Merge its data into its children. */
+  keepChildren?: boolean;
+}
+
+/** `snapshot delete --json`. */
+export interface DeleteResult {
+  vm: string;
+  deleted: string[];
+  merged_into: string[];
+}
+
+/** `snapshot diff --json`. */
+export interface DiffResult {
+  from: string;
+  to: string;
+  disks: { target: string; granularity: number; changed_bytes: number; ranges: { offset: number; length: number }[] }[];
+}
+
+/** `snapshot stats --json`. */
+export interface StatsResult {
+  virtual_size: number;
+  physical_bytes: number;
+  allocated_bytes: number;
+  unique_bytes: number;
+  savings_percent: number;
+}
+
+/** What a text rendering adds: layer files and snapshots counted. */
+export interface StatsDetails extends StatsResult {
+  layers: number;
+  snapshots: number;
+}
+
+/** Retention policy of auto snapshots (keys as `snapshot policy --json` shows them). */
+export interface Policy {
+  keep_last?: number;
+  keep_hourly?: number;
+  keep_daily?: number;
+  keep_weekly?: number;
+  keep_monthly?: number;
+  keep_yearly?: number;
+  /** A duration such as '7d' or '1y2m'. */
+  keep_within?: string;
+  max_snapshots?: number;
+  /** Bytes, or a size such as '10G'. */
+  max_size?: number | string;
+}
+
+/** `snapshot policy --json`: the policy after the change (max_size in bytes). */
+export interface PolicyResult {
+  vm: string;
+  policy: Omit<Policy, 'max_size'> & { max_size?: number };
+}
+
+/** `snapshot prune --json`. */
+export interface PruneResult {
+  vm: string;
+  dry_run: boolean;
+  keep: { name: string; reasons: string[] }[];
+  remove: { name: string; reason: string }[];
+}
+
+export interface RunOptions extends WarningOptions {
+  /** Name of the auto snapshot. */
+  name?: string;
+  /** Restore the snapshot when the command exits non-zero. */
+  rollbackOnFail?: boolean;
+}
+
+/** `snapshot run`: the command ran with inherited stdio; its exit status (128 + signal number when killed). */
+export interface RunResult {
+  snapshot: string;
+  exit_code: number;
+  rolled_back: boolean;
+}
+
+// ---- bundles ----
+
+/** Where a bundle is read from: a file path, or a Node stream that gives it. */
+export type BundleInput = string | Readable;
+
+/** A key for an encrypted bundle: a key file, a passphrase file, or the passphrase itself. */
+export interface KeyOptions {
+  keyFile?: string;
+  passphraseFile?: string;
+  passphrase?: string;
+}
+
+export interface ExportOptions extends LongOptions, KeyOptions {
+  /** A file path, or a Node stream that takes the bundle. */
+  output: string | Writable;
+  /** Last snapshot to include (default: the current one). */
+  name?: string;
+  /** Include only the snapshots after this one (the importing VM must hold it). */
+  since?: string;
+  /** Encrypt (needs a key). */
+  encrypt?: boolean;
+  /** zstd level, 1-19 (default 3). */
+  level?: number;
+}
+
+/** `snapshot export --json`. `file` is '-' when the output was a stream. */
+export interface ExportResult {
+  file: string;
+  snapshots: string[];
+  logical_bytes: number;
+  unique_bytes: number;
+  stored_bytes: number;
+  blocks: number;
+  unique_blocks: number;
+  encrypted: boolean;
+  seconds: number;
+  bundle_bytes: number;
+  since: string | null;
+}
+
+export interface ImportOptions extends LongOptions, KeyOptions {
+  /** Directory for the disks of a new VM (default <home>/disks/<vm>). */
+  dir?: string;
+}
+
+/** `snapshot import --json`. */
+export interface ImportResult {
+  vm: string;
+  snapshots: string[];
+  bytes_written: number;
+  seconds: number;
+  /** The VM's current snapshot after the import. */
+  current: string | null;
+  /** For a --since bundle: the local snapshot the imported ones stand on. */
+  base: string | null;
+}
+
+export type VerifyOptions = LongOptions & KeyOptions;
+
+/** `snapshot verify --json`. Problems found in the bundle are the result (ok false), not a rejection. */
+export interface VerifyResult {
+  ok: boolean;
+  snapshots: string[];
+  blocks_checked: number;
+  errors: { code: string; message: string }[];
+  encrypted: boolean | null;
+  packs: number;
+  bytes: number;
+}
+
+/** `snapshot inspect --json`. */
+export interface InspectResult {
+  file: string;
+  format_version: number;
+  encrypted: boolean;
+  key: 'none' | 'passphrase' | 'key-file';
+  /** False when the bundle is encrypted and no key was given: only the header was read. */
+  readable: boolean;
+  bundle_bytes: number | null;
+  vm: string | null;
+  created_at: string | null;
+  since: { name: string; content_id: string } | null;
+  snapshots: {
+    name: string; parent: string | null; created_at: string; description: string | null; tags: string[]; content_id: string;
+    data_bytes: number; zero_bytes: number;
+    disks: { target: string; virtual_size: number; cluster_size: number; data_bytes: number; zero_bytes: number; blocks: number }[];
+  }[];
+  packs: number;
+  logical_bytes: number;
+  unique_bytes: number;
+  stored_bytes: number;
+  blocks: number;
+  unique_blocks: number;
+  frames: number;
+  dedup_savings_percent: number;
+  compression_savings_percent: number;
+  total_savings_percent: number;
+}
+
+/** `key generate --json`. */
+export interface KeyFileResult {
+  file: string;
+}
+
+// ---- teams ----
+
+/** `team show --json` (and `team join --json`). */
+export interface TeamView {
+  team: string;
+  self: { name: string; public_key: string };
+  members: { name: string; public_key: string; first_seen: string; last_seen: string; via?: string }[];
+  bootstrap: string[];
+}
+
+/** `team create --json` and `team invite --json`. The invite is a secret. */
+export interface TeamInvite {
+  team: string;
+  invite: string;
+}
+
+export interface TeamCreateOptions {
+  /** This workstation's name (default: the host name). */
+  name?: string;
+  /** Private DHT bootstrap nodes ('host:port'). */
+  bootstrap?: string[];
+}
+
+export interface TeamJoinOptions extends TeamCreateOptions {
+  invite: string;
+}
+
+/** This workstation's identity. */
+export interface Workstation {
+  name: string;
+  public_key: string;
+}
+
+// ---- sync ----
+
+export interface ShareOptions extends WarningOptions {
+  team: string;
+  /** Share only the snapshots from the root to this one (default: all, and the later ones). */
+  name?: string;
+}
+
+/** `snapshot share --json`. `published` is null when a running sync holds the catalog (it publishes). */
+export interface ShareResult {
+  vm: string;
+  team: string;
+  upto: string | null;
+  published: string[] | null;
+}
+
+/** `snapshot unshare --json`. */
+export interface UnshareResult {
+  vm: string;
+  team: string;
+  was_shared: boolean;
+}
+
+export interface SyncProgressEvent extends ProgressEvent {
+  /** receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a chain registered. */
+  phase: 'receive' | 'write' | 'pulled';
+  /** The chain: '<vm> from <member>' (and ' (via <member>)' when relayed). */
+  chain: string;
+  /** write: the snapshot being written. */
+  snapshot?: string;
+  /** pulled: the local VM and the block counts (done and total: the snapshots added). */
+  vm?: string;
+  blocks_fetched?: number;
+  blocks_reused?: number;
+}
+
+export interface SyncRunOptions extends Omit<LongOptions, 'onProgress'> {
+  team: string;
+  /** DHT bootstrap nodes ('host:port'; default: the team's setting, else the public DHT). */
+  bootstrap?: string[];
+  /** Keep serving and pulling until the signal aborts (then it resolves normally). */
+  watch?: boolean;
+  /** Seconds before it gives up (default 300). */
+  timeout?: number;
+  onProgress?: (p: SyncProgressEvent) => void;
+  /** Phase timings for profiling: milliseconds since the process started, and what happened. */
+  onTrace?: (ms: number, what: string) => void;
+}
+
+/** `snapshot sync --json`. A run where a chain failed rejects instead (the first chain's code). */
+export interface SyncResult {
+  peers: string[];
+  chains: {
+    vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string;
+    remote_vm: string; via?: string; unavailable?: string[];
+  }[];
+  bytes_received: number;
+  shared: { vm: string; snapshots: string[] }[];
+}
+
+// ---- images ----
+
+/** `image info --json`. */
+export interface ImageInfo {
+  format: 'qcow2';
+  version: 2 | 3;
+  virtual_size: number;
+  cluster_size: number;
+  backing_file: string | null;
+  backing_format: string | null;
+  compression_type: 'zlib' | 'zstd';
+  extended_l2: boolean;
+  data_bytes: number;
+  zero_bytes: number;
+}
+
+/** Each entry of `image map --json`: a guest range this file alone holds. */
+export interface Extent {
+  offset: number;
+  length: number;
+  kind: 'data' | 'zero' | 'unallocated';
+}
+
+// ---- dht, demo ----
+
+export interface DhtOptions extends WarningOptions {
+  /** IPv4 address to listen on (default 127.0.0.1). */
+  host?: string;
+  /** UDP port of the bootstrap address (default 49737; 0: any free port). */
+  port?: number;
+}
+
+/** A private DHT running in this process until closed. */
+export interface PrivateDht {
+  /** What teammates pass as bootstrap: 'host:port'. */
+  bootstrap: string;
+  host: string;
+  port: number;
+  nodes: number;
+  close(): Promise<void>;
+}
+
+export interface DemoOptions {
+  /** Working directory (default: a new temporary directory). */
+  dir?: string;
+  /** Each line of the story as it runs. */
+  onLog?: (line: string) => void;
+}
+
+/** `demo --json`. */
+export interface DemoResult {
+  dir: string;
+  home: string;
+  vm: string;
+  steps: { command: string; output: string[] }[];
+  stats: { allocated_bytes: number; unique_bytes: number; savings_percent: number; physical_bytes: number };
+  seconds: number;
+}

@@ -1,0 +1,51 @@
+/** `cb.vms`: register, create, inspect and remove VMs (the work is in src/vms.ts). */
+import { parseSize } from '../names.js';
+import type { Session } from './session.js';
+import type { VmCreateOptions, VmRemoveResult, VmView, WarningOptions } from './types.js';
+
+const size = (v: number | string, what: string): number => (typeof v === 'number' ? v : parseSize(v, what));
+
+export class Vms {
+  constructor(private readonly s: Session) {}
+
+  /** A new empty qcow2 disk, registered (image driver). */
+  create(name: string, opts: VmCreateOptions): Promise<VmView> {
+    return this.s.run(async () => {
+      const bytes = size(opts.size, 'size');
+      const clusterSize = opts.clusterSize === undefined ? undefined : size(opts.clusterSize, 'cluster size');
+      const { createVm } = await import('../vms.js');
+      return createVm(this.s.home, name, { size: bytes, ...(opts.dir ? { dir: opts.dir } : {}), ...(clusterSize ? { clusterSize } : {}) });
+    });
+  }
+
+  /** Registers existing qcow2 disks. */
+  add(name: string, opts: { disks: string[] }): Promise<VmView> {
+    return this.s.run(async () => {
+      const { addVm } = await import('../vms.js');
+      return addVm(this.s.home, name, opts.disks);
+    });
+  }
+
+  /** Registers a libvirt domain (default connection qemu:///system). */
+  addLibvirt(name: string, opts: WarningOptions & { domain?: string; uri?: string } = {}): Promise<VmView> {
+    return this.s.run(async () => {
+      const { addLibvirtVm } = await import('../vms.js');
+      const r = await addLibvirtVm(this.s.home, name, opts.domain ?? name, opts.uri ?? 'qemu:///system');
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return r.view;
+    });
+  }
+
+  list(): Promise<VmView[]> {
+    return this.s.run(async () => (await import('../vms.js')).listVms(this.s.home));
+  }
+
+  show(name: string): Promise<VmView> {
+    return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name));
+  }
+
+  /** Unregisters the VM; with deleteFiles also deletes its disks and layers. */
+  remove(name: string, opts: { deleteFiles?: boolean } = {}): Promise<VmRemoveResult> {
+    return this.s.run(async () => (await import('../vms.js')).removeVm(this.s.home, name, Boolean(opts.deleteFiles)));
+  }
+}
