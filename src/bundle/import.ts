@@ -35,7 +35,7 @@ import { randomBytes, type KeySource } from './crypto.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { checkAborted } from '../abort.js';
+import { abortedError, checkAborted } from '../abort.js';
 import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
 import { WorkerPool } from './workers.js';
 
@@ -277,11 +277,21 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   const pool = WorkerPool.start(Math.max(1, Math.min(8, os.availableParallelism())));
   pool.catch(() => undefined);
   let reader: BundleReader | null = null;
+  // A stream that stalls (a pipe nobody writes to) must not hold an abort up: it is destroyed, so the
+  // read waiting on it fails and the import rolls back. A file is read to its end between checks.
+  const stream = input.stream as Partial<Readable>;
+  const onAbort = () => stream.destroy?.(abortedError());
+  if (input.file === null) opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
     reader = await BundleReader.open(input.stream, input.label, opts.key);
     if (input.file) reader.setSeekable(input.file);
     return await importLocked(home, vmName, reader, await pool, opts, input.size, t0);
+  } catch (err) {
+    // Whatever the destroyed stream made the decoder say, the cause is the abort.
+    if (opts.signal?.aborted) throw abortedError();
+    throw err;
   } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
     reader?.destroy();
     await (await pool.catch(() => null))?.close();
   }
