@@ -122,6 +122,19 @@ describe('abort through the signal', () => {
     }
   }, 120_000);
 
+  it('an aborted verify rejects with ABORTED instead of reporting the bundle', async () => {
+    const cb = await Clonebox.open({ home: path.join(root, 'home-a'), recover: false });
+    try {
+      const ac = new AbortController();
+      const p = abortAtFirstBytes(ac);
+      await expectAborted(cb.bundles.verify(bundle, { signal: ac.signal, onProgress: p.onProgress }));
+      expect(p.seen()).toBeGreaterThan(0);
+      expect((await cb.bundles.verify(bundle)).ok).toBe(true);
+    } finally {
+      await cb.close();
+    }
+  }, 120_000);
+
   it('an aborted sync registers nothing and lists no temporaries', async () => {
     const homeA = path.join(root, 'home-a');
     const homeC = path.join(root, 'home-c');
