@@ -9,7 +9,7 @@ export function printLine(text = ''): void {
   process.stdout.write(`${text}\n`);
 }
 
-export function warn(message: string): void {
+function warn(message: string): void {
   process.stderr.write(`clonebox: warning: ${message}\n`);
 }
 

@@ -24,7 +24,7 @@ function shortTime(iso: string): string {
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-export function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, expired: Set<string>): string {
+function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, expired: Set<string>): string {
   const lines = [`${vm}`];
   const label = (n: TreeNode) => {
     const v = views.get(n.name);

@@ -44,7 +44,7 @@ export class Sync {
       const { runSync, DEFAULT_TIMEOUT_S } = await import('../sync/sync.js');
       const { setTraceSink } = await import('../sync/trace.js');
       const prevTrace = opts.onTrace ? setTraceSink(opts.onTrace) : null;
-      let report;
+      let report: Awaited<ReturnType<typeof runSync>>;
       try {
         report = await runSync({
           home: this.s.home, team: opts.team, ...(bootstrap ? { bootstrap } : {}), timeoutSeconds: opts.timeout ?? DEFAULT_TIMEOUT_S,

@@ -3,7 +3,7 @@
  * done, of a total when known). Drawing it is the caller's business (the CLI: cli/progress.ts); with
  * no callback every call is a no-op.
  */
-export interface ProgressEvent {
+interface ProgressEvent {
   /** What is being done: 'export', 'import', 'verify', or a sync phase. */
   phase: string;
   done: number;

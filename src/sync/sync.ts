@@ -61,7 +61,7 @@ export interface SyncOptions {
   progress?: (p: SyncProgress) => void;
 }
 
-export type SyncProgress =
+type SyncProgress =
   | { phase: 'receive'; chain: string; done: number; total: null }
   | { phase: 'write'; chain: string; snapshot: string; done: number; total: number }
   | { phase: 'pulled'; chain: string; done: number; total: number; vm: string; blocks_fetched: number; blocks_reused: number };
