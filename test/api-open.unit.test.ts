@@ -1,7 +1,7 @@
 /**
  * Clonebox.open and close: the home is resolved (argument, else $CLONEBOX_HOME), close() is idempotent
  * and refuses later calls, results are the CLI's JSON shapes, and failures are coded CloneboxErrors.
- * No qemu needed.
+ * In-process, no qemu or network (the unit lane).
  */
 import { afterAll, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
