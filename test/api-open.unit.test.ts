@@ -1,6 +1,6 @@
 /**
  * Clonebox.open and close: the home is resolved (argument, else $CLONEBOX_HOME), close() is idempotent
- * and refuses later calls, results are the CLI's JSON shapes, and failures are coded CloneboxErrors.
+ * and refuses later calls, and failures are coded CloneboxErrors (an abort before the start included).
  * In-process, no qemu or network (the unit lane).
  */
 import { afterAll, expect, it } from 'vitest';
