@@ -10,7 +10,9 @@ import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Clonebox, CloneboxError, type ProgressEvent } from '../src/index.js';
-import { CLI_PATH, cleanupTempDirs, makeTempDir, qemuIo } from './helpers/qemu.js';
+import { CLI_PATH } from './helpers/cli.js';
+import { qemuIo } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
 
 let root = '';

@@ -5,7 +5,7 @@
 import { afterAll, expect, it } from 'vitest';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { REPO_ROOT } from './helpers/qemu.js';
+import { REPO_ROOT } from './helpers/cli.js';
 
 /** The TypeScript block between the example markers of docs/api.md. */
 async function docExample(): Promise<string> {

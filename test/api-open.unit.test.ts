@@ -7,7 +7,7 @@ import { afterAll, expect, it } from 'vitest';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { Clonebox, CloneboxError, formatBytes, parseSize } from '../src/index.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 afterAll(cleanupTempDirs);
 

@@ -51,7 +51,7 @@ describe('bundle fixtures of today\'s format', () => {
     it(`the ${label} bundle imports byte-identically`, async () => {
       const home = resolveHome(path.join(tmp(), label));
       const key = keyFile === null ? null : await loadKeySource({ keyFile: path.join(FIXTURES, 'bundle', keyFile) });
-      const r = await importBundle(home, expected.vm, { input: path.join(FIXTURES, 'bundle', file), key, json: true });
+      const r = await importBundle(home, expected.vm, { input: path.join(FIXTURES, 'bundle', file), key });
       expect(r.snapshots).toEqual(expected.snapshots.map((s) => s.name));
       const views = await new SnapshotManager(home).list(expected.vm);
       expect(views.map((v) => v.name).sort()).toEqual(expected.snapshots.map((s) => s.name).sort());

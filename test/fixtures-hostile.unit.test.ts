@@ -47,7 +47,7 @@ describe('hostile fixtures', () => {
         const vm = `v${n++}`;
         const dir = path.join(tmp(), `disks-${vm}`);
         const key = c.key ? await loadKeySource({ keyFile: path.join(FIXTURES, 'hostile', c.key) }) : null;
-        const err = await importBundle(home, vm, { input: path.join(FIXTURES, 'hostile', c.file), key, dir, json: true }).then(() => null, (e: unknown) => e);
+        const err = await importBundle(home, vm, { input: path.join(FIXTURES, 'hostile', c.file), key, dir }).then(() => null, (e: unknown) => e);
         expect(err).toBeInstanceOf(CloneboxError);
         expect((err as CloneboxError).code, (err as Error).message).toBe(c.code);
         expect(existsSync(dir), 'disks dir left behind').toBe(false);
