@@ -5,7 +5,7 @@ import { CloneboxError, ioError } from './errors.js';
 import { checkName } from './names.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
-import { ensureDir, pathExists } from './store/fsutil.js';
+import { ensureDir, pathExists } from './fsutil.js';
 import type { Home } from './store/home.js';
 import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';

@@ -18,7 +18,7 @@ import type { Writable } from 'node:stream';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { checkName } from '../names.js';
 import { Qcow2Image } from '../qcow2/reader.js';
-import { fsyncDir, tempPathFor } from '../store/fsutil.js';
+import { fsyncDir, tempPathFor } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
 import { loadVm, lockVm } from '../store/registry.js';

@@ -25,7 +25,7 @@ import { checkName } from '../names.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { ensureDir } from '../store/fsutil.js';
+import { ensureDir } from '../fsutil.js';
 import { vmDir, type Home } from '../store/home.js';
 import { Journal, journalPath, recover, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';

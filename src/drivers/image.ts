@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { CloneboxError } from '../errors.js';
 import { imageGeometry, type Geometry } from '../qcow2/probe.js';
-import { pathExists } from '../store/fsutil.js';
+import { pathExists } from '../fsutil.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { rebaseImage } from '../snapshots/rebase.js';
 import type { Action, Journal } from '../store/journal.js';

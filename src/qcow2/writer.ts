@@ -17,7 +17,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { CloneboxError, ioError } from '../errors.js';
 import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
-import { fsyncDir } from '../store/fsutil.js';
+import { fsyncDir } from '../fsutil.js';
 
 export interface CreateOptions {
   virtualSize: number;

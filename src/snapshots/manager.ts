@@ -18,7 +18,7 @@ import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store
 import { rebaseImage } from './rebase.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
 import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
-import { pathExists } from '../store/fsutil.js';
+import { pathExists } from '../fsutil.js';
 import { allocatedBytes, backingOf } from '../qcow2/probe.js';
 import { diffDisk, type DiskDiff } from './diff.js';
 import { computeStats, type VmStats } from './stats.js';
@@ -322,7 +322,7 @@ export class SnapshotManager {
     return this.withVm(vmName, 'snapshot policy', async (vm) => {
       const policy = { ...policyOf(vm), ...changes };
       if (policy.keep_within !== undefined) parseDuration(policy.keep_within);
-      const { writeJsonAtomic } = await import('../store/fsutil.js');
+      const { writeJsonAtomic } = await import('../fsutil.js');
       await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), policy } });
       return policy;
     });

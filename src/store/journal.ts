@@ -17,7 +17,7 @@
 import { readFile, rename, rm, unlink, readdir, lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { writeJsonAtomic, ensureDir, pathExists } from './fsutil.js';
+import { writeJsonAtomic, ensureDir, pathExists } from '../fsutil.js';
 import { vmDir, type Home } from './home.js';
 
 export type Action =

@@ -7,7 +7,7 @@ import { open, readFile, unlink, rename, mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import os from 'node:os';
 import { CloneboxError, ioError } from '../errors.js';
-import { tempPathFor } from './fsutil.js';
+import { tempPathFor } from '../fsutil.js';
 
 export interface LockInfo {
   pid: number;

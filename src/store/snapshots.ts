@@ -6,7 +6,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { ensureDir, writeJsonAtomic } from './fsutil.js';
+import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { vmDir, type Home } from './home.js';
 
 export type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';

@@ -16,7 +16,7 @@ import path from 'node:path';
 import Hypercore from 'hypercore';
 import { CloneboxError } from '../errors.js';
 import type { Home } from '../store/home.js';
-import { ensureDir } from '../store/fsutil.js';
+import { ensureDir } from '../fsutil.js';
 import { decodeRecord, encodeRecord, RecordKind, type CatalogRecord, type HeadRecord, type MapItem, type SnapshotRecordEntry } from './catalog-records.js';
 import { publicKeyOfSeed, type Identity, type KeyPair } from './identity.js';
 import { teamTopic } from './keys.js';

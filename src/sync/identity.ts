@@ -15,8 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { NAME_RE, checkName } from '../names.js';
-import { ensureDir, writeFileAtomic } from '../store/fsutil.js';
-import { createFileExclusive } from '../store/fsutil.js';
+import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 
 export interface KeyPair {

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { Batcher, LayerDigest, openLayer } from '../bundle/blocks.js';
 import { FRAME_TARGET } from '../bundle/format.js';
 import { Chain } from '../qcow2/chain.js';
-import { ensureDir, writeFileAtomic } from '../store/fsutil.js';
+import { ensureDir, writeFileAtomic } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { listVmNames } from '../store/registry.js';
 import { listSnapshotRecords } from '../store/snapshots.js';

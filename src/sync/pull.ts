@@ -22,7 +22,7 @@ import { CloneboxError } from '../errors.js';
 import { NAME_RE } from '../names.js';
 import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { ensureDir, pathExists } from '../store/fsutil.js';
+import { ensureDir, pathExists } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { Journal, recover, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';

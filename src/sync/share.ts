@@ -19,7 +19,7 @@ import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';
 import { acquireLock } from '../store/lock.js';
-import { ensureDir, writeJsonAtomic } from '../store/fsutil.js';
+import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { listVmNames, loadVm, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';

@@ -14,7 +14,7 @@ import { createHash } from 'node:crypto';
 import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { ioError } from '../errors.js';
-import { ensureDir } from '../store/fsutil.js';
+import { ensureDir } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 
 const ENTRY = 44;

@@ -19,7 +19,7 @@
 import path from 'node:path';
 import { CloneboxError, type ErrorCode } from '../errors.js';
 import { acquireLock, type Lock } from '../store/lock.js';
-import { ensureDir } from '../store/fsutil.js';
+import { ensureDir } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { BlockChannel } from './blocks.js';
 import { Catalog } from './catalog.js';

@@ -10,7 +10,7 @@
 import { open, readFile, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Home } from '../store/home.js';
-import { writeFileAtomic } from '../store/fsutil.js';
+import { writeFileAtomic } from '../fsutil.js';
 
 /** A list longer than this was not written by us: it is ignored (and reported), never acted on. */
 const MAX_LIST_BYTES = 1024 * 1024;

@@ -33,7 +33,7 @@ import { CloneboxError } from '../../errors.js';
 import { Qcow2Image } from '../../qcow2/reader.js';
 import { rebaseImage } from '../../snapshots/rebase.js';
 import { registerActionHandler } from '../../store/journal.js';
-import { pathExists } from '../../store/fsutil.js';
+import { pathExists } from '../../fsutil.js';
 import type { Action, Journal } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';

@@ -6,7 +6,7 @@
 import { open, rename, unlink, mkdir, stat, link } from 'node:fs/promises';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { ioError } from '../errors.js';
+import { ioError } from './errors.js';
 
 export async function fsyncDir(dir: string): Promise<void> {
   // Directories can be opened read-only and fsynced on Linux; where that is refused we carry on, as
