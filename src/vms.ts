@@ -10,6 +10,7 @@ import type { Home } from './store/home.js';
 import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';
 import { recover } from './store/journal.js';
+import { driverStepHandlers } from './drivers/registry.js';
 
 export interface DiskView {
   target: string;
@@ -180,7 +181,7 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
   const deleted: string[] = [];
   try {
     // Finish or undo an interrupted operation first, so the files listed below are the real ones.
-    await recover(home, name);
+    await recover(home, name, driverStepHandlers);
     const rec = await loadVm(home, name);
     const snaps = await listSnapshotRecords(home, name);
     await removeVmDir(home, name);

@@ -5,8 +5,8 @@
  * by recovery and checks: the domain runs on exactly the images the VM record names, no libvirt snapshot
  * metadata, every layer passes `qemu-img check`, every snapshot's content equals its reference.
  *
- * Needs the journal's driver-action hook (registerActionHandler) and driverFor() routing libvirt VMs to
- * LibvirtDriver; until both exist this suite skips, saying so.
+ * Recovery in a new process finds the libvirt step handler through drivers/registry.ts, which the
+ * snapshot manager hands to the journal.
  */
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';

@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { checkName } from '../names.js';
+import { driverStepHandlers } from '../drivers/registry.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import { fsyncDir, tempPathFor } from '../fsutil.js';
 import type { Home } from '../store/home.js';
@@ -134,7 +135,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     throw err;
   });
   try {
-    await recover(home, vmName);
+    await recover(home, vmName, driverStepHandlers);
     const vm = await loadVm(home, vmName);
     const snaps = await listSnapshotRecords(home, vmName);
     const byName = new Map(snaps.map((s) => [s.name, s]));

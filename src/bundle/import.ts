@@ -23,6 +23,7 @@ import type { Readable } from 'node:stream';
 import { CloneboxError, ioError } from '../errors.js';
 import { checkName } from '../names.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
+import { driverStepHandlers } from '../drivers/registry.js';
 import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureDir } from '../fsutil.js';
@@ -304,10 +305,10 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
   let committed = false;
   let madeDir: string | null = null;
   try {
-    await recover(home, vmName);
+    await recover(home, vmName, driverStepHandlers);
     const plan = await planImport(home, vmName, meta, opts);
     madeDir = plan.createdDir;
-    const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`);
+    const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`, driverStepHandlers);
     const progress = new Progress('import', size, opts.onProgress);
     const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool);
     try {

@@ -9,8 +9,7 @@ import path from 'node:path';
 import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
 import { Qcow2Image } from '../qcow2/reader.js';
-import { ImageDriver } from '../drivers/image.js';
-import type { SnapshotDriver } from '../drivers/driver.js';
+import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import type { Home } from '../store/home.js';
 import { Journal, recover, journalPath, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmFile, type VmRecord } from '../store/registry.js';
@@ -36,16 +35,6 @@ export interface CreateOptions {
 export interface OpResult<T> {
   value: T;
   warnings: string[];
-}
-
-export async function driverFor(vm: VmRecord): Promise<SnapshotDriver> {
-  if (vm.driver === 'image') return new ImageDriver();
-  if (vm.driver === 'libvirt') {
-    // Loaded only for libvirt VMs: it brings the XML parser and virsh plumbing.
-    const { LibvirtDriver } = await import('../drivers/libvirt/driver.js');
-    return new LibvirtDriver();
-  }
-  throw new CloneboxError('UNSUPPORTED', `the ${vm.driver} driver is not available in this version, ${vm.name}`);
 }
 
 function recordPath(home: Home, vm: string, name: string): string {
@@ -76,7 +65,7 @@ export class SnapshotManager {
     await loadVm(this.home, vmName); // a clear VM_NOT_FOUND before any lock file is made
     const lock = await lockVm(this.home, vmName, command);
     try {
-      await recover(this.home, vmName);
+      await recover(this.home, vmName, driverStepHandlers);
       const vm = await loadVm(this.home, vmName);
       const snaps = await listSnapshotRecords(this.home, vmName);
       return await fn(vm, snaps);
@@ -156,7 +145,7 @@ export class SnapshotManager {
     const tags = [...new Set(opts.tags ?? [])];
     if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
     const driver = await driverFor(vm);
-    const j = await Journal.begin(this.home, vm.name, `snapshot create ${name}`);
+    const j = await Journal.begin(this.home, vm.name, `snapshot create ${name}`, driverStepHandlers);
     try {
       let size = 0;
       for (const d of vm.disks) size += await allocatedBytes(d.path);
@@ -222,7 +211,7 @@ export class SnapshotManager {
 
   private async restoreLocked(vm: VmRecord, target: SnapshotRecord): Promise<void> {
     const driver = await driverFor(vm);
-    const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`);
+    const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`, driverStepHandlers);
     try {
       const prepared = await driver.prepareRestore(vm, target, j);
       const rp = recordPath(this.home, vm.name, target.name);
@@ -270,7 +259,7 @@ export class SnapshotManager {
       newBase.set(d.target, pl ?? (own ? await backingOf(own) : null));
     }
     const driver = await driverFor(vm);
-    const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`);
+    const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`, driverStepHandlers);
     const mergedInto: string[] = [];
     try {
       const actions: Action[] = [];

@@ -28,19 +28,16 @@ export type Action =
   /** A step a driver performs itself (virsh calls...); its handler must be idempotent too. */
   | { do: 'driver'; driver: string; step: unknown };
 
-type StepHandler = (step: unknown) => Promise<void>;
-const actionHandlers = new Map<string, StepHandler>();
-/**
- * Driver modules that register handlers, loaded on demand: a journal left by a crash is recovered
- * by whatever command runs next, which may never have loaded that driver.
- */
-const handlerModules: Record<string, () => Promise<unknown>> = {
-  libvirt: () => import('../drivers/libvirt/driver.js'),
-};
+/** Performs one driver step of a journal; must be idempotent (a crash may have come after it acted). */
+export type StepHandler = (step: unknown) => Promise<void>;
 
-export function registerActionHandler(driver: string, fn: StepHandler): void {
-  actionHandlers.set(driver, fn);
-}
+/**
+ * Driver name → loader of the handler of that driver's steps. The journal names no driver: whoever
+ * begins or recovers an operation hands it the registry (drivers/registry.ts). The loaders run on
+ * demand because a journal left by a crash is recovered by whatever command runs next, which may never
+ * have loaded that driver (and should not pay for it when there is nothing to recover).
+ */
+export type StepHandlers = ReadonlyMap<string, () => Promise<StepHandler>>;
 
 interface JournalDoc {
   format: 1;
@@ -70,18 +67,23 @@ export function journalPath(home: Home, vm: string): string {
 export class Journal {
   private doc: JournalDoc;
   private readonly file: string;
+  private readonly handlers: StepHandlers;
 
-  private constructor(file: string, doc: JournalDoc) {
+  private constructor(file: string, doc: JournalDoc, handlers: StepHandlers) {
     this.file = file;
     this.doc = doc;
+    this.handlers = handlers;
   }
 
-  /** Starts an operation. The caller holds the VM lock and has run recover() already. */
-  static async begin(home: Home, vm: string, op: string): Promise<Journal> {
+  /**
+   * Starts an operation. The caller holds the VM lock and has run recover() already; `handlers` runs
+   * the driver steps this operation will commit.
+   */
+  static async begin(home: Home, vm: string, op: string, handlers: StepHandlers): Promise<Journal> {
     const file = journalPath(home, vm);
     await ensureDir(path.dirname(file));
     const doc: JournalDoc = { format: 1, op, vm, started: new Date().toISOString(), pid: process.pid, phase: 'prepare', created: [], actions: [], done: 0 };
-    const j = new Journal(file, doc);
+    const j = new Journal(file, doc, handlers);
     await j.persist();
     return j;
   }
@@ -103,14 +105,14 @@ export class Journal {
     this.doc.actions = actions;
     this.doc.done = 0;
     await this.persist();
-    await runActions(this.doc, this.file);
+    await runActions(this.doc, this.file, this.handlers);
   }
 
   /** Undoes the prepare phase (after an error): deletes what it created and the journal. */
   async rollback(): Promise<void> {
     if (this.doc.phase === 'commit') {
       // Past the point of no return: finish instead of undoing.
-      await runActions(this.doc, this.file);
+      await runActions(this.doc, this.file, this.handlers);
       return;
     }
     await deleteCreated(this.doc.created);
@@ -139,9 +141,9 @@ async function deleteCreated(created: string[]): Promise<{ files: number; bytes:
   return removed;
 }
 
-async function runActions(doc: JournalDoc, file: string): Promise<void> {
+async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers): Promise<void> {
   while (doc.done < doc.actions.length) {
-    await perform(doc.actions[doc.done]!);
+    await perform(doc.actions[doc.done]!, handlers);
     crashPoint();
     doc.done++;
     await writeJsonAtomic(file, doc);
@@ -149,7 +151,7 @@ async function runActions(doc: JournalDoc, file: string): Promise<void> {
   await rm(file, { force: true });
 }
 
-async function perform(a: Action): Promise<void> {
+async function perform(a: Action, handlers: StepHandlers): Promise<void> {
   switch (a.do) {
     case 'rename':
       try {
@@ -173,10 +175,9 @@ async function perform(a: Action): Promise<void> {
       await rm(a.path, { recursive: true, force: true });
       return;
     case 'driver': {
-      if (!actionHandlers.has(a.driver)) await handlerModules[a.driver]?.();
-      const h = actionHandlers.get(a.driver);
-      if (!h) throw new CloneboxError('INTERNAL', `no handler for ${a.driver} journal steps`);
-      await h(a.step);
+      const load = handlers.get(a.driver);
+      if (!load) throw new CloneboxError('INTERNAL', `no handler for ${a.driver} journal steps`);
+      await (await load())(a.step);
       return;
     }
     default:
@@ -198,14 +199,15 @@ export interface RecoveryReport {
 
 /**
  * Finishes or rolls back an interrupted operation on `vm`. The caller holds the VM lock (so the
- * journal's writer is dead or is us). Returns what it did.
+ * journal's writer is dead or is us). `handlers` runs the driver steps of a commit being rolled
+ * forward. Returns what it did.
  */
-export async function recover(home: Home, vm: string): Promise<'none' | 'rolled-back' | 'completed'> {
-  return (await recoverReport(home, vm)).outcome;
+export async function recover(home: Home, vm: string, handlers: StepHandlers): Promise<'none' | 'rolled-back' | 'completed'> {
+  return (await recoverReport(home, vm, handlers)).outcome;
 }
 
 /** recover(), telling what it found and removed (for the home sweep's warning, store/sweep.ts). */
-export async function recoverReport(home: Home, vm: string): Promise<RecoveryReport> {
+export async function recoverReport(home: Home, vm: string, handlers: StepHandlers): Promise<RecoveryReport> {
   const file = journalPath(home, vm);
   let doc: JournalDoc;
   try {
@@ -219,7 +221,7 @@ export async function recoverReport(home: Home, vm: string): Promise<RecoveryRep
   }
   const op = typeof doc.op === 'string' ? doc.op : null;
   if (doc.phase === 'commit') {
-    await runActions(doc, file);
+    await runActions(doc, file, handlers);
     return { outcome: 'completed', op, removedFiles: 0, removedBytes: 0 };
   }
   const removed = await deleteCreated(doc.created);

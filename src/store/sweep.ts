@@ -23,6 +23,7 @@ import { readdir, rm, rmdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { formatBytes } from '../names.js';
 import type { Home } from './home.js';
+import type { StepHandlers } from './journal.js';
 
 async function exists(p: string): Promise<boolean> {
   return stat(p).then(() => true, () => false);
@@ -45,16 +46,23 @@ async function candidates(home: Home): Promise<string[]> {
   return found.filter((n): n is string => n !== null).sort();
 }
 
+/** No driver steps: what the sweep recovers by default (see sweepInterrupted). */
+const NO_DRIVER_STEPS: StepHandlers = new Map();
+
 /**
  * Recovers every interrupted operation of a VM that does not exist (see above). Returns one warning
  * line per VM directory it cleaned up or could not; never throws.
+ *
+ * `handlers` runs driver steps of a commit being rolled forward (drivers/registry.ts has them; store/
+ * cannot import drivers/). The operations swept here create a VM with the image driver, whose journals
+ * hold no driver step, so the default is none: a driver step found anyway is reported as a warning.
  */
-export async function sweepInterrupted(home: Home): Promise<string[]> {
+export async function sweepInterrupted(home: Home, handlers: StepHandlers = NO_DRIVER_STEPS): Promise<string[]> {
   const found = await candidates(home);
   const warnings: string[] = [];
   for (const vm of found) {
     try {
-      const w = await sweepOne(home, vm);
+      const w = await sweepOne(home, vm, handlers);
       if (w) warnings.push(w);
     } catch (err) {
       warnings.push(`could not clean up an interrupted operation in ${path.join(home.vmsDir, vm)}: ${(err as Error).message}`);
@@ -69,7 +77,7 @@ function opWord(op: string | null): string {
   return op ? `'${op}'` : 'operation';
 }
 
-async function sweepOne(home: Home, vm: string): Promise<string | null> {
+async function sweepOne(home: Home, vm: string, handlers: StepHandlers): Promise<string | null> {
   const { acquireLock } = await import('./lock.js');
   const { recoverReport, journalPath } = await import('./journal.js');
   const dir = path.join(home.vmsDir, vm);
@@ -89,7 +97,7 @@ async function sweepOne(home: Home, vm: string): Promise<string | null> {
     if (!(await exists(journal)) || (await exists(vmJson))) return null;
     let r: Awaited<ReturnType<typeof recoverReport>>;
     try {
-      r = await recoverReport(home, vm);
+      r = await recoverReport(home, vm, handlers);
     } catch (err) {
       if ((err as { code?: string }).code !== 'STORE_CORRUPT') throw err;
       return `${(err as Error).message}, and VM ${vm} does not exist: nothing was deleted; if no clonebox command is ` +

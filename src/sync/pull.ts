@@ -18,6 +18,7 @@ import { randomBytes } from 'node:crypto';
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
+import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { NAME_RE } from '../names.js';
 import { isEmptyImage } from '../qcow2/reader.js';
@@ -160,7 +161,7 @@ async function place(home: Home, vm: string, peer: string, ids: Set<string>, log
     const lock = await lockVm(home, name, 'snapshot sync');
     let snaps: SnapshotRecord[];
     try {
-      await recover(home, name);
+      await recover(home, name, driverStepHandlers);
       snaps = await listSnapshotRecords(home, name);
       if (snaps.some((s) => !s.content_id) && snaps.length) await ensureContentIds(home, snaps);
     } finally {
@@ -369,7 +370,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
     const hadVmDir = await pathExists(path.join(home.vmsDir, name));
     const lock = await lockVm(home, name, 'snapshot sync');
     try {
-      await recover(home, name);
+      await recover(home, name, driverStepHandlers);
       let cur: VmRecord | null = null;
       if (await vmExists(home, name)) {
         if (!placed.exists) throw chainError(`VM ${name} appeared while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
@@ -409,7 +410,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
         fastForward = isAnc && curId !== head && (await Promise.all(cur.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
       }
 
-      const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`);
+      const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`, driverStepHandlers);
       try {
         // The journal owns the layers from here (rollback deletes them, commit renames them).
         await j.willCreate(...plans.map((p) => p.temp));

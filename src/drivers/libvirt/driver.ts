@@ -32,9 +32,8 @@ import path from 'node:path';
 import { CloneboxError } from '../../errors.js';
 import { Qcow2Image } from '../../qcow2/reader.js';
 import { rebaseImage } from '../../snapshots/rebase.js';
-import { registerActionHandler } from '../../store/journal.js';
 import { pathExists } from '../../fsutil.js';
-import type { Action, Journal } from '../../store/journal.js';
+import type { Action, Journal, StepHandler } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
@@ -72,10 +71,11 @@ function action(step: LibvirtStep): Action {
 }
 
 /**
- * The journal runs driver actions through a handler registered by name, at module load: journal
- * recovery in a new process loads this module (journal.ts knows it) and must find the handler.
+ * The journal runs `{do: 'driver', driver: 'libvirt'}` actions through this handler, which
+ * drivers/registry.ts loads on demand (journal recovery in a new process may not have loaded this
+ * module yet). The steps in a journal are the ones action() wrote.
  */
-registerActionHandler('libvirt', (step) => performLibvirtStep(step as LibvirtStep));
+export const libvirtStepHandler: StepHandler = (step) => performLibvirtStep(step as LibvirtStep);
 
 const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
