@@ -96,7 +96,8 @@ async function buildChain(dir, log) {
 
 /** zstd -3 of the chain's unique 64 KiB blocks, cut exactly as the bundle cuts them (the size to approach). */
 async function uniqueZstd(layers, dir) {
-  const { openLayer, Batcher } = await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'bundle', 'blocks.js')).href);
+  const { openLayer } = await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'content', 'layer.js')).href);
+  const { Batcher } = await import(pathToFileURL(path.join(ROOT, 'dist', 'src', 'content', 'batcher.js')).href);
   const { createHash } = await import('node:crypto');
   const out = path.join(dir, 'unique.bin');
   const fh = await open(out, 'w');

@@ -168,8 +168,8 @@ async function readRange(image, off, len) {
 export async function chainFacts(layers, newLayer) {
   const { computeLayerMap } = await import(dist('src/sync/layermap.js'));
   const { Chain } = await import(dist('src/qcow2/chain.js'));
-  const { compressBound, compressInto } = await import(dist('src/bundle/codec.js'));
-  const { FRAME_TARGET } = await import(dist('src/bundle/format.js'));
+  const { compressBound, compressInto } = await import(dist('src/content/codec.js'));
+  const { FRAME_TARGET } = await import(dist('src/content/codec.js'));
   const seen = new Set();
   let dataBytes = 0;
   for (const l of layers) {

@@ -6,7 +6,10 @@
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { CloneboxError } from '../src/errors.js';
-import { Batcher, BlockIndex, LayerDigest, normalise, type Batch } from '../src/bundle/blocks.js';
+import { Batcher, type Batch } from '../src/content/batcher.js';
+import { BlockIndex } from '../src/content/dedup.js';
+import { LayerDigest } from '../src/content/digest.js';
+import { normalise } from '../src/content/layer.js';
 import { Sealer, blockId, keyCheck, sha256 } from '../src/bundle/crypto.js';
 import { BLOCK_SIZE, Codec, EntryKind, KeyKind, type Meta, type Seal } from '../src/bundle/format.js';
 import { decodeHeader, decodeMeta, decodeSeal, encodeHeader, encodeJson, headerPrefix } from '../src/bundle/manifest.js';

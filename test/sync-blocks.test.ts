@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { compressBound, compressInto } from '../src/bundle/codec.js';
+import { compressBound, compressInto } from '../src/content/codec.js';
 import { resolveHome } from '../src/store/home.js';
 import { startPrivateDht, type PrivateDht } from '../src/sync/bootstrap.js';
 import { BlockChannel, type BlockSource } from '../src/sync/blocks.js';

@@ -25,7 +25,13 @@ import { recover } from '../store/journal.js';
 import { loadVm, lockVm } from '../store/registry.js';
 import { listSnapshotRecords, saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
-import { Batcher, BlockIndex, LayerDigest, openLayer, type Batch } from './blocks.js';
+import { Batcher, type Batch } from '../content/batcher.js';
+import { compressBound } from '../content/codec.js';
+import { BlockIndex } from '../content/dedup.js';
+import { LayerDigest } from '../content/digest.js';
+import { openLayer } from '../content/layer.js';
+import { WorkerPool } from '../content/workers.js';
+import type { WorkerReply } from '../content/worker.js';
 import { blockId, deriveMaster, encKey, idKey, keyCheck, randomBytes, Sealer, type KeySource } from './crypto.js';
 import {
   BLOCK_SIZE, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, FRAME_TARGET, KDF_MEMLIMIT, KDF_OPSLIMIT, KeyKind, PACK_TARGET,
@@ -36,10 +42,7 @@ import { PackWriter } from './packs.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { checkAborted } from '../abort.js';
 import { TarWriter } from './tar.js';
-import { WorkerPool } from './workers.js';
-import type { WorkerReply } from './worker.js';
 import { Codec } from './format.js';
-import { compressBound } from './codec.js';
 import { createHash } from 'node:crypto';
 
 export interface ExportOptions {

@@ -61,20 +61,12 @@ export function packEntryName(index: number): string {
 export const PACK_NAME_RE = /^pack-(\d{8})$/;
 
 /**
- * Block: the unit of deduplication. Guest data is cut at multiples of BLOCK_SIZE in guest offsets (and
- * at the ends of data extents), so equal content at equal alignment is one block wherever it is.
- * 64 KiB is QEMU's default cluster size: a layer's delta is made of whole clusters, so a smaller block
- * gains no dedup on default images and a larger one loses it (see docs/bundle-format.md, "Measurements").
+ * Block (the unit of deduplication, BLOCK_SIZE), frame (the unit of compression, at most FRAME_TARGET
+ * raw bytes) and the frame codecs are content addressing, shared with sync: src/content/ defines them.
  */
-export const BLOCK_SIZE = 64 * 1024;
+export { BLOCK_SIZE } from '../content/digest.js';
+export { Codec, FRAME_TARGET } from '../content/codec.js';
 
-/**
- * Frame: the unit of compression. The new blocks of one read batch (consecutive in guest order) are
- * compressed together as one zstd frame of at most FRAME_TARGET raw bytes: compressing each 64 KiB
- * block alone loses much of the ratio on real disks, while frames of a few MiB come close to
- * compressing the whole stream (figures: bench/README.md, "Figures behind the code").
- */
-export const FRAME_TARGET = 2 * 1024 * 1024;
 /** Pack: the unit of sealing and of tar entries. A pack is closed once its payload reaches this. */
 export const PACK_TARGET = 8 * 1024 * 1024;
 
@@ -119,9 +111,6 @@ export const RecordType = {
   /** Zero extent: u8 type=3, u32 layer, u64 offset, u64 length. */
   Zero: 3,
 } as const;
-
-export const Codec = { Raw: 0, Zstd: 1 } as const;
-export type Codec = (typeof Codec)[keyof typeof Codec];
 
 export const FRAME_HEAD_BYTES = 1 + 1 + 4 + 4;
 export const FRAME_BLOCK_BYTES = 4 + 32;

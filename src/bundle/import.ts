@@ -38,7 +38,7 @@ import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { abortedError, checkAborted } from '../abort.js';
 import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
-import { WorkerPool } from './workers.js';
+import { WorkerPool } from '../content/workers.js';
 
 export interface ImportOptions {
   /** Bundle file, or a stream that gives it (the CLI passes process.stdin for '-'). */

@@ -15,7 +15,7 @@ import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CloneboxError } from '../errors.js';
 import { contentId } from '../snapshots/identity.js';
-import { LayerDigest, blockEnd } from './blocks.js';
+import { LayerDigest, blockEnd } from '../content/digest.js';
 import { blockId, deriveMaster, encKey, idKey, keyCheck, Sealer, type KeySource } from './crypto.js';
 import {
   BLOCK_SIZE, FRAME_TARGET, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, HEADER_SIZE, KeyKind, MAX_META_BYTES, MAX_PACK_BYTES, MAX_PACKS,
@@ -24,8 +24,8 @@ import {
 import { decodeHeader, decodeMeta, decodeSeal, headerPrefix, type BundleHeader } from './manifest.js';
 import { parsePack, type PackRecord } from './packs.js';
 import { TarReader } from './tar.js';
-import type { WorkerPool } from './workers.js';
-import type { WorkerReply } from './worker.js';
+import type { WorkerPool } from '../content/workers.js';
+import type { WorkerReply } from '../content/worker.js';
 
 export function corrupt(what: string, file: string): CloneboxError {
   return new CloneboxError('BUNDLE_CORRUPT', `bundle is damaged or was modified: ${what}, ${file}`, {

@@ -7,7 +7,7 @@ import { CloneboxError } from '../errors.js';
 import type { KeySource } from './crypto.js';
 import { openInput } from './input.js';
 import { BundleReader, decodeBundle } from './reader.js';
-import { WorkerPool } from './workers.js';
+import { WorkerPool } from '../content/workers.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { checkAborted } from '../abort.js';
 import type { Readable } from 'node:stream';

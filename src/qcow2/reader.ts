@@ -4,14 +4,13 @@
  */
 import { constants as fsc } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
-import { inflateRawSync, constants as zc } from 'node:zlib';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import {
   HEADER_READ_MAX, L1E_OFFSET_MASK, L2E_COMPRESSED, L2E_ZERO, compressedLayout,
   parseExtensions, parseHeader, type HeaderExtensions, type Qcow2Header,
 } from './format.js';
-import { decompressZstdCluster } from './zstd.js';
+import { decodeCluster } from './compressed.js';
 
 export type ExtentKind = 'data' | 'zero' | 'unallocated';
 
@@ -356,11 +355,6 @@ export class Qcow2Image {
     }
   }
 
-  private compressedCutByEof(offset: number): CloneboxError {
-    return new CloneboxError('QCOW2_TRUNCATED',
-      `truncated qcow2 image: compressed cluster at 0x${offset.toString(16)} is cut off by the end of the file, ${this.path}`);
-  }
-
   private async readCompressed(c: { offset: number; maxBytes: number }): Promise<Buffer> {
     const cs = this.header.clusterSize;
     // A compressed cluster never needs more than cluster size + one sector of input; anything larger
@@ -368,25 +362,9 @@ export class Qcow2Image {
     const len = Math.min(c.maxBytes, this.fileSize - c.offset, cs + 512 * 2);
     const src = Buffer.allocUnsafe(len);
     await this.pread(src, c.offset);
-    let out: Buffer;
-    try {
-      if (this.header.compressionType === 'zstd') {
-        out = await decompressZstdCluster(src, cs);
-      } else {
-        // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined (faster; bench/README.md).
-        out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs, chunkSize: cs + 64 });
-      }
-    } catch (err) {
-      if (err instanceof CloneboxError) throw err;
-      if (len < c.maxBytes && len < cs + 512 * 2) throw this.compressedCutByEof(c.offset);
-      throw this.corrupt(`compressed cluster at 0x${c.offset.toString(16)} does not decompress (${(err as Error).message})`);
-    }
-    if (out.length !== cs) {
-      // The file ended inside the descriptor's range: the stream was cut off, the file is truncated.
-      if (len < c.maxBytes && len < cs + 512 * 2) throw this.compressedCutByEof(c.offset);
-      throw this.corrupt(`compressed cluster at 0x${c.offset.toString(16)} decompresses to ${out.length} bytes, not ${cs}`);
-    }
-    return out;
+    // Fewer bytes than the descriptor promised because the file ended: a failure is truncation.
+    const cut = len < c.maxBytes && len < cs + 512 * 2;
+    return decodeCluster(this.header.compressionType, src, cs, { path: this.path, host: c.offset, cut });
   }
 
   /** The data of [offset, offset+length) as stored in this file alone; unallocated reads as zeros. */

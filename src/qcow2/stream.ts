@@ -30,9 +30,8 @@
  * QCOW2_TRUNCATED when the file ends inside the cluster's compressed bytes.
  */
 import { close as closeFile, open as openFile, read as fsRead, readSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { inflateRawSync, constants as zc } from 'node:zlib';
-import { CloneboxError, ioError } from '../errors.js';
+import { ioError } from '../errors.js';
+import { decodeCluster } from './compressed.js';
 import type { Qcow2Image, Run } from './reader.js';
 
 export interface DataChunk {
@@ -254,14 +253,16 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
     let data: Buffer;
     if (p.skip < 0) {
       data = src;
-    } else if (zstd) {
-      const dst = outBuf!.subarray(outPos, outPos + cs);
-      outPos += cs;
-      decompressZstdInto(img, src, dst, p);
-      data = dst.subarray(p.skip, p.skip + p.length);
     } else {
-      // deflate hands back fresh memory for each cluster: nothing to put in the ring.
-      data = inflateCluster(img, src, p).subarray(p.skip, p.skip + p.length);
+      // zstd decompresses into the batch's memory; deflate hands back fresh memory for each cluster
+      // (nothing to put in the ring).
+      let dst: Buffer | undefined;
+      if (outBuf) {
+        dst = outBuf.subarray(outPos, outPos + cs);
+        outPos += cs;
+      }
+      const cluster = decodeCluster(img.header.compressionType, src, cs, { path: img.path, host: p.host, cut: p.cut }, dst);
+      data = cluster.subarray(p.skip, p.skip + p.length);
     }
     out[i] = { offset: p.offset, data };
   }
@@ -355,76 +356,4 @@ function preadSync(fd: number, buf: Buffer, pos: number, file: string): void {
     }
     done += n;
   }
-}
-
-/** The error for a compressed cluster that does not decompress to one cluster (as Qcow2Image.readRun). */
-function badCluster(img: Qcow2Image, p: Piece, why: string): CloneboxError {
-  if (p.cut) {
-    return new CloneboxError('QCOW2_TRUNCATED',
-      `truncated qcow2 image: compressed cluster at 0x${p.host.toString(16)} is cut off by the end of the file, ${img.path}`);
-  }
-  return new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: compressed cluster at 0x${p.host.toString(16)} ${why}, ${img.path}`, {
-    hint: 'the file is damaged; `qemu-img check` may tell more',
-  });
-}
-
-/** Inflates one deflate cluster (raw deflate, no header, as QEMU writes it). */
-function inflateCluster(img: Qcow2Image, src: Buffer, p: Piece): Buffer {
-  const cs = img.clusterSize;
-  let out: Buffer;
-  try {
-    // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
-    out = inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: cs, chunkSize: cs + 64 });
-  } catch (err) {
-    throw badCluster(img, p, `does not decompress (${(err as Error).message})`);
-  }
-  if (out.length !== cs) throw badCluster(img, p, `decompresses to ${out.length} bytes, not ${cs}`);
-  return out;
-}
-
-interface ZstdDCtx {
-  decompressStream(dst: Uint8Array, src: Uint8Array): [number, number, number];
-  reset(directive: number): void;
-}
-interface ZstdBinding {
-  DCtx: new () => ZstdDCtx;
-  ResetDirective: { sessionOnly: number };
-}
-let zstdBinding: ZstdBinding | null = null;
-let zstdCtx: ZstdDCtx | null = null;
-
-/**
- * Decompresses one zstd cluster into `dst` (exactly one cluster) with a context reused across clusters
- * (creating one per cluster costs more than decompressing). QEMU writes one frame per cluster and the
- * input may carry padding up to the sector end: stream until the output is full or the frame ends.
- */
-function decompressZstdInto(img: Qcow2Image, src: Buffer, dst: Buffer, p: Piece): void {
-  if (!zstdCtx) {
-    if (!zstdBinding) {
-      try {
-        zstdBinding = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
-      } catch (err) {
-        throw new CloneboxError('INTERNAL', `zstd support is not available (${(err as Error).message})`, {
-          hint: 'reinstall clonebox with `npm ci` so that zstd-napi builds',
-        });
-      }
-    }
-    zstdCtx = new zstdBinding.DCtx();
-  }
-  const d = zstdCtx;
-  d.reset(zstdBinding!.ResetDirective.sessionOnly);
-  let produced = 0;
-  let consumed = 0;
-  try {
-    // Each step consumes input or produces output; a step doing neither means the frame is stuck.
-    while (produced < dst.length && consumed < src.length) {
-      const [ret, p, c] = d.decompressStream(dst.subarray(produced), src.subarray(consumed));
-      produced += p;
-      consumed += c;
-      if (ret === 0 || (p === 0 && c === 0)) break;
-    }
-  } catch (err) {
-    throw badCluster(img, p, `does not decompress (${(err as Error).message})`);
-  }
-  if (produced !== dst.length) throw badCluster(img, p, `decompresses to ${produced} bytes, not ${dst.length}`);
 }

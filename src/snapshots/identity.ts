@@ -4,7 +4,7 @@
  *   content_id = hex SHA-256( "clonebox-snapshot-v1\n" || parent's content id (32 bytes; zeros for a
  *                root) || u32 disk count || per disk, by target name: u8 name length, name, layer digest )
  *
- * The layer digest (src/bundle/blocks.ts, LayerDigest) covers the layer's map and the SHA-256 of every
+ * The layer digest (src/content/digest.ts, LayerDigest) covers the layer's map and the SHA-256 of every
  * block of its data. For a root snapshot whose layer stands on an external base image, the layer means
  * the whole resolved disk (what a bundle carries for it), so the id does not depend on where the base
  * lives. Ids are computed once and then stored in the snapshot record (`content_id`): they name a state
@@ -16,8 +16,10 @@ import { CloneboxError } from '../errors.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import type { Home } from '../store/home.js';
 import { saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
-import { Batcher, LayerDigest, openLayer } from '../bundle/blocks.js';
-import { FRAME_TARGET } from '../bundle/format.js';
+import { Batcher } from '../content/batcher.js';
+import { FRAME_TARGET } from '../content/codec.js';
+import { LayerDigest } from '../content/digest.js';
+import { openLayer } from '../content/layer.js';
 
 export interface LayerSummary {
   digest: Buffer;

@@ -16,7 +16,7 @@
  * another peer) is the puller's business.
  */
 import type Protomux from 'protomux';
-import { decodeFrame } from '../bundle/codec.js';
+import { decodeFrame } from '../content/codec.js';
 import {
   blockCancel, blockFrame, blockMissing, blockRequest, BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD, MAX_FRAME_RAW, MAX_HASHES_PER_REQUEST,
   type BlockCancel, type BlockFrame, type BlockMissing, type BlockRequest,

@@ -1,5 +1,5 @@
 /**
- * Layer maps for sync: a layer's normalised map (src/bundle/blocks.ts) as zero extents and 64 KiB
+ * Layer maps for sync: a layer's normalised map (src/content/layer.ts) as zero extents and 64 KiB
  * blocks named by SHA-256, plus its layer digest. The sharer publishes them in its catalog; the
  * receiver uses them to find blocks it already has in any local layer (other VMs, earlier pulls).
  *
@@ -9,8 +9,10 @@
 import { createHash } from 'node:crypto';
 import { open, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Batcher, LayerDigest, openLayer } from '../bundle/blocks.js';
-import { FRAME_TARGET } from '../bundle/format.js';
+import { Batcher } from '../content/batcher.js';
+import { FRAME_TARGET } from '../content/codec.js';
+import { LayerDigest } from '../content/digest.js';
+import { openLayer } from '../content/layer.js';
 import { Chain } from '../qcow2/chain.js';
 import { ensureDir, writeFileAtomic } from '../fsutil.js';
 import type { Home } from '../store/home.js';

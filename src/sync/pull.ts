@@ -29,7 +29,7 @@ import { Journal, recover, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
-import { BLOCK_SIZE } from '../bundle/format.js';
+import { BLOCK_SIZE } from '../content/digest.js';
 import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import { digestOfItems, type LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';

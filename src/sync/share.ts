@@ -12,9 +12,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { compressBound } from '../bundle/codec.js';
-import { Codec, FRAME_TARGET } from '../bundle/format.js';
-import { WorkerPool } from '../bundle/workers.js';
+import { Codec, compressBound, FRAME_TARGET } from '../content/codec.js';
+import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';

@@ -1,10 +1,9 @@
 /**
- * Worker-thread entry for the bundle pool (workers.ts): compresses frames (export) and decompresses
- * and hashes them (import, verify). Buffers are transferred both ways, never copied between threads.
+ * Worker-thread entry for the frame pool (workers.ts): compresses frames (bundle export, sync serving)
+ * and decompresses and hashes them (bundle import and verify). Buffers are transferred both ways, never copied between threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { compressInto, decodeFrame } from './codec.js';
-import type { Codec } from './format.js';
+import { compressInto, decodeFrame, type Codec } from './codec.js';
 
 export type WorkerRequest =
   | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }

@@ -1,36 +1,26 @@
 /**
- * The CPU-heavy work on frames, as plain functions: compressing the new blocks of a batch as one zstd
- * frame, decompressing and hashing a frame. They run in worker threads (workers.ts) and, where no
- * worker can be started, on the calling thread. zstd-napi is loaded on first use.
+ * The frame codec of bundles and sync, and the CPU-heavy work on frames as plain functions: compressing
+ * the new blocks of a batch as one zstd frame, decompressing and hashing a frame. They run in worker
+ * threads (workers.ts) and, where no worker can be started, on the calling thread. zstd is loaded on
+ * first use (src/zstd.ts).
  */
 import { createHash } from 'node:crypto';
-import { createRequire } from 'node:module';
-import { CloneboxError } from '../errors.js';
-import { Codec } from './format.js';
+import { zstdBinding, type ZstdBinding, type ZstdDCtx } from '../zstd.js';
 
-/** The parts of zstd-napi's native binding used here (see node_modules/zstd-napi/binding.d.ts). */
-interface ZstdBinding {
-  CCtx: new () => { compress(dst: Uint8Array, src: Uint8Array, level: number): number };
-  DCtx: new () => { decompress(dst: Uint8Array, src: Uint8Array): number };
-  compressBound(size: number): number;
-}
+/** How a frame's bytes are stored (a bundle's frame record and a sync block frame carry it). */
+export const Codec = { Raw: 0, Zstd: 1 } as const;
+export type Codec = (typeof Codec)[keyof typeof Codec];
 
-let zstd: ZstdBinding | null = null;
+/**
+ * Frame: the unit of compression. The new blocks of one read batch (consecutive in guest order) are
+ * compressed together as one zstd frame of at most FRAME_TARGET raw bytes: compressing each 64 KiB
+ * block alone loses much of the ratio on real disks, while frames of a few MiB come close to
+ * compressing the whole stream (figures: bench/README.md, "Figures behind the code").
+ */
+export const FRAME_TARGET = 2 * 1024 * 1024;
+
 let cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
-let dctx: InstanceType<ZstdBinding['DCtx']> | null = null;
-
-function binding(): ZstdBinding {
-  if (!zstd) {
-    try {
-      zstd = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
-    } catch (err) {
-      throw new CloneboxError('INTERNAL', `zstd support is not available (${(err as Error).message})`, {
-        hint: 'reinstall clonebox with `npm ci` so that zstd-napi builds',
-      });
-    }
-  }
-  return zstd;
-}
+let dctx: ZstdDCtx | null = null;
 
 /** SHA-256 of each block: `blocks` holds (offset, length) pairs into `buf`. Returns n × 32 bytes. */
 export function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
@@ -46,7 +36,7 @@ export function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
 
 /** Bound on zstd's output for `n` input bytes (size output buffers with it). */
 export function compressBound(n: number): number {
-  return binding().compressBound(n);
+  return zstdBinding().compressBound(n);
 }
 
 /**
@@ -54,7 +44,7 @@ export function compressBound(n: number): number {
  * codec raw when zstd does not make it smaller (the caller then stores `input` as it is).
  */
 export function compressInto(input: Uint8Array, output: Uint8Array, level: number): { codec: Codec; length: number } {
-  const z = binding();
+  const z = zstdBinding();
   cctx ??= new z.CCtx();
   const n = cctx.compress(output, input, level);
   return n < input.length ? { codec: Codec.Zstd, length: n } : { codec: Codec.Raw, length: input.length };
@@ -71,7 +61,7 @@ export function decodeFrame(codec: Codec, stored: Uint8Array, rawLength: number,
     if (stored.length !== rawLength) return null;
     raw.set(stored);
   } else {
-    const z = binding();
+    const z = zstdBinding();
     dctx ??= new z.DCtx();
     let n: number;
     try {

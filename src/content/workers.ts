@@ -21,7 +21,7 @@ function workerScript(): string | null {
   if (here.endsWith('.js') && existsSync(js)) return js;
   // Running from sources (vitest): use the compiled worker when the project is built.
   const root = path.resolve(path.dirname(here), '..', '..');
-  const dist = path.join(root, 'dist', 'src', 'bundle', 'worker.js');
+  const dist = path.join(root, 'dist', 'src', 'content', 'worker.js');
   return existsSync(dist) ? dist : null;
 }
 
