@@ -6,10 +6,10 @@
  */
 import path from 'node:path';
 import { CloneboxError } from '../errors.js';
-import { imageGeometry, type Geometry } from '../qcow2/probe.js';
+import { createOverlay } from '../qcow2/overlay.js';
+import { imageGeometry } from '../qcow2/probe.js';
 import { pathExists } from '../fsutil.js';
-import { Qcow2Writer } from '../qcow2/writer.js';
-import { rebaseImage } from '../snapshots/rebase.js';
+import { rebaseImage } from '../qcow2/rebase.js';
 import type { Action, Journal } from '../store/journal.js';
 import type { VmRecord } from '../store/registry.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
@@ -35,17 +35,6 @@ function nextPathFor(diskPath: string, op: string): string {
 }
 
 
-
-/** A new empty overlay at `out` whose backing file is `backing` (absolute), stored relative to `out`. */
-export async function createOverlay(out: string, backing: string, geo: Geometry): Promise<void> {
-  const w = await Qcow2Writer.create(out, {
-    virtualSize: geo.virtualSize,
-    clusterSize: geo.clusterSize,
-    backingFile: path.relative(path.dirname(out), backing),
-    backingFormat: 'qcow2',
-  });
-  await w.finish();
-}
 
 export class ImageDriver implements SnapshotDriver {
   readonly name = 'image' as const;

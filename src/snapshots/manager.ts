@@ -14,7 +14,7 @@ import type { Home } from '../store/home.js';
 import { Journal, recover, journalPath, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmFile, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
-import { rebaseImage } from './rebase.js';
+import { rebaseImage } from '../qcow2/rebase.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
 import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
 import { pathExists } from '../fsutil.js';

@@ -30,14 +30,14 @@
 import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError } from '../../errors.js';
-import { Qcow2Image } from '../../qcow2/reader.js';
-import { rebaseImage } from '../../snapshots/rebase.js';
+import { createOverlay } from '../../qcow2/overlay.js';
+import { imageGeometry } from '../../qcow2/probe.js';
+import { rebaseImage } from '../../qcow2/rebase.js';
 import { pathExists } from '../../fsutil.js';
 import type { Action, Journal, StepHandler } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
-import { createOverlay } from '../image.js';
 import { parseDomainXml, type DiskInfo, type DomainXml } from './domain-xml.js';
 import { DEFAULT_URI, Virsh } from './virsh.js';
 
@@ -236,15 +236,6 @@ async function freshPath(current: string, label: string, taken: Set<string>): Pr
   }
 }
 
-async function geometry(file: string): Promise<{ virtualSize: number; clusterSize: number }> {
-  const img = await Qcow2Image.open(file);
-  try {
-    return { virtualSize: img.virtualSize, clusterSize: img.clusterSize };
-  } finally {
-    await img.close();
-  }
-}
-
 export class LibvirtDriver implements SnapshotDriver {
   readonly name = 'libvirt' as const;
 
@@ -292,7 +283,7 @@ export class LibvirtDriver implements SnapshotDriver {
       throw new CloneboxError('SNAPSHOT_EXISTS', `memory file already exists, ${memoryFile}`, { hint: 'choose another snapshot name or move the file away' });
     }
     await j.willCreate(...plan.map((p) => p.to), ...(memoryFile === null ? [] : [memoryFile]));
-    for (const p of plan) await createOverlay(p.to, p.from, await geometry(p.from));
+    for (const p of plan) await createOverlay(p.to, p.from, await imageGeometry(p.from));
     return {
       layers: plan.map((p) => ({ target: p.target, path: p.from })),
       type: opts.memory ? 'full' : 'disk',
@@ -314,7 +305,7 @@ export class LibvirtDriver implements SnapshotDriver {
       plan.push({ target: d.target, layer: layer.path, next: await freshPath(layer.path, `${snap.name}.restored`, taken), old: d.path });
     }
     await j.willCreate(...plan.map((p) => p.next));
-    for (const p of plan) await createOverlay(p.next, p.layer, await geometry(p.layer));
+    for (const p of plan) await createOverlay(p.next, p.layer, await imageGeometry(p.layer));
     const disks = plan.map((p) => ({ target: p.target, path: p.next }));
     const actions: Action[] = [
       action({ op: 'stop', uri, domain, dropManagedSave: true }),

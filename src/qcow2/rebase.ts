@@ -9,11 +9,11 @@
  * read in full through the complete chain and written as data, so content is exact.
  */
 import path from 'node:path';
-import { Chain } from '../qcow2/chain.js';
-import { Qcow2Image } from '../qcow2/reader.js';
-import { Qcow2Writer } from '../qcow2/writer.js';
-import { formatOf } from '../qcow2/probe.js';
-import { ChainReader } from './diff.js';
+import { Chain } from './chain.js';
+import { ChainReader } from './chain-reader.js';
+import { formatOf } from './probe.js';
+import { Qcow2Image } from './reader.js';
+import { Qcow2Writer } from './writer.js';
 
 /** Data is read and written in slices of at most this size. */
 const SLICE = 4 * 1024 * 1024;
