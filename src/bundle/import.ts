@@ -24,14 +24,14 @@ import { CloneboxError, ioError } from '../errors.js';
 import { checkName } from '../names.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
-import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureDir } from '../fsutil.js';
 import { vmDir, type Home } from '../store/home.js';
-import { Journal, journalPath, recover, type Action } from '../store/journal.js';
-import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
-import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { Journal, journalPath, recover } from '../store/journal.js';
+import { loadVm, lockVm, vmExists, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import { ensureContentIds } from '../snapshots/identity.js';
+import { commitLanding, currentIsClean, LayerAssembler, landingTemp, landOverlays, type Landing, type OverlayPlan } from '../snapshots/landing.js';
 import { randomBytes, type KeySource } from './crypto.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
@@ -64,10 +64,6 @@ export interface ImportResult {
 }
 
 
-function hiddenTemp(final: string): string {
-  return path.join(path.dirname(final), `.${path.basename(final)}.import-${process.pid}-${randomBytes(4).toString('hex')}`);
-}
-
 async function exists(p: string): Promise<boolean> {
   try {
     await stat(p);
@@ -77,9 +73,7 @@ async function exists(p: string): Promise<boolean> {
   }
 }
 
-interface LayerFile {
-  final: string;
-  temp: string;
+interface LayerFile extends Landing {
   backing: string | null;
   virtualSize: number;
   clusterSize: number;
@@ -88,9 +82,7 @@ interface LayerFile {
 /** Writes decoded pieces into the layers' temporary files, assembling clusters larger than a block. */
 class ImportSink implements BundleSink {
   private writer: Qcow2Writer | null = null;
-  private pend: Buffer | null = null;
-  private pendStart = 0;
-  private pendFill = 0;
+  private assembler: LayerAssembler | null = null;
   private spool: FileHandle | null = null;
   private spoolEnd = 0;
   private readonly frames: { at: number; length: number }[] = [];
@@ -129,6 +121,7 @@ class ImportSink implements BundleSink {
     this.writer = await Qcow2Writer.create(f.temp, {
       virtualSize: f.virtualSize, clusterSize: f.clusterSize, backingFile: f.backing, backingFormat: f.backing ? 'qcow2' : null,
     });
+    this.assembler = new LayerAssembler(this.writer, () => new CloneboxError('INTERNAL', 'cluster assembly out of order'));
     this.layer = li;
     this.layerWriters[li] = this.writer;
     try {
@@ -181,7 +174,7 @@ class ImportSink implements BundleSink {
   async endLayer(): Promise<void> {
     const w = this.writer!;
     this.writer = null;
-    if (this.pend) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
+    if (this.assembler!.pending) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
     // The layer's fsync overlaps with writing the next one; settle() waits for all of them.
     const p = w.finish();
     p.catch(() => undefined);
@@ -225,26 +218,9 @@ class ImportSink implements BundleSink {
   }
 
   async data(_layer: number, offset: number, block: number, length: number, data: Buffer | null): Promise<void> {
-    const w = this.writer!;
-    const cs = w.clusterSize;
     this.dataBytes += length;
-    if (cs <= BLOCK_SIZE) {
-      // Blocks start and end on cluster boundaries (or at the end of the disk): write as they come.
-      this.noteHome(block, await w.write(offset, data!));
-      return;
-    }
-    if (!this.pend) {
-      this.pend = Buffer.alloc(cs);
-      this.pendStart = offset;
-      this.pendFill = 0;
-    }
-    if (offset !== this.pendStart + this.pendFill) throw new CloneboxError('INTERNAL', 'cluster assembly out of order');
-    data!.copy(this.pend, this.pendFill);
-    this.pendFill += length;
-    if (this.pendFill === Math.min(cs, w.virtualSize - this.pendStart)) {
-      await w.write(this.pendStart, this.pend.subarray(0, this.pendFill));
-      this.pend = null;
-    }
+    // A block written as it came can be read back from the layer; one gathered into a cluster cannot.
+    this.noteHome(block, await this.assembler!.block(offset, data!));
   }
 
   async zero(_layer: number, offset: number, length: number): Promise<void> {
@@ -321,13 +297,9 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
       await sink.close();
       checkAborted(opts.signal); // the last moment an abort can still undo the import
       // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
-      for (const o of plan.overlays) {
-        await j.willCreate(o.temp);
-        const w = await Qcow2Writer.create(o.temp, { virtualSize: o.virtualSize, clusterSize: o.clusterSize, backingFile: o.backing, backingFormat: 'qcow2' });
-        await w.finish();
-      }
+      const overlays = await landOverlays(j, plan.overlays, 'import');
       let written = 0;
-      for (const f of [...plan.layers, ...plan.overlays]) written += (await stat(f.temp)).size;
+      for (const f of [...plan.layers, ...overlays]) written += (await stat(f.temp)).size;
       const last = meta.snapshots[meta.snapshots.length - 1]!.name;
       const records: SnapshotRecord[] = meta.snapshots.map((s, si) => ({
         name: s.name, vm_name: vmName, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
@@ -337,16 +309,12 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
         size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
         content_id: res.contentIds[si]!, memory_path: null,
       }));
-      const actions: Action[] = [];
-      for (const f of [...plan.layers, ...plan.overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
-      for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, vmName), `${r.name}.json`), value: r });
       const newCurrent = plan.overlays.length ? last : plan.vm?.current ?? null;
       const vmRec: VmRecord = plan.vm
         ? { ...plan.vm, current: newCurrent }
         : { format: 1, name: vmName, driver: 'image', created_at: new Date().toISOString(), disks: plan.disks, current: last };
-      actions.push({ do: 'write_json', path: vmFile(home, vmName), value: vmRec });
       // Past this point the import completes even across a crash (the journal rolls it forward).
-      await j.commit(actions);
+      await commitLanding(j, home, vmName, [...plan.layers, ...overlays], records, vmRec);
       committed = true;
       return {
         vm: vmName, snapshots: meta.snapshots.map((s) => s.name), bytes_written: written, seconds: (Date.now() - t0) / 1000,
@@ -378,7 +346,7 @@ interface Plan {
   vm: VmRecord | null;
   disks: { target: string; path: string }[];
   layers: LayerFile[];
-  overlays: LayerFile[];
+  overlays: OverlayPlan[];
   spool: string;
   baseName: string | null;
   /** The disks directory, when this import made it (removed again if the import fails). */
@@ -430,7 +398,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     for (const d of base.disks) baseLayer.set(d.target, d.path);
     // Fast-forward: when the VM stands on the base with no unsnapshotted changes, it moves to the
     // newest imported snapshot; otherwise its current state is left alone.
-    fastForward = vm.current === base.name && (await Promise.all(vm.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
+    fastForward = vm.current === base.name && (await currentIsClean(vm.disks));
   }
   const layers: LayerFile[] = [];
   const lastOf = new Map<string, string>();
@@ -440,20 +408,16 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     const final = layerPathFor(disk, s.name);
     const parentLayer = l.snapshot > 0 ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : baseLayer.get(l.target) ?? null;
     layers.push({
-      final, temp: hiddenTemp(final), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
+      final, temp: landingTemp(final, 'import'), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
       virtualSize: l.virtual_size, clusterSize: l.cluster_size,
     });
     lastOf.set(l.target, final);
   }
   const lastLayers = meta.layers.filter((l) => l.snapshot === meta.snapshots.length - 1);
-  const overlays: LayerFile[] = [];
+  const overlays: OverlayPlan[] = [];
   if (fastForward) {
     for (const l of lastLayers) {
-      const final = diskPath.get(l.target)!;
-      overlays.push({
-        final, temp: hiddenTemp(final), backing: path.relative(path.dirname(final), lastOf.get(l.target)!),
-        virtualSize: l.virtual_size, clusterSize: l.cluster_size,
-      });
+      overlays.push({ final: diskPath.get(l.target)!, backing: lastOf.get(l.target)!, virtualSize: l.virtual_size, clusterSize: l.cluster_size });
     }
   }
   // Nothing that exists may be overwritten (a fast-forward replaces an empty overlay, on purpose).

@@ -14,21 +14,20 @@
  *     checked again, the files renamed and the records (VM last) written in one journal commit. A
  *     failure before that leaves nothing behind.
  */
-import { randomBytes } from 'node:crypto';
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { NAME_RE } from '../names.js';
-import { isEmptyImage } from '../qcow2/reader.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureDir, pathExists } from '../fsutil.js';
 import type { Home } from '../store/home.js';
-import { Journal, recover, type Action } from '../store/journal.js';
-import { loadVm, lockVm, vmExists, vmFile, type VmRecord } from '../store/registry.js';
-import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { Journal, recover } from '../store/journal.js';
+import { loadVm, lockVm, vmExists, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import { commitLanding, currentIsClean, LayerAssembler, landingTemp, landOverlays, type Landing, type OverlayPlan } from '../snapshots/landing.js';
 import { BLOCK_SIZE } from '../content/digest.js';
 import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
@@ -175,11 +174,6 @@ async function place(home: Home, vm: string, peer: string, ids: Set<string>, log
 }
 
 
-function hiddenTemp(final: string): string {
-  return path.join(path.dirname(final), `.${path.basename(final)}.sync-${process.pid}-${randomBytes(4).toString('hex')}`);
-}
-
-
 /**
  * Pulls one chain (see the module comment). Returns null when there was nothing new. `unservable`:
  * blocks the sharer said it no longer has; the snapshots that need one, and their descendants, are
@@ -287,12 +281,10 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   return report;
 }
 
-interface LayerPlan {
+interface LayerPlan extends Landing {
   snap: VerifiedSnapshot;
   disk: number;
   target: string;
-  final: string;
-  temp: string;
   backing: string | null;
 }
 
@@ -349,7 +341,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
         if (await pathExists(final)) throw new CloneboxError('FILE_EXISTS', `file already exists, ${final}`, { hint: 'move the stray file away, then sync again' });
         const parentLayer = s.parent ? layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null : null;
         if (s.parent && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
-        plans.push({ snap: s, disk: di, target: d.target, final, temp: hiddenTemp(final), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer) });
+        plans.push({ snap: s, disk: di, target: d.target, final, temp: landingTemp(final, 'sync'), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer) });
         mine.set(d.target, final);
       }
       layerOf.set(s.id, mine);
@@ -407,7 +399,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
           const c = byId.get(anc);
           anc = c?.parent ? c.parent.toString('hex') : null;
         }
-        fastForward = isAnc && curId !== head && (await Promise.all(cur.disks.map((d) => isEmptyImage(d.path)))).every(Boolean);
+        fastForward = isAnc && curId !== head && (await currentIsClean(cur.disks));
       }
 
       const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`, driverStepHandlers);
@@ -415,34 +407,26 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
         // The journal owns the layers from here (rollback deletes them, commit renames them).
         await j.willCreate(...plans.map((p) => p.temp));
         await temps.drop(plans.map((p) => p.temp));
-        const overlays: { final: string; temp: string }[] = [];
+        const overlayPlans: OverlayPlan[] = [];
         if (fastForward) {
           const headSnap = chain.find((c) => c.id === head)!;
           for (const [di, d] of headSnap.disks.entries()) {
-            const final = diskPath.get(d.target)!;
             const m = headSnap.maps[di]!;
-            const o = { final, temp: hiddenTemp(final) };
-            await j.willCreate(o.temp);
-            const w = await Qcow2Writer.create(o.temp, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: path.relative(path.dirname(final), layerOf.get(head)!.get(d.target)!), backingFormat: 'qcow2' });
-            await w.finish();
-            overlays.push(o);
+            overlayPlans.push({ final: diskPath.get(d.target)!, backing: layerOf.get(head)!.get(d.target)!, virtualSize: m.virtualSize, clusterSize: m.clusterSize });
           }
         }
+        const overlays = await landOverlays(j, overlayPlans, 'sync');
         const records: SnapshotRecord[] = todo.map((s) => ({
           name: s.name, vm_name: name, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
           parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
           expires_at: null, disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
           size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0), content_id: s.id, memory_path: null,
         }));
-        const actions: Action[] = [];
-        for (const f of [...plans, ...overlays]) actions.push({ do: 'rename', from: f.temp, to: f.final });
-        for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, name), `${r.name}.json`), value: r });
         const headName = nameOf.get(head)!;
         const vmRec: VmRecord = cur
           ? { ...cur, current: fastForward ? headName : cur.current }
           : { format: 1, name, driver: 'image', created_at: new Date().toISOString(), disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })), current: headName };
-        actions.push({ do: 'write_json', path: vmFile(home, name), value: vmRec });
-        await j.commit(actions);
+        await commitLanding(j, home, name, [...plans, ...overlays], records, vmRec);
         committed = true;
       } catch (err) {
         await j.rollback().catch(() => undefined);
@@ -473,16 +457,13 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
 /** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
 async function writeLayer(blockOf: BlockGetter, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
   const w = await Qcow2Writer.create(file, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: backing, backingFormat: backing ? 'qcow2' : null });
-  const cs = m.clusterSize;
-  let pend: Buffer | null = null;
-  let pendStart = 0;
-  let pendFill = 0;
+  const asm = new LayerAssembler(w, () => chainError('map blocks do not fill whole clusters'));
   let bytes = 0;
   try {
-    const dg = digestOfItems(m.virtualSize, cs, []);
+    const dg = digestOfItems(m.virtualSize, m.clusterSize, []);
     for (const it of m.items as MapItem[]) {
       if (it.kind === 'zero') {
-        if (pend) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
+        if (asm.pending) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
         await w.writeZero(it.offset, it.length);
         dg.addZero(it.offset, it.length);
         continue;
@@ -494,24 +475,9 @@ async function writeLayer(blockOf: BlockGetter, file: string, backing: string | 
       dg.addBlock(it.offset, it.length, it.sha); // data was hashed against it.sha on arrival or by read()
       bytes += it.length;
       if (bytes % (8 * 1024 * 1024) < it.length) onBytes(bytes);
-      if (cs <= BLOCK_SIZE) {
-        await w.write(it.offset, data);
-        continue;
-      }
-      if (!pend) {
-        pend = Buffer.alloc(cs);
-        pendStart = it.offset;
-        pendFill = 0;
-      }
-      if (it.offset !== pendStart + pendFill) throw chainError('map blocks do not fill whole clusters');
-      data.copy(pend, pendFill);
-      pendFill += it.length;
-      if (pendFill === Math.min(cs, m.virtualSize - pendStart)) {
-        await w.write(pendStart, pend.subarray(0, pendFill));
-        pend = null;
-      }
+      await asm.block(it.offset, data);
     }
-    if (pend) throw chainError('map blocks do not fill whole clusters');
+    if (asm.pending) throw chainError('map blocks do not fill whole clusters');
     if (!dg.digest().equals(m.digest)) throw chainError('a pulled layer does not match its digest');
     await w.finish();
   } catch (err) {
