@@ -37,7 +37,8 @@ import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { abortedError, checkAborted } from '../abort.js';
-import { BundleReader, decodeBundle, type BundleSink } from './reader.js';
+import { decodeBundle, type BundleSink } from './decode.js';
+import { BundleReader } from './reader.js';
 import { WorkerPool } from '../content/workers.js';
 
 export interface ImportOptions {

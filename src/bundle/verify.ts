@@ -6,7 +6,8 @@
 import { CloneboxError } from '../errors.js';
 import type { KeySource } from './crypto.js';
 import { openInput } from './input.js';
-import { BundleReader, decodeBundle } from './reader.js';
+import { decodeBundle } from './decode.js';
+import { BundleReader } from './reader.js';
 import { WorkerPool } from '../content/workers.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { checkAborted } from '../abort.js';
