@@ -3,9 +3,10 @@
  * directory, fsync, rename, and an fsync of the directory, so a crash leaves either the old or the
  * new content and never a torn file.
  */
-import { open, rename, unlink, mkdir, stat, link } from 'node:fs/promises';
-import path from 'node:path';
+
 import { randomBytes } from 'node:crypto';
+import { link, mkdir, open, rename, stat, unlink } from 'node:fs/promises';
+import path from 'node:path';
 import { ioError } from './errors.js';
 
 export async function fsyncDir(dir: string): Promise<void> {

@@ -28,7 +28,9 @@ let binding: ZstdBinding | null = null;
 export function zstdBinding(): ZstdBinding {
   if (!binding) {
     try {
-      binding = createRequire(import.meta.url)('zstd-napi/binding') as ZstdBinding;
+      // A named `require` so that dependency checkers (knip) see the package is used.
+      const require = createRequire(import.meta.url);
+      binding = require('zstd-napi/binding') as ZstdBinding;
     } catch (err) {
       throw new CloneboxError('INTERNAL', `zstd support is not available (${(err as Error).message})`, {
         hint: 'reinstall clonebox with `npm ci` so that zstd-napi builds',

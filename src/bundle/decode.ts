@@ -11,11 +11,11 @@
  * A sink receives the checked pieces: import writes them, verify only counts.
  */
 import type { WorkerPool } from '../content/workers.js';
-import { packEntryName, type Codec, type Seal, type SealTotals } from './format.js';
-import { FrameStore, type Decoded } from './frame-store.js';
+import { type Codec, packEntryName, type Seal, type SealTotals } from './format.js';
+import { type Decoded, FrameStore } from './frame-store.js';
 import { MapChecker } from './map-check.js';
-import { parsePack, type PackRecord } from './packs.js';
-import { corrupt, type BundleReader } from './reader.js';
+import { type PackRecord, parsePack } from './packs.js';
+import { type BundleReader, corrupt } from './reader.js';
 import { checkSeal } from './seal-check.js';
 
 /** What a decoder hands over, in bundle order. Offsets and lengths are checked; data is verified. */

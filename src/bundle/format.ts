@@ -60,12 +60,12 @@ export function packEntryName(index: number): string {
 }
 export const PACK_NAME_RE = /^pack-(\d{8})$/;
 
+export { Codec, FRAME_TARGET } from '../content/codec.js';
 /**
  * Block (the unit of deduplication, BLOCK_SIZE), frame (the unit of compression, at most FRAME_TARGET
  * raw bytes) and the frame codecs are content addressing, shared with sync: src/content/ defines them.
  */
 export { BLOCK_SIZE } from '../content/digest.js';
-export { Codec, FRAME_TARGET } from '../content/codec.js';
 
 /** Pack: the unit of sealing and of tar entries. A pack is closed once its payload reaches this. */
 export const PACK_TARGET = 8 * 1024 * 1024;

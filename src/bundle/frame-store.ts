@@ -6,13 +6,13 @@
  * file, or from the import's spool when the bundle came through a pipe).
  */
 import { createHash } from 'node:crypto';
-import { CloneboxError } from '../errors.js';
 import type { WorkerReply } from '../content/worker.js';
 import type { WorkerPool } from '../content/workers.js';
+import { CloneboxError } from '../errors.js';
 import { blockId } from './crypto.js';
-import { BLOCK_SIZE, FRAME_TARGET, type Codec } from './format.js';
+import { BLOCK_SIZE, type Codec, FRAME_TARGET } from './format.js';
 import type { PackRecord } from './packs.js';
-import { corrupt, type BundleReader } from './reader.js';
+import { type BundleReader, corrupt } from './reader.js';
 
 type FrameRecord = Extract<PackRecord, { type: 'frame' }>;
 

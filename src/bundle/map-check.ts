@@ -4,7 +4,7 @@
  * cluster boundaries, blocks cut canonically (content/digest.ts). The layer digests are recomputed on
  * the way, for the seal check.
  */
-import { BLOCK_SIZE, LayerDigest, blockEnd } from '../content/digest.js';
+import { BLOCK_SIZE, blockEnd, LayerDigest } from '../content/digest.js';
 import type { Meta } from './format.js';
 import { corrupt } from './reader.js';
 

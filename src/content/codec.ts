@@ -5,7 +5,7 @@
  * first use (src/zstd.ts).
  */
 import { createHash } from 'node:crypto';
-import { zstdBinding, type ZstdBinding, type ZstdDCtx } from '../zstd.js';
+import { type ZstdBinding, type ZstdDCtx, zstdBinding } from '../zstd.js';
 
 /** How a frame's bytes are stored (a bundle's frame record and a sync block frame carry it). */
 export const Codec = { Raw: 0, Zstd: 1 } as const;

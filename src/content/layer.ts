@@ -13,10 +13,11 @@
  *  - a root snapshot whose layer has a backing file outside clonebox (`resolved`): the layer stands for
  *    the whole disk, so the map is taken from the resolved chain, cluster by cluster the same way.
  */
+
+import { CloneboxError } from '../errors.js';
 import { Chain } from '../qcow2/chain.js';
 import { Qcow2Image } from '../qcow2/reader.js';
-import { readData, type DataChunk } from '../qcow2/stream.js';
-import { CloneboxError } from '../errors.js';
+import { type DataChunk, readData } from '../qcow2/stream.js';
 
 /**
  * Copies bytes [piece.offset + skip, + len) of a data piece into `buf` at `at`. Calls must come in

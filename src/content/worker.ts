@@ -3,7 +3,7 @@
  * and decompresses and hashes them (bundle import and verify). Buffers are transferred both ways, never copied between threads.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { compressInto, decodeFrame, type Codec } from './codec.js';
+import { type Codec, compressInto, decodeFrame } from './codec.js';
 
 export type WorkerRequest =
   | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }

@@ -1,5 +1,5 @@
 /** Reading a disk as the VM sees it, through its backing chain, for diff and rebase. */
-import { open, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { ioError } from '../errors.js';
 import type { Chain } from './chain.js';
 

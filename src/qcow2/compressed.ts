@@ -6,7 +6,7 @@
  */
 import { inflateRawSync, constants as zc } from 'node:zlib';
 import { CloneboxError } from '../errors.js';
-import { zstdBinding, type ZstdDCtx } from '../zstd.js';
+import { type ZstdDCtx, zstdBinding } from '../zstd.js';
 
 /** Where a compressed cluster is, for the error that names it. */
 export interface ClusterAt {

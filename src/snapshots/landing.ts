@@ -23,8 +23,8 @@ import { isEmptyImage } from '../qcow2/reader.js';
 import type { Qcow2Writer } from '../qcow2/writer.js';
 import type { Home } from '../store/home.js';
 import type { Action, Journal } from '../store/journal.js';
-import { vmFile, type VmRecord } from '../store/registry.js';
-import { snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
+import { type VmRecord, vmFile } from '../store/registry.js';
+import { type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 
 /**
  * A hidden temporary name beside `final`: `.<name>.<op>-<pid>-<random>`. The journal's rollback and

@@ -4,13 +4,13 @@
  * (which then relay like any other), and a member met without its card gets it recorded, to hand on.
  */
 import type { Home } from '../store/home.js';
-import { makeCard, verifyCard, type CatalogCard } from './cards.js';
+import { type CatalogCard, makeCard, verifyCard } from './cards.js';
 import type { CatalogSet } from './catalog-set.js';
 import type { PeerState } from './fetcher.js';
 import type { Identity } from './identity.js';
 import { CATALOGS_PROTOCOL, catalogCards, MAX_CARDS } from './messages.js';
 import { shortKey, type TeamPeer } from './swarm.js';
-import { recordCard, type MemberRecord, type TeamRecord } from './teams.js';
+import { type MemberRecord, recordCard, type TeamRecord } from './teams.js';
 
 /** How long a pull waits for a peer's cards (and for it to replicate a catalog it may not have). */
 export const RELAY_WAIT_MS = 1500;
@@ -43,7 +43,10 @@ export class CardExchange {
       onopen: (cards: CatalogCard[]) => got(cards),
       onclose: () => got([]),
     });
-    if (!ch) return got([]);
+    if (!ch) {
+      got([]);
+      return;
+    }
     ch.open(this.toSend.slice(0, MAX_CARDS));
   }
 

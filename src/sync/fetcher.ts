@@ -5,8 +5,8 @@
  */
 import { abortedError } from '../abort.js';
 import type { BlockChannel } from './blocks.js';
-import type { Catalog } from './catalog.js';
 import type { CatalogCard } from './cards.js';
+import type { Catalog } from './catalog.js';
 import type { Fetcher } from './pull.js';
 import type { Spool } from './spool.js';
 import { shortKey, type TeamPeer } from './swarm.js';
