@@ -1,5 +1,4 @@
 /** Asks yes/no on the terminal. Without a TTY (scripts, CI) it refuses unless --yes was given. */
-import { createInterface } from 'node:readline/promises';
 import { CloneboxError } from '../src/index.js';
 
 export async function confirm(question: string, yes: boolean): Promise<void> {
@@ -9,6 +8,8 @@ export async function confirm(question: string, yes: boolean): Promise<void> {
       hint: 'pass --yes to confirm',
     });
   }
+  // readline loads only when a question is really asked (it is most of a command's start-up otherwise).
+  const { createInterface } = await import('node:readline/promises');
   const rl = createInterface({ input: process.stdin, output: process.stderr });
   try {
     const answer = (await rl.question(`${question} [y/N] `)).trim().toLowerCase();

@@ -4,7 +4,6 @@
  * new content and never a torn file.
  */
 
-import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, rename, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { ioError } from './errors.js';
@@ -24,8 +23,18 @@ export async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
+let tempCounter = 0;
+
+/**
+ * A fresh hidden sibling name for writing `file` (`.<name>.tmp-<pid>-<n><random>`). Callers create it
+ * with O_EXCL, so a clash fails instead of sharing a file; the counter keeps names of one process
+ * apart and the random part those of a reused pid. Not node:crypto: that would cost every command
+ * its start-up, and the name guards against accidents, not an attacker (who could write the
+ * directory anyway).
+ */
 export function tempPathFor(file: string): string {
-  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+  const unique = `${(++tempCounter).toString(36)}${Math.random().toString(36).slice(2, 8)}`;
+  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${unique}`);
 }
 
 /** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */

@@ -4,9 +4,14 @@
  * cluster), by the image's compression type. A cluster that does not decompress to exactly one cluster
  * is QCOW2_CORRUPT, or QCOW2_TRUNCATED when the file ends inside its descriptor's range.
  */
-import { inflateRawSync, constants as zc } from 'node:zlib';
+import { createRequire } from 'node:module';
 import { CloneboxError } from '../errors.js';
 import { type ZstdDCtx, zstdBinding } from '../zstd.js';
+
+// zlib loads at the first deflate cluster, not with the module: every command that opens an image
+// imports this decoder, and most images hold no deflate cluster at all.
+const require = createRequire(import.meta.url);
+let zlib: typeof import('node:zlib') | undefined;
 
 /** Where a compressed cluster is, for the error that names it. */
 export interface ClusterAt {
@@ -28,13 +33,18 @@ export function decodeCluster(type: 'zlib' | 'zstd', src: Buffer, clusterSize: n
     out = type === 'zstd'
       ? zstdInto(src, into ?? Buffer.allocUnsafe(clusterSize))
       // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
-      : inflateRawSync(src, { finishFlush: zc.Z_SYNC_FLUSH, maxOutputLength: clusterSize, chunkSize: clusterSize + 64 });
+      : inflate(src, clusterSize);
   } catch (err) {
     if (err instanceof CloneboxError) throw err;
     throw clusterError(at, `does not decompress (${(err as Error).message})`);
   }
   if (out.length !== clusterSize) throw clusterError(at, `decompresses to ${out.length} bytes, not ${clusterSize}`);
   return out;
+}
+
+function inflate(src: Buffer, clusterSize: number): Buffer {
+  zlib ??= require('node:zlib') as typeof import('node:zlib');
+  return zlib.inflateRawSync(src, { finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: clusterSize, chunkSize: clusterSize + 64 });
 }
 
 function clusterError(at: ClusterAt, why: string): CloneboxError {

@@ -14,10 +14,9 @@
  */
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { randomBytes } from 'node:crypto';
 import { CloneboxError, ioError } from '../errors.js';
 import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
-import { fsyncDir } from '../fsutil.js';
+import { fsyncDir, tempPathFor } from '../fsutil.js';
 
 export interface CreateOptions {
   virtualSize: number;
@@ -123,7 +122,7 @@ export class Qcow2Writer {
     // A zero-sized disk has no L1 table (l1_table_offset 0): reserving a cluster for it anyway would
     // leave a cluster with refcount 1 that nothing references, which `qemu-img check` reports as a leak.
     const l1Clusters = Math.ceil((l1Size * 8) / cs);
-    const tmp = path.join(path.dirname(abs), `.${path.basename(abs)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
+    const tmp = tempPathFor(abs);
     let fh: FileHandle;
     try {
       fh = await open(tmp, 'wx+', 0o644);

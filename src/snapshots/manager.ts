@@ -14,13 +14,12 @@ import type { Home } from '../store/home.js';
 import { Journal, recover, journalPath, type Action } from '../store/journal.js';
 import { loadVm, lockVm, vmFile, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
-import { rebaseImage } from '../qcow2/rebase.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
 import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
 import { pathExists } from '../fsutil.js';
 import { allocatedBytes, backingOf } from '../qcow2/probe.js';
-import { diffDisk, type DiskDiff } from './diff.js';
-import { computeStats, type VmStats } from './stats.js';
+import type { DiskDiff } from './diff.js';
+import type { VmStats } from './stats.js';
 
 export interface CreateOptions {
   name?: string;
@@ -276,6 +275,9 @@ export class SnapshotManager {
         // share); a state nobody has seen yet may get its id from the merged layer, which holds the
         // same content. So merges never need to hash whole chains just in case.
         const children = snaps.filter((r) => r.parent === s.name);
+        // The merge engine (and the qcow2 writer under it) loads only when a merge runs: list and
+        // show start faster without it.
+        const { rebaseImage } = await import('../qcow2/rebase.js');
         for (const c of children) {
           const layers = [];
           let size = 0;
@@ -353,6 +355,7 @@ export class SnapshotManager {
       const inB = new Set(ancB.map((r) => r.name));
       const common = ancA.find((r) => inB.has(r.name)) ?? null;
       const upTo = (chain: SnapshotRecord[]) => (common ? chain.slice(0, chain.findIndex((r) => r.name === common.name)) : chain);
+      const { diffDisk } = await import('./diff.js');
       const disks: DiskDiff[] = [];
       for (const d of vm.disks) {
         const layerOf = (r: SnapshotRecord) => r.disks.find((l) => l.target === d.target)!.path;
@@ -376,6 +379,7 @@ export class SnapshotManager {
         await img.close();
       }
       const files = [...vm.disks.map((d) => d.path), ...snaps.flatMap((s) => s.disks.map((l) => l.path))];
+      const { computeStats } = await import('./stats.js');
       return { vm: vm.name, snapshots: snaps.length, ...(await computeStats(virtual, files)) };
     });
   }
