@@ -14,6 +14,7 @@
  *     checked again, the files renamed and the records (VM last) written in one journal commit. A
  *     failure before that leaves nothing behind.
  */
+import { checkAborted } from '../abort.js';
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
@@ -83,6 +84,8 @@ export interface PullContext {
   temps: PullTemps;
   log: (line: string) => void;
   progress?: (vm: string, done: number, total: number) => void;
+  /** An abort stops the pull before it commits: the written layers are removed, nothing is registered. */
+  signal?: AbortSignal | undefined;
 }
 
 interface VerifiedSnapshot extends CatalogSnapshot {
@@ -357,6 +360,7 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
       done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
     }
     await fetched();
+    checkAborted(ctx.signal);
 
     // Locked: check, hand over, commit.
     const hadVmDir = await pathExists(path.join(home.vmsDir, name));

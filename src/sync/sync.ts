@@ -396,7 +396,7 @@ class SyncRun {
       if (this.scheduler.stopping) return;
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
       const ctx = {
-        home, peerName: author, catalog: cat, view, local, spool, temps, log,
+        home, peerName: author, catalog: cat, view, local, spool, temps, log, signal: opts.signal,
         fetch: fetcher.fetcherFor(st, (b) => opts.progress?.({ phase: 'receive', chain: label, done: b, total: null })),
         progress: (name: string, done: number, total: number) => opts.progress?.({ phase: 'write', chain: label, snapshot: name, done, total }),
       };
