@@ -24,7 +24,7 @@ import { CloneboxError, ioError } from '../errors.js';
 import { EntryKind, NONCE_BYTES, TAG_AEAD_BYTES, TAG_PLAIN_BYTES } from './format.js';
 import { packDigest } from './packs.js';
 
-export const KEY_BYTES = 32;
+const KEY_BYTES = 32;
 
 /**
  * libsodium, loaded on first use: only encrypted bundles need it, and loading the addon would add to
@@ -46,7 +46,7 @@ export function sha256(...parts: Uint8Array[]): Buffer {
   return h.digest();
 }
 
-export function blake2b256(key: Uint8Array | null, ...parts: Uint8Array[]): Buffer {
+function blake2b256(key: Uint8Array | null, ...parts: Uint8Array[]): Buffer {
   const out = Buffer.alloc(32);
   const input = parts.length === 1 ? parts[0]! : Buffer.concat(parts);
   na().crypto_generichash(out, input, key ?? undefined);

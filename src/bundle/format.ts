@@ -58,7 +58,6 @@ export const ENTRY_SEAL = 'seal';
 export function packEntryName(index: number): string {
   return `pack-${String(index).padStart(8, '0')}`;
 }
-export const PACK_NAME_RE = /^pack-(\d{8})$/;
 
 export { Codec, FRAME_TARGET } from '../content/codec.js';
 /**
@@ -118,7 +117,7 @@ export const DATA_RECORD_BYTES = 1 + 4 + 8 + 4 + 4;
 export const ZERO_RECORD_BYTES = 1 + 4 + 8 + 8;
 
 /** Block-id schemes named in the meta. */
-export type BlockHash = 'sha256' | 'blake2b256-keyed-sha256';
+type BlockHash = 'sha256' | 'blake2b256-keyed-sha256';
 
 /** A snapshot as carried in the meta: the snapshot object's stored fields, no paths. */
 export interface MetaSnapshot {

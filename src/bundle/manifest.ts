@@ -101,7 +101,7 @@ export function decodeHeader(b: Buffer, file: string): BundleHeader {
 
 const HEX64 = /^[0-9a-f]{64}$/;
 /** Disk targets: vda, sdb, hdc, vdaa... Never anything that could be a path. */
-export const TARGET_RE = /^[a-z][a-z0-9]{0,31}$/;
+const TARGET_RE = /^[a-z][a-z0-9]{0,31}$/;
 
 type Obj = Record<string, unknown>;
 

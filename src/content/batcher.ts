@@ -5,7 +5,7 @@
 import { BLOCK_SIZE, blockEnd } from './digest.js';
 import type { Fill } from './layer.js';
 
-export type BatchItem =
+type BatchItem =
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'block'; offset: number; length: number; at: number };
 

@@ -23,7 +23,7 @@ let cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
 let dctx: ZstdDCtx | null = null;
 
 /** SHA-256 of each block: `blocks` holds (offset, length) pairs into `buf`. Returns n × 32 bytes. */
-export function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
+function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
   const n = blocks.length / 2;
   const out = Buffer.from(new ArrayBuffer(n * 32));
   for (let i = 0; i < n; i++) {

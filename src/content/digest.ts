@@ -79,7 +79,7 @@ export class LayerDigest {
   }
 }
 
-export function writeU64(b: Buffer, v: number, off: number): void {
+function writeU64(b: Buffer, v: number, off: number): void {
   b.writeUInt32BE(Math.floor(v / 0x100000000), off);
   b.writeUInt32BE(v >>> 0, off + 4);
 }

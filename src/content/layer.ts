@@ -25,7 +25,7 @@ import { type DataChunk, readData } from '../qcow2/stream.js';
  */
 export type Fill = (buf: Buffer, at: number, skip: number, len: number) => Promise<void>;
 
-export type Piece =
+type Piece =
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'data'; offset: number; length: number; fill: Fill };
 

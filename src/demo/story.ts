@@ -15,7 +15,7 @@ import { Prng, randomBlock, textBlock } from './content.js';
 
 const MiB = 1024 * 1024;
 
-export interface DemoStep {
+interface DemoStep {
   command: string;
   output: string[];
 }

@@ -15,7 +15,7 @@ import type { VmRecord } from '../store/registry.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from './driver.js';
 
-export function diskStem(diskPath: string): string {
+function diskStem(diskPath: string): string {
   const base = path.basename(diskPath);
   return base.replace(/\.(qcow2|qcow|img)$/i, '');
 }

@@ -9,7 +9,7 @@ import { CloneboxError, ioError } from '../errors.js';
 import { Qcow2Image, type OpenOptions, type Run } from './reader.js';
 
 /** Bounds recursion on hostile or cyclic backing chains (QEMU uses a similar limit). */
-export const MAX_CHAIN_DEPTH = 1000;
+const MAX_CHAIN_DEPTH = 1000;
 
 export interface Layer {
   readonly path: string;
@@ -19,7 +19,7 @@ export interface Layer {
   close(): Promise<void>;
 }
 
-export class RawLayer implements Layer {
+class RawLayer implements Layer {
   readonly path: string;
   readonly virtualSize: number;
   private readonly fh: FileHandle;

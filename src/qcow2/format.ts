@@ -33,32 +33,28 @@
 import { CloneboxError } from '../errors.js';
 
 export const QCOW2_MAGIC = 0x514649fb;
-export const MIN_CLUSTER_BITS = 9;
-export const MAX_CLUSTER_BITS = 21;
+const MIN_CLUSTER_BITS = 9;
+const MAX_CLUSTER_BITS = 21;
 export const MAX_BACKING_FILE_NAME = 1023;
 /** QEMU refuses L1 tables above 32 MiB (QCOW_MAX_L1_SIZE); so do we. */
 export const MAX_L1_BYTES = 32 * 1024 * 1024;
 /** QEMU's QCOW_MAX_REFTABLE_SIZE. */
-export const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
+const MAX_REFTABLE_BYTES = 8 * 1024 * 1024;
 /** 2^61 - 1: QEMU's limit for the virtual size of a qcow2 image (BDRV_MAX_LENGTH-ish). */
 export const MAX_VIRTUAL_SIZE = 2n ** 61n - 1n;
 
-export const EXT_END = 0x00000000;
+const EXT_END = 0x00000000;
 export const EXT_BACKING_FORMAT = 0xe2792aca;
-export const EXT_FEATURE_TABLE = 0x6803f857;
-export const EXT_BITMAPS = 0x23852875;
-export const EXT_CRYPTO_HEADER = 0x0537be77;
-export const EXT_DATA_FILE = 0x44415441;
+const EXT_FEATURE_TABLE = 0x6803f857;
+const EXT_CRYPTO_HEADER = 0x0537be77;
+const EXT_DATA_FILE = 0x44415441;
 
-export const INCOMPAT_DIRTY = 1n << 0n;
-export const INCOMPAT_CORRUPT = 1n << 1n;
-export const INCOMPAT_DATA_FILE = 1n << 2n;
-export const INCOMPAT_COMPRESSION = 1n << 3n;
-export const INCOMPAT_EXTL2 = 1n << 4n;
-export const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
-
-export const COMPAT_LAZY_REFCOUNTS = 1n << 0n;
-export const AUTOCLEAR_BITMAPS = 1n << 0n;
+const INCOMPAT_DIRTY = 1n << 0n;
+const INCOMPAT_CORRUPT = 1n << 1n;
+const INCOMPAT_DATA_FILE = 1n << 2n;
+const INCOMPAT_COMPRESSION = 1n << 3n;
+const INCOMPAT_EXTL2 = 1n << 4n;
+const INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
 
 /** L1 entry: bits 9..55 hold the L2 table's host offset; bit 63 is the COPIED flag. */
 export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
@@ -66,9 +62,8 @@ export const L1E_OFFSET_MASK = 0x00fffffffffffe00n;
 export const L2E_COPIED = 1n << 63n;
 export const L2E_COMPRESSED = 1n << 62n;
 export const L2E_ZERO = 1n;
-export const L2E_OFFSET_MASK = 0x00fffffffffffe00n;
 
-export type CompressionType = 'zlib' | 'zstd';
+type CompressionType = 'zlib' | 'zstd';
 
 export interface Qcow2Header {
   version: 2 | 3;
@@ -121,8 +116,8 @@ function u64(buf: Buffer, off: number, file: string, field: string): number {
   return Number(v);
 }
 
-export const HEADER_V2_LENGTH = 72;
-export const HEADER_V3_MIN_LENGTH = 104;
+const HEADER_V2_LENGTH = 72;
+const HEADER_V3_MIN_LENGTH = 104;
 /** The most of the file the header parser ever looks at: the first cluster holds header + extensions. */
 export const HEADER_READ_MAX = 1 << MAX_CLUSTER_BITS;
 

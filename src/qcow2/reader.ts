@@ -12,7 +12,7 @@ import {
 } from './format.js';
 import { decodeCluster } from './compressed.js';
 
-export type ExtentKind = 'data' | 'zero' | 'unallocated';
+type ExtentKind = 'data' | 'zero' | 'unallocated';
 
 /** A guest range of one kind, as `image map` prints it. */
 export interface Extent {
@@ -53,7 +53,7 @@ const L2E_COMPRESSED_HI = Number(L2E_COMPRESSED >> 32n);
 const L2E_ZERO_LO = Number(L2E_ZERO);
 
 /** Data runs are cut at this length so that reading one never needs more than this much memory. */
-export const MAX_RUN_BYTES = 4 * 1024 * 1024;
+const MAX_RUN_BYTES = 4 * 1024 * 1024;
 /** Bytes of L2 tables kept in memory per open image (at least two tables whatever the cluster size). */
 const L2_CACHE_BYTES = 8 * 1024 * 1024;
 
@@ -435,7 +435,7 @@ export async function isEmptyImage(file: string): Promise<boolean> {
   }
 }
 
-export async function readFully(fh: FileHandle, buf: Buffer, pos: number, file: string): Promise<void> {
+async function readFully(fh: FileHandle, buf: Buffer, pos: number, file: string): Promise<void> {
   let done = 0;
   while (done < buf.length) {
     let n: number;

@@ -75,7 +75,7 @@ export interface StreamOptions {
   reuseBuffers?: boolean;
 }
 
-export const STREAM_DEFAULTS = {
+const STREAM_DEFAULTS = {
   maxBatchBytes: 4 * 1024 * 1024,
   maxGapBytes: 64 * 1024,
   readAheadBytes: 4 * 1024 * 1024,

@@ -8,7 +8,7 @@ import { Chain } from '../qcow2/chain.js';
 import { ChainReader } from '../qcow2/chain-reader.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 
-export interface Range {
+interface Range {
   offset: number;
   length: number;
 }
@@ -31,7 +31,7 @@ const SLICE = 1024 * 1024;
 const DEPTH = 4;
 
 /** Sorted, merged union of ranges (aligned outward to `g`). */
-export function unionAligned(ranges: Range[], g: number, limit: number): Range[] {
+function unionAligned(ranges: Range[], g: number, limit: number): Range[] {
   const aligned = ranges.map((r) => {
     const s = r.offset - (r.offset % g);
     const e = Math.min(limit, Math.ceil((r.offset + r.length) / g) * g);

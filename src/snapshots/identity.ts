@@ -21,7 +21,7 @@ import { FRAME_TARGET } from '../content/codec.js';
 import { LayerDigest } from '../content/digest.js';
 import { openLayer } from '../content/layer.js';
 
-export interface LayerSummary {
+interface LayerSummary {
   digest: Buffer;
   dataBytes: number;
   zeroBytes: number;
@@ -57,7 +57,7 @@ export async function isResolvedLayer(rec: SnapshotRecord, layerPath: string): P
 }
 
 /** Reads a whole layer and returns its digest. Memory: one batch of about 4 MiB. */
-export async function layerDigest(file: string, resolved: boolean): Promise<LayerSummary> {
+async function layerDigest(file: string, resolved: boolean): Promise<LayerSummary> {
   const src = await openLayer(file, resolved);
   try {
     const dg = new LayerDigest(src.virtualSize, src.clusterSize);

@@ -45,13 +45,13 @@ function pad(n: number, w = 2): string {
   return String(n).padStart(w, '0');
 }
 
-export function autoName(existing: Set<string>, now = new Date()): string {
+function autoName(existing: Set<string>, now = new Date()): string {
   const base = `snap-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
   if (!existing.has(base)) return base;
   for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
 }
 
-export function policyOf(vm: VmRecord): Policy {
+function policyOf(vm: VmRecord): Policy {
   return ((vm.extra?.policy as Policy | undefined) ?? {});
 }
 

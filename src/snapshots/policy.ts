@@ -73,7 +73,7 @@ const BUCKETS: [keyof Policy, string, (d: Date) => string][] = [
   ['keep_yearly', 'yearly', (d) => `${d.getFullYear()}`],
 ];
 
-export function hasKeepRule(p: Policy): boolean {
+function hasKeepRule(p: Policy): boolean {
   return ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within'].some((k) => p[k as keyof Policy] !== undefined);
 }
 

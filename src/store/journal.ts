@@ -53,7 +53,7 @@ interface JournalDoc {
 
 let crashCounter = 0;
 /** A numbered point at which a crash test may kill us. */
-export function crashPoint(): void {
+function crashPoint(): void {
   const at = Number(process.env.CLONEBOX_CRASH_AT);
   if (!Number.isInteger(at) || at <= 0) return;
   crashCounter++;

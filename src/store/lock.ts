@@ -9,7 +9,7 @@ import os from 'node:os';
 import { CloneboxError, ioError } from '../errors.js';
 import { tempPathFor } from '../fsutil.js';
 
-export interface LockInfo {
+interface LockInfo {
   pid: number;
   host: string;
   command: string;
@@ -33,7 +33,7 @@ export function pidAlive(pid: number): boolean {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function lockWaitMs(): number {
+function lockWaitMs(): number {
   const v = Number(process.env.CLONEBOX_LOCK_WAIT_MS);
   return Number.isFinite(v) && v >= 0 ? v : 5000;
 }

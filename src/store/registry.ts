@@ -9,9 +9,9 @@ import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { acquireLock, type Lock } from './lock.js';
 import { vmDir, type Home } from './home.js';
 
-export type DriverName = 'image' | 'libvirt';
+type DriverName = 'image' | 'libvirt';
 
-export interface DiskRecord {
+interface DiskRecord {
   /** Guest device name: vda, vdb... */
   target: string;
   /** Absolute path of the image holding the VM's current writable state. */

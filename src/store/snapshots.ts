@@ -2,14 +2,14 @@
  * Snapshot metadata records: <home>/vms/<vm>/snapshots/<name>.json, one file per snapshot, each
  * replaced atomically. The fields are the contract's snapshot object plus clonebox's own bookkeeping.
  */
-import { readdir, rm } from 'node:fs/promises';
+import { readdir } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { vmDir, type Home } from './home.js';
 
-export type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
+type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
 
 export interface SnapshotRecord {
   name: string;
@@ -65,8 +65,4 @@ export async function saveSnapshotRecord(home: Home, rec: SnapshotRecord): Promi
   const dir = snapshotsDir(home, rec.vm_name);
   await ensureDir(dir);
   await writeJsonAtomic(path.join(dir, `${rec.name}.json`), rec);
-}
-
-export async function removeSnapshotRecord(home: Home, vm: string, name: string): Promise<void> {
-  await rm(path.join(snapshotsDir(home, vm), `${name}.json`), { force: true });
 }

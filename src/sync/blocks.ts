@@ -35,7 +35,7 @@ export interface BlockSource {
 }
 
 /** Parts (frames) a serving channel prepares ahead of the one it sends. */
-export const SERVE_AHEAD = 4;
+const SERVE_AHEAD = 4;
 
 /**
  * Frame decoding: the raw bytes of all its blocks and the SHA-256 of each (n × 32 bytes), or null when
@@ -43,12 +43,12 @@ export const SERVE_AHEAD = 4;
  * one that runs on the bundle's worker pool.
  */
 export type FrameDecoder = (frame: BlockFrame) => Promise<DecodedFrame | null> | DecodedFrame | null;
-export interface DecodedFrame {
+interface DecodedFrame {
   raw: Buffer;
   shas: Buffer;
 }
 
-export const defaultDecoder: FrameDecoder = (frame) => {
+const defaultDecoder: FrameDecoder = (frame) => {
   if (frame.codec !== CODEC_RAW && frame.codec !== CODEC_ZSTD) return null;
   const lengths = Uint32Array.from(frame.blocks.map((b) => b.size));
   const total = frame.blocks.reduce((a, b) => a + b.size, 0);
@@ -80,7 +80,7 @@ export interface FetchResult {
   unanswered: Buffer[];
 }
 
-export const DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024;
+const DEFAULT_WINDOW_BYTES = 16 * 1024 * 1024;
 const DEFAULT_BLOCK_SIZE = 64 * 1024;
 
 interface Pending {

@@ -17,8 +17,6 @@ export interface PrivateDht {
   close(): Promise<void>;
 }
 
-export const DEFAULT_BOOTSTRAP_PORT = 49737;
-
 function listenError(host: string, port: number, err: NodeJS.ErrnoException): CloneboxError {
   const reason = err.code === 'EADDRINUSE' ? 'address in use' : err.code === 'EADDRNOTAVAIL' ? 'address not on this machine' : err.message;
   return new CloneboxError('IO', `cannot listen on ${host}:${port} (${reason})`, {

@@ -17,12 +17,12 @@ import c from 'compact-encoding';
 import { NAME_RE } from '../names.js';
 import { HASH_BYTES, WireError } from './messages.js';
 
-export const CATALOG_FORMAT = 1;
+const CATALOG_FORMAT = 1;
 /** Items (zero extents and blocks) in one Map record: about 700 KiB, far below Hypercore's 15 MiB. */
 export const MAX_MAP_ITEMS = 16384;
-export const MAX_TAGS = 256;
-export const MAX_DISKS = 64;
-export const MAX_TEXT = 64 * 1024;
+const MAX_TAGS = 256;
+const MAX_DISKS = 64;
+const MAX_TEXT = 64 * 1024;
 const MAX_SIZE = 2 ** 53 - 1;
 
 export const RecordKind = { Share: 1, Unshare: 2, Map: 3, Snapshot: 4, Head: 5 } as const;
@@ -31,10 +31,10 @@ export type MapItem =
   | { kind: 'zero'; offset: number; length: number }
   | { kind: 'block'; offset: number; length: number; sha: Buffer };
 
-export interface ShareRecord { kind: 'share'; vm: string; upto: string | null; at: string }
-export interface UnshareRecord { kind: 'unshare'; vm: string; at: string }
+interface ShareRecord { kind: 'share'; vm: string; upto: string | null; at: string }
+interface UnshareRecord { kind: 'unshare'; vm: string; at: string }
 export interface MapRecord { kind: 'map'; vm: string; target: string; items: MapItem[] }
-export interface SnapshotDiskRecord {
+interface SnapshotDiskRecord {
   target: string;
   virtual_size: number;
   cluster_size: number;
@@ -101,7 +101,7 @@ function optHash(state: c.State): Buffer | null {
   return b;
 }
 
-export const catalogRecord: c.Encoding<CatalogRecord> = {
+const catalogRecord: c.Encoding<CatalogRecord> = {
   preencode(state, r) {
     state.end += 2;
     switch (r.kind) {

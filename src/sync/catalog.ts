@@ -22,7 +22,7 @@ import { publicKeyOfSeed, type Identity, type KeyPair } from './identity.js';
 import { teamTopic } from './keys.js';
 import { teamSecret, type TeamRecord } from './teams.js';
 
-export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
+function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
     .update('clonebox/v1/catalog', 'utf8')
     .update(teamTopic(teamSecret(team)))

@@ -24,12 +24,10 @@ import { CloneboxError } from '../errors.js';
 import { formatHostPort, isLoopbackHost, isPrivateHost, type HostPort } from './hostport.js';
 import type { KeyPair } from './identity.js';
 
-export type { HostPort } from './hostport.js';
-
 /** Bootstrap setting: null means the public DHT. */
 export type Bootstrap = HostPort[] | null;
 
-export function describeBootstrap(bootstrap: Bootstrap): string {
+function describeBootstrap(bootstrap: Bootstrap): string {
   return bootstrap === null ? 'the public DHT' : bootstrap.map(formatHostPort).join(', ');
 }
 
@@ -99,7 +97,7 @@ export async function lanLocalAddress(bootstrap: Bootstrap): Promise<string | nu
   return local !== null && local !== '0.0.0.0' ? local : null;
 }
 
-export function dhtUnreachable(bootstrap: Bootstrap, seconds: number): CloneboxError {
+function dhtUnreachable(bootstrap: Bootstrap, seconds: number): CloneboxError {
   return new CloneboxError('DHT_UNREACHABLE', `no DHT reachable, bootstrap ${describeBootstrap(bootstrap)} (no node answered in ${seconds} s)`, {
     hint: bootstrap === null
       ? 'check the network connection, or use private bootstrap nodes with --bootstrap HOST:PORT (see `clonebox dht bootstrap`)'
@@ -113,7 +111,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * Waits until `dht` knows at least one other node, or throws DHT_UNREACHABLE at `deadline` (epoch ms).
  * Retries the bootstrap nodes every `retryMs` while the routing table is empty.
  */
-export async function waitReachable(dht: HyperDHT, bootstrap: Bootstrap, deadline: number, retryMs = 2000): Promise<void> {
+async function waitReachable(dht: HyperDHT, bootstrap: Bootstrap, deadline: number, retryMs = 2000): Promise<void> {
   const started = Date.now();
   let bootstrapped = false;
   dht.fullyBootstrapped().then(() => { bootstrapped = true; }, () => undefined);

@@ -36,7 +36,7 @@ interface IdentityFile {
   created_at: string;
 }
 
-export function identityDir(home: Home): string {
+function identityDir(home: Home): string {
   return path.join(home.root, 'identity');
 }
 
@@ -63,7 +63,7 @@ export function publicKeyOfSeed(seed: Buffer): Buffer {
 }
 
 /** A fresh Ed25519 key pair in libsodium's layout (secret key = seed || public key). */
-export function generateKeyPair(): KeyPair {
+function generateKeyPair(): KeyPair {
   const { privateKey } = generateKeyPairSync('ed25519');
   const jwk = privateKey.export({ format: 'jwk' });
   const seed = Buffer.from(jwk.d!, 'base64url');

@@ -21,8 +21,8 @@ import { SECRET_BYTES } from './keys.js';
 import { z32Decode, z32Encode } from './z32.js';
 import type { HostPort } from './hostport.js';
 
-export const INVITE_PREFIX = 'cbi-';
-export const INVITE_VERSION = 1;
+const INVITE_PREFIX = 'cbi-';
+const INVITE_VERSION = 1;
 const FLAG_BOOTSTRAP = 1;
 const CHECKSUM_BYTES = 4;
 const MAX_BOOTSTRAP = 16;

@@ -7,7 +7,7 @@
  * its size, mtime and inode, so a layer is read once, not at every sync.
  */
 import { createHash } from 'node:crypto';
-import { open, readFile, stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Batcher } from '../content/batcher.js';
 import { FRAME_TARGET } from '../content/codec.js';
@@ -31,7 +31,10 @@ export interface LayerMap {
   blocks: number;
 }
 
-/** Reads a whole layer: its map and digest. Memory: one batch of about 4 MiB plus the map. */
+/**
+ * Reads a whole layer: its map and digest. Memory: one batch of about 4 MiB plus the map.
+ * @public bench/sync.bench.mjs imports it from the built dist/ tree, which knip does not follow.
+ */
 export async function computeLayerMap(file: string, resolved: boolean): Promise<LayerMap> {
   const src = await openLayer(file, resolved);
   try {
@@ -221,22 +224,5 @@ export class LocalBlocks {
   async close(): Promise<void> {
     for (const ch of this.chains.values()) await ch.close();
     this.chains.clear();
-  }
-}
-
-/** Reads [offset, offset+length) of a file in one go (no short reads). */
-export async function readAt(file: string, offset: number, length: number): Promise<Buffer> {
-  const fh = await open(file, 'r');
-  try {
-    const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-      if (bytesRead === 0) throw new Error(`short read at ${offset + got}, ${file}`);
-      got += bytesRead;
-    }
-    return buf;
-  } finally {
-    await fh.close();
   }
 }

@@ -19,10 +19,10 @@ import Protomux from 'protomux';
 import { equalBytes } from './keys.js';
 import { intro as introEncoding, membershipHandshake, MEMBERSHIP_PROTOCOL, PROTOCOL_VERSION, type Intro, type MembershipHandshake } from './messages.js';
 
-export const PROOF_CONTEXT = 'clonebox/v1/membership-proof';
+const PROOF_CONTEXT = 'clonebox/v1/membership-proof';
 /** Bytes a peer may send before it has proven membership (the proof itself takes about a hundred). */
-export const MAX_BYTES_BEFORE_PROOF = 16 * 1024;
-export const DEFAULT_PROOF_TIMEOUT_MS = 10_000;
+const MAX_BYTES_BEFORE_PROOF = 16 * 1024;
+const DEFAULT_PROOF_TIMEOUT_MS = 10_000;
 
 export function membershipProof(key: Buffer, handshakeHash: Buffer, sender: Buffer, receiver: Buffer): Buffer {
   return createHmac('sha256', key)

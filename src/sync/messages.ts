@@ -187,7 +187,7 @@ export const CODEC_ZSTD = 1;
 /** Most raw bytes in one frame (the bundle's MAX_FRAME_RAW). */
 export const MAX_FRAME_RAW = 16 * 1024 * 1024;
 /** Most blocks in one frame (16 MiB of 512-byte clusters). */
-export const MAX_FRAME_BLOCKS = MAX_FRAME_RAW / 512;
+const MAX_FRAME_BLOCKS = MAX_FRAME_RAW / 512;
 
 const hashList = (what: string, max: number): c.Encoding<Buffer[]> => ({
   preencode(state, list) {

@@ -104,7 +104,7 @@ export class BlocksUnavailable extends CloneboxError {
 }
 
 /** The snapshots of `vm` the catalog shares, verified (step 1), parents first. */
-export async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: string): Promise<VerifiedSnapshot[]> {
+async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: string): Promise<VerifiedSnapshot[]> {
   const share = view.shares.get(vm);
   if (!share) return [];
   const all = view.snapshots.get(vm) ?? [];

@@ -31,16 +31,16 @@ import { cachedLayerMap } from './layermap.js';
 import { MAX_FRAME_RAW, type BlockFrame } from './messages.js';
 import { loadTeam } from './teams.js';
 
-export interface SharesFile {
+interface SharesFile {
   format: 1;
   vms: Record<string, { upto: string | null; since: string }>;
 }
 
-export function sharesFile(home: Home, team: string): string {
+function sharesFile(home: Home, team: string): string {
   return path.join(syncDir(home, team), 'shares.json');
 }
 
-export async function loadShares(home: Home, team: string): Promise<SharesFile> {
+async function loadShares(home: Home, team: string): Promise<SharesFile> {
   try {
     const doc = JSON.parse(await readFile(sharesFile(home, team), 'utf8')) as SharesFile;
     if (doc.format !== 1 || typeof doc.vms !== 'object') throw new Error('unexpected shape');
@@ -125,7 +125,7 @@ export async function unshareVm(home: Home, team: string, vm: string): Promise<{
 }
 
 /** The snapshots a share covers: root..upto, or every ready snapshot; parents before children. */
-export function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecord[] {
+function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecord[] {
   const byName = new Map(snaps.map((s) => [s.name, s]));
   let chosen: SnapshotRecord[];
   if (upto !== null) {

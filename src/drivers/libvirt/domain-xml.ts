@@ -217,7 +217,7 @@ export class XmlDoc {
 // --- domains ------------------------------------------------------------------------------------------
 
 /** One layer below a disk's source, as the domain XML describes it. */
-export interface BackingEntry {
+interface BackingEntry {
   /** `file`, `block`, `network`... */
   type: string;
   format: string | null;

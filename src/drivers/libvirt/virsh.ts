@@ -24,7 +24,7 @@ import { buildSnapshotXml, parseDomainXml, type SnapshotDiskSpec } from './domai
 export const DEFAULT_URI = 'qemu:///system';
 
 /** Default bounds, in milliseconds. Memory state and block jobs scale with RAM and disk data. */
-export const TIMEOUTS = {
+const TIMEOUTS = {
   default: 30_000,
   start: 90_000,
   shutdown: 60_000,
