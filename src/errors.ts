@@ -132,11 +132,6 @@ export type ErrorCode = keyof typeof ERROR_CODES;
 interface CloneboxErrorOptions {
   hint?: string;
   cause?: unknown;
-  /**
-   * @deprecated The exit code comes from ERROR_CODES; this is ignored and only kept so that call
-   * sites written before the table compile. Do not pass it in new code.
-   */
-  exitCode?: 1 | 2;
 }
 
 class CloneboxErrorBase extends Error {
@@ -156,7 +151,7 @@ class CloneboxErrorBase extends Error {
 
 /** `CloneboxError.<CODE>(message, opts)`: one constructor per code. */
 export type CloneboxErrorConstructors = {
-  readonly [C in ErrorCode]: (message: string, opts?: Omit<CloneboxErrorOptions, 'exitCode'>) => CloneboxError & { readonly code: C };
+  readonly [C in ErrorCode]: (message: string, opts?: CloneboxErrorOptions) => CloneboxError & { readonly code: C };
 };
 
 function constructors(): CloneboxErrorConstructors {

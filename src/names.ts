@@ -6,7 +6,6 @@ export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 export function checkName(kind: 'VM' | 'snapshot' | 'team' | 'workstation', name: string): string {
   if (!NAME_RE.test(name) || name === '.' || name === '..') {
     throw new CloneboxError('BAD_NAME', `invalid ${kind} name ${JSON.stringify(name)}`, {
-      exitCode: 2,
       hint: 'names start with a letter or digit and use only letters, digits, ".", "_" and "-" (at most 128)',
     });
   }
@@ -18,9 +17,9 @@ const UNITS: Record<string, number> = { '': 1, B: 1, K: 2 ** 10, M: 2 ** 20, G: 
 /** "512M", "20G", "1048576", "1.5G" (binary units, optional trailing "iB"/"B"). */
 export function parseSize(text: string, what = 'size'): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([KMGTP]?)(?:i?B)?\s*$/i.exec(text);
-  if (!m) throw new CloneboxError('BAD_SIZE', `invalid ${what} ${JSON.stringify(text)}`, { exitCode: 2, hint: 'use bytes or a K/M/G/T suffix, e.g. 512M or 20G' });
+  if (!m) throw new CloneboxError('BAD_SIZE', `invalid ${what} ${JSON.stringify(text)}`, { hint: 'use bytes or a K/M/G/T suffix, e.g. 512M or 20G' });
   const n = Number(m[1]) * UNITS[m[2]!.toUpperCase()]!;
-  if (!Number.isFinite(n) || n > Number.MAX_SAFE_INTEGER) throw new CloneboxError('BAD_SIZE', `${what} ${text} is too large`, { exitCode: 2 });
+  if (!Number.isFinite(n) || n > Number.MAX_SAFE_INTEGER) throw new CloneboxError('BAD_SIZE', `${what} ${text} is too large`);
   return Math.round(n);
 }
 

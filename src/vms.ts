@@ -89,7 +89,7 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
 
 export async function addVm(home: Home, name: string, diskPaths: string[]): Promise<VmView> {
   checkName('VM', name);
-  if (diskPaths.length === 0) throw new CloneboxError('USAGE', 'vm add needs --disk PATH (or --libvirt)', { exitCode: 2 });
+  if (diskPaths.length === 0) throw new CloneboxError('USAGE', 'vm add needs --disk PATH (or --libvirt)');
   const lock = await lockVm(home, name, 'vm add');
   try {
     if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
@@ -102,7 +102,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       } catch (err) {
         throw ioError(err, 'cannot register disk', path.resolve(p));
       }
-      if (seen.has(abs)) throw new CloneboxError('USAGE', `the same disk is given twice, ${abs}`, { exitCode: 2 });
+      if (seen.has(abs)) throw new CloneboxError('USAGE', `the same disk is given twice, ${abs}`);
       seen.add(abs);
       const img = await Qcow2Image.open(abs); // refuses non-qcow2 and unsupported features with a clear error
       await img.close();
@@ -112,7 +112,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       const clash = disks.find((d) => layerPathFor(d.path, 'x') === layerPathFor(abs, 'x'));
       if (clash) {
         throw new CloneboxError('DISK_NAME_CLASH', `disks ${clash.path} and ${abs} differ only in their extension; their snapshot layers would collide`, {
-          exitCode: 2, hint: 'rename one of the files so that their names differ before the extension',
+          hint: 'rename one of the files so that their names differ before the extension',
         });
       }
       disks.push({ target: diskTarget(i), path: abs });

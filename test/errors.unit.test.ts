@@ -19,10 +19,12 @@ describe('CloneboxError', () => {
     }
   });
 
-  it('takes the exit code from the table, not from a stale exitCode option', () => {
+  it('takes the exit code from the table, even when a JavaScript caller passes an exitCode option', () => {
+    // The options type has no exitCode; a caller without types can still pass one, and it must not win.
+    const untyped = (opts: object) => opts as { hint?: string };
     expect(new CloneboxError('USAGE', 'x').exitCode).toBe(2);
-    expect(new CloneboxError('VM_BUSY', 'x', { exitCode: 2 }).exitCode).toBe(1);
-    expect(new CloneboxError('DISK_NAME_CLASH', 'x', { exitCode: 1 }).exitCode).toBe(2);
+    expect(new CloneboxError('VM_BUSY', 'x', untyped({ exitCode: 2 })).exitCode).toBe(1);
+    expect(new CloneboxError('DISK_NAME_CLASH', 'x', untyped({ exitCode: 1 })).exitCode).toBe(2);
     // A code that got past the type (a JavaScript caller) is an operational error, not a crash.
     expect(new CloneboxError('NO_SUCH_CODE' as ErrorCode, 'x').exitCode).toBe(1);
   });

@@ -61,7 +61,7 @@ export function randomBytes(n: number): Buffer {
 /** Reads --passphrase-file or --key-file. A passphrase file loses one trailing newline, as restic's does. */
 export async function loadKeySource(opts: { passphraseFile?: string | undefined; keyFile?: string | undefined }): Promise<KeySource | null> {
   if (opts.passphraseFile !== undefined && opts.keyFile !== undefined) {
-    throw new CloneboxError('USAGE', 'give either --passphrase-file or --key-file, not both', { exitCode: 2 });
+    throw new CloneboxError('USAGE', 'give either --passphrase-file or --key-file, not both');
   }
   if (opts.passphraseFile !== undefined) {
     const file = opts.passphraseFile;
@@ -74,7 +74,7 @@ export async function loadKeySource(opts: { passphraseFile?: string | undefined;
     let end = text.length;
     if (end > 0 && text[end - 1] === 0x0a) end--;
     if (end > 0 && text[end - 1] === 0x0d) end--;
-    if (end === 0) throw new CloneboxError('USAGE', `passphrase file is empty, ${file}`, { exitCode: 2 });
+    if (end === 0) throw new CloneboxError('USAGE', `passphrase file is empty, ${file}`);
     return { kind: 'passphrase', passphrase: Buffer.from(text.subarray(0, end)), file };
   }
   if (opts.keyFile !== undefined) {

@@ -37,7 +37,7 @@ export async function openInput(input: string | Readable): Promise<BundleInput> 
   let size: number;
   try {
     const st = await stat(file);
-    if (!st.isFile()) throw new CloneboxError('USAGE', `not a file, ${file}`, { exitCode: 2 });
+    if (!st.isFile()) throw new CloneboxError('USAGE', `not a file, ${file}`);
     size = st.size;
   } catch (err) {
     throw ioError(err, 'cannot read bundle', file);

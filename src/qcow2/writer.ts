@@ -98,25 +98,25 @@ export class Qcow2Writer {
     const abs = path.resolve(file);
     const cs = opts.clusterSize ?? 65536;
     if (!Number.isInteger(cs) || cs < 512 || cs > 2 * 1024 * 1024 || (cs & (cs - 1)) !== 0) {
-      throw new CloneboxError('BAD_SIZE', `cluster size must be a power of two from 512 to 2M, got ${cs}`, { exitCode: 2 });
+      throw new CloneboxError('BAD_SIZE', `cluster size must be a power of two from 512 to 2M, got ${cs}`);
     }
     const vs = opts.virtualSize;
     if (!Number.isSafeInteger(vs) || vs < 0 || BigInt(vs) > MAX_VIRTUAL_SIZE) {
-      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is out of range`, { exitCode: 2 });
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is out of range`);
     }
     if (vs % 512 !== 0) {
       // QEMU sees a qcow2 disk as whole 512-byte sectors (it rounds the header's size down), so any
       // other size would make QEMU and clonebox disagree about the last bytes of the disk.
-      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is not a multiple of 512 bytes`, { exitCode: 2 });
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} is not a multiple of 512 bytes`);
     }
     const backing = opts.backingFile ?? null;
     if (backing !== null && Buffer.byteLength(backing) > MAX_BACKING_FILE_NAME) {
-      throw new CloneboxError('USAGE', `backing file name is longer than ${MAX_BACKING_FILE_NAME} bytes, ${backing}`, { exitCode: 2 });
+      throw new CloneboxError('USAGE', `backing file name is longer than ${MAX_BACKING_FILE_NAME} bytes, ${backing}`);
     }
     const l2Coverage = (cs / 8) * cs;
     const l1Size = Math.ceil(vs / l2Coverage);
     if (l1Size * 8 > MAX_L1_BYTES) {
-      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} needs an L1 table above 32 MiB with ${cs}-byte clusters; use a larger cluster size`, { exitCode: 2 });
+      throw new CloneboxError('BAD_SIZE', `virtual size ${vs} needs an L1 table above 32 MiB with ${cs}-byte clusters; use a larger cluster size`);
     }
     const header = buildHeader(cs, vs, l1Size, backing, opts.backingFormat ?? (backing ? 'qcow2' : null));
     // A zero-sized disk has no L1 table (l1_table_offset 0): reserving a cluster for it anyway would
@@ -439,7 +439,7 @@ function buildHeader(cs: number, vs: number, l1Size: number, backing: string | n
   off += 8;
   if (backing !== null) {
     const name = Buffer.from(backing, 'utf8');
-    if (off + name.length > cs) throw new CloneboxError('USAGE', `backing file name does not fit in the header cluster, ${backing}`, { exitCode: 2 });
+    if (off + name.length > cs) throw new CloneboxError('USAGE', `backing file name does not fit in the header cluster, ${backing}`);
     name.copy(buf, off);
     buf.writeBigUInt64BE(BigInt(off), 8);
     buf.writeUInt32BE(name.length, 16);

@@ -140,7 +140,7 @@ export class SnapshotManager {
     const names = new Set(snaps.map((s) => s.name));
     const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoName(names);
     if (names.has(name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
-    if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)', { exitCode: 2 });
+    if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
     const tags = [...new Set(opts.tags ?? [])];
     if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
     const driver = await driverFor(vm);
@@ -176,7 +176,7 @@ export class SnapshotManager {
   /** Picks the snapshot for `--at TIME`: the newest created at or before TIME. */
   static pickAt(snaps: SnapshotRecord[], at: string, vm: string): SnapshotRecord {
     const t = Date.parse(at);
-    if (Number.isNaN(t)) throw new CloneboxError('USAGE', `invalid time ${JSON.stringify(at)}`, { exitCode: 2, hint: 'use ISO-8601, e.g. 2026-11-22T10:00:00Z' });
+    if (Number.isNaN(t)) throw new CloneboxError('USAGE', `invalid time ${JSON.stringify(at)}`, { hint: 'use ISO-8601, e.g. 2026-11-22T10:00:00Z' });
     const c = snaps.filter((s) => Date.parse(s.created_at) <= t).sort(newestFirst)[0];
     if (!c) throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no snapshot created at or before ${at}, VM ${vm}`);
     return c;
@@ -229,7 +229,7 @@ export class SnapshotManager {
   // ---------------------------------------------------------------- delete
 
   async delete(vmName: string, name: string, opts: { recursive?: boolean; keepChildren?: boolean } = {}): Promise<OpResult<{ deleted: string[]; merged_into: string[] }>> {
-    if (opts.recursive && opts.keepChildren) throw new CloneboxError('USAGE', '--recursive and --keep-children exclude each other', { exitCode: 2 });
+    if (opts.recursive && opts.keepChildren) throw new CloneboxError('USAGE', '--recursive and --keep-children exclude each other');
     return this.withVm(vmName, 'snapshot delete', async (vm, snaps) => {
       const s = this.find(snaps, vm, name);
       const children = snaps.filter((r) => r.parent === s.name);

@@ -51,7 +51,7 @@ export function parseDuration(text: string): number {
     ms += n * (unit === 'y' ? 365 * day : unit === 'm' ? 30 * day : unit === 'w' ? 7 * day : unit === 'd' ? day : unit === 'h' ? 3_600_000 : 60_000);
   }
   if (t.length === 0 || matched !== t.length) {
-    throw new CloneboxError('USAGE', `invalid duration ${JSON.stringify(text)}`, { exitCode: 2, hint: 'use e.g. 7d, 12h, 2w, 1y6m, 90min' });
+    throw new CloneboxError('USAGE', `invalid duration ${JSON.stringify(text)}`, { hint: 'use e.g. 7d, 12h, 2w, 1y6m, 90min' });
   }
   return ms;
 }

@@ -16,7 +16,7 @@ export interface RunResult {
 }
 
 export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: string[], opts: { name?: string; rollbackOnFail?: boolean }): Promise<RunResult> {
-  if (argv.length === 0) throw new CloneboxError('USAGE', 'snapshot run needs a command after --', { exitCode: 2, hint: 'e.g. clonebox snapshot run web -- ./upgrade.sh' });
+  if (argv.length === 0) throw new CloneboxError('USAGE', 'snapshot run needs a command after --', { hint: 'e.g. clonebox snapshot run web -- ./upgrade.sh' });
   const created = await mgr.create(vm, {
     ...(opts.name !== undefined ? { name: opts.name } : {}),
     autoPolicy: 'run',

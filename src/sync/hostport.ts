@@ -15,7 +15,6 @@ export function parseHostPort(text: string, what = '--bootstrap'): HostPort {
   const port = Number(m?.[2]);
   if (!m || !host || !HOST_RE.test(host) || !(port >= 1 && port <= 65535) || host.length > 253) {
     throw new CloneboxError('USAGE', `invalid ${what} address ${JSON.stringify(text)}`, {
-      exitCode: 2,
       hint: 'use HOST:PORT with an IPv4 address or host name, e.g. 127.0.0.1:49737',
     });
   }

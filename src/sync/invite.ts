@@ -41,7 +41,7 @@ function checksum(body: Buffer): Buffer {
 
 export function encodeInvite(secret: Buffer, bootstrap: HostPort[] = []): string {
   if (secret.length !== SECRET_BYTES) throw new Error('team secret must be 32 bytes');
-  if (bootstrap.length > MAX_BOOTSTRAP) throw new CloneboxError('USAGE', `at most ${MAX_BOOTSTRAP} bootstrap nodes fit in an invite`, { exitCode: 2 });
+  if (bootstrap.length > MAX_BOOTSTRAP) throw new CloneboxError('USAGE', `at most ${MAX_BOOTSTRAP} bootstrap nodes fit in an invite`);
   const parts: Buffer[] = [Buffer.from([INVITE_VERSION, bootstrap.length ? FLAG_BOOTSTRAP : 0]), secret];
   if (bootstrap.length) {
     parts.push(Buffer.from([bootstrap.length]));
@@ -57,7 +57,7 @@ export function encodeInvite(secret: Buffer, bootstrap: HostPort[] = []): string
 }
 
 function bad(message: string, hint = 'copy the whole invite again (`clonebox team invite <team>` prints it on the inviting workstation)'): CloneboxError {
-  return new CloneboxError('BAD_INVITE', message, { exitCode: 2, hint });
+  return new CloneboxError('BAD_INVITE', message, { hint });
 }
 
 /** Decodes and checks an invite; every failure is a BAD_INVITE usage error (exit 2) saying what is wrong. */
