@@ -245,7 +245,7 @@ export class Qcow2Image {
           guest = clusterEnd;
           continue;
         }
-        // L2E_OFFSET_MASK: bits 9..55.
+        // The host offset: bits 9..55 of the L2 entry.
         const host = (hi & 0x00ffffff) * 0x100000000 + ((lo & 0xfffffe00) >>> 0);
         if (host !== 0) {
           if (host % cs !== 0) throw this.corrupt(`data cluster offset 0x${host.toString(16)} is not cluster aligned`);
