@@ -26,12 +26,12 @@
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, rm, stat, open } from 'node:fs/promises';
+import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
-import { prng } from './lib/layer.mjs';
 import { regionWriter } from './lib/chain-data.mjs';
+import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ROOT, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { prng } from './lib/layer.mjs';
 
 export const name = 'bundle';
 export const description = 'snapshot export/import of a 3-layer chain vs tar|zstd -3 -T2; size vs zstd of unique data, borg, restic; peak RSS';
@@ -87,7 +87,7 @@ async function buildChain(dir, log) {
   for (let i = 0; i < 2; i++) l3.push(cmd(await region('random', 8 * MiB)), cmd(await region('text', 8 * MiB)));
   for (let i = 0; i < 128; i++) l3.push(cmd(await region(i % 2 ? 'text' : 'random', cs, cs)));
   for (let i = 0; i < 8; i++) l3.push(cmd(await region('zero', MiB)));
-  for (const r of l1.filter((x) => x.kind === 'pattern')) l3.push(`write -q -P ${(l1.indexOf(r) * 37) % 255 + 1} ${pick(MiB)} ${MiB}`);
+  for (const r of l1.filter((x) => x.kind === 'pattern')) l3.push(`write -q -P ${((l1.indexOf(r) * 37) % 255) + 1} ${pick(MiB)} ${MiB}`);
   apply(shuffle(l3));
   sh(NODE, [CLI, '--home', home, 'snapshot', 'create', VM, '--name', 'l3'], { env: ENV });
   await rm(src, { recursive: true, force: true });
@@ -178,39 +178,49 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const xdir = path.join(dir, 'untarred');
 
     log(`export: ${runs} timed runs per side...`);
-    const exp = await measure({
-      clonebox: async () => {
-        const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--json'], { env: ENV });
-        return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
+    const exp = await measure(
+      {
+        clonebox: async () => {
+          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--json'], { env: ENV });
+          return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
+        },
+        'tar|zstd': async () => {
+          const r = await timeCommand(
+            'bash',
+            ['-c', `tar -C "${chain.disks}" -cf - ${names.map((n) => `"${n}"`).join(' ')} | zstd -q -3 -T2 -f -o "${tarZst}"`],
+            { env: ENV },
+          );
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
       },
-      'tar|zstd': async () => {
-        const r = await timeCommand('bash', ['-c', `tar -C "${chain.disks}" -cf - ${names.map((n) => `"${n}"`).join(' ')} | zstd -q -3 -T2 -f -o "${tarZst}"`], { env: ENV });
-        return { ms: r.ms, cpuMs: r.cpuMs };
-      },
-    }, { runs });
+      { runs },
+    );
 
     log(`import: ${runs} timed runs per side...`);
-    const imp = await measure({
-      clonebox: async () => {
-        const r = await timeCommand(NODE, [CLI, '--home', home2, 'snapshot', 'import', 'w', bundle, '--dir', dir2, '--json'], { env: ENV });
-        return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
+    const imp = await measure(
+      {
+        clonebox: async () => {
+          const r = await timeCommand(NODE, [CLI, '--home', home2, 'snapshot', 'import', 'w', bundle, '--dir', dir2, '--json'], { env: ENV });
+          return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
+        },
+        'zstd|tar': async () => {
+          const r = await timeCommand('bash', ['-c', `zstd -q -d -c "${tarZst}" | tar -xf - -C "${xdir}"`], { env: ENV });
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
       },
-      'zstd|tar': async () => {
-        const r = await timeCommand('bash', ['-c', `zstd -q -d -c "${tarZst}" | tar -xf - -C "${xdir}"`], { env: ENV });
-        return { ms: r.ms, cpuMs: r.cpuMs };
+      {
+        runs,
+        before: async (side) => {
+          if (side === 'clonebox') {
+            await rm(home2, { recursive: true, force: true });
+            await rm(dir2, { recursive: true, force: true });
+          } else {
+            await rm(xdir, { recursive: true, force: true });
+            await mkdir(xdir, { recursive: true });
+          }
+        },
       },
-    }, {
-      runs,
-      before: async (side) => {
-        if (side === 'clonebox') {
-          await rm(home2, { recursive: true, force: true });
-          await rm(dir2, { recursive: true, force: true });
-        } else {
-          await rm(xdir, { recursive: true, force: true });
-          await mkdir(xdir, { recursive: true });
-        }
-      },
-    });
+    );
 
     log('checking the imported chain with qemu-img compare / check...');
     for (const s of ['l1', 'l2', 'l3']) {
@@ -227,7 +237,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     await rm(keyFile, { force: true });
     sh(NODE, [CLI, 'key', 'generate', '-o', keyFile], { env: ENV });
     const encBundle = path.join(dir, 'chain-enc.bundle');
-    const enc = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--encrypt', '--key-file', keyFile, '--json'], { env: ENV });
+    const enc = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--encrypt', '--key-file', keyFile, '--json'], {
+      env: ENV,
+    });
     const verify = await timeCommand(NODE, [CLI, 'snapshot', 'verify', encBundle, '--key-file', keyFile, '--json'], { env: ENV });
 
     const sizes = {
@@ -242,7 +254,12 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     if (haveBorg) {
       const repo = path.join(dir, 'borg');
       await rm(repo, { recursive: true, force: true });
-      const benv = { ...ENV, BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes', BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes', BORG_BASE_DIR: path.join(dir, 'borg-base') };
+      const benv = {
+        ...ENV,
+        BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK: 'yes',
+        BORG_RELOCATED_REPO_ACCESS_IS_OK: 'yes',
+        BORG_BASE_DIR: path.join(dir, 'borg-base'),
+      };
       sh('borg', ['init', '--encryption=none', repo], { env: benv });
       const t = await timeCommand('borg', ['create', '--compression', 'zstd,3', `${repo}::chain`, ...names], { env: benv, cwd: chain.disks });
       sizes.borg = await duBytes(repo);
@@ -276,15 +293,39 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         bundle_vs_borg: sizes.borg ? round(sizes.bundle / sizes.borg, 3) : null,
         bundle_vs_restic: sizes.restic ? round(sizes.bundle / sizes.restic, 3) : null,
       },
-      dedup: { logical_bytes: report.logical_bytes, unique_bytes: report.unique_bytes, stored_bytes: report.stored_bytes, blocks: report.blocks, unique_blocks: report.unique_blocks },
+      dedup: {
+        logical_bytes: report.logical_bytes,
+        unique_bytes: report.unique_bytes,
+        stored_bytes: report.stored_bytes,
+        blocks: report.blocks,
+        unique_blocks: report.unique_blocks,
+      },
     };
     const mib = (x) => (x === null || x === undefined ? '-' : `${(x / MiB).toFixed(1)} MiB`);
-    log(`sizes: bundle ${mib(sizes.bundle)}, encrypted ${mib(sizes.bundle_encrypted)}, tar|zstd -3 ${mib(sizes.tar_zstd3)}, zstd -3 of unique data ${mib(sizes.unique_zstd3_bytes)}, borg ${mib(sizes.borg)}, restic ${mib(sizes.restic)}`);
-    log(`ratios: bundle/unique-zstd ${result.size_ratios.bundle_vs_unique_zstd3}, bundle/tar-zstd ${result.size_ratios.bundle_vs_tar_zstd3}, bundle/borg ${result.size_ratios.bundle_vs_borg ?? '-'}, bundle/restic ${result.size_ratios.bundle_vs_restic ?? '-'}`);
-    log(`peak RSS: export ${mib(rssExport)}, import ${mib(rssImport)}; export ${result.export.ratio}x tar|zstd (cpu ${result.export.cpu_ratio}x), import ${result.import.ratio}x zstd|tar (cpu ${result.import.cpu_ratio}x)`);
+    log(
+      `sizes: bundle ${mib(sizes.bundle)}, encrypted ${mib(sizes.bundle_encrypted)}, tar|zstd -3 ${mib(sizes.tar_zstd3)}, zstd -3 of unique data ${mib(sizes.unique_zstd3_bytes)}, borg ${mib(sizes.borg)}, restic ${mib(sizes.restic)}`,
+    );
+    log(
+      `ratios: bundle/unique-zstd ${result.size_ratios.bundle_vs_unique_zstd3}, bundle/tar-zstd ${result.size_ratios.bundle_vs_tar_zstd3}, bundle/borg ${result.size_ratios.bundle_vs_borg ?? '-'}, bundle/restic ${result.size_ratios.bundle_vs_restic ?? '-'}`,
+    );
+    log(
+      `peak RSS: export ${mib(rssExport)}, import ${mib(rssImport)}; export ${result.export.ratio}x tar|zstd (cpu ${result.export.cpu_ratio}x), import ${result.import.ratio}x zstd|tar (cpu ${result.import.cpu_ratio}x)`,
+    );
     result.summary = [
-      { case: 'export vs tar|zstd -3 -T2', clonebox_ms: exp.clonebox.median_ms, peer_ms: exp['tar|zstd'].median_ms, ratio: result.export.ratio, cpu_ratio: result.export.cpu_ratio },
-      { case: 'import vs zstd -d|tar -x', clonebox_ms: imp.clonebox.median_ms, peer_ms: imp['zstd|tar'].median_ms, ratio: result.import.ratio, cpu_ratio: result.import.cpu_ratio },
+      {
+        case: 'export vs tar|zstd -3 -T2',
+        clonebox_ms: exp.clonebox.median_ms,
+        peer_ms: exp['tar|zstd'].median_ms,
+        ratio: result.export.ratio,
+        cpu_ratio: result.export.cpu_ratio,
+      },
+      {
+        case: 'import vs zstd -d|tar -x',
+        clonebox_ms: imp.clonebox.median_ms,
+        peer_ms: imp['zstd|tar'].median_ms,
+        ratio: result.import.ratio,
+        cpu_ratio: result.import.cpu_ratio,
+      },
     ];
     return result;
   };

@@ -26,11 +26,10 @@
  * Each side then runs once untimed (warm-up: the layer is in the page cache for every timed run, which
  * the result records with fincore), then `runs` times in alternating order; medians are compared.
  */
-import path from 'node:path';
+
 import { rm, stat } from 'node:fs/promises';
-import {
-  BENCH_DIR, MiB, ROOT, cachedPercent, cpuRatio, machineInfo, measure, ratio, requireTool, sh, timeCommand, withTempDir,
-} from './lib/harness.mjs';
+import path from 'node:path';
+import { BENCH_DIR, cachedPercent, cpuRatio, MiB, machineInfo, measure, ROOT, ratio, requireTool, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { makeLayer } from './lib/layer.mjs';
 
 export const name = 'qcow2-read';
@@ -62,8 +61,10 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       const info = JSON.parse(sh('node', [path.join(ROOT, 'bin', 'clonebox.js'), 'image', 'info', l.file, '--json']));
       const check = sh('qemu-img', ['check', l.file]);
       const compressedPct = /([\d.]+)% compressed clusters/.exec(check)?.[1] ?? null;
-      log(`${l.case}: ${(st.size / MiB).toFixed(0)} MiB file, ${(info.data_bytes / MiB).toFixed(0)} MiB of data, `
-        + `${compressedPct}% compressed clusters; verifying, then ${runs} timed runs per side...`);
+      log(
+        `${l.case}: ${(st.size / MiB).toFixed(0)} MiB file, ${(info.data_bytes / MiB).toFixed(0)} MiB of data, ` +
+          `${compressedPct}% compressed clusters; verifying, then ${runs} timed runs per side...`,
+      );
 
       // Correctness first (untimed): clonebox's bytes equal qemu-img's raw output, chunk by chunk.
       sh('qemu-img', ['convert', '-O', 'raw', l.file, out]);
@@ -71,19 +72,30 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       if (verified.bytes !== info.data_bytes) throw new Error(`clonebox read ${verified.bytes} bytes of ${l.case}, image info says ${info.data_bytes}`);
       await rm(out, { force: true });
 
-      const reader = (args, expect = verified.checksum) => async () => {
-        const r = await timeCommand('node', [READER, l.file, ...args]);
-        const j = JSON.parse(r.stdout);
-        if (j.bytes !== verified.bytes || j.checksum !== expect) throw new Error(`clonebox read different bytes from ${l.case} (${r.stdout.trim()})`);
-        return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: j.inner_ms };
-      };
+      const reader =
+        (args, expect = verified.checksum) =>
+        async () => {
+          const r = await timeCommand('node', [READER, l.file, ...args]);
+          const j = JSON.parse(r.stdout);
+          if (j.bytes !== verified.bytes || j.checksum !== expect) throw new Error(`clonebox read different bytes from ${l.case} (${r.stdout.trim()})`);
+          return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: j.inner_ms };
+        };
       const sides = {
         clonebox: reader([]),
         'clonebox-reuse': reader(['--opts', JSON.stringify({ reuseBuffers: true })]),
         'clonebox-api': reader(['--mode', 'runs']),
         'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', l.file, out]),
-        'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', l.file,
-          `driver=null-co,size=${info.virtual_size}`]),
+        'qemu-null': () =>
+          timeCommand('qemu-img', [
+            'convert',
+            '-n',
+            '--target-is-zero',
+            '--target-image-opts',
+            '-f',
+            'qcow2',
+            l.file,
+            `driver=null-co,size=${info.virtual_size}`,
+          ]),
       };
       let cachedAfterWarmup = null;
       let calls = 0;
@@ -129,13 +141,32 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       if (JSON.parse(r.stdout).bytes !== plainInfoBytes) throw new Error(`clonebox read the wrong amount from the cold layer: ${r.stdout.trim()}`);
       return { ms: r.ms, cpuMs: r.cpuMs };
     };
-    const cold = await measure({
-      clonebox: coldReader([]),
-      'clonebox-api': coldReader(['--mode', 'runs']),
-      'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', plain, out]),
-      'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', plain,
-        `driver=null-co,size=${layout.virtual_size}`]),
-    }, { runs, warmup: 0, before: async () => { await rm(out, { force: true }); await evict(); } });
+    const cold = await measure(
+      {
+        clonebox: coldReader([]),
+        'clonebox-api': coldReader(['--mode', 'runs']),
+        'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', plain, out]),
+        'qemu-null': () =>
+          timeCommand('qemu-img', [
+            'convert',
+            '-n',
+            '--target-is-zero',
+            '--target-image-opts',
+            '-f',
+            'qcow2',
+            plain,
+            `driver=null-co,size=${layout.virtual_size}`,
+          ]),
+      },
+      {
+        runs,
+        warmup: 0,
+        before: async () => {
+          await rm(out, { force: true });
+          await evict();
+        },
+      },
+    );
     await rm(out, { force: true });
     const coldCase = { case: 'plain-cold', data_bytes: plainInfoBytes, page_cache_percent_after_eviction: evictedPercent, sides: cold };
 
@@ -145,14 +176,23 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const tiny = path.join(dir, 'tiny.qcow2');
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', tiny, '64M']);
     sh('qemu-io', ['-f', 'qcow2', '-c', 'write -q -P 7 1M 64k', tiny]);
-    const floor = await measure({
-      clonebox: async () => {
-        const r = await timeCommand('node', [READER, tiny]);
-        return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: JSON.parse(r.stdout).inner_ms };
+    const floor = await measure(
+      {
+        clonebox: async () => {
+          const r = await timeCommand('node', [READER, tiny]);
+          return { ms: r.ms, cpuMs: r.cpuMs, inner_ms: JSON.parse(r.stdout).inner_ms };
+        },
+        'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', tiny, out]),
+        'qemu-null': () =>
+          timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', tiny, 'driver=null-co,size=67108864']),
       },
-      'qemu-raw': () => timeCommand('qemu-img', ['convert', '-O', 'raw', tiny, out]),
-      'qemu-null': () => timeCommand('qemu-img', ['convert', '-n', '--target-is-zero', '--target-image-opts', '-f', 'qcow2', tiny, 'driver=null-co,size=67108864']),
-    }, { runs, before: async (side) => { if (side === 'qemu-raw') await rm(out, { force: true }); } });
+      {
+        runs,
+        before: async (side) => {
+          if (side === 'qemu-raw') await rm(out, { force: true });
+        },
+      },
+    );
     await rm(out, { force: true });
     // The same ratio with each process's start-up floor taken off both sides (medians of the floor
     // case): how the reading itself compares, apart from Node's start-up cost.
@@ -181,16 +221,18 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       cases,
       cold_cache: coldCase,
       startup_floor: { data_bytes: 65536, sides: floor },
-      summary: [...cases.flatMap((c) => [
-        row(c, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
-        row(c, 'clonebox-reuse', 'qemu-raw', 'readData reuseBuffers vs convert -O raw'),
-        row(c, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
-        row(c, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
-      ]),
-      row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
-      row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
-      row({ case: 'plain, cold cache', sides: cold }, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
-      row({ case: 'start-up floor (64 KiB layer)', sides: floor }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw')],
+      summary: [
+        ...cases.flatMap((c) => [
+          row(c, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
+          row(c, 'clonebox-reuse', 'qemu-raw', 'readData reuseBuffers vs convert -O raw'),
+          row(c, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
+          row(c, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
+        ]),
+        row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
+        row({ case: 'plain, cold cache', sides: cold }, 'clonebox', 'qemu-null', 'readData vs convert to null-co'),
+        row({ case: 'plain, cold cache', sides: cold }, 'clonebox-api', 'qemu-raw', 'runs()+readRun() vs convert -O raw'),
+        row({ case: 'start-up floor (64 KiB layer)', sides: floor }, 'clonebox', 'qemu-raw', 'readData vs convert -O raw'),
+      ],
     };
   });
 }

@@ -30,7 +30,10 @@ if (!Number.isInteger(runs) || runs < 1) {
   process.exit(2);
 }
 
-const all = (await readdir(BENCH_DIR)).filter((f) => f.endsWith('.bench.mjs')).map((f) => f.slice(0, -'.bench.mjs'.length)).sort();
+const all = (await readdir(BENCH_DIR))
+  .filter((f) => f.endsWith('.bench.mjs'))
+  .map((f) => f.slice(0, -'.bench.mjs'.length))
+  .sort();
 if (names[0] === '--list') {
   process.stdout.write(`${all.join('\n')}\n`);
   process.exit(0);
@@ -77,11 +80,16 @@ const body = rows.map((r) => [r.bench, r.case, fmt(r.clonebox_ms), fmt(r.peer_ms
 const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
 const line = (cells) => cells.map((c, i) => (i >= 2 ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ');
 process.stdout.write(`\n${line(header)}\n${body.map(line).join('\n')}\n`);
-process.stdout.write(`\nratio = clonebox median wall time / peer median wall time over ${runs} alternated runs each; cpu ratio\n`
-  + `= the same for user+system CPU time; net ratio (where a bench measures a start-up floor) = the wall\n`
-  + `ratio with each side's process start-up time taken off. Below 1.00: clonebox is faster.\n`
-  + `Machine now: ${os.cpus().length} CPUs, load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`
-  + `${pressure ? `, tasks waiting for a CPU ${pressure.some_avg60}% of the last minute` : ''}.\n`);
+process.stdout.write(
+  `\nratio = clonebox median wall time / peer median wall time over ${runs} alternated runs each; cpu ratio\n` +
+    `= the same for user+system CPU time; net ratio (where a bench measures a start-up floor) = the wall\n` +
+    `ratio with each side's process start-up time taken off. Below 1.00: clonebox is faster.\n` +
+    `Machine now: ${os.cpus().length} CPUs, load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}` +
+    `${pressure ? `, tasks waiting for a CPU ${pressure.some_avg60}% of the last minute` : ''}.\n`,
+);
 process.exit(failed ? 1 : 0);
 
 function fmtRatio(x) {

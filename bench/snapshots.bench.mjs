@@ -49,11 +49,12 @@
  * one (`qemu-img compare` against the template, `qemu-img check`). Env: BENCH_SNAPSHOTS_SKIP=list,diff,...
  * skips parts (startup, create-restore, list, diff, delete).
  */
-import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+
 import { randomBytes } from 'node:crypto';
+import { copyFile, link, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ROOT, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 
 export const name = 'snapshots';
@@ -102,13 +103,16 @@ async function startup(dir, runs, log) {
   cli(home, 'vm', 'create', 'v', '--size', '1G', '--dir', path.join(dir, 'startup', 'disks'), '--json');
   const disk = path.join(dir, 'startup', 'disks', 'v.qcow2');
   log(`start-up floor (${runs} runs per side)...`);
-  const res = await measure({
-    clonebox_version: () => timeCommand(NODE, [CLI, '--version'], { env: ENV }),
-    clonebox_list_empty: () => timeCommand(NODE, cliArgs(home, ['snapshot', 'list', 'v', '--json']), { env: ENV }),
-    node_e0: () => timeCommand(NODE, ['-e', '0'], { env: ENV }),
-    qemu_img_version: () => timeCommand('qemu-img', ['--version'], { env: ENV }),
-    qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', disk], { env: ENV }),
-  }, { runs });
+  const res = await measure(
+    {
+      clonebox_version: () => timeCommand(NODE, [CLI, '--version'], { env: ENV }),
+      clonebox_list_empty: () => timeCommand(NODE, cliArgs(home, ['snapshot', 'list', 'v', '--json']), { env: ENV }),
+      node_e0: () => timeCommand(NODE, ['-e', '0'], { env: ENV }),
+      qemu_img_version: () => timeCommand('qemu-img', ['--version'], { env: ENV }),
+      qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', disk], { env: ENV }),
+    },
+    { runs },
+  );
   await rm(path.join(dir, 'startup'), { recursive: true, force: true });
   return res;
 }
@@ -117,7 +121,10 @@ async function startup(dir, runs, log) {
 // 1. create / restore on 1 GiB and 100 GiB
 
 async function createRestore(dir, runs, log, src) {
-  const sizes = [{ label: '1 GiB', bytes: GiB }, { label: '100 GiB', bytes: 100 * GiB }];
+  const sizes = [
+    { label: '1 GiB', bytes: GiB },
+    { label: '100 GiB', bytes: 100 * GiB },
+  ];
   const out = [];
   for (const s of sizes) {
     const d = path.join(dir, `cr-${s.bytes / GiB}g`);
@@ -126,37 +133,39 @@ async function createRestore(dir, runs, log, src) {
     cli(home, 'vm', 'create', 'v', '--size', String(s.bytes), '--dir', disks, '--json');
     const disk = path.join(disks, 'v.qcow2');
     const at = (f) => Math.floor((s.bytes * f) / MiB) * MiB;
-    qemuIo(disk, [
-      `write -q -s ${src} 0 4M`,
-      ...[0.25, 0.5, 0.75].map((f) => `write -q -s ${src} ${at(f)} 1M`),
-      `write -q -s ${src} ${s.bytes - MiB} 1M`,
-    ]);
+    qemuIo(disk, [`write -q -s ${src} 0 4M`, ...[0.25, 0.5, 0.75].map((f) => `write -q -s ${src} ${at(f)} 1M`), `write -q -s ${src} ${s.bytes - MiB} 1M`]);
     cli(home, 'snapshot', 'create', 'v', '--name', 'base', '--json');
     const baseLayer = path.join(disks, 'v@base.qcow2');
     const peerOut = path.join(d, 'peer-overlay.qcow2');
     log(`${s.label}: create (${runs} runs per side)...`);
     let n = 0;
-    const create = await measure({
-      clonebox: async () => {
-        const r = await timedCli(home, 'snapshot', 'create', 'v', '--name', `c${++n}`, '--json');
-        if (r.json.name !== `c${n}` || !r.json.current) throw new Error(`snapshot create returned ${r.stdout}`);
-        return { ms: r.ms, cpuMs: r.cpuMs };
+    const create = await measure(
+      {
+        clonebox: async () => {
+          const r = await timedCli(home, 'snapshot', 'create', 'v', '--name', `c${++n}`, '--json');
+          if (r.json.name !== `c${n}` || !r.json.current) throw new Error(`snapshot create returned ${r.stdout}`);
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
+        qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', disk, '-F', 'qcow2', peerOut], { env: ENV }),
       },
-      qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', disk, '-F', 'qcow2', peerOut], { env: ENV }),
-    }, { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) });
+      { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
+    );
     const cbOverlayBytes = (await stat(disk)).size;
     const qemuOverlayBytes = (await stat(peerOut)).size;
     check(disk);
     check(path.join(disks, `v@c${n}.qcow2`));
     log(`${s.label}: restore (${runs} runs per side)...`);
-    const restore = await measure({
-      clonebox: async () => {
-        const r = await timedCli(home, 'snapshot', 'restore', 'v', '--name', 'base', '--yes', '--json');
-        if (r.json.restored !== 'base' || r.json.vm !== 'v') throw new Error(`snapshot restore returned ${r.stdout}`);
-        return { ms: r.ms, cpuMs: r.cpuMs };
+    const restore = await measure(
+      {
+        clonebox: async () => {
+          const r = await timedCli(home, 'snapshot', 'restore', 'v', '--name', 'base', '--yes', '--json');
+          if (r.json.restored !== 'base' || r.json.vm !== 'v') throw new Error(`snapshot restore returned ${r.stdout}`);
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
+        qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', baseLayer, '-F', 'qcow2', peerOut], { env: ENV }),
       },
-      qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', baseLayer, '-F', 'qcow2', peerOut], { env: ENV }),
-    }, { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) });
+      { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
+    );
     // The restored state is the base snapshot's content, through clonebox's overlay.
     compareIdentical(disk, baseLayer);
     check(disk);
@@ -166,8 +175,18 @@ async function createRestore(dir, runs, log, src) {
       data_bytes: 8 * MiB,
       snapshots_at_end: n + 1,
       overlay_file_bytes: { clonebox: cbOverlayBytes, qemu_img: qemuOverlayBytes },
-      create: { clonebox: create.clonebox, qemu_img_create_b: create.qemu_img, ratio: ratio(create.clonebox, create.qemu_img), cpu_ratio: cpuRatio(create.clonebox, create.qemu_img) },
-      restore: { clonebox: restore.clonebox, qemu_img_create_b: restore.qemu_img, ratio: ratio(restore.clonebox, restore.qemu_img), cpu_ratio: cpuRatio(restore.clonebox, restore.qemu_img) },
+      create: {
+        clonebox: create.clonebox,
+        qemu_img_create_b: create.qemu_img,
+        ratio: ratio(create.clonebox, create.qemu_img),
+        cpu_ratio: cpuRatio(create.clonebox, create.qemu_img),
+      },
+      restore: {
+        clonebox: restore.clonebox,
+        qemu_img_create_b: restore.qemu_img,
+        ratio: ratio(restore.clonebox, restore.qemu_img),
+        cpu_ratio: cpuRatio(restore.clonebox, restore.qemu_img),
+      },
     });
     await rm(d, { recursive: true, force: true });
   }
@@ -210,15 +229,26 @@ export async function makeManySnapshots(d, src, { total = 1000, log = () => {} }
     const nm = nameOf(i);
     const layer = layerPathFor(disk, nm);
     const p = parentOf(i);
-    if (p === null) await rename(disk, layer); // the first snapshot seals the original disk
+    if (p === null)
+      await rename(disk, layer); // the first snapshot seals the original disk
     else await createOverlay(layer, layerPathFor(disk, nameOf(p)), geo);
     const auto = i % 4 !== 0;
     const rec = {
-      name: nm, vm_name: 'v', type: 'disk', state: 'ready', created_at: new Date(start + i * 3_600_000).toISOString(),
-      description: auto ? 'automatic snapshot before: make test' : `checkpoint ${i}`, parent: p === null ? null : nameOf(p),
-      tags: auto ? ['auto'] : i % 100 === 0 ? ['release'] : [], auto_created: auto, auto_policy: auto ? 'run' : null,
-      expires_at: null, disks: [{ target: 'vda', path: layer }], size_bytes: p === null ? 5 * MiB : 0,
-      content_id: null, memory_path: null,
+      name: nm,
+      vm_name: 'v',
+      type: 'disk',
+      state: 'ready',
+      created_at: new Date(start + i * 3_600_000).toISOString(),
+      description: auto ? 'automatic snapshot before: make test' : `checkpoint ${i}`,
+      parent: p === null ? null : nameOf(p),
+      tags: auto ? ['auto'] : i % 100 === 0 ? ['release'] : [],
+      auto_created: auto,
+      auto_policy: auto ? 'run' : null,
+      expires_at: null,
+      disks: [{ target: 'vda', path: layer }],
+      size_bytes: p === null ? 5 * MiB : 0,
+      content_id: null,
+      memory_path: null,
     };
     await writeFile(path.join(snapDir, `${nm}.json`), `${JSON.stringify(rec, null, 2)}\n`);
   }
@@ -241,25 +271,28 @@ async function list1000(dir, runs, log, src) {
   const { home, rootLayer, genSeconds } = await makeManySnapshots(d, src, { total: TOTAL, log });
   const countNodes = (nodes) => nodes.reduce((a, n) => a + 1 + countNodes(n.children), 0);
   log(`list with ${TOTAL} snapshots (${runs} runs per side)...`);
-  const res = await measure({
-    list_json: async () => {
-      const r = await timedCli(home, 'snapshot', 'list', 'v', '--json');
-      if (r.json.length !== TOTAL) throw new Error(`list --json gave ${r.json.length} snapshots`);
-      return { ms: r.ms, cpuMs: r.cpuMs, stdout_bytes: r.stdout.length };
+  const res = await measure(
+    {
+      list_json: async () => {
+        const r = await timedCli(home, 'snapshot', 'list', 'v', '--json');
+        if (r.json.length !== TOTAL) throw new Error(`list --json gave ${r.json.length} snapshots`);
+        return { ms: r.ms, cpuMs: r.cpuMs, stdout_bytes: r.stdout.length };
+      },
+      list_tree: async () => {
+        const r = await timedCli(home, 'snapshot', 'list', 'v', '--tree');
+        const lines = r.stdout.trimEnd().split('\n').length;
+        if (lines < TOTAL + 1) throw new Error(`list --tree printed ${lines} lines`);
+        return { ms: r.ms, cpuMs: r.cpuMs, lines, stdout_bytes: r.stdout.length, expired_marks: (r.stdout.match(/\[expired\]/g) ?? []).length };
+      },
+      list_tree_json: async () => {
+        const r = await timedCli(home, 'snapshot', 'list', 'v', '--tree', '--json');
+        if (countNodes(r.json.roots) !== TOTAL) throw new Error(`list --tree --json has ${countNodes(r.json.roots)} nodes`);
+        return { ms: r.ms, cpuMs: r.cpuMs };
+      },
+      qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', rootLayer], { env: ENV }),
     },
-    list_tree: async () => {
-      const r = await timedCli(home, 'snapshot', 'list', 'v', '--tree');
-      const lines = r.stdout.trimEnd().split('\n').length;
-      if (lines < TOTAL + 1) throw new Error(`list --tree printed ${lines} lines`);
-      return { ms: r.ms, cpuMs: r.cpuMs, lines, stdout_bytes: r.stdout.length, expired_marks: (r.stdout.match(/\[expired\]/g) ?? []).length };
-    },
-    list_tree_json: async () => {
-      const r = await timedCli(home, 'snapshot', 'list', 'v', '--tree', '--json');
-      if (countNodes(r.json.roots) !== TOTAL) throw new Error(`list --tree --json has ${countNodes(r.json.roots)} nodes`);
-      return { ms: r.ms, cpuMs: r.cpuMs };
-    },
-    qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', rootLayer], { env: ENV }),
-  }, { runs });
+    { runs },
+  );
   await rm(d, { recursive: true, force: true });
   return {
     snapshots: TOTAL,
@@ -271,9 +304,12 @@ async function list1000(dir, runs, log, src) {
     list_tree: res.list_tree,
     list_tree_json: res.list_tree_json,
     qemu_img_info_one_image: res.qemu_img_info,
-    ratio_list_json_vs_qemu_info: ratio(res.list_json, res.qemu_img_info), cpu_ratio_list_json_vs_qemu_info: cpuRatio(res.list_json, res.qemu_img_info),
-    ratio_list_tree_vs_qemu_info: ratio(res.list_tree, res.qemu_img_info), cpu_ratio_list_tree_vs_qemu_info: cpuRatio(res.list_tree, res.qemu_img_info),
-    ratio_list_tree_json_vs_qemu_info: ratio(res.list_tree_json, res.qemu_img_info), cpu_ratio_list_tree_json_vs_qemu_info: cpuRatio(res.list_tree_json, res.qemu_img_info),
+    ratio_list_json_vs_qemu_info: ratio(res.list_json, res.qemu_img_info),
+    cpu_ratio_list_json_vs_qemu_info: cpuRatio(res.list_json, res.qemu_img_info),
+    ratio_list_tree_vs_qemu_info: ratio(res.list_tree, res.qemu_img_info),
+    cpu_ratio_list_tree_vs_qemu_info: cpuRatio(res.list_tree, res.qemu_img_info),
+    ratio_list_tree_json_vs_qemu_info: ratio(res.list_tree_json, res.qemu_img_info),
+    cpu_ratio_list_tree_json_vs_qemu_info: cpuRatio(res.list_tree_json, res.qemu_img_info),
   };
 }
 
@@ -334,12 +370,21 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
   cli(home, 'vm', 'create', 'v', '--size', String(VS), '--dir', disks, '--json');
   const disk = path.join(disks, 'v.qcow2');
   const L = (s) => path.join(disks, `v@${s}.qcow2`);
-  qemuIo(disk, ops.map((o) => `write -q -s ${srcA} ${o.off} ${o.len}`));
+  qemuIo(
+    disk,
+    ops.map((o) => `write -q -s ${srcA} ${o.off} ${o.len}`),
+  );
   cli(home, 'snapshot', 'create', 'v', '--name', 's0', '--json');
-  qemuIo(disk, ops.map((o) => `write -q -s ${srcA} ${o.off} ${o.len}`));
+  qemuIo(
+    disk,
+    ops.map((o) => `write -q -s ${srcA} ${o.off} ${o.len}`),
+  );
   cli(home, 'snapshot', 'create', 'v', '--name', 's1', '--json');
   let zeroed = 0;
-  qemuIo(disk, ops.map((o) => (o.len === MiB && zeroed++ < 8 ? `write -q -z ${o.off} ${o.len}` : `write -q -s ${srcB} ${o.off} ${o.len}`)));
+  qemuIo(
+    disk,
+    ops.map((o) => (o.len === MiB && zeroed++ < 8 ? `write -q -z ${o.off} ${o.len}` : `write -q -s ${srcB} ${o.off} ${o.len}`)),
+  );
   cli(home, 'snapshot', 'create', 'v', '--name', 's2', '--json');
   const smallOp = ops.find((o) => o.len === 16 * MiB);
   qemuIo(disk, [`write -q -s ${srcB} ${free} 2M`, `write -q -P 0x5a ${smallOp.off + 4 * MiB} 1M`]);
@@ -357,32 +402,41 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
       const r = await timedCli(home, 'snapshot', 'diff', 'v', '--from', from, '--to', to, '--json');
       const dd = r.json.disks[0];
       if (dd.changed_bytes !== expectBytes) throw new Error(`diff ${from}..${to}: ${dd.changed_bytes} bytes changed, expected ${expectBytes}`);
-      if (expectBytes > 0 && JSON.stringify(dd.ranges) !== JSON.stringify(expectRanges)) throw new Error(`diff ${from}..${to}: ranges differ from the ranges written`);
+      if (expectBytes > 0 && JSON.stringify(dd.ranges) !== JSON.stringify(expectRanges))
+        throw new Error(`diff ${from}..${to}: ranges differ from the ranges written`);
       return { ms: r.ms, cpuMs: r.cpuMs };
     };
-    const res = await measure({
-      clonebox_identical: diffSide('s0', 's1', 0),
-      clonebox_changed: diffSide('s1', 's2', dataBytes),
-      qemu_compare_identical: async () => {
-        const r = await timeCommand('qemu-img', ['compare', L('s0'), L('s1')], { env: ENV });
-        return { ms: r.ms, cpuMs: r.cpuMs };
+    const res = await measure(
+      {
+        clonebox_identical: diffSide('s0', 's1', 0),
+        clonebox_changed: diffSide('s1', 's2', dataBytes),
+        qemu_compare_identical: async () => {
+          const r = await timeCommand('qemu-img', ['compare', L('s0'), L('s1')], { env: ENV });
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
+        qemu_compare_changed_first_mismatch: async () => {
+          const r = await timeCommand('qemu-img', ['compare', L('s1'), L('s2')], { env: ENV, okCodes: [1] });
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
       },
-      qemu_compare_changed_first_mismatch: async () => {
-        const r = await timeCommand('qemu-img', ['compare', L('s1'), L('s2')], { env: ENV, okCodes: [1] });
-        return { ms: r.ms, cpuMs: r.cpuMs };
-      },
-    }, { runs });
+      { runs },
+    );
     result.diff = {
       compared_bytes: dataBytes,
       identical: {
-        clonebox: res.clonebox_identical, qemu_img_compare: res.qemu_compare_identical,
-        clonebox_mib_s: mibps(dataBytes, res.clonebox_identical.median_ms), qemu_mib_s: mibps(dataBytes, res.qemu_compare_identical.median_ms),
-        ratio: ratio(res.clonebox_identical, res.qemu_compare_identical), cpu_ratio: cpuRatio(res.clonebox_identical, res.qemu_compare_identical),
+        clonebox: res.clonebox_identical,
+        qemu_img_compare: res.qemu_compare_identical,
+        clonebox_mib_s: mibps(dataBytes, res.clonebox_identical.median_ms),
+        qemu_mib_s: mibps(dataBytes, res.qemu_compare_identical.median_ms),
+        ratio: ratio(res.clonebox_identical, res.qemu_compare_identical),
+        cpu_ratio: cpuRatio(res.clonebox_identical, res.qemu_compare_identical),
       },
       changed: {
-        clonebox: res.clonebox_changed, changed_bytes: dataBytes,
+        clonebox: res.clonebox_changed,
+        changed_bytes: dataBytes,
         clonebox_mib_s: mibps(dataBytes, res.clonebox_changed.median_ms),
-        ratio_vs_qemu_compare_identical_pair: ratio(res.clonebox_changed, res.qemu_compare_identical), cpu_ratio_vs_qemu_compare_identical_pair: cpuRatio(res.clonebox_changed, res.qemu_compare_identical),
+        ratio_vs_qemu_compare_identical_pair: ratio(res.clonebox_changed, res.qemu_compare_identical),
+        cpu_ratio_vs_qemu_compare_identical_pair: cpuRatio(res.clonebox_changed, res.qemu_compare_identical),
         qemu_img_compare_stops_at_first_mismatch: res.qemu_compare_changed_first_mismatch,
       },
     };
@@ -396,24 +450,47 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
     };
     const resetPeer = async (copied) => {
       await rm(peer, { recursive: true, force: true });
-      await linkTree(path.join(tmpl, 'disks'), peer, files.filter((f) => f !== copied));
+      await linkTree(
+        path.join(tmpl, 'disks'),
+        peer,
+        files.filter((f) => f !== copied),
+      );
       await copyFile(path.join(tmpl, 'disks', copied), path.join(peer, copied)); // rewritten in place by qemu-img
     };
     const cases = [
-      { key: 'merge_256m_into_small_child', del: 's2', child: 's3', newBase: 's1', merged: dataBytes, what: 'delete s2 --keep-children (256 MiB merged into the small child s3)' },
-      { key: 'child_covers_deleted', del: 's1', child: 's2', newBase: 's0', merged: 0, what: 'delete s1 --keep-children (child s2 overwrites all of s1: nothing to merge)' },
+      {
+        key: 'merge_256m_into_small_child',
+        del: 's2',
+        child: 's3',
+        newBase: 's1',
+        merged: dataBytes,
+        what: 'delete s2 --keep-children (256 MiB merged into the small child s3)',
+      },
+      {
+        key: 'child_covers_deleted',
+        del: 's1',
+        child: 's2',
+        newBase: 's0',
+        merged: 0,
+        what: 'delete s1 --keep-children (child s2 overwrites all of s1: nothing to merge)',
+      },
     ];
     result.delete = {};
     for (const c of cases) {
       log(`${c.what} vs qemu-img rebase (${runs} runs per side)...`);
-      const res = await measure({
-        clonebox: async () => {
-          const r = await timedCli(home, 'snapshot', 'delete', 'v', '--name', c.del, '--keep-children', '--yes', '--json');
-          if (JSON.stringify(r.json) !== JSON.stringify({ vm: 'v', deleted: [c.del], merged_into: [c.child] })) throw new Error(`delete returned ${r.stdout}`);
-          return { ms: r.ms, cpuMs: r.cpuMs };
+      const res = await measure(
+        {
+          clonebox: async () => {
+            const r = await timedCli(home, 'snapshot', 'delete', 'v', '--name', c.del, '--keep-children', '--yes', '--json');
+            if (JSON.stringify(r.json) !== JSON.stringify({ vm: 'v', deleted: [c.del], merged_into: [c.child] }))
+              throw new Error(`delete returned ${r.stdout}`);
+            return { ms: r.ms, cpuMs: r.cpuMs };
+          },
+          qemu_img_rebase: () =>
+            timeCommand('qemu-img', ['rebase', '-b', `v@${c.newBase}.qcow2`, '-F', 'qcow2', path.join(peer, `v@${c.child}.qcow2`)], { env: ENV }),
         },
-        qemu_img_rebase: () => timeCommand('qemu-img', ['rebase', '-b', `v@${c.newBase}.qcow2`, '-F', 'qcow2', path.join(peer, `v@${c.child}.qcow2`)], { env: ENV }),
-      }, { runs, before: (side) => (side === 'clonebox' ? resetWork() : resetPeer(`v@${c.child}.qcow2`)) });
+        { runs, before: (side) => (side === 'clonebox' ? resetWork() : resetPeer(`v@${c.child}.qcow2`)) },
+      );
       // Both results hold the child's content unchanged, and are clean.
       compareIdentical(T(c.child), L(c.child));
       compareIdentical(T(c.child), path.join(peer, `v@${c.child}.qcow2`));
@@ -423,12 +500,17 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
       result.delete[c.key] = {
         what: c.what,
         merged_bytes: c.merged,
-        rewritten_file_bytes: { clonebox: (await stat(L(c.child))).size, qemu_img: (await stat(path.join(peer, `v@${c.child}.qcow2`))).size, child_before: childOwn },
+        rewritten_file_bytes: {
+          clonebox: (await stat(L(c.child))).size,
+          qemu_img: (await stat(path.join(peer, `v@${c.child}.qcow2`))).size,
+          child_before: childOwn,
+        },
         clonebox: res.clonebox,
         qemu_img_rebase: res.qemu_img_rebase,
         clonebox_mib_s: c.merged ? mibps(c.merged, res.clonebox.median_ms) : null,
         qemu_mib_s: c.merged ? mibps(c.merged, res.qemu_img_rebase.median_ms) : null,
-        ratio: ratio(res.clonebox, res.qemu_img_rebase), cpu_ratio: cpuRatio(res.clonebox, res.qemu_img_rebase),
+        ratio: ratio(res.clonebox, res.qemu_img_rebase),
+        cpu_ratio: cpuRatio(res.clonebox, res.qemu_img_rebase),
       };
     }
     await resetWork();
@@ -442,7 +524,12 @@ async function diffDelete(dir, runs, log, srcA, srcB, skip) {
 export default async function run({ runs = 5, log = () => {} } = {}) {
   const qemuImg = requireTool('qemu-img');
   requireTool('qemu-io');
-  const skip = new Set((process.env.BENCH_SNAPSHOTS_SKIP ?? '').split(',').map((s) => s.trim()).filter(Boolean));
+  const skip = new Set(
+    (process.env.BENCH_SNAPSHOTS_SKIP ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
   return withTempDir('snapshots', async (dir) => {
     const srcA = path.join(dir, 'random-a.bin');
     const srcB = path.join(dir, 'random-b.bin');
@@ -457,8 +544,12 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       row('start-up: clonebox --version vs qemu-img --version', st.clonebox_version, st.qemu_img_version, ratio(st.clonebox_version, st.qemu_img_version));
       row('start-up: list, 0 snapshots vs qemu-img info', st.clonebox_list_empty, st.qemu_img_info, ratio(st.clonebox_list_empty, st.qemu_img_info));
       // The library issue's promise: `snapshot list` costs at most 100 ms more than bare Node.
-      row(`start-up: list, 0 snapshots vs node -e 0 (+${round(st.clonebox_list_empty.median_ms - st.node_e0.median_ms, 0)} ms; goal +100)`,
-        st.clonebox_list_empty, st.node_e0, ratio(st.clonebox_list_empty, st.node_e0));
+      row(
+        `start-up: list, 0 snapshots vs node -e 0 (+${round(st.clonebox_list_empty.median_ms - st.node_e0.median_ms, 0)} ms; goal +100)`,
+        st.clonebox_list_empty,
+        st.node_e0,
+        ratio(st.clonebox_list_empty, st.node_e0),
+      );
     }
     if (!skip.has('create-restore')) {
       result.create_restore = await createRestore(dir, runs, log, srcA);
@@ -479,7 +570,12 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       result.chain = c;
       if (c.diff) {
         row('diff 256 MiB identical rewrite vs qemu-img compare', c.diff.identical.clonebox, c.diff.identical.qemu_img_compare, c.diff.identical.ratio);
-        row('diff 256 MiB changed vs compare (identical pair)', c.diff.changed.clonebox, c.diff.identical.qemu_img_compare, c.diff.changed.ratio_vs_qemu_compare_identical_pair);
+        row(
+          'diff 256 MiB changed vs compare (identical pair)',
+          c.diff.changed.clonebox,
+          c.diff.identical.qemu_img_compare,
+          c.diff.changed.ratio_vs_qemu_compare_identical_pair,
+        );
       }
       if (c.delete) {
         const a = c.delete.merge_256m_into_small_child;

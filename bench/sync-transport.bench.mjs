@@ -26,7 +26,7 @@ import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { MiB, ROOT, machineInfo, measure, round, sh, withTempDir } from './lib/harness.mjs';
+import { MiB, machineInfo, measure, ROOT, round, sh, withTempDir } from './lib/harness.mjs';
 
 export const name = 'sync-transport';
 export const description = 'team sync block transport: Hypercore sparse replication vs a Protomux channel (two processes, loopback DHT)';
@@ -77,7 +77,12 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
 
       const cases = fetched.cases.map((c) => {
         const mibps = (ms) => round(c.bytes / MiB / (ms / 1000), 1);
-        const side = (x) => ({ ...x, mib_per_s: mibps(x.median_ms), best_mib_per_s: mibps(x.min_ms), cpu_ms_per_mib: x.cpu_median_ms === null ? null : round(x.cpu_median_ms / (c.bytes / MiB), 2) });
+        const side = (x) => ({
+          ...x,
+          mib_per_s: mibps(x.median_ms),
+          best_mib_per_s: mibps(x.min_ms),
+          cpu_ms_per_mib: x.cpu_median_ms === null ? null : round(x.cpu_median_ms / (c.bytes / MiB), 2),
+        });
         return {
           block_size: c.block_size,
           blocks: c.blocks,
@@ -93,8 +98,10 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       });
       for (const c of cases) {
         const fmt = (x) => `${x.mib_per_s} MiB/s (best ${x.best_mib_per_s}, ${x.cpu_ms_per_mib} CPU ms/MiB)`;
-        log(`${label(c.block_size)}: hypercore ${fmt(c.hypercore)} +${c.hypercore_extract_ms} ms extract, sharer append ${c.sharer_append_mib_per_s} MiB/s; `
-          + `protomux ${fmt(c.protomux)}; stream ${fmt(c.stream)}`);
+        log(
+          `${label(c.block_size)}: hypercore ${fmt(c.hypercore)} +${c.hypercore_extract_ms} ms extract, sharer append ${c.sharer_append_mib_per_s} MiB/s; ` +
+            `protomux ${fmt(c.protomux)}; stream ${fmt(c.stream)}`,
+        );
       }
       return {
         name,
@@ -126,19 +133,28 @@ function startChild(role, home, env, children, log = () => {}) {
   let stderr = '';
   child.stderr.on('data', (d) => {
     stderr += d;
-    for (const l of String(d).split('\n')) if (l.startsWith('progress: ')) log(l.slice(10)); else if (l && process.env.BENCH_SYNC_DEBUG) log(`[${role}] ${l}`);
+    for (const l of String(d).split('\n'))
+      if (l.startsWith('progress: ')) log(l.slice(10));
+      else if (l && process.env.BENCH_SYNC_DEBUG) log(`[${role}] ${l}`);
   });
   const lines = [];
   const waiters = [];
   readline.createInterface({ input: child.stdout }).on('line', (l) => {
     lines.push(l);
-    for (const w of [...waiters]) if (w.match(l)) { waiters.splice(waiters.indexOf(w), 1); w.resolve(l); }
+    for (const w of [...waiters])
+      if (w.match(l)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(l);
+      }
   });
-  const exited = new Promise((resolve, reject) => child.on('exit', (code, sig) => {
-    const err = new Error(`${role} exited ${code ?? sig}: ${stderr.trim().slice(-2000)}`);
-    for (const w of waiters.splice(0)) w.reject(err);
-    if (code === 0 || (role === 'serve' && sig === 'SIGTERM')) resolve(); else reject(err);
-  }));
+  const exited = new Promise((resolve, reject) =>
+    child.on('exit', (code, sig) => {
+      const err = new Error(`${role} exited ${code ?? sig}: ${stderr.trim().slice(-2000)}`);
+      for (const w of waiters.splice(0)) w.reject(err);
+      if (code === 0 || (role === 'serve' && sig === 'SIGTERM')) resolve();
+      else reject(err);
+    }),
+  );
   exited.catch(() => undefined);
   return {
     exited,
@@ -187,7 +203,13 @@ function sender(message) {
       }
     }
   };
-  return { push: (m) => { queue.push(m); if (!blocked) pump(); }, drain: () => pump() };
+  return {
+    push: (m) => {
+      queue.push(m);
+      if (!blocked) pump();
+    },
+    drain: () => pump(),
+  };
 }
 
 async function serve(home) {
@@ -229,42 +251,44 @@ async function serve(home) {
       const st = state(peer);
       const control = peer.mux.createChannel({
         protocol: CONTROL,
-        messages: [{
-          encoding: c.json,
-          onmessage: async (msg) => {
-            if (msg.op === 'prepare') {
-              const list = [];
-              for (let i = 0; i < msg.count; i++) {
-                const b = randomBytes(msg.blockSize);
-                list.push(b);
-                byHash.set(createHash('sha256').update(b).digest('hex'), b);
+        messages: [
+          {
+            encoding: c.json,
+            onmessage: async (msg) => {
+              if (msg.op === 'prepare') {
+                const list = [];
+                for (let i = 0; i < msg.count; i++) {
+                  const b = randomBytes(msg.blockSize);
+                  list.push(b);
+                  byHash.set(createHash('sha256').update(b).digest('hex'), b);
+                }
+                const coreDir = path.join(tmp, `core-${msg.blockSize}`);
+                const core = new Hypercore(coreDir);
+                await core.ready();
+                const t0 = process.hrtime.bigint();
+                const per = Math.max(1, Math.floor((16 * MiB) / msg.blockSize));
+                for (let i = 0; i < list.length; i += per) await core.append(list.slice(i, i + per));
+                const appendMs = Number(process.hrtime.bigint() - t0) / 1e6;
+                cores.push(core);
+                core.replicate(peer.mux);
+                const storage = Number(sh('du', ['-sb', coreDir]).split(/\s/)[0]);
+                control.messages[0].send({
+                  op: 'prepared',
+                  key: core.key.toString('hex'),
+                  hashes: list.map((b) => createHash('sha256').update(b).digest('hex')),
+                  append_ms: round(appendMs),
+                  storage_bytes: storage,
+                });
+              } else if (msg.op === 'cpu') {
+                const u = process.cpuUsage();
+                control.messages[0].send({ op: 'cpu', us: u.user + u.system });
+              } else if (msg.op === 'stream') {
+                const chunk = randomBytes(msg.blockSize);
+                for (let i = 0; i < msg.count; i++) st.raw.push(chunk);
               }
-              const coreDir = path.join(tmp, `core-${msg.blockSize}`);
-              const core = new Hypercore(coreDir);
-              await core.ready();
-              const t0 = process.hrtime.bigint();
-              const per = Math.max(1, Math.floor((16 * MiB) / msg.blockSize));
-              for (let i = 0; i < list.length; i += per) await core.append(list.slice(i, i + per));
-              const appendMs = Number(process.hrtime.bigint() - t0) / 1e6;
-              cores.push(core);
-              core.replicate(peer.mux);
-              const storage = Number(sh('du', ['-sb', coreDir]).split(/\s/)[0]);
-              control.messages[0].send({
-                op: 'prepared',
-                key: core.key.toString('hex'),
-                hashes: list.map((b) => createHash('sha256').update(b).digest('hex')),
-                append_ms: round(appendMs),
-                storage_bytes: storage,
-              });
-            } else if (msg.op === 'cpu') {
-              const u = process.cpuUsage();
-              control.messages[0].send({ op: 'cpu', us: u.user + u.system });
-            } else if (msg.op === 'stream') {
-              const chunk = randomBytes(msg.blockSize);
-              for (let i = 0; i < msg.count; i++) st.raw.push(chunk);
-            }
+            },
           },
-        }],
+        ],
       });
       control.open();
     },
@@ -307,7 +331,11 @@ async function fetch(home) {
   const mux = peer.mux;
   const tmp = await mkdtemp(path.join(process.env.BENCH_SYNC_TMP ?? os.tmpdir(), 'receiver-'));
   await Promise.all([blocks.channel, control].map((ch) => ch.fullyOpened()));
-  const ask = (msg) => new Promise((resolve) => { onControl = resolve; control.messages[0].send(msg); });
+  const ask = (msg) =>
+    new Promise((resolve) => {
+      onControl = resolve;
+      control.messages[0].send(msg);
+    });
 
   const cases = [];
   let runNo = 0;
@@ -345,7 +373,9 @@ async function fetch(home) {
       const writes = [];
       const t0 = process.hrtime.bigint();
       const res = await blocks.fetch(hashes, {
-        onBlock: (h, data) => { writes.push(fh.write(data, 0, data.length, index.get(h.toString('hex')) * blockSize)); },
+        onBlock: (h, data) => {
+          writes.push(fh.write(data, 0, data.length, index.get(h.toString('hex')) * blockSize));
+        },
         expectedSize: () => blockSize,
         windowBytes: WINDOW_BYTES,
       });
@@ -361,7 +391,10 @@ async function fetch(home) {
       const t0 = process.hrtime.bigint();
       await new Promise((resolve) => {
         let got = 0;
-        onChunk = (b) => { got += b.length; if (got >= count * blockSize) resolve(); };
+        onChunk = (b) => {
+          got += b.length;
+          if (got >= count * blockSize) resolve();
+        };
         control.messages[0].send({ op: 'stream', blockSize, count });
       });
       return { ms: Number(process.hrtime.bigint() - t0) / 1e6 };
@@ -397,11 +430,16 @@ async function fetch(home) {
 // Direct invocation: a child role, or the whole bench on its own.
 if (process.argv[1] && path.resolve(process.argv[1]) === SELF) {
   const [role, home] = process.argv.slice(2);
-  const fail = (err) => { process.stderr.write(`${err?.stack ?? err}\n`); process.exit(1); };
+  const fail = (err) => {
+    process.stderr.write(`${err?.stack ?? err}\n`);
+    process.exit(1);
+  };
   if (role === 'serve') serve(home).catch(fail);
   else if (role === 'fetch') fetch(home).catch(fail);
   else {
-    run({ runs: Number(process.env.BENCH_SYNC_RUNS ?? 3), log: (l) => process.stderr.write(`${l}\n`) })
-      .then((r) => { process.stdout.write(`${JSON.stringify(r, null, 2)}\n`); process.exit(0); }, fail);
+    run({ runs: Number(process.env.BENCH_SYNC_RUNS ?? 3), log: (l) => process.stderr.write(`${l}\n`) }).then((r) => {
+      process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+      process.exit(0);
+    }, fail);
   }
 }

@@ -51,12 +51,13 @@ import { mkdir, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { pathToFileURL } from 'node:url';
-import { CLEAN_ENV, CLI, MiB, NODE, ROOT, cpuRatio, machineInfo, measure, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
-import { prng } from './lib/layer.mjs';
 import { regionWriter } from './lib/chain-data.mjs';
+import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ROOT, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import { prng } from './lib/layer.mjs';
 
 export const name = 'sync';
-export const description = 'snapshot sync (full, incremental) of a 3-layer chain vs rsync -a from an rsync daemon, on loopback and a 100 Mbit/s veth link; wall and bytes on the wire';
+export const description =
+  'snapshot sync (full, incremental) of a 3-layer chain vs rsync -a from an rsync daemon, on loopback and a 100 Mbit/s veth link; wall and bytes on the wire';
 
 const ENV = CLEAN_ENV;
 const VM = 'v';
@@ -142,7 +143,9 @@ export async function buildChain(dir, home, disks, totalMiB, incMiB, log) {
       await writeFile(r.file, await readRange(disk, r.off, r.len));
     }
     const cmds = [...rewrite.map((r) => `write -q -s ${r.file} ${r.off} ${r.len}`), ...fresh.map(cmd)];
-    log(`writing ${(fresh.filter((r) => r.kind !== 'zero').reduce((a, r) => a + r.len, 0) / MiB).toFixed(0)} MiB of new data + ${rewrite.length * 8} MiB rewritten, snapshot l4...`);
+    log(
+      `writing ${(fresh.filter((r) => r.kind !== 'zero').reduce((a, r) => a + r.len, 0) / MiB).toFixed(0)} MiB of new data + ${rewrite.length * 8} MiB rewritten, snapshot l4...`,
+    );
     apply(shuffle(cmds));
     snapshot('l4');
     await rm(src, { recursive: true, force: true });
@@ -228,16 +231,28 @@ function background(label, ns, cmd, args, log) {
     if (stderr.length > 64 * KiB) stderr = stderr.slice(-32 * KiB);
     if (process.env.BENCH_SYNC_DEBUG) for (const l of String(d).split('\n')) if (l) log(`[${label}] ${l}`);
   });
-  const exited = new Promise((r) => child.once('exit', (code, sig) => { live.delete(child); r(code ?? sig); }));
+  const exited = new Promise((r) =>
+    child.once('exit', (code, sig) => {
+      live.delete(child);
+      r(code ?? sig);
+    }),
+  );
   const lines = readline.createInterface({ input: child.stdout });
   return {
     child,
     stderr: () => stderr,
-    firstLine: (ms) => new Promise((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`${label} printed nothing in ${ms / 1000} s: ${stderr.trim().slice(-1000)}`)), ms);
-      lines.once('line', (l) => { clearTimeout(t); resolve(l); });
-      void exited.then((code) => { clearTimeout(t); reject(new Error(`${label} exited (${code}): ${stderr.trim().slice(-1000)}`)); });
-    }),
+    firstLine: (ms) =>
+      new Promise((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`${label} printed nothing in ${ms / 1000} s: ${stderr.trim().slice(-1000)}`)), ms);
+        lines.once('line', (l) => {
+          clearTimeout(t);
+          resolve(l);
+        });
+        void exited.then((code) => {
+          clearTimeout(t);
+          reject(new Error(`${label} exited (${code}): ${stderr.trim().slice(-1000)}`));
+        });
+      }),
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
       const t = setTimeout(() => child.kill('SIGKILL'), 8000);
@@ -333,18 +348,40 @@ async function until(what, ms, fn) {
  * serving the VM's disk directory. Runs fn({bs, url}) and stops them all.
  */
 async function withServers({ dir, ns, host, sharerHome, disks, tag, log }, fn) {
-  const boot = background(`dht-${tag}`, ns, NODE, [CLI, '--home', path.join(dir, `boot-${tag}`), 'dht', 'bootstrap', '--host', host, '--port', '0', '--json'], log);
+  const boot = background(
+    `dht-${tag}`,
+    ns,
+    NODE,
+    [CLI, '--home', path.join(dir, `boot-${tag}`), 'dht', 'bootstrap', '--host', host, '--port', '0', '--json'],
+    log,
+  );
   const procs = [boot];
   try {
     const bs = JSON.parse(await boot.firstLine(20_000)).bootstrap;
-    const sharer = background(`sharer-${tag}`, ns, NODE, [CLI, '--home', sharerHome, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', bs, '--watch', '--timeout', '60'], log);
+    const sharer = background(
+      `sharer-${tag}`,
+      ns,
+      NODE,
+      [CLI, '--home', sharerHome, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', bs, '--watch', '--timeout', '60'],
+      log,
+    );
     procs.push(sharer);
     const port = ns ? 8873 : await freePort();
     const conf = path.join(dir, `rsyncd-${tag}.conf`);
-    await writeFile(conf, [
-      'use chroot = no', `log file = ${path.join(dir, `rsyncd-${tag}.log`)}`, `pid file = ${path.join(dir, `rsyncd-${tag}.pid`)}`,
-      '[mod]', `  path = ${disks}`, '  read only = yes', '  uid = 0', '  gid = 0', '',
-    ].join('\n'));
+    await writeFile(
+      conf,
+      [
+        'use chroot = no',
+        `log file = ${path.join(dir, `rsyncd-${tag}.log`)}`,
+        `pid file = ${path.join(dir, `rsyncd-${tag}.pid`)}`,
+        '[mod]',
+        `  path = ${disks}`,
+        '  read only = yes',
+        '  uid = 0',
+        '  gid = 0',
+        '',
+      ].join('\n'),
+    );
     await rm(path.join(dir, `rsyncd-${tag}.pid`), { force: true });
     const daemon = background(`rsyncd-${tag}`, ns, 'rsync', ['--daemon', '--no-detach', `--config=${conf}`, `--address=${host}`, `--port=${port}`], log);
     procs.push(daemon);
@@ -399,19 +436,31 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         const va = `cbva${tag}`;
         const steps = [
           ['link', 'add', va, 'type', 'veth', 'peer', 'name', link.dev],
-          ['link', 'set', va, 'netns', link.ns], ['link', 'set', link.dev, 'netns', link.clientNs],
-          ['-n', link.ns, 'addr', 'add', `10.${x}.0.1/24`, 'dev', va], ['-n', link.clientNs, 'addr', 'add', `10.${x}.0.2/24`, 'dev', link.dev],
-          ['-n', link.ns, 'link', 'set', va, 'up'], ['-n', link.clientNs, 'link', 'set', link.dev, 'up'],
+          ['link', 'set', va, 'netns', link.ns],
+          ['link', 'set', link.dev, 'netns', link.clientNs],
+          ['-n', link.ns, 'addr', 'add', `10.${x}.0.1/24`, 'dev', va],
+          ['-n', link.clientNs, 'addr', 'add', `10.${x}.0.2/24`, 'dev', link.dev],
+          ['-n', link.ns, 'link', 'set', va, 'up'],
+          ['-n', link.clientNs, 'link', 'set', link.dev, 'up'],
         ];
         for (const s of steps) {
           const err = ipOk(s);
           if (err) throw new Error(`ip ${s.join(' ')}: ${err}`);
         }
-        for (const [ns, dev] of [[link.ns, va], [link.clientNs, link.dev]]) {
-          const r = spawnSync('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', '100mbit', 'burst', '256kb', 'latency', '50ms'], { encoding: 'utf8' });
+        for (const [ns, dev] of [
+          [link.ns, va],
+          [link.clientNs, link.dev],
+        ]) {
+          const r = spawnSync(
+            'ip',
+            ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', '100mbit', 'burst', '256kb', 'latency', '50ms'],
+            { encoding: 'utf8' },
+          );
           if (r.status !== 0) throw new Error(`tc qdisc add dev ${dev} ... tbf: ${r.stderr.trim()}`);
         }
-        log(`100 Mbit/s link: namespaces ${link.ns} (10.${x}.0.1) and ${link.clientNs} (10.${x}.0.2), veth + tc tbf rate 100mbit burst 256kb latency 50ms on both ends`);
+        log(
+          `100 Mbit/s link: namespaces ${link.ns} (10.${x}.0.1) and ${link.clientNs} (10.${x}.0.2), veth + tc tbf rate 100mbit burst 256kb latency 50ms on both ends`,
+        );
       } catch (err) {
         link.skipped = `no 100 Mbit/s link (${err.message.split('\n')[0]}): link cases skipped`;
         log(link.skipped);
@@ -473,7 +522,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           const c1 = count();
           if (c0 && c1) {
             // lo: every packet is counted once sent and once received; a veth end sees both directions.
-            wire[side].push(net.dev === 'lo' ? c1.rx - c0.rx : (c1.rx - c0.rx) + (c1.tx - c0.tx));
+            wire[side].push(net.dev === 'lo' ? c1.rx - c0.rx : c1.rx - c0.rx + (c1.tx - c0.tx));
           }
           await new Promise((res) => setTimeout(res, 150)); // the daemon reaps its connection's process
           const serverMs = processCpuMs(server) - s0;
@@ -481,23 +530,52 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           // CPU of both ends: the client command, and the sharer / the rsync daemon during the run.
           return { ...r, clientCpuMs: r.cpuMs, cpuMs: r.cpuMs + serverMs };
         };
-        const m = await measure({
-          clonebox: async () => {
-            const r = await timed('clonebox', NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']);
-            const doc = JSON.parse(r.stdout);
-            if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
-            return { ms: r.ms, cpuMs: r.cpuMs, client_cpu_ms: r.clientCpuMs, bytes_received: doc.bytes_received, blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0), snapshots: doc.chains.flatMap((c) => c.snapshots) };
+        const m = await measure(
+          {
+            clonebox: async () => {
+              const r = await timed('clonebox', NODE, [
+                CLI,
+                '--home',
+                recv,
+                'snapshot',
+                'sync',
+                '--team',
+                TEAM,
+                '--bootstrap',
+                srv.bs,
+                '--timeout',
+                '300',
+                '--json',
+              ]);
+              const doc = JSON.parse(r.stdout);
+              if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
+              return {
+                ms: r.ms,
+                cpuMs: r.cpuMs,
+                client_cpu_ms: r.clientCpuMs,
+                bytes_received: doc.bytes_received,
+                blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0),
+                snapshots: doc.chains.flatMap((c) => c.snapshots),
+              };
+            },
+            rsync: async () => {
+              const r = await timed('rsync', 'rsync', ['-a', '--stats', srv.url, `${dest}/`]);
+              const num = (re) => Number((re.exec(r.stdout)?.[1] ?? 'NaN').replace(/[,.](?=\d{3})/g, ''));
+              return {
+                ms: r.ms,
+                cpuMs: r.cpuMs,
+                client_cpu_ms: r.clientCpuMs,
+                total_bytes_sent: num(/Total bytes sent: ([\d,.]+)/),
+                total_bytes_received: num(/Total bytes received: ([\d,.]+)/),
+              };
+            },
           },
-          rsync: async () => {
-            const r = await timed('rsync', 'rsync', ['-a', '--stats', srv.url, `${dest}/`]);
-            const num = (re) => Number((re.exec(r.stdout)?.[1] ?? 'NaN').replace(/[,.](?=\d{3})/g, ''));
-            return { ms: r.ms, cpuMs: r.cpuMs, client_cpu_ms: r.clientCpuMs, total_bytes_sent: num(/Total bytes sent: ([\d,.]+)/), total_bytes_received: num(/Total bytes received: ([\d,.]+)/) };
+          {
+            runs: timedRuns,
+            warmup,
+            before: async (side) => (side === 'clonebox' ? restore(fresh ? recvEmpty : base.recv, recv) : restore(fresh ? null : base.dest, dest)),
           },
-        }, {
-          runs: timedRuns,
-          warmup,
-          before: async (side) => (side === 'clonebox' ? restore(fresh ? recvEmpty : base.recv, recv) : restore(fresh ? null : base.dest, dest)),
-        });
+        );
         return { m, wire, serverCpu };
       };
 
@@ -520,19 +598,32 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         const c = {
           key,
           case: label,
-          clonebox: { ...cb, wire_bytes: wire.clonebox, wire_median: med(wire.clonebox), server_cpu_ms: serverCpu.clonebox, server_cpu_median_ms: med(serverCpu.clonebox) },
+          clonebox: {
+            ...cb,
+            wire_bytes: wire.clonebox,
+            wire_median: med(wire.clonebox),
+            server_cpu_ms: serverCpu.clonebox,
+            server_cpu_median_ms: med(serverCpu.clonebox),
+          },
           rsync: { ...rs, wire_bytes: wire.rsync, wire_median: med(wire.rsync), server_cpu_ms: serverCpu.rsync, server_cpu_median_ms: med(serverCpu.rsync) },
           ratio: ratio(cb, rs),
           cpu_ratio: cpuRatio(cb, rs),
           ...extra,
         };
         // Bytes: the interface counters where there are some, else each tool's own count.
-        c.wire_source = c.clonebox.wire_median !== null ? (net.dev === 'lo' ? `lo of namespace ${net.ns}` : `veth ${net.dev}, rx + tx`) : 'tools (clonebox bytes_received, rsync total bytes received + sent)';
+        c.wire_source =
+          c.clonebox.wire_median !== null
+            ? net.dev === 'lo'
+              ? `lo of namespace ${net.ns}`
+              : `veth ${net.dev}, rx + tx`
+            : 'tools (clonebox bytes_received, rsync total bytes received + sent)';
         c.clonebox_wire = c.clonebox.wire_median ?? cb.bytes_received;
-        c.rsync_wire = c.rsync.wire_median ?? (rs.total_bytes_received + rs.total_bytes_sent);
+        c.rsync_wire = c.rsync.wire_median ?? rs.total_bytes_received + rs.total_bytes_sent;
         c.wire_ratio = round(c.clonebox_wire / c.rsync_wire, 3);
         cases.push(c);
-        log(`${label}: clonebox ${cb.median_ms} ms vs rsync ${rs.median_ms} ms (ratio ${c.ratio}; CPU of both ends ${cb.cpu_median_ms} vs ${rs.cpu_median_ms} ms, ratio ${c.cpu_ratio}; sharer ${c.clonebox.server_cpu_median_ms} ms, rsync daemon ${c.rsync.server_cpu_median_ms} ms); wire ${(c.clonebox_wire / MiB).toFixed(1)} vs ${(c.rsync_wire / MiB).toFixed(1)} MiB (ratio ${c.wire_ratio}, ${c.wire_source}); clonebox payload ${(cb.bytes_received / MiB).toFixed(1)} MiB`);
+        log(
+          `${label}: clonebox ${cb.median_ms} ms vs rsync ${rs.median_ms} ms (ratio ${c.ratio}; CPU of both ends ${cb.cpu_median_ms} vs ${rs.cpu_median_ms} ms, ratio ${c.cpu_ratio}; sharer ${c.clonebox.server_cpu_median_ms} ms, rsync daemon ${c.rsync.server_cpu_median_ms} ms); wire ${(c.clonebox_wire / MiB).toFixed(1)} vs ${(c.rsync_wire / MiB).toFixed(1)} MiB (ratio ${c.wire_ratio}, ${c.wire_source}); clonebox payload ${(cb.bytes_received / MiB).toFixed(1)} MiB`,
+        );
         return c;
       };
 
@@ -553,7 +644,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           } else {
             // Bases for the other cases: one untimed sync of each side.
             await restore(recvEmpty, recv);
-            sh(...inNs(lo.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']), { env: ENV });
+            sh(...inNs(lo.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']), {
+              env: ENV,
+            });
             await restore(null, dest);
             sh(...inNs(lo.clientNs, 'rsync', ['-a', srv.url, `${dest}/`]));
             await verify(full);
@@ -567,7 +660,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         await withServers({ dir, ns: link.ns, host: link.host, sharerHome, disks, tag: 'link', log }, async (srv) => {
           // The sharer is up and on the DHT once a caught-up receiver's sync saw it (untimed).
           await restore(recvBase, recv);
-          sh(...inNs(link.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '60', '--json']), { env: ENV });
+          sh(...inNs(link.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '60', '--json']), {
+            env: ENV,
+          });
           log(`100 Mbit/s, full: ${linkRuns} timed runs per side...`);
           const r = await runCase(link, '100M full', srv, { fresh: true, timedRuns: linkRuns, warmup: 0 });
           await verify(full);
@@ -579,7 +674,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       if ((wanted.has('loopback-inc') || (wanted.has('link-inc') && !link.skipped)) && haveBase) {
         await addIncrement();
         const inc = await chainFacts(['l1', 'l2', 'l3'].map(layer), layer('l4'));
-        log(`incremental: l4 has ${(inc.new_raw_bytes / MiB).toFixed(1)} MiB of new blocks (${inc.new_blocks}), ${(inc.new_compressed_bytes / MiB).toFixed(2)} MiB compressed as the sharer frames them`);
+        log(
+          `incremental: l4 has ${(inc.new_raw_bytes / MiB).toFixed(1)} MiB of new blocks (${inc.new_blocks}), ${(inc.new_compressed_bytes / MiB).toFixed(2)} MiB compressed as the sharer frames them`,
+        );
         const target = 1.2 * inc.new_compressed_bytes + 256 * KiB;
         const incExtra = (c) => {
           c.new_blocks = inc.new_blocks;
@@ -588,7 +685,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           c.target_bytes = Math.round(target);
           c.clonebox_wire_vs_compressed_new = round(c.clonebox_wire / inc.new_compressed_bytes, 3);
           c.target_met = c.clonebox_wire <= target;
-          log(`${c.case}: clonebox moved ${(c.clonebox_wire / MiB).toFixed(2)} MiB = ${c.clonebox_wire_vs_compressed_new}x the compressed new blocks; target <= 1.2x + 256 KiB = ${(target / MiB).toFixed(2)} MiB: ${c.target_met ? 'met' : 'MISSED'}`);
+          log(
+            `${c.case}: clonebox moved ${(c.clonebox_wire / MiB).toFixed(2)} MiB = ${c.clonebox_wire_vs_compressed_new}x the compressed new blocks; target <= 1.2x + 256 KiB = ${(target / MiB).toFixed(2)} MiB: ${c.target_met ? 'met' : 'MISSED'}`,
+          );
         };
         const base = { recv: recvBase, dest: destBase };
         const all = [...full, 'l4'];
@@ -607,7 +706,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           await withServers({ dir, ns: link.ns, host: link.host, sharerHome, disks, tag: 'link-inc', log }, async (srv) => {
             if (probeHome) {
               await restore(probeHome, recv);
-              sh(...inNs(link.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '60', '--json']), { env: ENV });
+              sh(...inNs(link.clientNs, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '60', '--json']), {
+                env: ENV,
+              });
             }
             const n = Math.min(runs, Number(process.env.BENCH_SYNC_LINK_INC_RUNS ?? 3));
             log(`100 Mbit/s, incremental: ${n} timed runs per side${probeHome ? '' : ' (+1 warm-up)'}...`);
@@ -634,7 +735,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           chain_data_bytes: facts.data_bytes,
         },
         loopback: { namespace: lo.ns, host: lo.host },
-        link: link.skipped ? { skipped: link.skipped } : { namespaces: [link.ns, link.clientNs], server: link.host, shaping: 'tc tbf rate 100mbit burst 256kb latency 50ms, both ends', counter: link.dev },
+        link: link.skipped
+          ? { skipped: link.skipped }
+          : { namespaces: [link.ns, link.clientNs], server: link.host, shaping: 'tc tbf rate 100mbit burst 256kb latency 50ms, both ends', counter: link.dev },
         cases,
       };
       result.summary = cases.map((c) => ({

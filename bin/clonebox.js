@@ -8,7 +8,9 @@ import v8 from 'node:v8';
 // or import (figures: bench/README.md, "Figures behind the code"); the hot loops still get optimised.
 if (!process.env.CLONEBOX_V8_DEFAULTS) v8.setFlagsFromString('--interrupt-budget=540000');
 
-import('../dist/cli/main.js').then((m) => m.main(process.argv)).catch((err) => {
-  process.stderr.write(`clonebox: error: ${err?.message ?? err}\n`);
-  process.exitCode = 1;
-});
+import('../dist/cli/main.js')
+  .then((m) => m.main(process.argv))
+  .catch((err) => {
+    process.stderr.write(`clonebox: error: ${err?.message ?? err}\n`);
+    process.exitCode = 1;
+  });

@@ -4,14 +4,14 @@
  * method is called, so that start-up stays fast.
  */
 import { Command, CommanderError } from 'commander';
-import { reportError, usage } from './output.js';
-import { registerImage } from './commands/image.js';
-import { registerVm } from './commands/vm.js';
-import { registerSnapshot } from './commands/snapshot.js';
-import { registerDemo } from './commands/demo.js';
 import { registerBundle } from './commands/bundle.js';
-import { registerDht, registerTeam } from './commands/team.js';
+import { registerDemo } from './commands/demo.js';
+import { registerImage } from './commands/image.js';
+import { registerSnapshot } from './commands/snapshot.js';
 import { registerSync } from './commands/sync.js';
+import { registerDht, registerTeam } from './commands/team.js';
+import { registerVm } from './commands/vm.js';
+import { reportError, usage } from './output.js';
 
 export function buildProgram(): Command {
   const program = new Command();

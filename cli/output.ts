@@ -28,15 +28,21 @@ export function usage(message: string, hint?: string): CloneboxError {
 export function table(headers: string[], rows: string[][], right: boolean[] = []): string {
   const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const fmt = (cells: string[]) =>
-    cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join('  ').trimEnd();
+    cells
+      .map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd();
   return [fmt(headers), ...rows.map(fmt)].join('\n');
 }
 
 /** Prints an error as the contract says and returns the exit code to use. */
 export function reportError(err: unknown, json: boolean): number {
-  const e = err instanceof CloneboxError
-    ? err
-    : new CloneboxError('INTERNAL', `${(err as Error)?.message ?? String(err)}`, { hint: 'this is a bug in clonebox; please report it with the command you ran' });
+  const e =
+    err instanceof CloneboxError
+      ? err
+      : new CloneboxError('INTERNAL', `${(err as Error)?.message ?? String(err)}`, {
+          hint: 'this is a bug in clonebox; please report it with the command you ran',
+        });
   process.stderr.write(`clonebox: error: ${e.message}\n`);
   if (e.hint) process.stderr.write(`hint: ${e.hint}\n`);
   if (e.code === 'INTERNAL' && process.env.CLONEBOX_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);

@@ -3,7 +3,7 @@
  * from what the CLI parses: `npm run docs:cli` writes it (scripts/docs-cli.mjs) and a unit test fails
  * when the committed page differs.
  */
-import { Help, type Argument, type Command, type Option } from 'commander';
+import { type Argument, type Command, Help, type Option } from 'commander';
 
 /** Text for a Markdown table cell or paragraph: `<...>` outside code spans would be read as HTML. */
 function text(s: string): string {
@@ -33,7 +33,10 @@ function fullName(cmd: Command): string {
 
 /** GitHub's anchor for a heading of plain words. */
 function anchor(heading: string): string {
-  return heading.toLowerCase().replace(/[^a-z0-9 -]/g, '').replace(/ /g, '-');
+  return heading
+    .toLowerCase()
+    .replace(/[^a-z0-9 -]/g, '')
+    .replace(/ /g, '-');
 }
 
 function optionRows(options: readonly Option[]): string[] {

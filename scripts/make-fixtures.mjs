@@ -8,7 +8,7 @@
 // (the error codes of the hostile inputs), never from clonebox's own reader.
 import { execFileSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync, copyFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -176,7 +176,9 @@ function qcow2Fixtures() {
     readme.push(`| qcow2/${doc.file} | ${im.what}; qemu-img create/convert and qemu-io, gzipped |`);
   }
   json(path.join(dir, 'expected.json'), index);
-  readme.push('| qcow2/expected.json | per image: qemu-img info, qemu-img map of the file alone (merged), qemu-img check\'s compressed clusters, sha256 of qemu-img convert alone and through the chain |');
+  readme.push(
+    "| qcow2/expected.json | per image: qemu-img info, qemu-img map of the file alone (merged), qemu-img check's compressed clusters, sha256 of qemu-img convert alone and through the chain |",
+  );
 }
 
 // ------------------------------------------------------------------------------------------------ bundles
@@ -205,13 +207,21 @@ function bundleFixtures() {
     '| bundle/chain.cbx | `clonebox snapshot export` of VM fixture (4 MiB): base, apps, work, written with qemu-io (random, text, pattern, zero and discarded ranges, 48 KiB written twice) |',
     '| bundle/chain-encrypted.cbx | the same chain exported with `--encrypt --key-file TEST-KEY-NOT-SECRET.key` |',
     '| bundle/TEST-KEY-NOT-SECRET.key | `clonebox key generate`: a TEST key, published here, protecting nothing |',
-    '| bundle/expected.json | the snapshots\' metadata and the sha256 of each disk\'s guest content (qemu-img convert of the source) |',
+    "| bundle/expected.json | the snapshots' metadata and the sha256 of each disk's guest content (qemu-img convert of the source) |",
   );
   json(path.join(dir, 'expected.json'), {
     vm: 'fixture',
     snapshots: list.map((s) => ({
-      name: s.name, parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at,
-      disks: s.disks.map((d) => ({ target: d.target, virtual_size: JSON.parse(qemuImg('info', '--output=json', '-U', d.path))['virtual-size'], sha256: rawSha(d.path) })),
+      name: s.name,
+      parent: s.parent,
+      description: s.description,
+      tags: s.tags,
+      created_at: s.created_at,
+      disks: s.disks.map((d) => ({
+        target: d.target,
+        virtual_size: JSON.parse(qemuImg('info', '--output=json', '-U', d.path))['virtual-size'],
+        sha256: rawSha(d.path),
+      })),
     })),
   });
 }
@@ -249,7 +259,7 @@ function tarHeader(name, size, { type = '0', linkname, sizeField } = {}) {
 /** The tar entries of a bundle: [offset of the header, name, size]. */
 function tarEntries(tar) {
   const out = [];
-  for (let o = 0; o + 512 <= tar.length;) {
+  for (let o = 0; o + 512 <= tar.length; ) {
     const h = tar.subarray(o, o + 512);
     if (h.every((x) => x === 0)) break;
     const size = parseInt(h.subarray(124, 136).toString('latin1').replace(/\0.*$/s, '').trim(), 8);
@@ -282,11 +292,41 @@ function hostileFixtures() {
     const b = Buffer.from(plain);
     return fn(b) ?? b;
   };
-  put('magic.qcow2', patch((b) => void b.writeUInt32BE(0x514649fa, 0)), 'qcow2', 'NOT_QCOW2', 'wrong magic');
-  put('cluster-bits-63.qcow2', patch((b) => void b.writeUInt32BE(63, 20)), 'qcow2', 'QCOW2_CORRUPT', 'cluster_bits 63: refused before any allocation');
-  put('l1-size-max.qcow2', patch((b) => void b.writeUInt32BE(0xffffffff, 36)), 'qcow2', 'QCOW2_TOO_LARGE', 'an L1 table of 2^32-1 entries');
-  put('size-2-63.qcow2', patch((b) => void b.writeBigUInt64BE(1n << 63n, 24)), 'qcow2', 'QCOW2_CORRUPT', 'a virtual size of 2^63');
-  put('l2-entry-past-eof.qcow2', patch((b) => void b.writeBigUInt64BE((1n << 40n) | (1n << 63n), pl.l2)), 'qcow2', 'QCOW2_TRUNCATED', 'a data cluster past the end of the file');
+  put(
+    'magic.qcow2',
+    patch((b) => void b.writeUInt32BE(0x514649fa, 0)),
+    'qcow2',
+    'NOT_QCOW2',
+    'wrong magic',
+  );
+  put(
+    'cluster-bits-63.qcow2',
+    patch((b) => void b.writeUInt32BE(63, 20)),
+    'qcow2',
+    'QCOW2_CORRUPT',
+    'cluster_bits 63: refused before any allocation',
+  );
+  put(
+    'l1-size-max.qcow2',
+    patch((b) => void b.writeUInt32BE(0xffffffff, 36)),
+    'qcow2',
+    'QCOW2_TOO_LARGE',
+    'an L1 table of 2^32-1 entries',
+  );
+  put(
+    'size-2-63.qcow2',
+    patch((b) => void b.writeBigUInt64BE(1n << 63n, 24)),
+    'qcow2',
+    'QCOW2_CORRUPT',
+    'a virtual size of 2^63',
+  );
+  put(
+    'l2-entry-past-eof.qcow2',
+    patch((b) => void b.writeBigUInt64BE((1n << 40n) | (1n << 63n), pl.l2)),
+    'qcow2',
+    'QCOW2_TRUNCATED',
+    'a data cluster past the end of the file',
+  );
   // 131072 L1 entries (64 TiB of guest space) all naming one 64 KiB L2 table: 2^30 entries to walk.
   const bigFile = path.join(work, 'big-clusters.qcow2');
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', bigFile, '1M']);
@@ -301,7 +341,13 @@ function hostileFixtures() {
   alias.writeBigUInt64BE(BigInt(n) * BigInt(bl.cs / 8) * BigInt(bl.cs), 24);
   alias.writeUInt32BE(n, 36);
   alias.writeBigUInt64BE(BigInt(at), 40);
-  put('l1-alias.qcow2.gz', gzipSync(alias, { level: 9 }), 'qcow2', 'QCOW2_CORRUPT', 'L1 entries aliasing one L2 table over a huge virtual size: enumerating them took hours (fixed in b2288cb)');
+  put(
+    'l1-alias.qcow2.gz',
+    gzipSync(alias, { level: 9 }),
+    'qcow2',
+    'QCOW2_CORRUPT',
+    'L1 entries aliasing one L2 table over a huge virtual size: enumerating them took hours (fixed in b2288cb)',
+  );
 
   const compFile = path.join(work, 'compressed.qcow2');
   writeFileSync(path.join(work, 'text.raw'), textBytes(64 * K));
@@ -321,14 +367,26 @@ function hostileFixtures() {
     const e = comp.readBigUInt64BE(cl.l2 + i * 8);
     if (((e >> 62n) & 1n) === 1n) lastHost = Math.max(lastHost, Number(e & ((1n << BigInt(x)) - 1n)));
   }
-  put('cut-in-compressed.qcow2', comp.subarray(0, lastHost + 100), 'qcow2', 'QCOW2_TRUNCATED', 'the file ends inside a compressed cluster (refused as truncated since b2288cb)');
+  put(
+    'cut-in-compressed.qcow2',
+    comp.subarray(0, lastHost + 100),
+    'qcow2',
+    'QCOW2_TRUNCATED',
+    'the file ends inside a compressed cluster (refused as truncated since b2288cb)',
+  );
 
   const backedFile = path.join(work, 'backed.qcow2');
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', path.join(work, 'backed-base.qcow2'), '1M']);
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'backed-base.qcow2', '-F', 'qcow2', backedFile, '1M'], { cwd: work });
   const backed = readFileSync(backedFile);
   const nameAt = u64(backed, 8);
-  put('cut-in-backing-name.qcow2', backed.subarray(0, nameAt + 4), 'qcow2', 'QCOW2_TRUNCATED', 'the file ends inside the backing file name (refused as truncated since b2288cb)');
+  put(
+    'cut-in-backing-name.qcow2',
+    backed.subarray(0, nameAt + 4),
+    'qcow2',
+    'QCOW2_TRUNCATED',
+    'the file ends inside the backing file name (refused as truncated since b2288cb)',
+  );
 
   const el2File = path.join(work, 'extl2.qcow2');
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=16k', el2File, '1M']);
@@ -340,12 +398,17 @@ function hostileFixtures() {
   put('extl2-allocated-and-zero.qcow2', both, 'qcow2', 'QCOW2_CORRUPT', 'an extended L2 subcluster both allocated and zero');
 
   // a -> b -> a: each names the other as its backing file.
-  for (const [me, other] of [['loop-a.qcow2', 'loop-b.qcow2'], ['loop-b.qcow2', 'loop-a.qcow2']]) {
+  for (const [me, other] of [
+    ['loop-a.qcow2', 'loop-b.qcow2'],
+    ['loop-b.qcow2', 'loop-a.qcow2'],
+  ]) {
     sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4k', '-u', '-b', other, '-F', 'qcow2', path.join(work, me), '1M'], { cwd: work });
     copyFileSync(path.join(work, me), path.join(dir, me));
   }
   cases.push({ file: 'loop-a.qcow2', kind: 'chain', code: 'QCOW2_CORRUPT', why: 'a backing chain that loops (loop-a -> loop-b -> loop-a)' });
-  readme.push('| hostile/loop-a.qcow2, hostile/loop-b.qcow2 | qemu-img create -u, each naming the other as backing file: opening the chain must fail with QCOW2_CORRUPT |');
+  readme.push(
+    '| hostile/loop-a.qcow2, hostile/loop-b.qcow2 | qemu-img create -u, each naming the other as backing file: opening the chain must fail with QCOW2_CORRUPT |',
+  );
 
   // Bundles: damaged copies of fixtures/bundle/chain.cbx.
   const bundle = readFileSync(path.join(OUT, 'bundle', 'chain.cbx'));
@@ -355,7 +418,11 @@ function hostileFixtures() {
   flip[pack.at + 512 + Math.floor(pack.size / 2)] ^= 0x40;
   put('bundle-flipped-byte.cbx', flip, 'bundle', 'BUNDLE_CORRUPT', 'one bit flipped inside a pack');
   put('bundle-truncated.cbx', bundle.subarray(0, pack.at + 512 + 1000), 'bundle', 'BUNDLE_CORRUPT', 'the bundle cut inside its first pack');
-  const sym = Buffer.concat([bundle.subarray(0, pack.at), tarHeader(pack.name, 0, { type: '2', linkname: '/etc/passwd' }), bundle.subarray(pack.at + 512 + Math.ceil(pack.size / 512) * 512)]);
+  const sym = Buffer.concat([
+    bundle.subarray(0, pack.at),
+    tarHeader(pack.name, 0, { type: '2', linkname: '/etc/passwd' }),
+    bundle.subarray(pack.at + 512 + Math.ceil(pack.size / 512) * 512),
+  ]);
   put('bundle-symlink-pack.cbx', sym, 'bundle', 'BUNDLE_CORRUPT', 'a symbolic link in place of a pack');
   const dotdot = Buffer.from(bundle);
   tarHeader(`../../${pack.name}`, pack.size).copy(dotdot, pack.at);
@@ -368,7 +435,13 @@ function hostileFixtures() {
   put('bundle-not-tar.cbx', Buffer.from('{"hello": "world"}\n'.repeat(100)), 'bundle', 'BUNDLE_CORRUPT', 'not a tar file at all');
   writeFileSync(path.join(dir, 'WRONG-TEST-KEY.key'), randomBytes(32));
   readme.push('| hostile/WRONG-TEST-KEY.key | 32 random bytes: a TEST key that does not open bundle/chain-encrypted.cbx (WRONG_KEY) |');
-  cases.push({ file: '../bundle/chain-encrypted.cbx', kind: 'bundle', key: 'WRONG-TEST-KEY.key', code: 'WRONG_KEY', why: 'the encrypted bundle with another key' });
+  cases.push({
+    file: '../bundle/chain-encrypted.cbx',
+    kind: 'bundle',
+    key: 'WRONG-TEST-KEY.key',
+    code: 'WRONG_KEY',
+    why: 'the encrypted bundle with another key',
+  });
   cases.push({ file: '../bundle/chain-encrypted.cbx', kind: 'bundle', key: null, code: 'KEY_REQUIRED', why: 'the encrypted bundle without a key' });
 
   json(path.join(dir, 'expected.json'), cases);
@@ -379,7 +452,9 @@ try {
   qcow2Fixtures();
   bundleFixtures();
   hostileFixtures();
-  writeFileSync(path.join(OUT, 'README.md'), `# fixtures
+  writeFileSync(
+    path.join(OUT, 'README.md'),
+    `# fixtures
 
 Small reference files that guard compatibility, checked without QEMU by \`test/fixtures-*.unit.test.ts\`
 (\`npm run test:unit\`): clonebox must read every image as QEMU did, import every bundle byte-identically,
@@ -392,7 +467,8 @@ clonebox's reader.
 | file | how it was made |
 | --- | --- |
 ${readme.join('\n')}
-`);
+`,
+  );
 } finally {
   rmSync(tmp, { recursive: true, force: true });
 }

@@ -1,16 +1,16 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
 import { realpath, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { driverStepHandlers } from './drivers/registry.js';
 import { CloneboxError, ioError } from './errors.js';
+import { ensureDir, pathExists } from './fsutil.js';
 import { checkName } from './names.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
-import { ensureDir, pathExists } from './fsutil.js';
 import type { Home } from './store/home.js';
-import { diskTarget, findDiskOwner, loadVm, listVmNames, lockVm, removeVmDir, saveVm, vmExists, type VmRecord } from './store/registry.js';
-import { listSnapshotRecords } from './store/snapshots.js';
 import { recover } from './store/journal.js';
-import { driverStepHandlers } from './drivers/registry.js';
+import { diskTarget, findDiskOwner, listVmNames, loadVm, lockVm, removeVmDir, saveVm, type VmRecord, vmExists } from './store/registry.js';
+import { listSnapshotRecords } from './store/snapshots.js';
 
 export interface DiskView {
   target: string;
@@ -72,8 +72,12 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
       throw err;
     }
     const rec: VmRecord = {
-      format: 1, name, driver: 'image', created_at: new Date().toISOString(),
-      disks: [{ target: 'vda', path: disk }], current: null
+      format: 1,
+      name,
+      driver: 'image',
+      created_at: new Date().toISOString(),
+      disks: [{ target: 'vda', path: disk }],
+      current: null,
     };
     try {
       await saveVm(home, rec);
@@ -118,8 +122,12 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       disks.push({ target: diskTarget(i), path: abs });
     }
     const rec: VmRecord = {
-      format: 1, name, driver: 'image', created_at: new Date().toISOString(),
-      disks, current: null
+      format: 1,
+      name,
+      driver: 'image',
+      created_at: new Date().toISOString(),
+      disks,
+      current: null,
     };
     await saveVm(home, rec);
     return await vmView(home, rec);
@@ -141,8 +149,13 @@ export async function addLibvirtVm(home: Home, name: string, domain: string, uri
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${d.path}`);
     }
     const rec: VmRecord = {
-      format: 1, name, driver: 'libvirt', created_at: new Date().toISOString(),
-      disks: ins.disks.map((d) => ({ target: d.target, path: d.path })), current: null, libvirt: { domain, uri },
+      format: 1,
+      name,
+      driver: 'libvirt',
+      created_at: new Date().toISOString(),
+      disks: ins.disks.map((d) => ({ target: d.target, path: d.path })),
+      current: null,
+      libvirt: { domain, uri },
     };
     await saveVm(home, rec);
     return { view: await vmView(home, rec), warnings: ins.warnings };
@@ -201,4 +214,3 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
     await lock.release();
   }
 }
-

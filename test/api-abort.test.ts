@@ -4,16 +4,17 @@
  * (no temporary or output file; no VM, layer, record, journal or disks directory; nothing registered
  * and no listed pull temporaries). The CLI half checks that SIGINT takes the same path.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Clonebox, CloneboxError, type ProgressEvent } from '../src/index.js';
 import { CLI_PATH } from './helpers/cli.js';
 import { qemuIo } from './helpers/qemu.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 let root = '';
 let bundle = '';
@@ -35,7 +36,10 @@ async function tree(dir: string): Promise<string[]> {
 }
 
 async function expectAborted(p: Promise<unknown>): Promise<void> {
-  const err = await p.then(() => null, (e: unknown) => e);
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e,
+  );
   expect(err).toBeInstanceOf(CloneboxError);
   expect((err as CloneboxError).code).toBe('ABORTED');
 }
@@ -152,15 +156,20 @@ describe('abort through the signal', () => {
       sharer = a.sync.run({ team: 't', watch: true, signal: serving.signal, onWarning: () => undefined });
       const ac = new AbortController();
       let received = 0;
-      await expectAborted(c.sync.run({
-        team: 't', timeout: 90, signal: ac.signal, onWarning: () => undefined,
-        onProgress: (p) => {
-          if (p.phase === 'receive' && p.done > 0) {
-            received = p.done;
-            ac.abort();
-          }
-        },
-      }));
+      await expectAborted(
+        c.sync.run({
+          team: 't',
+          timeout: 90,
+          signal: ac.signal,
+          onWarning: () => undefined,
+          onProgress: (p) => {
+            if (p.phase === 'receive' && p.done > 0) {
+              received = p.done;
+              ac.abort();
+            }
+          },
+        }),
+      );
       expect(received).toBeGreaterThan(0);
       expect(await c.vms.list()).toEqual([]);
       expect(await tree(path.join(homeC, 'vms'))).toEqual([]);
@@ -187,10 +196,13 @@ describe('SIGINT in the CLI takes the same path', () => {
     const out = path.join(root, 'out-cli');
     await mkdir(out);
     const child = spawn(process.execPath, [CLI_PATH, '--home', path.join(root, 'home-a'), 'snapshot', 'export', 'src', '-o', path.join(out, 'y.bundle')], {
-      stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, CLONEBOX_HOME: '' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, CLONEBOX_HOME: '' },
     });
     let stderr = '';
-    child.stderr.on('data', (d) => { stderr += d; });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     // Interrupted once its temporary holds some bytes: mid-way through the packs.
     const deadline = Date.now() + 60_000;
@@ -214,10 +226,13 @@ describe('SIGINT in the CLI takes the same path', () => {
     const home = path.join(root, 'home-d');
     const disks = path.join(root, 'disks-d');
     const child = spawn(process.execPath, [CLI_PATH, '--home', home, 'snapshot', 'import', 'dst', '-', '--dir', disks], {
-      stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, CLONEBOX_HOME: '' },
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, CLONEBOX_HOME: '' },
     });
     let stderr = '';
-    child.stderr.on('data', (d) => { stderr += d; });
+    child.stderr.on('data', (d) => {
+      stderr += d;
+    });
     child.stdin.on('error', () => undefined); // EPIPE once the import has exited: expected here
     const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
     // Half the bundle, then nothing: the import is past its prepare phase (journal begun) and waits.

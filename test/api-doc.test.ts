@@ -2,9 +2,10 @@
  * The example of docs/api.md, run as it stands there (against the sources: 'clonebox' is this
  * repository's src/index.ts), so that the documentation and the library cannot drift apart.
  */
-import { afterAll, expect, it } from 'vitest';
+
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { afterAll, expect, it } from 'vitest';
 import { REPO_ROOT } from './helpers/cli.js';
 
 /** The TypeScript block between the example markers of docs/api.md. */

@@ -3,16 +3,20 @@
  * and refuses later calls, and failures are coded CloneboxErrors (an abort before the start included).
  * In-process, no qemu or network (the unit lane).
  */
-import { afterAll, expect, it } from 'vitest';
+
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { afterAll, expect, it } from 'vitest';
 import { Clonebox, CloneboxError, formatBytes, parseSize } from '../src/index.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 afterAll(cleanupTempDirs);
 
 async function codeOf(p: Promise<unknown>): Promise<string | null> {
-  return p.then(() => null, (e: unknown) => (e instanceof CloneboxError ? e.code : `not a CloneboxError: ${String(e)}`));
+  return p.then(
+    () => null,
+    (e: unknown) => (e instanceof CloneboxError ? e.code : `not a CloneboxError: ${String(e)}`),
+  );
 }
 
 it('opens a home given or from $CLONEBOX_HOME, without creating it', async () => {

@@ -3,13 +3,14 @@
  * interrupted one (rolls it back, or forward once it was committing) and the VM ends up complete and
  * identical to its source, with no temporary file left behind.
  */
-import { describe, expect, it } from 'vitest';
+
 import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { qemuCheck, qemuCompare, qemuIo } from './helpers/qemu.js';
-import { makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
+import { makeTempDir } from './helpers/temp.js';
 
 describe('import crash safety', () => {
   it('recovers from a SIGKILL at every journal step', async () => {

@@ -3,18 +3,19 @@
  * fuzzing: a decoder given garbage throws a coded error, never anything else), sealing, the dedup
  * index, map normalisation and block cutting against brute-force references.
  */
-import { describe, expect, it } from 'vitest';
+
 import { createHash } from 'node:crypto';
-import { CloneboxError } from '../src/errors.js';
-import { Batcher, type Batch } from '../src/content/batcher.js';
-import { BlockIndex } from '../src/content/dedup.js';
-import { LayerDigest } from '../src/content/digest.js';
-import { normalise } from '../src/content/layer.js';
-import { Sealer, blockId, keyCheck, sha256 } from '../src/bundle/crypto.js';
+import { describe, expect, it } from 'vitest';
+import { blockId, keyCheck, Sealer, sha256 } from '../src/bundle/crypto.js';
 import { BLOCK_SIZE, Codec, EntryKind, KeyKind, type Meta, type Seal } from '../src/bundle/format.js';
 import { decodeHeader, decodeMeta, decodeSeal, encodeHeader, encodeJson, headerPrefix } from '../src/bundle/manifest.js';
 import { PackWriter, parsePack } from '../src/bundle/packs.js';
-import { rng, seedFromEnv, type Rng } from './helpers/random.js';
+import { type Batch, Batcher } from '../src/content/batcher.js';
+import { BlockIndex } from '../src/content/dedup.js';
+import { LayerDigest } from '../src/content/digest.js';
+import { normalise } from '../src/content/layer.js';
+import { CloneboxError } from '../src/errors.js';
+import { type Rng, rng, seedFromEnv } from './helpers/random.js';
 
 const seed = seedFromEnv('BUNDLE_FUZZ_SEED', 20261122);
 
@@ -43,18 +44,51 @@ function mutate(r: Rng, b: Buffer): Buffer {
 
 function sampleHeader(encrypted: boolean): Buffer {
   const prefix = headerPrefix({
-    version: 1, encrypted, bundleId: Buffer.alloc(16, 9), keyKind: encrypted ? KeyKind.Passphrase : KeyKind.None,
-    opslimit: encrypted ? 3 : 0, memlimit: encrypted ? 64 * 1024 * 1024 : 0, salt: encrypted ? Buffer.alloc(16, 1) : Buffer.alloc(16),
+    version: 1,
+    encrypted,
+    bundleId: Buffer.alloc(16, 9),
+    keyKind: encrypted ? KeyKind.Passphrase : KeyKind.None,
+    opslimit: encrypted ? 3 : 0,
+    memlimit: encrypted ? 64 * 1024 * 1024 : 0,
+    salt: encrypted ? Buffer.alloc(16, 1) : Buffer.alloc(16),
   });
   return encodeHeader(prefix, encrypted ? keyCheck(Buffer.alloc(32, 2), prefix) : Buffer.alloc(32)).bytes;
 }
 
 const META: Meta = {
-  format: 'clonebox-bundle', version: 1, created_at: '2026-11-22T00:00:00.000Z', vm: { name: 'web' }, block_size: BLOCK_SIZE,
-  block_hash: 'sha256', compression: { codec: 'zstd', level: 3 }, since: null,
+  format: 'clonebox-bundle',
+  version: 1,
+  created_at: '2026-11-22T00:00:00.000Z',
+  vm: { name: 'web' },
+  block_size: BLOCK_SIZE,
+  block_hash: 'sha256',
+  compression: { codec: 'zstd', level: 3 },
+  since: null,
   snapshots: [
-    { name: 'a', parent: null, type: 'disk', created_at: '2026-11-22T00:00:00.000Z', description: 'x', tags: ['t'], auto_created: false, auto_policy: null, expires_at: null, content_id: null },
-    { name: 'b', parent: 'a', type: 'disk', created_at: '2026-11-22T00:00:01.000Z', description: null, tags: [], auto_created: true, auto_policy: 'run', expires_at: null, content_id: 'ab'.repeat(32) },
+    {
+      name: 'a',
+      parent: null,
+      type: 'disk',
+      created_at: '2026-11-22T00:00:00.000Z',
+      description: 'x',
+      tags: ['t'],
+      auto_created: false,
+      auto_policy: null,
+      expires_at: null,
+      content_id: null,
+    },
+    {
+      name: 'b',
+      parent: 'a',
+      type: 'disk',
+      created_at: '2026-11-22T00:00:01.000Z',
+      description: null,
+      tags: [],
+      auto_created: true,
+      auto_policy: 'run',
+      expires_at: null,
+      content_id: 'ab'.repeat(32),
+    },
   ],
   layers: [
     { snapshot: 0, target: 'vda', virtual_size: 1 << 30, cluster_size: 65536 },
@@ -66,7 +100,10 @@ const META: Meta = {
 
 const SEAL: Seal = {
   packs: 2,
-  snapshots: [{ name: 'a', content_id: 'cd'.repeat(32) }, { name: 'b', content_id: 'ab'.repeat(32) }],
+  snapshots: [
+    { name: 'a', content_id: 'cd'.repeat(32) },
+    { name: 'b', content_id: 'ab'.repeat(32) },
+  ],
   layers: META.layers.map(() => ({ digest: 'ef'.repeat(32), data_bytes: 65536, zero_bytes: 0, blocks: 1 })),
   totals: { logical_bytes: 4 * 65536, unique_bytes: 65536, stored_bytes: 100, blocks: 4, unique_blocks: 1, frames: 1 },
 };
@@ -94,8 +131,21 @@ describe('header', () => {
   });
 
   it('refuses hostile Argon2id parameters even with a valid checksum', () => {
-    for (const [ops, mem] of [[0, 65536], [1000, 65536], [3, 2 ** 40], [3, 1024]] as const) {
-      const prefix = headerPrefix({ version: 1, encrypted: true, bundleId: Buffer.alloc(16), keyKind: KeyKind.Passphrase, opslimit: ops, memlimit: mem, salt: Buffer.alloc(16, 1) });
+    for (const [ops, mem] of [
+      [0, 65536],
+      [1000, 65536],
+      [3, 2 ** 40],
+      [3, 1024],
+    ] as const) {
+      const prefix = headerPrefix({
+        version: 1,
+        encrypted: true,
+        bundleId: Buffer.alloc(16),
+        keyKind: KeyKind.Passphrase,
+        opslimit: ops,
+        memlimit: mem,
+        salt: Buffer.alloc(16, 1),
+      });
       expect(() => decodeHeader(encodeHeader(prefix, Buffer.alloc(32)).bytes, 'f')).toThrow(/Argon2id/);
     }
   });
@@ -109,19 +159,86 @@ describe('meta and seal', () => {
 
   it('refuse inconsistent content', () => {
     const bad: [string, (m: Meta) => void][] = [
-      ['broken parent line', (m) => { m.snapshots[1]!.parent = 'zzz'; }],
-      ['duplicate name', (m) => { m.snapshots[1]!.name = 'a'; m.snapshots[1]!.parent = 'a'; }],
-      ['path-like target', (m) => { m.layers[0]!.target = '../x'; }],
-      ['path-like name', (m) => { m.snapshots[0]!.name = '../../etc'; }],
-      ['odd cluster size', (m) => { m.layers[0]!.cluster_size = 3000; }],
-      ['unaligned virtual size', (m) => { m.layers[0]!.virtual_size = 1000; }],
-      ['disks differ between snapshots', (m) => { m.layers[3]!.target = 'vdc'; }],
-      ['layers out of order', (m) => { m.layers.reverse(); }],
-      ['layer for no snapshot', (m) => { m.layers.push({ snapshot: 5, target: 'vda', virtual_size: 512, cluster_size: 512 }); }],
-      ['no snapshots', (m) => { m.snapshots = []; m.layers = []; }],
-      ['other block size', (m) => { m.block_size = 4096; }],
-      ['negative size', (m) => { m.layers[0]!.virtual_size = -512; }],
-      ['bad content id', (m) => { m.snapshots[1]!.content_id = 'xyz'; }],
+      [
+        'broken parent line',
+        (m) => {
+          m.snapshots[1]!.parent = 'zzz';
+        },
+      ],
+      [
+        'duplicate name',
+        (m) => {
+          m.snapshots[1]!.name = 'a';
+          m.snapshots[1]!.parent = 'a';
+        },
+      ],
+      [
+        'path-like target',
+        (m) => {
+          m.layers[0]!.target = '../x';
+        },
+      ],
+      [
+        'path-like name',
+        (m) => {
+          m.snapshots[0]!.name = '../../etc';
+        },
+      ],
+      [
+        'odd cluster size',
+        (m) => {
+          m.layers[0]!.cluster_size = 3000;
+        },
+      ],
+      [
+        'unaligned virtual size',
+        (m) => {
+          m.layers[0]!.virtual_size = 1000;
+        },
+      ],
+      [
+        'disks differ between snapshots',
+        (m) => {
+          m.layers[3]!.target = 'vdc';
+        },
+      ],
+      [
+        'layers out of order',
+        (m) => {
+          m.layers.reverse();
+        },
+      ],
+      [
+        'layer for no snapshot',
+        (m) => {
+          m.layers.push({ snapshot: 5, target: 'vda', virtual_size: 512, cluster_size: 512 });
+        },
+      ],
+      [
+        'no snapshots',
+        (m) => {
+          m.snapshots = [];
+          m.layers = [];
+        },
+      ],
+      [
+        'other block size',
+        (m) => {
+          m.block_size = 4096;
+        },
+      ],
+      [
+        'negative size',
+        (m) => {
+          m.layers[0]!.virtual_size = -512;
+        },
+      ],
+      [
+        'bad content id',
+        (m) => {
+          m.snapshots[1]!.content_id = 'xyz';
+        },
+      ],
     ];
     for (const [what, f] of bad) {
       const m = structuredClone(META);
@@ -150,7 +267,11 @@ describe('packs', () => {
   it('round-trip records, coalescing consecutive placements and adjacent zeros', () => {
     const w = new PackWriter();
     const ids = [0, 1, 2].map((i) => sha256(Buffer.from([i])));
-    w.frame(Codec.Zstd, ids.map((id) => ({ length: BLOCK_SIZE, id })), Buffer.from('stored bytes'));
+    w.frame(
+      Codec.Zstd,
+      ids.map((id) => ({ length: BLOCK_SIZE, id })),
+      Buffer.from('stored bytes'),
+    );
     w.data(0, 0, 0, BLOCK_SIZE);
     w.data(0, BLOCK_SIZE, 1, BLOCK_SIZE);
     w.data(0, 2 * BLOCK_SIZE, 2, BLOCK_SIZE);
@@ -199,7 +320,7 @@ describe('sealing', () => {
     }
   });
 
-  it('tags a plain pack over everything but its frames\' compressed bytes (those are checked by block id)', () => {
+  it("tags a plain pack over everything but its frames' compressed bytes (those are checked by block id)", () => {
     const w = new PackWriter();
     w.frame(Codec.Raw, [{ length: 8, id: sha256(Buffer.from('12345678')) }], Buffer.from('12345678'));
     w.data(0, 0, 0, 8);
@@ -265,13 +386,20 @@ describe('maps and blocks', () => {
       const vs = r.int(1, 40) * 512 * r.pick([1, 8, 128]);
       const kinds = ['data', 'zero', 'unallocated'] as const;
       const pieces: { offset: number; length: number; kind: (typeof kinds)[number] }[] = [];
-      for (let o = 0; o < vs;) {
+      for (let o = 0; o < vs; ) {
         const len = Math.min(vs - o, r.int(1, 8) * 512 * r.pick([1, 1, 16, 256]));
         pieces.push({ offset: o, length: len, kind: r.pick(kinds) });
         o += len;
       }
       const got: { offset: number; length: number; kind: string }[] = [];
-      for await (const e of normalise((async function* () { yield* pieces; })(), cs, vs)) got.push({ ...e });
+      for await (const e of normalise(
+        (async function* () {
+          yield* pieces;
+        })(),
+        cs,
+        vs,
+      ))
+        got.push({ ...e });
       // Brute force: classify every cluster, merge.
       const want: { offset: number; length: number; kind: string }[] = [];
       for (let c = 0; c * cs < vs; c++) {
@@ -293,7 +421,9 @@ describe('maps and blocks', () => {
     for (let round = 0; round < 100; round++) {
       const batches: Batch[] = [];
       const snapshot = (b: Batch) => ({ ...b, buf: Buffer.from(b.buf) });
-      const batcher = new Batcher(0, r.pick([BLOCK_SIZE, 3 * BLOCK_SIZE, 1 << 20]), async (b) => { batches.push(snapshot(b)); });
+      const batcher = new Batcher(0, r.pick([BLOCK_SIZE, 3 * BLOCK_SIZE, 1 << 20]), async (b) => {
+        batches.push(snapshot(b));
+      });
       // Extents of data made of pieces split at arbitrary 512-byte points.
       const extents: { offset: number; data: Buffer }[] = [];
       let o = r.int(0, 64) * 512;
@@ -320,11 +450,13 @@ describe('maps and blocks', () => {
         batcher.gap();
       }
       await batcher.flush();
-      const blocks = batches.flatMap((b) => b.items.flatMap((it) => (it.kind === 'block' ? [{ offset: it.offset, bytes: b.buf.subarray(it.at, it.at + it.length) }] : [])));
+      const blocks = batches.flatMap((b) =>
+        b.items.flatMap((it) => (it.kind === 'block' ? [{ offset: it.offset, bytes: b.buf.subarray(it.at, it.at + it.length) }] : [])),
+      );
       // Reference cut of each extent.
       const want: { offset: number; bytes: Buffer }[] = [];
       for (const e of extents) {
-        for (let p = 0; p < e.data.length;) {
+        for (let p = 0; p < e.data.length; ) {
           const abs = e.offset + p;
           const n = Math.min(BLOCK_SIZE - (abs % BLOCK_SIZE), e.data.length - p);
           want.push({ offset: abs, bytes: e.data.subarray(p, p + n) });

@@ -3,24 +3,25 @@
  * (no VM, no snapshot record, no file, not even the disks directory). Bundles are made by the CLI from
  * a real chain; the imports run in-process (same code as the CLI) so that hundreds of them stay fast.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
 import { existsSync } from 'node:fs';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { CloneboxError } from '../src/errors.js';
-import { resolveHome } from '../src/store/home.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type KeySource, loadKeySource } from '../src/bundle/crypto.js';
 import { importBundle } from '../src/bundle/import.js';
 import { verifyBundle } from '../src/bundle/verify.js';
-import { loadKeySource, type KeySource } from '../src/bundle/crypto.js';
+import { CloneboxError } from '../src/errors.js';
+import { resolveHome } from '../src/store/home.js';
 import { runCli } from './helpers/cli.js';
 import { qemuIo } from './helpers/qemu.js';
+import { compressibleBytes, rng } from './helpers/random.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
-import { rng, compressibleBytes } from './helpers/random.js';
 
 let root = '';
-let plain : Buffer = Buffer.alloc(0);
-let other : Buffer = Buffer.alloc(0);
-let encrypted : Buffer = Buffer.alloc(0);
+let plain: Buffer = Buffer.alloc(0);
+let other: Buffer = Buffer.alloc(0);
+let encrypted: Buffer = Buffer.alloc(0);
 let pwKey: KeySource;
 let attempt = 0;
 
@@ -44,7 +45,10 @@ async function makeBundle(home: string, disks: string, vm: string, seed: number,
   await qemuIo(disk, ['write -P 0x6 16M 64k']);
   await cli(home, ['snapshot', 'create', vm, '--name', 'three']);
   const out = path.join(root, `${vm}-${extra.length ? 'enc' : 'plain'}.bundle`);
-  await cli(home, ['snapshot', 'export', vm, '-o', out, ...extra], { CLONEBOX_BUNDLE_PACK_BYTES: String(256 * 1024), CLONEBOX_BUNDLE_FRAME_BYTES: String(128 * 1024) });
+  await cli(home, ['snapshot', 'export', vm, '-o', out, ...extra], {
+    CLONEBOX_BUNDLE_PACK_BYTES: String(256 * 1024),
+    CLONEBOX_BUNDLE_FRAME_BYTES: String(128 * 1024),
+  });
   return readFile(out);
 }
 
@@ -153,7 +157,10 @@ describe('damaged bundles are refused and nothing is written', () => {
   });
 
   it('refuses a bundle with one byte changed, wherever it is (plain and encrypted)', async () => {
-    for (const [bytes, key] of [[plain, null], [encrypted, pwKey]] as const) {
+    for (const [bytes, key] of [
+      [plain, null],
+      [encrypted, pwKey],
+    ] as const) {
       const offsets = new Set<number>();
       const r = rng(99);
       for (let i = 0; i < 40; i++) offsets.add(Math.floor((i / 40) * bytes.length) + r.int(0, 512));
@@ -186,10 +193,16 @@ describe('damaged bundles are refused and nothing is written', () => {
     expect(packs.length).toBeGreaterThanOrEqual(3);
     const cases: [string, (Entry | Buffer)[]][] = [
       ['two packs swapped', [e[0]!, e[1]!, e[3]!, e[2]!, ...e.slice(4)]],
-      ['pack contents swapped under their names', [e[0]!, e[1]!, { name: e[2]!.name, data: e[3]!.data }, { name: e[3]!.name, data: e[2]!.data }, ...e.slice(4)]],
+      [
+        'pack contents swapped under their names',
+        [e[0]!, e[1]!, { name: e[2]!.name, data: e[3]!.data }, { name: e[3]!.name, data: e[2]!.data }, ...e.slice(4)],
+      ],
       ['a pack twice', [e[0]!, e[1]!, e[2]!, e[2]!, ...e.slice(3)]],
       ['a pack dropped', [e[0]!, e[1]!, ...e.slice(3)]],
-      ['a pack dropped and the rest renumbered', [e[0]!, e[1]!, ...packs.slice(1).map((p, i) => ({ name: `pack-${String(i).padStart(8, '0')}`, data: p.data })), e[e.length - 1]!]],
+      [
+        'a pack dropped and the rest renumbered',
+        [e[0]!, e[1]!, ...packs.slice(1).map((p, i) => ({ name: `pack-${String(i).padStart(8, '0')}`, data: p.data })), e[e.length - 1]!],
+      ],
       ['the last pack dropped', [...e.slice(0, e.length - 2), e[e.length - 1]!]],
       ['no seal', e.slice(0, -1)],
       ['a pack from another bundle', [e[0]!, e[1]!, o[2]!, ...e.slice(3)]],
@@ -234,7 +247,14 @@ describe('damaged bundles are refused and nothing is written', () => {
       ['header entry of the wrong size', tarOf([{ name: 'header', data: Buffer.concat([e[0]!.data, Buffer.alloc(10)]) }, ...e.slice(1)])],
       ['not a tar file at all', Buffer.from('{"hello": "world"}\n'.repeat(100))],
       ['a tar of something else', tarOf([{ name: 'readme.txt', data: Buffer.from('hello') }])],
-      ['bad header checksum', (() => { const b = Buffer.from(plain); b[1024 + 100] = 0x37; return b; })()],
+      [
+        'bad header checksum',
+        (() => {
+          const b = Buffer.from(plain);
+          b[1024 + 100] = 0x37;
+          return b;
+        })(),
+      ],
       ['garbage after the end of the archive', Buffer.concat([plain, Buffer.from('trailing')])],
     ];
     for (const [what, bytes] of cases) {

@@ -3,16 +3,17 @@
  * second home, and every snapshot compared with qemu-img compare (content), qemu-img map of each layer
  * alone (allocation), qemu-img check (consistency), plus metadata and content ids.
  */
-import { describe, expect, it } from 'vitest';
+
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import type { ExportResult } from '../src/bundle/export.js';
 import { expectSameChain } from './helpers/chains.js';
 import { CLI_PATH, CliHome, parseJsonOutput } from './helpers/cli.js';
 import { run } from './helpers/process.js';
 import { qemuCompare, qemuImg, qemuIo, qemuMapAlone } from './helpers/qemu.js';
-import { makeTempDir } from './helpers/temp.js';
 import { compressibleBytes, rng } from './helpers/random.js';
-import type { ExportResult } from '../src/bundle/export.js';
+import { makeTempDir } from './helpers/temp.js';
 
 interface Snap {
   name: string;
@@ -63,7 +64,11 @@ describe('snapshot export / import round trips', () => {
 
     const bundle = path.join(root, 'web.bundle');
     const ex = await a.json<ExportDoc>(['snapshot', 'export', 'web', '-o', bundle]);
-    expect(Object.keys(ex).filter((k) => ['file', 'snapshots', 'logical_bytes', 'unique_bytes', 'stored_bytes', 'blocks', 'unique_blocks', 'encrypted', 'seconds'].includes(k))).toHaveLength(9);
+    expect(
+      Object.keys(ex).filter((k) =>
+        ['file', 'snapshots', 'logical_bytes', 'unique_bytes', 'stored_bytes', 'blocks', 'unique_blocks', 'encrypted', 'seconds'].includes(k),
+      ),
+    ).toHaveLength(9);
     expect(ex.snapshots).toEqual(['base', 'apps', 'work']);
     expect(ex.encrypted).toBe(false);
     expect(ex.unique_blocks).toBeLessThan(ex.blocks); // dedup is real
@@ -75,7 +80,14 @@ describe('snapshot export / import round trips', () => {
     expect(list.code).toBe(0);
     expect(list.stdout.trim().split('\n')).toEqual(['header', 'meta', 'pack-00000000', 'seal']);
 
-    const im = await b.json<{ vm: string; snapshots: string[]; bytes_written: number; seconds: number }>(['snapshot', 'import', 'copy', bundle, '--dir', disksB]);
+    const im = await b.json<{ vm: string; snapshots: string[]; bytes_written: number; seconds: number }>([
+      'snapshot',
+      'import',
+      'copy',
+      bundle,
+      '--dir',
+      disksB,
+    ]);
     expect(im.vm).toBe('copy');
     expect(im.snapshots).toEqual(['base', 'apps', 'work']);
     expect(im.bytes_written).toBeGreaterThan(0);
@@ -93,9 +105,17 @@ describe('snapshot export / import round trips', () => {
     // verify and inspect agree with the export.
     const v = await a.json<{ ok: boolean; snapshots: string[]; blocks_checked: number; errors: unknown[] }>(['snapshot', 'verify', bundle]);
     expect(v).toMatchObject({ ok: true, snapshots: ['base', 'apps', 'work'], blocks_checked: ex.unique_blocks, errors: [] });
-    const ins = await a.json<{ logical_bytes: number; unique_bytes: number; stored_bytes: number; snapshots: { name: string; description: string | null }[] }>(['snapshot', 'inspect', bundle]);
+    const ins = await a.json<{ logical_bytes: number; unique_bytes: number; stored_bytes: number; snapshots: { name: string; description: string | null }[] }>([
+      'snapshot',
+      'inspect',
+      bundle,
+    ]);
     expect(ins).toMatchObject({ logical_bytes: ex.logical_bytes, unique_bytes: ex.unique_bytes, stored_bytes: ex.stored_bytes });
-    expect(ins.snapshots.map((s) => [s.name, s.description])).toEqual([['base', 'the base system'], ['apps', null], ['work', 'day 1']]);
+    expect(ins.snapshots.map((s) => [s.name, s.description])).toEqual([
+      ['base', 'the base system'],
+      ['apps', null],
+      ['work', 'day 1'],
+    ]);
 
     // A branch: restore base, snapshot again; export --name picks that line only.
     await a.ok(['snapshot', 'restore', 'web', '--name', 'base', '--yes']);
@@ -130,8 +150,18 @@ describe('snapshot export / import round trips', () => {
     expect(ex.unique_blocks).toBeLessThan(ex.blocks);
     await b.ok(['snapshot', 'import', 'pair', bundle, '--dir', disksB]);
     await expectSameChain(a.home, 'pair', b.home, 'pair', { sameLayers: true });
-    expect((await readdir(disksB)).sort()).toEqual(['pair-vdb.qcow2', 'pair-vdb@s1.qcow2', 'pair-vdb@s2.qcow2', 'pair.qcow2', 'pair@s1.qcow2', 'pair@s2.qcow2']);
-    const info = JSON.parse((await qemuImg(['info', '--output=json', path.join(disksB, 'pair-vdb@s2.qcow2')])).stdout) as { 'cluster-size': number; 'virtual-size': number };
+    expect((await readdir(disksB)).sort()).toEqual([
+      'pair-vdb.qcow2',
+      'pair-vdb@s1.qcow2',
+      'pair-vdb@s2.qcow2',
+      'pair.qcow2',
+      'pair@s1.qcow2',
+      'pair@s2.qcow2',
+    ]);
+    const info = JSON.parse((await qemuImg(['info', '--output=json', path.join(disksB, 'pair-vdb@s2.qcow2')])).stdout) as {
+      'cluster-size': number;
+      'virtual-size': number;
+    };
     expect(info['cluster-size']).toBe(262144);
     expect(info['virtual-size']).toBe(33 * 1024 * 1024 + 3 * 512);
   });
@@ -170,7 +200,8 @@ describe('snapshot export / import round trips', () => {
     await qemuIo(disk, [`write -s ${rnd} 20M 5M`]);
     await a.ok(['snapshot', 'create', 'p', '--name', 'two']);
     const env = { ...process.env, CLONEBOX_BUNDLE_PACK_BYTES: String(1024 * 1024), CLONEBOX_BUNDLE_FRAME_BYTES: String(256 * 1024) };
-    const cmd = `"${process.execPath}" "${CLI_PATH}" --home "${a.home}" snapshot export p -o - --json 2>"${root}/export.json" | ` +
+    const cmd =
+      `"${process.execPath}" "${CLI_PATH}" --home "${a.home}" snapshot export p -o - --json 2>"${root}/export.json" | ` +
       `"${process.execPath}" "${CLI_PATH}" --home "${b.home}" snapshot import p - --dir "${disksB}" --json`;
     const r = await run('bash', ['-o', 'pipefail', '-c', cmd], { env, timeoutMs: 120_000 });
     expect(r.code, r.stderr).toBe(0);
@@ -248,7 +279,10 @@ describe('snapshot export / import round trips', () => {
     // 64 KiB clusters: the importer reads repeated blocks back from the layer it wrote them to. 128 KiB
     // clusters assemble blocks in memory, so repeated blocks come from their frame again (from the
     // bundle file, or the spool for a pipe).
-    for (const [vm, cs] of [['big', '64K'], ['wide', '128K']] as const) {
+    for (const [vm, cs] of [
+      ['big', '64K'],
+      ['wide', '128K'],
+    ] as const) {
       await a.ok(['vm', 'create', vm, '--size', '96M', '--cluster-size', cs, '--dir', disksA]);
       const disk = path.join(disksA, `${vm}.qcow2`);
       await qemuIo(disk, [`write -s ${rnd} 0 40M`]);
@@ -259,7 +293,12 @@ describe('snapshot export / import round trips', () => {
     }
     const key = path.join(root, 'k.key');
     await a.ok(['key', 'generate', '-o', key]);
-    for (const [vm, enc] of [['big', false], ['big', true], ['wide', false], ['wide', true]] as const) {
+    for (const [vm, enc] of [
+      ['big', false],
+      ['big', true],
+      ['wide', false],
+      ['wide', true],
+    ] as const) {
       const tag = `${vm}-${enc}`;
       const file = path.join(root, `${tag}.bundle`);
       const extra = enc ? ['--encrypt', '--key-file', key] : [];
@@ -268,7 +307,10 @@ describe('snapshot export / import round trips', () => {
       const keyArgs = enc ? ['--key-file', key] : [];
       await b.ok(['snapshot', 'import', `file-${tag}`, file, '--dir', path.join(root, `out-file-${tag}`), ...keyArgs]);
       await expectSameChain(a.home, vm, b.home, `file-${tag}`, { sameLayers: true });
-      const piped = await run('bash', ['-c', `"${process.execPath}" "${CLI_PATH}" --home "${b.home}" snapshot import pipe-${tag} - --dir "${path.join(root, `out-pipe-${tag}`)}" ${keyArgs.join(' ')} < "${file}"`]);
+      const piped = await run('bash', [
+        '-c',
+        `"${process.execPath}" "${CLI_PATH}" --home "${b.home}" snapshot import pipe-${tag} - --dir "${path.join(root, `out-pipe-${tag}`)}" ${keyArgs.join(' ')} < "${file}"`,
+      ]);
       expect(piped.code, piped.stderr).toBe(0);
       await expectSameChain(a.home, vm, b.home, `pipe-${tag}`, { sameLayers: true });
       expect((await readdir(path.join(root, `out-pipe-${tag}`))).filter((f) => f.startsWith('.'))).toEqual([]);
@@ -279,7 +321,17 @@ describe('snapshot export / import round trips', () => {
     const { root, a, b, disksA, disksB } = await setup('enc');
     await a.ok(['vm', 'create', 'secretvmname', '--size', '16M', '--dir', disksA]);
     await qemuIo(path.join(disksA, 'secretvmname.qcow2'), ['write -P 0x33 0 2M']);
-    await a.ok(['snapshot', 'create', 'secretvmname', '--name', 'hiddensnapname', '--description', 'confidential-description-text', '--tags', 'privatetagvalue']);
+    await a.ok([
+      'snapshot',
+      'create',
+      'secretvmname',
+      '--name',
+      'hiddensnapname',
+      '--description',
+      'confidential-description-text',
+      '--tags',
+      'privatetagvalue',
+    ]);
     const pw = path.join(root, 'pw');
     await writeFile(pw, 'correct horse battery staple\n');
     const key = path.join(root, 'k.key');
@@ -288,7 +340,10 @@ describe('snapshot export / import round trips', () => {
     const again = await a.cli(['key', 'generate', '-o', key]);
     expect(again.code).toBe(1); // never overwrites a key
 
-    for (const [label, flag, file] of [['pass', '--passphrase-file', pw], ['key', '--key-file', key]] as const) {
+    for (const [label, flag, file] of [
+      ['pass', '--passphrase-file', pw],
+      ['key', '--key-file', key],
+    ] as const) {
       const bundle = path.join(root, `${label}.bundle`);
       const ex = await a.json<ExportDoc>(['snapshot', 'export', 'secretvmname', '-o', bundle, '--encrypt', flag, file]);
       expect(ex.encrypted).toBe(true);

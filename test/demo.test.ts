@@ -1,7 +1,8 @@
 /** `clonebox demo` runs the whole story with nothing but Node, and leaves valid images behind. */
-import { describe, expect, it } from 'vitest';
-import path from 'node:path';
+
 import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { qemuCheck, qemuCompare } from './helpers/qemu.js';
 import { makeTempDir } from './helpers/temp.js';
@@ -11,10 +12,24 @@ describe('demo', () => {
     const dir = await makeTempDir('clonebox-demo-');
     const r = await runCli(['demo', '--dir', dir, '--json'], { home: null, env: { HOME: dir } });
     expect(r.code, r.stderr).toBe(0);
-    const out = parseJsonOutput<{ vm: string; steps: { command: string; output: string[] }[]; stats: { savings_percent: number; unique_bytes: number; allocated_bytes: number } }>(r);
+    const out = parseJsonOutput<{
+      vm: string;
+      steps: { command: string; output: string[] }[];
+      stats: { savings_percent: number; unique_bytes: number; allocated_bytes: number };
+    }>(r);
     const commands = out.steps.map((s) => s.command).join('\n');
-    for (const c of ['vm create', 'snapshot create', 'snapshot restore', 'snapshot diff', 'snapshot list', 'snapshot stats',
-      'key generate', 'snapshot export', 'snapshot import']) expect(commands).toContain(c);
+    for (const c of [
+      'vm create',
+      'snapshot create',
+      'snapshot restore',
+      'snapshot diff',
+      'snapshot list',
+      'snapshot stats',
+      'key generate',
+      'snapshot export',
+      'snapshot import',
+    ])
+      expect(commands).toContain(c);
     expect(out.steps.at(-1)!.output).toEqual(['3 snapshot(s) identical']);
     expect(out.stats.unique_bytes).toBeLessThan(out.stats.allocated_bytes); // the repeated library deduplicates
     const tree = await runCli(['snapshot', 'list', 'demo', '--tree', '--json'], { home: path.join(dir, 'home') });

@@ -33,7 +33,7 @@ const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const expected = await readExpected<BundleFixture>('bundle');
 const tmp = useTempDir('clonebox-fixtures-bundle-');
 
-describe('bundle fixtures of today\'s format', () => {
+describe("bundle fixtures of today's format", () => {
   it('hold a chain of at least two snapshots with data', async () => {
     expect(expected.snapshots.length).toBeGreaterThanOrEqual(2);
     expect(expected.snapshots[0]!.parent).toBeNull();
@@ -57,8 +57,12 @@ describe('bundle fixtures of today\'s format', () => {
       expect(views.map((v) => v.name).sort()).toEqual(expected.snapshots.map((s) => s.name).sort());
       for (const s of expected.snapshots) {
         const v = views.find((x) => x.name === s.name)!;
-        expect({ parent: v.parent, description: v.description, tags: v.tags, created_at: v.created_at }, s.name)
-          .toEqual({ parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at });
+        expect({ parent: v.parent, description: v.description, tags: v.tags, created_at: v.created_at }, s.name).toEqual({
+          parent: s.parent,
+          description: s.description,
+          tags: s.tags,
+          created_at: s.created_at,
+        });
         expect(v.disks.map((d) => d.target)).toEqual(s.disks.map((d) => d.target));
         for (const d of s.disks) {
           const chain = await Chain.open(v.disks.find((x) => x.target === d.target)!.path);

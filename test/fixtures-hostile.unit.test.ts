@@ -32,7 +32,11 @@ let n = 0;
 
 describe('hostile fixtures', () => {
   it('cover images, chains and bundles', () => {
-    for (const kind of ['qcow2', 'chain', 'bundle']) expect(cases.some((c) => c.kind === kind), kind).toBe(true);
+    for (const kind of ['qcow2', 'chain', 'bundle'])
+      expect(
+        cases.some((c) => c.kind === kind),
+        kind,
+      ).toBe(true);
   });
 
   for (const c of cases) {
@@ -47,7 +51,10 @@ describe('hostile fixtures', () => {
         const vm = `v${n++}`;
         const dir = path.join(tmp(), `disks-${vm}`);
         const key = c.key ? await loadKeySource({ keyFile: path.join(FIXTURES, 'hostile', c.key) }) : null;
-        const err = await importBundle(home, vm, { input: path.join(FIXTURES, 'hostile', c.file), key, dir }).then(() => null, (e: unknown) => e);
+        const err = await importBundle(home, vm, { input: path.join(FIXTURES, 'hostile', c.file), key, dir }).then(
+          () => null,
+          (e: unknown) => e,
+        );
         expect(err).toBeInstanceOf(CloneboxError);
         expect((err as CloneboxError).code, (err as Error).message).toBe(c.code);
         expect(existsSync(dir), 'disks dir left behind').toBe(false);

@@ -6,17 +6,18 @@
  * and the same bundle imports again. An import still running (its lock held by a live process) is
  * left alone, and a damaged journal is reported, never acted on.
  */
-import { describe, expect, it } from 'vitest';
+
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import type { RunResult } from './helpers/process.js';
 import { qemuCheck, qemuCompare, qemuIo } from './helpers/qemu.js';
-import { makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
+import { makeTempDir } from './helpers/temp.js';
 
 const WARNING = /^clonebox: warning: (removed the remains of|completed) an interrupted import of VM 'dst'.*$/gm;
 
@@ -51,12 +52,16 @@ async function expectComplete(e: Env, what: string): Promise<void> {
   const list = parseJsonOutput<{ name: string; disks: { path: string }[] }[]>(await e.ok(['snapshot', 'list', 'dst', '--json']));
   expect(list.map((s) => s.name).sort(), what).toEqual(['a', 'b']);
   const cur = path.join(e.dstDisks, 'dst.qcow2');
-  const pairs = [...list.map((s) => [`snapshot ${s.name}`, path.join(e.srcDisks, `src@${s.name}.qcow2`), s.disks[0]!.path] as const),
-    ['current state', path.join(e.srcDisks, 'src@b.qcow2'), cur] as const];
-  await Promise.all(pairs.map(async ([label, src, dst]) => {
-    expect((await qemuCompare(src, dst)).code, `${what}: ${label}`).toBe(0);
-    expect((await qemuCheck(dst)).code, `${what}: check ${label}`).toBe(0);
-  }));
+  const pairs = [
+    ...list.map((s) => [`snapshot ${s.name}`, path.join(e.srcDisks, `src@${s.name}.qcow2`), s.disks[0]!.path] as const),
+    ['current state', path.join(e.srcDisks, 'src@b.qcow2'), cur] as const,
+  ];
+  await Promise.all(
+    pairs.map(async ([label, src, dst]) => {
+      expect((await qemuCompare(src, dst)).code, `${what}: ${label}`).toBe(0);
+      expect((await qemuCheck(dst)).code, `${what}: check ${label}`).toBe(0);
+    }),
+  );
   expect((await readdir(e.dstDisks)).sort(), `${what}: files`).toEqual(['dst.qcow2', 'dst@a.qcow2', 'dst@b.qcow2']);
 }
 
@@ -106,7 +111,9 @@ async function crashEveryStep(e: Env, stdin: boolean): Promise<{ steps: number; 
       expect(parseJsonOutput<{ error: { code: string } }>(again).error.code, what).toBe('VM_EXISTS');
     } else {
       seen.rolledBack++;
-      expect(warnings(first)[0], what).toMatch(/removed the remains of an interrupted import of VM 'dst' \((no temporary files yet|\d+ temporary files?, [\d.]+ (B|KiB|MiB))\)$/);
+      expect(warnings(first)[0], what).toMatch(
+        /removed the remains of an interrupted import of VM 'dst' \((no temporary files yet|\d+ temporary files?, [\d.]+ (B|KiB|MiB))\)$/,
+      );
       expect(vms, what).not.toContain('dst');
       expect(existsSync(e.dstVm), `${what}: vms/dst left`).toBe(false);
       expect(existsSync(e.dstDisks), `${what}: disks/dst left`).toBe(false);
@@ -133,7 +140,10 @@ describe('home sweep of interrupted imports', () => {
     }
     expect(stdin.rolledBack, 'a stdin import has one more prepare step (its spool file)').toBe(file.rolledBack + 1);
     // The other VM went through it all unharmed.
-    for (const [e, r] of [[ef, file], [es, stdin]] as const) {
+    for (const [e, r] of [
+      [ef, file],
+      [es, stdin],
+    ] as const) {
       expect(parseJsonOutput<unknown[]>(await e.ok(['snapshot', 'list', 'other', '--json'])).length).toBe(r.steps);
     }
   }, 120_000);
@@ -154,7 +164,10 @@ describe('home sweep of interrupted imports', () => {
     try {
       await lockAs(holder.pid!, os.hostname());
       const untouched = async (what: string) => {
-        for (const args of [['vm', 'list'], ['snapshot', 'create', 'other', '--name', `x${Math.random().toString(36).slice(2, 8)}`]]) {
+        for (const args of [
+          ['vm', 'list'],
+          ['snapshot', 'create', 'other', '--name', `x${Math.random().toString(36).slice(2, 8)}`],
+        ]) {
           const r = await e.ok(args);
           expect(r.stderr, `${what}: ${args.join(' ')}`).toBe('');
         }
@@ -188,7 +201,10 @@ describe('home sweep of interrupted imports', () => {
     const disks = path.join(e.home, 'disks', 'junk');
     await mkdir(disks, { recursive: true });
     await writeFile(path.join(disks, '.junk@a.qcow2.import-1-abcd'), 'data the user may want');
-    for (const args of [['vm', 'list', '--json'], ['snapshot', 'create', 'other', '--name', 'y']]) {
+    for (const args of [
+      ['vm', 'list', '--json'],
+      ['snapshot', 'create', 'other', '--name', 'y'],
+    ]) {
       const r = await e.cli(args);
       expect(r.code, r.stderr).toBe(0);
       const lines = r.stderr.split('\n').filter((l) => l.startsWith('clonebox: warning:'));

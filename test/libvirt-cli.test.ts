@@ -5,8 +5,8 @@
  */
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { libvirtSuite, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
+import { libvirtSuite, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 import { qemuIo } from './helpers/qemu.js';
 import { makeTempDir } from './helpers/temp.js';
 
@@ -59,7 +59,8 @@ describe.skipIf(suite.skip)(suite.title, () => {
     expect(im.code, im.stderr).toBe(0);
     const copy = parseJsonOutput<{ driver: string }>(await runCli(['vm', 'show', 'copy', '--json'], { home: home2 }));
     expect(copy.driver).toBe('image');
-    const layer = parseJsonOutput<{ disks: { path: string }[] }>(await runCli(['snapshot', 'show', 'copy', '--name', 's1', '--json'], { home: home2 })).disks[0]!.path;
+    const layer = parseJsonOutput<{ disks: { path: string }[] }>(await runCli(['snapshot', 'show', 'copy', '--name', 's1', '--json'], { home: home2 }))
+      .disks[0]!.path;
     expect(await sameContent(layer, ref)).toBe(true);
   });
 });

@@ -8,12 +8,12 @@ import { existsSync } from 'node:fs';
 import { rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
+import { inspectDomain, LibvirtDriver, type LibvirtStep, performLibvirtStep } from '../src/drivers/libvirt/driver.js';
+import type { CloneboxError } from '../src/errors.js';
 import type { Action, Journal } from '../src/store/journal.js';
 import type { VmRecord } from '../src/store/registry.js';
 import type { SnapshotRecord } from '../src/store/snapshots.js';
-import type { CloneboxError } from '../src/errors.js';
-import { inspectDomain, LibvirtDriver, performLibvirtStep, type LibvirtStep } from '../src/drivers/libvirt/driver.js';
-import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { libvirtSuite, qcow2, sameContent, sh, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 
 const { suite } = await libvirtSuite('libvirt driver on a real daemon');
@@ -30,8 +30,14 @@ async function commit(actions: Action[]): Promise<void> {
     for (let pass = 0; pass < 2; pass++) {
       const x = a as Exclude<Action, { do: 'driver' }> | { do: 'driver'; driver: string; step: LibvirtStep };
       if (x.do === 'driver') await performLibvirtStep(x.step);
-      else if (x.do === 'rename') await rename(x.from, x.to).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT' || !existsSync(x.to)) throw e; });
-      else if (x.do === 'unlink') await unlink(x.path).catch((e: NodeJS.ErrnoException) => { if (e.code !== 'ENOENT') throw e; });
+      else if (x.do === 'rename')
+        await rename(x.from, x.to).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT' || !existsSync(x.to)) throw e;
+        });
+      else if (x.do === 'unlink')
+        await unlink(x.path).catch((e: NodeJS.ErrnoException) => {
+          if (e.code !== 'ENOENT') throw e;
+        });
       else throw new Error(`unexpected action ${x.do}`);
     }
   }
@@ -46,14 +52,29 @@ describe.skipIf(suite.skip)(suite.title, () => {
   const driver = new LibvirtDriver();
 
   it('registers only persistent domains with qcow2 disks and no libvirt snapshot metadata', async () => {
-    const d = await TestDomain.define(virsh, 'reg', { disks: [{ target: 'vda', sizeMiB: 16 }, { target: 'vdb', sizeMiB: 16 }] });
+    const d = await TestDomain.define(virsh, 'reg', {
+      disks: [
+        { target: 'vda', sizeMiB: 16 },
+        { target: 'vdb', sizeMiB: 16 },
+      ],
+    });
     const r = await inspectDomain(d.name, URI);
     expect(r.disks).toEqual(d.disks.map((k) => ({ target: k.target, path: k.path })));
-    expect((await inspectDomain('clonebox-test-none', URI).catch((e: unknown) => e as CloneboxError) as CloneboxError).code).toBe('DOMAIN_NOT_FOUND');
+    expect(((await inspectDomain('clonebox-test-none', URI).catch((e: unknown) => e as CloneboxError)) as CloneboxError).code).toBe('DOMAIN_NOT_FOUND');
     // libvirt metadata (a snapshot taken with plain virsh) would go stale under clonebox: refused.
     const ov = path.join(d.dir, 'vda.meta.qcow2');
     await qcow2(ov, 0, d.disks[0]!.path);
-    await virsh.run(['snapshot-create-as', d.name, 'outside', '--disk-only', '--reuse-external', '--diskspec', `vda,file=${ov}`, '--diskspec', 'vdb,snapshot=no']);
+    await virsh.run([
+      'snapshot-create-as',
+      d.name,
+      'outside',
+      '--disk-only',
+      '--reuse-external',
+      '--diskspec',
+      `vda,file=${ov}`,
+      '--diskspec',
+      'vdb,snapshot=no',
+    ]);
     const e = await inspectDomain(d.name, URI).catch((x: unknown) => x as CloneboxError);
     expect((e as CloneboxError).code).toBe('LIBVIRT_UNSUPPORTED');
     expect((e as CloneboxError).message).toMatch(/outside/);
@@ -70,10 +91,20 @@ describe.skipIf(suite.skip)(suite.title, () => {
         timings[label] = Date.now() - t0;
       }
     };
-    const d = await TestDomain.define(virsh, 'drv', { disks: [{ target: 'vda', sizeMiB: 64 }, { target: 'vdb', sizeMiB: 32 }] });
+    const d = await TestDomain.define(virsh, 'drv', {
+      disks: [
+        { target: 'vda', sizeMiB: 64 },
+        { target: 'vdb', sizeMiB: 32 },
+      ],
+    });
     let vm: VmRecord = {
-      format: 1, name: 'web', driver: 'libvirt', created_at: new Date().toISOString(), current: null,
-      disks: (await inspectDomain(d.name, URI)).disks, libvirt: { domain: d.name, uri: URI },
+      format: 1,
+      name: 'web',
+      driver: 'libvirt',
+      created_at: new Date().toISOString(),
+      current: null,
+      disks: (await inspectDomain(d.name, URI)).disks,
+      libvirt: { domain: d.name, uri: URI },
     };
     const snaps: SnapshotRecord[] = [];
     const raws = new Map<string, string>(); // snapshot → raw copy of vda at that point
@@ -83,8 +114,20 @@ describe.skipIf(suite.skip)(suite.title, () => {
       expect(j.created).toEqual([...p.disks.map((k) => k.path), ...(p.memoryPath ? [p.memoryPath] : [])]);
       await commit(p.actions);
       const rec: SnapshotRecord = {
-        name, vm_name: vm.name, type: p.type, state: 'ready', created_at: new Date().toISOString(), description: null,
-        parent: vm.current, tags: [], auto_created: false, auto_policy: null, expires_at: null, disks: p.layers, memory_path: p.memoryPath, size_bytes: 0,
+        name,
+        vm_name: vm.name,
+        type: p.type,
+        state: 'ready',
+        created_at: new Date().toISOString(),
+        description: null,
+        parent: vm.current,
+        tags: [],
+        auto_created: false,
+        auto_policy: null,
+        expires_at: null,
+        disks: p.layers,
+        memory_path: p.memoryPath,
+        size_bytes: 0,
       };
       snaps.push(rec);
       vm = { ...vm, current: name, disks: p.disks };
@@ -160,7 +203,9 @@ describe.skipIf(suite.skip)(suite.title, () => {
     const newBase = new Map(vm.disks.map((k) => [k.target, s1.rec.disks.find((l) => l.target === k.target)!.path] as [string, string]));
     const m1 = await driver.prepareRebaseCurrent(vm, newBase, j);
     expect(j.created).toEqual([]); // running: nothing to prepare, qemu does the work
-    await time('delete current, running (blockpull)', () => commit([...m1.actions, ...s2.rec.disks.map((l) => ({ do: 'unlink', path: l.path }) as Action), { do: 'unlink', path: s2.rec.memory_path! }]));
+    await time('delete current, running (blockpull)', () =>
+      commit([...m1.actions, ...s2.rec.disks.map((l) => ({ do: 'unlink', path: l.path }) as Action), { do: 'unlink', path: s2.rec.memory_path! }]),
+    );
     vm = { ...vm, current: 's1', disks: m1.disks };
     const live = parseDomainXml(await virsh.dumpXml(d.name));
     for (const k of vm.disks) expect(live.disk(k.target).backingChain?.[0]?.source).toBe(newBase.get(k.target));
@@ -197,7 +242,11 @@ describe.skipIf(suite.skip)(suite.title, () => {
     // the domain changed behind clonebox's back: refused, nothing created
     const other = path.join(d.dir, 'elsewhere.qcow2');
     await qcow2(other, 64);
-    await virsh.define(parseDomainXml(await virsh.dumpXml(d.name, { inactive: true })).setDiskSource('vda', other).toString());
+    await virsh.define(
+      parseDomainXml(await virsh.dumpXml(d.name, { inactive: true }))
+        .setDiskSource('vda', other)
+        .toString(),
+    );
     const jj = fakeJournal();
     const e2 = await driver.prepareSnapshot(vm, 's5', { memory: false, quiesce: false }, jj).catch((x: unknown) => x as CloneboxError);
     expect((e2 as CloneboxError).code).toBe('DOMAIN_CHANGED');
@@ -208,8 +257,13 @@ describe.skipIf(suite.skip)(suite.title, () => {
   it('keeps a managed save image in step with an offline snapshot', async () => {
     const d = await TestDomain.define(virsh, 'msave');
     let vm: VmRecord = {
-      format: 1, name: 'ms', driver: 'libvirt', created_at: new Date().toISOString(), current: null,
-      disks: [{ target: 'vda', path: d.disks[0]!.path }], libvirt: { domain: d.name, uri: URI },
+      format: 1,
+      name: 'ms',
+      driver: 'libvirt',
+      created_at: new Date().toISOString(),
+      current: null,
+      disks: [{ target: 'vda', path: d.disks[0]!.path }],
+      libvirt: { domain: d.name, uri: URI },
     };
     await virsh.start(d.name);
     await d.guestWrite('vda', 'write -P 0x77 0 64k');

@@ -34,7 +34,9 @@ if (op === 'delete') await m.delete('web', name, { keepChildren: true });
 
 function child(home: string, op: string, name: string, crashAt: number): 'killed' | 'completed' {
   const r = spawnSync(process.execPath, ['--input-type=module', '-e', CHILD, home, op, name], {
-    env: { ...process.env, CLONEBOX_CRASH_AT: String(crashAt) }, encoding: 'utf8', timeout: 120_000,
+    env: { ...process.env, CLONEBOX_CRASH_AT: String(crashAt) },
+    encoding: 'utf8',
+    timeout: 120_000,
   });
   if (r.signal === 'SIGKILL') return 'killed';
   if (r.status !== 0) throw new Error(`${op} ${name} failed: ${r.stderr}`);
@@ -48,13 +50,26 @@ describe.skipIf(suite.skip)(suite.title, () => {
     const { resolveHome } = await import('../src/store/home.js');
     const { loadVm, saveVm } = await import('../src/store/registry.js');
     const { SnapshotManager } = await import('../src/snapshots/manager.js');
-    const d = await TestDomain.define(virsh, 'mgr', { disks: [{ target: 'vda', sizeMiB: 64 }, { target: 'vdb', sizeMiB: 32 }] });
+    const d = await TestDomain.define(virsh, 'mgr', {
+      disks: [
+        { target: 'vda', sizeMiB: 64 },
+        { target: 'vdb', sizeMiB: 32 },
+      ],
+    });
     const homeDir = path.join(d.dir, 'home');
     const home = resolveHome(homeDir);
     const m = new SnapshotManager(home);
     await virsh.start(d.name);
     const ins = await inspectDomain(d.name, URI);
-    await saveVm(home, { format: 1, name: 'web', driver: 'libvirt', created_at: new Date().toISOString(), disks: ins.disks, current: null, libvirt: { domain: d.name, uri: URI } });
+    await saveVm(home, {
+      format: 1,
+      name: 'web',
+      driver: 'libvirt',
+      created_at: new Date().toISOString(),
+      disks: ins.disks,
+      current: null,
+      libvirt: { domain: d.name, uri: URI },
+    });
     const refs = new Map<string, string>();
     const ref = async (name: string) => {
       const vm = await loadVm(home, 'web');
@@ -67,7 +82,10 @@ describe.skipIf(suite.skip)(suite.title, () => {
       const vm = await loadVm(home, 'web');
       const active = await virsh.isActive(d.name);
       const x = parseDomainXml(await virsh.dumpXml(d.name, active ? {} : { inactive: true }));
-      expect(vm.disks.map((k) => x.disk(k.target).source), label).toEqual(vm.disks.map((k) => k.path));
+      expect(
+        vm.disks.map((k) => x.disk(k.target).source),
+        label,
+      ).toEqual(vm.disks.map((k) => k.path));
       expect(await virsh.snapshotList(d.name), label).toEqual([]);
       for (const s of snaps) {
         expect(s.state, label).toBe('ready');
@@ -136,7 +154,15 @@ describe.skipIf(suite.skip)(suite.title, () => {
     const { SnapshotManager } = await import('../src/snapshots/manager.js');
     const d = await TestDomain.define(virsh, 'mgr-off');
     const home = resolveHome(path.join(d.dir, 'home'));
-    await saveVm(home, { format: 1, name: 'off', driver: 'libvirt', created_at: new Date().toISOString(), disks: (await inspectDomain(d.name, URI)).disks, current: null, libvirt: { domain: d.name, uri: URI } });
+    await saveVm(home, {
+      format: 1,
+      name: 'off',
+      driver: 'libvirt',
+      created_at: new Date().toISOString(),
+      disks: (await inspectDomain(d.name, URI)).disks,
+      current: null,
+      libvirt: { domain: d.name, uri: URI },
+    });
     const e = await new SnapshotManager(home).create('off', { memory: true }).catch((x: unknown) => x as CloneboxError);
     expect((e as CloneboxError).message).toMatch(/full snapshot requires a running VM/);
     expect(await new SnapshotManager(home).list('off')).toEqual([]);

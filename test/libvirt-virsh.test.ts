@@ -5,11 +5,11 @@
 import { existsSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { CloneboxError } from '../src/errors.js';
 import { parseDomainXml } from '../src/drivers/libvirt/domain-xml.js';
 import { Virsh } from '../src/drivers/libvirt/virsh.js';
-import { libvirtSuite, qcow2, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
+import type { CloneboxError } from '../src/errors.js';
 import { rejectionCode } from './helpers/errors.js';
+import { libvirtSuite, qcow2, sameContent, snapshotRaw, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 import { bounded } from './helpers/process.js';
 import { qemuIo } from './helpers/qemu.js';
 
@@ -56,7 +56,12 @@ describe.skipIf(suite.skip)(suite.title, () => {
   });
 
   it('takes a live external disk-only atomic snapshot of two disks and moves the domain to the new overlays', async () => {
-    const d = await TestDomain.define(virsh, 'live', { disks: [{ target: 'vda', sizeMiB: 64 }, { target: 'vdb', sizeMiB: 32 }] });
+    const d = await TestDomain.define(virsh, 'live', {
+      disks: [
+        { target: 'vda', sizeMiB: 64 },
+        { target: 'vdb', sizeMiB: 32 },
+      ],
+    });
     await virsh.start(d.name);
     await d.guestWrite('vda', 'write -P 0x11 0 1M');
     await d.guestWrite('vdb', 'write -P 0x22 64k 128k');
@@ -70,7 +75,10 @@ describe.skipIf(suite.skip)(suite.title, () => {
     expect(r.warnings).toEqual([]);
 
     const live = await virsh.domblklist(d.name);
-    expect(live.map((b) => [b.target, b.source])).toEqual([['vda', overlays[0]], ['vdb', overlays[1]]]);
+    expect(live.map((b) => [b.target, b.source])).toEqual([
+      ['vda', overlays[0]],
+      ['vdb', overlays[1]],
+    ]);
     expect(live[0]!.type).toBe('file');
     expect(live[0]!.device).toBe('disk');
     // The persistent definition follows (next start uses the overlays), and libvirt keeps no metadata.
@@ -89,7 +97,15 @@ describe.skipIf(suite.skip)(suite.title, () => {
 
     // A name clash with an existing file is refused by libvirt without --reuse-external; with --atomic
     // a failed snapshot changes nothing.
-    const bad = await virsh.createSnapshot(d.name, { name: 's2', reuseExternal: false, disks: [{ target: 'vda', file: overlays[0]! }, { target: 'vdb', file: path.join(d.dir, 'vdb.s2.qcow2') }] })
+    const bad = await virsh
+      .createSnapshot(d.name, {
+        name: 's2',
+        reuseExternal: false,
+        disks: [
+          { target: 'vda', file: overlays[0]! },
+          { target: 'vdb', file: path.join(d.dir, 'vdb.s2.qcow2') },
+        ],
+      })
       .catch((e: unknown) => e as CloneboxError);
     expect((bad as CloneboxError).code).toBe('LIBVIRT_ERROR');
     expect((bad as CloneboxError).message).toContain(d.name);
@@ -99,7 +115,12 @@ describe.skipIf(suite.skip)(suite.title, () => {
   });
 
   it('takes a memory snapshot (a libvirt save image) and restores it onto new overlays', async () => {
-    const d = await TestDomain.define(virsh, 'mem', { disks: [{ target: 'vda', sizeMiB: 64 }, { target: 'vdb', sizeMiB: 32 }] });
+    const d = await TestDomain.define(virsh, 'mem', {
+      disks: [
+        { target: 'vda', sizeMiB: 64 },
+        { target: 'vdb', sizeMiB: 32 },
+      ],
+    });
     await virsh.start(d.name);
     await d.guestWrite('vda', 'write -P 0x44 0 256k');
     const overlays = d.disks.map((x) => path.join(d.dir, `${x.target}.m1.qcow2`));
@@ -184,7 +205,22 @@ describe.skipIf(suite.skip)(suite.title, () => {
       // What the fallback is for: libvirt itself refuses --quiesce with a coded, one-line error.
       const ov2 = path.join(d.dir, 'vda.q2.qcow2');
       await qcow2(ov2, 0, ov);
-      const direct = await virsh.run(['snapshot-create-as', d.name, 'q2', '--disk-only', '--atomic', '--no-metadata', '--reuse-external', '--quiesce', '--diskspec', `vda,snapshot=external,file=${ov2}`], { domain: d.name, what: 'cannot create snapshot' })
+      const direct = await virsh
+        .run(
+          [
+            'snapshot-create-as',
+            d.name,
+            'q2',
+            '--disk-only',
+            '--atomic',
+            '--no-metadata',
+            '--reuse-external',
+            '--quiesce',
+            '--diskspec',
+            `vda,snapshot=external,file=${ov2}`,
+          ],
+          { domain: d.name, what: 'cannot create snapshot' },
+        )
         .catch((e: unknown) => e as CloneboxError);
       expect((direct as CloneboxError).code).toBe('GUEST_AGENT_UNAVAILABLE');
       expect((await virsh.domblklist(d.name)).map((b) => b.source)).toEqual([ov]);
@@ -193,17 +229,34 @@ describe.skipIf(suite.skip)(suite.title, () => {
   });
 
   it('block-commits the active overlay of a running domain (--active --pivot) with identical data', async () => {
-    const d = await TestDomain.define(virsh, 'commit', { disks: [{ target: 'vda', sizeMiB: 64 }, { target: 'vdb', sizeMiB: 32 }] });
+    const d = await TestDomain.define(virsh, 'commit', {
+      disks: [
+        { target: 'vda', sizeMiB: 64 },
+        { target: 'vdb', sizeMiB: 32 },
+      ],
+    });
     // Data in the base image before start, then more in a middle layer and in the active overlay.
     await qemuIo(d.disks[0]!.path, 'write -P 0x01 0 2M');
     await virsh.start(d.name);
     const mid = path.join(d.dir, 'vda.mid.qcow2');
     const top = path.join(d.dir, 'vda.top.qcow2');
     await qcow2(mid, 0, d.disks[0]!.path);
-    await virsh.createSnapshot(d.name, { name: 'mid', disks: [{ target: 'vda', file: mid }, { target: 'vdb', snapshot: 'no' }] });
+    await virsh.createSnapshot(d.name, {
+      name: 'mid',
+      disks: [
+        { target: 'vda', file: mid },
+        { target: 'vdb', snapshot: 'no' },
+      ],
+    });
     await d.guestWrite('vda', 'write -P 0x02 1M 2M');
     await qcow2(top, 0, mid);
-    await virsh.createSnapshot(d.name, { name: 'top', disks: [{ target: 'vda', file: top }, { target: 'vdb', snapshot: 'no' }] });
+    await virsh.createSnapshot(d.name, {
+      name: 'top',
+      disks: [
+        { target: 'vda', file: top },
+        { target: 'vdb', snapshot: 'no' },
+      ],
+    });
     await d.guestWrite('vda', 'write -P 0x03 2560k 1M');
     expect((await virsh.domblklist(d.name)).map((b) => b.source)).toEqual([top, d.disks[1]!.path]);
 
@@ -264,6 +317,10 @@ describe.skipIf(suite.skip)(suite.title, () => {
     await virsh.start(d.name);
     expect(await virsh.state(d.name)).toBe('running');
     expect((await virsh.domblklist(d.name)).map((b) => b.source)).toEqual([ov2]);
-    expect(parseDomainXml(await virsh.dumpXml(d.name)).disk('vda').backingChain?.map((b) => b.source)).toEqual([ov, d.disks[0]!.path]);
+    expect(
+      parseDomainXml(await virsh.dumpXml(d.name))
+        .disk('vda')
+        .backingChain?.map((b) => b.source),
+    ).toEqual([ov, d.disks[0]!.path]);
   });
 });

@@ -13,7 +13,13 @@ describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = useTestDaemon();
 
   it('round-trips real `virsh dumpxml` output (live and inactive), and libvirt reads it back unchanged', async () => {
-    const d = await TestDomain.define(virsh, 'xml', { disks: [{ target: 'vda', sizeMiB: 16 }, { target: 'vdb', sizeMiB: 16 }], agentChannel: true });
+    const d = await TestDomain.define(virsh, 'xml', {
+      disks: [
+        { target: 'vda', sizeMiB: 16 },
+        { target: 'vdb', sizeMiB: 16 },
+      ],
+      agentChannel: true,
+    });
     const inactive = await virsh.dumpXml(d.name, { inactive: true, secure: true });
     const rt = parseDomainXml(inactive).toString();
     expect(canon(rt)).toEqual(canon(inactive));

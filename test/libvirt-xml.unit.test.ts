@@ -73,7 +73,16 @@ describe('domain XML (no daemon needed)', () => {
     expect(x.name).toBe('web&1');
     expect(x.id).toBe('3');
     const [vda, vdb, sda] = x.disks();
-    expect(vda).toMatchObject({ target: 'vda', bus: 'virtio', device: 'disk', type: 'file', format: 'qcow2', source: "/var/lib/images/web '1' <a>.qcow2", readonly: false, alias: 'virtio-disk0' });
+    expect(vda).toMatchObject({
+      target: 'vda',
+      bus: 'virtio',
+      device: 'disk',
+      type: 'file',
+      format: 'qcow2',
+      source: "/var/lib/images/web '1' <a>.qcow2",
+      readonly: false,
+      alias: 'virtio-disk0',
+    });
     expect(vda!.backingChain).toEqual([{ type: 'file', format: 'qcow2', source: '/var/lib/images/base.qcow2' }]);
     expect(vdb).toMatchObject({ target: 'vdb', type: 'block', format: 'raw', source: '/dev/vg0/data', backingChain: null });
     expect(sda).toMatchObject({ target: 'sda', device: 'cdrom', source: null, readonly: true });
@@ -93,24 +102,46 @@ describe('domain XML (no daemon needed)', () => {
     expect(out).toContain('<seclabel model="dac" relabel="no"/>');
     expect(out).toContain('<boot order="1"/>');
     // Everything outside that disk is untouched.
-    const strip = (s: string) => canon(s).map((n) => JSON.stringify(n)).join('').replace(/\{"tag":"disk".*?"tag":"target".*?"vda".*?\]\}\]\}/, '');
+    const strip = (s: string) =>
+      canon(s)
+        .map((n) => JSON.stringify(n))
+        .join('')
+        .replace(/\{"tag":"disk".*?"tag":"target".*?"vda".*?\]\}\]\}/, '');
     expect(strip(out)).toBe(strip(SAMPLE));
 
-    x.setDiskSource('vdb', '/img/vdb.top.qcow2', { backingChain: [{ type: 'file', format: 'qcow2', source: '/img/vdb.mid.qcow2' }, { type: 'block', format: 'raw', source: '/dev/vg0/data' }] });
+    x.setDiskSource('vdb', '/img/vdb.top.qcow2', {
+      backingChain: [
+        { type: 'file', format: 'qcow2', source: '/img/vdb.mid.qcow2' },
+        { type: 'block', format: 'raw', source: '/dev/vg0/data' },
+      ],
+    });
     const b = x.disk('vdb');
     expect(b).toMatchObject({ type: 'file', format: 'qcow2', source: '/img/vdb.top.qcow2' });
-    expect(b.backingChain).toEqual([{ type: 'file', format: 'qcow2', source: '/img/vdb.mid.qcow2' }, { type: 'block', format: 'raw', source: '/dev/vg0/data' }]);
+    expect(b.backingChain).toEqual([
+      { type: 'file', format: 'qcow2', source: '/img/vdb.mid.qcow2' },
+      { type: 'block', format: 'raw', source: '/dev/vg0/data' },
+    ]);
     const vdbXml = x.toString().slice(x.toString().indexOf('/img/vdb.top.qcow2'));
     expect(vdbXml.indexOf('<backingStore type="file">')).toBeLessThan(vdbXml.indexOf('<target dev="vdb"'));
   });
 
   it('builds snapshot XML for virsh snapshot-create', () => {
-    const s = buildSnapshotXml({ name: 'snap-1', description: 'a & b', memoryFile: '/m/mem', disks: [{ target: 'vda', file: '/d/a,b.qcow2' }, { target: 'sda', snapshot: 'no' }] });
+    const s = buildSnapshotXml({
+      name: 'snap-1',
+      description: 'a & b',
+      memoryFile: '/m/mem',
+      disks: [
+        { target: 'vda', file: '/d/a,b.qcow2' },
+        { target: 'sda', snapshot: 'no' },
+      ],
+    });
     const c = canon(s);
-    expect(c).toEqual(canon(`<domainsnapshot><name>snap-1</name><description>a &amp; b</description>
+    expect(c).toEqual(
+      canon(`<domainsnapshot><name>snap-1</name><description>a &amp; b</description>
       <memory snapshot="external" file="/m/mem"/><disks>
       <disk name="vda" snapshot="external" type="file"><driver type="qcow2"/><source file="/d/a,b.qcow2"/></disk>
-      <disk name="sda" snapshot="no"/></disks></domainsnapshot>`));
+      <disk name="sda" snapshot="no"/></disks></domainsnapshot>`),
+    );
   });
 
   it('rejects documents that are not domain XML with a coded error', () => {
@@ -121,13 +152,16 @@ describe('domain XML (no daemon needed)', () => {
   it('maps virsh failures to stable codes with one-line messages naming the domain', () => {
     const ctx = { uri: 'qemu:///system', domain: 'web1', what: 'cannot start domain' };
     const cases: [string, string][] = [
-      ["error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory", 'LIBVIRT_UNAVAILABLE'],
+      [
+        "error: failed to connect to the hypervisor\nerror: Failed to connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory",
+        'LIBVIRT_UNAVAILABLE',
+      ],
       ["error: failed to get domain 'web1'", 'DOMAIN_NOT_FOUND'],
       ["error: failed to get domain 'web1'\nerror: Domain not found: no domain with matching name 'web1'", 'DOMAIN_NOT_FOUND'],
       ['error: argument unsupported: QEMU guest agent is not configured', 'GUEST_AGENT_UNAVAILABLE'],
       ['error: Guest agent is not responding: QEMU guest agent is not connected', 'GUEST_AGENT_UNAVAILABLE'],
       ['error: Requested operation is not valid: domain is not running', 'DOMAIN_NOT_RUNNING'],
-      ['error: Failed to start domain \'web1\'\nerror: Requested operation is not valid: domain is already running', 'DOMAIN_RUNNING'],
+      ["error: Failed to start domain 'web1'\nerror: Requested operation is not valid: domain is already running", 'DOMAIN_RUNNING'],
       ["error: Failed to start domain 'web1'\nerror: Cannot access storage file '/x.qcow2' (as uid:0, gid:0): No such file or directory", 'LIBVIRT_ERROR'],
     ];
     for (const [stderr, code] of cases) {
@@ -136,9 +170,12 @@ describe('domain XML (no daemon needed)', () => {
       expect(e.message).toMatch(/web1/);
       expect(e.message).not.toMatch(/\n/);
     }
-    expect(reasonOf("error: Failed to start domain 'web1'\nerror: Cannot access storage file '/x.qcow2': No such file or directory")).toBe("Cannot access storage file '/x.qcow2': No such file or directory");
-    expect(mapVirshError("error: Failed to start domain 'web1'\nerror: Cannot access storage file '/x.qcow2': No such file", ctx).message)
-      .toBe("cannot start domain: Cannot access storage file '/x.qcow2': No such file, domain web1");
+    expect(reasonOf("error: Failed to start domain 'web1'\nerror: Cannot access storage file '/x.qcow2': No such file or directory")).toBe(
+      "Cannot access storage file '/x.qcow2': No such file or directory",
+    );
+    expect(mapVirshError("error: Failed to start domain 'web1'\nerror: Cannot access storage file '/x.qcow2': No such file", ctx).message).toBe(
+      "cannot start domain: Cannot access storage file '/x.qcow2': No such file, domain web1",
+    );
   });
 
   it('parses domblklist tables, including sources with spaces and empty drives', () => {
@@ -157,4 +194,3 @@ describe('domain XML (no daemon needed)', () => {
     ]);
   });
 });
-

@@ -2,8 +2,9 @@
  * Content ids survive merges: after `delete --keep-children` rewrites a child's layer, a `--since`
  * bundle based on that child still imports into a workstation that got the chain before the merge.
  */
-import { describe, expect, it } from 'vitest';
+
 import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { qemuCompare, qemuIo } from './helpers/qemu.js';
 import { makeTempDir } from './helpers/temp.js';
@@ -20,7 +21,11 @@ describe('content ids across merges', () => {
     };
     await cli(a, ['vm', 'create', 'v', '--size', '32M', '--dir', path.join(root, 'disks')]);
     const disk = path.join(root, 'disks', 'v.qcow2');
-    for (const [snap, io] of [['s1', 'write -P 1 0 2M'], ['s2', 'write -P 2 1M 2M'], ['s3', 'write -P 3 4M 1M']] as const) {
+    for (const [snap, io] of [
+      ['s1', 'write -P 1 0 2M'],
+      ['s2', 'write -P 2 1M 2M'],
+      ['s3', 'write -P 3 4M 1M'],
+    ] as const) {
       await qemuIo(disk, [io]);
       await cli(a, ['snapshot', 'create', 'v', '--name', snap]);
     }

@@ -1,6 +1,6 @@
 /** Retention rules with restic's `forget` semantics, plus the max-snapshots / max-size caps. */
 import { describe, expect, it } from 'vitest';
-import { parseDuration, planPrune, type Candidate } from '../src/snapshots/policy.js';
+import { type Candidate, parseDuration, planPrune } from '../src/snapshots/policy.js';
 
 const H = 3_600_000;
 const D = 24 * H;

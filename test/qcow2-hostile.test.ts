@@ -8,16 +8,16 @@ import { copyFile, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { inflateRawSync, constants as zc } from 'node:zlib';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Chain } from '../src/qcow2/chain.js';
 import { CloneboxError } from '../src/errors.js';
+import { Chain } from '../src/qcow2/chain.js';
 import { assertSameBytes } from './helpers/bytes.js';
 import { parseCliError, runCli } from './helpers/cli.js';
+import { type Outcome, outcome } from './helpers/hostile.js';
 import { runChecked } from './helpers/process.js';
+import { HDR, type Layout, parseLayout } from './helpers/qcow2-layout.js';
 import { qemuImg, qemuIo, qemuRawAlone } from './helpers/qemu.js';
-import { useTempDir } from './helpers/temp.js';
-import { outcome, type Outcome } from './helpers/hostile.js';
-import { HDR, parseLayout, type Layout } from './helpers/qcow2-layout.js';
 import { compressibleBytes, rng } from './helpers/random.js';
+import { useTempDir } from './helpers/temp.js';
 
 const K = 1024;
 const M = 1024 * 1024;
@@ -89,8 +89,11 @@ beforeAll(async () => {
   plain = await makeBase('plain.qcow2', async (f) => {
     await qemuImg(['create', '-f', 'qcow2', f, '4M']);
     await qemuIo(f, [
-      `write -s ${await src('p0', r.bytes(64 * K))} 0 64k`, `write -s ${await src('p1', r.bytes(128 * K))} 1M 128k`,
-      'write -z 2M 64k', `write -s ${await src('p2', r.bytes(64 * K))} 3M 64k`, 'write -z 3M 64k',
+      `write -s ${await src('p0', r.bytes(64 * K))} 0 64k`,
+      `write -s ${await src('p1', r.bytes(128 * K))} 1M 128k`,
+      'write -z 2M 64k',
+      `write -s ${await src('p2', r.bytes(64 * K))} 3M 64k`,
+      'write -z 3M 64k',
       `write -s ${await src('p3', r.bytes(64 * K))} 4032k 64k`,
     ]);
   });
@@ -168,7 +171,11 @@ describe('hostile headers', () => {
 
   it('L1 table offset past EOF, misaligned, inside the header, above 2^53', async () => {
     await expectCode(await patched(plain, 'l1-past-eof', (b) => void b.writeBigUInt64BE(1n << 40n, HDR.l1TableOffset)), 'QCOW2_TRUNCATED');
-    await expectCode(await patched(plain, 'l1-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.l1Offset + 8), HDR.l1TableOffset)), 'QCOW2_CORRUPT', /aligned/);
+    await expectCode(
+      await patched(plain, 'l1-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.l1Offset + 8), HDR.l1TableOffset)),
+      'QCOW2_CORRUPT',
+      /aligned/,
+    );
     await expectCode(await patched(plain, 'l1-in-header', (b) => void b.writeBigUInt64BE(0n, HDR.l1TableOffset)), 'QCOW2_CORRUPT', /header/);
     await expectCode(await patched(plain, 'l1-huge', (b) => void b.writeBigUInt64BE(1n << 60n, HDR.l1TableOffset)), 'QCOW2_CORRUPT', /out of range/);
   });
@@ -176,15 +183,26 @@ describe('hostile headers', () => {
   it('backing file name longer than 1023 bytes, outside the header cluster, offset absurd', async () => {
     await expectCode(await patched(backed, 'backing-1024', (b) => void b.writeUInt32BE(1024, HDR.backingFileSize)), 'QCOW2_CORRUPT', /1024 bytes/);
     await expectCode(await patched(backed, 'backing-4g', (b) => void b.writeUInt32BE(0xffffffff, HDR.backingFileSize)), 'QCOW2_CORRUPT');
-    await expectCode(await patched(backed, 'backing-outside', (b, l) => void b.writeBigUInt64BE(BigInt(l.cs + 16), HDR.backingFileOffset)), 'QCOW2_CORRUPT', /outside the header cluster/);
-    await expectCode(await patched(backed, 'backing-straddles', (b, l) => void b.writeBigUInt64BE(BigInt(l.cs - 4), HDR.backingFileOffset)), 'QCOW2_CORRUPT', /outside the header cluster/);
+    await expectCode(
+      await patched(backed, 'backing-outside', (b, l) => void b.writeBigUInt64BE(BigInt(l.cs + 16), HDR.backingFileOffset)),
+      'QCOW2_CORRUPT',
+      /outside the header cluster/,
+    );
+    await expectCode(
+      await patched(backed, 'backing-straddles', (b, l) => void b.writeBigUInt64BE(BigInt(l.cs - 4), HDR.backingFileOffset)),
+      'QCOW2_CORRUPT',
+      /outside the header cluster/,
+    );
     await expectCode(await patched(backed, 'backing-2^62', (b) => void b.writeBigUInt64BE(1n << 62n, HDR.backingFileOffset)), 'QCOW2_CORRUPT');
     // A name of exactly 1023 bytes inside the header cluster is fine (it is only a name).
-    const o = await expectRead(await patched(backed, 'backing-1023', (b) => {
-      b.fill(0x61, 2048, 2048 + 1023);
-      b.writeBigUInt64BE(2048n, HDR.backingFileOffset);
-      b.writeUInt32BE(1023, HDR.backingFileSize);
-    }), backed.bytes);
+    const o = await expectRead(
+      await patched(backed, 'backing-1023', (b) => {
+        b.fill(0x61, 2048, 2048 + 1023);
+        b.writeBigUInt64BE(2048n, HDR.backingFileOffset);
+        b.writeUInt32BE(1023, HDR.backingFileSize);
+      }),
+      backed.bytes,
+    );
     expect(o.info.backing_file).toBe('a'.repeat(1023));
   });
 
@@ -193,28 +211,47 @@ describe('hostile headers', () => {
     await expectCode(await patched(plain, 'hdrlen-113', (b) => void b.writeUInt32BE(113, HDR.headerLength)), 'QCOW2_CORRUPT', /header_length/);
     await expectCode(await patched(plain, 'hdrlen-big', (b, l) => void b.writeUInt32BE(l.cs + 8, HDR.headerLength)), 'QCOW2_CORRUPT', /header_length/);
     await expectCode(await patched(plain, 'refcount-order-7', (b) => void b.writeUInt32BE(7, HDR.refcountOrder)), 'QCOW2_CORRUPT', /refcount_order/);
-    await expectCode(await patched(plain, 'compression-2', (b) => {
-      b.writeUInt8(2, HDR.compressionType);
-      b.writeBigUInt64BE(8n, HDR.incompatibleFeatures);
-    }), 'QCOW2_UNSUPPORTED', /compression type 2/);
+    await expectCode(
+      await patched(plain, 'compression-2', (b) => {
+        b.writeUInt8(2, HDR.compressionType);
+        b.writeBigUInt64BE(8n, HDR.incompatibleFeatures);
+      }),
+      'QCOW2_UNSUPPORTED',
+      /compression type 2/,
+    );
     await expectCode(await patched(plain, 'zstd-without-bit', (b) => void b.writeUInt8(1, HDR.compressionType)), 'QCOW2_CORRUPT', /compression/);
     for (const bit of [5, 17, 63]) {
-      await expectCode(await patched(plain, `incompat-bit-${bit}`, (b) => void b.writeBigUInt64BE(1n << BigInt(bit), HDR.incompatibleFeatures)),
-        'QCOW2_UNSUPPORTED', /unknown incompatible feature/);
+      await expectCode(
+        await patched(plain, `incompat-bit-${bit}`, (b) => void b.writeBigUInt64BE(1n << BigInt(bit), HDR.incompatibleFeatures)),
+        'QCOW2_UNSUPPORTED',
+        /unknown incompatible feature/,
+      );
     }
-    await expectCode(await patched(plain, 'data-file-bit', (b) => void b.writeBigUInt64BE(4n, HDR.incompatibleFeatures)), 'QCOW2_UNSUPPORTED', /external data file/);
-    await expectCode(await patched(plain, 'data-file-ext', (b, l) => {
-      // A data-file header extension (even without the feature bit) before the end marker.
-      const at = l.headerLength;
-      b.copy(b, at + 16, at, l.cs - 16);
-      b.writeUInt32BE(0x44415441, at);
-      b.writeUInt32BE(6, at + 4);
-      b.write('x.data', at + 8);
-    }), 'QCOW2_UNSUPPORTED', /external data file/);
-    await expectCode(await patched(plain, 'extl2-small-clusters', (b) => {
-      b.writeBigUInt64BE(16n, HDR.incompatibleFeatures);
-      b.writeUInt32BE(12, HDR.clusterBits);
-    }), 'QCOW2_CORRUPT', /extended L2/);
+    await expectCode(
+      await patched(plain, 'data-file-bit', (b) => void b.writeBigUInt64BE(4n, HDR.incompatibleFeatures)),
+      'QCOW2_UNSUPPORTED',
+      /external data file/,
+    );
+    await expectCode(
+      await patched(plain, 'data-file-ext', (b, l) => {
+        // A data-file header extension (even without the feature bit) before the end marker.
+        const at = l.headerLength;
+        b.copy(b, at + 16, at, l.cs - 16);
+        b.writeUInt32BE(0x44415441, at);
+        b.writeUInt32BE(6, at + 4);
+        b.write('x.data', at + 8);
+      }),
+      'QCOW2_UNSUPPORTED',
+      /external data file/,
+    );
+    await expectCode(
+      await patched(plain, 'extl2-small-clusters', (b) => {
+        b.writeBigUInt64BE(16n, HDR.incompatibleFeatures);
+        b.writeUInt32BE(12, HDR.clusterBits);
+      }),
+      'QCOW2_CORRUPT',
+      /extended L2/,
+    );
     for (const method of [1, 2, 0x80000000]) {
       await expectCode(await patched(plain, `crypt-${method}`, (b) => void b.writeUInt32BE(method, HDR.cryptMethod)), 'QCOW2_UNSUPPORTED', /encrypted/);
     }
@@ -222,10 +259,13 @@ describe('hostile headers', () => {
     await expectRead(await patched(plain, 'dirty-bit', (b) => void b.writeBigUInt64BE(1n, HDR.incompatibleFeatures)), plain.bytes);
     await expectRead(await patched(plain, 'corrupt-bit', (b) => void b.writeBigUInt64BE(2n, HDR.incompatibleFeatures)), plain.bytes);
     // Unknown compatible / autoclear bits are ignorable by definition.
-    await expectRead(await patched(plain, 'compat-bits', (b) => {
-      b.writeBigUInt64BE(0xfffffffffffffffen, HDR.compatibleFeatures);
-      b.writeBigUInt64BE(0xffffffffffffffffn, HDR.autoclearFeatures);
-    }), plain.bytes);
+    await expectRead(
+      await patched(plain, 'compat-bits', (b) => {
+        b.writeBigUInt64BE(0xfffffffffffffffen, HDR.compatibleFeatures);
+        b.writeBigUInt64BE(0xffffffffffffffffn, HDR.autoclearFeatures);
+      }),
+      plain.bytes,
+    );
   });
 
   it('header extensions that run past the header cluster', async () => {
@@ -234,29 +274,47 @@ describe('hostile headers', () => {
   });
 
   it('refcount table: misaligned or too large is refused; overlapping or past EOF still reads correctly', async () => {
-    await expectCode(await patched(plain, 'rt-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.refcountTableOffset + 512), HDR.refcountTableOffset)), 'QCOW2_CORRUPT', /refcount table/);
-    await expectCode(await patched(plain, 'rt-clusters-max', (b) => void b.writeUInt32BE(0xffffffff, HDR.refcountTableClusters)), 'QCOW2_TOO_LARGE', /refcount table/);
+    await expectCode(
+      await patched(plain, 'rt-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.refcountTableOffset + 512), HDR.refcountTableOffset)),
+      'QCOW2_CORRUPT',
+      /refcount table/,
+    );
+    await expectCode(
+      await patched(plain, 'rt-clusters-max', (b) => void b.writeUInt32BE(0xffffffff, HDR.refcountTableClusters)),
+      'QCOW2_TOO_LARGE',
+      /refcount table/,
+    );
     await expectCode(await patched(plain, 'rt-huge', (b) => void b.writeBigUInt64BE(1n << 61n, HDR.refcountTableOffset)), 'QCOW2_CORRUPT');
     // The reader never needs refcounts: tables that overlap the header, the L1 table or an L2 table,
     // or lie past the end of the file, do not change what the image reads as.
     await expectRead(await patched(plain, 'rt-on-header', (b) => void b.writeBigUInt64BE(0n, HDR.refcountTableOffset)), plain.bytes);
     await expectRead(await patched(plain, 'rt-on-l1', (b, l) => void b.writeBigUInt64BE(BigInt(l.l1Offset), HDR.refcountTableOffset)), plain.bytes);
-    await expectRead(await patched(plain, 'rt-on-l2', (b, l) => {
-      b.writeBigUInt64BE(BigInt(l.l2Tables[0]!), HDR.refcountTableOffset);
-      b.writeUInt32BE(3, HDR.refcountTableClusters);
-    }), plain.bytes);
+    await expectRead(
+      await patched(plain, 'rt-on-l2', (b, l) => {
+        b.writeBigUInt64BE(BigInt(l.l2Tables[0]!), HDR.refcountTableOffset);
+        b.writeUInt32BE(3, HDR.refcountTableClusters);
+      }),
+      plain.bytes,
+    );
     await expectRead(await patched(plain, 'rt-past-eof', (b) => void b.writeBigUInt64BE(1n << 40n, HDR.refcountTableOffset)), plain.bytes);
   });
 
   it('a bogus internal snapshot table is ignored (active state only); an absurd offset is refused', async () => {
-    await expectRead(await patched(plain, 'snapshots', (b) => {
-      b.writeUInt32BE(0xffffffff, HDR.nbSnapshots);
-      b.writeBigUInt64BE(1n << 40n, HDR.snapshotsOffset);
-    }), plain.bytes);
-    await expectCode(await patched(plain, 'snapshots-2^60', (b) => {
-      b.writeUInt32BE(1, HDR.nbSnapshots);
-      b.writeBigUInt64BE(1n << 60n, HDR.snapshotsOffset);
-    }), 'QCOW2_CORRUPT', /snapshots_offset/);
+    await expectRead(
+      await patched(plain, 'snapshots', (b) => {
+        b.writeUInt32BE(0xffffffff, HDR.nbSnapshots);
+        b.writeBigUInt64BE(1n << 40n, HDR.snapshotsOffset);
+      }),
+      plain.bytes,
+    );
+    await expectCode(
+      await patched(plain, 'snapshots-2^60', (b) => {
+        b.writeUInt32BE(1, HDR.nbSnapshots);
+        b.writeBigUInt64BE(1n << 60n, HDR.snapshotsOffset);
+      }),
+      'QCOW2_CORRUPT',
+      /snapshots_offset/,
+    );
   });
 });
 
@@ -264,7 +322,11 @@ describe('hostile L1 / L2 tables', () => {
   it('L1 entry pointing past EOF, misaligned, into the header', async () => {
     const l1 = (v: bigint) => (b: Buffer, l: Layout) => void b.writeBigUInt64BE(v, l.l1Offset);
     await expectCode(await patched(plain, 'l1e-past-eof', l1((1n << 40n) | (1n << 63n))), 'QCOW2_TRUNCATED', /L2 table/);
-    await expectCode(await patched(plain, 'l1e-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.l2Tables[0]! + 512), l.l1Offset)), 'QCOW2_CORRUPT', /aligned/);
+    await expectCode(
+      await patched(plain, 'l1e-misaligned', (b, l) => void b.writeBigUInt64BE(BigInt(l.l2Tables[0]! + 512), l.l1Offset)),
+      'QCOW2_CORRUPT',
+      /aligned/,
+    );
     await expectCode(await patched(plain, 'l1e-header', l1(0x200n)), 'QCOW2_CORRUPT');
   });
 
@@ -288,7 +350,11 @@ describe('hostile L1 / L2 tables', () => {
   it('L2 data entry past EOF, misaligned, pointing into the header', async () => {
     const d = firstData(plain.lay);
     await expectCode(await patched(plain, 'l2e-past-eof', (b) => void b.writeBigUInt64BE((1n << 40n) | (1n << 63n), d.at)), 'QCOW2_TRUNCATED', /data cluster/);
-    await expectCode(await patched(plain, 'l2e-misaligned', (b) => void b.writeBigUInt64BE(BigInt(d.host + 4096) | (1n << 63n), d.at)), 'QCOW2_CORRUPT', /aligned/);
+    await expectCode(
+      await patched(plain, 'l2e-misaligned', (b) => void b.writeBigUInt64BE(BigInt(d.host + 4096) | (1n << 63n), d.at)),
+      'QCOW2_CORRUPT',
+      /aligned/,
+    );
     await expectCode(await patched(plain, 'l2e-header', (b) => void b.writeBigUInt64BE(0x200n | (1n << 63n), d.at)), 'QCOW2_CORRUPT');
     // A preallocated zero cluster with a misaligned offset is corrupt too (QEMU says so).
     const z = plain.lay.entries.find((e) => e.kind === 'zero' && e.host !== 0)!;
@@ -297,7 +363,11 @@ describe('hostile L1 / L2 tables', () => {
 
   it('L2 data entries aliasing metadata (L1 table, L2 table, refcount block) read what QEMU reads', async () => {
     const d = firstData(plain.lay);
-    for (const [name, target] of [['l1', plain.lay.l1Offset], ['l2', plain.lay.l2Tables[0]!], ['refcount', plain.lay.refcountTableOffset]] as const) {
+    for (const [name, target] of [
+      ['l1', plain.lay.l1Offset],
+      ['l2', plain.lay.l2Tables[0]!],
+      ['refcount', plain.lay.refcountTableOffset],
+    ] as const) {
       const file = await patched(plain, `alias-${name}`, (b) => void b.writeBigUInt64BE(BigInt(target) | (1n << 63n), d.at));
       const o = await expectRead(file, await qemuBytes(file));
       expect(o.dataRuns).toBeGreaterThan(0);
@@ -323,10 +393,18 @@ describe('hostile L1 / L2 tables', () => {
       const c = firstCompressed(base.lay);
       const x = 62n - BigInt(base.lay.clusterBits - 8);
       const desc = (offset: bigint) => (1n << 62n) | (c.value & ~((1n << x) - 1n) & ~(1n << 62n)) | offset;
-      await expectCode(await patched(base, `compressed-past-eof-${tag}`, (b) => void b.writeBigUInt64BE(desc(BigInt(b.length + 4096)), c.at)), 'QCOW2_TRUNCATED', /compressed/);
+      await expectCode(
+        await patched(base, `compressed-past-eof-${tag}`, (b) => void b.writeBigUInt64BE(desc(BigInt(b.length + 4096)), c.at)),
+        'QCOW2_TRUNCATED',
+        /compressed/,
+      );
       await expectCode(await patched(base, `compressed-header-${tag}`, (b) => void b.writeBigUInt64BE(desc(100n), c.at)), 'QCOW2_CORRUPT', /header/);
       // Point the descriptor at the L1 table (not compressed data): it must not decompress.
-      await expectCode(await patched(base, `compressed-garbage-${tag}`, (b, l) => void b.writeBigUInt64BE(desc(BigInt(l.l1Offset)), c.at)), 'QCOW2_CORRUPT', /decompress/);
+      await expectCode(
+        await patched(base, `compressed-garbage-${tag}`, (b, l) => void b.writeBigUInt64BE(desc(BigInt(l.l1Offset)), c.at)),
+        'QCOW2_CORRUPT',
+        /decompress/,
+      );
       // Random bytes where the compressed data was.
       await expectCode(await patched(base, `compressed-random-${tag}`, (b) => void rng(7).bytes(512).copy(b, c.host)), 'QCOW2_CORRUPT', /compressed cluster/);
     }
@@ -334,26 +412,35 @@ describe('hostile L1 / L2 tables', () => {
 
   it('extended L2: allocated and zero at once, allocated without a host cluster, host past EOF', async () => {
     const e = extl2.lay.entries.find((x) => x.kind === 'data')!;
-    await expectCode(await patched(extl2, 'extl2-both', (b) => void b.writeBigUInt64BE(0x00000001_00000001n, e.at + 8)), 'QCOW2_CORRUPT', /both allocated and zero/);
+    await expectCode(
+      await patched(extl2, 'extl2-both', (b) => void b.writeBigUInt64BE(0x00000001_00000001n, e.at + 8)),
+      'QCOW2_CORRUPT',
+      /both allocated and zero/,
+    );
     await expectCode(await patched(extl2, 'extl2-no-host', (b) => void b.writeBigUInt64BE(0n, e.at)), 'QCOW2_CORRUPT', /without a host cluster/);
     await expectCode(await patched(extl2, 'extl2-past-eof', (b) => void b.writeBigUInt64BE((1n << 40n) | (1n << 63n), e.at)), 'QCOW2_TRUNCATED');
     // Zero bits without a host cluster are valid and read as zeros.
-    const o = await expectRead(await patched(extl2, 'extl2-all-zero', (b) => {
-      b.writeBigUInt64BE(0n, e.at);
-      b.writeBigUInt64BE(0xffffffff_00000000n, e.at + 8);
-    }), (() => {
-      const want = Buffer.from(extl2.bytes);
-      want.fill(0, e.guest, e.guest + extl2.lay.cs);
-      return want;
-    })());
+    const o = await expectRead(
+      await patched(extl2, 'extl2-all-zero', (b) => {
+        b.writeBigUInt64BE(0n, e.at);
+        b.writeBigUInt64BE(0xffffffff_00000000n, e.at + 8);
+      }),
+      (() => {
+        const want = Buffer.from(extl2.bytes);
+        want.fill(0, e.guest, e.guest + extl2.lay.cs);
+        return want;
+      })(),
+    );
     expect(o.info.zero_bytes).toBeGreaterThanOrEqual(extl2.lay.cs);
   });
 });
 
 /** Bytes of deflate input a compressed cluster at `host` really uses (zlib reports what it consumed). */
 function compressedLength(base: Base, host: number): number {
-  const r = inflateRawSync(base.buf.subarray(host, host + base.lay.cs + 1024), { info: true, finishFlush: zc.Z_SYNC_FLUSH }) as unknown as
-    { buffer: Buffer; engine: { bytesWritten: number } };
+  const r = inflateRawSync(base.buf.subarray(host, host + base.lay.cs + 1024), { info: true, finishFlush: zc.Z_SYNC_FLUSH }) as unknown as {
+    buffer: Buffer;
+    engine: { bytesWritten: number };
+  };
   expect(r.buffer.length).toBe(base.lay.cs);
   return r.engine.bytesWritten;
 }
@@ -388,8 +475,39 @@ describe('truncated files', () => {
       const base = which === 'plain' ? plain : which === 'compressed' ? compressed : backed;
       const l = base.lay;
       const size = base.buf.length;
-      const lens = new Set<number>([0, 1, 3, 4, 5, 50, 71, 72, 73, 100, 103, 104, 105, 111, 112, 113, 120, 200, 300, 511, 512, 1000,
-        l.cs - 1, l.cs, l.cs + 1, l.l1Offset, l.l1Offset + 4, l.l1Offset + l.l1Size * 8 - 1, l.l1Offset + l.l1Size * 8, size - 1, size - 511]);
+      const lens = new Set<number>([
+        0,
+        1,
+        3,
+        4,
+        5,
+        50,
+        71,
+        72,
+        73,
+        100,
+        103,
+        104,
+        105,
+        111,
+        112,
+        113,
+        120,
+        200,
+        300,
+        511,
+        512,
+        1000,
+        l.cs - 1,
+        l.cs,
+        l.cs + 1,
+        l.l1Offset,
+        l.l1Offset + 4,
+        l.l1Offset + l.l1Size * 8 - 1,
+        l.l1Offset + l.l1Size * 8,
+        size - 1,
+        size - 511,
+      ]);
       for (const t of l.l2Tables) if (t) for (const x of [t, t + 8, t + l.cs - 1, t + l.cs]) lens.add(x);
       for (const e of l.entries) if (e.host) for (const x of [e.host, e.host + 1, e.host + 700, e.host + l.cs - 1]) lens.add(x);
       const r = rng(99 + size);
@@ -471,8 +589,11 @@ describe('hostile backing chains', () => {
     const fifo = path.join(dir, 'fifo-base');
     await runChecked('mkfifo', [fifo]);
     const cases = [
-      ['fifo-top', 'fifo-base', 'qcow2'], ['fifo-raw-top', 'fifo-base', 'raw'], ['fifo-probed-top', 'fifo-base', null],
-      ['dir-top', '.', 'qcow2'], ['dir-probed-top', '.', null],
+      ['fifo-top', 'fifo-base', 'qcow2'],
+      ['fifo-raw-top', 'fifo-base', 'raw'],
+      ['fifo-probed-top', 'fifo-base', null],
+      ['dir-top', '.', 'qcow2'],
+      ['dir-probed-top', '.', null],
     ] as const;
     for (const [name, target, fmt] of cases) {
       const top = path.join(dir, `${name}.qcow2`);
@@ -489,10 +610,13 @@ describe('hostile backing chains', () => {
       const t0 = Date.now();
       let timer: NodeJS.Timeout | undefined;
       const res = await Promise.race([
-        Chain.open(top).then(async (c) => {
-          await c.close();
-          return 'opened';
-        }, (err: unknown) => err),
+        Chain.open(top).then(
+          async (c) => {
+            await c.close();
+            return 'opened';
+          },
+          (err: unknown) => err,
+        ),
         new Promise((resolve) => {
           timer = setTimeout(() => resolve('hang'), 5000);
         }),
@@ -512,7 +636,11 @@ describe('CLI error reporting for hostile images', () => {
     ['corrupt header', async () => patched(plain, 'cli-bits', (b) => void b.writeUInt32BE(63, HDR.clusterBits)), 'QCOW2_CORRUPT'],
     ['truncated', async () => patched(plain, 'cli-cut', (b) => b.subarray(0, 90)), 'QCOW2_TRUNCATED'],
     ['too large', async () => patched(plain, 'cli-l1', (b) => void b.writeUInt32BE(0xffffffff, HDR.l1Size)), 'QCOW2_TOO_LARGE'],
-    ['corrupt L2 entry', async () => patched(plain, 'cli-l2', (b, l) => void b.writeBigUInt64BE(BigInt(firstData(l).host + 512), firstData(l).at)), 'QCOW2_CORRUPT'],
+    [
+      'corrupt L2 entry',
+      async () => patched(plain, 'cli-l2', (b, l) => void b.writeBigUInt64BE(BigInt(firstData(l).host + 512), firstData(l).at)),
+      'QCOW2_CORRUPT',
+    ],
     ['missing file', async (dir) => path.join(dir, 'nope.qcow2'), 'IO'],
   ];
   for (const [name, make, code] of cases) {
@@ -535,7 +663,11 @@ describe('CLI error reporting for hostile images', () => {
 
   it('usage errors exit 2 (missing argument, unknown flag)', async () => {
     const home = path.join(tmp(), 'cli-home');
-    for (const args of [['image', 'map'], ['image', 'map', plain.file, '--bogus'], ['image', 'info', '--json']]) {
+    for (const args of [
+      ['image', 'map'],
+      ['image', 'map', plain.file, '--bogus'],
+      ['image', 'info', '--json'],
+    ]) {
       const r = await runCli(args, { home });
       expect(r.code, `${args.join(' ')}: ${r.stderr}`).toBe(2);
       const e = parseCliError(r, args.includes('--json'));

@@ -12,14 +12,14 @@
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Qcow2Image, type Run } from '../src/qcow2/reader.js';
 import { Chain } from '../src/qcow2/chain.js';
+import { Qcow2Image, type Run } from '../src/qcow2/reader.js';
 import { readData } from '../src/qcow2/stream.js';
 import { assertSameBytes, readFileRange } from './helpers/bytes.js';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { type MapExtent, qemuCheck, qemuCreate, qemuImg, qemuIo, qemuMapAlone, qemuRaw, qemuRawAlone } from './helpers/qemu.js';
+import { compressibleBytes, type Rng, rng, seedFromEnv } from './helpers/random.js';
 import { useTempDir } from './helpers/temp.js';
-import { compressibleBytes, rng, seedFromEnv, type Rng } from './helpers/random.js';
 
 const K = 1024;
 const M = 1024 * 1024;
@@ -31,7 +31,10 @@ const tmp = useTempDir('clonebox-map-');
 /** Writes random bytes to a fresh file and returns a qemu-io command writing them at `off`. */
 class DataSource {
   private n = 0;
-  constructor(private readonly dir: string, readonly r: Rng) {}
+  constructor(
+    private readonly dir: string,
+    readonly r: Rng,
+  ) {}
   async file(buf: Buffer): Promise<string> {
     const f = path.join(this.dir, `src-${this.n++}.bin`);
     await writeFile(f, buf);
@@ -93,7 +96,14 @@ interface Variant {
 }
 
 const v3 = (cluster_size: number, virtual_size: number, extra: Partial<Expected> = {}): Expected => ({
-  version: 3, cluster_size, virtual_size, backing_file: null, backing_format: null, compression_type: 'zlib', extended_l2: false, ...extra,
+  version: 3,
+  cluster_size,
+  virtual_size,
+  backing_file: null,
+  backing_format: null,
+  compression_type: 'zlib',
+  extended_l2: false,
+  ...extra,
 });
 
 const variants: Variant[] = [
@@ -103,8 +113,12 @@ const variants: Variant[] = [
       const f = path.join(dir, 'v2.qcow2');
       await qemuCreate(f, 8 * M, { options: ['compat=0.10'] });
       await qemuIo(f, [
-        await s.w(0, 100_000), await s.w(3 * M + 333, 5000), 'write -z 5M 128k', await s.w(6 * M, 256 * K),
-        'discard 6208k 128k', await s.w(8 * M - 512, 512),
+        await s.w(0, 100_000),
+        await s.w(3 * M + 333, 5000),
+        'write -z 5M 128k',
+        await s.w(6 * M, 256 * K),
+        'discard 6208k 128k',
+        await s.w(8 * M - 512, 512),
       ]);
       return { file: f, expect: { ...v3(65536, 8 * M), version: 2 }, kinds: ['data', 'unallocated'] };
     },
@@ -132,8 +146,15 @@ const variants: Variant[] = [
       const f = path.join(dir, 'c2m.qcow2');
       await qemuCreate(f, 24 * M, { options: ['cluster_size=2M'] });
       await qemuIo(f, [
-        await s.w(1000, 70_000), await s.w(4 * M - 100, 300), await s.w(9 * M, 3 * M), 'write -z 14M 2M',
-        await s.w(16 * M, 2 * M), 'write -z 16M 2M', await s.w(18 * M, 4 * M), 'discard 20M 2M', await s.w(24 * M - 1, 1),
+        await s.w(1000, 70_000),
+        await s.w(4 * M - 100, 300),
+        await s.w(9 * M, 3 * M),
+        'write -z 14M 2M',
+        await s.w(16 * M, 2 * M),
+        'write -z 16M 2M',
+        await s.w(18 * M, 4 * M),
+        'discard 20M 2M',
+        await s.w(24 * M - 1, 1),
       ]);
       return { file: f, expect: v3(2 * M, 24 * M), kinds: ['data', 'zero', 'unallocated'] };
     },
@@ -145,15 +166,23 @@ const variants: Variant[] = [
       await qemuCreate(f, 8 * M, { options: ['extended_l2=on', 'cluster_size=64k'] });
       await qemuIo(f, [
         // cluster 0: subclusters 0, 3, 5..6 written, 10..12 zeroed inside the allocated cluster
-        await s.w(0, 2 * K), await s.w(6 * K, 2 * K), await s.w(10 * K, 4 * K), 'write -z 20k 6k',
+        await s.w(0, 2 * K),
+        await s.w(6 * K, 2 * K),
+        await s.w(10 * K, 4 * K),
+        'write -z 20k 6k',
         // cluster 2: fully written, then subclusters discarded and zeroed with unmap
-        await s.w(128 * K, 64 * K), 'discard 132k 4k', 'write -z -u 150k 2k', 'discard 160k 32k',
+        await s.w(128 * K, 64 * K),
+        'discard 132k 4k',
+        'write -z -u 150k 2k',
+        'discard 160k 32k',
         // cluster 4: unaligned write inside one subcluster and across subclusters
-        await s.w(256 * K + 3333, 1000), await s.w(256 * K + 30_000, 5000),
+        await s.w(256 * K + 3333, 1000),
+        await s.w(256 * K + 30_000, 5000),
         // cluster 6: zero subclusters without any allocation
         'write -z 390k 4k',
         // clusters 8..: a longer write across cluster boundaries, then a zero write across one
-        await s.w(512 * K + 2 * K, 200 * K), 'write -z 570k 20k',
+        await s.w(512 * K + 2 * K, 200 * K),
+        'write -z 570k 20k',
         await s.w(8 * M - 2 * K, 2 * K),
       ]);
       return { file: f, expect: v3(64 * K, 8 * M, { extended_l2: true }), kinds: ['data', 'zero', 'unallocated'], subclusterGranular: true };
@@ -165,8 +194,13 @@ const variants: Variant[] = [
       const f = path.join(dir, 'extl2-2m.qcow2');
       await qemuCreate(f, 12 * M, { options: ['extended_l2=on', 'cluster_size=2M'] });
       await qemuIo(f, [
-        await s.w(64 * K, 64 * K), await s.w(300 * K, 100 * K), 'write -z 1M 128k', await s.w(4 * M, 2 * M),
-        'discard 4352k 64k', 'write -z -u 5M 64k', 'write -z 8M 192k',
+        await s.w(64 * K, 64 * K),
+        await s.w(300 * K, 100 * K),
+        'write -z 1M 128k',
+        await s.w(4 * M, 2 * M),
+        'discard 4352k 64k',
+        'write -z -u 5M 64k',
+        'write -z 8M 192k',
       ]);
       return { file: f, expect: v3(2 * M, 12 * M, { extended_l2: true }), kinds: ['data', 'zero', 'unallocated'], subclusterGranular: true };
     },
@@ -179,7 +213,10 @@ const variants: Variant[] = [
       await qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', raw, f]);
       await qemuIo(f, [
         await s.w(100, 1000), // partial overwrite of a (maybe) compressed cluster: copy-on-write
-        'write -z 1M 64k', await s.wText(2 * M, 64 * K), 'write -z -u 3M 64k', `write -c -s ${await s.file(compressibleBytes(s.r, 64 * K))} 3M 64k`,
+        'write -z 1M 64k',
+        await s.wText(2 * M, 64 * K),
+        'write -z -u 3M 64k',
+        `write -c -s ${await s.file(compressibleBytes(s.r, 64 * K))} 3M 64k`,
         'discard 4M 128k',
       ]);
       return { file: f, expect: v3(64 * K, 6 * M), kinds: ['data', 'zero'], minCompressed: 10 };
@@ -219,7 +256,11 @@ const variants: Variant[] = [
       const f = path.join(dir, 'zeroes.qcow2');
       await qemuCreate(f, 4 * M);
       await qemuIo(f, [
-        await s.w(0, 1 * M), 'write -z 64k 128k', 'write -z -u 320k 128k', 'write -z 2M 256k', 'write -z -u 3M 64k',
+        await s.w(0, 1 * M),
+        'write -z 64k 128k',
+        'write -z -u 320k 128k',
+        'write -z 2M 256k',
+        'write -z -u 3M 64k',
         'write -z 512k 1000', // unaligned zero write inside a data cluster
       ]);
       const qm = await qemuImg(['map', '--output=json', f]);
@@ -242,10 +283,7 @@ const variants: Variant[] = [
     async build(dir, s) {
       const f = path.join(dir, 'unaligned.qcow2');
       await qemuCreate(f, 4 * M, { options: ['refcount_bits=1'] });
-      await qemuIo(f, [
-        await s.w(3333, 1000), await s.w(65535, 2), await s.w(200_001, 131_071), await s.w(1 * M + 511, 1),
-        await s.w(4 * M - 1000, 1000),
-      ]);
+      await qemuIo(f, [await s.w(3333, 1000), await s.w(65535, 2), await s.w(200_001, 131_071), await s.w(1 * M + 511, 1), await s.w(4 * M - 1000, 1000)]);
       return { file: f, expect: v3(64 * K, 4 * M), kinds: ['data', 'unallocated'] };
     },
   },
@@ -289,10 +327,14 @@ const variants: Variant[] = [
       await qemuCreate(top, 4 * M, { backing: 'chain-base.qcow2' });
       await qemuIo(top, [
         await s.w(3333, 1000), // partial cluster: qemu copies the rest of the cluster up from the base
-        'write -z 1M 128k', 'write -z 1600k 1000', 'discard 2M 64k', await s.w(3 * M, 64 * K),
+        'write -z 1M 128k',
+        'write -z 1600k 1000',
+        'discard 2M 64k',
+        await s.w(3 * M, 64 * K),
       ]);
       return {
-        file: top, expect: v3(64 * K, 4 * M, { backing_file: 'chain-base.qcow2', backing_format: 'qcow2' }),
+        file: top,
+        expect: v3(64 * K, 4 * M, { backing_file: 'chain-base.qcow2', backing_format: 'qcow2' }),
         kinds: ['data', 'zero', 'unallocated'],
       };
     },
@@ -310,7 +352,8 @@ const variants: Variant[] = [
       await qemuCreate(top, 3 * M, { options: ['cluster_size=16k'], backing: 'chain3-mid.qcow2' });
       await qemuIo(top, [await s.w(10_000, 20_000), await s.w(2 * M + 100, 1000), 'write -z 1040k 16k']);
       return {
-        file: top, expect: v3(16 * K, 3 * M, { backing_file: 'chain3-mid.qcow2', backing_format: 'qcow2' }),
+        file: top,
+        expect: v3(16 * K, 3 * M, { backing_file: 'chain3-mid.qcow2', backing_format: 'qcow2' }),
         kinds: ['data', 'zero', 'unallocated'],
       };
     },
@@ -326,8 +369,10 @@ const variants: Variant[] = [
       await qemuCreate(top, 2 * M, { options: ['extended_l2=on'], backing: 'el2-base.qcow2' });
       await qemuIo(top, [await s.w(3333, 1000), 'write -z 70k 4k', 'discard 140k 2k', await s.w(1 * M, 64 * K)]);
       return {
-        file: top, expect: v3(64 * K, 2 * M, { backing_file: 'el2-base.qcow2', backing_format: 'qcow2', extended_l2: true }),
-        kinds: ['data', 'zero', 'unallocated'], subclusterGranular: true,
+        file: top,
+        expect: v3(64 * K, 2 * M, { backing_file: 'el2-base.qcow2', backing_format: 'qcow2', extended_l2: true }),
+        kinds: ['data', 'zero', 'unallocated'],
+        subclusterGranular: true,
       };
     },
   },
@@ -349,7 +394,8 @@ const variants: Variant[] = [
       buf.writeUInt32BE(0x0badf00d, at);
       await writeFile(top, buf);
       return {
-        file: top, expect: v3(64 * K, 1 * M, { backing_file: '../nofmt-base.qcow2', backing_format: null }),
+        file: top,
+        expect: v3(64 * K, 1 * M, { backing_file: '../nofmt-base.qcow2', backing_format: null }),
         kinds: ['data', 'zero', 'unallocated'],
       };
     },
@@ -418,7 +464,11 @@ describe('image map / image info / reads agree with qemu-img', () => {
           pos += e.length;
         }
         expect(pos).toBe(built.expect.virtual_size);
-        for (const kind of built.kinds) expect(got.some((e) => e.kind === kind), `map has a ${kind} extent`).toBe(true);
+        for (const kind of built.kinds)
+          expect(
+            got.some((e) => e.kind === kind),
+            `map has a ${kind} extent`,
+          ).toBe(true);
         if (built.subclusterGranular) {
           expect(got.some((e) => e.offset % built.expect.cluster_size !== 0 || e.length < built.expect.cluster_size)).toBe(true);
         }
@@ -430,8 +480,16 @@ describe('image map / image info / reads agree with qemu-img', () => {
         expect(r.code).toBe(0);
         const info = parseJsonOutput<Record<string, unknown>>(r);
         expect(Object.keys(info).sort()).toEqual([
-          'backing_file', 'backing_format', 'cluster_size', 'compression_type', 'data_bytes', 'extended_l2', 'format',
-          'version', 'virtual_size', 'zero_bytes',
+          'backing_file',
+          'backing_format',
+          'cluster_size',
+          'compression_type',
+          'data_bytes',
+          'extended_l2',
+          'format',
+          'version',
+          'virtual_size',
+          'zero_bytes',
         ]);
         expect(info).toMatchObject({ format: 'qcow2', ...built.expect });
         // Cross-check with qemu-img info itself.

@@ -10,24 +10,23 @@
  * QCOW2_MUTATIONS=<n> changes the number of mutations per image, QCOW2_MUTATION_QEMU_SAMPLES=<n> the number
  * of successful reads compared with QEMU's per image.
  */
-import { open, readFile, writeFile, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { CloneboxError } from '../src/errors.js';
 import { Qcow2Image } from '../src/qcow2/reader.js';
 import { readData } from '../src/qcow2/stream.js';
-import { CloneboxError } from '../src/errors.js';
 import { assertSameBytes } from './helpers/bytes.js';
 import { run } from './helpers/process.js';
+import { type Layout, parseLayout } from './helpers/qcow2-layout.js';
 import { aloneSpec, qemuImg, qemuIo } from './helpers/qemu.js';
+import { compressibleBytes, type Rng, rng } from './helpers/random.js';
 import { useTempDir } from './helpers/temp.js';
-import { parseLayout, type Layout } from './helpers/qcow2-layout.js';
-import { compressibleBytes, rng, type Rng } from './helpers/random.js';
 
 const K = 1024;
 const M = 1024 * 1024;
-const SEED = process.env.QCOW2_MUTATION_SEED === 'random'
-  ? (Date.now() ^ (process.pid << 16)) >>> 0
-  : Number(process.env.QCOW2_MUTATION_SEED ?? 0x00c0ffee) >>> 0;
+const SEED =
+  process.env.QCOW2_MUTATION_SEED === 'random' ? (Date.now() ^ (process.pid << 16)) >>> 0 : Number(process.env.QCOW2_MUTATION_SEED ?? 0x00c0ffee) >>> 0;
 const PER_IMAGE = Number(process.env.QCOW2_MUTATIONS ?? 340);
 const ITERATION_LIMIT_MS = 2000;
 const RSS_GROWTH_LIMIT = 300 * M;
@@ -69,39 +68,65 @@ beforeAll(async () => {
     await writeFile(f, b);
     return f;
   };
-  await build('plain', async (f, dir) => {
-    await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', f, '1M']);
-    const cmds: string[] = [];
-    for (let i = 0; i < 12; i++) {
-      const off = r.int(0, 1000) * 1000;
-      cmds.push(`write -s ${await srcFile(dir, `p${i}`, r.bytes(3000))} ${off} 3000`);
-    }
-    cmds.push('write -z 512k 8k', 'discard 4k 4k', 'write -z 900k 4k');
-    await qemuIo(f, cmds);
-  }, r);
+  await build(
+    'plain',
+    async (f, dir) => {
+      await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', f, '1M']);
+      const cmds: string[] = [];
+      for (let i = 0; i < 12; i++) {
+        const off = r.int(0, 1000) * 1000;
+        cmds.push(`write -s ${await srcFile(dir, `p${i}`, r.bytes(3000))} ${off} 3000`);
+      }
+      cmds.push('write -z 512k 8k', 'discard 4k 4k', 'write -z 900k 4k');
+      await qemuIo(f, cmds);
+    },
+    r,
+  );
   const text = compressibleBytes(r, 512 * K);
-  await build('deflate', async (f, dir) => {
-    await qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=16k', await srcFile(dir, 'text.raw', text), f]);
-  }, r);
-  await build('zstd', async (f, dir) => {
-    await qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=16k,compression_type=zstd', await srcFile(dir, 'text2.raw', text), f]);
-  }, r);
-  await build('extl2', async (f, dir) => {
-    await qemuImg(['create', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=32k', f, '1M']);
-    await qemuIo(f, [
-      `write -s ${await srcFile(dir, 'e0', r.bytes(5000))} 1000 5000`, 'write -z 40k 2k', 'discard 64k 1k',
-      `write -s ${await srcFile(dir, 'e1', r.bytes(40_000))} 300k 40000`,
-    ]);
-  }, r);
-  await build('backing', async (f, dir) => {
-    await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', path.join(dir, 'base.qcow2'), '512k']);
-    await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', '-b', 'base.qcow2', '-F', 'qcow2', f, '512k'], { cwd: dir });
-    await qemuIo(f, [`write -s ${await srcFile(dir, 'b0', r.bytes(10_000))} 5000 10000`, 'write -z 100k 4k']);
-  }, r);
-  await build('v2', async (f, dir) => {
-    await qemuImg(['create', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=4k', f, '256k']);
-    await qemuIo(f, [`write -s ${await srcFile(dir, 'v0', r.bytes(20_000))} 700 20000`]);
-  }, r);
+  await build(
+    'deflate',
+    async (f, dir) => {
+      await qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=16k', await srcFile(dir, 'text.raw', text), f]);
+    },
+    r,
+  );
+  await build(
+    'zstd',
+    async (f, dir) => {
+      await qemuImg(['convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=16k,compression_type=zstd', await srcFile(dir, 'text2.raw', text), f]);
+    },
+    r,
+  );
+  await build(
+    'extl2',
+    async (f, dir) => {
+      await qemuImg(['create', '-f', 'qcow2', '-o', 'extended_l2=on,cluster_size=32k', f, '1M']);
+      await qemuIo(f, [
+        `write -s ${await srcFile(dir, 'e0', r.bytes(5000))} 1000 5000`,
+        'write -z 40k 2k',
+        'discard 64k 1k',
+        `write -s ${await srcFile(dir, 'e1', r.bytes(40_000))} 300k 40000`,
+      ]);
+    },
+    r,
+  );
+  await build(
+    'backing',
+    async (f, dir) => {
+      await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', path.join(dir, 'base.qcow2'), '512k']);
+      await qemuImg(['create', '-f', 'qcow2', '-o', 'cluster_size=4k', '-b', 'base.qcow2', '-F', 'qcow2', f, '512k'], { cwd: dir });
+      await qemuIo(f, [`write -s ${await srcFile(dir, 'b0', r.bytes(10_000))} 5000 10000`, 'write -z 100k 4k']);
+    },
+    r,
+  );
+  await build(
+    'v2',
+    async (f, dir) => {
+      await qemuImg(['create', '-f', 'qcow2', '-o', 'compat=0.10,cluster_size=4k', f, '256k']);
+      await qemuIo(f, [`write -s ${await srcFile(dir, 'v0', r.bytes(20_000))} 700 20000`]);
+    },
+    r,
+  );
   for (const img of images) {
     // Not vacuous: each base image reads fine before any mutation.
     const o = await readAll(img.file);
@@ -286,7 +311,10 @@ describe('mutated qcow2 images never crash, hang or balloon the reader', () => {
       } finally {
         await fh.close();
       }
-      const summary = [...tally.entries()].sort().map(([k, v]) => `${k}=${v}`).join(' ');
+      const summary = [...tally.entries()]
+        .sort()
+        .map(([k, v]) => `${k}=${v}`)
+        .join(' ');
       console.log(`qcow2-mutation ${name}: ${summary}; compared with qemu: ${compared}; slowest ${slowest} ms; rss +${((maxRss - rss0) / M).toFixed(0)} MiB`);
       const total = [...tally.values()].reduce((a, b) => a + b, 0);
       expect(total).toBe(PER_IMAGE);

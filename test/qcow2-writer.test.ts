@@ -10,17 +10,17 @@
  *
  * Seed: QCOW2_WRITER_SEED (printed below) replays a run.
  */
-import { open, readdir, mkdir, copyFile, type FileHandle } from 'node:fs/promises';
+import { copyFile, type FileHandle, mkdir, open, readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { Qcow2Writer, type CreateOptions } from '../src/qcow2/writer.js';
-import { Qcow2Image } from '../src/qcow2/reader.js';
-import { Chain } from '../src/qcow2/chain.js';
 import { CloneboxError } from '../src/errors.js';
+import { Chain } from '../src/qcow2/chain.js';
+import { Qcow2Image } from '../src/qcow2/reader.js';
+import { type CreateOptions, Qcow2Writer } from '../src/qcow2/writer.js';
 import { assertSameBytes, readFileRange } from './helpers/bytes.js';
 import { type MapExtent, mergeExtents, qemuCheck, qemuCompare, qemuImg, qemuIo, qemuMapAlone, qemuRaw } from './helpers/qemu.js';
+import { type Rng, rng, seedFromEnv } from './helpers/random.js';
 import { makeTempDir, useTempDir } from './helpers/temp.js';
-import { rng, seedFromEnv, type Rng } from './helpers/random.js';
 
 const K = 1024;
 const M = 1024 * 1024;
@@ -42,7 +42,12 @@ class Twin {
   /** One scratch buffer reused for every write, to prove the writer copies what it keeps. */
   private scratch: Buffer;
 
-  private constructor(readonly w: Qcow2Writer, readonly raw: FileHandle, readonly rawPath: string, readonly r: Rng) {
+  private constructor(
+    readonly w: Qcow2Writer,
+    readonly raw: FileHandle,
+    readonly rawPath: string,
+    readonly r: Rng,
+  ) {
     this.scratch = Buffer.alloc(0);
   }
 
@@ -205,7 +210,11 @@ describe('Qcow2Writer round trips through qemu-img', () => {
 
   it('an empty image (no writes) and a zero-sized one pass qemu-img check', async () => {
     const dir = await makeTempDir('clonebox-writer-');
-    for (const [name, vs, cs] of [['empty.qcow2', 10 * M, 64 * K], ['tiny.qcow2', 512, 512], ['zero.qcow2', 0, 64 * K]] as const) {
+    for (const [name, vs, cs] of [
+      ['empty.qcow2', 10 * M, 64 * K],
+      ['tiny.qcow2', 512, 512],
+      ['zero.qcow2', 0, 64 * K],
+    ] as const) {
       const file = path.join(dir, name);
       const t = await Twin.create(file, { virtualSize: vs, clusterSize: cs }, rng(SEED));
       await t.finish();
@@ -243,7 +252,8 @@ describe('Qcow2Writer round trips through qemu-img', () => {
     for (let i = 0; i < 2500; i++) {
       const tbl = touched[i]!;
       const k = r.float();
-      if (k < 0.4) await t.data(tbl * 64 + r.int(0, 64), 1); // another cluster of an evicted table
+      if (k < 0.4)
+        await t.data(tbl * 64 + r.int(0, 64), 1); // another cluster of an evicted table
       else if (k < 0.7) await t.zero(tbl * 64 + r.int(0, 64), 1);
       else {
         // rewrite exactly the cluster written in the first pass
@@ -383,13 +393,10 @@ describe('Qcow2Writer file hygiene', () => {
     for (const cs of [256, 3000, 4 * M]) {
       await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: M, clusterSize: cs })).rejects.toMatchObject({ code: 'BAD_SIZE' });
     }
-    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: M, backingFile: 'x'.repeat(1024) }))
-      .rejects.toBeInstanceOf(CloneboxError);
-    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: 2 ** 60, clusterSize: 512 }))
-      .rejects.toMatchObject({ code: 'BAD_SIZE' });
+    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: M, backingFile: 'x'.repeat(1024) })).rejects.toBeInstanceOf(CloneboxError);
+    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: 2 ** 60, clusterSize: 512 })).rejects.toMatchObject({ code: 'BAD_SIZE' });
     // QEMU sees whole 512-byte sectors only (it rounds the header's size down): such a size is refused.
-    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: 1000, clusterSize: 512 }))
-      .rejects.toMatchObject({ code: 'BAD_SIZE' });
+    await expect(Qcow2Writer.create(path.join(dir, 'bad.qcow2'), { virtualSize: 1000, clusterSize: 512 })).rejects.toMatchObject({ code: 'BAD_SIZE' });
     expect(await listDir(dir)).toEqual([]);
   });
 });

@@ -4,13 +4,14 @@
  * back the operation, leaving every snapshot identical to its reference, the current state identical
  * to either the before or the after state, no half-made snapshot listed, and no stray files.
  */
-import { describe, expect, it } from 'vitest';
-import path from 'node:path';
-import { cp, mkdir, rm } from 'node:fs/promises';
+
 import { existsSync } from 'node:fs';
+import { cp, mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { qemuCompare } from './helpers/qemu.js';
-import { makeTempDir } from './helpers/temp.js';
 import { VmFixture } from './helpers/snapshots.js';
+import { makeTempDir } from './helpers/temp.js';
 
 interface Scenario {
   name: string;
@@ -45,29 +46,37 @@ const scenarios: Scenario[] = [
       f.refs.set('s4', f.refs.get('cur')!); // the new snapshot holds the current state
     },
     op: ['snapshot', 'create', 'web', '--name', 's4'],
-    before: ['s1', 's2', 's3'], after: ['s1', 's2', 's3', 's4'],
-    currentBefore: 'cur', currentAfter: 'cur',
+    before: ['s1', 's2', 's3'],
+    after: ['s1', 's2', 's3', 's4'],
+    currentBefore: 'cur',
+    currentAfter: 'cur',
   },
   {
     name: 'restore',
     build: base,
     op: ['snapshot', 'restore', 'web', '--name', 's2', '--yes'],
-    before: ['s1', 's2', 's3'], after: ['s1', 's2', 's3'],
-    currentBefore: 'cur', currentAfter: 's2',
+    before: ['s1', 's2', 's3'],
+    after: ['s1', 's2', 's3'],
+    currentBefore: 'cur',
+    currentAfter: 's2',
   },
   {
     name: 'delete --keep-children',
     build: base,
     op: ['snapshot', 'delete', 'web', '--name', 's1', '--keep-children'],
-    before: ['s1', 's2', 's3'], after: ['s2', 's3'],
-    currentBefore: 'cur', currentAfter: 'cur',
+    before: ['s1', 's2', 's3'],
+    after: ['s2', 's3'],
+    currentBefore: 'cur',
+    currentAfter: 'cur',
   },
   {
     name: 'delete current (merge into current state)',
     build: base,
     op: ['snapshot', 'delete', 'web', '--name', 's3'],
-    before: ['s1', 's2', 's3'], after: ['s1', 's2'],
-    currentBefore: 'cur', currentAfter: 'cur',
+    before: ['s1', 's2', 's3'],
+    after: ['s1', 's2'],
+    currentBefore: 'cur',
+    currentAfter: 'cur',
   },
   {
     name: 'prune',
@@ -83,8 +92,10 @@ const scenarios: Scenario[] = [
       await f.ok(['snapshot', 'policy', 'web', '--max-snapshots', '0']);
     },
     op: ['snapshot', 'prune', 'web'],
-    before: ['s1', 's2', 's3', 'a1', 'a2'], after: ['s1', 's2', 's3', 'a2'],
-    currentBefore: 'cur', currentAfter: 'cur',
+    before: ['s1', 's2', 's3', 'a1', 'a2'],
+    after: ['s1', 's2', 's3', 'a2'],
+    currentBefore: 'cur',
+    currentAfter: 'cur',
   },
 ];
 

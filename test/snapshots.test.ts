@@ -2,14 +2,15 @@
  * Snapshot manager on the image driver, through the CLI, on real qcow2 images written with qemu-io and
  * checked with qemu-img compare / check against raw references taken before each change.
  */
-import { describe, expect, it } from 'vitest';
-import path from 'node:path';
+
 import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { CLI_PATH, parseJsonOutput } from './helpers/cli.js';
 import { run } from './helpers/process.js';
 import { qemuImg } from './helpers/qemu.js';
+import { type SnapView, VmFixture } from './helpers/snapshots.js';
 import { makeTempDir } from './helpers/temp.js';
-import { VmFixture, type SnapView } from './helpers/snapshots.js';
 
 async function fixture(name = 'web', size = '16M'): Promise<VmFixture> {
   const root = await makeTempDir('clonebox-snap-');
@@ -18,8 +19,23 @@ async function fixture(name = 'web', size = '16M'): Promise<VmFixture> {
   return VmFixture.create(path.join(root, 'home'), dir, name, size);
 }
 
-const SNAPSHOT_KEYS = ['auto_created', 'auto_policy', 'children', 'created_at', 'current', 'description', 'disks', 'expires_at',
-  'name', 'parent', 'size_bytes', 'state', 'tags', 'type', 'vm_name'];
+const SNAPSHOT_KEYS = [
+  'auto_created',
+  'auto_policy',
+  'children',
+  'created_at',
+  'current',
+  'description',
+  'disks',
+  'expires_at',
+  'name',
+  'parent',
+  'size_bytes',
+  'state',
+  'tags',
+  'type',
+  'vm_name',
+];
 
 describe('snapshot create / list / show', () => {
   it('seals the disk as a layer, keeps the disk path, and reports the contract shape', async () => {
@@ -27,8 +43,20 @@ describe('snapshot create / list / show', () => {
     await f.write('write -P 0x11 0 1M');
     const s1 = await f.snap('s1', ['--description', 'first', '--tags', 'a,b']);
     expect(Object.keys(s1).sort()).toEqual(SNAPSHOT_KEYS);
-    expect(s1).toMatchObject({ name: 's1', vm_name: 'web', type: 'disk', state: 'ready', description: 'first', parent: null,
-      children: [], tags: ['a', 'b'], auto_created: false, auto_policy: null, current: true, size_bytes: 1024 * 1024 });
+    expect(s1).toMatchObject({
+      name: 's1',
+      vm_name: 'web',
+      type: 'disk',
+      state: 'ready',
+      description: 'first',
+      parent: null,
+      children: [],
+      tags: ['a', 'b'],
+      auto_created: false,
+      auto_policy: null,
+      current: true,
+      size_bytes: 1024 * 1024,
+    });
     expect(s1.disks).toEqual([{ target: 'vda', path: path.join(f.dir, 'web@s1.qcow2') }]);
     // The registered disk path is now an empty overlay on the layer.
     const info = JSON.parse((await qemuImg(['info', '--output=json', f.disk])).stdout) as { 'backing-filename': string };
@@ -105,7 +133,12 @@ describe('restore, branches and --at', () => {
     await f.write('write -P 4 3M 64k');
     const s3 = await f.snap('s3');
     expect(s3.parent).toBe('s1');
-    const tree = await f.json<{ vm_name: string; current: string; roots: { name: string; current: boolean; children: { name: string }[] }[] }>(['snapshot', 'list', 'web', '--tree']);
+    const tree = await f.json<{ vm_name: string; current: string; roots: { name: string; current: boolean; children: { name: string }[] }[] }>([
+      'snapshot',
+      'list',
+      'web',
+      '--tree',
+    ]);
     expect(tree.current).toBe('s3');
     expect(tree.roots.map((r) => r.name)).toEqual(['s1']);
     expect(tree.roots[0]!.children.map((c) => c.name).sort()).toEqual(['s2', 's3']);
@@ -205,13 +238,25 @@ describe('diff', () => {
     // an unaligned 100-byte write inside the cluster at 2M+64k.
     await f.write('write -P 3 1M 128k', 'write -P 1 0 64k', 'write -z 4M 64k', 'write -P 9 2162700 100');
     await f.snap('b');
-    const d = await f.json<{ from: string; to: string; disks: { target: string; granularity: number; changed_bytes: number; ranges: { offset: number; length: number }[] }[] }>(
-      ['snapshot', 'diff', 'web', '--from', 'a', '--to', 'b']);
+    const d = await f.json<{
+      from: string;
+      to: string;
+      disks: { target: string; granularity: number; changed_bytes: number; ranges: { offset: number; length: number }[] }[];
+    }>(['snapshot', 'diff', 'web', '--from', 'a', '--to', 'b']);
     expect(d.from).toBe('a');
     expect(d.to).toBe('b');
-    expect(d.disks).toEqual([{ target: 'vda', granularity: 65536, changed_bytes: 128 * 1024 + 65536 + 65536, ranges: [
-      { offset: 1048576, length: 131072 }, { offset: 2162688, length: 65536 }, { offset: 4194304, length: 65536 },
-    ] }]);
+    expect(d.disks).toEqual([
+      {
+        target: 'vda',
+        granularity: 65536,
+        changed_bytes: 128 * 1024 + 65536 + 65536,
+        ranges: [
+          { offset: 1048576, length: 131072 },
+          { offset: 2162688, length: 65536 },
+          { offset: 4194304, length: 65536 },
+        ],
+      },
+    ]);
     // Against the current state, and across branches.
     await f.write('write -P 5 8M 64k');
     const c = await f.json<{ disks: { ranges: { offset: number; length: number }[] }[] }>(['snapshot', 'diff', 'web', '--from', 'b', '--to', 'current']);
@@ -221,7 +266,10 @@ describe('diff', () => {
     await f.snap('c');
     const x = await f.json<{ disks: { ranges: { offset: number; length: number }[] }[] }>(['snapshot', 'diff', 'web', '--from', 'b', '--to', 'c']);
     expect(x.disks[0]!.ranges).toEqual([
-      { offset: 1048576, length: 131072 }, { offset: 2162688, length: 65536 }, { offset: 4194304, length: 65536 }, { offset: 12 * 1048576, length: 65536 },
+      { offset: 1048576, length: 131072 },
+      { offset: 2162688, length: 65536 },
+      { offset: 4194304, length: 65536 },
+      { offset: 12 * 1048576, length: 65536 },
     ]);
   });
 });
@@ -276,8 +324,18 @@ describe('stats, policy, prune, run', () => {
     await f.write('write -P 1 0 64k');
     await f.snap('base');
     await f.refCurrent('before');
-    const r = await f.cli(['snapshot', 'run', 'web', '--name', 'pre', '--rollback-on-fail', '--',
-      'sh', '-c', `qemu-io -f qcow2 -c 'write -P 0x66 0 1M' ${f.disk} >/dev/null; exit 3`]);
+    const r = await f.cli([
+      'snapshot',
+      'run',
+      'web',
+      '--name',
+      'pre',
+      '--rollback-on-fail',
+      '--',
+      'sh',
+      '-c',
+      `qemu-io -f qcow2 -c 'write -P 0x66 0 1M' ${f.disk} >/dev/null; exit 3`,
+    ]);
     expect(r.code).toBe(3);
     expect(r.stderr).toContain('rolled back');
     f.refs.set('pre', f.refs.get('before')!);
@@ -286,7 +344,17 @@ describe('stats, policy, prune, run', () => {
     expect(pre.auto_created).toBe(true);
     expect(pre.tags).toEqual(['auto']);
     // Without --rollback-on-fail the change stays.
-    const r2 = await f.cli(['snapshot', 'run', 'web', '--name', 'pre2', '--', 'sh', '-c', `qemu-io -f qcow2 -c 'write -P 0x67 0 64k' ${f.disk} >/dev/null; exit 4`]);
+    const r2 = await f.cli([
+      'snapshot',
+      'run',
+      'web',
+      '--name',
+      'pre2',
+      '--',
+      'sh',
+      '-c',
+      `qemu-io -f qcow2 -c 'write -P 0x67 0 64k' ${f.disk} >/dev/null; exit 4`,
+    ]);
     expect(r2.code).toBe(4);
     const vmJson = JSON.parse(await readFile(path.join(f.home, 'vms', 'web', 'vm.json'), 'utf8')) as { current: string };
     expect(vmJson.current).toBe('pre2');
@@ -354,8 +422,9 @@ describe('regressions', () => {
   it('output into a closed pipe ends quietly', async () => {
     const f = await fixture();
     for (let i = 0; i < 3; i++) await f.ok(['snapshot', 'create', 'web', '--name', `s${i}`]);
-    const r = await run('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" snapshot list web --tree | true`],
-      { env: { ...process.env, CLONEBOX_HOME: f.home } });
+    const r = await run('sh', ['-c', `"${process.execPath}" "${CLI_PATH}" snapshot list web --tree | true`], {
+      env: { ...process.env, CLONEBOX_HOME: f.home },
+    });
     // `true` exits at once, so clonebox writes into a pipe with no reader (EPIPE).
     expect(r.stderr).not.toMatch(/EPIPE|Error/);
   });

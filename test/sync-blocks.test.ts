@@ -8,14 +8,14 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compressBound, compressInto } from '../src/content/codec.js';
 import { resolveHome } from '../src/store/home.js';
-import { startPrivateDht, type PrivateDht } from '../src/sync/bootstrap.js';
 import { BlockChannel, type BlockSource } from '../src/sync/blocks.js';
+import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { ensureIdentity } from '../src/sync/identity.js';
 import { BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD } from '../src/sync/messages.js';
-import { TeamSwarm, type TeamPeer } from '../src/sync/swarm.js';
+import { type TeamPeer, TeamSwarm } from '../src/sync/swarm.js';
 import { createTeam, joinTeam, loadTeam } from '../src/sync/teams.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest();
 const hex = (b: Buffer) => b.toString('hex');
@@ -73,13 +73,27 @@ beforeAll(async () => {
   const deadline = Date.now() + 10_000;
   const serving: BlockSource = { read: (hashes) => (source ?? frameSource()).read(hashes) };
   sharer = await TeamSwarm.open({
-    home: a, team: await loadTeam(a, 'crew'), identity: ida, bootstrap: [net.address], deadline,
-    services: { [BLOCKS_PROTOCOL]: (peer: TeamPeer) => { BlockChannel.attach(peer.mux, { source: serving }); } },
+    home: a,
+    team: await loadTeam(a, 'crew'),
+    identity: ida,
+    bootstrap: [net.address],
+    deadline,
+    services: {
+      [BLOCKS_PROTOCOL]: (peer: TeamPeer) => {
+        BlockChannel.attach(peer.mux, { source: serving });
+      },
+    },
   });
   let attached!: (bc: BlockChannel) => void;
-  const ready = new Promise<BlockChannel>((res) => { attached = res; });
+  const ready = new Promise<BlockChannel>((res) => {
+    attached = res;
+  });
   receiver = await TeamSwarm.open({
-    home: b, team: await loadTeam(b, 'crew'), identity: idb, bootstrap: [net.address], deadline,
+    home: b,
+    team: await loadTeam(b, 'crew'),
+    identity: idb,
+    bootstrap: [net.address],
+    deadline,
     services: { [BLOCKS_PROTOCOL]: (peer: TeamPeer) => attached(BlockChannel.attach(peer.mux)) },
   });
   fetcher = await ready;
@@ -98,7 +112,9 @@ describe('block channel', () => {
     const unknown = Array.from({ length: 10 }, (_, i) => sha(Buffer.from(`nobody has ${i}`)));
     const got = new Map<string, Buffer>();
     const res = await fetcher.fetch([...blocks.map(sha), ...unknown], {
-      onBlock: (h, data) => { got.set(hex(h), Buffer.from(data)); },
+      onBlock: (h, data) => {
+        got.set(hex(h), Buffer.from(data));
+      },
       windowBytes: 1, // clamped to one frame's worth: still completes, just with less in flight
     });
     expect(res.received).toBe(blocks.length);
@@ -134,7 +150,10 @@ describe('block channel', () => {
     const wanted = [0, 1, 2, 3, 4, 6].map((i) => sha(pick(i)));
     const handed: string[] = [];
     const res = await fetcher.fetch(wanted, {
-      onBlock: (h, data) => { expect(sha(data).equals(h)).toBe(true); handed.push(hex(h)); },
+      onBlock: (h, data) => {
+        expect(sha(data).equals(h)).toBe(true);
+        handed.push(hex(h));
+      },
       deadline: Date.now() + 10_000,
     });
     expect(res.corrupt.map(hex).sort()).toEqual([0, 2, 3].map((i) => hex(sha(pick(i)))).sort());
@@ -171,7 +190,9 @@ describe('block channel', () => {
     const wanted = blocks.slice(10, 20).map(sha);
     const t0 = Date.now();
     const fetching = fetcher.fetch(wanted, { onBlock: () => undefined });
-    setTimeout(() => { for (const c of sharer.swarm.connections) c.destroy(); }, 300);
+    setTimeout(() => {
+      for (const c of sharer.swarm.connections) c.destroy();
+    }, 300);
     const res = await fetching;
     expect(Date.now() - t0).toBeLessThan(3000);
     expect(res.received).toBe(2);

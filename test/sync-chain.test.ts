@@ -10,12 +10,12 @@
  * nothing registered, then a clean retry; a pull SIGKILLed mid-way resuming without fetching again
  * what it had; three homes.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startPrivateDht, type PrivateDht } from '../src/sync/bootstrap.js';
+import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
 import { CLI_PATH, cb } from './helpers/cli.js';
 import { run } from './helpers/process.js';
@@ -50,11 +50,42 @@ async function ok(h: string, args: string[], timeoutMs = 60_000): Promise<string
 const json = async <T = unknown>(h: string, args: string[], timeoutMs?: number): Promise<T> => JSON.parse(await ok(h, [...args, '--json'], timeoutMs)) as T;
 
 /** The parts of the CLI's --json documents that these tests read. */
-interface DiskDoc { target: string; path: string }
-interface SnapshotDoc { name: string; parent: string | null; description: string | null; tags: string[]; created_at: string; type: string; children: string[]; disks: DiskDoc[] }
-interface VmDoc { name: string; current: string | null; disks: DiskDoc[] }
-interface ChainDoc { vm: string; remote_vm: string; peer: string; snapshots: string[]; bytes_received: number; blocks_fetched: number; blocks_reused: number; via?: string; unavailable?: string[] }
-interface SyncDoc { peers: string[]; chains: ChainDoc[]; bytes_received: number; error?: { code: string; message: string } }
+interface DiskDoc {
+  target: string;
+  path: string;
+}
+interface SnapshotDoc {
+  name: string;
+  parent: string | null;
+  description: string | null;
+  tags: string[];
+  created_at: string;
+  type: string;
+  children: string[];
+  disks: DiskDoc[];
+}
+interface VmDoc {
+  name: string;
+  current: string | null;
+  disks: DiskDoc[];
+}
+interface ChainDoc {
+  vm: string;
+  remote_vm: string;
+  peer: string;
+  snapshots: string[];
+  bytes_received: number;
+  blocks_fetched: number;
+  blocks_reused: number;
+  via?: string;
+  unavailable?: string[];
+}
+interface SyncDoc {
+  peers: string[];
+  chains: ChainDoc[];
+  bytes_received: number;
+  error?: { code: string; message: string };
+}
 
 async function randomFile(name: string, bytes: number): Promise<string> {
   const f = path.join(root, name);
@@ -68,12 +99,21 @@ async function diskOf(h: string, vm: string): Promise<string> {
 
 /** `sync --watch` of a home as a child process; stop() sends SIGTERM and waits. */
 function watch(h: string): { stop(): Promise<void>; stderr(): string } {
-  const child = spawn(process.execPath, [CLI_PATH, '--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--watch', '--timeout', '20'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI_PATH, '--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--watch', '--timeout', '20'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.add(child);
   let err = '';
-  child.stderr!.on('data', (d) => { err += d; });
+  child.stderr!.on('data', (d) => {
+    err += d;
+  });
   child.stdout!.resume();
-  const exited = new Promise<void>((r) => child.once('exit', () => { children.delete(child); r(); }));
+  const exited = new Promise<void>((r) =>
+    child.once('exit', () => {
+      children.delete(child);
+      r();
+    }),
+  );
   return {
     stderr: () => err,
     stop: async () => {
@@ -177,14 +217,20 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const before = {
       vm: await readFile(path.join(C, 'vms', 'dev', 'vm.json'), 'utf8'),
       snaps: await json(C, ['snapshot', 'list', 'dev']),
-      disk: createHash('sha256').update(await readFile(await diskOf(C, 'dev'))).digest('hex'),
+      disk: createHash('sha256')
+        .update(await readFile(await diskOf(C, 'dev')))
+        .digest('hex'),
     };
     const r = await sync(C);
     expect(r.code, r.stderr).toBe(0);
     expect(r.doc.chains.map((c) => c.vm)).toEqual(['dev.ws-a']);
     expect(await readFile(path.join(C, 'vms', 'dev', 'vm.json'), 'utf8')).toBe(before.vm);
     expect(await json(C, ['snapshot', 'list', 'dev'])).toEqual(before.snaps);
-    expect(createHash('sha256').update(await readFile(await diskOf(C, 'dev'))).digest('hex')).toBe(before.disk);
+    expect(
+      createHash('sha256')
+        .update(await readFile(await diskOf(C, 'dev')))
+        .digest('hex'),
+    ).toBe(before.disk);
     await expectSameChain(A(), 'dev', C, 'dev.ws-a', { sameTree: true });
   });
 
@@ -193,7 +239,12 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await join(D, 'ws-d');
     // Rot one byte of the sharer's 'patch' layer, inside its data.
     const layer = (await json<SnapshotDoc>(A(), ['snapshot', 'show', 'dev', '--name', 'patch'])).disks[0]!.path;
-    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', layer])).stdout) as { start: number; data: boolean; depth: number; offset?: number }[];
+    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', layer])).stdout) as {
+      start: number;
+      data: boolean;
+      depth: number;
+      offset?: number;
+    }[];
     const ext = map.find((e) => e.data && e.depth === 0 && e.offset !== undefined)!;
     const at = ext.offset! + 1000;
     const fh = await open(layer, 'r+');
@@ -228,15 +279,21 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     sharer = watch(A());
     const E = home('e');
     await join(E, 'ws-e');
-    const child = spawn(process.execPath, [CLI_PATH, '--home', E, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], { stdio: 'ignore' });
+    const child = spawn(process.execPath, [CLI_PATH, '--home', E, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+      stdio: 'ignore',
+    });
     children.add(child);
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
     const idx = path.join(E, 'sync', 'partial', 'blocks.idx');
     const t0 = Date.now();
     let killedAt = 0;
     while (Date.now() - t0 < 60_000) {
-      const size = await stat(path.join(E, 'sync', 'partial', 'blocks.dat')).then((s) => s.size, () => 0);
-      if (size >= 28 * MiB) { // dev's ~9 MiB come first (E pulls every shared chain), then big's
+      const size = await stat(path.join(E, 'sync', 'partial', 'blocks.dat')).then(
+        (s) => s.size,
+        () => 0,
+      );
+      if (size >= 28 * MiB) {
+        // dev's ~9 MiB come first (E pulls every shared chain), then big's
         child.kill('SIGKILL');
         killedAt = size;
         break;
@@ -247,7 +304,12 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     await exited;
     children.delete(child);
     expect(killedAt, 'the pull ended before it could be killed').toBeGreaterThan(0);
-    const indexed = Math.floor((await stat(idx).then((s) => s.size, () => 0)) / 44);
+    const indexed = Math.floor(
+      (await stat(idx).then(
+        (s) => s.size,
+        () => 0,
+      )) / 44,
+    );
     expect(indexed).toBeGreaterThan(0);
     expect((await json<VmDoc[]>(E, ['vm', 'list'])).map((v) => v.name)).not.toContain('big');
     // The layer it was writing is listed for the next sync to remove.
@@ -255,7 +317,14 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     expect(listed.length).toBeGreaterThan(0);
     const r = await sync(E);
     expect(r.code, r.stderr).toBe(0);
-    for (const f of listed) expect(await stat(f).then(() => 'left behind', () => 'removed'), f).toBe('removed');
+    for (const f of listed)
+      expect(
+        await stat(f).then(
+          () => 'left behind',
+          () => 'removed',
+        ),
+        f,
+      ).toBe('removed');
     expect(await readFile(path.join(E, 'sync', 'pull-temps.list'), 'utf8')).toBe('');
     const big = r.doc.chains.find((c) => c.vm === 'big')!;
     // E has no other copy of big's random blocks: what it reused is what the killed run kept.
@@ -266,11 +335,13 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const total = spooled * 64 * 1024 + big.bytes_received;
     expect(total).toBeLessThanOrEqual(64 * MiB * 1.03);
     expect(big.bytes_received).toBeLessThanOrEqual((1024 - spooled) * 64 * 1024 * 1.01 + 64 * 1024);
-    process.stderr.write(`resume: killed with ${(killedAt / MiB).toFixed(1)} MiB spooled, ${spooled} of big's blocks kept; second run received ${(big.bytes_received / MiB).toFixed(1)} MiB\n`);
+    process.stderr.write(
+      `resume: killed with ${(killedAt / MiB).toFixed(1)} MiB spooled, ${spooled} of big's blocks kept; second run received ${(big.bytes_received / MiB).toFixed(1)} MiB\n`,
+    );
     await expectSameChain(A(), 'big', E, 'big', { sameTree: true });
   });
 
-  it('three homes: each pulls the others\' shared chains, reusing blocks it already has', async () => {
+  it("three homes: each pulls the others' shared chains, reusing blocks it already has", async () => {
     const B = home('b');
     // B shares a VM of its own whose base holds the same 8 MiB as A's dev (blocks F will have from dev).
     await ok(B, ['vm', 'create', 'tools', '--size', '32M']);
@@ -314,13 +385,25 @@ describe('snapshot share / sync between homes on a local testnet', () => {
 
     const env: NodeJS.ProcessEnv = { ...process.env };
     delete env.CLONEBOX_HOME;
-    const child = spawn(process.execPath, [CLI_PATH, '--home', G, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env });
+    const child = spawn(process.execPath, [CLI_PATH, '--home', G, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env,
+    });
     children.add(child);
     let out = '';
     let err = '';
-    child.stdout!.on('data', (d) => { out += d; });
-    child.stderr!.on('data', (d) => { err += d; });
-    const exited = new Promise<number | null>((r) => child.once('exit', (code) => { children.delete(child); r(code); }));
+    child.stdout!.on('data', (d) => {
+      out += d;
+    });
+    child.stderr!.on('data', (d) => {
+      err += d;
+    });
+    const exited = new Promise<number | null>((r) =>
+      child.once('exit', (code) => {
+        children.delete(child);
+        r(code);
+      }),
+    );
     // Wait for the new layer to be on its way (a hidden temporary beside dev's disk), then freeze the pull.
     const t0 = Date.now();
     let writing = false;

@@ -8,14 +8,14 @@
  * in holepunching ("no membership proof").
  * The namespaces are removed in afterAll and when the process exits.
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import readline from 'node:readline';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dhtOptions, lanLocalAddress, localAddressTo } from '../src/sync/dht.js';
-import { cb, CLI_PATH } from './helpers/cli.js';
+import { CLI_PATH, cb } from './helpers/cli.js';
 import { run } from './helpers/process.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
@@ -28,7 +28,12 @@ describe('LAN bootstrap addresses', () => {
     expect(await localAddressTo('127.0.0.1', 9)).toBe('127.0.0.1');
     expect(await lanLocalAddress(null)).toBeNull();
     expect(await lanLocalAddress([{ host: '127.0.0.1', port: 5 }])).toBeNull(); // loopback has its own rule
-    expect(await lanLocalAddress([{ host: '10.1.2.3', port: 5 }, { host: '8.8.8.8', port: 5 }])).toBeNull(); // a public node
+    expect(
+      await lanLocalAddress([
+        { host: '10.1.2.3', port: 5 },
+        { host: '8.8.8.8', port: 5 },
+      ]),
+    ).toBeNull(); // a public node
     const local = await lanLocalAddress(lan); // depends on this machine's routes: an address or null
     expect(local === null || /^\d+\.\d+\.\d+\.\d+$/.test(local)).toBe(true);
   });
@@ -56,12 +61,17 @@ function removeNamespaces(): void {
 function makeLan(): boolean {
   if (process.getuid?.() !== 0) return false;
   const steps = [
-    ['netns', 'add', NS_A], ['netns', 'add', NS_B],
+    ['netns', 'add', NS_A],
+    ['netns', 'add', NS_B],
     ['link', 'add', VETH_A, 'type', 'veth', 'peer', 'name', VETH_B],
-    ['link', 'set', VETH_A, 'netns', NS_A], ['link', 'set', VETH_B, 'netns', NS_B],
-    ['-n', NS_A, 'addr', 'add', `${SUBNET}.1/24`, 'dev', VETH_A], ['-n', NS_B, 'addr', 'add', `${SUBNET}.2/24`, 'dev', VETH_B],
-    ['-n', NS_A, 'link', 'set', VETH_A, 'up'], ['-n', NS_B, 'link', 'set', VETH_B, 'up'],
-    ['-n', NS_A, 'link', 'set', 'lo', 'up'], ['-n', NS_B, 'link', 'set', 'lo', 'up'],
+    ['link', 'set', VETH_A, 'netns', NS_A],
+    ['link', 'set', VETH_B, 'netns', NS_B],
+    ['-n', NS_A, 'addr', 'add', `${SUBNET}.1/24`, 'dev', VETH_A],
+    ['-n', NS_B, 'addr', 'add', `${SUBNET}.2/24`, 'dev', VETH_B],
+    ['-n', NS_A, 'link', 'set', VETH_A, 'up'],
+    ['-n', NS_B, 'link', 'set', VETH_B, 'up'],
+    ['-n', NS_A, 'link', 'set', 'lo', 'up'],
+    ['-n', NS_B, 'link', 'set', 'lo', 'up'],
   ];
   for (const s of steps) {
     if (!ip(s)) {
@@ -105,7 +115,10 @@ describe.skipIf(!lanOk)('sync on a LAN between two network namespaces (root)', (
     boot = inNs(NS_A, ['--home', home('boot'), 'dht', 'bootstrap', '--host', `${SUBNET}.1`, '--port', '0', '--json']);
     const line = await new Promise<string>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error('dht bootstrap printed nothing in 15 s')), 15_000);
-      readline.createInterface({ input: boot.stdout! }).once('line', (l) => { clearTimeout(t); resolve(l); });
+      readline.createInterface({ input: boot.stdout! }).once('line', (l) => {
+        clearTimeout(t);
+        resolve(l);
+      });
     });
     bs = (JSON.parse(line) as { bootstrap: string }).bootstrap;
 
@@ -135,7 +148,28 @@ describe.skipIf(!lanOk)('sync on a LAN between two network namespaces (root)', (
     for (const n of ['b1', 'b2', 'b3']) {
       await ok(home(n), ['team', 'join', 'crew', '--invite', invite, '--name', n]);
       const t0 = Date.now();
-      const r = await run('ip', ['netns', 'exec', NS_B, process.execPath, CLI_PATH, '--home', home(n), 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '30', '--json'], { env: env(), timeoutMs: 50_000 });
+      const r = await run(
+        'ip',
+        [
+          'netns',
+          'exec',
+          NS_B,
+          process.execPath,
+          CLI_PATH,
+          '--home',
+          home(n),
+          'snapshot',
+          'sync',
+          '--team',
+          'crew',
+          '--bootstrap',
+          bs,
+          '--timeout',
+          '30',
+          '--json',
+        ],
+        { env: env(), timeoutMs: 50_000 },
+      );
       expect(r.code, r.stderr).toBe(0);
       const doc = JSON.parse(r.stdout);
       expect(doc.peers, `${n}: ${r.stderr}`).toEqual(['ws-a']);

@@ -7,20 +7,20 @@
 import { createSocket } from 'node:dgram';
 import path from 'node:path';
 import c from 'compact-encoding';
-import Hyperswarm from 'hyperswarm';
 import HyperDHT from 'hyperdht';
+import Hyperswarm from 'hyperswarm';
 import Protomux from 'protomux';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
-import { startPrivateDht, type PrivateDht } from '../src/sync/bootstrap.js';
+import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { dhtOptions, openDht } from '../src/sync/dht.js';
 import type { HostPort } from '../src/sync/hostport.js';
 import { ensureIdentity } from '../src/sync/identity.js';
-import { teamTopic, newTeamSecret, membershipKey } from '../src/sync/keys.js';
+import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof, proveMembership } from '../src/sync/membership.js';
-import { intro, membershipHandshake, MEMBERSHIP_PROTOCOL } from '../src/sync/messages.js';
+import { intro, MEMBERSHIP_PROTOCOL, membershipHandshake } from '../src/sync/messages.js';
+import { type Rejection, type TeamPeer, TeamSwarm } from '../src/sync/swarm.js';
 import { createTeam, joinTeam, loadTeam, teamSecret } from '../src/sync/teams.js';
-import { TeamSwarm, type Rejection, type TeamPeer } from '../src/sync/swarm.js';
 import { cb } from './helpers/cli.js';
 import { startBootstrapCli } from './helpers/dht.js';
 import { bounded } from './helpers/process.js';
@@ -59,7 +59,14 @@ describe('team swarm on a local testnet', () => {
       'clonebox-test/echo': (peer: TeamPeer) => {
         const ch = peer.mux.createChannel({
           protocol: 'clonebox-test/echo',
-          messages: [{ encoding: c.string, onmessage: (text: string) => { got.push(`${me}<-${text}`); } }],
+          messages: [
+            {
+              encoding: c.string,
+              onmessage: (text: string) => {
+                got.push(`${me}<-${text}`);
+              },
+            },
+          ],
         })!;
         ch.open();
         ch.messages[0]!.send(`hello from ${me}`);
@@ -67,8 +74,24 @@ describe('team swarm on a local testnet', () => {
     });
     const logs: string[] = [];
     const deadline = Date.now() + 10_000;
-    const sa = await TeamSwarm.open({ home: a, team: await loadTeam(a, 'crew'), identity: ida, bootstrap: [net.address], deadline, services: services('a'), log: (l) => logs.push(l) });
-    const sb = await TeamSwarm.open({ home: b, team: await loadTeam(b, 'crew'), identity: idb, bootstrap: [net.address], deadline, services: services('b'), log: (l) => logs.push(l) });
+    const sa = await TeamSwarm.open({
+      home: a,
+      team: await loadTeam(a, 'crew'),
+      identity: ida,
+      bootstrap: [net.address],
+      deadline,
+      services: services('a'),
+      log: (l) => logs.push(l),
+    });
+    const sb = await TeamSwarm.open({
+      home: b,
+      team: await loadTeam(b, 'crew'),
+      identity: idb,
+      bootstrap: [net.address],
+      deadline,
+      services: services('b'),
+      log: (l) => logs.push(l),
+    });
     try {
       const [pa, pb] = await Promise.all([sa.waitForPeers(1, deadline), sb.waitForPeers(1, deadline)]);
       expect(pa.map((p) => p.name)).toEqual(['ws-b']);
@@ -120,7 +143,12 @@ describe('team swarm on a local testnet', () => {
     const team = await loadTeam(a, 'crew');
     const rejected: Rejection[] = [];
     const sa = await TeamSwarm.open({
-      home: a, team, identity: ida, bootstrap: [net.address], deadline: Date.now() + 10_000, proofTimeoutMs: 1500,
+      home: a,
+      team,
+      identity: ida,
+      bootstrap: [net.address],
+      deadline: Date.now() + 10_000,
+      proofTimeoutMs: 1500,
       catalogKey: Buffer.alloc(32, 0xcc),
     });
     sa.on('rejected', (r: Rejection) => rejected.push(r));
@@ -137,9 +165,18 @@ describe('team swarm on a local testnet', () => {
     });
     try {
       eve.join(teamTopic(teamSecret(team)), { server: true, client: true });
-      await bounded(new Promise<void>((resolve) => {
-        const check = setInterval(() => { if (rejected.length > 0 && closed > 0) { clearInterval(check); resolve(); } }, 25);
-      }), 12_000, 'outsider dropped');
+      await bounded(
+        new Promise<void>((resolve) => {
+          const check = setInterval(() => {
+            if (rejected.length > 0 && closed > 0) {
+              clearInterval(check);
+              resolve();
+            }
+          }, 25);
+        }),
+        12_000,
+        'outsider dropped',
+      );
       expect(rejected[0]!.reason).toMatch(/^(protocol|timeout)$/);
       const bytes = Buffer.concat(received);
       // At most Protomux's channel open carrying the version and the 32-byte proof: no name, no catalog key.
@@ -168,7 +205,9 @@ describe('team swarm on a local testnet', () => {
     let closed = false;
     mallory.on('connection', (conn) => {
       conn.on('error', () => undefined);
-      conn.on('close', () => { closed = true; });
+      conn.on('close', () => {
+        closed = true;
+      });
       void conn.opened.then(() => {
         const ch = Protomux.from(conn).createChannel({
           protocol: MEMBERSHIP_PROTOCOL,
@@ -180,9 +219,18 @@ describe('team swarm on a local testnet', () => {
     });
     try {
       mallory.join(teamTopic(teamSecret(team)), { server: true, client: true });
-      await bounded(new Promise<void>((resolve) => {
-        const check = setInterval(() => { if (rejected.length > 0 && closed) { clearInterval(check); resolve(); } }, 25);
-      }), 12_000, 'mallory dropped');
+      await bounded(
+        new Promise<void>((resolve) => {
+          const check = setInterval(() => {
+            if (rejected.length > 0 && closed) {
+              clearInterval(check);
+              resolve();
+            }
+          }, 25);
+        }),
+        12_000,
+        'mallory dropped',
+      );
       expect(rejected[0]!.reason).toBe('bad-proof');
       expect(rejected[0]!.message).toMatch(/does not hold the team secret/);
       expect(logs.some((l) => /dropped peer [0-9a-f]{8} on team crew: the peer does not hold the team secret/.test(l))).toBe(true);

@@ -6,9 +6,9 @@ import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { Z32_ALPHABET } from '../src/sync/z32.js';
 import { cb, parseCliError, parseJsonOutput } from './helpers/cli.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
-import { Z32_ALPHABET } from '../src/sync/z32.js';
 
 afterAll(cleanupTempDirs);
 

@@ -7,6 +7,7 @@ import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
+import { makeCard, verifyCard } from '../src/sync/cards.js';
 import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
 import { isPrivateHost, parseHostPort } from '../src/sync/hostport.js';
 import { defaultWorkstationName, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
@@ -14,12 +15,11 @@ import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof } from '../src/sync/membership.js';
 import * as m from '../src/sync/messages.js';
-import { makeCard, verifyCard } from '../src/sync/cards.js';
-import { createTeam, joinTeam, memberName, recordCard, recordMember, loadTeam, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
+import { createTeam, joinTeam, loadTeam, memberName, recordCard, recordMember, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
 import { codeOf } from './helpers/errors.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 import { rng } from './helpers/random.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 afterAll(cleanupTempDirs);
 
@@ -45,7 +45,10 @@ describe('invites', () => {
     const plain = decodeInvite(encodeInvite(secret));
     expect(plain.secret.equals(secret)).toBe(true);
     expect(plain.bootstrap).toEqual([]);
-    const boot = [{ host: '127.0.0.1', port: 49737 }, { host: 'dht.lan.example', port: 1 }];
+    const boot = [
+      { host: '127.0.0.1', port: 49737 },
+      { host: 'dht.lan.example', port: 1 },
+    ];
     const withBoot = decodeInvite(`  ${encodeInvite(secret, boot)}\n`);
     expect(withBoot.bootstrap).toEqual(boot);
     expect(withBoot.version).toBe(1);
@@ -57,10 +60,17 @@ describe('invites', () => {
       for (let i = 0; i < body.length; i++) {
         for (const step of [1, 13]) {
           const ch = Z32_ALPHABET[(Z32_ALPHABET.indexOf(body[i]!) + step) % 32]!;
-          expect(codeOf(() => decodeInvite(`cbi-${body.slice(0, i)}${ch}${body.slice(i + 1)}`)), `position ${i}`).toBe('BAD_INVITE');
+          expect(
+            codeOf(() => decodeInvite(`cbi-${body.slice(0, i)}${ch}${body.slice(i + 1)}`)),
+            `position ${i}`,
+          ).toBe('BAD_INVITE');
         }
       }
-      for (let n = 0; n < inv.length; n++) expect(codeOf(() => decodeInvite(inv.slice(0, n))), `length ${n}`).toBe('BAD_INVITE');
+      for (let n = 0; n < inv.length; n++)
+        expect(
+          codeOf(() => decodeInvite(inv.slice(0, n))),
+          `length ${n}`,
+        ).toBe('BAD_INVITE');
       expect(codeOf(() => decodeInvite(`${inv}y`))).toBe('BAD_INVITE');
       expect(codeOf(() => decodeInvite(`${inv}yyyy`))).toBe('BAD_INVITE');
     }
@@ -83,11 +93,30 @@ describe('wire messages', () => {
     ['intro', m.intro, { name: 'ws-1', catalog: h(2) }],
     ['intro without catalog', m.intro, { name: 'ws-1', catalog: null }],
     ['request', m.blockRequest, { id: 7, hashes: [h(3), h(4)] }],
-    ['frame', m.blockFrame, { id: 7, codec: m.CODEC_ZSTD, blocks: [{ hash: h(3), size: 65536 }, { hash: h(4), size: 512 }], data: Buffer.from('zstd frame') }],
+    [
+      'frame',
+      m.blockFrame,
+      {
+        id: 7,
+        codec: m.CODEC_ZSTD,
+        blocks: [
+          { hash: h(3), size: 65536 },
+          { hash: h(4), size: 512 },
+        ],
+        data: Buffer.from('zstd frame'),
+      },
+    ],
     ['raw frame', m.blockFrame, { id: 8, codec: m.CODEC_RAW, blocks: [{ hash: h(3), size: 3 }], data: Buffer.from('abc') }],
     ['missing', m.blockMissing, { id: 9, hashes: [h(5)] }],
     ['cancel', m.blockCancel, { id: 300000 }],
-    ['cards', m.catalogCards, [{ identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8) }, { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11) }]],
+    [
+      'cards',
+      m.catalogCards,
+      [
+        { identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8) },
+        { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11) },
+      ],
+    ],
   ];
 
   it('round-trip, and refuse every truncation and any trailing byte', () => {
@@ -120,10 +149,20 @@ describe('wire messages', () => {
     expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: [] }))).toThrow(/hash count/);
     const many = Array.from({ length: m.MAX_HASHES_PER_REQUEST + 1 }, () => h(1));
     expect(() => m.decodeMessage(m.blockRequest, m.encodeMessage(m.blockRequest, { id: 1, hashes: many }))).toThrow(/hash count/);
-    const frame = (blocks: { hash: Buffer; size: number }[], data: Buffer, codec: number = m.CODEC_ZSTD) =>
-      () => m.decodeMessage(m.blockFrame, m.encodeMessage(m.blockFrame, { id: 1, codec, blocks, data }));
+    const frame =
+      (blocks: { hash: Buffer; size: number }[], data: Buffer, codec: number = m.CODEC_ZSTD) =>
+      () =>
+        m.decodeMessage(m.blockFrame, m.encodeMessage(m.blockFrame, { id: 1, codec, blocks, data }));
     expect(frame([{ hash: h(1), size: m.MAX_FRAME_RAW + 1 }], Buffer.from('x'))).toThrow(/block size/);
-    expect(frame([{ hash: h(1), size: m.MAX_FRAME_RAW }, { hash: h(2), size: 1 }], Buffer.from('x'))).toThrow(/frame size/);
+    expect(
+      frame(
+        [
+          { hash: h(1), size: m.MAX_FRAME_RAW },
+          { hash: h(2), size: 1 },
+        ],
+        Buffer.from('x'),
+      ),
+    ).toThrow(/frame size/);
     expect(frame([{ hash: h(1), size: 10 }], Buffer.from('abc'), m.CODEC_RAW)).toThrow(/raw payload/);
     expect(frame([{ hash: h(1), size: 2 }], Buffer.from('abc'))).toThrow(/payload length/); // bigger than its raw bytes
     expect(frame([], Buffer.from('abc'))).toThrow(/block count/);
@@ -208,7 +247,8 @@ describe('keys and the membership proof', () => {
 describe('addresses', () => {
   it('knows private and link-local IPv4 addresses', () => {
     for (const h of ['10.0.0.1', '10.255.255.255', '172.16.0.1', '172.31.9.9', '192.168.1.20', '169.254.3.4']) expect(isPrivateHost(h), h).toBe(true);
-    for (const h of ['127.0.0.1', '172.15.0.1', '172.32.0.1', '192.169.0.1', '100.64.0.1', '8.8.8.8', 'dht.lan', '10.0.0.256', '10.0.0']) expect(isPrivateHost(h), h).toBe(false);
+    for (const h of ['127.0.0.1', '172.15.0.1', '172.32.0.1', '192.169.0.1', '100.64.0.1', '8.8.8.8', 'dht.lan', '10.0.0.256', '10.0.0'])
+      expect(isPrivateHost(h), h).toBe(false);
   });
 
   it('parses HOST:PORT and detects loopback setups', () => {
@@ -216,7 +256,10 @@ describe('addresses', () => {
     expect(parseHostPort('localhost:1')).toEqual({ host: '127.0.0.1', port: 1 });
     expect(parseHostPort('dht.example.org:4000')).toEqual({ host: 'dht.example.org', port: 4000 });
     for (const bad of ['127.0.0.1', '127.0.0.1:0', '127.0.0.1:70000', ':5', 'a b:5', 'host:port', '[::1]:5']) {
-      expect(codeOf(() => parseHostPort(bad)), bad).toBe('USAGE');
+      expect(
+        codeOf(() => parseHostPort(bad)),
+        bad,
+      ).toBe('USAGE');
     }
     const lo = [{ host: '127.0.0.1', port: 5 }];
     expect(isLoopbackBootstrap(lo)).toBe(true);

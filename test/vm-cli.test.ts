@@ -21,7 +21,10 @@ interface VmShow {
 }
 
 async function exists(p: string): Promise<boolean> {
-  return stat(p).then(() => true, () => false);
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A fresh home and a helper running the CLI in it. */
@@ -56,7 +59,10 @@ describe('vm create', () => {
     expectShowShape(created);
     const disk = path.join(home, 'disks', 'web', 'web.qcow2');
     expect(created).toEqual({
-      name: 'web', driver: 'image', current: null, snapshot_count: 0,
+      name: 'web',
+      driver: 'image',
+      current: null,
+      snapshot_count: 0,
       disks: [{ target: 'vda', path: disk, virtual_size: 1024 * M }],
     });
     const chk = await qemuCheck(disk);
@@ -80,7 +86,11 @@ describe('vm create', () => {
   it('--dir, --cluster-size and sizes with suffixes (rounded up to 512 bytes as qemu-img does)', async () => {
     const { dir, cli } = await setup();
     const disks = path.join(dir, 'mydisks');
-    for (const [name, size, cs, want] of [['a', '20M', '512', 20 * M], ['b', '3G', '2M', 3 * 1024 * M], ['c', '1000', '4K', 1024]] as const) {
+    for (const [name, size, cs, want] of [
+      ['a', '20M', '512', 20 * M],
+      ['b', '3G', '2M', 3 * 1024 * M],
+      ['c', '1000', '4K', 1024],
+    ] as const) {
       const r = await cli('vm', 'create', name, '--size', size, '--cluster-size', cs, '--dir', disks, '--json');
       expect(r.code, r.stderr).toBe(0);
       const v = parseJsonOutput<VmShow>(r);
@@ -137,7 +147,10 @@ describe('vm add', () => {
     const v = parseJsonOutput<VmShow>(r);
     expectShowShape(v);
     expect(v).toEqual({
-      name: 'db', driver: 'image', current: null, snapshot_count: 0,
+      name: 'db',
+      driver: 'image',
+      current: null,
+      snapshot_count: 0,
       disks: [
         { target: 'vda', path: a, virtual_size: 16 * M },
         { target: 'vdb', path: b, virtual_size: 32 * M },
@@ -224,7 +237,10 @@ describe('vm list / show / remove', () => {
     expect(await exists(v.disks[0]!.path)).toBe(true);
     expect(parseJsonOutput<VmShow>(await cli('vm', 'show', 'keep', '--json'))).toEqual(v);
     // Answering on a pipe is not a terminal either: still refused.
-    const piped = await runCli(['vm', 'remove', 'keep', '--delete-files'], { home: path.dirname(path.dirname(path.dirname(path.dirname(v.disks[0]!.path)))), input: 'y\n' });
+    const piped = await runCli(['vm', 'remove', 'keep', '--delete-files'], {
+      home: path.dirname(path.dirname(path.dirname(path.dirname(v.disks[0]!.path)))),
+      input: 'y\n',
+    });
     expectError(piped, 1);
     expect(await exists(v.disks[0]!.path)).toBe(true);
   });

@@ -5,8 +5,8 @@
  */
 declare module 'hypercore' {
   import { EventEmitter } from 'node:events';
-  import type Protomux from 'protomux';
   import type NoiseSecretStream from '@hyperswarm/secret-stream';
+  import type Protomux from 'protomux';
 
   namespace Hypercore {
     interface KeyPair {

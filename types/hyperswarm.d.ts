@@ -4,8 +4,8 @@
  */
 declare module 'hyperswarm' {
   import { EventEmitter } from 'node:events';
-  import type HyperDHT from 'hyperdht';
   import type NoiseSecretStream from '@hyperswarm/secret-stream';
+  import type HyperDHT from 'hyperdht';
 
   namespace Hyperswarm {
     interface Options {

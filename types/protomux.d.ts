@@ -4,8 +4,8 @@
  * open(); the remote's handshake value arrives in onopen.
  */
 declare module 'protomux' {
-  import type c from 'compact-encoding';
   import type NoiseSecretStream from '@hyperswarm/secret-stream';
+  import type c from 'compact-encoding';
 
   namespace Protomux {
     interface Message<T> {

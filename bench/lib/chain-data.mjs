@@ -10,9 +10,45 @@ import { MiB, sh } from './harness.mjs';
 
 /** Log-like text: compresses about 3-4x with zstd -3, never repeats exactly. */
 function textBytes(size, rnd) {
-  const words = ['kernel', 'systemd', 'started', 'session', 'user', 'eth0', 'link', 'up', 'down', 'disk', 'sda1', 'mounted',
-    'error', 'warning', 'cron', 'job', 'finished', 'nginx', 'GET', 'POST', '/api/v1/items', '200', '404', 'latency', 'ms',
-    'cache', 'miss', 'hit', 'postgres', 'query', 'checkpoint', 'complete', 'backup', 'snapshot', 'ok', 'failed', 'retry'];
+  const words = [
+    'kernel',
+    'systemd',
+    'started',
+    'session',
+    'user',
+    'eth0',
+    'link',
+    'up',
+    'down',
+    'disk',
+    'sda1',
+    'mounted',
+    'error',
+    'warning',
+    'cron',
+    'job',
+    'finished',
+    'nginx',
+    'GET',
+    'POST',
+    '/api/v1/items',
+    '200',
+    '404',
+    'latency',
+    'ms',
+    'cache',
+    'miss',
+    'hit',
+    'postgres',
+    'query',
+    'checkpoint',
+    'complete',
+    'backup',
+    'snapshot',
+    'ok',
+    'failed',
+    'retry',
+  ];
   const parts = [];
   let n = 0;
   let t = 1700000000 + Math.floor(rnd() * 1e6);
@@ -64,10 +100,17 @@ export function regionWriter({ src, rnd, disk, size, cs }) {
     return a;
   };
   const region = async (kind, len, align = MiB) => ({
-    off: pick(len, align), len, kind, pat: (pat++ * 37) % 255 + 1,
+    off: pick(len, align),
+    len,
+    kind,
+    pat: ((pat++ * 37) % 255) + 1,
     file: kind === 'pattern' || kind === 'zero' ? null : await source(kind, len),
   });
-  const cmd = (r) => (r.kind === 'zero' ? `write -q -z ${r.off} ${r.len}`
-    : r.kind === 'pattern' ? `write -q -P ${r.pat} ${r.off} ${r.len}` : `write -q -s ${r.file} ${r.off} ${r.len}`);
+  const cmd = (r) =>
+    r.kind === 'zero'
+      ? `write -q -z ${r.off} ${r.len}`
+      : r.kind === 'pattern'
+        ? `write -q -P ${r.pat} ${r.off} ${r.len}`
+        : `write -q -s ${r.file} ${r.off} ${r.len}`;
   return { used, pick, apply, shuffle, region, cmd };
 }

@@ -3,8 +3,8 @@
  * medians, page-cache reports and result files. No bench asserts a timing: they measure and report.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { existsSync, readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -21,7 +21,13 @@ export const CLEAN_ENV = Object.fromEntries(Object.entries(process.env).filter((
 /** Runs `fn(dir)` with a fresh temp dir that is removed afterwards, whatever happens. */
 export async function withTempDir(prefix, fn) {
   const dir = await mkdtemp(path.join(process.env.CLONEBOX_BENCH_TMP ?? os.tmpdir(), `clonebox-bench-${prefix}-`));
-  const cleanup = () => { try { spawnSync('rm', ['-rf', dir]); } catch { /* best effort */ } };
+  const cleanup = () => {
+    try {
+      spawnSync('rm', ['-rf', dir]);
+    } catch {
+      /* best effort */
+    }
+  };
   process.once('SIGINT', cleanup);
   try {
     return await fn(dir);
@@ -58,19 +64,32 @@ const TIMES_MARK = '@@clonebox-bench-times@@';
 export function timeCommand(cmd, args, { okCodes = [0], ...opts } = {}) {
   return new Promise((resolve, reject) => {
     const t0 = process.hrtime.bigint();
-    const child = spawn('bash', ['-c', `"$@"; s=$?; printf '\\n${TIMES_MARK}\\n' >&2; times >&2; exit $s`, 'bash', cmd, ...args],
-      { stdio: ['ignore', 'pipe', 'pipe'], ...opts });
+    const child = spawn('bash', ['-c', `"$@"; s=$?; printf '\\n${TIMES_MARK}\\n' >&2; times >&2; exit $s`, 'bash', cmd, ...args], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      ...opts,
+    });
     let out = '';
     let err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
     child.on('error', reject);
     child.on('close', (code, signal) => {
       const ms = Number(process.hrtime.bigint() - t0) / 1e6;
       const at = err.lastIndexOf(`\n${TIMES_MARK}\n`);
       const stderr = at < 0 ? err : err.slice(0, at);
       // `times` prints the shell's own user/system times, then its children's: the command's.
-      const times = at < 0 ? '' : err.slice(at + TIMES_MARK.length + 2).trim().split('\n').pop() ?? '';
+      const times =
+        at < 0
+          ? ''
+          : (err
+              .slice(at + TIMES_MARK.length + 2)
+              .trim()
+              .split('\n')
+              .pop() ?? '');
       const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(times.trim());
       const cpuMs = m ? (Number(m[1]) * 60 + Number(m[2]) + Number(m[3]) * 60 + Number(m[4])) * 1000 : NaN;
       if (!okCodes.includes(code)) reject(new Error(`${cmd} ${args.join(' ')} failed (${code ?? signal}): ${stderr.trim().slice(0, 2000)}`));
@@ -96,7 +115,11 @@ export async function measure(sides, { runs = 5, warmup = 1, before } = {}) {
   const samples = Object.fromEntries(names.map((n) => [n, []]));
   const cpu = Object.fromEntries(names.map((n) => [n, []]));
   const extras = Object.fromEntries(names.map((n) => [n, null]));
-  for (let w = 0; w < warmup; w++) for (const n of names) { await before?.(n); extras[n] = await sides[n](); }
+  for (let w = 0; w < warmup; w++)
+    for (const n of names) {
+      await before?.(n);
+      extras[n] = await sides[n]();
+    }
   for (let i = 0; i < runs; i++) {
     const order = i % 2 === 0 ? names : [...names].reverse();
     for (const n of order) {
@@ -161,7 +184,9 @@ export function machineInfo() {
 /** Linux PSI: the share of time some task waited for a CPU (avg10, avg60 in percent), or null. */
 export function cpuPressure() {
   try {
-    const line = readFileSync('/proc/pressure/cpu', 'utf8').split('\n').find((l) => l.startsWith('some'));
+    const line = readFileSync('/proc/pressure/cpu', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('some'));
     const m = /avg10=([\d.]+) avg60=([\d.]+)/.exec(line ?? '');
     return m ? { some_avg10: Number(m[1]), some_avg60: Number(m[2]) } : null;
   } catch {

@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { sh, MiB } from './harness.mjs';
+import { MiB, sh } from './harness.mjs';
 
 /** mulberry32: small deterministic PRNG. */
 export function prng(seed) {
@@ -24,10 +24,48 @@ export function prng(seed) {
 
 /** Text-like bytes (log lines from a small vocabulary): deflate shrinks them about 3-4x. */
 function textBytes(size, rnd) {
-  const words = ['kernel', 'systemd', 'started', 'session', 'user', 'eth0', 'link', 'up', 'down', 'disk',
-    'sda1', 'mounted', 'read-only', 'error', 'warning', 'cron', 'job', 'finished', 'nginx', 'GET', 'POST',
-    '/api/v1/items', '200', '404', '500', 'latency', 'ms', 'cache', 'miss', 'hit', 'postgres', 'query',
-    'checkpoint', 'complete', 'backup', 'snapshot', 'ok', 'failed', 'retry', 'timeout'];
+  const words = [
+    'kernel',
+    'systemd',
+    'started',
+    'session',
+    'user',
+    'eth0',
+    'link',
+    'up',
+    'down',
+    'disk',
+    'sda1',
+    'mounted',
+    'read-only',
+    'error',
+    'warning',
+    'cron',
+    'job',
+    'finished',
+    'nginx',
+    'GET',
+    'POST',
+    '/api/v1/items',
+    '200',
+    '404',
+    '500',
+    'latency',
+    'ms',
+    'cache',
+    'miss',
+    'hit',
+    'postgres',
+    'query',
+    'checkpoint',
+    'complete',
+    'backup',
+    'snapshot',
+    'ok',
+    'failed',
+    'retry',
+    'timeout',
+  ];
   const parts = [];
   let n = 0;
   let t = 1700000000;
@@ -103,7 +141,7 @@ export async function makeLayer(dir, file, { virtualSize = 2048 * MiB, dataMiB =
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', `cluster_size=${cs}`, file, String(virtualSize)]);
   const cmds = ops.map((o, i) => {
     if (o.kind === 'zero') return `write -q -z ${o.off} ${o.len}`;
-    if (o.kind === 'pattern') return `write -q -P ${(i * 37) % 255 + 1} ${o.off} ${o.len}`;
+    if (o.kind === 'pattern') return `write -q -P ${((i * 37) % 255) + 1} ${o.off} ${o.len}`;
     return `write -q -s ${o.kind === 'random' ? randSrc : textSrc} ${o.off} ${o.len}`;
   });
   // qemu-io runs one -c after another on one open image; batch them to keep argv reasonable.

@@ -2,7 +2,7 @@
  * Bundles on the command line: `snapshot export|import|verify|inspect` and `key generate`. Parsing
  * and rendering only; the work is in the library's bundles and keys namespaces.
  */
-import { InvalidArgumentError, type Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { formatBytes, type KeyOptions, type ProgressCallback } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
 import { printJson, printLine, table } from '../output.js';
@@ -40,7 +40,10 @@ async function long<T>(label: string, json: boolean, fn: (o: { signal: AbortSign
 
 /** Registers the bundle commands: four under `snapshot`, and `key generate` on the program. */
 export function registerBundle(snapshot: Command, program: Command): void {
-  snapshot.command('export').argument('<vm>').description('write snapshots (root..N) as one deduplicated, compressed tar bundle')
+  snapshot
+    .command('export')
+    .argument('<vm>')
+    .description('write snapshots (root..N) as one deduplicated, compressed tar bundle')
     .option('--name <snapshot>', 'last snapshot to include (default: the current one)')
     .option('--since <base>', 'include only the snapshots after BASE (the importing VM must hold BASE)')
     .requiredOption('-o, --output <file>', 'bundle file, or - for stdout (then --json goes to stderr)')
@@ -49,92 +52,132 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
     .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
-      const toStdout = o.output === '-';
-      const r = await long('export', ctx.json, (lo) => ctx.cb.bundles.export(vm, {
-        ...keyOpts(o), ...(o.name !== undefined ? { name: o.name } : {}), ...(o.since !== undefined ? { since: o.since } : {}),
-        output: toStdout ? process.stdout : o.output, encrypt: Boolean(o.encrypt), level: o.level, ...lo,
-      }));
-      if (ctx.json) {
-        // stdout carries the bundle itself with -o -: the report goes to stderr then.
-        if (toStdout) process.stderr.write(`${JSON.stringify(r, null, 2)}\n`);
-        else printJson(r);
-        return;
-      }
-      const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
-      say(`exported ${r.snapshots.length} snapshot(s) of ${vm}${r.since ? ` after ${r.since}` : ''} to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
-      say(`  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`);
-      say(`  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
+        const toStdout = o.output === '-';
+        const r = await long('export', ctx.json, (lo) =>
+          ctx.cb.bundles.export(vm, {
+            ...keyOpts(o),
+            ...(o.name !== undefined ? { name: o.name } : {}),
+            ...(o.since !== undefined ? { since: o.since } : {}),
+            output: toStdout ? process.stdout : o.output,
+            encrypt: Boolean(o.encrypt),
+            level: o.level,
+            ...lo,
+          }),
+        );
+        if (ctx.json) {
+          // stdout carries the bundle itself with -o -: the report goes to stderr then.
+          if (toStdout) process.stderr.write(`${JSON.stringify(r, null, 2)}\n`);
+          else printJson(r);
+          return;
+        }
+        const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
+        say(`exported ${r.snapshots.length} snapshot(s) of ${vm}${r.since ? ` after ${r.since}` : ''} to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
+        say(
+          `  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
+        );
+        say(
+          `  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`,
+        );
+      }),
+    );
 
-  snapshot.command('import').argument('<vm>').argument('<file>', 'bundle file, or - for stdin')
+  snapshot
+    .command('import')
+    .argument('<vm>')
+    .argument('<file>', 'bundle file, or - for stdin')
     .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
     .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--dir <dir>', 'directory for the disks of a new VM (default: <home>/disks/<vm>)')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string }) => {
-      const r = await long('import', ctx.json, (lo) => ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
-        ...keyOpts(o), ...(o.dir !== undefined ? { dir: o.dir } : {}), ...lo,
-      }));
-      if (ctx.json) return printJson(r);
-      printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
-      printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
-      if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
-        printLine(`  the VM's current state was left as it was; \`clonebox snapshot restore ${vm} --name ${r.snapshots[r.snapshots.length - 1]}\` switches to the imported one`);
-      }
-    }));
+    .action(
+      action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string }) => {
+        const r = await long('import', ctx.json, (lo) =>
+          ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
+            ...keyOpts(o),
+            ...(o.dir !== undefined ? { dir: o.dir } : {}),
+            ...lo,
+          }),
+        );
+        if (ctx.json) return printJson(r);
+        printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
+        printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
+        if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
+          printLine(
+            `  the VM's current state was left as it was; \`clonebox snapshot restore ${vm} --name ${r.snapshots[r.snapshots.length - 1]}\` switches to the imported one`,
+          );
+        }
+      }),
+    );
 
-  snapshot.command('verify').argument('<file>', 'bundle file, or - for stdin')
+  snapshot
+    .command('verify')
+    .argument('<file>', 'bundle file, or - for stdin')
     .description('read a whole bundle and check every block, map and seal (writes nothing)')
     .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, file: string, o: KeyOpts) => {
-      const r = await long('verify', ctx.json, (lo) => ctx.cb.bundles.verify(file === '-' ? process.stdin : file, { ...keyOpts(o), ...lo }));
-      if (!r.ok) process.exitCode = 1;
-      // Problems found are the result, not an exception: each also gets the contract's error line.
-      for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
-      if (ctx.json) return printJson(r);
-      if (r.ok) {
-        printLine(`ok: ${r.snapshots.length} snapshot(s), ${r.blocks_checked} blocks checked in ${r.packs} pack(s)${r.encrypted ? ' (encrypted)' : ''}`);
-        return;
-      }
-    }));
+    .action(
+      action(async (ctx, file: string, o: KeyOpts) => {
+        const r = await long('verify', ctx.json, (lo) => ctx.cb.bundles.verify(file === '-' ? process.stdin : file, { ...keyOpts(o), ...lo }));
+        if (!r.ok) process.exitCode = 1;
+        // Problems found are the result, not an exception: each also gets the contract's error line.
+        for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
+        if (ctx.json) return printJson(r);
+        if (r.ok) {
+          printLine(`ok: ${r.snapshots.length} snapshot(s), ${r.blocks_checked} blocks checked in ${r.packs} pack(s)${r.encrypted ? ' (encrypted)' : ''}`);
+          return;
+        }
+      }),
+    );
 
-  snapshot.command('inspect').argument('<file>', 'bundle file')
+  snapshot
+    .command('inspect')
+    .argument('<file>', 'bundle file')
     .description('show what a bundle holds: snapshots, sizes, dedup and compression savings')
     .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, file: string, o: KeyOpts) => {
-      const r = await ctx.cb.bundles.inspect(file === '-' ? process.stdin : file, keyOpts(o));
-      if (ctx.json) return printJson(r);
-      printLine(`bundle: ${r.file} (format ${r.format_version}${r.bundle_bytes !== null ? `, ${formatBytes(r.bundle_bytes)}` : ''})`);
-      printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no'}`);
-      if (!r.readable) {
-        printLine('contents: encrypted; pass --passphrase-file or --key-file to see them');
-        return;
-      }
-      printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
-      printLine('');
-      printLine(table(['SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'], r.snapshots.map((s) => [
-        s.name, s.parent ?? '-', s.created_at, formatBytes(s.data_bytes), formatBytes(s.zero_bytes), s.description ?? '',
-      ]), [false, false, false, true, true, false]));
-      printLine('');
-      printLine(`data:        ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks`);
-      printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saves ${r.dedup_savings_percent}%)`);
-      printLine(`stored:      ${formatBytes(r.stored_bytes)} in ${r.frames} frames, ${r.packs} packs (compression saves ${r.compression_savings_percent}%)`);
-      printLine(`overall:     ${r.total_savings_percent}% smaller than the data`);
-    }));
+    .action(
+      action(async (ctx, file: string, o: KeyOpts) => {
+        const r = await ctx.cb.bundles.inspect(file === '-' ? process.stdin : file, keyOpts(o));
+        if (ctx.json) return printJson(r);
+        printLine(`bundle: ${r.file} (format ${r.format_version}${r.bundle_bytes !== null ? `, ${formatBytes(r.bundle_bytes)}` : ''})`);
+        printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no'}`);
+        if (!r.readable) {
+          printLine('contents: encrypted; pass --passphrase-file or --key-file to see them');
+          return;
+        }
+        printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+        printLine('');
+        printLine(
+          table(
+            ['SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'],
+            r.snapshots.map((s) => [s.name, s.parent ?? '-', s.created_at, formatBytes(s.data_bytes), formatBytes(s.zero_bytes), s.description ?? '']),
+            [false, false, false, true, true, false],
+          ),
+        );
+        printLine('');
+        printLine(`data:        ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks`);
+        printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saves ${r.dedup_savings_percent}%)`);
+        printLine(`stored:      ${formatBytes(r.stored_bytes)} in ${r.frames} frames, ${r.packs} packs (compression saves ${r.compression_savings_percent}%)`);
+        printLine(`overall:     ${r.total_savings_percent}% smaller than the data`);
+      }),
+    );
 
   const key = program.commands.find((c) => c.name() === 'key') ?? program.command('key').description('encryption keys for bundles');
-  key.command('generate').description('write a new random 32-byte key file (mode 0600; never overwrites)')
+  key
+    .command('generate')
+    .description('write a new random 32-byte key file (mode 0600; never overwrites)')
     .requiredOption('-o, --output <file>', 'where to write the key')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, o: { output: string }) => {
-      const r = await ctx.cb.keys.generate(o.output);
-      if (ctx.json) return printJson(r);
-      printLine(`wrote a new key to ${r.file}; keep it secret and keep a copy: bundles encrypted with it cannot be read without it`);
-    }));
+    .action(
+      action(async (ctx, o: { output: string }) => {
+        const r = await ctx.cb.keys.generate(o.output);
+        if (ctx.json) return printJson(r);
+        printLine(`wrote a new key to ${r.file}; keep it secret and keep a copy: bundles encrypted with it cannot be read without it`);
+      }),
+    );
 }

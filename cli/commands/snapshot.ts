@@ -1,11 +1,21 @@
-import { InvalidArgumentError, type Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import { formatBytes, type Policy, type SnapshotView, type TreeNode } from '../../src/index.js';
+import { confirm } from '../confirm.js';
 import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
-import { confirm } from '../confirm.js';
 
 /** The retention flags, as policy keys (--keep-last is keep_last). */
-const POLICY_KEYS = ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within', 'max_snapshots', 'max_size'] as const;
+const POLICY_KEYS = [
+  'keep_last',
+  'keep_hourly',
+  'keep_daily',
+  'keep_weekly',
+  'keep_monthly',
+  'keep_yearly',
+  'keep_within',
+  'max_snapshots',
+  'max_size',
+] as const;
 
 function intOpt(name: string) {
   return (v: string): number => {
@@ -28,11 +38,9 @@ function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotVi
   const lines = [`${vm}`];
   const label = (n: TreeNode) => {
     const v = views.get(n.name);
-    const marks = [
-      v?.auto_created ? '[auto]' : '',
-      expired.has(n.name) ? '[expired]' : '',
-      v && v.state !== 'ready' ? `[${v.state}]` : '',
-    ].filter(Boolean).join(' ');
+    const marks = [v?.auto_created ? '[auto]' : '', expired.has(n.name) ? '[expired]' : '', v && v.state !== 'ready' ? `[${v.state}]` : '']
+      .filter(Boolean)
+      .join(' ');
     return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? `  ${marks}` : ''}`;
   };
   // Iterative walk: snapshot chains can be thousands deep.
@@ -62,114 +70,164 @@ function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotVi
 export function registerSnapshot(program: Command): Command {
   const snap = program.command('snapshot').description('create, list, restore, delete and compare snapshots');
 
-  snap.command('create').argument('<vm>').description('snapshot every disk of a VM (becomes the current snapshot)')
+  snap
+    .command('create')
+    .argument('<vm>')
+    .description('snapshot every disk of a VM (becomes the current snapshot)')
     .option('--name <name>', 'snapshot name (default snap-YYYYMMDD-HHMMSS)')
     .option('--description <text>', 'free text')
     .option('--tags <a,b>', 'comma-separated tags')
     .option('--memory', 'include memory state (running libvirt VMs)')
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean }) => {
-      const tags = o.tags ? o.tags.split(',').map((t) => t.trim()).filter(Boolean) : [];
-      const v = await ctx.cb.snapshots.create(vm, {
-        ...(o.name !== undefined ? { name: o.name } : {}),
-        description: o.description ?? null, tags, memory: Boolean(o.memory), quiesce: Boolean(o.quiesce),
-      });
-      if (ctx.json) return printJson(v);
-      printLine(`created snapshot ${v.name} of ${vm} (${formatBytes(v.size_bytes)})`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean }) => {
+        const tags = o.tags
+          ? o.tags
+              .split(',')
+              .map((t) => t.trim())
+              .filter(Boolean)
+          : [];
+        const v = await ctx.cb.snapshots.create(vm, {
+          ...(o.name !== undefined ? { name: o.name } : {}),
+          description: o.description ?? null,
+          tags,
+          memory: Boolean(o.memory),
+          quiesce: Boolean(o.quiesce),
+        });
+        if (ctx.json) return printJson(v);
+        printLine(`created snapshot ${v.name} of ${vm} (${formatBytes(v.size_bytes)})`);
+      }),
+    );
 
-  snap.command('list').argument('<vm>').description('list snapshots, newest first')
+  snap
+    .command('list')
+    .argument('<vm>')
+    .description('list snapshots, newest first')
     .option('--tree', 'show the snapshot tree')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { tree?: boolean }) => {
-      if (o.tree) {
-        if (ctx.json) return printJson(await ctx.cb.snapshots.tree(vm));
-        const t = await ctx.cb.snapshots.treeDetails(vm);
-        const views = new Map(t.views.map((v) => [v.name, v]));
-        return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
-      }
-      const list = await ctx.cb.snapshots.list(vm);
-      if (ctx.json) return printJson(list);
-      if (list.length === 0) return printLine(`no snapshots of ${vm}`);
-      printLine(table(['', 'NAME', 'TYPE', 'CREATED', 'SIZE', 'PARENT', 'TAGS'], list.map((v) => [
-        v.current ? '*' : '', v.name, v.type, shortTime(v.created_at), formatBytes(v.size_bytes), v.parent ?? '-', v.tags.join(','),
-      ]), [false, false, false, false, true, false, false]));
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { tree?: boolean }) => {
+        if (o.tree) {
+          if (ctx.json) return printJson(await ctx.cb.snapshots.tree(vm));
+          const t = await ctx.cb.snapshots.treeDetails(vm);
+          const views = new Map(t.views.map((v) => [v.name, v]));
+          return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
+        }
+        const list = await ctx.cb.snapshots.list(vm);
+        if (ctx.json) return printJson(list);
+        if (list.length === 0) return printLine(`no snapshots of ${vm}`);
+        printLine(
+          table(
+            ['', 'NAME', 'TYPE', 'CREATED', 'SIZE', 'PARENT', 'TAGS'],
+            list.map((v) => [v.current ? '*' : '', v.name, v.type, shortTime(v.created_at), formatBytes(v.size_bytes), v.parent ?? '-', v.tags.join(',')]),
+            [false, false, false, false, true, false, false],
+          ),
+        );
+      }),
+    );
 
-  snap.command('show').argument('<vm>').description('show one snapshot')
+  snap
+    .command('show')
+    .argument('<vm>')
+    .description('show one snapshot')
     .requiredOption('--name <name>', 'snapshot name')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { name: string }) => {
-      const v = await ctx.cb.snapshots.show(vm, o.name);
-      if (ctx.json) return printJson(v);
-      printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
-      printLine(`vm: ${v.vm_name}`);
-      printLine(`type: ${v.type}, state: ${v.state}`);
-      printLine(`created: ${v.created_at}`);
-      printLine(`parent: ${v.parent ?? '(none)'}`);
-      printLine(`children: ${v.children.join(', ') || '(none)'}`);
-      printLine(`size: ${formatBytes(v.size_bytes)}`);
-      printLine(`tags: ${v.tags.join(', ') || '(none)'}${v.auto_created ? ` (auto: ${v.auto_policy})` : ''}`);
-      if (v.expires_at) printLine(`expires: ${v.expires_at}`);
-      if (v.description) printLine(`description: ${v.description}`);
-      for (const d of v.disks) printLine(`layer ${d.target}: ${d.path}`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { name: string }) => {
+        const v = await ctx.cb.snapshots.show(vm, o.name);
+        if (ctx.json) return printJson(v);
+        printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
+        printLine(`vm: ${v.vm_name}`);
+        printLine(`type: ${v.type}, state: ${v.state}`);
+        printLine(`created: ${v.created_at}`);
+        printLine(`parent: ${v.parent ?? '(none)'}`);
+        printLine(`children: ${v.children.join(', ') || '(none)'}`);
+        printLine(`size: ${formatBytes(v.size_bytes)}`);
+        printLine(`tags: ${v.tags.join(', ') || '(none)'}${v.auto_created ? ` (auto: ${v.auto_policy})` : ''}`);
+        if (v.expires_at) printLine(`expires: ${v.expires_at}`);
+        if (v.description) printLine(`description: ${v.description}`);
+        for (const d of v.disks) printLine(`layer ${d.target}: ${d.path}`);
+      }),
+    );
 
-  snap.command('restore').argument('<vm>').description('make the VM state equal to a snapshot (discards unsnapshotted changes)')
+  snap
+    .command('restore')
+    .argument('<vm>')
+    .description('make the VM state equal to a snapshot (discards unsnapshotted changes)')
     .option('--name <name>', 'snapshot to restore')
     .option('--at <time>', 'restore the newest snapshot created at or before TIME (ISO-8601)')
     .option('--start', 'start the VM afterwards (libvirt)')
     .option('--backup', 'snapshot the current state first')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean }) => {
-      const target = await ctx.cb.snapshots.resolve(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
-      await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
-      const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start) });
-      if (ctx.json) return printJson(r);
-      printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean }) => {
+        const target = await ctx.cb.snapshots.resolve(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
+        await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
+        const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start) });
+        if (ctx.json) return printJson(r);
+        printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
+      }),
+    );
 
-  snap.command('delete').argument('<vm>').description('delete a snapshot, keeping every other state identical')
+  snap
+    .command('delete')
+    .argument('<vm>')
+    .description('delete a snapshot, keeping every other state identical')
     .requiredOption('--name <name>', 'snapshot to delete')
     .option('--recursive', 'delete its whole subtree')
     .option('--keep-children', 'merge its data into its children')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean }) => {
-      if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
-      const r = await ctx.cb.snapshots.delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
-      if (ctx.json) return printJson(r);
-      printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean }) => {
+        if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
+        const r = await ctx.cb.snapshots.delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
+        if (ctx.json) return printJson(r);
+        printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
+      }),
+    );
 
-  snap.command('diff').argument('<vm>').description('byte ranges whose content differs between two snapshots')
+  snap
+    .command('diff')
+    .argument('<vm>')
+    .description('byte ranges whose content differs between two snapshots')
     .requiredOption('--from <a>', 'snapshot')
     .requiredOption('--to <b>', 'snapshot, or "current"')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { from: string; to: string }) => {
-      const d = await ctx.cb.snapshots.diff(vm, o.from, o.to);
-      if (ctx.json) return printJson(d);
-      for (const disk of d.disks) {
-        printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
-        for (const r of disk.ranges.slice(0, 50)) printLine(`  ${r.offset}+${r.length}`);
-        if (disk.ranges.length > 50) printLine(`  ... ${disk.ranges.length - 50} more (use --json)`);
-      }
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { from: string; to: string }) => {
+        const d = await ctx.cb.snapshots.diff(vm, o.from, o.to);
+        if (ctx.json) return printJson(d);
+        for (const disk of d.disks) {
+          printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
+          for (const r of disk.ranges.slice(0, 50)) printLine(`  ${r.offset}+${r.length}`);
+          if (disk.ranges.length > 50) printLine(`  ... ${disk.ranges.length - 50} more (use --json)`);
+        }
+      }),
+    );
 
-  snap.command('stats').argument('<vm>').description('space used by the VM and its snapshots, and dedup savings')
+  snap
+    .command('stats')
+    .argument('<vm>')
+    .description('space used by the VM and its snapshots, and dedup savings')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string) => {
-      if (ctx.json) return printJson(await ctx.cb.snapshots.stats(vm));
-      const s = await ctx.cb.snapshots.statsDetails(vm);
-      printLine(`virtual size:    ${formatBytes(s.virtual_size)}`);
-      printLine(`on disk:         ${formatBytes(s.physical_bytes)} in ${s.layers} file(s), ${s.snapshots} snapshot(s)`);
-      printLine(`allocated:       ${formatBytes(s.allocated_bytes)}`);
-      printLine(`after dedup:     ${formatBytes(s.unique_bytes)} (${s.savings_percent}% saved)`);
-    }));
+    .action(
+      action(async (ctx, vm: string) => {
+        if (ctx.json) return printJson(await ctx.cb.snapshots.stats(vm));
+        const s = await ctx.cb.snapshots.statsDetails(vm);
+        printLine(`virtual size:    ${formatBytes(s.virtual_size)}`);
+        printLine(`on disk:         ${formatBytes(s.physical_bytes)} in ${s.layers} file(s), ${s.snapshots} snapshot(s)`);
+        printLine(`allocated:       ${formatBytes(s.allocated_bytes)}`);
+        printLine(`after dedup:     ${formatBytes(s.unique_bytes)} (${s.savings_percent}% saved)`);
+      }),
+    );
 
-  snap.command('policy').argument('<vm>').description('show or set the retention policy for auto snapshots')
+  snap
+    .command('policy')
+    .argument('<vm>')
+    .description('show or set the retention policy for auto snapshots')
     .option('--keep-last <n>', 'keep the N newest', intOpt('--keep-last'))
     .option('--keep-hourly <n>', 'newest per hour, for N hours', intOpt('--keep-hourly'))
     .option('--keep-daily <n>', 'newest per day, for N days', intOpt('--keep-daily'))
@@ -180,38 +238,50 @@ export function registerSnapshot(program: Command): Command {
     .option('--max-snapshots <n>', 'at most N auto snapshots', intOpt('--max-snapshots'))
     .option('--max-size <size>', 'auto snapshots use at most SIZE')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: Record<string, unknown>) => {
-      const changes: Record<string, unknown> = {};
-      const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
-      for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
-      // commander gives the numbers (intOpt) and strings (--keep-within, --max-size) the keys take.
-      const r = await ctx.cb.snapshots.policy(vm, changes as Policy);
-      if (ctx.json) return printJson(r);
-      const entries = Object.entries(r.policy);
-      if (entries.length === 0) return printLine(`no retention policy for ${vm} (auto snapshots are kept)`);
-      for (const [k, v] of entries) printLine(`${k.replace(/_/g, '-')}: ${k === 'max_size' ? formatBytes(v as number) : v}`);
-    }));
+    .action(
+      action(async (ctx, vm: string, o: Record<string, unknown>) => {
+        const changes: Record<string, unknown> = {};
+        const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
+        for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
+        // commander gives the numbers (intOpt) and strings (--keep-within, --max-size) the keys take.
+        const r = await ctx.cb.snapshots.policy(vm, changes as Policy);
+        if (ctx.json) return printJson(r);
+        const entries = Object.entries(r.policy);
+        if (entries.length === 0) return printLine(`no retention policy for ${vm} (auto snapshots are kept)`);
+        for (const [k, v] of entries) printLine(`${k.replace(/_/g, '-')}: ${k === 'max_size' ? formatBytes(v as number) : v}`);
+      }),
+    );
 
-  snap.command('prune').argument('<vm>').description('apply the retention policy to auto snapshots')
+  snap
+    .command('prune')
+    .argument('<vm>')
+    .description('apply the retention policy to auto snapshots')
     .option('--dry-run', 'only show what would be deleted')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: { dryRun?: boolean }) => {
-      const plan = await ctx.cb.snapshots.prune(vm, { dryRun: Boolean(o.dryRun) });
-      if (ctx.json) return printJson(plan);
-      for (const k of plan.keep) printLine(`keep    ${k.name}  (${k.reasons.join(', ')})`);
-      for (const r of plan.remove) printLine(`${plan.dry_run ? 'would remove' : 'removed'} ${r.name}  (${r.reason})`);
-      if (plan.keep.length + plan.remove.length === 0) printLine('no auto snapshots');
-    }));
+    .action(
+      action(async (ctx, vm: string, o: { dryRun?: boolean }) => {
+        const plan = await ctx.cb.snapshots.prune(vm, { dryRun: Boolean(o.dryRun) });
+        if (ctx.json) return printJson(plan);
+        for (const k of plan.keep) printLine(`keep    ${k.name}  (${k.reasons.join(', ')})`);
+        for (const r of plan.remove) printLine(`${plan.dry_run ? 'would remove' : 'removed'} ${r.name}  (${r.reason})`);
+        if (plan.keep.length + plan.remove.length === 0) printLine('no auto snapshots');
+      }),
+    );
 
-  snap.command('run').argument('<vm>').argument('[command...]', 'command and arguments, after --')
+  snap
+    .command('run')
+    .argument('<vm>')
+    .argument('[command...]', 'command and arguments, after --')
     .description('snapshot, run a command, and optionally roll back when it fails')
     .option('--name <name>', 'name of the auto snapshot')
     .option('--rollback-on-fail', 'restore the snapshot when the command exits non-zero')
-    .action(action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean }) => {
-      const r = await ctx.cb.snapshots.run(vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
-      if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
-      process.exitCode = r.exit_code;
-    }));
+    .action(
+      action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean }) => {
+        const r = await ctx.cb.snapshots.run(vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
+        if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
+        process.exitCode = r.exit_code;
+      }),
+    );
 
   return snap;
 }

@@ -1,8 +1,8 @@
-import { Option, type Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { formatBytes } from '../../src/index.js';
+import { confirm } from '../confirm.js';
 import { printJson, printLine, table, usage } from '../output.js';
 import { action } from '../run.js';
-import { confirm } from '../confirm.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -11,67 +11,102 @@ function collect(v: string, prev: string[] = []): string[] {
 export function registerVm(program: Command): void {
   const vm = program.command('vm').description('register, create and inspect VMs');
 
-  vm.command('create').argument('<vm>').description('create a new empty qcow2 disk and register it (image driver)')
+  vm.command('create')
+    .argument('<vm>')
+    .description('create a new empty qcow2 disk and register it (image driver)')
     .requiredOption('--size <size>', 'virtual size, e.g. 20G')
     .option('--dir <dir>', 'directory for the disk (default: <home>/disks/<vm>)')
     .option('--cluster-size <size>', 'qcow2 cluster size, 512 to 2M (default 64K)')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, name: string, o: { size: string; dir?: string; clusterSize?: string }) => {
-      const view = await ctx.cb.vms.create(name, { size: o.size, ...(o.dir ? { dir: o.dir } : {}), ...(o.clusterSize !== undefined ? { clusterSize: o.clusterSize } : {}) });
-      if (ctx.json) return printJson(view);
-      printLine(`created VM ${view.name}: ${view.disks[0]!.path} (${formatBytes(view.disks[0]!.virtual_size)})`);
-    }));
+    .action(
+      action(async (ctx, name: string, o: { size: string; dir?: string; clusterSize?: string }) => {
+        const view = await ctx.cb.vms.create(name, {
+          size: o.size,
+          ...(o.dir ? { dir: o.dir } : {}),
+          ...(o.clusterSize !== undefined ? { clusterSize: o.clusterSize } : {}),
+        });
+        if (ctx.json) return printJson(view);
+        printLine(`created VM ${view.name}: ${view.disks[0]!.path} (${formatBytes(view.disks[0]!.virtual_size)})`);
+      }),
+    );
 
-  vm.command('add').argument('<vm>').description('register existing qcow2 disks, or a libvirt domain')
+  vm.command('add')
+    .argument('<vm>')
+    .description('register existing qcow2 disks, or a libvirt domain')
     .option('--disk <path>', 'qcow2 disk (repeat for several)', collect, [])
     .option('--libvirt', 'register a libvirt domain (libvirt driver)')
     .option('--domain <name>', 'libvirt domain name (default: the VM name)')
     .option('--connect <uri>', 'libvirt connection URI', 'qemu:///system')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string }) => {
-      if (o.libvirt) {
-        if (o.disk.length) throw usage('--libvirt and --disk exclude each other');
-        const view = await ctx.cb.vms.addLibvirt(name, { domain: o.domain ?? name, uri: o.connect });
+    .action(
+      action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string }) => {
+        if (o.libvirt) {
+          if (o.disk.length) throw usage('--libvirt and --disk exclude each other');
+          const view = await ctx.cb.vms.addLibvirt(name, { domain: o.domain ?? name, uri: o.connect });
+          if (ctx.json) return printJson(view);
+          return printLine(
+            `registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`,
+          );
+        }
+        const view = await ctx.cb.vms.add(name, { disks: o.disk });
         if (ctx.json) return printJson(view);
-        return printLine(`registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
-      }
-      const view = await ctx.cb.vms.add(name, { disks: o.disk });
-      if (ctx.json) return printJson(view);
-      printLine(`registered VM ${view.name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
-    }));
+        printLine(`registered VM ${view.name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
+      }),
+    );
 
-  vm.command('list').description('list registered VMs')
+  vm.command('list')
+    .description('list registered VMs')
     .option('--json', 'print JSON')
-    .action(action(async (ctx) => {
-      const vms = await ctx.cb.vms.list();
-      if (ctx.json) return printJson(vms);
-      if (vms.length === 0) return printLine('no VMs registered');
-      printLine(table(['NAME', 'DRIVER', 'DISKS', 'SIZE', 'SNAPSHOTS', 'CURRENT'], vms.map((v) => [
-        v.name, v.driver, String(v.disks.length), formatBytes(v.disks.reduce((a, d) => a + d.virtual_size, 0)),
-        String(v.snapshot_count), v.current ?? '-',
-      ]), [false, false, true, true, true, false]));
-    }));
+    .action(
+      action(async (ctx) => {
+        const vms = await ctx.cb.vms.list();
+        if (ctx.json) return printJson(vms);
+        if (vms.length === 0) return printLine('no VMs registered');
+        printLine(
+          table(
+            ['NAME', 'DRIVER', 'DISKS', 'SIZE', 'SNAPSHOTS', 'CURRENT'],
+            vms.map((v) => [
+              v.name,
+              v.driver,
+              String(v.disks.length),
+              formatBytes(v.disks.reduce((a, d) => a + d.virtual_size, 0)),
+              String(v.snapshot_count),
+              v.current ?? '-',
+            ]),
+            [false, false, true, true, true, false],
+          ),
+        );
+      }),
+    );
 
-  vm.command('show').argument('<vm>').description('show one VM')
+  vm.command('show')
+    .argument('<vm>')
+    .description('show one VM')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, name: string) => {
-      const v = await ctx.cb.vms.show(name);
-      if (ctx.json) return printJson(v);
-      printLine(`name: ${v.name}`);
-      printLine(`driver: ${v.driver}`);
-      printLine(`current snapshot: ${v.current ?? '(none)'}`);
-      printLine(`snapshots: ${v.snapshot_count}`);
-      for (const d of v.disks) printLine(`disk ${d.target}: ${d.path} (${formatBytes(d.virtual_size)})`);
-    }));
+    .action(
+      action(async (ctx, name: string) => {
+        const v = await ctx.cb.vms.show(name);
+        if (ctx.json) return printJson(v);
+        printLine(`name: ${v.name}`);
+        printLine(`driver: ${v.driver}`);
+        printLine(`current snapshot: ${v.current ?? '(none)'}`);
+        printLine(`snapshots: ${v.snapshot_count}`);
+        for (const d of v.disks) printLine(`disk ${d.target}: ${d.path} (${formatBytes(d.virtual_size)})`);
+      }),
+    );
 
-  vm.command('remove').argument('<vm>').description('unregister a VM (and with --delete-files, delete its disks and layers)')
+  vm.command('remove')
+    .argument('<vm>')
+    .description('unregister a VM (and with --delete-files, delete its disks and layers)')
     .option('--delete-files', 'also delete the disk images and snapshot layers')
     .option('--yes', 'do not ask for confirmation')
     .addOption(new Option('--json', 'print JSON'))
-    .action(action(async (ctx, name: string, o: { deleteFiles?: boolean; yes?: boolean }) => {
-      if (o.deleteFiles) await confirm(`Delete VM ${name} with all its disk images and snapshot layers?`, Boolean(o.yes));
-      const r = await ctx.cb.vms.remove(name, { deleteFiles: Boolean(o.deleteFiles) });
-      if (ctx.json) return printJson(r);
-      printLine(`removed VM ${name}${o.deleteFiles ? ` and ${r.deleted_files.length} file(s)` : ' (files kept)'}`);
-    }));
+    .action(
+      action(async (ctx, name: string, o: { deleteFiles?: boolean; yes?: boolean }) => {
+        if (o.deleteFiles) await confirm(`Delete VM ${name} with all its disk images and snapshot layers?`, Boolean(o.yes));
+        const r = await ctx.cb.vms.remove(name, { deleteFiles: Boolean(o.deleteFiles) });
+        if (ctx.json) return printJson(r);
+        printLine(`removed VM ${name}${o.deleteFiles ? ` and ${r.deleted_files.length} file(s)` : ' (files kept)'}`);
+      }),
+    );
 }

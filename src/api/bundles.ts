@@ -6,7 +6,15 @@
 import { usageError } from '../errors.js';
 import type { Session } from './session.js';
 import type {
-  BundleInput, ExportOptions, ExportResult, ImportOptions, ImportResult, InspectResult, KeyFileResult, KeyOptions, VerifyOptions,
+  BundleInput,
+  ExportOptions,
+  ExportResult,
+  ImportOptions,
+  ImportResult,
+  InspectResult,
+  KeyFileResult,
+  KeyOptions,
+  VerifyOptions,
   VerifyResult,
 } from './types.js';
 
@@ -37,12 +45,26 @@ export class Bundles {
       const key = opts.encrypt ? await keySource(opts) : null;
       const { exportBundle } = await import('../bundle/export.js');
       const r = await exportBundle(this.s.home, vm, {
-        name: opts.name, since: opts.since, output: opts.output, key, ...(opts.level !== undefined ? { level: opts.level } : {}),
-        signal: this.s.signal(opts.signal), onProgress: opts.onProgress,
+        name: opts.name,
+        since: opts.since,
+        output: opts.output,
+        key,
+        ...(opts.level !== undefined ? { level: opts.level } : {}),
+        signal: this.s.signal(opts.signal),
+        onProgress: opts.onProgress,
       });
       return {
-        file: r.file, snapshots: r.snapshots, logical_bytes: r.logical_bytes, unique_bytes: r.unique_bytes, stored_bytes: r.stored_bytes,
-        blocks: r.blocks, unique_blocks: r.unique_blocks, encrypted: r.encrypted, seconds: r.seconds, bundle_bytes: r.bundle_bytes, since: r.since,
+        file: r.file,
+        snapshots: r.snapshots,
+        logical_bytes: r.logical_bytes,
+        unique_bytes: r.unique_bytes,
+        stored_bytes: r.stored_bytes,
+        blocks: r.blocks,
+        unique_blocks: r.unique_blocks,
+        encrypted: r.encrypted,
+        seconds: r.seconds,
+        bundle_bytes: r.bundle_bytes,
+        since: r.since,
       };
     });
   }

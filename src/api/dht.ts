@@ -10,7 +10,8 @@ export class Dht {
   bootstrap(opts: DhtOptions = {}): Promise<PrivateDht> {
     return this.s.run(async () => {
       const port = opts.port ?? 49737;
-      if (!Number.isInteger(port) || port < 0 || port > 65535) throw usageError(`invalid --port ${JSON.stringify(String(port))}`, 'use a UDP port number, 1-65535 (0: any free port)');
+      if (!Number.isInteger(port) || port < 0 || port > 65535)
+        throw usageError(`invalid --port ${JSON.stringify(String(port))}`, 'use a UDP port number, 1-65535 (0: any free port)');
       const { startPrivateDht } = await import('../sync/bootstrap.js');
       const warn = this.s.warner(opts.onWarning);
       const net = await startPrivateDht({ host: opts.host ?? '127.0.0.1', port, onError: (err) => warn(`DHT node error: ${err.message}`) });

@@ -15,7 +15,10 @@ export class Session {
   /** Warnings nobody took (no onWarning given to open() nor to the call). */
   readonly kept: Warning[] = [];
 
-  constructor(readonly home: Home, private readonly onWarning: WarningCallback | undefined) {}
+  constructor(
+    readonly home: Home,
+    private readonly onWarning: WarningCallback | undefined,
+  ) {}
 
   /** Runs one call: refused after close(), counted until it settles. */
   run<T>(fn: () => Promise<T>): Promise<T> {

@@ -6,12 +6,27 @@
 import { checkAborted } from '../abort.js';
 import { usageError } from '../errors.js';
 import { parseSize } from '../names.js';
+import type { Policy as InternalPolicy } from '../snapshots/policy.js';
 import type { Session } from './session.js';
 import type {
-  DeleteOptions, DeleteResult, DiffResult, LongOptions, Policy, PolicyResult, PruneResult, RestoreOptions, RestoreResult, RunOptions,
-  RunResult, SnapshotCreateOptions, SnapshotTree, SnapshotTreeDetails, SnapshotView, StatsDetails, StatsResult,
+  DeleteOptions,
+  DeleteResult,
+  DiffResult,
+  LongOptions,
+  Policy,
+  PolicyResult,
+  PruneResult,
+  RestoreOptions,
+  RestoreResult,
+  RunOptions,
+  RunResult,
+  SnapshotCreateOptions,
+  SnapshotTree,
+  SnapshotTreeDetails,
+  SnapshotView,
+  StatsDetails,
+  StatsResult,
 } from './types.js';
-import type { Policy as InternalPolicy } from '../snapshots/policy.js';
 
 /** Runs one journaled step with the long-operation options: abort before it, progress around it. */
 async function step<T>(phase: string, opts: LongOptions, signal: AbortSignal, fn: () => Promise<T>): Promise<T> {
@@ -34,10 +49,15 @@ export class Snapshots {
   create(vm: string, opts: SnapshotCreateOptions = {}): Promise<SnapshotView> {
     return this.s.run(async () => {
       const m = await this.manager();
-      const r = await step('create', opts, this.s.signal(opts.signal), () => m.create(vm, {
-        ...(opts.name !== undefined ? { name: opts.name } : {}),
-        description: opts.description ?? null, tags: opts.tags ?? [], memory: Boolean(opts.memory), quiesce: Boolean(opts.quiesce),
-      }));
+      const r = await step('create', opts, this.s.signal(opts.signal), () =>
+        m.create(vm, {
+          ...(opts.name !== undefined ? { name: opts.name } : {}),
+          description: opts.description ?? null,
+          tags: opts.tags ?? [],
+          memory: Boolean(opts.memory),
+          quiesce: Boolean(opts.quiesce),
+        }),
+      );
       r.warnings.forEach(this.s.warner(opts.onWarning));
       return r.value;
     });
@@ -87,7 +107,9 @@ export class Snapshots {
   delete(vm: string, name: string, opts: DeleteOptions = {}): Promise<DeleteResult> {
     return this.s.run(async () => {
       const m = await this.manager();
-      const r = await step('delete', opts, this.s.signal(opts.signal), () => m.delete(vm, name, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren) }));
+      const r = await step('delete', opts, this.s.signal(opts.signal), () =>
+        m.delete(vm, name, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren) }),
+      );
       r.warnings.forEach(this.s.warner(opts.onWarning));
       return { vm, deleted: r.value.deleted, merged_into: r.value.merged_into };
     });
@@ -101,7 +123,13 @@ export class Snapshots {
   stats(vm: string): Promise<StatsResult> {
     return this.s.run(async () => {
       const s = await (await this.manager()).stats(vm);
-      return { virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes, savings_percent: s.savings_percent };
+      return {
+        virtual_size: s.virtual_size,
+        physical_bytes: s.physical_bytes,
+        allocated_bytes: s.allocated_bytes,
+        unique_bytes: s.unique_bytes,
+        savings_percent: s.savings_percent,
+      };
     });
   }
 
@@ -110,8 +138,13 @@ export class Snapshots {
     return this.s.run(async () => {
       const s = await (await this.manager()).stats(vm);
       return {
-        virtual_size: s.virtual_size, physical_bytes: s.physical_bytes, allocated_bytes: s.allocated_bytes, unique_bytes: s.unique_bytes,
-        savings_percent: s.savings_percent, layers: s.layers, snapshots: s.snapshots,
+        virtual_size: s.virtual_size,
+        physical_bytes: s.physical_bytes,
+        allocated_bytes: s.allocated_bytes,
+        unique_bytes: s.unique_bytes,
+        savings_percent: s.savings_percent,
+        layers: s.layers,
+        snapshots: s.snapshots,
       };
     });
   }
@@ -146,7 +179,10 @@ export class Snapshots {
   run(vm: string, argv: string[], opts: RunOptions = {}): Promise<RunResult> {
     return this.s.run(async () => {
       const { runWithSnapshot } = await import('../snapshots/run.js');
-      const r = await runWithSnapshot(await this.manager(), vm, argv, { ...(opts.name !== undefined ? { name: opts.name } : {}), rollbackOnFail: Boolean(opts.rollbackOnFail) });
+      const r = await runWithSnapshot(await this.manager(), vm, argv, {
+        ...(opts.name !== undefined ? { name: opts.name } : {}),
+        rollbackOnFail: Boolean(opts.rollbackOnFail),
+      });
       r.warnings.forEach(this.s.warner(opts.onWarning));
       return { snapshot: r.snapshot, exit_code: r.exit_code, rolled_back: r.rolled_back };
     });

@@ -47,8 +47,13 @@ export class Sync {
       let report: Awaited<ReturnType<typeof runSync>>;
       try {
         report = await runSync({
-          home: this.s.home, team: opts.team, ...(bootstrap ? { bootstrap } : {}), timeoutSeconds: opts.timeout ?? DEFAULT_TIMEOUT_S,
-          watch: Boolean(opts.watch), signal: this.s.signal(opts.signal), log: this.s.warner(opts.onWarning, 'NOTICE'),
+          home: this.s.home,
+          team: opts.team,
+          ...(bootstrap ? { bootstrap } : {}),
+          timeoutSeconds: opts.timeout ?? DEFAULT_TIMEOUT_S,
+          watch: Boolean(opts.watch),
+          signal: this.s.signal(opts.signal),
+          log: this.s.warner(opts.onWarning, 'NOTICE'),
           ...(opts.onProgress ? { progress: opts.onProgress } : {}),
         });
       } finally {
@@ -61,8 +66,15 @@ export class Sync {
       return {
         peers: report.peers,
         chains: report.chains.map((c) => ({
-          vm: c.vm, snapshots: c.snapshots, blocks_fetched: c.blocks_fetched, blocks_reused: c.blocks_reused, bytes_received: c.bytes_received,
-          peer: c.peer, remote_vm: c.remote_vm, ...(c.via ? { via: c.via } : {}), ...(c.unavailable ? { unavailable: c.unavailable } : {}),
+          vm: c.vm,
+          snapshots: c.snapshots,
+          blocks_fetched: c.blocks_fetched,
+          blocks_reused: c.blocks_reused,
+          bytes_received: c.bytes_received,
+          peer: c.peer,
+          remote_vm: c.remote_vm,
+          ...(c.via ? { via: c.via } : {}),
+          ...(c.unavailable ? { unavailable: c.unavailable } : {}),
         })),
         bytes_received: report.bytes_received,
         shared: report.shared,

@@ -318,8 +318,14 @@ export interface InspectResult {
   created_at: string | null;
   since: { name: string; content_id: string } | null;
   snapshots: {
-    name: string; parent: string | null; created_at: string; description: string | null; tags: string[]; content_id: string;
-    data_bytes: number; zero_bytes: number;
+    name: string;
+    parent: string | null;
+    created_at: string;
+    description: string | null;
+    tags: string[];
+    content_id: string;
+    data_bytes: number;
+    zero_bytes: number;
     disks: { target: string; virtual_size: number; cluster_size: number; data_bytes: number; zero_bytes: number; blocks: number }[];
   }[];
   packs: number;
@@ -425,8 +431,15 @@ export interface SyncRunOptions extends Omit<LongOptions, 'onProgress'> {
 export interface SyncResult {
   peers: string[];
   chains: {
-    vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string;
-    remote_vm: string; via?: string; unavailable?: string[];
+    vm: string;
+    snapshots: string[];
+    blocks_fetched: number;
+    blocks_reused: number;
+    bytes_received: number;
+    peer: string;
+    remote_vm: string;
+    via?: string;
+    unavailable?: string[];
   }[];
   bytes_received: number;
   shared: { vm: string; snapshots: string[] }[];

@@ -36,9 +36,7 @@ function na(): typeof Sodium {
   return sodiumLib;
 }
 
-export type KeySource =
-  | { kind: 'passphrase'; passphrase: Buffer; file: string }
-  | { kind: 'keyfile'; key: Buffer; file: string };
+export type KeySource = { kind: 'passphrase'; passphrase: Buffer; file: string } | { kind: 'keyfile'; key: Buffer; file: string };
 
 export function sha256(...parts: Uint8Array[]): Buffer {
   const h = createHash('sha256');
@@ -138,7 +136,10 @@ function associatedData(headerChecksum: Buffer, kind: EntryKind, index: number):
 
 /** Seals and opens the entries of one bundle. `key` null: plain bundle (SHA-256 tags). */
 export class Sealer {
-  constructor(private readonly headerChecksum: Buffer, private readonly key: Buffer | null) {}
+  constructor(
+    private readonly headerChecksum: Buffer,
+    private readonly key: Buffer | null,
+  ) {}
 
   get encrypted(): boolean {
     return this.key !== null;

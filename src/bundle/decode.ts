@@ -52,7 +52,12 @@ export interface DecodeResult {
 
 type FrameRecord = Extract<PackRecord, { type: 'frame' }>;
 
-export async function decodeBundle(r: BundleReader, pool: WorkerPool, sink: BundleSink, opts: { wantData: boolean; onPack?: () => void }): Promise<DecodeResult> {
+export async function decodeBundle(
+  r: BundleReader,
+  pool: WorkerPool,
+  sink: BundleSink,
+  opts: { wantData: boolean; onPack?: () => void },
+): Promise<DecodeResult> {
   const { meta, file } = r;
   const map = new MapChecker(meta, file, sink);
   const store = new FrameStore(r, pool, sink);

@@ -11,39 +11,53 @@
  *                 a full pack is sealed and written as one tar entry
  * Batches in flight are bounded (two per worker), so memory does not grow with the disk.
  */
+
+import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
-import { CloneboxError, ioError, usageError } from '../errors.js';
-import { checkName } from '../names.js';
-import { driverStepHandlers } from '../drivers/registry.js';
-import { Qcow2Image } from '../qcow2/reader.js';
-import { fsyncDir, tempPathFor } from '../fsutil.js';
-import type { Home } from '../store/home.js';
-import { recover } from '../store/journal.js';
-import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
-import { contentId, ensureContentIds } from '../snapshots/identity.js';
-import { Batcher, type Batch } from '../content/batcher.js';
+import { checkAborted } from '../abort.js';
+import { type Batch, Batcher } from '../content/batcher.js';
 import { compressBound } from '../content/codec.js';
 import { BlockIndex } from '../content/dedup.js';
 import { LayerDigest } from '../content/digest.js';
 import { openLayer } from '../content/layer.js';
-import { WorkerPool } from '../content/workers.js';
 import type { WorkerReply } from '../content/worker.js';
-import { blockId, deriveMaster, encKey, idKey, keyCheck, randomBytes, Sealer, type KeySource } from './crypto.js';
+import { WorkerPool } from '../content/workers.js';
+import { driverStepHandlers } from '../drivers/registry.js';
+import { CloneboxError, ioError, usageError } from '../errors.js';
+import { fsyncDir, tempPathFor } from '../fsutil.js';
+import { checkName } from '../names.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import type { Home } from '../store/home.js';
+import { recover } from '../store/journal.js';
+import { loadVm, lockVm } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
+import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
-  BLOCK_SIZE, ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, FRAME_TARGET, KDF_MEMLIMIT, KDF_OPSLIMIT, KeyKind, PACK_TARGET,
-  packEntryName, type Meta, type MetaLayer, type Seal, type SealTotals,
+  BLOCK_SIZE,
+  Codec,
+  ENTRY_HEADER,
+  ENTRY_META,
+  ENTRY_SEAL,
+  EntryKind,
+  FRAME_TARGET,
+  KDF_MEMLIMIT,
+  KDF_OPSLIMIT,
+  KeyKind,
+  type Meta,
+  type MetaLayer,
+  PACK_TARGET,
+  packEntryName,
+  type Seal,
+  type SealTotals,
 } from './format.js';
 import { encodeHeader, encodeJson, headerPrefix } from './manifest.js';
 import { PackWriter } from './packs.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { checkAborted } from '../abort.js';
 import { TarWriter } from './tar.js';
-import { Codec } from './format.js';
-import { createHash } from 'node:crypto';
 
 export interface ExportOptions {
   /** Last snapshot to include (default: the current one). */
@@ -91,12 +105,14 @@ async function newHeader(key: KeySource | null): Promise<{ header: Buffer; seale
     return { header: bytes, sealer: new Sealer(checksum, null), idk: null };
   }
   const passphrase = key.kind === 'passphrase';
-  const kdf = passphrase
-    ? { salt: randomBytes(16), opslimit: KDF_OPSLIMIT, memlimit: KDF_MEMLIMIT }
-    : { salt: Buffer.alloc(16), opslimit: 0, memlimit: 0 };
+  const kdf = passphrase ? { salt: randomBytes(16), opslimit: KDF_OPSLIMIT, memlimit: KDF_MEMLIMIT } : { salt: Buffer.alloc(16), opslimit: 0, memlimit: 0 };
   const master = await deriveMaster(key, kdf);
   const prefix = headerPrefix({
-    version: 1, encrypted: true, bundleId, keyKind: passphrase ? KeyKind.Passphrase : KeyKind.KeyFile, ...kdf,
+    version: 1,
+    encrypted: true,
+    bundleId,
+    keyKind: passphrase ? KeyKind.Passphrase : KeyKind.KeyFile,
+    ...kdf,
   });
   const { bytes, checksum } = encodeHeader(prefix, keyCheck(master, prefix));
   const sealer = new Sealer(checksum, encKey(master, bundleId));
@@ -181,7 +197,8 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       const disks = [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1));
       const t = disks.map((d) => d.target).join(',');
       if (targets === null) targets = t;
-      else if (targets !== t) throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${t}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
+      else if (targets !== t)
+        throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${t}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
       for (const d of disks) {
         const img = await Qcow2Image.open(d.path);
         try {
@@ -202,11 +219,25 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     }
 
     const meta: Meta = {
-      format: 'clonebox-bundle', version: 1, created_at: new Date().toISOString(), vm: { name: vmName }, block_size: BLOCK_SIZE,
-      block_hash: opts.key ? 'blake2b256-keyed-sha256' : 'sha256', compression: { codec: 'zstd', level }, since,
+      format: 'clonebox-bundle',
+      version: 1,
+      created_at: new Date().toISOString(),
+      vm: { name: vmName },
+      block_size: BLOCK_SIZE,
+      block_hash: opts.key ? 'blake2b256-keyed-sha256' : 'sha256',
+      compression: { codec: 'zstd', level },
+      since,
       snapshots: chain.map((s) => ({
-        name: s.name, parent: s.parent, type: s.type, created_at: s.created_at, description: s.description, tags: s.tags,
-        auto_created: s.auto_created, auto_policy: s.auto_policy, expires_at: s.expires_at, content_id: s.content_id ?? null,
+        name: s.name,
+        parent: s.parent,
+        type: s.type,
+        created_at: s.created_at,
+        description: s.description,
+        tags: s.tags,
+        auto_created: s.auto_created,
+        auto_policy: s.auto_policy,
+        expires_at: s.expires_at,
+        content_id: s.content_id ?? null,
       })),
       layers: layers.map((l) => l.meta),
     };
@@ -242,18 +273,30 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         if (!fh || syncing || tarW.bytes - syncedUpTo < BACKGROUND_SYNC_BYTES) return;
         const upTo = tarW.bytes;
         const file = fh;
-        syncing = written.then(() => file.datasync()).then(() => {
-          syncedUpTo = upTo;
-        }, () => undefined).finally(() => {
-          syncing = null;
-        });
+        syncing = written
+          .then(() => file.datasync())
+          .then(
+            () => {
+              syncedUpTo = upTo;
+            },
+            () => undefined,
+          )
+          .finally(() => {
+            syncing = null;
+          });
       };
       const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack, opts.signal);
       await syncing;
       const ids: string[] = [];
       for (const [si, s] of chain.entries()) {
         const parentId = si === 0 ? (since ? since.content_id : null) : ids[si - 1]!;
-        ids.push(s.content_id ?? contentId(parentId, layers.flatMap((l, li) => (l.meta.snapshot === si ? [{ target: l.meta.target, digest: result.digests[li]! }] : []))));
+        ids.push(
+          s.content_id ??
+            contentId(
+              parentId,
+              layers.flatMap((l, li) => (l.meta.snapshot === si ? [{ target: l.meta.target, digest: result.digests[li]! }] : [])),
+            ),
+        );
       }
       const seal: Seal = {
         packs: result.packs,
@@ -279,10 +322,17 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         }
       }
       return {
-        file: finalPath ?? '-', snapshots: chain.map((s) => s.name), logical_bytes: result.totals.logical_bytes,
-        unique_bytes: result.totals.unique_bytes, stored_bytes: result.totals.stored_bytes, blocks: result.totals.blocks,
-        unique_blocks: result.totals.unique_blocks, encrypted: opts.key !== null, seconds: (Date.now() - t0) / 1000,
-        bundle_bytes: tarW.bytes, since: since?.name ?? null,
+        file: finalPath ?? '-',
+        snapshots: chain.map((s) => s.name),
+        logical_bytes: result.totals.logical_bytes,
+        unique_bytes: result.totals.unique_bytes,
+        stored_bytes: result.totals.stored_bytes,
+        blocks: result.totals.blocks,
+        unique_blocks: result.totals.unique_blocks,
+        encrypted: opts.key !== null,
+        seconds: (Date.now() - t0) / 1000,
+        bundle_bytes: tarW.bytes,
+        since: since?.name ?? null,
       };
     } catch (err) {
       tarW.abort(err as Error);
@@ -332,7 +382,10 @@ interface PipelineResult {
 /** ArrayBuffers that cycle between this thread and the workers (no page faults, no garbage). */
 class BufferPool {
   private readonly free: ArrayBuffer[] = [];
-  constructor(private readonly size: number, private readonly keep: number) {}
+  constructor(
+    private readonly size: number,
+    private readonly keep: number,
+  ) {}
   take(): ArrayBuffer {
     return this.free.pop() ?? new ArrayBuffer(this.size);
   }
@@ -341,8 +394,17 @@ class BufferPool {
   }
 }
 
-async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWriter, sealer: Sealer, idk: Buffer | null, level: number,
-  progress: Progress, afterPack: (written: Promise<void>) => void, signal: AbortSignal | undefined): Promise<PipelineResult> {
+async function runPipeline(
+  pool: WorkerPool,
+  layers: LayerPlan[],
+  tarW: TarWriter,
+  sealer: Sealer,
+  idk: Buffer | null,
+  level: number,
+  progress: Progress,
+  afterPack: (written: Promise<void>) => void,
+  signal: AbortSignal | undefined,
+): Promise<PipelineResult> {
   const index = new BlockIndex();
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
@@ -410,7 +472,10 @@ async function runPipeline(pool: WorkerPool, layers: LayerPlan[], tarW: TarWrite
     for (const it of batch.items) {
       if (it.kind !== 'block') continue;
       const sha = shas.subarray(k * 32, k * 32 + 32);
-      createHash('sha256').update(batch.buf.subarray(it.at, it.at + it.length)).digest().copy(sha);
+      createHash('sha256')
+        .update(batch.buf.subarray(it.at, it.at + it.length))
+        .digest()
+        .copy(sha);
       const bid = blockId(sha, idk);
       let n = index.get(bid);
       if (n < 0) {

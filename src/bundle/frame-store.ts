@@ -30,7 +30,10 @@ export interface FrameSource {
 class FrameCache {
   private readonly map = new Map<number, Buffer>();
   private bytes = 0;
-  constructor(private readonly budget: number, private readonly evicted: (raw: Buffer) => void) {}
+  constructor(
+    private readonly budget: number,
+    private readonly evicted: (raw: Buffer) => void,
+  ) {}
   get(n: number): Buffer | undefined {
     const b = this.map.get(n);
     if (b) {
@@ -108,7 +111,11 @@ export class FrameStore {
   private readonly frameInfo: { codec: Codec; rawLength: number; lengths: Uint32Array; first: number; pack: number; at: number; stored: number }[] = [];
   private readonly pending = new Map<number, Promise<Buffer>>();
 
-  constructor(private readonly r: BundleReader, private readonly pool: WorkerPool, private readonly source: FrameSource) {
+  constructor(
+    private readonly r: BundleReader,
+    private readonly pool: WorkerPool,
+    private readonly source: FrameSource,
+  ) {
     // Evicted frames' memory is reused, so evictions happen only in the record loop (put), never while
     // a sink is still using a block's bytes (reloads land in `pending` and enter the cache when used).
     this.cache = new FrameCache(CACHE_BYTES, (raw) => this.giveRaw(raw));
@@ -142,18 +149,29 @@ export class FrameStore {
       src = stored.buffer;
       offset = stored.byteOffset;
     } else {
-      const ab = stored.length <= STORED_SIZE ? this.storedPool.pop() ?? new ArrayBuffer(STORED_SIZE) : new ArrayBuffer(stored.length);
+      const ab = stored.length <= STORED_SIZE ? (this.storedPool.pop() ?? new ArrayBuffer(STORED_SIZE)) : new ArrayBuffer(stored.length);
       stored.copy(Buffer.from(ab));
       src = ab;
       transfer.push(ab);
     }
     // Raw frames decode into pooled memory: given back on eviction (import) or at once (verify).
-    const output = rawLength <= RAW_SIZE ? this.rawPool.pop() ?? new ArrayBuffer(RAW_SIZE) : undefined;
+    const output = rawLength <= RAW_SIZE ? (this.rawPool.pop() ?? new ArrayBuffer(RAW_SIZE)) : undefined;
     if (output) transfer.push(output);
     const pool = this.pool;
-    const msg = { op: 'decode' as const, id: pool.newId(), codec, stored: src, offset, length: stored.length, rawLength, lengths, ...(output ? { output } : {}) };
+    const msg = {
+      op: 'decode' as const,
+      id: pool.newId(),
+      codec,
+      stored: src,
+      offset,
+      length: stored.length,
+      rawLength,
+      lengths,
+      ...(output ? { output } : {}),
+    };
     return pool.request(pool.pick(), msg, transfer).then((rep) => {
-      if ('stored' in rep && rep.stored instanceof ArrayBuffer && rep.stored.byteLength === STORED_SIZE && this.storedPool.length < POOL_MAX) this.storedPool.push(rep.stored);
+      if ('stored' in rep && rep.stored instanceof ArrayBuffer && rep.stored.byteLength === STORED_SIZE && this.storedPool.length < POOL_MAX)
+        this.storedPool.push(rep.stored);
       if ('bad' in rep) {
         if (rep.output) this.rawPool.push(rep.output);
         return null;
@@ -188,8 +206,13 @@ export class FrameStore {
   endFrame(rec: FrameRecord, d: NonNullable<Decoded>, keep: boolean, pack: number, payload: Buffer): void {
     if (keep) {
       this.frameInfo[this.frames] = {
-        codec: rec.codec, rawLength: rec.rawLength, lengths: Uint32Array.from(rec.lengths), first: this.blkLen.n - rec.lengths.length,
-        pack, at: rec.stored.byteOffset - payload.byteOffset, stored: rec.stored.length,
+        codec: rec.codec,
+        rawLength: rec.rawLength,
+        lengths: Uint32Array.from(rec.lengths),
+        first: this.blkLen.n - rec.lengths.length,
+        pack,
+        at: rec.stored.byteOffset - payload.byteOffset,
+        stored: rec.stored.length,
       };
       this.cache.put(this.frames, d.raw);
     } else {
@@ -242,16 +265,19 @@ export class FrameStore {
       const r = this.r;
       // From the bundle file itself when it is one, else from the import's spool; checked by block id.
       const stored = r.canReread ? r.reread(info.pack, info.at, info.stored) : this.source.storedBytes!(f);
-      p = stored.then((b) => this.decode(info.codec, b, info.rawLength, info.lengths)).then((d) => {
-        const changed = () => new CloneboxError('BUNDLE_CHANGED', `the bundle (or a temporary file) changed while importing, ${r.file}`, {
-          hint: 'nothing was imported; do not modify the bundle while it is being imported',
+      p = stored
+        .then((b) => this.decode(info.codec, b, info.rawLength, info.lengths))
+        .then((d) => {
+          const changed = () =>
+            new CloneboxError('BUNDLE_CHANGED', `the bundle (or a temporary file) changed while importing, ${r.file}`, {
+              hint: 'nothing was imported; do not modify the bundle while it is being imported',
+            });
+          if (!d) throw changed();
+          for (let i = 0; i < info.lengths.length; i++) {
+            if (!d.shas.subarray(i * 32, i * 32 + 32).equals(this.shas.row(info.first + i))) throw changed();
+          }
+          return d.raw;
         });
-        if (!d) throw changed();
-        for (let i = 0; i < info.lengths.length; i++) {
-          if (!d.shas.subarray(i * 32, i * 32 + 32).equals(this.shas.row(info.first + i))) throw changed();
-        }
-        return d.raw;
-      });
       p.catch(() => undefined);
       this.pending.set(f, p);
     }

@@ -16,30 +16,30 @@
  * command that recovers this VM's journal, a crash during 5 is rolled forward.
  */
 import { closeSync, openSync, readSync, writeSync } from 'node:fs';
-import { open, readdir, rm, rmdir, stat, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open, readdir, rm, rmdir, stat } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { CloneboxError, ioError } from '../errors.js';
-import { checkName } from '../names.js';
+import { abortedError, checkAborted } from '../abort.js';
+import { WorkerPool } from '../content/workers.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
-import { Qcow2Writer } from '../qcow2/writer.js';
+import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir } from '../fsutil.js';
-import { vmDir, type Home } from '../store/home.js';
-import { Journal, journalPath, recover } from '../store/journal.js';
-import { loadVm, lockVm, vmExists, type VmRecord } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { checkName } from '../names.js';
+import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureContentIds } from '../snapshots/identity.js';
-import { commitLanding, currentIsClean, LayerAssembler, landingTemp, landOverlays, type Landing, type OverlayPlan } from '../snapshots/landing.js';
-import { randomBytes, type KeySource } from './crypto.js';
+import { commitLanding, currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan } from '../snapshots/landing.js';
+import { type Home, vmDir } from '../store/home.js';
+import { Journal, journalPath, recover } from '../store/journal.js';
+import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { type KeySource, randomBytes } from './crypto.js';
+import { type BundleSink, decodeBundle } from './decode.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { abortedError, checkAborted } from '../abort.js';
-import { decodeBundle, type BundleSink } from './decode.js';
 import { BundleReader } from './reader.js';
-import { WorkerPool } from '../content/workers.js';
 
 export interface ImportOptions {
   /** Bundle file, or a stream that gives it (the CLI passes process.stdin for '-'). */
@@ -63,7 +63,6 @@ export interface ImportResult {
   /** For a --since bundle: the local snapshot the imported ones stand on. */
   base: string | null;
 }
-
 
 async function exists(p: string): Promise<boolean> {
   try {
@@ -104,7 +103,11 @@ class ImportSink implements BundleSink {
   private finishing: Promise<void>[] = [];
 
   /** `spoolPath` null: the bundle is a file the decoder reads again, nothing to spool. */
-  constructor(private readonly files: LayerFile[], private readonly journal: Journal, private readonly spoolPath: string | null) {}
+  constructor(
+    private readonly files: LayerFile[],
+    private readonly journal: Journal,
+    private readonly spoolPath: string | null,
+  ) {}
 
   async open(): Promise<void> {
     if (this.spoolPath === null) return;
@@ -120,7 +123,10 @@ class ImportSink implements BundleSink {
     const f = this.files[li]!;
     await this.journal.willCreate(f.temp);
     this.writer = await Qcow2Writer.create(f.temp, {
-      virtualSize: f.virtualSize, clusterSize: f.clusterSize, backingFile: f.backing, backingFormat: f.backing ? 'qcow2' : null,
+      virtualSize: f.virtualSize,
+      clusterSize: f.clusterSize,
+      backingFile: f.backing,
+      backingFormat: f.backing ? 'qcow2' : null,
     });
     this.assembler = new LayerAssembler(this.writer, () => new CloneboxError('INTERNAL', 'cluster assembly out of order'));
     this.layer = li;
@@ -275,7 +281,15 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   }
 }
 
-async function importLocked(home: Home, vmName: string, reader: BundleReader, pool: WorkerPool, opts: ImportOptions, size: number | null, t0: number): Promise<ImportResult> {
+async function importLocked(
+  home: Home,
+  vmName: string,
+  reader: BundleReader,
+  pool: WorkerPool,
+  opts: ImportOptions,
+  size: number | null,
+  t0: number,
+): Promise<ImportResult> {
   const meta = reader.meta;
   const hadDir = await exists(vmDir(home, vmName));
   const lock = await lockVm(home, vmName, 'snapshot import');
@@ -290,10 +304,13 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
     const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool);
     try {
       await sink.open();
-      const res = await decodeBundle(reader, pool, sink, { wantData: true, onPack: () => {
-        progress.set(reader.bytesIn);
-        checkAborted(opts.signal);
-      } });
+      const res = await decodeBundle(reader, pool, sink, {
+        wantData: true,
+        onPack: () => {
+          progress.set(reader.bytesIn);
+          checkAborted(opts.signal);
+        },
+      });
       await sink.settle();
       await sink.close();
       checkAborted(opts.signal); // the last moment an abort can still undo the import
@@ -303,14 +320,23 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
       for (const f of [...plan.layers, ...overlays]) written += (await stat(f.temp)).size;
       const last = meta.snapshots[meta.snapshots.length - 1]!.name;
       const records: SnapshotRecord[] = meta.snapshots.map((s, si) => ({
-        name: s.name, vm_name: vmName, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
-        parent: si === 0 ? plan.baseName : s.parent, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
+        name: s.name,
+        vm_name: vmName,
+        type: s.type,
+        state: 'ready',
+        created_at: s.created_at,
+        description: s.description,
+        parent: si === 0 ? plan.baseName : s.parent,
+        tags: s.tags,
+        auto_created: s.auto_created,
+        auto_policy: s.auto_policy,
         expires_at: s.expires_at,
         disks: meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, path: plan.layers[li]!.final }] : [])),
         size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
-        content_id: res.contentIds[si]!, memory_path: null,
+        content_id: res.contentIds[si]!,
+        memory_path: null,
       }));
-      const newCurrent = plan.overlays.length ? last : plan.vm?.current ?? null;
+      const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
       const vmRec: VmRecord = plan.vm
         ? { ...plan.vm, current: newCurrent }
         : { format: 1, name: vmName, driver: 'image', created_at: new Date().toISOString(), disks: plan.disks, current: last };
@@ -318,8 +344,12 @@ async function importLocked(home: Home, vmName: string, reader: BundleReader, po
       await commitLanding(j, home, vmName, [...plan.layers, ...overlays], records, vmRec);
       committed = true;
       return {
-        vm: vmName, snapshots: meta.snapshots.map((s) => s.name), bytes_written: written, seconds: (Date.now() - t0) / 1000,
-        current: vmRec.current, base: plan.baseName,
+        vm: vmName,
+        snapshots: meta.snapshots.map((s) => s.name),
+        bytes_written: written,
+        seconds: (Date.now() - t0) / 1000,
+        current: vmRec.current,
+        base: plan.baseName,
       };
     } catch (err) {
       await sink.abort().catch(() => undefined);
@@ -372,10 +402,14 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     for (const t of targets) diskPath.set(t, newDiskPath(dir, vmName, t));
   } else {
     const since = meta.since;
-    const missing = (why: string) => new CloneboxError('BASE_MISSING',
-      `${why}: the bundle holds only the snapshots after ${since.name} (content id ${since.content_id.slice(0, 12)}), VM ${vmName}`, {
-        hint: `import the full chain first (export without --since), or export --since a snapshot this VM holds`,
-      });
+    const missing = (why: string) =>
+      new CloneboxError(
+        'BASE_MISSING',
+        `${why}: the bundle holds only the snapshots after ${since.name} (content id ${since.content_id.slice(0, 12)}), VM ${vmName}`,
+        {
+          hint: `import the full chain first (export without --since), or export --since a snapshot this VM holds`,
+        },
+      );
     if (!(await vmExists(home, vmName))) throw missing(`VM ${vmName} does not exist`);
     vm = await loadVm(home, vmName);
     const snaps = await listSnapshotRecords(home, vmName);
@@ -407,10 +441,13 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     const s = meta.snapshots[l.snapshot]!;
     const disk = diskPath.get(l.target)!;
     const final = layerPathFor(disk, s.name);
-    const parentLayer = l.snapshot > 0 ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : baseLayer.get(l.target) ?? null;
+    const parentLayer = l.snapshot > 0 ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : (baseLayer.get(l.target) ?? null);
     layers.push({
-      final, temp: landingTemp(final, 'import'), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
-      virtualSize: l.virtual_size, clusterSize: l.cluster_size,
+      final,
+      temp: landingTemp(final, 'import'),
+      backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
+      virtualSize: l.virtual_size,
+      clusterSize: l.cluster_size,
     });
     lastOf.set(l.target, final);
   }
@@ -424,13 +461,19 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
   // Nothing that exists may be overwritten (a fast-forward replaces an empty overlay, on purpose).
   for (const f of [...layers, ...(vm ? [] : overlays)]) {
     if (await exists(f.final)) {
-      throw new CloneboxError('FILE_EXISTS', `file already exists, ${f.final}`, { hint: vm ? 'remove the stray file' : 'move it away, or import with --dir DIR' });
+      throw new CloneboxError('FILE_EXISTS', `file already exists, ${f.final}`, {
+        hint: vm ? 'remove the stray file' : 'move it away, or import with --dir DIR',
+      });
     }
   }
   const spoolDir = path.dirname(layers[0]!.final);
   return {
-    vm, baseName, layers, overlays, createdDir, spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),
+    vm,
+    baseName,
+    layers,
+    overlays,
+    createdDir,
+    spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),
     disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })),
   };
 }
-

@@ -22,8 +22,14 @@ export interface InspectResult extends SealTotals {
   created_at: string | null;
   since: { name: string; content_id: string } | null;
   snapshots: {
-    name: string; parent: string | null; created_at: string; description: string | null; tags: string[]; content_id: string;
-    data_bytes: number; zero_bytes: number;
+    name: string;
+    parent: string | null;
+    created_at: string;
+    description: string | null;
+    tags: string[];
+    content_id: string;
+    data_bytes: number;
+    zero_bytes: number;
     disks: { target: string; virtual_size: number; cluster_size: number; data_bytes: number; zero_bytes: number; blocks: number }[];
   }[];
   packs: number;
@@ -42,10 +48,26 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
   try {
     const h = r.header;
     const base: InspectResult = {
-      file: src.label, format_version: h.version, encrypted: h.encrypted,
-      key: !h.encrypted ? 'none' : h.keyKind === 1 ? 'passphrase' : 'key-file', readable: !r.locked, bundle_bytes: src.size,
-      vm: null, created_at: null, since: null, snapshots: [], packs: 0, logical_bytes: 0, unique_bytes: 0, stored_bytes: 0,
-      blocks: 0, unique_blocks: 0, frames: 0, dedup_savings_percent: 0, compression_savings_percent: 0, total_savings_percent: 0,
+      file: src.label,
+      format_version: h.version,
+      encrypted: h.encrypted,
+      key: !h.encrypted ? 'none' : h.keyKind === 1 ? 'passphrase' : 'key-file',
+      readable: !r.locked,
+      bundle_bytes: src.size,
+      vm: null,
+      created_at: null,
+      since: null,
+      snapshots: [],
+      packs: 0,
+      logical_bytes: 0,
+      unique_bytes: 0,
+      stored_bytes: 0,
+      blocks: 0,
+      unique_blocks: 0,
+      frames: 0,
+      dedup_savings_percent: 0,
+      compression_savings_percent: 0,
+      total_savings_percent: 0,
     };
     if (r.locked) return base;
     while ((await r.nextPack()) !== null) {
@@ -55,20 +77,44 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
     const seal = r.seal!;
     const t = seal.totals;
     return {
-      ...base, vm: m.vm.name, created_at: m.created_at, since: m.since, packs: seal.packs,
+      ...base,
+      vm: m.vm.name,
+      created_at: m.created_at,
+      since: m.since,
+      packs: seal.packs,
       snapshots: m.snapshots.map((s, si) => {
-        const disks = m.layers.flatMap((l, li) => (l.snapshot === si ? [{
-          target: l.target, virtual_size: l.virtual_size, cluster_size: l.cluster_size, data_bytes: seal.layers[li]!.data_bytes,
-          zero_bytes: seal.layers[li]!.zero_bytes, blocks: seal.layers[li]!.blocks,
-        }] : []));
+        const disks = m.layers.flatMap((l, li) =>
+          l.snapshot === si
+            ? [
+                {
+                  target: l.target,
+                  virtual_size: l.virtual_size,
+                  cluster_size: l.cluster_size,
+                  data_bytes: seal.layers[li]!.data_bytes,
+                  zero_bytes: seal.layers[li]!.zero_bytes,
+                  blocks: seal.layers[li]!.blocks,
+                },
+              ]
+            : [],
+        );
         return {
-          name: s.name, parent: s.parent, created_at: s.created_at, description: s.description, tags: s.tags,
-          content_id: seal.snapshots[si]!.content_id, data_bytes: disks.reduce((a, d) => a + d.data_bytes, 0),
-          zero_bytes: disks.reduce((a, d) => a + d.zero_bytes, 0), disks,
+          name: s.name,
+          parent: s.parent,
+          created_at: s.created_at,
+          description: s.description,
+          tags: s.tags,
+          content_id: seal.snapshots[si]!.content_id,
+          data_bytes: disks.reduce((a, d) => a + d.data_bytes, 0),
+          zero_bytes: disks.reduce((a, d) => a + d.zero_bytes, 0),
+          disks,
         };
       }),
-      logical_bytes: t.logical_bytes, unique_bytes: t.unique_bytes, stored_bytes: t.stored_bytes, blocks: t.blocks,
-      unique_blocks: t.unique_blocks, frames: t.frames,
+      logical_bytes: t.logical_bytes,
+      unique_bytes: t.unique_bytes,
+      stored_bytes: t.stored_bytes,
+      blocks: t.blocks,
+      unique_blocks: t.unique_blocks,
+      frames: t.frames,
       dedup_savings_percent: pct(t.logical_bytes - t.unique_bytes, t.logical_bytes),
       compression_savings_percent: pct(t.unique_bytes - t.stored_bytes, t.unique_bytes),
       total_savings_percent: pct(t.logical_bytes - t.stored_bytes, t.logical_bytes),

@@ -9,8 +9,22 @@ import { CloneboxError } from '../errors.js';
 import { NAME_RE } from '../names.js';
 import { sha256 } from './crypto.js';
 import {
-  BLOCK_SIZE, BUNDLE_MAGIC, BUNDLE_VERSION, FLAG_ENCRYPTED, HEADER_SIZE, KeyKind, MAX_DISKS, MAX_KDF_MEMLIMIT, MAX_KDF_OPSLIMIT,
-  MAX_PACKS, MAX_SNAPSHOTS, type Meta, type MetaLayer, type MetaSnapshot, type Seal, type SealLayer,
+  BLOCK_SIZE,
+  BUNDLE_MAGIC,
+  BUNDLE_VERSION,
+  FLAG_ENCRYPTED,
+  HEADER_SIZE,
+  KeyKind,
+  MAX_DISKS,
+  MAX_KDF_MEMLIMIT,
+  MAX_KDF_OPSLIMIT,
+  MAX_PACKS,
+  MAX_SNAPSHOTS,
+  type Meta,
+  type MetaLayer,
+  type MetaSnapshot,
+  type Seal,
+  type SealLayer,
 } from './format.js';
 
 export interface BundleHeader {
@@ -65,9 +79,13 @@ export function decodeHeader(b: Buffer, file: string): BundleHeader {
   if (!sha256(b.subarray(0, 104)).equals(checksum)) throw corrupt('header checksum does not match', file);
   const version = b.readUInt32BE(16);
   if (version !== BUNDLE_VERSION) {
-    throw new CloneboxError('BUNDLE_UNSUPPORTED', `bundle format version ${version} is not supported (this clonebox reads version ${BUNDLE_VERSION}), ${file}`, {
-      hint: 'import it with the clonebox version that wrote it, or a newer one',
-    });
+    throw new CloneboxError(
+      'BUNDLE_UNSUPPORTED',
+      `bundle format version ${version} is not supported (this clonebox reads version ${BUNDLE_VERSION}), ${file}`,
+      {
+        hint: 'import it with the clonebox version that wrote it, or a newer one',
+      },
+    );
   }
   const flags = b.readUInt32BE(20);
   if ((flags & ~FLAG_ENCRYPTED) !== 0) throw corrupt(`unknown header flags 0x${flags.toString(16)}`, file);
@@ -92,7 +110,14 @@ export function decodeHeader(b: Buffer, file: string): BundleHeader {
     throw corrupt(`unknown key kind ${keyKind}`, file);
   }
   return {
-    version, encrypted, bundleId: Buffer.from(b.subarray(24, 40)), keyKind, opslimit, memlimit: Number(memBig), salt, keyCheck,
+    version,
+    encrypted,
+    bundleId: Buffer.from(b.subarray(24, 40)),
+    keyKind,
+    opslimit,
+    memlimit: Number(memBig),
+    salt,
+    keyCheck,
     checksum: Buffer.from(checksum),
   };
 }
@@ -106,7 +131,10 @@ const TARGET_RE = /^[a-z][a-z0-9]{0,31}$/;
 type Obj = Record<string, unknown>;
 
 class Check {
-  constructor(private readonly file: string, private readonly what: string) {}
+  constructor(
+    private readonly file: string,
+    private readonly what: string,
+  ) {}
   fail(msg: string): never {
     throw corrupt(`${this.what}: ${msg}`, this.file);
   }
@@ -198,7 +226,9 @@ export function decodeMeta(bytes: Buffer, file: string): Meta {
     if (s.type !== 'disk' && s.type !== 'full') c.fail(`${at}.type is not disk or full`);
     const tagsRaw = c.arr(s.tags, `${at}.tags`, 1024);
     snapshots.push({
-      name, parent, type: s.type as 'disk' | 'full',
+      name,
+      parent,
+      type: s.type as 'disk' | 'full',
       created_at: c.time(s.created_at, `${at}.created_at`),
       description: c.strOrNull(s.description, `${at}.description`),
       tags: tagsRaw.map((t, j) => c.str(t, `${at}.tags[${j}]`, 256)),
@@ -238,9 +268,16 @@ export function decodeMeta(bytes: Buffer, file: string): Meta {
     if (si === snapshots.length - 1 && li !== layersRaw.length) c.fail('layers belong to no snapshot or are out of order');
   }
   return {
-    format: 'clonebox-bundle', version: 1, created_at: c.time(m.created_at, 'created_at'),
-    vm: { name: c.name(vm.name, 'vm.name') }, block_size, block_hash: m.block_hash as Meta['block_hash'], compression: { codec: 'zstd', level },
-    since, snapshots, layers,
+    format: 'clonebox-bundle',
+    version: 1,
+    created_at: c.time(m.created_at, 'created_at'),
+    vm: { name: c.name(vm.name, 'vm.name') },
+    block_size,
+    block_hash: m.block_hash as Meta['block_hash'],
+    compression: { codec: 'zstd', level },
+    since,
+    snapshots,
+    layers,
   };
 }
 

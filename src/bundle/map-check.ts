@@ -25,7 +25,11 @@ export class MapChecker {
   private kind: 'data' | 'zero' | null = null;
   private extentStart = 0;
 
-  constructor(private readonly meta: Meta, private readonly file: string, private readonly events: LayerEvents) {
+  constructor(
+    private readonly meta: Meta,
+    private readonly file: string,
+    private readonly events: LayerEvents,
+  ) {
     this.layers = meta.layers;
     this.digests = this.layers.map((l) => new LayerDigest(l.virtual_size, l.cluster_size));
   }
@@ -103,7 +107,8 @@ export class MapChecker {
   private place(li: number, offset: number, length: number, k: 'data' | 'zero'): void {
     const l = this.layers[li]!;
     if (offset < this.pos) throw corrupt(`${this.layerName(li)}: ${k} at ${offset} overlaps or precedes the previous piece (ending at ${this.pos})`, this.file);
-    if (offset + length > l.virtual_size) throw corrupt(`${this.layerName(li)}: ${k} at ${offset}+${length} runs past the disk's end (${l.virtual_size})`, this.file);
+    if (offset + length > l.virtual_size)
+      throw corrupt(`${this.layerName(li)}: ${k} at ${offset}+${length} runs past the disk's end (${l.virtual_size})`, this.file);
     if (offset !== this.pos || k !== this.kind) {
       this.closeExtent(li);
       if (offset % l.cluster_size !== 0) throw corrupt(`${this.layerName(li)}: ${k} extent starts at ${offset}, inside a cluster`, this.file);

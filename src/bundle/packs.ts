@@ -9,7 +9,14 @@
 import { createHash } from 'node:crypto';
 import { CloneboxError } from '../errors.js';
 import {
-  BLOCK_SIZE, Codec, DATA_RECORD_BYTES, FRAME_BLOCK_BYTES, FRAME_HEAD_BYTES, MAX_FRAME_BLOCKS, MAX_FRAME_RAW, RecordType,
+  BLOCK_SIZE,
+  Codec,
+  DATA_RECORD_BYTES,
+  FRAME_BLOCK_BYTES,
+  FRAME_HEAD_BYTES,
+  MAX_FRAME_BLOCKS,
+  MAX_FRAME_RAW,
+  RecordType,
   ZERO_RECORD_BYTES,
 } from './format.js';
 
@@ -200,7 +207,13 @@ export function* parsePack(p: Buffer, where: string, file: string): Generator<Pa
       o += storedLen;
     } else if (type === RecordType.Data) {
       if (p.length - o < DATA_RECORD_BYTES) throw bad(at, 'data record runs past the end of the pack');
-      const rec = { type: 'data' as const, layer: p.readUInt32BE(o + 1), offset: readU64(p, o + 5), first: p.readUInt32BE(o + 13), count: p.readUInt32BE(o + 17) };
+      const rec = {
+        type: 'data' as const,
+        layer: p.readUInt32BE(o + 1),
+        offset: readU64(p, o + 5),
+        first: p.readUInt32BE(o + 13),
+        count: p.readUInt32BE(o + 17),
+      };
       if (rec.count < 1) throw bad(at, 'data record places no blocks');
       o += DATA_RECORD_BYTES;
       yield rec;

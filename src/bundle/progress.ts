@@ -16,7 +16,11 @@ export type ProgressCallback = (p: ProgressEvent) => void;
 export class Progress {
   private done = 0;
 
-  constructor(private readonly phase: string, private readonly total: number | null, private readonly fn: ProgressCallback | undefined) {}
+  constructor(
+    private readonly phase: string,
+    private readonly total: number | null,
+    private readonly fn: ProgressCallback | undefined,
+  ) {}
 
   add(bytes: number): void {
     this.set(this.done + bytes);

@@ -10,12 +10,23 @@
 import { open } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { CloneboxError } from '../errors.js';
-import { deriveMaster, encKey, idKey, keyCheck, Sealer, type KeySource } from './crypto.js';
+import { deriveMaster, encKey, idKey, type KeySource, keyCheck, Sealer } from './crypto.js';
 import {
-  ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, HEADER_SIZE, KeyKind, MAX_META_BYTES, MAX_PACK_BYTES, MAX_PACKS,
-  MAX_SEAL_BYTES, packEntryName, type Meta, type Seal,
+  ENTRY_HEADER,
+  ENTRY_META,
+  ENTRY_SEAL,
+  EntryKind,
+  HEADER_SIZE,
+  KeyKind,
+  MAX_META_BYTES,
+  MAX_PACK_BYTES,
+  MAX_PACKS,
+  MAX_SEAL_BYTES,
+  type Meta,
+  packEntryName,
+  type Seal,
 } from './format.js';
-import { decodeHeader, decodeMeta, decodeSeal, headerPrefix, type BundleHeader } from './manifest.js';
+import { type BundleHeader, decodeHeader, decodeMeta, decodeSeal, headerPrefix } from './manifest.js';
 import { TarReader } from './tar.js';
 
 export function corrupt(what: string, file: string): CloneboxError {
@@ -42,7 +53,10 @@ export class BundleReader {
   private seekable: string | null = null;
   private rereadFh: Promise<import('node:fs/promises').FileHandle> | null = null;
 
-  private constructor(input: Readable | AsyncIterable<Buffer>, readonly file: string) {
+  private constructor(
+    input: Readable | AsyncIterable<Buffer>,
+    readonly file: string,
+  ) {
     this.tar = new TarReader(input, file);
   }
 
@@ -114,9 +128,13 @@ export class BundleReader {
         });
       }
       if (key.kind !== kind) {
-        throw new CloneboxError('WRONG_KEY', `bundle is encrypted with a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, not a ${key.kind === 'passphrase' ? 'passphrase' : 'key file'}, ${this.file}`, {
-          hint: kind === 'passphrase' ? 'use --passphrase-file' : 'use --key-file',
-        });
+        throw new CloneboxError(
+          'WRONG_KEY',
+          `bundle is encrypted with a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, not a ${key.kind === 'passphrase' ? 'passphrase' : 'key file'}, ${this.file}`,
+          {
+            hint: kind === 'passphrase' ? 'use --passphrase-file' : 'use --key-file',
+          },
+        );
       }
       const master = await deriveMaster(key, { salt: h.salt, opslimit: h.opslimit, memlimit: h.memlimit });
       if (!keyCheck(master, headerPrefix(h)).equals(h.keyCheck)) {
@@ -159,11 +177,14 @@ export class BundleReader {
   private fetch(): Promise<{ name: string; data: Buffer; offset: number } | null> {
     const want = packEntryName(this.packsSeen);
     const k = this.packsSeen;
-    return this.tar.next((name) => {
-      if (name === want) return MAX_PACK_BYTES;
-      if (name === ENTRY_SEAL) return MAX_SEAL_BYTES;
-      throw corrupt(`expected ${want} or seal, found ${JSON.stringify(name)}`, this.file);
-    }, (size) => BundleReader.turn(this.entryBufs, k, size));
+    return this.tar.next(
+      (name) => {
+        if (name === want) return MAX_PACK_BYTES;
+        if (name === ENTRY_SEAL) return MAX_SEAL_BYTES;
+        throw corrupt(`expected ${want} or seal, found ${JSON.stringify(name)}`, this.file);
+      },
+      (size) => BundleReader.turn(this.entryBufs, k, size),
+    );
   }
 
   /**

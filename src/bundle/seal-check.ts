@@ -9,8 +9,14 @@ import type { Meta, Seal, SealTotals } from './format.js';
 import { corrupt } from './reader.js';
 
 /** Returns the layers' digests and the snapshots' content ids, in meta order. */
-export function checkSeal(meta: Meta, seal: Seal, digests: LayerDigest[], totals: SealTotals, file: string,
-  layerName: (li: number) => string): { digests: Buffer[]; contentIds: string[] } {
+export function checkSeal(
+  meta: Meta,
+  seal: Seal,
+  digests: LayerDigest[],
+  totals: SealTotals,
+  file: string,
+  layerName: (li: number) => string,
+): { digests: Buffer[]; contentIds: string[] } {
   const out: Buffer[] = [];
   for (const [li, d] of digests.entries()) {
     const got = d.digest();
@@ -31,7 +37,10 @@ export function checkSeal(meta: Meta, seal: Seal, digests: LayerDigest[], totals
     if (s.content_id !== null) {
       if (s.content_id !== sealed) throw corrupt(`snapshot ${s.name}: content id differs between meta and seal`, file);
     } else {
-      const derived = contentId(parentId, meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, digest: out[li]! }] : [])));
+      const derived = contentId(
+        parentId,
+        meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, digest: out[li]! }] : [])),
+      );
       if (derived !== sealed) throw corrupt(`snapshot ${s.name}: content id does not match its layers`, file);
     }
     ids.push(sealed);

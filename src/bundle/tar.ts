@@ -22,7 +22,13 @@ export function ustarHeader(name: string, size: number, mtime: Date): Buffer {
   h.write('0000000\0', 108, 'latin1');
   h.write('0000000\0', 116, 'latin1');
   h.write(`${size.toString(8).padStart(11, '0')}\0`, 124, 'latin1');
-  h.write(`${Math.max(0, Math.floor(mtime.getTime() / 1000)).toString(8).padStart(11, '0')}\0`, 136, 'latin1');
+  h.write(
+    `${Math.max(0, Math.floor(mtime.getTime() / 1000))
+      .toString(8)
+      .padStart(11, '0')}\0`,
+    136,
+    'latin1',
+  );
   h.write('0', 156, 'latin1');
   h.write('ustar\x0000', 257, 'latin1');
   h.write('0000000\0', 329, 'latin1');
@@ -49,7 +55,11 @@ export class TarWriter {
   /** Archive bytes produced so far (headers, data, padding). */
   bytes = 0;
 
-  constructor(private readonly out: Writable, private readonly mtime: Date, private readonly endStream = true) {
+  constructor(
+    private readonly out: Writable,
+    private readonly mtime: Date,
+    private readonly endStream = true,
+  ) {
     out.on('error', this.onError);
   }
 
@@ -143,7 +153,10 @@ class ByteQueue {
    * `direct`: reads straight into the caller's buffer at the current position (a file); used for
    * large reads once the queued chunks are used up, so entry data is not copied twice.
    */
-  constructor(input: AsyncIterable<Buffer>, private readonly direct: ((dst: Buffer, at: number, n: number) => number) | null = null) {
+  constructor(
+    input: AsyncIterable<Buffer>,
+    private readonly direct: ((dst: Buffer, at: number, n: number) => number) | null = null,
+  ) {
     this.it = input[Symbol.asyncIterator]();
   }
 
@@ -208,7 +221,11 @@ const USTAR = Buffer.from('ustar\x0000', 'latin1');
 
 function octal(h: Buffer, off: number, len: number): number {
   // Only plain octal digits, space/NUL terminated: base-256 sizes (giant entries) are refused here.
-  const s = h.subarray(off, off + len).toString('latin1').replace(/[\0 ]+$/, '').replace(/^ +/, '');
+  const s = h
+    .subarray(off, off + len)
+    .toString('latin1')
+    .replace(/[\0 ]+$/, '')
+    .replace(/^ +/, '');
   if (!/^[0-7]{1,12}$/.test(s)) return -1;
   return parseInt(s, 8);
 }
@@ -229,25 +246,31 @@ export class TarReader {
    * `input`: a stream, or any async iterable of chunks (pulled one at a time; a chunk may be reused by
    * its producer once the next one is asked for — every byte is copied out before that).
    */
-  constructor(private readonly input: Readable | AsyncIterable<Buffer>, private readonly file: string) {
+  constructor(
+    private readonly input: Readable | AsyncIterable<Buffer>,
+    private readonly file: string,
+  ) {
     const self = this;
     const direct = isDirectSource(input)
       ? (dst: Buffer, at: number, n: number) => {
-        const got = input.readDirect(dst, at, n);
-        self.bytesIn += got;
-        return got;
-      }
-      : null;
-    this.q = new ByteQueue((async function* () {
-      try {
-        for await (const chunk of input as AsyncIterable<Buffer>) {
-          self.bytesIn += chunk.length;
-          yield chunk;
+          const got = input.readDirect(dst, at, n);
+          self.bytesIn += got;
+          return got;
         }
-      } catch (err) {
-        throw new CloneboxError('IO', `cannot read bundle: ${(err as Error).message}, ${file}`, { cause: err });
-      }
-    })(), direct);
+      : null;
+    this.q = new ByteQueue(
+      (async function* () {
+        try {
+          for await (const chunk of input as AsyncIterable<Buffer>) {
+            self.bytesIn += chunk.length;
+            yield chunk;
+          }
+        } catch (err) {
+          throw new CloneboxError('IO', `cannot read bundle: ${(err as Error).message}, ${file}`, { cause: err });
+        }
+      })(),
+      direct,
+    );
   }
 
   private async block(what: string): Promise<Buffer> {

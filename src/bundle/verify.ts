@@ -3,15 +3,16 @@
  * every record, every block against its id, every layer digest, the seal's totals and content ids),
  * writing nothing. Problems with the bundle are the result (ok: false), not an exception.
  */
+
+import type { Readable } from 'node:stream';
+import { checkAborted } from '../abort.js';
+import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
 import type { KeySource } from './crypto.js';
-import { openInput } from './input.js';
 import { decodeBundle } from './decode.js';
-import { BundleReader } from './reader.js';
-import { WorkerPool } from '../content/workers.js';
+import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { checkAborted } from '../abort.js';
-import type { Readable } from 'node:stream';
+import { BundleReader } from './reader.js';
 
 export interface VerifyResult {
   ok: boolean;
@@ -44,10 +45,18 @@ export async function verifyBundle(input: string | Readable, key: KeySource | nu
     result.snapshots = reader.meta.snapshots.map((s) => s.name);
     pool = await WorkerPool.start();
     const r = reader;
-    const res = await decodeBundle(reader, pool, {}, { wantData: false, onPack: () => {
-      progress.set(r.bytesIn);
-      checkAborted(opts.signal);
-    } });
+    const res = await decodeBundle(
+      reader,
+      pool,
+      {},
+      {
+        wantData: false,
+        onPack: () => {
+          progress.set(r.bytesIn);
+          checkAborted(opts.signal);
+        },
+      },
+    );
     result.blocks_checked = res.totals.unique_blocks;
     result.packs = res.seal.packs;
     result.ok = true;

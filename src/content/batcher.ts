@@ -5,9 +5,7 @@
 import { BLOCK_SIZE, blockEnd } from './digest.js';
 import type { Fill } from './layer.js';
 
-type BatchItem =
-  | { kind: 'zero'; offset: number; length: number }
-  | { kind: 'block'; offset: number; length: number; at: number };
+type BatchItem = { kind: 'zero'; offset: number; length: number } | { kind: 'block'; offset: number; length: number; at: number };
 
 /** A run of items in guest order, with the bytes of its blocks packed into one buffer. */
 export interface Batch {
@@ -33,8 +31,12 @@ export class Batcher {
    * `submit` may keep the batch's buffer (it returns 'kept', e.g. to hand it to a worker); the next
    * batch then gets a buffer from `take` (target + BLOCK_SIZE bytes).
    */
-  constructor(private readonly layer: number, private readonly target: number, private readonly submit: (b: Batch) => Promise<'kept' | undefined>,
-    private readonly take: () => Buffer = () => Buffer.allocUnsafe(target + BLOCK_SIZE)) {
+  constructor(
+    private readonly layer: number,
+    private readonly target: number,
+    private readonly submit: (b: Batch) => Promise<'kept' | undefined>,
+    private readonly take: () => Buffer = () => Buffer.allocUnsafe(target + BLOCK_SIZE),
+  ) {
     this.buf = take();
   }
 

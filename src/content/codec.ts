@@ -29,7 +29,10 @@ function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
   for (let i = 0; i < n; i++) {
     const at = blocks[2 * i]!;
     const len = blocks[2 * i + 1]!;
-    createHash('sha256').update(buf.subarray(at, at + len)).digest().copy(out, i * 32);
+    createHash('sha256')
+      .update(buf.subarray(at, at + len))
+      .digest()
+      .copy(out, i * 32);
   }
   return out;
 }
@@ -54,7 +57,13 @@ export function compressInto(input: Uint8Array, output: Uint8Array, level: numbe
  * Decompresses a frame into exactly `rawLength` bytes and hashes its blocks. Returns null when the
  * stored bytes are not a zstd frame of that size (damage the caller reports with context).
  */
-export function decodeFrame(codec: Codec, stored: Uint8Array, rawLength: number, lengths: Uint32Array, out?: ArrayBuffer): { raw: Buffer; shas: Buffer } | null {
+export function decodeFrame(
+  codec: Codec,
+  stored: Uint8Array,
+  rawLength: number,
+  lengths: Uint32Array,
+  out?: ArrayBuffer,
+): { raw: Buffer; shas: Buffer } | null {
   // Into `out` when given (at least rawLength bytes), else into new memory; never more than rawLength.
   const raw = out && out.byteLength >= rawLength ? Buffer.from(out, 0, rawLength) : Buffer.from(new ArrayBuffer(rawLength));
   if (codec === Codec.Raw) {

@@ -25,9 +25,7 @@ import { type DataChunk, readData } from '../qcow2/stream.js';
  */
 export type Fill = (buf: Buffer, at: number, skip: number, len: number) => Promise<void>;
 
-type Piece =
-  | { kind: 'zero'; offset: number; length: number }
-  | { kind: 'data'; offset: number; length: number; fill: Fill };
+type Piece = { kind: 'zero'; offset: number; length: number } | { kind: 'data'; offset: number; length: number; fill: Fill };
 
 /** Slow-path data pieces are at most this long, so one chain read never needs more memory. */
 const MAX_PIECE = 4 * 1024 * 1024;
@@ -118,7 +116,9 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
           const base = o;
           const len = Math.min(MAX_PIECE, e.offset + e.length - o);
           yield {
-            kind: 'data', offset: o, length: len,
+            kind: 'data',
+            offset: o,
+            length: len,
             fill: async (buf, at, skip, n) => {
               (await chain.read(base + skip, n)).copy(buf, at);
             },
@@ -139,7 +139,9 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
  * extents of one kind are merged. Ranges spanning many clusters are handled in one step.
  */
 export async function* normalise(
-  src: AsyncIterable<{ offset: number; length: number; kind: 'data' | 'zero' | 'unallocated' }>, cs: number, vs: number,
+  src: AsyncIterable<{ offset: number; length: number; kind: 'data' | 'zero' | 'unallocated' }>,
+  cs: number,
+  vs: number,
 ): AsyncGenerator<{ offset: number; length: number; kind: 'data' | 'zero' }> {
   let out: { offset: number; length: number; kind: 'data' | 'zero' } | null = null;
   const emit = function* (offset: number, length: number, kind: 'data' | 'zero' | 'unallocated') {

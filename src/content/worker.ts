@@ -7,7 +7,17 @@ import { type Codec, compressInto, decodeFrame } from './codec.js';
 
 export type WorkerRequest =
   | { op: 'compress'; id: number; input: ArrayBuffer; length: number; output: ArrayBuffer; level: number }
-  | { op: 'decode'; id: number; codec: Codec; stored: ArrayBuffer | SharedArrayBuffer; offset: number; length: number; rawLength: number; lengths: Uint32Array; output?: ArrayBuffer };
+  | {
+      op: 'decode';
+      id: number;
+      codec: Codec;
+      stored: ArrayBuffer | SharedArrayBuffer;
+      offset: number;
+      length: number;
+      rawLength: number;
+      lengths: Uint32Array;
+      output?: ArrayBuffer;
+    };
 
 export type WorkerReply =
   /** Compressed (codec zstd: `output` holds `storedLength` bytes) or not worth it (codec raw: use `input`). Both buffers come back. */

@@ -23,8 +23,31 @@ export class Prng {
   }
 }
 
-const WORDS = ['kernel', 'systemd', 'started', 'session', 'nginx', 'GET', '/api/v1/items', '200', 'user', 'cron', 'backup',
-  'completed', 'postgres', 'checkpoint', 'eth0', 'link', 'up', 'apt', 'upgrade', 'libc6', 'warning', 'disk', 'ok'];
+const WORDS = [
+  'kernel',
+  'systemd',
+  'started',
+  'session',
+  'nginx',
+  'GET',
+  '/api/v1/items',
+  '200',
+  'user',
+  'cron',
+  'backup',
+  'completed',
+  'postgres',
+  'checkpoint',
+  'eth0',
+  'link',
+  'up',
+  'apt',
+  'upgrade',
+  'libc6',
+  'warning',
+  'disk',
+  'ok',
+];
 
 export function textBlock(rng: Prng, size: number): Buffer {
   const lines: string[] = [];

@@ -5,13 +5,13 @@
 import { mkdtemp } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { CloneboxError } from '../errors.js';
+import { formatBytes } from '../names.js';
+import { SnapshotManager } from '../snapshots/manager.js';
 import { resolveHome } from '../store/home.js';
 import { createVm } from '../vms.js';
-import { SnapshotManager } from '../snapshots/manager.js';
-import { formatBytes } from '../names.js';
-import { CloneboxError } from '../errors.js';
-import { guestWrite, type GuestWrite } from './guest.js';
 import { Prng, randomBlock, textBlock } from './content.js';
+import { type GuestWrite, guestWrite } from './guest.js';
 
 const MiB = 1024 * 1024;
 
@@ -78,29 +78,40 @@ export async function runDemo(opts: { dir?: string; log?: (line: string) => void
 
   await mgr.restore(vm, { name: 'installed' });
   step(`clonebox snapshot restore ${vm} --name installed --yes`, 'back to the fresh install');
-  await guestWrite(disk, [{ offset: 300 * MiB, data: textBlock(rng, 4 * MiB) }, { zero: 4 * MiB, offset: 0 }]);
+  await guestWrite(disk, [
+    { offset: 300 * MiB, data: textBlock(rng, 4 * MiB) },
+    { zero: 4 * MiB, offset: 0 },
+  ]);
   s = await mgr.create(vm, { name: 'experiment', description: 'a risky experiment on a branch' });
   step(`clonebox snapshot create ${vm} --name experiment`, 'a new branch from installed');
 
   const d = await mgr.diff(vm, 'app-v2', 'experiment');
   const dd = d.disks[0]!;
-  step(`clonebox snapshot diff ${vm} --from app-v2 --to experiment`,
-    `${formatBytes(dd.changed_bytes)} differ in ${dd.ranges.length} range(s): ${dd.ranges.slice(0, 4).map((r) => `${r.offset / MiB}M+${r.length / MiB}M`).join(', ')}${dd.ranges.length > 4 ? ', ...' : ''}`);
+  step(
+    `clonebox snapshot diff ${vm} --from app-v2 --to experiment`,
+    `${formatBytes(dd.changed_bytes)} differ in ${dd.ranges.length} range(s): ${dd.ranges
+      .slice(0, 4)
+      .map((r) => `${r.offset / MiB}M+${r.length / MiB}M`)
+      .join(', ')}${dd.ranges.length > 4 ? ', ...' : ''}`,
+  );
 
   const tree = await mgr.tree(vm);
   const lines: string[] = [];
-  const walk = (nodes: typeof tree.roots, prefix: string) => nodes.forEach((n, i) => {
-    const last = i === nodes.length - 1;
-    lines.push(`${prefix}${last ? '└── ' : '├── '}${n.current ? '* ' : ''}${n.name}`);
-    walk(n.children, prefix + (last ? '    ' : '│   '));
-  });
+  const walk = (nodes: typeof tree.roots, prefix: string) =>
+    nodes.forEach((n, i) => {
+      const last = i === nodes.length - 1;
+      lines.push(`${prefix}${last ? '└── ' : '├── '}${n.current ? '* ' : ''}${n.name}`);
+      walk(n.children, prefix + (last ? '    ' : '│   '));
+    });
   walk(tree.roots, '');
   step(`clonebox snapshot list ${vm} --tree`, vm, ...lines);
 
   const st = await mgr.stats(vm);
-  step(`clonebox snapshot stats ${vm}`,
+  step(
+    `clonebox snapshot stats ${vm}`,
     `virtual ${formatBytes(st.virtual_size)}, on disk ${formatBytes(st.physical_bytes)}, allocated ${formatBytes(st.allocated_bytes)}, ` +
-    `after dedup ${formatBytes(st.unique_bytes)} (${st.savings_percent}% saved)`);
+      `after dedup ${formatBytes(st.unique_bytes)} (${st.savings_percent}% saved)`,
+  );
 
   // Offline transfer: an encrypted bundle of the app branch, imported into a second home.
   const { generateKeyFile, loadKeySource } = await import('../bundle/crypto.js');
@@ -113,13 +124,17 @@ export async function runDemo(opts: { dir?: string; log?: (line: string) => void
   const key = await loadKeySource({ keyFile });
   const bundle = path.join(dir, 'app-v2.cbx');
   const ex = await exportBundle(home, vm, { name: 'app-v2', output: bundle, key });
-  step(`clonebox snapshot export ${vm} --name app-v2 --encrypt --key-file ${keyFile} -o ${bundle}`,
+  step(
+    `clonebox snapshot export ${vm} --name app-v2 --encrypt --key-file ${keyFile} -o ${bundle}`,
     `${ex.snapshots.join(', ')}: ${formatBytes(ex.logical_bytes)} of data, ${formatBytes(ex.unique_bytes)} after dedup, ` +
-    `${formatBytes(ex.bundle_bytes)} in the bundle (${Math.round((1 - ex.bundle_bytes / Math.max(1, ex.logical_bytes)) * 100)}% smaller), encrypted`);
+      `${formatBytes(ex.bundle_bytes)} in the bundle (${Math.round((1 - ex.bundle_bytes / Math.max(1, ex.logical_bytes)) * 100)}% smaller), encrypted`,
+  );
   const home2 = resolveHome(path.join(dir, 'home2'));
   const im = await importBundle(home2, vm, { input: bundle, key, dir: path.join(dir, 'disks2') });
-  step(`clonebox --home ${home2.root} snapshot import ${vm} ${bundle} --key-file ${keyFile}`,
-    `${im.snapshots.join(', ')} rebuilt as qcow2 layers (${formatBytes(im.bytes_written)} written) in a second home`);
+  step(
+    `clonebox --home ${home2.root} snapshot import ${vm} ${bundle} --key-file ${keyFile}`,
+    `${im.snapshots.join(', ')} rebuilt as qcow2 layers (${formatBytes(im.bytes_written)} written) in a second home`,
+  );
   const mgr2 = new SnapshotManager(home2);
   const theirs = new Map((await mgr2.list(vm)).map((v) => [v.name, v]));
   const differing: string[] = [];
@@ -127,12 +142,17 @@ export async function runDemo(opts: { dir?: string; log?: (line: string) => void
     const d = await diffDisk('vda', v.disks[0]!.path, theirs.get(v.name)!.disks[0]!.path, null);
     if (d.changed_bytes !== 0) differing.push(v.name);
   }
-  step('(compare every imported snapshot with its source, byte for byte)',
-    differing.length === 0 ? `${theirs.size} snapshot(s) identical` : `DIFFERENT: ${differing.join(', ')}`);
+  step(
+    '(compare every imported snapshot with its source, byte for byte)',
+    differing.length === 0 ? `${theirs.size} snapshot(s) identical` : `DIFFERENT: ${differing.join(', ')}`,
+  );
   if (differing.length) throw new CloneboxError('INTERNAL', `demo: imported snapshots differ from their source: ${differing.join(', ')}`);
 
   return {
-    dir, home: home.root, vm, steps,
+    dir,
+    home: home.root,
+    vm,
+    steps,
     stats: { allocated_bytes: st.allocated_bytes, unique_bytes: st.unique_bytes, savings_percent: st.savings_percent, physical_bytes: st.physical_bytes },
     seconds: Math.round((Date.now() - t0) / 100) / 10,
   };

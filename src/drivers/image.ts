@@ -6,9 +6,9 @@
  */
 import path from 'node:path';
 import { CloneboxError } from '../errors.js';
+import { pathExists } from '../fsutil.js';
 import { createOverlay } from '../qcow2/overlay.js';
 import { imageGeometry } from '../qcow2/probe.js';
-import { pathExists } from '../fsutil.js';
 import { rebaseImage } from '../qcow2/rebase.js';
 import type { Action, Journal } from '../store/journal.js';
 import type { VmRecord } from '../store/registry.js';
@@ -34,8 +34,6 @@ function nextPathFor(diskPath: string, op: string): string {
   return path.join(path.dirname(diskPath), `.${path.basename(diskPath)}.${op}-${process.pid}.new`);
 }
 
-
-
 export class ImageDriver implements SnapshotDriver {
   readonly name = 'image' as const;
 
@@ -58,9 +56,13 @@ export class ImageDriver implements SnapshotDriver {
       if (nexts.some((n) => n.layer === layer)) {
         // Two disks named alike in one directory (x.qcow2 and x.img) would share a layer name: refuse
         // rather than let the second rename overwrite the first disk's layer.
-        throw new CloneboxError('DISK_NAME_CLASH', `disks ${nexts.find((n) => n.layer === layer)!.disk} and ${d.path} would share the layer ${layer}, VM ${vm.name}`, {
-          hint: 'rename one of the disk files (and register the VM again) so that their names differ before the extension',
-        });
+        throw new CloneboxError(
+          'DISK_NAME_CLASH',
+          `disks ${nexts.find((n) => n.layer === layer)!.disk} and ${d.path} would share the layer ${layer}, VM ${vm.name}`,
+          {
+            hint: 'rename one of the disk files (and register the VM again) so that their names differ before the extension',
+          },
+        );
       }
       nexts.push({ disk: d.path, next: nextPathFor(d.path, 'snap'), layer });
     }

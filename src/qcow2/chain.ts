@@ -3,10 +3,10 @@
  * Raw backing files are supported (a raw file reads as data up to its length, zeros beyond).
  */
 import { constants as fsc } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { Qcow2Image, type OpenOptions, type Run } from './reader.js';
+import { type OpenOptions, Qcow2Image, type Run } from './reader.js';
 
 /** Bounds recursion on hostile or cyclic backing chains (QEMU uses a similar limit). */
 const MAX_CHAIN_DEPTH = 1000;

@@ -30,10 +30,11 @@ export interface ClusterAt {
 export function decodeCluster(type: 'zlib' | 'zstd', src: Buffer, clusterSize: number, at: ClusterAt, into?: Buffer): Buffer {
   let out: Buffer;
   try {
-    out = type === 'zstd'
-      ? zstdInto(src, into ?? Buffer.allocUnsafe(clusterSize))
-      // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
-      : inflate(src, clusterSize);
+    out =
+      type === 'zstd'
+        ? zstdInto(src, into ?? Buffer.allocUnsafe(clusterSize))
+        : // chunkSize just above the cluster size: one output buffer, not 16 KiB pieces joined afterwards.
+          inflate(src, clusterSize);
   } catch (err) {
     if (err instanceof CloneboxError) throw err;
     throw clusterError(at, `does not decompress (${(err as Error).message})`);
@@ -49,8 +50,10 @@ function inflate(src: Buffer, clusterSize: number): Buffer {
 
 function clusterError(at: ClusterAt, why: string): CloneboxError {
   if (at.cut) {
-    return new CloneboxError('QCOW2_TRUNCATED',
-      `truncated qcow2 image: compressed cluster at 0x${at.host.toString(16)} is cut off by the end of the file, ${at.path}`);
+    return new CloneboxError(
+      'QCOW2_TRUNCATED',
+      `truncated qcow2 image: compressed cluster at 0x${at.host.toString(16)} is cut off by the end of the file, ${at.path}`,
+    );
   }
   return new CloneboxError('QCOW2_CORRUPT', `corrupt qcow2 image: compressed cluster at 0x${at.host.toString(16)} ${why}, ${at.path}`, {
     hint: 'the file is damaged; `qemu-img check` may tell more',

@@ -199,16 +199,17 @@ export function parseHeader(buf: Buffer, fileSize: number, file: string): Qcow2H
   const incompat = h.incompatibleFeatures!;
   const unknown = incompat & ~INCOMPAT_KNOWN;
   if (unknown !== 0n) {
-    throw new CloneboxError('QCOW2_UNSUPPORTED',
-      `unsupported qcow2 feature: unknown incompatible feature bits 0x${unknown.toString(16)}, ${file}`);
+    throw new CloneboxError('QCOW2_UNSUPPORTED', `unsupported qcow2 feature: unknown incompatible feature bits 0x${unknown.toString(16)}, ${file}`);
   }
   if (incompat & INCOMPAT_DATA_FILE) {
-    throw new CloneboxError('QCOW2_UNSUPPORTED', `unsupported qcow2 feature: external data file, ${file}`,
-      { hint: 'convert it to a self-contained image first: qemu-img convert -O qcow2 IN OUT' });
+    throw new CloneboxError('QCOW2_UNSUPPORTED', `unsupported qcow2 feature: external data file, ${file}`, {
+      hint: 'convert it to a self-contained image first: qemu-img convert -O qcow2 IN OUT',
+    });
   }
   if (h.cryptMethod !== 0) {
-    throw new CloneboxError('QCOW2_UNSUPPORTED', `unsupported qcow2 feature: encrypted image (method ${h.cryptMethod}), ${file}`,
-      { hint: 'decrypt it first: qemu-img convert --object secret,... -O qcow2 IN OUT' });
+    throw new CloneboxError('QCOW2_UNSUPPORTED', `unsupported qcow2 feature: encrypted image (method ${h.cryptMethod}), ${file}`, {
+      hint: 'decrypt it first: qemu-img convert --object secret,... -O qcow2 IN OUT',
+    });
   }
   h.extendedL2 = (incompat & INCOMPAT_EXTL2) !== 0n;
   if (h.extendedL2 && clusterBits < 14) {
@@ -276,7 +277,10 @@ export function parseExtensions(buf: Buffer, h: Qcow2Header, file: string): Head
       case EXT_FEATURE_TABLE:
         for (let i = 0; i + 48 <= data.length; i += 48) {
           const kind = ['incompatible', 'compatible', 'autoclear'][data[i]!] ?? `type${data[i]}`;
-          const name = data.subarray(i + 2, i + 48).toString('utf8').replace(/\0+$/, '');
+          const name = data
+            .subarray(i + 2, i + 48)
+            .toString('utf8')
+            .replace(/\0+$/, '');
           ext.featureNames.set(`${kind}:${data[i + 1]}`, name);
         }
         break;

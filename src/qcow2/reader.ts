@@ -3,14 +3,21 @@
  * bytes, with memory bounded by the L1 table plus a few L2 tables and the data being read.
  */
 import { constants as fsc } from 'node:fs';
-import { open, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import {
-  HEADER_READ_MAX, L1E_OFFSET_MASK, L2E_COMPRESSED, L2E_ZERO, compressedLayout,
-  parseExtensions, parseHeader, type HeaderExtensions, type Qcow2Header,
-} from './format.js';
 import { decodeCluster } from './compressed.js';
+import {
+  compressedLayout,
+  HEADER_READ_MAX,
+  type HeaderExtensions,
+  L1E_OFFSET_MASK,
+  L2E_COMPRESSED,
+  L2E_ZERO,
+  parseExtensions,
+  parseHeader,
+  type Qcow2Header,
+} from './format.js';
 
 type ExtentKind = 'data' | 'zero' | 'unallocated';
 
@@ -69,8 +76,7 @@ export class Qcow2Image {
   private readonly l2Cache = new Map<number, Buffer>();
   private readonly l2CacheMax: number;
 
-  private constructor(p: string, fh: FileHandle, fileSize: number, header: Qcow2Header, ext: HeaderExtensions,
-    backingFile: string | null, l1: BigUint64Array) {
+  private constructor(p: string, fh: FileHandle, fileSize: number, header: Qcow2Header, ext: HeaderExtensions, backingFile: string | null, l1: BigUint64Array) {
     this.path = p;
     this.fh = fh;
     this.fileSize = fileSize;
@@ -188,8 +194,12 @@ export class Qcow2Image {
       // Returns the run to yield (if the new one does not extend `pending`).
       if (pending) {
         const pEnd: number = pending.offset + pending.length;
-        const mergeable = pEnd === r.offset && pending.kind === r.kind && !pending.compressed && !r.compressed
-          && (r.kind !== 'data' || (pending.hostOffset! + pending.length === r.hostOffset && pending.length + r.length <= MAX_RUN_BYTES));
+        const mergeable =
+          pEnd === r.offset &&
+          pending.kind === r.kind &&
+          !pending.compressed &&
+          !r.compressed &&
+          (r.kind !== 'data' || (pending.hostOffset! + pending.length === r.hostOffset && pending.length + r.length <= MAX_RUN_BYTES));
         if (mergeable) {
           pending.length += r.length;
           return null;
@@ -220,8 +230,7 @@ export class Qcow2Image {
         const eo = l2i * h.l2EntryBytes;
         const hi = l2.readUInt32BE(eo);
         const lo = l2.readUInt32BE(eo + 4);
-        if ((hi | lo) === 0 && clusterStart + cs <= tableEnd
-          && (!h.extendedL2 || (l2.readUInt32BE(eo + 8) | l2.readUInt32BE(eo + 12)) === 0)) {
+        if ((hi | lo) === 0 && clusterStart + cs <= tableEnd && (!h.extendedL2 || (l2.readUInt32BE(eo + 8) | l2.readUInt32BE(eo + 12)) === 0)) {
           // Unallocated clusters: take the whole stretch of them at once, not one Run per cluster. Only
           // clusters wholly before tableEnd: a last partial one goes the normal way below.
           let stop = clusterStart + cs;
@@ -238,7 +247,10 @@ export class Qcow2Image {
           const c = compressedLayout(l2.readBigUInt64BE(eo), h.clusterBits);
           if (c.offset < cs) throw this.corrupt('compressed cluster points into the header');
           if (c.offset >= this.fileSize) {
-            throw new CloneboxError('QCOW2_TRUNCATED', `truncated qcow2 image: compressed cluster at 0x${c.offset.toString(16)} is past the end of the file, ${this.path}`);
+            throw new CloneboxError(
+              'QCOW2_TRUNCATED',
+              `truncated qcow2 image: compressed cluster at 0x${c.offset.toString(16)} is past the end of the file, ${this.path}`,
+            );
           }
           const out = emit({ offset: clusterStart, length: clusterEnd - clusterStart, kind: 'data', compressed: c });
           if (out) yield out;
@@ -257,7 +269,10 @@ export class Qcow2Image {
           else if (host !== 0) kind = 'data';
           else kind = 'unallocated';
           if (kind === 'data' && host >= this.fileSize) {
-            throw new CloneboxError('QCOW2_TRUNCATED', `truncated qcow2 image: data cluster at 0x${host.toString(16)} is past the end of the file, ${this.path}`);
+            throw new CloneboxError(
+              'QCOW2_TRUNCATED',
+              `truncated qcow2 image: data cluster at 0x${host.toString(16)} is past the end of the file, ${this.path}`,
+            );
           }
           const r: Run = { offset: clusterStart, length: clusterEnd - clusterStart, kind };
           if (kind === 'data') r.hostOffset = host;

@@ -29,7 +29,7 @@
  * that does not decompress to exactly one cluster is a QCOW2_CORRUPT error naming the file, or
  * QCOW2_TRUNCATED when the file ends inside the cluster's compressed bytes.
  */
-import { close as closeFile, open as openFile, read as fsRead, readSync } from 'node:fs';
+import { close as closeFile, read as fsRead, open as openFile, readSync } from 'node:fs';
 import { ioError } from '../errors.js';
 import { decodeCluster } from './compressed.js';
 import type { Qcow2Image, Run } from './reader.js';
@@ -169,8 +169,13 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
         if (batch) {
           const last = batch.pieces[batch.pieces.length - 1]!;
           const newEnd = Math.max(batch.hostEnd, p.host + p.hostLength);
-          if (p.host >= last.host && p.host <= batch.hostEnd + maxGap && newEnd - batch.host <= maxBatch
-            && batch.outBytes + pOut <= maxBatch && batch.guestBytes + p.length <= maxBatch) {
+          if (
+            p.host >= last.host &&
+            p.host <= batch.hostEnd + maxGap &&
+            newEnd - batch.host <= maxBatch &&
+            batch.outBytes + pOut <= maxBatch &&
+            batch.guestBytes + p.length <= maxBatch
+          ) {
             batch.pieces.push(p);
             batch.hostEnd = newEnd;
             batch.outBytes += pOut;
@@ -240,8 +245,7 @@ async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promis
     // cache, and there blocking reads one at a time lose to several in flight (each miss stalls the
     // stream): read asynchronously from now on. A wrong switch only costs some CPU.
     if (performance.now() - t0 > SLOW_SYNC_READ_MS && ++ctx.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH) ctx.syncReadMax = 0;
-  }
-  else await pread(ctx.fd, buf, b.host, img.path);
+  } else await pread(ctx.fd, buf, b.host, img.path);
   const zstd = img.header.compressionType === 'zstd';
   let outBuf: Buffer | null = null;
   let outPos = 0;

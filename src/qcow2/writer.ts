@@ -12,11 +12,11 @@
  * `qemu-img check` finds no leaks. The image is written under a temporary name in the target directory
  * and renamed into place only after fsync, so a crash never leaves a half-written image at `path`.
  */
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
 import { fsyncDir, tempPathFor } from '../fsutil.js';
+import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
 
 export interface CreateOptions {
   virtualSize: number;
@@ -163,11 +163,17 @@ export class Qcow2Writer {
         this.flushedEnd = end;
         if (this.syncing === null && end - this.syncedTo >= BACKGROUND_SYNC_BYTES) {
           // Errors are left to finish()'s fsync, which reports them with the file's name.
-          this.syncing = this.fh.datasync().then(() => {
-            this.syncedTo = end;
-          }, () => undefined).finally(() => {
-            this.syncing = null;
-          });
+          this.syncing = this.fh
+            .datasync()
+            .then(
+              () => {
+                this.syncedTo = end;
+              },
+              () => undefined,
+            )
+            .finally(() => {
+              this.syncing = null;
+            });
         }
         if (this.spareBuf === null) this.spareBuf = buf;
         else if (batchPool.length < BATCH_POOL_MAX) batchPool.push(buf);

@@ -32,11 +32,13 @@ const DEPTH = 4;
 
 /** Sorted, merged union of ranges (aligned outward to `g`). */
 function unionAligned(ranges: Range[], g: number, limit: number): Range[] {
-  const aligned = ranges.map((r) => {
-    const s = r.offset - (r.offset % g);
-    const e = Math.min(limit, Math.ceil((r.offset + r.length) / g) * g);
-    return { offset: s, length: e - s };
-  }).sort((a, b) => a.offset - b.offset);
+  const aligned = ranges
+    .map((r) => {
+      const s = r.offset - (r.offset % g);
+      const e = Math.min(limit, Math.ceil((r.offset + r.length) / g) * g);
+      return { offset: s, length: e - s };
+    })
+    .sort((a, b) => a.offset - b.offset);
   const out: Range[] = [];
   for (const r of aligned) {
     const last = out[out.length - 1];
@@ -89,7 +91,8 @@ export async function diffDisk(target: string, a: string, b: string, between: st
     const sliceBytes = Math.max(SLICE, g);
     const slices: Range[] = [];
     for (const r of candidates) {
-      for (let off = r.offset; off < r.offset + r.length; off += sliceBytes) slices.push({ offset: off, length: Math.min(sliceBytes, r.offset + r.length - off) });
+      for (let off = r.offset; off < r.offset + r.length; off += sliceBytes)
+        slices.push({ offset: off, length: Math.min(sliceBytes, r.offset + r.length - off) });
     }
     // DEPTH buffer pairs: the next slices are read while the current one is compared.
     const bufs = Array.from({ length: DEPTH }, () => [Buffer.allocUnsafe(sliceBytes), Buffer.allocUnsafe(sliceBytes)] as const);

@@ -12,14 +12,14 @@
  * common base by these ids.
  */
 import { createHash } from 'node:crypto';
-import { CloneboxError } from '../errors.js';
-import { Qcow2Image } from '../qcow2/reader.js';
-import type { Home } from '../store/home.js';
-import { saveSnapshotRecord, type SnapshotRecord } from '../store/snapshots.js';
 import { Batcher } from '../content/batcher.js';
 import { FRAME_TARGET } from '../content/codec.js';
 import { LayerDigest } from '../content/digest.js';
 import { openLayer } from '../content/layer.js';
+import { CloneboxError } from '../errors.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import type { Home } from '../store/home.js';
+import { type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
 
 interface LayerSummary {
   digest: Buffer;
@@ -64,7 +64,14 @@ async function layerDigest(file: string, resolved: boolean): Promise<LayerSummar
     const batcher = new Batcher(0, FRAME_TARGET, async (b) => {
       for (const it of b.items) {
         if (it.kind === 'zero') dg.addZero(it.offset, it.length);
-        else dg.addBlock(it.offset, it.length, createHash('sha256').update(b.buf.subarray(it.at, it.at + it.length)).digest());
+        else
+          dg.addBlock(
+            it.offset,
+            it.length,
+            createHash('sha256')
+              .update(b.buf.subarray(it.at, it.at + it.length))
+              .digest(),
+          );
       }
     });
     for await (const p of src.pieces()) {

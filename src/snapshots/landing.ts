@@ -51,7 +51,10 @@ export class LayerAssembler {
   private pendFill = 0;
 
   /** `outOfOrder`: the error for a block that does not continue the cluster being assembled. */
-  constructor(private readonly writer: Qcow2Writer, private readonly outOfOrder: () => Error) {}
+  constructor(
+    private readonly writer: Qcow2Writer,
+    private readonly outOfOrder: () => Error,
+  ) {}
 
   /** A cluster is half assembled (the caller decides whether that is an error where it stands). */
   get pending(): boolean {

@@ -6,19 +6,19 @@
  *   3. commits driver actions and record writes together in one journal commit.
  */
 import path from 'node:path';
-import { CloneboxError } from '../errors.js';
-import { checkName } from '../names.js';
-import { Qcow2Image } from '../qcow2/reader.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
-import type { Home } from '../store/home.js';
-import { Journal, recover, journalPath, type Action } from '../store/journal.js';
-import { loadVm, lockVm, vmFile, type VmRecord } from '../store/registry.js';
-import { listSnapshotRecords, snapshotsDir, type SnapshotRecord } from '../store/snapshots.js';
-import { ancestry, buildTree, childrenIndex, newestFirst, subtree, toView, type SnapshotView } from './model.js';
-import { parseDuration, planPrune, type Policy, type PrunePlan } from './policy.js';
+import { CloneboxError } from '../errors.js';
 import { pathExists } from '../fsutil.js';
+import { checkName } from '../names.js';
 import { allocatedBytes, backingOf } from '../qcow2/probe.js';
+import { Qcow2Image } from '../qcow2/reader.js';
+import type { Home } from '../store/home.js';
+import { type Action, Journal, journalPath, recover } from '../store/journal.js';
+import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
+import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
+import { type Policy, type PrunePlan, parseDuration, planPrune } from './policy.js';
 import type { VmStats } from './stats.js';
 
 export interface CreateOptions {
@@ -40,7 +40,6 @@ function recordPath(home: Home, vm: string, name: string): string {
   return path.join(snapshotsDir(home, vm), `${name}.json`);
 }
 
-
 function pad(n: number, w = 2): string {
   return String(n).padStart(w, '0');
 }
@@ -52,7 +51,7 @@ function autoName(existing: Set<string>, now = new Date()): string {
 }
 
 function policyOf(vm: VmRecord): Policy {
-  return ((vm.extra?.policy as Policy | undefined) ?? {});
+  return (vm.extra?.policy as Policy | undefined) ?? {};
 }
 
 export class SnapshotManager {
@@ -116,7 +115,9 @@ export class SnapshotManager {
 
   async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[]; views: SnapshotView[] }> {
     return this.read(vmName, async (vm, snaps) => ({
-      ...buildTree(vm, snaps), expired: this.planFor(vm, snaps).remove.map((r) => r.name), views: this.views(vm, snaps),
+      ...buildTree(vm, snaps),
+      expired: this.planFor(vm, snaps).remove.map((r) => r.name),
+      views: this.views(vm, snaps),
     }));
   }
 
@@ -150,10 +151,21 @@ export class SnapshotManager {
       for (const d of vm.disks) size += await allocatedBytes(d.path);
       const prepared = await driver.prepareSnapshot(vm, name, { memory: Boolean(opts.memory), quiesce: Boolean(opts.quiesce) }, j);
       const rec: SnapshotRecord = {
-        name, vm_name: vm.name, type: prepared.type, state: 'creating', created_at: new Date().toISOString(),
-        description: opts.description ?? null, parent: vm.current, tags, auto_created: Boolean(opts.autoPolicy),
-        auto_policy: opts.autoPolicy ?? null, expires_at: null, disks: prepared.layers, size_bytes: size,
-        content_id: null, memory_path: prepared.memoryPath,
+        name,
+        vm_name: vm.name,
+        type: prepared.type,
+        state: 'creating',
+        created_at: new Date().toISOString(),
+        description: opts.description ?? null,
+        parent: vm.current,
+        tags,
+        auto_created: Boolean(opts.autoPolicy),
+        auto_policy: opts.autoPolicy ?? null,
+        expires_at: null,
+        disks: prepared.layers,
+        size_bytes: size,
+        content_id: null,
+        memory_path: prepared.memoryPath,
       };
       const newVm: VmRecord = { ...vm, current: name, disks: prepared.disks };
       const rp = recordPath(this.home, vm.name, name);
@@ -183,16 +195,26 @@ export class SnapshotManager {
   }
 
   async resolveTarget(vmName: string, sel: { name?: string; at?: string }): Promise<string> {
-    return this.read(vmName, async (vm, snaps) => (sel.name !== undefined ? this.find(snaps, vm, sel.name).name : SnapshotManager.pickAt(snaps, sel.at!, vm.name).name));
+    return this.read(vmName, async (vm, snaps) =>
+      sel.name !== undefined ? this.find(snaps, vm, sel.name).name : SnapshotManager.pickAt(snaps, sel.at!, vm.name).name,
+    );
   }
 
-  async restore(vmName: string, sel: { name?: string; at?: string }, opts: { backup?: boolean; start?: boolean } = {}): Promise<OpResult<{ restored: string; backup: string | null }>> {
+  async restore(
+    vmName: string,
+    sel: { name?: string; at?: string },
+    opts: { backup?: boolean; start?: boolean } = {},
+  ): Promise<OpResult<{ restored: string; backup: string | null }>> {
     return this.withVm(vmName, 'snapshot restore', async (vm, snaps) => {
       const target = sel.name !== undefined ? this.find(snaps, vm, sel.name) : SnapshotManager.pickAt(snaps, sel.at!, vm.name);
       const warnings: string[] = [];
       let backup: string | null = null;
       if (opts.backup) {
-        const b = await this.createLocked(vm, snaps, { autoPolicy: 'backup', tags: ['auto', 'backup'], description: `automatic backup before restoring ${target.name}` });
+        const b = await this.createLocked(vm, snaps, {
+          autoPolicy: 'backup',
+          tags: ['auto', 'backup'],
+          description: `automatic backup before restoring ${target.name}`,
+        });
         backup = b.value.name;
         warnings.push(...b.warnings);
         vm = await loadVm(this.home, vm.name);
@@ -228,7 +250,11 @@ export class SnapshotManager {
 
   // ---------------------------------------------------------------- delete
 
-  async delete(vmName: string, name: string, opts: { recursive?: boolean; keepChildren?: boolean } = {}): Promise<OpResult<{ deleted: string[]; merged_into: string[] }>> {
+  async delete(
+    vmName: string,
+    name: string,
+    opts: { recursive?: boolean; keepChildren?: boolean } = {},
+  ): Promise<OpResult<{ deleted: string[]; merged_into: string[] }>> {
     if (opts.recursive && opts.keepChildren) throw new CloneboxError('USAGE', '--recursive and --keep-children exclude each other');
     return this.withVm(vmName, 'snapshot delete', async (vm, snaps) => {
       const s = this.find(snaps, vm, name);
@@ -247,10 +273,15 @@ export class SnapshotManager {
    * survives (children with keep-children, the current state) is rebased onto s's parent, so its
    * content stays byte-identical.
    */
-  private async deleteLocked(vm: VmRecord, snaps: SnapshotRecord[], s: SnapshotRecord, recursive: boolean): Promise<{ deleted: string[]; merged_into: string[] }> {
+  private async deleteLocked(
+    vm: VmRecord,
+    snaps: SnapshotRecord[],
+    s: SnapshotRecord,
+    recursive: boolean,
+  ): Promise<{ deleted: string[]; merged_into: string[] }> {
     const doomed = recursive ? subtree(snaps, s.name) : [s];
     const doomedNames = new Set(doomed.map((d) => d.name));
-    const parent = s.parent ? snaps.find((r) => r.name === s.parent) ?? null : null;
+    const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
     for (const d of vm.disks) {
       const pl = parent?.disks.find((l) => l.target === d.target)?.path;
@@ -325,7 +356,10 @@ export class SnapshotManager {
 
   planFor(vm: VmRecord, snaps: SnapshotRecord[]): PrunePlan {
     const candidates = snaps.filter((s) => s.auto_created && s.name !== vm.current && s.state === 'ready');
-    return planPrune(candidates.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })), policyOf(vm));
+    return planPrune(
+      candidates.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })),
+      policyOf(vm),
+    );
   }
 
   /** Applies the VM's policy to its auto snapshots; pruned ones are merged into their children. */
@@ -354,16 +388,20 @@ export class SnapshotManager {
       const ancB = ancestry(snaps, b ? b.name : vm.current);
       const inB = new Set(ancB.map((r) => r.name));
       const common = ancA.find((r) => inB.has(r.name)) ?? null;
-      const upTo = (chain: SnapshotRecord[]) => (common ? chain.slice(0, chain.findIndex((r) => r.name === common.name)) : chain);
+      const upTo = (chain: SnapshotRecord[]) =>
+        common
+          ? chain.slice(
+              0,
+              chain.findIndex((r) => r.name === common.name),
+            )
+          : chain;
       const { diffDisk } = await import('./diff.js');
       const disks: DiskDiff[] = [];
       for (const d of vm.disks) {
         const layerOf = (r: SnapshotRecord) => r.disks.find((l) => l.target === d.target)!.path;
         const topA = layerOf(a);
         const topB = b ? layerOf(b) : d.path;
-        const between = common
-          ? [...upTo(ancA).map(layerOf), ...upTo(ancB).map(layerOf), ...(b ? [] : [d.path])]
-          : null;
+        const between = common ? [...upTo(ancA).map(layerOf), ...upTo(ancB).map(layerOf), ...(b ? [] : [d.path])] : null;
         disks.push(await diffDisk(d.target, topA, topB, between));
       }
       return { from, to, disks };

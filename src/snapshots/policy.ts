@@ -24,7 +24,17 @@ export interface Policy {
   max_size?: number;
 }
 
-export const POLICY_KEYS = ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within', 'max_snapshots', 'max_size'] as const;
+export const POLICY_KEYS = [
+  'keep_last',
+  'keep_hourly',
+  'keep_daily',
+  'keep_weekly',
+  'keep_monthly',
+  'keep_yearly',
+  'keep_within',
+  'max_snapshots',
+  'max_size',
+] as const;
 
 export interface Candidate {
   name: string;
@@ -74,7 +84,9 @@ const BUCKETS: [keyof Policy, string, (d: Date) => string][] = [
 ];
 
 function hasKeepRule(p: Policy): boolean {
-  return ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within'].some((k) => p[k as keyof Policy] !== undefined);
+  return ['keep_last', 'keep_hourly', 'keep_daily', 'keep_weekly', 'keep_monthly', 'keep_yearly', 'keep_within'].some(
+    (k) => p[k as keyof Policy] !== undefined,
+  );
 }
 
 export function planPrune(candidates: Candidate[], p: Policy): PrunePlan {

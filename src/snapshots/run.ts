@@ -27,7 +27,7 @@ export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: st
   const code = await new Promise<number>((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit' });
     child.on('error', (err) => reject(new CloneboxError('COMMAND_FAILED', `cannot run ${argv[0]}: ${err.message}`)));
-    child.on('exit', (c, sig) => resolve(c ?? 128 + (sig ? (constants.signals as Record<string, number>)[sig] ?? 1 : 1)));
+    child.on('exit', (c, sig) => resolve(c ?? 128 + (sig ? ((constants.signals as Record<string, number>)[sig] ?? 1) : 1)));
   }).catch(async (err) => {
     // The command never ran: the snapshot stays (it is harmless and records the attempt).
     throw err;

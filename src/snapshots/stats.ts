@@ -47,5 +47,12 @@ export async function computeStats(virtualSize: number, files: string[]): Promis
     }
   }
   const savings = allocated === 0 ? 0 : Math.round((1 - unique / allocated) * 1000) / 10;
-  return { virtual_size: virtualSize, physical_bytes: physical, allocated_bytes: allocated, unique_bytes: unique, savings_percent: savings, layers: new Set(files).size };
+  return {
+    virtual_size: virtualSize,
+    physical_bytes: physical,
+    allocated_bytes: allocated,
+    unique_bytes: unique,
+    savings_percent: savings,
+    layers: new Set(files).size,
+  };
 }

@@ -14,11 +14,11 @@
  * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
  * (each persist and each commit action counts), so tests can stop an operation at every point.
  */
-import { readFile, rename, rm, unlink, readdir, lstat } from 'node:fs/promises';
+import { lstat, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { writeJsonAtomic, ensureDir, pathExists } from '../fsutil.js';
-import { vmDir, type Home } from './home.js';
+import { ensureDir, pathExists, writeJsonAtomic } from '../fsutil.js';
+import { type Home, vmDir } from './home.js';
 
 export type Action =
   | { do: 'rename'; from: string; to: string }
@@ -124,11 +124,17 @@ export class Journal {
 async function deleteCreated(created: string[]): Promise<{ files: number; bytes: number }> {
   const removed = { files: 0, bytes: 0 };
   const remove = async (f: string) => {
-    const size = await lstat(f).then((st) => st.size, () => 0);
-    await unlink(f).then(() => {
-      removed.files++;
-      removed.bytes += size;
-    }, () => undefined);
+    const size = await lstat(f).then(
+      (st) => st.size,
+      () => 0,
+    );
+    await unlink(f).then(
+      () => {
+        removed.files++;
+        removed.bytes += size;
+      },
+      () => undefined,
+    );
   };
   for (const f of created) {
     await remove(f);
@@ -186,7 +192,6 @@ async function perform(a: Action, handlers: StepHandlers): Promise<void> {
   }
 }
 
-
 /** What recoverReport() did: the outcome, the interrupted operation, and what a rollback deleted. */
 export interface RecoveryReport {
   outcome: 'none' | 'rolled-back' | 'completed';
@@ -232,7 +237,13 @@ export async function recoverReport(home: Home, vm: string, handlers: StepHandle
 /** A journal that parses but is not one (truncated by hand, another program's file) is damaged too. */
 function isJournalDoc(d: unknown): d is JournalDoc {
   const j = d as JournalDoc | null;
-  return typeof j === 'object' && j !== null && (j.phase === 'prepare' || j.phase === 'commit') &&
-    Array.isArray(j.created) && j.created.every((f) => typeof f === 'string') &&
-    Array.isArray(j.actions) && Number.isInteger(j.done);
+  return (
+    typeof j === 'object' &&
+    j !== null &&
+    (j.phase === 'prepare' || j.phase === 'commit') &&
+    Array.isArray(j.created) &&
+    j.created.every((f) => typeof f === 'string') &&
+    Array.isArray(j.actions) &&
+    Number.isInteger(j.done)
+  );
 }

@@ -3,9 +3,9 @@
  * (same host, pid gone) is taken over; a live holder makes us wait up to the timeout, then fail with
  * VM_BUSY. Locks are released on exit paths by the caller (try/finally).
  */
-import { open, readFile, unlink, rename, mkdir } from 'node:fs/promises';
-import path from 'node:path';
+import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { tempPathFor } from '../fsutil.js';
 

@@ -6,8 +6,8 @@ import { readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
+import { type Home, vmDir } from './home.js';
 import { acquireLock, type Lock } from './lock.js';
-import { vmDir, type Home } from './home.js';
 
 type DriverName = 'image' | 'libvirt';
 

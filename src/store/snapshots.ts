@@ -2,12 +2,13 @@
  * Snapshot metadata records: <home>/vms/<vm>/snapshots/<name>.json, one file per snapshot, each
  * replaced atomically. The fields are the contract's snapshot object plus clonebox's own bookkeeping.
  */
-import { readdir } from 'node:fs/promises';
+
 import { readFileSync } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
-import { vmDir, type Home } from './home.js';
+import { type Home, vmDir } from './home.js';
 
 type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
 

@@ -26,7 +26,10 @@ import type { Home } from './home.js';
 import type { StepHandlers } from './journal.js';
 
 async function exists(p: string): Promise<boolean> {
-  return stat(p).then(() => true, () => false);
+  return stat(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** VM directories with a journal and no VM record: operations interrupted before the VM existed. */
@@ -37,12 +40,14 @@ async function candidates(home: Home): Promise<string[]> {
   } catch {
     return []; // no home yet (or unreadable: the command itself will say so)
   }
-  const found = await Promise.all(names.map(async (n) => {
-    if (n.startsWith('.')) return null;
-    const dir = path.join(home.vmsDir, n);
-    if (!(await exists(path.join(dir, 'journal.json')))) return null;
-    return (await exists(path.join(dir, 'vm.json'))) ? null : n;
-  }));
+  const found = await Promise.all(
+    names.map(async (n) => {
+      if (n.startsWith('.')) return null;
+      const dir = path.join(home.vmsDir, n);
+      if (!(await exists(path.join(dir, 'journal.json')))) return null;
+      return (await exists(path.join(dir, 'vm.json'))) ? null : n;
+    }),
+  );
   return found.filter((n): n is string => n !== null).sort();
 }
 
@@ -100,8 +105,10 @@ async function sweepOne(home: Home, vm: string, handlers: StepHandlers): Promise
       r = await recoverReport(home, vm, handlers);
     } catch (err) {
       if ((err as { code?: string }).code !== 'STORE_CORRUPT') throw err;
-      return `${(err as Error).message}, and VM ${vm} does not exist: nothing was deleted; if no clonebox command is ` +
-        `running on it, delete the temporary files the journal lists under "created" (hidden files beside the disks), then remove ${dir}`;
+      return (
+        `${(err as Error).message}, and VM ${vm} does not exist: nothing was deleted; if no clonebox command is ` +
+        `running on it, delete the temporary files the journal lists under "created" (hidden files beside the disks), then remove ${dir}`
+      );
     }
     const what = opWord(r.op);
     if (r.outcome === 'none') return null;
@@ -113,8 +120,8 @@ async function sweepOne(home: Home, vm: string, handlers: StepHandlers): Promise
     // The VM's default disks directory (<home>/disks/<vm>, made by the import) goes too when empty; a
     // directory chosen with --dir is the user's and stays.
     await rmdir(path.join(home.disksDir, vm)).catch(() => undefined);
-    const files = r.removedFiles === 0 ? 'no temporary files yet'
-      : `${r.removedFiles} temporary file${r.removedFiles === 1 ? '' : 's'}, ${formatBytes(r.removedBytes)}`;
+    const files =
+      r.removedFiles === 0 ? 'no temporary files yet' : `${r.removedFiles} temporary file${r.removedFiles === 1 ? '' : 's'}, ${formatBytes(r.removedBytes)}`;
     return `removed the remains of an interrupted ${what} of VM '${vm}' (${files})`;
   } finally {
     if (cleaned) await removeRegistryLeftovers(dir);

@@ -18,8 +18,19 @@
 import type Protomux from 'protomux';
 import { decodeFrame } from '../content/codec.js';
 import {
-  blockCancel, blockFrame, blockMissing, blockRequest, BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD, MAX_FRAME_RAW, MAX_HASHES_PER_REQUEST,
-  type BlockCancel, type BlockFrame, type BlockMissing, type BlockRequest,
+  BLOCKS_PROTOCOL,
+  type BlockCancel,
+  type BlockFrame,
+  type BlockMissing,
+  type BlockRequest,
+  blockCancel,
+  blockFrame,
+  blockMissing,
+  blockRequest,
+  CODEC_RAW,
+  CODEC_ZSTD,
+  MAX_FRAME_RAW,
+  MAX_HASHES_PER_REQUEST,
 } from './messages.js';
 
 /** One answer to a request: a frame of blocks the source has, or the hashes it lacks. */
@@ -112,7 +123,11 @@ export class BlockChannel {
   private drainWaiters: (() => void)[] = [];
   private closed = false;
 
-  private constructor(mux: Protomux, private readonly source: BlockSource | null, private readonly decode: FrameDecoder) {
+  private constructor(
+    mux: Protomux,
+    private readonly source: BlockSource | null,
+    private readonly decode: FrameDecoder,
+  ) {
     const channel = mux.createChannel({
       protocol: BLOCKS_PROTOCOL,
       messages: [
@@ -193,7 +208,9 @@ export class BlockChannel {
       for (;;) {
         if (this.closed) return;
         if (this.ahead.length >= SERVE_AHEAD) {
-          await new Promise<void>((r) => { this.wakeProducer = r; });
+          await new Promise<void>((r) => {
+            this.wakeProducer = r;
+          });
           this.wakeProducer = null;
           continue;
         }
@@ -302,7 +319,7 @@ export class BlockChannel {
             let bytes = 0;
             while (next < todo.length && batch.length < MAX_HASHES_PER_REQUEST) {
               const size = sizeOf(todo[next]!);
-              if (inFlight + bytes + size > window && (inFlight + bytes > 0)) break;
+              if (inFlight + bytes + size > window && inFlight + bytes > 0) break;
               batch.push(todo[next]!);
               asked.set(todo[next]!.toString('hex'), size);
               bytes += size;
@@ -342,8 +359,11 @@ export class BlockChannel {
       let at = 0;
       for (const [i, b] of frame.blocks.entries()) {
         const hex = b.hash.toString('hex');
-        const ok = decoded !== null && decoded.shas.length === frame.blocks.length * 32 && at + b.size <= decoded.raw.length
-          && decoded.shas.subarray(i * 32, i * 32 + 32).equals(b.hash);
+        const ok =
+          decoded !== null &&
+          decoded.shas.length === frame.blocks.length * 32 &&
+          at + b.size <= decoded.raw.length &&
+          decoded.shas.subarray(i * 32, i * 32 + 32).equals(b.hash);
         const data = ok ? decoded!.raw.subarray(at, at + b.size) : null;
         at += b.size;
         if (!p.want.has(hex)) continue; // not asked for (or already settled): ignore it
@@ -381,6 +401,10 @@ export class BlockChannel {
     this.drained(); // release a server waiting for drain
     this.wakeProducer?.();
     this.stopIter();
-    for (const p of [...this.pending.values()]) p.chain.then(() => p.finish(), () => undefined);
+    for (const p of [...this.pending.values()])
+      p.chain.then(
+        () => p.finish(),
+        () => undefined,
+      );
   }
 }

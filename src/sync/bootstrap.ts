@@ -44,7 +44,9 @@ export async function startPrivateDht(opts: { host: string; port: number; size?:
   const size = opts.size ?? 3;
   const { host } = opts;
   if (host === '0.0.0.0' || !/^\d{1,3}(?:\.\d{1,3}){3}$/.test(host)) {
-    throw new CloneboxError('USAGE', `invalid --host ${JSON.stringify(host)}`, { hint: 'give the IPv4 address peers will use to reach this node, e.g. 127.0.0.1 or a LAN address' });
+    throw new CloneboxError('USAGE', `invalid --host ${JSON.stringify(host)}`, {
+      hint: 'give the IPv4 address peers will use to reach this node, e.g. 127.0.0.1 or a LAN address',
+    });
   }
   if (opts.port) await checkUdpPortFree(host, opts.port);
   const nodes: HyperDHT[] = [];

@@ -23,12 +23,23 @@ export class CardExchange {
   /** Member public key hex -> its recorded card (null: met without one). */
   private readonly cardOf: Map<string, MemberRecord['card'] | null>;
 
-  constructor(private readonly home: Home, private readonly teamName: string, private readonly team: TeamRecord, private readonly identity: Identity,
-    private readonly catalogs: CatalogSet, private readonly log: (line: string) => void) {
+  constructor(
+    private readonly home: Home,
+    private readonly teamName: string,
+    private readonly team: TeamRecord,
+    private readonly identity: Identity,
+    private readonly catalogs: CatalogSet,
+    private readonly log: (line: string) => void,
+  ) {
     this.toSend = [makeCard(identity, team, catalogs.own.key)];
     for (const m of team.members) {
       if (!m.card || !m.catalog_key || this.toSend.length >= MAX_CARDS) continue;
-      this.toSend.push({ identity: Buffer.from(m.public_key, 'hex'), name: m.card.name, catalog: Buffer.from(m.catalog_key, 'hex'), sig: Buffer.from(m.card.sig, 'hex') });
+      this.toSend.push({
+        identity: Buffer.from(m.public_key, 'hex'),
+        name: m.card.name,
+        catalog: Buffer.from(m.catalog_key, 'hex'),
+        sig: Buffer.from(m.card.sig, 'hex'),
+      });
     }
     this.cardOf = new Map(team.members.map((m) => [m.public_key, m.card ?? null]));
   }
@@ -36,7 +47,9 @@ export class CardExchange {
   /** The clonebox/catalogs service for a proven peer: sends our cards, notes the promise of theirs. */
   attach(peer: TeamPeer, st: PeerState): void {
     let got!: (cards: CatalogCard[]) => void;
-    st.cards = new Promise((r) => { got = r; });
+    st.cards = new Promise((r) => {
+      got = r;
+    });
     const ch = peer.mux.createChannel({
       protocol: CATALOGS_PROTOCOL,
       handshake: catalogCards,

@@ -14,9 +14,9 @@
  */
 import { createPublicKey, sign, verify } from 'node:crypto';
 import { ed25519PrivateKey, type Identity } from './identity.js';
-import type { CatalogCardWire } from './messages.js';
 import { teamTopic } from './keys.js';
-import { teamSecret, type TeamRecord } from './teams.js';
+import type { CatalogCardWire } from './messages.js';
+import { type TeamRecord, teamSecret } from './teams.js';
 
 /** A card: identity, claimed name, catalog key, signature (the wire shape, messages.ts). */
 export type CatalogCard = CatalogCardWire;

@@ -27,13 +27,25 @@ const MAX_SIZE = 2 ** 53 - 1;
 
 export const RecordKind = { Share: 1, Unshare: 2, Map: 3, Snapshot: 4, Head: 5 } as const;
 
-export type MapItem =
-  | { kind: 'zero'; offset: number; length: number }
-  | { kind: 'block'; offset: number; length: number; sha: Buffer };
+export type MapItem = { kind: 'zero'; offset: number; length: number } | { kind: 'block'; offset: number; length: number; sha: Buffer };
 
-interface ShareRecord { kind: 'share'; vm: string; upto: string | null; at: string }
-interface UnshareRecord { kind: 'unshare'; vm: string; at: string }
-export interface MapRecord { kind: 'map'; vm: string; target: string; items: MapItem[] }
+interface ShareRecord {
+  kind: 'share';
+  vm: string;
+  upto: string | null;
+  at: string;
+}
+interface UnshareRecord {
+  kind: 'unshare';
+  vm: string;
+  at: string;
+}
+export interface MapRecord {
+  kind: 'map';
+  vm: string;
+  target: string;
+  items: MapItem[];
+}
 interface SnapshotDiskRecord {
   target: string;
   virtual_size: number;
@@ -60,7 +72,11 @@ export interface SnapshotRecordEntry {
   auto_policy: string | null;
   disks: SnapshotDiskRecord[];
 }
-export interface HeadRecord { kind: 'head'; vm: string; content_id: Buffer | null }
+export interface HeadRecord {
+  kind: 'head';
+  vm: string;
+  content_id: Buffer | null;
+}
 
 export type CatalogRecord = ShareRecord | UnshareRecord | MapRecord | SnapshotRecordEntry | HeadRecord;
 
@@ -69,8 +85,12 @@ function check(ok: boolean, what: string): void {
 }
 
 const optString: c.Encoding<string | null> = {
-  preencode(state, v) { c.string.preencode(state, v ?? ''); },
-  encode(state, v) { c.string.encode(state, v ?? ''); },
+  preencode(state, v) {
+    c.string.preencode(state, v ?? '');
+  },
+  encode(state, v) {
+    c.string.encode(state, v ?? '');
+  },
   decode(state) {
     const s = c.string.decode(state);
     return s === '' ? null : s;
@@ -106,25 +126,38 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
     state.end += 2;
     switch (r.kind) {
       case 'share':
-        c.string.preencode(state, r.vm); optString.preencode(state, r.upto); c.string.preencode(state, r.at);
+        c.string.preencode(state, r.vm);
+        optString.preencode(state, r.upto);
+        c.string.preencode(state, r.at);
         break;
       case 'unshare':
-        c.string.preencode(state, r.vm); c.string.preencode(state, r.at);
+        c.string.preencode(state, r.vm);
+        c.string.preencode(state, r.at);
         break;
       case 'map':
-        c.string.preencode(state, r.vm); c.string.preencode(state, r.target); c.uint.preencode(state, r.items.length);
+        c.string.preencode(state, r.vm);
+        c.string.preencode(state, r.target);
+        c.uint.preencode(state, r.items.length);
         for (const it of r.items) {
           state.end += 1;
-          c.uint.preencode(state, it.offset); c.uint.preencode(state, it.length);
+          c.uint.preencode(state, it.offset);
+          c.uint.preencode(state, it.length);
           if (it.kind === 'block') state.end += HASH_BYTES;
         }
         break;
       case 'snapshot':
-        c.string.preencode(state, r.vm); c.string.preencode(state, r.name); state.end += HASH_BYTES;
-        c.optionalBuffer.preencode(state, r.parent); optString.preencode(state, r.parent_name);
-        c.string.preencode(state, r.type); c.string.preencode(state, r.created_at); optString.preencode(state, r.description);
-        c.uint.preencode(state, r.tags.length); for (const t of r.tags) c.string.preencode(state, t);
-        state.end += 1; optString.preencode(state, r.auto_policy);
+        c.string.preencode(state, r.vm);
+        c.string.preencode(state, r.name);
+        state.end += HASH_BYTES;
+        c.optionalBuffer.preencode(state, r.parent);
+        optString.preencode(state, r.parent_name);
+        c.string.preencode(state, r.type);
+        c.string.preencode(state, r.created_at);
+        optString.preencode(state, r.description);
+        c.uint.preencode(state, r.tags.length);
+        for (const t of r.tags) c.string.preencode(state, t);
+        state.end += 1;
+        optString.preencode(state, r.auto_policy);
         c.uint.preencode(state, r.disks.length);
         for (const d of r.disks) {
           c.string.preencode(state, d.target);
@@ -133,34 +166,51 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         }
         break;
       case 'head':
-        c.string.preencode(state, r.vm); c.optionalBuffer.preencode(state, r.content_id);
+        c.string.preencode(state, r.vm);
+        c.optionalBuffer.preencode(state, r.content_id);
         break;
     }
   },
   encode(state, r) {
     c.uint8.encode(state, CATALOG_FORMAT);
-    c.uint8.encode(state, RecordKind[r.kind === 'share' ? 'Share' : r.kind === 'unshare' ? 'Unshare' : r.kind === 'map' ? 'Map' : r.kind === 'snapshot' ? 'Snapshot' : 'Head']);
+    c.uint8.encode(
+      state,
+      RecordKind[r.kind === 'share' ? 'Share' : r.kind === 'unshare' ? 'Unshare' : r.kind === 'map' ? 'Map' : r.kind === 'snapshot' ? 'Snapshot' : 'Head'],
+    );
     switch (r.kind) {
       case 'share':
-        c.string.encode(state, r.vm); optString.encode(state, r.upto); c.string.encode(state, r.at);
+        c.string.encode(state, r.vm);
+        optString.encode(state, r.upto);
+        c.string.encode(state, r.at);
         break;
       case 'unshare':
-        c.string.encode(state, r.vm); c.string.encode(state, r.at);
+        c.string.encode(state, r.vm);
+        c.string.encode(state, r.at);
         break;
       case 'map':
-        c.string.encode(state, r.vm); c.string.encode(state, r.target); c.uint.encode(state, r.items.length);
+        c.string.encode(state, r.vm);
+        c.string.encode(state, r.target);
+        c.uint.encode(state, r.items.length);
         for (const it of r.items) {
           c.uint8.encode(state, it.kind === 'zero' ? 0 : 1);
-          c.uint.encode(state, it.offset); c.uint.encode(state, it.length);
+          c.uint.encode(state, it.offset);
+          c.uint.encode(state, it.length);
           if (it.kind === 'block') c.fixed32.encode(state, it.sha);
         }
         break;
       case 'snapshot':
-        c.string.encode(state, r.vm); c.string.encode(state, r.name); c.fixed32.encode(state, r.content_id);
-        c.optionalBuffer.encode(state, r.parent); optString.encode(state, r.parent_name);
-        c.string.encode(state, r.type); c.string.encode(state, r.created_at); optString.encode(state, r.description);
-        c.uint.encode(state, r.tags.length); for (const t of r.tags) c.string.encode(state, t);
-        c.uint8.encode(state, r.auto_created ? 1 : 0); optString.encode(state, r.auto_policy);
+        c.string.encode(state, r.vm);
+        c.string.encode(state, r.name);
+        c.fixed32.encode(state, r.content_id);
+        c.optionalBuffer.encode(state, r.parent);
+        optString.encode(state, r.parent_name);
+        c.string.encode(state, r.type);
+        c.string.encode(state, r.created_at);
+        optString.encode(state, r.description);
+        c.uint.encode(state, r.tags.length);
+        for (const t of r.tags) c.string.encode(state, t);
+        c.uint8.encode(state, r.auto_created ? 1 : 0);
+        optString.encode(state, r.auto_policy);
         c.uint.encode(state, r.disks.length);
         for (const d of r.disks) {
           c.string.encode(state, d.target);
@@ -169,7 +219,8 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         }
         break;
       case 'head':
-        c.string.encode(state, r.vm); c.optionalBuffer.encode(state, r.content_id);
+        c.string.encode(state, r.vm);
+        c.optionalBuffer.encode(state, r.content_id);
         break;
     }
   },
@@ -230,14 +281,33 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         const disks: SnapshotDiskRecord[] = [];
         for (let i = 0; i < nd; i++) {
           const target = name(state, 'disk target');
-          const [virtual_size, cluster_size, data_bytes, zero_bytes, blocks, map_start, map_count] =
-            ['virtual size', 'cluster size', 'data bytes', 'zero bytes', 'blocks', 'map start', 'map count'].map((w) => size(state, w)) as [number, number, number, number, number, number, number];
+          const [virtual_size, cluster_size, data_bytes, zero_bytes, blocks, map_start, map_count] = [
+            'virtual size',
+            'cluster size',
+            'data bytes',
+            'zero bytes',
+            'blocks',
+            'map start',
+            'map count',
+          ].map((w) => size(state, w)) as [number, number, number, number, number, number, number];
           check(cluster_size >= 512 && cluster_size <= 2 * 1024 * 1024 && (cluster_size & (cluster_size - 1)) === 0, 'cluster size');
           check(virtual_size % 512 === 0, 'virtual size');
           disks.push({ target, virtual_size, cluster_size, data_bytes, zero_bytes, blocks, map_start, map_count, digest: c.fixed32.decode(state) });
         }
         return {
-          kind: 'snapshot', vm, name: sname, content_id, parent, parent_name, type: type as 'disk' | 'full', created_at, description, tags, auto_created, auto_policy, disks,
+          kind: 'snapshot',
+          vm,
+          name: sname,
+          content_id,
+          parent,
+          parent_name,
+          type: type as 'disk' | 'full',
+          created_at,
+          description,
+          tags,
+          auto_created,
+          auto_policy,
+          disks,
         };
       }
       case RecordKind.Head:

@@ -12,19 +12,25 @@ export class CatalogSet {
   /** Catalog key hex -> the name of the member who writes it. */
   private readonly authors = new Map<string, string>();
 
-  constructor(private readonly home: Home, private readonly teamName: string, readonly own: Catalog) {}
+  constructor(
+    private readonly home: Home,
+    private readonly teamName: string,
+    readonly own: Catalog,
+  ) {}
 
   /** Opens the catalog of every member with a recorded key (a failure is logged and skipped). */
   async openKnown(team: TeamRecord, log: (line: string) => void): Promise<void> {
-    await Promise.all(team.members.map(async (m) => {
-      if (!m.catalog_key || m.catalog_key === this.own.key.toString('hex')) return;
-      this.authors.set(m.catalog_key, m.name);
-      try {
-        await this.open(Buffer.from(m.catalog_key, 'hex'));
-      } catch (err) {
-        log(`cannot open the catalog of ${m.name}: ${(err as Error).message}`);
-      }
-    }));
+    await Promise.all(
+      team.members.map(async (m) => {
+        if (!m.catalog_key || m.catalog_key === this.own.key.toString('hex')) return;
+        this.authors.set(m.catalog_key, m.name);
+        try {
+          await this.open(Buffer.from(m.catalog_key, 'hex'));
+        } catch (err) {
+          log(`cannot open the catalog of ${m.name}: ${(err as Error).message}`);
+        }
+      }),
+    );
   }
 
   /** A teammate's catalog, opened on first use. */

@@ -15,12 +15,12 @@ import { createHmac } from 'node:crypto';
 import path from 'node:path';
 import Hypercore from 'hypercore';
 import { CloneboxError } from '../errors.js';
-import type { Home } from '../store/home.js';
 import { ensureDir } from '../fsutil.js';
-import { decodeRecord, encodeRecord, RecordKind, type CatalogRecord, type HeadRecord, type MapItem, type SnapshotRecordEntry } from './catalog-records.js';
-import { publicKeyOfSeed, type Identity, type KeyPair } from './identity.js';
+import type { Home } from '../store/home.js';
+import { type CatalogRecord, decodeRecord, encodeRecord, type HeadRecord, type MapItem, RecordKind, type SnapshotRecordEntry } from './catalog-records.js';
+import { type Identity, type KeyPair, publicKeyOfSeed } from './identity.js';
 import { teamTopic } from './keys.js';
-import { teamSecret, type TeamRecord } from './teams.js';
+import { type TeamRecord, teamSecret } from './teams.js';
 
 function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
@@ -51,7 +51,10 @@ export interface CatalogView {
 }
 
 export class Catalog {
-  private constructor(readonly core: Hypercore, readonly writable: boolean) {}
+  private constructor(
+    readonly core: Hypercore,
+    readonly writable: boolean,
+  ) {}
 
   static async openOwn(home: Home, team: TeamRecord, identity: Identity): Promise<Catalog> {
     const dir = path.join(syncDir(home, team.team), 'catalog');

@@ -21,7 +21,7 @@ import { createSocket } from 'node:dgram';
 import { lookup } from 'node:dns/promises';
 import HyperDHT from 'hyperdht';
 import { CloneboxError } from '../errors.js';
-import { formatHostPort, isLoopbackHost, isPrivateHost, type HostPort } from './hostport.js';
+import { formatHostPort, type HostPort, isLoopbackHost, isPrivateHost } from './hostport.js';
 import type { KeyPair } from './identity.js';
 
 /** Bootstrap setting: null means the public DHT. */
@@ -44,7 +44,7 @@ export function dhtOptions(bootstrap: Bootstrap, keyPair?: KeyPair, lanHost?: st
   const opts: HyperDHT.Options = {};
   if (keyPair) opts.keyPair = keyPair;
   if (bootstrap !== null) opts.bootstrap = bootstrap.map((b) => ({ host: b.host, port: b.port }));
-  const host = isLoopbackBootstrap(bootstrap) ? '127.0.0.1' : bootstrap !== null ? lanHost ?? null : null;
+  const host = isLoopbackBootstrap(bootstrap) ? '127.0.0.1' : bootstrap !== null ? (lanHost ?? null) : null;
   if (host !== null) {
     opts.host = host;
     opts.firewalled = false;
@@ -57,7 +57,13 @@ export function dhtOptions(bootstrap: Bootstrap, keyPair?: KeyPair, lanHost?: st
 async function ipv4Of(host: string): Promise<string | null> {
   if (/^\d{1,3}(?:\.\d{1,3}){3}$/.test(host)) return host;
   const timeout = new Promise<null>((r) => setTimeout(r, 2000, null).unref());
-  return Promise.race([lookup(host, { family: 4 }).then((a) => a.address, () => null), timeout]);
+  return Promise.race([
+    lookup(host, { family: 4 }).then(
+      (a) => a.address,
+      () => null,
+    ),
+    timeout,
+  ]);
 }
 
 /** The local address the kernel sends from to reach host:port (no packet is sent), or null. */
@@ -99,9 +105,10 @@ export async function lanLocalAddress(bootstrap: Bootstrap): Promise<string | nu
 
 function dhtUnreachable(bootstrap: Bootstrap, seconds: number): CloneboxError {
   return new CloneboxError('DHT_UNREACHABLE', `no DHT reachable, bootstrap ${describeBootstrap(bootstrap)} (no node answered in ${seconds} s)`, {
-    hint: bootstrap === null
-      ? 'check the network connection, or use private bootstrap nodes with --bootstrap HOST:PORT (see `clonebox dht bootstrap`)'
-      : 'check that the bootstrap node runs (`clonebox dht bootstrap`) and that HOST:PORT is right',
+    hint:
+      bootstrap === null
+        ? 'check the network connection, or use private bootstrap nodes with --bootstrap HOST:PORT (see `clonebox dht bootstrap`)'
+        : 'check that the bootstrap node runs (`clonebox dht bootstrap`) and that HOST:PORT is right',
   });
 }
 
@@ -114,7 +121,12 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitReachable(dht: HyperDHT, bootstrap: Bootstrap, deadline: number, retryMs = 2000): Promise<void> {
   const started = Date.now();
   let bootstrapped = false;
-  dht.fullyBootstrapped().then(() => { bootstrapped = true; }, () => undefined);
+  dht.fullyBootstrapped().then(
+    () => {
+      bootstrapped = true;
+    },
+    () => undefined,
+  );
   let lastTry = Date.now();
   for (;;) {
     // Reachable: the routing table has a node, and the first bootstrap round is over (announces made

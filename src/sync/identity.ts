@@ -14,8 +14,8 @@ import { chmod, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { NAME_RE, checkName } from '../names.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
+import { checkName, NAME_RE } from '../names.js';
 import type { Home } from '../store/home.js';
 
 export interface KeyPair {
@@ -46,7 +46,11 @@ export function identityFile(home: Home): string {
 
 /** The host name made into a valid workstation name ("workstation" when nothing usable is left). */
 export function defaultWorkstationName(hostname = os.hostname()): string {
-  const cleaned = hostname.split('.')[0]!.replace(/[^A-Za-z0-9._-]/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 128);
+  const cleaned = hostname
+    .split('.')[0]!
+    .replace(/[^A-Za-z0-9._-]/g, '-')
+    .replace(/^[^A-Za-z0-9]+/, '')
+    .slice(0, 128);
   return NAME_RE.test(cleaned) ? cleaned : 'workstation';
 }
 
@@ -114,7 +118,6 @@ export async function loadIdentity(home: Home): Promise<Identity | null> {
   }
   return parse(text, file);
 }
-
 
 /**
  * The home's identity, created on first use. With `name`, the workstation name is set to it (validated);

@@ -17,9 +17,9 @@
  */
 import { createHash } from 'node:crypto';
 import { CloneboxError } from '../errors.js';
+import type { HostPort } from './hostport.js';
 import { SECRET_BYTES } from './keys.js';
 import { z32Decode, z32Encode } from './z32.js';
-import type { HostPort } from './hostport.js';
 
 const INVITE_PREFIX = 'cbi-';
 const INVITE_VERSION = 1;

@@ -13,12 +13,12 @@ import { Batcher } from '../content/batcher.js';
 import { FRAME_TARGET } from '../content/codec.js';
 import { LayerDigest } from '../content/digest.js';
 import { openLayer } from '../content/layer.js';
-import { Chain } from '../qcow2/chain.js';
 import { ensureDir, writeFileAtomic } from '../fsutil.js';
+import { Chain } from '../qcow2/chain.js';
+import { isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { listVmNames } from '../store/registry.js';
 import { listSnapshotRecords } from '../store/snapshots.js';
-import { isResolvedLayer } from '../snapshots/identity.js';
 import type { MapItem } from './catalog-records.js';
 
 export interface LayerMap {
@@ -48,7 +48,9 @@ export async function computeLayerMap(file: string, resolved: boolean): Promise<
           if (last && last.kind === 'zero' && last.offset + last.length === it.offset) last.length += it.length;
           else items.push({ kind: 'zero', offset: it.offset, length: it.length });
         } else {
-          const sha = createHash('sha256').update(b.buf.subarray(it.at, it.at + it.length)).digest();
+          const sha = createHash('sha256')
+            .update(b.buf.subarray(it.at, it.at + it.length))
+            .digest();
           dg.addBlock(it.offset, it.length, sha);
           items.push({ kind: 'block', offset: it.offset, length: it.length, sha });
         }
@@ -59,7 +61,15 @@ export async function computeLayerMap(file: string, resolved: boolean): Promise<
       else await batcher.data(p.offset, p.length, p.fill);
     }
     await batcher.flush();
-    return { virtualSize: src.virtualSize, clusterSize: src.clusterSize, items, digest: dg.digest(), dataBytes: dg.dataBytes, zeroBytes: dg.zeroBytes, blocks: dg.blocks };
+    return {
+      virtualSize: src.virtualSize,
+      clusterSize: src.clusterSize,
+      items,
+      digest: dg.digest(),
+      dataBytes: dg.dataBytes,
+      zeroBytes: dg.zeroBytes,
+      blocks: dg.blocks,
+    };
   } finally {
     await src.close();
   }
@@ -80,10 +90,19 @@ export function digestOfItems(virtualSize: number, clusterSize: number, items: M
 const ITEM_BYTES = 1 + 8 + 8 + 32;
 
 function encodeMap(stamp: string, resolved: boolean, m: LayerMap): Buffer {
-  const head = Buffer.from(`${JSON.stringify({
-    stamp, resolved, virtual_size: m.virtualSize, cluster_size: m.clusterSize, digest: m.digest.toString('hex'),
-    data_bytes: m.dataBytes, zero_bytes: m.zeroBytes, blocks: m.blocks, items: m.items.length,
-  })}\n`);
+  const head = Buffer.from(
+    `${JSON.stringify({
+      stamp,
+      resolved,
+      virtual_size: m.virtualSize,
+      cluster_size: m.clusterSize,
+      digest: m.digest.toString('hex'),
+      data_bytes: m.dataBytes,
+      zero_bytes: m.zeroBytes,
+      blocks: m.blocks,
+      items: m.items.length,
+    })}\n`,
+  );
   const body = Buffer.alloc(m.items.length * ITEM_BYTES);
   m.items.forEach((it, i) => {
     const at = i * ITEM_BYTES;
@@ -111,8 +130,13 @@ function decodeMap(buf: Buffer, stamp: string, resolved: boolean): LayerMap | nu
       items.push(buf[at] === 0 ? { kind: 'zero', offset, length } : { kind: 'block', offset, length, sha: Buffer.from(buf.subarray(at + 17, at + 49)) });
     }
     return {
-      virtualSize: Number(h.virtual_size), clusterSize: Number(h.cluster_size), items, digest: Buffer.from(String(h.digest), 'hex'),
-      dataBytes: Number(h.data_bytes), zeroBytes: Number(h.zero_bytes), blocks: Number(h.blocks),
+      virtualSize: Number(h.virtual_size),
+      clusterSize: Number(h.cluster_size),
+      items,
+      digest: Buffer.from(String(h.digest), 'hex'),
+      dataBytes: Number(h.data_bytes),
+      zeroBytes: Number(h.zero_bytes),
+      blocks: Number(h.blocks),
     };
   } catch {
     return null;
@@ -132,7 +156,10 @@ async function stampOf(file: string): Promise<string> {
 export async function cachedLayerMap(home: Home, file: string, resolved: boolean): Promise<LayerMap> {
   const stamp = await stampOf(file);
   const cf = cacheFile(home, file);
-  const cached = await readFile(cf).then((b) => decodeMap(b, stamp, resolved), () => null);
+  const cached = await readFile(cf).then(
+    (b) => decodeMap(b, stamp, resolved),
+    () => null,
+  );
   if (cached) return cached;
   const m = await computeLayerMap(file, resolved);
   await ensureDir(path.dirname(cf));

@@ -17,7 +17,7 @@ import { createHmac } from 'node:crypto';
 import type NoiseSecretStream from '@hyperswarm/secret-stream';
 import Protomux from 'protomux';
 import { equalBytes } from './keys.js';
-import { intro as introEncoding, membershipHandshake, MEMBERSHIP_PROTOCOL, PROTOCOL_VERSION, type Intro, type MembershipHandshake } from './messages.js';
+import { type Intro, intro as introEncoding, MEMBERSHIP_PROTOCOL, type MembershipHandshake, membershipHandshake, PROTOCOL_VERSION } from './messages.js';
 
 const PROOF_CONTEXT = 'clonebox/v1/membership-proof';
 /** Bytes a peer may send before it has proven membership (the proof itself takes about a hundred). */
@@ -129,14 +129,20 @@ export async function proveMembership(stream: NoiseSecretStream, opts: ProveOpti
       if (e && !/duplicate connection/i.test(e.message) && !/connection reset|timed out|ETIMEDOUT|ECONNRESET/i.test(e.message)) {
         fail('protocol', `connection failed before membership was proven (${e.message})`);
       } else {
-        fail('closed', proven
-          ? 'the peer closed the connection before introducing itself (it may not accept our proof: another secret for this topic?)'
-          : `the connection closed before the peer proved membership${e ? ` (${e.message})` : ''}`);
+        fail(
+          'closed',
+          proven
+            ? 'the peer closed the connection before introducing itself (it may not accept our proof: another secret for this topic?)'
+            : `the connection closed before the peer proved membership${e ? ` (${e.message})` : ''}`,
+        );
       }
     };
-    const timer = setTimeout(() => {
-      fail('timeout', proven ? `the peer did not introduce itself within ${timeoutMs} ms` : `no membership proof within ${timeoutMs} ms`);
-    }, Math.max(1, timeoutMs - (Date.now() - started)));
+    const timer = setTimeout(
+      () => {
+        fail('timeout', proven ? `the peer did not introduce itself within ${timeoutMs} ms` : `no membership proof within ${timeoutMs} ms`);
+      },
+      Math.max(1, timeoutMs - (Date.now() - started)),
+    );
     stream.on('data', ondata);
     stream.on('close', onclose);
 

@@ -14,25 +14,26 @@
  *     checked again, the files renamed and the records (VM last) written in one journal commit. A
  *     failure before that leaves nothing behind.
  */
-import { checkAborted } from '../abort.js';
+
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { checkAborted } from '../abort.js';
+import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
+import { ensureDir, pathExists } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { ensureDir, pathExists } from '../fsutil.js';
+import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import { commitLanding, currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan } from '../snapshots/landing.js';
 import type { Home } from '../store/home.js';
 import { Journal, recover } from '../store/journal.js';
-import { loadVm, lockVm, vmExists, type VmRecord } from '../store/registry.js';
+import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
-import { contentId, ensureContentIds } from '../snapshots/identity.js';
-import { commitLanding, currentIsClean, LayerAssembler, landingTemp, landOverlays, type Landing, type OverlayPlan } from '../snapshots/landing.js';
-import { BLOCK_SIZE } from '../content/digest.js';
-import type { MapItem } from './catalog-records.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
-import { digestOfItems, type LocalBlocks, rememberLayerMap, type LayerMap } from './layermap.js';
+import type { MapItem } from './catalog-records.js';
+import { digestOfItems, type LayerMap, type LocalBlocks, rememberLayerMap } from './layermap.js';
 import type { Spool } from './spool.js';
 import type { PullTemps } from './temps.js';
 import { trace } from './trace.js';
@@ -57,7 +58,11 @@ export interface ChainReport {
  * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
  * called with each verified block once it is in the spool (the data stays valid: not reused).
  */
-export type Fetcher = (hashes: Buffer[], sizeOf: (h: Buffer) => number, onArrive?: (hash: Buffer, data: Buffer) => void) => Promise<{
+export type Fetcher = (
+  hashes: Buffer[],
+  sizeOf: (h: Buffer) => number,
+  onArrive?: (hash: Buffer, data: Buffer) => void,
+) => Promise<{
   fetched: number;
   wireBytes: number;
   failed: Buffer[];
@@ -98,7 +103,13 @@ function chainError(message: string, hint?: string): CloneboxError {
 
 /** A chain that failed because no teammate online could give some of its blocks. */
 export class BlocksUnavailable extends CloneboxError {
-  constructor(message: string, hint: string, readonly failed: Buffer[], readonly corrupt: number, readonly notServed: boolean) {
+  constructor(
+    message: string,
+    hint: string,
+    readonly failed: Buffer[],
+    readonly corrupt: number,
+    readonly notServed: boolean,
+  ) {
     super('SYNC_CHAIN', message, { hint });
   }
 }
@@ -129,9 +140,20 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
       if (!dg.digest().equals(d.digest) || dg.blocks !== d.blocks || dg.dataBytes !== d.data_bytes) {
         throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) does not give its layer digest`);
       }
-      maps.push({ virtualSize: d.virtual_size, clusterSize: d.cluster_size, items, digest: d.digest, dataBytes: d.data_bytes, zeroBytes: d.zero_bytes, blocks: d.blocks });
+      maps.push({
+        virtualSize: d.virtual_size,
+        clusterSize: d.cluster_size,
+        items,
+        digest: d.digest,
+        dataBytes: d.data_bytes,
+        zeroBytes: d.zero_bytes,
+        blocks: d.blocks,
+      });
     }
-    const id = contentId(parentHex, s.disks.map((d) => ({ target: d.target, digest: d.digest })));
+    const id = contentId(
+      parentHex,
+      s.disks.map((d) => ({ target: d.target, digest: d.digest })),
+    );
     if (id !== s.id) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} does not have the content id its layers give`);
     if (new Set(s.disks.map((d) => d.target)).size !== s.disks.length) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} lists a disk twice`);
     byId.set(id, { ...s, maps });
@@ -141,7 +163,7 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
     // root..upto only (the newest record of that name).
     const top = [...list].reverse().find((s) => s.name === share.upto);
     const keep = new Set<string>();
-    for (let cur = top ?? null; cur; cur = cur.parent ? byId.get(cur.parent.toString('hex')) ?? null : null) keep.add(cur.id);
+    for (let cur = top ?? null; cur; cur = cur.parent ? (byId.get(cur.parent.toString('hex')) ?? null) : null) keep.add(cur.id);
     list = list.filter((s) => keep.has(s.id));
   }
   return list;
@@ -176,7 +198,6 @@ async function place(home: Home, vm: string, peer: string, ids: Set<string>, log
   return null;
 }
 
-
 /**
  * Pulls one chain (see the module comment). Returns null when there was nothing new. `unservable`:
  * blocks the sharer said it no longer has; the snapshots that need one, and their descendants, are
@@ -209,7 +230,8 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
 
   // Step 3: gather.
   const need = new Map<string, { sha: Buffer; length: number }>();
-  for (const s of missing) for (const m of s.maps) for (const it of m.items) if (it.kind === 'block') need.set(it.sha.toString('hex'), { sha: it.sha, length: it.length });
+  for (const s of missing)
+    for (const m of s.maps) for (const it of m.items) if (it.kind === 'block') need.set(it.sha.toString('hex'), { sha: it.sha, length: it.length });
   const toFetch: Buffer[] = [];
   let reused = 0;
   for (const { sha } of need.values()) {
@@ -258,8 +280,13 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
       report.blocks_fetched = got.fetched;
       report.bytes_received = got.wireBytes;
       if (got.failed.length) {
-        fetchError = new BlocksUnavailable(`cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
-          'sync again later; blocks already received are kept and not fetched again', got.failed, got.corrupt, got.notServed);
+        fetchError = new BlocksUnavailable(
+          `cannot pull ${peer}'s ${vm}: ${got.failed.length} block(s) could not be fetched${got.corrupt ? ` (${got.corrupt} arrived corrupt)` : ''}; nothing was registered`,
+          'sync again later; blocks already received are kept and not fetched again',
+          got.failed,
+          got.corrupt,
+          got.notServed,
+        );
       }
     } finally {
       // Nothing more will come: a writer still waiting finds its block missing (and fails).
@@ -270,9 +297,11 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   })();
   // Step 4: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
-  const building = build(ctx, vm, placed, chain, missing, blockOf, () => fetching.then(() => {
-    if (fetchError) throw fetchError;
-  }));
+  const building = build(ctx, vm, placed, chain, missing, blockOf, () =>
+    fetching.then(() => {
+      if (fetchError) throw fetchError;
+    }),
+  );
   const [f, b] = await Promise.allSettled([fetching, building]);
   await ctx.spool.flush();
   if (f.status === 'rejected') throw f.reason;
@@ -301,8 +330,15 @@ interface LayerPlan extends Landing {
  * otherwise the pull fails and the blocks stay in the spool), the temporaries pass to the VM's journal,
  * and one journal commit renames them and writes the records.
  */
-async function build(ctx: PullContext, remoteVm: string, placed: Placement, chain: VerifiedSnapshot[], missing: VerifiedSnapshot[],
-  blockOf: BlockGetter, fetched: () => Promise<void>): Promise<string[]> {
+async function build(
+  ctx: PullContext,
+  remoteVm: string,
+  placed: Placement,
+  chain: VerifiedSnapshot[],
+  missing: VerifiedSnapshot[],
+  blockOf: BlockGetter,
+  fetched: () => Promise<void>,
+): Promise<string[]> {
   const { home, temps } = ctx;
   const name = placed.name;
   const todo = missing.filter((m) => !placed.localById.has(m.id));
@@ -341,10 +377,18 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
         const dp = diskPath.get(d.target);
         if (!dp) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm} has a disk ${d.target} the others lack`);
         const final = layerPathFor(dp, s.name);
-        if (await pathExists(final)) throw new CloneboxError('FILE_EXISTS', `file already exists, ${final}`, { hint: 'move the stray file away, then sync again' });
-        const parentLayer = s.parent ? layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null : null;
+        if (await pathExists(final))
+          throw new CloneboxError('FILE_EXISTS', `file already exists, ${final}`, { hint: 'move the stray file away, then sync again' });
+        const parentLayer = s.parent ? (layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null) : null;
         if (s.parent && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
-        plans.push({ snap: s, disk: di, target: d.target, final, temp: landingTemp(final, 'sync'), backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer) });
+        plans.push({
+          snap: s,
+          disk: di,
+          target: d.target,
+          final,
+          temp: landingTemp(final, 'sync'),
+          backing: parentLayer === null ? null : path.relative(path.dirname(final), parentLayer),
+        });
         mine.set(d.target, final);
       }
       layerOf.set(s.id, mine);
@@ -381,25 +425,30 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
         }
         if (JSON.stringify(cur.disks) !== JSON.stringify(vm!.disks)) throw changed();
         for (const m of todo) {
-          if (snaps.some((s) => s.name === m.name)) throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
+          if (snaps.some((s) => s.name === m.name))
+            throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
         }
       } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
       for (const p of plans) {
-        if (await pathExists(p.final)) throw new CloneboxError('FILE_EXISTS', `file already exists, ${p.final}`, { hint: 'move the stray file away, then sync again' });
+        if (await pathExists(p.final))
+          throw new CloneboxError('FILE_EXISTS', `file already exists, ${p.final}`, { hint: 'move the stray file away, then sync again' });
       }
 
       // The head the sharer stands on (else the newest pulled snapshot).
       const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
       const head = headHex !== null && layerOf.has(headHex) ? headHex : todo[todo.length - 1]!.id;
       let fastForward = !cur;
-      const curId = cur && cur.current !== null ? [...placed.localById].find(([, s]) => s.name === cur!.current)?.[0] ?? null : null;
+      const curId = cur && cur.current !== null ? ([...placed.localById].find(([, s]) => s.name === cur!.current)?.[0] ?? null) : null;
       if (cur && curId !== null) {
         // Moves the current state to the new head only when it stands, unchanged, on an ancestor of it.
         let anc: string | null = head;
         let isAnc = false;
         const byId = new Map(chain.map((c) => [c.id, c]));
         while (anc !== null) {
-          if (anc === curId) { isAnc = true; break; }
+          if (anc === curId) {
+            isAnc = true;
+            break;
+          }
           const c = byId.get(anc);
           anc = c?.parent ? c.parent.toString('hex') : null;
         }
@@ -416,20 +465,43 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
           const headSnap = chain.find((c) => c.id === head)!;
           for (const [di, d] of headSnap.disks.entries()) {
             const m = headSnap.maps[di]!;
-            overlayPlans.push({ final: diskPath.get(d.target)!, backing: layerOf.get(head)!.get(d.target)!, virtualSize: m.virtualSize, clusterSize: m.clusterSize });
+            overlayPlans.push({
+              final: diskPath.get(d.target)!,
+              backing: layerOf.get(head)!.get(d.target)!,
+              virtualSize: m.virtualSize,
+              clusterSize: m.clusterSize,
+            });
           }
         }
         const overlays = await landOverlays(j, overlayPlans, 'sync');
         const records: SnapshotRecord[] = todo.map((s) => ({
-          name: s.name, vm_name: name, type: s.type, state: 'ready', created_at: s.created_at, description: s.description,
-          parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null, tags: s.tags, auto_created: s.auto_created, auto_policy: s.auto_policy,
-          expires_at: null, disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
-          size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0), content_id: s.id, memory_path: null,
+          name: s.name,
+          vm_name: name,
+          type: s.type,
+          state: 'ready',
+          created_at: s.created_at,
+          description: s.description,
+          parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null,
+          tags: s.tags,
+          auto_created: s.auto_created,
+          auto_policy: s.auto_policy,
+          expires_at: null,
+          disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
+          size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0),
+          content_id: s.id,
+          memory_path: null,
         }));
         const headName = nameOf.get(head)!;
         const vmRec: VmRecord = cur
           ? { ...cur, current: fastForward ? headName : cur.current }
-          : { format: 1, name, driver: 'image', created_at: new Date().toISOString(), disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })), current: headName };
+          : {
+              format: 1,
+              name,
+              driver: 'image',
+              created_at: new Date().toISOString(),
+              disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })),
+              current: headName,
+            };
         await commitLanding(j, home, name, [...plans, ...overlays], records, vmRec);
         committed = true;
       } catch (err) {
@@ -460,7 +532,12 @@ async function build(ctx: PullContext, remoteVm: string, placed: Placement, chai
 
 /** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
 async function writeLayer(blockOf: BlockGetter, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
-  const w = await Qcow2Writer.create(file, { virtualSize: m.virtualSize, clusterSize: m.clusterSize, backingFile: backing, backingFormat: backing ? 'qcow2' : null });
+  const w = await Qcow2Writer.create(file, {
+    virtualSize: m.virtualSize,
+    clusterSize: m.clusterSize,
+    backingFile: backing,
+    backingFormat: backing ? 'qcow2' : null,
+  });
   const asm = new LayerAssembler(w, () => chainError('map blocks do not fill whole clusters'));
   let bytes = 0;
   try {

@@ -13,8 +13,12 @@ export class ServingSource implements BlockSource {
   /** Date.now() of the last request served (0: none yet). */
   lastServed = 0;
 
-  private constructor(private source: ShareSource, private readonly home: Home, private readonly catalogs: CatalogSet,
-    private readonly log: (line: string) => void) {}
+  private constructor(
+    private source: ShareSource,
+    private readonly home: Home,
+    private readonly catalogs: CatalogSet,
+    private readonly log: (line: string) => void,
+  ) {}
 
   static async build(home: Home, catalogs: CatalogSet, log: (line: string) => void): Promise<ServingSource> {
     const s = new ServingSource(await ShareSource.build(home, catalogs.own), home, catalogs, log);
@@ -64,6 +68,10 @@ export class ServingSource implements BlockSource {
 
   /** The chains we pulled are served too (indexed on the first request). */
   private servePulled(src: ShareSource): void {
-    src.servePulled(this.home, () => this.catalogs.catalogs(), (err) => this.log(`cannot index pulled chains for serving: ${err.message}`));
+    src.servePulled(
+      this.home,
+      () => this.catalogs.catalogs(),
+      (err) => this.log(`cannot index pulled chains for serving: ${err.message}`),
+    );
   }
 }

@@ -15,20 +15,20 @@ import path from 'node:path';
 import { Codec, compressBound, FRAME_TARGET } from '../content/codec.js';
 import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
+import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';
-import { acquireLock } from '../store/lock.js';
-import { ensureDir, writeJsonAtomic } from '../fsutil.js';
+import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
+import { acquireLock } from '../store/lock.js';
 import { listVmNames, loadVm, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
-import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { BlockSource, SourcePart } from './blocks.js';
-import { MAX_MAP_ITEMS, type CatalogRecord, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
-import { Catalog, syncDir, type CatalogView } from './catalog.js';
+import { Catalog, type CatalogView, syncDir } from './catalog.js';
+import { type CatalogRecord, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
 import { ensureIdentity } from './identity.js';
 import { cachedLayerMap } from './layermap.js';
-import { MAX_FRAME_RAW, type BlockFrame } from './messages.js';
+import { type BlockFrame, MAX_FRAME_RAW } from './messages.js';
 import { loadTeam } from './teams.js';
 
 interface SharesFile {
@@ -161,7 +161,12 @@ const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
  * Brings the catalog up to date with shares.json and the shared VMs' snapshots. Returns, per shared
  * VM, the snapshots it holds in the catalog.
  */
-export async function publish(home: Home, team: string, cat: Catalog, log?: (l: string) => void): Promise<{ vm: string; snapshots: string[]; appended: number }[]> {
+export async function publish(
+  home: Home,
+  team: string,
+  cat: Catalog,
+  log?: (l: string) => void,
+): Promise<{ vm: string; snapshots: string[]; appended: number }[]> {
   const shares = await loadShares(home, team);
   const view = await cat.view();
   const now = new Date().toISOString();
@@ -192,7 +197,7 @@ export async function publish(home: Home, team: string, cat: Catalog, log?: (l: 
     let appended = 0;
     for (const r of line) {
       if (idOf.has(r.name)) continue;
-      const parentId = r.parent === null ? null : idOf.get(r.parent) ?? null;
+      const parentId = r.parent === null ? null : (idOf.get(r.parent) ?? null);
       if (r.parent !== null && parentId === null) continue; // parent not publishable
       const recs: CatalogRecord[] = [];
       const disks: SnapshotRecordEntry['disks'] = [];
@@ -208,16 +213,37 @@ export async function publish(home: Home, team: string, cat: Catalog, log?: (l: 
           index++;
         }
         disks.push({
-          target: d.target, virtual_size: m.virtualSize, cluster_size: m.clusterSize, digest: m.digest, data_bytes: m.dataBytes,
-          zero_bytes: m.zeroBytes, blocks: m.blocks, map_start: start, map_count: index - start,
+          target: d.target,
+          virtual_size: m.virtualSize,
+          cluster_size: m.clusterSize,
+          digest: m.digest,
+          data_bytes: m.dataBytes,
+          zero_bytes: m.zeroBytes,
+          blocks: m.blocks,
+          map_start: start,
+          map_count: index - start,
         });
       }
-      const id = contentId(parentId, disks.map((d) => ({ target: d.target, digest: d.digest })));
-      if (r.content_id && r.content_id !== id) log?.(`snapshot ${r.name} of ${vm}: its layers no longer give its recorded content id (merged?); published by content`);
+      const id = contentId(
+        parentId,
+        disks.map((d) => ({ target: d.target, digest: d.digest })),
+      );
+      if (r.content_id && r.content_id !== id)
+        log?.(`snapshot ${r.name} of ${vm}: its layers no longer give its recorded content id (merged?); published by content`);
       recs.push({
-        kind: 'snapshot', vm, name: r.name, content_id: Buffer.from(id, 'hex'), parent: parentId === null ? null : Buffer.from(parentId, 'hex'),
-        parent_name: parentId === null ? null : r.parent, type: r.type, created_at: r.created_at, description: r.description,
-        tags: r.tags, auto_created: r.auto_created, auto_policy: r.auto_policy, disks,
+        kind: 'snapshot',
+        vm,
+        name: r.name,
+        content_id: Buffer.from(id, 'hex'),
+        parent: parentId === null ? null : Buffer.from(parentId, 'hex'),
+        parent_name: parentId === null ? null : r.parent,
+        type: r.type,
+        created_at: r.created_at,
+        description: r.description,
+        tags: r.tags,
+        auto_created: r.auto_created,
+        auto_policy: r.auto_policy,
+        disks,
       });
       const at = await cat.append(recs);
       if (at !== index - disks.reduce((a, d) => a + d.map_count, 0)) {
@@ -343,7 +369,8 @@ export class ShareSource implements BlockSource {
             if (!file) continue;
             const items = await o.mapItems(d.map_start, d.map_count, vm, d.target).catch(() => []);
             for (const it of items) {
-              if (it.kind === 'block' && !this.index.has(it.sha.toString('hex'))) this.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+              if (it.kind === 'block' && !this.index.has(it.sha.toString('hex')))
+                this.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
             }
           }
         }
@@ -397,13 +424,13 @@ export class ShareSource implements BlockSource {
       while (j < group.length) {
         // A run of blocks adjacent in one file.
         let k = j + 1;
-        while (k < group.length && group[k]!.at.file === group[j]!.at.file
-          && group[k]!.at.offset === group[k - 1]!.at.offset + group[k - 1]!.at.length) k++;
+        while (k < group.length && group[k]!.at.file === group[j]!.at.file && group[k]!.at.offset === group[k - 1]!.at.offset + group[k - 1]!.at.length) k++;
         const first = group[j]!.at;
         const last = group[k - 1]!.at;
         const len = last.offset + last.length - first.offset;
         const bytes = await (await this.chain(first.file)).read(first.offset, len);
-        if (len === raw && bytes.byteOffset === 0 && bytes.buffer.byteLength === len) data = bytes; // the whole frame, in memory of its own
+        if (len === raw && bytes.byteOffset === 0 && bytes.buffer.byteLength === len)
+          data = bytes; // the whole frame, in memory of its own
         else {
           data ??= Buffer.from(new ArrayBuffer(raw));
           bytes.copy(data, at);
@@ -413,7 +440,10 @@ export class ShareSource implements BlockSource {
       }
       this.blocksServed += group.length;
       // Compressed on a worker while the next frame is read (the channel keeps a few under way).
-      yield this.compress(data!, group.map((g) => ({ hash: g.hash, size: g.at.length })));
+      yield this.compress(
+        data!,
+        group.map((g) => ({ hash: g.hash, size: g.at.length })),
+      );
     }
   }
 
@@ -422,7 +452,10 @@ export class ShareSource implements BlockSource {
     const pool = await this.workers();
     const raw = data.length;
     const output = new ArrayBuffer(compressBound(raw));
-    const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: data.buffer as ArrayBuffer, length: raw, output, level: 3 }, [data.buffer as ArrayBuffer, output]);
+    const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: data.buffer as ArrayBuffer, length: raw, output, level: 3 }, [
+      data.buffer as ArrayBuffer,
+      output,
+    ]);
     if (!('storedLength' in rep)) throw new CloneboxError('INTERNAL', 'unexpected reply from a compression worker');
     const zstd = rep.codec === Codec.Zstd;
     return { frame: { codec: zstd ? 1 : 0, blocks, data: zstd ? Buffer.from(rep.output, 0, rep.storedLength) : Buffer.from(rep.input, 0, raw) } };

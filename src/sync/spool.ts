@@ -11,7 +11,7 @@
  * by a sync was registered.
  */
 import { createHash } from 'node:crypto';
-import { open, readFile, rm, type FileHandle } from 'node:fs/promises';
+import { type FileHandle, open, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ioError } from '../errors.js';
 import { ensureDir } from '../fsutil.js';
@@ -39,7 +39,12 @@ export class Spool {
   /** Writes, fsyncs and index appends, in order. */
   private chain: Promise<void> = Promise.resolve();
 
-  private constructor(readonly dir: string, private readonly data: FileHandle, private readonly idx: FileHandle, private end: number) {
+  private constructor(
+    readonly dir: string,
+    private readonly data: FileHandle,
+    private readonly idx: FileHandle,
+    private end: number,
+  ) {
     this.queueAt = end;
   }
 

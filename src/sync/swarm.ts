@@ -14,14 +14,14 @@
  * after the proof, so nothing of ours reaches a non-member.
  */
 import { EventEmitter } from 'node:events';
-import Hyperswarm from 'hyperswarm';
 import type NoiseSecretStream from '@hyperswarm/secret-stream';
+import Hyperswarm from 'hyperswarm';
 import type { Home } from '../store/home.js';
-import { openDht, type Bootstrap } from './dht.js';
+import { type Bootstrap, openDht } from './dht.js';
 import type { Identity } from './identity.js';
 import { membershipKey, teamTopic } from './keys.js';
-import { MembershipError, proveMembership, type ProvenPeer, type RejectReason } from './membership.js';
-import { recordMember, teamSecret, type MemberRecord, type TeamRecord } from './teams.js';
+import { MembershipError, type ProvenPeer, proveMembership, type RejectReason } from './membership.js';
+import { type MemberRecord, recordMember, type TeamRecord, teamSecret } from './teams.js';
 
 export interface TeamPeer extends ProvenPeer {
   /** The name this workstation knows the peer by (see teams.ts: first seen, never a taken name). */
@@ -87,14 +87,22 @@ export class TeamSwarm extends EventEmitter {
   /** Topic lookups made after the one at join (for tests and traces). */
   relookups = 0;
 
-  private constructor(readonly swarm: Hyperswarm, private readonly opts: TeamSwarmOptions) {
+  private constructor(
+    readonly swarm: Hyperswarm,
+    private readonly opts: TeamSwarmOptions,
+  ) {
     super();
   }
 
   /** Joins the team's swarm. Throws DHT_UNREACHABLE at opts.deadline when no DHT node answers. */
   static async open(opts: TeamSwarmOptions): Promise<TeamSwarm> {
     const log = opts.log ?? (() => undefined);
-    const dht = await openDht({ bootstrap: opts.bootstrap, deadline: opts.deadline, keyPair: opts.identity, onError: (err) => log(`DHT error: ${err.message}`) });
+    const dht = await openDht({
+      bootstrap: opts.bootstrap,
+      deadline: opts.deadline,
+      keyPair: opts.identity,
+      onError: (err) => log(`DHT error: ${err.message}`),
+    });
     let self: TeamSwarm | null = null;
     const swarm = new Hyperswarm({
       dht,
@@ -142,7 +150,9 @@ export class TeamSwarm extends EventEmitter {
     conn.on('error', () => undefined);
     const key = conn.remotePublicKey ?? info.publicKey;
     let attached!: (ok: boolean) => void;
-    const whenAttached = new Promise<boolean>((r) => { attached = r; });
+    const whenAttached = new Promise<boolean>((r) => {
+      attached = r;
+    });
     conn.once('close', () => attached(false));
     this.provingNow++;
     let counted = true;
@@ -159,11 +169,12 @@ export class TeamSwarm extends EventEmitter {
       intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null },
       ...(this.opts.proofTimeoutMs !== undefined ? { timeoutMs: this.opts.proofTimeoutMs } : {}),
     }).then(
-      (proven) => this.onProven(conn, proven).then(attached, (err) => {
-        attached(false);
-        this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
-        conn.destroy();
-      }),
+      (proven) =>
+        this.onProven(conn, proven).then(attached, (err) => {
+          attached(false);
+          this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
+          conn.destroy();
+        }),
       (err) => {
         settled();
         if (!(err instanceof MembershipError)) {
@@ -203,8 +214,10 @@ export class TeamSwarm extends EventEmitter {
       return false;
     }
     if (seen.isNew) {
-      this.log(`new member on team ${this.opts.team.team}: ${seen.member.name} (${shortKey(proven.publicKey)})`
-        + (seen.renamed ? `, calls itself ${JSON.stringify(proven.intro.name)}, a name already taken here` : ''));
+      this.log(
+        `new member on team ${this.opts.team.team}: ${seen.member.name} (${shortKey(proven.publicKey)})` +
+          (seen.renamed ? `, calls itself ${JSON.stringify(proven.intro.name)}, a name already taken here` : ''),
+      );
     }
     const peer: TeamPeer = { ...proven, name: seen.member.name, member: seen.member, stream: conn };
     const hex = proven.publicKey.toString('hex');
@@ -255,7 +268,10 @@ export class TeamSwarm extends EventEmitter {
         if (this.lookupTimer) clearTimeout(this.lookupTimer);
         for (const conn of this.swarm.connections) conn.destroy();
         // Unannouncing is polite but needs the DHT: give it 2 s, then close regardless.
-        const polite = this.swarm.destroy().then(() => true, () => true);
+        const polite = this.swarm.destroy().then(
+          () => true,
+          () => true,
+        );
         const inTime = await Promise.race([polite, new Promise<boolean>((r) => setTimeout(r, 2000, false).unref())]);
         if (!inTime) await this.swarm.destroy({ force: true }).catch(() => undefined);
       })();

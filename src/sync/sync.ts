@@ -75,7 +75,17 @@ type SyncProgress =
 
 export interface SyncReport {
   peers: string[];
-  chains: { vm: string; snapshots: string[]; blocks_fetched: number; blocks_reused: number; bytes_received: number; peer: string; remote_vm: string; via?: string; unavailable?: string[] }[];
+  chains: {
+    vm: string;
+    snapshots: string[];
+    blocks_fetched: number;
+    blocks_reused: number;
+    bytes_received: number;
+    peer: string;
+    remote_vm: string;
+    via?: string;
+    unavailable?: string[];
+  }[];
   bytes_received: number;
   /** Extra: what this workstation published (per shared VM). */
   shared: { vm: string; snapshots: string[] }[];
@@ -124,8 +134,12 @@ class SyncRun {
   private spoolDone = false;
   private s!: Started;
 
-  constructor(private readonly opts: SyncOptions, private readonly team: TeamRecord, private readonly identity: Identity,
-    private readonly bootstrap: Bootstrap) {
+  constructor(
+    private readonly opts: SyncOptions,
+    private readonly team: TeamRecord,
+    private readonly identity: Identity,
+    private readonly bootstrap: Bootstrap,
+  ) {
     this.home = opts.home;
     this.log = opts.log ?? (() => undefined);
     this.deadline = this.t0 + (opts.timeoutSeconds ?? DEFAULT_TIMEOUT_S) * 1000;
@@ -198,7 +212,12 @@ class SyncRun {
       if (!this.spoolDone) await spool.close();
     });
     const fetcher = new PeerFetcher({
-      spool, peers: () => this.states.values(), deadline: this.pullDeadline, log, stopping: () => this.scheduler.stopping, signal: this.opts.signal,
+      spool,
+      peers: () => this.states.values(),
+      deadline: this.pullDeadline,
+      log,
+      stopping: () => this.scheduler.stopping,
+      signal: this.opts.signal,
     });
     this.s = { catalogs, cards, serving: srv, local, temps, spool, fetcher, swarm: null };
   }
@@ -219,7 +238,13 @@ class SyncRun {
     const { catalogs, cards, serving } = this.s;
     const own = catalogs.own;
     const swarm = await TeamSwarm.open({
-      home, team: this.team, identity: this.identity, bootstrap: this.bootstrap, deadline: this.deadline, log, catalogKey: own.key,
+      home,
+      team: this.team,
+      identity: this.identity,
+      bootstrap: this.bootstrap,
+      deadline: this.deadline,
+      log,
+      catalogKey: own.key,
       services: {
         'hypercore/alpha': async (peer) => {
           const st = this.stateOf(peer);
@@ -297,15 +322,18 @@ class SyncRun {
     const swarm = this.s.swarm!;
     const serving = this.s.serving;
     let discovered = false;
-    void swarm.discovered(this.deadline).then(() => { discovered = true; });
+    void swarm.discovered(this.deadline).then(() => {
+      discovered = true;
+    });
     for (;;) {
       const now = Date.now();
       if (now >= this.deadline || opts.signal?.aborted) break;
       // Sharing: a teammate may be about to ask us for blocks, or between two of its pulls. Not
       // sharing: done once the teammates the lookup found are connected and proven.
-      const quiet = serving.blocks > 0
-        ? now - Math.max(this.lastPeerAt, serving.lastServed) >= SETTLE_MS
-        : discovered && swarm.provingNow === 0 && now - this.lastPeerAt >= PEER_GRACE_MS;
+      const quiet =
+        serving.blocks > 0
+          ? now - Math.max(this.lastPeerAt, serving.lastServed) >= SETTLE_MS
+          : discovered && swarm.provingNow === 0 && now - this.lastPeerAt >= PEER_GRACE_MS;
       if (report.peers.length > 0 && quiet && !this.scheduler.busy) break;
       await sleep(50);
     }
@@ -346,7 +374,9 @@ class SyncRun {
     // only for the catalogs whose cards the peer handed us (all, for a peer without cards).
     const online = new Set([...this.states.values()].filter((o) => !o.peer.stream.destroyed).map((o) => o.catalog));
     const offered = new Set(cards.map((k) => k.catalog.toString('hex')));
-    const relayed = catalogs.entries().filter(([hex, c]) => c !== st.catalog && !online.has(c) && (cards.length === 0 || offered.has(hex) || c.core.peers.length > 0));
+    const relayed = catalogs
+      .entries()
+      .filter(([hex, c]) => c !== st.catalog && !online.has(c) && (cards.length === 0 || offered.has(hex) || c.core.peers.length > 0));
     await Promise.all(relayed.map(([, c]) => this.catchUp(c, RELAY_WAIT_MS)));
     for (const [hex, cat] of relayed) {
       if (stopping()) return;
@@ -396,7 +426,15 @@ class SyncRun {
       if (this.scheduler.stopping) return;
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
       const ctx = {
-        home, peerName: author, catalog: cat, view, local, spool, temps, log, signal: opts.signal,
+        home,
+        peerName: author,
+        catalog: cat,
+        view,
+        local,
+        spool,
+        temps,
+        log,
+        signal: opts.signal,
         fetch: fetcher.fetcherFor(st, (b) => opts.progress?.({ phase: 'receive', chain: label, done: b, total: null })),
         progress: (name: string, done: number, total: number) => opts.progress?.({ phase: 'write', chain: label, snapshot: name, done, total }),
       };
@@ -424,7 +462,13 @@ class SyncRun {
           report.bytes_received += r.bytes_received;
           if (r.snapshots.length) {
             opts.progress?.({
-              phase: 'pulled', chain: label, done: r.snapshots.length, total: r.snapshots.length, vm: r.vm, blocks_fetched: r.blocks_fetched, blocks_reused: r.blocks_reused,
+              phase: 'pulled',
+              chain: label,
+              done: r.snapshots.length,
+              total: r.snapshots.length,
+              vm: r.vm,
+              blocks_fetched: r.blocks_fetched,
+              blocks_reused: r.blocks_reused,
             });
             await serving.pulledFrom(cat); // served on from now
           }

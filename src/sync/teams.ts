@@ -15,11 +15,11 @@
 import { chmod, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { checkName } from '../names.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
+import { checkName } from '../names.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
-import { formatHostPort, parseHostPort, type HostPort } from './hostport.js';
+import { formatHostPort, type HostPort, parseHostPort } from './hostport.js';
 import type { Identity } from './identity.js';
 import { decodeInvite, encodeInvite } from './invite.js';
 import { newTeamSecret, SECRET_BYTES } from './keys.js';
@@ -112,7 +112,9 @@ export async function loadTeam(home: Home, team: string): Promise<TeamRecord> {
     text = await readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new CloneboxError('TEAM_NOT_FOUND', `no such team, ${team}`, { hint: 'create it with `clonebox team create` or join it with `clonebox team join --invite`' });
+      throw new CloneboxError('TEAM_NOT_FOUND', `no such team, ${team}`, {
+        hint: 'create it with `clonebox team create` or join it with `clonebox team join --invite`',
+      });
     }
     throw ioError(err, 'cannot read team record', file);
   }
@@ -127,7 +129,10 @@ export async function loadTeam(home: Home, team: string): Promise<TeamRecord> {
 
 export async function listTeams(home: Home): Promise<string[]> {
   try {
-    return (await readdir(teamsDir(home))).filter((n) => n.endsWith('.json') && !n.startsWith('.')).map((n) => n.slice(0, -5)).sort();
+    return (await readdir(teamsDir(home)))
+      .filter((n) => n.endsWith('.json') && !n.startsWith('.'))
+      .map((n) => n.slice(0, -5))
+      .sort();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw ioError(err, 'cannot list teams', teamsDir(home));
@@ -139,7 +144,6 @@ async function ensureTeamsDir(home: Home): Promise<void> {
   await ensureDir(teamsDir(home), 0o700);
   await chmod(teamsDir(home), 0o700).catch(() => undefined);
 }
-
 
 function teamExists(team: string): CloneboxError {
   return new CloneboxError('TEAM_EXISTS', `team already exists, ${team}`, { hint: 'pick another team name, or see `clonebox team show`' });
@@ -172,7 +176,12 @@ export async function createTeam(home: Home, team: string, opts: { bootstrap?: H
  * invite is harmless; a team of that name with another secret is refused. `bootstrap` overrides the
  * invite's bootstrap nodes.
  */
-export async function joinTeam(home: Home, team: string, inviteText: string, opts: { bootstrap?: HostPort[] } = {}): Promise<{ record: TeamRecord; already: boolean }> {
+export async function joinTeam(
+  home: Home,
+  team: string,
+  inviteText: string,
+  opts: { bootstrap?: HostPort[] } = {},
+): Promise<{ record: TeamRecord; already: boolean }> {
   checkName('team', team);
   const invite = decodeInvite(inviteText);
   const record = newRecord(team, invite.secret, 'joined', opts.bootstrap ?? invite.bootstrap);
@@ -283,8 +292,14 @@ export async function recordCard(
       const now = new Date().toISOString();
       const { name } = memberName(rec, self, pk, card.name);
       const member: MemberRecord = {
-        public_key: pk, name, claimed_name: card.name, first_seen: now, last_seen: now, catalog_key: catalog,
-        card: { name: card.name, sig: card.sig.toString('hex') }, via,
+        public_key: pk,
+        name,
+        claimed_name: card.name,
+        first_seen: now,
+        last_seen: now,
+        catalog_key: catalog,
+        card: { name: card.name, sig: card.sig.toString('hex') },
+        via,
       };
       members.push(member);
       result = member;
@@ -298,7 +313,13 @@ export function teamView(rec: TeamRecord, self: Identity): TeamView {
   return {
     team: rec.team,
     self: { name: self.name, public_key: self.publicKey.toString('hex') },
-    members: rec.members.map((m) => ({ name: m.name, public_key: m.public_key, first_seen: m.first_seen, last_seen: m.last_seen, ...(m.via ? { via: m.via } : {}) })),
+    members: rec.members.map((m) => ({
+      name: m.name,
+      public_key: m.public_key,
+      first_seen: m.first_seen,
+      last_seen: m.last_seen,
+      ...(m.via ? { via: m.via } : {}),
+    })),
     bootstrap: rec.bootstrap,
   };
 }

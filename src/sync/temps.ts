@@ -9,8 +9,8 @@
  */
 import { open, readFile, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import type { Home } from '../store/home.js';
 import { writeFileAtomic } from '../fsutil.js';
+import type { Home } from '../store/home.js';
 
 /** A list longer than this was not written by us: it is ignored (and reported), never acted on. */
 const MAX_LIST_BYTES = 1024 * 1024;
@@ -43,11 +43,23 @@ export class PullTemps {
       // Only hidden temporaries inside this home's disk area or a VM's own directory: a damaged line
       // must never point us at a user's file.
       if (!path.basename(l).startsWith('.') || !l.includes('.sync-')) continue;
-      if (await unlink(l).then(() => true, () => false)) removed++;
+      if (
+        await unlink(l).then(
+          () => true,
+          () => false,
+        )
+      )
+        removed++;
     }
     for (const l of lines.filter((x) => x.endsWith('/')).sort((a, b) => b.length - a.length)) {
       if (!path.resolve(l).startsWith(root + path.sep)) continue;
-      if (await rmdir(l).then(() => true, () => false)) removed++;
+      if (
+        await rmdir(l).then(
+          () => true,
+          () => false,
+        )
+      )
+        removed++;
     }
     if (removed) log(`removed ${removed} temporary file(s) of an interrupted pull`);
     if (text.length) await writeFileAtomic(t.file, '');

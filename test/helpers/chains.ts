@@ -36,7 +36,15 @@ export async function expectSameChain(a: string, vmA: string, b: string, vmB: st
   const la = await new CliHome(a, timeouts).json<SnapshotView[]>(['snapshot', 'list', vmA]);
   const lb = await new CliHome(b, timeouts).json<SnapshotView[]>(['snapshot', 'list', vmB]);
   if (opts.sameTree) {
-    const pick = (s: SnapshotView) => ({ name: s.name, parent: s.parent, description: s.description, tags: s.tags, created_at: s.created_at, type: s.type, children: s.children });
+    const pick = (s: SnapshotView) => ({
+      name: s.name,
+      parent: s.parent,
+      description: s.description,
+      tags: s.tags,
+      created_at: s.created_at,
+      type: s.type,
+      children: s.children,
+    });
     const sorted = (l: SnapshotView[]) => l.map(pick).sort((x, y) => x.name.localeCompare(y.name));
     expect(sorted(lb)).toEqual(sorted(la));
   }

@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { run, type RunResult } from './process.js';
+import { type RunResult, run } from './process.js';
 
 /** Repository root (this file is test/helpers/cli.ts). */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -51,7 +51,10 @@ export function cb(home: string, args: readonly string[], timeoutMs = 30_000): P
 
 /** The CLI bound to one home: `cli` (any outcome), `ok` (must exit 0), `json` (with `--json`, parsed). */
 export class CliHome {
-  constructor(readonly home: string, private readonly defaults: Omit<CliOptions, 'home'> = {}) {}
+  constructor(
+    readonly home: string,
+    private readonly defaults: Omit<CliOptions, 'home'> = {},
+  ) {}
 
   cli(args: string[], opts: Omit<CliOptions, 'home'> = {}): Promise<RunResult> {
     return runCli(args, { ...this.defaults, ...opts, home: this.home });

@@ -2,21 +2,28 @@
  * A private DHT for the team-sync tests: `clonebox dht bootstrap` as a child process on 127.0.0.1
  * (never the public DHT) that is stopped with SIGTERM.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import readline from 'node:readline';
 import { CLI_PATH } from './cli.js';
 
 /** Starts `clonebox dht bootstrap` (port 0: any free port) and returns its address and process. */
-export async function startBootstrapCli(home: string): Promise<{ child: ChildProcess; address: { host: string; port: number }; stop(): Promise<number | null> }> {
+export async function startBootstrapCli(
+  home: string,
+): Promise<{ child: ChildProcess; address: { host: string; port: number }; stop(): Promise<number | null> }> {
   const child = spawn(process.execPath, [CLI_PATH, '--home', home, 'dht', 'bootstrap', '--host', '127.0.0.1', '--port', '0', '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
-  child.stderr!.on('data', (d) => { stderr += d; });
+  child.stderr!.on('data', (d) => {
+    stderr += d;
+  });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   const first = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`dht bootstrap printed nothing in 10 s: ${stderr}`)), 10_000);
-    readline.createInterface({ input: child.stdout! }).once('line', (l) => { clearTimeout(timer); resolve(l); });
+    readline.createInterface({ input: child.stdout! }).once('line', (l) => {
+      clearTimeout(timer);
+      resolve(l);
+    });
     void exited.then((code) => reject(new Error(`dht bootstrap exited ${code}: ${stderr}`)));
   });
   const doc = JSON.parse(first) as { host: string; port: number };

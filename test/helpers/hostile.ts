@@ -6,7 +6,7 @@
 import path from 'node:path';
 import { expect } from 'vitest';
 import { CloneboxError } from '../../src/errors.js';
-import { Qcow2Image, type ImageInfo } from '../../src/qcow2/reader.js';
+import { type ImageInfo, Qcow2Image } from '../../src/qcow2/reader.js';
 
 const M = 1024 * 1024;
 

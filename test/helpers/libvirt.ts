@@ -5,12 +5,13 @@
  * When libvirtd is not reachable the suites skip, with the reason in the suite name and on stderr; with
  * CLONEBOX_REQUIRE_LIBVIRT=1 (CI) they fail instead.
  */
-import { afterAll, beforeAll, describe, it } from 'vitest';
+
 import { execFile } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Virsh } from '../../src/drivers/libvirt/virsh.js';
 import { pidAlive } from '../../src/store/lock.js';
 import { qemuCompare, qemuCreate, qemuImg } from './qemu.js';
@@ -100,7 +101,10 @@ async function removeDomain(v: Virsh, name: string): Promise<void> {
  */
 async function sweepStaleDomains(v: Virsh): Promise<void> {
   const out = await v.run(['list', '--all', '--name'], { what: 'cannot list domains' });
-  for (const name of out.split('\n').map((l) => l.trim()).filter((l) => l.startsWith(PREFIX))) {
+  for (const name of out
+    .split('\n')
+    .map((l) => l.trim())
+    .filter((l) => l.startsWith(PREFIX))) {
     const pid = Number(/^clonebox-test-(\d+)-/.exec(name)?.[1]);
     if (Number.isInteger(pid) && pid > 0 && !pidAlive(pid)) await removeDomain(v, name);
   }
@@ -148,16 +152,16 @@ export class TestDomain {
 
   xml(spec: DomainSpec): string {
     const disks = this.disks
-      .map((d) => `    <disk type='file' device='disk'>
+      .map(
+        (d) => `    <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2'/>
       <source file='${d.path}'/>
       <target dev='${d.target}' bus='virtio'/>
       <alias name='ua-${d.alias}'/>
-    </disk>`)
+    </disk>`,
+      )
       .join('\n');
-    const agent = spec.agentChannel
-      ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n`
-      : '';
+    const agent = spec.agentChannel ? `    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>\n` : '';
     // type='qemu': TCG, so the tests do not depend on /dev/kvm. No OS: SeaBIOS finds nothing to boot
     // and idles, while qemu keeps the disks open, which is all live snapshots and block jobs need.
     return `<domain type='qemu'>

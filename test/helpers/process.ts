@@ -58,8 +58,10 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
 
 /** The command line, exit status and output of a failed run, for an error message. */
 export function describeFailure(cmd: string, args: readonly string[], r: RunResult): string {
-  return `${cmd} ${args.map((a) => (/[\s"{}]/.test(a) ? `'${a}'` : a)).join(' ')} exited with ${r.code}` +
-    `${r.signal ? ` (signal ${r.signal})` : ''}\nstderr: ${r.stderr.trim()}\nstdout: ${r.stdout.trim().slice(0, 2000)}`;
+  return (
+    `${cmd} ${args.map((a) => (/[\s"{}]/.test(a) ? `'${a}'` : a)).join(' ')} exited with ${r.code}` +
+    `${r.signal ? ` (signal ${r.signal})` : ''}\nstderr: ${r.stderr.trim()}\nstdout: ${r.stdout.trim().slice(0, 2000)}`
+  );
 }
 
 /** Runs a tool and throws (with its stderr) unless it exits with 0 or one of `okCodes`. */

@@ -94,7 +94,7 @@ export function parseLayout(buf: Buffer): Layout {
         host = Number(value & ((1n << x) - 1n));
       } else {
         host = Number(value & OFFSET_MASK);
-        if (extendedL2) kind = (bitmap & 0xffffffffn) !== 0n ? 'data' : (bitmap >> 32n) !== 0n ? 'zero' : host ? 'data' : 'unallocated';
+        if (extendedL2) kind = (bitmap & 0xffffffffn) !== 0n ? 'data' : bitmap >> 32n !== 0n ? 'zero' : host ? 'data' : 'unallocated';
         else kind = value & 1n ? 'zero' : host ? 'data' : 'unallocated';
       }
       entries.push({ l1Index: i, l2Index: j, guest: (i * l2Entries + j) * cs, at, value, bitmap, kind, host });

@@ -7,7 +7,7 @@
  * - `qemuRaw()`, `qemuCompare()`, `qemuCheck()`: guest content, equality and consistency.
  */
 import path from 'node:path';
-import { describeFailure, run, runChecked, type RunOptions, type RunResult } from './process.js';
+import { describeFailure, type RunOptions, type RunResult, run, runChecked } from './process.js';
 
 /** `qemu-img ARGS`; throws with stderr on failure (exit codes in `okCodes` are accepted). */
 export function qemuImg(args: readonly string[], opts: RunOptions & { okCodes?: number[] } = {}): Promise<RunResult> {
@@ -118,8 +118,8 @@ export interface QemuCheck {
     filename?: string;
     format?: string;
     'check-errors': number;
-    'corruptions'?: number;
-    'leaks'?: number;
+    corruptions?: number;
+    leaks?: number;
     'corruptions-fixed'?: number;
     'leaks-fixed'?: number;
     'image-end-offset'?: number;

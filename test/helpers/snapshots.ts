@@ -18,7 +18,11 @@ export class VmFixture extends CliHome {
   readonly refs = new Map<string, string>();
   private n = 0;
 
-  constructor(home: string, readonly dir: string, readonly vm: string) {
+  constructor(
+    home: string,
+    readonly dir: string,
+    readonly vm: string,
+  ) {
     super(home);
   }
 

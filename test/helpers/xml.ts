@@ -8,8 +8,13 @@ import { XMLParser } from 'fast-xml-parser';
  * pairs, children in order, text of leaf elements verbatim, indentation ignored.
  */
 const canonParser = new XMLParser({
-  preserveOrder: true, ignoreAttributes: false, attributeNamePrefix: '', parseTagValue: false,
-  parseAttributeValue: false, trimValues: false, commentPropName: '#comment',
+  preserveOrder: true,
+  ignoreAttributes: false,
+  attributeNamePrefix: '',
+  parseTagValue: false,
+  parseAttributeValue: false,
+  trimValues: false,
+  commentPropName: '#comment',
 });
 type Canon = { tag: string; attrs: [string, string][]; children: Canon[] } | { text: string } | { comment: string };
 export function canon(xml: string): Canon[] {

@@ -251,12 +251,18 @@ export interface DiskInfo {
 function sourceOf(type: string, src: XElem | undefined): string | null {
   if (!src) return null;
   switch (type) {
-    case 'file': return src.attr('file') ?? null;
-    case 'block': return src.attr('dev') ?? null;
-    case 'dir': return src.attr('dir') ?? null;
-    case 'volume': return src.attr('pool') !== undefined ? `${src.attr('pool')}/${src.attr('volume') ?? ''}` : null;
-    case 'network': return src.attr('name') ?? null;
-    default: return src.attr('file') ?? src.attr('dev') ?? src.attr('name') ?? null;
+    case 'file':
+      return src.attr('file') ?? null;
+    case 'block':
+      return src.attr('dev') ?? null;
+    case 'dir':
+      return src.attr('dir') ?? null;
+    case 'volume':
+      return src.attr('pool') !== undefined ? `${src.attr('pool')}/${src.attr('volume') ?? ''}` : null;
+    case 'network':
+      return src.attr('name') ?? null;
+    default:
+      return src.attr('file') ?? src.attr('dev') ?? src.attr('name') ?? null;
   }
 }
 

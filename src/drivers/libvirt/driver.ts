@@ -30,15 +30,15 @@
 import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError } from '../../errors.js';
+import { pathExists } from '../../fsutil.js';
 import { createOverlay } from '../../qcow2/overlay.js';
 import { imageGeometry } from '../../qcow2/probe.js';
 import { rebaseImage } from '../../qcow2/rebase.js';
-import { pathExists } from '../../fsutil.js';
 import type { Action, Journal, StepHandler } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
-import { parseDomainXml, type DiskInfo, type DomainXml } from './domain-xml.js';
+import { type DiskInfo, type DomainXml, parseDomainXml } from './domain-xml.js';
 import { DEFAULT_URI, Virsh } from './virsh.js';
 
 // --- journal steps ------------------------------------------------------------------------------------
@@ -79,7 +79,6 @@ export const libvirtStepHandler: StepHandler = (step) => performLibvirtStep(step
 
 const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 
-
 /** Sources of `targets` in the live XML (running) or the persistent XML (stopped). */
 async function currentSources(v: Virsh, domain: string, targets: string[], active: boolean): Promise<(string | null)[]> {
   const x = parseDomainXml(await v.dumpXml(domain, active ? {} : { inactive: true }));
@@ -115,11 +114,25 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
       const active = await v.isActive(s.domain);
       const targets = s.disks.map((d) => d.target);
       const now = await currentSources(v, s.domain, targets, active);
-      if (sameList(now, s.disks.map((d) => d.to))) {
-        await syncXml(v, s.domain, s.disks.map((d) => ({ target: d.target, path: d.to })));
+      if (
+        sameList(
+          now,
+          s.disks.map((d) => d.to),
+        )
+      ) {
+        await syncXml(
+          v,
+          s.domain,
+          s.disks.map((d) => ({ target: d.target, path: d.to })),
+        );
         return; // done before a crash
       }
-      if (!sameList(now, s.disks.map((d) => d.from))) {
+      if (
+        !sameList(
+          now,
+          s.disks.map((d) => d.from),
+        )
+      ) {
         throw new CloneboxError('DOMAIN_CHANGED', `the domain's disks changed while the snapshot was being taken (${now.join(', ')}), domain ${s.domain}`);
       }
       // A memory file left by an attempt that did not complete is partial: start again.
@@ -135,7 +148,11 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
         ...(memoryFile === null ? {} : { memoryFile }),
       };
       await v.createSnapshot(s.domain, spec);
-      await syncXml(v, s.domain, s.disks.map((d) => ({ target: d.target, path: d.to })));
+      await syncXml(
+        v,
+        s.domain,
+        s.disks.map((d) => ({ target: d.target, path: d.to })),
+      );
       return;
     }
     case 'stop': {
@@ -192,7 +209,9 @@ export async function inspectDomain(domain: string, uri = DEFAULT_URI): Promise<
     throw new CloneboxError('DOMAIN_NOT_FOUND', `no such libvirt domain at ${uri}, ${domain}`, { hint: `see \`virsh -c ${uri} list --all\`` });
   }
   if (!(await v.isPersistent(domain))) {
-    throw new CloneboxError('LIBVIRT_UNSUPPORTED', `the domain is transient (clonebox edits its persistent definition), domain ${domain}`, { hint: '`virsh define` it first' });
+    throw new CloneboxError('LIBVIRT_UNSUPPORTED', `the domain is transient (clonebox edits its persistent definition), domain ${domain}`, {
+      hint: '`virsh define` it first',
+    });
   }
   const existing = await v.snapshotList(domain);
   if (existing.length > 0) {
@@ -206,9 +225,13 @@ export async function inspectDomain(domain: string, uri = DEFAULT_URI): Promise<
   const disks: LayerRef[] = [];
   for (const d of x.snapshotDisks()) {
     if (d.type !== 'file' || d.format !== 'qcow2') {
-      throw new CloneboxError('LIBVIRT_UNSUPPORTED', `disk ${d.target} is ${d.type === 'file' ? `a ${d.format ?? 'unknown'} image` : `a ${d.type} disk`}, only qcow2 files are supported, domain ${domain}`, {
-        hint: 'convert it with `qemu-img convert -O qcow2`, or mark it <readonly/> or <shareable/> to leave it out',
-      });
+      throw new CloneboxError(
+        'LIBVIRT_UNSUPPORTED',
+        `disk ${d.target} is ${d.type === 'file' ? `a ${d.format ?? 'unknown'} image` : `a ${d.type} disk`}, only qcow2 files are supported, domain ${domain}`,
+        {
+          hint: 'convert it with `qemu-img convert -O qcow2`, or mark it <readonly/> or <shareable/> to leave it out',
+        },
+      );
     }
     disks.push({ target: d.target, path: d.source! });
   }
@@ -221,7 +244,10 @@ export async function inspectDomain(domain: string, uri = DEFAULT_URI): Promise<
 // --- the driver ---------------------------------------------------------------------------------------
 
 function stemOf(p: string): string {
-  return path.basename(p).replace(/\.(qcow2|qcow|img)$/i, '').replace(/~.*$/, '');
+  return path
+    .basename(p)
+    .replace(/\.(qcow2|qcow|img)$/i, '')
+    .replace(/~.*$/, '');
 }
 
 /** A new file name `<stem>~<label>.qcow2` beside `current`, not used yet. */
@@ -250,9 +276,13 @@ export class LibvirtDriver implements SnapshotDriver {
     const disks = vm.disks.map((d) => x.disks().find((k) => k.target === d.target));
     const bad = vm.disks.filter((d, i) => disks[i]?.source !== d.path);
     if (bad.length > 0) {
-      throw new CloneboxError('DOMAIN_CHANGED', `the domain's disks are not where clonebox left them (${bad.map((d) => `${d.target}: expected ${d.path}, found ${disks[vm.disks.indexOf(d)]?.source ?? 'none'}`).join('; ')}), domain ${domain}`, {
-        hint: 'point the domain back at those images, or re-register the VM',
-      });
+      throw new CloneboxError(
+        'DOMAIN_CHANGED',
+        `the domain's disks are not where clonebox left them (${bad.map((d) => `${d.target}: expected ${d.path}, found ${disks[vm.disks.indexOf(d)]?.source ?? 'none'}`).join('; ')}), domain ${domain}`,
+        {
+          hint: 'point the domain back at those images, or re-register the VM',
+        },
+      );
     }
     return disks as DiskInfo[];
   }
@@ -261,7 +291,9 @@ export class LibvirtDriver implements SnapshotDriver {
     const { uri, domain, virsh } = this.where(vm);
     const active = await virsh.isActive(domain);
     if (opts.memory && !active) {
-      throw new CloneboxError('VM_NOT_RUNNING', `full snapshot requires a running VM, ${vm.name}`, { hint: `start it (\`virsh -c ${uri} start ${domain}\`) or take a disk snapshot` });
+      throw new CloneboxError('VM_NOT_RUNNING', `full snapshot requires a running VM, ${vm.name}`, {
+        hint: `start it (\`virsh -c ${uri} start ${domain}\`) or take a disk snapshot`,
+      });
     }
     await this.checkDisks(vm, virsh, domain, active);
     const warnings: string[] = [];
@@ -270,9 +302,11 @@ export class LibvirtDriver implements SnapshotDriver {
       const agent = await virsh.agentStatus(domain);
       if (agent === 'connected' && (await virsh.agentPing(domain, 5))) quiesce = true;
       else {
-        warnings.push(agent === 'none'
-          ? `no guest agent channel in domain ${domain}; snapshot ${name} is crash-consistent, not quiesced`
-          : `the guest agent of domain ${domain} does not answer; snapshot ${name} is crash-consistent, not quiesced`);
+        warnings.push(
+          agent === 'none'
+            ? `no guest agent channel in domain ${domain}; snapshot ${name} is crash-consistent, not quiesced`
+            : `the guest agent of domain ${domain} does not answer; snapshot ${name} is crash-consistent, not quiesced`,
+        );
       }
     }
     const taken = new Set<string>();
@@ -307,10 +341,7 @@ export class LibvirtDriver implements SnapshotDriver {
     await j.willCreate(...plan.map((p) => p.next));
     for (const p of plan) await createOverlay(p.next, p.layer, await imageGeometry(p.layer));
     const disks = plan.map((p) => ({ target: p.target, path: p.next }));
-    const actions: Action[] = [
-      action({ op: 'stop', uri, domain, dropManagedSave: true }),
-      action({ op: 'sync_xml', uri, domain, disks }),
-    ];
+    const actions: Action[] = [action({ op: 'stop', uri, domain, dropManagedSave: true }), action({ op: 'sync_xml', uri, domain, disks })];
     if (snap.type === 'full' && snap.memory_path) actions.push(action({ op: 'load_memory', uri, domain, memoryFile: snap.memory_path, disks }));
     // The discarded current images: never a snapshot's layer (a snapshot moves the domain off them).
     for (const p of plan) actions.push({ do: 'unlink', path: p.old });
@@ -326,7 +357,11 @@ export class LibvirtDriver implements SnapshotDriver {
     if (active) {
       for (const d of vm.disks) actions.push(action({ op: 'block_pull', uri, domain, target: d.target, path: d.path, base: newBase.get(d.target) ?? null }));
     } else {
-      const plan = vm.disks.map((d) => ({ disk: d.path, next: path.join(path.dirname(d.path), `.${path.basename(d.path)}.merge-${process.pid}.new`), base: newBase.get(d.target) ?? null }));
+      const plan = vm.disks.map((d) => ({
+        disk: d.path,
+        next: path.join(path.dirname(d.path), `.${path.basename(d.path)}.merge-${process.pid}.new`),
+        base: newBase.get(d.target) ?? null,
+      }));
       await j.willCreate(...plan.map((p) => p.next));
       for (const p of plan) {
         await rebaseImage(p.disk, p.base, p.next);

@@ -180,13 +180,19 @@ export class Virsh {
           const e = err as NodeJS.ErrnoException & { killed?: boolean; signal?: string | null };
           const dom = opts.domain === undefined ? `connection ${this.uri}` : `domain ${opts.domain}`;
           if (e.code === 'ENOENT') {
-            return reject(new CloneboxError('LIBVIRT_UNAVAILABLE', `virsh is not installed (${this.binary} not found), ${dom}`, {
-              cause: err,
-              hint: 'install libvirt-clients, or run scripts/setup-libvirt.sh',
-            }));
+            return reject(
+              new CloneboxError('LIBVIRT_UNAVAILABLE', `virsh is not installed (${this.binary} not found), ${dom}`, {
+                cause: err,
+                hint: 'install libvirt-clients, or run scripts/setup-libvirt.sh',
+              }),
+            );
           }
           if (e.killed || e.signal === 'SIGKILL') {
-            return reject(new CloneboxError('LIBVIRT_TIMEOUT', `${what}: virsh ${args[0] ?? ''} did not finish within ${Math.round(timeout / 1000)}s, ${dom}`, { cause: err }));
+            return reject(
+              new CloneboxError('LIBVIRT_TIMEOUT', `${what}: virsh ${args[0] ?? ''} did not finish within ${Math.round(timeout / 1000)}s, ${dom}`, {
+                cause: err,
+              }),
+            );
           }
           reject(mapVirshError(stderr || e.message, ctx));
         },
@@ -379,7 +385,9 @@ export class Virsh {
     const timeoutMs = o.timeoutMs ?? (o.memoryFile === undefined ? TIMEOUTS.default : TIMEOUTS.memory);
     const what = o.memoryFile === undefined ? 'cannot create disk snapshot' : 'cannot create memory snapshot';
     const attempt = (quiesce: boolean) =>
-      this.withXmlFile(xml, (file) => this.run(['snapshot-create', domain, '--xmlfile', file, ...flags, ...(quiesce ? ['--quiesce'] : [])], { domain, timeoutMs, what }));
+      this.withXmlFile(xml, (file) =>
+        this.run(['snapshot-create', domain, '--xmlfile', file, ...flags, ...(quiesce ? ['--quiesce'] : [])], { domain, timeoutMs, what }),
+      );
 
     let quiesced = false;
     if (o.quiesce) {
@@ -407,7 +415,10 @@ export class Virsh {
   /** Names of the snapshots libvirt has metadata for. */
   async snapshotList(domain: string): Promise<string[]> {
     const out = await this.run(['snapshot-list', domain, '--name'], { domain, what: 'cannot list libvirt snapshots' });
-    return out.split('\n').map((l) => l.trim()).filter((l) => l.length > 0);
+    return out
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l.length > 0);
   }
 
   /** Drops libvirt's metadata for a snapshot without touching any file (for stale entries). */
@@ -424,7 +435,11 @@ export class Virsh {
    * `timeoutMs`: on timeout virsh aborts the job (nothing changes) and LIBVIRT_TIMEOUT is raised.
    * `keepRelative` keeps relative backing names in rewritten headers.
    */
-  async blockCommit(domain: string, target: string, o: { top?: string; base?: string; active?: boolean; keepRelative?: boolean; timeoutMs?: number; bandwidthMiB?: number } = {}): Promise<{ seconds: number }> {
+  async blockCommit(
+    domain: string,
+    target: string,
+    o: { top?: string; base?: string; active?: boolean; keepRelative?: boolean; timeoutMs?: number; bandwidthMiB?: number } = {},
+  ): Promise<{ seconds: number }> {
     const t0 = Date.now();
     const timeoutMs = o.timeoutMs ?? TIMEOUTS.blockjob;
     const args = ['blockcommit', domain, target, '--wait', '--timeout', String(Math.max(1, Math.floor(timeoutMs / 1000)))];
@@ -437,7 +452,10 @@ export class Virsh {
     try {
       const out = await this.run(args, { domain, timeoutMs: timeoutMs + 30_000, what: `cannot merge layers of disk ${target}` });
       if (/timed out|aborted/i.test(out)) {
-        throw new CloneboxError('LIBVIRT_TIMEOUT', `merging layers of disk ${target} did not finish within ${Math.round(timeoutMs / 1000)}s and was aborted, domain ${domain}`);
+        throw new CloneboxError(
+          'LIBVIRT_TIMEOUT',
+          `merging layers of disk ${target} did not finish within ${Math.round(timeoutMs / 1000)}s and was aborted, domain ${domain}`,
+        );
       }
     } catch (err) {
       // Never leave a job behind: a pending commit blocks every later block operation on the disk.
@@ -453,7 +471,11 @@ export class Virsh {
    * (or makes it self-contained). The current image keeps its path and content; the layers above `base`
    * drop out of the chain and can be deleted. Bounded like blockCommit.
    */
-  async blockPull(domain: string, target: string, o: { base?: string; keepRelative?: boolean; timeoutMs?: number; bandwidthMiB?: number } = {}): Promise<{ seconds: number }> {
+  async blockPull(
+    domain: string,
+    target: string,
+    o: { base?: string; keepRelative?: boolean; timeoutMs?: number; bandwidthMiB?: number } = {},
+  ): Promise<{ seconds: number }> {
     const t0 = Date.now();
     const timeoutMs = o.timeoutMs ?? TIMEOUTS.blockjob;
     const args = ['blockpull', domain, target, '--wait', '--timeout', String(Math.max(1, Math.floor(timeoutMs / 1000)))];
@@ -464,7 +486,10 @@ export class Virsh {
     try {
       const out = await this.run(args, { domain, timeoutMs: timeoutMs + 30_000, what: `cannot pull layers into disk ${target}` });
       if (/timed out|aborted/i.test(out)) {
-        throw new CloneboxError('LIBVIRT_TIMEOUT', `pulling layers into disk ${target} did not finish within ${Math.round(timeoutMs / 1000)}s and was aborted, domain ${domain}`);
+        throw new CloneboxError(
+          'LIBVIRT_TIMEOUT',
+          `pulling layers into disk ${target} did not finish within ${Math.round(timeoutMs / 1000)}s and was aborted, domain ${domain}`,
+        );
       }
     } catch (err) {
       await this.blockJobAbort(domain, target).catch(() => undefined);
@@ -493,7 +518,12 @@ export class Virsh {
   /** Saves memory to `file` and stops the domain (a libvirt save image, like a memory snapshot's). */
   async save(domain: string, file: string, o: { xml?: string; running?: boolean; paused?: boolean } = {}): Promise<void> {
     const flags = [...(o.running ? ['--running'] : []), ...(o.paused ? ['--paused'] : [])];
-    const go = (xmlFile?: string) => this.run(['save', domain, file, ...(xmlFile ? ['--xml', xmlFile] : []), ...flags], { domain, timeoutMs: TIMEOUTS.memory, what: 'cannot save memory state' });
+    const go = (xmlFile?: string) =>
+      this.run(['save', domain, file, ...(xmlFile ? ['--xml', xmlFile] : []), ...flags], {
+        domain,
+        timeoutMs: TIMEOUTS.memory,
+        what: 'cannot save memory state',
+      });
     if (o.xml === undefined) await go();
     else await this.withXmlFile(o.xml, go);
   }
@@ -514,13 +544,21 @@ export class Virsh {
 
   /** The domain XML stored in a save image / memory snapshot file. */
   async saveImageXml(file: string, domain?: string): Promise<string> {
-    return this.run(['save-image-dumpxml', file, '--security-info'], { what: `cannot read the save image ${file}`, ...(domain === undefined ? {} : { domain }) });
+    return this.run(['save-image-dumpxml', file, '--security-info'], {
+      what: `cannot read the save image ${file}`,
+      ...(domain === undefined ? {} : { domain }),
+    });
   }
 
   /** Replaces the domain XML stored in a save image (same machine; disks may move). */
   async saveImageDefine(file: string, xml: string, o: { running?: boolean; paused?: boolean; domain?: string } = {}): Promise<void> {
     const flags = [...(o.running ? ['--running'] : []), ...(o.paused ? ['--paused'] : [])];
-    await this.withXmlFile(xml, (x) => this.run(['save-image-define', file, x, ...flags], { what: `cannot update the save image ${file}`, ...(o.domain === undefined ? {} : { domain: o.domain }) }));
+    await this.withXmlFile(xml, (x) =>
+      this.run(['save-image-define', file, x, ...flags], {
+        what: `cannot update the save image ${file}`,
+        ...(o.domain === undefined ? {} : { domain: o.domain }),
+      }),
+    );
   }
 
   /** libvirt's managed save: memory to libvirt's own file; the next `start` resumes from it. */
@@ -566,11 +604,14 @@ export class Virsh {
   async agentPing(domain: string, timeoutSec = 5): Promise<boolean> {
     try {
       await this.run(['qemu-agent-command', domain, '{"execute":"guest-ping"}', '--timeout', String(timeoutSec)], {
-        domain, timeoutMs: (timeoutSec + 10) * 1000, what: 'guest agent ping failed',
+        domain,
+        timeoutMs: (timeoutSec + 10) * 1000,
+        what: 'guest agent ping failed',
       });
       return true;
     } catch (err) {
-      if (err instanceof CloneboxError && (err.code === 'GUEST_AGENT_UNAVAILABLE' || err.code === 'DOMAIN_NOT_RUNNING' || err.code === 'LIBVIRT_ERROR')) return false;
+      if (err instanceof CloneboxError && (err.code === 'GUEST_AGENT_UNAVAILABLE' || err.code === 'DOMAIN_NOT_RUNNING' || err.code === 'LIBVIRT_ERROR'))
+        return false;
       throw err;
     }
   }
@@ -616,10 +657,13 @@ export function parseDomblklist(out: string): BlockListEntry[] {
     const th = lines.findIndex((l) => /^\s*Target\s+Source\s*$/.test(l));
     if (th < 0) return [];
     const srcCol = lines[th]!.indexOf('Source');
-    return lines.slice(th + 2).filter((l) => l.trim()).map((l) => {
-      const src = l.slice(srcCol).trim();
-      return { type: '', device: '', target: l.slice(0, srcCol).trim(), source: src === '-' ? null : src };
-    });
+    return lines
+      .slice(th + 2)
+      .filter((l) => l.trim())
+      .map((l) => {
+        const src = l.slice(srcCol).trim();
+        return { type: '', device: '', target: l.slice(0, srcCol).trim(), source: src === '-' ? null : src };
+      });
   }
   const h = lines[hi]!;
   const cols = ['Device', 'Target', 'Source'].map((c) => h.indexOf(c));
