@@ -70,7 +70,7 @@ module.exports = {
     {
       name: 'cli-only-public-entry',
       comment: 'cli/ is a client of the library: from src/ it imports the public entry only',
-      severity: 'warn',
+      severity: 'error',
       from: { path: '^cli/' },
       to: { path: '^src/', pathNot: '^src/index\\.ts$' },
     },
