@@ -15,3 +15,5 @@ export type * from './api/types.js';
 export type { Vms } from './api/vms.js';
 export { CloneboxError, type ErrorCode } from './errors.js';
 export { checkName, formatBytes, NAME_RE, parseSize } from './names.js';
+/** The retention policy's keys (`snapshot policy --keep-last` is keep_last). */
+export { POLICY_KEYS } from './snapshots/policy.js';

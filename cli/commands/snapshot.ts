@@ -1,21 +1,8 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { formatBytes, type Policy, type SnapshotView, type TreeNode } from '../../src/index.js';
+import { formatBytes, POLICY_KEYS, type Policy, type SnapshotView, type TreeNode } from '../../src/index.js';
 import { confirm } from '../confirm.js';
 import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
-
-/** The retention flags, as policy keys (--keep-last is keep_last). */
-const POLICY_KEYS = [
-  'keep_last',
-  'keep_hourly',
-  'keep_daily',
-  'keep_weekly',
-  'keep_monthly',
-  'keep_yearly',
-  'keep_within',
-  'max_snapshots',
-  'max_size',
-] as const;
 
 function intOpt(name: string) {
   return (v: string): number => {

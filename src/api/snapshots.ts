@@ -121,16 +121,7 @@ export class Snapshots {
   }
 
   stats(vm: string): Promise<StatsResult> {
-    return this.s.run(async () => {
-      const s = await (await this.manager()).stats(vm);
-      return {
-        virtual_size: s.virtual_size,
-        physical_bytes: s.physical_bytes,
-        allocated_bytes: s.allocated_bytes,
-        unique_bytes: s.unique_bytes,
-        savings_percent: s.savings_percent,
-      };
-    });
+    return this.statsDetails(vm).then(({ layers: _layers, snapshots: _snapshots, ...shown }) => shown);
   }
 
   /** stats() with the layer files and snapshots counted. */
