@@ -36,7 +36,7 @@ import type { HostPort } from './hostport.js';
 import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL } from './messages.js';
-import { BlocksUnavailable, pullChain } from './pull.js';
+import { BlocksUnavailable, type ChainReport, pullChain } from './pull.js';
 import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
@@ -75,17 +75,7 @@ type SyncProgress =
 
 export interface SyncReport {
   peers: string[];
-  chains: {
-    vm: string;
-    snapshots: string[];
-    blocks_fetched: number;
-    blocks_reused: number;
-    bytes_received: number;
-    peer: string;
-    remote_vm: string;
-    via?: string;
-    unavailable?: string[];
-  }[];
+  chains: ChainReport[];
   bytes_received: number;
   /** Extra: what this workstation published (per shared VM). */
   shared: { vm: string; snapshots: string[] }[];
