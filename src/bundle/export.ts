@@ -64,7 +64,7 @@ export interface ExportOptions {
   name?: string | undefined;
   /** Include only the snapshots after this one. */
   since?: string | undefined;
-  /** File path, or a stream that takes the bundle (the CLI passes process.stdout for '-'). */
+  /** File path, or a stream that takes the bundle (the CLI passes its standard output for '-'). */
   output: string | Writable;
   /** Encrypt with this key (null: plain bundle). */
   key: KeySource | null;
