@@ -9,6 +9,12 @@ command -v qemu-img >/dev/null || need+=(qemu-utils)
 command -v zstd >/dev/null || need+=(zstd)
 # ip (network namespaces for the LAN sync test, which skips without root or without ip)
 command -v ip >/dev/null || need+=(iproute2)
+# mke2fs/debugfs and sfdisk build the guest filesystems and partition tables the guest-aware diff tests read
+command -v mke2fs >/dev/null || need+=(e2fsprogs)
+command -v sfdisk >/dev/null || need+=(fdisk)
+# a stock Redfish client for the `clonebox serve` tests; openssl makes the service's self-signed certificate
+command -v redfishtool >/dev/null || need+=(redfishtool)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
