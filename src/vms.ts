@@ -1,6 +1,7 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
 import { realpath, rmdir, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { nowIso } from './clock.js';
 import { driverStepHandlers } from './drivers/registry.js';
 import { CloneboxError, ioError } from './errors.js';
 import { ensureDir, pathExists } from './fsutil.js';
@@ -75,7 +76,7 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
       format: 1,
       name,
       driver: 'image',
-      created_at: new Date().toISOString(),
+      created_at: nowIso(),
       disks: [{ target: 'vda', path: disk }],
       current: null,
     };
@@ -125,7 +126,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       format: 1,
       name,
       driver: 'image',
-      created_at: new Date().toISOString(),
+      created_at: nowIso(),
       disks,
       current: null,
     };
@@ -152,7 +153,7 @@ export async function addLibvirtVm(home: Home, name: string, domain: string, uri
       format: 1,
       name,
       driver: 'libvirt',
-      created_at: new Date().toISOString(),
+      created_at: nowIso(),
       disks: ins.disks.map((d) => ({ target: d.target, path: d.path })),
       current: null,
       libvirt: { domain, uri },

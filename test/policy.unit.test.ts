@@ -1,6 +1,6 @@
 /** Retention rules with restic's `forget` semantics, plus the max-snapshots / max-size caps. */
 import { describe, expect, it } from 'vitest';
-import { type Candidate, parseDuration, planPrune } from '../src/snapshots/policy.js';
+import { type Candidate, parseDuration, planPrune, validatePolicy } from '../src/snapshots/policy.js';
 
 const H = 3_600_000;
 const D = 24 * H;
@@ -53,6 +53,39 @@ describe('retention policy', () => {
     const sized = planPrune(series(5, D, 300), { max_size: 1000 });
     expect(sized.keep.map((k) => k.name)).toEqual(['s0', 's1', 's2']);
     expect(sized.remove.map((r) => r.name)).toEqual(['s4', 's3']);
+  });
+
+  it('the current snapshot counts: it is kept and takes one of the places (issue #13)', () => {
+    // The design's test: max_snapshots 3 over five auto snapshots leaves three, the current included.
+    const five = series(5, H);
+    expect(kept(five, { max_snapshots: 3 })).toEqual(['s0', 's1', 's2']);
+    expect(planPrune(five, { max_snapshots: 3 }, { current: 's0' }).keep.map((k) => k.name)).toEqual(['s0', 's1', 's2']);
+    // keep-last 2 keeps two, whichever of them is current (after a restore to an older one, too).
+    expect(planPrune(five, { keep_last: 2 }, { current: 's0' }).keep.map((k) => k.name)).toEqual(['s0', 's1']);
+    const restored = planPrune(five, { keep_last: 2 }, { current: 's3' });
+    expect(restored.keep.map((k) => k.name)).toEqual(['s3', 's0']);
+    expect(restored.keep[0]!.reasons).toEqual(['current', 'last']);
+    // The caps never drop the current snapshot, even when it alone is over the size.
+    const big = planPrune(series(3, D, 5000), { max_size: 1000 }, { current: 's2' });
+    expect(big.keep.map((k) => k.name)).toEqual(['s2']);
+    expect(planPrune(five, { max_snapshots: 1 }, { current: 's4' }).keep.map((k) => k.name)).toEqual(['s4']);
+  });
+
+  it('keep-for keeps what is younger than the duration, counted from now', () => {
+    const base = new Date(2026, 10, 22, 12, 0, 0).getTime();
+    const c = series(10, D);
+    expect(planPrune(c, { keep_for: '3d' }, { now: base }).keep.map((k) => k.name)).toEqual(['s0', 's1', 's2']);
+    expect(planPrune(c, { keep_for: '3d' }, { now: base + 2 * D }).keep.map((k) => k.name)).toEqual(['s0']);
+    expect(planPrune(c, { keep_for: '3d' }, { now: base + 9 * D, current: 's0' }).keep.map((k) => k.name)).toEqual(['s0']);
+  });
+
+  it('refuses counts and sizes of 0 (they would prune every auto snapshot): #17 bug 10', () => {
+    for (const k of ['keep_last', 'keep_daily', 'max_snapshots', 'max_size'] as const) {
+      expect(() => validatePolicy({ [k]: 0 })).toThrow(/at least 1/);
+    }
+    expect(() => validatePolicy({ keep_last: 1.5 })).toThrow(/whole number/);
+    expect(() => validatePolicy({ keep_for: '0d' })).toThrow(/longer than 0/);
+    expect(validatePolicy({ keep_last: 1, max_size: 1 })).toEqual({ keep_last: 1, max_size: 1 });
   });
 
   it('parses durations and rejects nonsense', () => {

@@ -306,13 +306,14 @@ describe('stats, policy, prune, run', () => {
     expect(p.policy).toEqual({ keep_last: 2 });
     const dry = await f.json<{ dry_run: boolean; remove: { name: string }[]; keep: { name: string }[] }>(['snapshot', 'prune', 'web', '--dry-run']);
     expect(dry.dry_run).toBe(true);
-    // auto3 is current: never a candidate. Of auto0..auto2 the 2 newest stay.
-    expect(dry.remove.map((r) => r.name)).toEqual(['auto0']);
+    // auto3 is current: always kept, and it takes one of the two places (issue #13: counted as users count).
+    expect(dry.keep.map((k) => k.name)).toEqual(['auto3', 'auto2']);
+    expect(dry.remove.map((r) => r.name)).toEqual(['auto1', 'auto0']);
     expect((await f.list()).length).toBe(5); // dry run changed nothing
     await f.refCurrent('cur');
     await f.ok(['snapshot', 'prune', 'web']);
-    const list = await f.expectIntact(f.refs.get('cur')!, new Set(['manual', 'auto1', 'auto2', 'auto3']));
-    expect(list.find((s) => s.name === 'auto1')!.parent).toBe('manual');
+    const list = await f.expectIntact(f.refs.get('cur')!, new Set(['manual', 'auto2', 'auto3']));
+    expect(list.find((s) => s.name === 'auto2')!.parent).toBe('manual');
     const bad = await f.cli(['snapshot', 'policy', 'web', '--keep-last', 'x']);
     expect(bad.code).toBe(2);
     const badDur = await f.cli(['snapshot', 'policy', 'web', '--keep-within', '3 fortnights']);

@@ -1,5 +1,5 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { formatBytes, POLICY_KEYS, type Policy, type SnapshotView, type TreeNode } from '../../src/index.js';
+import { formatBytes, POLICY_KEYS, type PolicyChanges, type SnapshotTreeDetails, type SnapshotView, type TreeNode } from '../../src/index.js';
 import { confirm } from '../confirm.js';
 import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
@@ -15,17 +15,32 @@ function intOpt(name: string) {
   };
 }
 
+/** A policy value: `none` drops the key (null), anything else is parsed as `parse` says. */
+function orNone<T>(parse: (v: string) => T) {
+  return (v: string): T | null => (v === 'none' ? null : parse(v));
+}
+
 function shortTime(iso: string): string {
   const d = new Date(iso);
   const p = (n: number) => String(n).padStart(2, '0');
   return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
 }
 
-function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, expired: Set<string>): string {
+function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, retention: SnapshotTreeDetails['retention']): string {
   const lines = [`${vm}`];
+  const kept = new Map(retention.keep.map((k) => [k.name, k.reasons]));
+  const expired = new Map(retention.remove.map((r) => [r.name, r.reason]));
   const label = (n: TreeNode) => {
     const v = views.get(n.name);
-    const marks = [v?.auto_created ? '[auto]' : '', expired.has(n.name) ? '[expired]' : '', v && v.state !== 'ready' ? `[${v.state}]` : '']
+    const why = kept.get(n.name);
+    const gone = expired.get(n.name);
+    const marks = [
+      v?.auto_created ? `[auto${v.auto_policy ? `: ${v.auto_policy}` : ''}]` : '',
+      why ? `kept: ${why.join(', ')}` : '',
+      gone !== undefined ? `⊘ (expired: ${gone})` : '',
+      v?.expires_at && gone === undefined ? `expires ${shortTime(v.expires_at)}` : '',
+      v && v.state !== 'ready' ? `[${v.state}]` : '',
+    ]
       .filter(Boolean)
       .join(' ');
     return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? `  ${marks}` : ''}`;
@@ -99,7 +114,7 @@ export function registerSnapshot(program: Command): Command {
           if (ctx.json) return printJson(await ctx.cb.snapshots.tree(vm));
           const t = await ctx.cb.snapshots.treeDetails(vm);
           const views = new Map(t.views.map((v) => [v.name, v]));
-          return printLine(renderTree(vm, t.roots, views, new Set(t.expired)));
+          return printLine(renderTree(vm, t.roots, views, t.retention));
         }
         const list = await ctx.cb.snapshots.list(vm);
         if (ctx.json) return printJson(list);
@@ -214,24 +229,26 @@ export function registerSnapshot(program: Command): Command {
   snap
     .command('policy')
     .argument('<vm>')
-    .description('show or set the retention policy for auto snapshots')
-    .option('--keep-last <n>', 'keep the N newest', intOpt('--keep-last'))
-    .option('--keep-hourly <n>', 'newest per hour, for N hours', intOpt('--keep-hourly'))
-    .option('--keep-daily <n>', 'newest per day, for N days', intOpt('--keep-daily'))
-    .option('--keep-weekly <n>', 'newest per week, for N weeks', intOpt('--keep-weekly'))
-    .option('--keep-monthly <n>', 'newest per month, for N months', intOpt('--keep-monthly'))
-    .option('--keep-yearly <n>', 'newest per year, for N years', intOpt('--keep-yearly'))
-    .option('--keep-within <duration>', 'all within DURATION of the newest (e.g. 7d, 1y2m)')
-    .option('--max-snapshots <n>', 'at most N auto snapshots', intOpt('--max-snapshots'))
-    .option('--max-size <size>', 'auto snapshots use at most SIZE')
+    .description('show or set the retention policy for auto snapshots (a value of "none" drops that rule)')
+    .option('--keep-last <n>', 'keep the N newest (the current snapshot counts)', orNone(intOpt('--keep-last')))
+    .option('--keep-hourly <n>', 'newest per hour, for N hours', orNone(intOpt('--keep-hourly')))
+    .option('--keep-daily <n>', 'newest per day, for N days', orNone(intOpt('--keep-daily')))
+    .option('--keep-weekly <n>', 'newest per week, for N weeks', orNone(intOpt('--keep-weekly')))
+    .option('--keep-monthly <n>', 'newest per month, for N months', orNone(intOpt('--keep-monthly')))
+    .option('--keep-yearly <n>', 'newest per year, for N years', orNone(intOpt('--keep-yearly')))
+    .option('--keep-within <duration>', 'all within DURATION of the newest (e.g. 7d, 1y2m)', orNone(String))
+    .option('--keep-for <duration>', 'all younger than DURATION (e.g. 5d)', orNone(String))
+    .option('--max-snapshots <n>', 'at most N auto snapshots (the current snapshot counts)', orNone(intOpt('--max-snapshots')))
+    .option('--max-size <size>', 'auto snapshots use at most SIZE', orNone(String))
+    .option('--clear', 'drop every rule first (auto snapshots are then kept)')
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string, o: Record<string, unknown>) => {
         const changes: Record<string, unknown> = {};
         const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
         for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
-        // commander gives the numbers (intOpt) and strings (--keep-within, --max-size) the keys take.
-        const r = await ctx.cb.snapshots.policy(vm, changes as Policy);
+        // commander gives the numbers (intOpt), strings (durations, --max-size) or null ("none") the keys take.
+        const r = await ctx.cb.snapshots.policy(vm, changes as PolicyChanges, { clear: Boolean(o.clear) });
         if (ctx.json) return printJson(r);
         const entries = Object.entries(r.policy);
         if (entries.length === 0) return printLine(`no retention policy for ${vm} (auto snapshots are kept)`);

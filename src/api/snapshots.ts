@@ -13,7 +13,7 @@ import type {
   DeleteResult,
   DiffResult,
   LongOptions,
-  Policy,
+  PolicyChanges,
   PolicyResult,
   PruneResult,
   RestoreOptions,
@@ -79,7 +79,7 @@ export class Snapshots {
   treeDetails(vm: string): Promise<SnapshotTreeDetails> {
     return this.s.run(async () => {
       const t = await (await this.manager()).tree(vm);
-      return { vm_name: t.vm_name, current: t.current, roots: t.roots, views: t.views, expired: t.expired };
+      return { vm_name: t.vm_name, current: t.current, roots: t.roots, views: t.views, expired: t.expired, retention: t.retention };
     });
   }
 
@@ -140,20 +140,27 @@ export class Snapshots {
     });
   }
 
-  /** The retention policy of auto snapshots; with `set`, changes those keys first. */
-  policy(vm: string, set?: Policy): Promise<PolicyResult> {
+  /**
+   * The retention policy of auto snapshots that no named policy made. With `set`, changes those keys
+   * first (null drops a key); with `clear`, drops every key first (then applies `set`). A count or
+   * size of 0 is refused (USAGE): it would prune every auto snapshot; clear the key instead.
+   */
+  policy(vm: string, set?: PolicyChanges, opts: { clear?: boolean } = {}): Promise<PolicyResult> {
     return this.s.run(async () => {
       const { POLICY_KEYS, parseDuration } = await import('../snapshots/policy.js');
-      const changes: Record<string, number | string> = {};
+      const changes: Record<string, number | string | null> = {};
       for (const k of POLICY_KEYS) {
         const v = set?.[k];
         if (v !== undefined) changes[k] = v;
       }
       if (typeof changes.max_size === 'string') changes.max_size = parseSize(changes.max_size, 'max size');
-      if (typeof changes.keep_within === 'string') parseDuration(changes.keep_within);
+      for (const k of ['keep_within', 'keep_for'] as const) if (typeof changes[k] === 'string') parseDuration(changes[k]);
       const m = await this.manager();
-      // max_size is a number and keep_within a valid duration by now.
-      const policy = Object.keys(changes).length ? await m.setPolicy(vm, changes as InternalPolicy) : await m.getPolicy(vm);
+      // max_size is a number and the durations valid by now; setPolicy checks the counts.
+      const policy =
+        Object.keys(changes).length || opts.clear
+          ? await m.setPolicy(vm, changes as { [K in keyof InternalPolicy]?: InternalPolicy[K] | null }, { clear: Boolean(opts.clear) })
+          : await m.getPolicy(vm);
       return { vm, policy };
     });
   }
@@ -175,6 +182,7 @@ export class Snapshots {
         rollbackOnFail: Boolean(opts.rollbackOnFail),
       });
       r.warnings.forEach(this.s.warner(opts.onWarning));
+      r.notices.forEach(this.s.warner(opts.onWarning, 'NOTICE'));
       return { snapshot: r.snapshot, exit_code: r.exit_code, rolled_back: r.rolled_back };
     });
   }

@@ -11,7 +11,9 @@ import type { Readable, Writable } from 'node:stream';
 export interface Warning {
   /**
    * RECOVERED: open() cleaned up an interrupted operation. WARNING: anything else worth a warning
-   * line. NOTICE: what a sync tells as it goes (peers that refused, chains that wait), not a warning.
+   * line. NOTICE: what goes as planned but is worth telling, not a warning: what a sync tells as it
+   * goes (peers that refused, chains that wait), the auto snapshots retention removed, the auto
+   * snapshot taken before an operation.
    */
   code: 'RECOVERED' | 'WARNING' | 'NOTICE';
   message: string;
@@ -124,7 +126,10 @@ export interface SnapshotTree {
 /** What a text rendering of the tree needs besides the tree: every snapshot's view, and the expired ones. */
 export interface SnapshotTreeDetails extends SnapshotTree {
   views: SnapshotView[];
+  /** Auto snapshots retention would remove now (what `snapshot prune` would delete). */
   expired: string[];
+  /** Why retention keeps each auto snapshot, and why it would remove the expired ones. */
+  retention: { keep: { name: string; reasons: string[] }[]; remove: { name: string; reason: string }[] };
 }
 
 export interface SnapshotCreateOptions extends LongOptions {
@@ -200,12 +205,17 @@ export interface Policy {
   keep_weekly?: number;
   keep_monthly?: number;
   keep_yearly?: number;
-  /** A duration such as '7d' or '1y2m'. */
+  /** A duration such as '7d' or '1y2m': every snapshot within it of the newest one. */
   keep_within?: string;
+  /** A duration: every snapshot younger than it (age from now; a named policy's `keep: "5d"`). */
+  keep_for?: string;
   max_snapshots?: number;
   /** Bytes, or a size such as '10G'. */
   max_size?: number | string;
 }
+
+/** Changes to a policy: a value sets the key, null drops it (counts and sizes of 0 are refused). */
+export type PolicyChanges = { [K in keyof Policy]?: Policy[K] | null };
 
 /** `snapshot policy --json`: the policy after the change (max_size in bytes). */
 export interface PolicyResult {

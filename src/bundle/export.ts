@@ -18,6 +18,7 @@ import { open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { checkAborted } from '../abort.js';
+import { nowIso } from '../clock.js';
 import { type Batch, Batcher } from '../content/batcher.js';
 import { compressBound } from '../content/codec.js';
 import { BlockIndex } from '../content/dedup.js';
@@ -221,7 +222,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     const meta: Meta = {
       format: 'clonebox-bundle',
       version: 1,
-      created_at: new Date().toISOString(),
+      created_at: nowIso(),
       vm: { name: vmName },
       block_size: BLOCK_SIZE,
       block_hash: opts.key ? 'blake2b256-keyed-sha256' : 'sha256',

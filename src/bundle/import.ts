@@ -21,6 +21,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { abortedError, checkAborted } from '../abort.js';
+import { nowIso } from '../clock.js';
 import { WorkerPool } from '../content/workers.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
@@ -339,7 +340,7 @@ async function importLocked(
       const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
       const vmRec: VmRecord = plan.vm
         ? { ...plan.vm, current: newCurrent }
-        : { format: 1, name: vmName, driver: 'image', created_at: new Date().toISOString(), disks: plan.disks, current: last };
+        : { format: 1, name: vmName, driver: 'image', created_at: nowIso(), disks: plan.disks, current: last };
       // Past this point the import completes even across a crash (the journal rolls it forward).
       await commitLanding(j, home, vmName, [...plan.layers, ...overlays], records, vmRec);
       committed = true;

@@ -6,6 +6,7 @@
  *   3. commits driver actions and record writes together in one journal commit.
  */
 import path from 'node:path';
+import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { pathExists } from '../fsutil.js';
@@ -18,7 +19,8 @@ import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
-import { type Policy, type PrunePlan, parseDuration, planPrune } from './policy.js';
+import { type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
+import { namedPoliciesOf, policyOf, retentionKey } from './settings.js';
 import type { VmStats } from './stats.js';
 
 export interface CreateOptions {
@@ -34,6 +36,8 @@ export interface CreateOptions {
 export interface OpResult<T> {
   value: T;
   warnings: string[];
+  /** What went as planned but is worth saying (routine pruning): not a warning. */
+  notices?: string[];
 }
 
 function recordPath(home: Home, vm: string, name: string): string {
@@ -44,15 +48,12 @@ function pad(n: number, w = 2): string {
   return String(n).padStart(w, '0');
 }
 
-function autoName(existing: Set<string>, now = new Date()): string {
+function autoName(existing: Set<string>, now: Date): string {
   const base = `snap-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
   if (!existing.has(base)) return base;
   for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
 }
 
-function policyOf(vm: VmRecord): Policy {
-  return (vm.extra?.policy as Policy | undefined) ?? {};
-}
 
 export class SnapshotManager {
   constructor(readonly home: Home) {}
@@ -98,12 +99,17 @@ export class SnapshotManager {
 
   views(vm: VmRecord, snaps: SnapshotRecord[]): SnapshotView[] {
     const idx = childrenIndex(snaps);
-    const policy = policyOf(vm);
-    const within = policy.keep_within ? parseDuration(policy.keep_within) : null;
-    return [...snaps].sort(newestFirst).map((r) => {
-      const expires = r.auto_created && within !== null ? new Date(Date.parse(r.created_at) + within).toISOString() : r.expires_at;
-      return toView(vm, r, idx, expires);
-    });
+    const named = namedPoliciesOf(vm);
+    // A time-based rule gives an auto snapshot a date: keep-for (age) exactly, keep-within (from the
+    // newest) at the earliest. The current snapshot never expires.
+    const expiry = (r: SnapshotRecord): string | null => {
+      if (!r.auto_created || r.name === vm.current) return r.expires_at;
+      const key = retentionKey(vm, r.auto_policy);
+      const p = key ? named[key]!.policy : policyOf(vm);
+      const span = p.keep_for !== undefined ? parseDuration(p.keep_for) : p.keep_within !== undefined ? parseDuration(p.keep_within) : null;
+      return span === null ? r.expires_at : new Date(Date.parse(r.created_at) + span).toISOString();
+    };
+    return [...snaps].sort(newestFirst).map((r) => toView(vm, r, idx, expiry(r)));
   }
 
   async show(vmName: string, name: string): Promise<SnapshotView> {
@@ -113,12 +119,11 @@ export class SnapshotManager {
     });
   }
 
-  async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[]; views: SnapshotView[] }> {
-    return this.read(vmName, async (vm, snaps) => ({
-      ...buildTree(vm, snaps),
-      expired: this.planFor(vm, snaps).remove.map((r) => r.name),
-      views: this.views(vm, snaps),
-    }));
+  async tree(vmName: string): Promise<ReturnType<typeof buildTree> & { expired: string[]; views: SnapshotView[]; retention: PrunePlan }> {
+    return this.read(vmName, async (vm, snaps) => {
+      const retention = this.planFor(vm, snaps);
+      return { ...buildTree(vm, snaps), expired: retention.remove.map((r) => r.name), views: this.views(vm, snaps), retention };
+    });
   }
 
   // ---------------------------------------------------------------- create
@@ -129,7 +134,7 @@ export class SnapshotManager {
       // The policy applies after each auto snapshot; failing to prune must not fail the snapshot.
       try {
         const plan = await this.prune(vmName, false);
-        if (plan.remove.length) result.warnings.push(`policy pruned ${plan.remove.map((r) => r.name).join(', ')}`);
+        if (plan.remove.length) (result.notices ??= []).push(`retention removed ${plan.remove.map((r) => `${r.name} (${r.reason})`).join(', ')}`);
       } catch (err) {
         result.warnings.push(`policy not applied: ${(err as Error).message}`);
       }
@@ -139,7 +144,7 @@ export class SnapshotManager {
 
   private async createLocked(vm: VmRecord, snaps: SnapshotRecord[], opts: CreateOptions): Promise<OpResult<SnapshotView>> {
     const names = new Set(snaps.map((s) => s.name));
-    const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoName(names);
+    const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoName(names, clockNow());
     if (names.has(name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
     if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
     const tags = [...new Set(opts.tags ?? [])];
@@ -155,7 +160,7 @@ export class SnapshotManager {
         vm_name: vm.name,
         type: prepared.type,
         state: 'creating',
-        created_at: new Date().toISOString(),
+        created_at: nowIso(),
         description: opts.description ?? null,
         parent: vm.current,
         tags,
@@ -340,10 +345,15 @@ export class SnapshotManager {
 
   // ---------------------------------------------------------------- policy and prune
 
-  async setPolicy(vmName: string, changes: Policy): Promise<Policy> {
+  /** Changes the VM's default policy: `clear` drops every key first, a null value drops that key. */
+  async setPolicy(vmName: string, changes: { [K in keyof Policy]?: Policy[K] | null }, opts: { clear?: boolean } = {}): Promise<Policy> {
     return this.withVm(vmName, 'snapshot policy', async (vm) => {
-      const policy = { ...policyOf(vm), ...changes };
-      if (policy.keep_within !== undefined) parseDuration(policy.keep_within);
+      const policy: Record<string, unknown> = opts.clear ? {} : { ...policyOf(vm) };
+      for (const [k, v] of Object.entries(changes)) {
+        if (v === null) delete policy[k];
+        else if (v !== undefined) policy[k] = v;
+      }
+      validatePolicy(policy as Policy);
       const { writeJsonAtomic } = await import('../fsutil.js');
       await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), policy } });
       return policy;
@@ -354,12 +364,32 @@ export class SnapshotManager {
     return this.read(vmName, async (vm) => policyOf(vm));
   }
 
+  /**
+   * What retention keeps and removes: each named policy over the auto snapshots it made, the VM's
+   * default policy over the other auto snapshots. The current snapshot is a candidate of its group
+   * (always kept, and counted); manual snapshots are never candidates.
+   */
   planFor(vm: VmRecord, snaps: SnapshotRecord[]): PrunePlan {
-    const candidates = snaps.filter((s) => s.auto_created && s.name !== vm.current && s.state === 'ready');
-    return planPrune(
-      candidates.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })),
-      policyOf(vm),
-    );
+    const named = namedPoliciesOf(vm);
+    const groups = new Map<string, SnapshotRecord[]>();
+    for (const s of snaps) {
+      if (!s.auto_created || s.state !== 'ready') continue;
+      const key = retentionKey(vm, s.auto_policy);
+      groups.set(key, [...(groups.get(key) ?? []), s]);
+    }
+    const plan: PrunePlan = { keep: [], remove: [] };
+    const at = clockNow().getTime();
+    for (const [key, members] of [...groups].sort(([a], [b]) => (a < b ? -1 : 1))) {
+      const p = planPrune(
+        members.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })),
+        key ? named[key]!.policy : policyOf(vm),
+        { current: vm.current, now: at },
+      );
+      const tag = (r: string) => (key ? `${key}: ${r}` : r);
+      plan.keep.push(...p.keep.map((k) => ({ name: k.name, reasons: k.reasons.map(tag) })));
+      plan.remove.push(...p.remove.map((r) => ({ name: r.name, reason: tag(r.reason) })));
+    }
+    return plan;
   }
 
   /** Applies the VM's policy to its auto snapshots; pruned ones are merged into their children. */

@@ -13,6 +13,7 @@ export interface RunResult {
   exit_code: number;
   rolled_back: boolean;
   warnings: string[];
+  notices: string[];
 }
 
 export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: string[], opts: { name?: string; rollbackOnFail?: boolean }): Promise<RunResult> {
@@ -24,6 +25,7 @@ export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: st
   });
   const snapshot = created.value.name;
   const warnings = [...created.warnings];
+  const notices = [...(created.notices ?? [])];
   const code = await new Promise<number>((resolve, reject) => {
     const child = spawn(argv[0]!, argv.slice(1), { stdio: 'inherit' });
     child.on('error', (err) => reject(new CloneboxError('COMMAND_FAILED', `cannot run ${argv[0]}: ${err.message}`)));
@@ -38,5 +40,5 @@ export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: st
     warnings.push(...r.warnings);
     rolledBack = true;
   }
-  return { snapshot, exit_code: code, rolled_back: rolledBack, warnings };
+  return { snapshot, exit_code: code, rolled_back: rolledBack, warnings, notices };
 }

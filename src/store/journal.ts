@@ -16,6 +16,7 @@
  */
 import { lstat, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
+import { nowIso } from '../clock.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, pathExists, writeJsonAtomic } from '../fsutil.js';
 import { type Home, vmDir } from './home.js';
@@ -82,7 +83,7 @@ export class Journal {
   static async begin(home: Home, vm: string, op: string, handlers: StepHandlers): Promise<Journal> {
     const file = journalPath(home, vm);
     await ensureDir(path.dirname(file));
-    const doc: JournalDoc = { format: 1, op, vm, started: new Date().toISOString(), pid: process.pid, phase: 'prepare', created: [], actions: [], done: 0 };
+    const doc: JournalDoc = { format: 1, op, vm, started: nowIso(), pid: process.pid, phase: 'prepare', created: [], actions: [], done: 0 };
     const j = new Journal(file, doc, handlers);
     await j.persist();
     return j;

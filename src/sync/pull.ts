@@ -18,6 +18,7 @@
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { checkAborted } from '../abort.js';
+import { nowIso } from '../clock.js';
 import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
@@ -498,7 +499,7 @@ async function build(
               format: 1,
               name,
               driver: 'image',
-              created_at: new Date().toISOString(),
+              created_at: nowIso(),
               disks: targets.map((t) => ({ target: t, path: diskPath.get(t)! })),
               current: headName,
             };
