@@ -15,9 +15,9 @@ function intOpt(name: string) {
   };
 }
 
-/** A policy value: `none` drops the key (null), anything else is parsed as `parse` says. */
+/** A policy value: `none` (kept as is: commander does not keep a parser's null) drops the key, anything else is parsed. */
 function orNone<T>(parse: (v: string) => T) {
-  return (v: string): T | null => (v === 'none' ? null : parse(v));
+  return (v: string): T | 'none' => (v === 'none' ? 'none' : parse(v));
 }
 
 function shortTime(iso: string): string {
@@ -246,7 +246,7 @@ export function registerSnapshot(program: Command): Command {
       action(async (ctx, vm: string, o: Record<string, unknown>) => {
         const changes: Record<string, unknown> = {};
         const camel = (k: string) => k.replace(/_([a-z])/g, (_m, c: string) => c.toUpperCase());
-        for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)];
+        for (const k of POLICY_KEYS) if (o[camel(k)] !== undefined) changes[k] = o[camel(k)] === 'none' ? null : o[camel(k)];
         // commander gives the numbers (intOpt), strings (durations, --max-size) or null ("none") the keys take.
         const r = await ctx.cb.snapshots.policy(vm, changes as PolicyChanges, { clear: Boolean(o.clear) });
         if (ctx.json) return printJson(r);
