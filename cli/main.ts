@@ -5,8 +5,10 @@
  */
 import { Command, CommanderError } from 'commander';
 import { registerBundle } from './commands/bundle.js';
+import { registerConfig } from './commands/config.js';
 import { registerDemo } from './commands/demo.js';
 import { registerImage } from './commands/image.js';
+import { registerSchedule } from './commands/schedule.js';
 import { registerSnapshot } from './commands/snapshot.js';
 import { registerSync } from './commands/sync.js';
 import { registerDht, registerTeam } from './commands/team.js';
@@ -33,6 +35,8 @@ export function buildProgram(): Command {
   registerDht(program);
   registerImage(program);
   registerDemo(program);
+  registerConfig(program);
+  registerSchedule(program);
   // Usage errors in subcommands must reach main() too, not exit inside commander.
   const walk = (c: Command) => {
     c.exitOverride();

@@ -9,7 +9,7 @@ import { interruptedBy, signalExitCode } from './interrupt.js';
 import { printWarning, reportError } from './output.js';
 
 /** Commands that never use the home (they work on files given to them), so they do not recover it. */
-const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo']);
+const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo', 'config check']);
 
 function commandPath(cmd: Command): string {
   const names: string[] = [];
@@ -28,7 +28,12 @@ export function action(fn: Action) {
     try {
       // Interrupted imports of VMs that never came to exist are recovered here (store/sweep.ts).
       cb = await Clonebox.open({ ...(opts.home !== undefined ? { home: opts.home } : {}), recover: !NO_HOME.has(commandPath(cmd)), onWarning: printWarning });
-      await (fn as (ctx: Ctx, ...args: unknown[]) => unknown)({ cb, json: Boolean(opts.json) }, ...args.slice(0, -1));
+      const given = args.slice(0, -1);
+      // Wherever a command takes a VM, `.`, a directory or a .clonebox.yaml names the VM that file describes.
+      for (const [i, a] of cmd.registeredArguments.entries()) {
+        if (a.name() === 'vm' && typeof given[i] === 'string') given[i] = await cb.config.resolveVm(given[i]);
+      }
+      await (fn as (ctx: Ctx, ...args: unknown[]) => unknown)({ cb, json: Boolean(opts.json) }, ...given);
     } catch (err) {
       process.exitCode = reportError(err, Boolean(opts.json));
       const sig = interruptedBy();

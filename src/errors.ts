@@ -33,6 +33,11 @@ export const ERROR_CODES = {
       'a size that does not parse or is out of range: cluster size not a power of two from 512 to 2M, virtual size not a multiple of 512 or too large for the cluster size',
   },
   BAD_INVITE: { exit: 2, meaning: 'a team invite that does not decode or whose checksum or version is wrong; nothing is written' },
+  CONFIG_INVALID: {
+    exit: 2,
+    meaning:
+      'a .clonebox.yaml that is not valid: YAML syntax, an unknown key, a value of the wrong type, a bad duration, size or schedule, a VM that is not registered and whose disks the file does not name; each problem is given as FILE:LINE:COLUMN',
+  },
   DISK_NAME_CLASH: {
     exit: 2,
     meaning: 'two disks of one VM differ only in their extension (`x.qcow2`, `x.img`), so their snapshot layers would share a name',

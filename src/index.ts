@@ -4,10 +4,12 @@
  */
 
 export type { Bundles, Keys } from './api/bundles.js';
+export type { Config } from './api/config.js';
 export { Clonebox } from './api/clonebox.js';
 export type { Demo } from './api/demo.js';
 export type { Dht } from './api/dht.js';
 export type { Images } from './api/images.js';
+export type { Schedule } from './api/schedule.js';
 export type { Snapshots } from './api/snapshots.js';
 export type { Sync } from './api/sync.js';
 export type { Teams } from './api/teams.js';

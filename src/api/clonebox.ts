@@ -5,9 +5,11 @@
  */
 import { resolveHome } from '../store/home.js';
 import { Bundles, Keys } from './bundles.js';
+import { Config } from './config.js';
 import { Demo } from './demo.js';
 import { Dht } from './dht.js';
 import { Images } from './images.js';
+import { Schedule } from './schedule.js';
 import { Session } from './session.js';
 import { Snapshots } from './snapshots.js';
 import { Sync } from './sync.js';
@@ -25,6 +27,8 @@ export class Clonebox {
   readonly images: Images;
   readonly dht: Dht;
   readonly demo: Demo;
+  readonly config: Config;
+  readonly schedule: Schedule;
 
   private constructor(private readonly session: Session) {
     this.vms = new Vms(session);
@@ -36,6 +40,8 @@ export class Clonebox {
     this.images = new Images(session);
     this.dht = new Dht(session);
     this.demo = new Demo(session);
+    this.config = new Config(session);
+    this.schedule = new Schedule(session);
   }
 
   /**

@@ -513,3 +513,89 @@ export interface DemoResult {
   stats: { allocated_bytes: number; unique_bytes: number; savings_percent: number; physical_bytes: number };
   seconds: number;
 }
+
+// ---- config (.clonebox.yaml) and schedules ----
+
+/** A named policy as `config show` gives it: retention keys, plus its schedule. */
+export interface NamedPolicyView extends Omit<Policy, 'max_size'> {
+  max_size?: number;
+  /** Cron expressions (a daily "HH:MM" is shown in its cron form); empty: not scheduled. */
+  when: string[];
+  timezone: string | null;
+}
+
+/** `config show --json`: the effective configuration of a VM, in the file's schema (applying it changes nothing). */
+export interface EffectiveConfig {
+  vm: {
+    name: string;
+    driver: 'image' | 'libvirt';
+    disks?: string[];
+    libvirt?: { domain: string; uri: string };
+    snapshots: {
+      auto_snapshot: { enabled: boolean; before_operations: string[]; policy: Omit<Policy, 'max_size'> & { max_size?: number } };
+      policies: Record<string, NamedPolicyView>;
+    };
+  };
+  /** The file last applied to this VM, or null. */
+  source: string | null;
+}
+
+/** `config check --json`. */
+export interface ConfigCheckResult {
+  file: string;
+  vm: string;
+  policies: string[];
+}
+
+/** `apply --json`. */
+export interface ConfigApplyResult {
+  file: string;
+  vm: string;
+  /** True when apply registered the VM (the file names its disks or libvirt domain). */
+  registered: boolean;
+  /** False when the VM already had exactly this configuration (nothing was written). */
+  changed: boolean;
+  config: EffectiveConfig;
+}
+
+/** One policy in `schedule list --json`. */
+export interface ScheduleEntry {
+  vm: string;
+  policy: string;
+  when: string[];
+  timezone: string | null;
+  /** ISO time of the last scheduled snapshot of this policy, or null. */
+  last_run: string | null;
+  /** ISO time it is next due, or null when it is not scheduled or auto snapshots are disabled. */
+  next_run: string | null;
+  /** Due now: the next `schedule run` takes a snapshot. */
+  due: boolean;
+}
+
+/** `schedule run --json`: what one pass did. */
+export interface ScheduleRunResult {
+  /** The time the pass ran at (CLONEBOX_NOW when set). */
+  at: string;
+  /** False when another `schedule run` held the lock: this pass did nothing. */
+  ran: boolean;
+  taken: { vm: string; policy: string; snapshot: string }[];
+  pruned: { vm: string; snapshot: string; reason: string }[];
+  /** Policies that were due but failed (the pass goes on with the others). */
+  failed: { vm: string; policy: string; error: string }[];
+}
+
+export interface ScheduleInstallOptions {
+  /** Write the units to ~/.config/systemd/user (or this directory) instead of only returning them. */
+  write?: boolean;
+  dir?: string;
+  /** The command the service runs (default: this clonebox, with the home made explicit). */
+  command?: string[];
+}
+
+/** `schedule install --json`: the systemd user units. */
+export interface ScheduleInstallResult {
+  service: { name: string; text: string };
+  timer: { name: string; text: string };
+  /** Where they were written, or null when only printed. */
+  written: string[] | null;
+}

@@ -38,6 +38,8 @@ export interface OpResult<T> {
   warnings: string[];
   /** What went as planned but is worth saying (routine pruning): not a warning. */
   notices?: string[];
+  /** The auto snapshots retention removed after the operation. */
+  pruned?: { snapshot: string; reason: string }[];
 }
 
 function recordPath(home: Home, vm: string, name: string): string {
@@ -134,6 +136,7 @@ export class SnapshotManager {
       // The policy applies after each auto snapshot; failing to prune must not fail the snapshot.
       try {
         const plan = await this.prune(vmName, false);
+        result.pruned = plan.remove.map((r) => ({ snapshot: r.name, reason: r.reason }));
         if (plan.remove.length) (result.notices ??= []).push(`retention removed ${plan.remove.map((r) => `${r.name} (${r.reason})`).join(', ')}`);
       } catch (err) {
         result.warnings.push(`policy not applied: ${(err as Error).message}`);
@@ -386,7 +389,7 @@ export class SnapshotManager {
         { current: vm.current, now: at },
       );
       const tag = (r: string) => (key ? `${key}: ${r}` : r);
-      plan.keep.push(...p.keep.map((k) => ({ name: k.name, reasons: k.reasons.map(tag) })));
+      plan.keep.push(...p.keep.map((k) => ({ name: k.name, reasons: k.reasons.map((r, i) => (i === 0 ? tag(r) : r)) })));
       plan.remove.push(...p.remove.map((r) => ({ name: r.name, reason: tag(r.reason) })));
     }
     return plan;

@@ -19,6 +19,8 @@ export interface NamedPolicy {
 }
 
 export interface AutoSettings {
+  /** False: no scheduled and no before-operation snapshots (retention still applies). */
+  enabled: boolean;
   /** Retention of auto snapshots that no named policy made. */
   policy: Policy;
   policies: Record<string, NamedPolicy>;
@@ -38,6 +40,7 @@ export function namedPoliciesOf(vm: VmRecord): Record<string, NamedPolicy> {
 
 export function autoSettingsOf(vm: VmRecord): AutoSettings {
   return {
+    enabled: vm.extra?.auto_enabled !== false,
     policy: policyOf(vm),
     policies: namedPoliciesOf(vm),
     before_operations: (vm.extra?.before_operations as string[] | undefined) ?? [],
@@ -48,6 +51,7 @@ export function autoSettingsOf(vm: VmRecord): AutoSettings {
 /** The record with these settings (undefined parts left as they are). */
 export function withAutoSettings(vm: VmRecord, s: Partial<AutoSettings>): VmRecord {
   const extra: Record<string, unknown> = { ...(vm.extra ?? {}) };
+  if (s.enabled !== undefined) extra.auto_enabled = s.enabled;
   if (s.policy !== undefined) extra.policy = s.policy;
   if (s.policies !== undefined) extra.policies = s.policies;
   if (s.before_operations !== undefined) extra.before_operations = s.before_operations;

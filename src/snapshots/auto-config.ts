@@ -1,0 +1,34 @@
+/**
+ * Applying a validated .clonebox.yaml (config-file.ts) to a registered VM: the file's settings
+ * replace the VM's automatic-snapshot settings, under the VM lock, in one atomic record write, and
+ * only when they differ (so applying a file twice changes nothing the second time). A named policy
+ * whose schedule is unchanged keeps the time it was first set, so re-applying never shifts its runs.
+ */
+import { nowIso } from '../clock.js';
+import { writeJsonAtomic } from '../fsutil.js';
+import { vmFile } from '../store/registry.js';
+import type { ConfigSpec } from './config-file.js';
+import type { SnapshotManager } from './manager.js';
+import { type AutoSettings, autoSettingsOf, type NamedPolicy, withAutoSettings } from './settings.js';
+
+/** The settings a file gives, keeping `since` of policies whose schedule did not change. */
+export function settingsFromSpec(spec: ConfigSpec, old: AutoSettings): AutoSettings {
+  const policies: Record<string, NamedPolicy> = {};
+  for (const [name, p] of Object.entries(spec.policies)) {
+    const prev = old.policies[name];
+    const same = prev && JSON.stringify(prev.when) === JSON.stringify(p.when) && prev.timezone === p.timezone;
+    policies[name] = { policy: p.policy, when: p.when, timezone: p.timezone, since: same ? prev.since : nowIso() };
+  }
+  return { enabled: spec.auto.enabled, policy: spec.auto.policy, policies, before_operations: spec.auto.before_operations, source: spec.file };
+}
+
+/** Writes the file's settings into the VM's record; returns them and whether anything changed. */
+export async function applySpec(mgr: SnapshotManager, spec: ConfigSpec): Promise<{ settings: AutoSettings; changed: boolean }> {
+  return mgr.withVm(spec.vm.name, 'config apply', async (vm) => {
+    const old = autoSettingsOf(vm);
+    const settings = settingsFromSpec(spec, old);
+    if (JSON.stringify(settings) === JSON.stringify(old)) return { settings, changed: false };
+    await writeJsonAtomic(vmFile(mgr.home, vm.name), withAutoSettings(vm, settings));
+    return { settings, changed: true };
+  });
+}
