@@ -7,7 +7,9 @@ import { action } from '../run.js';
 async function toYaml(c: EffectiveConfig): Promise<string> {
   const { stringify } = await import('yaml');
   const head = c.source ? `# applied from ${c.source}\n` : '# no .clonebox.yaml applied: settings from `snapshot policy` or defaults\n';
-  return head + stringify({ vm: c.vm });
+  // The driver follows from disks or libvirt; leaving it out keeps the output a file `apply` takes as is.
+  const { driver: _driver, ...vm } = c.vm;
+  return head + stringify({ vm });
 }
 
 export function registerConfig(program: Command): void {

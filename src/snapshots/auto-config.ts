@@ -9,6 +9,7 @@ import { writeJsonAtomic } from '../fsutil.js';
 import { vmFile } from '../store/registry.js';
 import type { ConfigSpec } from './config-file.js';
 import type { SnapshotManager } from './manager.js';
+import { canonicalPolicy } from './policy.js';
 import { type AutoSettings, autoSettingsOf, type NamedPolicy, withAutoSettings } from './settings.js';
 
 /** The settings a file gives, keeping `since` of policies whose schedule did not change. */
@@ -17,17 +18,18 @@ export function settingsFromSpec(spec: ConfigSpec, old: AutoSettings): AutoSetti
   for (const [name, p] of Object.entries(spec.policies)) {
     const prev = old.policies[name];
     const same = prev && JSON.stringify(prev.when) === JSON.stringify(p.when) && prev.timezone === p.timezone;
-    policies[name] = { policy: p.policy, when: p.when, timezone: p.timezone, since: same ? prev.since : nowIso() };
+    policies[name] = { policy: canonicalPolicy(p.policy), when: p.when, timezone: p.timezone, since: same ? prev.since : nowIso() };
   }
-  return { enabled: spec.auto.enabled, policy: spec.auto.policy, policies, before_operations: spec.auto.before_operations, source: spec.file };
+  return { enabled: spec.auto.enabled, policy: canonicalPolicy(spec.auto.policy), policies, before_operations: spec.auto.before_operations, source: spec.file };
 }
 
-/** Writes the file's settings into the VM's record; returns them and whether anything changed. */
+/** Writes the file's settings into the VM's record; returns them and whether anything changed (`source` names the file that last changed them). */
 export async function applySpec(mgr: SnapshotManager, spec: ConfigSpec): Promise<{ settings: AutoSettings; changed: boolean }> {
   return mgr.withVm(spec.vm.name, 'config apply', async (vm) => {
     const old = autoSettingsOf(vm);
     const settings = settingsFromSpec(spec, old);
-    if (JSON.stringify(settings) === JSON.stringify(old)) return { settings, changed: false };
+    // Which file said it is not a setting: the same settings from another file change nothing.
+    if (JSON.stringify({ ...settings, source: null }) === JSON.stringify({ ...old, source: null })) return { settings: old, changed: false };
     await writeJsonAtomic(vmFile(mgr.home, vm.name), withAutoSettings(vm, settings));
     return { settings, changed: true };
   });

@@ -294,7 +294,8 @@ function namedPolicy(p: Problems, node: Value, where: string): ConfigPolicy {
   }
   let timezone: string | null = null;
   const tz = pairs.get('timezone');
-  if (tz) {
+  // null (as `config show` prints it) is the local time zone, as is no key at all.
+  if (tz && !(isScalar(tz.value) && tz.value.value === null)) {
     const s = str(p, tz.value, `${where}.timezone`);
     if (s !== null) timezone = attempt(p, tz.value, `${where}.timezone`, () => checkTimezone(s));
   }

@@ -19,7 +19,7 @@ import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
-import { type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
+import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
 import { namedPoliciesOf, policyOf, retentionKey } from './settings.js';
 import type { VmStats } from './stats.js';
 
@@ -357,9 +357,10 @@ export class SnapshotManager {
         else if (v !== undefined) policy[k] = v;
       }
       validatePolicy(policy as Policy);
+      const canonical = canonicalPolicy(policy as Policy);
       const { writeJsonAtomic } = await import('../fsutil.js');
-      await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), policy } });
-      return policy;
+      await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), policy: canonical } });
+      return canonical;
     });
   }
 

@@ -43,6 +43,13 @@ export const POLICY_KEYS = [
   'max_size',
 ] as const;
 
+/** The same policy with its keys in POLICY_KEYS order, so that equal policies compare equal as JSON. */
+export function canonicalPolicy(p: Policy): Policy {
+  const out: Record<string, unknown> = {};
+  for (const k of POLICY_KEYS) if (p[k] !== undefined) out[k] = p[k];
+  return out as Policy;
+}
+
 export interface Candidate {
   name: string;
   created_at: string;

@@ -26,7 +26,7 @@ export interface AutoSettings {
   policies: Record<string, NamedPolicy>;
   /** Operations that take an auto snapshot first (delete, restore, import, sync, config-change, or a `snapshot run --op` name). */
   before_operations: string[];
-  /** The .clonebox.yaml the settings came from (absolute), or null. */
+  /** The .clonebox.yaml that last changed the settings (absolute), or null. */
   source: string | null;
 }
 
