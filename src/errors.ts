@@ -33,6 +33,11 @@ export const ERROR_CODES = {
       'a size that does not parse or is out of range: cluster size not a power of two from 512 to 2M, virtual size not a multiple of 512 or too large for the cluster size',
   },
   BAD_INVITE: { exit: 2, meaning: 'a team invite that does not decode or whose checksum or version is wrong; nothing is written' },
+  AUTO_SNAPSHOT_FAILED: {
+    exit: 1,
+    meaning:
+      'the automatic snapshot that `before_operations` asks for before an operation (delete, restore, import...) could not be taken; the operation did not run (`--no-auto-snapshot` runs it without one)',
+  },
   CONFIG_INVALID: {
     exit: 2,
     meaning:

@@ -289,3 +289,86 @@ describe('schedules (issue #13, 2)', () => {
     expect(await readFile(w.written[1]!, 'utf8')).toBe(r.timer.text);
   });
 });
+
+describe('snapshots before risky operations (issue #13, 3)', () => {
+  /** s1 ← s2, s1 ← s3 (current), and unsnapshotted changes on top; references of every state. */
+  async function tree(f: VmFixture, ops: string[]): Promise<void> {
+    await f.write('write -P 1 0 1M', 'write -P 5 8M 256k');
+    await f.snap('s1');
+    await f.write('write -P 2 1M 512k');
+    await f.snap('s2');
+    await f.ok(['snapshot', 'restore', 'web', '--name', 's1', '--yes']);
+    await f.write('write -P 3 2M 512k');
+    await f.snap('s3');
+    await f.write('write -P 7 6M 64k');
+    await f.refCurrent('cur');
+    const file = await writeConfig(f, `vm:\n  name: web\n  snapshots:\n    auto_snapshot:\n      before_operations: [${ops.join(', ')}]\n`);
+    expect((await f.cli(['apply', file])).code).toBe(0);
+  }
+  const NOW = { CLONEBOX_NOW: '2030-06-01T12:00:00Z' };
+  const autoName = () => {
+    const d = new Date(NOW.CLONEBOX_NOW);
+    const p = (n: number) => String(n).padStart(2, '0');
+    return `snap-${d.getFullYear()}${p(d.getMonth() + 1)}${p(d.getDate())}-${p(d.getHours())}${p(d.getMinutes())}${p(d.getSeconds())}`;
+  };
+
+  it('before_operations: [delete] then snapshot delete: the auto snapshot exists first, every other state identical', async () => {
+    const f = await fixture();
+    await tree(f, ['delete']);
+    // Deleting the current snapshot: the auto snapshot (of the current state) stands on it, and takes its data.
+    const r = await f.cli(['snapshot', 'delete', 'web', '--name', 's3', '--json'], NOW);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`took automatic snapshot ${autoName()} of web before deleting s3`);
+    expect(JSON.parse(r.stdout)).toEqual({ vm: 'web', deleted: ['s3'], merged_into: [autoName()] });
+    f.refs.set(autoName(), f.refs.get('cur')!);
+    const list = await f.expectIntact(f.refs.get('cur')!, new Set(['s1', 's2', autoName()]));
+    const auto = list.find((s) => s.name === autoName())!;
+    expect(auto).toMatchObject({ auto_created: true, auto_policy: 'before-delete', parent: 's1', current: true });
+  });
+
+  it('--recursive spares the auto snapshot; --no-auto-snapshot takes none; a failed one stops the delete', async () => {
+    const f = await fixture();
+    await tree(f, ['delete']);
+    await f.refCurrent('cur');
+    const r = await f.cli(['snapshot', 'delete', 'web', '--name', 's1', '--recursive', '--yes', '--json'], NOW);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).deleted.sort()).toEqual(['s1', 's2', 's3']);
+    f.refs.set(autoName(), f.refs.get('cur')!);
+    const list = await f.expectIntact(f.refs.get('cur')!, new Set([autoName()]));
+    expect(list[0]).toMatchObject({ name: autoName(), parent: null, current: true });
+
+    const g = await fixture();
+    await tree(g, ['delete']);
+    // The auto snapshot's layer name is taken: it cannot be made, so nothing is deleted.
+    await mkdir(path.join(g.dir, `web@${autoName()}.qcow2`));
+    const failed = await g.cli(['snapshot', 'delete', 'web', '--name', 's2', '--json'], NOW);
+    expect(failed.code).toBe(1);
+    expect(JSON.parse(failed.stdout).error.code).toBe('AUTO_SNAPSHOT_FAILED');
+    expect(failed.stderr).toMatch(/cannot take the automatic snapshot before deleting snapshot s2 of web .*nothing was changed/);
+    expect(failed.stderr).toContain('--no-auto-snapshot');
+    expect((await g.list()).map((s) => s.name).sort()).toEqual(['s1', 's2', 's3']);
+    const { rmdir } = await import('node:fs/promises');
+    const skipped = await g.cli(['snapshot', 'delete', 'web', '--name', 's2', '--no-auto-snapshot'], NOW);
+    expect(skipped.code, skipped.stderr).toBe(0);
+    await rmdir(path.join(g.dir, `web@${autoName()}.qcow2`));
+    await g.expectIntact(g.refs.get('cur')!, new Set(['s1', 's3']));
+  });
+
+  it('before_operations: [restore] snapshots the current state first; snapshot run --op names the operation', async () => {
+    const f = await fixture();
+    await tree(f, ['restore', 'upgrade']);
+    const r = await f.cli(['snapshot', 'restore', 'web', '--name', 's2', '--yes', '--json'], NOW);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({ vm: 'web', restored: 's2', backup: autoName() });
+    expect(r.stderr).toContain(`took automatic snapshot ${autoName()} of web before restoring s2`);
+    f.refs.set(autoName(), f.refs.get('cur')!);
+    const list = await f.expectIntact(f.refs.get('s2')!, new Set(['s1', 's2', 's3', autoName()]));
+    expect(list.find((s) => s.name === autoName())).toMatchObject({ auto_policy: 'before-restore', parent: 's3' });
+    await f.refCurrent('now');
+    const run = await f.cli(['snapshot', 'run', 'web', '--op', 'upgrade', '--name', 'pre-up', '--', 'true']);
+    expect(run.code, run.stderr).toBe(0);
+    f.refs.set('pre-up', f.refs.get('now')!);
+    const after = await f.expectIntact(f.refs.get('now')!);
+    expect(after.find((s) => s.name === 'pre-up')).toMatchObject({ auto_policy: 'before-upgrade', description: 'automatic snapshot before upgrade: true' });
+  });
+});

@@ -89,7 +89,8 @@ const scenarios: Scenario[] = [
       await f.ok(['snapshot', 'run', 'web', '--name', 'a2', '--', 'true']);
       await f.write('write -P 9 4M 64k');
       await f.refCurrent('cur');
-      await f.ok(['snapshot', 'policy', 'web', '--max-snapshots', '0']);
+      // The current snapshot a2 counts and takes the one place: a1 goes.
+      await f.ok(['snapshot', 'policy', 'web', '--max-snapshots', '1']);
     },
     op: ['snapshot', 'prune', 'web'],
     before: ['s1', 's2', 's3', 'a1', 'a2'],
@@ -142,4 +143,64 @@ describe('SIGKILL at every journal step', () => {
       expect(crashes).toBeGreaterThanOrEqual(4);
     });
   }
+});
+
+/**
+ * `schedule run` (issue #13): killed at every journal step of its pass (the scheduled snapshot, then
+ * the retention that removes the policy's older snapshot) and run again at the same time, it ends with
+ * exactly one new snapshot, the old one pruned, every state intact and no stray file.
+ */
+describe('schedule run killed at every step and run again', () => {
+  it('no duplicate snapshot, nothing half-written', async () => {
+    const { writeFile, readdir } = await import('node:fs/promises');
+    const root = await makeTempDir('clonebox-crash-');
+    const work = path.join(root, 'work');
+    const tpl = path.join(root, 'template');
+    await mkdir(path.join(work, 'disks'), { recursive: true });
+    const f = await VmFixture.create(path.join(work, 'home'), path.join(work, 'disks'), 'web');
+    const at = (d: number) => ({ CLONEBOX_NOW: new Date(2030, 0, d, 0, 5).toISOString() });
+    const autoName = (d: number) => `snap-203001${String(d).padStart(2, '0')}-000500`;
+    await base(f);
+    const conf = path.join(work, 'clonebox.yaml');
+    await writeFile(conf, 'vm:\n  name: web\npolicies:\n  nightly: {keep: 1, when: "00:00"}\n');
+    expect((await f.cli(['apply', conf], { CLONEBOX_NOW: new Date(2030, 0, 1).toISOString() })).code).toBe(0);
+    // The first night: n1 holds the current state.
+    f.refs.set(autoName(2), f.refs.get('cur')!);
+    const first = await f.cli(['schedule', 'run'], at(2));
+    expect(first.code, first.stderr).toBe(0);
+    await f.write('write -P 11 5M 64k');
+    const cur2 = await f.refCurrent('cur2');
+    f.refs.set(autoName(3), cur2);
+    const before = ['s1', 's2', 's3', autoName(2)];
+    const after = ['s1', 's2', 's3', autoName(3)];
+    await cp(work, tpl, { recursive: true });
+
+    let crashes = 0;
+    let completed = false;
+    for (let n = 1; n <= 60 && !completed; n++) {
+      await rm(work, { recursive: true, force: true });
+      await cp(tpl, work, { recursive: true });
+      const r = await f.cli(['schedule', 'run'], { ...at(3), CLONEBOX_CRASH_AT: String(n) });
+      if (r.signal === 'SIGKILL') {
+        crashes++;
+        // What the crash left, as the next command sees it: the state before, after, or in between.
+        const names = (await f.list()).map((s) => s.name).sort();
+        expect([before, after, [...before, autoName(3)]].map((l) => JSON.stringify([...l].sort())), `crash at ${n}: ${names}`).toContain(JSON.stringify(names));
+        // Run again at the same time (cron's next minute would do the same).
+        const again = await f.cli(['schedule', 'run', '--json'], at(3));
+        expect(again.code, again.stderr).toBe(0);
+        expect(JSON.parse(again.stdout).ran).toBe(true);
+      } else {
+        expect(r.code, `schedule run at n=${n}: ${r.stderr}`).toBe(0);
+        completed = true;
+      }
+      expect(existsSync(path.join(work, 'home', 'vms', 'web', 'journal.json'))).toBe(false);
+      expect(existsSync(path.join(work, 'home', 'schedule.lock'))).toBe(false);
+      const list = await f.expectIntact(cur2, new Set(after));
+      expect(list.map((s) => s.name).sort(), `after crash at ${n} and a rerun`).toEqual([...after].sort());
+      expect((await readdir(path.join(work, 'home', 'vms', 'web'))).filter((x) => x.includes('.tmp'))).toEqual([]);
+    }
+    expect(completed).toBe(true);
+    expect(crashes).toBeGreaterThanOrEqual(4);
+  }, 900_000);
 });

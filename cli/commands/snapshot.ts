@@ -161,13 +161,14 @@ export function registerSnapshot(program: Command): Command {
     .option('--at <time>', 'restore the newest snapshot created at or before TIME (ISO-8601)')
     .option('--start', 'start the VM afterwards (libvirt)')
     .option('--backup', 'snapshot the current state first')
+    .option('--no-auto-snapshot', 'skip the snapshot before_operations: [restore] asks for')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean }) => {
+      action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean; autoSnapshot: boolean }) => {
         const target = await ctx.cb.snapshots.resolve(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
         await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
-        const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start) });
+        const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start), noAutoSnapshot: !o.autoSnapshot });
         if (ctx.json) return printJson(r);
         printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
       }),
@@ -180,12 +181,17 @@ export function registerSnapshot(program: Command): Command {
     .requiredOption('--name <name>', 'snapshot to delete')
     .option('--recursive', 'delete its whole subtree')
     .option('--keep-children', 'merge its data into its children')
+    .option('--no-auto-snapshot', 'skip the snapshot before_operations: [delete] asks for')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean }) => {
+      action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean; autoSnapshot: boolean }) => {
         if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
-        const r = await ctx.cb.snapshots.delete(vm, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) });
+        const r = await ctx.cb.snapshots.delete(vm, o.name, {
+          recursive: Boolean(o.recursive),
+          keepChildren: Boolean(o.keepChildren),
+          noAutoSnapshot: !o.autoSnapshot,
+        });
         if (ctx.json) return printJson(r);
         printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
       }),
@@ -279,9 +285,14 @@ export function registerSnapshot(program: Command): Command {
     .description('snapshot, run a command, and optionally roll back when it fails')
     .option('--name <name>', 'name of the auto snapshot')
     .option('--rollback-on-fail', 'restore the snapshot when the command exits non-zero')
+    .option('--op <name>', 'the operation the command performs (e.g. upgrade): the snapshot is recorded as before-NAME')
     .action(
-      action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean }) => {
-        const r = await ctx.cb.snapshots.run(vm, command, { ...(o.name !== undefined ? { name: o.name } : {}), rollbackOnFail: Boolean(o.rollbackOnFail) });
+      action(async (ctx, vm: string, command: string[], o: { name?: string; rollbackOnFail?: boolean; op?: string }) => {
+        const r = await ctx.cb.snapshots.run(vm, command, {
+          ...(o.name !== undefined ? { name: o.name } : {}),
+          ...(o.op !== undefined ? { op: o.op } : {}),
+          rollbackOnFail: Boolean(o.rollbackOnFail),
+        });
         if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
         process.exitCode = r.exit_code;
       }),

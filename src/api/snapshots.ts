@@ -97,8 +97,11 @@ export class Snapshots {
     return this.s.run(async () => {
       const sel = selection(opts);
       const m = await this.manager();
-      const r = await step('restore', opts, this.s.signal(opts.signal), () => m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start) }));
+      const r = await step('restore', opts, this.s.signal(opts.signal), () =>
+        m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot) }),
+      );
       r.warnings.forEach(this.s.warner(opts.onWarning));
+      r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));
       return { vm, restored: r.value.restored, backup: r.value.backup };
     });
   }
@@ -108,9 +111,10 @@ export class Snapshots {
     return this.s.run(async () => {
       const m = await this.manager();
       const r = await step('delete', opts, this.s.signal(opts.signal), () =>
-        m.delete(vm, name, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren) }),
+        m.delete(vm, name, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren), noAutoSnapshot: Boolean(opts.noAutoSnapshot) }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
+      r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));
       return { vm, deleted: r.value.deleted, merged_into: r.value.merged_into };
     });
   }
@@ -179,6 +183,7 @@ export class Snapshots {
       const { runWithSnapshot } = await import('../snapshots/run.js');
       const r = await runWithSnapshot(await this.manager(), vm, argv, {
         ...(opts.name !== undefined ? { name: opts.name } : {}),
+        ...(opts.op !== undefined ? { op: opts.op } : {}),
         rollbackOnFail: Boolean(opts.rollbackOnFail),
       });
       r.warnings.forEach(this.s.warner(opts.onWarning));

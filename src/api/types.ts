@@ -148,10 +148,12 @@ export interface RestoreOptions extends LongOptions {
   name?: string;
   /** The newest snapshot created at or before this time (ISO-8601). */
   at?: string;
-  /** Snapshot the current state first. */
+  /** Snapshot the current state first (as `before_operations: [restore]` does). */
   backup?: boolean;
   /** Start the VM afterwards (libvirt). */
   start?: boolean;
+  /** Skip the auto snapshot `before_operations: [restore]` asks for. */
+  noAutoSnapshot?: boolean;
 }
 
 /** `snapshot restore --json`. */
@@ -166,6 +168,8 @@ export interface DeleteOptions extends LongOptions {
   recursive?: boolean;
   /** Merge its data into its children. */
   keepChildren?: boolean;
+  /** Skip the auto snapshot `before_operations: [delete]` asks for. */
+  noAutoSnapshot?: boolean;
 }
 
 /** `snapshot delete --json`. */
@@ -236,6 +240,11 @@ export interface RunOptions extends WarningOptions {
   name?: string;
   /** Restore the snapshot when the command exits non-zero. */
   rollbackOnFail?: boolean;
+  /**
+   * The operation the command performs ('upgrade', ...): the auto snapshot records it as its
+   * auto_policy `before-<op>` (default: `run`).
+   */
+  op?: string;
 }
 
 /** `snapshot run`: the command ran with inherited stdio; its exit status (128 + signal number when killed). */

@@ -267,7 +267,7 @@ export function parseConfig(file: string, text: string): ConfigSpec {
         p.add(item.key, `policy name ${JSON.stringify(pname)} is not a name (letters, digits, ".", "_", "-")`);
         continue;
       }
-      if (Object.hasOwn(policies, pname) || ['run', 'backup', 'before'].includes(pname)) {
+      if (Object.hasOwn(policies, pname) || ['run', 'backup'].includes(pname) || pname.startsWith('before-')) {
         p.add(item.key, `policy ${pname} is ${Object.hasOwn(policies, pname) ? 'defined twice' : 'a name clonebox uses for its own auto snapshots; choose another'}`);
         continue;
       }

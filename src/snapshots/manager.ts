@@ -20,7 +20,7 @@ import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store
 import type { DiskDiff } from './diff.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
 import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
-import { namedPoliciesOf, policyOf, retentionKey } from './settings.js';
+import { beforePolicy, namedPoliciesOf, policyOf, retentionKey, snapshotsBefore } from './settings.js';
 import type { VmStats } from './stats.js';
 
 export interface CreateOptions {
@@ -31,6 +31,12 @@ export interface CreateOptions {
   quiesce?: boolean;
   /** Set for automatic snapshots: the policy (or trigger) that made it. */
   autoPolicy?: string;
+}
+
+/** For operations that `before_operations` may precede with an auto snapshot. */
+export interface BeforeOpOptions {
+  /** Do not take it (`--no-auto-snapshot`). */
+  noAutoSnapshot?: boolean;
 }
 
 export interface OpResult<T> {
@@ -191,6 +197,36 @@ export class SnapshotManager {
     }
   }
 
+  /**
+   * The auto snapshot `before_operations` asks for before `op`, taken under the operation's lock, or
+   * null when none is asked for (or `noAutoSnapshot`). If it cannot be taken the operation must not
+   * run: AUTO_SNAPSHOT_FAILED.
+   */
+  async snapshotBefore(vm: VmRecord, snaps: SnapshotRecord[], op: string, what: string, opts: BeforeOpOptions): Promise<SnapshotView | null> {
+    if (opts.noAutoSnapshot || !snapshotsBefore(vm, op)) return null;
+    try {
+      return (
+        await this.createLocked(vm, snaps, {
+          autoPolicy: beforePolicy(op),
+          tags: ['auto', 'before'],
+          description: `automatic snapshot before ${what}`.slice(0, 500),
+        })
+      ).value;
+    } catch (err) {
+      const why = err instanceof CloneboxError ? `${err.code}: ${err.message}` : (err as Error).message;
+      throw CloneboxError.AUTO_SNAPSHOT_FAILED(`cannot take the automatic snapshot before ${what} (${why}); nothing was changed`, {
+        hint: `before_operations of ${vm.name} asks for it; fix the cause, or run again with --no-auto-snapshot`,
+        cause: err,
+      });
+    }
+  }
+
+  /** For an operation outside this manager (import): takes the before-op snapshot under the VM lock. */
+  async snapshotBeforeOp(vmName: string, op: string, what: string, opts: BeforeOpOptions): Promise<SnapshotView | null> {
+    if (opts.noAutoSnapshot) return null;
+    return this.withVm(vmName, `auto snapshot before ${op}`, (vm, snaps) => this.snapshotBefore(vm, snaps, op, what, opts));
+  }
+
   // ---------------------------------------------------------------- restore
 
   /** Picks the snapshot for `--at TIME`: the newest created at or before TIME. */
@@ -211,12 +247,21 @@ export class SnapshotManager {
   async restore(
     vmName: string,
     sel: { name?: string; at?: string },
-    opts: { backup?: boolean; start?: boolean } = {},
+    opts: { backup?: boolean; start?: boolean } & BeforeOpOptions = {},
   ): Promise<OpResult<{ restored: string; backup: string | null }>> {
     return this.withVm(vmName, 'snapshot restore', async (vm, snaps) => {
       const target = sel.name !== undefined ? this.find(snaps, vm, sel.name) : SnapshotManager.pickAt(snaps, sel.at!, vm.name);
       const warnings: string[] = [];
+      const notices: string[] = [];
       let backup: string | null = null;
+      // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
+      const before = opts.backup ? null : await this.snapshotBefore(vm, snaps, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
+      if (before) {
+        backup = before.name;
+        notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
+        vm = await loadVm(this.home, vm.name);
+        snaps = await listSnapshotRecords(this.home, vm.name);
+      }
       if (opts.backup) {
         const b = await this.createLocked(vm, snaps, {
           autoPolicy: 'backup',
@@ -234,7 +279,7 @@ export class SnapshotManager {
         if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
         else await driver.start(await loadVm(this.home, vm.name));
       }
-      return { value: { restored: target.name, backup }, warnings };
+      return { value: { restored: target.name, backup }, warnings, notices };
     });
   }
 
@@ -261,7 +306,7 @@ export class SnapshotManager {
   async delete(
     vmName: string,
     name: string,
-    opts: { recursive?: boolean; keepChildren?: boolean } = {},
+    opts: { recursive?: boolean; keepChildren?: boolean } & BeforeOpOptions = {},
   ): Promise<OpResult<{ deleted: string[]; merged_into: string[] }>> {
     if (opts.recursive && opts.keepChildren) throw new CloneboxError('USAGE', '--recursive and --keep-children exclude each other');
     return this.withVm(vmName, 'snapshot delete', async (vm, snaps) => {
@@ -272,22 +317,35 @@ export class SnapshotManager {
           hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
         });
       }
-      return { value: await this.deleteLocked(vm, snaps, s, Boolean(opts.recursive)), warnings: [] };
+      const before = await this.snapshotBefore(vm, snaps, 'delete', `deleting snapshot ${name} of ${vm.name}`, opts);
+      if (!before) return { value: await this.deleteLocked(vm, snaps, s, Boolean(opts.recursive)), warnings: [] };
+      // The new snapshot holds the current state: if that stood on the deleted snapshot, it is now its
+      // child, merged into (or with --recursive, spared and rebased) like the current state was.
+      const vmNow = await loadVm(this.home, vm.name);
+      const snapsNow = await listSnapshotRecords(this.home, vm.name);
+      return {
+        value: await this.deleteLocked(vmNow, snapsNow, this.find(snapsNow, vmNow, name), Boolean(opts.recursive), before.name),
+        warnings: [],
+        notices: [`took automatic snapshot ${before.name} of ${vm.name} before deleting ${name}`],
+      };
     });
   }
 
   /**
    * Removes `s` (and with `recursive` its subtree). Whatever sits directly on removed layers and
    * survives (children with keep-children, the current state) is rebased onto s's parent, so its
-   * content stays byte-identical.
+   * content stays byte-identical. `spare` (the snapshot taken just before a recursive delete) survives
+   * a recursive delete of its ancestors: it is rebased like a kept child.
    */
   private async deleteLocked(
     vm: VmRecord,
     snaps: SnapshotRecord[],
     s: SnapshotRecord,
     recursive: boolean,
+    spare?: string,
   ): Promise<{ deleted: string[]; merged_into: string[] }> {
-    const doomed = recursive ? subtree(snaps, s.name) : [s];
+    const whole = recursive ? subtree(snaps, s.name) : [s];
+    const doomed = whole.filter((d) => d.name !== spare);
     const doomedNames = new Set(doomed.map((d) => d.name));
     const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
@@ -309,11 +367,12 @@ export class SnapshotManager {
         newVm = { ...vm, current: s.parent, disks: prepared.disks };
         mergedInto.push('current');
       }
-      if (!recursive) {
+      const kept = recursive ? whole.filter((d) => d.name === spare) : snaps.filter((r) => r.parent === s.name);
+      if (kept.length > 0) {
         // Merges keep content ids as recorded. An id is fixed when a state is first published (export,
         // share); a state nobody has seen yet may get its id from the merged layer, which holds the
         // same content. So merges never need to hash whole chains just in case.
-        const children = snaps.filter((r) => r.parent === s.name);
+        const children = kept;
         // The merge engine (and the qcow2 writer under it) loads only when a merge runs: list and
         // show start faster without it.
         const { rebaseImage } = await import('../qcow2/rebase.js');

@@ -6,7 +6,9 @@
 import { spawn } from 'node:child_process';
 import { constants } from 'node:os';
 import { CloneboxError } from '../errors.js';
+import { checkName } from '../names.js';
 import type { SnapshotManager } from './manager.js';
+import { beforePolicy } from './settings.js';
 
 export interface RunResult {
   snapshot: string;
@@ -16,12 +18,19 @@ export interface RunResult {
   notices: string[];
 }
 
-export async function runWithSnapshot(mgr: SnapshotManager, vm: string, argv: string[], opts: { name?: string; rollbackOnFail?: boolean }): Promise<RunResult> {
+export async function runWithSnapshot(
+  mgr: SnapshotManager,
+  vm: string,
+  argv: string[],
+  opts: { name?: string; rollbackOnFail?: boolean; op?: string },
+): Promise<RunResult> {
   if (argv.length === 0) throw new CloneboxError('USAGE', 'snapshot run needs a command after --', { hint: 'e.g. clonebox snapshot run web -- ./upgrade.sh' });
+  // --op NAME says which operation the command is (`upgrade`, as before_operations names it).
+  if (opts.op !== undefined) checkName('snapshot', opts.op);
   const created = await mgr.create(vm, {
     ...(opts.name !== undefined ? { name: opts.name } : {}),
-    autoPolicy: 'run',
-    description: `automatic snapshot before: ${argv.join(' ')}`.slice(0, 500),
+    autoPolicy: opts.op !== undefined ? beforePolicy(opts.op) : 'run',
+    description: `automatic snapshot before${opts.op !== undefined ? ` ${opts.op}` : ''}: ${argv.join(' ')}`.slice(0, 500),
   });
   const snapshot = created.value.name;
   const warnings = [...created.warnings];

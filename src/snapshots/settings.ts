@@ -59,6 +59,17 @@ export function withAutoSettings(vm: VmRecord, s: Partial<AutoSettings>): VmReco
   return { ...vm, extra };
 }
 
+/** The auto_policy of a snapshot taken before operation `op` (never a named policy's: config-file.ts reserves the prefix). */
+export function beforePolicy(op: string): string {
+  return `before-${op}`;
+}
+
+/** Whether the VM's settings ask for an auto snapshot before operation `op`. */
+export function snapshotsBefore(vm: VmRecord, op: string): boolean {
+  const s = autoSettingsOf(vm);
+  return s.enabled && s.before_operations.includes(op);
+}
+
 /** The retention that governs an auto snapshot: its named policy's when that still exists, else the VM's. */
 export function retentionKey(vm: VmRecord, autoPolicy: string | null): string {
   return autoPolicy !== null && Object.hasOwn(namedPoliciesOf(vm), autoPolicy) ? autoPolicy : '';
