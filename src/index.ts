@@ -4,8 +4,8 @@
  */
 
 export type { Bundles, Keys } from './api/bundles.js';
-export type { Config } from './api/config.js';
 export { Clonebox } from './api/clonebox.js';
+export type { Config } from './api/config.js';
 export type { Demo } from './api/demo.js';
 export type { Dht } from './api/dht.js';
 export type { Images } from './api/images.js';

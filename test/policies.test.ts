@@ -128,7 +128,11 @@ describe('.clonebox.yaml: apply, config show / check (issue #13, 1)', () => {
       ['bad cron', 'vm:\n  name: web\npolicies:\n  p: {when: "61 * * * *"}\n', /:4:13: policies\.p\.when: invalid schedule "61 \* \* \* \*"/],
       ['bad daily time', 'vm:\n  name: web\npolicies:\n  p: {when: ["00:00", "25:00"]}\n', /:4:23: policies\.p\.when: invalid schedule "25:00"/],
       ['unknown VM without disks', 'vm:\n  name: ghost\n', /:2:9: VM ghost is not registered and the file does not say where its disks are/],
-      ['zero count', 'vm:\n  name: web\n  snapshots:\n    auto_snapshot:\n      policy: {max_snapshots: 0}\n', /:5:31: .*max_snapshots must be a whole number of at least 1/],
+      [
+        'zero count',
+        'vm:\n  name: web\n  snapshots:\n    auto_snapshot:\n      policy: {max_snapshots: 0}\n',
+        /:5:31: .*max_snapshots must be a whole number of at least 1/,
+      ],
       ['YAML syntax', 'vm:\n  name: [web\n', /:3:1: YAML: /],
     ];
     for (const [what, text, re] of cases) {

@@ -185,7 +185,10 @@ describe('schedule run killed at every step and run again', () => {
         crashes++;
         // What the crash left, as the next command sees it: the state before, after, or in between.
         const names = (await f.list()).map((s) => s.name).sort();
-        expect([before, after, [...before, autoName(3)]].map((l) => JSON.stringify([...l].sort())), `crash at ${n}: ${names}`).toContain(JSON.stringify(names));
+        expect(
+          [before, after, [...before, autoName(3)]].map((l) => JSON.stringify([...l].sort())),
+          `crash at ${n}: ${names}`,
+        ).toContain(JSON.stringify(names));
         // Run again at the same time (cron's next minute would do the same).
         const again = await f.cli(['schedule', 'run', '--json'], at(3));
         expect(again.code, again.stderr).toBe(0);

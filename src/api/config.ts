@@ -11,7 +11,7 @@ import type { Session } from './session.js';
 import type { ConfigApplyResult, ConfigCheckResult, EffectiveConfig, WarningOptions } from './types.js';
 
 /** Whether a VM argument names a configuration instead: `.`, or anything with a path separator or a YAML extension. */
-export function namesConfig(arg: string): boolean {
+function namesConfig(arg: string): boolean {
   return arg === '.' || arg === '..' || arg.includes('/') || /\.ya?ml$/i.test(arg);
 }
 

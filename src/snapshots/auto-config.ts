@@ -13,7 +13,7 @@ import { canonicalPolicy } from './policy.js';
 import { type AutoSettings, autoSettingsOf, type NamedPolicy, withAutoSettings } from './settings.js';
 
 /** The settings a file gives, keeping `since` of policies whose schedule did not change. */
-export function settingsFromSpec(spec: ConfigSpec, old: AutoSettings): AutoSettings {
+function settingsFromSpec(spec: ConfigSpec, old: AutoSettings): AutoSettings {
   const policies: Record<string, NamedPolicy> = {};
   for (const [name, p] of Object.entries(spec.policies)) {
     const prev = old.policies[name];

@@ -245,7 +245,8 @@ export function parseConfig(file: string, text: string): ConfigSpec {
     const ops = a.get('before_operations');
     if (ops) {
       for (const op of strList(p, ops.value, 'vm.snapshots.auto_snapshot.before_operations') ?? []) {
-        if (!NAME_RE.test(op)) p.add(ops.value, `operation ${JSON.stringify(op)} is not a name (known: ${KNOWN_OPERATIONS.join(', ')}, or any \`snapshot run --op NAME\`)`);
+        if (!NAME_RE.test(op))
+          p.add(ops.value, `operation ${JSON.stringify(op)} is not a name (known: ${KNOWN_OPERATIONS.join(', ')}, or any \`snapshot run --op NAME\`)`);
         else if (!auto.before_operations.includes(op)) auto.before_operations.push(op);
       }
     }
@@ -268,7 +269,10 @@ export function parseConfig(file: string, text: string): ConfigSpec {
         continue;
       }
       if (Object.hasOwn(policies, pname) || ['run', 'backup'].includes(pname) || pname.startsWith('before-')) {
-        p.add(item.key, `policy ${pname} is ${Object.hasOwn(policies, pname) ? 'defined twice' : 'a name clonebox uses for its own auto snapshots; choose another'}`);
+        p.add(
+          item.key,
+          `policy ${pname} is ${Object.hasOwn(policies, pname) ? 'defined twice' : 'a name clonebox uses for its own auto snapshots; choose another'}`,
+        );
         continue;
       }
       policies[pname] = namedPolicy(p, item.value, `${where}.${pname}`);

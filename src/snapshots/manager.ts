@@ -62,7 +62,6 @@ function autoName(existing: Set<string>, now: Date): string {
   for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
 }
 
-
 export class SnapshotManager {
   constructor(readonly home: Home) {}
 
@@ -143,7 +142,7 @@ export class SnapshotManager {
       try {
         const plan = await this.prune(vmName, false);
         result.pruned = plan.remove.map((r) => ({ snapshot: r.name, reason: r.reason }));
-        if (plan.remove.length) (result.notices ??= []).push(`retention removed ${plan.remove.map((r) => `${r.name} (${r.reason})`).join(', ')}`);
+        if (plan.remove.length) result.notices = [`retention removed ${plan.remove.map((r) => `${r.name} (${r.reason})`).join(', ')}`];
       } catch (err) {
         result.warnings.push(`policy not applied: ${(err as Error).message}`);
       }

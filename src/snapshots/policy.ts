@@ -122,7 +122,9 @@ export function validatePolicy(p: Policy, where = ''): Policy {
     }
   }
   if (p.max_size !== undefined && (!Number.isSafeInteger(p.max_size) || p.max_size < 1)) {
-    throw CloneboxError.USAGE(`${at}max_size must be at least 1 byte, got ${JSON.stringify(p.max_size)}`, { hint: 'to drop the rule, clear it (--max-size none)' });
+    throw CloneboxError.USAGE(`${at}max_size must be at least 1 byte, got ${JSON.stringify(p.max_size)}`, {
+      hint: 'to drop the rule, clear it (--max-size none)',
+    });
   }
   for (const k of ['keep_within', 'keep_for'] as const) {
     const v = p[k];

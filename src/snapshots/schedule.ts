@@ -18,9 +18,12 @@ export function cronOf(when: string, timezone: string | null): string {
   const fields = expr.split(/\s+/).length;
   if (fields !== 5 && fields !== 6) {
     // croner would also take an ISO date (a one-off run): a schedule must repeat.
-    throw CloneboxError.USAGE(`invalid schedule ${JSON.stringify(when)}: neither a daily time "HH:MM" nor a cron expression of 5 fields (6 with seconds first)`, {
-      hint: 'e.g. "00:00", ["09:00", "17:30"], "0 */6 * * *" (every 6 hours), "0 3 * * 1" (Mondays at 03:00)',
-    });
+    throw CloneboxError.USAGE(
+      `invalid schedule ${JSON.stringify(when)}: neither a daily time "HH:MM" nor a cron expression of 5 fields (6 with seconds first)`,
+      {
+        hint: 'e.g. "00:00", ["09:00", "17:30"], "0 */6 * * *" (every 6 hours), "0 3 * * 1" (Mondays at 03:00)',
+      },
+    );
   }
   try {
     new Cron(expr, { paused: true, ...(timezone ? { timezone } : {}) });
