@@ -35,7 +35,7 @@ export class Config {
 
   private async manager(): Promise<SnapshotManager> {
     const { SnapshotManager } = await import('../snapshots/manager.js');
-    return new SnapshotManager(this.s.home);
+    return new SnapshotManager(this.s.home, this.s.warner(undefined, 'NOTICE'));
   }
 
   /** Validates a file (or a directory holding .clonebox.yaml) without touching any VM: CONFIG_INVALID lists every problem. */

@@ -26,7 +26,7 @@ export class Schedule {
   runDue(opts: Omit<LongOptions, 'onProgress'> = {}): Promise<ScheduleRunResult> {
     return this.s.run(async () => {
       const [{ SnapshotManager }, { runPass }] = await Promise.all([import('../snapshots/manager.js'), import('../snapshots/scheduler.js')]);
-      const r = await runPass(new SnapshotManager(this.s.home), { signal: this.s.signal(opts.signal) });
+      const r = await runPass(new SnapshotManager(this.s.home, this.s.warner(opts.onWarning, 'NOTICE')), { signal: this.s.signal(opts.signal) });
       const warn = this.s.warner(opts.onWarning);
       r.warnings.forEach(warn);
       for (const f of r.failed) warn(`scheduled snapshot of ${f.vm} (policy ${f.policy}) failed: ${f.error}`);

@@ -42,7 +42,7 @@ export class Snapshots {
 
   private async manager() {
     const { SnapshotManager } = await import('../snapshots/manager.js');
-    return new SnapshotManager(this.s.home);
+    return new SnapshotManager(this.s.home, this.s.warner(undefined, 'NOTICE'));
   }
 
   /** Snapshots every disk of the VM; the new snapshot becomes the current one. */

@@ -42,4 +42,10 @@ export interface SnapshotDriver {
   prepareRebaseCurrent(vm: VmRecord, newBase: Map<string, string | null>, j: Journal): Promise<PreparedSwitch>;
   /** Runs after a restore commit when the user asked to start the VM. */
   start?(vm: VmRecord): Promise<void>;
+  /**
+   * A digest of the VM's configuration outside clonebox's disks (a libvirt domain's XML without the
+   * disk sources snapshots move), for `before_operations: [config-change]`. Drivers without such a
+   * configuration leave it out.
+   */
+  configFingerprint?(vm: VmRecord): Promise<string>;
 }

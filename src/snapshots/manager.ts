@@ -63,21 +63,61 @@ function autoName(existing: Set<string>, now: Date): string {
 }
 
 export class SnapshotManager {
-  constructor(readonly home: Home) {}
+  /**
+   * @param onNotice hears what a command did on its own on the way (the snapshot a configuration
+   *   change triggered), so the caller can tell the user.
+   */
+  constructor(
+    readonly home: Home,
+    private readonly onNotice: (message: string) => void = () => undefined,
+  ) {}
 
-  /** Runs `fn` with the VM locked and any interrupted operation recovered. */
+  /**
+   * Runs `fn` with the VM locked and any interrupted operation recovered, after the check of
+   * `before_operations: [config-change]`.
+   */
   async withVm<T>(vmName: string, command: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>): Promise<T> {
     checkName('VM', vmName);
     await loadVm(this.home, vmName); // a clear VM_NOT_FOUND before any lock file is made
     const lock = await lockVm(this.home, vmName, command);
     try {
       await recover(this.home, vmName, driverStepHandlers);
+      // When it takes a snapshot, fn sees the VM as it is after it (read again below).
+      await this.checkConfigChange(await loadVm(this.home, vmName));
       const vm = await loadVm(this.home, vmName);
       const snaps = await listSnapshotRecords(this.home, vmName);
       return await fn(vm, snaps);
     } finally {
       await lock.release();
     }
+  }
+
+  /**
+   * `before_operations: [config-change]`: when the driver's configuration (a libvirt domain's XML,
+   * disk sources aside) differs from what it was at the last snapshot, takes an auto snapshot
+   * (`before-config-change`) before going on. The first check only records the configuration. Runs
+   * under the VM lock; returns whether it took a snapshot.
+   */
+  private async checkConfigChange(vm: VmRecord): Promise<boolean> {
+    if (!snapshotsBefore(vm, 'config-change')) return false;
+    const driver = await driverFor(vm);
+    if (!driver.configFingerprint) return false;
+    let now: string;
+    try {
+      now = await driver.configFingerprint(vm);
+    } catch {
+      return false; // the command's own use of the driver reports what is wrong
+    }
+    const was = vm.extra?.config_fingerprint;
+    if (was === now) return false;
+    if (was === undefined) {
+      const { writeJsonAtomic } = await import('../fsutil.js');
+      await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), config_fingerprint: now } });
+      return false;
+    }
+    const taken = await this.snapshotBefore(vm, await listSnapshotRecords(this.home, vm.name), 'config-change', `the configuration change of ${vm.name}`, {});
+    if (taken) this.onNotice(`the configuration of ${vm.name} changed since its last snapshot: took automatic snapshot ${taken.name}`);
+    return taken !== null;
   }
 
   /** Read-only access: no lock unless an interrupted operation must be recovered first. */
@@ -180,7 +220,14 @@ export class SnapshotManager {
         content_id: null,
         memory_path: prepared.memoryPath,
       };
-      const newVm: VmRecord = { ...vm, current: name, disks: prepared.disks };
+      // The configuration this snapshot goes with, for `before_operations: [config-change]`.
+      const fingerprint = driver.configFingerprint && snapshotsBefore(vm, 'config-change') ? await driver.configFingerprint(vm) : null;
+      const newVm: VmRecord = {
+        ...vm,
+        current: name,
+        disks: prepared.disks,
+        ...(fingerprint !== null ? { extra: { ...(vm.extra ?? {}), config_fingerprint: fingerprint } } : {}),
+      };
       const rp = recordPath(this.home, vm.name, name);
       await j.commit([
         { do: 'write_json', path: rp, value: rec },

@@ -23,7 +23,7 @@ import { listVmNames, loadVm, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import type { SnapshotManager } from './manager.js';
 import { nextRun } from './schedule.js';
-import { autoSettingsOf, type NamedPolicy } from './settings.js';
+import { autoSettingsOf, type NamedPolicy, snapshotsBefore } from './settings.js';
 
 interface ScheduleState {
   format: 1;
@@ -137,6 +137,10 @@ export async function runPass(mgr: SnapshotManager, opts: { signal?: AbortSignal
     for (const vm of await listVmNames(mgr.home)) {
       opts.signal?.throwIfAborted();
       try {
+        // `before_operations: [config-change]` is checked by every command that locks the VM; a pass
+        // is one for the VMs that ask for it.
+        const rec = await loadVm(mgr.home, vm);
+        if (snapshotsBefore(rec, 'config-change')) await mgr.withVm(vm, 'schedule run', async () => undefined);
         const plan = await mgr.prune(vm, true);
         if (plan.remove.length === 0) continue;
         const done = await mgr.prune(vm, false);

@@ -374,6 +374,22 @@ export class LibvirtDriver implements SnapshotDriver {
     return { actions, disks };
   }
 
+  async configFingerprint(vm: VmRecord): Promise<string> {
+    const { domain, virsh } = this.where(vm);
+    const xml = await virsh.dumpXml(domain, { inactive: true });
+    // Every snapshot points the disks at new overlays: their sources and backing chains are clonebox's
+    // doing, not a configuration change.
+    const normalised = xml.replace(/<disk\b[\s\S]*?<\/disk>/g, (disk) =>
+      disk
+        .replace(/<backingStore\b[^>]*\/>/g, '')
+        .replace(/<backingStore\b[\s\S]*<\/backingStore>/g, '')
+        .replace(/<source\b[^>]*\/>/g, '')
+        .replace(/<source\b[\s\S]*?<\/source>/g, ''),
+    );
+    const { createHash } = await import('node:crypto');
+    return createHash('sha256').update(normalised.replace(/\s+/g, ' ')).digest('hex');
+  }
+
   async start(vm: VmRecord): Promise<void> {
     const { domain, virsh } = this.where(vm);
     if (!(await virsh.isActive(domain))) await virsh.start(domain);
