@@ -24,7 +24,10 @@ describe.skipIf(suite.skip)(suite.title, () => {
     const cli = (args: string[]) => runCli(args, { home, timeoutMs: 120_000 });
     const list = async () => parseJsonOutput<{ name: string; auto_policy: string | null }[]>(await cli(['snapshot', 'list', 'web', '--json']));
     const conf = path.join(root, '.clonebox.yaml');
-    await writeFile(conf, `vm:\n  name: web\n  libvirt: {domain: ${dom.name}, uri: "${URI}"}\n  snapshots:\n    auto_snapshot:\n      before_operations: [config-change]\n`);
+    await writeFile(
+      conf,
+      `vm:\n  name: web\n  libvirt: {domain: ${dom.name}, uri: "${URI}"}\n  snapshots:\n    auto_snapshot:\n      before_operations: [config-change]\n`,
+    );
     const applied = await cli(['apply', conf, '--json']);
     expect(applied.code, applied.stderr).toBe(0);
     expect(parseJsonOutput<{ registered: boolean }>(applied).registered).toBe(true);

@@ -63,6 +63,9 @@ describe('retention counts like users count (issue #13, 4)', () => {
       const tree = await cb.snapshots.treeDetails('web');
       expect(tree.retention.keep.map((k) => k.name)).toEqual(['a4', 'a3', 'a2']);
       expect(tree.retention.keep[0]!.reasons).toContain('current');
+      // The next auto snapshot takes a place: the oldest of the three goes then.
+      expect(tree.retention.next).toEqual([{ name: 'a2', reason: 'over max-snapshots 3' }]);
+      expect((await cb.snapshots.prune('web', { dryRun: true })).next.map((n) => n.name)).toEqual(['a2']);
     } finally {
       await cb.close();
     }
@@ -277,6 +280,33 @@ describe('schedules (issue #13, 2)', () => {
     ]);
     const text = await f.cli(['schedule', 'list'], at(local(2030, 3, 6, 0, 1)));
     expect(text.stdout).toContain('due now');
+  });
+
+  it('enabled: false: nothing is scheduled and no snapshot is taken before operations (library)', async () => {
+    const f = await fixture();
+    await f.write('write -P 7 0 64k');
+    await f.snap('s1');
+    const file = await writeConfig(
+      f,
+      'vm:\n  name: web\n  snapshots:\n    auto_snapshot: {enabled: false, before_operations: [delete]}\npolicies:\n  hourly: {when: "0 * * * *", keep: 3}\n',
+    );
+    const saved = process.env.CLONEBOX_NOW;
+    const cb = await Clonebox.open({ home: f.home, onWarning: () => undefined });
+    try {
+      process.env.CLONEBOX_NOW = local(2030, 5, 1, 10);
+      expect((await cb.config.apply(file)).config.vm.snapshots.auto_snapshot.enabled).toBe(false);
+      process.env.CLONEBOX_NOW = local(2030, 5, 2, 10);
+      expect(await cb.schedule.list()).toEqual([
+        { vm: 'web', policy: 'hourly', when: ['0 * * * *'], timezone: null, last_run: null, next_run: null, due: false },
+      ]);
+      expect((await cb.schedule.runDue()).taken).toEqual([]);
+      expect((await cb.snapshots.delete('web', 's1')).deleted).toEqual(['s1']);
+      expect(await cb.snapshots.list('web')).toEqual([]);
+    } finally {
+      if (saved === undefined) delete process.env.CLONEBOX_NOW;
+      else process.env.CLONEBOX_NOW = saved;
+      await cb.close();
+    }
   });
 
   it('install prints (or writes) a systemd user service and timer', async () => {

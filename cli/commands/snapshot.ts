@@ -30,13 +30,14 @@ function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotVi
   const lines = [`${vm}`];
   const kept = new Map(retention.keep.map((k) => [k.name, k.reasons]));
   const expired = new Map(retention.remove.map((r) => [r.name, r.reason]));
+  const next = new Set(retention.next.map((r) => r.name));
   const label = (n: TreeNode) => {
     const v = views.get(n.name);
     const why = kept.get(n.name);
     const gone = expired.get(n.name);
     const marks = [
       v?.auto_created ? `[auto${v.auto_policy ? `: ${v.auto_policy}` : ''}]` : '',
-      why ? `kept: ${why.join(', ')}` : '',
+      why ? `kept: ${why.join(', ')}${next.has(n.name) ? ' (goes next)' : ''}` : '',
       gone !== undefined ? `⊘ (expired: ${gone})` : '',
       v?.expires_at && gone === undefined ? `expires ${shortTime(v.expires_at)}` : '',
       v && v.state !== 'ready' ? `[${v.state}]` : '',
@@ -274,6 +275,7 @@ export function registerSnapshot(program: Command): Command {
         if (ctx.json) return printJson(plan);
         for (const k of plan.keep) printLine(`keep    ${k.name}  (${k.reasons.join(', ')})`);
         for (const r of plan.remove) printLine(`${plan.dry_run ? 'would remove' : 'removed'} ${r.name}  (${r.reason})`);
+        for (const r of plan.next) printLine(`next    ${r.name}  (goes with the next auto snapshot: ${r.reason})`);
         if (plan.keep.length + plan.remove.length === 0) printLine('no auto snapshots');
       }),
     );

@@ -79,7 +79,14 @@ export class Snapshots {
   treeDetails(vm: string): Promise<SnapshotTreeDetails> {
     return this.s.run(async () => {
       const t = await (await this.manager()).tree(vm);
-      return { vm_name: t.vm_name, current: t.current, roots: t.roots, views: t.views, expired: t.expired, retention: t.retention };
+      return {
+        vm_name: t.vm_name,
+        current: t.current,
+        roots: t.roots,
+        views: t.views,
+        expired: t.expired,
+        retention: { keep: t.retention.keep, remove: t.retention.remove, next: t.retention.next ?? [] },
+      };
     });
   }
 
@@ -173,7 +180,7 @@ export class Snapshots {
   prune(vm: string, opts: { dryRun?: boolean } = {}): Promise<PruneResult> {
     return this.s.run(async () => {
       const plan = await (await this.manager()).prune(vm, Boolean(opts.dryRun));
-      return { vm, dry_run: plan.dry_run, keep: plan.keep, remove: plan.remove };
+      return { vm, dry_run: plan.dry_run, keep: plan.keep, remove: plan.remove, next: plan.next ?? [] };
     });
   }
 

@@ -129,7 +129,7 @@ export interface SnapshotTreeDetails extends SnapshotTree {
   /** Auto snapshots retention would remove now (what `snapshot prune` would delete). */
   expired: string[];
   /** Why retention keeps each auto snapshot, and why it would remove the expired ones. */
-  retention: { keep: { name: string; reasons: string[] }[]; remove: { name: string; reason: string }[] };
+  retention: { keep: { name: string; reasons: string[] }[]; remove: { name: string; reason: string }[]; next: { name: string; reason: string }[] };
 }
 
 export interface SnapshotCreateOptions extends LongOptions {
@@ -233,6 +233,8 @@ export interface PruneResult {
   dry_run: boolean;
   keep: { name: string; reasons: string[] }[];
   remove: { name: string; reason: string }[];
+  /** Kept now, but removed by the policy's next auto snapshot (were it taken now): what would go next. */
+  next: { name: string; reason: string }[];
 }
 
 export interface RunOptions extends WarningOptions {

@@ -486,17 +486,22 @@ export class SnapshotManager {
       const key = retentionKey(vm, s.auto_policy);
       groups.set(key, [...(groups.get(key) ?? []), s]);
     }
-    const plan: PrunePlan = { keep: [], remove: [] };
+    const plan: PrunePlan = { keep: [], remove: [], next: [] };
     const at = clockNow().getTime();
     for (const [key, members] of [...groups].sort(([a], [b]) => (a < b ? -1 : 1))) {
-      const p = planPrune(
-        members.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 })),
-        key ? named[key]!.policy : policyOf(vm),
-        { current: vm.current, now: at },
-      );
+      const candidates = members.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: c.size_bytes ?? 0 }));
+      const policy = key ? named[key]!.policy : policyOf(vm);
+      const p = planPrune(candidates, policy, { current: vm.current, now: at });
       const tag = (r: string) => (key ? `${key}: ${r}` : r);
       plan.keep.push(...p.keep.map((k) => ({ name: k.name, reasons: k.reasons.map((r, i) => (i === 0 ? tag(r) : r)) })));
       plan.remove.push(...p.remove.map((r) => ({ name: r.name, reason: tag(r.reason) })));
+      // What the policy's next snapshot (taken now, then current) would push out: planned with a
+      // stand-in for it whose name no snapshot can have.
+      const nextOne = { name: '/next', created_at: new Date(at).toISOString(), size_bytes: 0 };
+      const gone = new Set(p.remove.map((r) => r.name));
+      for (const r of planPrune([...candidates, nextOne], policy, { current: nextOne.name, now: at }).remove) {
+        if (!gone.has(r.name)) plan.next!.push({ name: r.name, reason: tag(r.reason) });
+      }
     }
     return plan;
   }

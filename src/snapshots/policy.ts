@@ -59,6 +59,8 @@ export interface Candidate {
 export interface PrunePlan {
   keep: { name: string; reasons: string[] }[];
   remove: { name: string; reason: string }[];
+  /** Kept now, but removed when the policy's next auto snapshot is taken (now): what would go next. */
+  next?: { name: string; reason: string }[];
 }
 
 /** "1y2m3w4d5h30min" style durations (restic's y/m/d/h plus w and min); returns milliseconds. */
