@@ -11,6 +11,7 @@
  *   src/drivers/                   where a VM's disks are and how they are sealed into layers
  *   src/content/                   content addressing (block cuts, layer digest, dedup index), the zstd
  *                                  codec and the worker pool
+ *   src/guest/                     the guest-aware diff: partitions, ext2/3/4, packages, /etc
  *   src/qcow2/  src/store/         the image format and the home's records; siblings
  *   base                           src/errors.ts, src/names.ts, src/fsutil.ts, src/zstd.ts,
  *                                  src/abort.ts, src/clock.ts: import nothing of ours but each other
@@ -28,6 +29,7 @@ const LAYERS = [
   { name: 'base', path: '^src/(errors|names|fsutil|zstd|abort|clock)\\.ts$' },
   { name: 'qcow2', path: '^src/qcow2/', siblings: ['store'] },
   { name: 'store', path: '^src/store/', siblings: ['qcow2'] },
+  { name: 'guest', path: '^src/guest/' },
   { name: 'content', path: '^src/content/' },
   { name: 'drivers', path: '^src/drivers/' },
   { name: 'snapshots', path: '^src/(snapshots/|vms\\.ts$)' },

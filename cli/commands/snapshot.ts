@@ -1,5 +1,5 @@
 import { type Command, InvalidArgumentError } from 'commander';
-import { formatBytes, POLICY_KEYS, type PolicyChanges, type SnapshotTreeDetails, type SnapshotView, type TreeNode } from '../../src/index.js';
+import { formatBytes, POLICY_KEYS, type PolicyChanges, parseSize, type SnapshotTreeDetails, type SnapshotView, type TreeNode } from '../../src/index.js';
 import { confirm } from '../confirm.js';
 import { printJson, printLine, table } from '../output.js';
 import { action } from '../run.js';
@@ -204,11 +204,21 @@ export function registerSnapshot(program: Command): Command {
     .description('byte ranges whose content differs between two snapshots')
     .requiredOption('--from <a>', 'snapshot')
     .requiredOption('--to <b>', 'snapshot, or "current"')
+    .option('--files', 'files added, removed, modified and changed in metadata, per partition (ext2/3/4)')
+    .option('--packages', 'installed, removed, upgraded and downgraded packages (dpkg, apk)')
+    .option('--etc', 'changes under /etc, with a unified diff of text files')
+    .option('--max-diff-bytes <size>', 'largest file shown as a unified diff by --etc (default 64K)', (v: string) => parseSize(v, '--max-diff-bytes'))
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { from: string; to: string }) => {
-        const d = await ctx.cb.snapshots.diff(vm, o.from, o.to);
+      action(async (ctx, vm: string, o: { from: string; to: string; files?: boolean; packages?: boolean; etc?: boolean; maxDiffBytes?: number }) => {
+        const guest = { files: Boolean(o.files), packages: Boolean(o.packages), etc: Boolean(o.etc), ...(o.maxDiffBytes !== undefined ? { maxDiffBytes: o.maxDiffBytes } : {}) };
+        const d = await ctx.cb.snapshots.diff(vm, o.from, o.to, guest);
         if (ctx.json) return printJson(d);
+        if (o.files || o.packages || o.etc) {
+          const { renderGuestDiff } = await import('../guest-diff.js');
+          for (const line of renderGuestDiff(d)) printLine(line);
+          return;
+        }
         for (const disk of d.disks) {
           printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
           for (const r of disk.ranges.slice(0, 50)) printLine(`  ${r.offset}+${r.length}`);

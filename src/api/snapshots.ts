@@ -11,6 +11,7 @@ import type { Session } from './session.js';
 import type {
   DeleteOptions,
   DeleteResult,
+  DiffOptions,
   DiffResult,
   LongOptions,
   PolicyChanges,
@@ -126,9 +127,33 @@ export class Snapshots {
     });
   }
 
-  /** Byte ranges whose content differs between two snapshots (`to` may be 'current'). */
-  diff(vm: string, from: string, to: string): Promise<DiffResult> {
-    return this.s.run(async () => (await this.manager()).diff(vm, from, to));
+  /**
+   * Byte ranges whose content differs between two snapshots (`to` may be 'current'); with `files`,
+   * `packages` or `etc`, also what changed inside the guest (docs/guest-diff.md).
+   */
+  diff(vm: string, from: string, to: string, opts: DiffOptions = {}): Promise<DiffResult> {
+    return this.s.run(async () => {
+      if (opts.maxDiffBytes !== undefined && (!Number.isSafeInteger(opts.maxDiffBytes) || opts.maxDiffBytes < 0)) {
+        throw usageError(`--max-diff-bytes must be a whole number of bytes, got ${opts.maxDiffBytes}`);
+      }
+      const signal = this.s.signal(opts.signal);
+      checkAborted(signal);
+      const guest = opts.files || opts.packages || opts.etc;
+      return (await this.manager()).diff(
+        vm,
+        from,
+        to,
+        guest
+          ? {
+              files: Boolean(opts.files),
+              packages: Boolean(opts.packages),
+              etc: Boolean(opts.etc),
+              ...(opts.maxDiffBytes !== undefined ? { maxDiffBytes: opts.maxDiffBytes } : {}),
+              signal,
+            }
+          : undefined,
+      );
+    });
   }
 
   stats(vm: string): Promise<StatsResult> {

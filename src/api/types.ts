@@ -179,11 +179,87 @@ export interface DeleteResult {
   merged_into: string[];
 }
 
+/** Options of `snapshots.diff`: the guest-aware views (docs/guest-diff.md); none of them: byte ranges only. */
+export interface DiffOptions {
+  /** Files added, removed, modified and changed in metadata, per partition. */
+  files?: boolean;
+  /** Installed, removed, upgraded and downgraded packages (dpkg, apk). */
+  packages?: boolean;
+  /** Changes under /etc with a unified diff of text files. */
+  etc?: boolean;
+  /** Largest file (bytes, each side) shown as a unified diff under /etc (default 65536). */
+  maxDiffBytes?: number;
+  signal?: AbortSignal;
+}
+
+/** One file-level change (`snapshot diff --files --json`). */
+export interface GuestFileChange {
+  path: string;
+  change: 'added' | 'removed' | 'modified' | 'metadata';
+  type: 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
+  type_before?: GuestFileChange['type'];
+  size_before: number | null;
+  size_after: number | null;
+  mtime_before: string | null;
+  mtime_after: string | null;
+  /** What differs: content, type, mode, owner, target, size, device. */
+  fields?: string[];
+  mode_before?: string;
+  mode_after?: string;
+  owner_before?: string;
+  owner_after?: string;
+  target_before?: string;
+  target_after?: string;
+  /** Number of names of a file with hard links. */
+  links?: number;
+  /** A directory added or removed whole: entries beneath it and their bytes. */
+  entries?: number;
+  bytes?: number;
+}
+
+/** One change under /etc (`--etc`). */
+export interface GuestEtcChange extends GuestFileChange {
+  diff?: string;
+  binary?: boolean;
+  too_large?: boolean;
+}
+
+/** One partition of a disk in the guest-aware diff. */
+export interface GuestPartitionDiff {
+  /** 1-4 primary or GPT entry number, 5+ logical, 0 the whole disk (no partition table). */
+  index: number;
+  start: number;
+  size: number;
+  /** `mbr:0x83`, `gpt:<type guid>` or `none`. */
+  type: string;
+  filesystem: 'ext2' | 'ext3' | 'ext4' | 'xfs' | 'btrfs' | 'lvm2' | 'luks' | 'ntfs' | 'vfat' | 'swap' | 'unknown';
+  status: 'compared' | 'unchanged' | 'unsupported' | 'error';
+  /** Why a partition was not compared. */
+  message?: string;
+  warnings: string[];
+  summary?: { added: number; removed: number; modified: number; metadata: number; bytes_added: number; bytes_removed: number };
+  files?: GuestFileChange[];
+  packages?: {
+    manager: 'dpkg' | 'apk';
+    path: string;
+    changes: { name: string; change: 'installed' | 'removed' | 'upgraded' | 'downgraded' | 'changed'; from: string | null; to: string | null }[];
+  }[];
+  etc?: GuestEtcChange[];
+  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number; bytes_read: number };
+}
+
 /** `snapshot diff --json`. */
 export interface DiffResult {
   from: string;
   to: string;
-  disks: { target: string; granularity: number; changed_bytes: number; ranges: { offset: number; length: number }[] }[];
+  disks: {
+    target: string;
+    granularity: number;
+    changed_bytes: number;
+    ranges: { offset: number; length: number }[];
+    /** With --files, --packages or --etc. */
+    guest?: { scheme: 'mbr' | 'gpt' | 'none'; warnings: string[]; partitions: GuestPartitionDiff[] };
+  }[];
 }
 
 /** `snapshot stats --json`. */

@@ -4,6 +4,7 @@
  * can differ, so only those are read; content decides (identical rewrites are no change, a zeroed
  * cluster is one).
  */
+import type { GuestDiff, GuestDiffOptions } from '../guest/diff.js';
 import { Chain } from '../qcow2/chain.js';
 import { ChainReader } from '../qcow2/chain-reader.js';
 import { Qcow2Image } from '../qcow2/reader.js';
@@ -18,6 +19,8 @@ export interface DiskDiff {
   granularity: number;
   changed_bytes: number;
   ranges: Range[];
+  /** Files, packages and /etc as the guest sees them (only when asked for). */
+  guest?: GuestDiff;
 }
 
 /**
@@ -66,9 +69,10 @@ async function allocatedIn(files: string[]): Promise<Range[]> {
 /**
  * `a` and `b` are the top images of the two states; `between` lists every image file whose content
  * may separate them (the layers above the common ancestor on both sides), or null to compare
- * everything either chain holds.
+ * everything either chain holds. With `guest`, the changed ranges then drive the guest-aware diff
+ * (src/guest/), read through the same chain readers.
  */
-export async function diffDisk(target: string, a: string, b: string, between: string[] | null): Promise<DiskDiff> {
+export async function diffDisk(target: string, a: string, b: string, between: string[] | null, guest?: GuestDiffOptions): Promise<DiskDiff> {
   const ca = await Chain.open(a);
   const cb = await Chain.open(b);
   const ra = new ChainReader(ca);
@@ -115,7 +119,12 @@ export async function diffDisk(target: string, a: string, b: string, between: st
         if (da.compare(db, c, c + n, c, c + n) !== 0) push(off + c, n);
       }
     }
-    return { target, granularity: g, changed_bytes: changedBytes, ranges: changed };
+    const result: DiskDiff = { target, granularity: g, changed_bytes: changedBytes, ranges: changed };
+    if (guest && (guest.files || guest.packages || guest.etc)) {
+      const { diffGuest } = await import('../guest/diff.js');
+      result.guest = await diffGuest(ra, ca.virtualSize, rb, cb.virtualSize, changed, guest);
+    }
+    return result;
   } finally {
     // Reads still in flight after an error finish before their files are closed.
     await Promise.allSettled(inFlight);

@@ -17,6 +17,7 @@ import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
+import type { GuestDiffOptions } from '../guest/diff.js';
 import type { DiskDiff } from './diff.js';
 import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
 import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
@@ -524,7 +525,7 @@ export class SnapshotManager {
 
   // ---------------------------------------------------------------- diff and stats
 
-  async diff(vmName: string, from: string, to: string): Promise<{ from: string; to: string; disks: DiskDiff[] }> {
+  async diff(vmName: string, from: string, to: string, guest?: GuestDiffOptions): Promise<{ from: string; to: string; disks: DiskDiff[] }> {
     return this.withVm(vmName, 'snapshot diff', async (vm, snaps) => {
       const a = this.find(snaps, vm, from);
       const b = to === 'current' ? null : this.find(snaps, vm, to);
@@ -546,7 +547,7 @@ export class SnapshotManager {
         const topA = layerOf(a);
         const topB = b ? layerOf(b) : d.path;
         const between = common ? [...upTo(ancA).map(layerOf), ...upTo(ancB).map(layerOf), ...(b ? [] : [d.path])] : null;
-        disks.push(await diffDisk(d.target, topA, topB, between));
+        disks.push(await diffDisk(d.target, topA, topB, between, guest));
       }
       return { from, to, disks };
     });
