@@ -5,9 +5,8 @@
  * the partition they concern; the rest of the disk is still compared.
  */
 import { checkAborted } from '../abort.js';
-import type { ChainReader } from '../qcow2/chain-reader.js';
 import type { Run } from './blocks.js';
-import { type ByteSource, DiskView, GuestFormatError, Window } from './disk.js';
+import { type ByteSource, DiskView, GuestFormatError, type GuestReader, Window } from './disk.js';
 import { ExtFs, type Inode, S_IFMT, S_IFREG } from './ext.js';
 import { type FileChange, diffFiles } from './files.js';
 import { type PackageChange, type PackageManager, diffPackages, parseApkInstalled, parseDpkgStatus } from './packages.js';
@@ -76,9 +75,9 @@ export interface GuestDiff {
 const EXT: FsKind[] = ['ext2', 'ext3', 'ext4'];
 
 export async function diffGuest(
-  ra: ChainReader,
+  ra: GuestReader,
   sizeA: number,
-  rb: ChainReader,
+  rb: GuestReader,
   sizeB: number,
   changed: readonly { offset: number; length: number }[],
   opts: GuestDiffOptions,

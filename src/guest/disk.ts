@@ -3,7 +3,6 @@
  * reader) and bounded windows on it (partitions). Every read is checked against the window, so an
  * offset taken from guest metadata can never reach outside the partition it describes.
  */
-import type { ChainReader } from '../qcow2/chain-reader.js';
 
 /**
  * Guest metadata that cannot be right (a bad magic, an offset past the partition, a loop). It never
@@ -24,6 +23,11 @@ const CHUNK = 64 * 1024;
 /** Chunks kept (16 MiB): metadata blocks (inode tables, directories) are read repeatedly. */
 const CACHE_CHUNKS = 256;
 
+/** Reads guest bytes into a buffer: the qcow2 chain reader (src/qcow2/chain-reader.ts) is one. */
+export interface GuestReader {
+  readInto(offset: number, length: number, buf: Buffer): Promise<void>;
+}
+
 /** One state of a whole disk, read through the chain reader in cached chunks. */
 export class DiskView implements ByteSource {
   private readonly cache = new Map<number, Promise<Buffer>>();
@@ -31,7 +35,7 @@ export class DiskView implements ByteSource {
   bytesRead = 0;
 
   constructor(
-    private readonly reader: ChainReader,
+    private readonly reader: GuestReader,
     readonly size: number,
   ) {}
 

@@ -52,6 +52,7 @@ export interface FilesDiff {
 const MAX_WALK = 10_000_000;
 /** Bytes compared per read when whole files are compared. */
 const COMPARE_SLICE = 1024 * 1024;
+const ROOT = 2;
 /** Path depth at most (a deeper chain of `..` is a loop). */
 const MAX_DEPTH = 2048;
 
@@ -140,9 +141,10 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
     unexplained.remove(gb.inodeTable, itb);
   }
   removeGroupHeaders(fb, unexplained);
-  // Reserved inodes (journal, resize inode, ...): their blocks are filesystem metadata.
+  // Reserved inodes (journal, resize inode, ...) but the root: their blocks are filesystem metadata.
   for (const side of [sideA, sideB]) {
     for (let ino = 1; ino < 11; ino++) {
+      if (ino === ROOT) continue;
       try {
         const i = await side.fs.inode(ino);
         if (i.mode === 0 && ino !== side.fs.journalInode) continue;
@@ -155,7 +157,7 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       }
     }
   }
-  for (let ino = 1; ino < 11; ino++) candidates.delete(ino);
+  for (let ino = 1; ino < 11; ino++) if (ino !== ROOT) candidates.delete(ino);
 
   // 3. Changed inodes, and the blocks they explain.
   const pairs = new Map<number, [Inode, Inode]>();
@@ -219,6 +221,9 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       warnings.push(err.message);
     }
   }
+  // An inode that lost a name and gained another (renamed, or freed and reused) is described by those names.
+  const lostName = new Set(pendingNames.filter((p) => p.a).map((p) => p.a!.ino));
+  for (const p of pendingNames) if (p.b && lostName.has(p.b.ino)) covered.add(p.b.ino);
   const reported = new Set<string>();
   for (const p of pendingNames) {
     checkAborted(signal);
@@ -317,7 +322,7 @@ async function findOwners(fs: ExtFs, runs: BlockRuns, signal?: AbortSignal): Pro
         const idx = (blk * bs + o) / isz;
         if (idx >= usable) break;
         const ino = g * fs.inodesPerGroup + idx + 1;
-        if (ino < 11 || ino > fs.inodesCount) continue;
+        if ((ino < 11 && ino !== ROOT) || ino > fs.inodesCount) continue;
         const i = fs.parseInode(ino, buf.subarray(o, o + isz));
         if (!i.inUse || !fs.hasBlocks(i)) continue;
         let m: FileMap;

@@ -15,7 +15,7 @@ export async function probeFs(src: ByteSource): Promise<FsKind> {
     const incompat = sb.readUInt32LE(96);
     const roCompat = sb.readUInt32LE(100);
     // ext4: extents, 64bit, flex_bg, inline data; or huge_file, gdt_csum, dir_nlink, extra_isize, metadata_csum
-    if (incompat & 0x82c0 || roCompat & 0x47e) return 'ext4';
+    if (incompat & 0x82c0 || roCompat & 0x478) return 'ext4';
     return compat & 0x4 ? 'ext3' : 'ext2';
   }
   const s0 = await at(src, 0, 512);
