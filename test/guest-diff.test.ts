@@ -178,7 +178,11 @@ describe('snapshot diff --files, partitioned disks', () => {
     }
     const a = path.join(root, 'a.raw');
     const L = '0FC63DAF-8483-4772-8E79-3D69D8477DE4';
-    await partitionedDisk(a, 48 * MiB, `label: gpt\nstart=2048, size=16384, type=${L}\nstart=18432, size=16384, type=${L}\nstart=34816, size=16384, type=${L}\nstart=51200, size=16384, type=${L}\n`);
+    await partitionedDisk(
+      a,
+      48 * MiB,
+      `label: gpt\nstart=2048, size=16384, type=${L}\nstart=18432, size=16384, type=${L}\nstart=34816, size=16384, type=${L}\nstart=51200, size=16384, type=${L}\n`,
+    );
     for (const [k, p] of parts.entries()) await place(a, (1 + 8 * k) * MiB, p);
     const xfs = Buffer.alloc(512);
     xfs.write('XFSB', 0, 'latin1');
@@ -211,8 +215,20 @@ describe('snapshot diff --packages and --etc', () => {
     const root = await makeTempDir('clonebox-guest-pkg-');
     const stanza = (name: string, version: string, status = 'install ok installed') =>
       `Package: ${name}\nStatus: ${status}\nPriority: optional\nArchitecture: amd64\nVersion: ${version}\nDescription: ${name}\n multi-line text\n`;
-    const before = [stanza('bash', '5.1-2'), stanza('curl', '7.88.1-10'), stanza('gone', '1.0'), stanza('down', '2:1.5-1'), stanza('conf', '1', 'deinstall ok config-files')];
-    const after = [stanza('bash', '5.1-2'), stanza('curl', '7.88.1-10+deb12u5'), stanza('down', '1:9.9-1'), stanza('nginx', '1.22.1-9'), stanza('conf', '1', 'deinstall ok config-files')];
+    const before = [
+      stanza('bash', '5.1-2'),
+      stanza('curl', '7.88.1-10'),
+      stanza('gone', '1.0'),
+      stanza('down', '2:1.5-1'),
+      stanza('conf', '1', 'deinstall ok config-files'),
+    ];
+    const after = [
+      stanza('bash', '5.1-2'),
+      stanza('curl', '7.88.1-10+deb12u5'),
+      stanza('down', '1:9.9-1'),
+      stanza('nginx', '1.22.1-9'),
+      stanza('conf', '1', 'deinstall ok config-files'),
+    ];
     const conf = `${Array.from({ length: 20 }, (_, k) => `line ${k + 1}`).join('\n')}\n`;
     await writeTree(path.join(root, 'src'), { var: { lib: { dpkg: { status: before.join('\n') } } }, etc: { 'app.conf': conf, bin: Buffer.from([0, 1, 2]) } });
     const a = path.join(root, 'a.raw');
@@ -250,7 +266,20 @@ describe('snapshot diff --packages and --etc', () => {
     expect(etc.get('/etc/bin')).toMatchObject({ change: 'modified', binary: true });
     expect(etc.get('/etc/bin')!.diff).toBeUndefined();
     expect(etc.get('/etc/app.conf')!.diff).toBe(
-      ['--- a/etc/app.conf', '+++ b/etc/app.conf', '@@ -7,7 +7,7 @@', 'line 7', 'line 8', 'line 9', '-line 10', '+line ten', 'line 11', 'line 12', 'line 13', '']
+      [
+        '--- a/etc/app.conf',
+        '+++ b/etc/app.conf',
+        '@@ -7,7 +7,7 @@',
+        'line 7',
+        'line 8',
+        'line 9',
+        '-line 10',
+        '+line ten',
+        'line 11',
+        'line 12',
+        'line 13',
+        '',
+      ]
         .map((l, k) => (k >= 3 && l !== '' && !l.startsWith('-') && !l.startsWith('+') ? ` ${l}` : l))
         .join('\n'),
     );

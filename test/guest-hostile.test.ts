@@ -24,7 +24,7 @@ const TIME_LIMIT_MS = 20_000;
 const RSS_LIMIT_KIB = 256 * 1024;
 const BS = 4096;
 /** Preloaded into the CLI: prints its peak RSS (KiB) on stderr at exit. */
-const REPORT_MAXRSS = 'data:text/javascript,process.on("exit",()=>process.stderr.write(`maxrss=${process.resourceUsage().maxRSS}\\n`))';
+const REPORT_MAXRSS = 'data:text/javascript,process.on("exit",()=>process.stderr.write("maxrss="+process.resourceUsage().maxRSS+"\\n"))';
 
 let root: string;
 let base: string;
@@ -71,7 +71,11 @@ beforeAll(async () => {
     tree[`d${d}`] = {};
     for (let f = 0; f < 40; f++) tree[`d${d}`]![`f${f}`] = f % 10 === 0 ? r.bytes(300 * 1024) : `file ${d}/${f}\n`;
   }
-  await writeTree(path.join(root, 'src'), { ...tree, etc: { 'a.conf': 'x = 1\n' }, var: { lib: { dpkg: { status: 'Package: a\nStatus: install ok installed\nVersion: 1\n' } } } });
+  await writeTree(path.join(root, 'src'), {
+    ...tree,
+    etc: { 'a.conf': 'x = 1\n' },
+    var: { lib: { dpkg: { status: 'Package: a\nStatus: install ok installed\nVersion: 1\n' } } },
+  });
   base = path.join(root, 'base.raw');
   await mkfs(base, 'ext4', '32M', path.join(root, 'src'));
   // Slight changes in the after state, so that every structure below is on the diff's path.

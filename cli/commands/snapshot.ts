@@ -211,7 +211,12 @@ export function registerSnapshot(program: Command): Command {
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string, o: { from: string; to: string; files?: boolean; packages?: boolean; etc?: boolean; maxDiffBytes?: number }) => {
-        const guest = { files: Boolean(o.files), packages: Boolean(o.packages), etc: Boolean(o.etc), ...(o.maxDiffBytes !== undefined ? { maxDiffBytes: o.maxDiffBytes } : {}) };
+        const guest = {
+          files: Boolean(o.files),
+          packages: Boolean(o.packages),
+          etc: Boolean(o.etc),
+          ...(o.maxDiffBytes !== undefined ? { maxDiffBytes: o.maxDiffBytes } : {}),
+        };
         const d = await ctx.cb.snapshots.diff(vm, o.from, o.to, guest);
         if (ctx.json) return printJson(d);
         if (o.files || o.packages || o.etc) {

@@ -8,8 +8,8 @@ import { checkAborted } from '../abort.js';
 import type { Run } from './blocks.js';
 import { type ByteSource, DiskView, GuestFormatError, type GuestReader, Window } from './disk.js';
 import { ExtFs, type Inode, S_IFMT, S_IFREG } from './ext.js';
-import { type FileChange, diffFiles } from './files.js';
-import { type PackageChange, type PackageManager, diffPackages, parseApkInstalled, parseDpkgStatus } from './packages.js';
+import { diffFiles, type FileChange } from './files.js';
+import { diffPackages, type PackageChange, type PackageManager, parseApkInstalled, parseDpkgStatus } from './packages.js';
 import { type Partition, readPartitions } from './partitions.js';
 import { type FsKind, probeFs } from './probe.js';
 import { unifiedDiff } from './unidiff.js';
@@ -23,11 +23,11 @@ export interface GuestDiffOptions {
   signal?: AbortSignal;
 }
 
-export const DEFAULT_MAX_DIFF_BYTES = 64 * 1024;
+const DEFAULT_MAX_DIFF_BYTES = 64 * 1024;
 /** Largest package database read. */
 const MAX_DB_BYTES = 64 * 1024 * 1024;
 
-export interface FilesSummary {
+interface FilesSummary {
   added: number;
   removed: number;
   modified: number;
@@ -36,20 +36,20 @@ export interface FilesSummary {
   bytes_removed: number;
 }
 
-export interface PackagesResult {
+interface PackagesResult {
   manager: PackageManager;
   path: string;
   changes: PackageChange[];
 }
 
-export interface EtcChange extends FileChange {
+interface EtcChange extends FileChange {
   /** Unified diff of a text file; absent for binary files, directories and files above the limit. */
   diff?: string;
   binary?: boolean;
   too_large?: boolean;
 }
 
-export interface PartitionDiff {
+interface PartitionDiff {
   index: number;
   start: number;
   size: number;

@@ -29,11 +29,11 @@ const BG_INODE_UNINIT = 0x1;
 const BG_BLOCK_UNINIT = 0x2;
 
 /** Extents of one file at most; a file past this is named in a warning, not compared. */
-export const MAX_EXTENTS = 1 << 18;
+const MAX_EXTENTS = 1 << 18;
 /** Extent-tree or indirect nodes read for one file at most. */
 const MAX_MAP_NODES = 1 << 16;
 /** Largest directory read (bytes); a bigger one is named in a warning. */
-export const MAX_DIR_BYTES = 256 * 1024 * 1024;
+const MAX_DIR_BYTES = 256 * 1024 * 1024;
 
 export interface Inode {
   ino: number;

@@ -14,7 +14,7 @@ import { BlockRuns, type Run } from './blocks.js';
 import { GuestFormatError } from './disk.js';
 import { type ExtFs, type FileMap, type Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './ext.js';
 
-export type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
+type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
 
 export interface FileChange {
   path: string;
@@ -94,7 +94,8 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
   }
   const bs = fb.blockSize;
   const blocksCount = Math.min(fa.blocksCount, fb.blocksCount);
-  if (fa.blocksCount !== fb.blocksCount) warnings.push(`the filesystem was resized (${fa.blocksCount} -> ${fb.blocksCount} blocks); only the common part is compared`);
+  if (fa.blocksCount !== fb.blocksCount)
+    warnings.push(`the filesystem was resized (${fa.blocksCount} -> ${fb.blocksCount} blocks); only the common part is compared`);
   for (const [s, f] of [
     ['before', fa],
     ['after', fb],
@@ -288,7 +289,8 @@ function removeGroupHeaders(fs: ExtFs, runs: BlockRuns): void {
     // group 0 also holds the boot block(s) before the superblock
     if (sup) runs.remove(g === 0 ? 0 : start, (g === 0 ? start : 0) + 1 + gdtBlocks + fs.reservedGdtBlocks);
     const inMeta = g % perBlock;
-    if (metaBg && Math.floor(g / perBlock) >= fs.firstMetaBg && (inMeta === 0 || inMeta === 1 || inMeta === perBlock - 1)) runs.remove(start + (sup ? 1 : 0), 1);
+    if (metaBg && Math.floor(g / perBlock) >= fs.firstMetaBg && (inMeta === 0 || inMeta === 1 || inMeta === perBlock - 1))
+      runs.remove(start + (sup ? 1 : 0), 1);
   }
 }
 

@@ -133,7 +133,10 @@ export function compareApk(a: string, b: string): number {
     if (typeof p === 'number' && typeof q === 'number') return p - q;
     const sp = String(p);
     const sq = String(q);
-    if (sp.startsWith('~') && sq.startsWith('~')) return Number(sp.slice(1)) - Number(sq.slice(1));
+    // A suffix against no suffix: _alpha, _beta, _pre, _rc sort before the plain version, the others after.
+    const rank = (t: string) => (t.startsWith('~') ? Number(t.slice(1)) : t === '-r' ? 0 : null);
+    const [rp, rq] = [rank(sp), rank(sq)];
+    if (rp !== null && rq !== null) return rp - rq;
     if (sp === '-r') return -1; // the release comes after every version token
     if (sq === '-r') return 1;
     if (typeof p === 'number') return 1;

@@ -124,7 +124,9 @@ async function readGpt(disk: ByteSource, sectors: number, warnings: string[]): P
   const count = h.readUInt32LE(80);
   const entrySize = h.readUInt32LE(84);
   if (entrySize < 128 || entrySize % 8 !== 0 || count * entrySize > MAX_GPT_ARRAY || entriesLba < 2 || entriesLba * SECTOR + count * entrySize > disk.size) {
-    warnings.push(`GPT header gives an entry array that cannot be right (${count} entries of ${entrySize} bytes at sector ${entriesLba}); no partition compared`);
+    warnings.push(
+      `GPT header gives an entry array that cannot be right (${count} entries of ${entrySize} bytes at sector ${entriesLba}); no partition compared`,
+    );
     return none;
   }
   const arr = await disk.read(entriesLba * SECTOR, count * entrySize);

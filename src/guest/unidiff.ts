@@ -4,7 +4,7 @@
  */
 
 /** Edit distance at most (insertions plus deletions) for which a diff is computed. */
-const MAX_EDITS = 4000;
+const MAX_EDITS = 1000;
 
 type Op = { kind: ' ' | '-' | '+'; line: string };
 

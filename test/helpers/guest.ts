@@ -116,5 +116,7 @@ export class GuestVm extends CliHome {
 /** The changes in a short comparable form: `+ /path (type)`, `M /path [content]`, ... */
 export function brief(changes: readonly GuestFileChange[] | undefined): string[] {
   const mark = { added: '+', removed: '-', modified: 'M', metadata: 'm' } as const;
-  return (changes ?? []).map((c) => `${mark[c.change]} ${c.path} (${c.type})${c.fields ? ` [${c.fields.join(',')}]` : ''}${c.entries !== undefined ? ` {${c.entries}}` : ''}`);
+  return (changes ?? []).map(
+    (c) => `${mark[c.change]} ${c.path} (${c.type})${c.fields ? ` [${c.fields.join(',')}]` : ''}${c.entries !== undefined ? ` {${c.entries}}` : ''}`,
+  );
 }
