@@ -70,6 +70,8 @@ export interface FileMap {
 export interface DirEntry {
   name: string;
   ino: number;
+  /** The entry's file type (2: directory) when the filesystem records it (feature filetype), else 0. */
+  ftype: number;
 }
 
 interface GroupDesc {
@@ -440,7 +442,7 @@ export class ExtFs {
           if (ino > this.inodesCount) throw new GuestFormatError(`directory inode ${i.ino}: entry names inode ${ino}, which does not exist`);
           const name = b.toString('utf8', o + 8, o + 8 + nameLen);
           if (name === '..') parent = ino;
-          else if (name !== '.' && nameLen > 0) entries.push({ name, ino });
+          else if (name !== '.' && nameLen > 0) entries.push({ name, ino, ftype: this.incompat & INCOMPAT_FILETYPE ? b[o + 7]! : 0 });
         }
         o += recLen;
       }

@@ -12,7 +12,7 @@
 import { checkAborted } from '../abort.js';
 import { BlockRuns, type Run } from './blocks.js';
 import { GuestFormatError } from './disk.js';
-import { type ExtFs, type FileMap, type Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './ext.js';
+import { type DirEntry, type ExtFs, type FileMap, type Inode, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from './ext.js';
 
 type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
 
@@ -53,6 +53,7 @@ const MAX_WALK = 10_000_000;
 /** Bytes compared per read when whole files are compared. */
 const COMPARE_SLICE = 1024 * 1024;
 const ROOT = 2;
+const FT_DIR = 2;
 /** Path depth at most (a deeper chain of `..` is a loop). */
 const MAX_DEPTH = 2048;
 
@@ -365,7 +366,7 @@ async function walkForNames(fs: ExtFs, wanted: Set<number>, named: Map<number, {
   while (queue.length > 0 && left.size > 0 && visited < MAX_WALK) {
     checkAborted(signal);
     const dirIno = queue.shift()!;
-    let entries: { name: string; ino: number }[];
+    let entries: DirEntry[];
     try {
       const di = await fs.inode(dirIno);
       if (!di.inUse || (di.mode & S_IFMT) !== S_IFDIR) continue;
@@ -378,8 +379,9 @@ async function walkForNames(fs: ExtFs, wanted: Set<number>, named: Map<number, {
     for (const e of entries) {
       visited++;
       if (left.delete(e.ino)) named.set(e.ino, { dir: dirIno, name: e.name });
-      if (!seen.has(e.ino)) {
-        // Only directories are queued; the type comes from the inode (file_type may be absent).
+      // file_type says which entries are directories without reading their inodes (0: not recorded)
+      if (!seen.has(e.ino) && (e.ftype === 0 || e.ftype === FT_DIR)) {
+        // Only directories are queued; the inode decides.
         const i = await fs.inode(e.ino).catch(() => null);
         if (i?.inUse && (i.mode & S_IFMT) === S_IFDIR) {
           seen.add(e.ino);
