@@ -306,6 +306,40 @@ export class ExtFs {
     return { extents, meta };
   }
 
+  /**
+   * The block map without any read when it lives in the inode (no blocks, or an extent tree of depth
+   * 0: most files), else null. Same checks as map().
+   */
+  mapInInode(i: Inode): FileMap | null {
+    const meta: number[] = [];
+    if (i.fileAcl) {
+      this.checkBlock(i.fileAcl, 1, `xattr block of inode ${i.ino} at`);
+      meta.push(i.fileAcl);
+    }
+    if (!this.hasBlocks(i)) return { extents: [], meta };
+    const node = i.raw.subarray(40, 100);
+    if (!(i.flags & EXTENTS_FL) || node.readUInt16LE(0) !== 0xf30a || node.readUInt16LE(6) !== 0) return null;
+    const extents: Extent[] = [];
+    this.leafExtents(i.ino, node, extents);
+    return { extents: extents.sort((a, b) => a.logical - b.logical), meta };
+  }
+
+  private leafExtents(ino: number, node: Buffer, out: Extent[]): void {
+    const entries = node.readUInt16LE(2);
+    const max = node.readUInt16LE(4);
+    if (max > (node.length - 12) / 12 || entries > max) throw new GuestFormatError(`inode ${ino}: extent tree node claims ${entries} of ${max} entries`);
+    for (let e = 0; e < entries; e++) {
+      const o = 12 + e * 12;
+      let len = node.readUInt16LE(o + 4);
+      const uninit = len > 32768;
+      if (uninit) len -= 32768;
+      const physical = node.readUInt32LE(o + 8) + node.readUInt16LE(o + 6) * 2 ** 32;
+      this.checkBlock(physical, len, `inode ${ino}: extent at block`);
+      if (out.length >= MAX_EXTENTS) throw new GuestFormatError(`inode ${ino}: extent tree has more than ${MAX_EXTENTS} extents`);
+      if (len > 0) out.push({ logical: node.readUInt32LE(o), physical, length: len, uninit });
+    }
+  }
+
   private async walkExtents(ino: number, node: Buffer, wantDepth: number, out: Extent[], meta: number[], budget: { nodes: number }): Promise<void> {
     const bad = (what: string) => new GuestFormatError(`inode ${ino}: extent tree ${what}`);
     if (node.readUInt16LE(0) !== 0xf30a) throw bad('node has a bad magic');
@@ -314,22 +348,16 @@ export class ExtFs {
     const depth = node.readUInt16LE(6);
     if (max > (node.length - 12) / 12 || entries > max) throw bad(`node claims ${entries} of ${max} entries`);
     if (depth > 5 || (wantDepth >= 0 && depth !== wantDepth)) throw bad(`depth ${depth} where ${wantDepth < 0 ? '0-5' : wantDepth} is expected`);
+    if (depth === 0) {
+      this.leafExtents(ino, node, out);
+      return;
+    }
     for (let e = 0; e < entries; e++) {
       const o = 12 + e * 12;
-      if (depth === 0) {
-        let len = node.readUInt16LE(o + 4);
-        const uninit = len > 32768;
-        if (uninit) len -= 32768;
-        const physical = node.readUInt32LE(o + 8) + node.readUInt16LE(o + 6) * 2 ** 32;
-        this.checkBlock(physical, len, `inode ${ino}: extent at block`);
-        if (out.length >= MAX_EXTENTS) throw bad(`has more than ${MAX_EXTENTS} extents`);
-        if (len > 0) out.push({ logical: node.readUInt32LE(o), physical, length: len, uninit });
-      } else {
-        const child = node.readUInt32LE(o + 4) + node.readUInt16LE(o + 8) * 2 ** 32;
-        if (++budget.nodes > MAX_MAP_NODES) throw bad(`has more than ${MAX_MAP_NODES} nodes`);
-        meta.push(child);
-        await this.walkExtents(ino, await this.readBlock(child), depth - 1, out, meta, budget);
-      }
+      const child = node.readUInt32LE(o + 4) + node.readUInt16LE(o + 8) * 2 ** 32;
+      if (++budget.nodes > MAX_MAP_NODES) throw bad(`has more than ${MAX_MAP_NODES} nodes`);
+      meta.push(child);
+      await this.walkExtents(ino, await this.readBlock(child), depth - 1, out, meta, budget);
     }
   }
 

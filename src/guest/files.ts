@@ -191,8 +191,20 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
     if (!same) await explain(ino);
   }
 
-  // 4. Changed blocks in use that no changed inode owns: find their owners in the inode tables.
+  // 4. Changed blocks in use that no changed inode owns. The first block of a directory names its
+  // owner in its `.` entry (small directories are one block); the rest: find their owners in the
+  // inode tables.
   await dropFree(fa, fb, unexplained);
+  for (const r of [...unexplained.list]) {
+    for (let b = r.start; b < r.start + r.count; b++) {
+      checkAborted(signal);
+      for (const fs of [fb, fa]) {
+        if (!unexplained.overlaps(b, 1)) break;
+        const ino = dotEntryOwner(await fs.readBlock(b));
+        if (ino !== null && ino <= fs.inodesCount && !pairs.has(ino)) await explain(ino);
+      }
+    }
+  }
   if (unexplained.size > 0) {
     stats.owner_scan = true;
     for (const ino of await findOwners(fb, unexplained, signal)) await explain(ino);
@@ -295,6 +307,15 @@ function removeGroupHeaders(fs: ExtFs, runs: BlockRuns): void {
   }
 }
 
+/** The inode a block names in a leading `.` entry (the first block of a directory), or null. */
+function dotEntryOwner(b: Buffer): number | null {
+  if (b.length < 24) return null;
+  const ino = b.readUInt32LE(0);
+  // "." : rec_len 12, name_len 1, name '.', followed by "..": name_len 2, name '..'
+  if (ino < 2 || b.readUInt16LE(4) !== 12 || b[6] !== 1 || b[8] !== 0x2e || b[18] !== 2 || b[20] !== 0x2e || b[21] !== 0x2e) return null;
+  return ino;
+}
+
 /** Keeps only blocks in use on at least one side (a change in free space is no change). */
 async function dropFree(fa: ExtFs, fb: ExtFs, runs: BlockRuns): Promise<void> {
   for (const r of [...runs.list]) {
@@ -330,7 +351,7 @@ async function findOwners(fs: ExtFs, runs: BlockRuns, signal?: AbortSignal): Pro
         if (!i.inUse || !fs.hasBlocks(i)) continue;
         let m: FileMap;
         try {
-          m = await fs.map(i);
+          m = fs.mapInInode(i) ?? (await fs.map(i));
         } catch (err) {
           if (err instanceof GuestFormatError) continue; // reported if this inode is ever compared
           throw err;
