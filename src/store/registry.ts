@@ -6,7 +6,7 @@ import { readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
-import { type Home, vmDir } from './home.js';
+import { ensureHome, type Home, vmDir } from './home.js';
 import { acquireLock, type Lock } from './lock.js';
 
 type DriverName = 'image' | 'libvirt';
@@ -83,6 +83,7 @@ export async function listVmNames(home: Home): Promise<string[]> {
 
 export async function lockVm(home: Home, vm: string, command: string): Promise<Lock> {
   const dir = vmDir(home, vm);
+  await ensureHome(home);
   await ensureDir(dir);
   const lock = await acquireLock(path.join(dir, 'lock'), vm, command);
   return {
