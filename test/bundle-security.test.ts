@@ -8,8 +8,9 @@ import { chmod, mkdir, readdir, readFile, stat, writeFile } from 'node:fs/promis
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { Clonebox, CloneboxError } from '../src/index.js';
-import { CliHome, parseJsonOutput } from './helpers/cli.js';
+import { CLI_PATH, CliHome, parseJsonOutput } from './helpers/cli.js';
 import { forgeZeroBundle } from './helpers/forge.js';
+import { run } from './helpers/process.js';
 import { qemuCheck, qemuIo } from './helpers/qemu.js';
 import { rng } from './helpers/random.js';
 import { makeTempDir } from './helpers/temp.js';
@@ -129,6 +130,47 @@ describe('attack 13 and #17 item 12: key files and passphrases', () => {
     const short = await a.cli(['snapshot', 'export', 'web', '-o', path.join(root, 'short.cbx'), '--encrypt'], { env: { CLONEBOX_PASSPHRASE: 'x' } });
     expect(short.code).toBe(0);
     expect(short.stderr).toMatch(/fewer than 8 characters/);
+  });
+
+  it('asks for the passphrase on a terminal with echo off (twice for a new bundle)', async () => {
+    // A pseudo-terminal driven by Python's pty module: answers each prompt once it appears and returns
+    // everything the terminal showed.
+    const driver = `
+import os, pty, sys, time
+answers = sys.argv[1].split(',')
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+out = b''
+asked = 0
+while True:
+    try:
+        chunk = os.read(fd, 4096)
+    except OSError:
+        break
+    if not chunk:
+        break
+    out += chunk
+    if out.count(b'passphrase') > asked and out.endswith(b': ') and answers:
+        asked += 1
+        time.sleep(0.2)
+        os.write(fd, answers.pop(0).encode() + b'\\r')
+_, status = os.waitpid(pid, 0)
+sys.stdout.buffer.write(out)
+sys.exit(os.waitstatus_to_exitcode(status))
+`;
+    const secret = 'typed at the prompt';
+    const out = path.join(root, 'typed.cbx');
+    const common = [process.execPath, CLI_PATH, '--home', a.home];
+    const ex = await run('python3', ['-c', driver, `${secret},${secret}`, ...common, 'snapshot', 'export', 'web', '-o', out, '--encrypt']);
+    expect(ex.code, ex.stdout).toBe(0);
+    expect(ex.stdout).toMatch(/passphrase for the new bundle: [\s\S]*the same passphrase again: /);
+    expect(ex.stdout).not.toContain(secret);
+    const ve = await run('python3', ['-c', driver, secret, ...common, 'snapshot', 'verify', out]);
+    expect(ve.code, ve.stdout).toBe(0);
+    expect(ve.stdout).toMatch(/passphrase for .*typed\.cbx: /);
+    expect(ve.stdout).toMatch(/ok: 2 snapshot/);
+    expect(ve.stdout).not.toContain(secret);
   });
 
   it('inspect labels the seal as claims', async () => {
