@@ -284,5 +284,12 @@ describe('attack 9: permissions', () => {
     const r = await b.ok(['vm', 'list']);
     expect(r.stderr).toMatch(/could be read by others/);
     expect(statSync(h).mode & 0o777).toBe(0o700);
+    // A directory that is also something else (here: it holds a file of the user's) is not ours to
+    // change: only the warning.
+    await writeFile(path.join(h, 'notes.txt'), 'mine');
+    await chmod(h, 0o755);
+    const r2 = await b.ok(['vm', 'list']);
+    expect(r2.stderr).toMatch(/holds more than clonebox's files/);
+    expect(statSync(h).mode & 0o777).toBe(0o755);
   });
 });

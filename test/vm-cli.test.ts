@@ -145,7 +145,8 @@ describe('vm add', () => {
     const r = await cli('vm', 'add', 'db', '--disk', a, '--disk', b, '--disk', c, '--json');
     expect(r.code, r.stderr).toBe(0);
     // vm add adds each disk's backing chain (here: the disk alone) to the vm show object.
-    const added = parseJsonOutput<VmShow & { disks: { backing_chain?: { path: string; backing_file: string | null }[] }[] }>(r);
+    type Added = Omit<VmShow, 'disks'> & { disks: (VmShow['disks'][number] & { backing_chain?: unknown[] })[] };
+    const added = parseJsonOutput<Added>(r);
     expect(added.disks.map((d) => d.backing_chain)).toEqual(
       [a, b, c].map((p) => [{ path: p, format: 'qcow2', backing_file: null, backing_format: null, allowed_because: null, refused: null }]),
     );
