@@ -132,6 +132,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[], allow
       }
       disks.push({ target: diskTarget(i), path: abs });
     }
+    const accepted = [...chains.values()].flatMap((c) => c.flatMap((l, i) => (l.allowed_because !== null && c[i + 1] ? [c[i + 1]!.path] : [])));
     const rec: VmRecord = {
       format: 1,
       name,
@@ -139,6 +140,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[], allow
       created_at: nowIso(),
       disks,
       current: null,
+      ...(accepted.length ? { allowed_backing: [...new Set(accepted)].sort() } : {}),
     };
     await saveVm(home, rec);
     const view = await vmView(home, rec);

@@ -3,6 +3,7 @@
  * device, a format sniffed), so `vm add` and then `export`/`share` carry a host file's bytes to others.
  * Real images made with qemu-img (and, for a header without a backing format, clonebox's own writer).
  */
+import { existsSync } from 'node:fs';
 import { mkdir, readFile, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -114,8 +115,27 @@ describe('vm add refuses backing files outside the image directory, devices and 
     expect(r.stdout).toContain(`${fine} (qcow2) on ${path.join(root, 'vm', 'base.qcow2')} (qcow2)`);
   });
 
+  it('export checks a root on a base again: a header changed after vm add is refused, an allowed backing file is remembered', async () => {
+    // Registered with a proper chain, then the header is pointed at the host secret.
+    const top = path.join(root, 'vm', 'later.qcow2');
+    await overlay(top, 'base.qcow2', 'qcow2');
+    await h.ok(['vm', 'add', 'later', '--disk', top]);
+    await h.ok(['snapshot', 'create', 'later', '--name', 's1']);
+    const secret = path.join(root, 'id_ed25519');
+    await qemuImg(['rebase', '-q', '-u', '-b', secret, '-F', 'raw', path.join(root, 'vm', 'later@s1.qcow2')]);
+    const r = await h.cli(['snapshot', 'export', 'later', '-o', path.join(root, 'later.cbx'), '--json']);
+    expect(r.code).toBe(1);
+    expect(errorOf(r).code).toBe('BACKING_REFUSED');
+    expect(existsSync(path.join(root, 'later.cbx'))).toBe(false);
+    // The VM added with --allow-backing exports (the secret is part of that disk, as its owner said).
+    await h.ok(['snapshot', 'create', 'abs', '--name', 's1']);
+    await h.ok(['snapshot', 'export', 'abs', '-o', path.join(root, 'abs.cbx')]);
+  });
+
   it('image info shows the chain and where it stops being followed', async () => {
-    const info = await h.json<{ backing_chain: { path: string; refused: string | null }[] }>(['image', 'info', path.join(root, 'vm', 'abs.qcow2')]);
+    const abs = path.join(root, 'vm', 'info-abs.qcow2');
+    await overlay(abs, path.join(root, 'id_ed25519'), 'raw');
+    const info = await h.json<{ backing_chain: { path: string; refused: string | null }[] }>(['image', 'info', abs]);
     expect(info.backing_chain).toHaveLength(1);
     expect(info.backing_chain[0]!.refused).toMatch(/absolute/);
     const fine = await h.json<{ backing_chain: { path: string; refused: string | null }[] }>(['image', 'info', path.join(root, 'vm', 'fine.qcow2')]);

@@ -27,6 +27,11 @@ export interface VmRecord {
   /** Name of the current snapshot (the parent of the writable state), or null. */
   current: string | null;
   libvirt?: { domain: string; uri: string };
+  /**
+   * Backing files outside the rules of qcow2/backing.ts that the user accepted at `vm add`
+   * (`--allow-backing`, real paths): export checks an image-driver root's chain against them again.
+   */
+  allowed_backing?: string[];
   /** Free-form extra state owned by other modules (policies, sharing...), kept as is. */
   extra?: Record<string, unknown>;
 }
