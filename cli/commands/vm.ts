@@ -61,7 +61,7 @@ export function registerVm(program: Command): void {
           const chain = d.backing_chain ?? [];
           if (chain.length < 2) continue;
           printLine(`  ${d.target} backing chain: ${chain.map((l) => `${l.path} (${l.format})`).join(' on ')}`);
-          for (const l of chain) if (l.allowed_because) printLine(`  allowed by --allow-backing: the backing file of ${l.path}: ${l.allowed_because}`);
+          for (const l of chain) if (l.allowed_because) printLine(`  accepted by --allow-backing: ${l.path}: ${l.allowed_because}`);
         }
       }),
     );
