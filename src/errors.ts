@@ -96,6 +96,15 @@ export const ERROR_CODES = {
     meaning:
       'damaged state in the home (an unparseable VM, snapshot, team or journal record, an unknown journal action, parent links that loop); clonebox stops rather than guess',
   },
+  NO_SPACE: {
+    exit: 1,
+    meaning: 'what an import, pull or merge would write (counted before writing) exceeds the free space of the target file system; nothing is left behind',
+  },
+  BUDGET_EXCEEDED: {
+    exit: 1,
+    meaning:
+      'input would make clonebox write more than `--max-write`, or holds a disk above the virtual-size cap (16 TiB unless `--max-virtual-size` raises it); nothing is left behind',
+  },
   IO: { exit: 1, meaning: 'a file system error (no such file, permission denied, no space left...), naming the path' },
   INTERNAL: { exit: 1, meaning: 'a bug, or a missing native module such as zstd support; `CLONEBOX_DEBUG=1` prints the stack' },
   // Bundles
@@ -103,9 +112,22 @@ export const ERROR_CODES = {
   BUNDLE_UNSUPPORTED: { exit: 1, meaning: 'a bundle format version this clonebox does not read' },
   BUNDLE_CORRUPT: { exit: 1, meaning: 'the bundle is damaged or was modified (any byte, including a cut)' },
   BUNDLE_CHANGED: { exit: 1, meaning: 'the bundle, or a temporary file of the import, changed while it was being read; nothing was imported' },
+  BUNDLE_NOT_ENCRYPTED: {
+    exit: 1,
+    meaning: 'a key or passphrase was given and the bundle is not encrypted (so nothing in it is authenticated); `--allow-plain` accepts it',
+  },
   KEY_REQUIRED: { exit: 1, meaning: 'the bundle is encrypted and no passphrase or key file was given' },
   WRONG_KEY: { exit: 1, meaning: 'wrong passphrase or key, or a passphrase given for a key-file bundle (or the reverse)' },
-  BAD_KEY_FILE: { exit: 1, meaning: 'a key file that does not hold exactly 32 bytes (or 64 hex digits)' },
+  BAD_KEY_FILE: {
+    exit: 1,
+    meaning:
+      'a key file that is not exactly 32 raw bytes or 64 hex digits, that looks like a passphrase (32 printable characters), or that others can read (`--allow-insecure-key-file`)',
+  },
+  BACKING_REFUSED: {
+    exit: 1,
+    meaning:
+      'an image whose backing chain leaves its directory (absolute or `..` path), reaches a device, or has no recorded format; `--allow-backing PATH` names a file to accept',
+  },
   FILE_EXISTS: { exit: 1, meaning: 'an import, a sync pull or `key generate` would overwrite an existing file' },
   BASE_MISSING: { exit: 1, meaning: 'a `--since` bundle imported into a VM that lacks its base snapshot (by content identity)' },
   DISK_MISMATCH: { exit: 1, meaning: "the bundle's disks differ from the target VM's" },

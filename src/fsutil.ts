@@ -4,9 +4,10 @@
  * new content and never a torn file.
  */
 
-import { link, mkdir, open, rename, stat, unlink } from 'node:fs/promises';
+import { chmod, link, mkdir, open, rename, stat, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
-import { ioError } from './errors.js';
+import { CloneboxError, ioError } from './errors.js';
+import { formatBytes } from './names.js';
 
 export async function fsyncDir(dir: string): Promise<void> {
   // Directories can be opened read-only and fsynced on Linux; where that is refused we carry on, as
@@ -105,4 +106,63 @@ export async function pathExists(p: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/**
+ * Bytes an unprivileged process may still write on the file system holding `p` (statfs `bavail`), or
+ * null when the system cannot say. `p` may be a file or a directory; the nearest existing ancestor
+ * is asked, so a directory about to be created can be checked.
+ */
+export async function freeSpace(p: string): Promise<number | null> {
+  let at = path.resolve(p);
+  for (;;) {
+    try {
+      const s = await statfs(at);
+      return s.bavail * s.bsize;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      const up = path.dirname(at);
+      if ((code === 'ENOENT' || code === 'ENOTDIR') && up !== at) {
+        at = up;
+        continue;
+      }
+      return null;
+    }
+  }
+}
+
+/**
+ * Refuses with NO_SPACE when `bytes` would not fit in the free space at `p` (unknown free space passes):
+ * the one check before a large write whose size is known up front (merges, pulls, imports of a size).
+ * @public the free-space checks of other commands use it (issue #17 item 18).
+ */
+export async function requireFreeSpace(p: string, bytes: number, what: string): Promise<void> {
+  const free = await freeSpace(p);
+  if (free !== null && bytes > free) {
+    throw CloneboxError.NO_SPACE(`${what} needs ${formatBytes(bytes)}, ${formatBytes(free)} are free, ${p}`, {
+      hint: 'free some space, or choose another place',
+    });
+  }
+}
+
+/**
+ * Makes `dir` (and missing parents) a directory only its owner can enter, and tightens it when it
+ * exists with group or other bits. Returns true when an existing directory was tightened, so that the
+ * caller can warn (someone else may have read it meanwhile).
+ */
+export async function ensurePrivateDir(dir: string): Promise<boolean> {
+  await ensureDir(dir, 0o700);
+  let mode: number;
+  try {
+    mode = (await stat(dir)).mode & 0o777;
+  } catch (err) {
+    throw ioError(err, 'cannot read directory', dir);
+  }
+  if ((mode & 0o077) === 0) return false;
+  try {
+    await chmod(dir, mode & 0o700);
+  } catch (err) {
+    throw ioError(err, 'cannot restrict directory', dir);
+  }
+  return true;
 }

@@ -6,6 +6,7 @@ import { driverStepHandlers } from './drivers/registry.js';
 import { CloneboxError, ioError } from './errors.js';
 import { ensureDir, pathExists } from './fsutil.js';
 import { checkName } from './names.js';
+import { type ChainLink, checkedBackingChain } from './qcow2/backing.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
 import type { Home } from './store/home.js';
@@ -17,6 +18,8 @@ export interface DiskView {
   target: string;
   path: string;
   virtual_size: number;
+  /** `vm add` only: the disk's backing chain as checked, top first (qcow2/backing.ts). */
+  backing_chain?: ChainLink[];
 }
 
 export interface VmView {
@@ -65,7 +68,7 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
       }
       // Sizes are rounded up to whole 512-byte sectors, as qemu-img does.
       const size = Math.ceil(opts.size / 512) * 512;
-      const w = await Qcow2Writer.create(disk, { virtualSize: size, clusterSize: opts.clusterSize ?? 65536 });
+      const w = await Qcow2Writer.create(disk, { virtualSize: size, clusterSize: opts.clusterSize ?? 65536, mode: 0o600 });
       await w.finish();
     } catch (err) {
       // A failed create leaves nothing behind: not even the (still empty) directory it made.
@@ -92,7 +95,12 @@ export async function createVm(home: Home, name: string, opts: { size: number; d
   }
 }
 
-export async function addVm(home: Home, name: string, diskPaths: string[]): Promise<VmView> {
+/**
+ * Registers existing qcow2 files as an image-driver VM. Each disk's backing chain must pass the rules
+ * of qcow2/backing.ts (inside the disk's directory, regular files, recorded formats) unless the user
+ * names the backing file in `allowBacking`; the chains are part of the result.
+ */
+export async function addVm(home: Home, name: string, diskPaths: string[], allowBacking: readonly string[] = []): Promise<VmView> {
   checkName('VM', name);
   if (diskPaths.length === 0) throw new CloneboxError('USAGE', 'vm add needs --disk PATH (or --libvirt)');
   const lock = await lockVm(home, name, 'vm add');
@@ -100,6 +108,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
     if (await vmExists(home, name)) throw new CloneboxError('VM_EXISTS', `VM already exists, ${name}`);
     const disks: { target: string; path: string }[] = [];
     const seen = new Set<string>();
+    const chains = new Map<string, ChainLink[]>();
     for (const [i, p] of diskPaths.entries()) {
       let abs: string;
       try {
@@ -111,6 +120,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       seen.add(abs);
       const img = await Qcow2Image.open(abs); // refuses non-qcow2 and unsupported features with a clear error
       await img.close();
+      chains.set(abs, await checkedBackingChain(abs, allowBacking));
       const owner = await findDiskOwner(home, abs, name);
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);
       const { layerPathFor } = await import('./drivers/image.js');
@@ -122,6 +132,7 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       }
       disks.push({ target: diskTarget(i), path: abs });
     }
+    const accepted = [...chains.values()].flatMap((c) => c.flatMap((l, i) => (l.allowed_because !== null && c[i + 1] ? [c[i + 1]!.path] : [])));
     const rec: VmRecord = {
       format: 1,
       name,
@@ -129,9 +140,12 @@ export async function addVm(home: Home, name: string, diskPaths: string[]): Prom
       created_at: nowIso(),
       disks,
       current: null,
+      ...(accepted.length ? { allowed_backing: [...new Set(accepted)].sort() } : {}),
     };
     await saveVm(home, rec);
-    return await vmView(home, rec);
+    const view = await vmView(home, rec);
+    for (const d of view.disks) d.backing_chain = chains.get(d.path) ?? [];
+    return view;
   } finally {
     await lock.release();
   }

@@ -269,7 +269,7 @@ describe('damaged bundles are refused and nothing is written', () => {
     expect((await refuse(encrypted, await loadKeySource({ passphraseFile: wrong }))).code).toBe('WRONG_KEY');
     expect((await refuse(encrypted, null)).code).toBe('KEY_REQUIRED');
     const keyFile = path.join(root, 'some.key');
-    await writeFile(keyFile, Buffer.alloc(32, 7));
+    await writeFile(keyFile, Buffer.alloc(32, 7), { mode: 0o600 });
     expect((await refuse(encrypted, await loadKeySource({ keyFile }))).code).toBe('WRONG_KEY');
     // verify reports instead of throwing.
     const file = path.join(root, 'enc-enc.bundle');

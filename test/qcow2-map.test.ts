@@ -480,6 +480,7 @@ describe('image map / image info / reads agree with qemu-img', () => {
         expect(r.code).toBe(0);
         const info = parseJsonOutput<Record<string, unknown>>(r);
         expect(Object.keys(info).sort()).toEqual([
+          'backing_chain',
           'backing_file',
           'backing_format',
           'cluster_size',

@@ -144,7 +144,13 @@ describe('vm add', () => {
     const c = await disk(dir, 'c.qcow2', '1G');
     const r = await cli('vm', 'add', 'db', '--disk', a, '--disk', b, '--disk', c, '--json');
     expect(r.code, r.stderr).toBe(0);
-    const v = parseJsonOutput<VmShow>(r);
+    // vm add adds each disk's backing chain (here: the disk alone) to the vm show object.
+    type Added = Omit<VmShow, 'disks'> & { disks: (VmShow['disks'][number] & { backing_chain?: unknown[] })[] };
+    const added = parseJsonOutput<Added>(r);
+    expect(added.disks.map((d) => d.backing_chain)).toEqual(
+      [a, b, c].map((p) => [{ path: p, format: 'qcow2', backing_file: null, backing_format: null, allowed_because: null, refused: null }]),
+    );
+    const v = { ...added, disks: added.disks.map(({ backing_chain: _, ...d }) => d) };
     expectShowShape(v);
     expect(v).toEqual({
       name: 'db',

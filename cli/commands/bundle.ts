@@ -3,16 +3,14 @@
  * and rendering only; the work is in the library's bundles and keys namespaces.
  */
 import { type Command, InvalidArgumentError } from 'commander';
-import { formatBytes, type KeyOptions, type ProgressCallback } from '../../src/index.js';
+import { formatBytes, type ProgressCallback, parseSize } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
 import { printJson, printLine, table } from '../output.js';
+import { type CliKey, type KeyFlags, keyOptions } from '../passphrase.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
 
-interface KeyOpts {
-  passphraseFile?: string;
-  keyFile?: string;
-}
+type KeyOpts = KeyFlags;
 
 function levelOpt(v: string): number {
   const n = Number(v);
@@ -20,9 +18,17 @@ function levelOpt(v: string): number {
   return n;
 }
 
-function keyOpts(o: KeyOpts): KeyOptions {
-  return { ...(o.passphraseFile !== undefined ? { passphraseFile: o.passphraseFile } : {}), ...(o.keyFile !== undefined ? { keyFile: o.keyFile } : {}) };
+/** Runs `fn` with the key options the flags, the environment or a prompt give, wiping what was read after. */
+async function withKey<T>(o: KeyOpts, use: 'encrypt' | 'decrypt' | 'none', stdinTaken: boolean, fn: (k: CliKey['opts']) => Promise<T>): Promise<T> {
+  const k = await keyOptions(o, use, stdinTaken);
+  try {
+    return await fn(k.opts);
+  } finally {
+    k.wipe();
+  }
 }
+
+const PASSPHRASE_HELP = 'passphrase file (Argon2id-derived key); - reads stdin. Also: CLONEBOX_PASSPHRASE, _FILE, _COMMAND, or a prompt';
 
 function pct(part: number, whole: number): string {
   return whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-';
@@ -48,23 +54,26 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--since <base>', 'include only the snapshots after BASE (the importing VM must hold BASE)')
     .requiredOption('-o, --output <file>', 'bundle file, or - for stdout (then --json goes to stderr)')
     .option('--encrypt', 'encrypt blocks and metadata (needs --passphrase-file or --key-file)')
-    .option('--passphrase-file <file>', 'passphrase (Argon2id-derived key)')
+    .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
+    .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
         const toStdout = o.output === '-';
-        const r = await long('export', ctx.json, (lo) =>
-          ctx.cb.bundles.export(vm, {
-            ...keyOpts(o),
-            ...(o.name !== undefined ? { name: o.name } : {}),
-            ...(o.since !== undefined ? { since: o.since } : {}),
-            output: toStdout ? process.stdout : o.output,
-            encrypt: Boolean(o.encrypt),
-            level: o.level,
-            ...lo,
-          }),
+        const r = await withKey(o, o.encrypt ? 'encrypt' : 'none', false, (key) =>
+          long('export', ctx.json, (lo) =>
+            ctx.cb.bundles.export(vm, {
+              ...key,
+              ...(o.name !== undefined ? { name: o.name } : {}),
+              ...(o.since !== undefined ? { since: o.since } : {}),
+              output: toStdout ? process.stdout : o.output,
+              encrypt: Boolean(o.encrypt),
+              level: o.level,
+              ...lo,
+            }),
+          ),
         );
         if (ctx.json) {
           // stdout carries the bundle itself with -o -: the report goes to stderr then.
@@ -88,18 +97,28 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .argument('<vm>')
     .argument('<file>', 'bundle file, or - for stdin')
     .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
-    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--allow-plain', 'accept a plain bundle although a key or passphrase was given')
+    .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--dir <dir>', 'directory for the disks of a new VM (default: <home>/disks/<vm>)')
+    .option('--max-write <size>', 'refuse once the import would write more than SIZE (free space is always checked)')
+    .option('--max-virtual-size <size>', 'refuse a disk larger than SIZE (default: 16T)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string }) => {
-        const r = await long('import', ctx.json, (lo) =>
-          ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
-            ...keyOpts(o),
-            ...(o.dir !== undefined ? { dir: o.dir } : {}),
-            ...lo,
-          }),
+      action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string; maxWrite?: string; maxVirtualSize?: string }) => {
+        const maxWrite = o.maxWrite !== undefined ? parseSize(o.maxWrite, '--max-write') : undefined;
+        const maxVirtualSize = o.maxVirtualSize !== undefined ? parseSize(o.maxVirtualSize, '--max-virtual-size') : undefined;
+        const r = await withKey(o, 'decrypt', file === '-', (key) =>
+          long('import', ctx.json, (lo) =>
+            ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
+              ...key,
+              ...(o.dir !== undefined ? { dir: o.dir } : {}),
+              ...(maxWrite !== undefined ? { maxWrite } : {}),
+              ...(maxVirtualSize !== undefined ? { maxVirtualSize } : {}),
+              ...lo,
+            }),
+          ),
         );
         if (ctx.json) return printJson(r);
         printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
@@ -116,12 +135,16 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .command('verify')
     .argument('<file>', 'bundle file, or - for stdin')
     .description('read a whole bundle and check every block, map and seal (writes nothing)')
-    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--allow-plain', 'accept a plain bundle although a key or passphrase was given')
+    .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, file: string, o: KeyOpts) => {
-        const r = await long('verify', ctx.json, (lo) => ctx.cb.bundles.verify(file === '-' ? process.stdin : file, { ...keyOpts(o), ...lo }));
+        const r = await withKey(o, 'decrypt', file === '-', (key) =>
+          long('verify', ctx.json, (lo) => ctx.cb.bundles.verify(file === '-' ? process.stdin : file, { ...key, ...lo })),
+        );
         if (!r.ok) process.exitCode = 1;
         // Problems found are the result, not an exception: each also gets the contract's error line.
         for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
@@ -137,19 +160,22 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .command('inspect')
     .argument('<file>', 'bundle file')
     .description('show what a bundle holds: snapshots, sizes, dedup and compression savings')
-    .option('--passphrase-file <file>', 'passphrase of an encrypted bundle')
+    .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', 'key file of an encrypted bundle')
+    .option('--allow-plain', 'accept a plain bundle although a key or passphrase was given')
+    .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, file: string, o: KeyOpts) => {
-        const r = await ctx.cb.bundles.inspect(file === '-' ? process.stdin : file, keyOpts(o));
+        const r = await withKey(o, 'decrypt', file === '-', (key) => ctx.cb.bundles.inspect(file === '-' ? process.stdin : file, key));
         if (ctx.json) return printJson(r);
         printLine(`bundle: ${r.file} (format ${r.format_version}${r.bundle_bytes !== null ? `, ${formatBytes(r.bundle_bytes)}` : ''})`);
-        printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no'}`);
+        printLine(`encrypted: ${r.encrypted ? `yes (${r.key})` : 'no: nothing in it is authenticated, anyone could have written or changed it'}`);
         if (!r.readable) {
           printLine('contents: encrypted; pass --passphrase-file or --key-file to see them');
           return;
         }
+        printLine('claims:    the sizes and content ids below are what the bundle says; `clonebox snapshot verify` checks them');
         printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
         printLine('');
         printLine(

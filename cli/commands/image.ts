@@ -24,6 +24,13 @@ export function registerImage(program: Command): void {
         printLine(`compression type: ${info.compression_type}`);
         printLine(`extended L2: ${info.extended_l2 ? 'yes' : 'no'}`);
         printLine(`data: ${formatBytes(info.data_bytes)}, zero: ${formatBytes(info.zero_bytes)}`);
+        if (info.backing_chain.length > 1 || info.backing_chain[0]?.refused) {
+          printLine('backing chain:');
+          for (const l of info.backing_chain) {
+            printLine(`  ${l.path} (${l.format})`);
+            if (l.refused) printLine(`    not followed: ${l.refused}`);
+          }
+        }
       }),
     );
 

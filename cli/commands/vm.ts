@@ -37,9 +37,15 @@ export function registerVm(program: Command): void {
     .option('--libvirt', 'register a libvirt domain (libvirt driver)')
     .option('--domain <name>', 'libvirt domain name (default: the VM name)')
     .option('--connect <uri>', 'libvirt connection URI', 'qemu:///system')
+    .option(
+      '--allow-backing <path>',
+      "accept this backing file although it is outside the disk's directory, a device or of unrecorded format (repeatable)",
+      collect,
+      [],
+    )
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string }) => {
+      action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string; allowBacking: string[] }) => {
         if (o.libvirt) {
           if (o.disk.length) throw usage('--libvirt and --disk exclude each other');
           const view = await ctx.cb.vms.addLibvirt(name, { domain: o.domain ?? name, uri: o.connect });
@@ -48,9 +54,15 @@ export function registerVm(program: Command): void {
             `registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`,
           );
         }
-        const view = await ctx.cb.vms.add(name, { disks: o.disk });
+        const view = await ctx.cb.vms.add(name, { disks: o.disk, allowBacking: o.allowBacking });
         if (ctx.json) return printJson(view);
         printLine(`registered VM ${view.name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
+        for (const d of view.disks) {
+          const chain = d.backing_chain ?? [];
+          if (chain.length < 2) continue;
+          printLine(`  ${d.target} backing chain: ${chain.map((l) => `${l.path} (${l.format})`).join(' on ')}`);
+          for (const l of chain) if (l.allowed_because) printLine(`  accepted by --allow-backing: ${l.path}: ${l.allowed_because}`);
+        }
       }),
     );
 

@@ -3,7 +3,7 @@
  * each namespace reaches one area of clonebox. Every method loads its implementation when first
  * called, so that opening (and the CLI's start-up) stays cheap.
  */
-import { resolveHome } from '../store/home.js';
+import { resolveHome, tightenHome } from '../store/home.js';
 import { Bundles, Keys } from './bundles.js';
 import { Config } from './config.js';
 import { Demo } from './demo.js';
@@ -51,6 +51,8 @@ export class Clonebox {
    */
   static async open(opts: OpenOptions = {}): Promise<Clonebox> {
     const session = new Session(resolveHome(opts.home), opts.onWarning);
+    const loose = await tightenHome(session.home);
+    if (loose) session.warn({ code: 'WARNING', message: loose });
     if (opts.recover !== false) {
       const { sweepInterrupted } = await import('../store/sweep.js');
       for (const message of await sweepInterrupted(session.home)) session.warn({ code: 'RECOVERED', message });

@@ -8,12 +8,15 @@ export class Images {
   info(file: string, opts: WarningOptions = {}): Promise<ImageInfo> {
     return this.s.run(async () => {
       const { Qcow2Image } = await import('../qcow2/reader.js');
+      const { describeBackingChain } = await import('../qcow2/backing.js');
       const img = await Qcow2Image.open(file, { warn: this.s.warner(opts.onWarning) });
+      let info: Omit<ImageInfo, 'backing_chain'>;
       try {
-        return await img.info();
+        info = await img.info();
       } finally {
         await img.close();
       }
+      return { ...info, backing_chain: await describeBackingChain(file) };
     });
   }
 

@@ -63,6 +63,23 @@ export interface DiskView {
   target: string;
   path: string;
   virtual_size: number;
+  /** `vm add` only: the disk's backing chain as checked, top first. */
+  backing_chain?: BackingLink[];
+}
+
+/**
+ * One image of a backing chain, top first (`vm add`, `image info`). A backing file is accepted when
+ * its name is relative and stays in the top image's directory, it is a regular file and its format is
+ * recorded; otherwise only when the user names it (`--allow-backing`, then `allowed_because` says why
+ * it needed that). `refused` (image info only): why the chain is not followed past this image.
+ */
+export interface BackingLink {
+  path: string;
+  format: 'qcow2' | 'raw';
+  backing_file: string | null;
+  backing_format: string | null;
+  allowed_because: string | null;
+  refused: string | null;
 }
 
 /** `vm show --json`. */
@@ -337,11 +354,27 @@ export interface RunResult {
 /** Where a bundle is read from: a file path, or a Node stream that gives it. */
 export type BundleInput = string | Readable;
 
-/** A key for an encrypted bundle: a key file, a passphrase file, or the passphrase itself. */
+/**
+ * A key for an encrypted bundle: a key file, a passphrase file, the 32 key bytes or the passphrase
+ * itself (at most one of the four). Bytes given here are copied and the copies zeroed after the call;
+ * the caller zeroes its own. A string passphrase cannot be zeroed (JavaScript strings are immutable):
+ * prefer bytes.
+ */
 export interface KeyOptions {
   keyFile?: string;
+  /** The key itself: exactly 32 bytes. */
+  key?: Uint8Array;
   passphraseFile?: string;
-  passphrase?: string;
+  passphrase?: string | Uint8Array;
+  /**
+   * Asked for the passphrase when the bundle turns out to need one and none was given (the CLI
+   * prompts on a terminal); return null to give none. Import, verify and inspect only.
+   */
+  askPassphrase?: (file: string) => Promise<Uint8Array | null>;
+  /** Accept a plain bundle although a key was given (else BUNDLE_NOT_ENCRYPTED). Import, verify, inspect. */
+  allowPlain?: boolean;
+  /** Accept a key file that others can read (else BAD_KEY_FILE). */
+  allowInsecureKeyFile?: boolean;
 }
 
 export interface ExportOptions extends LongOptions, KeyOptions {
@@ -375,6 +408,10 @@ export interface ExportResult {
 export interface ImportOptions extends LongOptions, KeyOptions {
   /** Directory for the disks of a new VM (default <home>/disks/<vm>). */
   dir?: string;
+  /** Refuse (BUDGET_EXCEEDED) once the import would write more than this many bytes. Free space is always checked (NO_SPACE). */
+  maxWrite?: number;
+  /** Refuse (BUDGET_EXCEEDED) a bundle holding a disk larger than this (default 16 TiB). */
+  maxVirtualSize?: number;
 }
 
 /** `snapshot import --json`. */
@@ -410,6 +447,11 @@ export interface InspectResult {
   key: 'none' | 'passphrase' | 'key-file';
   /** False when the bundle is encrypted and no key was given: only the header was read. */
   readable: boolean;
+  /**
+   * Always false: sizes, digests and content ids below are the bundle's own claims (its seal), read
+   * without checking a block (`verify` checks them). In a plain bundle nobody vouches for them at all.
+   */
+  claims_verified: false;
   bundle_bytes: number | null;
   vm: string | null;
   created_at: string | null;
@@ -556,6 +598,8 @@ export interface ImageInfo {
   extended_l2: boolean;
   data_bytes: number;
   zero_bytes: number;
+  /** The backing chain, top first, as far as clonebox would follow it (see BackingLink). */
+  backing_chain: BackingLink[];
 }
 
 /** Each entry of `image map --json`: a guest range this file alone holds. */

@@ -19,10 +19,10 @@ export class Vms {
   }
 
   /** Registers existing qcow2 disks. */
-  add(name: string, opts: { disks: string[] }): Promise<VmView> {
+  add(name: string, opts: { disks: string[]; allowBacking?: string[] }): Promise<VmView> {
     return this.s.run(async () => {
       const { addVm } = await import('../vms.js');
-      return addVm(this.s.home, name, opts.disks);
+      return addVm(this.s.home, name, opts.disks, opts.allowBacking ?? []);
     });
   }
 

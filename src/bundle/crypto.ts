@@ -17,7 +17,7 @@
  * (bench/README.md, "Figures behind the code").
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { open, readFile } from 'node:fs/promises';
+import { open } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import type Sodium from 'sodium-native';
 import { CloneboxError, ioError } from '../errors.js';
@@ -56,46 +56,112 @@ export function randomBytes(n: number): Buffer {
   return randomFillSync(Buffer.alloc(n));
 }
 
-/** Reads --passphrase-file or --key-file. A passphrase file loses one trailing newline, as restic's does. */
-export async function loadKeySource(opts: { passphraseFile?: string | undefined; keyFile?: string | undefined }): Promise<KeySource | null> {
+/** Passphrase and key files are small; anything larger is not one (and is not read whole). */
+const MAX_SECRET_FILE = 64 * 1024;
+
+/**
+ * Reads a secret file through one descriptor (what is checked is what is read): its mode (regular
+ * files only; pipes such as `<(cmd)` have no meaningful one) and at most MAX_SECRET_FILE bytes.
+ */
+async function readSecretFile(file: string, what: string): Promise<{ bytes: Buffer; mode: number | null }> {
+  let fh: Awaited<ReturnType<typeof open>>;
+  try {
+    fh = await open(file, 'r');
+  } catch (err) {
+    throw ioError(err, `cannot read ${what}`, file);
+  }
+  try {
+    const st = await fh.stat();
+    if (st.isDirectory()) throw new CloneboxError('USAGE', `${what} is a directory, ${file}`);
+    const buf = Buffer.alloc(MAX_SECRET_FILE + 1);
+    let got = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, null);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+      if (got > MAX_SECRET_FILE) {
+        buf.fill(0);
+        throw new CloneboxError('USAGE', `${what} is larger than ${MAX_SECRET_FILE} bytes, ${file}`);
+      }
+    }
+    const bytes = Buffer.from(buf.subarray(0, got));
+    buf.fill(0);
+    return { bytes, mode: st.isFile() ? st.mode & 0o777 : null };
+  } catch (err) {
+    throw ioError(err, `cannot read ${what}`, file);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The bytes of a passphrase as given in a file, on stdin or by a command: one trailing newline (CRLF too) goes, as restic does. */
+function trimPassphrase(text: Buffer): Buffer {
+  let end = text.length;
+  if (end > 0 && text[end - 1] === 0x0a) end--;
+  if (end > 0 && text[end - 1] === 0x0d) end--;
+  return text.subarray(0, end);
+}
+
+/** Whether every byte is a printable ASCII character: text someone typed, not 32 random bytes. */
+function isPrintable(b: Buffer): boolean {
+  for (const x of b) if (x < 0x20 || x > 0x7e) return false;
+  return true;
+}
+
+/**
+ * A key file's key: exactly 32 raw bytes (what `key generate` writes) or 64 hex digits (and a newline).
+ * 32 printable characters are a passphrase someone saved, not a key: taking them as the key would skip
+ * the memory-hard KDF a passphrase needs, so they are refused. A random key is all printable with a
+ * chance of (95/256)^32, about 2e-14, and `key generate` never writes one.
+ */
+function parseKeyFile(raw: Buffer, file: string): Buffer {
+  const bad = (why: string) =>
+    new CloneboxError('BAD_KEY_FILE', `${why}, ${file}`, {
+      hint: 'create a key with `clonebox key generate -o FILE`; a passphrase goes in --passphrase-file',
+    });
+  if (raw.length === KEY_BYTES) {
+    if (isPrintable(raw)) throw bad('key file holds 32 printable characters, a passphrase rather than a key');
+    return Buffer.from(raw);
+  }
+  const t = trimPassphrase(raw);
+  if (t.length === 64 && /^[0-9a-fA-F]{64}$/.test(t.toString('latin1'))) return Buffer.from(t.toString('latin1'), 'hex');
+  throw bad('key file must hold exactly 32 bytes (or 64 hex digits)');
+}
+
+/**
+ * Reads --passphrase-file or --key-file. A key file others can read (any group or other permission
+ * bit, as ssh judges private keys) is refused unless `allowInsecureKeyFile`. The caller owns the
+ * returned buffers and zeroes them after use.
+ */
+export async function loadKeySource(opts: {
+  passphraseFile?: string | undefined;
+  keyFile?: string | undefined;
+  allowInsecureKeyFile?: boolean | undefined;
+}): Promise<KeySource | null> {
   if (opts.passphraseFile !== undefined && opts.keyFile !== undefined) {
     throw new CloneboxError('USAGE', 'give either --passphrase-file or --key-file, not both');
   }
   if (opts.passphraseFile !== undefined) {
     const file = opts.passphraseFile;
-    let text: Buffer;
-    try {
-      text = await readFile(file);
-    } catch (err) {
-      throw ioError(err, 'cannot read passphrase file', file);
-    }
-    let end = text.length;
-    if (end > 0 && text[end - 1] === 0x0a) end--;
-    if (end > 0 && text[end - 1] === 0x0d) end--;
-    if (end === 0) throw new CloneboxError('USAGE', `passphrase file is empty, ${file}`);
-    return { kind: 'passphrase', passphrase: Buffer.from(text.subarray(0, end)), file };
+    const { bytes } = await readSecretFile(file, 'passphrase file');
+    const passphrase = Buffer.from(trimPassphrase(bytes));
+    bytes.fill(0);
+    if (passphrase.length === 0) throw new CloneboxError('USAGE', `passphrase file is empty, ${file}`);
+    return { kind: 'passphrase', passphrase, file };
   }
   if (opts.keyFile !== undefined) {
     const file = opts.keyFile;
-    let raw: Buffer;
+    const { bytes, mode } = await readSecretFile(file, 'key file');
     try {
-      raw = await readFile(file);
-    } catch (err) {
-      throw ioError(err, 'cannot read key file', file);
+      if (mode !== null && (mode & 0o077) !== 0 && !opts.allowInsecureKeyFile) {
+        throw new CloneboxError('BAD_KEY_FILE', `key file can be read by others (mode ${mode.toString(8).padStart(4, '0')}), ${file}`, {
+          hint: `restrict it with \`chmod 600 ${file}\`, or pass --allow-insecure-key-file`,
+        });
+      }
+      return { kind: 'keyfile', key: parseKeyFile(bytes, file), file };
+    } finally {
+      bytes.fill(0);
     }
-    let key: Buffer | null = null;
-    if (raw.length === KEY_BYTES) key = raw;
-    else {
-      // Also accept the key written as 64 hex digits (and a newline), for keys kept in text form.
-      const t = raw.toString('latin1').trim();
-      if (/^[0-9a-fA-F]{64}$/.test(t)) key = Buffer.from(t, 'hex');
-    }
-    if (!key) {
-      throw new CloneboxError('BAD_KEY_FILE', `key file must hold exactly 32 bytes (or 64 hex digits), ${file}`, {
-        hint: 'create one with `clonebox key generate -o FILE`',
-      });
-    }
-    return { kind: 'keyfile', key, file };
   }
   return null;
 }
@@ -226,7 +292,9 @@ export class Sealer {
 
 /** `clonebox key generate`: 32 random bytes in a new file only its owner can read. */
 export async function generateKeyFile(file: string): Promise<void> {
-  const key = randomBytes(KEY_BYTES);
+  let key = randomBytes(KEY_BYTES);
+  // Never a key that loadKeySource would take for a saved passphrase (a chance of about 2e-14).
+  while (isPrintable(key)) key = randomBytes(KEY_BYTES);
   let fh: Awaited<ReturnType<typeof open>>;
   try {
     fh = await open(file, 'wx', 0o600);

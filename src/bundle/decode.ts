@@ -48,6 +48,8 @@ export interface DecodeResult {
   digests: Buffer[];
   totals: SealTotals;
   contentIds: string[];
+  /** Per snapshot: whether its content id derives from its layers and a verified parent (seal-check.ts). */
+  verified: boolean[];
 }
 
 type FrameRecord = Extract<PackRecord, { type: 'frame' }>;
@@ -151,6 +153,6 @@ export async function decodeBundle(
   await map.finish();
   // Everything is read: now the seal must agree with what we saw.
   const seal = r.seal!;
-  const { digests, contentIds } = checkSeal(meta, seal, map.digests, totals, file, (li) => map.layerName(li));
-  return { seal, digests, totals, contentIds };
+  const { digests, contentIds, verified } = checkSeal(meta, seal, map.digests, totals, file, (li) => map.layerName(li));
+  return { seal, digests, totals, contentIds, verified };
 }

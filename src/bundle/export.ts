@@ -30,6 +30,7 @@ import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { fsyncDir, tempPathFor } from '../fsutil.js';
 import { checkName } from '../names.js';
+import { checkedBackingChain } from '../qcow2/backing.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
@@ -205,8 +206,12 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         try {
           const backing = img.backingPath();
           let resolved = false;
-          if (s.parent === null) resolved = backing !== null;
-          else {
+          if (s.parent === null) {
+            resolved = backing !== null;
+            // A root on a base image carries that base's bytes: its chain must still pass the rules
+            // `vm add` applied (the header may have changed since). A libvirt domain's chain is the domain's.
+            if (resolved && vm.driver === 'image') await checkedBackingChain(d.path, vm.allowed_backing ?? []);
+          } else {
             const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
             if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
               throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);

@@ -26,10 +26,11 @@ import { WorkerPool } from '../content/workers.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError } from '../errors.js';
-import { ensureDir } from '../fsutil.js';
+import { ensureDir, freeSpace } from '../fsutil.js';
 import { checkName } from '../names.js';
+import { checkVirtualSize, DEFAULT_MAX_VIRTUAL_SIZE, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { ensureContentIds } from '../snapshots/identity.js';
+import { ensureContentIds, trustedContentId } from '../snapshots/identity.js';
 import { commitLanding, currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan } from '../snapshots/landing.js';
 import { type Home, vmDir } from '../store/home.js';
 import { Journal, journalPath, recover } from '../store/journal.js';
@@ -40,18 +41,26 @@ import { type BundleSink, decodeBundle } from './decode.js';
 import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { BundleReader } from './reader.js';
+import { BundleReader, type ReaderKeyOptions } from './reader.js';
 
 export interface ImportOptions {
   /** Bundle file, or a stream that gives it (the CLI passes process.stdin for '-'). */
   input: string | Readable;
   key: KeySource | null;
+  /** Accept a plain bundle although a key was given (else BUNDLE_NOT_ENCRYPTED). */
+  allowPlain?: boolean | undefined;
+  /** Asked for the passphrase of an encrypted bundle when no key was given. */
+  askPassphrase?: ReaderKeyOptions['askPassphrase'];
   /** Directory for a new VM's disks (default <home>/disks/<vm>). */
   dir?: string | undefined;
   /** Stops the import: everything it wrote is rolled back (no VM, layer, record or journal), ABORTED rejects. */
   signal?: AbortSignal | undefined;
   /** Bundle bytes read so far, of the file's size (null for a stream). */
   onProgress?: ProgressCallback | undefined;
+  /** Refuse (BUDGET_EXCEEDED) once the import would write more than this many bytes; null or absent: no cap but the free space. */
+  maxWrite?: number | null | undefined;
+  /** Refuse (BUDGET_EXCEEDED) a bundle with a disk larger than this; default DEFAULT_MAX_VIRTUAL_SIZE (16 TiB). */
+  maxVirtualSize?: number | undefined;
 }
 
 export interface ImportResult {
@@ -75,6 +84,7 @@ async function exists(p: string): Promise<boolean> {
 }
 
 interface LayerFile extends Landing {
+  /** Null for the chain's root, whose unallocated clusters read as zero. */
   backing: string | null;
   virtualSize: number;
   clusterSize: number;
@@ -108,6 +118,7 @@ class ImportSink implements BundleSink {
     private readonly files: LayerFile[],
     private readonly journal: Journal,
     private readonly spoolPath: string | null,
+    private readonly budget: WriteBudget,
   ) {}
 
   async open(): Promise<void> {
@@ -122,8 +133,10 @@ class ImportSink implements BundleSink {
 
   async beginLayer(li: number): Promise<void> {
     const f = this.files[li]!;
+    this.budget.beginLayer(f.virtualSize, f.clusterSize);
     await this.journal.willCreate(f.temp);
     this.writer = await Qcow2Writer.create(f.temp, {
+      mode: 0o600,
       virtualSize: f.virtualSize,
       clusterSize: f.clusterSize,
       backingFile: f.backing,
@@ -182,6 +195,7 @@ class ImportSink implements BundleSink {
   async endLayer(): Promise<void> {
     const w = this.writer!;
     this.writer = null;
+    this.budget.endLayer();
     if (this.assembler!.pending) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
     // The layer's fsync overlaps with writing the next one; settle() waits for all of them.
     const p = w.finish();
@@ -200,6 +214,7 @@ class ImportSink implements BundleSink {
 
   async frame(frame: number, _codec: Codec, stored: Buffer): Promise<void> {
     if (this.spool === null) return;
+    this.budget.other(stored.length);
     // Blocking writes: into the page cache, faster than a thread-pool round trip per frame.
     let done = 0;
     while (done < stored.length) {
@@ -226,12 +241,17 @@ class ImportSink implements BundleSink {
   }
 
   async data(_layer: number, offset: number, block: number, length: number, data: Buffer | null): Promise<void> {
+    this.budget.data(offset, length);
     this.dataBytes += length;
     // A block written as it came can be read back from the layer; one gathered into a cluster cannot.
     this.noteHome(block, await this.assembler!.block(offset, data!));
   }
 
-  async zero(_layer: number, offset: number, length: number): Promise<void> {
+  async zero(layer: number, offset: number, length: number): Promise<void> {
+    // A root reads as zero where nothing is allocated: zero clusters there would only cost metadata
+    // (one L2 entry per cluster, however few bytes the record took in the bundle).
+    if (this.files[layer]!.backing === null) return;
+    this.budget.zero(offset, length);
     await this.writer!.writeZero(offset, length);
   }
 
@@ -268,7 +288,7 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   const onAbort = () => stream.destroy?.(abortedError());
   if (input.file === null) opts.signal?.addEventListener('abort', onAbort, { once: true });
   try {
-    reader = await BundleReader.open(input.stream, input.label, opts.key);
+    reader = await BundleReader.open(input.stream, input.label, opts.key, { allowPlain: Boolean(opts.allowPlain), askPassphrase: opts.askPassphrase });
     if (input.file) reader.setSeekable(input.file);
     return await importLocked(home, vmName, reader, await pool, opts, input.size, t0);
   } catch (err) {
@@ -298,11 +318,16 @@ async function importLocked(
   let madeDir: string | null = null;
   try {
     await recover(home, vmName, driverStepHandlers);
-    const plan = await planImport(home, vmName, meta, opts);
+    const plan = await planImport(home, vmName, meta, opts, reader.file);
     madeDir = plan.createdDir;
     const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`, driverStepHandlers);
     const progress = new Progress('import', size, opts.onProgress);
-    const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool);
+    const budget = new WriteBudget({
+      free: await freeSpace(path.dirname(plan.layers[0]!.final)),
+      maxWrite: opts.maxWrite ?? null,
+      what: `import of ${reader.file}`,
+    });
+    const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool, budget);
     try {
       await sink.open();
       const res = await decodeBundle(reader, pool, sink, {
@@ -335,6 +360,7 @@ async function importLocked(
         disks: meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, path: plan.layers[li]!.final }] : [])),
         size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
         content_id: res.contentIds[si]!,
+        ...(res.verified[si] ? {} : { content_id_unverified: true }),
         memory_path: null,
       }));
       const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
@@ -385,7 +411,9 @@ interface Plan {
   createdDir: string | null;
 }
 
-async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOptions): Promise<Plan> {
+async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOptions, file: string): Promise<Plan> {
+  // Before anything is written: a disk above the cap is refused on the meta's word alone.
+  for (const l of meta.layers) checkVirtualSize(l.virtual_size, opts.maxVirtualSize ?? DEFAULT_MAX_VIRTUAL_SIZE, `bundle ${file}`);
   const targets = [...new Set(meta.layers.map((l) => l.target))].sort();
   let vm: VmRecord | null = null;
   let baseName: string | null = null;
@@ -414,12 +442,21 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     if (!(await vmExists(home, vmName))) throw missing(`VM ${vmName} does not exist`);
     vm = await loadVm(home, vmName);
     const snaps = await listSnapshotRecords(home, vmName);
-    let base = snaps.find((s) => s.content_id === since.content_id);
+    // Only a verified id is a base: an unverified one is a claim the data under it may not match.
+    let base = snaps.find((s) => trustedContentId(s) === since.content_id);
     if (!base && snaps.some((s) => !s.content_id)) {
       await ensureContentIds(home, snaps);
-      base = snaps.find((s) => s.content_id === since.content_id);
+      base = snaps.find((s) => trustedContentId(s) === since.content_id);
     }
-    if (!base) throw missing(`VM ${vmName} lacks the bundle's base snapshot ${since.name}`);
+    if (!base) {
+      const claimed = snaps.find((s) => s.content_id === since.content_id);
+      if (claimed) {
+        throw missing(
+          `VM ${vmName}'s snapshot ${claimed.name} carries the base's content id only as an unverified claim (it came in a bundle whose layers do not derive it)`,
+        );
+      }
+      throw missing(`VM ${vmName} lacks the bundle's base snapshot ${since.name}`);
+    }
     baseName = base.name;
     for (const s of meta.snapshots) {
       if (snaps.some((x) => x.name === s.name)) {

@@ -7,7 +7,7 @@ import type { Readable } from 'node:stream';
 import type { KeySource } from './crypto.js';
 import type { SealTotals } from './format.js';
 import { openInput } from './input.js';
-import { BundleReader } from './reader.js';
+import { BundleReader, type ReaderKeyOptions } from './reader.js';
 
 /** The seal's totals are part of the report as they are (logical, unique, stored bytes; blocks; frames). */
 export interface InspectResult extends SealTotals {
@@ -17,6 +17,8 @@ export interface InspectResult extends SealTotals {
   key: 'none' | 'passphrase' | 'key-file';
   /** False when the bundle is encrypted and no key was given: only the header was read. */
   readable: boolean;
+  /** Always false: what follows is the seal's claim, no block was checked (that is `verify`). */
+  claims_verified: false;
   bundle_bytes: number | null;
   vm: string | null;
   created_at: string | null;
@@ -42,9 +44,9 @@ export interface InspectResult extends SealTotals {
 const pct = (part: number, whole: number) => (whole > 0 ? Math.round((1000 * part) / whole) / 10 : 0);
 
 /** `input`: a bundle file, or a stream that gives it. */
-export async function inspectBundle(input: string | Readable, key: KeySource | null): Promise<InspectResult> {
+export async function inspectBundle(input: string | Readable, key: KeySource | null, opts: Omit<ReaderKeyOptions, 'lockedOk'> = {}): Promise<InspectResult> {
   const src = await openInput(input);
-  const r = await BundleReader.open(src.stream, src.label, key, { lockedOk: true });
+  const r = await BundleReader.open(src.stream, src.label, key, { ...opts, lockedOk: true });
   try {
     const h = r.header;
     const base: InspectResult = {
@@ -53,6 +55,7 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
       encrypted: h.encrypted,
       key: !h.encrypted ? 'none' : h.keyKind === 1 ? 'passphrase' : 'key-file',
       readable: !r.locked,
+      claims_verified: false,
       bundle_bytes: src.size,
       vm: null,
       created_at: null,

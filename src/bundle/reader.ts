@@ -35,6 +35,16 @@ export function corrupt(what: string, file: string): CloneboxError {
   });
 }
 
+/** How a reader treats keys beyond the one given. */
+export interface ReaderKeyOptions {
+  /** An encrypted bundle without a key stops after the header (`locked`) instead of KEY_REQUIRED (inspect). */
+  lockedOk?: boolean;
+  /** A key given for a plain bundle is accepted (else BUNDLE_NOT_ENCRYPTED). */
+  allowPlain?: boolean;
+  /** Asked for the passphrase when the bundle needs one and none was given (the CLI's prompt); null: none. */
+  askPassphrase?: ((file: string) => Promise<Uint8Array | null>) | undefined;
+}
+
 export class BundleReader {
   header!: BundleHeader;
   meta!: Meta;
@@ -93,10 +103,10 @@ export class BundleReader {
   }
 
   /** Reads and checks the header (and key) and the meta. */
-  static async open(input: Readable | AsyncIterable<Buffer>, file: string, key: KeySource | null, opts: { lockedOk?: boolean } = {}): Promise<BundleReader> {
+  static async open(input: Readable | AsyncIterable<Buffer>, file: string, key: KeySource | null, opts: ReaderKeyOptions = {}): Promise<BundleReader> {
     const r = new BundleReader(input, file);
     try {
-      await r.start(key, Boolean(opts.lockedOk));
+      await r.start(key, opts);
     } catch (err) {
       r.destroy();
       throw err;
@@ -107,7 +117,8 @@ export class BundleReader {
   /** Set when the bundle is encrypted, no key was given and the caller accepted that (inspect). */
   locked = false;
 
-  private async start(key: KeySource | null, lockedOk: boolean): Promise<void> {
+  private async start(given: KeySource | null, opts: ReaderKeyOptions): Promise<void> {
+    let key = given;
     const first = await this.tar.next((name) => {
       if (name !== ENTRY_HEADER) throw new CloneboxError('NOT_A_BUNDLE', `not a clonebox bundle (first entry is ${JSON.stringify(name)}), ${this.file}`);
       return HEADER_SIZE;
@@ -115,37 +126,33 @@ export class BundleReader {
     if (!first) throw new CloneboxError('NOT_A_BUNDLE', `not a clonebox bundle (empty archive), ${this.file}`);
     const h = decodeHeader(first.data, this.file);
     this.header = h;
-    if (!h.encrypted) this.sealer = new Sealer(h.checksum, null);
-    else {
-      const kind = h.keyKind === KeyKind.Passphrase ? 'passphrase' : 'keyfile';
-      if (!key && lockedOk) {
-        this.locked = true;
-        return;
-      }
-      if (!key) {
-        throw new CloneboxError('KEY_REQUIRED', `bundle is encrypted, ${this.file}`, {
-          hint: kind === 'passphrase' ? 'pass its passphrase with --passphrase-file FILE' : 'pass its key with --key-file FILE',
-        });
-      }
-      if (key.kind !== kind) {
+    if (!h.encrypted) {
+      // A key says the user expects authenticated content: a plain bundle (anyone can write one, or
+      // swap one in on the way) is not what they asked for.
+      if (key && !opts.allowPlain) {
         throw new CloneboxError(
-          'WRONG_KEY',
-          `bundle is encrypted with a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, not a ${key.kind === 'passphrase' ? 'passphrase' : 'key file'}, ${this.file}`,
+          'BUNDLE_NOT_ENCRYPTED',
+          `a ${key.kind === 'passphrase' ? 'passphrase' : 'key'} was given but the bundle is not encrypted, ${this.file}`,
           {
-            hint: kind === 'passphrase' ? 'use --passphrase-file' : 'use --key-file',
+            hint: 'nothing in a plain bundle is authenticated; if you expected it to be plain, pass --allow-plain',
           },
         );
       }
-      const master = await deriveMaster(key, { salt: h.salt, opslimit: h.opslimit, memlimit: h.memlimit });
-      if (!keyCheck(master, headerPrefix(h)).equals(h.keyCheck)) {
-        master.fill(0);
-        throw new CloneboxError('WRONG_KEY', `wrong ${kind === 'passphrase' ? 'passphrase' : 'key'} for this bundle, ${this.file}`, {
-          hint: `the bundle is intact; it was encrypted with another ${kind === 'passphrase' ? 'passphrase' : 'key'} (${key.file})`,
-        });
+      this.sealer = new Sealer(h.checksum, null);
+    } else {
+      const kind = h.keyKind === KeyKind.Passphrase ? 'passphrase' : 'keyfile';
+      let asked: KeySource | null = null;
+      if (!key && kind === 'passphrase' && opts.askPassphrase) {
+        const typed = await opts.askPassphrase(this.file);
+        if (typed !== null && typed.length > 0) key = asked = { kind: 'passphrase', passphrase: Buffer.from(typed), file: '(typed passphrase)' };
       }
-      this.sealer = new Sealer(h.checksum, encKey(master, h.bundleId));
-      this.idk = idKey(master);
-      master.fill(0);
+      try {
+        await this.unlock(h, key, kind, Boolean(opts.lockedOk));
+      } finally {
+        // A passphrase typed at the prompt is ours to wipe; given ones are their owner's.
+        if (asked?.kind === 'passphrase') asked.passphrase.fill(0);
+      }
+      if (this.locked) return;
     }
     const m = await this.tar.next((name) => {
       if (name !== ENTRY_META) throw corrupt(`expected the meta entry after the header, found ${JSON.stringify(name)}`, this.file);
@@ -155,6 +162,37 @@ export class BundleReader {
     const payload = this.sealer.open(EntryKind.Meta, 0, m.data);
     if (!payload) throw corrupt('the meta fails authentication', this.file);
     this.meta = decodeMeta(payload, this.file);
+  }
+
+  private async unlock(h: BundleHeader, key: KeySource | null, kind: 'passphrase' | 'keyfile', lockedOk: boolean): Promise<void> {
+    if (!key && lockedOk) {
+      this.locked = true;
+      return;
+    }
+    if (!key) {
+      throw new CloneboxError('KEY_REQUIRED', `bundle is encrypted, ${this.file}`, {
+        hint: kind === 'passphrase' ? 'pass its passphrase with --passphrase-file FILE' : 'pass its key with --key-file FILE',
+      });
+    }
+    if (key.kind !== kind) {
+      throw new CloneboxError(
+        'WRONG_KEY',
+        `bundle is encrypted with a ${kind === 'passphrase' ? 'passphrase' : 'key file'}, not a ${key.kind === 'passphrase' ? 'passphrase' : 'key file'}, ${this.file}`,
+        {
+          hint: kind === 'passphrase' ? 'use --passphrase-file' : 'use --key-file',
+        },
+      );
+    }
+    const master = await deriveMaster(key, { salt: h.salt, opslimit: h.opslimit, memlimit: h.memlimit });
+    if (!keyCheck(master, headerPrefix(h)).equals(h.keyCheck)) {
+      master.fill(0);
+      throw new CloneboxError('WRONG_KEY', `wrong ${kind === 'passphrase' ? 'passphrase' : 'key'} for this bundle, ${this.file}`, {
+        hint: `the bundle is intact; it was encrypted with another ${kind === 'passphrase' ? 'passphrase' : 'key'} (${key.file})`,
+      });
+    }
+    this.sealer = new Sealer(h.checksum, encKey(master, h.bundleId));
+    this.idk = idKey(master);
+    master.fill(0);
   }
 
   /**

@@ -12,7 +12,7 @@ import type { KeySource } from './crypto.js';
 import { decodeBundle } from './decode.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
-import { BundleReader } from './reader.js';
+import { BundleReader, type ReaderKeyOptions } from './reader.js';
 
 export interface VerifyResult {
   ok: boolean;
@@ -24,7 +24,9 @@ export interface VerifyResult {
   bytes: number;
 }
 
-export interface VerifyOptions {
+export interface VerifyOptions extends Pick<ReaderKeyOptions, 'askPassphrase'> {
+  /** Accept a plain bundle although a key was given (else BUNDLE_NOT_ENCRYPTED). */
+  allowPlain?: boolean | undefined;
   /** Stops the check (it writes nothing): ABORTED rejects. */
   signal?: AbortSignal | undefined;
   /** Bundle bytes read so far, of the file's size (null for a stream). */
@@ -40,7 +42,7 @@ export async function verifyBundle(input: string | Readable, key: KeySource | nu
   let pool: WorkerPool | null = null;
   const progress = new Progress('verify', src.size, opts.onProgress);
   try {
-    reader = await BundleReader.open(src.stream, src.label, key);
+    reader = await BundleReader.open(src.stream, src.label, key, { allowPlain: Boolean(opts.allowPlain), askPassphrase: opts.askPassphrase });
     result.encrypted = reader.header.encrypted;
     result.snapshots = reader.meta.snapshots.map((s) => s.name);
     pool = await WorkerPool.start();

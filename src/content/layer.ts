@@ -7,6 +7,12 @@
  * extent's ends (digest.ts). This is exactly what an imported layer holds, so export, import, sync and
  * src/snapshots/identity.ts all see the same map and compute the same digest.
  *
+ * Below a root layer (no backing file, or `resolved`) there is nothing but zeros, so a zero extent
+ * there says nothing that an absent one does not: a root layer's map has no zero extents. An import
+ * then never has to write zero clusters for a root (a "zero-range bomb" costs nothing), and the map,
+ * digest and content id of a root are the same whether its zeros were written as zero clusters or
+ * left unallocated (docs/bundle-format.md).
+ *
  * Normalisation: a plain layer's own runs are already whole clusters. Two cases are not:
  *  - extended L2 (subclusters): a cluster with any data, or a mix of zero and unallocated subclusters,
  *    becomes one data cluster whose bytes are read through the backing chain;
@@ -46,6 +52,7 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
   const img = await Qcow2Image.open(file);
   const vs = img.virtualSize;
   const cs = img.clusterSize;
+  const root = resolved || img.backingFile === null;
   if (!resolved && !img.header.extendedL2) {
     // Fast path: the map from the layer's own runs, the bytes from the streaming reader (batched host
     // reads with read-ahead, one reused ring of buffers), copied straight into the caller's buffer.
@@ -73,8 +80,9 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
       clusterSize: cs,
       async *pieces() {
         for await (const r of img.runs()) {
-          if (r.kind === 'zero') yield { kind: 'zero', offset: r.offset, length: r.length };
-          else if (r.kind === 'data') {
+          if (r.kind === 'zero') {
+            if (!root) yield { kind: 'zero', offset: r.offset, length: r.length };
+          } else if (r.kind === 'data') {
             const base = r.offset;
             yield { kind: 'data', offset: r.offset, length: r.length, fill: (buf, at, skip, len) => fillAt(buf, at, base + skip, len) };
           }
@@ -94,13 +102,15 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
     await img.close();
     throw err;
   }
+  // In a root, unallocated reads as zero: a cluster of zero and unallocated subclusters is zero there.
+  const below = root ? ('zero' as const) : ('unallocated' as const);
   const fine = async function* (): AsyncGenerator<{ offset: number; length: number; kind: 'data' | 'zero' | 'unallocated' }> {
     if (resolved) {
       for await (const r of chain.resolve(0, vs)) {
-        yield { offset: r.offset, length: r.length, kind: r.layer < 0 || r.run === null ? 'unallocated' : r.run.kind };
+        yield { offset: r.offset, length: r.length, kind: r.layer < 0 || r.run === null ? below : r.run.kind };
       }
     } else {
-      for await (const r of img.runs()) yield { offset: r.offset, length: r.length, kind: r.kind };
+      for await (const r of img.runs()) yield { offset: r.offset, length: r.length, kind: r.kind === 'unallocated' ? below : r.kind };
     }
   };
   return {
@@ -109,7 +119,7 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
     async *pieces() {
       for await (const e of normalise(fine(), cs, vs)) {
         if (e.kind === 'zero') {
-          yield { kind: 'zero', offset: e.offset, length: e.length };
+          if (!root) yield { kind: 'zero', offset: e.offset, length: e.length };
           continue;
         }
         for (let o = e.offset; o < e.offset + e.length; o += MAX_PIECE) {

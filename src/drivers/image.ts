@@ -68,7 +68,7 @@ export class ImageDriver implements SnapshotDriver {
     }
     await j.willCreate(...nexts.map((n) => n.next));
     for (const n of nexts) {
-      await createOverlay(n.next, n.layer, await imageGeometry(n.disk));
+      await createOverlay(n.next, n.layer, await imageGeometry(n.disk), 0o600);
     }
     for (const [i, n] of nexts.entries()) {
       actions.push({ do: 'rename', from: n.disk, to: n.layer }, { do: 'rename', from: n.next, to: n.disk });
@@ -87,7 +87,7 @@ export class ImageDriver implements SnapshotDriver {
     }
     await j.willCreate(...plan.map((p) => p.next));
     for (const p of plan) {
-      await createOverlay(p.next, p.layer, await imageGeometry(p.layer));
+      await createOverlay(p.next, p.layer, await imageGeometry(p.layer), 0o600);
       actions.push({ do: 'rename', from: p.next, to: p.disk });
     }
     return { actions, disks: vm.disks.map((d) => ({ ...d })) };

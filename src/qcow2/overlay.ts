@@ -7,8 +7,9 @@ import { Qcow2Writer } from './writer.js';
  * A new empty overlay at `out` whose backing file is `backing` (absolute), stored relative to `out`.
  * `geo` is the disk's geometry (imageGeometry of the backing file, or of the disk about to become it).
  */
-export async function createOverlay(out: string, backing: string, geo: Geometry): Promise<void> {
+export async function createOverlay(out: string, backing: string, geo: Geometry, mode?: number): Promise<void> {
   const w = await Qcow2Writer.create(out, {
+    ...(mode !== undefined ? { mode } : {}),
     virtualSize: geo.virtualSize,
     clusterSize: geo.clusterSize,
     backingFile: path.relative(path.dirname(out), backing),

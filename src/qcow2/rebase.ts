@@ -8,6 +8,7 @@
  * Clusters that the layers in between only partly cover (different cluster sizes, subclusters) are
  * read in full through the complete chain and written as data, so content is exact.
  */
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Chain } from './chain.js';
 import { ChainReader } from './chain-reader.js';
@@ -36,7 +37,10 @@ export async function rebaseImage(top: string, newBase: string | null, out: stri
   const reader = new ChainReader(upper);
   let slice: Buffer | null = null;
   let full: Chain | null = null;
+  // The merged image replaces `top`: it keeps top's permissions (0600 layers stay private).
+  const mode = (await stat(top)).mode & 0o777;
   const w = await Qcow2Writer.create(out, {
+    mode,
     virtualSize: vs,
     clusterSize: cs,
     backingFile: newBase ? path.relative(path.dirname(out), newBase) : null,

@@ -25,6 +25,11 @@ export interface CreateOptions {
   /** Stored as given: pass a path relative to the new image's directory so layers can move together. */
   backingFile?: string | null;
   backingFormat?: 'qcow2' | 'raw' | null;
+  /**
+   * File mode (default 0644). Layers made from someone else's data (imports, pulls) and the disks
+   * clonebox makes for its own VMs are 0600; overlays a libvirt domain's qemu must open keep 0644.
+   */
+  mode?: number;
 }
 
 const HEADER_LENGTH = 112;
@@ -125,7 +130,7 @@ export class Qcow2Writer {
     const tmp = tempPathFor(abs);
     let fh: FileHandle;
     try {
-      fh = await open(tmp, 'wx+', 0o644);
+      fh = await open(tmp, 'wx+', opts.mode ?? 0o644);
     } catch (err) {
       throw ioError(err, 'cannot create image', tmp);
     }

@@ -45,6 +45,15 @@ export function contentId(parentId: string | null, disks: { target: string; dige
   return h.digest('hex');
 }
 
+/**
+ * The content id a record may be matched by (a `--since` base, a sync chain's base), or null: an id
+ * that could not be derived from layers (`content_id_unverified`) names a state someone claimed, not
+ * one we can vouch for, so nothing may be placed on top of it by id.
+ */
+export function trustedContentId(rec: SnapshotRecord): string | null {
+  return rec.content_id && !rec.content_id_unverified ? rec.content_id : null;
+}
+
 /** Whether a snapshot's layer must be read through its backing chain (a root on an external base). */
 export async function isResolvedLayer(rec: SnapshotRecord, layerPath: string): Promise<boolean> {
   if (rec.parent !== null) return false;
@@ -107,6 +116,8 @@ export async function ensureContentIds(home: Home, snaps: SnapshotRecord[], name
       disks.push({ target: d.target, digest: (await layerDigest(d.path, resolved)).digest });
     }
     rec.content_id = contentId(parentId, disks);
+    // An id standing on an unverified one is no better than its base.
+    if (rec.parent !== null && byName.get(rec.parent)?.content_id_unverified) rec.content_id_unverified = true;
     await saveSnapshotRecord(home, rec);
     return rec.content_id;
   };

@@ -105,7 +105,7 @@ export async function landOverlays(j: Journal, plans: OverlayPlan[], op: 'import
   for (const o of plans) {
     const temp = landingTemp(o.final, op);
     await j.willCreate(temp);
-    await createOverlay(temp, o.backing, o);
+    await createOverlay(temp, o.backing, o, 0o600);
     out.push({ temp, final: o.final });
   }
   return out;

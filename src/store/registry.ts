@@ -6,7 +6,7 @@ import { readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
-import { type Home, vmDir } from './home.js';
+import { ensureHome, type Home, vmDir } from './home.js';
 import { acquireLock, type Lock } from './lock.js';
 
 type DriverName = 'image' | 'libvirt';
@@ -27,6 +27,11 @@ export interface VmRecord {
   /** Name of the current snapshot (the parent of the writable state), or null. */
   current: string | null;
   libvirt?: { domain: string; uri: string };
+  /**
+   * Backing files outside the rules of qcow2/backing.ts that the user accepted at `vm add`
+   * (`--allow-backing`, real paths): export checks an image-driver root's chain against them again.
+   */
+  allowed_backing?: string[];
   /** Free-form extra state owned by other modules (policies, sharing...), kept as is. */
   extra?: Record<string, unknown>;
 }
@@ -83,6 +88,7 @@ export async function listVmNames(home: Home): Promise<string[]> {
 
 export async function lockVm(home: Home, vm: string, command: string): Promise<Lock> {
   const dir = vmDir(home, vm);
+  await ensureHome(home);
   await ensureDir(dir);
   const lock = await acquireLock(path.join(dir, 'lock'), vm, command);
   return {

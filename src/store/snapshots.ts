@@ -30,6 +30,12 @@ export interface SnapshotRecord {
   size_bytes: number;
   /** Content identity (set by the bundle/sync code): derived from the parent's id and the layer content. */
   content_id?: string | null;
+  /**
+   * Set (true) when `content_id` is a claim that could not be derived from the layers (a bundle's id of
+   * a merged layer, or an id standing on such a one): such an id is never matched as a `--since` base
+   * or a sync chain base (snapshots/identity.ts, `trustedContentId`).
+   */
+  content_id_unverified?: boolean;
   /** Path of the saved memory state for `full` snapshots (libvirt driver). */
   memory_path?: string | null;
 }

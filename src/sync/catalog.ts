@@ -15,7 +15,7 @@ import { createHmac } from 'node:crypto';
 import path from 'node:path';
 import Hypercore from 'hypercore';
 import { CloneboxError } from '../errors.js';
-import { ensureDir } from '../fsutil.js';
+import { ensureDir, ensurePrivateDir } from '../fsutil.js';
 import type { Home } from '../store/home.js';
 import { type CatalogRecord, decodeRecord, encodeRecord, type HeadRecord, type MapItem, RecordKind, type SnapshotRecordEntry } from './catalog-records.js';
 import { type Identity, type KeyPair, publicKeyOfSeed } from './identity.js';
@@ -59,6 +59,8 @@ export class Catalog {
   static async openOwn(home: Home, team: TeamRecord, identity: Identity): Promise<Catalog> {
     const dir = path.join(syncDir(home, team.team), 'catalog');
     await ensureDir(path.dirname(dir));
+    // The storage holds the catalog's signing seed (a RocksDB file the library creates 0644).
+    await ensurePrivateDir(dir);
     const core = new Hypercore(dir, { keyPair: catalogKeyPair(identity, team) });
     try {
       await core.ready();
@@ -75,6 +77,7 @@ export class Catalog {
   static async openPeer(home: Home, team: string, key: Buffer): Promise<Catalog> {
     const dir = path.join(syncDir(home, team), 'peers', key.toString('hex'));
     await ensureDir(path.dirname(dir));
+    await ensurePrivateDir(dir);
     const core = new Hypercore(dir, key);
     await core.ready();
     return new Catalog(core, false);

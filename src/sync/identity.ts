@@ -16,7 +16,7 @@ import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
 import { checkName, NAME_RE } from '../names.js';
-import type { Home } from '../store/home.js';
+import { ensureHome, type Home } from '../store/home.js';
 
 export interface KeyPair {
   publicKey: Buffer;
@@ -128,7 +128,7 @@ export async function ensureIdentity(home: Home, name?: string): Promise<Identit
   let id = await loadIdentity(home);
   if (!id) {
     const dir = identityDir(home);
-    await ensureDir(home.root);
+    await ensureHome(home);
     await ensureDir(dir, 0o700);
     await chmod(dir, 0o700).catch(() => undefined);
     const fresh: Identity = { ...generateKeyPair(), name: name ?? defaultWorkstationName(), createdAt: new Date().toISOString() };

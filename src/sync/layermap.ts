@@ -162,16 +162,17 @@ export async function cachedLayerMap(home: Home, file: string, resolved: boolean
   );
   if (cached) return cached;
   const m = await computeLayerMap(file, resolved);
-  await ensureDir(path.dirname(cf));
-  await writeFileAtomic(cf, encodeMap(stamp, resolved, m)).catch(() => undefined);
+  await ensureDir(path.dirname(cf), 0o700);
+  // Every block hash of a layer: 0600, as the layers themselves.
+  await writeFileAtomic(cf, encodeMap(stamp, resolved, m), 0o600).catch(() => undefined);
   return m;
 }
 
 /** Seeds the cache with a map we know is right (a layer just written from a verified map). */
 export async function rememberLayerMap(home: Home, file: string, resolved: boolean, m: LayerMap): Promise<void> {
   const cf = cacheFile(home, file);
-  await ensureDir(path.dirname(cf));
-  await writeFileAtomic(cf, encodeMap(await stampOf(file), resolved, m)).catch(() => undefined);
+  await ensureDir(path.dirname(cf), 0o700);
+  await writeFileAtomic(cf, encodeMap(await stampOf(file), resolved, m), 0o600).catch(() => undefined);
 }
 
 // ---- local blocks -----------------------------------------------------------------------------------

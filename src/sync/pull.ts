@@ -534,6 +534,7 @@ async function build(
 /** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
 async function writeLayer(blockOf: BlockGetter, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
   const w = await Qcow2Writer.create(file, {
+    mode: 0o600,
     virtualSize: m.virtualSize,
     clusterSize: m.clusterSize,
     backingFile: backing,

@@ -23,8 +23,8 @@
 import path from 'node:path';
 import { abortedError } from '../abort.js';
 import { CloneboxError, type ErrorCode } from '../errors.js';
-import { ensureDir } from '../fsutil.js';
-import type { Home } from '../store/home.js';
+import { ensurePrivateDir } from '../fsutil.js';
+import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
@@ -159,7 +159,8 @@ class SyncRun {
 
   private async lock(): Promise<Lock> {
     const { home } = this;
-    await ensureDir(path.join(home.root, 'sync'));
+    await ensureHome(home);
+    await ensurePrivateDir(path.join(home.root, 'sync'));
     try {
       return await acquireLock(path.join(home.root, 'sync', 'sync.lock'), 'sync', `snapshot sync --team ${this.opts.team}`, 0);
     } catch (err) {

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
 import { checkName } from '../names.js';
-import type { Home } from '../store/home.js';
+import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { formatHostPort, type HostPort, parseHostPort } from './hostport.js';
 import type { Identity } from './identity.js';
@@ -140,7 +140,7 @@ export async function listTeams(home: Home): Promise<string[]> {
 }
 
 async function ensureTeamsDir(home: Home): Promise<void> {
-  await ensureDir(home.root);
+  await ensureHome(home);
   await ensureDir(teamsDir(home), 0o700);
   await chmod(teamsDir(home), 0o700).catch(() => undefined);
 }
