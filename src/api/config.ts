@@ -3,6 +3,8 @@
  * auto-config.ts). check validates a file, apply makes a VM match it (registering the VM when the
  * file says where its disks are), show gives a VM's effective configuration in the same schema.
  */
+import { existsSync, statSync } from 'node:fs';
+import path from 'node:path';
 import { CloneboxError } from '../errors.js';
 import type { SnapshotManager } from '../snapshots/manager.js';
 import type { AutoSettings } from '../snapshots/settings.js';
@@ -12,7 +14,13 @@ import type { ConfigApplyResult, ConfigCheckResult, EffectiveConfig, WarningOpti
 
 /** Whether a VM argument names a configuration instead: `.`, or anything with a path separator or a YAML extension. */
 function namesConfig(arg: string): boolean {
-  return arg === '.' || arg === '..' || arg.includes('/') || /\.ya?ml$/i.test(arg);
+  if (!(arg === '.' || arg === '..' || arg.includes('/') || /\.ya?ml$/i.test(arg))) return false;
+  // Only an existing file, or a directory holding a .clonebox.yaml, is a configuration: anything else
+  // stays a VM name, so `vm create ..` or `vm show a/b` get the name check's error, not "cannot read
+  // the configuration".
+  const st = statSync(arg, { throwIfNoEntry: false });
+  if (!st) return false;
+  return st.isDirectory() ? existsSync(path.join(arg, '.clonebox.yaml')) : true;
 }
 
 function effective(vm: VmRecord, s: AutoSettings): EffectiveConfig {
