@@ -4,6 +4,8 @@ import type { Clonebox } from '../src/index.js';
 export interface GlobalOpts {
   home?: string;
   json?: boolean;
+  quiet?: boolean;
+  verbose?: boolean;
 }
 
 export interface Ctx {

@@ -9,13 +9,25 @@ export function printLine(text = ''): void {
   process.stdout.write(`${text}\n`);
 }
 
+/**
+ * How talkative the command is (`--quiet`, `--verbose`), set once by run.ts before an action runs.
+ * quiet: no progress lines and no informational notes on stderr (results, warnings and errors stay);
+ * verbose: also the stack of an INTERNAL error and a sync's phase timings.
+ */
+export const verbosity = { quiet: false, verbose: false };
+
+/** An informational line on stderr (what was resolved, what was kept); dropped by --quiet. */
+export function note(text: string): void {
+  if (!verbosity.quiet) process.stderr.write(`clonebox: ${text}\n`);
+}
+
 function warn(message: string): void {
   process.stderr.write(`clonebox: warning: ${message}\n`);
 }
 
 /** The library's warnings: a sync's notices are plain lines, everything else a warning line. */
 export function printWarning(w: Warning): void {
-  if (w.code === 'NOTICE') process.stderr.write(`clonebox: ${w.message}\n`);
+  if (w.code === 'NOTICE') note(w.message);
   else warn(w.message);
 }
 
@@ -45,7 +57,7 @@ export function reportError(err: unknown, json: boolean): number {
         });
   process.stderr.write(`clonebox: error: ${e.message}\n`);
   if (e.hint) process.stderr.write(`hint: ${e.hint}\n`);
-  if (e.code === 'INTERNAL' && process.env.CLONEBOX_DEBUG && err instanceof Error) process.stderr.write(`${err.stack}\n`);
+  if (e.code === 'INTERNAL' && (process.env.CLONEBOX_DEBUG || verbosity.verbose) && err instanceof Error) process.stderr.write(`${err.stack}\n`);
   if (json) printJson({ error: { code: e.code, message: e.message } });
   return e.exitCode;
 }

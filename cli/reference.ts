@@ -4,6 +4,7 @@
  * when the committed page differs.
  */
 import { type Argument, type Command, Help, type Option } from 'commander';
+import { defaultText, fullName } from './help.js';
 
 /** Text for a Markdown table cell or paragraph: `<...>` outside code spans would be read as HTML. */
 function text(s: string): string {
@@ -19,16 +20,9 @@ function code(s: string): string {
 }
 
 function defaultOf(o: { defaultValue?: unknown; defaultValueDescription?: string }): string {
-  if (o.defaultValueDescription !== undefined) return text(o.defaultValueDescription);
-  if (o.defaultValue === undefined) return '';
-  return code(typeof o.defaultValue === 'string' ? o.defaultValue : JSON.stringify(o.defaultValue));
-}
-
-/** The full command name, e.g. `clonebox snapshot export`. */
-function fullName(cmd: Command): string {
-  const names: string[] = [];
-  for (let c: Command | null = cmd; c; c = c.parent) names.unshift(c.name());
-  return names.join(' ');
+  const d = defaultText(o);
+  if (d === null) return '';
+  return o.defaultValueDescription !== undefined ? text(d) : code(d);
 }
 
 /** GitHub's anchor for a heading of plain words. */
@@ -70,7 +64,12 @@ function argumentRows(args: readonly Argument[]): string[] {
 
 /** Every command below `cmd`, depth first in definition order. */
 function descendants(cmd: Command): Command[] {
-  return cmd.commands.flatMap((c) => [c, ...descendants(c)]);
+  return cmd.commands.filter((c) => !hidden(c)).flatMap((c) => [c, ...descendants(c)]);
+}
+
+/** A command left out of help and of the reference (`__complete`, which only the completion scripts call). */
+function hidden(cmd: Command): boolean {
+  return Boolean((cmd as Command & { _hidden?: boolean })._hidden);
 }
 
 function section(cmd: Command, depth: number, help: Help, out: string[]): void {
@@ -80,13 +79,14 @@ function section(cmd: Command, depth: number, help: Help, out: string[]): void {
   out.push('```', help.commandUsage(cmd), '```', '');
   if (cmd.registeredArguments.length) out.push(...argumentRows(cmd.registeredArguments), '');
   const options = cmd.options.filter((o) => !o.hidden);
+  const shown = cmd.commands.filter((c) => !hidden(c));
   if (options.length) out.push(...optionRows(options), '');
-  if (cmd.commands.length) {
+  if (shown.length) {
     out.push('| command | description |', '| --- | --- |');
-    for (const c of cmd.commands) out.push(`| [${code(fullName(c))}](#${anchor(fullName(c))}) | ${text(c.description())} |`);
+    for (const c of shown) out.push(`| [${code(fullName(c))}](#${anchor(fullName(c))}) | ${text(c.description())} |`);
     out.push('');
   }
-  for (const c of cmd.commands) section(c, depth + 1, help, out);
+  for (const c of shown) section(c, depth + 1, help, out);
 }
 
 /** docs/cli.md for `program` (the root command of buildProgram()). */
@@ -118,7 +118,7 @@ export function renderCliReference(program: Command): string {
     ...descendants(program).map((c) => `${'  '.repeat(depthOf(c) - 1)}- [${code(fullName(c))}](#${anchor(fullName(c))})`),
     '',
   ];
-  for (const c of program.commands) section(c, 1, help, out);
+  for (const c of program.commands.filter((c) => !hidden(c))) section(c, 1, help, out);
   return `${out.join('\n').trimEnd()}\n`;
 }
 

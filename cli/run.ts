@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { Clonebox } from '../src/index.js';
 import type { Ctx, GlobalOpts } from './context.js';
 import { interruptedBy, signalExitCode } from './interrupt.js';
-import { printWarning, reportError } from './output.js';
+import { printWarning, reportError, verbosity } from './output.js';
 
 /** Commands that never use the home (they work on files given to them), so they do not recover it. */
 const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo', 'config check']);
@@ -24,6 +24,8 @@ export function action(fn: Action) {
   return async (...args: unknown[]): Promise<void> => {
     const cmd = args[args.length - 1] as Command;
     const opts = cmd.optsWithGlobals() as GlobalOpts;
+    verbosity.quiet = Boolean(opts.quiet);
+    verbosity.verbose = Boolean(opts.verbose);
     let cb: Clonebox | null = null;
     try {
       // Interrupted imports of VMs that never came to exist are recovered here (store/sweep.ts).

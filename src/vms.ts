@@ -1,5 +1,5 @@
 /** VM lifecycle on the registry: create, add, show, list, remove (image driver; libvirt comes later). */
-import { realpath, rmdir, unlink } from 'node:fs/promises';
+import { realpath, rmdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { nowIso } from './clock.js';
 import { driverStepHandlers } from './drivers/registry.js';
@@ -228,4 +228,24 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
   } finally {
     await lock.release();
   }
+}
+
+/**
+ * The space a VM's files take on disk: its current images, every snapshot layer and memory file
+ * (allocated blocks, so sparse images count what they hold). Files that are missing count 0.
+ */
+export async function vmDiskUsage(home: Home, name: string): Promise<number> {
+  checkName('VM', name);
+  const rec = await loadVm(home, name);
+  const files = new Set(rec.disks.map((d) => d.path));
+  for (const s of await listSnapshotRecords(home, name)) {
+    for (const l of s.disks) files.add(l.path);
+    if (s.memory_path) files.add(s.memory_path);
+  }
+  let bytes = 0;
+  for (const f of files) {
+    const st = await stat(f).catch(() => null);
+    if (st) bytes += st.blocks * 512;
+  }
+  return bytes;
 }

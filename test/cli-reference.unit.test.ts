@@ -10,8 +10,9 @@ import { buildProgram } from '../cli/main.js';
 import { renderCliReference } from '../cli/reference.js';
 import { REPO_ROOT } from './helpers/cli.js';
 
+/** Every command but the hidden ones (`__complete`, which only the completion scripts call). */
 function all(cmd: Command): Command[] {
-  return cmd.commands.flatMap((c) => [c, ...all(c)]);
+  return cmd.commands.filter((c) => !(c as Command & { _hidden?: boolean })._hidden).flatMap((c) => [c, ...all(c)]);
 }
 
 describe('docs/cli.md', () => {

@@ -16,6 +16,20 @@ const { suite } = await libvirtSuite(BASE);
 describe.skipIf(suite.skip)(suite.title, () => {
   const virsh = useTestDaemon();
 
+  it('restore says that it powers a running domain off, in the question and in the result (issue #17, item 13)', async () => {
+    const dom = await TestDomain.define(virsh, 'off');
+    const home = path.join(await makeTempDir('clonebox-lvoff-'), 'home');
+    const cli = (args: string[]) => runCli(args, { home, timeoutMs: 120_000 });
+    expect((await cli(['vm', 'add', 'web', '--libvirt', '--domain', dom.name, '--connect', URI])).code).toBe(0);
+    expect((await cli(['snapshot', 'create', 'web', '--name', 's1'])).code).toBe(0);
+    const asked = await cli(['snapshot', 'restore', 'web', '--name', 's1']);
+    expect(asked.code).toBe(1);
+    expect(asked.stderr).toContain('the libvirt domain is powered off first if it runs (its memory state is lost)');
+    const r = await cli(['snapshot', 'restore', 'web', '--name', 's1', '--yes']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toBe('restored web to s1\nthe libvirt domain is off now: start it with `virsh start`, or restore with --start to have it started\n');
+  });
+
   it('registers a domain, snapshots it offline, restores it, refuses --memory when stopped, and exports to an identical image-driver VM', async () => {
     const dom = await TestDomain.define(virsh, 'cli');
     const home = path.join(await makeTempDir('clonebox-lvcli-'), 'home');

@@ -98,11 +98,37 @@ const scenarios: Scenario[] = [
     currentBefore: 'cur',
     currentAfter: 'cur',
   },
+  {
+    // Two journaled steps: keep the present state as a snapshot, then restore. A crash between them
+    // leaves the present state kept and still current.
+    name: 'promote',
+    build: async (f) => {
+      await base(f);
+      f.refs.set('kept', f.refs.get('cur')!);
+    },
+    op: ['snapshot', 'promote', 'web', 's2', '--keep-as', 'kept'],
+    before: ['s1', 's2', 's3'],
+    after: ['s1', 's2', 's3', 'kept'],
+    currentBefore: 'cur',
+    currentAfter: 's2',
+  },
+  {
+    name: 'branch',
+    build: async (f) => {
+      await base(f);
+      f.refs.set('b1', f.refs.get('s1')!);
+    },
+    op: ['snapshot', 'branch', 'web', 'b1', '--from', 's1'],
+    before: ['s1', 's2', 's3'],
+    after: ['s1', 's2', 's3', 'b1'],
+    currentBefore: 'cur',
+    currentAfter: 'cur',
+  },
 ];
 
 describe('SIGKILL at every journal step', () => {
   for (const sc of scenarios) {
-    it(`${sc.name}: recovered by the next command`, async () => {
+    it(`${sc.name}: recovered by the next command`, { timeout: 600_000 }, async () => {
       const root = await makeTempDir('clonebox-crash-');
       const work = path.join(root, 'work');
       const tpl = path.join(root, 'template');

@@ -2,7 +2,7 @@
  * Bundles on the command line: `snapshot export|import|verify|inspect` and `key generate`. Parsing
  * and rendering only; the work is in the library's bundles and keys namespaces.
  */
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { formatBytes, type ProgressCallback, parseSize } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
 import { printJson, printLine, table } from '../output.js';
@@ -30,6 +30,11 @@ async function withKey<T>(o: KeyOpts, use: 'encrypt' | 'decrypt' | 'none', stdin
 
 const PASSPHRASE_HELP = 'passphrase file (Argon2id-derived key); - reads stdin. Also: CLONEBOX_PASSPHRASE, _FILE, _COMMAND, or a prompt';
 
+/** `1 pack`, `3 packs`. */
+function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
+}
+
 function pct(part: number, whole: number): string {
   return whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-';
 }
@@ -48,10 +53,10 @@ async function long<T>(label: string, json: boolean, fn: (o: { signal: AbortSign
 export function registerBundle(snapshot: Command, program: Command): void {
   snapshot
     .command('export')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description('write snapshots (root..N) as one deduplicated, compressed tar bundle')
-    .option('--name <snapshot>', 'last snapshot to include (default: the current one)')
-    .option('--since <base>', 'include only the snapshots after BASE (the importing VM must hold BASE)')
+    .addOption(new Option('--name <snapshot>', 'last snapshot to include').default(undefined, 'the current one'))
+    .option('--since <snapshot>', 'include only the snapshots after this base (the importing VM must hold it)')
     .requiredOption('-o, --output <file>', 'bundle file, or - for stdout (then --json goes to stderr)')
     .option('--encrypt', 'encrypt blocks and metadata (needs --passphrase-file or --key-file)')
     .option('--passphrase-file <file>', PASSPHRASE_HELP)
@@ -82,7 +87,9 @@ export function registerBundle(snapshot: Command, program: Command): void {
           return;
         }
         const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
-        say(`exported ${r.snapshots.length} snapshot(s) of ${vm}${r.since ? ` after ${r.since}` : ''} to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
+        say(
+          `exported ${count(r.snapshots.length, 'snapshot')} of ${vm}${r.since ? ` after ${r.since}` : ''} to ${toStdout ? 'stdout' : r.file}${r.encrypted ? ' (encrypted)' : ''}`,
+        );
         say(
           `  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
         );
@@ -94,14 +101,14 @@ export function registerBundle(snapshot: Command, program: Command): void {
 
   snapshot
     .command('import')
-    .argument('<vm>')
+    .argument('<vm>', 'name of the VM to import into (new, or holding the base of a --since bundle)')
     .argument('<file>', 'bundle file, or - for stdin')
     .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
     .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--allow-plain', 'accept a plain bundle although a key or passphrase was given')
     .option('--allow-insecure-key-file', 'accept a key file that others can read')
-    .option('--dir <dir>', 'directory for the disks of a new VM (default: <home>/disks/<vm>)')
+    .addOption(new Option('--dir <dir>', 'directory for the disks of a new VM').default(undefined, '<home>/disks/<vm>'))
     .option('--max-write <size>', 'refuse once the import would write more than SIZE (free space is always checked)')
     .option('--max-virtual-size <size>', 'refuse a disk larger than SIZE (default: 16T)')
     .option('--json', 'print JSON')
@@ -188,7 +195,9 @@ export function registerBundle(snapshot: Command, program: Command): void {
         printLine('');
         printLine(`data:        ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks`);
         printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saves ${r.dedup_savings_percent}%)`);
-        printLine(`stored:      ${formatBytes(r.stored_bytes)} in ${r.frames} frames, ${r.packs} packs (compression saves ${r.compression_savings_percent}%)`);
+        printLine(
+          `stored:      ${formatBytes(r.stored_bytes)} in ${count(r.frames, 'frame')}, ${count(r.packs, 'pack')} (compression saves ${r.compression_savings_percent}%)`,
+        );
         printLine(`overall:     ${r.total_savings_percent}% smaller than the data`);
       }),
     );

@@ -30,7 +30,7 @@ export function registerConfig(program: Command): void {
   const config = program.command('config').description('the .clonebox.yaml configuration of a VM');
   config
     .command('show')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description("a VM's effective configuration (YAML in the file's schema, or --json)")
     .option('--json', 'print JSON')
     .action(

@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import { printJson, printLine } from '../output.js';
 import { action } from '../run.js';
 
@@ -6,7 +6,7 @@ export function registerDemo(program: Command): void {
   program
     .command('demo')
     .description('run the whole story on a generated disk (nothing else needed)')
-    .option('--dir <dir>', 'working directory (default: a new temporary directory)')
+    .addOption(new Option('--dir <dir>', 'working directory').default(undefined, 'a new temporary directory'))
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, o: { dir?: string }) => {
@@ -15,6 +15,7 @@ export function registerDemo(program: Command): void {
         printLine('');
         printLine(`demo finished in ${r.seconds} s; everything is in ${r.dir}`);
         printLine(`try: clonebox --home ${r.home} snapshot list ${r.vm} --tree`);
+        printLine(`its files stay in ${r.dir} until you remove them: rm -rf ${r.dir}`);
       }),
     );
 }

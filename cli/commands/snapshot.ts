@@ -1,8 +1,11 @@
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { formatBytes, POLICY_KEYS, type PolicyChanges, parseSize, type SnapshotTreeDetails, type SnapshotView, type TreeNode } from '../../src/index.js';
 import { confirm } from '../confirm.js';
-import { printJson, printLine, table } from '../output.js';
+import type { Ctx } from '../context.js';
+import { note, printJson, printLine, table } from '../output.js';
+import { withStatus } from '../progress.js';
 import { action } from '../run.js';
+import { age, showTime } from '../time.js';
 
 function intOpt(name: string) {
   return (v: string): number => {
@@ -20,12 +23,6 @@ function orNone<T>(parse: (v: string) => T) {
   return (v: string): T | 'none' => (v === 'none' ? 'none' : parse(v));
 }
 
-function shortTime(iso: string): string {
-  const d = new Date(iso);
-  const p = (n: number) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}`;
-}
-
 function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotView>, retention: SnapshotTreeDetails['retention']): string {
   const lines = [`${vm}`];
   const kept = new Map(retention.keep.map((k) => [k.name, k.reasons]));
@@ -39,12 +36,12 @@ function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotVi
       v?.auto_created ? `[auto${v.auto_policy ? `: ${v.auto_policy}` : ''}]` : '',
       why ? `kept: ${why.join(', ')}${next.has(n.name) ? ' (goes next)' : ''}` : '',
       gone !== undefined ? `⊘ (expired: ${gone})` : '',
-      v?.expires_at && gone === undefined ? `expires ${shortTime(v.expires_at)}` : '',
+      v?.expires_at && gone === undefined ? `expires ${showTime(v.expires_at)}` : '',
       v && v.state !== 'ready' ? `[${v.state}]` : '',
     ]
       .filter(Boolean)
       .join(' ');
-    return `${n.current ? '* ' : ''}${n.name}  ${shortTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? `  ${marks}` : ''}`;
+    return `${n.current ? '* ' : ''}${n.name}  ${showTime(n.created_at)}${v ? `  ${formatBytes(v.size_bytes)}` : ''}${marks ? `  ${marks}` : ''}`;
   };
   // Iterative walk: snapshot chains can be thousands deep.
   const stack: { n: TreeNode | 'here'; prefix: string; last: boolean }[] = [];
@@ -70,14 +67,58 @@ function renderTree(vm: string, roots: TreeNode[], views: Map<string, SnapshotVi
   return lines.join('\n');
 }
 
+interface RestoreFlags {
+  name?: string;
+  at?: string;
+  start?: boolean;
+  backup?: boolean;
+  yes?: boolean;
+  /** false with --no-auto-snapshot. */
+  autoSnapshot: boolean;
+}
+
+/** `snapshot restore` and `time-travel`: resolve, say what will happen (and to a libvirt domain), confirm, restore. */
+async function restoreCommand(ctx: Ctx, vm: string, o: RestoreFlags): Promise<void> {
+  const sel = await ctx.cb.snapshots.select(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
+  const target = sel.snapshot.name;
+  const libvirt = (await ctx.cb.vms.show(vm)).driver === 'libvirt';
+  if (sel.resolved_at !== null && !ctx.json) {
+    note(
+      `${JSON.stringify(o.at)} reads as at or before ${sel.resolved_at}; the newest snapshot then is ${target}, created ${showTime(sel.snapshot.created_at)}`,
+    );
+  }
+  const off = libvirt ? '; the libvirt domain is powered off first if it runs (its memory state is lost)' : '';
+  await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded${off}`, Boolean(o.yes));
+  const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start), noAutoSnapshot: !o.autoSnapshot });
+  if (ctx.json) return printJson({ ...r, resolved_at: sel.resolved_at });
+  printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
+  if (libvirt && !o.start) printLine('the libvirt domain is off now: start it with `virsh start`, or restore with --start to have it started');
+}
+
+const VM_ARG = 'the VM (see `clonebox vm list`)';
+
+export function registerTimeTravel(program: Command): void {
+  program
+    .command('time-travel')
+    .argument('<vm>', VM_ARG)
+    .description('restore the snapshot a VM had at a time: "2h ago", "yesterday 14:30", or a time as `snapshot list` shows it')
+    .requiredOption('--to <time>', 'the time; the newest snapshot created at or before it is restored')
+    .option('--start', 'start the VM afterwards (libvirt)')
+    .option('--backup', 'snapshot the current state first')
+    .option('--no-auto-snapshot', 'skip the snapshot before_operations: [restore] asks for')
+    .option('--yes', 'do not ask for confirmation')
+    .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: Omit<RestoreFlags, 'name' | 'at'> & { to: string }) => restoreCommand(ctx, vm, { ...o, at: o.to })));
+}
+
 export function registerSnapshot(program: Command): Command {
   const snap = program.command('snapshot').description('create, list, restore, delete and compare snapshots');
 
   snap
     .command('create')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('snapshot every disk of a VM (becomes the current snapshot)')
-    .option('--name <name>', 'snapshot name (default snap-YYYYMMDD-HHMMSS)')
+    .addOption(new Option('--name <name>', 'snapshot name').default(undefined, 'snap-YYYYMMDD-HHMMSS'))
     .option('--description <text>', 'free text')
     .option('--tags <a,b>', 'comma-separated tags')
     .option('--memory', 'include memory state (running libvirt VMs)')
@@ -105,7 +146,7 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('list')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('list snapshots, newest first')
     .option('--tree', 'show the snapshot tree')
     .option('--json', 'print JSON')
@@ -122,9 +163,18 @@ export function registerSnapshot(program: Command): Command {
         if (list.length === 0) return printLine(`no snapshots of ${vm}`);
         printLine(
           table(
-            ['', 'NAME', 'TYPE', 'CREATED', 'SIZE', 'PARENT', 'TAGS'],
-            list.map((v) => [v.current ? '*' : '', v.name, v.type, shortTime(v.created_at), formatBytes(v.size_bytes), v.parent ?? '-', v.tags.join(',')]),
-            [false, false, false, false, true, false, false],
+            ['', 'NAME', 'TYPE', 'CREATED', 'AGE', 'SIZE', 'PARENT', 'TAGS'],
+            list.map((v) => [
+              v.current ? '*' : '',
+              v.name,
+              v.type,
+              showTime(v.created_at),
+              age(v.created_at),
+              formatBytes(v.size_bytes),
+              v.parent ?? '-',
+              v.tags.join(','),
+            ]),
+            [false, false, false, false, false, true, false, false],
           ),
         );
       }),
@@ -132,9 +182,9 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('show')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('show one snapshot')
-    .requiredOption('--name <name>', 'snapshot name')
+    .requiredOption('--name <snapshot>', 'the snapshot')
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string, o: { name: string }) => {
@@ -143,12 +193,12 @@ export function registerSnapshot(program: Command): Command {
         printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
         printLine(`vm: ${v.vm_name}`);
         printLine(`type: ${v.type}, state: ${v.state}`);
-        printLine(`created: ${v.created_at}`);
+        printLine(`created: ${showTime(v.created_at)} (${age(v.created_at)}; ${v.created_at})`);
         printLine(`parent: ${v.parent ?? '(none)'}`);
         printLine(`children: ${v.children.join(', ') || '(none)'}`);
         printLine(`size: ${formatBytes(v.size_bytes)}`);
         printLine(`tags: ${v.tags.join(', ') || '(none)'}${v.auto_created ? ` (auto: ${v.auto_policy})` : ''}`);
-        if (v.expires_at) printLine(`expires: ${v.expires_at}`);
+        if (v.expires_at) printLine(`expires: ${showTime(v.expires_at)}`);
         if (v.description) printLine(`description: ${v.description}`);
         for (const d of v.disks) printLine(`layer ${d.target}: ${d.path}`);
       }),
@@ -156,30 +206,53 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('restore')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('make the VM state equal to a snapshot (discards unsnapshotted changes)')
-    .option('--name <name>', 'snapshot to restore')
-    .option('--at <time>', 'restore the newest snapshot created at or before TIME (ISO-8601)')
+    .option('--name <snapshot>', 'the snapshot to restore')
+    .option('--at <time>', 'restore the newest snapshot created at or before TIME (as `snapshot list` shows it, ISO-8601, "2h ago"...)')
     .option('--start', 'start the VM afterwards (libvirt)')
     .option('--backup', 'snapshot the current state first')
     .option('--no-auto-snapshot', 'skip the snapshot before_operations: [restore] asks for')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
+    .action(action(async (ctx, vm: string, o: RestoreFlags) => restoreCommand(ctx, vm, o)));
+
+  snap
+    .command('promote')
+    .argument('<vm>', VM_ARG)
+    .argument('<snapshot>', 'the snapshot to make the current state')
+    .description('make a snapshot the current state, keeping the present state as a snapshot (nothing is lost)')
+    .addOption(new Option('--keep-as <name>', 'name of the snapshot that keeps the present state').default(undefined, 'snap-YYYYMMDD-HHMMSS'))
+    .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name?: string; at?: string; start?: boolean; backup?: boolean; yes?: boolean; autoSnapshot: boolean }) => {
-        const target = await ctx.cb.snapshots.resolve(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
-        await confirm(`Restore ${vm} to snapshot ${target}? Changes made since${o.backup ? '' : ' (not snapshotted)'} will be discarded`, Boolean(o.yes));
-        const r = await ctx.cb.snapshots.restore(vm, { name: target, backup: Boolean(o.backup), start: Boolean(o.start), noAutoSnapshot: !o.autoSnapshot });
+      action(async (ctx, vm: string, name: string, o: { keepAs?: string }) => {
+        const r = await ctx.cb.snapshots.promote(vm, name, o.keepAs !== undefined ? { keepAs: o.keepAs } : {});
         if (ctx.json) return printJson(r);
-        printLine(`restored ${vm} to ${r.restored}${r.backup ? ` (backup snapshot ${r.backup})` : ''}`);
+        printLine(`${vm} is now at ${r.promoted}; ${r.kept ? `the state it had is kept as snapshot ${r.kept}` : 'it had no unsaved changes'}`);
+      }),
+    );
+
+  snap
+    .command('branch')
+    .argument('<vm>', VM_ARG)
+    .argument('<name>', 'name of the new snapshot that starts the branch')
+    .description("start a branch at a snapshot: a new snapshot with its content (the VM's current state is not touched)")
+    .requiredOption('--from <snapshot>', 'the snapshot the branch starts from')
+    .option('--description <text>', 'free text')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (ctx, vm: string, name: string, o: { from: string; description?: string }) => {
+        const v = await ctx.cb.snapshots.branch(vm, name, { from: o.from, ...(o.description !== undefined ? { description: o.description } : {}) });
+        if (ctx.json) return printJson(v);
+        printLine(`created branch ${v.name} of ${vm} at ${o.from}; \`clonebox snapshot promote ${vm} ${v.name}\` switches to it`);
       }),
     );
 
   snap
     .command('delete')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('delete a snapshot, keeping every other state identical')
-    .requiredOption('--name <name>', 'snapshot to delete')
+    .requiredOption('--name <snapshot>', 'the snapshot to delete')
     .option('--recursive', 'delete its whole subtree')
     .option('--keep-children', 'merge its data into its children')
     .option('--no-auto-snapshot', 'skip the snapshot before_operations: [delete] asks for')
@@ -188,11 +261,13 @@ export function registerSnapshot(program: Command): Command {
     .action(
       action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean; autoSnapshot: boolean }) => {
         if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
-        const r = await ctx.cb.snapshots.delete(vm, o.name, {
-          recursive: Boolean(o.recursive),
-          keepChildren: Boolean(o.keepChildren),
-          noAutoSnapshot: !o.autoSnapshot,
-        });
+        const r = await withStatus(`deleting ${o.name} of ${vm} (merging its data where needed)`, ctx.json, () =>
+          ctx.cb.snapshots.delete(vm, o.name, {
+            recursive: Boolean(o.recursive),
+            keepChildren: Boolean(o.keepChildren),
+            noAutoSnapshot: !o.autoSnapshot,
+          }),
+        );
         if (ctx.json) return printJson(r);
         printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
       }),
@@ -200,14 +275,18 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('diff')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('byte ranges whose content differs between two snapshots')
-    .requiredOption('--from <a>', 'snapshot')
-    .requiredOption('--to <b>', 'snapshot, or "current"')
+    .requiredOption('--from <snapshot>', 'the older state')
+    .addOption(new Option('--to <snapshot>', 'the newer state: a snapshot, or "current" (the current state)').default('current'))
     .option('--files', 'files added, removed, modified and changed in metadata, per partition (ext2/3/4)')
     .option('--packages', 'installed, removed, upgraded and downgraded packages (dpkg, apk)')
     .option('--etc', 'changes under /etc, with a unified diff of text files')
-    .option('--max-diff-bytes <size>', 'largest file shown as a unified diff by --etc (default 64K)', (v: string) => parseSize(v, '--max-diff-bytes'))
+    .addOption(
+      new Option('--max-diff-bytes <size>', 'largest file shown as a unified diff by --etc')
+        .default(undefined, '64K')
+        .argParser((v: string) => parseSize(v, '--max-diff-bytes')),
+    )
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string, o: { from: string; to: string; files?: boolean; packages?: boolean; etc?: boolean; maxDiffBytes?: number }) => {
@@ -217,7 +296,7 @@ export function registerSnapshot(program: Command): Command {
           etc: Boolean(o.etc),
           ...(o.maxDiffBytes !== undefined ? { maxDiffBytes: o.maxDiffBytes } : {}),
         };
-        const d = await ctx.cb.snapshots.diff(vm, o.from, o.to, guest);
+        const d = await withStatus(`comparing ${o.from} and ${o.to} of ${vm}`, ctx.json, () => ctx.cb.snapshots.diff(vm, o.from, o.to, guest));
         if (ctx.json) return printJson(d);
         if (o.files || o.packages || o.etc) {
           const { renderGuestDiff } = await import('../guest-diff.js');
@@ -226,7 +305,7 @@ export function registerSnapshot(program: Command): Command {
         }
         for (const disk of d.disks) {
           printLine(`${disk.target}: ${formatBytes(disk.changed_bytes)} changed in ${disk.ranges.length} range(s) (granularity ${disk.granularity})`);
-          for (const r of disk.ranges.slice(0, 50)) printLine(`  ${r.offset}+${r.length}`);
+          for (const r of disk.ranges.slice(0, 50)) printLine(`  at ${formatBytes(r.offset)}: ${formatBytes(r.length)}`);
           if (disk.ranges.length > 50) printLine(`  ... ${disk.ranges.length - 50} more (use --json)`);
         }
       }),
@@ -234,13 +313,13 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('stats')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('space used by the VM and its snapshots, and dedup savings')
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, vm: string) => {
         if (ctx.json) return printJson(await ctx.cb.snapshots.stats(vm));
-        const s = await ctx.cb.snapshots.statsDetails(vm);
+        const s = await withStatus(`reading the layers of ${vm}`, false, () => ctx.cb.snapshots.statsDetails(vm));
         printLine(`virtual size:    ${formatBytes(s.virtual_size)}`);
         printLine(`on disk:         ${formatBytes(s.physical_bytes)} in ${s.layers} file(s), ${s.snapshots} snapshot(s)`);
         printLine(`allocated:       ${formatBytes(s.allocated_bytes)}`);
@@ -250,7 +329,7 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('policy')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('show or set the retention policy for auto snapshots (a value of "none" drops that rule)')
     .option('--keep-last <n>', 'keep the N newest (the current snapshot counts)', orNone(intOpt('--keep-last')))
     .option('--keep-hourly <n>', 'newest per hour, for N hours', orNone(intOpt('--keep-hourly')))
@@ -280,7 +359,7 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('prune')
-    .argument('<vm>')
+    .argument('<vm>', VM_ARG)
     .description('apply the retention policy to auto snapshots')
     .option('--dry-run', 'only show what would be deleted')
     .option('--json', 'print JSON')
@@ -297,10 +376,10 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('run')
-    .argument('<vm>')
-    .argument('[command...]', 'command and arguments, after --')
+    .argument('<vm>', VM_ARG)
+    .argument('[command...]', 'the command and its arguments, after --')
     .description('snapshot, run a command, and optionally roll back when it fails')
-    .option('--name <name>', 'name of the auto snapshot')
+    .addOption(new Option('--name <name>', 'name of the auto snapshot').default(undefined, 'snap-YYYYMMDD-HHMMSS'))
     .option('--rollback-on-fail', 'restore the snapshot when the command exits non-zero')
     .option('--op <name>', 'the operation the command performs (e.g. upgrade): the snapshot is recorded as before-NAME')
     .action(
@@ -310,7 +389,9 @@ export function registerSnapshot(program: Command): Command {
           ...(o.op !== undefined ? { op: o.op } : {}),
           rollbackOnFail: Boolean(o.rollbackOnFail),
         });
+        // stdout belongs to the command: clonebox speaks on stderr.
         if (r.rolled_back) process.stderr.write(`clonebox: command exited ${r.exit_code}; ${vm} rolled back to ${r.snapshot}\n`);
+        else note(`the state before the command is snapshot ${r.snapshot} of ${vm}`);
         process.exitCode = r.exit_code;
       }),
     );

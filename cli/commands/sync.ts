@@ -3,10 +3,11 @@
  * rendering only; the work is in the library's sync namespace (Hyperswarm and Hypercore load when a
  * sync runs).
  */
-import { type Command, InvalidArgumentError } from 'commander';
-import type { SyncProgressEvent, SyncResult, Warning } from '../../src/index.js';
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import { formatBytes, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
-import { printJson, printLine, printWarning, table } from '../output.js';
+import { note, printJson, printLine, printWarning, table, verbosity } from '../output.js';
+import { progressFor } from '../progress.js';
 import { action } from '../run.js';
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -19,22 +20,16 @@ function secondsOpt(v: string): number {
   return n;
 }
 
-function mib(n: number): string {
-  return `${(n / 1048576).toFixed(1)} MiB`;
-}
-
-/** The progress line of a chain being pulled, as the terminal shows it. */
-function progressText(p: SyncProgressEvent): string {
-  if (p.phase === 'receive') return `pull ${p.chain}: received ${mib(p.done)}`;
-  if (p.phase === 'write') return `pull ${p.chain}: writing ${p.snapshot} ${(p.done / 1048576).toFixed(1)}/${((p.total ?? 0) / 1048576).toFixed(1)} MiB`;
-  return `pull ${p.chain}: ${p.done} snapshot(s) into VM ${p.vm}, ${p.blocks_fetched} blocks fetched, ${p.blocks_reused} reused`;
+/** The line a chain leaves on the terminal once pulled. */
+function pulledText(p: SyncProgressEvent): string {
+  return `pulled ${p.chain}: ${p.done} snapshot(s) into VM ${p.vm}, ${p.blocks_fetched} blocks fetched, ${p.blocks_reused} reused`;
 }
 
 /** Registers `share`, `unshare` and `sync` under the `snapshot` command. */
 export function registerSync(snapshot: Command): void {
   snapshot
     .command('share')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description("publish a VM's snapshots (and its later ones) to a team")
     .requiredOption('--team <team>', 'the team to share with')
     .option('--name <snapshot>', 'share only the snapshots from the root to this one')
@@ -44,14 +39,16 @@ export function registerSync(snapshot: Command): void {
         const r = await ctx.cb.sync.share(vm, { team: o.team, ...(o.name !== undefined ? { name: o.name } : {}) });
         if (ctx.json) return printJson(r);
         printLine(`sharing ${vm} with team ${o.team}${o.name ? ` (up to ${o.name})` : ' (and its later snapshots)'}`);
-        if (r.published === null) printLine('a running sync publishes it');
-        else printLine(`published: ${r.published.length ? r.published.join(', ') : '(no snapshots yet)'}; teammates get it on their next sync`);
+        // Teammates pull only from a workstation that is online: share publishes, sync serves.
+        const serve = `teammates get it while this workstation (or a teammate who pulled it) runs \`clonebox snapshot sync --team ${o.team}\``;
+        if (r.published === null) printLine(`the running \`snapshot sync --watch\` publishes it within a few seconds; ${serve}`);
+        else printLine(`published: ${r.published.length ? r.published.join(', ') : '(no snapshots yet)'}; ${serve}`);
       }),
     );
 
   snapshot
     .command('unshare')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description('stop sharing a VM with a team (teammates keep what they pulled)')
     .requiredOption('--team <team>', 'the team')
     .option('--json', 'print JSON')
@@ -67,25 +64,33 @@ export function registerSync(snapshot: Command): void {
     .command('sync')
     .description("serve shared chains and pull teammates' chains (exits when caught up)")
     .requiredOption('--team <team>', 'the team')
-    .option('--bootstrap <host:port>', "DHT bootstrap node, repeatable (default: the team's setting, else the public DHT)", collect)
+    .addOption(
+      new Option('--bootstrap <host:port>', 'DHT bootstrap node, repeatable').default(undefined, "the team's setting, else the public DHT").argParser(collect),
+    )
     .option('--watch', 'keep serving and pulling until interrupted')
-    .option('--timeout <seconds>', 'give up after this long (default 300)', secondsOpt)
+    .addOption(new Option('--timeout <seconds>', 'give up after this long').default(undefined, '300').argParser(secondsOpt))
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number }) => {
-        const tty = Boolean(process.stderr.isTTY) && !ctx.json;
-        let open = false;
+        // On a terminal one line shows what the sync waits for, then each chain's progress (4 Hz).
+        const bar = progressFor('sync', ctx.json);
+        bar?.status(`sync: joining team ${o.team} and looking for teammates online...`);
         const onWarning = (w: Warning) => {
-          if (open) process.stderr.write('\n');
-          open = false;
+          bar?.finish();
           printWarning(w);
         };
         const onProgress = (p: SyncProgressEvent) => {
-          const final = p.phase === 'pulled';
-          process.stderr.write(`\r\x1b[K${progressText(p)}${final ? '\n' : ''}`);
-          open = !final;
+          if (!bar) return;
+          if (p.phase === 'pulled') {
+            bar.finish();
+            note(pulledText(p));
+          } else if (p.phase === 'receive') {
+            bar.show(`pull ${p.chain}: received`, p.done, null);
+          } else {
+            bar.show(`pull ${p.chain}: writing ${p.snapshot}`, p.done, p.total);
+          }
         };
-        const trace = process.env.CLONEBOX_SYNC_TRACE === '1';
+        const trace = process.env.CLONEBOX_SYNC_TRACE === '1' || verbosity.verbose;
         let report: SyncResult;
         try {
           // --watch ends normally on SIGINT/SIGTERM; a run without it is aborted (nothing half-pulled stays).
@@ -97,12 +102,12 @@ export function registerSync(snapshot: Command): void {
               watch: Boolean(o.watch),
               signal,
               onWarning,
-              ...(tty ? { onProgress } : {}),
+              ...(bar ? { onProgress } : {}),
               ...(trace ? { onTrace: (ms: number, what: string) => process.stderr.write(`clonebox-trace ${ms} ms: ${what}\n`) } : {}),
             }),
           );
         } finally {
-          if (open) process.stderr.write('\n');
+          bar?.finish();
         }
         if (ctx.json) return printJson(report);
         printLine(`peers: ${report.peers.length ? report.peers.join(', ') : 'none online'}`);
@@ -117,13 +122,18 @@ export function registerSync(snapshot: Command): void {
                 String(c.snapshots.length),
                 String(c.blocks_fetched),
                 String(c.blocks_reused),
-                mib(c.bytes_received),
+                formatBytes(c.bytes_received),
               ]),
               [false, false, true, true, true, true],
             ),
           );
         }
-        printLine(`received ${mib(report.bytes_received)}`);
+        if (report.chains.some((c) => c.snapshots.length === 0)) {
+          printLine(
+            '(0 new snapshots: that chain is up to date here; snapshots its sharer made since appear once its running sync republishes them, within seconds)',
+          );
+        }
+        printLine(`received ${formatBytes(report.bytes_received)}`);
       }),
     );
 }

@@ -2,8 +2,8 @@
  * `clonebox team ...` (identity, teams, invites) and `clonebox dht bootstrap` (a private DHT).
  * Parsing and rendering only: the work is in the library's teams and dht namespaces.
  */
-import type { Command } from 'commander';
-import { printJson, printLine, table, usage } from '../output.js';
+import { type Command, Option } from 'commander';
+import { note, printJson, printLine, table, usage } from '../output.js';
 import { action } from '../run.js';
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -15,10 +15,12 @@ export function registerTeam(program: Command): void {
 
   team
     .command('create')
-    .argument('<team>')
+    .argument('<team>', 'the team name')
     .description('make a new team and print its invite (a secret: share it only with teammates)')
-    .option('--name <workstation>', "this workstation's name (default: the host name)")
-    .option('--bootstrap <host:port>', 'private DHT bootstrap node for this team, repeatable (default: the public DHT)', collect)
+    .addOption(new Option('--name <workstation>', "this workstation's name").default(undefined, 'the host name'))
+    .addOption(
+      new Option('--bootstrap <host:port>', 'private DHT bootstrap node for this team, repeatable').default(undefined, 'the public DHT').argParser(collect),
+    )
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, name: string, o: { name?: string; bootstrap?: string[] }) => {
@@ -34,11 +36,11 @@ export function registerTeam(program: Command): void {
 
   team
     .command('join')
-    .argument('<team>')
+    .argument('<team>', 'the team name')
     .description('join a team with an invite from a teammate')
     .requiredOption('--invite <invite>', 'the invite printed by `clonebox team create` (or `team invite`)')
-    .option('--name <workstation>', "this workstation's name (default: the host name)")
-    .option('--bootstrap <host:port>', "private DHT bootstrap node, repeatable (default: the invite's)", collect)
+    .addOption(new Option('--name <workstation>', "this workstation's name").default(undefined, 'the host name'))
+    .addOption(new Option('--bootstrap <host:port>', 'private DHT bootstrap node, repeatable').default(undefined, "the invite's").argParser(collect))
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, name: string, o: { invite: string; name?: string; bootstrap?: string[] }) => {
@@ -57,7 +59,7 @@ export function registerTeam(program: Command): void {
 
   team
     .command('show')
-    .argument('<team>')
+    .argument('<team>', 'the team name')
     .description("show this workstation's identity and the members seen so far")
     .option('--json', 'print JSON')
     .action(
@@ -79,7 +81,7 @@ export function registerTeam(program: Command): void {
 
   team
     .command('invite')
-    .argument('<team>')
+    .argument('<team>', 'the team name')
     .description("print the team's invite again (a secret)")
     .option('--json', 'print JSON')
     .action(
@@ -134,7 +136,7 @@ export function registerDht(program: Command): void {
           process.on('SIGTERM', stop);
         });
         await net.close();
-        if (!ctx.json) process.stderr.write('clonebox: DHT bootstrap stopped\n');
+        if (!ctx.json) note('DHT bootstrap stopped');
       }),
     );
 }

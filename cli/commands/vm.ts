@@ -12,11 +12,11 @@ export function registerVm(program: Command): void {
   const vm = program.command('vm').description('register, create and inspect VMs');
 
   vm.command('create')
-    .argument('<vm>')
+    .argument('<vm>', 'name of the new VM')
     .description('create a new empty qcow2 disk and register it (image driver)')
     .requiredOption('--size <size>', 'virtual size, e.g. 20G')
-    .option('--dir <dir>', 'directory for the disk (default: <home>/disks/<vm>)')
-    .option('--cluster-size <size>', 'qcow2 cluster size, 512 to 2M (default 64K)')
+    .addOption(new Option('--dir <dir>', 'directory for the disk').default(undefined, '<home>/disks/<vm>'))
+    .addOption(new Option('--cluster-size <size>', 'qcow2 cluster size, 512 to 2M').default(undefined, '64K'))
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, name: string, o: { size: string; dir?: string; clusterSize?: string }) => {
@@ -31,11 +31,11 @@ export function registerVm(program: Command): void {
     );
 
   vm.command('add')
-    .argument('<vm>')
+    .argument('<vm>', 'name of the new VM')
     .description('register existing qcow2 disks, or a libvirt domain')
-    .option('--disk <path>', 'qcow2 disk (repeat for several)', collect, [])
+    .option('--disk <file>', 'qcow2 disk (repeat for several)', collect)
     .option('--libvirt', 'register a libvirt domain (libvirt driver)')
-    .option('--domain <name>', 'libvirt domain name (default: the VM name)')
+    .addOption(new Option('--domain <name>', 'libvirt domain name').default(undefined, 'the VM name'))
     .option('--connect <uri>', 'libvirt connection URI', 'qemu:///system')
     .option(
       '--allow-backing <path>',
@@ -45,16 +45,17 @@ export function registerVm(program: Command): void {
     )
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, name: string, o: { disk: string[]; libvirt?: boolean; domain?: string; connect: string; allowBacking: string[] }) => {
+      action(async (ctx, name: string, o: { disk?: string[]; libvirt?: boolean; domain?: string; connect: string; allowBacking: string[] }) => {
+        const disks = o.disk ?? [];
         if (o.libvirt) {
-          if (o.disk.length) throw usage('--libvirt and --disk exclude each other');
+          if (disks.length) throw usage('--libvirt and --disk exclude each other');
           const view = await ctx.cb.vms.addLibvirt(name, { domain: o.domain ?? name, uri: o.connect });
           if (ctx.json) return printJson(view);
           return printLine(
             `registered libvirt domain ${o.domain ?? name} (${o.connect}) as VM ${name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`,
           );
         }
-        const view = await ctx.cb.vms.add(name, { disks: o.disk, allowBacking: o.allowBacking });
+        const view = await ctx.cb.vms.add(name, { disks, allowBacking: o.allowBacking });
         if (ctx.json) return printJson(view);
         printLine(`registered VM ${view.name}: ${view.disks.map((d) => `${d.target}=${d.path}`).join(', ')}`);
         for (const d of view.disks) {
@@ -74,25 +75,27 @@ export function registerVm(program: Command): void {
         const vms = await ctx.cb.vms.list();
         if (ctx.json) return printJson(vms);
         if (vms.length === 0) return printLine('no VMs registered');
+        const usage = await Promise.all(vms.map((v) => ctx.cb.vms.diskUsage(v.name)));
         printLine(
           table(
-            ['NAME', 'DRIVER', 'DISKS', 'SIZE', 'SNAPSHOTS', 'CURRENT'],
-            vms.map((v) => [
+            ['NAME', 'DRIVER', 'DISKS', 'SIZE', 'ON DISK', 'SNAPSHOTS', 'CURRENT'],
+            vms.map((v, i) => [
               v.name,
               v.driver,
               String(v.disks.length),
               formatBytes(v.disks.reduce((a, d) => a + d.virtual_size, 0)),
+              formatBytes(usage[i]!),
               String(v.snapshot_count),
               v.current ?? '-',
             ]),
-            [false, false, true, true, true, false],
+            [false, false, true, true, true, true, false],
           ),
         );
       }),
     );
 
   vm.command('show')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description('show one VM')
     .option('--json', 'print JSON')
     .action(
@@ -103,12 +106,13 @@ export function registerVm(program: Command): void {
         printLine(`driver: ${v.driver}`);
         printLine(`current snapshot: ${v.current ?? '(none)'}`);
         printLine(`snapshots: ${v.snapshot_count}`);
+        printLine(`on disk: ${formatBytes(await ctx.cb.vms.diskUsage(name))} (current images, snapshot layers and memory files)`);
         for (const d of v.disks) printLine(`disk ${d.target}: ${d.path} (${formatBytes(d.virtual_size)})`);
       }),
     );
 
   vm.command('remove')
-    .argument('<vm>')
+    .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description('unregister a VM (and with --delete-files, delete its disks and layers)')
     .option('--delete-files', 'also delete the disk images and snapshot layers')
     .option('--yes', 'do not ask for confirmation')

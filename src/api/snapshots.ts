@@ -9,6 +9,7 @@ import { parseSize } from '../names.js';
 import type { Policy as InternalPolicy } from '../snapshots/policy.js';
 import type { Session } from './session.js';
 import type {
+  BranchOptions,
   DeleteOptions,
   DeleteResult,
   DiffOptions,
@@ -16,12 +17,15 @@ import type {
   LongOptions,
   PolicyChanges,
   PolicyResult,
+  PromoteOptions,
+  PromoteResult,
   PruneResult,
   RestoreOptions,
   RestoreResult,
   RunOptions,
   RunResult,
   SnapshotCreateOptions,
+  SnapshotSelection,
   SnapshotTree,
   SnapshotTreeDetails,
   SnapshotView,
@@ -95,9 +99,35 @@ export class Snapshots {
     return this.s.run(async () => (await this.manager()).show(vm, name));
   }
 
-  /** The snapshot a restore selection names (exactly one of name and at). */
+  /** The name of the snapshot a restore selection names (exactly one of name and at). */
   resolve(vm: string, sel: { name?: string; at?: string }): Promise<string> {
-    return this.s.run(async () => (await this.manager()).resolveTarget(vm, selection(sel)));
+    return this.select(vm, sel).then((r) => r.snapshot.name);
+  }
+
+  /** The snapshot a restore selection names, and for `at` the instant the time was read as. */
+  select(vm: string, sel: { name?: string; at?: string }): Promise<SnapshotSelection> {
+    return this.s.run(async () => {
+      const r = await (await this.manager()).resolveTarget(vm, selection(sel));
+      return { snapshot: r.snapshot, resolved_at: r.until ? r.until.toISOString() : null };
+    });
+  }
+
+  /**
+   * Makes snapshot `name` the current state, keeping the present state as a snapshot first when it
+   * holds anything unsaved (a manual one: retention never prunes it). Nothing is lost.
+   */
+  promote(vm: string, name: string, opts: PromoteOptions = {}): Promise<PromoteResult> {
+    return this.s.run(async () => {
+      const m = await this.manager();
+      const r = await step('promote', opts, this.s.signal(opts.signal), () => m.promote(vm, name, opts.keepAs !== undefined ? { keepAs: opts.keepAs } : {}));
+      r.warnings.forEach(this.s.warner(opts.onWarning));
+      return { vm, promoted: r.value.promoted, kept: r.value.kept };
+    });
+  }
+
+  /** A new snapshot `name` with the content of `from`, starting a branch there; the current state is untouched. */
+  branch(vm: string, name: string, opts: BranchOptions): Promise<SnapshotView> {
+    return this.s.run(async () => (await this.manager()).branch(vm, name, { from: opts.from, description: opts.description ?? null }));
   }
 
   /** Makes the VM state equal to a snapshot: unsnapshotted changes are discarded (backup: snapshot them first). */

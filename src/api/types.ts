@@ -163,7 +163,10 @@ export interface SnapshotCreateOptions extends LongOptions {
 export interface RestoreOptions extends LongOptions {
   /** Exactly one of name and at. */
   name?: string;
-  /** The newest snapshot created at or before this time (ISO-8601). */
+  /**
+   * The newest snapshot created at or before this time: as `snapshot list` shows it, ISO-8601, a date,
+   * `HH:MM`, `yesterday 14:30`, `2h ago` (a time given to the second covers that whole second).
+   */
   at?: string;
   /** Snapshot the current state first (as `before_operations: [restore]` does). */
   backup?: boolean;
@@ -178,6 +181,32 @@ export interface RestoreResult {
   vm: string;
   restored: string;
   backup: string | null;
+}
+
+/** `snapshots.select()`: the snapshot a `{name}` or `{at}` selection names. */
+export interface SnapshotSelection {
+  snapshot: SnapshotView;
+  /** For `at`: the instant (ISO-8601, UTC) the time was read as; snapshots created at or before it qualified. */
+  resolved_at: string | null;
+}
+
+export interface PromoteOptions extends LongOptions {
+  /** The name of the snapshot that keeps the present state (default snap-YYYYMMDD-HHMMSS). */
+  keepAs?: string;
+}
+
+/** `snapshot promote --json`. */
+export interface PromoteResult {
+  vm: string;
+  promoted: string;
+  /** The snapshot that keeps the state the VM had before; null when it had nothing unsaved. */
+  kept: string | null;
+}
+
+export interface BranchOptions {
+  /** The snapshot the branch starts from. */
+  from: string;
+  description?: string | null;
 }
 
 export interface DeleteOptions extends LongOptions {

@@ -40,6 +40,11 @@ export class Vms {
     return this.s.run(async () => (await import('../vms.js')).listVms(this.s.home));
   }
 
+  /** Bytes the VM's files take on disk: current images, snapshot layers and memory files. */
+  diskUsage(name: string): Promise<number> {
+    return this.s.run(async () => (await import('../vms.js')).vmDiskUsage(this.s.home, name));
+  }
+
   show(name: string): Promise<VmView> {
     return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name));
   }

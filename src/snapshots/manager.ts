@@ -9,10 +9,10 @@ import path from 'node:path';
 import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { pathExists } from '../fsutil.js';
+import { pathExists, requireFreeSpace } from '../fsutil.js';
 import type { GuestDiffOptions } from '../guest/diff.js';
-import { checkName } from '../names.js';
-import { allocatedBytes, backingOf } from '../qcow2/probe.js';
+import { checkName, closestName } from '../names.js';
+import { allocatedBytes, backingOf, imageGeometry } from '../qcow2/probe.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
@@ -23,6 +23,7 @@ import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, sub
 import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
 import { beforePolicy, namedPoliciesOf, policyOf, retentionKey, snapshotsBefore } from './settings.js';
 import type { VmStats } from './stats.js';
+import { parseTime } from './when.js';
 
 export interface CreateOptions {
   name?: string;
@@ -134,7 +135,13 @@ export class SnapshotManager {
   private find(snaps: SnapshotRecord[], vm: VmRecord, name: string): SnapshotRecord {
     const s = snaps.find((r) => r.name === name);
     if (!s) {
-      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm.name}`, { hint: `see \`clonebox snapshot list ${vm.name}\`` });
+      const near = closestName(
+        name,
+        snaps.map((r) => r.name),
+      );
+      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm.name}`, {
+        hint: near ? `did you mean ${near}?` : `see \`clonebox snapshot list ${vm.name}\``,
+      });
     }
     return s;
   }
@@ -276,19 +283,33 @@ export class SnapshotManager {
 
   // ---------------------------------------------------------------- restore
 
-  /** Picks the snapshot for `--at TIME`: the newest created at or before TIME. */
-  static pickAt(snaps: SnapshotRecord[], at: string, vm: string): SnapshotRecord {
-    const t = Date.parse(at);
-    if (Number.isNaN(t)) throw new CloneboxError('USAGE', `invalid time ${JSON.stringify(at)}`, { hint: 'use ISO-8601, e.g. 2026-11-22T10:00:00Z' });
+  /**
+   * Picks the snapshot for `--at TIME`: the newest created at or before the end of the span TIME names
+   * (when.ts), so that a time as `snapshot list` shows it picks the snapshot shown at that time.
+   */
+  static pickAt(snaps: SnapshotRecord[], at: string, vm: string, now: Date = clockNow()): { snapshot: SnapshotRecord; until: Date } {
+    const { until } = parseTime(at, now);
+    const t = until.getTime();
     const c = snaps.filter((s) => Date.parse(s.created_at) <= t).sort(newestFirst)[0];
-    if (!c) throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no snapshot created at or before ${at}, VM ${vm}`);
-    return c;
+    if (!c) {
+      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no snapshot created at or before ${until.toISOString()} (${at}), VM ${vm}`, {
+        hint: `see \`clonebox snapshot list ${vm}\``,
+      });
+    }
+    return { snapshot: c, until };
   }
 
-  async resolveTarget(vmName: string, sel: { name?: string; at?: string }): Promise<string> {
-    return this.read(vmName, async (vm, snaps) =>
-      sel.name !== undefined ? this.find(snaps, vm, sel.name).name : SnapshotManager.pickAt(snaps, sel.at!, vm.name).name,
-    );
+  private select(snaps: SnapshotRecord[], vm: VmRecord, sel: { name?: string; at?: string }): { snapshot: SnapshotRecord; until: Date | null } {
+    if (sel.name !== undefined) return { snapshot: this.find(snaps, vm, sel.name), until: null };
+    return SnapshotManager.pickAt(snaps, sel.at!, vm.name);
+  }
+
+  /** The snapshot a selection names, and for `at` the instant it was resolved against. */
+  async resolveTarget(vmName: string, sel: { name?: string; at?: string }): Promise<{ snapshot: SnapshotView; until: Date | null }> {
+    return this.read(vmName, async (vm, snaps) => {
+      const { snapshot, until } = this.select(snaps, vm, sel);
+      return { snapshot: this.views(vm, snaps).find((v) => v.name === snapshot.name)!, until };
+    });
   }
 
   async restore(
@@ -297,7 +318,7 @@ export class SnapshotManager {
     opts: { backup?: boolean; start?: boolean } & BeforeOpOptions = {},
   ): Promise<OpResult<{ restored: string; backup: string | null }>> {
     return this.withVm(vmName, 'snapshot restore', async (vm, snaps) => {
-      const target = sel.name !== undefined ? this.find(snaps, vm, sel.name) : SnapshotManager.pickAt(snaps, sel.at!, vm.name);
+      const target = this.select(snaps, vm, sel).snapshot;
       const warnings: string[] = [];
       const notices: string[] = [];
       let backup: string | null = null;
@@ -346,6 +367,96 @@ export class SnapshotManager {
       await j.rollback();
       throw err;
     }
+  }
+
+  // ---------------------------------------------------------------- promote and branch
+
+  /**
+   * Makes snapshot `name` the current state without losing the present one: when the present state
+   * differs from its snapshot (or there is none), it is first kept as snapshot `keepAs` (a manual
+   * snapshot, so retention never prunes it), which becomes a branch beside `name`. Each step is one
+   * journaled operation (create, then restore) under the VM lock: a crash between them leaves the
+   * present state kept and `name` not yet current, and running promote again finishes it.
+   */
+  async promote(vmName: string, name: string, opts: { keepAs?: string } = {}): Promise<OpResult<{ promoted: string; kept: string | null }>> {
+    return this.withVm(vmName, 'snapshot promote', async (vm, snaps) => {
+      const target = this.find(snaps, vm, name);
+      if (opts.keepAs !== undefined) checkName('snapshot', opts.keepAs);
+      let kept: string | null = null;
+      const warnings: string[] = [];
+      if (await this.hasUnsavedState(vm)) {
+        const k = await this.createLocked(vm, snaps, {
+          ...(opts.keepAs !== undefined ? { name: opts.keepAs } : {}),
+          description: `the state before ${name} was promoted`,
+        });
+        kept = k.value.name;
+        warnings.push(...k.warnings);
+        vm = await loadVm(this.home, vm.name);
+      }
+      await this.restoreLocked(vm, target);
+      return { value: { promoted: target.name, kept }, warnings };
+    });
+  }
+
+  /** Whether the current state holds anything its current snapshot lacks (no snapshot yet: any data). */
+  private async hasUnsavedState(vm: VmRecord): Promise<boolean> {
+    if (vm.current === null) return true;
+    for (const d of vm.disks) if ((await allocatedBytes(d.path)) > 0) return true;
+    return false;
+  }
+
+  /**
+   * A new snapshot `name` that starts a branch at snapshot `from`: its layers are empty overlays on
+   * `from`'s, so its content is `from`'s, and restoring it (or promoting it) continues work on that
+   * branch while `from` stays as it is. The current state is not touched.
+   */
+  async branch(vmName: string, name: string, opts: { from: string; description?: string | null }): Promise<SnapshotView> {
+    return this.withVm(vmName, 'snapshot branch', async (vm, snaps) => {
+      checkName('snapshot', name);
+      if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
+      if (snaps.some((r) => r.name === name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
+      const base = this.find(snaps, vm, opts.from);
+      const layers = vm.disks.map((d) => {
+        const under = base.disks.find((l) => l.target === d.target);
+        if (!under) throw new CloneboxError('STORE_CORRUPT', `snapshot ${base.name} has no layer for disk ${d.target}, ${vm.name}`);
+        const stem = path.basename(d.path).replace(/\.(qcow2|qcow|img)$/i, '');
+        return { target: d.target, under: under.path, path: path.join(path.dirname(under.path), `${stem}@${name}.qcow2`) };
+      });
+      for (const l of layers) {
+        if (await pathExists(l.path)) {
+          throw new CloneboxError('SNAPSHOT_EXISTS', `layer file already exists, ${l.path}`, { hint: 'choose another snapshot name or move the file away' });
+        }
+      }
+      const { createOverlay } = await import('../qcow2/overlay.js');
+      const j = await Journal.begin(this.home, vm.name, `snapshot branch ${name}`, driverStepHandlers);
+      try {
+        await j.willCreate(...layers.map((l) => l.path));
+        for (const l of layers) await createOverlay(l.path, l.under, await imageGeometry(l.under));
+        const rec: SnapshotRecord = {
+          name,
+          vm_name: vm.name,
+          type: 'disk',
+          state: 'ready',
+          created_at: nowIso(),
+          description: opts.description ?? `branch from ${base.name}`,
+          parent: base.name,
+          tags: [],
+          auto_created: false,
+          auto_policy: null,
+          expires_at: null,
+          disks: layers.map((l) => ({ target: l.target, path: l.path })),
+          size_bytes: 0,
+          // Same content as the base; an id is fixed when the branch is first published.
+          content_id: null,
+          memory_path: null,
+        };
+        await j.commit([{ do: 'write_json', path: recordPath(this.home, vm.name, name), value: rec }]);
+        return this.views(vm, [...snaps, rec]).find((v) => v.name === name)!;
+      } catch (err) {
+        await j.rollback();
+        throw err;
+      }
+    });
   }
 
   // ---------------------------------------------------------------- delete
@@ -401,6 +512,7 @@ export class SnapshotManager {
       const own = s.disks.find((l) => l.target === d.target)?.path;
       newBase.set(d.target, pl ?? (own ? await backingOf(own) : null));
     }
+    await this.checkMergeSpace(vm, snaps, s, doomedNames, recursive);
     const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`, driverStepHandlers);
     const mergedInto: string[] = [];
@@ -450,6 +562,22 @@ export class SnapshotManager {
       await j.rollback();
       throw err;
     }
+  }
+
+  /**
+   * NO_SPACE before a merge writes anything: each merged image (a child's layer, or the current
+   * state) can take up to its own data plus the deleted layer's, beside the image it replaces.
+   */
+  private async checkMergeSpace(vm: VmRecord, snaps: SnapshotRecord[], s: SnapshotRecord, doomed: Set<string>, recursive: boolean): Promise<void> {
+    const need = new Map<string, number>();
+    const add = async (image: string, target: string) => {
+      const own = s.disks.find((l) => l.target === target)?.path;
+      const bytes = (await allocatedBytes(image)) + (own ? await allocatedBytes(own) : 0);
+      need.set(path.dirname(image), (need.get(path.dirname(image)) ?? 0) + bytes);
+    };
+    if (vm.current !== null && doomed.has(vm.current)) for (const d of vm.disks) await add(d.path, d.target);
+    if (!recursive) for (const c of snaps.filter((r) => r.parent === s.name)) for (const l of c.disks) await add(l.path, l.target);
+    for (const [dir, bytes] of need) await requireFreeSpace(dir, bytes, `merging snapshot ${s.name} of ${vm.name}`);
   }
 
   // ---------------------------------------------------------------- policy and prune

@@ -6,6 +6,7 @@ import { readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
+import { closestName } from '../names.js';
 import { ensureHome, type Home, vmDir } from './home.js';
 import { acquireLock, type Lock } from './lock.js';
 
@@ -55,7 +56,10 @@ export async function loadVm(home: Home, vm: string): Promise<VmRecord> {
     text = await readFile(vmFile(home, vm), 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new CloneboxError('VM_NOT_FOUND', `no such VM, ${vm}`, { hint: `see \`clonebox vm list --home ${home.root}\`` });
+      const near = closestName(vm, await listVmNames(home).catch(() => []));
+      throw new CloneboxError('VM_NOT_FOUND', `no such VM, ${vm}`, {
+        hint: near ? `did you mean ${near}?` : `see \`clonebox vm list --home ${home.root}\``,
+      });
     }
     throw ioError(err, 'cannot read VM record', vmFile(home, vm));
   }

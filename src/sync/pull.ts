@@ -23,7 +23,7 @@ import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { ensureDir, pathExists } from '../fsutil.js';
+import { ensureDir, pathExists, requireFreeSpace } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
@@ -365,6 +365,9 @@ async function build(
       await ensureDir(dir);
       for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
     }
+    // The layers take about their data: NO_SPACE now rather than a full disk half-way through.
+    const dataBytes = todo.reduce((a, s) => a + s.disks.reduce((b, d) => b + d.data_bytes, 0), 0);
+    await requireFreeSpace(path.dirname(diskPath.get(targets[0]!)!), dataBytes, `pulling ${ctx.peerName}'s ${remoteVm}`);
     const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
     const nameOf = new Map<string, string>();
     for (const [id, s] of placed.localById) {
