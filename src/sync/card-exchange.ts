@@ -88,7 +88,7 @@ export class CardExchange {
       if (this.toSend.length < MAX_CARDS && !this.toSend.some((k) => k.identity.equals(card.identity))) this.toSend.push(card);
       if (known) continue;
       log(`new member on team ${teamName}: ${m.name} (${shortKey(card.identity)}), known through ${st.peer.name}`);
-      catalogs.setAuthor(hex, m.name);
+      catalogs.setAuthor(hex, m.name, card.identity);
       const cat = await catalogs.open(card.catalog);
       cat.core.replicate(st.peer.mux);
     }

@@ -22,7 +22,7 @@ import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { listVmNames, loadVm, vmExists } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, originOf, type SnapshotRecord } from '../store/snapshots.js';
 import type { BlockSource, SourcePart } from './blocks.js';
 import { Catalog, type CatalogView, syncDir } from './catalog.js';
 import { type CatalogRecord, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
@@ -124,7 +124,11 @@ export async function unshareVm(home: Home, team: string, vm: string): Promise<{
   return { vm, team, was_shared: was };
 }
 
-/** The snapshots a share covers: root..upto, or every ready snapshot; parents before children. */
+/**
+ * The snapshots a share covers: root..upto, or every ready snapshot; parents before children. Never a
+ * snapshot pulled from a teammate, nor one standing on it: those are its author's, served on under the
+ * author's catalog (relaying), never published as ours.
+ */
 function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecord[] {
   const byName = new Map(snaps.map((s) => [s.name, s]));
   let chosen: SnapshotRecord[];
@@ -149,13 +153,16 @@ function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecor
   }
   const ok = new Set<string>();
   return chosen.filter((s) => {
-    const good = s.state === 'ready' && (s.parent === null || ok.has(s.parent));
+    const good = s.state === 'ready' && originOf(s).kind !== 'pulled' && (s.parent === null || ok.has(s.parent));
     if (good) ok.add(s.name);
     return good;
   });
 }
 
 const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
+
+/** Shared VMs (team/vm) whose pulled snapshots publish() has said it leaves out. */
+const toldPulled = new Set<string>();
 
 /**
  * Brings the catalog up to date with shares.json and the shared VMs' snapshots. Returns, per shared
@@ -187,6 +194,13 @@ export async function publish(
     const vmRec = await loadVm(home, vm);
     const snaps = await listSnapshotRecords(home, vm);
     const line = sharedLine(snaps, s.upto);
+    const pulled = snaps.filter((x) => originOf(x).kind === 'pulled');
+    if (pulled.length && !toldPulled.has(`${team}/${vm}`)) {
+      toldPulled.add(`${team}/${vm}`); // once per process: a --watch republishes every 5 s
+      log?.(
+        `shared VM ${vm}: ${pulled.length} snapshot(s) pulled from teammates (and what stands on them) are not published as this workstation's; teammates get them from their author's catalog`,
+      );
+    }
     const published = new Map<string, SnapshotRecordEntry & { id: string }>();
     for (const p of view.snapshots.get(vm) ?? []) published.set(keyOf(p.name, p.created_at), p);
     const idOf = new Map<string, string>(); // local snapshot name -> published content id

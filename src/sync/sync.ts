@@ -26,6 +26,7 @@ import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
 import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
+import { originOf, type SnapshotRecord } from '../store/snapshots.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
 import { Catalog } from './catalog.js';
@@ -193,7 +194,7 @@ class SyncRun {
     const srv = serving;
     trace(`sync: serving index built (${srv.blocks} blocks)`);
     this.cleanups.push(() => srv.close());
-    const local = await LocalBlocks.scan(home, log);
+    const local = await LocalBlocks.scan(home, await this.reusable(own), log);
     this.cleanups.push(() => local.close());
     trace(`sync: local blocks indexed (${local.size})`);
     // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock).
@@ -211,6 +212,23 @@ class SyncRun {
       signal: this.opts.signal,
     });
     this.s = { catalogs, cards, serving: srv, local, temps, spool, fetcher, swarm: null };
+  }
+
+  /**
+   * Which local snapshots a pull of this team may take blocks from: those our catalog for the team
+   * publishes (a VM still shared, the snapshot matched by name and creation time as share.ts does), and
+   * those pulled from this team. Never an unshared VM's, nor another team's (the presence oracle).
+   */
+  private async reusable(own: Catalog): Promise<(vm: string, s: SnapshotRecord) => boolean> {
+    const view = await own.view();
+    const published = new Set<string>();
+    for (const [vm] of view.shares) for (const p of view.snapshots.get(vm) ?? []) published.add(`${vm}\u0000${p.name}\u0000${p.created_at}`);
+    const team = this.opts.team;
+    return (vm, s) => {
+      const o = originOf(s);
+      if (o.kind === 'pulled') return o.team === team;
+      return published.has(`${vm}\u0000${s.name}\u0000${s.created_at}`);
+    };
   }
 
   private stateOf(peer: TeamPeer): PeerState {
@@ -247,7 +265,7 @@ class SyncRun {
           const key = recorded ?? peer.intro.catalog;
           if (key && !key.equals(own.key)) {
             const cat = await catalogs.open(key);
-            catalogs.setAuthor(key.toString('hex'), peer.name);
+            catalogs.setAuthor(key.toString('hex'), peer.name, peer.publicKey);
             st.catalog = cat;
           }
           // Its own catalog, and every other teammate's we have (relayed both ways).
@@ -418,7 +436,9 @@ class SyncRun {
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
       const ctx = {
         home,
+        team: opts.team,
         peerName: author,
+        peerKey: this.s.catalogs.authorKeyOf(cat.key.toString('hex')),
         catalog: cat,
         view,
         local,
