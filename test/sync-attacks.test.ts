@@ -6,6 +6,7 @@
  *  1. A member pulls a VM, writes into it, snapshots and shares it back: the author's own VM must not
  *     gain that snapshot nor boot its disk, and the author must not publish it as its own.
  *  6. Local blocks are reused only from VMs shared with, or pulled from, the team (no presence oracle).
+ *  7. A teammate's catalog beyond the per-member limits is not downloaded nor pulled.
  *  8. A pull into a new VM never renames over an existing disk file (left by `vm remove`).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -15,7 +16,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
-import { CLI_PATH, cb } from './helpers/cli.js';
+import { CLI_PATH, cb, runCli } from './helpers/cli.js';
 import { run } from './helpers/process.js';
 import { qemuIo } from './helpers/qemu.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
@@ -217,5 +218,20 @@ describe('what a team member cannot do to a teammate', () => {
     // All 16 blocks asked for: A learns nothing of priv.
     expect([c.blocks_fetched, c.blocks_reused]).toEqual([16, 0]);
     await expectSameChain(A(), 'probe', B, 'probe', { sameTree: true });
+  });
+
+  it("attack 7: a teammate's catalog beyond the per-member limit is neither downloaded nor pulled, and the run names it", async () => {
+    const L = home('l');
+    await join(L, 'ws-l');
+    const r = await runCli(['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+      home: L,
+      env: { CLONEBOX_SYNC_MAX_CATALOG_ENTRIES: '4' },
+      timeoutMs: 80_000,
+    });
+    expect(r.code, r.stderr).toBe(1);
+    const doc = JSON.parse(r.stdout) as SyncDoc;
+    expect(doc.error?.code).toBe('SYNC_LIMIT');
+    expect(r.stderr).toMatch(/the catalog of ws-a holds \d+ entries, more than the limit of 4 \(a per-member limit\): none of its chains are pulled/);
+    expect(await json(L, ['vm', 'list'])).toEqual([]);
   });
 });

@@ -371,7 +371,7 @@ export class ShareSource implements BlockSource {
     }
     for (const o of others) {
       // A teammate's catalog not replicated in full yet would make view() wait for missing entries.
-      if (o.core.contiguousLength < o.core.length) continue;
+      if (o.core.contiguousLength < o.core.length || o.overLimit() !== null) continue;
       const ov = await o.view().catch(() => null);
       if (!ov) continue;
       for (const [vm] of ov.shares) {

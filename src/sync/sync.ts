@@ -42,7 +42,7 @@ import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
 import { Spool } from './spool.js';
-import { type TeamPeer, TeamSwarm } from './swarm.js';
+import { shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
 import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
@@ -120,6 +120,8 @@ class SyncRun {
   /** Per catalog and VM: blocks its sharer said it no longer has, at which catalog length. */
   private readonly unservableMemo = new Map<string, { length: number; blocks: Set<string> }>();
   private readonly cleanups: (() => Promise<void>)[] = [];
+  /** Teammates' catalogs found beyond the limits (reported once per run). */
+  private readonly overLimit = new Set<Catalog>();
   private lastPeerAt = 0;
   /** The spool is cleared (and closed) once every block in it is in a registered layer. */
   private spoolDone = false;
@@ -272,7 +274,10 @@ class SyncRun {
           for (const c of catalogs.catalogs()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
-          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
+          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, {
+            source: serving,
+            onAbuse: (why) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
+          });
         },
         [CATALOGS_PROTOCOL]: (peer) => {
           cards.attach(peer, this.stateOf(peer));
@@ -416,6 +421,8 @@ class SyncRun {
       if (cat.core.peers.length === 0) return;
     }
     await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(bound(10_000))]);
+    // The signed length and byte length come first: a catalog beyond the limits is not downloaded.
+    if (cat.overLimit() !== null) return;
     if (cat.core.length > cat.core.contiguousLength) {
       const dl = cat.core.download({ start: 0, end: cat.core.length });
       await Promise.race([dl.done().catch(() => undefined), sleep(bound(60_000))]);
@@ -426,6 +433,16 @@ class SyncRun {
   private async pullCatalog(st: PeerState, cat: Catalog, author: string, relayed: boolean): Promise<void> {
     const { home, log, opts, report } = this;
     const { local, spool, temps, fetcher, serving } = this.s;
+    const over = cat.overLimit();
+    if (over !== null) {
+      const message = `the catalog of ${author} holds ${over} (a per-member limit): none of its chains are pulled`;
+      if (!this.overLimit.has(cat)) {
+        this.overLimit.add(cat);
+        report.errors.push({ peer: author, vm: null, code: 'SYNC_LIMIT', message });
+        log(message);
+      }
+      return;
+    }
     if (cat.core.contiguousLength < cat.core.length) {
       log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
       return;

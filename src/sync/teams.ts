@@ -23,6 +23,7 @@ import { formatHostPort, type HostPort, parseHostPort } from './hostport.js';
 import type { Identity } from './identity.js';
 import { decodeInvite, encodeInvite } from './invite.js';
 import { newTeamSecret, SECRET_BYTES } from './keys.js';
+import { MAX_MEMBERS } from './limits.js';
 
 export interface MemberRecord {
   public_key: string;
@@ -246,6 +247,15 @@ export async function recordMember(
       if (known.catalog_key === null && peer.catalogKey) known.catalog_key = peer.catalogKey.toString('hex');
       result = { member: known, isNew: false, renamed: known.name !== peer.name };
     } else {
+      if (members.length >= MAX_MEMBERS) {
+        throw new CloneboxError(
+          'SYNC_LIMIT',
+          `team ${team} has ${members.length} members already (the limit): ${peer.name} (${pk.slice(0, 8)}) is not recorded`,
+          {
+            hint: 'a team is a handful of workstations: make a new team for those who stay',
+          },
+        );
+      }
       const { name, renamed } = memberName(rec, self, pk, peer.name);
       const member: MemberRecord = {
         public_key: pk,
@@ -289,6 +299,7 @@ export async function recordCard(
       known.card = { name: card.name, sig: card.sig.toString('hex') };
       result = known;
     } else {
+      if (members.length >= MAX_MEMBERS) return rec; // the limit: a stranger's card is not recorded
       const now = new Date().toISOString();
       const { name } = memberName(rec, self, pk, card.name);
       const member: MemberRecord = {
