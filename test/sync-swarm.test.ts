@@ -191,6 +191,62 @@ describe('team swarm on a local testnet', () => {
     expect((await loadTeam(a, 'crew')).members).toEqual([]);
   });
 
+  it('limits connections still proving per address: an outsider with fresh key pairs holds at most 8, a teammate still gets in', async () => {
+    const { a, b, ida, idb } = await twoHomes('slots');
+    const logs: string[] = [];
+    const sa = await TeamSwarm.open({
+      home: a,
+      team: await loadTeam(a, 'crew'),
+      identity: ida,
+      bootstrap: [net.address],
+      deadline: Date.now() + 10_000,
+      proofTimeoutMs: 3000,
+      log: (l) => logs.push(l),
+    });
+    let most = 0;
+    const watch = setInterval(() => {
+      most = Math.max(most, sa.provingNow);
+    }, 5);
+    // The outsider dials A directly, a fresh key pair per connection (refusing a key stops nothing),
+    // and never sends a proof: each connection would hold a slot until the proof times out.
+    const node = new HyperDHT(dhtOptions([net.address]));
+    const socks: ReturnType<HyperDHT['connect']>[] = [];
+    let sb: TeamSwarm | null = null;
+    try {
+      for (let i = 0; i < 16; i++) {
+        const s = node.connect(ida.publicKey, { keyPair: HyperDHT.keyPair() });
+        s.on('error', () => undefined);
+        socks.push(s);
+      }
+      await bounded(
+        new Promise<void>((resolve) => {
+          const check = setInterval(() => {
+            if (sa.refusedUnproven >= 8) {
+              clearInterval(check);
+              resolve();
+            }
+          }, 25);
+        }),
+        12_000,
+        'outsider connections refused',
+      );
+      expect(most).toBeLessThanOrEqual(8);
+      expect(
+        logs.filter((l) => /^refused connections from 127\.0\.0\.1: 8 from it are still proving membership \(the limit per address\)$/.test(l)),
+      ).toHaveLength(1);
+      for (const s of socks) s.destroy();
+      // The slots come back as those connections end: a teammate from the same address proves.
+      sb = await TeamSwarm.open({ home: b, team: await loadTeam(b, 'crew'), identity: idb, bootstrap: [net.address], deadline: Date.now() + 10_000 });
+      expect((await sa.waitForPeers(1, Date.now() + 15_000)).map((p) => p.name)).toEqual(['ws-b']);
+    } finally {
+      clearInterval(watch);
+      for (const s of socks) s.destroy();
+      await sb?.close();
+      await node.destroy();
+      await sa.close();
+    }
+  });
+
   it('refuses a peer whose proof is made with another secret, and logs it', async () => {
     const { a, ida } = await twoHomes('wrongkey');
     const team = await loadTeam(a, 'crew');

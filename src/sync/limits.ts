@@ -11,6 +11,14 @@
 /** Block requests a peer may have queued with us at once (an honest fetch keeps about 16 in flight). */
 export const MAX_QUEUED_REQUESTS = 256;
 
+/**
+ * Connections still proving membership (nothing of ours sent yet but the proof), per remote address
+ * and in all. Several teammates behind one NAT (or on one machine) share an address, so the per-address
+ * bound leaves room for a few honest ones proving at once; each proof takes milliseconds, at most 10 s.
+ */
+export const MAX_UNPROVEN_PER_ADDRESS = 8;
+export const MAX_UNPROVEN = 32;
+
 /** Members recorded per team: a new key beyond it is refused (a team is a handful of workstations). */
 export const MAX_MEMBERS = 256;
 
