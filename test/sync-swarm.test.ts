@@ -13,6 +13,8 @@ import Protomux from 'protomux';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
+import { catalogProof } from '../src/sync/cards.js';
+import { catalogKeyPair } from '../src/sync/catalog.js';
 import { dhtOptions, openDht } from '../src/sync/dht.js';
 import type { HostPort } from '../src/sync/hostport.js';
 import { ensureIdentity } from '../src/sync/identity.js';
@@ -123,7 +125,9 @@ describe('team swarm on a local testnet', () => {
     const proofs: Promise<unknown>[] = [];
     late.on('connection', (conn) => {
       conn.on('error', () => undefined);
-      proofs.push(proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-a', catalog: null } }).catch(() => undefined));
+      proofs.push(
+        proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-a', catalog: null, catalogSig: null } }).catch(() => undefined),
+      );
     });
     try {
       expect(sb.peers.size).toBe(0);
@@ -243,6 +247,34 @@ describe('team swarm on a local testnet', () => {
       for (const s of socks) s.destroy();
       await sb?.close();
       await node.destroy();
+      await sa.close();
+    }
+  });
+
+  it("ignores a catalog key an Intro claims without that catalog's signature over the sender (attack 12)", async () => {
+    const { a, b, ida, idb } = await twoHomes('claim');
+    const team = await loadTeam(a, 'crew');
+    const logs: string[] = [];
+    const sa = await TeamSwarm.open({ home: a, team, identity: ida, bootstrap: [net.address], deadline: Date.now() + 10_000, log: (l) => logs.push(l) });
+    // Mallory holds the invite and claims ws-b's catalog, replaying ws-b's own catalog signature.
+    const bCatalog = catalogKeyPair(idb, await loadTeam(b, 'crew'));
+    const bSig = catalogProof(bCatalog, team, idb.publicKey);
+    const mallory = new Hyperswarm({ dht: new HyperDHT(dhtOptions([net.address])) });
+    mallory.on('connection', (conn) => {
+      conn.on('error', () => undefined);
+      void proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-m', catalog: bCatalog.publicKey, catalogSig: bSig } }).catch(
+        () => undefined,
+      );
+    });
+    try {
+      mallory.join(teamTopic(teamSecret(team)), { server: true, client: true });
+      const [peer] = await sa.waitForPeers(1, Date.now() + 12_000);
+      expect(peer?.name).toBe('ws-m');
+      expect(peer!.intro.catalog).toBeNull();
+      expect(logs.some((l) => /^peer ws-m \([0-9a-f]{8}\) announces catalog [0-9a-f]{8} without that catalog's signature: ignored$/.test(l))).toBe(true);
+      expect((await loadTeam(a, 'crew')).members).toMatchObject([{ name: 'ws-m', catalog_key: null }]);
+    } finally {
+      await mallory.destroy();
       await sa.close();
     }
   });

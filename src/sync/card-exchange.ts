@@ -32,14 +32,16 @@ export class CardExchange {
     private readonly catalogs: CatalogSet,
     private readonly log: (line: string) => void,
   ) {
-    this.toSend = [makeCard(identity, team, catalogs.own.key)];
+    this.toSend = [makeCard(identity, team)];
     for (const m of team.members) {
-      if (!m.card || !m.catalog_key || this.toSend.length >= MAX_CARDS) continue;
+      // A card recorded before cards were countersigned (no csig) cannot be handed on.
+      if (!m.card?.csig || !m.catalog_key || this.toSend.length >= MAX_CARDS) continue;
       this.toSend.push({
         identity: Buffer.from(m.public_key, 'hex'),
         name: m.card.name,
         catalog: Buffer.from(m.catalog_key, 'hex'),
         sig: Buffer.from(m.card.sig, 'hex'),
+        csig: Buffer.from(m.card.csig, 'hex'),
       });
     }
     this.cardOf = new Map(team.members.map((m) => [m.public_key, m.card ?? null]));

@@ -23,7 +23,8 @@ import { teamTopic } from './keys.js';
 import { catalogOverLimit } from './limits.js';
 import { type TeamRecord, teamSecret } from './teams.js';
 
-function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
+/** This workstation's catalog key pair for `team` (see the module comment). */
+export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
     .update('clonebox/v1/catalog', 'utf8')
     .update(teamTopic(teamSecret(team)))

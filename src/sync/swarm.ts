@@ -23,6 +23,7 @@ import { EventEmitter } from 'node:events';
 import type NoiseSecretStream from '@hyperswarm/secret-stream';
 import Hyperswarm from 'hyperswarm';
 import type { Home } from '../store/home.js';
+import { verifyCatalogProof } from './cards.js';
 import { type Bootstrap, openDht } from './dht.js';
 import type { Identity } from './identity.js';
 import { membershipKey, teamTopic } from './keys.js';
@@ -54,6 +55,8 @@ export interface TeamSwarmOptions {
   proofTimeoutMs?: number;
   /** Our catalog core key, announced to proven peers (null: nothing shared yet). */
   catalogKey?: Buffer | null;
+  /** The catalog key's signature that it is ours (cards.ts catalogProof), sent with it. */
+  catalogSig?: Buffer | null;
   /** One line per notable event (dropped peers, new members), for stderr. */
   log?: (line: string) => void;
   /**
@@ -222,7 +225,7 @@ export class TeamSwarm extends EventEmitter {
         for (const protocol of Object.keys(this.opts.services ?? {})) mux.pair({ protocol }, () => whenAttached);
       },
       key: membershipKey(teamSecret(this.opts.team)),
-      intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null },
+      intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null, catalogSig: this.opts.catalogSig ?? null },
       ...(this.opts.proofTimeoutMs !== undefined ? { timeoutMs: this.opts.proofTimeoutMs } : {}),
     });
     void proving.then(releaseSlot, releaseSlot);
@@ -257,8 +260,16 @@ export class TeamSwarm extends EventEmitter {
   }
 
   /** Records the member, attaches the services, announces the peer. Resolves true when attached. */
-  private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<boolean> {
+  private async onProven(conn: NoiseSecretStream, peerProven: ProvenPeer): Promise<boolean> {
     if (this.closing) return false;
+    let proven = peerProven;
+    // A catalog key is the peer's only when the key itself signed that (cards.ts): otherwise a member
+    // could claim a teammate's catalog and have its chains credited to itself.
+    const claimed = proven.intro.catalog;
+    if (claimed && !verifyCatalogProof(this.opts.team, proven.publicKey, claimed, proven.intro.catalogSig)) {
+      this.log(`peer ${proven.intro.name} (${shortKey(proven.publicKey)}) announces catalog ${shortKey(claimed)} without that catalog's signature: ignored`);
+      proven = { ...proven, intro: { ...proven.intro, catalog: null, catalogSig: null } };
+    }
     let seen: Awaited<ReturnType<typeof recordMember>>;
     try {
       seen = await recordMember(this.opts.home, this.opts.team.team, this.opts.identity, {

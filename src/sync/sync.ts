@@ -29,7 +29,8 @@ import { acquireLock, type Lock } from '../store/lock.js';
 import { originOf, type SnapshotRecord } from '../store/snapshots.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
-import { Catalog } from './catalog.js';
+import { catalogProof } from './cards.js';
+import { Catalog, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
@@ -256,6 +257,7 @@ class SyncRun {
       deadline: this.deadline,
       log,
       catalogKey: own.key,
+      catalogSig: catalogProof(catalogKeyPair(this.identity, this.team), this.team, this.identity.publicKey),
       services: {
         'hypercore/alpha': async (peer) => {
           const st = this.stateOf(peer);

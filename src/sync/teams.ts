@@ -35,8 +35,8 @@ export interface MemberRecord {
   last_seen: string;
   /** Key of the member's catalog core, as first announced (null until it shares something). */
   catalog_key: string | null;
-  /** The member's signed catalog card (cards.ts), kept to hand on: its signed name and signature. */
-  card?: { name: string; sig: string } | null;
+  /** The member's signed catalog card (cards.ts), kept to hand on: its signed name, signature, countersignature. */
+  card?: { name: string; sig: string; csig?: string } | null;
   /** Set while the member is known only from a card a teammate handed on: that teammate's name. */
   via?: string | null;
 }
@@ -219,9 +219,20 @@ export interface SeenMember {
   renamed: boolean;
 }
 
-/** The name a newcomer gets: its claim, unless that is taken, then "<claim>-<8 hex of its key>". */
-export function memberName(rec: TeamRecord, self: { name: string; publicKey: Buffer }, publicKey: string, claimed: string): { name: string; renamed: boolean } {
-  const taken = claimed === self.name || rec.members.some((m) => m.name === claimed && m.public_key !== publicKey);
+/**
+ * The name a newcomer gets: its claim, unless that is taken, then "<claim>-<8 hex of its key>". A member
+ * known only from a card a teammate handed on (`provisional`) always gets the suffixed name: a card
+ * cannot reserve a plain name, so a member cannot squat a teammate's name for a newcomer who has not
+ * met that teammate yet. Met directly, it takes its plain name if that is free (recordMember).
+ */
+export function memberName(
+  rec: TeamRecord,
+  self: { name: string; publicKey: Buffer },
+  publicKey: string,
+  claimed: string,
+  provisional = false,
+): { name: string; renamed: boolean } {
+  const taken = provisional || claimed === self.name || rec.members.some((m) => m.name === claimed && m.public_key !== publicKey);
   if (!taken) return { name: claimed, renamed: false };
   const suffix = `-${publicKey.slice(0, 8)}`;
   return { name: claimed.slice(0, 128 - suffix.length) + suffix, renamed: true };
@@ -243,6 +254,8 @@ export async function recordMember(
     if (known) {
       known.last_seen = now;
       known.claimed_name = peer.name;
+      // Met directly for the first time: a provisional name (from a card) becomes the plain one if free.
+      if (known.via) known.name = memberName(rec, self, pk, peer.name).name;
       known.via = null;
       if (known.catalog_key === null && peer.catalogKey) known.catalog_key = peer.catalogKey.toString('hex');
       result = { member: known, isNew: false, renamed: known.name !== peer.name };
@@ -283,7 +296,7 @@ export async function recordCard(
   home: Home,
   team: string,
   self: Identity,
-  card: { identity: Buffer; name: string; catalog: Buffer; sig: Buffer },
+  card: { identity: Buffer; name: string; catalog: Buffer; sig: Buffer; csig: Buffer },
   via: string | null,
 ): Promise<MemberRecord | null> {
   const pk = card.identity.toString('hex');
@@ -296,12 +309,12 @@ export async function recordCard(
     if (known) {
       if (known.catalog_key === null) known.catalog_key = catalog;
       if (known.catalog_key !== catalog) return rec;
-      known.card = { name: card.name, sig: card.sig.toString('hex') };
+      known.card = { name: card.name, sig: card.sig.toString('hex'), csig: card.csig.toString('hex') };
       result = known;
     } else {
       if (members.length >= MAX_MEMBERS) return rec; // the limit: a stranger's card is not recorded
       const now = new Date().toISOString();
-      const { name } = memberName(rec, self, pk, card.name);
+      const { name } = memberName(rec, self, pk, card.name, via !== null);
       const member: MemberRecord = {
         public_key: pk,
         name,
@@ -309,7 +322,7 @@ export async function recordCard(
         first_seen: now,
         last_seen: now,
         catalog_key: catalog,
-        card: { name: card.name, sig: card.sig.toString('hex') },
+        card: { name: card.name, sig: card.sig.toString('hex'), csig: card.csig.toString('hex') },
         via,
       };
       members.push(member);
