@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { catalogProof } from '../src/sync/cards.js';
-import { catalogKeyPair } from '../src/sync/catalog.js';
+import { catalogKeyOf, catalogKeyPair } from '../src/sync/catalog.js';
 import { dhtOptions, openDht } from '../src/sync/dht.js';
 import type { HostPort } from '../src/sync/hostport.js';
 import { ensureIdentity } from '../src/sync/identity.js';
@@ -262,9 +262,10 @@ describe('team swarm on a local testnet', () => {
     const mallory = new Hyperswarm({ dht: new HyperDHT(dhtOptions([net.address])) });
     mallory.on('connection', (conn) => {
       conn.on('error', () => undefined);
-      void proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-m', catalog: bCatalog.publicKey, catalogSig: bSig } }).catch(
-        () => undefined,
-      );
+      void proveMembership(conn, {
+        key: membershipKey(teamSecret(team)),
+        intro: { name: 'ws-m', catalog: catalogKeyOf(bCatalog.publicKey), catalogSig: bSig },
+      }).catch(() => undefined);
     });
     try {
       mallory.join(teamTopic(teamSecret(team)), { server: true, client: true });

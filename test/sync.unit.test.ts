@@ -3,21 +3,22 @@
  * every truncation refused), wire messages (round trips, truncations, mutations, limits), key
  * derivation, the membership proof's binding, identities and the member naming rule.
  */
+import { sign } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import c from 'compact-encoding';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
 import { makeCard, verifyCard, verifyCatalogProof } from '../src/sync/cards.js';
-import { catalogKeyPair } from '../src/sync/catalog.js';
+import { catalogKeyOf, catalogKeyPair } from '../src/sync/catalog.js';
 import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
 import { isPrivateHost, parseHostPort } from '../src/sync/hostport.js';
-import { defaultWorkstationName, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
+import { defaultWorkstationName, ed25519PrivateKey, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
 import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof } from '../src/sync/membership.js';
 import * as m from '../src/sync/messages.js';
-import { createTeam, joinTeam, loadTeam, memberName, recordCard, recordMember, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
+import { createTeam, joinTeam, loadTeam, memberName, recordCard, recordMember, resolveBootstrap, type TeamRecord, teamSecret } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
 import { codeOf } from './helpers/errors.js';
 import { rng } from './helpers/random.js';
@@ -92,7 +93,7 @@ describe('wire messages', () => {
   // biome-ignore lint/suspicious/noExplicitAny: each sample pairs an encoding with a value of its own type
   const samples: [string, m.Encoding<any>, unknown][] = [
     ['handshake', m.membershipHandshake, { version: 1, proof: h(1) }],
-    ['intro', m.intro, { name: 'ws-1', catalog: h(2), catalogSig: Buffer.alloc(64, 2) }],
+    ['intro', m.intro, { name: 'ws-1', catalog: h(2), catalogSig: Buffer.alloc(96, 2) }],
     ['intro without catalog', m.intro, { name: 'ws-1', catalog: null, catalogSig: null }],
     ['request', m.blockRequest, { id: 7, hashes: [h(3), h(4)] }],
     [
@@ -115,8 +116,8 @@ describe('wire messages', () => {
       'cards',
       m.catalogCards,
       [
-        { identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8), csig: Buffer.alloc(64, 12) },
-        { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11), csig: Buffer.alloc(64, 13) },
+        { identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8), csig: Buffer.alloc(96, 12) },
+        { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11), csig: Buffer.alloc(96, 13) },
       ],
     ],
   ];
@@ -194,7 +195,7 @@ describe('wire messages', () => {
     );
     expect(m.decodeMessage(m.intro, old)).toEqual({ name: 'a', catalog: h(1), catalogSig: null });
     expect(() => m.decodeMessage(m.membershipHandshake, m.encodeMessage(m.membershipHandshake, { version: 0, proof: h(1) }))).toThrow(/version/);
-    const card = { identity: h(1), name: 'ws', catalog: h(2), sig: Buffer.alloc(64), csig: Buffer.alloc(64) };
+    const card = { identity: h(1), name: 'ws', catalog: h(2), sig: Buffer.alloc(64), csig: Buffer.alloc(96) };
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, []))).toThrow(/card count/);
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, Array(m.MAX_CARDS + 1).fill(card)))).toThrow(/card count/);
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, [{ ...card, name: '../x' }]))).toThrow(/card name/);
@@ -232,18 +233,17 @@ describe('catalog cards', () => {
     await createTeam(home, 't');
     const t = await loadTeam(home, 't');
     const real = makeCard(alice, t);
-    // Mallory signs "my catalog is alice's" with its own identity (a valid sig), and has no
-    // countersignature of alice's catalog for itself: it reuses alice's, or its own catalog's.
+    // Mallory signs "my catalog is alice's" with its own identity (a valid sig) and has no proof of
+    // alice's catalog for itself: it replays alice's, or brings its own catalog's.
     const own = makeCard(mallory, t);
-    const forged = {
-      ...own,
-      catalog: real.catalog,
-      sig: makeCard({ ...mallory }, t, { publicKey: real.catalog, secretKey: catalogKeyPair(mallory, t).secretKey }).sig,
-    };
+    const text = Buffer.concat([Buffer.from('clonebox/v1/catalog-card\n'), teamTopic(teamSecret(t)), real.catalog, Buffer.from([4]), Buffer.from('ws-m')]);
+    const sig = sign(null, text, ed25519PrivateKey(mallory.secretKey.subarray(0, 32)));
+    const forged = { ...own, catalog: real.catalog, sig };
     expect(verifyCard({ ...forged, csig: real.csig }, t)).toBe(false);
     expect(verifyCard({ ...forged, csig: own.csig }, t)).toBe(false);
     expect(verifyCatalogProof(t, mallory.publicKey, real.catalog, real.csig)).toBe(false);
     expect(verifyCatalogProof(t, alice.publicKey, real.catalog, real.csig)).toBe(true);
+    expect(real.catalog.equals(catalogKeyOf(catalogKeyPair(alice, t).publicKey))).toBe(true);
     expect(verifyCard(real, t)).toBe(true);
   });
 
@@ -260,12 +260,12 @@ describe('catalog cards', () => {
     // Known only through carol: the name carries a key prefix until bob is met (attack 12: a card
     // cannot squat a plain name).
     const provisional = `bob-${bob.publicKey.toString('hex').slice(0, 8)}`;
-    expect(rec).toMatchObject({ name: provisional, via: 'carol', catalog_key: Buffer.alloc(32, 1).toString('hex'), card: { name: 'bob' } });
+    expect(rec).toMatchObject({ name: provisional, via: 'carol', catalog_key: card.catalog.toString('hex'), card: { name: 'bob' } });
     // Another catalog for bob (a second card, or a forged binding) never replaces the first.
     expect(await recordCard(home, 't', self, makeCard(bob, t, pair(2)), 'carol')).toBeNull();
     // Meeting bob directly clears "via" and confirms its plain name.
     await recordMember(home, 't', self, { publicKey: bob.publicKey, name: 'bob', catalogKey: null });
-    expect((await loadTeam(home, 't')).members).toMatchObject([{ name: 'bob', via: null, catalog_key: Buffer.alloc(32, 1).toString('hex') }]);
+    expect((await loadTeam(home, 't')).members).toMatchObject([{ name: 'bob', via: null, catalog_key: card.catalog.toString('hex') }]);
     // Our own card is never recorded as a member.
     expect(await recordCard(home, 't', self, makeCard(self, t, pair(3)), 'carol')).toBeNull();
   });

@@ -4,7 +4,10 @@
  *
  *   sig  = Ed25519(identity secret key, "clonebox/v1/catalog-card\n" || team topic (32) || K (32) ||
  *                  u8 length of N || N)
- *   csig = Ed25519(catalog secret key K, "clonebox/v1/catalog-owner\n" || team topic (32) || I (32))
+ *   csig = S || Ed25519(catalog signer secret key S, "clonebox/v1/catalog-owner\n" || team topic (32) || I (32))
+ *
+ * where S is the catalog core's signer public key: a core's key K is a hash of its signer's key
+ * (Hypercore's manifest), so the proof carries S and is valid only when K = Hypercore.key(S).
  *
  * The countersignature (also carried by the Intro, catalogProof) stops a member from claiming a
  * teammate's catalog as its own: without it, a newcomer that meets the claimant first would credit the
@@ -19,10 +22,10 @@
  * not do by connecting under a new key pair of its own.
  */
 import { createPublicKey, sign, verify } from 'node:crypto';
-import { catalogKeyPair } from './catalog.js';
+import { catalogKeyOf, catalogKeyPair } from './catalog.js';
 import { ed25519PrivateKey, type Identity, type KeyPair } from './identity.js';
 import { teamTopic } from './keys.js';
-import type { CatalogCardWire } from './messages.js';
+import { CATALOG_PROOF_LENGTH, type CatalogCardWire } from './messages.js';
 import { type TeamRecord, teamSecret } from './teams.js';
 
 /** A card: identity, claimed name, catalog key, signature (the wire shape, messages.ts). */
@@ -50,14 +53,16 @@ function checks(publicKey: Buffer, message: Buffer, sig: Buffer): boolean {
   }
 }
 
-/** The catalog key's signature that it belongs to `identity` (card csig, Intro catalogSig). */
+/** The catalog's proof that it belongs to `identity` (card csig, Intro catalogSig): signer key, signature. */
 export function catalogProof(catalog: KeyPair, team: TeamRecord, identity: Buffer): Buffer {
-  return sign(null, ownerBytes(team, identity), ed25519PrivateKey(catalog.secretKey.subarray(0, 32)));
+  return Buffer.concat([catalog.publicKey, sign(null, ownerBytes(team, identity), ed25519PrivateKey(catalog.secretKey.subarray(0, 32)))]);
 }
 
-/** True when `sig` is catalog `catalog`'s signature that it belongs to `identity` in this team. */
-export function verifyCatalogProof(team: TeamRecord, identity: Buffer, catalog: Buffer, sig: Buffer | null): boolean {
-  return sig !== null && checks(catalog, ownerBytes(team, identity), sig);
+/** True when `proof` is the proof of the core with key `catalog` that it belongs to `identity` in this team. */
+export function verifyCatalogProof(team: TeamRecord, identity: Buffer, catalog: Buffer, proof: Buffer | null): boolean {
+  if (proof?.length !== CATALOG_PROOF_LENGTH) return false;
+  const signer = proof.subarray(0, 32);
+  return catalogKeyOf(signer).equals(catalog) && checks(signer, ownerBytes(team, identity), proof.subarray(32));
 }
 
 /**
@@ -65,12 +70,12 @@ export function verifyCatalogProof(team: TeamRecord, identity: Buffer, catalog: 
  * `catalog`: our catalog key pair for the team (tests pass others).
  */
 export function makeCard(identity: Identity, team: TeamRecord, catalog: KeyPair = catalogKeyPair(identity, team)): CatalogCard {
-  const key = ed25519PrivateKey(identity.secretKey.subarray(0, 32));
+  const key = catalogKeyOf(catalog.publicKey);
   return {
     identity: identity.publicKey,
     name: identity.name,
-    catalog: catalog.publicKey,
-    sig: sign(null, signedBytes(team, catalog.publicKey, identity.name), key),
+    catalog: key,
+    sig: sign(null, signedBytes(team, key, identity.name), ed25519PrivateKey(identity.secretKey.subarray(0, 32))),
     csig: catalogProof(catalog, team, identity.publicKey),
   };
 }

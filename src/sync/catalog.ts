@@ -33,6 +33,11 @@ export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   return { publicKey, secretKey: Buffer.concat([seed, publicKey]) };
 }
 
+/** The key of the catalog core written by `signer` (Hypercore's key is a hash of the signer key). */
+export function catalogKeyOf(signer: Buffer): Buffer {
+  return Hypercore.key(signer);
+}
+
 export function syncDir(home: Home, team: string): string {
   return path.join(home.root, 'sync', team);
 }

@@ -78,8 +78,8 @@ export const membershipHandshake: c.Encoding<MembershipHandshake> = {
  *
  *   name        string    the sender's workstation name (clonebox name rules)
  *   catalog     buffer    key of the sender's catalog core (32 bytes), or empty when it shares nothing yet
- *   catalogSig  buffer    the catalog key's signature that it belongs to the sender (cards.ts
- *                         catalogProof), 64 bytes, or empty; absent from older peers' Intros (which
+ *   catalogSig  buffer    the catalog's proof that it belongs to the sender (cards.ts catalogProof:
+ *                         signer key and signature, 96 bytes), or empty; absent from older peers' Intros (which
  *                         older decoders, reading only the first two fields, tolerate from us)
  */
 export interface Intro {
@@ -105,12 +105,15 @@ export const intro: c.Encoding<Intro> = {
     const catalog = c.optionalBuffer.decode(state);
     check(catalog === null || catalog.length === 32, 'catalog key length');
     const catalogSig = state.start < state.end ? c.optionalBuffer.decode(state) : null;
-    check(catalogSig === null || catalogSig.length === 64, 'catalog signature length');
+    check(catalogSig === null || catalogSig.length === CATALOG_PROOF_LENGTH, 'catalog signature length');
     return { name, catalog, catalogSig };
   },
 };
 
 // ---- Catalog cards (clonebox/catalogs) ------------------------------------------------------------
+
+/** Bytes of a catalog proof (cards.ts): the catalog's signer key and its signature. */
+export const CATALOG_PROOF_LENGTH = 96;
 
 /** Most cards in one handshake (a team of that many members is far beyond what clonebox is for). */
 export const MAX_CARDS = 256;
@@ -118,7 +121,8 @@ export const MAX_CARDS = 256;
 /**
  * The channel's handshake: count (1..MAX_CARDS), then per card identity (32 bytes), name (string,
  * clonebox name rules), catalog key (32 bytes), signature (64 bytes), the catalog key's countersignature
- * (64 bytes). Signatures are checked by the receiver (cards.ts verifyCard), not here.
+ * (96 bytes: the catalog's signer key and signature). Signatures are checked by the receiver (cards.ts
+ * verifyCard), not here.
  */
 export const catalogCards: c.Encoding<CatalogCardWire[]> = {
   preencode(state, list) {
@@ -126,7 +130,7 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
     for (const k of list) {
       state.end += 32;
       c.string.preencode(state, k.name);
-      state.end += 32 + 64 + 64;
+      state.end += 32 + 64 + CATALOG_PROOF_LENGTH;
     }
   },
   encode(state, list) {
@@ -136,7 +140,8 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
       c.string.encode(state, k.name);
       c.fixed32.encode(state, k.catalog);
       c.fixed64.encode(state, k.sig);
-      c.fixed64.encode(state, k.csig);
+      c.fixed32.encode(state, k.csig.subarray(0, 32));
+      c.fixed64.encode(state, k.csig.subarray(32));
     }
   },
   decode(state) {
@@ -147,7 +152,10 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
       const identity = c.fixed32.decode(state);
       const name = c.string.decode(state);
       check(NAME_RE.test(name), 'card name');
-      out.push({ identity, name, catalog: c.fixed32.decode(state), sig: c.fixed64.decode(state), csig: c.fixed64.decode(state) });
+      const catalog = c.fixed32.decode(state);
+      const sig = c.fixed64.decode(state);
+      const csig = Buffer.concat([c.fixed32.decode(state), c.fixed64.decode(state)]);
+      out.push({ identity, name, catalog, sig, csig });
     }
     return out;
   },
