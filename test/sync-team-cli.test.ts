@@ -3,7 +3,7 @@
  * invites and names refused as usage errors with nothing written. No network is used.
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Z32_ALPHABET } from '../src/sync/z32.js';
@@ -118,6 +118,34 @@ describe('team CLI', () => {
     expect(r.code).toBe(2);
     expect(parseCliError(r, true)).toMatchObject({ code: 'BAD_INVITE', message: `no invite in ${empty} (it is empty)` });
     expect(existsSync(path.join(dir, 'f', 'teams'))).toBe(false);
+  });
+
+  it('joins one team once, and leaves it (issue #17 item 17)', async () => {
+    const dir = await makeTempDir('clonebox-sync-leave-');
+    const a = path.join(dir, 'a');
+    const b = path.join(dir, 'b');
+    const invite = parseJsonOutput<{ invite: string }>(await cb(a, ['team', 'create', 'alpha', '--json'])).invite;
+    const file = path.join(dir, 'invite.txt');
+    await writeFile(file, invite, { mode: 0o600 });
+    expect((await cb(b, ['team', 'join', 'alpha', '--invite-file', file])).code).toBe(0);
+    // The same team under a second local name: refused, nothing written.
+    const twice = await cb(b, ['team', 'join', 'again', '--invite-file', file, '--json']);
+    expect(twice.code).toBe(1);
+    expect(parseCliError(twice, true)).toMatchObject({ code: 'TEAM_EXISTS', message: 'this workstation is in that team already, as team alpha' });
+    expect(existsSync(path.join(b, 'teams', 'again.json'))).toBe(false);
+    // Leaving needs a confirmation without a terminal, then forgets the secret and the sync state.
+    await mkdir(path.join(b, 'sync', 'alpha', 'catalog'), { recursive: true });
+    const asked = await cb(b, ['team', 'leave', 'alpha', '--json']);
+    expect(parseCliError(asked, true).code).toBe('NEEDS_CONFIRMATION');
+    const left = await cb(b, ['team', 'leave', 'alpha', '--yes', '--json']);
+    expect(left.code, left.stderr).toBe(0);
+    expect(parseJsonOutput(left)).toEqual({ team: 'alpha', left: true });
+    expect(existsSync(path.join(b, 'teams', 'alpha.json'))).toBe(false);
+    expect(existsSync(path.join(b, 'sync', 'alpha'))).toBe(false);
+    expect(parseJsonOutput<string[]>(await cb(b, ['team', 'list', '--json']))).toEqual([]);
+    expect(parseCliError(await cb(b, ['team', 'leave', 'alpha', '--yes', '--json']), true).code).toBe('TEAM_NOT_FOUND');
+    // Then it can join under the other name.
+    expect((await cb(b, ['team', 'join', 'again', '--invite-file', file])).code).toBe(0);
   });
 
   it('carries the team bootstrap setting in the invite', async () => {

@@ -3,6 +3,7 @@
  * Parsing and rendering only: the work is in the library's teams and dht namespaces.
  */
 import type { Command } from 'commander';
+import { confirm } from '../confirm.js';
 import { printJson, printLine, printWarning, table, usage } from '../output.js';
 import { action } from '../run.js';
 
@@ -87,6 +88,21 @@ export function registerTeam(program: Command): void {
             view.members.map((m) => [m.name, m.public_key, m.first_seen, m.via ? `never (known through ${m.via})` : m.last_seen]),
           ),
         );
+      }),
+    );
+
+  team
+    .command('leave')
+    .argument('<team>')
+    .description('leave a team: forget its secret and sync state (pulled VMs stay)')
+    .option('--yes', 'do not ask for confirmation')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (ctx, name: string, o: { yes?: boolean }) => {
+        await confirm(`Leave team ${name}? Joining again needs an invite`, Boolean(o.yes));
+        const r = await ctx.cb.teams.leave(name);
+        if (ctx.json) return printJson(r);
+        printLine(`left team ${name} (VMs pulled from it stay)`);
       }),
     );
 

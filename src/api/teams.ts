@@ -52,6 +52,18 @@ export class Teams {
     });
   }
 
+  /**
+   * Leaves a team: removes its record (the secret: joining again needs an invite) and its sync state.
+   * VMs and snapshots pulled from it stay. SYNC_BUSY while a sync runs in this home.
+   */
+  leave(team: string): Promise<{ team: string; left: true }> {
+    return this.s.run(async () => {
+      checkName('team', team);
+      const { leaveTeam } = await import('../sync/teams.js');
+      return leaveTeam(this.s.home, team);
+    });
+  }
+
   /** The team's invite again (a secret). */
   invite(team: string): Promise<TeamInvite> {
     return this.s.run(async () => {

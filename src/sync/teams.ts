@@ -12,7 +12,7 @@
  * "<name>-<first 8 hex digits of its key>", so `<vm>.<peer name>` can never be made to point at
  * someone else's chains by picking a name.
  */
-import { chmod, readdir, readFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
@@ -187,6 +187,17 @@ export async function joinTeam(
   const invite = decodeInvite(inviteText);
   const record = newRecord(team, invite.secret, 'joined', opts.bootstrap ?? invite.bootstrap);
   await ensureTeamsDir(home);
+  // One team, one local name: a second name for the same secret would run two catalogs and two
+  // memberships of one workstation in one team.
+  for (const other of await listTeams(home)) {
+    if (other === team) continue;
+    const rec = await loadTeam(home, other).catch(() => null);
+    if (rec?.secret === record.secret) {
+      throw new CloneboxError('TEAM_EXISTS', `this workstation is in that team already, as team ${other}`, {
+        hint: `use --team ${other} (or \`clonebox team leave ${other}\` first)`,
+      });
+    }
+  }
   if (await createFileExclusive(teamFile(home, team), serialize(record), 0o600)) return { record, already: false };
   const existing = await loadTeam(home, team);
   if (existing.secret !== record.secret) throw teamExists(team);
@@ -346,4 +357,33 @@ export function teamView(rec: TeamRecord, self: Identity): TeamView {
     })),
     bootstrap: rec.bootstrap,
   };
+}
+
+/**
+ * Leaves a team: its record (the secret) and its sync state (our catalog, teammates' catalogs, what we
+ * share) are removed. VMs and snapshots pulled from it stay. Refused while a sync runs in this home.
+ */
+export async function leaveTeam(home: Home, team: string): Promise<{ team: string; left: true }> {
+  await loadTeam(home, team); // TEAM_NOT_FOUND first
+  const syncRoot = path.join(home.root, 'sync');
+  await ensureDir(syncRoot);
+  let lock: Awaited<ReturnType<typeof acquireLock>>;
+  try {
+    lock = await acquireLock(path.join(syncRoot, 'sync.lock'), 'sync', `team leave ${team}`, 0);
+  } catch (err) {
+    if ((err as CloneboxError).code === 'VM_BUSY') {
+      throw new CloneboxError('SYNC_BUSY', `a sync is running in this home, ${home.root}`, { hint: 'stop it, then leave the team' });
+    }
+    throw err;
+  }
+  try {
+    // The record first: once it is gone the team is left, whatever the removal of its state does.
+    await rm(teamFile(home, team), { force: true });
+    await rm(path.join(syncRoot, team), { recursive: true, force: true });
+  } catch (err) {
+    throw ioError(err, 'cannot remove the team', teamFile(home, team));
+  } finally {
+    await lock.release();
+  }
+  return { team, left: true };
 }
