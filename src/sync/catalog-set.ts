@@ -14,7 +14,7 @@ export class CatalogSet {
 
   constructor(
     private readonly home: Home,
-    private readonly teamName: string,
+    readonly teamName: string,
     readonly own: Catalog,
   ) {}
 

@@ -300,7 +300,7 @@ export class ShareSource implements BlockSource {
   private readonly chains = new Map<string, Chain>();
   private own = 0;
   private pool: Promise<WorkerPool> | null = null;
-  private pulled: { home: Home; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
+  private pulled: { home: Home; team: string; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
   blocksServed = 0;
 
   static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
@@ -331,8 +331,8 @@ export class ShareSource implements BlockSource {
    * indexed on the first request: reading those catalogs' maps up front would slow down every
    * pulling-only sync for chains that nobody may ever ask for (bench/README.md).
    */
-  servePulled(home: Home, catalogs: () => Catalog[], onError: (err: Error) => void): void {
-    this.pulled = { home, catalogs, onError, done: null };
+  servePulled(home: Home, team: string, catalogs: () => Catalog[], onError: (err: Error) => void): void {
+    this.pulled = { home, team, catalogs, onError, done: null };
   }
 
   /** A chain was just pulled from `cat`: served from now, if pulled chains are indexed already. */
@@ -340,7 +340,7 @@ export class ShareSource implements BlockSource {
     const p = this.pulled;
     if (!p?.done) return; // the index, when it is made, reads every local snapshot anyway
     await p.done;
-    await this.addPulled(p.home, [cat]).catch(p.onError);
+    await this.addPulled(p.home, p.team, [cat]).catch(p.onError);
   }
 
   /** Resolves once no indexing of pulled chains is under way (before their catalogs close). */
@@ -351,7 +351,7 @@ export class ShareSource implements BlockSource {
   private indexPulled(): Promise<void> {
     const p = this.pulled;
     if (!p) return Promise.resolve();
-    p.done ??= this.addPulled(p.home, p.catalogs()).catch(p.onError);
+    p.done ??= this.addPulled(p.home, p.team, p.catalogs()).catch(p.onError);
     return p.done;
   }
 
@@ -359,14 +359,18 @@ export class ShareSource implements BlockSource {
    * Adds the chains this home pulled: a snapshot one of the teammates' catalogs `others` shares that
    * this home holds (a local snapshot with the same content id, which a pull verified layer by layer)
    * is served too, so teammates get it while its author is offline. Only what some teammate's catalog
-   * lists is ever served: a member cannot probe for other local data by hash.
+   * lists is ever served: a member cannot probe for other local data by hash. And only snapshots pulled
+   * from this team: a local snapshot that a member's catalog names by its content id (a member who
+   * knows some content can publish a record of it) is never served, which would tell that member we
+   * hold it.
    */
-  async addPulled(home: Home, others: Catalog[]): Promise<void> {
+  async addPulled(home: Home, team: string, others: Catalog[]): Promise<void> {
     if (!others.length) return;
     const byId = new Map<string, SnapshotRecord>();
     for (const vm of await listVmNames(home)) {
       for (const s of await listSnapshotRecords(home, vm).catch(() => [])) {
-        if (s.content_id && s.state === 'ready') byId.set(s.content_id, s);
+        const o = originOf(s);
+        if (s.content_id && s.state === 'ready' && o.kind === 'pulled' && o.team === team) byId.set(s.content_id, s);
       }
     }
     for (const o of others) {
