@@ -29,7 +29,7 @@ import { CloneboxError } from '../errors.js';
 import { ensureDir, pathExists } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { contentId, ensureContentIds } from '../snapshots/identity.js';
+import { contentId, ensureContentIds, trustedContentId } from '../snapshots/identity.js';
 import {
   commitLanding,
   currentIsClean,
@@ -203,7 +203,9 @@ function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], ids: Set<string>, 
     if (o.kind === 'local') return `snapshot ${s.name} was made here`;
     if (o.kind === 'bundle') return `snapshot ${s.name} was imported from ${o.bundle}`;
     if (o.catalog_key !== catalogKey) return `snapshot ${s.name} was pulled from ${o.member}, another author`;
-    if (!s.content_id || !ids.has(s.content_id)) return `snapshot ${s.name} is not in this chain`;
+    // An id that could not be re-derived from layers (content_id_unverified) is never a chain base.
+    const id = trustedContentId(s);
+    if (id === null || !ids.has(id)) return `snapshot ${s.name} is not in this chain`;
   }
   return null;
 }
