@@ -142,7 +142,14 @@ export const ERROR_CODES = {
     meaning:
       "a teammate's chain could not be pulled (blocks unavailable or corrupt, the local VM changed meanwhile, a conflicting chain); nothing local was touched",
   },
-  SYNC_CATALOG: { exit: 1, meaning: "a teammate's catalog lacks an entry it refers to, or holds a record of the wrong kind there" },
+  SYNC_CATALOG: {
+    exit: 1,
+    meaning: "a teammate's catalog lacks an entry it refers to, holds a record of the wrong kind there, or points two snapshots at one map entry",
+  },
+  SYNC_LIMIT: {
+    exit: 1,
+    meaning: 'a teammate went beyond a per-member limit (catalog entries or bytes, members per team); the message names the member and the limit',
+  },
   // libvirt driver
   LIBVIRT_UNAVAILABLE: { exit: 1, meaning: '`virsh` is not installed, or libvirt does not answer or refuses the connection at the URI' },
   LIBVIRT_ERROR: { exit: 1, meaning: "a virsh command failed for another reason; the message carries libvirt's" },

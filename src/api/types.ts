@@ -537,7 +537,13 @@ export interface TeamCreateOptions {
 }
 
 export interface TeamJoinOptions extends TeamCreateOptions {
-  invite: string;
+  /**
+   * The invite's text. A secret: on a command line it is visible to other users of the machine, so
+   * the CLI takes it from a file or stdin (`inviteFrom`) too. Exactly one of the two.
+   */
+  invite?: string;
+  /** A file holding the invite (its first non-empty line), or a stream that gives it (stdin). */
+  inviteFrom?: string | NodeJS.ReadableStream;
 }
 
 /** This workstation's identity. */

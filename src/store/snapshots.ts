@@ -12,6 +12,23 @@ import { type Home, vmDir } from './home.js';
 
 type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
 
+/**
+ * Where a snapshot came from. A record without one (older homes, and every snapshot made here) reads as
+ * made here. A sync pull extends or moves a VM only when every snapshot it holds was pulled from the
+ * same catalog (the same author), and a workstation never publishes pulled snapshots as its own.
+ */
+export type SnapshotOrigin =
+  | { kind: 'local' }
+  /** `snapshot import`: the bundle's file name (or "stdin"). */
+  | { kind: 'bundle'; bundle: string }
+  /** A sync pull: the team, the author's recorded name, identity key and catalog key (hex). */
+  | { kind: 'pulled'; team: string; member: string; member_key: string | null; catalog_key: string };
+
+/** A record's origin; absent reads as made here. */
+export function originOf(rec: { origin?: SnapshotOrigin | null }): SnapshotOrigin {
+  return rec.origin ?? { kind: 'local' };
+}
+
 export interface SnapshotRecord {
   name: string;
   vm_name: string;
@@ -38,6 +55,8 @@ export interface SnapshotRecord {
   content_id_unverified?: boolean;
   /** Path of the saved memory state for `full` snapshots (libvirt driver). */
   memory_path?: string | null;
+  /** Provenance (absent: made here). */
+  origin?: SnapshotOrigin | null;
 }
 
 export function snapshotsDir(home: Home, vm: string): string {

@@ -26,9 +26,11 @@ import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
 import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
+import { originOf, type SnapshotRecord } from '../store/snapshots.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
-import { Catalog } from './catalog.js';
+import { catalogProof } from './cards.js';
+import { Catalog, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
@@ -41,7 +43,7 @@ import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
 import { Spool } from './spool.js';
-import { type TeamPeer, TeamSwarm } from './swarm.js';
+import { shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
 import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
@@ -119,6 +121,8 @@ class SyncRun {
   /** Per catalog and VM: blocks its sharer said it no longer has, at which catalog length. */
   private readonly unservableMemo = new Map<string, { length: number; blocks: Set<string> }>();
   private readonly cleanups: (() => Promise<void>)[] = [];
+  /** Teammates' catalogs found beyond the limits (reported once per run). */
+  private readonly overLimit = new Set<Catalog>();
   private lastPeerAt = 0;
   /** The spool is cleared (and closed) once every block in it is in a registered layer. */
   private spoolDone = false;
@@ -193,7 +197,7 @@ class SyncRun {
     const srv = serving;
     trace(`sync: serving index built (${srv.blocks} blocks)`);
     this.cleanups.push(() => srv.close());
-    const local = await LocalBlocks.scan(home, log);
+    const local = await LocalBlocks.scan(home, await this.reusable(own), log);
     this.cleanups.push(() => local.close());
     trace(`sync: local blocks indexed (${local.size})`);
     // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock).
@@ -211,6 +215,23 @@ class SyncRun {
       signal: this.opts.signal,
     });
     this.s = { catalogs, cards, serving: srv, local, temps, spool, fetcher, swarm: null };
+  }
+
+  /**
+   * Which local snapshots a pull of this team may take blocks from: those our catalog for the team
+   * publishes (a VM still shared, the snapshot matched by name and creation time as share.ts does), and
+   * those pulled from this team. Never an unshared VM's, nor another team's (the presence oracle).
+   */
+  private async reusable(own: Catalog): Promise<(vm: string, s: SnapshotRecord) => boolean> {
+    const view = await own.view();
+    const published = new Set<string>();
+    for (const [vm] of view.shares) for (const p of view.snapshots.get(vm) ?? []) published.add(`${vm}\u0000${p.name}\u0000${p.created_at}`);
+    const team = this.opts.team;
+    return (vm, s) => {
+      const o = originOf(s);
+      if (o.kind === 'pulled') return o.team === team;
+      return published.has(`${vm}\u0000${s.name}\u0000${s.created_at}`);
+    };
   }
 
   private stateOf(peer: TeamPeer): PeerState {
@@ -236,6 +257,7 @@ class SyncRun {
       deadline: this.deadline,
       log,
       catalogKey: own.key,
+      catalogSig: catalogProof(catalogKeyPair(this.identity, this.team), this.team, this.identity.publicKey),
       services: {
         'hypercore/alpha': async (peer) => {
           const st = this.stateOf(peer);
@@ -247,14 +269,17 @@ class SyncRun {
           const key = recorded ?? peer.intro.catalog;
           if (key && !key.equals(own.key)) {
             const cat = await catalogs.open(key);
-            catalogs.setAuthor(key.toString('hex'), peer.name);
+            catalogs.setAuthor(key.toString('hex'), peer.name, peer.publicKey);
             st.catalog = cat;
           }
           // Its own catalog, and every other teammate's we have (relayed both ways).
           for (const c of catalogs.catalogs()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
-          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
+          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, {
+            source: serving,
+            onAbuse: (why) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
+          });
         },
         [CATALOGS_PROTOCOL]: (peer) => {
           cards.attach(peer, this.stateOf(peer));
@@ -398,6 +423,8 @@ class SyncRun {
       if (cat.core.peers.length === 0) return;
     }
     await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(bound(10_000))]);
+    // The signed length and byte length come first: a catalog beyond the limits is not downloaded.
+    if (cat.overLimit() !== null) return;
     if (cat.core.length > cat.core.contiguousLength) {
       const dl = cat.core.download({ start: 0, end: cat.core.length });
       await Promise.race([dl.done().catch(() => undefined), sleep(bound(60_000))]);
@@ -408,6 +435,16 @@ class SyncRun {
   private async pullCatalog(st: PeerState, cat: Catalog, author: string, relayed: boolean): Promise<void> {
     const { home, log, opts, report } = this;
     const { local, spool, temps, fetcher, serving } = this.s;
+    const over = cat.overLimit();
+    if (over !== null) {
+      const message = `the catalog of ${author} holds ${over} (a per-member limit): none of its chains are pulled`;
+      if (!this.overLimit.has(cat)) {
+        this.overLimit.add(cat);
+        report.errors.push({ peer: author, vm: null, code: 'SYNC_LIMIT', message });
+        log(message);
+      }
+      return;
+    }
     if (cat.core.contiguousLength < cat.core.length) {
       log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
       return;
@@ -418,7 +455,9 @@ class SyncRun {
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
       const ctx = {
         home,
+        team: opts.team,
         peerName: author,
+        peerKey: this.s.catalogs.authorKeyOf(cat.key.toString('hex')),
         catalog: cat,
         view,
         local,
