@@ -224,6 +224,10 @@ export function ioError(err: unknown, what: string, path: string): CloneboxError
           ? 'no space left on device'
           : e?.code === 'EISDIR'
             ? 'is a directory'
-            : (e?.message ?? String(err));
+            : e?.code === 'ENOTDIR'
+              ? 'not a directory'
+              : e?.code === 'EROFS'
+                ? 'read-only file system'
+                : (e?.message ?? String(err));
   return new CloneboxError('IO', `${what}: ${reason}, ${path}`, { cause: err });
 }

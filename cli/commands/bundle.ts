@@ -58,9 +58,10 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
     .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
+    .option('--force', 'replace an existing bundle file (never a disk, a layer or a file in the home)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
+      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number; force?: boolean }) => {
         const toStdout = o.output === '-';
         const r = await withKey(o, o.encrypt ? 'encrypt' : 'none', false, (key) =>
           long('export', ctx.json, (lo) =>
@@ -71,6 +72,7 @@ export function registerBundle(snapshot: Command, program: Command): void {
               output: toStdout ? process.stdout : o.output,
               encrypt: Boolean(o.encrypt),
               level: o.level,
+              force: Boolean(o.force),
               ...lo,
             }),
           ),

@@ -388,6 +388,11 @@ export interface ExportOptions extends LongOptions, KeyOptions {
   encrypt?: boolean;
   /** zstd level, 1-19 (default 3). */
   level?: number;
+  /**
+   * Replace an existing bundle at `output` (otherwise an existing file is FILE_EXISTS). Never replaces a
+   * file inside the home, a VM's disk, layer or memory state, or a file that is not a bundle.
+   */
+  force?: boolean;
 }
 
 /** `snapshot export --json`. `file` is '-' when the output was a stream. */
