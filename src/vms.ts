@@ -212,9 +212,14 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
     await recover(home, name, driverStepHandlers);
     const rec = await loadVm(home, name);
     const snaps = await listSnapshotRecords(home, name);
+    if (deleteFiles && rec.driver === 'libvirt' && rec.libvirt) {
+      const { checkDomainStopped } = await import('./drivers/libvirt/driver.js');
+      await checkDomainStopped(rec.libvirt.domain, rec.libvirt.uri, `cannot delete the files of VM ${name}`);
+    }
     await removeVmDir(home, name);
     if (deleteFiles) {
-      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => s.disks.map((d) => d.path))];
+      // Disks, layers, and the memory state of full snapshots (`<disk>@<snapshot>.mem`).
+      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => [...s.disks.map((d) => d.path), ...(s.memory_path ? [s.memory_path] : [])])];
       for (const f of files) {
         try {
           await unlink(f);

@@ -1,0 +1,65 @@
+/**
+ * Commands that must fail at once and cleanly (issue 17, bugs 5, 6 and 7): a home that cannot be made,
+ * `snapshot run` of a command that cannot start, and temporaries a killed command left in a VM's
+ * directories.
+ */
+import { readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { CliHome, parseCliError, runCli } from './helpers/cli.js';
+import { run } from './helpers/process.js';
+import { qemuIo } from './helpers/qemu.js';
+import { makeTempDir } from './helpers/temp.js';
+
+/** A pid that no process has: a child that already exited. */
+async function deadPid(): Promise<number> {
+  const r = await run('sh', ['-c', 'echo $$']);
+  return Number(r.stdout.trim());
+}
+
+describe('failing at once and cleanly (issue 17)', () => {
+  it('--home /proc fails at once with IO instead of spinning', async () => {
+    const t0 = Date.now();
+    const r = await runCli(['--home', '/proc', 'vm', 'create', 'p', '--size', '1M', '--json'], { home: null, timeoutMs: 20_000 });
+    expect(r.code).toBe(1);
+    expect(parseCliError(r, true).code).toBe('IO');
+    expect(r.stderr).toContain('/proc/vms');
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+
+  it('snapshot run of a command that cannot start takes no snapshot and prunes nothing', async () => {
+    const dir = await makeTempDir('clonebox-run-');
+    const cb = new CliHome(path.join(dir, 'home'));
+    const v = await cb.json<{ disks: { path: string }[] }>(['vm', 'create', 'v', '--size', '8M']);
+    await cb.ok(['snapshot', 'policy', 'v', '--keep-last', '1']);
+    // One auto snapshot exists; a second auto snapshot would make the policy prune it.
+    await cb.ok(['snapshot', 'run', 'v', '--name', 'first', '--', 'true']);
+    await qemuIo(v.disks[0]!.path, 'write -P 1 0 64k');
+    const notExec = path.join(dir, 'script.sh');
+    await writeFile(notExec, '#!/bin/sh\nexit 0\n', { mode: 0o644 });
+    for (const cmd of ['/nonexistent/cmd', 'clonebox-no-such-command', notExec, dir]) {
+      const r = await cb.cli(['snapshot', 'run', 'v', '--', cmd, 'arg']);
+      expect(r.code, cmd).toBe(1);
+      const e = parseCliError(r, false);
+      expect(e.message).toContain(`cannot run ${cmd}`);
+      const names = (await cb.json<{ name: string }[]>(['snapshot', 'list', 'v'])).map((s) => s.name);
+      expect(names, cmd).toEqual(['first']);
+    }
+  });
+
+  it("temporaries of a killed command in a VM's directories are swept by the next command on the VM; a live pid's stay", async () => {
+    const dir = await makeTempDir('clonebox-sweep-');
+    const cb = new CliHome(path.join(dir, 'home'));
+    const v = await cb.json<{ disks: { path: string }[] }>(['vm', 'create', 'v', '--size', '8M']);
+    const diskDir = path.dirname(v.disks[0]!.path);
+    const vmDir = path.join(cb.home, 'vms', 'v');
+    const dead = await deadPid();
+    const stale = [path.join(vmDir, `.vm.json.tmp-${dead}-1abc`), path.join(diskDir, `.v@s9.qcow2.tmp-${dead}-2def`)];
+    const live = [path.join(vmDir, `.vm.json.tmp-${process.pid}-3ghi`), path.join(diskDir, `.v@s9.qcow2.tmp-${process.pid}-4jkl`)];
+    const foreign = path.join(diskDir, `.other.img.tmp-${dead}-5mno`); // not a file of this VM: not ours to judge
+    for (const f of [...stale, ...live, foreign]) await writeFile(f, 'x');
+    await cb.ok(['snapshot', 'create', 'v', '--name', 's1']);
+    const left = [...(await readdir(vmDir)), ...(await readdir(diskDir))].filter((n) => n.includes('.tmp-')).sort();
+    expect(left).toEqual([path.basename(foreign), ...live.map((f) => path.basename(f))].sort());
+  });
+});
