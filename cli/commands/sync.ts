@@ -24,7 +24,8 @@ function mib(n: number): string {
 }
 
 /** The progress line of a chain being pulled, as the terminal shows it. */
-function progressText(p: SyncProgressEvent): string {
+function progressText(p: SyncProgressEvent, team: string): string {
+  if (p.phase === 'wait') return `waiting for a teammate of team ${team} to come online (${p.done}/${p.total ?? '?'} s; Ctrl-C to stop)`;
   if (p.phase === 'receive') return `pull ${p.chain}: received ${mib(p.done)}`;
   if (p.phase === 'write') return `pull ${p.chain}: writing ${p.snapshot} ${(p.done / 1048576).toFixed(1)}/${((p.total ?? 0) / 1048576).toFixed(1)} MiB`;
   return `pull ${p.chain}: ${p.done} snapshot(s) into VM ${p.vm}, ${p.blocks_fetched} blocks fetched, ${p.blocks_reused} reused`;
@@ -69,7 +70,7 @@ export function registerSync(snapshot: Command): void {
     .requiredOption('--team <team>', 'the team')
     .option('--bootstrap <host:port>', "DHT bootstrap node, repeatable (default: the team's setting, else the public DHT)", collect)
     .option('--watch', 'keep serving and pulling until interrupted')
-    .option('--timeout <seconds>', 'give up after this long (default 300)', secondsOpt)
+    .option('--timeout <seconds>', 'give up after this long (default 300; without a teammate online, 60)', secondsOpt)
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number }) => {
@@ -82,7 +83,7 @@ export function registerSync(snapshot: Command): void {
         };
         const onProgress = (p: SyncProgressEvent) => {
           const final = p.phase === 'pulled';
-          process.stderr.write(`\r\x1b[K${progressText(p)}${final ? '\n' : ''}`);
+          process.stderr.write(`\r\x1b[K${progressText(p, o.team)}${final ? '\n' : ''}`);
           open = !final;
         };
         const trace = process.env.CLONEBOX_SYNC_TRACE === '1';

@@ -546,8 +546,12 @@ export interface UnshareResult {
 }
 
 export interface SyncProgressEvent extends ProgressEvent {
-  /** receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a chain registered. */
-  phase: 'receive' | 'write' | 'pulled';
+  /**
+   * wait: no teammate online yet (done: seconds waited, total: seconds it waits before NO_PEERS; chain
+   * ''); receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a
+   * chain registered.
+   */
+  phase: 'wait' | 'receive' | 'write' | 'pulled';
   /** The chain: '<vm> from <member>' (and ' (via <member>)' when relayed). */
   chain: string;
   /** write: the snapshot being written. */
