@@ -119,7 +119,15 @@ export async function addVm(home: Home, name: string, diskPaths: string[], allow
       if (seen.has(abs)) throw new CloneboxError('USAGE', `the same disk is given twice, ${abs}`);
       seen.add(abs);
       const img = await Qcow2Image.open(abs); // refuses non-qcow2 and unsupported features with a clear error
-      await img.close();
+      try {
+        // Every table entry judged against the file (metadata only, no data read): an image cut short
+        // is QCOW2_TRUNCATED now, not a VM whose snapshots fail later (issue 17).
+        for await (const _run of img.runs()) {
+          /* the walk itself checks */
+        }
+      } finally {
+        await img.close();
+      }
       chains.set(abs, await checkedBackingChain(abs, allowBacking));
       const owner = await findDiskOwner(home, abs, name);
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);

@@ -3,12 +3,12 @@
  * `snapshot run` of a command that cannot start, and temporaries a killed command left in a VM's
  * directories.
  */
-import { readdir, writeFile } from 'node:fs/promises';
+import { readdir, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CliHome, parseCliError, runCli } from './helpers/cli.js';
 import { run } from './helpers/process.js';
-import { qemuIo } from './helpers/qemu.js';
+import { qemuCreate, qemuIo } from './helpers/qemu.js';
 import { makeTempDir } from './helpers/temp.js';
 
 /** A pid that no process has: a child that already exited. */
@@ -45,6 +45,19 @@ describe('failing at once and cleanly (issue 17)', () => {
       const names = (await cb.json<{ name: string }[]>(['snapshot', 'list', 'v'])).map((s) => s.name);
       expect(names, cmd).toEqual(['first']);
     }
+  });
+
+  it('vm add refuses a qcow2 image shorter than its tables claim', async () => {
+    const dir = await makeTempDir('clonebox-trunc-');
+    const img = path.join(dir, 'cut.qcow2');
+    await qemuCreate(img, '64M');
+    expect((await qemuIo(img, 'write -P 3 0 8M')).code).toBe(0);
+    await truncate(img, 1024 * 1024);
+    const cb = new CliHome(path.join(dir, 'home'));
+    const r = await cb.cli(['vm', 'add', 't', '--disk', img, '--json']);
+    expect(r.code).toBe(1);
+    expect(parseCliError(r, true).code).toBe('QCOW2_TRUNCATED');
+    expect((await cb.cli(['vm', 'show', 't'])).code).toBe(1); // nothing registered
   });
 
   it("temporaries of a killed command in a VM's directories are swept by the next command on the VM; a live pid's stay", async () => {

@@ -118,6 +118,21 @@ describe('snapshot export -o (issue 17)', () => {
     expect(await temps(f.dir)).toEqual([]);
   });
 
+  it('says what it did in words that fit: one snapshot, one pack, standard output', async () => {
+    const f = await fixture();
+    const b = path.join(f.dir, 'one.cbx');
+    const ex = await f.cb.ok(['snapshot', 'export', 'v', '--name', 's0', '-o', b]);
+    expect(ex.stdout).toContain(`exported 1 snapshot of v to ${b}`);
+    expect(ex.stdout).not.toMatch(/\(s\)|\b1 blocks\b/);
+    const ins = await f.cb.ok(['snapshot', 'inspect', b]);
+    expect(ins.stdout).toMatch(/in 1 frame, 1 pack \(/);
+    const ver = await f.cb.ok(['snapshot', 'verify', b]);
+    expect(ver.stdout).toMatch(/^ok: 1 snapshot, 1 block checked in 1 pack$/m);
+    const piped = await run('sh', ['-c', `exec "${process.execPath}" "${CLI_PATH}" --home "${f.home}" snapshot export v --name s0 -o - >/dev/null`]);
+    expect(piped.code, piped.stderr).toBe(0);
+    expect(piped.stderr).toContain('exported 1 snapshot of v to standard output');
+  });
+
   it('a wrong -o is IO naming the path, before any work; a full disk is IO, not INTERNAL, and leaves nothing', async () => {
     const f = await fixture();
     const cases: [string, string][] = [

@@ -2,7 +2,7 @@
  * `vm remove --delete-files` on a libvirt VM (issue 17, bug 2): a running domain is refused with
  * DOMAIN_RUNNING and a hint to stop it (deleting the images qemu runs on would destroy the guest's
  * disks), and once stopped every file goes, including the memory state of full snapshots
- * (`<disk>@<snapshot>.mem`). Real libvirtd; fails under CLONEBOX_REQUIRE_LIBVIRT=1 when absent.
+ * (`<disk>@<snapshot>.mem`); a full snapshot's size counts its memory state. Real libvirtd; fails under CLONEBOX_REQUIRE_LIBVIRT=1 when absent.
  */
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
@@ -36,6 +36,9 @@ describe.skipIf(suite.skip)(suite.title, () => {
     expect(snap.type).toBe('full');
     const mem = path.join(path.dirname(dom.disks[0]!.path), `${path.basename(dom.disks[0]!.path, '.qcow2')}@live.mem`);
     expect(await exists(mem)).toBe(true);
+    // Its size counts the memory state (it showed 0 B, issue 17).
+    const listed = parseJsonOutput<{ name: string; size_bytes: number }[]>(await cli(['snapshot', 'list', 'web', '--json']));
+    expect(listed.find((x) => x.name === 'live')!.size_bytes).toBeGreaterThanOrEqual((await stat(mem)).size);
     const current = parseJsonOutput<{ disks: { path: string }[] }>(await cli(['vm', 'show', 'web', '--json'])).disks[0]!.path;
     const files = [current, snap.disks[0]!.path, mem];
 

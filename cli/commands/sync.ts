@@ -4,9 +4,9 @@
  * sync runs).
  */
 import { type Command, InvalidArgumentError } from 'commander';
-import type { SyncProgressEvent, SyncResult, Warning } from '../../src/index.js';
+import { formatBytes, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
-import { printJson, printLine, printWarning, table } from '../output.js';
+import { count, printJson, printLine, printWarning, table } from '../output.js';
 import { action } from '../run.js';
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -107,7 +107,7 @@ export function registerSync(snapshot: Command): void {
         }
         if (ctx.json) return printJson(report);
         printLine(`peers: ${report.peers.length ? report.peers.join(', ') : 'none online'}`);
-        if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${s.snapshots.length} snapshots)`).join(', ')}`);
+        if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${count(s.snapshots.length, 'snapshot')})`).join(', ')}`);
         if (report.chains.length) {
           printLine(
             table(
@@ -118,13 +118,14 @@ export function registerSync(snapshot: Command): void {
                 String(c.snapshots.length),
                 String(c.blocks_fetched),
                 String(c.blocks_reused),
-                mib(c.bytes_received),
+                formatBytes(c.bytes_received),
               ]),
               [false, false, true, true, true, true],
             ),
           );
         }
-        printLine(`received ${mib(report.bytes_received)}`);
+        // In the unit that fits (not `0.0 MiB` for a few KiB, issue 17).
+        printLine(`received ${formatBytes(report.bytes_received)}`);
       }),
     );
 }

@@ -5,11 +5,12 @@
  *   2. prepares new files through the driver (announced to the journal, nothing existing touched),
  *   3. commits driver actions and record writes together in one journal commit.
  */
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { pathExists } from '../fsutil.js';
+import { pathExists, writeJsonAtomic } from '../fsutil.js';
 import type { GuestDiffOptions } from '../guest/diff.js';
 import { checkName } from '../names.js';
 import { allocatedBytes, backingOf } from '../qcow2/probe.js';
@@ -236,7 +237,21 @@ export class SnapshotManager {
         { do: 'write_json', path: rp, value: { ...rec, state: 'ready' } },
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
       ]);
-      const after = [...snaps, { ...rec, state: 'ready' as const }];
+      const ready: SnapshotRecord = { ...rec, state: 'ready' };
+      if (rec.memory_path) {
+        // A full snapshot's size includes its memory state, which exists only once the commit has run
+        // (it showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash
+        // here leaves the disk-only size, which is what the record said before.
+        const mem = await stat(rec.memory_path).then(
+          (st) => st.size,
+          () => 0,
+        );
+        if (mem > 0) {
+          ready.size_bytes += mem;
+          await writeJsonAtomic(rp, ready);
+        }
+      }
+      const after = [...snaps, ready];
       return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings: prepared.warnings };
     } catch (err) {
       await j.rollback();
@@ -434,6 +449,12 @@ export class SnapshotManager {
             actions.push({ do: 'rename', from: next, to: l.path });
             layers.push(l);
           }
+          // A full snapshot keeps its memory state through the merge: it stays in its size.
+          if (c.memory_path)
+            size += await stat(c.memory_path).then(
+              (st) => st.size,
+              () => 0,
+            );
           actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, c.name), value: { ...c, parent: s.parent, size_bytes: size } });
           mergedInto.push(c.name);
         }
