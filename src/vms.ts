@@ -11,6 +11,7 @@ import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
 import type { Home } from './store/home.js';
 import { recover } from './store/journal.js';
+import { checkNotPinned } from './store/pins.js';
 import { diskTarget, findDiskOwner, listVmNames, loadVm, lockVm, removeVmDir, saveVm, type VmRecord, vmExists } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';
 
@@ -220,6 +221,7 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
     await recover(home, name, driverStepHandlers);
     const rec = await loadVm(home, name);
     const snaps = await listSnapshotRecords(home, name);
+    await checkNotPinned(home, name, null, 'removing the VM');
     if (deleteFiles && rec.driver === 'libvirt' && rec.libvirt) {
       const { checkDomainStopped } = await import('./drivers/libvirt/driver.js');
       await checkDomainStopped(rec.libvirt.domain, rec.libvirt.uri, `cannot delete the files of VM ${name}`);

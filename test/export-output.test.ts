@@ -118,6 +118,29 @@ describe('snapshot export -o (issue 17)', () => {
     expect(await temps(f.dir)).toEqual([]);
   });
 
+  it('holds the VM lock only to resolve the chain: a snapshot create runs during an export, a delete of an exported snapshot waits', async () => {
+    const f = await fixture();
+    const out = path.join(f.dir, 'busy.cbx');
+    const quick = { env: { CLONEBOX_LOCK_WAIT_MS: '1000' } };
+    const { child, exited } = await slowExport(f, out);
+    const created = await f.cb.cli(['snapshot', 'create', 'v', '--name', 'during', '--json'], quick);
+    expect(created.code, created.stderr).toBe(0);
+    // s0 is in the chain being read: deleting it (merging it into s1) must wait.
+    const del = await f.cb.cli(['snapshot', 'delete', 'v', '--name', 's0', '--keep-children', '--json'], quick);
+    expect(del.code, del.stderr).toBe(1);
+    expect(parseCliError(del, true).code).toBe('VM_BUSY');
+    expect(del.stderr).toContain('snapshot export');
+    const rm = await f.cb.cli(['vm', 'remove', 'v', '--json'], quick);
+    expect(parseCliError(rm, true).code).toBe('VM_BUSY');
+    // A snapshot outside the chain is free.
+    expect((await f.cb.cli(['snapshot', 'delete', 'v', '--name', 'during', '--json'], quick)).code).toBe(0);
+    child.kill('SIGKILL'); // its pin stays behind, held by a dead pid: not a pin any more
+    await exited;
+    const after = await f.cb.cli(['snapshot', 'delete', 'v', '--name', 's0', '--keep-children', '--json'], quick);
+    expect(after.code, after.stderr).toBe(0);
+    expect(await readdir(path.join(f.home, 'vms', 'v', 'pins'))).toEqual([]);
+  });
+
   it('says what it did in words that fit: one snapshot, one pack, standard output', async () => {
     const f = await fixture();
     const b = path.join(f.dir, 'one.cbx');

@@ -35,6 +35,8 @@ import { Qcow2Image } from '../qcow2/reader.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
+import type { Lock } from '../store/lock.js';
+import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
@@ -156,10 +158,14 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
   const starting = WorkerPool.start();
   starting.catch(() => undefined);
   let pool: WorkerPool | null = null;
-  const lock = await lockVm(home, vmName, 'snapshot export').catch(async (err: unknown) => {
+  // The lock is held only while the chain is resolved and pinned (store/pins.ts): layers never change
+  // once made, except by a delete, which a pin holds off; so other commands (a scheduled snapshot
+  // create) run during a long export.
+  let lock: Lock | null = await lockVm(home, vmName, 'snapshot export').catch(async (err: unknown) => {
     await (await starting.catch(() => null))?.close();
     throw err;
   });
+  let pin: Pin | null = null;
   try {
     await recover(home, vmName, driverStepHandlers);
     const vm = await loadVm(home, vmName);
@@ -228,6 +234,15 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         }
       }
     }
+
+    pin = await pinSnapshots(
+      home,
+      vmName,
+      chain.map((s) => s.name),
+      'snapshot export',
+    );
+    await lock.release();
+    lock = null;
 
     const meta: Meta = {
       format: 'clonebox-bundle',
@@ -338,12 +353,11 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         await fsyncDir(path.dirname(finalPath!));
       }
       // The ids computed on the way are kept: later merges must not change what names these states.
-      for (const [i, s] of chain.entries()) {
-        if (!s.content_id) {
-          s.content_id = ids[i]!;
-          await saveSnapshotRecord(home, s);
-        }
-      }
+      await keepContentIds(
+        home,
+        vmName,
+        chain.map((s, i) => ({ rec: s, id: ids[i]! })),
+      );
       return {
         file: finalPath ?? '-',
         snapshots: chain.map((s) => s.name),
@@ -369,8 +383,37 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       }
     }
   } finally {
-    await lock.release();
+    await lock?.release();
+    await pin?.release();
     if (!pool) await (await starting.catch(() => null))?.close(); // failed before the pipeline started
+  }
+}
+
+/**
+ * Records the content ids an export computed, for snapshots that had none, under the VM lock again
+ * (the pin keeps the snapshots from being merged meanwhile). A VM busy past the lock wait is left as it
+ * is: the ids are computed again by the next export or share, from the same unchanged layers.
+ */
+async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotRecord; id: string }[]): Promise<void> {
+  const missing = computed.filter((c) => !c.rec.content_id);
+  if (missing.length === 0) return;
+  let lock: Lock;
+  try {
+    lock = await lockVm(home, vm, 'snapshot export');
+  } catch (err) {
+    if (err instanceof CloneboxError && err.code === 'VM_BUSY') return;
+    throw err;
+  }
+  try {
+    const now = new Map((await listSnapshotRecords(home, vm)).map((r) => [r.name, r]));
+    for (const { rec, id } of missing) {
+      const cur = now.get(rec.name);
+      if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
+      rec.content_id = id;
+      await saveSnapshotRecord(home, { ...cur, content_id: id });
+    }
+  } finally {
+    await lock.release();
   }
 }
 

@@ -17,6 +17,7 @@ import { allocatedBytes, backingOf } from '../qcow2/probe.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
+import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
@@ -409,6 +410,9 @@ export class SnapshotManager {
     const whole = recursive ? subtree(snaps, s.name) : [s];
     const doomed = whole.filter((d) => d.name !== spare);
     const doomedNames = new Set(doomed.map((d) => d.name));
+    // Their layers are deleted, and (keep-children) the children's rewritten: not while an export reads them.
+    const touched = [...doomedNames, ...(recursive ? [] : snaps.filter((r) => r.parent === s.name).map((r) => r.name))];
+    await checkNotPinned(this.home, vm.name, touched, `deleting snapshot ${s.name}`);
     const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
     for (const d of vm.disks) {
@@ -533,6 +537,13 @@ export class SnapshotManager {
     if (dryRun) return this.read(vmName, async (vm, snaps) => ({ ...this.planFor(vm, snaps), dry_run: true }));
     return this.withVm(vmName, 'snapshot prune', async (vm, snaps) => {
       const plan = this.planFor(vm, snaps);
+      // A snapshot an export reads (or whose child it reads) waits for the next prune.
+      const pinned = await pinnedSnapshots(this.home, vm.name);
+      if (pinned.size > 0) {
+        const held = (name: string) => pinned.has(name) || snaps.some((c) => c.parent === name && pinned.has(c.name));
+        for (const r of plan.remove.filter((x) => held(x.name))) plan.keep.push({ name: r.name, reasons: ['being exported'] });
+        plan.remove = plan.remove.filter((x) => !held(x.name));
+      }
       for (const r of plan.remove) {
         const curVm = await loadVm(this.home, vm.name);
         const cur = await listSnapshotRecords(this.home, vm.name);
