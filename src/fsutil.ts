@@ -60,7 +60,7 @@ export function tempDone(tmp: string): void {
 }
 
 /** Deletes this process's temporaries still on disk (synchronously: it runs in the 'exit' hook). */
-export function removeLiveTempsSync(): void {
+function removeLiveTempsSync(): void {
   for (const tmp of liveTemps) {
     try {
       unlinkSync(tmp);

@@ -46,13 +46,13 @@ import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
 
-export const DEFAULT_TIMEOUT_S = 300;
+const DEFAULT_TIMEOUT_S = 300;
 /**
  * Without --timeout, how long a run waits for a first teammate before NO_PEERS: nobody online is an
  * answer worth giving in a minute, not after the whole timeout (issue 17). With --timeout, the run
  * waits that long for one (a sharer waiting for a teammate to come).
  */
-export const DEFAULT_PEER_WAIT_S = 60;
+const DEFAULT_PEER_WAIT_S = 60;
 /** How long joining the DHT may take before DHT_UNREACHABLE (an unreachable bootstrap must fail fast). */
 const DHT_JOIN_MS = 10_000;
 /** How long a finished run that shares something waits for more teammates and for requests to stop. */
