@@ -3,12 +3,14 @@
  * `snapshot run` of a command that cannot start, and temporaries a killed command left in a VM's
  * directories.
  */
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readdir, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CliHome, parseCliError, runCli } from './helpers/cli.js';
+import { CLI_PATH, CliHome, parseCliError, runCli } from './helpers/cli.js';
 import { run } from './helpers/process.js';
-import { qemuCreate, qemuIo } from './helpers/qemu.js';
+import { qemuCompare, qemuCreate, qemuIo, qemuRaw } from './helpers/qemu.js';
 import { makeTempDir } from './helpers/temp.js';
 
 /** A pid that no process has: a child that already exited. */
@@ -58,6 +60,41 @@ describe('failing at once and cleanly (issue 17)', () => {
     expect(r.code).toBe(1);
     expect(parseCliError(r, true).code).toBe('QCOW2_TRUNCATED');
     expect((await cb.cli(['vm', 'show', 't'])).code).toBe(1); // nothing registered
+  });
+
+  it('a merge interrupted by a second SIGINT leaves no temporary, and the next command rolls it back intact', async () => {
+    const dir = await makeTempDir('clonebox-mergesig-');
+    const cb = new CliHome(path.join(dir, 'home'));
+    const v = await cb.json<{ disks: { path: string }[] }>(['vm', 'create', 'v', '--size', '128M']);
+    const disk = v.disks[0]!.path;
+    const diskDir = path.dirname(disk);
+    const noise = path.join(dir, 'noise.raw');
+    await writeFile(noise, randomBytes(64 * 1024 * 1024));
+    expect((await qemuIo(disk, `write -s ${noise} 0 64M`)).code).toBe(0);
+    await cb.ok(['snapshot', 'create', 'v', '--name', 's0']);
+    expect((await qemuIo(disk, `write -s ${noise} 64M 64M`)).code).toBe(0);
+    const s1 = await cb.json<{ disks: { path: string }[] }>(['snapshot', 'create', 'v', '--name', 's1']);
+    const ref = path.join(dir, 's1.raw');
+    await qemuRaw(s1.disks[0]!.path, ref);
+
+    const child = spawn(process.execPath, [CLI_PATH, '--home', cb.home, 'snapshot', 'delete', 'v', '--name', 's0', '--keep-children'], { stdio: 'ignore' });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    const deadline = Date.now() + 30_000;
+    while (!(await readdir(diskDir)).some((n) => n.includes('.merge-'))) {
+      if (Date.now() > deadline) throw new Error('no merge started in 30 s');
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    // Two signals sent at once merge into one (POSIX signals do not queue): the second comes a moment later.
+    child.kill('SIGINT');
+    await new Promise((r) => setTimeout(r, 100));
+    child.kill('SIGINT');
+    expect(await exited).toBe(130);
+    expect((await readdir(diskDir)).filter((n) => n.includes('.tmp-'))).toEqual([]);
+    // The next command on the VM rolls the merge back: both snapshots still there, s1 unchanged.
+    const names = (await cb.json<{ name: string }[]>(['snapshot', 'list', 'v'])).map((x) => x.name).sort();
+    expect(names).toEqual(['s0', 's1']);
+    expect((await readdir(diskDir)).filter((n) => n.startsWith('.'))).toEqual([]);
+    expect((await qemuCompare(s1.disks[0]!.path, ref, { formatB: 'raw' })).code).toBe(0);
   });
 
   it("temporaries of a killed command in a VM's directories are swept by the next command on the VM; a live pid's stay", async () => {
