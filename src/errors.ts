@@ -134,7 +134,11 @@ export const ERROR_CODES = {
   // Team sync
   TEAM_NOT_FOUND: { exit: 1, meaning: 'no team of that name on this workstation' },
   TEAM_EXISTS: { exit: 1, meaning: '`team create` or `team join` of a team name this workstation already has' },
-  DHT_UNREACHABLE: { exit: 1, meaning: 'no DHT node answered within the timeout; the message names the bootstrap nodes' },
+  DHT_UNREACHABLE: { exit: 1, meaning: 'no DHT node answered within 10 s (or `--timeout`, when shorter); the message names the bootstrap nodes' },
+  NO_PEERS: {
+    exit: 1,
+    meaning: 'no teammate came online during a `snapshot sync` without `--watch` (within `--timeout`, or 60 s without it); nothing was pulled',
+  },
   SYNC_BUSY: { exit: 1, meaning: "another sync is running in this home, or another process holds the team's catalog" },
   SYNC_TIMEOUT: { exit: 1, meaning: 'sync did not finish within `--timeout`; blocks received so far are kept' },
   SYNC_CHAIN: {
@@ -231,6 +235,10 @@ export function ioError(err: unknown, what: string, path: string): CloneboxError
           ? 'no space left on device'
           : e?.code === 'EISDIR'
             ? 'is a directory'
-            : (e?.message ?? String(err));
+            : e?.code === 'ENOTDIR'
+              ? 'not a directory'
+              : e?.code === 'EROFS'
+                ? 'read-only file system'
+                : (e?.message ?? String(err));
   return new CloneboxError('IO', `${what}: ${reason}, ${path}`, { cause: err });
 }

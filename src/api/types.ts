@@ -417,6 +417,11 @@ export interface ExportOptions extends LongOptions, KeyOptions {
   encrypt?: boolean;
   /** zstd level, 1-19 (default 3). */
   level?: number;
+  /**
+   * Replace an existing bundle at `output` (otherwise an existing file is FILE_EXISTS). Never replaces a
+   * file inside the home, a VM's disk, layer or memory state, or a file that is not a bundle.
+   */
+  force?: boolean;
 }
 
 /** `snapshot export --json`. `file` is '-' when the output was a stream. */
@@ -576,8 +581,12 @@ export interface UnshareResult {
 }
 
 export interface SyncProgressEvent extends ProgressEvent {
-  /** receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a chain registered. */
-  phase: 'receive' | 'write' | 'pulled';
+  /**
+   * wait: no teammate online yet (done: seconds waited, total: seconds it waits before NO_PEERS; chain
+   * ''); receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a
+   * chain registered.
+   */
+  phase: 'wait' | 'receive' | 'write' | 'pulled';
   /** The chain: '<vm> from <member>' (and ' (via <member>)' when relayed). */
   chain: string;
   /** write: the snapshot being written. */

@@ -5,17 +5,19 @@
  *   2. prepares new files through the driver (announced to the journal, nothing existing touched),
  *   3. commits driver actions and record writes together in one journal commit.
  */
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { pathExists, requireFreeSpace } from '../fsutil.js';
+import { pathExists, requireFreeSpace, writeJsonAtomic } from '../fsutil.js';
 import type { GuestDiffOptions } from '../guest/diff.js';
 import { checkName, closestName } from '../names.js';
 import { allocatedBytes, backingOf, imageGeometry } from '../qcow2/probe.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
+import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
@@ -243,7 +245,21 @@ export class SnapshotManager {
         { do: 'write_json', path: rp, value: { ...rec, state: 'ready' } },
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
       ]);
-      const after = [...snaps, { ...rec, state: 'ready' as const }];
+      const ready: SnapshotRecord = { ...rec, state: 'ready' };
+      if (rec.memory_path) {
+        // A full snapshot's size includes its memory state, which exists only once the commit has run
+        // (it showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash
+        // here leaves the disk-only size, which is what the record said before.
+        const mem = await stat(rec.memory_path).then(
+          (st) => st.size,
+          () => 0,
+        );
+        if (mem > 0) {
+          ready.size_bytes += mem;
+          await writeJsonAtomic(rp, ready);
+        }
+      }
+      const after = [...snaps, ready];
       return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings: prepared.warnings };
     } catch (err) {
       await j.rollback();
@@ -505,6 +521,9 @@ export class SnapshotManager {
     const whole = recursive ? subtree(snaps, s.name) : [s];
     const doomed = whole.filter((d) => d.name !== spare);
     const doomedNames = new Set(doomed.map((d) => d.name));
+    // Their layers are deleted, and (keep-children) the children's rewritten: not while an export reads them.
+    const touched = [...doomedNames, ...(recursive ? [] : snaps.filter((r) => r.parent === s.name).map((r) => r.name))];
+    await checkNotPinned(this.home, vm.name, touched, `deleting snapshot ${s.name}`);
     const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
     for (const d of vm.disks) {
@@ -546,6 +565,12 @@ export class SnapshotManager {
             actions.push({ do: 'rename', from: next, to: l.path });
             layers.push(l);
           }
+          // A full snapshot keeps its memory state through the merge: it stays in its size.
+          if (c.memory_path)
+            size += await stat(c.memory_path).then(
+              (st) => st.size,
+              () => 0,
+            );
           actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, c.name), value: { ...c, parent: s.parent, size_bytes: size } });
           mergedInto.push(c.name);
         }
@@ -640,6 +665,13 @@ export class SnapshotManager {
     if (dryRun) return this.read(vmName, async (vm, snaps) => ({ ...this.planFor(vm, snaps), dry_run: true }));
     return this.withVm(vmName, 'snapshot prune', async (vm, snaps) => {
       const plan = this.planFor(vm, snaps);
+      // A snapshot an export reads (or whose child it reads) waits for the next prune.
+      const pinned = await pinnedSnapshots(this.home, vm.name);
+      if (pinned.size > 0) {
+        const held = (name: string) => pinned.has(name) || snaps.some((c) => c.parent === name && pinned.has(c.name));
+        for (const r of plan.remove.filter((x) => held(x.name))) plan.keep.push({ name: r.name, reasons: ['being exported'] });
+        plan.remove = plan.remove.filter((x) => !held(x.name));
+      }
       for (const r of plan.remove) {
         const curVm = await loadVm(this.home, vm.name);
         const cur = await listSnapshotRecords(this.home, vm.name);

@@ -48,7 +48,15 @@ import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
 
-export const DEFAULT_TIMEOUT_S = 300;
+const DEFAULT_TIMEOUT_S = 300;
+/**
+ * Without --timeout, how long a run waits for a first teammate before NO_PEERS: nobody online is an
+ * answer worth giving in a minute, not after the whole timeout (issue 17). With --timeout, the run
+ * waits that long for one (a sharer waiting for a teammate to come).
+ */
+const DEFAULT_PEER_WAIT_S = 60;
+/** How long joining the DHT may take before DHT_UNREACHABLE (an unreachable bootstrap must fail fast). */
+const DHT_JOIN_MS = 10_000;
 /** How long a finished run that shares something waits for more teammates and for requests to stop. */
 const SETTLE_MS = 2500;
 /** How long a finished run that shares nothing waits after the last teammate came (lookup done). */
@@ -58,7 +66,8 @@ export interface SyncOptions {
   home: Home;
   team: string;
   bootstrap?: HostPort[];
-  timeoutSeconds?: number;
+  /** The whole run's bound (default DEFAULT_TIMEOUT_S); also the wait for a first teammate when given. */
+  timeoutSeconds?: number | undefined;
   watch?: boolean;
   /**
    * Stops the run (SIGINT/SIGTERM in the CLI). A --watch run ends normally; otherwise a pull in
@@ -71,6 +80,7 @@ export interface SyncOptions {
 }
 
 type SyncProgress =
+  | { phase: 'wait'; chain: ''; done: number; total: number }
   | { phase: 'receive'; chain: string; done: number; total: null }
   | { phase: 'write'; chain: string; snapshot: string; done: number; total: number }
   | { phase: 'pulled'; chain: string; done: number; total: number; vm: string; blocks_fetched: number; blocks_reused: number };
@@ -112,6 +122,8 @@ class SyncRun {
   private readonly log: (line: string) => void;
   private readonly t0 = Date.now();
   private readonly deadline: number;
+  /** Without a teammate by then, the run ends with NO_PEERS (see DEFAULT_PEER_WAIT_S). */
+  private readonly peerDeadline: number;
   /** --watch: the timeout bounds only reaching the DHT; pulls take what they take. */
   private readonly pullDeadline: number;
   private readonly report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [] };
@@ -137,6 +149,7 @@ class SyncRun {
     this.home = opts.home;
     this.log = opts.log ?? (() => undefined);
     this.deadline = this.t0 + (opts.timeoutSeconds ?? DEFAULT_TIMEOUT_S) * 1000;
+    this.peerDeadline = opts.timeoutSeconds !== undefined ? this.deadline : Math.min(this.deadline, this.t0 + DEFAULT_PEER_WAIT_S * 1000);
     this.pullDeadline = opts.watch ? this.t0 + 1e12 : this.deadline;
   }
 
@@ -254,7 +267,7 @@ class SyncRun {
       team: this.team,
       identity: this.identity,
       bootstrap: this.bootstrap,
-      deadline: this.deadline,
+      deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS),
       log,
       catalogKey: own.key,
       catalogSig: catalogProof(catalogKeyPair(this.identity, this.team), this.team, this.identity.publicKey),
@@ -341,9 +354,19 @@ class SyncRun {
     void swarm.discovered(this.deadline).then(() => {
       discovered = true;
     });
+    let waitShown = -1;
     for (;;) {
       const now = Date.now();
       if (now >= this.deadline || opts.signal?.aborted) break;
+      if (report.peers.length === 0) {
+        if (now >= this.peerDeadline) break;
+        // What the run waits for, once a second (a terminal shows it; issue 17: it waited in silence).
+        const waited = Math.floor((now - this.t0) / 1000);
+        if (waited !== waitShown) {
+          waitShown = waited;
+          opts.progress?.({ phase: 'wait', chain: '', done: waited, total: Math.ceil((this.peerDeadline - this.t0) / 1000) });
+        }
+      }
       // Sharing: a teammate may be about to ask us for blocks, or between two of its pulls. Not
       // sharing: done once the teammates the lookup found are connected and proven.
       const quiet =
@@ -365,7 +388,11 @@ class SyncRun {
         hint: 'blocks received so far are kept: run sync again to continue (or give a longer --timeout)',
       });
     }
-    if (report.peers.length === 0) this.log(`no teammate online on team ${opts.team} within ${Math.round((Date.now() - this.t0) / 1000)} s`);
+    if (report.peers.length === 0) {
+      throw CloneboxError.NO_PEERS(`no teammate of team ${opts.team} came online within ${Math.round((Date.now() - this.t0) / 1000)} s`, {
+        hint: `a teammate must run \`clonebox snapshot sync --team ${opts.team}\` (or keep one running with --watch) at the same time; --timeout SECONDS waits longer`,
+      });
+    }
   }
 
   /** The scheduler's turn for the teammate with key `hex`, if it is still connected. */
