@@ -638,6 +638,28 @@ export interface Extent {
   kind: 'data' | 'zero' | 'unallocated';
 }
 
+// ---- events ----
+
+/** One line of the home's event log: a snapshot made, restored, changed (merged) or deleted by any process. */
+export interface HomeEvent {
+  /** ISO-8601, when the change committed. */
+  time: string;
+  vm: string;
+  snapshot: string;
+  op: 'created' | 'restored' | 'changed' | 'deleted';
+  /** The process that made the change. */
+  pid: number;
+}
+
+/** A follower of the event log (`cb.events.tail()`). */
+export interface HomeEventTail {
+  /** Events appended since the last read, oldest first. */
+  read(): Promise<HomeEvent[]>;
+  /** Calls fn when the log may have grown (then read()). */
+  onAppend(fn: () => void): void;
+  close(): Promise<void>;
+}
+
 // ---- dht, demo ----
 
 export interface DhtOptions extends WarningOptions {
