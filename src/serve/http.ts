@@ -14,7 +14,9 @@ import { baseMessage, oemMessage } from './messages.js';
 export const JSON_TYPE = 'application/json; charset=utf-8';
 
 export function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
-  return new Response(status === 204 ? null : JSON.stringify(body), { status, headers: { 'Content-Type': JSON_TYPE, ...headers } });
+  // No body, no Content-Type: a client that sees application/json tries to parse the empty body.
+  if (status === 204 || body === null) return new Response(null, { status, headers });
+  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': JSON_TYPE, ...headers } });
 }
 
 /** Collection resource in Redfish's shape. */

@@ -60,8 +60,11 @@ export class TaskService {
   constructor(
     private readonly bus: EventBus,
     private readonly now: () => number,
-    /** Called before a task's completion is told, so that the home's events come first. */
-    private readonly beforeFinish: () => Promise<void>,
+    /**
+     * Reads the home's event log into the bus: called before a task's start and completion are told, so
+     * that changes made meanwhile by others, and the task's own, come in the order they happened.
+     */
+    private readonly syncHome: () => Promise<void>,
   ) {}
 
   start(spec: TaskSpec, fn: (t: TaskContext) => Promise<FinalResponse>): string {
@@ -97,6 +100,7 @@ export class TaskService {
       this.bus.publish([{ message: taskMessage('TaskCancelled', [task.id]), origin }]);
       return;
     }
+    await this.syncHome().catch(() => undefined);
     task.state = 'Running';
     this.bus.publish([{ message: taskMessage('TaskStarted', [task.id]), origin }]);
     const ctx: TaskContext = {
@@ -122,7 +126,7 @@ export class TaskService {
       task.messages.push(...e.messages);
       final = { status: e.status, body: errorBody(e.messages), headers: e.headers };
     }
-    await this.beforeFinish().catch(() => undefined);
+    await this.syncHome().catch(() => undefined);
     task.final = final;
     task.end = this.now();
     task.percent = ok ? 100 : task.percent;
