@@ -53,7 +53,11 @@ async function getJson<T = Record<string, unknown>>(url: string, o: Opts = {}): 
 }
 
 interface ErrorBody {
-  error: { code: string; message: string; '@Message.ExtendedInfo': { MessageId: string; Message: string; MessageSeverity: string; Severity: string; Resolution: string }[] };
+  error: {
+    code: string;
+    message: string;
+    '@Message.ExtendedInfo': { MessageId: string; Message: string; MessageSeverity: string; Severity: string; Resolution: string }[];
+  };
 }
 
 /** A Redfish error reply: status, envelope, and the first message's id ends with `id`. */
@@ -170,7 +174,11 @@ describe('authentication and roles', () => {
     const none = await req('GET', '/redfish/v1/Systems', { user: null });
     expect(none.headers.get('WWW-Authenticate')).toMatch(/^Basic /);
     await expectError(none, 401, 'NoValidSession');
-    await expectError(await req('GET', '/redfish/v1/Systems', { headers: { Authorization: basic('admin', 'wrong password') }, address: '10.9.0.1' }), 401, 'NoValidSession');
+    await expectError(
+      await req('GET', '/redfish/v1/Systems', { headers: { Authorization: basic('admin', 'wrong password') }, address: '10.9.0.1' }),
+      401,
+      'NoValidSession',
+    );
     await expectError(await req('GET', '/redfish/v1/Systems', { headers: { Authorization: basic('nobody') }, address: '10.9.0.1' }), 401, 'NoValidSession');
     await expectError(await req('GET', '/redfish/v1/Systems', { headers: { 'X-Auth-Token': 'not-a-token' } }), 401, 'NoValidSession');
   });
@@ -215,7 +223,11 @@ describe('authentication and roles', () => {
 
   it('rate-limits failed logins per source address (429), not other addresses', async () => {
     for (let i = 0; i < 5; i++) {
-      const r = await req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'admin', Password: 'nope nope' }, address: '10.6.6.6' });
+      const r = await req('POST', '/redfish/v1/SessionService/Sessions', {
+        user: null,
+        body: { UserName: 'admin', Password: 'nope nope' },
+        address: '10.6.6.6',
+      });
       await expectError(r, 401, 'NoValidSession');
     }
     const blocked = await req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'admin', Password: PW }, address: '10.6.6.6' });
@@ -231,7 +243,11 @@ describe('authentication and roles', () => {
     const before = await homeState();
     expect((await req('GET', SNAPS, { user: 'ro' })).status).toBe(200);
     await expectError(await req('POST', SNAPS, { user: 'ro', body: { Name: 'nope' } }), 403, 'InsufficientPrivilege');
-    await expectError(await req('PATCH', '/redfish/v1/Systems/web', { user: 'op', body: { Oem: { HawkFish: { SnapshotLimit: 3 } } } }), 403, 'InsufficientPrivilege');
+    await expectError(
+      await req('PATCH', '/redfish/v1/Systems/web', { user: 'op', body: { Oem: { HawkFish: { SnapshotLimit: 3 } } } }),
+      403,
+      'InsufficientPrivilege',
+    );
     await expectError(await req('GET', '/redfish/v1/AccountService/Accounts', { user: 'op' }), 403, 'InsufficientPrivilege');
     expect(await homeState()).toBe(before);
   });
@@ -389,7 +405,11 @@ describe('systems and snapshots', () => {
     const tight = await createRedfishApp(cb, { now: () => clock, freeBytes: async () => 4096 });
     try {
       const before = await homeState();
-      const accepted = await tight.app.request(SNAPS, { method: 'POST', headers: { Authorization: basic('op'), 'Content-Type': 'application/json' }, body: '{"Name":"big"}' });
+      const accepted = await tight.app.request(SNAPS, {
+        method: 'POST',
+        headers: { Authorization: basic('op'), 'Content-Type': 'application/json' },
+        body: '{"Name":"big"}',
+      });
       expect(accepted.status).toBe(202);
       const mon = accepted.headers.get('Location')!;
       let r: Response;
@@ -400,7 +420,9 @@ describe('systems and snapshots', () => {
       }
       const b = await expectError(r, 507, 'InsufficientStorage');
       expect(b.error['@Message.ExtendedInfo'].map((m) => m.MessageId)).toContain('HawkFish.1.0.0.StorageEstimate');
-      const task = (await (await tight.app.request(mon.replace('TaskMonitors', 'Tasks'), { headers: { Authorization: basic('op') } })).json()) as { TaskState: string };
+      const task = (await (await tight.app.request(mon.replace('TaskMonitors', 'Tasks'), { headers: { Authorization: basic('op') } })).json()) as {
+        TaskState: string;
+      };
       expect(task.TaskState).toBe('Exception');
       expect(await homeState()).toBe(before);
     } finally {
@@ -418,18 +440,43 @@ describe('bad input: right status, Redfish error body, nothing changed on disk',
     ['an unknown property', () => req('POST', SNAPS, { user: 'op', body: { Name: 'x1', Colour: 'red' } }), 400, 'PropertyUnknown'],
     ['a bad name', () => req('POST', SNAPS, { user: 'op', body: { Name: '../etc' } }), 400, 'PropertyValueFormatError'],
     ['the reserved name current', () => req('POST', SNAPS, { user: 'op', body: { Name: 'current' } }), 400, 'PropertyValueFormatError'],
-    ['a huge body', () => req('POST', SNAPS, { user: 'op', raw: JSON.stringify({ Name: 'x2', Description: 'x'.repeat(200_000) }) }), 413, 'RequestBodyTooLarge'],
+    [
+      'a huge body',
+      () => req('POST', SNAPS, { user: 'op', raw: JSON.stringify({ Name: 'x2', Description: 'x'.repeat(200_000) }) }),
+      413,
+      'RequestBodyTooLarge',
+    ],
     ['an existing name', () => req('POST', SNAPS, { user: 'op', body: { Name: 's1' } }), 409, 'ResourceAlreadyExists'],
     ['an unknown system', () => req('POST', '/redfish/v1/Systems/nosuch/Oem/HawkFish/Snapshots', { user: 'op', body: {} }), 404, 'ResourceNotFound'],
     ['path traversal in a system id', () => req('GET', '/redfish/v1/Systems/..%2F..%2Fetc'), 404, 'ResourceNotFound'],
     ['path traversal in a snapshot id', () => req('DELETE', `${SNAPS}/..%2Fvm.json`, { user: 'op' }), 404, 'ResourceNotFound'],
     ['an unknown snapshot', () => req('GET', `${SNAPS}/nosuch`), 404, 'ResourceNotFound'],
-    ['a revert parameter that does not exist', () => req('POST', `${SNAPS}/s1/Actions/HawkFishSnapshot.Revert`, { user: 'op', body: { Force: true } }), 400, 'ActionParameterUnknown'],
+    [
+      'a revert parameter that does not exist',
+      () => req('POST', `${SNAPS}/s1/Actions/HawkFishSnapshot.Revert`, { user: 'op', body: { Force: true } }),
+      400,
+      'ActionParameterUnknown',
+    ],
     ['a bad recursive value', () => req('DELETE', `${SNAPS}/s1?recursive=yes`, { user: 'op' }), 400, 'QueryParameterValueFormatError'],
-    ['a limit of the wrong type', () => req('PATCH', '/redfish/v1/Systems/web', { body: { Oem: { HawkFish: { SnapshotLimit: 'ten' } } } }), 400, 'PropertyValueTypeError'],
-    ['a limit out of range', () => req('PATCH', '/redfish/v1/Systems/web', { body: { Oem: { HawkFish: { SnapshotLimit: 0 } } } }), 400, 'PropertyValueOutOfRange'],
+    [
+      'a limit of the wrong type',
+      () => req('PATCH', '/redfish/v1/Systems/web', { body: { Oem: { HawkFish: { SnapshotLimit: 'ten' } } } }),
+      400,
+      'PropertyValueTypeError',
+    ],
+    [
+      'a limit out of range',
+      () => req('PATCH', '/redfish/v1/Systems/web', { body: { Oem: { HawkFish: { SnapshotLimit: 0 } } } }),
+      400,
+      'PropertyValueOutOfRange',
+    ],
     ['an unknown system property', () => req('PATCH', '/redfish/v1/Systems/web', { body: { PowerState: 'On' } }), 400, 'PropertyUnknown'],
-    ['a login without a password', () => req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'admin' } }), 400, 'PropertyMissing'],
+    [
+      'a login without a password',
+      () => req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'admin' } }),
+      400,
+      'PropertyMissing',
+    ],
   ] as const)('%s', async (_what, send, status, id) => {
     const before = await homeState();
     await expectError(await send(), status, id);

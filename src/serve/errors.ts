@@ -26,8 +26,9 @@ export class RedfishError extends Error {
   }
 }
 
-export function notFound(type: string, id: string): RedfishError {
-  return new RedfishError(404, [baseMessage('ResourceNotFound', [type, id])]);
+/** 404 ResourceNotFound; `code` is the library's code for it (the remote client maps it back). */
+export function notFound(type: string, id: string, code?: 'VM_NOT_FOUND' | 'SNAPSHOT_NOT_FOUND'): RedfishError {
+  return new RedfishError(404, [baseMessage('ResourceNotFound', [type, id], code ? { Oem: { HawkFish: { Code: code } } } : {})]);
 }
 
 export function badRequest(m: Message): RedfishError {

@@ -28,7 +28,7 @@ const STATE: Record<SnapshotView['state'], string> = {
 
 function snapshotId(c: Context<Env>): string {
   const id = c.req.param('sid') ?? '';
-  if (!NAME_RE.test(id)) throw notFound('HawkFishSnapshot', id.slice(0, 140));
+  if (!NAME_RE.test(id)) throw notFound('HawkFishSnapshot', id.slice(0, 140), 'SNAPSHOT_NOT_FOUND');
   return id;
 }
 
@@ -232,7 +232,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const p = s.pending.get(pendingKey(vm, name));
       if (!found) {
         if (p?.created) return json(creatingMember(vm, name, p));
-        throw notFound('HawkFishSnapshot', name);
+        throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
       }
       const body = member(found, p);
       return json(body, 200, { ETag: String(body['@odata.etag']) });
@@ -248,7 +248,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const recursive = rec === 'true';
       const list = await listVm(s, vm);
       const found = list.find((x) => x.name === name);
-      if (!found) throw notFound('HawkFishSnapshot', name);
+      if (!found) throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
       ifMatch(c, member(found, s.pending.get(pendingKey(vm, name))));
       if (s.pending.has(pendingKey(vm, name))) throw new RedfishError(409, [baseMessage('ResourceInUse')]);
       if (found.children.length > 0 && !recursive) {
@@ -292,7 +292,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
     checkProps(body, {}, 'HawkFishSnapshot.Revert');
     const list = await listVm(s, vm);
     const found = list.find((x) => x.name === name);
-    if (!found) throw notFound('HawkFishSnapshot', name);
+    if (!found) throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
     ifMatch(c, member(found, s.pending.get(pendingKey(vm, name))));
     if (s.pending.has(pendingKey(vm, name))) throw new RedfishError(409, [baseMessage('ResourceInUse')]);
     const key = pendingKey(vm, name);

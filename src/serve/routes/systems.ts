@@ -14,7 +14,7 @@ import { SYSTEMS, snapshotsUri, systemUri } from '../uris.js';
 /** The VM of a `:id` path parameter: 404 for a name that cannot be one (`..`, slashes, too long). */
 export function systemId(c: Context<Env>): string {
   const id = c.req.param('id') ?? '';
-  if (!NAME_RE.test(id)) throw notFound('ComputerSystem', id.slice(0, 140));
+  if (!NAME_RE.test(id)) throw notFound('ComputerSystem', id.slice(0, 140), 'VM_NOT_FOUND');
   return id;
 }
 
