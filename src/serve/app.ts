@@ -60,6 +60,7 @@ export async function createRedfishApp(cb: Clonebox, opts: ServiceOptions & { uu
     now,
     freeBytes: opts.freeBytes ?? statfsFree,
     pending: new Map(),
+    lists: new Map(),
     syncHome,
     stopping: stop.signal,
     uuid: opts.uuid ?? randomUUID(),

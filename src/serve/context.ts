@@ -3,7 +3,7 @@
  * and the states of snapshots that tasks are working on (Creating, Reverting, Deleting), which the
  * records on disk show only for the instant of a commit.
  */
-import type { Clonebox } from '../index.js';
+import type { Clonebox, SnapshotView } from '../index.js';
 import type { Authenticator, Principal } from './auth.js';
 import type { EventBus } from './events.js';
 import type { LoginThrottle } from './limits.js';
@@ -24,6 +24,12 @@ export interface ServiceOptions {
   freeBytes?: (dir: string) => Promise<number>;
 }
 
+export interface Listing {
+  stamp: string | null;
+  list: SnapshotView[];
+  bodies: Map<string, { text: string; etag: string | null }>;
+}
+
 export interface Service {
   cb: Clonebox;
   auth: Authenticator;
@@ -32,6 +38,11 @@ export interface Service {
   throttle: LoginThrottle;
   now: () => number;
   freeBytes: (dir: string) => Promise<number>;
+  /**
+   * Each VM's snapshot list as last read, with the records' stamp it was read at (cb.snapshots.stamp),
+   * and the reply bodies made from it ('' for the collection, else the snapshot's name).
+   */
+  lists: Map<string, Listing>;
   /** `${vm}/${snapshot}` → what a task is doing to it. */
   pending: Map<string, PendingSnapshot>;
   /** Reads the home's event log into the bus (called by the tail's watcher and before a task completes). */

@@ -19,6 +19,11 @@ export function json(body: unknown, status = 200, headers: Record<string, string
   return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': JSON_TYPE, ...headers } });
 }
 
+/** A reply whose JSON text is already made (cached bodies). */
+export function jsonText(text: string, headers: Record<string, string> = {}): Response {
+  return new Response(text, { status: 200, headers: { 'Content-Type': JSON_TYPE, ...headers } });
+}
+
 /** Collection resource in Redfish's shape. */
 export function collection(id: string, type: string, name: string, members: string[]): Record<string, unknown> {
   return {
