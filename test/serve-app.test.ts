@@ -332,6 +332,18 @@ describe('systems and snapshots', () => {
     }
   });
 
+  it('shows snapshots another process made or deleted at the next GET (the cached list follows the records)', async () => {
+    const members = async () => (await getJson<{ Members: { '@odata.id': string }[] }>(SNAPS)).Members.map((m) => m['@odata.id']);
+    const first = await members();
+    expect(await members()).toEqual(first);
+    await new CliHome(home).ok(['snapshot', 'create', 'web', '--name', 'by-cli']);
+    expect(await members()).toEqual([`${SNAPS}/by-cli`, ...first]);
+    expect((await getJson(`${SNAPS}/by-cli`)).Current).toBe(true);
+    await new CliHome(home).ok(['snapshot', 'delete', 'web', '--name', 'by-cli']);
+    expect(await members()).toEqual(first);
+    await expectError(await req('GET', `${SNAPS}/by-cli`), 404, 'ResourceNotFound');
+  });
+
   it('reverts at the #Namespace.Action path too', async () => {
     const r = await finish(await req('POST', `${SNAPS}/slow/Actions/HawkFishSnapshot.Revert`, { user: 'op' }), 'op');
     expect(r.status).toBe(200);
