@@ -91,6 +91,9 @@ export interface VmView {
   disks: DiskView[];
 }
 
+/** A libvirt domain's state as `virsh domstate` names it (`cb.vms.powerState`). */
+export type PowerState = 'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'unknown';
+
 export interface VmCreateOptions {
   /** Bytes, or a size as the CLI takes it ('20G', '512M'). */
   size: number | string;

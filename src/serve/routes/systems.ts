@@ -4,7 +4,7 @@
  * `Oem.HawkFish.SnapshotLimit`, which an Administrator changes with PATCH.
  */
 import type { Context, Hono } from 'hono';
-import { NAME_RE, type VmView } from '../../index.js';
+import { NAME_RE, type PowerState, type VmView } from '../../index.js';
 import type { Env } from '../context.js';
 import { badRequest, fromLibraryError, notFound } from '../errors.js';
 import { checkProps, collection, json, need, readObject, resource } from '../http.js';
@@ -26,6 +26,28 @@ export async function showVm(c: Context<Env>, vm: string): Promise<VmView> {
   }
 }
 
+/** Redfish's PowerState for a libvirt domain's state; none when libvirt does not answer. */
+const POWER: Record<PowerState, string | null> = {
+  running: 'On',
+  idle: 'On',
+  'in shutdown': 'PoweringOff',
+  paused: 'Paused',
+  pmsuspended: 'Paused',
+  'shut off': 'Off',
+  crashed: 'Off',
+  unknown: null,
+};
+
+async function powerState(c: Context<Env>, v: VmView): Promise<{ PowerState?: string }> {
+  if (v.driver !== 'libvirt') return {};
+  const state = await c
+    .get('service')
+    .cb.vms.powerState(v.name)
+    .catch(() => null);
+  const p = state ? POWER[state] : null;
+  return p ? { PowerState: p } : {};
+}
+
 async function systemView(c: Context<Env>, v: VmView): Promise<Record<string, unknown>> {
   const { cb } = c.get('service');
   const { policy } = await cb.snapshots.policy(v.name);
@@ -36,6 +58,7 @@ async function systemView(c: Context<Env>, v: VmView): Promise<Record<string, un
     Name: v.name,
     Description: `clonebox VM (${v.driver} driver)`,
     SystemType: 'Virtual',
+    ...(await powerState(c, v)),
     Status: { State: 'Enabled', Health: 'OK' },
     Boot: { BootSourceOverrideEnabled: 'Disabled', BootSourceOverrideTarget: 'None' },
     Actions: {},
