@@ -106,7 +106,8 @@ describe('clonebox serve with real clients', () => {
       ['admin', 'Administrator'],
       ['viewer', 'ReadOnly'],
     ]);
-    const dup = await new CliHome(f.home).cli(['user', 'add', 'admin', '--role', 'Operator', '--password-stdin', '--json'], { input: `${PW}\n` });
+    // An existing name is refused before any password is read (no input at all here).
+    const dup = await new CliHome(f.home).cli(['user', 'add', 'admin', '--role', 'Operator', '--password-stdin', '--json']);
     expect(dup.code).toBe(1);
     expect(parseCliError(dup, true).code).toBe('USER_EXISTS');
     const bad = await new CliHome(f.home).cli(['user', 'add', 'x', '--role', 'Root', '--password-stdin'], { input: `${PW}\n` });
@@ -214,7 +215,7 @@ describe('clonebox serve with real clients', () => {
     expect(withCa.code, withCa.stderr).toBe(0);
     // A ReadOnly account reads but cannot write.
     const roCreds = path.join(path.dirname(creds), 'ro');
-    await writeFile(roCreds, `viewer:${PW}\n`);
+    await writeFile(roCreds, `viewer:${PW}\n`, { mode: 0o600 });
     const ro = await new CliHome(f.home).cli([
       'remote',
       'snapshot',
@@ -231,7 +232,8 @@ describe('clonebox serve with real clients', () => {
     expect(ro.code).toBe(1);
     expect(parseCliError(ro, true).code).toBe('REMOTE_REFUSED');
     const wrong = path.join(path.dirname(creds), 'wrong');
-    await writeFile(wrong, 'admin:not the password\n');
+    await writeFile(wrong, 'admin:not the password\n', { mode: 0o644 });
+    await chmod(wrong, 0o644);
     const w = await new CliHome(f.home).cli([
       'remote',
       'snapshot',
@@ -245,7 +247,10 @@ describe('clonebox serve with real clients', () => {
       s.fingerprint!,
       '--json',
     ]);
-    expect(parseCliError(w, true).code).toBe('REMOTE_REFUSED');
+    // A credentials file others can read is used, with a warning (as ssh does for keys, but not fatal).
+    const [warning, ...rest] = w.stderr.split('\n');
+    expect(warning).toMatch(/^clonebox: warning: the credentials file can be read by other users/);
+    expect(parseCliError({ ...w, stderr: rest.join('\n') }, true).code).toBe('REMOTE_REFUSED');
   });
 });
 

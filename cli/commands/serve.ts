@@ -3,7 +3,7 @@
  * (a client of a remote service). The service and its client live in the library's second entry,
  * src/serve/index.ts, loaded only when one of these commands runs (hono and sodium stay out of start-up).
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { CloneboxError, formatBytes, type SnapshotView } from '../../src/index.js';
 import type { RemoteClient } from '../../src/serve/index.js';
@@ -111,9 +111,13 @@ export function registerServe(program: Command): void {
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, name: string, o: { role: string; passwordFile?: string; passwordStdin?: boolean }) => {
-        const { addAccount, ROLES } = await serveEntry();
+        const { addAccount, listAccounts, ROLES } = await serveEntry();
         if (!(ROLES as readonly string[]).includes(o.role))
           throw CloneboxError.USAGE(`unknown role ${JSON.stringify(o.role)}`, { hint: `use one of ${ROLES.join(', ')}` });
+        // Refused before the password is asked for.
+        if ((await listAccounts(ctx.cb.home)).some((a) => a.name === name)) {
+          throw CloneboxError.USER_EXISTS(`user ${name} already exists`, { hint: 'use `clonebox user passwd` to change the password' });
+        }
         const a = await addAccount(ctx.cb.home, name, o.role as (typeof ROLES)[number], await readPassword(o, true));
         if (ctx.json) return printJson(a);
         printLine(`added user ${a.name} (${a.role})`);
@@ -159,7 +163,10 @@ export function registerServe(program: Command): void {
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, name: string, o: { passwordFile?: string; passwordStdin?: boolean }) => {
-        const { changePassword } = await serveEntry();
+        const { changePassword, listAccounts } = await serveEntry();
+        // Refused before the password is asked for.
+        if (!(await listAccounts(ctx.cb.home)).some((a) => a.name === name))
+          throw CloneboxError.USER_NOT_FOUND(`no such user ${name}`, { hint: 'see `clonebox user list`' });
         const a = await changePassword(ctx.cb.home, name, await readPassword(o, true));
         if (ctx.json) return printJson(a);
         printLine(`changed the password of ${a.name}`);
@@ -180,6 +187,9 @@ interface RemoteOpts {
 /** user:password from --credentials FILE, else CLONEBOX_REMOTE_USER and CLONEBOX_REMOTE_PASSWORD. */
 async function credentials(o: RemoteOpts): Promise<{ user: string; password: string }> {
   if (o.credentials !== undefined) {
+    const st = await stat(o.credentials).catch(() => null);
+    if (st && (st.mode & 0o077) !== 0)
+      printWarning({ code: 'WARNING', message: `the credentials file can be read by other users, ${o.credentials} (chmod 600 it)` });
     const line = firstLine(
       await readFile(o.credentials, 'utf8').catch((err: Error) => {
         throw CloneboxError.USAGE(`cannot read the credentials file: ${err.message}`);
