@@ -443,6 +443,43 @@ describe('systems and snapshots', () => {
   });
 });
 
+describe('task, session and event services', () => {
+  it('lists tasks under TaskService, each with its monitor; sessions per user; HEAD answers without a body', async () => {
+    const ts = await getJson('/redfish/v1/TaskService');
+    expect(ts.Tasks).toEqual({ '@odata.id': '/redfish/v1/TaskService/Tasks' });
+    const tasks = await getJson<{ Members: { '@odata.id': string }[]; 'Members@odata.count': number }>('/redfish/v1/TaskService/Tasks');
+    expect(tasks['Members@odata.count']).toBeGreaterThan(0);
+    const t = await getJson<{ TaskState: string; TaskMonitor: string; Messages: unknown[]; PercentComplete: number }>(tasks.Members[0]!['@odata.id']);
+    expect(t.TaskState).toBe('Completed');
+    expect(t.PercentComplete).toBe(100);
+    expect(t.TaskMonitor).toMatch(/\/TaskService\/TaskMonitors\//);
+    await expectError(await req('GET', '/redfish/v1/TaskService/Tasks/ffff'), 404, 'ResourceNotFound');
+    await expectError(await req('GET', '/redfish/v1/TaskService/TaskMonitors/ffff'), 404, 'ResourceNotFound');
+
+    const login = await req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'ro', Password: PW } });
+    const token = login.headers.get('X-Auth-Token')!;
+    const mine = await getJson<{ Members: { '@odata.id': string }[] }>('/redfish/v1/SessionService/Sessions', { headers: { 'X-Auth-Token': token } });
+    expect(mine.Members).toEqual([{ '@odata.id': login.headers.get('Location') }]);
+    // Another user's session is not there for a ReadOnly user; an Administrator sees and ends it.
+    const other = await req('POST', '/redfish/v1/SessionService/Sessions', { user: null, body: { UserName: 'op', Password: PW } });
+    await expectError(await req('DELETE', other.headers.get('Location')!, { headers: { 'X-Auth-Token': token } }), 404, 'ResourceNotFound');
+    const all = await getJson<{ Members: { '@odata.id': string }[] }>('/redfish/v1/SessionService/Sessions');
+    expect(all.Members.map((m) => m['@odata.id'])).toContain(other.headers.get('Location'));
+    expect((await req('DELETE', other.headers.get('Location')!)).status).toBe(204);
+    await expectError(await req('GET', '/redfish/v1/Systems', { headers: { 'X-Auth-Token': other.headers.get('X-Auth-Token')! } }), 401, 'NoValidSession');
+
+    const head = await req('HEAD', SNAPS);
+    expect(head.status).toBe(200);
+    expect(await head.text()).toBe('');
+  });
+
+  it('answers 503 ServiceShuttingDown once the service is closing', async () => {
+    const other = await createRedfishApp(cb, { now: () => clock });
+    await other.close();
+    await expectError(await other.app.request('/redfish/v1/', {}), 503, 'ServiceShuttingDown');
+  });
+});
+
 describe('bad input: right status, Redfish error body, nothing changed on disk', () => {
   it.each([
     ['malformed JSON', () => req('POST', SNAPS, { user: 'op', raw: '{"Name": ' }), 400, 'MalformedJSON'],
