@@ -334,3 +334,31 @@ describe('SIGKILL of the service during a create or a revert', () => {
     });
   }
 });
+
+describe('the scheduler inside the service', () => {
+  it('takes the snapshots a named policy has due, without cron, and they show in the collection', async () => {
+    const root = await makeTempDir('clonebox-serve-sched-');
+    const f = await VmFixture.create(path.join(root, 'home'), path.join(root, 'disks'), 'web');
+    const yaml = path.join(root, '.clonebox.yaml');
+    await writeFile(yaml, 'vm:\n  name: web\npolicies:\n  nightly: {keep_last: 3, when: "00:00"}\n');
+    const applied = await f.cli(['apply', yaml], { CLONEBOX_NOW: '2026-01-01T12:00:00Z' });
+    expect(applied.code, applied.stderr).toBe(0);
+    const add = await new CliHome(f.home).cli(['user', 'add', 'admin', '--role', 'Administrator', '--password-stdin'], { input: `${PW}\n` });
+    expect(add.code, add.stderr).toBe(0);
+    // A day later the nightly policy is due: the service's first pass at start takes it.
+    const s = await startServe(f.home, ['--insecure-http'], { CLONEBOX_NOW: '2026-01-02T12:00:00Z' });
+    const auth = `Basic ${Buffer.from(`admin:${PW}`).toString('base64')}`;
+    let members: { '@odata.id': string }[] = [];
+    for (let i = 0; i < 600 && members.length === 0; i++) {
+      const r = await fetch(`${s.url}/redfish/v1/Systems/web/Oem/HawkFish/Snapshots`, { headers: { Authorization: auth } });
+      members = ((await r.json()) as { Members: { '@odata.id': string }[] }).Members;
+      if (members.length === 0) await new Promise((res) => setTimeout(res, 100));
+    }
+    expect(members).toHaveLength(1);
+    const snap = (await (await fetch(`${s.url}${members[0]!['@odata.id']}`, { headers: { Authorization: auth } })).json()) as { AutoCreated: boolean };
+    expect(snap.AutoCreated).toBe(true);
+    expect((await f.list()).map((x) => x.auto_policy)).toEqual(['nightly']);
+    s.child.kill('SIGTERM');
+    expect(await s.exited).toEqual({ code: 0, signal: null });
+  });
+});

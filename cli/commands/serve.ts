@@ -76,9 +76,10 @@ export function registerServe(program: Command): void {
     .option('--tls-cert <file>', 'PEM certificate (default: a self-signed one kept in the home)')
     .option('--tls-key <file>', 'PEM private key of --tls-cert')
     .option('--insecure-http', 'plain HTTP instead of HTTPS (loopback addresses only)')
+    .option('--no-schedule', 'do not run the scheduler (scheduled snapshots) in the service')
     .option('--json', 'print the address and fingerprint as JSON when listening')
     .action(
-      action(async (ctx, o: { listen: string; tlsCert?: string; tlsKey?: string; insecureHttp?: boolean }) => {
+      action(async (ctx, o: { listen: string; tlsCert?: string; tlsKey?: string; insecureHttp?: boolean; schedule: boolean }) => {
         const { startService } = await serveEntry();
         await interruptible(async (signal) => {
           const svc = await startService(ctx.cb, {
@@ -86,6 +87,8 @@ export function registerServe(program: Command): void {
             ...(o.tlsCert !== undefined ? { tlsCert: o.tlsCert } : {}),
             ...(o.tlsKey !== undefined ? { tlsKey: o.tlsKey } : {}),
             insecureHttp: Boolean(o.insecureHttp),
+            scheduleEveryMs: o.schedule ? 60_000 : 0,
+            onScheduleWarning: (message) => printWarning({ code: 'NOTICE', message }),
           });
           const info = { url: svc.url, fingerprint: svc.fingerprint, certificate: svc.certFile, certificate_created: svc.certificateCreated };
           if (ctx.json) printJson(info);

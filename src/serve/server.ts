@@ -22,6 +22,14 @@ export interface ServeOptions extends ServiceOptions {
   tlsKey?: string;
   /** Plain HTTP: only on a loopback address. */
   insecureHttp?: boolean;
+  /**
+   * Runs the scheduler (cb.schedule.runDue) at start and then this often, in-process, so a host that
+   * runs the service needs no cron entry (default 60 000; 0: off). Passes never overlap (the home's
+   * schedule lock), also with a `clonebox schedule run` from cron.
+   */
+  scheduleEveryMs?: number;
+  /** Warnings and notices of scheduler passes (default: dropped). */
+  onScheduleWarning?: (message: string) => void;
 }
 
 export interface RunningService {
@@ -93,6 +101,22 @@ export async function startService(cb: Clonebox, opts: ServeOptions = {}): Promi
     await redfish.close();
     throw err;
   });
+  const every = opts.scheduleEveryMs ?? 60_000;
+  const stopSchedule = new AbortController();
+  let pass: Promise<unknown> = Promise.resolve();
+  let timer: NodeJS.Timeout | null = null;
+  const runPass = () => {
+    pass = pass.then(() =>
+      cb.schedule
+        .runDue({ signal: stopSchedule.signal, onWarning: (w) => opts.onScheduleWarning?.(w.message) })
+        .catch((err: unknown) => opts.onScheduleWarning?.(`scheduler pass failed: ${(err as Error).message}`)),
+    );
+  };
+  if (every > 0) {
+    runPass();
+    timer = setInterval(runPass, every);
+    timer.unref();
+  }
   const addr = server.address() as AddressInfo;
   const shown = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
   let closing: Promise<void> | null = null;
@@ -106,6 +130,9 @@ export async function startService(cb: Clonebox, opts: ServeOptions = {}): Promi
     close() {
       closing ??= (async () => {
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        if (timer) clearInterval(timer);
+        stopSchedule.abort();
+        await pass;
         await redfish.close();
         const s = server as unknown as { closeAllConnections?: () => void };
         s.closeAllConnections?.();
