@@ -11,6 +11,7 @@ import { registerDemo } from './commands/demo.js';
 import { registerImage } from './commands/image.js';
 import { registerMan } from './commands/man.js';
 import { registerSchedule } from './commands/schedule.js';
+import { registerServe } from './commands/serve.js';
 import { registerSnapshot, registerTimeTravel } from './commands/snapshot.js';
 import { registerSync } from './commands/sync.js';
 import { registerDht, registerTeam } from './commands/team.js';
@@ -46,6 +47,7 @@ export function buildProgram(state: ParseState = { stderr: '', failed: null }): 
   registerDemo(program);
   registerConfig(program);
   registerSchedule(program);
+  registerServe(program);
   registerCompletion(program);
   registerMan(program);
   // Usage errors in any command must reach main() (printed in the contract's format), not exit

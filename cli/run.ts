@@ -9,7 +9,20 @@ import { guarded, interruptedBy, signalExitCode } from './interrupt.js';
 import { printWarning, reportError, verbosity } from './output.js';
 
 /** Commands that never use the home (they work on files given to them), so they do not recover it. */
-const NO_HOME = new Set(['image info', 'image map', 'snapshot verify', 'snapshot inspect', 'key generate', 'dht bootstrap', 'demo', 'config check']);
+const NO_HOME = new Set([
+  'image info',
+  'image map',
+  'snapshot verify',
+  'snapshot inspect',
+  'key generate',
+  'dht bootstrap',
+  'demo',
+  'config check',
+  'remote snapshot list',
+  'remote snapshot create',
+  'remote snapshot revert',
+  'remote snapshot delete',
+]);
 
 function commandPath(cmd: Command): string {
   const names: string[] = [];

@@ -168,6 +168,16 @@ export const ERROR_CODES = {
   DOMAIN_RUNNING: { exit: 1, meaning: 'the operation needs the domain shut off and it is running' },
   DOMAIN_NOT_RUNNING: { exit: 1, meaning: 'the operation needs the domain running and it is not' },
   GUEST_AGENT_UNAVAILABLE: { exit: 1, meaning: 'no QEMU guest agent answers in the domain (a quiesced snapshot then proceeds without it, with a warning)' },
+  // The REST service (clonebox serve) and its client (clonebox remote)
+  USER_EXISTS: { exit: 1, meaning: '`user add` of a user name the service already has' },
+  USER_NOT_FOUND: { exit: 1, meaning: '`user remove` or `user passwd` of a user the service does not have' },
+  TLS_UNAVAILABLE: {
+    exit: 1,
+    meaning: '`serve` needs a certificate: none given with `--tls-cert`/`--tls-key` and no `openssl` to make a self-signed one, or the files do not load',
+  },
+  REMOTE_UNREACHABLE: { exit: 1, meaning: '`remote`: the service does not answer at the URL (connection refused, TLS failure, timeout)' },
+  REMOTE_REFUSED: { exit: 1, meaning: '`remote`: the service refused the credentials (401) or the role (403)' },
+  REMOTE_ERROR: { exit: 1, meaning: '`remote`: the service answered with an error the client has no code for; the message is the Redfish message' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

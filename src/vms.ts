@@ -264,3 +264,18 @@ export async function vmDiskUsage(home: Home, name: string): Promise<number> {
   }
   return bytes;
 }
+
+/**
+ * The power state of a libvirt VM's domain, as `virsh domstate` says it; null for image-driver VMs,
+ * which never run.
+ */
+export async function vmPowerState(
+  home: Home,
+  name: string,
+): Promise<'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'unknown' | null> {
+  checkName('VM', name);
+  const rec = await loadVm(home, name);
+  if (rec.driver !== 'libvirt' || !rec.libvirt) return null;
+  const { Virsh } = await import('./drivers/libvirt/virsh.js');
+  return new Virsh({ uri: rec.libvirt.uri }).state(rec.libvirt.domain);
+}

@@ -91,6 +91,9 @@ export interface VmView {
   disks: DiskView[];
 }
 
+/** A libvirt domain's state as `virsh domstate` names it (`cb.vms.powerState`). */
+export type PowerState = 'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'unknown';
+
 export interface VmCreateOptions {
   /** Bytes, or a size as the CLI takes it ('20G', '512M'). */
   size: number | string;
@@ -651,6 +654,28 @@ export interface Extent {
   offset: number;
   length: number;
   kind: 'data' | 'zero' | 'unallocated';
+}
+
+// ---- events ----
+
+/** One line of the home's event log: a snapshot made, restored, changed (merged) or deleted by any process. */
+export interface HomeEvent {
+  /** ISO-8601, when the change committed. */
+  time: string;
+  vm: string;
+  snapshot: string;
+  op: 'created' | 'restored' | 'changed' | 'deleted';
+  /** The process that made the change. */
+  pid: number;
+}
+
+/** A follower of the event log (`cb.events.tail()`). */
+export interface HomeEventTail {
+  /** Events appended since the last read, oldest first. */
+  read(): Promise<HomeEvent[]>;
+  /** Calls fn when the log may have grown (then read()). */
+  onAppend(fn: () => void): void;
+  close(): Promise<void>;
 }
 
 // ---- dht, demo ----

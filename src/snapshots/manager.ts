@@ -15,6 +15,7 @@ import type { GuestDiffOptions } from '../guest/diff.js';
 import { checkName, closestName } from '../names.js';
 import { allocatedBytes, backingOf, imageGeometry } from '../qcow2/probe.js';
 import { Qcow2Image } from '../qcow2/reader.js';
+import { appendEvents } from '../store/events.js';
 import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
 import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
@@ -260,7 +261,10 @@ export class SnapshotManager {
         }
       }
       const after = [...snaps, ready];
-      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings: prepared.warnings };
+      const warnings = [...prepared.warnings];
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
+      if (logged) warnings.push(logged);
+      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };
     } catch (err) {
       await j.rollback();
       throw err;
@@ -358,6 +362,8 @@ export class SnapshotManager {
         snaps = await listSnapshotRecords(this.home, vm.name);
       }
       await this.restoreLocked(vm, target);
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
+      if (logged) warnings.push(logged);
       if (opts.start) {
         const driver = await driverFor(vm);
         if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
@@ -582,6 +588,12 @@ export class SnapshotManager {
       }
       actions.push({ do: 'write_json', path: vmFile(this.home, vm.name), value: newVm });
       await j.commit(actions);
+      // Told after the commit (a reader sees only what happened); a log that cannot be written is not
+      // a failed delete, so its message is dropped here as it has no warning channel in prune.
+      await appendEvents(this.home, [
+        ...doomed.map((d) => ({ vm: vm.name, snapshot: d.name, op: 'deleted' as const })),
+        ...mergedInto.filter((n) => n !== 'current').map((n) => ({ vm: vm.name, snapshot: n, op: 'changed' as const })),
+      ]);
       return { deleted: doomed.map((d) => d.name), merged_into: mergedInto };
     } catch (err) {
       await j.rollback();
