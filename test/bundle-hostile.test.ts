@@ -44,7 +44,7 @@ async function makeBundle(home: string, disks: string, vm: string, seed: number,
   await cli(home, ['snapshot', 'create', vm, '--name', 'two']);
   await qemuIo(disk, ['write -P 0x6 16M 64k']);
   await cli(home, ['snapshot', 'create', vm, '--name', 'three']);
-  const out = path.join(root, `${vm}-${extra.length ? 'enc' : 'plain'}.bundle`);
+  const out = path.join(root, `${vm}-${seed}-${extra.length ? 'enc' : 'plain'}.bundle`);
   await cli(home, ['snapshot', 'export', vm, '-o', out, ...extra], {
     CLONEBOX_BUNDLE_PACK_BYTES: String(256 * 1024),
     CLONEBOX_BUNDLE_FRAME_BYTES: String(128 * 1024),

@@ -393,7 +393,7 @@ describe('snapshots before risky operations (issue #13, 3)', () => {
     await tree(f, ['restore', 'upgrade']);
     const r = await f.cli(['snapshot', 'restore', 'web', '--name', 's2', '--yes', '--json'], NOW);
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout)).toEqual({ vm: 'web', restored: 's2', backup: autoName() });
+    expect(JSON.parse(r.stdout)).toEqual({ vm: 'web', restored: 's2', backup: autoName(), resolved_at: null });
     expect(r.stderr).toContain(`took automatic snapshot ${autoName()} of web before restoring s2`);
     f.refs.set(autoName(), f.refs.get('cur')!);
     const list = await f.expectIntact(f.refs.get('s2')!, new Set(['s1', 's2', 's3', autoName()]));

@@ -63,7 +63,7 @@ it('runs the "Using it" section as a script', async () => {
   expect(r.code, `stdout:\n${r.stdout}\nstderr:\n${r.stderr}`).toBe(0);
   // What the script did, as a reader would check it.
   expect(r.stdout).toContain('created VM web');
-  expect(r.stdout).toMatch(/imported \d+ snapshot\(s\) into VM web/);
+  expect(r.stdout).toMatch(/imported \d+ snapshots? into VM web/);
   const pulled = await run(process.execPath, [CLI_PATH, '--home', path.join(work, 'teammate'), 'snapshot', 'list', 'web', '--json']);
   expect(pulled.code, pulled.stderr).toBe(0);
   const names = (JSON.parse(pulled.stdout) as { name: string }[]).map((s) => s.name);

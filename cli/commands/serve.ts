@@ -106,7 +106,7 @@ export function registerServe(program: Command): void {
   const user = program.command('user').description('accounts of the snapshot service (clonebox serve)');
   user
     .command('add')
-    .argument('<name>')
+    .argument('<name>', 'the account name')
     .description('add an account (password from a prompt, --password-file or --password-stdin)')
     .requiredOption('--role <role>', 'Administrator, Operator or ReadOnly')
     .option('--password-file <file>', 'read the password from the first line of FILE')
@@ -146,7 +146,7 @@ export function registerServe(program: Command): void {
     );
   user
     .command('remove')
-    .argument('<name>')
+    .argument('<name>', 'the account name')
     .description('remove an account (its sessions end)')
     .option('--json', 'print JSON')
     .action(
@@ -159,7 +159,7 @@ export function registerServe(program: Command): void {
     );
   user
     .command('passwd')
-    .argument('<name>')
+    .argument('<name>', 'the account name')
     .description("change an account's password (its sessions end)")
     .option('--password-file <file>', 'read the password from the first line of FILE')
     .option('--password-stdin', 'read the password from the first line of stdin')
