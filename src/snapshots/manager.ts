@@ -227,6 +227,7 @@ export class SnapshotManager {
         size_bytes: size,
         content_id: null,
         memory_path: prepared.memoryPath,
+        quiesced: false,
       };
       // The configuration this snapshot goes with, for `before_operations: [config-change]`.
       const fingerprint = driver.configFingerprint && snapshotsBefore(vm, 'config-change') ? await driver.configFingerprint(vm) : null;
@@ -237,14 +238,17 @@ export class SnapshotManager {
         ...(fingerprint !== null ? { extra: { ...(vm.extra ?? {}), config_fingerprint: fingerprint } } : {}),
       };
       const rp = recordPath(this.home, vm.name, name);
-      await j.commit([
+      // A new file: if the driver's step fails without acting, the journal can undo the whole create.
+      await j.willCreate(rp);
+      const done = await j.commit([
         { do: 'write_json', path: rp, value: rec },
         ...prepared.actions,
-        { do: 'write_json', path: rp, value: { ...rec, state: 'ready' } },
+        // `quiesced` is what the driver's step reports; the record says false unless it did.
+        { do: 'write_json', path: rp, value: { ...rec, state: 'ready' }, notes: ['quiesced'] },
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
       ]);
-      const after = [...snaps, { ...rec, state: 'ready' as const }];
-      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings: prepared.warnings };
+      const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
+      return { value: this.views(newVm, [...snaps, ready]).find((v) => v.name === name)!, warnings: [...prepared.warnings, ...done.warnings] };
     } catch (err) {
       await j.rollback();
       throw err;

@@ -38,6 +38,8 @@ export interface SnapshotRecord {
   content_id_unverified?: boolean;
   /** Path of the saved memory state for `full` snapshots (libvirt driver). */
   memory_path?: string | null;
+  /** The guest agent froze the guest's filesystems for this snapshot (absent in older records: false). */
+  quiesced?: boolean;
 }
 
 export function snapshotsDir(home: Home, vm: string): string {
