@@ -236,8 +236,8 @@ describe.skipIf(suite.skip)(`${suite.title} (journal)`, () => {
       const r = await cli(['snapshot', 'create', 'web', '--name', 's1'], { CLONEBOX_CRASH_AT: String(n) });
       expect(r.code, r.stderr).not.toBe(0);
       const j = JSON.parse(await readFile(jfile, 'utf8')) as { phase: string; done: number; actions: { do: string; step?: { op: string } }[] };
-      const next = j.actions[j.done];
-      if (j.phase === 'commit' && next?.do === 'driver' && next.step?.op === 'snapshot') step = next.step as unknown as { disks: { to: string }[] };
+      const at = j.actions.findIndex((a) => a.do === 'driver' && a.step?.op === 'snapshot');
+      if (j.phase === 'commit' && at >= j.done) step = j.actions[at]!.step as unknown as { disks: { to: string }[] };
       else {
         const list = await cli(['snapshot', 'list', 'web']); // recovers
         expect(list.code, list.stderr).toBe(0);
