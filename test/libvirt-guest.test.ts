@@ -9,7 +9,8 @@
  *     replay) and the counter log is a prefix of what the guest wrote;
  *   - --memory, then restore --start: the guest resumes, its agent answers and the counter continues
  *     from the snapshot's value instead of starting again at 1;
- *   - an agent that was stopped: crash-consistent with one warning.
+ *   - an agent that was stopped: crash-consistent with one warning;
+ *   - the guest-aware diff: `snapshot diff --packages` across a `dpkg -i` of a local .deb in the guest.
  * One guest is booted for the whole file (TCG boots are slow on a shared machine) and always removed.
  * Also: a snapshot step libvirt refuses during a journal roll-forward is undone instead of retried by
  * every later command (on a domain without an OS, no boot needed).
@@ -142,6 +143,23 @@ describe.skipIf(suite.skip || !image.ok)(`${suite.title} (guest)`, () => {
       await g.sh('rm -f /run/clonebox-freeze-fail');
     }
   }, 600_000);
+
+  it('snapshot diff --packages sees a package installed in the guest with dpkg -i (the guest-aware diff)', async () => {
+    // Quiesced: the diff reads ext4 without replaying its journal, and a frozen filesystem has none pending.
+    const p0 = await cli(['snapshot', 'create', 'g', '--name', 'p0', '--quiesce', '--json']);
+    expect(p0.code, p0.stderr).toBe(0);
+    await g.sh('dpkg -i /root/clonebox-probe_1.0_all.deb >/dev/null && sync', 300_000);
+    const p1 = await cli(['snapshot', 'create', 'g', '--name', 'p1', '--quiesce', '--json']);
+    expect(p1.code, p1.stderr).toBe(0);
+    expect(parseJsonOutput<SnapJson>(p1).quiesced).toBe(true);
+    const d = await cli(['snapshot', 'diff', 'g', '--from', 'p0', '--to', 'p1', '--packages', '--json']);
+    expect(d.code, d.stderr).toBe(0);
+    const j = parseJsonOutput<{ disks: { guest?: { partitions: { packages?: { manager: string; changes: { name: string; change: string }[] }[] }[] } }[] }>(d);
+    const changes = j.disks
+      .flatMap((x) => x.guest?.partitions ?? [])
+      .flatMap((p) => (p.packages ?? []).filter((m) => m.manager === 'dpkg').flatMap((m) => m.changes));
+    expect(changes, d.stdout).toContainEqual(expect.objectContaining({ name: 'clonebox-probe', change: 'installed' }));
+  }, 900_000);
 
   let atMemory = 0;
   it('a memory snapshot of the running guest', async () => {
