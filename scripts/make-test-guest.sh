@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the small Debian guest that the real-guest libvirt tests boot (test/helpers/guest.ts), from
+# Builds the small Debian guest that the real-guest libvirt tests boot (test/helpers/test-guest.ts), from
 # Debian packages only: no loop mounts, no downloads beyond Debian's archive.
 #
 #   bash scripts/make-test-guest.sh        # as root (mmdebstrap --mode=root, mke2fs -d keeps ownership)

@@ -19,10 +19,10 @@ import { readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
-import { COUNTER_LOG, guestImage, parseCounter, removeAllGuests, TestGuest } from './helpers/test-guest.js';
 import { libvirtSuite, sh, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 import type { RunResult } from './helpers/process.js';
 import { makeTempDir } from './helpers/temp.js';
+import { COUNTER_LOG, guestImage, parseCounter, removeAllGuests, TestGuest } from './helpers/test-guest.js';
 
 const BASE = 'a real Debian guest under libvirt (real daemon)';
 const { suite } = await libvirtSuite(BASE);
