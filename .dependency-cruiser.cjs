@@ -4,6 +4,7 @@
  * src/ is a stack of rooms. A module may import its own room and any room BELOW it, never one above:
  *
  *   cli/                           parsing and rendering
+ *   src/serve/                     the Redfish service and its client (public entry src/serve/index.ts)
  *   src/index.ts, src/api/         the public library entry
  *   src/demo/                      the demo story (drives the whole library)
  *   src/bundle/  src/sync/         bundle files and team sync: siblings, neither imports the other
@@ -37,6 +38,7 @@ const LAYERS = [
   { name: 'sync', path: '^src/sync/', siblings: ['bundle'] },
   { name: 'demo', path: '^src/demo/' },
   { name: 'api', path: '^src/(api/|index\\.ts$)' },
+  { name: 'serve', path: '^src/serve/' },
   { name: 'cli', path: '^cli/' },
 ];
 
@@ -71,10 +73,17 @@ module.exports = {
     ...layerRules(),
     {
       name: 'cli-only-public-entry',
-      comment: 'cli/ is a client of the library: from src/ it imports the public entry only',
+      comment: 'cli/ is a client of the library: from src/ it imports the public entries only (src/index.ts, src/serve/index.ts)',
       severity: 'error',
       from: { path: '^cli/' },
-      to: { path: '^src/', pathNot: '^src/index\\.ts$' },
+      to: { path: '^src/', pathNot: '^src/(index|serve/index)\\.ts$' },
+    },
+    {
+      name: 'serve-only-public-entry',
+      comment: 'the REST service is a client of the library: from src/ outside its room it imports the public entry only',
+      severity: 'error',
+      from: { path: '^src/serve/' },
+      to: { path: '^src/', pathNot: '^src/(index\\.ts$|serve/)' },
     },
     {
       name: 'no-room-internals',

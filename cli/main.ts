@@ -11,6 +11,7 @@ import { registerDemo } from './commands/demo.js';
 import { registerImage } from './commands/image.js';
 import { registerMan } from './commands/man.js';
 import { registerSchedule } from './commands/schedule.js';
+import { registerServe } from './commands/serve.js';
 import { registerSnapshot, registerTimeTravel } from './commands/snapshot.js';
 import { registerSync } from './commands/sync.js';
 import { registerDht, registerTeam } from './commands/team.js';
@@ -46,6 +47,7 @@ export function buildProgram(state: ParseState = { stderr: '', failed: null }): 
   registerDemo(program);
   registerConfig(program);
   registerSchedule(program);
+  registerServe(program);
   registerCompletion(program);
   registerMan(program);
   // Usage errors in any command must reach main() (printed in the contract's format), not exit
@@ -94,9 +96,18 @@ function hasWords(argv: string[]): boolean {
 
 export async function main(argv: string[]): Promise<void> {
   // `clonebox snapshot list --tree | head`: a closed pipe ends the output, not the process with a trace.
+  // Any other write error (no space left: `> /dev/full`) reaches the writer that waits for it (export
+  // to `-` reports it as IO); output written without waiting fails the command at the end instead.
+  let stdoutFailure: NodeJS.ErrnoException | null = null;
   process.stdout.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
-    throw err;
+    stdoutFailure ??= err;
+  });
+  process.once('exit', () => {
+    if (stdoutFailure === null || process.exitCode) return;
+    const e: NodeJS.ErrnoException = stdoutFailure;
+    process.stderr.write(`clonebox: error: cannot write to standard output: ${e.code === 'ENOSPC' ? 'no space left on device' : e.message}\n`);
+    process.exitCode = 1;
   });
   const state: ParseState = { stderr: '', failed: null };
   const program = buildProgram(state);

@@ -5,6 +5,11 @@ export function printJson(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`);
 }
 
+/** `1 pack`, `2 packs`: a count with its noun in the right number (`plural` when not noun + s). */
+export function count(n: number, noun: string, plural = `${noun}s`): string {
+  return `${n} ${n === 1 ? noun : plural}`;
+}
+
 export function printLine(text = ''): void {
   process.stdout.write(`${text}\n`);
 }

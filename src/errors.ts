@@ -134,7 +134,11 @@ export const ERROR_CODES = {
   // Team sync
   TEAM_NOT_FOUND: { exit: 1, meaning: 'no team of that name on this workstation' },
   TEAM_EXISTS: { exit: 1, meaning: '`team create` or `team join` of a team name this workstation already has' },
-  DHT_UNREACHABLE: { exit: 1, meaning: 'no DHT node answered within the timeout; the message names the bootstrap nodes' },
+  DHT_UNREACHABLE: { exit: 1, meaning: 'no DHT node answered within 10 s (or `--timeout`, when shorter); the message names the bootstrap nodes' },
+  NO_PEERS: {
+    exit: 1,
+    meaning: 'no teammate came online during a `snapshot sync` without `--watch` (within `--timeout`, or 60 s without it); nothing was pulled',
+  },
   SYNC_BUSY: { exit: 1, meaning: "another sync is running in this home, or another process holds the team's catalog" },
   SYNC_TIMEOUT: { exit: 1, meaning: 'sync did not finish within `--timeout`; blocks received so far are kept' },
   SYNC_CHAIN: {
@@ -142,7 +146,14 @@ export const ERROR_CODES = {
     meaning:
       "a teammate's chain could not be pulled (blocks unavailable or corrupt, the local VM changed meanwhile, a conflicting chain); nothing local was touched",
   },
-  SYNC_CATALOG: { exit: 1, meaning: "a teammate's catalog lacks an entry it refers to, or holds a record of the wrong kind there" },
+  SYNC_CATALOG: {
+    exit: 1,
+    meaning: "a teammate's catalog lacks an entry it refers to, holds a record of the wrong kind there, or points two snapshots at one map entry",
+  },
+  SYNC_LIMIT: {
+    exit: 1,
+    meaning: 'a teammate went beyond a per-member limit (catalog entries or bytes, members per team); the message names the member and the limit',
+  },
   // libvirt driver
   LIBVIRT_UNAVAILABLE: { exit: 1, meaning: '`virsh` is not installed, or libvirt does not answer or refuses the connection at the URI' },
   LIBVIRT_ERROR: { exit: 1, meaning: "a virsh command failed for another reason; the message carries libvirt's" },
@@ -157,6 +168,16 @@ export const ERROR_CODES = {
   DOMAIN_RUNNING: { exit: 1, meaning: 'the operation needs the domain shut off and it is running' },
   DOMAIN_NOT_RUNNING: { exit: 1, meaning: 'the operation needs the domain running and it is not' },
   GUEST_AGENT_UNAVAILABLE: { exit: 1, meaning: 'no QEMU guest agent answers in the domain (a quiesced snapshot then proceeds without it, with a warning)' },
+  // The REST service (clonebox serve) and its client (clonebox remote)
+  USER_EXISTS: { exit: 1, meaning: '`user add` of a user name the service already has' },
+  USER_NOT_FOUND: { exit: 1, meaning: '`user remove` or `user passwd` of a user the service does not have' },
+  TLS_UNAVAILABLE: {
+    exit: 1,
+    meaning: '`serve` needs a certificate: none given with `--tls-cert`/`--tls-key` and no `openssl` to make a self-signed one, or the files do not load',
+  },
+  REMOTE_UNREACHABLE: { exit: 1, meaning: '`remote`: the service does not answer at the URL (connection refused, TLS failure, timeout)' },
+  REMOTE_REFUSED: { exit: 1, meaning: '`remote`: the service refused the credentials (401) or the role (403)' },
+  REMOTE_ERROR: { exit: 1, meaning: '`remote`: the service answered with an error the client has no code for; the message is the Redfish message' },
 } as const satisfies Record<string, ErrorSpec>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -224,6 +245,10 @@ export function ioError(err: unknown, what: string, path: string): CloneboxError
           ? 'no space left on device'
           : e?.code === 'EISDIR'
             ? 'is a directory'
-            : (e?.message ?? String(err));
+            : e?.code === 'ENOTDIR'
+              ? 'not a directory'
+              : e?.code === 'EROFS'
+                ? 'read-only file system'
+                : (e?.message ?? String(err));
   return new CloneboxError('IO', `${what}: ${reason}, ${path}`, { cause: err });
 }

@@ -4,7 +4,8 @@
  * new content and never a torn file.
  */
 
-import { chmod, link, mkdir, open, rename, stat, statfs, unlink } from 'node:fs/promises';
+import { unlinkSync } from 'node:fs';
+import { chmod, link, mkdir, open, readdir, rename, stat, statfs, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from './errors.js';
 import { formatBytes } from './names.js';
@@ -35,18 +36,108 @@ let tempCounter = 0;
  */
 export function tempPathFor(file: string): string {
   const unique = `${(++tempCounter).toString(36)}${Math.random().toString(36).slice(2, 8)}`;
-  return path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${unique}`);
+  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.tmp-${process.pid}-${unique}`);
+  liveTemps.add(tmp);
+  if (!exitHooked) {
+    exitHooked = true;
+    process.once('exit', removeLiveTempsSync);
+  }
+  return tmp;
+}
+
+/**
+ * Temporary names this process handed out and has not finished with. Whatever way the process ends
+ * short of SIGKILL (a second Ctrl-C that exits at once, an uncaught error, process.exit anywhere), its
+ * 'exit' hook deletes those still on disk, so no temporary outlives its writer; a name already renamed
+ * into place is simply gone (ENOENT), and no other process ever uses a name with our pid in it.
+ */
+const liveTemps = new Set<string>();
+let exitHooked = false;
+
+/** The temporary was renamed into place or deleted: the exit hook forgets it. */
+export function tempDone(tmp: string): void {
+  liveTemps.delete(tmp);
+}
+
+/** Deletes this process's temporaries still on disk (synchronously: it runs in the 'exit' hook). */
+function removeLiveTempsSync(): void {
+  for (const tmp of liveTemps) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      /* renamed into place, or never created */
+    }
+  }
+  liveTemps.clear();
+}
+
+/** Whether a process with this pid exists on this host (EPERM: it does, owned by someone else). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Deletes the temporaries of `file` (`.<name>.tmp-<pid>-*`, see tempPathFor) whose process is dead
+ * on this host: what a writer killed with SIGKILL (or a power cut) left. Returns how many it removed.
+ * A pid that is alive (the writer, or an unrelated process that reused the pid) keeps its file.
+ */
+export function sweepStaleTemps(file: string): Promise<number> {
+  const base = path.basename(file);
+  return sweepDir(path.dirname(file), (n) => n === base);
+}
+
+/** sweepStaleTemps() for the temporaries in `dir` of every file whose name `accept` takes (default: all). */
+export function sweepStaleTempsIn(dir: string, accept: (name: string) => boolean = () => true): Promise<number> {
+  return sweepDir(dir, accept);
+}
+
+const TEMP_NAME = /^\.(.+)\.tmp-(\d{1,10})-[0-9a-z]+$/;
+
+async function sweepDir(dir: string, accept: (name: string) => boolean): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return 0;
+  }
+  let removed = 0;
+  for (const n of names) {
+    const m = TEMP_NAME.exec(n);
+    if (!m || !accept(m[1]!)) continue;
+    const pid = Number(m[2]);
+    if (pid <= 0 || pid === process.pid || pidAlive(pid)) continue;
+    if (
+      await unlink(path.join(dir, n)).then(
+        () => true,
+        () => false,
+      )
+    )
+      removed++;
+  }
+  return removed;
 }
 
 /** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */
 async function writeTempSynced(file: string, data: string | Buffer, mode: number): Promise<string> {
   const tmp = tempPathFor(file);
-  const fh = await open(tmp, 'wx', mode);
   try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
+    const fh = await open(tmp, 'wx', mode);
+    try {
+      await fh.writeFile(data);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    // A full disk or a failed write must not leave the partial temporary behind.
+    await unlink(tmp).catch(() => undefined);
+    tempDone(tmp);
+    throw err;
   }
   return tmp;
 }
@@ -59,6 +150,8 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
   } catch (err) {
     if (tmp) await unlink(tmp).catch(() => undefined);
     throw ioError(err, 'cannot write', file);
+  } finally {
+    if (tmp) tempDone(tmp);
   }
   await fsyncDir(path.dirname(file));
 }
@@ -83,7 +176,10 @@ export async function createFileExclusive(file: string, data: string | Buffer, m
   } catch (err) {
     throw ioError(err, 'cannot write', file);
   } finally {
-    if (tmp) await unlink(tmp).catch(() => undefined);
+    if (tmp) {
+      await unlink(tmp).catch(() => undefined);
+      tempDone(tmp);
+    }
   }
 }
 
@@ -93,9 +189,47 @@ export async function writeJsonAtomic(file: string, value: unknown, mode = 0o644
 
 export async function ensureDir(dir: string, mode = 0o755): Promise<void> {
   try {
-    await mkdir(dir, { recursive: true, mode });
+    await makeDirs(path.resolve(dir), mode);
   } catch (err) {
-    throw ioError(err, 'cannot create directory', dir);
+    throw ioError(err, 'cannot create directory', (err as NodeJS.ErrnoException).path ?? dir);
+  }
+}
+
+/**
+ * `mkdir -p`, one level at a time. Not Node's `mkdir({recursive: true})`: on a file system that answers
+ * ENOENT for a directory whose parent exists (procfs: `--home /proc`) it retries forever at full CPU
+ * (issue 17). Here ENOENT under an existing parent is the answer, and the walk is bounded by the path.
+ */
+async function makeDirs(dir: string, mode: number): Promise<void> {
+  const missing: string[] = [];
+  for (let d = dir; ; d = path.dirname(d)) {
+    try {
+      await mkdir(d, { mode });
+      break;
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'EEXIST') {
+        if (!(await stat(d)).isDirectory()) throw Object.assign(new Error(`ENOTDIR: not a directory, ${d}`), { code: 'ENOTDIR' });
+        break;
+      }
+      if (code !== 'ENOENT' || path.dirname(d) === d) throw err;
+      // The parent exists, so this ENOENT is the file system refusing the name: no retry can help.
+      if (
+        await stat(path.dirname(d)).then(
+          (st) => st.isDirectory(),
+          () => false,
+        )
+      )
+        throw err;
+      missing.push(d);
+    }
+  }
+  for (const d of missing.reverse()) {
+    try {
+      await mkdir(d, { mode });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    }
   }
 }
 

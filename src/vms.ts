@@ -11,6 +11,7 @@ import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
 import type { Home } from './store/home.js';
 import { recover } from './store/journal.js';
+import { checkNotPinned } from './store/pins.js';
 import { diskTarget, findDiskOwner, listVmNames, loadVm, lockVm, removeVmDir, saveVm, type VmRecord, vmExists } from './store/registry.js';
 import { listSnapshotRecords } from './store/snapshots.js';
 
@@ -119,7 +120,15 @@ export async function addVm(home: Home, name: string, diskPaths: string[], allow
       if (seen.has(abs)) throw new CloneboxError('USAGE', `the same disk is given twice, ${abs}`);
       seen.add(abs);
       const img = await Qcow2Image.open(abs); // refuses non-qcow2 and unsupported features with a clear error
-      await img.close();
+      try {
+        // Every table entry judged against the file (metadata only, no data read): an image cut short
+        // is QCOW2_TRUNCATED now, not a VM whose snapshots fail later (issue 17).
+        for await (const _run of img.runs()) {
+          /* the walk itself checks */
+        }
+      } finally {
+        await img.close();
+      }
       chains.set(abs, await checkedBackingChain(abs, allowBacking));
       const owner = await findDiskOwner(home, abs, name);
       if (owner) throw new CloneboxError('DISK_IN_USE', `disk is already registered to VM ${owner}, ${abs}`);
@@ -212,9 +221,15 @@ export async function removeVm(home: Home, name: string, deleteFiles: boolean): 
     await recover(home, name, driverStepHandlers);
     const rec = await loadVm(home, name);
     const snaps = await listSnapshotRecords(home, name);
+    await checkNotPinned(home, name, null, 'removing the VM');
+    if (deleteFiles && rec.driver === 'libvirt' && rec.libvirt) {
+      const { checkDomainStopped } = await import('./drivers/libvirt/driver.js');
+      await checkDomainStopped(rec.libvirt.domain, rec.libvirt.uri, `cannot delete the files of VM ${name}`);
+    }
     await removeVmDir(home, name);
     if (deleteFiles) {
-      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => s.disks.map((d) => d.path))];
+      // Disks, layers, and the memory state of full snapshots (`<disk>@<snapshot>.mem`).
+      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => [...s.disks.map((d) => d.path), ...(s.memory_path ? [s.memory_path] : [])])];
       for (const f of files) {
         try {
           await unlink(f);
@@ -248,4 +263,19 @@ export async function vmDiskUsage(home: Home, name: string): Promise<number> {
     if (st) bytes += st.blocks * 512;
   }
   return bytes;
+}
+
+/**
+ * The power state of a libvirt VM's domain, as `virsh domstate` says it; null for image-driver VMs,
+ * which never run.
+ */
+export async function vmPowerState(
+  home: Home,
+  name: string,
+): Promise<'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'unknown' | null> {
+  checkName('VM', name);
+  const rec = await loadVm(home, name);
+  if (rec.driver !== 'libvirt' || !rec.libvirt) return null;
+  const { Virsh } = await import('./drivers/libvirt/virsh.js');
+  return new Virsh({ uri: rec.libvirt.uri }).state(rec.libvirt.domain);
 }

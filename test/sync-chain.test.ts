@@ -476,19 +476,21 @@ describe('snapshot share / sync between homes on a local testnet', () => {
       expect(r.doc.chains.some((x) => x.remote_vm === 'solo')).toBe(false);
       expect((await json<VmDoc[]>(D, ['vm', 'list'])).map((v) => v.name)).not.toContain('solo');
 
-      // H never met A: B hands on A's signed catalog card, so H can follow A's catalog too.
+      // H never met A: B hands on A's signed catalog card, so H can follow A's catalog too. Until H
+      // meets A, A's name carries its key's prefix (a card cannot claim a plain name).
       const H = home('h');
       await join(H, 'ws-h');
       const rh = await sync(H);
       expect(rh.code, rh.stderr).toBe(0);
       expect(rh.doc.peers).toEqual(['ws-b']);
-      expect(rh.stderr).toMatch(/new member on team crew: ws-a \([0-9a-f]{8}\), known through ws-b/);
+      expect(rh.stderr).toMatch(/new member on team crew: ws-a-[0-9a-f]{8} \([0-9a-f]{8}\), known through ws-b/);
       const h = rh.doc.chains.find((x) => x.remote_vm === 'dev')!;
       expect(h, rh.stderr).toBeDefined();
-      expect([h.peer, h.via, h.vm]).toEqual(['ws-a', 'ws-b', 'dev']);
+      expect(h.peer).toMatch(/^ws-a-[0-9a-f]{8}$/);
+      expect([h.via, h.vm]).toEqual(['ws-b', 'dev']);
       await expectSameChain(A(), 'dev', H, 'dev', { sameTree: true });
       const members = (await json<{ members: { name: string; via?: string }[] }>(H, ['team', 'show', 'crew'])).members;
-      expect(members.find((m) => m.name === 'ws-a')).toMatchObject({ via: 'ws-b' });
+      expect(members.find((m) => m.name === h.peer)).toMatchObject({ via: 'ws-b' });
     } finally {
       await relay.stop();
     }

@@ -13,6 +13,8 @@ import Protomux from 'protomux';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
+import { catalogProof } from '../src/sync/cards.js';
+import { catalogKeyOf, catalogKeyPair } from '../src/sync/catalog.js';
 import { dhtOptions, openDht } from '../src/sync/dht.js';
 import type { HostPort } from '../src/sync/hostport.js';
 import { ensureIdentity } from '../src/sync/identity.js';
@@ -123,7 +125,9 @@ describe('team swarm on a local testnet', () => {
     const proofs: Promise<unknown>[] = [];
     late.on('connection', (conn) => {
       conn.on('error', () => undefined);
-      proofs.push(proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-a', catalog: null } }).catch(() => undefined));
+      proofs.push(
+        proveMembership(conn, { key: membershipKey(teamSecret(team)), intro: { name: 'ws-a', catalog: null, catalogSig: null } }).catch(() => undefined),
+      );
     });
     try {
       expect(sb.peers.size).toBe(0);
@@ -189,6 +193,91 @@ describe('team swarm on a local testnet', () => {
       await sa.close();
     }
     expect((await loadTeam(a, 'crew')).members).toEqual([]);
+  });
+
+  it('limits connections still proving per address: an outsider with fresh key pairs holds at most 8, a teammate still gets in', async () => {
+    const { a, b, ida, idb } = await twoHomes('slots');
+    const logs: string[] = [];
+    const sa = await TeamSwarm.open({
+      home: a,
+      team: await loadTeam(a, 'crew'),
+      identity: ida,
+      bootstrap: [net.address],
+      deadline: Date.now() + 10_000,
+      proofTimeoutMs: 3000,
+      log: (l) => logs.push(l),
+    });
+    let most = 0;
+    const watch = setInterval(() => {
+      most = Math.max(most, sa.provingNow);
+    }, 5);
+    // The outsider dials A directly, a fresh key pair per connection (refusing a key stops nothing),
+    // and never sends a proof: each connection would hold a slot until the proof times out.
+    const node = new HyperDHT(dhtOptions([net.address]));
+    const socks: ReturnType<HyperDHT['connect']>[] = [];
+    let sb: TeamSwarm | null = null;
+    try {
+      for (let i = 0; i < 16; i++) {
+        const s = node.connect(ida.publicKey, { keyPair: HyperDHT.keyPair() });
+        s.on('error', () => undefined);
+        socks.push(s);
+      }
+      await bounded(
+        new Promise<void>((resolve) => {
+          const check = setInterval(() => {
+            if (sa.refusedUnproven >= 8) {
+              clearInterval(check);
+              resolve();
+            }
+          }, 25);
+        }),
+        12_000,
+        'outsider connections refused',
+      );
+      expect(most).toBeLessThanOrEqual(8);
+      expect(
+        logs.filter((l) => /^refused connections from 127\.0\.0\.1: 8 from it are still proving membership \(the limit per address\)$/.test(l)),
+      ).toHaveLength(1);
+      for (const s of socks) s.destroy();
+      // The slots come back as those connections end: a teammate from the same address proves.
+      sb = await TeamSwarm.open({ home: b, team: await loadTeam(b, 'crew'), identity: idb, bootstrap: [net.address], deadline: Date.now() + 10_000 });
+      expect((await sa.waitForPeers(1, Date.now() + 15_000)).map((p) => p.name)).toEqual(['ws-b']);
+    } finally {
+      clearInterval(watch);
+      for (const s of socks) s.destroy();
+      await sb?.close();
+      await node.destroy();
+      await sa.close();
+    }
+  });
+
+  it("ignores a catalog key an Intro claims without that catalog's signature over the sender (attack 12)", async () => {
+    const { a, b, ida, idb } = await twoHomes('claim');
+    const team = await loadTeam(a, 'crew');
+    const logs: string[] = [];
+    const sa = await TeamSwarm.open({ home: a, team, identity: ida, bootstrap: [net.address], deadline: Date.now() + 10_000, log: (l) => logs.push(l) });
+    // Mallory holds the invite and claims ws-b's catalog, replaying ws-b's own catalog signature.
+    const bCatalog = catalogKeyPair(idb, await loadTeam(b, 'crew'));
+    const bSig = catalogProof(bCatalog, team, idb.publicKey);
+    const mallory = new Hyperswarm({ dht: new HyperDHT(dhtOptions([net.address])) });
+    mallory.on('connection', (conn) => {
+      conn.on('error', () => undefined);
+      void proveMembership(conn, {
+        key: membershipKey(teamSecret(team)),
+        intro: { name: 'ws-m', catalog: catalogKeyOf(bCatalog.publicKey), catalogSig: bSig },
+      }).catch(() => undefined);
+    });
+    try {
+      mallory.join(teamTopic(teamSecret(team)), { server: true, client: true });
+      const [peer] = await sa.waitForPeers(1, Date.now() + 12_000);
+      expect(peer?.name).toBe('ws-m');
+      expect(peer!.intro.catalog).toBeNull();
+      expect(logs.some((l) => /^peer ws-m \([0-9a-f]{8}\) announces catalog [0-9a-f]{8} without that catalog's signature: ignored$/.test(l))).toBe(true);
+      expect((await loadTeam(a, 'crew')).members).toMatchObject([{ name: 'ws-m', catalog_key: null }]);
+    } finally {
+      await mallory.destroy();
+      await sa.close();
+    }
   });
 
   it('refuses a peer whose proof is made with another secret, and logs it', async () => {

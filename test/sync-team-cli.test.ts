@@ -3,11 +3,11 @@
  * invites and names refused as usage errors with nothing written. No network is used.
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Z32_ALPHABET } from '../src/sync/z32.js';
-import { cb, parseCliError, parseJsonOutput } from './helpers/cli.js';
+import { cb, parseCliError, parseJsonOutput, runCli } from './helpers/cli.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 afterAll(cleanupTempDirs);
@@ -75,6 +75,77 @@ describe('team CLI', () => {
     const missing = await cb(h1, ['team', 'show', 'nope', '--json']);
     expect(missing.code).toBe(1);
     expect(parseCliError(missing, true).code).toBe('TEAM_NOT_FOUND');
+  });
+
+  it('takes the invite from a file or stdin, warns when it is on the command line, and prints it alone (attack 10)', async () => {
+    const dir = await makeTempDir('clonebox-sync-invite-');
+    const created = await cb(path.join(dir, 'a'), ['team', 'create', 'alpha', '--name', 'ws-one']);
+    expect(created.code, created.stderr).toBe(0);
+    const lines = created.stdout.split('\n');
+    const invite = lines.find((l) => l.startsWith('cbi-'))!;
+    expect(invite).toMatch(/^cbi-[ybndrfg8ejkmcpqxot1uwisza345h769]+$/);
+    // The secret stands alone on its line: never inside a command one would paste into a shell.
+    expect(lines.filter((l) => l.includes(invite))).toEqual([invite]);
+    expect(created.stdout).toContain('--invite-file FILE');
+
+    const file = path.join(dir, 'invite.txt');
+    await writeFile(file, `\n${invite}\n`, { mode: 0o600 });
+    const fromFile = await cb(path.join(dir, 'b'), ['team', 'join', 'alpha', '--invite-file', file, '--json']);
+    expect(fromFile.code, fromFile.stderr).toBe(0);
+    expect(fromFile.stderr).toBe('');
+    const fromStdin = await runCli(['team', 'join', 'alpha', '--invite', '-', '--json'], { home: path.join(dir, 'c'), input: `${invite}\n` });
+    expect(fromStdin.code, fromStdin.stderr).toBe(0);
+    expect(fromStdin.stderr).toBe('');
+    const stdinFile = await runCli(['team', 'join', 'alpha', '--invite-file', '-', '--json'], { home: path.join(dir, 'd'), input: invite });
+    expect(stdinFile.code, stdinFile.stderr).toBe(0);
+    for (const h of ['b', 'c', 'd']) {
+      const t = JSON.parse(await readFile(path.join(dir, h, 'teams', 'alpha.json'), 'utf8')) as { secret: string };
+      expect(t.secret).toBe((JSON.parse(await readFile(path.join(dir, 'a', 'teams', 'alpha.json'), 'utf8')) as { secret: string }).secret);
+    }
+    // Still accepted on argv, with a warning.
+    const argv = await cb(path.join(dir, 'e'), ['team', 'join', 'alpha', '--invite', invite]);
+    expect(argv.code, argv.stderr).toBe(0);
+    expect(argv.stderr).toMatch(/^clonebox: warning: an invite on the command line is visible to other users/);
+    // Neither, both, an empty file: usage errors, nothing written.
+    for (const args of [[], ['--invite', invite, '--invite-file', file]]) {
+      const r = await cb(path.join(dir, 'f'), ['team', 'join', 'alpha', ...args, '--json']);
+      expect(r.code).toBe(2);
+      expect(parseCliError(r, true).code).toBe('USAGE');
+    }
+    const empty = path.join(dir, 'empty.txt');
+    await writeFile(empty, '\n\n');
+    const r = await cb(path.join(dir, 'f'), ['team', 'join', 'alpha', '--invite-file', empty, '--json']);
+    expect(r.code).toBe(2);
+    expect(parseCliError(r, true)).toMatchObject({ code: 'BAD_INVITE', message: `no invite in ${empty} (it is empty)` });
+    expect(existsSync(path.join(dir, 'f', 'teams'))).toBe(false);
+  });
+
+  it('joins one team once, and leaves it (issue #17 item 17)', async () => {
+    const dir = await makeTempDir('clonebox-sync-leave-');
+    const a = path.join(dir, 'a');
+    const b = path.join(dir, 'b');
+    const invite = parseJsonOutput<{ invite: string }>(await cb(a, ['team', 'create', 'alpha', '--json'])).invite;
+    const file = path.join(dir, 'invite.txt');
+    await writeFile(file, invite, { mode: 0o600 });
+    expect((await cb(b, ['team', 'join', 'alpha', '--invite-file', file])).code).toBe(0);
+    // The same team under a second local name: refused, nothing written.
+    const twice = await cb(b, ['team', 'join', 'again', '--invite-file', file, '--json']);
+    expect(twice.code).toBe(1);
+    expect(parseCliError(twice, true)).toMatchObject({ code: 'TEAM_EXISTS', message: 'this workstation is in that team already, as team alpha' });
+    expect(existsSync(path.join(b, 'teams', 'again.json'))).toBe(false);
+    // Leaving needs a confirmation without a terminal, then forgets the secret and the sync state.
+    await mkdir(path.join(b, 'sync', 'alpha', 'catalog'), { recursive: true });
+    const asked = await cb(b, ['team', 'leave', 'alpha', '--json']);
+    expect(parseCliError(asked, true).code).toBe('NEEDS_CONFIRMATION');
+    const left = await cb(b, ['team', 'leave', 'alpha', '--yes', '--json']);
+    expect(left.code, left.stderr).toBe(0);
+    expect(parseJsonOutput(left)).toEqual({ team: 'alpha', left: true });
+    expect(existsSync(path.join(b, 'teams', 'alpha.json'))).toBe(false);
+    expect(existsSync(path.join(b, 'sync', 'alpha'))).toBe(false);
+    expect(parseJsonOutput<string[]>(await cb(b, ['team', 'list', '--json']))).toEqual([]);
+    expect(parseCliError(await cb(b, ['team', 'leave', 'alpha', '--yes', '--json']), true).code).toBe('TEAM_NOT_FOUND');
+    // Then it can join under the other name.
+    expect((await cb(b, ['team', 'join', 'again', '--invite-file', file])).code).toBe(0);
   });
 
   it('carries the team bootstrap setting in the invite', async () => {

@@ -3,19 +3,22 @@
  * every truncation refused), wire messages (round trips, truncations, mutations, limits), key
  * derivation, the membership proof's binding, identities and the member naming rule.
  */
+import { sign } from 'node:crypto';
 import { readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import c from 'compact-encoding';
 import { afterAll, describe, expect, it } from 'vitest';
 import { resolveHome } from '../src/store/home.js';
-import { makeCard, verifyCard } from '../src/sync/cards.js';
+import { makeCard, verifyCard, verifyCatalogProof } from '../src/sync/cards.js';
+import { catalogKeyOf, catalogKeyPair } from '../src/sync/catalog.js';
 import { dhtOptions, isLoopbackBootstrap } from '../src/sync/dht.js';
 import { isPrivateHost, parseHostPort } from '../src/sync/hostport.js';
-import { defaultWorkstationName, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
+import { defaultWorkstationName, ed25519PrivateKey, ensureIdentity, identityFile, loadIdentity } from '../src/sync/identity.js';
 import { decodeInvite, encodeInvite } from '../src/sync/invite.js';
 import { membershipKey, newTeamSecret, teamTopic } from '../src/sync/keys.js';
 import { membershipProof } from '../src/sync/membership.js';
 import * as m from '../src/sync/messages.js';
-import { createTeam, joinTeam, loadTeam, memberName, recordCard, recordMember, resolveBootstrap, type TeamRecord } from '../src/sync/teams.js';
+import { createTeam, joinTeam, loadTeam, memberName, recordCard, recordMember, resolveBootstrap, type TeamRecord, teamSecret } from '../src/sync/teams.js';
 import { Z32_ALPHABET, z32Decode, z32Encode } from '../src/sync/z32.js';
 import { codeOf } from './helpers/errors.js';
 import { rng } from './helpers/random.js';
@@ -90,8 +93,8 @@ describe('wire messages', () => {
   // biome-ignore lint/suspicious/noExplicitAny: each sample pairs an encoding with a value of its own type
   const samples: [string, m.Encoding<any>, unknown][] = [
     ['handshake', m.membershipHandshake, { version: 1, proof: h(1) }],
-    ['intro', m.intro, { name: 'ws-1', catalog: h(2) }],
-    ['intro without catalog', m.intro, { name: 'ws-1', catalog: null }],
+    ['intro', m.intro, { name: 'ws-1', catalog: h(2), catalogSig: Buffer.alloc(96, 2) }],
+    ['intro without catalog', m.intro, { name: 'ws-1', catalog: null, catalogSig: null }],
     ['request', m.blockRequest, { id: 7, hashes: [h(3), h(4)] }],
     [
       'frame',
@@ -113,8 +116,8 @@ describe('wire messages', () => {
       'cards',
       m.catalogCards,
       [
-        { identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8) },
-        { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11) },
+        { identity: h(6), name: 'ws-a', catalog: h(7), sig: Buffer.alloc(64, 8), csig: Buffer.alloc(96, 12) },
+        { identity: h(9), name: 'b', catalog: h(10), sig: Buffer.alloc(64, 11), csig: Buffer.alloc(96, 13) },
       ],
     ],
   ];
@@ -123,7 +126,12 @@ describe('wire messages', () => {
     for (const [what, enc, value] of samples) {
       const buf = m.encodeMessage(enc, value);
       expect(m.decodeMessage(enc, buf), what).toEqual(value);
-      for (let n = 0; n < buf.length; n++) expect(() => m.decodeMessage(enc, buf.subarray(0, n)), `${what} cut at ${n}`).toThrow(m.WireError);
+      // An Intro cut right after its catalog is an older peer's Intro (no catalog signature): valid.
+      const older = enc === m.intro ? m.encodeMessage(m.intro, { ...(value as m.Intro), catalogSig: null }).length - 1 : -1;
+      for (let n = 0; n < buf.length; n++) {
+        if (n === older) continue;
+        expect(() => m.decodeMessage(enc, buf.subarray(0, n)), `${what} cut at ${n}`).toThrow(m.WireError);
+      }
       expect(() => m.decodeMessage(enc, Buffer.concat([buf, Buffer.from([0])])), what).toThrow(/trailing/);
     }
   });
@@ -167,10 +175,27 @@ describe('wire messages', () => {
     expect(frame([{ hash: h(1), size: 2 }], Buffer.from('abc'))).toThrow(/payload length/); // bigger than its raw bytes
     expect(frame([], Buffer.from('abc'))).toThrow(/block count/);
     expect(frame([{ hash: h(1), size: 3 }], Buffer.from('abc'), 7)).toThrow(/codec/);
-    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: '../x', catalog: null }))).toThrow(/workstation name/);
-    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: Buffer.alloc(5) }))).toThrow(/catalog/);
+    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: '../x', catalog: null, catalogSig: null }))).toThrow(/workstation name/);
+    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: Buffer.alloc(5), catalogSig: null }))).toThrow(/catalog/);
+    expect(() => m.decodeMessage(m.intro, m.encodeMessage(m.intro, { name: 'a', catalog: h(1), catalogSig: Buffer.alloc(63) }))).toThrow(/catalog signature/);
+    // An older peer's Intro (name and catalog only) still decodes, unsigned.
+    const old = c.encode(
+      {
+        preencode: (st: c.State) => {
+          c.string.preencode(st, 'a');
+          c.optionalBuffer.preencode(st, h(1));
+        },
+        encode: (st: c.State) => {
+          c.string.encode(st, 'a');
+          c.optionalBuffer.encode(st, h(1));
+        },
+        decode: () => null,
+      },
+      null,
+    );
+    expect(m.decodeMessage(m.intro, old)).toEqual({ name: 'a', catalog: h(1), catalogSig: null });
     expect(() => m.decodeMessage(m.membershipHandshake, m.encodeMessage(m.membershipHandshake, { version: 0, proof: h(1) }))).toThrow(/version/);
-    const card = { identity: h(1), name: 'ws', catalog: h(2), sig: Buffer.alloc(64) };
+    const card = { identity: h(1), name: 'ws', catalog: h(2), sig: Buffer.alloc(64), csig: Buffer.alloc(96) };
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, []))).toThrow(/card count/);
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, Array(m.MAX_CARDS + 1).fill(card)))).toThrow(/card count/);
     expect(() => m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, [{ ...card, name: '../x' }]))).toThrow(/card name/);
@@ -187,7 +212,7 @@ describe('catalog cards', () => {
     await createTeam(home, 'u');
     const t = await loadTeam(home, 't');
     const u = await loadTeam(home, 'u');
-    const card = makeCard(me, t, Buffer.alloc(32, 5));
+    const card = makeCard(me, t);
     expect(verifyCard(card, t)).toBe(true);
     expect(verifyCard(m.decodeMessage(m.catalogCards, m.encodeMessage(m.catalogCards, [card]))[0]!, t)).toBe(true);
     expect(verifyCard(card, u)).toBe(false); // another team
@@ -200,6 +225,28 @@ describe('catalog cards', () => {
     expect(verifyCard({ ...card, sig: sig.subarray(0, 63) }, t)).toBe(false);
   });
 
+  it("refuse a card that claims a teammate's catalog: the catalog key must countersign (attack 12)", async () => {
+    const root = await makeTempDir('clonebox-sync-cards-claim-');
+    const alice = await ensureIdentity(resolveHome(path.join(root, 'a')), 'ws-a');
+    const mallory = await ensureIdentity(resolveHome(path.join(root, 'm')), 'ws-m');
+    const home = resolveHome(path.join(root, 'h'));
+    await createTeam(home, 't');
+    const t = await loadTeam(home, 't');
+    const real = makeCard(alice, t);
+    // Mallory signs "my catalog is alice's" with its own identity (a valid sig) and has no proof of
+    // alice's catalog for itself: it replays alice's, or brings its own catalog's.
+    const own = makeCard(mallory, t);
+    const text = Buffer.concat([Buffer.from('clonebox/v1/catalog-card\n'), teamTopic(teamSecret(t)), real.catalog, Buffer.from([4]), Buffer.from('ws-m')]);
+    const sig = sign(null, text, ed25519PrivateKey(mallory.secretKey.subarray(0, 32)));
+    const forged = { ...own, catalog: real.catalog, sig };
+    expect(verifyCard({ ...forged, csig: real.csig }, t)).toBe(false);
+    expect(verifyCard({ ...forged, csig: own.csig }, t)).toBe(false);
+    expect(verifyCatalogProof(t, mallory.publicKey, real.catalog, real.csig)).toBe(false);
+    expect(verifyCatalogProof(t, alice.publicKey, real.catalog, real.csig)).toBe(true);
+    expect(real.catalog.equals(catalogKeyOf(catalogKeyPair(alice, t).publicKey))).toBe(true);
+    expect(verifyCard(real, t)).toBe(true);
+  });
+
   it('record a stranger through the teammate that handed the card on, and never rebind a known catalog', async () => {
     const root = await makeTempDir('clonebox-sync-cards-rec-');
     const home = resolveHome(path.join(root, 'h'));
@@ -207,16 +254,20 @@ describe('catalog cards', () => {
     await createTeam(home, 't');
     const t = await loadTeam(home, 't');
     const bob = await ensureIdentity(resolveHome(path.join(root, 'b')), 'bob');
-    const card = makeCard(bob, t, Buffer.alloc(32, 1));
+    const pair = (i: number) => ({ publicKey: Buffer.alloc(32, i), secretKey: Buffer.alloc(64, i) });
+    const card = makeCard(bob, t, pair(1));
     const rec = await recordCard(home, 't', self, card, 'carol');
-    expect(rec).toMatchObject({ name: 'bob', via: 'carol', catalog_key: Buffer.alloc(32, 1).toString('hex'), card: { name: 'bob' } });
+    // Known only through carol: the name carries a key prefix until bob is met (attack 12: a card
+    // cannot squat a plain name).
+    const provisional = `bob-${bob.publicKey.toString('hex').slice(0, 8)}`;
+    expect(rec).toMatchObject({ name: provisional, via: 'carol', catalog_key: card.catalog.toString('hex'), card: { name: 'bob' } });
     // Another catalog for bob (a second card, or a forged binding) never replaces the first.
-    expect(await recordCard(home, 't', self, makeCard(bob, t, Buffer.alloc(32, 2)), 'carol')).toBeNull();
-    // Meeting bob directly clears "via".
+    expect(await recordCard(home, 't', self, makeCard(bob, t, pair(2)), 'carol')).toBeNull();
+    // Meeting bob directly clears "via" and confirms its plain name.
     await recordMember(home, 't', self, { publicKey: bob.publicKey, name: 'bob', catalogKey: null });
-    expect((await loadTeam(home, 't')).members).toMatchObject([{ name: 'bob', via: null, catalog_key: Buffer.alloc(32, 1).toString('hex') }]);
+    expect((await loadTeam(home, 't')).members).toMatchObject([{ name: 'bob', via: null, catalog_key: card.catalog.toString('hex') }]);
     // Our own card is never recorded as a member.
-    expect(await recordCard(home, 't', self, makeCard(self, t, Buffer.alloc(32, 3)), 'carol')).toBeNull();
+    expect(await recordCard(home, 't', self, makeCard(self, t, pair(3)), 'carol')).toBeNull();
   });
 });
 

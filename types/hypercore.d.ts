@@ -50,6 +50,8 @@ declare module 'hypercore' {
     constructor(storage: string | unknown, key?: Buffer | string | null, opts?: Hypercore.Options);
     constructor(storage: string | unknown, opts?: Hypercore.Options);
     static discoveryKey(key: Buffer): Buffer;
+    /** The key of a core written by this signer public key (the hash of its default manifest). */
+    static key(signer: Buffer): Buffer;
     readonly key: Buffer | null;
     readonly discoveryKey: Buffer | null;
     readonly keyPair: Hypercore.KeyPair | null;

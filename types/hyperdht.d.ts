@@ -56,6 +56,8 @@ declare module 'hyperdht' {
     ready(): Promise<void>;
     /** Binds the UDP sockets. */
     bind(): Promise<void>;
+    /** Dials the server listening on `publicKey` (tests: an outsider with a key pair per connection). */
+    connect(publicKey: Buffer, opts?: { keyPair?: HyperDHT.KeyPair }): NoiseSecretStream;
     /** Nodes in the routing table, newest first: empty means no DHT was reached. */
     toArray(opts?: { limit?: number }): HyperDHT.Node[];
     /** Runs a background query; with fewer than k nodes in the table it asks the bootstrap nodes again. */

@@ -13,6 +13,13 @@ declare module 'sodium-native' {
   export const crypto_pwhash_MEMLIMIT_MIN: number;
   export function crypto_pwhash(out: Bytes, passwd: Bytes, salt: Bytes, opslimit: number, memlimit: number, alg: number): void;
   export function crypto_pwhash_async(out: Bytes, passwd: Bytes, salt: Bytes, opslimit: number, memlimit: number, alg: number): Promise<void>;
+  export const crypto_pwhash_STRBYTES: number;
+  export const crypto_pwhash_OPSLIMIT_INTERACTIVE: number;
+  export const crypto_pwhash_MEMLIMIT_INTERACTIVE: number;
+  /** Writes a NUL-padded `$argon2id$...` string (salt and parameters included) into out (STRBYTES long). */
+  export function crypto_pwhash_str_async(out: Bytes, passwd: Bytes, opslimit: number, memlimit: number): Promise<void>;
+  /** Resolves true when passwd matches the hash string. */
+  export function crypto_pwhash_str_verify_async(str: Bytes, passwd: Bytes): Promise<boolean>;
 
   export const crypto_aead_xchacha20poly1305_ietf_ABYTES: number;
   export const crypto_aead_xchacha20poly1305_ietf_KEYBYTES: number;

@@ -5,7 +5,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { formatBytes, type ProgressCallback, parseSize } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
-import { printJson, printLine, table } from '../output.js';
+import { count, printJson, printLine, table } from '../output.js';
 import { type CliKey, type KeyFlags, keyOptions } from '../passphrase.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
@@ -29,11 +29,6 @@ async function withKey<T>(o: KeyOpts, use: 'encrypt' | 'decrypt' | 'none', stdin
 }
 
 const PASSPHRASE_HELP = 'passphrase file (Argon2id-derived key); - reads stdin. Also: CLONEBOX_PASSPHRASE, _FILE, _COMMAND, or a prompt';
-
-/** `1 pack`, `3 packs`. */
-function count(n: number, noun: string): string {
-  return `${n} ${noun}${n === 1 ? '' : 's'}`;
-}
 
 function pct(part: number, whole: number): string {
   return whole > 0 ? `${((100 * part) / whole).toFixed(1)}%` : '-';
@@ -63,9 +58,10 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
     .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
+    .option('--force', 'replace an existing bundle file (never a disk, a layer or a file in the home)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number }) => {
+      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number; force?: boolean }) => {
         const toStdout = o.output === '-';
         const r = await withKey(o, o.encrypt ? 'encrypt' : 'none', false, (key) =>
           long('export', ctx.json, (lo) =>
@@ -76,6 +72,7 @@ export function registerBundle(snapshot: Command, program: Command): void {
               output: toStdout ? process.stdout : o.output,
               encrypt: Boolean(o.encrypt),
               level: o.level,
+              force: Boolean(o.force),
               ...lo,
             }),
           ),
@@ -88,10 +85,10 @@ export function registerBundle(snapshot: Command, program: Command): void {
         }
         const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
         say(
-          `exported ${count(r.snapshots.length, 'snapshot')} of ${vm}${r.since ? ` after ${r.since}` : ''} to ${toStdout ? 'stdout' : r.file}${r.encrypted ? ' (encrypted)' : ''}`,
+          `exported ${count(r.snapshots.length, 'snapshot')} of ${vm}${r.since ? ` after ${r.since}` : ''} to ${toStdout ? 'standard output' : r.file}${r.encrypted ? ' (encrypted)' : ''}`,
         );
         say(
-          `  data ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks; unique ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
+          `  data ${formatBytes(r.logical_bytes)} in ${count(r.blocks, 'block')}; unique ${formatBytes(r.unique_bytes)} in ${count(r.unique_blocks, 'block')} (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
         );
         say(
           `  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`,
@@ -128,7 +125,7 @@ export function registerBundle(snapshot: Command, program: Command): void {
           ),
         );
         if (ctx.json) return printJson(r);
-        printLine(`imported ${r.snapshots.length} snapshot(s) into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
+        printLine(`imported ${count(r.snapshots.length, 'snapshot')} into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
         printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
         if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
           printLine(
@@ -157,7 +154,9 @@ export function registerBundle(snapshot: Command, program: Command): void {
         for (const e of r.errors) process.stderr.write(`clonebox: error: ${e.message}\n`);
         if (ctx.json) return printJson(r);
         if (r.ok) {
-          printLine(`ok: ${r.snapshots.length} snapshot(s), ${r.blocks_checked} blocks checked in ${r.packs} pack(s)${r.encrypted ? ' (encrypted)' : ''}`);
+          printLine(
+            `ok: ${count(r.snapshots.length, 'snapshot')}, ${count(r.blocks_checked, 'block')} checked in ${count(r.packs, 'pack')}${r.encrypted ? ' (encrypted)' : ''}`,
+          );
           return;
         }
       }),
@@ -193,8 +192,8 @@ export function registerBundle(snapshot: Command, program: Command): void {
           ),
         );
         printLine('');
-        printLine(`data:        ${formatBytes(r.logical_bytes)} in ${r.blocks} blocks`);
-        printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${r.unique_blocks} blocks (dedup saves ${r.dedup_savings_percent}%)`);
+        printLine(`data:        ${formatBytes(r.logical_bytes)} in ${count(r.blocks, 'block')}`);
+        printLine(`unique:      ${formatBytes(r.unique_bytes)} in ${count(r.unique_blocks, 'block')} (dedup saves ${r.dedup_savings_percent}%)`);
         printLine(
           `stored:      ${formatBytes(r.stored_bytes)} in ${count(r.frames, 'frame')}, ${count(r.packs, 'pack')} (compression saves ${r.compression_savings_percent}%)`,
         );

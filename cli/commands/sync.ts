@@ -6,7 +6,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { formatBytes, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
-import { note, printJson, printLine, printWarning, table, verbosity } from '../output.js';
+import { count, note, printJson, printLine, printWarning, table, verbosity } from '../output.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
 
@@ -22,7 +22,7 @@ function secondsOpt(v: string): number {
 
 /** The line a chain leaves on the terminal once pulled. */
 function pulledText(p: SyncProgressEvent): string {
-  return `pulled ${p.chain}: ${p.done} snapshot(s) into VM ${p.vm}, ${p.blocks_fetched} blocks fetched, ${p.blocks_reused} reused`;
+  return `pulled ${p.chain}: ${count(p.done, 'snapshot')} into VM ${p.vm}, ${count(p.blocks_fetched ?? 0, 'block')} fetched, ${p.blocks_reused} reused`;
 }
 
 /** Registers `share`, `unshare` and `sync` under the `snapshot` command. */
@@ -68,7 +68,9 @@ export function registerSync(snapshot: Command): void {
       new Option('--bootstrap <host:port>', 'DHT bootstrap node, repeatable').default(undefined, "the team's setting, else the public DHT").argParser(collect),
     )
     .option('--watch', 'keep serving and pulling until interrupted')
-    .addOption(new Option('--timeout <seconds>', 'give up after this long').default(undefined, '300').argParser(secondsOpt))
+    .addOption(
+      new Option('--timeout <seconds>', 'give up after this long (with no teammate online at all, after 60 s)').default(undefined, '300').argParser(secondsOpt),
+    )
     .option('--json', 'print JSON')
     .action(
       action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number }) => {
@@ -84,6 +86,8 @@ export function registerSync(snapshot: Command): void {
           if (p.phase === 'pulled') {
             bar.finish();
             note(pulledText(p));
+          } else if (p.phase === 'wait') {
+            bar.status(`waiting for a teammate of team ${o.team} to come online (${p.done}/${p.total ?? '?'} s; Ctrl-C to stop)`);
           } else if (p.phase === 'receive') {
             bar.show(`pull ${p.chain}: received`, p.done, null);
           } else {
@@ -111,7 +115,7 @@ export function registerSync(snapshot: Command): void {
         }
         if (ctx.json) return printJson(report);
         printLine(`peers: ${report.peers.length ? report.peers.join(', ') : 'none online'}`);
-        if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${s.snapshots.length} snapshots)`).join(', ')}`);
+        if (report.shared.length) printLine(`sharing: ${report.shared.map((s) => `${s.vm} (${count(s.snapshots.length, 'snapshot')})`).join(', ')}`);
         if (report.chains.length) {
           printLine(
             table(

@@ -3,7 +3,8 @@
  * Parsing and rendering only: the work is in the library's teams and dht namespaces.
  */
 import { type Command, Option } from 'commander';
-import { note, printJson, printLine, table, usage } from '../output.js';
+import { confirm } from '../confirm.js';
+import { note, printJson, printLine, printWarning, table, usage } from '../output.js';
 import { action } from '../run.js';
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -30,7 +31,8 @@ export function registerTeam(program: Command): void {
         printLine(`created team ${name} (this workstation: ${(await ctx.cb.teams.self()).name})`);
         printLine('invite (a secret: anyone holding it can join the team):');
         printLine(invite);
-        printLine(`teammates run: clonebox team join ${name} --invite ${invite}`);
+        // Never inside a command line: pasted into a shell, it would sit in the history and in `ps`.
+        printLine(`teammates save it in a file and run: clonebox team join ${name} --invite-file FILE (or --invite - and paste it)`);
       }),
     );
 
@@ -38,19 +40,31 @@ export function registerTeam(program: Command): void {
     .command('join')
     .argument('<team>', 'the team name')
     .description('join a team with an invite from a teammate')
-    .requiredOption('--invite <invite>', 'the invite printed by `clonebox team create` (or `team invite`)')
+    .option('--invite-file <file>', 'read the invite printed by `clonebox team create` (or `team invite`) from FILE (- for stdin)')
+    .option('--invite <invite>', 'the invite itself, or - to read it from stdin (as text it is visible to other users: prefer --invite-file)')
     .addOption(new Option('--name <workstation>', "this workstation's name").default(undefined, 'the host name'))
     .addOption(new Option('--bootstrap <host:port>', 'private DHT bootstrap node, repeatable').default(undefined, "the invite's").argParser(collect))
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, name: string, o: { invite: string; name?: string; bootstrap?: string[] }) => {
+      action(async (ctx, name: string, o: { invite?: string; inviteFile?: string; name?: string; bootstrap?: string[] }) => {
+        if ((o.invite === undefined) === (o.inviteFile === undefined)) {
+          throw usage('give the invite with --invite-file FILE (or --invite -, from stdin)', 'see `clonebox team join --help`');
+        }
+        const from = o.inviteFile ?? (o.invite === '-' ? '-' : undefined);
         // Only the text says whether this workstation was already a member.
         const already = !ctx.json && (await ctx.cb.teams.list()).includes(name);
         const view = await ctx.cb.teams.join(name, {
-          invite: o.invite,
+          ...(from === undefined ? { invite: o.invite! } : { inviteFrom: from === '-' ? process.stdin : from }),
           ...(o.name !== undefined ? { name: o.name } : {}),
           ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}),
         });
+        // Said once the join worked (a failure prints its error alone): next time, keep it off argv.
+        if (o.invite !== undefined && o.invite !== '-') {
+          printWarning({
+            code: 'WARNING',
+            message: 'an invite on the command line is visible to other users of this machine (ps, shell history): use --invite-file FILE or --invite -',
+          });
+        }
         if (ctx.json) return printJson(view);
         printLine(already ? `already a member of team ${name} (this workstation: ${view.self.name})` : `joined team ${name} as ${view.self.name}`);
         if (view.bootstrap.length) printLine(`bootstrap: ${view.bootstrap.join(', ')}`);
@@ -76,6 +90,21 @@ export function registerTeam(program: Command): void {
             view.members.map((m) => [m.name, m.public_key, m.first_seen, m.via ? `never (known through ${m.via})` : m.last_seen]),
           ),
         );
+      }),
+    );
+
+  team
+    .command('leave')
+    .argument('<team>', 'the team name')
+    .description('leave a team: forget its secret and sync state (pulled VMs stay)')
+    .option('--yes', 'do not ask for confirmation')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (ctx, name: string, o: { yes?: boolean }) => {
+        await confirm(`Leave team ${name}? Joining again needs an invite`, Boolean(o.yes));
+        const r = await ctx.cb.teams.leave(name);
+        if (ctx.json) return printJson(r);
+        printLine(`left team ${name} (VMs pulled from it stay)`);
       }),
     );
 

@@ -85,6 +85,7 @@ export class Bundles {
           output: opts.output,
           key,
           ...(opts.level !== undefined ? { level: opts.level } : {}),
+          force: Boolean(opts.force),
           signal: this.s.signal(opts.signal),
           onProgress: opts.onProgress,
         });

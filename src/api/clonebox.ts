@@ -8,6 +8,7 @@ import { Bundles, Keys } from './bundles.js';
 import { Config } from './config.js';
 import { Demo } from './demo.js';
 import { Dht } from './dht.js';
+import { Events } from './events.js';
 import { Images } from './images.js';
 import { Schedule } from './schedule.js';
 import { Session } from './session.js';
@@ -29,6 +30,7 @@ export class Clonebox {
   readonly demo: Demo;
   readonly config: Config;
   readonly schedule: Schedule;
+  readonly events: Events;
 
   private constructor(private readonly session: Session) {
     this.vms = new Vms(session);
@@ -42,6 +44,7 @@ export class Clonebox {
     this.demo = new Demo(session);
     this.config = new Config(session);
     this.schedule = new Schedule(session);
+    this.events = new Events(session);
   }
 
   /**

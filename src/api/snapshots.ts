@@ -5,7 +5,7 @@
  */
 import { checkAborted } from '../abort.js';
 import { usageError } from '../errors.js';
-import { parseSize } from '../names.js';
+import { checkName, parseSize } from '../names.js';
 import type { Policy as InternalPolicy } from '../snapshots/policy.js';
 import type { Session } from './session.js';
 import type {
@@ -42,6 +42,9 @@ async function step<T>(phase: string, opts: LongOptions, signal: AbortSignal, fn
   return r;
 }
 
+/** The store's stamp function, once loaded (stamp() is called per request by the REST service). */
+let stampOf: ((home: Session['home'], vm: string) => string | null) | null = null;
+
 export class Snapshots {
   constructor(private readonly s: Session) {}
 
@@ -65,6 +68,20 @@ export class Snapshots {
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
       return r.value;
+    });
+  }
+
+  /**
+   * A string that changes whenever the VM's snapshot or VM records change (by any process): a
+   * long-running caller re-reads list() only when it differs. Null when they changed within the last
+   * 100 ms (file times are too coarse to tell two changes that close apart): read list() then. Cheap:
+   * two stat calls.
+   */
+  stamp(vm: string): Promise<string | null> {
+    return this.s.run(async () => {
+      checkName('VM', vm);
+      stampOf ??= (await import('../store/snapshots.js')).recordsStamp;
+      return stampOf(this.s.home, vm);
     });
   }
 

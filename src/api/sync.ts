@@ -41,7 +41,7 @@ export class Sync {
       checkName('team', opts.team);
       const { parseHostPort } = await import('../sync/hostport.js');
       const bootstrap = opts.bootstrap?.map((b) => parseHostPort(b));
-      const { runSync, DEFAULT_TIMEOUT_S } = await import('../sync/sync.js');
+      const { runSync } = await import('../sync/sync.js');
       const { setTraceSink } = await import('../sync/trace.js');
       const prevTrace = opts.onTrace ? setTraceSink(opts.onTrace) : null;
       let report: Awaited<ReturnType<typeof runSync>>;
@@ -50,7 +50,7 @@ export class Sync {
           home: this.s.home,
           team: opts.team,
           ...(bootstrap ? { bootstrap } : {}),
-          timeoutSeconds: opts.timeout ?? DEFAULT_TIMEOUT_S,
+          timeoutSeconds: opts.timeout,
           watch: Boolean(opts.watch),
           signal: this.s.signal(opts.signal),
           log: this.s.warner(opts.onWarning, 'NOTICE'),

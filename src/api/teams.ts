@@ -2,6 +2,7 @@
  * `cb.teams`: this workstation's identity, the teams it belongs to, and their invites (the work is in
  * src/sync/teams.ts, identity.ts, invite.ts). An invite is a secret: anyone holding it can join.
  */
+import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
 import type { Session } from './session.js';
 import type { TeamCreateOptions, TeamInvite, TeamJoinOptions, TeamView, Workstation } from './types.js';
@@ -36,14 +37,30 @@ export class Teams {
       checkName('team', team);
       if (opts.name !== undefined) checkName('workstation', opts.name);
       const bootstrap = await bootstraps(opts.bootstrap);
-      const { decodeInvite } = await import('../sync/invite.js');
-      decodeInvite(opts.invite); // a bad invite fails before the identity or anything else is written
+      const { decodeInvite, readInvite } = await import('../sync/invite.js');
+      if ((opts.invite === undefined) === (opts.inviteFrom === undefined)) {
+        throw CloneboxError.USAGE('give the invite either as text or from a file or stdin, not both', { hint: 'e.g. `--invite-file FILE` or `--invite -`' });
+      }
+      const invite = opts.invite ?? (await readInvite(opts.inviteFrom!));
+      decodeInvite(invite); // a bad invite fails before the identity or anything else is written
       const { ensureIdentity, loadIdentity } = await import('../sync/identity.js');
       const { joinTeam, teamView } = await import('../sync/teams.js');
       await loadIdentity(this.s.home); // a damaged identity fails before anything is written
-      const { record } = await joinTeam(this.s.home, team, opts.invite, bootstrap);
+      const { record } = await joinTeam(this.s.home, team, invite, bootstrap);
       const id = await ensureIdentity(this.s.home, opts.name); // named only once the team is stored
       return teamView(record, id);
+    });
+  }
+
+  /**
+   * Leaves a team: removes its record (the secret: joining again needs an invite) and its sync state.
+   * VMs and snapshots pulled from it stay. SYNC_BUSY while a sync runs in this home.
+   */
+  leave(team: string): Promise<{ team: string; left: true }> {
+    return this.s.run(async () => {
+      checkName('team', team);
+      const { leaveTeam } = await import('../sync/teams.js');
+      return leaveTeam(this.s.home, team);
     });
   }
 

@@ -91,6 +91,9 @@ export interface VmView {
   disks: DiskView[];
 }
 
+/** A libvirt domain's state as `virsh domstate` names it (`cb.vms.powerState`). */
+export type PowerState = 'running' | 'idle' | 'paused' | 'in shutdown' | 'shut off' | 'crashed' | 'pmsuspended' | 'unknown';
+
 export interface VmCreateOptions {
   /** Bytes, or a size as the CLI takes it ('20G', '512M'). */
   size: number | string;
@@ -419,6 +422,11 @@ export interface ExportOptions extends LongOptions, KeyOptions {
   encrypt?: boolean;
   /** zstd level, 1-19 (default 3). */
   level?: number;
+  /**
+   * Replace an existing bundle at `output` (otherwise an existing file is FILE_EXISTS). Never replaces a
+   * file inside the home, a VM's disk, layer or memory state, or a file that is not a bundle.
+   */
+  force?: boolean;
 }
 
 /** `snapshot export --json`. `file` is '-' when the output was a stream. */
@@ -539,7 +547,13 @@ export interface TeamCreateOptions {
 }
 
 export interface TeamJoinOptions extends TeamCreateOptions {
-  invite: string;
+  /**
+   * The invite's text. A secret: on a command line it is visible to other users of the machine, so
+   * the CLI takes it from a file or stdin (`inviteFrom`) too. Exactly one of the two.
+   */
+  invite?: string;
+  /** A file holding the invite (its first non-empty line), or a stream that gives it (stdin). */
+  inviteFrom?: string | NodeJS.ReadableStream;
 }
 
 /** This workstation's identity. */
@@ -572,8 +586,12 @@ export interface UnshareResult {
 }
 
 export interface SyncProgressEvent extends ProgressEvent {
-  /** receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a chain registered. */
-  phase: 'receive' | 'write' | 'pulled';
+  /**
+   * wait: no teammate online yet (done: seconds waited, total: seconds it waits before NO_PEERS; chain
+   * ''); receive: bytes of blocks received; write: bytes of a snapshot's layers written; pulled: a
+   * chain registered.
+   */
+  phase: 'wait' | 'receive' | 'write' | 'pulled';
   /** The chain: '<vm> from <member>' (and ' (via <member>)' when relayed). */
   chain: string;
   /** write: the snapshot being written. */
@@ -638,6 +656,28 @@ export interface Extent {
   offset: number;
   length: number;
   kind: 'data' | 'zero' | 'unallocated';
+}
+
+// ---- events ----
+
+/** One line of the home's event log: a snapshot made, restored, changed (merged) or deleted by any process. */
+export interface HomeEvent {
+  /** ISO-8601, when the change committed. */
+  time: string;
+  vm: string;
+  snapshot: string;
+  op: 'created' | 'restored' | 'changed' | 'deleted';
+  /** The process that made the change. */
+  pid: number;
+}
+
+/** A follower of the event log (`cb.events.tail()`). */
+export interface HomeEventTail {
+  /** Events appended since the last read, oldest first. */
+  read(): Promise<HomeEvent[]>;
+  /** Calls fn when the log may have grown (then read()). */
+  onAppend(fn: () => void): void;
+  close(): Promise<void>;
 }
 
 // ---- dht, demo ----

@@ -1,7 +1,7 @@
 /** `cb.vms`: register, create, inspect and remove VMs (the work is in src/vms.ts). */
 import { parseSize } from '../names.js';
 import type { Session } from './session.js';
-import type { VmCreateOptions, VmRemoveResult, VmView, WarningOptions } from './types.js';
+import type { PowerState, VmCreateOptions, VmRemoveResult, VmView, WarningOptions } from './types.js';
 
 const size = (v: number | string, what: string): number => (typeof v === 'number' ? v : parseSize(v, what));
 
@@ -43,6 +43,11 @@ export class Vms {
   /** Bytes the VM's files take on disk: current images, snapshot layers and memory files. */
   diskUsage(name: string): Promise<number> {
     return this.s.run(async () => (await import('../vms.js')).vmDiskUsage(this.s.home, name));
+  }
+
+  /** A libvirt domain's state ('running', 'shut off', ...); null for image-driver VMs. */
+  powerState(name: string): Promise<PowerState | null> {
+    return this.s.run(async () => (await import('../vms.js')).vmPowerState(this.s.home, name));
   }
 
   show(name: string): Promise<VmView> {

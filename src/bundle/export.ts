@@ -14,7 +14,7 @@
 
 import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { link, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { checkAborted } from '../abort.js';
@@ -28,13 +28,15 @@ import type { WorkerReply } from '../content/worker.js';
 import { WorkerPool } from '../content/workers.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
-import { fsyncDir, tempPathFor } from '../fsutil.js';
+import { fsyncDir, tempDone, tempPathFor } from '../fsutil.js';
 import { checkName } from '../names.js';
 import { checkedBackingChain } from '../qcow2/backing.js';
 import { Qcow2Image } from '../qcow2/reader.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
+import type { Lock } from '../store/lock.js';
+import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
@@ -57,6 +59,7 @@ import {
   type SealTotals,
 } from './format.js';
 import { encodeHeader, encodeJson, headerPrefix } from './manifest.js';
+import { checkExportOutput } from './output.js';
 import { PackWriter } from './packs.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { TarWriter } from './tar.js';
@@ -72,6 +75,8 @@ export interface ExportOptions {
   key: KeySource | null;
   /** zstd level, 1..19. */
   level?: number;
+  /** Replace an existing bundle at `output` (never a file of the home or of a VM; see output.ts). */
+  force?: boolean | undefined;
   /** Stops the export: the output file is not created (its temporary is deleted), ABORTED rejects. */
   signal?: AbortSignal | undefined;
   /** Bytes of layer data read so far, of the chain's total (counted first only when this is given). */
@@ -147,14 +152,20 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
   checkAborted(opts.signal);
   const t0 = Date.now();
   await loadVm(home, vmName); // VM_NOT_FOUND before a lock file is made
+  // A wrong output path fails now, not after the whole export (output.ts).
+  const finalPath = typeof opts.output === 'string' ? await checkExportOutput(home, opts.output, Boolean(opts.force)) : null;
   // The workers start (load, compile, zstd) while the chain is checked, not after it (bench/README.md).
   const starting = WorkerPool.start();
   starting.catch(() => undefined);
   let pool: WorkerPool | null = null;
-  const lock = await lockVm(home, vmName, 'snapshot export').catch(async (err: unknown) => {
+  // The lock is held only while the chain is resolved and pinned (store/pins.ts): layers never change
+  // once made, except by a delete, which a pin holds off; so other commands (a scheduled snapshot
+  // create) run during a long export.
+  let lock: Lock | null = await lockVm(home, vmName, 'snapshot export').catch(async (err: unknown) => {
     await (await starting.catch(() => null))?.close();
     throw err;
   });
+  let pin: Pin | null = null;
   try {
     await recover(home, vmName, driverStepHandlers);
     const vm = await loadVm(home, vmName);
@@ -224,6 +235,15 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       }
     }
 
+    pin = await pinSnapshots(
+      home,
+      vmName,
+      chain.map((s) => s.name),
+      'snapshot export',
+    );
+    await lock.release();
+    lock = null;
+
     const meta: Meta = {
       format: 'clonebox-bundle',
       version: 1,
@@ -251,15 +271,14 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     const { header, sealer, idk } = await newHeader(opts.key);
     let out: Writable;
     let tmp: string | null = null;
-    let finalPath: string | null = null;
     let fh: import('node:fs/promises').FileHandle | null = null;
-    if (typeof opts.output !== 'string') out = opts.output;
+    if (typeof opts.output !== 'string' || finalPath === null) out = opts.output as Writable;
     else {
-      finalPath = path.resolve(opts.output);
       tmp = tempPathFor(finalPath);
       try {
         fh = await open(tmp, 'wx', 0o644);
       } catch (err) {
+        tempDone(tmp);
         throw ioError(err, 'cannot create bundle', finalPath);
       }
       // A high-water mark above one pack: writing a pack never holds up building the next one.
@@ -316,17 +335,29 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         await fh.sync();
         await fh.close();
         fh = null;
-        await rename(tmp!, finalPath!);
+        if (opts.force) await rename(tmp!, finalPath!);
+        else {
+          // link(2), not rename(2): a file that appeared at the name since the check is kept, not replaced.
+          try {
+            await link(tmp!, finalPath!);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code === 'EEXIST') {
+              throw CloneboxError.FILE_EXISTS(`file already exists, ${finalPath}`, { hint: 'something created it during the export; choose another name' });
+            }
+            throw err;
+          }
+          await unlink(tmp!).catch(() => undefined);
+        }
+        tempDone(tmp!);
         tmp = null;
         await fsyncDir(path.dirname(finalPath!));
       }
       // The ids computed on the way are kept: later merges must not change what names these states.
-      for (const [i, s] of chain.entries()) {
-        if (!s.content_id) {
-          s.content_id = ids[i]!;
-          await saveSnapshotRecord(home, s);
-        }
-      }
+      await keepContentIds(
+        home,
+        vmName,
+        chain.map((s, i) => ({ rec: s, id: ids[i]! })),
+      );
       return {
         file: finalPath ?? '-',
         snapshots: chain.map((s) => s.name),
@@ -342,16 +373,58 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       };
     } catch (err) {
       tarW.abort(err as Error);
-      throw err;
+      throw writeError(err, finalPath);
     } finally {
       await pool?.close();
       if (fh) await fh.close().catch(() => undefined);
-      if (tmp) await unlink(tmp).catch(() => undefined);
+      if (tmp) {
+        await unlink(tmp).catch(() => undefined);
+        tempDone(tmp);
+      }
+    }
+  } finally {
+    await lock?.release();
+    await pin?.release();
+    if (!pool) await (await starting.catch(() => null))?.close(); // failed before the pipeline started
+  }
+}
+
+/**
+ * Records the content ids an export computed, for snapshots that had none, under the VM lock again
+ * (the pin keeps the snapshots from being merged meanwhile). A VM busy past the lock wait is left as it
+ * is: the ids are computed again by the next export or share, from the same unchanged layers.
+ */
+async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotRecord; id: string }[]): Promise<void> {
+  const missing = computed.filter((c) => !c.rec.content_id);
+  if (missing.length === 0) return;
+  let lock: Lock;
+  try {
+    lock = await lockVm(home, vm, 'snapshot export');
+  } catch (err) {
+    if (err instanceof CloneboxError && err.code === 'VM_BUSY') return;
+    throw err;
+  }
+  try {
+    const now = new Map((await listSnapshotRecords(home, vm)).map((r) => [r.name, r]));
+    for (const { rec, id } of missing) {
+      const cur = now.get(rec.name);
+      if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
+      rec.content_id = id;
+      await saveSnapshotRecord(home, { ...cur, content_id: id });
     }
   } finally {
     await lock.release();
-    if (!pool) await (await starting.catch(() => null))?.close(); // failed before the pipeline started
   }
+}
+
+/**
+ * A file system error while writing (no space left, a disk error, a closed pipe) is `IO` naming the
+ * output, not INTERNAL (issue 17); errors of ours and anything else pass through unchanged.
+ */
+function writeError(err: unknown, file: string | null): unknown {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  if (err instanceof CloneboxError || typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) return err;
+  return ioError(err, 'cannot write bundle', file ?? '(standard output)');
 }
 
 async function totalData(layers: LayerPlan[]): Promise<number> {

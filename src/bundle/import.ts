@@ -31,7 +31,16 @@ import { checkName } from '../names.js';
 import { checkVirtualSize, DEFAULT_MAX_VIRTUAL_SIZE, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureContentIds, trustedContentId } from '../snapshots/identity.js';
-import { commitLanding, currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan } from '../snapshots/landing.js';
+import {
+  commitLanding,
+  currentIsClean,
+  type Landing,
+  LayerAssembler,
+  landingTemp,
+  landOverlays,
+  type OverlayPlan,
+  refuseExisting,
+} from '../snapshots/landing.js';
 import { type Home, vmDir } from '../store/home.js';
 import { Journal, journalPath, recover } from '../store/journal.js';
 import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
@@ -290,7 +299,7 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   try {
     reader = await BundleReader.open(input.stream, input.label, opts.key, { allowPlain: Boolean(opts.allowPlain), askPassphrase: opts.askPassphrase });
     if (input.file) reader.setSeekable(input.file);
-    return await importLocked(home, vmName, reader, await pool, opts, input.size, t0);
+    return await importLocked(home, vmName, reader, await pool, opts, input.size, t0, input.label);
   } catch (err) {
     // Whatever the destroyed stream made the decoder say, the cause is the abort.
     if (opts.signal?.aborted) throw abortedError();
@@ -310,6 +319,7 @@ async function importLocked(
   opts: ImportOptions,
   size: number | null,
   t0: number,
+  label: string,
 ): Promise<ImportResult> {
   const meta = reader.meta;
   const hadDir = await exists(vmDir(home, vmName));
@@ -362,6 +372,7 @@ async function importLocked(
         content_id: res.contentIds[si]!,
         ...(res.verified[si] ? {} : { content_id_unverified: true }),
         memory_path: null,
+        origin: { kind: 'bundle', bundle: path.basename(label) },
       }));
       const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
       const vmRec: VmRecord = plan.vm
@@ -497,13 +508,10 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     }
   }
   // Nothing that exists may be overwritten (a fast-forward replaces an empty overlay, on purpose).
-  for (const f of [...layers, ...(vm ? [] : overlays)]) {
-    if (await exists(f.final)) {
-      throw new CloneboxError('FILE_EXISTS', `file already exists, ${f.final}`, {
-        hint: vm ? 'remove the stray file' : 'move it away, or import with --dir DIR',
-      });
-    }
-  }
+  await refuseExisting(
+    [...layers, ...(vm ? [] : overlays)].map((f) => f.final),
+    vm ? 'remove the stray file' : 'move it away, or import with --dir DIR',
+  );
   const spoolDir = path.dirname(layers[0]!.final);
   return {
     vm,

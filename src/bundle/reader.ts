@@ -67,7 +67,7 @@ export class BundleReader {
     input: Readable | AsyncIterable<Buffer>,
     readonly file: string,
   ) {
-    this.tar = new TarReader(input, file);
+    this.tar = new TarReader(input, file, ENTRY_HEADER);
   }
 
   /** Declares the input a regular file at `path` (not a pipe): earlier frames can be read again from it. */

@@ -246,9 +246,14 @@ export class TarReader {
    * `input`: a stream, or any async iterable of chunks (pulled one at a time; a chunk may be reused by
    * its producer once the next one is asked for — every byte is copied out before that).
    */
+  /**
+   * `firstName`: the name the archive's first entry must have; a file whose first block is not that
+   * entry's header is NOT_A_BUNDLE rather than a damaged archive (null: no such check).
+   */
   constructor(
     private readonly input: Readable | AsyncIterable<Buffer>,
     private readonly file: string,
+    private firstName: string | null = null,
   ) {
     const self = this;
     const direct = isDirectSource(input)
@@ -276,6 +281,18 @@ export class TarReader {
   private async block(what: string): Promise<Buffer> {
     const b = Buffer.alloc(512);
     const n = await this.q.readInto(b, 0, 512);
+    if (this.firstName !== null) {
+      // The first block decides whether this is one of our archives at all: a file that does not start
+      // with the tar header of the expected first entry is something else (a disk image, a text file,
+      // an empty file), not a damaged bundle (issue 17); a cut or changed bundle still starts so.
+      const want = Buffer.from(`${this.firstName}\0`, 'latin1');
+      this.firstName = null;
+      if (n < want.length || !b.subarray(0, want.length).equals(want)) {
+        throw new CloneboxError('NOT_A_BUNDLE', `not a clonebox bundle (${n === 0 ? 'an empty file' : 'it does not start as one'}), ${this.file}`, {
+          hint: 'give the file `clonebox snapshot export` wrote',
+        });
+      }
+    }
     if (n === 0 && what === 'header') throw bad('the archive ends without its end-of-archive marker (cut short?)', this.file);
     if (n !== 512) throw bad(`the archive ends inside a ${what} (cut short?)`, this.file);
     return b;

@@ -16,8 +16,10 @@
  * part of what the crash tests replay (CLONEBOX_CRASH_AT), so this module adds none of its own.
  */
 import { randomBytes } from 'node:crypto';
+import { lstat } from 'node:fs/promises';
 import path from 'node:path';
 import { BLOCK_SIZE } from '../content/digest.js';
+import { CloneboxError } from '../errors.js';
 import { createOverlay } from '../qcow2/overlay.js';
 import { isEmptyImage } from '../qcow2/reader.js';
 import type { Qcow2Writer } from '../qcow2/writer.js';
@@ -83,6 +85,24 @@ export class LayerAssembler {
       this.pend = null;
     }
     return -1;
+  }
+}
+
+/**
+ * Refuses a landing that would rename over an existing file: a layer's place, or the disk of a new VM
+ * (a file left by `vm remove` without `--delete-files` is someone's data). Checked when the landing is
+ * planned and again under the VM lock just before the commit. A dangling symlink counts as a file.
+ */
+export async function refuseExisting(finals: string[], hint: string): Promise<void> {
+  for (const f of finals) {
+    const there = await lstat(f).then(
+      () => true,
+      (err: NodeJS.ErrnoException) => {
+        if (err.code === 'ENOENT') return false;
+        throw err;
+      },
+    );
+    if (there) throw new CloneboxError('FILE_EXISTS', `file already exists, ${f}`, { hint });
   }
 }
 

@@ -5,17 +5,20 @@
  *   2. prepares new files through the driver (announced to the journal, nothing existing touched),
  *   3. commits driver actions and record writes together in one journal commit.
  */
+import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { pathExists, requireFreeSpace } from '../fsutil.js';
+import { pathExists, requireFreeSpace, writeJsonAtomic } from '../fsutil.js';
 import type { GuestDiffOptions } from '../guest/diff.js';
 import { checkName, closestName } from '../names.js';
 import { allocatedBytes, backingOf, imageGeometry } from '../qcow2/probe.js';
 import { Qcow2Image } from '../qcow2/reader.js';
+import { appendEvents } from '../store/events.js';
 import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
+import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
@@ -248,7 +251,24 @@ export class SnapshotManager {
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
       ]);
       const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
-      return { value: this.views(newVm, [...snaps, ready]).find((v) => v.name === name)!, warnings: [...prepared.warnings, ...done.warnings] };
+      if (rec.memory_path) {
+        // A full snapshot's size includes its memory state, which exists only once the commit has run
+        // (it showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash
+        // here leaves the disk-only size, which is what the record said before.
+        const mem = await stat(rec.memory_path).then(
+          (st) => st.size,
+          () => 0,
+        );
+        if (mem > 0) {
+          ready.size_bytes += mem;
+          await writeJsonAtomic(rp, ready);
+        }
+      }
+      const after = [...snaps, ready];
+      const warnings = [...prepared.warnings, ...done.warnings];
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
+      if (logged) warnings.push(logged);
+      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };
     } catch (err) {
       await j.rollback();
       throw err;
@@ -346,6 +366,8 @@ export class SnapshotManager {
         snaps = await listSnapshotRecords(this.home, vm.name);
       }
       await this.restoreLocked(vm, target);
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
+      if (logged) warnings.push(logged);
       if (opts.start) {
         const driver = await driverFor(vm);
         if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
@@ -509,6 +531,9 @@ export class SnapshotManager {
     const whole = recursive ? subtree(snaps, s.name) : [s];
     const doomed = whole.filter((d) => d.name !== spare);
     const doomedNames = new Set(doomed.map((d) => d.name));
+    // Their layers are deleted, and (keep-children) the children's rewritten: not while an export reads them.
+    const touched = [...doomedNames, ...(recursive ? [] : snaps.filter((r) => r.parent === s.name).map((r) => r.name))];
+    await checkNotPinned(this.home, vm.name, touched, `deleting snapshot ${s.name}`);
     const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
     for (const d of vm.disks) {
@@ -550,6 +575,12 @@ export class SnapshotManager {
             actions.push({ do: 'rename', from: next, to: l.path });
             layers.push(l);
           }
+          // A full snapshot keeps its memory state through the merge: it stays in its size.
+          if (c.memory_path)
+            size += await stat(c.memory_path).then(
+              (st) => st.size,
+              () => 0,
+            );
           actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, c.name), value: { ...c, parent: s.parent, size_bytes: size } });
           mergedInto.push(c.name);
         }
@@ -561,6 +592,12 @@ export class SnapshotManager {
       }
       actions.push({ do: 'write_json', path: vmFile(this.home, vm.name), value: newVm });
       await j.commit(actions);
+      // Told after the commit (a reader sees only what happened); a log that cannot be written is not
+      // a failed delete, so its message is dropped here as it has no warning channel in prune.
+      await appendEvents(this.home, [
+        ...doomed.map((d) => ({ vm: vm.name, snapshot: d.name, op: 'deleted' as const })),
+        ...mergedInto.filter((n) => n !== 'current').map((n) => ({ vm: vm.name, snapshot: n, op: 'changed' as const })),
+      ]);
       return { deleted: doomed.map((d) => d.name), merged_into: mergedInto };
     } catch (err) {
       await j.rollback();
@@ -644,6 +681,13 @@ export class SnapshotManager {
     if (dryRun) return this.read(vmName, async (vm, snaps) => ({ ...this.planFor(vm, snaps), dry_run: true }));
     return this.withVm(vmName, 'snapshot prune', async (vm, snaps) => {
       const plan = this.planFor(vm, snaps);
+      // A snapshot an export reads (or whose child it reads) waits for the next prune.
+      const pinned = await pinnedSnapshots(this.home, vm.name);
+      if (pinned.size > 0) {
+        const held = (name: string) => pinned.has(name) || snaps.some((c) => c.parent === name && pinned.has(c.name));
+        for (const r of plan.remove.filter((x) => held(x.name))) plan.keep.push({ name: r.name, reasons: ['being exported'] });
+        plan.remove = plan.remove.filter((x) => !held(x.name));
+      }
       for (const r of plan.remove) {
         const curVm = await loadVm(this.home, vm.name);
         const cur = await listSnapshotRecords(this.home, vm.name);

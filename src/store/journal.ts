@@ -29,7 +29,7 @@ import { lstat, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { nowIso } from '../clock.js';
 import { CloneboxError, ioError } from '../errors.js';
-import { ensureDir, pathExists, writeJsonAtomic } from '../fsutil.js';
+import { ensureDir, pathExists, sweepStaleTempsIn, writeJsonAtomic } from '../fsutil.js';
 import { type Home, vmDir } from './home.js';
 
 export type Action =
@@ -295,7 +295,35 @@ export interface RecoveryReport {
  * forward. Returns what it did.
  */
 export async function recover(home: Home, vm: string, handlers: StepHandlers): Promise<'none' | 'rolled-back' | 'completed'> {
-  return (await recoverReport(home, vm, handlers)).outcome;
+  const outcome = (await recoverReport(home, vm, handlers)).outcome;
+  await sweepVmTemps(home, vm);
+  return outcome;
+}
+
+/**
+ * Temporaries of atomic writes and new images (`.<name>.tmp-<pid>-*`) that a process killed with
+ * SIGKILL left in the VM's directories (its records, and the directories of its disks and layers):
+ * deleted when their pid is dead on this host (issue 17). Other exits delete their own (fsutil.ts).
+ */
+async function sweepVmTemps(home: Home, vm: string): Promise<void> {
+  await sweepStaleTempsIn(vmDir(home, vm));
+  await sweepStaleTempsIn(path.join(vmDir(home, vm), 'snapshots'));
+  // Beside the disks (a directory the user may share with other programs): only the temporaries of
+  // files named after a disk (its layers, and the hidden names of merges and imports).
+  const stems = new Map<string, string[]>();
+  try {
+    const rec = JSON.parse(await readFile(path.join(vmDir(home, vm), 'vm.json'), 'utf8')) as { disks?: { path?: unknown }[] };
+    for (const d of rec.disks ?? []) {
+      if (typeof d.path !== 'string') continue;
+      const dir = path.dirname(d.path);
+      stems.set(dir, [...(stems.get(dir) ?? []), path.basename(d.path).replace(/\.[^.]*$/, '')]);
+    }
+  } catch {
+    return; // no VM record (yet): its own directories only
+  }
+  for (const [dir, names] of stems) {
+    await sweepStaleTempsIn(dir, (n) => names.some((stem) => n.replace(/^\./, '').startsWith(stem)));
+  }
 }
 
 /** recover(), telling what it found and removed (for the home sweep's warning, store/sweep.ts). */

@@ -3,11 +3,11 @@
  * (same host, pid gone) is taken over; a live holder makes us wait up to the timeout, then fail with
  * VM_BUSY. Locks are released on exit paths by the caller (try/finally).
  */
-import { mkdir, open, readFile, rename, unlink } from 'node:fs/promises';
+import { open, readFile, rename, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
-import { tempPathFor } from '../fsutil.js';
+import { ensureDir, pidAlive, tempDone, tempPathFor } from '../fsutil.js';
 
 interface LockInfo {
   pid: number;
@@ -21,17 +21,10 @@ export interface Lock {
   release(): Promise<void>;
 }
 
-/** Whether a process with this pid exists on this host (EPERM: it does, owned by someone else). */
-export function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Rounds without a live holder before giving up (each normally succeeds at once; see acquireLock). */
+const MAX_RETRIES = 20;
 
 function lockWaitMs(): number {
   const v = Number(process.env.CLONEBOX_LOCK_WAIT_MS);
@@ -41,6 +34,13 @@ function lockWaitMs(): number {
 export async function acquireLock(file: string, what: string, command: string, waitMs = lockWaitMs()): Promise<Lock> {
   const deadline = Date.now() + waitMs;
   const info: LockInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString() };
+  // Rounds that did not wait for a live holder (a directory made again, a stale or unreadable lock
+  // removed): each normally succeeds at once, so many in a row mean the file system refuses what we
+  // do (`--home /proc` spun here forever, issue 17). Bounded, like the wait itself.
+  let retries = 0;
+  const retry = (err: unknown, what: string) => {
+    if (++retries > MAX_RETRIES) throw ioError(err, what, file);
+  };
   for (;;) {
     try {
       const fh = await open(file, 'wx', 0o644);
@@ -58,8 +58,10 @@ export async function acquireLock(file: string, what: string, command: string, w
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT') {
-        // The VM directory was just removed by a failed create that released its lock: make it again.
-        await mkdir(path.dirname(file), { recursive: true }).catch(() => undefined);
+        // The VM directory was just removed by a failed create that released its lock: make it again
+        // (a directory that cannot be made is the answer: fail with its error).
+        retry(err, 'cannot create lock');
+        await ensureDir(path.dirname(file));
         continue;
       }
       if (code !== 'EEXIST') throw ioError(err, 'cannot create lock', file);
@@ -73,6 +75,7 @@ export async function acquireLock(file: string, what: string, command: string, w
     if (holder && holder.host === os.hostname() && !pidAlive(holder.pid)) {
       // Take over atomically: move the stale file aside under a unique name, so two processes racing
       // for the same stale lock cannot both delete a fresh lock.
+      retry(Object.assign(new Error(`a stale lock of pid ${holder.pid} cannot be removed`), { code: 'ESTALE' }), 'cannot take over lock');
       const aside = tempPathFor(file);
       try {
         await rename(file, aside);
@@ -87,7 +90,9 @@ export async function acquireLock(file: string, what: string, command: string, w
           await rename(aside, file).catch(() => undefined);
         }
         await unlink(aside).catch(() => undefined);
+        tempDone(aside);
       } catch {
+        tempDone(aside);
         /* someone else took it over first */
       }
       continue;
@@ -95,6 +100,7 @@ export async function acquireLock(file: string, what: string, command: string, w
     if (!holder) {
       // Unreadable lock file: a holder writes its JSON right after creating the file, so give it 100 ms;
       // still unreadable then (empty after a crash, or garbage) means no live holder: remove it.
+      retry(Object.assign(new Error('an unreadable lock file cannot be removed'), { code: 'EBADLOCK' }), 'cannot take lock');
       await sleep(100);
       try {
         JSON.parse(await readFile(file, 'utf8'));

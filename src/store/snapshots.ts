@@ -3,7 +3,7 @@
  * replaced atomically. The fields are the contract's snapshot object plus clonebox's own bookkeeping.
  */
 
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
@@ -11,6 +11,23 @@ import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { type Home, vmDir } from './home.js';
 
 type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
+
+/**
+ * Where a snapshot came from. A record without one (older homes, and every snapshot made here) reads as
+ * made here. A sync pull extends or moves a VM only when every snapshot it holds was pulled from the
+ * same catalog (the same author), and a workstation never publishes pulled snapshots as its own.
+ */
+export type SnapshotOrigin =
+  | { kind: 'local' }
+  /** `snapshot import`: the bundle's file name (or "stdin"). */
+  | { kind: 'bundle'; bundle: string }
+  /** A sync pull: the team, the author's recorded name, identity key and catalog key (hex). */
+  | { kind: 'pulled'; team: string; member: string; member_key: string | null; catalog_key: string };
+
+/** A record's origin; absent reads as made here. */
+export function originOf(rec: { origin?: SnapshotOrigin | null }): SnapshotOrigin {
+  return rec.origin ?? { kind: 'local' };
+}
 
 export interface SnapshotRecord {
   name: string;
@@ -40,6 +57,8 @@ export interface SnapshotRecord {
   memory_path?: string | null;
   /** The guest agent froze the guest's filesystems for this snapshot (absent in older records: false). */
   quiesced?: boolean;
+  /** Provenance (absent: made here). */
+  origin?: SnapshotOrigin | null;
 }
 
 export function snapshotsDir(home: Home, vm: string): string {
@@ -74,4 +93,26 @@ export async function saveSnapshotRecord(home: Home, rec: SnapshotRecord): Promi
   const dir = snapshotsDir(home, rec.vm_name);
   await ensureDir(dir);
   await writeJsonAtomic(path.join(dir, `${rec.name}.json`), rec);
+}
+
+/**
+ * A value that changes whenever a record of the VM is written, added or removed: every record write
+ * creates a temporary file and renames it into <vm>/ or <vm>/snapshots/, which changes that directory's
+ * mtime (nanoseconds). A long-running reader (the REST service) compares it instead of re-reading
+ * every record on every request. VM_NOT_FOUND when the VM's directory does not exist.
+ *
+ * File times tick coarsely (a kernel tick, a few ms): two changes within one tick leave the same
+ * mtime. So a directory changed less than STAMP_SETTLE_MS ago gives null ("just changed: read the
+ * records"), and a stamp is only returned once a later change would be sure to show.
+ */
+const STAMP_SETTLE_MS = 100n;
+
+export function recordsStamp(home: Home, vm: string): string | null {
+  // Synchronous: two stats cost microseconds, a round trip through the thread pool costs more.
+  const a = statSync(vmDir(home, vm), { bigint: true, throwIfNoEntry: false });
+  const b = statSync(snapshotsDir(home, vm), { bigint: true, throwIfNoEntry: false });
+  if (!a) throw new CloneboxError('VM_NOT_FOUND', `no such VM ${vm}`, { hint: 'see `clonebox vm list`' });
+  const newest = [a.mtimeNs, a.ctimeNs, b?.mtimeNs ?? 0n, b?.ctimeNs ?? 0n].reduce((x, y) => (y > x ? y : x));
+  if (BigInt(Date.now()) * 1_000_000n - newest < STAMP_SETTLE_MS * 1_000_000n) return null;
+  return `${a.mtimeNs}.${a.ctimeNs}.${b?.mtimeNs ?? 0n}.${b?.ctimeNs ?? 0n}`;
 }

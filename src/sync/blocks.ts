@@ -9,7 +9,13 @@
  *   prepared for that request. A source that fails closes the channel (the peer's fetch ends).
  * - fetching: `fetch(hashes)` asks for blocks in requests of about 1 MiB (at most 4096 hashes) with a
  *   bounded number of bytes in flight, decodes each frame, checks every block's SHA-256 against the
- *   hash asked for, and hands only good blocks to `onBlock`. Blocks that fail the check, that the peer lacks, or that
+ *   hash asked for, and hands only good blocks to `onBlock`. A frame is decoded only when every block
+ *   in it was asked for, is not answered or being decoded already, and is no larger than expected:
+ *   so what a peer can make us decompress is bounded by what we asked for (the window), whatever it
+ *   sends.
+ *
+ * Limits (limits.ts): a peer with more than MAX_QUEUED_REQUESTS requests queued has its channel closed
+ * (`onAbuse` says why); a Cancel counts only for a request queued or being served. Blocks that fail the check, that the peer lacks, or that
  *   did not arrive before the deadline or the end of the connection are reported, never written.
  *
  * What to ask for (what is missing locally), from whom, and what to do with a corrupt block (ask
@@ -17,6 +23,7 @@
  */
 import type Protomux from 'protomux';
 import { decodeFrame } from '../content/codec.js';
+import { MAX_QUEUED_REQUESTS } from './limits.js';
 import {
   BLOCKS_PROTOCOL,
   type BlockCancel,
@@ -98,6 +105,7 @@ interface Pending {
   id: number;
   want: Map<string, Buffer>; // hex -> hash, not yet resolved
   asked: Map<string, number>; // hex -> expected bytes, asked and not yet answered
+  taken: Set<string>; // hex of blocks in a frame being decoded (answered, not yet settled)
   result: FetchResult;
   onBlock: FetchOptions['onBlock'];
   /** The hash got its answer: free its share of the window. */
@@ -127,6 +135,7 @@ export class BlockChannel {
     mux: Protomux,
     private readonly source: BlockSource | null,
     private readonly decode: FrameDecoder,
+    private readonly onAbuse: ((why: string) => void) | null,
   ) {
     const channel = mux.createChannel({
       protocol: BLOCKS_PROTOCOL,
@@ -134,7 +143,7 @@ export class BlockChannel {
         { encoding: blockRequest, onmessage: (m: BlockRequest) => this.onRequest(m) },
         { encoding: blockFrame, onmessage: (m: BlockFrame) => this.onFrame(m) },
         { encoding: blockMissing, onmessage: (m: BlockMissing) => this.onMissing(m) },
-        { encoding: blockCancel, onmessage: (m: BlockCancel) => this.cancelled.add(m.id) },
+        { encoding: blockCancel, onmessage: (m: BlockCancel) => this.onCancel(m) },
       ],
       ondrain: () => this.drained(),
       onclose: () => this.onClose(),
@@ -147,8 +156,8 @@ export class BlockChannel {
    * Creates and opens the channel on a proven peer's mux (call it from a TeamSwarm service, so that
    * the peer's open is never refused). `source`: what to serve (null: serve nothing, answer Missing).
    */
-  static attach(mux: Protomux, opts: { source?: BlockSource | null; decode?: FrameDecoder } = {}): BlockChannel {
-    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder);
+  static attach(mux: Protomux, opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void } = {}): BlockChannel {
+    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null);
     bc.channel.open();
     return bc;
   }
@@ -160,8 +169,20 @@ export class BlockChannel {
   // ---- serving ------------------------------------------------------------------------------------
 
   private onRequest(req: BlockRequest): void {
+    if (this.closed) return;
+    if (this.queue.length >= MAX_QUEUED_REQUESTS) {
+      this.onAbuse?.(`more than ${MAX_QUEUED_REQUESTS} block requests queued at once`);
+      this.channel.close();
+      return;
+    }
     this.queue.push(req);
     this.kickProducer();
+  }
+
+  /** A Cancel of a request that is neither queued nor being served is ignored (the set stays bounded). */
+  private onCancel(m: BlockCancel): void {
+    const live = this.queue.some((q) => q.id === m.id) || (this.iter !== null && this.iterId === m.id) || this.ahead.some((a) => a.id === m.id);
+    if (live) this.cancelled.add(m.id);
   }
 
   private drained(): void {
@@ -293,6 +314,7 @@ export class BlockChannel {
     for (const h of hashes) want.set(h.toString('hex'), h);
     const todo = [...want.values()];
     const asked = new Map<string, number>();
+    const taken = new Set<string>();
     let inFlight = 0;
     let next = 0;
 
@@ -302,11 +324,13 @@ export class BlockChannel {
         id,
         want,
         asked,
+        taken,
         result,
         onBlock: opts.onBlock,
         chain: Promise.resolve(),
         settle: (hex: string) => {
           want.delete(hex);
+          taken.delete(hex);
           const size = asked.get(hex);
           if (size !== undefined) {
             inFlight -= size;
@@ -353,6 +377,33 @@ export class BlockChannel {
     const p = this.pending.get(frame.id);
     if (!p) return; // a late answer to a finished fetch
     p.result.wireBytes += frame.data.length;
+    // `want` is checked before anything is decoded: every block must be one asked for, not answered or
+    // being decoded already, and no larger than expected. Otherwise the frame is dropped undecoded and
+    // the blocks of it we did want count as corrupt (asked again elsewhere).
+    const hexes = frame.blocks.map((b) => b.hash.toString('hex'));
+    const fresh =
+      new Set(hexes).size === hexes.length &&
+      frame.blocks.every((b, i) => {
+        const h = hexes[i]!;
+        const size = p.asked.get(h);
+        return size !== undefined && !p.taken.has(h) && b.size <= size;
+      });
+    if (!fresh) {
+      const spoilt = hexes.filter((h) => p.asked.has(h) && !p.taken.has(h));
+      for (const h of spoilt) p.taken.add(h);
+      p.chain = p.chain.then(() => {
+        for (const h of spoilt) {
+          const hash = p.want.get(h);
+          if (!hash) continue;
+          p.settle(h);
+          p.result.corrupt.push(hash);
+        }
+        if (this.pending.has(p.id)) p.pump();
+      });
+      p.chain.catch((err: Error) => p.finish(err));
+      return;
+    }
+    for (const h of hexes) p.taken.add(h);
     // Decoding may be asynchronous (worker threads); blocks are handed on in arrival order.
     p.chain = p.chain.then(async () => {
       const decoded = await this.decode(frame);

@@ -8,6 +8,7 @@ import { type CatalogCard, makeCard, verifyCard } from './cards.js';
 import type { CatalogSet } from './catalog-set.js';
 import type { PeerState } from './fetcher.js';
 import type { Identity } from './identity.js';
+import { MAX_MEMBERS, MAX_NEW_CARDS_PER_PEER } from './limits.js';
 import { CATALOGS_PROTOCOL, catalogCards, MAX_CARDS } from './messages.js';
 import { shortKey, type TeamPeer } from './swarm.js';
 import { type MemberRecord, recordCard, type TeamRecord } from './teams.js';
@@ -31,14 +32,16 @@ export class CardExchange {
     private readonly catalogs: CatalogSet,
     private readonly log: (line: string) => void,
   ) {
-    this.toSend = [makeCard(identity, team, catalogs.own.key)];
+    this.toSend = [makeCard(identity, team)];
     for (const m of team.members) {
-      if (!m.card || !m.catalog_key || this.toSend.length >= MAX_CARDS) continue;
+      // A card recorded before cards were countersigned (no csig) cannot be handed on.
+      if (!m.card?.csig || !m.catalog_key || this.toSend.length >= MAX_CARDS) continue;
       this.toSend.push({
         identity: Buffer.from(m.public_key, 'hex'),
         name: m.card.name,
         catalog: Buffer.from(m.catalog_key, 'hex'),
         sig: Buffer.from(m.card.sig, 'hex'),
+        csig: Buffer.from(m.card.csig, 'hex'),
       });
     }
     this.cardOf = new Map(team.members.map((m) => [m.public_key, m.card ?? null]));
@@ -71,6 +74,7 @@ export class CardExchange {
   async receive(st: PeerState, stopping: () => boolean): Promise<{ cards: CatalogCard[]; stopped: boolean }> {
     const { catalogs, identity, log, teamName } = this;
     const cards = st.cards ? await Promise.race([st.cards, sleep(RELAY_WAIT_MS).then((): CatalogCard[] => [])]) : [];
+    let strangers = 0; // members first learnt from this peer's cards in this run
     for (const card of cards) {
       if (stopping()) return { cards, stopped: true };
       const hex = card.catalog.toString('hex');
@@ -82,13 +86,26 @@ export class CardExchange {
         continue;
       }
       const via = card.identity.equals(st.peer.publicKey) ? null : st.peer.name;
+      const stranger = !this.cardOf.has(pk);
+      if (stranger && ++strangers > MAX_NEW_CARDS_PER_PEER) {
+        if (strangers === MAX_NEW_CARDS_PER_PEER + 1) {
+          log(`peer ${st.peer.name} handed on cards of more than ${MAX_NEW_CARDS_PER_PEER} members unknown here; the rest wait for the next sync`);
+        }
+        continue;
+      }
       const m = await recordCard(this.home, teamName, identity, card, via);
+      if (!m && stranger) {
+        log(
+          `team ${teamName} has ${MAX_MEMBERS} members (the limit): the card of ${card.name} (${shortKey(card.identity)}) from ${st.peer.name} is not recorded`,
+        );
+        continue;
+      }
       if (!m || m.catalog_key !== hex) continue;
       this.cardOf.set(pk, m.card ?? null);
       if (this.toSend.length < MAX_CARDS && !this.toSend.some((k) => k.identity.equals(card.identity))) this.toSend.push(card);
       if (known) continue;
       log(`new member on team ${teamName}: ${m.name} (${shortKey(card.identity)}), known through ${st.peer.name}`);
-      catalogs.setAuthor(hex, m.name);
+      catalogs.setAuthor(hex, m.name, card.identity);
       const cat = await catalogs.open(card.catalog);
       cat.core.replicate(st.peer.mux);
     }

@@ -9,12 +9,12 @@ import type { TeamRecord } from './teams.js';
 
 export class CatalogSet {
   private readonly peers = new Map<string, Catalog>();
-  /** Catalog key hex -> the name of the member who writes it. */
-  private readonly authors = new Map<string, string>();
+  /** Catalog key hex -> the member who writes it: recorded name and identity key (hex). */
+  private readonly authors = new Map<string, { name: string; key: string }>();
 
   constructor(
     private readonly home: Home,
-    private readonly teamName: string,
+    readonly teamName: string,
     readonly own: Catalog,
   ) {}
 
@@ -23,7 +23,7 @@ export class CatalogSet {
     await Promise.all(
       team.members.map(async (m) => {
         if (!m.catalog_key || m.catalog_key === this.own.key.toString('hex')) return;
-        this.authors.set(m.catalog_key, m.name);
+        this.authors.set(m.catalog_key, { name: m.name, key: m.public_key });
         try {
           await this.open(Buffer.from(m.catalog_key, 'hex'));
         } catch (err) {
@@ -61,13 +61,18 @@ export class CatalogSet {
     return [...this.peers.values()];
   }
 
-  setAuthor(hex: string, name: string): void {
-    this.authors.set(hex, name);
+  setAuthor(hex: string, name: string, identity: Buffer): void {
+    this.authors.set(hex, { name, key: identity.toString('hex') });
   }
 
   /** The member who writes catalog `hex` (its key's start when unknown). */
   authorOf(hex: string): string {
-    return this.authors.get(hex) ?? hex.slice(0, 8);
+    return this.authors.get(hex)?.name ?? hex.slice(0, 8);
+  }
+
+  /** The identity key (hex) of the member who writes catalog `hex`, when known. */
+  authorKeyOf(hex: string): string | null {
+    return this.authors.get(hex)?.key ?? null;
   }
 
   async close(): Promise<void> {

@@ -20,15 +20,22 @@ import type { Home } from '../store/home.js';
 import { type CatalogRecord, decodeRecord, encodeRecord, type HeadRecord, type MapItem, RecordKind, type SnapshotRecordEntry } from './catalog-records.js';
 import { type Identity, type KeyPair, publicKeyOfSeed } from './identity.js';
 import { teamTopic } from './keys.js';
+import { catalogOverLimit } from './limits.js';
 import { type TeamRecord, teamSecret } from './teams.js';
 
-function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
+/** This workstation's catalog key pair for `team` (see the module comment). */
+export function catalogKeyPair(identity: Identity, team: TeamRecord): KeyPair {
   const seed = createHmac('sha256', identity.secretKey.subarray(0, 32))
     .update('clonebox/v1/catalog', 'utf8')
     .update(teamTopic(teamSecret(team)))
     .digest();
   const publicKey = publicKeyOfSeed(seed);
   return { publicKey, secretKey: Buffer.concat([seed, publicKey]) };
+}
+
+/** The key of the catalog core written by `signer` (Hypercore's key is a hash of the signer key). */
+export function catalogKeyOf(signer: Buffer): Buffer {
+  return Hypercore.key(signer);
 }
 
 export function syncDir(home: Home, team: string): string {
@@ -116,9 +123,21 @@ export class Catalog {
     return out;
   }
 
-  /** Folds entries [0, length) (Map entries are only peeked at, never decoded). */
+  /** Why this (teammate's) catalog is beyond the per-member limits (limits.ts), or null. */
+  overLimit(): string | null {
+    return catalogOverLimit(this.core.length, this.core.byteLength);
+  }
+
+  /**
+   * Folds entries [0, length) (Map entries are only peeked at, never decoded). Each Map entry belongs
+   * to exactly one Snapshot record: the ranges a Snapshot names lie after the previous Snapshot's and
+   * before its own entry, as publishing appends them. Otherwise a small catalog of many Snapshot
+   * records pointing at one large Map entry would make a puller hold that entry's items once per
+   * record (a heap exhaustion from a ~1 MB catalog).
+   */
   async view(): Promise<CatalogView> {
     const v: CatalogView = { length: this.core.length, shares: new Map(), snapshots: new Map(), heads: new Map() };
+    let claimed = 0; // entries before this index belong to a Snapshot record already
     for (let i = 0; i < v.length; i++) {
       const buf = await this.core.get(i, { timeout: 30_000 });
       if (!buf) throw new CloneboxError('SYNC_CATALOG', `catalog entry ${i} is not available`);
@@ -128,6 +147,15 @@ export class Catalog {
       else if (r.kind === 'unshare') v.shares.delete(r.vm);
       else if (r.kind === 'head') v.heads.set(r.vm, (r as HeadRecord).content_id);
       else if (r.kind === 'snapshot') {
+        for (const d of r.disks) {
+          if (d.map_start < claimed || d.map_start + d.map_count > i) {
+            throw new CloneboxError(
+              'SYNC_CATALOG',
+              `catalog entry ${i} (snapshot ${r.vm}/${r.name}) points at map entries ${d.map_start}..${d.map_start + d.map_count - 1}, which are not its own, catalog ${this.key.toString('hex').slice(0, 8)}`,
+            );
+          }
+          claimed = d.map_start + d.map_count;
+        }
         const list = v.snapshots.get(r.vm) ?? [];
         list.push({ ...r, index: i, id: r.content_id.toString('hex') });
         v.snapshots.set(r.vm, list);

@@ -16,7 +16,8 @@
  * The checksum scheme is the same in every version, so a damaged invite is told apart from a newer one.
  */
 import { createHash } from 'node:crypto';
-import { CloneboxError } from '../errors.js';
+import { createReadStream } from 'node:fs';
+import { CloneboxError, ioError } from '../errors.js';
 import type { HostPort } from './hostport.js';
 import { SECRET_BYTES } from './keys.js';
 import { z32Decode, z32Encode } from './z32.js';
@@ -102,4 +103,36 @@ export function decodeInvite(text: string): Invite {
   }
   if (pos !== body.length) throw bad('invite has trailing bytes');
   return { version, secret, bootstrap };
+}
+
+/** Most bytes read from an invite file or stream: an invite of 16 long host names is under 7 KiB. */
+const MAX_INVITE_INPUT = 64 * 1024;
+
+/**
+ * The invite from a file or a stream (stdin): its first non-empty line, decoded later by decodeInvite.
+ * Reading stops at MAX_INVITE_INPUT bytes (a wrong file given by mistake is not read whole).
+ */
+export async function readInvite(from: string | NodeJS.ReadableStream): Promise<string> {
+  const label = typeof from === 'string' ? from : 'stdin';
+  const stream = typeof from === 'string' ? createReadStream(from, { end: MAX_INVITE_INPUT - 1 }) : from;
+  const chunks: Buffer[] = [];
+  let size = 0;
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer | string>) {
+      const b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      chunks.push(b);
+      size += b.length;
+      // A complete non-empty first line is all that is needed (a paste ends with Enter, not Ctrl-D).
+      if (size >= MAX_INVITE_INPUT || /\S[^\n]*\n/.test(Buffer.concat(chunks).toString('utf8'))) break;
+    }
+  } catch (err) {
+    throw ioError(err, 'cannot read the invite', label);
+  }
+  const line = Buffer.concat(chunks)
+    .subarray(0, MAX_INVITE_INPUT)
+    .toString('utf8')
+    .split(/\r?\n/)
+    .find((l) => l.trim() !== '');
+  if (line === undefined) throw bad(`no invite in ${label} (it is empty)`);
+  return line.trim();
 }

@@ -18,7 +18,7 @@ import { Chain } from '../qcow2/chain.js';
 import { isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { listVmNames } from '../store/registry.js';
-import { listSnapshotRecords } from '../store/snapshots.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import type { MapItem } from './catalog-records.js';
 
 export interface LayerMap {
@@ -184,14 +184,17 @@ interface Where {
 }
 
 /**
- * Every block of every sealed snapshot layer in this home, by SHA-256: what a pull copies locally
- * instead of fetching. Reading goes through the layer's chain (a layer's own data clusters are its top).
+ * The blocks of the sealed snapshot layers a pull may copy locally instead of fetching, by SHA-256:
+ * only those of snapshots `usable` admits (sync.ts: published to this team, or pulled from it). Reusing
+ * a block of an unshared VM would tell the member who shares a chain of candidate blocks which of them
+ * exist here (it sees which ones are not requested). Reading goes through the layer's chain (a layer's
+ * own data clusters are its top).
  */
 export class LocalBlocks {
   private readonly where = new Map<string, Where>();
   private readonly chains = new Map<string, Chain>();
 
-  static async scan(home: Home, log?: (line: string) => void): Promise<LocalBlocks> {
+  static async scan(home: Home, usable: (vm: string, snap: SnapshotRecord) => boolean, log?: (line: string) => void): Promise<LocalBlocks> {
     const lb = new LocalBlocks();
     for (const vm of await listVmNames(home)) {
       let snaps: Awaited<ReturnType<typeof listSnapshotRecords>>;
@@ -201,7 +204,7 @@ export class LocalBlocks {
         continue;
       }
       for (const s of snaps) {
-        if (s.state !== 'ready') continue;
+        if (s.state !== 'ready' || !usable(vm, s)) continue;
         for (const d of s.disks) {
           try {
             const resolved = await isResolvedLayer(s, d.path);

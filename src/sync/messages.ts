@@ -25,7 +25,8 @@ export type Encoding<T> = c.Encoding<T>;
 export const PROTOCOL_VERSION = 1;
 export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
 export const BLOCKS_PROTOCOL = 'clonebox/blocks';
-export const CATALOGS_PROTOCOL = 'clonebox/catalogs';
+/** Version 2: cards carry the catalog key's countersignature (version 1 peers never open this one). */
+export const CATALOGS_PROTOCOL = 'clonebox/catalogs/2';
 
 /** Most block hashes in one Request or Missing. */
 export const MAX_HASHES_PER_REQUEST = 4096;
@@ -75,41 +76,53 @@ export const membershipHandshake: c.Encoding<MembershipHandshake> = {
 /**
  * Message 0 of the membership channel, sent by each side only after it has checked the other's proof.
  *
- *   name      string    the sender's workstation name (clonebox name rules)
- *   catalog   buffer    key of the sender's catalog core (32 bytes), or empty when it shares nothing yet
+ *   name        string    the sender's workstation name (clonebox name rules)
+ *   catalog     buffer    key of the sender's catalog core (32 bytes), or empty when it shares nothing yet
+ *   catalogSig  buffer    the catalog's proof that it belongs to the sender (cards.ts catalogProof:
+ *                         signer key and signature, 96 bytes), or empty; absent from older peers' Intros (which
+ *                         older decoders, reading only the first two fields, tolerate from us)
  */
 export interface Intro {
   name: string;
   catalog: Buffer | null;
+  catalogSig: Buffer | null;
 }
 
 export const intro: c.Encoding<Intro> = {
   preencode(state, m) {
     c.string.preencode(state, m.name);
     c.optionalBuffer.preencode(state, m.catalog);
+    c.optionalBuffer.preencode(state, m.catalogSig);
   },
   encode(state, m) {
     c.string.encode(state, m.name);
     c.optionalBuffer.encode(state, m.catalog);
+    c.optionalBuffer.encode(state, m.catalogSig);
   },
   decode(state) {
     const name = c.string.decode(state);
     check(NAME_RE.test(name), 'workstation name');
     const catalog = c.optionalBuffer.decode(state);
     check(catalog === null || catalog.length === 32, 'catalog key length');
-    return { name, catalog };
+    const catalogSig = state.start < state.end ? c.optionalBuffer.decode(state) : null;
+    check(catalogSig === null || catalogSig.length === CATALOG_PROOF_LENGTH, 'catalog signature length');
+    return { name, catalog, catalogSig };
   },
 };
 
 // ---- Catalog cards (clonebox/catalogs) ------------------------------------------------------------
+
+/** Bytes of a catalog proof (cards.ts): the catalog's signer key and its signature. */
+export const CATALOG_PROOF_LENGTH = 96;
 
 /** Most cards in one handshake (a team of that many members is far beyond what clonebox is for). */
 export const MAX_CARDS = 256;
 
 /**
  * The channel's handshake: count (1..MAX_CARDS), then per card identity (32 bytes), name (string,
- * clonebox name rules), catalog key (32 bytes), signature (64 bytes). Signatures are checked by the
- * receiver (cards.ts verifyCard), not here.
+ * clonebox name rules), catalog key (32 bytes), signature (64 bytes), the catalog key's countersignature
+ * (96 bytes: the catalog's signer key and signature). Signatures are checked by the receiver (cards.ts
+ * verifyCard), not here.
  */
 export const catalogCards: c.Encoding<CatalogCardWire[]> = {
   preencode(state, list) {
@@ -117,7 +130,7 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
     for (const k of list) {
       state.end += 32;
       c.string.preencode(state, k.name);
-      state.end += 32 + 64;
+      state.end += 32 + 64 + CATALOG_PROOF_LENGTH;
     }
   },
   encode(state, list) {
@@ -127,6 +140,8 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
       c.string.encode(state, k.name);
       c.fixed32.encode(state, k.catalog);
       c.fixed64.encode(state, k.sig);
+      c.fixed32.encode(state, k.csig.subarray(0, 32));
+      c.fixed64.encode(state, k.csig.subarray(32));
     }
   },
   decode(state) {
@@ -137,7 +152,10 @@ export const catalogCards: c.Encoding<CatalogCardWire[]> = {
       const identity = c.fixed32.decode(state);
       const name = c.string.decode(state);
       check(NAME_RE.test(name), 'card name');
-      out.push({ identity, name, catalog: c.fixed32.decode(state), sig: c.fixed64.decode(state) });
+      const catalog = c.fixed32.decode(state);
+      const sig = c.fixed64.decode(state);
+      const csig = Buffer.concat([c.fixed32.decode(state), c.fixed64.decode(state)]);
+      out.push({ identity, name, catalog, sig, csig });
     }
     return out;
   },
@@ -148,6 +166,7 @@ export interface CatalogCardWire {
   name: string;
   catalog: Buffer;
   sig: Buffer;
+  csig: Buffer;
 }
 
 // ---- Block exchange (clonebox/blocks) -------------------------------------------------------------

@@ -3,10 +3,13 @@
  *
  *  1. Verify: every snapshot record's maps give its layer digests (recomputed here), and the digests
  *     with the parent's content id give its content id; the parent must come earlier in the catalog.
- *  2. Place: VM `<vm>` when it does not exist or holds only snapshots of this chain (by content id);
- *     else `<vm>.<peer name>` under the same rule; a local VM holding another chain is never touched.
- *  3. Gather: each block the new layers need comes from a local layer (any VM, earlier pulls: the
- *     LocalBlocks index), from the spool (an earlier, interrupted pull), or from the peer; fetched
+ *  2. Place: VM `<vm>` when it does not exist, or when every snapshot it holds was pulled from this
+ *     same catalog (provenance: the same author) and is in this chain (by content id); else
+ *     `<vm>.<peer name>` under the same rule. A VM made here, imported, or pulled from another member
+ *     is never touched, and nothing lands on a file that exists (a new VM's disk included).
+ *  3. Gather: each block the new layers need comes from a local layer (of VMs shared with or pulled
+ *     from this team only: the LocalBlocks index), from the spool (an earlier, interrupted pull), or
+ *     from the peer; fetched
  *     blocks are verified by BlockChannel, then spooled (spool.ts) before they are used.
  *  4. Build and register, as `snapshot import` does: each layer is written by the qcow2 writer under a
  *     hidden temporary name (listed in PullTemps, without the VM lock, while the blocks arrive), every
@@ -26,12 +29,21 @@ import { CloneboxError } from '../errors.js';
 import { ensureDir, pathExists, requireFreeSpace } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
-import { contentId, ensureContentIds } from '../snapshots/identity.js';
-import { commitLanding, currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan } from '../snapshots/landing.js';
+import { contentId, ensureContentIds, trustedContentId } from '../snapshots/identity.js';
+import {
+  commitLanding,
+  currentIsClean,
+  type Landing,
+  LayerAssembler,
+  landingTemp,
+  landOverlays,
+  type OverlayPlan,
+  refuseExisting,
+} from '../snapshots/landing.js';
 import type { Home } from '../store/home.js';
 import { Journal, recover } from '../store/journal.js';
 import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, originOf, type SnapshotOrigin, type SnapshotRecord } from '../store/snapshots.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import type { MapItem } from './catalog-records.js';
 import { digestOfItems, type LayerMap, type LocalBlocks, rememberLayerMap } from './layermap.js';
@@ -80,7 +92,12 @@ const ARRIVED_MAX = 64 * 1024 * 1024;
 
 export interface PullContext {
   home: Home;
+  /** The team the catalog belongs to (recorded in the pulled snapshots' origin). */
+  team: string;
+  /** The chain's author: its recorded name. */
   peerName: string;
+  /** The author's identity key (hex), when recorded. */
+  peerKey: string | null;
   catalog: Catalog;
   view: CatalogView;
   local: LocalBlocks;
@@ -177,8 +194,28 @@ interface Placement {
   localById: Map<string, SnapshotRecord>;
 }
 
-/** Step 2: where the chain goes. Null: both `<vm>` and `<vm>.<peer>` hold other chains. */
-async function place(home: Home, vm: string, peer: string, ids: Set<string>, log: (l: string) => void): Promise<Placement | null> {
+/** Why a local VM is not the one this chain extends (null: it is). */
+function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], ids: Set<string>, catalogKey: string): string | null {
+  if (rec.driver !== 'image') return `it is a ${rec.driver} VM`;
+  if (!snaps.length) return 'it has no snapshots';
+  for (const s of snaps) {
+    const o = originOf(s);
+    if (o.kind === 'local') return `snapshot ${s.name} was made here`;
+    if (o.kind === 'bundle') return `snapshot ${s.name} was imported from ${o.bundle}`;
+    if (o.catalog_key !== catalogKey) return `snapshot ${s.name} was pulled from ${o.member}, another author`;
+    // An id that could not be re-derived from layers (content_id_unverified) is never a chain base.
+    const id = trustedContentId(s);
+    if (id === null || !ids.has(id)) return `snapshot ${s.name} is not in this chain`;
+  }
+  return null;
+}
+
+/**
+ * Step 2: where the chain goes. Null: both `<vm>` and `<vm>.<peer>` hold other chains. A VM is
+ * extended only when every snapshot in it was pulled from this very catalog (the same author): a
+ * teammate whose chain shares our snapshots' content ids cannot make our own VM boot its disk.
+ */
+async function place(home: Home, vm: string, peer: string, catalogKey: string, ids: Set<string>, log: (l: string) => void): Promise<Placement | null> {
   const candidates = [vm, `${vm}.${peer}`].filter((n) => NAME_RE.test(n));
   for (const name of candidates) {
     if (!(await vmExists(home, name))) return { name, exists: false, localById: new Map() };
@@ -192,9 +229,9 @@ async function place(home: Home, vm: string, peer: string, ids: Set<string>, log
     } finally {
       await lock.release();
     }
-    const same = rec.driver === 'image' && snaps.length > 0 && snaps.every((s) => s.content_id && ids.has(s.content_id));
-    if (same) return { name, exists: true, localById: new Map(snaps.map((s) => [s.content_id!, s])) };
-    log(`VM ${name} here holds another chain than ${peer}'s ${vm}: left untouched`);
+    const why = notSameChain(rec, snaps, ids, catalogKey);
+    if (why === null) return { name, exists: true, localById: new Map(snaps.map((s) => [s.content_id!, s])) };
+    log(`VM ${name} here is not ${peer}'s ${vm} (${why}): left untouched`);
   }
   return null;
 }
@@ -211,7 +248,7 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   trace(`pull ${vm}: verified ${full.length} snapshots`);
   if (!full.length) return null;
   const ids = new Set(full.map((s) => s.id));
-  const placed = await place(home, vm, peer, ids, log);
+  const placed = await place(home, vm, peer, ctx.catalog.key.toString('hex'), ids, log);
   if (!placed) {
     throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
   }
@@ -314,6 +351,8 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   return report;
 }
 
+const strayHint = 'move the stray file away (a disk left by `vm remove`?), then sync again';
+
 interface LayerPlan extends Landing {
   snap: VerifiedSnapshot;
   disk: number;
@@ -364,6 +403,7 @@ async function build(
       }
       await ensureDir(dir);
       for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
+      await refuseExisting([...diskPath.values()], strayHint);
     }
     // The layers take about their data: NO_SPACE now rather than a full disk half-way through.
     const dataBytes = todo.reduce((a, s) => a + s.disks.reduce((b, d) => b + d.data_bytes, 0), 0);
@@ -381,8 +421,7 @@ async function build(
         const dp = diskPath.get(d.target);
         if (!dp) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm} has a disk ${d.target} the others lack`);
         const final = layerPathFor(dp, s.name);
-        if (await pathExists(final))
-          throw new CloneboxError('FILE_EXISTS', `file already exists, ${final}`, { hint: 'move the stray file away, then sync again' });
+        await refuseExisting([final], strayHint);
         const parentLayer = s.parent ? (layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null) : null;
         if (s.parent && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
         plans.push({
@@ -433,10 +472,7 @@ async function build(
             throw chainError(`snapshot ${m.name} already exists in VM ${name} with other content`, 'rename it, then sync again');
         }
       } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
-      for (const p of plans) {
-        if (await pathExists(p.final))
-          throw new CloneboxError('FILE_EXISTS', `file already exists, ${p.final}`, { hint: 'move the stray file away, then sync again' });
-      }
+      await refuseExisting([...plans.map((p) => p.final), ...(cur ? [] : [...diskPath.values()])], strayHint);
 
       // The head the sharer stands on (else the newest pulled snapshot).
       const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
@@ -478,6 +514,13 @@ async function build(
           }
         }
         const overlays = await landOverlays(j, overlayPlans, 'sync');
+        const origin: SnapshotOrigin = {
+          kind: 'pulled',
+          team: ctx.team,
+          member: ctx.peerName,
+          member_key: ctx.peerKey,
+          catalog_key: ctx.catalog.key.toString('hex'),
+        };
         const records: SnapshotRecord[] = todo.map((s) => ({
           name: s.name,
           vm_name: name,
@@ -494,6 +537,7 @@ async function build(
           size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0),
           content_id: s.id,
           memory_path: null,
+          origin,
         }));
         const headName = nameOf.get(head)!;
         const vmRec: VmRecord = cur

@@ -70,6 +70,7 @@ export class ServingSource implements BlockSource {
   private servePulled(src: ShareSource): void {
     src.servePulled(
       this.home,
+      this.catalogs.teamName,
       () => this.catalogs.catalogs(),
       (err) => this.log(`cannot index pulled chains for serving: ${err.message}`),
     );

@@ -22,7 +22,7 @@ import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { listVmNames, loadVm, vmExists } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, originOf, type SnapshotRecord } from '../store/snapshots.js';
 import type { BlockSource, SourcePart } from './blocks.js';
 import { Catalog, type CatalogView, syncDir } from './catalog.js';
 import { type CatalogRecord, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
@@ -124,7 +124,11 @@ export async function unshareVm(home: Home, team: string, vm: string): Promise<{
   return { vm, team, was_shared: was };
 }
 
-/** The snapshots a share covers: root..upto, or every ready snapshot; parents before children. */
+/**
+ * The snapshots a share covers: root..upto, or every ready snapshot; parents before children. Never a
+ * snapshot pulled from a teammate, nor one standing on it: those are its author's, served on under the
+ * author's catalog (relaying), never published as ours.
+ */
 function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecord[] {
   const byName = new Map(snaps.map((s) => [s.name, s]));
   let chosen: SnapshotRecord[];
@@ -149,13 +153,16 @@ function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecor
   }
   const ok = new Set<string>();
   return chosen.filter((s) => {
-    const good = s.state === 'ready' && (s.parent === null || ok.has(s.parent));
+    const good = s.state === 'ready' && originOf(s).kind !== 'pulled' && (s.parent === null || ok.has(s.parent));
     if (good) ok.add(s.name);
     return good;
   });
 }
 
 const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
+
+/** Shared VMs (team/vm) whose pulled snapshots publish() has said it leaves out. */
+const toldPulled = new Set<string>();
 
 /**
  * Brings the catalog up to date with shares.json and the shared VMs' snapshots. Returns, per shared
@@ -187,6 +194,13 @@ export async function publish(
     const vmRec = await loadVm(home, vm);
     const snaps = await listSnapshotRecords(home, vm);
     const line = sharedLine(snaps, s.upto);
+    const pulled = snaps.filter((x) => originOf(x).kind === 'pulled');
+    if (pulled.length && !toldPulled.has(`${team}/${vm}`)) {
+      toldPulled.add(`${team}/${vm}`); // once per process: a --watch republishes every 5 s
+      log?.(
+        `shared VM ${vm}: ${pulled.length} snapshot(s) pulled from teammates (and what stands on them) are not published as this workstation's; teammates get them from their author's catalog`,
+      );
+    }
     const published = new Map<string, SnapshotRecordEntry & { id: string }>();
     for (const p of view.snapshots.get(vm) ?? []) published.set(keyOf(p.name, p.created_at), p);
     const idOf = new Map<string, string>(); // local snapshot name -> published content id
@@ -286,7 +300,7 @@ export class ShareSource implements BlockSource {
   private readonly chains = new Map<string, Chain>();
   private own = 0;
   private pool: Promise<WorkerPool> | null = null;
-  private pulled: { home: Home; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
+  private pulled: { home: Home; team: string; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
   blocksServed = 0;
 
   static async build(home: Home, cat: Catalog, view?: CatalogView): Promise<ShareSource> {
@@ -317,8 +331,8 @@ export class ShareSource implements BlockSource {
    * indexed on the first request: reading those catalogs' maps up front would slow down every
    * pulling-only sync for chains that nobody may ever ask for (bench/README.md).
    */
-  servePulled(home: Home, catalogs: () => Catalog[], onError: (err: Error) => void): void {
-    this.pulled = { home, catalogs, onError, done: null };
+  servePulled(home: Home, team: string, catalogs: () => Catalog[], onError: (err: Error) => void): void {
+    this.pulled = { home, team, catalogs, onError, done: null };
   }
 
   /** A chain was just pulled from `cat`: served from now, if pulled chains are indexed already. */
@@ -326,7 +340,7 @@ export class ShareSource implements BlockSource {
     const p = this.pulled;
     if (!p?.done) return; // the index, when it is made, reads every local snapshot anyway
     await p.done;
-    await this.addPulled(p.home, [cat]).catch(p.onError);
+    await this.addPulled(p.home, p.team, [cat]).catch(p.onError);
   }
 
   /** Resolves once no indexing of pulled chains is under way (before their catalogs close). */
@@ -337,7 +351,7 @@ export class ShareSource implements BlockSource {
   private indexPulled(): Promise<void> {
     const p = this.pulled;
     if (!p) return Promise.resolve();
-    p.done ??= this.addPulled(p.home, p.catalogs()).catch(p.onError);
+    p.done ??= this.addPulled(p.home, p.team, p.catalogs()).catch(p.onError);
     return p.done;
   }
 
@@ -345,19 +359,23 @@ export class ShareSource implements BlockSource {
    * Adds the chains this home pulled: a snapshot one of the teammates' catalogs `others` shares that
    * this home holds (a local snapshot with the same content id, which a pull verified layer by layer)
    * is served too, so teammates get it while its author is offline. Only what some teammate's catalog
-   * lists is ever served: a member cannot probe for other local data by hash.
+   * lists is ever served: a member cannot probe for other local data by hash. And only snapshots pulled
+   * from this team: a local snapshot that a member's catalog names by its content id (a member who
+   * knows some content can publish a record of it) is never served, which would tell that member we
+   * hold it.
    */
-  async addPulled(home: Home, others: Catalog[]): Promise<void> {
+  async addPulled(home: Home, team: string, others: Catalog[]): Promise<void> {
     if (!others.length) return;
     const byId = new Map<string, SnapshotRecord>();
     for (const vm of await listVmNames(home)) {
       for (const s of await listSnapshotRecords(home, vm).catch(() => [])) {
-        if (s.content_id && s.state === 'ready') byId.set(s.content_id, s);
+        const o = originOf(s);
+        if (s.content_id && s.state === 'ready' && o.kind === 'pulled' && o.team === team) byId.set(s.content_id, s);
       }
     }
     for (const o of others) {
       // A teammate's catalog not replicated in full yet would make view() wait for missing entries.
-      if (o.core.contiguousLength < o.core.length) continue;
+      if (o.core.contiguousLength < o.core.length || o.overLimit() !== null) continue;
       const ov = await o.view().catch(() => null);
       if (!ov) continue;
       for (const [vm] of ov.shares) {

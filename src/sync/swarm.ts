@@ -12,14 +12,22 @@
  *
  * Later protocols (catalog replication, block exchange) attach to `peer.mux`, which is only handed out
  * after the proof, so nothing of ours reaches a non-member.
+ *
+ * Unproven connections are limited per remote address and in all (limits.ts): beyond that a new one is
+ * closed at once, before any proof. Refusing a key for 60 s does not stop an outsider, who makes a
+ * fresh key pair per connection; the address it connects from is what it cannot change freely. And
+ * Hyperswarm's peer budget (maxPeers, which decides whether we still dial teammates we find) is raised
+ * by the unproven allowance, so outsiders holding their allowed slots cannot crowd members out.
  */
 import { EventEmitter } from 'node:events';
 import type NoiseSecretStream from '@hyperswarm/secret-stream';
 import Hyperswarm from 'hyperswarm';
 import type { Home } from '../store/home.js';
+import { verifyCatalogProof } from './cards.js';
 import { type Bootstrap, openDht } from './dht.js';
 import type { Identity } from './identity.js';
 import { membershipKey, teamTopic } from './keys.js';
+import { MAX_UNPROVEN, MAX_UNPROVEN_PER_ADDRESS } from './limits.js';
 import { MembershipError, type ProvenPeer, proveMembership, type RejectReason } from './membership.js';
 import { type MemberRecord, recordMember, type TeamRecord, teamSecret } from './teams.js';
 
@@ -47,6 +55,8 @@ export interface TeamSwarmOptions {
   proofTimeoutMs?: number;
   /** Our catalog core key, announced to proven peers (null: nothing shared yet). */
   catalogKey?: Buffer | null;
+  /** The catalog key's signature that it is ours (cards.ts catalogProof), sent with it. */
+  catalogSig?: Buffer | null;
   /** One line per notable event (dropped peers, new members), for stderr. */
   log?: (line: string) => void;
   /**
@@ -66,6 +76,8 @@ const BANNED: ReadonlySet<RejectReason> = new Set(['bad-proof', 'protocol', 'tim
  * that runs for days.
  */
 const REFUSE_MS = 60_000;
+/** Hyperswarm's default peer budget, kept for members: unproven connections come on top of it. */
+const MEMBER_PEERS = 64;
 /** Re-lookup backoff while no teammate is connected (see the module comment). */
 const LOOKUP_FIRST_MS = 1000;
 const LOOKUP_MAX_MS = 15_000;
@@ -80,6 +92,13 @@ export class TeamSwarm extends EventEmitter {
   /** Connections whose membership proof (and attaching of services) is still under way. */
   provingNow = 0;
   private readonly refused = new Set<string>();
+  /** Unproven connections per remote address (see the module comment). */
+  private readonly unproven = new Map<string, number>();
+  private unprovenTotal = 0;
+  /** Addresses whose refusal was logged (one line per address and run). */
+  private readonly toldFull = new Set<string>();
+  /** Connections closed at once because their address (or all unproven) was at the limit. */
+  refusedUnproven = 0;
   private closing: Promise<void> | null = null;
   private discovery: Hyperswarm.Discovery | null = null;
   private lookupTimer: NodeJS.Timeout | null = null;
@@ -107,6 +126,7 @@ export class TeamSwarm extends EventEmitter {
     const swarm = new Hyperswarm({
       dht,
       keyPair: { publicKey: opts.identity.publicKey, secretKey: opts.identity.secretKey },
+      maxPeers: MEMBER_PEERS + MAX_UNPROVEN,
       firewall: (remotePublicKey) => self?.refused.has(remotePublicKey.toString('hex')) === true,
     });
     self = new TeamSwarm(swarm, opts);
@@ -145,9 +165,48 @@ export class TeamSwarm extends EventEmitter {
     this.opts.log?.(line);
   }
 
+  /** Counts an unproven connection from `addr`; false (and nothing counted) when at a limit. */
+  private admitUnproven(addr: string): boolean {
+    const n = this.unproven.get(addr) ?? 0;
+    if (n >= MAX_UNPROVEN_PER_ADDRESS || this.unprovenTotal >= MAX_UNPROVEN) {
+      this.refusedUnproven++;
+      if (!this.toldFull.has(addr)) {
+        this.toldFull.add(addr);
+        this.log(
+          n >= MAX_UNPROVEN_PER_ADDRESS
+            ? `refused connections from ${addr}: ${n} from it are still proving membership (the limit per address)`
+            : `refused a connection from ${addr}: ${this.unprovenTotal} connections are still proving membership (the limit)`,
+        );
+      }
+      return false;
+    }
+    this.unproven.set(addr, n + 1);
+    this.unprovenTotal++;
+    return true;
+  }
+
+  private releaseUnproven(addr: string): void {
+    const n = (this.unproven.get(addr) ?? 1) - 1;
+    if (n > 0) this.unproven.set(addr, n);
+    else this.unproven.delete(addr);
+    this.unprovenTotal--;
+  }
+
   private onConnection(conn: NoiseSecretStream, info: Hyperswarm.PeerInfo): void {
     // An unhandled 'error' on a connection would crash the process: always listen.
     conn.on('error', () => undefined);
+    const addr = (conn.rawStream as { remoteHost?: string | null } | null)?.remoteHost ?? 'an unknown address';
+    if (!this.admitUnproven(addr)) {
+      conn.destroy();
+      return;
+    }
+    // The slot is given back once the proof is over (either way) or the connection closes.
+    let holdsSlot = true;
+    const releaseSlot = () => {
+      if (holdsSlot) this.releaseUnproven(addr);
+      holdsSlot = false;
+    };
+    conn.once('close', releaseSlot);
     const key = conn.remotePublicKey ?? info.publicKey;
     let attached!: (ok: boolean) => void;
     const whenAttached = new Promise<boolean>((r) => {
@@ -161,16 +220,18 @@ export class TeamSwarm extends EventEmitter {
       counted = false;
     };
     void whenAttached.then(settled);
-    proveMembership(conn, {
+    const proving = proveMembership(conn, {
       onVerified: (mux) => {
         for (const protocol of Object.keys(this.opts.services ?? {})) mux.pair({ protocol }, () => whenAttached);
       },
       key: membershipKey(teamSecret(this.opts.team)),
-      intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null },
+      intro: { name: this.opts.identity.name, catalog: this.opts.catalogKey ?? null, catalogSig: this.opts.catalogSig ?? null },
       ...(this.opts.proofTimeoutMs !== undefined ? { timeoutMs: this.opts.proofTimeoutMs } : {}),
-    }).then(
-      (proven) =>
-        this.onProven(conn, proven).then(attached, (err) => {
+    });
+    void proving.then(releaseSlot, releaseSlot);
+    proving.then(
+      (peerProven) =>
+        this.onProven(conn, peerProven).then(attached, (err) => {
           attached(false);
           this.log(`peer ${shortKey(key)}: ${(err as Error).message}`);
           conn.destroy();
@@ -199,8 +260,16 @@ export class TeamSwarm extends EventEmitter {
   }
 
   /** Records the member, attaches the services, announces the peer. Resolves true when attached. */
-  private async onProven(conn: NoiseSecretStream, proven: ProvenPeer): Promise<boolean> {
+  private async onProven(conn: NoiseSecretStream, peerProven: ProvenPeer): Promise<boolean> {
     if (this.closing) return false;
+    let proven = peerProven;
+    // A catalog key is the peer's only when the key itself signed that (cards.ts): otherwise a member
+    // could claim a teammate's catalog and have its chains credited to itself.
+    const claimed = proven.intro.catalog;
+    if (claimed && !verifyCatalogProof(this.opts.team, proven.publicKey, claimed, proven.intro.catalogSig)) {
+      this.log(`peer ${proven.intro.name} (${shortKey(proven.publicKey)}) announces catalog ${shortKey(claimed)} without that catalog's signature: ignored`);
+      proven = { ...proven, intro: { ...proven.intro, catalog: null, catalogSig: null } };
+    }
     let seen: Awaited<ReturnType<typeof recordMember>>;
     try {
       seen = await recordMember(this.opts.home, this.opts.team.team, this.opts.identity, {

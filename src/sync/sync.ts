@@ -26,9 +26,11 @@ import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
 import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
+import { originOf, type SnapshotRecord } from '../store/snapshots.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
-import { Catalog } from './catalog.js';
+import { catalogProof } from './cards.js';
+import { Catalog, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
@@ -41,12 +43,20 @@ import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
 import { Spool } from './spool.js';
-import { type TeamPeer, TeamSwarm } from './swarm.js';
+import { shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
 import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
 
-export const DEFAULT_TIMEOUT_S = 300;
+const DEFAULT_TIMEOUT_S = 300;
+/**
+ * Without --timeout, how long a run waits for a first teammate before NO_PEERS: nobody online is an
+ * answer worth giving in a minute, not after the whole timeout (issue 17). With --timeout, the run
+ * waits that long for one (a sharer waiting for a teammate to come).
+ */
+const DEFAULT_PEER_WAIT_S = 60;
+/** How long joining the DHT may take before DHT_UNREACHABLE (an unreachable bootstrap must fail fast). */
+const DHT_JOIN_MS = 10_000;
 /** How long a finished run that shares something waits for more teammates and for requests to stop. */
 const SETTLE_MS = 2500;
 /** How long a finished run that shares nothing waits after the last teammate came (lookup done). */
@@ -56,7 +66,8 @@ export interface SyncOptions {
   home: Home;
   team: string;
   bootstrap?: HostPort[];
-  timeoutSeconds?: number;
+  /** The whole run's bound (default DEFAULT_TIMEOUT_S); also the wait for a first teammate when given. */
+  timeoutSeconds?: number | undefined;
   watch?: boolean;
   /**
    * Stops the run (SIGINT/SIGTERM in the CLI). A --watch run ends normally; otherwise a pull in
@@ -69,6 +80,7 @@ export interface SyncOptions {
 }
 
 type SyncProgress =
+  | { phase: 'wait'; chain: ''; done: number; total: number }
   | { phase: 'receive'; chain: string; done: number; total: null }
   | { phase: 'write'; chain: string; snapshot: string; done: number; total: number }
   | { phase: 'pulled'; chain: string; done: number; total: number; vm: string; blocks_fetched: number; blocks_reused: number };
@@ -110,6 +122,8 @@ class SyncRun {
   private readonly log: (line: string) => void;
   private readonly t0 = Date.now();
   private readonly deadline: number;
+  /** Without a teammate by then, the run ends with NO_PEERS (see DEFAULT_PEER_WAIT_S). */
+  private readonly peerDeadline: number;
   /** --watch: the timeout bounds only reaching the DHT; pulls take what they take. */
   private readonly pullDeadline: number;
   private readonly report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [] };
@@ -119,6 +133,8 @@ class SyncRun {
   /** Per catalog and VM: blocks its sharer said it no longer has, at which catalog length. */
   private readonly unservableMemo = new Map<string, { length: number; blocks: Set<string> }>();
   private readonly cleanups: (() => Promise<void>)[] = [];
+  /** Teammates' catalogs found beyond the limits (reported once per run). */
+  private readonly overLimit = new Set<Catalog>();
   private lastPeerAt = 0;
   /** The spool is cleared (and closed) once every block in it is in a registered layer. */
   private spoolDone = false;
@@ -133,6 +149,7 @@ class SyncRun {
     this.home = opts.home;
     this.log = opts.log ?? (() => undefined);
     this.deadline = this.t0 + (opts.timeoutSeconds ?? DEFAULT_TIMEOUT_S) * 1000;
+    this.peerDeadline = opts.timeoutSeconds !== undefined ? this.deadline : Math.min(this.deadline, this.t0 + DEFAULT_PEER_WAIT_S * 1000);
     this.pullDeadline = opts.watch ? this.t0 + 1e12 : this.deadline;
   }
 
@@ -193,7 +210,7 @@ class SyncRun {
     const srv = serving;
     trace(`sync: serving index built (${srv.blocks} blocks)`);
     this.cleanups.push(() => srv.close());
-    const local = await LocalBlocks.scan(home, log);
+    const local = await LocalBlocks.scan(home, await this.reusable(own), log);
     this.cleanups.push(() => local.close());
     trace(`sync: local blocks indexed (${local.size})`);
     // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock).
@@ -211,6 +228,23 @@ class SyncRun {
       signal: this.opts.signal,
     });
     this.s = { catalogs, cards, serving: srv, local, temps, spool, fetcher, swarm: null };
+  }
+
+  /**
+   * Which local snapshots a pull of this team may take blocks from: those our catalog for the team
+   * publishes (a VM still shared, the snapshot matched by name and creation time as share.ts does), and
+   * those pulled from this team. Never an unshared VM's, nor another team's (the presence oracle).
+   */
+  private async reusable(own: Catalog): Promise<(vm: string, s: SnapshotRecord) => boolean> {
+    const view = await own.view();
+    const published = new Set<string>();
+    for (const [vm] of view.shares) for (const p of view.snapshots.get(vm) ?? []) published.add(`${vm}\u0000${p.name}\u0000${p.created_at}`);
+    const team = this.opts.team;
+    return (vm, s) => {
+      const o = originOf(s);
+      if (o.kind === 'pulled') return o.team === team;
+      return published.has(`${vm}\u0000${s.name}\u0000${s.created_at}`);
+    };
   }
 
   private stateOf(peer: TeamPeer): PeerState {
@@ -233,9 +267,10 @@ class SyncRun {
       team: this.team,
       identity: this.identity,
       bootstrap: this.bootstrap,
-      deadline: this.deadline,
+      deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS),
       log,
       catalogKey: own.key,
+      catalogSig: catalogProof(catalogKeyPair(this.identity, this.team), this.team, this.identity.publicKey),
       services: {
         'hypercore/alpha': async (peer) => {
           const st = this.stateOf(peer);
@@ -247,14 +282,17 @@ class SyncRun {
           const key = recorded ?? peer.intro.catalog;
           if (key && !key.equals(own.key)) {
             const cat = await catalogs.open(key);
-            catalogs.setAuthor(key.toString('hex'), peer.name);
+            catalogs.setAuthor(key.toString('hex'), peer.name, peer.publicKey);
             st.catalog = cat;
           }
           // Its own catalog, and every other teammate's we have (relayed both ways).
           for (const c of catalogs.catalogs()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
-          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, { source: serving });
+          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, {
+            source: serving,
+            onAbuse: (why) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
+          });
         },
         [CATALOGS_PROTOCOL]: (peer) => {
           cards.attach(peer, this.stateOf(peer));
@@ -316,9 +354,19 @@ class SyncRun {
     void swarm.discovered(this.deadline).then(() => {
       discovered = true;
     });
+    let waitShown = -1;
     for (;;) {
       const now = Date.now();
       if (now >= this.deadline || opts.signal?.aborted) break;
+      if (report.peers.length === 0) {
+        if (now >= this.peerDeadline) break;
+        // What the run waits for, once a second (a terminal shows it; issue 17: it waited in silence).
+        const waited = Math.floor((now - this.t0) / 1000);
+        if (waited !== waitShown) {
+          waitShown = waited;
+          opts.progress?.({ phase: 'wait', chain: '', done: waited, total: Math.ceil((this.peerDeadline - this.t0) / 1000) });
+        }
+      }
       // Sharing: a teammate may be about to ask us for blocks, or between two of its pulls. Not
       // sharing: done once the teammates the lookup found are connected and proven.
       const quiet =
@@ -340,7 +388,11 @@ class SyncRun {
         hint: 'blocks received so far are kept: run sync again to continue (or give a longer --timeout)',
       });
     }
-    if (report.peers.length === 0) this.log(`no teammate online on team ${opts.team} within ${Math.round((Date.now() - this.t0) / 1000)} s`);
+    if (report.peers.length === 0) {
+      throw CloneboxError.NO_PEERS(`no teammate of team ${opts.team} came online within ${Math.round((Date.now() - this.t0) / 1000)} s`, {
+        hint: `a teammate must run \`clonebox snapshot sync --team ${opts.team}\` (or keep one running with --watch) at the same time; --timeout SECONDS waits longer`,
+      });
+    }
   }
 
   /** The scheduler's turn for the teammate with key `hex`, if it is still connected. */
@@ -398,6 +450,8 @@ class SyncRun {
       if (cat.core.peers.length === 0) return;
     }
     await Promise.race([cat.core.update({ wait: true }).catch(() => false), sleep(bound(10_000))]);
+    // The signed length and byte length come first: a catalog beyond the limits is not downloaded.
+    if (cat.overLimit() !== null) return;
     if (cat.core.length > cat.core.contiguousLength) {
       const dl = cat.core.download({ start: 0, end: cat.core.length });
       await Promise.race([dl.done().catch(() => undefined), sleep(bound(60_000))]);
@@ -408,6 +462,16 @@ class SyncRun {
   private async pullCatalog(st: PeerState, cat: Catalog, author: string, relayed: boolean): Promise<void> {
     const { home, log, opts, report } = this;
     const { local, spool, temps, fetcher, serving } = this.s;
+    const over = cat.overLimit();
+    if (over !== null) {
+      const message = `the catalog of ${author} holds ${over} (a per-member limit): none of its chains are pulled`;
+      if (!this.overLimit.has(cat)) {
+        this.overLimit.add(cat);
+        report.errors.push({ peer: author, vm: null, code: 'SYNC_LIMIT', message });
+        log(message);
+      }
+      return;
+    }
     if (cat.core.contiguousLength < cat.core.length) {
       log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
       return;
@@ -418,7 +482,9 @@ class SyncRun {
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
       const ctx = {
         home,
+        team: opts.team,
         peerName: author,
+        peerKey: this.s.catalogs.authorKeyOf(cat.key.toString('hex')),
         catalog: cat,
         view,
         local,

@@ -12,7 +12,7 @@
  * "<name>-<first 8 hex digits of its key>", so `<vm>.<peer name>` can never be made to point at
  * someone else's chains by picking a name.
  */
-import { chmod, readdir, readFile } from 'node:fs/promises';
+import { chmod, readdir, readFile, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { createFileExclusive, ensureDir, writeFileAtomic } from '../fsutil.js';
@@ -23,6 +23,7 @@ import { formatHostPort, type HostPort, parseHostPort } from './hostport.js';
 import type { Identity } from './identity.js';
 import { decodeInvite, encodeInvite } from './invite.js';
 import { newTeamSecret, SECRET_BYTES } from './keys.js';
+import { MAX_MEMBERS } from './limits.js';
 
 export interface MemberRecord {
   public_key: string;
@@ -34,8 +35,8 @@ export interface MemberRecord {
   last_seen: string;
   /** Key of the member's catalog core, as first announced (null until it shares something). */
   catalog_key: string | null;
-  /** The member's signed catalog card (cards.ts), kept to hand on: its signed name and signature. */
-  card?: { name: string; sig: string } | null;
+  /** The member's signed catalog card (cards.ts), kept to hand on: its signed name, signature, countersignature. */
+  card?: { name: string; sig: string; csig?: string } | null;
   /** Set while the member is known only from a card a teammate handed on: that teammate's name. */
   via?: string | null;
 }
@@ -186,6 +187,17 @@ export async function joinTeam(
   const invite = decodeInvite(inviteText);
   const record = newRecord(team, invite.secret, 'joined', opts.bootstrap ?? invite.bootstrap);
   await ensureTeamsDir(home);
+  // One team, one local name: a second name for the same secret would run two catalogs and two
+  // memberships of one workstation in one team.
+  for (const other of await listTeams(home)) {
+    if (other === team) continue;
+    const rec = await loadTeam(home, other).catch(() => null);
+    if (rec?.secret === record.secret) {
+      throw new CloneboxError('TEAM_EXISTS', `this workstation is in that team already, as team ${other}`, {
+        hint: `use --team ${other} (or \`clonebox team leave ${other}\` first)`,
+      });
+    }
+  }
   if (await createFileExclusive(teamFile(home, team), serialize(record), 0o600)) return { record, already: false };
   const existing = await loadTeam(home, team);
   if (existing.secret !== record.secret) throw teamExists(team);
@@ -218,9 +230,20 @@ export interface SeenMember {
   renamed: boolean;
 }
 
-/** The name a newcomer gets: its claim, unless that is taken, then "<claim>-<8 hex of its key>". */
-export function memberName(rec: TeamRecord, self: { name: string; publicKey: Buffer }, publicKey: string, claimed: string): { name: string; renamed: boolean } {
-  const taken = claimed === self.name || rec.members.some((m) => m.name === claimed && m.public_key !== publicKey);
+/**
+ * The name a newcomer gets: its claim, unless that is taken, then "<claim>-<8 hex of its key>". A member
+ * known only from a card a teammate handed on (`provisional`) always gets the suffixed name: a card
+ * cannot reserve a plain name, so a member cannot squat a teammate's name for a newcomer who has not
+ * met that teammate yet. Met directly, it takes its plain name if that is free (recordMember).
+ */
+export function memberName(
+  rec: TeamRecord,
+  self: { name: string; publicKey: Buffer },
+  publicKey: string,
+  claimed: string,
+  provisional = false,
+): { name: string; renamed: boolean } {
+  const taken = provisional || claimed === self.name || rec.members.some((m) => m.name === claimed && m.public_key !== publicKey);
   if (!taken) return { name: claimed, renamed: false };
   const suffix = `-${publicKey.slice(0, 8)}`;
   return { name: claimed.slice(0, 128 - suffix.length) + suffix, renamed: true };
@@ -242,10 +265,21 @@ export async function recordMember(
     if (known) {
       known.last_seen = now;
       known.claimed_name = peer.name;
+      // Met directly for the first time: a provisional name (from a card) becomes the plain one if free.
+      if (known.via) known.name = memberName(rec, self, pk, peer.name).name;
       known.via = null;
       if (known.catalog_key === null && peer.catalogKey) known.catalog_key = peer.catalogKey.toString('hex');
       result = { member: known, isNew: false, renamed: known.name !== peer.name };
     } else {
+      if (members.length >= MAX_MEMBERS) {
+        throw new CloneboxError(
+          'SYNC_LIMIT',
+          `team ${team} has ${members.length} members already (the limit): ${peer.name} (${pk.slice(0, 8)}) is not recorded`,
+          {
+            hint: 'a team is a handful of workstations: make a new team for those who stay',
+          },
+        );
+      }
       const { name, renamed } = memberName(rec, self, pk, peer.name);
       const member: MemberRecord = {
         public_key: pk,
@@ -273,7 +307,7 @@ export async function recordCard(
   home: Home,
   team: string,
   self: Identity,
-  card: { identity: Buffer; name: string; catalog: Buffer; sig: Buffer },
+  card: { identity: Buffer; name: string; catalog: Buffer; sig: Buffer; csig: Buffer },
   via: string | null,
 ): Promise<MemberRecord | null> {
   const pk = card.identity.toString('hex');
@@ -286,11 +320,12 @@ export async function recordCard(
     if (known) {
       if (known.catalog_key === null) known.catalog_key = catalog;
       if (known.catalog_key !== catalog) return rec;
-      known.card = { name: card.name, sig: card.sig.toString('hex') };
+      known.card = { name: card.name, sig: card.sig.toString('hex'), csig: card.csig.toString('hex') };
       result = known;
     } else {
+      if (members.length >= MAX_MEMBERS) return rec; // the limit: a stranger's card is not recorded
       const now = new Date().toISOString();
-      const { name } = memberName(rec, self, pk, card.name);
+      const { name } = memberName(rec, self, pk, card.name, via !== null);
       const member: MemberRecord = {
         public_key: pk,
         name,
@@ -298,7 +333,7 @@ export async function recordCard(
         first_seen: now,
         last_seen: now,
         catalog_key: catalog,
-        card: { name: card.name, sig: card.sig.toString('hex') },
+        card: { name: card.name, sig: card.sig.toString('hex'), csig: card.csig.toString('hex') },
         via,
       };
       members.push(member);
@@ -322,4 +357,33 @@ export function teamView(rec: TeamRecord, self: Identity): TeamView {
     })),
     bootstrap: rec.bootstrap,
   };
+}
+
+/**
+ * Leaves a team: its record (the secret) and its sync state (our catalog, teammates' catalogs, what we
+ * share) are removed. VMs and snapshots pulled from it stay. Refused while a sync runs in this home.
+ */
+export async function leaveTeam(home: Home, team: string): Promise<{ team: string; left: true }> {
+  await loadTeam(home, team); // TEAM_NOT_FOUND first
+  const syncRoot = path.join(home.root, 'sync');
+  await ensureDir(syncRoot);
+  let lock: Awaited<ReturnType<typeof acquireLock>>;
+  try {
+    lock = await acquireLock(path.join(syncRoot, 'sync.lock'), 'sync', `team leave ${team}`, 0);
+  } catch (err) {
+    if ((err as CloneboxError).code === 'VM_BUSY') {
+      throw new CloneboxError('SYNC_BUSY', `a sync is running in this home, ${home.root}`, { hint: 'stop it, then leave the team' });
+    }
+    throw err;
+  }
+  try {
+    // The record first: once it is gone the team is left, whatever the removal of its state does.
+    await rm(teamFile(home, team), { force: true });
+    await rm(path.join(syncRoot, team), { recursive: true, force: true });
+  } catch (err) {
+    throw ioError(err, 'cannot remove the team', teamFile(home, team));
+  } finally {
+    await lock.release();
+  }
+  return { team, left: true };
 }

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, it } from 'vitest';
 import { Virsh } from '../../src/drivers/libvirt/virsh.js';
-import { pidAlive } from '../../src/store/lock.js';
+import { pidAlive } from '../../src/fsutil.js';
 import { qemuCompare, qemuCreate, qemuImg } from './qemu.js';
 
 const run = promisify(execFile);

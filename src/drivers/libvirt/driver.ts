@@ -223,6 +223,20 @@ export interface DomainDisks {
 }
 
 /**
+ * Refuses to go on while the domain runs (`vm remove --delete-files`: deleting the images qemu has open
+ * would destroy the running guest's disks). A domain that no longer exists runs nothing.
+ */
+export async function checkDomainStopped(domain: string, uri: string, what: string): Promise<void> {
+  const v = new Virsh({ uri });
+  if (!(await v.exists(domain))) return;
+  if (await v.isActive(domain)) {
+    throw CloneboxError.DOMAIN_RUNNING(`${what}: libvirt domain ${domain} is running on these files`, {
+      hint: `stop it first (\`virsh -c ${uri} shutdown ${domain}\`), then run the command again`,
+    });
+  }
+}
+
+/**
  * What `vm add --libvirt` registers: the domain's writable qcow2 disks (targets and current images).
  * Refuses transient domains, non-qcow2 writable disks and domains that libvirt holds snapshot metadata
  * for (they would go stale under clonebox).

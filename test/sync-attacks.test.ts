@@ -1,0 +1,237 @@
+/**
+ * Attacks of a team member (issue #11, sync side), each performed through the real CLI between homes
+ * on a private 3-node DHT on 127.0.0.1: a sharer runs `snapshot sync --watch` as a child process
+ * (stopped with SIGTERM), receivers run `snapshot sync --json`.
+ *
+ *  1. A member pulls a VM, writes into it, snapshots and shares it back: the author's own VM must not
+ *     gain that snapshot nor boot its disk, and the author must not publish it as its own.
+ *  6. Local blocks are reused only from VMs shared with, or pulled from, the team (no presence oracle).
+ *  7. A teammate's catalog beyond the per-member limits is not downloaded nor pulled.
+ *  8. A pull into a new VM never renames over an existing disk file (left by `vm remove`).
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
+import { expectSameChain } from './helpers/chains.js';
+import { CLI_PATH, cb, runCli } from './helpers/cli.js';
+import { run } from './helpers/process.js';
+import { qemuIo } from './helpers/qemu.js';
+import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
+
+const MiB = 1024 * 1024;
+let net: PrivateDht;
+let root: string;
+let bs: string;
+let invite = '';
+const children = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  net = await startPrivateDht({ host: '127.0.0.1', port: 0 });
+  bs = `${net.address.host}:${net.address.port}`;
+  root = await makeTempDir('clonebox-sync-attacks-');
+});
+
+afterAll(async () => {
+  for (const c of children) c.kill('SIGKILL');
+  await net?.close();
+  await cleanupTempDirs();
+});
+
+const home = (n: string) => path.join(root, n);
+
+async function ok(h: string, args: string[], timeoutMs = 60_000): Promise<string> {
+  const r = await cb(h, args, timeoutMs);
+  if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} (home ${path.basename(h)}) exited ${r.code}\n${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+const json = async <T = unknown>(h: string, args: string[]): Promise<T> => JSON.parse(await ok(h, [...args, '--json'])) as T;
+
+interface ChainDoc {
+  vm: string;
+  remote_vm: string;
+  peer: string;
+  snapshots: string[];
+  blocks_fetched: number;
+  blocks_reused: number;
+}
+interface SyncDoc {
+  peers: string[];
+  chains: ChainDoc[];
+  error?: { code: string; message: string };
+}
+
+async function diskOf(h: string, vm: string): Promise<string> {
+  return (await json<{ disks: { path: string }[] }>(h, ['vm', 'show', vm])).disks[0]!.path;
+}
+
+const sha = async (f: string) =>
+  createHash('sha256')
+    .update(await readFile(f))
+    .digest('hex');
+
+function watch(h: string): { stop(): Promise<void>; stderr(): string } {
+  const child = spawn(process.execPath, [CLI_PATH, '--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--watch', '--timeout', '20'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  children.add(child);
+  let err = '';
+  child.stderr!.on('data', (d) => {
+    err += d;
+  });
+  child.stdout!.resume();
+  const exited = new Promise<void>((r) =>
+    child.once('exit', () => {
+      children.delete(child);
+      r();
+    }),
+  );
+  return {
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 8000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
+
+async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
+  const r = await cb(h, ['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', String(timeoutS), '--json'], (timeoutS + 20) * 1000);
+  return { code: r.code, doc: JSON.parse(r.stdout.trim() || '{}') as SyncDoc, stderr: r.stderr };
+}
+
+async function join(h: string, name: string): Promise<void> {
+  await ok(h, ['team', 'join', 'crew', '--invite', invite, '--name', name]);
+}
+
+const A = () => home('a');
+const M = () => home('m');
+
+describe('what a team member cannot do to a teammate', () => {
+  let sharer: ReturnType<typeof watch> | null = null;
+
+  beforeAll(async () => {
+    await ok(A(), ['vm', 'create', 'web', '--size', '16M']);
+    await qemuIo(await diskOf(A(), 'web'), 'write -P 0x11 0 2M');
+    await ok(A(), ['snapshot', 'create', 'web', '--name', 's1']);
+    invite = (await json<{ invite: string }>(A(), ['team', 'create', 'crew', '--name', 'ws-a'])).invite;
+    await ok(A(), ['snapshot', 'share', 'web', '--team', 'crew']);
+  });
+
+  afterAll(async () => {
+    await sharer?.stop();
+  });
+
+  it("attack 1: a member's snapshot on top of our own VM's chain never lands in that VM, and is not republished as ours", async () => {
+    sharer = watch(A());
+    await join(M(), 'ws-m');
+    const first = await sync(M());
+    expect(first.code, first.stderr).toBe(0);
+    expect(first.doc.chains.map((c) => [c.vm, c.snapshots])).toEqual([['web', ['s1']]]);
+    const m1 = await readFile(path.join(M(), 'vms', 'web', 'snapshots', 's1.json'), 'utf8');
+    await sharer.stop();
+    sharer = null;
+
+    // M writes its own data into its copy, snapshots and shares it back, as a member running a
+    // modified (or older) clonebox that republishes what it pulled: its s1 record says nothing of A.
+    await qemuIo(await diskOf(M(), 'web'), 'write -P 0x66 0 1M');
+    await ok(M(), ['snapshot', 'create', 'web', '--name', 's2']);
+    const { origin: _dropped, ...stripped } = JSON.parse(m1) as Record<string, unknown>;
+    await writeFile(path.join(M(), 'vms', 'web', 'snapshots', 's1.json'), JSON.stringify(stripped));
+    const shared = await json<{ published: string[] }>(M(), ['snapshot', 'share', 'web', '--team', 'crew']);
+    expect(shared.published).toEqual(['s1', 's2']);
+
+    // A's web: stopped since s1 (its overlay is empty), the state in which a fast-forward moved it
+    // onto M's layer before.
+    const vmJson = await readFile(path.join(A(), 'vms', 'web', 'vm.json'), 'utf8');
+    const aDisk = await diskOf(A(), 'web');
+    const diskSum = await sha(aDisk);
+    sharer = watch(M());
+    const r = await sync(A());
+    expect(r.code, r.stderr).toBe(0);
+    const c = r.doc.chains.find((x) => x.remote_vm === 'web');
+    expect(c, r.stderr).toBeDefined();
+    expect(c!.vm).toBe('web.ws-m');
+    expect(c!.snapshots).toEqual(['s1', 's2']);
+    expect(r.stderr).toMatch(/VM web here is not ws-m's web \(snapshot s1 was made here\): left untouched/);
+    expect(await readFile(path.join(A(), 'vms', 'web', 'vm.json'), 'utf8')).toBe(vmJson);
+    expect((await json<{ name: string }[]>(A(), ['snapshot', 'list', 'web'])).map((s) => s.name)).toEqual(['s1']);
+    expect(await sha(aDisk)).toBe(diskSum);
+    // The overlay A boots still stands on A's own s1 layer.
+    const info = JSON.parse((await run('qemu-img', ['info', '--output=json', aDisk])).stdout) as { 'full-backing-filename'?: string };
+    expect(path.basename(info['full-backing-filename'] ?? '')).toBe('web@s1.qcow2');
+    await expectSameChain(M(), 'web', A(), 'web.ws-m', { sameTree: true });
+
+    // What A pulled is M's: sharing that VM publishes none of it as A's.
+    const again = await json<{ published: string[] }>(A(), ['snapshot', 'share', 'web.ws-m', '--team', 'crew']);
+    expect(again.published).toEqual([]);
+    await ok(A(), ['snapshot', 'unshare', 'web.ws-m', '--team', 'crew']);
+    // Provenance: a pulled record names its author and the author's catalog.
+    const origin = (JSON.parse(m1) as { origin?: Record<string, unknown> }).origin;
+    expect(origin).toMatchObject({ kind: 'pulled', team: 'crew', member: 'ws-a' });
+    expect(origin!.catalog_key).toMatch(/^[0-9a-f]{64}$/);
+    const pulled = JSON.parse(await readFile(path.join(A(), 'vms', 'web.ws-m', 'snapshots', 's2.json'), 'utf8')) as { origin?: Record<string, unknown> };
+    expect(pulled.origin).toMatchObject({ kind: 'pulled', member: 'ws-m' });
+  });
+
+  it('attack 8: a pull into a new VM never renames over a disk file left by `vm remove`', async () => {
+    await sharer?.stop();
+    sharer = watch(A());
+    const N = home('n');
+    await join(N, 'ws-n');
+    await ok(N, ['vm', 'create', 'web', '--size', '8M']);
+    const left = await diskOf(N, 'web');
+    await qemuIo(left, 'write -P 0x77 0 1M');
+    await ok(N, ['vm', 'remove', 'web', '--yes']); // files kept
+    const before = await sha(left);
+    const r = await sync(N);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain(`file already exists, ${left}`);
+    expect(await sha(left)).toBe(before);
+    expect(await json(N, ['vm', 'list'])).toEqual([]);
+  });
+
+  it('attack 6: blocks of an unshared VM are never reused for a pull (no presence oracle)', async () => {
+    await sharer?.stop();
+    const secret = path.join(root, 'secret.bin');
+    await writeFile(secret, randomBytes(MiB));
+    // B holds the candidate blocks in a VM it shares with nobody.
+    const B = home('b');
+    await join(B, 'ws-b');
+    await ok(B, ['vm', 'create', 'priv', '--size', '8M']);
+    await qemuIo(await diskOf(B, 'priv'), `write -s ${secret} 0 1M`);
+    await ok(B, ['snapshot', 'create', 'priv', '--name', 'p1']);
+    // A shares a chain of those candidate blocks.
+    await ok(A(), ['vm', 'create', 'probe', '--size', '8M']);
+    await qemuIo(await diskOf(A(), 'probe'), `write -s ${secret} 0 1M`);
+    await ok(A(), ['snapshot', 'create', 'probe', '--name', 'q1']);
+    await ok(A(), ['snapshot', 'share', 'probe', '--team', 'crew']);
+    sharer = watch(A());
+    const r = await sync(B);
+    expect(r.code, r.stderr).toBe(0);
+    const c = r.doc.chains.find((x) => x.remote_vm === 'probe')!;
+    expect(c, r.stderr).toBeDefined();
+    // All 16 blocks asked for: A learns nothing of priv.
+    expect([c.blocks_fetched, c.blocks_reused]).toEqual([16, 0]);
+    await expectSameChain(A(), 'probe', B, 'probe', { sameTree: true });
+  });
+
+  it("attack 7: a teammate's catalog beyond the per-member limit is neither downloaded nor pulled, and the run names it", async () => {
+    const L = home('l');
+    await join(L, 'ws-l');
+    const r = await runCli(['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+      home: L,
+      env: { CLONEBOX_SYNC_MAX_CATALOG_ENTRIES: '4' },
+      timeoutMs: 80_000,
+    });
+    expect(r.code, r.stderr).toBe(1);
+    const doc = JSON.parse(r.stdout) as SyncDoc;
+    expect(doc.error?.code).toBe('SYNC_LIMIT');
+    expect(r.stderr).toMatch(/the catalog of ws-a holds \d+ entries, more than the limit of 4 \(a per-member limit\): none of its chains are pulled/);
+    expect(await json(L, ['vm', 'list'])).toEqual([]);
+  });
+});
