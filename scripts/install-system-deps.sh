@@ -15,6 +15,10 @@ command -v sfdisk >/dev/null || need+=(fdisk)
 # a stock Redfish client for the `clonebox serve` tests; openssl makes the service's self-signed certificate
 command -v redfishtool >/dev/null || need+=(redfishtool)
 command -v openssl >/dev/null || need+=(openssl)
+# the real-guest libvirt tests: scripts/make-test-guest.sh builds a Debian guest with mmdebstrap and boots
+# it on the host's Debian kernel and initramfs (linux-image-amd64; its initramfs has virtio_blk)
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+ls /boot/vmlinuz-*-amd64 >/dev/null 2>&1 || need+=(linux-image-amd64)
 if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq

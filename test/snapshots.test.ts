@@ -30,6 +30,7 @@ const SNAPSHOT_KEYS = [
   'expires_at',
   'name',
   'parent',
+  'quiesced',
   'size_bytes',
   'state',
   'tags',

@@ -127,6 +127,8 @@ export interface SnapshotView {
   expires_at: string | null;
   current: boolean;
   disks: { target: string; path: string }[];
+  /** Filesystem-consistent: the guest agent froze the guest's filesystems for it (`--quiesce`). */
+  quiesced: boolean;
 }
 
 export interface TreeNode {

@@ -71,6 +71,7 @@ function toView(vm: string, m: Record<string, unknown>): SnapshotView {
     auto_policy: null,
     expires_at: typeof m.ExpiresAt === 'string' ? m.ExpiresAt : null,
     current: m.Current === true,
+    quiesced: m.Quiesced === true,
     // The service does not expose host paths of layers.
     disks: [],
   };

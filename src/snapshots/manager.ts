@@ -230,6 +230,7 @@ export class SnapshotManager {
         size_bytes: size,
         content_id: null,
         memory_path: prepared.memoryPath,
+        quiesced: false,
       };
       // The configuration this snapshot goes with, for `before_operations: [config-change]`.
       const fingerprint = driver.configFingerprint && snapshotsBefore(vm, 'config-change') ? await driver.configFingerprint(vm) : null;
@@ -240,13 +241,16 @@ export class SnapshotManager {
         ...(fingerprint !== null ? { extra: { ...(vm.extra ?? {}), config_fingerprint: fingerprint } } : {}),
       };
       const rp = recordPath(this.home, vm.name, name);
-      await j.commit([
+      // A new file: if the driver's step fails without acting, the journal can undo the whole create.
+      await j.willCreate(rp);
+      const done = await j.commit([
         { do: 'write_json', path: rp, value: rec },
         ...prepared.actions,
-        { do: 'write_json', path: rp, value: { ...rec, state: 'ready' } },
+        // `quiesced` is what the driver's step reports; the record says false unless it did.
+        { do: 'write_json', path: rp, value: { ...rec, state: 'ready' }, notes: ['quiesced'] },
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
       ]);
-      const ready: SnapshotRecord = { ...rec, state: 'ready' };
+      const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
       if (rec.memory_path) {
         // A full snapshot's size includes its memory state, which exists only once the commit has run
         // (it showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash
@@ -261,7 +265,7 @@ export class SnapshotManager {
         }
       }
       const after = [...snaps, ready];
-      const warnings = [...prepared.warnings];
+      const warnings = [...prepared.warnings, ...done.warnings];
       const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
       if (logged) warnings.push(logged);
       return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };

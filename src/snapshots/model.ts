@@ -21,6 +21,8 @@ export interface SnapshotView {
   expires_at: string | null;
   current: boolean;
   disks: { target: string; path: string }[];
+  /** Filesystem-consistent: the guest agent froze the guest's filesystems for it (`--quiesce`). */
+  quiesced: boolean;
 }
 
 export interface TreeNode {
@@ -66,6 +68,7 @@ export function toView(vm: VmRecord, r: SnapshotRecord, idx: Map<string | null, 
     expires_at: expiresAt,
     current: vm.current === r.name,
     disks: r.disks.map((d) => ({ target: d.target, path: d.path })),
+    quiesced: r.quiesced === true,
   };
 }
 

@@ -11,6 +11,17 @@
  *
  * The journal lives at <home>/vms/<vm>/journal.json and is replaced atomically at every step.
  *
+ * Driver steps may report what they found (StepResult): warnings for the caller, and notes (facts such
+ * as "the guest was quiesced") that later `write_json` actions of the same commit merge into the value
+ * they write. Notes are persisted with the step's progress, so a roll-forward in another process writes
+ * the same records. A step that re-runs after a crash and finds its work done reports nothing, and the
+ * record keeps the value the operation planned (which therefore states the conservative case).
+ *
+ * A driver step that failed WITHOUT acting, and that retrying cannot complete, throws an error marked with
+ * notTaken(): the operation is then undone as if it had failed in prepare, provided every action before
+ * the step only wrote files the prepare phase announced. A VM is never left with a journal that every
+ * later command replays into the same failure.
+ *
  * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
  * (each persist and each commit action counts), so tests can stop an operation at every point.
  */
@@ -24,13 +35,37 @@ import { type Home, vmDir } from './home.js';
 export type Action =
   | { do: 'rename'; from: string; to: string }
   | { do: 'unlink'; path: string }
-  | { do: 'write_json'; path: string; value: unknown }
+  /** `notes`: names of step notes to merge into `value` (an object) when they were reported. */
+  | { do: 'write_json'; path: string; value: unknown; notes?: string[] }
   | { do: 'remove_dir'; path: string }
   /** A step a driver performs itself (virsh calls...); its handler must be idempotent too. */
   | { do: 'driver'; driver: string; step: unknown };
 
+/** What a driver step reports: warnings for the caller, notes for later record writes (see the top). */
+export interface StepResult {
+  warnings?: string[];
+  notes?: Record<string, unknown>;
+}
+
 /** Performs one driver step of a journal; must be idempotent (a crash may have come after it acted). */
-export type StepHandler = (step: unknown) => Promise<void>;
+export type StepHandler = (step: unknown) => Promise<StepResult | undefined>;
+
+const NOT_TAKEN = new WeakSet<Error>();
+
+/**
+ * Marks the error of a driver step that verifiably changed nothing and cannot succeed by being retried:
+ * the journal undoes the operation instead of keeping it for a roll-forward that would fail again.
+ */
+export function notTaken<E extends Error>(err: E): E {
+  NOT_TAKEN.add(err);
+  return err;
+}
+
+/** What a commit reported: its driver steps' warnings and notes. */
+export interface CommitResult {
+  warnings: string[];
+  notes: Record<string, unknown>;
+}
 
 /**
  * Driver name → loader of the handler of that driver's steps. The journal names no driver: whoever
@@ -50,6 +85,9 @@ interface JournalDoc {
   created: string[];
   actions: Action[];
   done: number;
+  /** Reported by the driver steps done so far (absent in journals of older builds). */
+  warnings?: string[];
+  notes?: Record<string, unknown>;
 }
 
 let crashCounter = 0;
@@ -100,20 +138,24 @@ export class Journal {
     await this.persist();
   }
 
-  /** Writes the remaining actions, then performs them. After this returns the operation is done. */
-  async commit(actions: Action[]): Promise<void> {
+  /**
+   * Writes the remaining actions, then performs them. After this returns the operation is done. If a
+   * driver step throws a notTaken() error and the operation can be undone, it is undone (the journal is
+   * gone, rollback() does nothing more) and the error is thrown.
+   */
+  async commit(actions: Action[]): Promise<CommitResult> {
     this.doc.phase = 'commit';
     this.doc.actions = actions;
     this.doc.done = 0;
     await this.persist();
-    await runActions(this.doc, this.file, this.handlers);
+    return runActions(this.doc, this.file, this.handlers).catch(unwrapUndone);
   }
 
   /** Undoes the prepare phase (after an error): deletes what it created and the journal. */
   async rollback(): Promise<void> {
     if (this.doc.phase === 'commit') {
       // Past the point of no return: finish instead of undoing.
-      await runActions(this.doc, this.file, this.handlers);
+      await runActions(this.doc, this.file, this.handlers).catch(unwrapUndone);
       return;
     }
     await deleteCreated(this.doc.created);
@@ -148,17 +190,62 @@ async function deleteCreated(created: string[]): Promise<{ files: number; bytes:
   return removed;
 }
 
-async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers): Promise<void> {
+/** An error that runActions() turned into an undo of the whole operation (the journal is gone). */
+class UndoneError extends Error {
+  constructor(
+    readonly reason: unknown,
+    readonly removed: { files: number; bytes: number },
+  ) {
+    super('operation undone');
+  }
+}
+
+/** The step's own error, for a caller that runs the commit itself. */
+function unwrapUndone(err: unknown): never {
+  throw err instanceof UndoneError ? err.reason : err;
+}
+
+/** Can the commit be undone at this point: every action before the current one wrote an announced file? */
+function undoable(doc: JournalDoc): boolean {
+  const created = new Set(doc.created);
+  return doc.actions.slice(0, doc.done).every((a) => a.do === 'write_json' && created.has(a.path));
+}
+
+async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers): Promise<CommitResult> {
   while (doc.done < doc.actions.length) {
-    await perform(doc.actions[doc.done]!, handlers);
+    const a = doc.actions[doc.done]!;
+    let r: StepResult | undefined;
+    try {
+      r = await perform(a, handlers, doc.notes ?? {});
+    } catch (err) {
+      if (a.do === 'driver' && err instanceof Error && NOT_TAKEN.has(err) && undoable(doc)) {
+        const removed = await deleteCreated(doc.created);
+        await rm(file, { force: true });
+        // Nothing is left to finish: a later rollback() of this journal has nothing to delete.
+        doc.phase = 'prepare';
+        doc.created = [];
+        throw new UndoneError(err, removed);
+      }
+      throw err;
+    }
+    if (r?.warnings?.length) doc.warnings = [...(doc.warnings ?? []), ...r.warnings];
+    if (r?.notes) doc.notes = { ...(doc.notes ?? {}), ...r.notes };
     crashPoint();
     doc.done++;
     await writeJsonAtomic(file, doc);
   }
   await rm(file, { force: true });
+  return { warnings: doc.warnings ?? [], notes: doc.notes ?? {} };
 }
 
-async function perform(a: Action, handlers: StepHandlers): Promise<void> {
+/** `value` with the named notes that were reported merged in (objects only). */
+function withNotes(value: unknown, names: string[] | undefined, notes: Record<string, unknown>): unknown {
+  if (!names || typeof value !== 'object' || value === null || Array.isArray(value)) return value;
+  const picked = Object.fromEntries(names.filter((n) => Object.hasOwn(notes, n)).map((n) => [n, notes[n]]));
+  return { ...value, ...picked };
+}
+
+async function perform(a: Action, handlers: StepHandlers, notes: Record<string, unknown>): Promise<StepResult | undefined> {
   switch (a.do) {
     case 'rename':
       try {
@@ -176,7 +263,7 @@ async function perform(a: Action, handlers: StepHandlers): Promise<void> {
       return;
     case 'write_json':
       await ensureDir(path.dirname(a.path));
-      await writeJsonAtomic(a.path, a.value);
+      await writeJsonAtomic(a.path, withNotes(a.value, a.notes, notes));
       return;
     case 'remove_dir':
       await rm(a.path, { recursive: true, force: true });
@@ -184,8 +271,7 @@ async function perform(a: Action, handlers: StepHandlers): Promise<void> {
     case 'driver': {
       const load = handlers.get(a.driver);
       if (!load) throw new CloneboxError('INTERNAL', `no handler for ${a.driver} journal steps`);
-      await (await load())(a.step);
-      return;
+      return (await load())(a.step);
     }
     default:
       // An action this build does not know must stop recovery, never be skipped.
@@ -255,7 +341,13 @@ export async function recoverReport(home: Home, vm: string, handlers: StepHandle
   }
   const op = typeof doc.op === 'string' ? doc.op : null;
   if (doc.phase === 'commit') {
-    await runActions(doc, file, handlers);
+    try {
+      await runActions(doc, file, handlers);
+    } catch (err) {
+      // A step that cannot be completed undid the operation: the VM is usable again.
+      if (err instanceof UndoneError) return { outcome: 'rolled-back', op, removedFiles: err.removed.files, removedBytes: err.removed.bytes };
+      throw err;
+    }
     return { outcome: 'completed', op, removedFiles: 0, removedBytes: 0 };
   }
   const removed = await deleteCreated(doc.created);

@@ -55,6 +55,8 @@ export interface SnapshotRecord {
   content_id_unverified?: boolean;
   /** Path of the saved memory state for `full` snapshots (libvirt driver). */
   memory_path?: string | null;
+  /** The guest agent froze the guest's filesystems for this snapshot (absent in older records: false). */
+  quiesced?: boolean;
   /** Provenance (absent: made here). */
   origin?: SnapshotOrigin | null;
 }

@@ -34,7 +34,7 @@ import { pathExists } from '../../fsutil.js';
 import { createOverlay } from '../../qcow2/overlay.js';
 import { imageGeometry } from '../../qcow2/probe.js';
 import { rebaseImage } from '../../qcow2/rebase.js';
-import type { Action, Journal, StepHandler } from '../../store/journal.js';
+import { type Action, type Journal, notTaken, type StepHandler, type StepResult } from '../../store/journal.js';
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
@@ -106,8 +106,12 @@ async function syncXml(v: Virsh, domain: string, disks: LayerRef[]): Promise<voi
   }
 }
 
-/** Performs one journal step; safe to call again after a crash at any point inside it. */
-export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
+/**
+ * Performs one journal step; safe to call again after a crash at any point inside it. A `snapshot` step
+ * reports the note `quiesced` (true when the guest agent froze the filesystems for it) and the warning
+ * of a quiesce that could not be had; one that finds its work already done reports nothing.
+ */
+export async function performLibvirtStep(s: LibvirtStep): Promise<StepResult | undefined> {
   const v = new Virsh({ uri: s.uri });
   switch (s.op) {
     case 'snapshot': {
@@ -125,7 +129,7 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
           s.domain,
           s.disks.map((d) => ({ target: d.target, path: d.to })),
         );
-        return; // done before a crash
+        return undefined; // done before a crash (whether it was quiesced is not known: not claimed)
       }
       if (
         !sameList(
@@ -147,33 +151,53 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
         quiesce: s.quiesce && active,
         ...(memoryFile === null ? {} : { memoryFile }),
       };
-      await v.createSnapshot(s.domain, spec);
+      let taken: Awaited<ReturnType<Virsh['createSnapshot']>>;
+      try {
+        taken = await v.createSnapshot(s.domain, spec);
+      } catch (err) {
+        // libvirt refused (--atomic: no disk switched). Retrying in every later command would refuse
+        // again and wedge the VM, so when the domain is verifiably still on the old images the
+        // operation is undone instead. A timeout or a lost daemon says nothing about what libvirt did.
+        const definite = err instanceof CloneboxError && err.code !== 'LIBVIRT_TIMEOUT' && err.code !== 'LIBVIRT_UNAVAILABLE';
+        if (definite) {
+          const after = await currentSources(v, s.domain, targets, await v.isActive(s.domain)).catch(() => null);
+          if (
+            after !== null &&
+            sameList(
+              after,
+              s.disks.map((d) => d.from),
+            )
+          )
+            throw notTaken(err);
+        }
+        throw err;
+      }
       await syncXml(
         v,
         s.domain,
         s.disks.map((d) => ({ target: d.target, path: d.to })),
       );
-      return;
+      return { warnings: taken.warnings, notes: { quiesced: taken.quiesced } };
     }
     case 'stop': {
       await v.ensureStopped(s.domain);
       if (s.dropManagedSave && (await v.hasManagedSave(s.domain))) await v.managedSaveRemove(s.domain);
-      return;
+      return undefined;
     }
     case 'sync_xml': {
       await syncXml(v, s.domain, s.disks);
-      return;
+      return undefined;
     }
     case 'load_memory': {
-      if (!(await pathExists(s.memoryFile))) return; // a full snapshot whose memory could not be taken
-      if (await v.hasManagedSave(s.domain)) return; // done (the stale one was dropped by 'stop')
+      if (!(await pathExists(s.memoryFile))) return undefined; // a full snapshot whose memory could not be taken
+      if (await v.hasManagedSave(s.domain)) return undefined; // done (the stale one was dropped by 'stop')
       if (!(await v.isActive(s.domain))) {
         const xml = pointAt(parseDomainXml(await v.saveImageXml(s.memoryFile, s.domain)), s.disks).toString();
         await v.restore(s.memoryFile, { xml, paused: true, domain: s.domain });
       }
       // Running (paused) on the restored memory: park it where `virsh start` resumes it.
       await v.managedSave(s.domain, { running: true });
-      return;
+      return undefined;
     }
     case 'block_pull': {
       const x = parseDomainXml(await v.dumpXml(s.domain));
@@ -182,9 +206,9 @@ export async function performLibvirtStep(s: LibvirtStep): Promise<void> {
         throw new CloneboxError('DOMAIN_CHANGED', `disk ${s.target} is no longer ${s.path}, domain ${s.domain}`);
       }
       const below = d.backingChain?.[0]?.source ?? null;
-      if (below === s.base) return; // done
+      if (below === s.base) return undefined; // done
       await v.blockPull(s.domain, s.target, { ...(s.base === null ? {} : { base: s.base }), keepRelative: true });
-      return;
+      return undefined;
     }
   }
 }
@@ -312,7 +336,13 @@ export class LibvirtDriver implements SnapshotDriver {
     await this.checkDisks(vm, virsh, domain, active);
     const warnings: string[] = [];
     let quiesce = false;
-    if (opts.quiesce && active) {
+    if (opts.quiesce && opts.memory) {
+      // libvirt quiesces disk-only snapshots only; a memory snapshot needs none (the guest's unwritten
+      // data is in the saved RAM and is written out when it resumes).
+      warnings.push(
+        `--quiesce is not needed with --memory (the saved memory holds what the guest had not written); snapshot ${name} of domain ${domain} is taken without freezing`,
+      );
+    } else if (opts.quiesce && active) {
       const agent = await virsh.agentStatus(domain);
       if (agent === 'connected' && (await virsh.agentPing(domain, 5))) quiesce = true;
       else {

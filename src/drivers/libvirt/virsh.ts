@@ -364,9 +364,12 @@ export class Virsh {
    * `memoryFile` is set. By default with --no-metadata and --reuse-external: clonebox creates the overlays
    * itself (relative backing names, so layers can move together) and owns all snapshot metadata.
    *
-   * Quiesce: if the domain has no guest-agent channel, or the agent is not connected, or libvirt says the
-   * agent does not answer, the snapshot is taken without --quiesce and a warning says so (crash-consistent
-   * instead of filesystem-consistent). --atomic guarantees the failed attempt changed nothing.
+   * Quiesce is attempted, never required: if the domain has no guest-agent channel, or the agent is not
+   * connected, or the quiesced attempt fails for any reason (no answer, a freeze hook that exits non-zero,
+   * a filesystem that cannot freeze), the snapshot is taken without --quiesce and one warning names the
+   * cause (crash-consistent instead of filesystem-consistent). --atomic guarantees that the failed attempt
+   * changed no disk, and the guest is told to thaw in case the failure came after a freeze. Only when the
+   * plain attempt fails too is the snapshot refused, with that attempt's error.
    */
   async createSnapshot(domain: string, o: SnapshotCreateOptions): Promise<SnapshotCreateResult> {
     const t0 = Date.now();
@@ -403,8 +406,13 @@ export class Virsh {
           await attempt(true);
           quiesced = true;
         } catch (err) {
-          if (!(err instanceof CloneboxError && err.code === 'GUEST_AGENT_UNAVAILABLE')) throw err;
-          warnings.push(`the guest agent of domain ${domain} did not answer (${err.message}); snapshot ${o.name} is crash-consistent (not quiesced)`);
+          // A timeout may leave libvirt still working on the attempt: a second one would race it.
+          if (!(err instanceof CloneboxError) || err.code === 'LIBVIRT_TIMEOUT' || err.code === 'LIBVIRT_UNAVAILABLE') throw err;
+          await this.fsThaw(domain).catch(() => undefined);
+          const why = err.code === 'GUEST_AGENT_UNAVAILABLE' ? 'the guest agent did not answer' : 'the guest could not be quiesced';
+          warnings.push(
+            `${why} (${reasonOf(err.cause instanceof Error ? err.cause.message : err.message)}); snapshot ${o.name} of domain ${domain} is crash-consistent, not quiesced`,
+          );
         }
       }
     }
@@ -598,6 +606,25 @@ export class Virsh {
     if (!ch) return 'none';
     if (!active) return 'disconnected';
     return ch.state === 'connected' ? 'connected' : 'disconnected';
+  }
+
+  /**
+   * Tells the guest agent to thaw the guest's filesystems (after a freeze that may have half happened);
+   * returns how many it thawed. Fails when no agent answers.
+   */
+  async fsThaw(domain: string): Promise<number> {
+    const out = await this.run(['domfsthaw', domain], { domain, what: 'cannot thaw guest filesystems', quiet: false });
+    return Number(/(\d+)/.exec(out)?.[1] ?? 0);
+  }
+
+  /** Sends one command to the guest agent and returns its `return` value (JSON-decoded). */
+  async agentCommand(domain: string, command: Record<string, unknown>, timeoutSec = 10): Promise<unknown> {
+    const out = await this.run(['qemu-agent-command', domain, JSON.stringify(command), '--timeout', String(timeoutSec)], {
+      domain,
+      timeoutMs: (timeoutSec + 10) * 1000,
+      what: `guest agent command ${String(command.execute)} failed`,
+    });
+    return (JSON.parse(out) as { return?: unknown }).return;
   }
 
   /** Round trip to the guest agent; false when it does not answer within `timeoutSec`. */

@@ -56,8 +56,7 @@ function member(s: SnapshotView, pending: PendingSnapshot | undefined): Record<s
     SizeBytes: s.size_bytes,
     SnapshotState: pending?.state ?? STATE[s.state],
     Type: s.type,
-    // Whether a snapshot was quiesced is not recorded in the home; tasks report a quiesce that failed.
-    Quiesced: null,
+    Quiesced: s.quiesced,
     Current: s.current,
     Tags: s.tags,
     AutoCreated: s.auto_created,
