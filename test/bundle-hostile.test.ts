@@ -153,7 +153,7 @@ describe('damaged bundles are refused and nothing is written', () => {
     const home = resolveHome(path.join(root, 'good-home'));
     const r = await importBundle(home, 'good', { input: rebuilt, key: null, dir: path.join(root, 'good-disks') });
     expect(r.snapshots).toEqual(['one', 'two', 'three']);
-    expect((await verifyBundle(path.join(root, 'enc-enc.bundle'), pwKey)).ok).toBe(true);
+    expect((await verifyBundle(path.join(root, 'enc-3-enc.bundle'), pwKey)).ok).toBe(true);
   });
 
   it('refuses a bundle with one byte changed, wherever it is (plain and encrypted)', async () => {
@@ -272,7 +272,7 @@ describe('damaged bundles are refused and nothing is written', () => {
     await writeFile(keyFile, Buffer.alloc(32, 7), { mode: 0o600 });
     expect((await refuse(encrypted, await loadKeySource({ keyFile }))).code).toBe('WRONG_KEY');
     // verify reports instead of throwing.
-    const file = path.join(root, 'enc-enc.bundle');
+    const file = path.join(root, 'enc-3-enc.bundle');
     const v = await verifyBundle(file, await loadKeySource({ passphraseFile: wrong }));
     expect(v.ok).toBe(false);
     expect(v.errors[0]!.code).toBe('WRONG_KEY');

@@ -270,7 +270,7 @@ function registerRemote(program: Command): void {
   const remote = program.command('remote').description('drive a remote clonebox serve');
   const snap = remote.command('snapshot').description('snapshots of a remote system');
   remoteCommand(snap, 'list')
-    .argument('<system>')
+    .argument('<system>', 'the Redfish system: the VM name on the service')
     .description('list snapshots, newest first')
     .action(
       action(async (ctx, vm: string, o: RemoteOpts) => {
@@ -295,7 +295,7 @@ function registerRemote(program: Command): void {
       }),
     );
   remoteCommand(snap, 'create')
-    .argument('<system>')
+    .argument('<system>', 'the Redfish system: the VM name on the service')
     .description('snapshot a remote system')
     .option('--name <name>', 'snapshot name (default snap-YYYYMMDD-HHMMSS)')
     .option('--description <text>', 'free text')
@@ -324,7 +324,7 @@ function registerRemote(program: Command): void {
       }),
     );
   remoteCommand(snap, 'revert')
-    .argument('<system>')
+    .argument('<system>', 'the Redfish system: the VM name on the service')
     .description('revert a remote system to a snapshot (discards unsnapshotted changes)')
     .requiredOption('--name <name>', 'snapshot to revert to')
     .option('--yes', 'do not ask for confirmation')
@@ -337,7 +337,7 @@ function registerRemote(program: Command): void {
       }),
     );
   remoteCommand(snap, 'delete')
-    .argument('<system>')
+    .argument('<system>', 'the Redfish system: the VM name on the service')
     .description('delete a snapshot of a remote system')
     .requiredOption('--name <name>', 'snapshot to delete')
     .option('--recursive', 'delete its whole subtree')
