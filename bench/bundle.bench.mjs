@@ -181,7 +181,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const exp = await measure(
       {
         clonebox: async () => {
-          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--json'], { env: ENV });
+          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--force', '--json'], { env: ENV });
           return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
         },
         'tar|zstd': async () => {
@@ -229,7 +229,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     }
 
     log('peak RSS, encrypted export, sizes...');
-    const rssExport = peakRss([NODE, CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle]);
+    const rssExport = peakRss([NODE, CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--force']);
     await rm(home2, { recursive: true, force: true });
     await rm(dir2, { recursive: true, force: true });
     const rssImport = peakRss([NODE, CLI, '--home', home2, 'snapshot', 'import', 'w', bundle, '--dir', dir2]);

@@ -102,7 +102,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const exp = await measure(
       {
         clonebox: async () => {
-          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--json'], { env: ENV });
+          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--force', '--json'], { env: ENV });
           return { ms: r.ms, cpuMs: r.cpuMs, report: JSON.parse(r.stdout) };
         },
         'tar|zstd': async () => {
