@@ -9,14 +9,15 @@
  *  7. A teammate's catalog beyond the per-member limits is not downloaded nor pulled.
  *  8. A pull into a new VM never renames over an existing disk file (left by `vm remove`).
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
-import { CLI_PATH, cb, runCli } from './helpers/cli.js';
+import { cb, runCli } from './helpers/cli.js';
+import { watchSync } from './helpers/dht.js';
 import { run } from './helpers/process.js';
 import { qemuIo } from './helpers/qemu.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
@@ -73,30 +74,7 @@ const sha = async (f: string) =>
     .digest('hex');
 
 function watch(h: string): { stop(): Promise<void>; stderr(): string } {
-  const child = spawn(process.execPath, [CLI_PATH, '--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--watch', '--timeout', '20'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let err = '';
-  child.stderr!.on('data', (d) => {
-    err += d;
-  });
-  child.stdout!.resume();
-  const exited = new Promise<void>((r) =>
-    child.once('exit', () => {
-      children.delete(child);
-      r();
-    }),
-  );
-  return {
-    stderr: () => err,
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 8000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
+  return watchSync(h, { team: 'crew', bootstrap: bs, children });
 }
 
 async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {

@@ -18,6 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
 import { CLI_PATH, cb } from './helpers/cli.js';
+import { watchSync } from './helpers/dht.js';
 import { run } from './helpers/process.js';
 import { qemuIo } from './helpers/qemu.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
@@ -97,32 +98,8 @@ async function diskOf(h: string, vm: string): Promise<string> {
   return (await json<VmDoc>(h, ['vm', 'show', vm])).disks[0]!.path;
 }
 
-/** `sync --watch` of a home as a child process; stop() sends SIGTERM and waits. */
 function watch(h: string): { stop(): Promise<void>; stderr(): string } {
-  const child = spawn(process.execPath, [CLI_PATH, '--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--watch', '--timeout', '20'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  children.add(child);
-  let err = '';
-  child.stderr!.on('data', (d) => {
-    err += d;
-  });
-  child.stdout!.resume();
-  const exited = new Promise<void>((r) =>
-    child.once('exit', () => {
-      children.delete(child);
-      r();
-    }),
-  );
-  return {
-    stderr: () => err,
-    stop: async () => {
-      if (child.exitCode === null) child.kill('SIGTERM');
-      const t = setTimeout(() => child.kill('SIGKILL'), 8000);
-      await exited;
-      clearTimeout(t);
-    },
-  };
+  return watchSync(h, { team: 'crew', bootstrap: bs, children });
 }
 
 async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {

@@ -39,3 +39,37 @@ export async function startBootstrapCli(
     },
   };
 }
+
+/**
+ * `clonebox snapshot sync --team T --watch` of a home as a child process (a sharer that keeps serving);
+ * `children` tracks it so the test's afterAll can kill it if a test fails first. stop() sends SIGTERM
+ * and waits (SIGKILL after 8 s).
+ */
+export function watchSync(home: string, opts: { team: string; bootstrap: string; children: Set<ChildProcess> }): { stop(): Promise<void>; stderr(): string } {
+  const child = spawn(
+    process.execPath,
+    [CLI_PATH, '--home', home, 'snapshot', 'sync', '--team', opts.team, '--bootstrap', opts.bootstrap, '--watch', '--timeout', '20'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  opts.children.add(child);
+  let err = '';
+  child.stderr!.on('data', (d) => {
+    err += d;
+  });
+  child.stdout!.resume();
+  const exited = new Promise<void>((r) =>
+    child.once('exit', () => {
+      opts.children.delete(child);
+      r();
+    }),
+  );
+  return {
+    stderr: () => err,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 8000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}
