@@ -4,25 +4,20 @@
  * never written, the window respected, and a fetch that ends cleanly when the peer goes away.
  */
 import { createHash } from 'node:crypto';
-import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compressBound, compressInto } from '../src/content/codec.js';
-import { resolveHome } from '../src/store/home.js';
-import { BlockChannel, type BlockSource } from '../src/sync/blocks.js';
-import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
-import { ensureIdentity } from '../src/sync/identity.js';
-import { BLOCKS_PROTOCOL, CODEC_RAW, CODEC_ZSTD } from '../src/sync/messages.js';
-import { type TeamPeer, TeamSwarm } from '../src/sync/swarm.js';
-import { createTeam, joinTeam, loadTeam } from '../src/sync/teams.js';
+import type { BlockChannel, BlockSource } from '../src/sync/blocks.js';
+import { CODEC_RAW, CODEC_ZSTD } from '../src/sync/messages.js';
+import type { TeamSwarm } from '../src/sync/swarm.js';
+import { type BlockPair, openBlockPair } from './helpers/block-pair.js';
 import { rng } from './helpers/random.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
+import { cleanupTempDirs } from './helpers/temp.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest();
 const hex = (b: Buffer) => b.toString('hex');
 
-let net: PrivateDht;
+let pair: BlockPair;
 let sharer: TeamSwarm;
-let receiver: TeamSwarm;
 let fetcher: BlockChannel;
 /** What the sharer serves; tests swap it. */
 let source: BlockSource | null = null;
@@ -62,47 +57,14 @@ function frameSource(opts: { per?: number } = {}): BlockSource {
 }
 
 beforeAll(async () => {
-  net = await startPrivateDht({ host: '127.0.0.1', port: 0 });
-  const root = await makeTempDir('clonebox-sync-blocks-');
-  const a = resolveHome(path.join(root, 'a'));
-  const b = resolveHome(path.join(root, 'b'));
-  const ida = await ensureIdentity(a, 'sharer');
-  const idb = await ensureIdentity(b, 'receiver');
-  const { invite } = await createTeam(a, 'crew');
-  await joinTeam(b, 'crew', invite);
-  const deadline = Date.now() + 10_000;
   const serving: BlockSource = { read: (hashes) => (source ?? frameSource()).read(hashes) };
-  sharer = await TeamSwarm.open({
-    home: a,
-    team: await loadTeam(a, 'crew'),
-    identity: ida,
-    bootstrap: [net.address],
-    deadline,
-    services: {
-      [BLOCKS_PROTOCOL]: (peer: TeamPeer) => {
-        BlockChannel.attach(peer.mux, { source: serving });
-      },
-    },
-  });
-  let attached!: (bc: BlockChannel) => void;
-  const ready = new Promise<BlockChannel>((res) => {
-    attached = res;
-  });
-  receiver = await TeamSwarm.open({
-    home: b,
-    team: await loadTeam(b, 'crew'),
-    identity: idb,
-    bootstrap: [net.address],
-    deadline,
-    services: { [BLOCKS_PROTOCOL]: (peer: TeamPeer) => attached(BlockChannel.attach(peer.mux)) },
-  });
-  fetcher = await ready;
+  pair = await openBlockPair('clonebox-sync-blocks-', { serve: { source: serving } });
+  sharer = pair.sharer;
+  fetcher = pair.fetcher;
 });
 
 afterAll(async () => {
-  await receiver?.close();
-  await sharer?.close();
-  await net?.close();
+  await pair?.close();
   await cleanupTempDirs();
 });
 

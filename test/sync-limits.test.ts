@@ -8,14 +8,13 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Codec, decodeFrame } from '../src/content/codec.js';
 import { resolveHome } from '../src/store/home.js';
-import { BlockChannel, type BlockSource, type FrameDecoder } from '../src/sync/blocks.js';
-import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
+import type { BlockChannel, BlockSource, FrameDecoder } from '../src/sync/blocks.js';
 import { Catalog } from '../src/sync/catalog.js';
 import { ensureIdentity } from '../src/sync/identity.js';
 import { MAX_MEMBERS, MAX_QUEUED_REQUESTS } from '../src/sync/limits.js';
-import { BLOCKS_PROTOCOL, CODEC_RAW } from '../src/sync/messages.js';
-import { type TeamPeer, TeamSwarm } from '../src/sync/swarm.js';
-import { createTeam, joinTeam, loadTeam, recordMember } from '../src/sync/teams.js';
+import { CODEC_RAW } from '../src/sync/messages.js';
+import { createTeam, loadTeam, recordMember } from '../src/sync/teams.js';
+import { type BlockPair, openBlockPair } from './helpers/block-pair.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest();
@@ -89,9 +88,7 @@ describe('catalog and team limits', () => {
 });
 
 describe('block channel limits', () => {
-  let net: PrivateDht;
-  let sharer: TeamSwarm;
-  let receiver: TeamSwarm;
+  let pair: BlockPair;
   let fetcher: BlockChannel;
   let source: BlockSource = { async *read() {} };
   const abuses: string[] = [];
@@ -107,46 +104,15 @@ describe('block channel limits', () => {
   };
 
   beforeAll(async () => {
-    net = await startPrivateDht({ host: '127.0.0.1', port: 0 });
-    const root = await makeTempDir('clonebox-sync-limits-');
-    const a = resolveHome(path.join(root, 'a'));
-    const b = resolveHome(path.join(root, 'b'));
-    const ida = await ensureIdentity(a, 'sharer');
-    const idb = await ensureIdentity(b, 'receiver');
-    const { invite } = await createTeam(a, 'crew');
-    await joinTeam(b, 'crew', invite);
-    const deadline = Date.now() + 10_000;
-    sharer = await TeamSwarm.open({
-      home: a,
-      team: await loadTeam(a, 'crew'),
-      identity: ida,
-      bootstrap: [net.address],
-      deadline,
-      services: {
-        [BLOCKS_PROTOCOL]: (peer: TeamPeer) => {
-          BlockChannel.attach(peer.mux, { source: { read: (h) => source.read(h) }, onAbuse: (why) => abuses.push(why) });
-        },
-      },
+    pair = await openBlockPair('clonebox-sync-limits-', {
+      serve: { source: { read: (h) => source.read(h) }, onAbuse: (why) => abuses.push(why) },
+      fetch: { decode: counting },
     });
-    let attached!: (bc: BlockChannel) => void;
-    const ready = new Promise<BlockChannel>((res) => {
-      attached = res;
-    });
-    receiver = await TeamSwarm.open({
-      home: b,
-      team: await loadTeam(b, 'crew'),
-      identity: idb,
-      bootstrap: [net.address],
-      deadline,
-      services: { [BLOCKS_PROTOCOL]: (peer: TeamPeer) => attached(BlockChannel.attach(peer.mux, { decode: counting })) },
-    });
-    fetcher = await ready;
+    fetcher = pair.fetcher;
   });
 
   afterAll(async () => {
-    await receiver?.close();
-    await sharer?.close();
-    await net?.close();
+    await pair?.close();
   });
 
   it('decodes only frames of blocks asked for and not answered yet: junk, repeats and oversized claims are dropped undecoded', async () => {
