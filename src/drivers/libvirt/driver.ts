@@ -159,6 +159,8 @@ async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | 
         }
       }),
   );
+  const frozen = held.size > 0;
+  const windows: { from: number; to: number }[] = [];
   const toPause = toHold.filter((m) => !held.has(m));
   for (const m of toPause) held.set(m, 'pause');
   // Pause, every snapshot and resume (or thaw) in one virsh process per connection: the window holds
@@ -170,6 +172,7 @@ async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | 
       const snaps = mine(todo);
       const xmls: string[] = [];
       const cmds: string[][] = [];
+      cmds.push(['mark', 'held']);
       for (const m of mine(toPause)) cmds.push(['suspend', m.snap.domain]);
       for (const m of snaps) {
         const st = states.get(m)!;
@@ -193,9 +196,13 @@ async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | 
         ]);
       }
       for (const [m, how] of held) if (m.snap.uri === uri) cmds.push(how === 'freeze' ? ['domfsthaw', m.snap.domain] : ['resume', m.snap.domain]);
-      if (cmds.length === 0) return;
+      cmds.push(['mark', 'released']);
+      if (cmds.length === 2) return;
       const memory = snaps.some((m) => m.snap.memoryFile !== null);
-      const stderr = await new Virsh({ uri }).batch(cmds, { xmls, timeoutMs: memory ? 600_000 : 60_000 });
+      const { stderr, marks } = await new Virsh({ uri }).batch(cmds, { xmls, timeoutMs: memory ? 600_000 : 60_000 });
+      const from = marks.get('held');
+      const to = marks.get('released');
+      if (from !== undefined && to !== undefined && to > from) windows.push({ from: frozen ? t0 : from, to });
       const lines = stderr
         .split('\n')
         .map((l) => l.trim())
@@ -203,7 +210,13 @@ async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | 
       if (lines.length) failures.push(lines.join(' '));
     }),
   );
-  const pauseMs = held.size > 0 ? Math.round(performance.now() - t0) : null;
+  // The window as virsh's output shows it: from the line it wrote just before the first pause to the
+  // one just after the last resume (a frozen member's window starts at its freeze, before virsh ran).
+  // Without those lines (an older virsh): from before the pause to after the virsh process ended.
+  const pauseMs =
+    held.size === 0
+      ? null
+      : Math.round(windows.length > 0 ? Math.max(...windows.map((w) => w.to)) - Math.min(...windows.map((w) => w.from)) : performance.now() - t0);
   // What took effect: every member released, and which snapshots were taken.
   for (const [m, how] of held) {
     const v = virsh(m);

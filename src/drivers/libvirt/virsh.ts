@@ -14,7 +14,7 @@
  *
  * virsh always runs with LC_ALL=C so that its messages (which the mapping reads) are in English.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -205,10 +205,12 @@ export class Virsh {
    * process start or connection between them, which on a loaded machine costs more than libvirt's
    * own work. virsh goes on after a command that fails, so the later ones (a resume after a failed
    * snapshot) always run; the caller checks what took effect. `xmls`: documents written to private
-   * temporary files first, named in the commands as `@xml0`, `@xml1`... Returns virsh's stderr (the
-   * failures' messages, for errors). Rejects only when virsh could not run or timed out.
+   * temporary files first, named in the commands as `@xml0`, `@xml1`... A command `['mark', NAME]`
+   * is virsh's `echo NAME`: virsh writes each command's output as it finishes it, so the time the
+   * line arrives says when the commands before it were done (`marks`, performance.now() values).
+   * Returns virsh's stderr (the failures' messages). Rejects only when virsh could not run or timed out.
    */
-  async batch(commands: string[][], o: { xmls?: string[]; timeoutMs?: number } = {}): Promise<string> {
+  async batch(commands: string[][], o: { xmls?: string[]; timeoutMs?: number } = {}): Promise<{ stderr: string; marks: Map<string, number> }> {
     const dir = await mkdtemp(path.join(tmpdir(), 'clonebox-virsh-'));
     try {
       const files: string[] = [];
@@ -217,9 +219,11 @@ export class Virsh {
         await writeFile(f, xml, { mode: 0o600 });
         files.push(f);
       }
+      const names = new Set(commands.filter((c) => c[0] === 'mark').map((c) => `clonebox-mark-${c[1]}`));
       // virsh's own parser: double quotes with backslash escapes keep a word whole.
       const word = (w: string) => `"${w.replace(/(["\\])/g, '\\$1')}"`;
       const line = commands
+        .map((c) => (c[0] === 'mark' ? ['echo', `clonebox-mark-${c[1]}`] : c))
         .map((c) =>
           c
             .map((w) => (/^@xml\d+$/.test(w) ? files[Number(w.slice(4))]! : w))
@@ -228,38 +232,51 @@ export class Virsh {
         )
         .join(' ; ');
       const timeout = o.timeoutMs ?? this.timeoutMs;
-      return await new Promise<string>((resolve, reject) => {
-        execFile(
-          this.binary,
-          ['-q', '-c', this.uri, line],
-          {
-            timeout,
-            killSignal: 'SIGKILL',
-            maxBuffer: 16 * 1024 * 1024,
-            encoding: 'utf8',
-            env: { ...process.env, LC_ALL: 'C', LANG: 'C', PATH: `${process.env.PATH ?? ''}:/usr/bin:/usr/sbin:/bin:/sbin` },
-          },
-          (err, _stdout, stderr) => {
-            const e = err as (NodeJS.ErrnoException & { killed?: boolean; signal?: string | null }) | null;
-            if (e?.code === 'ENOENT') {
-              return reject(
-                new CloneboxError('LIBVIRT_UNAVAILABLE', `virsh is not installed (${this.binary} not found), connection ${this.uri}`, { cause: err }),
-              );
-            }
-            if (e?.killed || e?.signal === 'SIGKILL') {
-              return reject(
-                new CloneboxError(
-                  'LIBVIRT_TIMEOUT',
-                  `virsh did not finish ${commands.map((c) => c[0]).join(', ')} within ${Math.round(timeout / 1000)}s, connection ${this.uri}`,
-                  {
-                    cause: err,
-                  },
-                ),
-              );
-            }
-            resolve(stderr);
-          },
-        );
+      return await new Promise((resolve, reject) => {
+        // Not -q: in quiet mode virsh's echo prints nothing.
+        const child = spawn(this.binary, ['-c', this.uri, line], {
+          stdio: ['ignore', 'pipe', 'pipe'],
+          env: { ...process.env, LC_ALL: 'C', LANG: 'C', PATH: `${process.env.PATH ?? ''}:/usr/bin:/usr/sbin:/bin:/sbin` },
+        });
+        const marks = new Map<string, number>();
+        let out = '';
+        let stderr = '';
+        let timedOut = false;
+        const timer = setTimeout(() => {
+          timedOut = true;
+          child.kill('SIGKILL');
+        }, timeout);
+        child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+          const at = performance.now();
+          out += chunk;
+          const lines = out.split('\n');
+          out = lines.pop() ?? '';
+          for (const l of lines) if (names.has(l.trim())) marks.set(l.trim().slice('clonebox-mark-'.length), at);
+        });
+        child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+          if (stderr.length < 1 << 20) stderr += chunk;
+        });
+        child.on('error', (err: NodeJS.ErrnoException) => {
+          clearTimeout(timer);
+          reject(
+            err.code === 'ENOENT'
+              ? new CloneboxError('LIBVIRT_UNAVAILABLE', `virsh is not installed (${this.binary} not found), connection ${this.uri}`, { cause: err })
+              : err,
+          );
+        });
+        child.on('close', () => {
+          clearTimeout(timer);
+          if (timedOut) {
+            reject(
+              new CloneboxError(
+                'LIBVIRT_TIMEOUT',
+                `virsh did not finish ${commands.map((c) => c[0]).join(', ')} within ${Math.round(timeout / 1000)}s, connection ${this.uri}`,
+              ),
+            );
+            return;
+          }
+          resolve({ stderr, marks });
+        });
       });
     } finally {
       await rm(dir, { recursive: true, force: true });
