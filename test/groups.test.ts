@@ -55,7 +55,16 @@ describe('groups of image-driver VMs', () => {
     const refWeb = await web.refCurrent('g1');
     const refDb = await db.refCurrent('g1');
     const g1 = await web.json<GroupSnapshotView>(['snapshot', 'create', '--group', 'app', '--name', 'g1']);
-    expect(g1).toMatchObject({ name: 'g1', group: 'app', consistency: 'locks', pause_ms: null, members: [{ vm: 'db', snapshot: 'g1' }, { vm: 'web', snapshot: 'g1' }] });
+    expect(g1).toMatchObject({
+      name: 'g1',
+      group: 'app',
+      consistency: 'locks',
+      pause_ms: null,
+      members: [
+        { vm: 'db', snapshot: 'g1' },
+        { vm: 'web', snapshot: 'g1' },
+      ],
+    });
     for (const f of [web, db]) {
       const s = (await f.list()).find((x) => x.name === 'g1')!;
       expect(s.group).toEqual({ name: 'app', snapshot: 'g1' });

@@ -876,8 +876,8 @@ export interface ConfigApplyResult {
 export interface ScheduleEntry {
   /** The VM, or for a group's policy the group's name. */
   vm: string;
-  /** The group whose policy this is (its runs take group snapshots), or null for a VM's. */
-  group: string | null;
+  /** Set for a group's policy (its runs take group snapshots; docs/groups.md); absent for a VM's. */
+  group?: string;
   policy: string;
   when: string[];
   timezone: string | null;
