@@ -434,11 +434,14 @@ export class GroupManager {
         };
         const gp = groupSnapshotFile(this.home, name, snap);
         await j.willCreate(gp);
-        const driverActions: Action[] = plans.filter((p) => p.newVm.driver !== 'libvirt').flatMap((p) => p.prepared.actions);
+        // The libvirt members' step first: when libvirt refuses before switching any disk, everything
+        // before it only wrote new records, so the journal can undo the whole group snapshot.
+        const driverActions: Action[] = [];
         if (libvirt.length > 0) {
           const { groupSnapshotAction } = await import('../drivers/libvirt/driver.js');
           driverActions.push(await groupSnapshotAction(libvirt.flatMap((p) => p.prepared.actions)));
         }
+        driverActions.push(...plans.filter((p) => p.newVm.driver !== 'libvirt').flatMap((p) => p.prepared.actions));
         const done = await j.commit([
           { do: 'write_json', path: gp, value: rec },
           ...plans.flatMap((p) => p.head),
