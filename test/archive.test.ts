@@ -155,6 +155,25 @@ describe('archive push / restore', () => {
       await expectRestored(h, 'web', `r-${s}`, res.snapshots);
     }
     // A restored VM's snapshots carry the archived content ids, and restoring over an existing VM is refused.
+    // export writes a normal bundle of the line (verify passes, it imports identical), import stores one.
+    const bundle = path.join(root, 'work.bundle');
+    const ex = await h.json<{ snapshots: string[] }>(['archive', 'export', 'web', 'work', '-o', bundle, '--repo', repo]);
+    expect(ex.snapshots).toEqual(['base', 'apps', 'work']);
+    expect((await h.json<{ ok: boolean }>(['snapshot', 'verify', bundle])).ok).toBe(true);
+    expect((await readdir(root)).filter((d) => d.startsWith('.clonebox-archive-export-'))).toEqual([]);
+    const repo2 = path.join(root, 'repo2');
+    await h.ok(['archive', 'init', repo2]);
+    const imp = await h.json<{ vm: string; snapshots: string[] }>(['archive', 'import', bundle, '--repo', repo2]);
+    expect(imp).toMatchObject({ vm: 'web', snapshots: ['base', 'apps', 'work'] });
+    const ids2 = await h.json<ListDoc[]>(['archive', 'list', '--repo', repo2]);
+    expect(ids2.map((s) => s.content_id).sort()).toEqual(
+      list
+        .filter((s) => s.name !== 'alt')
+        .map((s) => s.content_id)
+        .sort(),
+    );
+    await h.json(['archive', 'restore', 'web', 'work', '--as', 'from-bundle', '--dir', path.join(root, 'fb'), '--repo', repo2]);
+    await expectRestored(h, 'web', 'from-bundle', ['base', 'apps', 'work']);
     const again = await h.cli(['archive', 'restore', 'web', 'more', '--as', 'r-more', '--repo', repo, '--json']);
     expect(parseCliError(again, true).code).toBe('VM_EXISTS');
     const unknown = await h.cli(['archive', 'restore', 'web', 'nope', '--repo', repo, '--json']);
@@ -225,7 +244,20 @@ describe('archive push / restore', () => {
     const pass = path.join(root, 'pass');
     await writeFile(pass, 'a long enough passphrase\n');
     expect(parseCliError(await h.cli(['archive', 'list', '--repo', repo, '--passphrase-file', pass, '--json']), true).code).toBe('WRONG_KEY');
-    const res = await h.json<{ snapshots: string[] }>(['archive', 'restore', 'secretvm', 'confidential', '--as', 'back', '--dir', path.join(root, 'back'), '--repo', repo, '--key-file', key]);
+    const res = await h.json<{ snapshots: string[] }>([
+      'archive',
+      'restore',
+      'secretvm',
+      'confidential',
+      '--as',
+      'back',
+      '--dir',
+      path.join(root, 'back'),
+      '--repo',
+      repo,
+      '--key-file',
+      key,
+    ]);
     expect(res.snapshots).toEqual(['confidential']);
     await expectRestored(h, 'secretvm', 'back', ['confidential']);
     // A passphrase repository too, and init refuses a directory that is not empty.
@@ -250,7 +282,11 @@ describe('hostile repository files', () => {
     await h.ok(['archive', 'push', 'web', '--repo', repo]);
     const files = (await filesUnder(repo)).filter((f) => !f.includes(`${path.sep}locks${path.sep}`));
     const kinds = ['packs', 'index', 'layers', 'snapshots', 'config'];
-    for (const k of kinds) expect(files.some((f) => path.relative(repo, f).split(path.sep)[0] === k), k).toBe(true);
+    for (const k of kinds)
+      expect(
+        files.some((f) => path.relative(repo, f).split(path.sep)[0] === k),
+        k,
+      ).toBe(true);
     let n = 0;
     const restoreFails = async (what: string) => {
       const res = await h.cli(['archive', 'restore', 'web', 's1', '--as', `x${n}`, '--dir', path.join(root, `x${n}`), '--repo', repo, '--json']);
