@@ -178,7 +178,7 @@ describe('archive push / restore', () => {
     expect(parseCliError(again, true).code).toBe('VM_EXISTS');
     const unknown = await h.cli(['archive', 'restore', 'web', 'nope', '--repo', repo, '--json']);
     expect(parseCliError(unknown, true).code).toBe('ARCHIVE_SNAPSHOT_NOT_FOUND');
-  });
+  }, 400_000);
 
   it('stores the base of VMs cloned from one base image once', async () => {
     const { root, h, disks, repo } = await setup('clones');
@@ -213,7 +213,7 @@ describe('archive push / restore', () => {
     const res = await h.json<{ snapshots: string[] }>(['archive', 'restore', 'c', 's2', '--as', 'c2', '--dir', path.join(root, 'c2'), '--repo', repo]);
     expect(res.snapshots).toEqual(['s1', 's2']);
     await expectRestored(h, 'c', 'c2', ['s1', 's2']);
-  });
+  }, 300_000);
 
   it('keeps an encrypted repository unreadable without its key, and names the wrong key', async () => {
     const { root, h, disks, repo } = await setup('enc');
@@ -266,7 +266,7 @@ describe('archive push / restore', () => {
     await h.ok(['archive', 'push', 'secretvm', '--repo', repo2, '--passphrase-file', pass]);
     expect(parseCliError(await h.cli(['archive', 'list', '--repo', repo2, '--key-file', key, '--json']), true).code).toBe('WRONG_KEY');
     expect(parseCliError(await h.cli(['archive', 'init', repo2, '--json']), true).code).toBe('ARCHIVE_EXISTS');
-  });
+  }, 300_000);
 });
 
 describe('hostile repository files', () => {
