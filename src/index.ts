@@ -3,6 +3,24 @@
  * are imported here: each method loads its implementation when it is called.
  */
 
+export type {
+  Archive,
+  ArchiveExportOptions,
+  ArchiveExportResult,
+  ArchiveImportOptions,
+  ArchiveImportResult,
+  ArchiveInitOptions,
+  ArchiveInitResult,
+  ArchiveListEntry,
+  ArchivePushOptions,
+  ArchivePushResult,
+  ArchiveRepoOptions,
+  ArchiveRestoreOptions,
+  ArchiveRestoreResult,
+  ArchiveShowResult,
+  ArchiveStats,
+  ArchiveVmStats,
+} from './api/archive.js';
 export type { Bundles, Keys } from './api/bundles.js';
 export { Clonebox } from './api/clonebox.js';
 export type { Config } from './api/config.js';

@@ -4,6 +4,7 @@
  * called, so that opening (and the CLI's start-up) stays cheap.
  */
 import { resolveHome, tightenHome } from '../store/home.js';
+import { Archive } from './archive.js';
 import { Bundles, Keys } from './bundles.js';
 import { Config } from './config.js';
 import { Demo } from './demo.js';
@@ -33,6 +34,7 @@ export class Clonebox {
   readonly schedule: Schedule;
   readonly events: Events;
   readonly groups: Groups;
+  readonly archive: Archive;
 
   private constructor(private readonly session: Session) {
     this.vms = new Vms(session);
@@ -48,6 +50,7 @@ export class Clonebox {
     this.schedule = new Schedule(session);
     this.events = new Events(session);
     this.groups = new Groups(session);
+    this.archive = new Archive(session);
   }
 
   /**
