@@ -5,16 +5,25 @@
  *
  *  1. A member pulls a VM, writes into it, snapshots and shares it back: the author's own VM must not
  *     gain that snapshot nor boot its disk, and the author must not publish it as its own.
+ *  2. A catalog Map record holding one Zero range over a huge disk (the zero-range bomb) is refused by
+ *     the write budget before anything is asked for or written; a root's zero ranges cost nothing.
  *  6. Local blocks are reused only from VMs shared with, or pulled from, the team (no presence oracle).
  *  7. A teammate's catalog beyond the per-member limits is not downloaded nor pulled.
  *  8. A pull into a new VM never renames over an existing disk file (left by `vm remove`).
  */
 import type { ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFile, writeFile } from 'node:fs/promises';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { contentId } from '../src/snapshots/identity.js';
+import { resolveHome } from '../src/store/home.js';
 import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
+import { Catalog, syncDir } from '../src/sync/catalog.js';
+import type { CatalogRecord } from '../src/sync/catalog-records.js';
+import { ensureIdentity } from '../src/sync/identity.js';
+import { digestOfItems } from '../src/sync/layermap.js';
+import { loadTeam } from '../src/sync/teams.js';
 import { expectSameChain } from './helpers/chains.js';
 import { cb, runCli } from './helpers/cli.js';
 import { watchSync } from './helpers/dht.js';
@@ -23,6 +32,7 @@ import { qemuIo } from './helpers/qemu.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const MiB = 1024 * 1024;
+const TiB = 1024 * 1024 * MiB;
 let net: PrivateDht;
 let root: string;
 let bs: string;
@@ -84,6 +94,61 @@ async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: Sync
 
 async function join(h: string, name: string): Promise<void> {
   await ok(h, ['team', 'join', 'crew', '--invite', invite, '--name', name]);
+}
+
+/**
+ * Appends to the catalog of home `h` (not running) a shared VM whose snapshots' layers are one Zero
+ * range each over `virtualSize`, with true digests and content ids (what a modified clonebox can
+ * publish), and lists it in shares.json so that the next sync keeps it shared.
+ */
+async function forgeZeroChain(h: string, vm: string, virtualSize: number, layers: number): Promise<void> {
+  const hm = resolveHome(h);
+  const cat = await Catalog.openOwn(hm, await loadTeam(hm, 'crew'), await ensureIdentity(hm));
+  try {
+    const recs: CatalogRecord[] = [{ kind: 'share', vm, upto: null, at: new Date(0).toISOString() }];
+    let parent: string | null = null;
+    for (let i = 0; i < layers; i++) {
+      const items = [{ kind: 'zero' as const, offset: 0, length: virtualSize }];
+      const digest = digestOfItems(virtualSize, 65536, items).digest();
+      const id = contentId(parent, [{ target: 'vda', digest }]);
+      recs.push({ kind: 'map', vm, target: 'vda', items });
+      recs.push({
+        kind: 'snapshot',
+        vm,
+        name: `z${i}`,
+        content_id: Buffer.from(id, 'hex'),
+        parent: parent === null ? null : Buffer.from(parent, 'hex'),
+        parent_name: parent === null ? null : `z${i - 1}`,
+        type: 'disk',
+        created_at: new Date(0).toISOString(),
+        description: null,
+        tags: [],
+        auto_created: false,
+        auto_policy: null,
+        disks: [
+          {
+            target: 'vda',
+            virtual_size: virtualSize,
+            cluster_size: 65536,
+            digest,
+            data_bytes: 0,
+            zero_bytes: virtualSize,
+            blocks: 0,
+            map_start: cat.length + recs.length - 1,
+            map_count: 1,
+          },
+        ],
+      });
+      parent = id;
+    }
+    await cat.append(recs);
+  } finally {
+    await cat.close();
+  }
+  const file = path.join(syncDir(hm, 'crew'), 'shares.json');
+  const doc = JSON.parse(await readFile(file, 'utf8')) as { vms: Record<string, unknown> };
+  doc.vms[vm] = { upto: null, since: new Date(0).toISOString() };
+  await writeFile(file, JSON.stringify(doc));
 }
 
 const A = () => home('a');
@@ -211,5 +276,48 @@ describe('what a team member cannot do to a teammate', () => {
     expect(doc.error?.code).toBe('SYNC_LIMIT');
     expect(r.stderr).toMatch(/the catalog of ws-a holds \d+ entries, more than the limit of 4 \(a per-member limit\): none of its chains are pulled/);
     expect(await json(L, ['vm', 'list'])).toEqual([]);
+  });
+
+  it('attack 2: a zero-range bomb in a catalog is refused by the write budget, naming the member and the VM; nothing is written, other chains pull', async () => {
+    await sharer?.stop();
+    sharer = null;
+    const X = home('x');
+    await join(X, 'ws-x');
+    // A legit chain with zero ranges: a root, then a child that zeroes part of the root's data.
+    await ok(X, ['vm', 'create', 'fine', '--size', '16M']);
+    await qemuIo(await diskOf(X, 'fine'), 'write -P 0x22 0 4M');
+    await ok(X, ['snapshot', 'create', 'fine', '--name', 'f1']);
+    await qemuIo(await diskOf(X, 'fine'), 'write -z 1M 2M');
+    await ok(X, ['snapshot', 'create', 'fine', '--name', 'f2']);
+    await ok(X, ['snapshot', 'share', 'fine', '--team', 'crew']);
+    // 2 PiB in one Zero item: above the virtual-size cap.
+    await forgeZeroChain(X, 'bomb', 2 * 1024 * TiB, 1);
+    // 8 TiB zeroed over an 8 TiB root: the child's zero clusters would take 1 GiB of L2 tables.
+    await forgeZeroChain(X, 'wide', 8 * TiB, 2);
+    // The same root alone: its zero range is not written at all.
+    await forgeZeroChain(X, 'flat', 8 * TiB, 1);
+    sharer = watch(X);
+    const R = home('r');
+    await join(R, 'ws-r');
+    const r = await runCli(['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--max-write', '256M', '--json'], {
+      home: R,
+      timeoutMs: 80_000,
+    });
+    expect(r.code, r.stderr).toBe(1);
+    expect((JSON.parse(r.stdout) as SyncDoc).error?.code).toBe('BUDGET_EXCEEDED');
+    expect(r.stderr).toMatch(/pull bomb from ws-x failed: pull of ws-x's bomb \(snapshot z0, disk vda\) has a disk of 2.00 PiB, above the cap of 16.0 TiB/);
+    expect(r.stderr).toMatch(/pull wide from ws-x failed: pull of ws-x's wide would write more than the limit of 256 MiB \(at least 1.00 GiB\)/);
+    // Nothing of the refused chains: no record, no directory, no file.
+    expect((await json<{ name: string }[]>(R, ['vm', 'list'])).map((v) => v.name).sort()).toEqual(['fine', 'flat']);
+    expect((await readdir(path.join(R, 'disks'))).sort()).toEqual(['fine', 'flat']);
+    // The root's 8 TiB of zeros cost its header and L1 table, and read as zero.
+    const flat = path.join(R, 'disks', 'flat');
+    for (const f of await readdir(flat)) expect((await stat(path.join(flat, f))).size, f).toBeLessThan(MiB);
+    const map = JSON.parse((await run('qemu-img', ['map', '--output=json', await diskOf(R, 'flat')])).stdout) as { data: boolean; zero: boolean }[];
+    expect(map.every((e) => !e.data)).toBe(true);
+    // The legit chain is identical, its child's zero range included.
+    await expectSameChain(X, 'fine', R, 'fine', { sameTree: true });
+    await sharer.stop();
+    sharer = null;
   });
 });

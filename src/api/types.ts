@@ -613,6 +613,10 @@ export interface SyncRunOptions extends Omit<LongOptions, 'onProgress'> {
   onProgress?: (p: SyncProgressEvent) => void;
   /** Phase timings for profiling: milliseconds since the process started, and what happened. */
   onTrace?: (ms: number, what: string) => void;
+  /** Refuse (BUDGET_EXCEEDED) a pulled chain whose new layers would write more than this many bytes. Free space is always checked (NO_SPACE). */
+  maxWrite?: number;
+  /** Refuse (BUDGET_EXCEEDED) a pulled chain holding a disk larger than this (default 16 TiB). */
+  maxVirtualSize?: number;
 }
 
 /** `snapshot sync --json`. A run where a chain failed rejects instead (the first chain's code). */

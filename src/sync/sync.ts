@@ -38,6 +38,7 @@ import type { HostPort } from './hostport.js';
 import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL } from './messages.js';
+import { DEFAULT_MAX_VIRTUAL_SIZE } from '../qcow2/budget.js';
 import { BlocksUnavailable, type ChainReport, pullChain } from './pull.js';
 import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
@@ -77,6 +78,10 @@ export interface SyncOptions {
   log?: (line: string) => void;
   /** Progress of each chain pulled: received bytes, written bytes of a snapshot, and its end. */
   progress?: (p: SyncProgress) => void;
+  /** Refuse (BUDGET_EXCEEDED) a chain whose new layers would write more than this; free space is always checked. */
+  maxWrite?: number | undefined;
+  /** Refuse (BUDGET_EXCEEDED) a chain with a disk larger than this (default DEFAULT_MAX_VIRTUAL_SIZE, 16 TiB). */
+  maxVirtualSize?: number | undefined;
 }
 
 type SyncProgress =
@@ -492,6 +497,8 @@ class SyncRun {
         temps,
         log,
         signal: opts.signal,
+        maxWrite: opts.maxWrite ?? null,
+        maxVirtualSize: opts.maxVirtualSize ?? DEFAULT_MAX_VIRTUAL_SIZE,
         fetch: fetcher.fetcherFor(st, (b) => opts.progress?.({ phase: 'receive', chain: label, done: b, total: null })),
         progress: (name: string, done: number, total: number) => opts.progress?.({ phase: 'write', chain: label, snapshot: name, done, total }),
       };
