@@ -373,6 +373,14 @@ describe('what a team member cannot do to a teammate', () => {
     expect(map.every((e) => !e.data)).toBe(true);
     // The legit chain is identical, its child's zero range included.
     await expectSameChain(X, 'fine', R, 'fine', { sameTree: true });
+    // Attack 9, sync side: what a pull leaves is private (layers and maps 0600, their directories,
+    // the catalogs' storage with its signing seed, and the home 0700).
+    const mode = async (f: string) => (await stat(f)).mode & 0o777;
+    for (const d of [R, path.join(R, 'sync'), path.join(R, 'sync', 'maps'), path.join(R, 'sync', 'crew', 'catalog')]) expect(await mode(d), d).toBe(0o700);
+    const maps = await readdir(path.join(R, 'sync', 'maps'));
+    expect(maps.length).toBeGreaterThan(0);
+    for (const f of maps) expect(await mode(path.join(R, 'sync', 'maps', f)), f).toBe(0o600);
+    for (const f of await readdir(path.join(R, 'disks', 'fine'))) expect(await mode(path.join(R, 'disks', 'fine', f)), f).toBe(0o600);
     await sharer.stop();
     sharer = null;
   });
