@@ -134,6 +134,50 @@ describe('snapshot diff --files, whole-disk filesystems', () => {
   });
 });
 
+describe('snapshot diff --files, names of files rewritten in place', () => {
+  it('names them from the directories next to them in the inode table, without a walk from the root; a hard link is still found', async () => {
+    const root = await makeTempDir('clonebox-guest-near-');
+    const tree: Tree = {};
+    for (let d = 0; d < 40; d++) {
+      const dir: Tree = {};
+      for (let f = 0; f < 25; f++) dir[`f${f}`] = `file ${d}/${f}\n`;
+      tree[`d${String(d).padStart(2, '0')}`] = dir;
+    }
+    await writeTree(path.join(root, 'src'), tree);
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    await mkfs(a, 'ext4', '32M', path.join(root, 'src'));
+    // A second name for d39/f24 (made before the snapshot): its names could be anywhere.
+    await debugfs(a, ['ln /d39/f24 /d00/hl', 'sif /d39/f24 links_count 2']);
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'rewritten by the test\n');
+    // debugfs rm + write takes the freed inode and directory slot back: the directory blocks and
+    // inodes stay as they were, only the file's inode and data change (a file rewritten in place).
+    const picked = ['/d03/f7', '/d11/f0', '/d20/f24', '/d29/f13', '/d38/f2'];
+    await debugfs(
+      b,
+      picked.flatMap((p) => [`rm ${p}`, `write ${content} ${p}`]),
+    );
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(p!.status).toBe('compared');
+    expect(brief(p!.files).sort()).toEqual(picked.map((x) => `M ${x} (file) [content,size]`).sort());
+    // Five directories read (each file's own, the nearest below it), none changed, no walk.
+    expect(p!.stats).toMatchObject({ dirs_walked: 0, dirs_searched: picked.length });
+
+    // The hard-linked file rewritten in place (a data block only): one of its names, by the walk.
+    const bs = 4096;
+    await pwrite(b, (await blockOf(b, '/d39/f24', 0)) * bs, Buffer.from('FILE'));
+    await vm.setCurrent(b);
+    const [q] = await vm.partitions();
+    const hl = (q!.files ?? []).filter((c) => !picked.includes(c.path));
+    expect(brief(hl)).toEqual([expect.stringMatching(/^M \/(d39\/f24|d00\/hl) \(file\) \[content\]$/)]);
+    expect(hl[0]).toMatchObject({ links: 2 });
+    expect(q!.stats!.dirs_walked).toBeGreaterThan(0);
+  });
+});
+
 describe('snapshot diff --files, partitioned disks', () => {
   it('MBR with a primary and a logical partition (extended chain)', async () => {
     const root = await makeTempDir('clonebox-guest-mbr-');

@@ -296,7 +296,7 @@ export interface GuestPartitionDiff {
     changes: { name: string; change: 'installed' | 'removed' | 'upgraded' | 'downgraded' | 'changed'; from: string | null; to: string | null }[];
   }[];
   etc?: GuestEtcChange[];
-  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number; bytes_read: number };
+  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number; bytes_read: number };
 }
 
 /** `snapshot diff --json`. */

@@ -63,7 +63,7 @@ interface PartitionDiff {
   files?: FileChange[];
   packages?: PackagesResult[];
   etc?: EtcChange[];
-  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number; bytes_read: number };
+  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number; bytes_read: number };
 }
 
 export interface GuestDiff {

@@ -6,8 +6,11 @@
  * its inode untouched) are attributed by one scan of the inode tables, which happens only when such
  * blocks exist. Changed directories give the names added and removed; changed inodes are compared
  * field by field, and their bytes only where their blocks changed or their block maps differ. Paths
- * come from `..` for directories and from one breadth-first walk that stops as soon as every
- * wanted inode has been seen. Files whose blocks did not change are never read.
+ * come from `..` for directories; a file no changed directory names (rewritten in place) is looked
+ * for in the directories whose inodes lie nearest to its own in its group's inode table (where both
+ * Linux and libext2fs put a file's directory: see nameNearby), and only what that does not find is
+ * left to one breadth-first walk from the root that stops as soon as every wanted inode has been
+ * seen. Files whose blocks did not change are never read.
  */
 import { checkAborted } from '../abort.js';
 import { BlockRuns, type Run } from './blocks.js';
@@ -45,7 +48,7 @@ export interface FilesDiff {
   changes: FileChange[];
   warnings: string[];
   /** What it cost: changed blocks, inodes compared, whether the inode tables were scanned. */
-  stats: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number };
+  stats: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number };
 }
 
 /** Entries visited when summarising an added or removed directory, or walking for paths. */
@@ -56,6 +59,10 @@ const ROOT = 2;
 const FT_DIR = 2;
 /** Path depth at most (a deeper chain of `..` is a loop). */
 const MAX_DEPTH = 2048;
+/** Directories read when looking for one inode's name near it, before it is left to the walk from the root. */
+const NEARBY_DIRS = 64;
+/** Bytes of inode table read at a time when looking for directories near an inode. */
+const NEARBY_CHUNK = 64 * 1024;
 
 function typeOf(mode: number): FileType {
   switch (mode & S_IFMT) {
@@ -117,7 +124,7 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       for (let k = 0; k < n; k++) if (da.compare(db, k * bs, (k + 1) * bs, k * bs, (k + 1) * bs) !== 0) changed.append(blk + k, 1);
     }
   }
-  const stats = { changed_blocks: changed.blocks, inodes_compared: 0, owner_scan: false, dirs_walked: 0 };
+  const stats = { changed_blocks: changed.blocks, inodes_compared: 0, owner_scan: false, dirs_searched: 0, dirs_walked: 0 };
   if (changed.size === 0) return { changes: [], warnings, stats };
 
   // 2. What the changed blocks are: inode tables (-> changed inodes), other metadata, or data.
@@ -260,7 +267,11 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
   const rest: [Inode, Inode][] = [];
   for (const [ino, [ia, ib]] of pairs) if (ia.inUse && ib.inUse && !covered.has(ino)) rest.push([ia, ib]);
   const wanted = new Set(rest.filter(([, ib]) => (ib.mode & S_IFMT) !== S_IFDIR && !named.has(ib.ino)).map(([, ib]) => ib.ino));
-  if (wanted.size > 0) stats.dirs_walked = await walkForNames(fb, wanted, named, signal);
+  if (wanted.size > 0) {
+    const near = await nameNearby(fb, wanted, named, signal);
+    stats.dirs_searched = near.dirs;
+    if (near.left.size > 0) stats.dirs_walked = await walkForNames(fb, near.left, named, signal);
+  }
   for (const [ia, ib] of rest) {
     checkAborted(signal);
     let path: string | null;
@@ -375,6 +386,102 @@ async function findOwners(fs: ExtFs, runs: BlockRuns, signal?: AbortSignal): Pro
     }
   }
   return owners;
+}
+
+/**
+ * Names of `wanted` (files no changed directory names) found in the directories nearest to them in
+ * their group's inode table: ext4 has no parent pointer in a file's inode, but both allocators put a
+ * file in its directory's group — Linux's Orlov allocator starts a file's search there, libext2fs
+ * (mke2fs -d, debugfs) takes the first free inode from there, so a directory populated at once has
+ * its files right after it. So the directory inodes of the file's group are tried from the file's
+ * own number downwards, then upwards, NEARBY_DIRS of them at most per file, each read once for all
+ * wanted files. The cost follows the number of changed files, not of files; a file not found this
+ * way (a hard link, whose names could lie anywhere, or a file far from its directory) is left to the
+ * walk from the root (`left`). Any entry found names the file in this state: for a file with one
+ * link it is its only name, the one the walk would find.
+ */
+async function nameNearby(
+  fs: ExtFs,
+  wanted: Set<number>,
+  named: Map<number, { dir: number; name: string }>,
+  signal?: AbortSignal,
+): Promise<{ left: Set<number>; dirs: number }> {
+  const left = new Set<number>();
+  const found = new Map<number, { dir: number; name: string }>(); // wanted inodes only: bounded
+  const dirsRead = new Set<number>();
+  const perChunk = Math.max(1, Math.floor(NEARBY_CHUNK / fs.inodeSize));
+  const chunkCache = new Map<string, Inode[]>(); // group/chunk -> its directory inodes, descending
+  const dirsOf = async (g: number, c: number, usable: number): Promise<Inode[]> => {
+    const key = `${g}/${c}`;
+    const hit = chunkCache.get(key);
+    if (hit) return hit;
+    const first = c * perChunk;
+    const n = Math.min(perChunk, usable - first);
+    const d = await fs.group(g);
+    const startByte = first * fs.inodeSize;
+    const firstBlock = Math.floor(startByte / fs.blockSize);
+    const blocks = Math.ceil((startByte + n * fs.inodeSize) / fs.blockSize) - firstBlock;
+    const buf = await fs.readBlocks(d.inodeTable + firstBlock, blocks);
+    const out: Inode[] = [];
+    for (let k = n - 1; k >= 0; k--) {
+      const o = startByte - firstBlock * fs.blockSize + k * fs.inodeSize;
+      const ino = g * fs.inodesPerGroup + first + k + 1;
+      if ((ino < 11 && ino !== ROOT) || ino > fs.inodesCount) continue;
+      const i = fs.parseInode(ino, buf.subarray(o, o + fs.inodeSize));
+      if (i.inUse && (i.mode & S_IFMT) === S_IFDIR) out.push(i);
+    }
+    chunkCache.set(key, out);
+    return out;
+  };
+  for (const x of [...wanted].sort((p, q) => p - q)) {
+    checkAborted(signal);
+    const self = await fs.inode(x);
+    const g = Math.floor((x - 1) / fs.inodesPerGroup);
+    const usable = await fs.usableInodes(g);
+    if (self.links !== 1 || usable === 0) {
+      left.add(x);
+      continue;
+    }
+    const known = found.get(x);
+    if (known) {
+      named.set(x, known);
+      continue;
+    }
+    const chunks = Math.ceil(usable / perChunk);
+    const c0 = Math.min(Math.floor(((x - 1) % fs.inodesPerGroup) / perChunk), chunks - 1);
+    // Nearest first: the directories below the file, descending, then those above it, ascending.
+    const order: { c: number; up: boolean }[] = [];
+    for (let c = c0; c >= 0; c--) order.push({ c, up: false });
+    for (let c = c0; c < chunks; c++) order.push({ c, up: true });
+    let budget = NEARBY_DIRS;
+    search: for (const { c, up } of order) {
+      let dirs: Inode[];
+      try {
+        dirs = await dirsOf(g, c, usable);
+      } catch (err) {
+        if (err instanceof GuestFormatError) break;
+        throw err;
+      }
+      for (const d of up ? dirs.filter((i) => i.ino > x).reverse() : dirs.filter((i) => i.ino < x)) {
+        if (dirsRead.has(d.ino)) continue;
+        if (budget-- <= 0) break search;
+        dirsRead.add(d.ino);
+        let entries: DirEntry[];
+        try {
+          entries = (await fs.readDir(d)).entries;
+        } catch (err) {
+          if (err instanceof GuestFormatError) continue;
+          throw err;
+        }
+        for (const e of entries) if (wanted.has(e.ino) && !found.has(e.ino)) found.set(e.ino, { dir: d.ino, name: e.name });
+        if (found.has(x)) break search;
+      }
+    }
+    const hit = found.get(x);
+    if (hit) named.set(x, hit);
+    else left.add(x);
+  }
+  return { left, dirs: dirsRead.size };
 }
 
 /** Breadth-first from the root until every wanted inode has a name; returns the directories read. */
