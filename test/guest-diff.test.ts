@@ -178,6 +178,43 @@ describe('snapshot diff --files, names of files rewritten in place', () => {
   });
 });
 
+describe('snapshot diff --files, renames', () => {
+  it('shows a file or directory moved to a new name as renamed (same inode and birth), not as removed and added', async () => {
+    const root = await makeTempDir('clonebox-guest-rename-');
+    await writeTree(path.join(root, 'src'), {
+      a: { one: 'one\n', two: 'two\n', gone: 'gone\n' },
+      b: { three: 'three\n' },
+      dir: { x: 'x\n', y: 'y\n' },
+    });
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    await mkfs(a, 'ext4', '16M', path.join(root, 'src'));
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'a new file\n');
+    // debugfs ln + unlink moves a name and leaves the inode as it was (what rename(2) does but ctime).
+    await debugfs(b, [
+      'ln /a/one /a/uno',
+      'unlink /a/one',
+      'ln /a/two /b/two',
+      'unlink /a/two',
+      'ln /dir /moved',
+      'unlink /dir',
+      'rm /a/gone',
+      `write ${content} /b/fresh`,
+    ]);
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(p!.status).toBe('compared');
+    expect(brief(p!.files).sort()).toEqual(
+      ['R /a/one -> /a/uno (file)', 'R /a/two -> /b/two (file)', 'R /dir -> /moved (dir)', '- /a/gone (file)', '+ /b/fresh (file)'].sort(),
+    );
+    expect(p!.summary).toMatchObject({ added: 1, removed: 1, renamed: 3, modified: 0, metadata: 0 });
+    const { stdout } = await vm.ok(['snapshot', 'diff', 'guest', '--from', 'a', '--to', 'current', '--files']);
+    expect(stdout).toContain('R /a/two -> /b/two');
+  });
+});
+
 describe('snapshot diff --files, partitioned disks', () => {
   it('MBR with a primary and a logical partition (extended chain)', async () => {
     const root = await makeTempDir('clonebox-guest-mbr-');

@@ -246,7 +246,9 @@ export interface DiffOptions {
 /** One file-level change (`snapshot diff --files --json`). */
 export interface GuestFileChange {
   path: string;
-  change: 'added' | 'removed' | 'modified' | 'metadata';
+  change: 'added' | 'removed' | 'modified' | 'metadata' | 'renamed';
+  /** `renamed`: the path in the older state (the same file, by inode and birth; `fields` says what else changed). */
+  path_before?: string;
   type: 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
   type_before?: GuestFileChange['type'];
   size_before: number | null;
@@ -288,7 +290,7 @@ export interface GuestPartitionDiff {
   /** Why a partition was not compared. */
   message?: string;
   warnings: string[];
-  summary?: { added: number; removed: number; modified: number; metadata: number; bytes_added: number; bytes_removed: number };
+  summary?: { added: number; removed: number; modified: number; metadata: number; renamed: number; bytes_added: number; bytes_removed: number };
   files?: GuestFileChange[];
   packages?: {
     manager: 'dpkg' | 'apk';

@@ -21,7 +21,9 @@ type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket
 
 export interface FileChange {
   path: string;
-  change: 'added' | 'removed' | 'modified' | 'metadata';
+  change: 'added' | 'removed' | 'modified' | 'metadata' | 'renamed';
+  /** `renamed`: the path before (the same file: same inode and birth, one link). */
+  path_before?: string;
   type: FileType;
   /** Set when the type changed (a file replaced by a symlink, ...). */
   type_before?: FileType;
@@ -242,12 +244,52 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       warnings.push(err.message);
     }
   }
-  // An inode that lost a name and gained another (renamed, or freed and reused) is described by those names.
+  // A name removed and a name added for one inode that is the same file on both sides: renamed,
+  // reported once, under its new path (with what else changed).
+  const renames: { from: (typeof pendingNames)[number]; to: (typeof pendingNames)[number] }[] = [];
+  const gone = new Map<number, (typeof pendingNames)[number]>();
+  for (const p of pendingNames) if (p.a && !p.b) gone.set(p.a.ino, p);
+  const renamed = new Set<(typeof pendingNames)[number]>();
+  for (const p of pendingNames) {
+    if (p.a || !p.b) continue;
+    const from = gone.get(p.b.ino);
+    if (!from || renamed.has(from) || !sameFile(fa, from.a!, p.b)) continue;
+    renames.push({ from, to: p });
+    renamed.add(from);
+    renamed.add(p);
+  }
+  // An inode that lost a name and gained another (freed and reused) is described by those names.
   const lostName = new Set(pendingNames.filter((p) => p.a).map((p) => p.a!.ino));
   for (const p of pendingNames) if (p.b && lostName.has(p.b.ino)) covered.add(p.b.ino);
   const reported = new Set<string>();
+  for (const { from, to } of renames) {
+    checkAborted(signal);
+    const [da, db] = [await dirPath_(sideA, from.dir, warnings), await dirPath_(sideB, to.dir, warnings)];
+    if (da === null || db === null) continue;
+    const path = join(db, to.name);
+    const a = from.a!;
+    const b = to.b!;
+    try {
+      const ch = await compareNamed(path, a, b, fa, fb, changed, covered, stats);
+      const base: FileChange = ch ?? {
+        path,
+        change: 'renamed',
+        type: typeOf(b.mode),
+        size_before: a.size,
+        size_after: b.size,
+        mtime_before: iso(a.mtime),
+        mtime_after: iso(b.mtime),
+      };
+      changes.push({ ...base, change: 'renamed', path_before: join(da, from.name) });
+      reported.add(path);
+    } catch (err) {
+      if (!(err instanceof GuestFormatError)) throw err;
+      warnings.push(`${path}: ${err.message}`);
+    }
+  }
   for (const p of pendingNames) {
     checkAborted(signal);
+    if (renamed.has(p)) continue;
     const dirPath = await dirPath_(sideB, p.dir, warnings);
     if (dirPath === null) continue;
     const path = join(dirPath, p.name);
@@ -293,6 +335,27 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
   }
   changes.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0));
   return { changes, warnings, stats };
+}
+
+/**
+ * Is inode `a` (before) the same file as `b` (after), not one freed and reused for another? Same
+ * type, one link on both sides for a non-directory (a second name is a hard link, not a rename),
+ * and the same birth: the
+ * creation time with its nanoseconds, the generation number and the block map (ext4's large inodes;
+ * without them, or when the map changed too, no rename is claimed and the names are reported as
+ * removed and added).
+ */
+function sameFile(fs: ExtFs, a: Inode, b: Inode): boolean {
+  if (!a.inUse || !b.inUse || (a.mode & S_IFMT) !== (b.mode & S_IFMT)) return false;
+  if ((b.mode & S_IFMT) !== S_IFDIR && (a.links !== 1 || b.links !== 1)) return false; // a directory has one name
+  // i_crtime (0x90) and i_crtime_extra (0x94) lie in the extra part when i_extra_isize covers them.
+  const birth = (i: Inode) => (fs.inodeSize >= 160 && i.raw.readUInt16LE(128) >= 24 ? i.raw.subarray(0x90, 0x98) : null);
+  const [ba, bb] = [birth(a), birth(b)];
+  if (!ba || !bb || !ba.equals(bb) || ba.readUInt32LE(0) === 0) return false;
+  // The same generation, and the same block map root (i_block): libext2fs writes creation times
+  // without nanoseconds, so an inode freed and reused within the same second for another file
+  // would pass the birth check; it would not also have the same blocks.
+  return a.raw.readUInt32LE(100) === b.raw.readUInt32LE(100) && a.raw.subarray(40, 100).equals(b.raw.subarray(40, 100));
 }
 
 async function sameRawInode(fa: ExtFs, fb: ExtFs, ino: number): Promise<boolean> {
