@@ -178,6 +178,36 @@ describe('snapshot diff --files, names of files rewritten in place', () => {
   });
 });
 
+describe('snapshot diff --files, names across a block group boundary', () => {
+  it('finds the directory that ends the group before the one its files start', async () => {
+    const root = await makeTempDir('clonebox-guest-groups-');
+    const tree: Tree = {};
+    for (let d = 0; d < 10; d++) {
+      const dir: Tree = {};
+      for (let f = 0; f < 30; f++) dir[`f${String(f).padStart(2, '0')}`] = `x ${d} ${f}\n`;
+      tree[`d${d}`] = dir;
+    }
+    await writeTree(path.join(root, 'src'), tree);
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    // 256 inodes per group: libext2fs packs the 310 inodes, so one directory's files run on into
+    // the second group (whichever directory mke2fs -d takes eighth).
+    await mkfs(a, 'ext4', '16M', path.join(root, 'src'), 1024, ['-N', '512']);
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'rewritten by the test\n');
+    const all = Object.entries(tree).flatMap(([d, files]) => Object.keys(files as Tree).map((f) => `/${d}/${f}`));
+    await debugfs(
+      b,
+      all.flatMap((p) => [`rm ${p}`, `write ${content} ${p}`]),
+    );
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(brief(p!.files).sort()).toEqual(all.map((x) => `M ${x} (file) [content,size]`).sort());
+    expect(p!.stats).toMatchObject({ dirs_searched: 10, dirs_walked: 0 });
+  });
+});
+
 describe('snapshot diff --files, renames', () => {
   it('shows a file or directory moved to a new name as renamed (same inode and birth), not as removed and added', async () => {
     const root = await makeTempDir('clonebox-guest-rename-');

@@ -457,8 +457,8 @@ async function findOwners(fs: ExtFs, runs: BlockRuns, signal?: AbortSignal): Pro
  * file in its directory's group — Linux's Orlov allocator starts a file's search there, libext2fs
  * (mke2fs -d, debugfs) takes the first free inode from there, so a directory populated at once has
  * its files right after it. So the directory inodes of the file's group are tried from the file's
- * own number downwards, then upwards, NEARBY_DIRS of them at most per file, each read once for all
- * wanted files. The cost follows the number of changed files, not of files; a file not found this
+ * own number downwards (then those that end the group before: packed inodes run over a group's
+ * end), then upwards, NEARBY_DIRS of them at most per file, each read once for all wanted files. The cost follows the number of changed files, not of files; a file not found this
  * way (a hard link, whose names could lie anywhere, or a file far from its directory) is left to the
  * walk from the root (`left`). Any entry found names the file in this state: for a file with one
  * link it is its only name, the one the walk would find.
@@ -512,20 +512,24 @@ async function nameNearby(
     }
     const chunks = Math.ceil(usable / perChunk);
     const c0 = Math.min(Math.floor(((x - 1) % fs.inodesPerGroup) / perChunk), chunks - 1);
-    // Nearest first: the directories below the file, descending, then those above it, ascending.
-    const order: { c: number; up: boolean }[] = [];
-    for (let c = c0; c >= 0; c--) order.push({ c, up: false });
-    for (let c = c0; c < chunks; c++) order.push({ c, up: true });
+    // Nearest first: the directories below the file, descending (and the last ones of the group
+    // before: libext2fs packs inodes, so a directory may end one group and its files start the
+    // next), then those above it, ascending.
+    const order: { g: number; c: number; up: boolean }[] = [];
+    for (let c = c0; c >= 0; c--) order.push({ g, c, up: false });
+    const prevUsable = g > 0 ? await fs.usableInodes(g - 1) : 0;
+    if (prevUsable > 0) order.push({ g: g - 1, c: Math.ceil(prevUsable / perChunk) - 1, up: false });
+    for (let c = c0; c < chunks; c++) order.push({ g, c, up: true });
     let budget = NEARBY_DIRS;
-    search: for (const { c, up } of order) {
+    search: for (const o of order) {
       let dirs: Inode[];
       try {
-        dirs = await dirsOf(g, c, usable);
+        dirs = await dirsOf(o.g, o.c, o.g === g ? usable : prevUsable);
       } catch (err) {
         if (err instanceof GuestFormatError) break;
         throw err;
       }
-      for (const d of up ? dirs.filter((i) => i.ino > x).reverse() : dirs.filter((i) => i.ino < x)) {
+      for (const d of o.up ? dirs.filter((i) => i.ino > x).reverse() : dirs.filter((i) => i.ino < x)) {
         if (dirsRead.has(d.ino)) continue;
         if (budget-- <= 0) break search;
         dirsRead.add(d.ino);
