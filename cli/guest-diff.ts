@@ -4,8 +4,8 @@
  */
 import { type DiffResult, formatBytes, type GuestFileChange, type GuestPartitionDiff } from '../src/index.js';
 
-const KIND_ORDER = ['added', 'removed', 'modified', 'metadata'] as const;
-const MARK = { added: '+', removed: '-', modified: 'M', metadata: 'm' } as const;
+const KIND_ORDER = ['added', 'removed', 'renamed', 'modified', 'metadata'] as const;
+const MARK = { added: '+', removed: '-', modified: 'M', metadata: 'm', renamed: 'R' } as const;
 
 function size(n: number | null): string {
   return n === null ? '-' : formatBytes(n);
@@ -24,7 +24,8 @@ function describe(c: GuestFileChange): string {
   if (c.owner_before) extra.push(`owner ${c.owner_before} -> ${c.owner_after}`);
   if (c.target_before !== undefined && c.target_after !== undefined) extra.push(`target ${c.target_before} -> ${c.target_after}`);
   else if (c.target_after !== undefined) extra.push(`-> ${c.target_after}`);
-  return `  ${MARK[c.change]} ${c.path}${t}${links}${detail}${extra.length ? `  (${extra.join(', ')})` : ''}`;
+  const name = c.path_before !== undefined ? `${c.path_before} -> ${c.path}` : c.path;
+  return `  ${MARK[c.change]} ${name}${t}${links}${detail}${extra.length ? `  (${extra.join(', ')})` : ''}`;
 }
 
 function partitionTitle(p: GuestPartitionDiff): string {
@@ -50,7 +51,7 @@ export function renderGuestDiff(d: DiffResult): string[] {
       }
       const s = p.summary;
       out.push(
-        `${partitionTitle(p)}${s ? `: ${s.added} added, ${s.removed} removed, ${s.modified} modified, ${s.metadata} metadata only (+${formatBytes(s.bytes_added)} -${formatBytes(s.bytes_removed)})` : ''}`,
+        `${partitionTitle(p)}${s ? `: ${s.added} added, ${s.removed} removed, ${s.renamed ? `${s.renamed} renamed, ` : ''}${s.modified} modified, ${s.metadata} metadata only (+${formatBytes(s.bytes_added)} -${formatBytes(s.bytes_removed)})` : ''}`,
       );
       for (const w of p.warnings) out.push(`  warning: ${w}`);
       if (p.files) {

@@ -134,6 +134,117 @@ describe('snapshot diff --files, whole-disk filesystems', () => {
   });
 });
 
+describe('snapshot diff --files, names of files rewritten in place', () => {
+  it('names them from the directories next to them in the inode table, without a walk from the root; a hard link is still found', async () => {
+    const root = await makeTempDir('clonebox-guest-near-');
+    const tree: Tree = {};
+    for (let d = 0; d < 40; d++) {
+      const dir: Tree = {};
+      for (let f = 0; f < 25; f++) dir[`f${f}`] = `file ${d}/${f}\n`;
+      tree[`d${String(d).padStart(2, '0')}`] = dir;
+    }
+    await writeTree(path.join(root, 'src'), tree);
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    await mkfs(a, 'ext4', '32M', path.join(root, 'src'));
+    // A second name for d39/f24 (made before the snapshot): its names could be anywhere.
+    await debugfs(a, ['ln /d39/f24 /d00/hl', 'sif /d39/f24 links_count 2']);
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'rewritten by the test\n');
+    // debugfs rm + write takes the freed inode and directory slot back: the directory blocks and
+    // inodes stay as they were, only the file's inode and data change (a file rewritten in place).
+    const picked = ['/d03/f7', '/d11/f0', '/d20/f24', '/d29/f13', '/d38/f2'];
+    await debugfs(
+      b,
+      picked.flatMap((p) => [`rm ${p}`, `write ${content} ${p}`]),
+    );
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(p!.status).toBe('compared');
+    expect(brief(p!.files).sort()).toEqual(picked.map((x) => `M ${x} (file) [content,size]`).sort());
+    // Five directories read (each file's own, the nearest below it), none changed, no walk.
+    expect(p!.stats).toMatchObject({ dirs_walked: 0, dirs_searched: picked.length });
+
+    // The hard-linked file rewritten in place (a data block only): one of its names, by the walk.
+    const bs = 4096;
+    await pwrite(b, (await blockOf(b, '/d39/f24', 0)) * bs, Buffer.from('FILE'));
+    await vm.setCurrent(b);
+    const [q] = await vm.partitions();
+    const hl = (q!.files ?? []).filter((c) => !picked.includes(c.path));
+    expect(brief(hl)).toEqual([expect.stringMatching(/^M \/(d39\/f24|d00\/hl) \(file\) \[content\]$/)]);
+    expect(hl[0]).toMatchObject({ links: 2 });
+    expect(q!.stats!.dirs_walked).toBeGreaterThan(0);
+  });
+});
+
+describe('snapshot diff --files, names across a block group boundary', () => {
+  it('finds the directory that ends the group before the one its files start', async () => {
+    const root = await makeTempDir('clonebox-guest-groups-');
+    const tree: Tree = {};
+    for (let d = 0; d < 10; d++) {
+      const dir: Tree = {};
+      for (let f = 0; f < 30; f++) dir[`f${String(f).padStart(2, '0')}`] = `x ${d} ${f}\n`;
+      tree[`d${d}`] = dir;
+    }
+    await writeTree(path.join(root, 'src'), tree);
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    // 256 inodes per group: libext2fs packs the 310 inodes, so one directory's files run on into
+    // the second group (whichever directory mke2fs -d takes eighth).
+    await mkfs(a, 'ext4', '16M', path.join(root, 'src'), 1024, ['-N', '512']);
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'rewritten by the test\n');
+    const all = Object.entries(tree).flatMap(([d, files]) => Object.keys(files as Tree).map((f) => `/${d}/${f}`));
+    await debugfs(
+      b,
+      all.flatMap((p) => [`rm ${p}`, `write ${content} ${p}`]),
+    );
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(brief(p!.files).sort()).toEqual(all.map((x) => `M ${x} (file) [content,size]`).sort());
+    expect(p!.stats).toMatchObject({ dirs_searched: 10, dirs_walked: 0 });
+  });
+});
+
+describe('snapshot diff --files, renames', () => {
+  it('shows a file or directory moved to a new name as renamed (same inode and birth), not as removed and added', async () => {
+    const root = await makeTempDir('clonebox-guest-rename-');
+    await writeTree(path.join(root, 'src'), {
+      a: { one: 'one\n', two: 'two\n', gone: 'gone\n' },
+      b: { three: 'three\n' },
+      dir: { x: 'x\n', y: 'y\n' },
+    });
+    const a = path.join(root, 'a.raw');
+    const b = path.join(root, 'b.raw');
+    await mkfs(a, 'ext4', '16M', path.join(root, 'src'));
+    await copyFile(a, b);
+    const content = path.join(root, 'new');
+    await writeFile(content, 'a new file\n');
+    // debugfs ln + unlink moves a name and leaves the inode as it was (what rename(2) does but ctime).
+    await debugfs(b, [
+      'ln /a/one /a/uno',
+      'unlink /a/one',
+      'ln /a/two /b/two',
+      'unlink /a/two',
+      'ln /dir /moved',
+      'unlink /dir',
+      'rm /a/gone',
+      `write ${content} /b/fresh`,
+    ]);
+    const vm = await GuestVm.create(root, a, b);
+    const [p] = await vm.partitions();
+    expect(p!.status).toBe('compared');
+    expect(brief(p!.files).sort()).toEqual(
+      ['R /a/one -> /a/uno (file)', 'R /a/two -> /b/two (file)', 'R /dir -> /moved (dir)', '- /a/gone (file)', '+ /b/fresh (file)'].sort(),
+    );
+    expect(p!.summary).toMatchObject({ added: 1, removed: 1, renamed: 3, modified: 0, metadata: 0 });
+    const { stdout } = await vm.ok(['snapshot', 'diff', 'guest', '--from', 'a', '--to', 'current', '--files']);
+    expect(stdout).toContain('R /a/two -> /b/two');
+  });
+});
+
 describe('snapshot diff --files, partitioned disks', () => {
   it('MBR with a primary and a logical partition (extended chain)', async () => {
     const root = await makeTempDir('clonebox-guest-mbr-');

@@ -400,7 +400,7 @@ export function registerSnapshot(program: Command): Command {
     .description('byte ranges whose content differs between two snapshots')
     .requiredOption('--from <snapshot>', 'the older state')
     .addOption(new Option('--to <snapshot>', 'the newer state: a snapshot, or "current" (the current state)').default('current'))
-    .option('--files', 'files added, removed, modified and changed in metadata, per partition (ext2/3/4)')
+    .option('--files', 'files added, removed, renamed, modified and changed in metadata, per partition (ext2/3/4)')
     .option('--packages', 'installed, removed, upgraded and downgraded packages (dpkg, apk)')
     .option('--etc', 'changes under /etc, with a unified diff of text files')
     .addOption(

@@ -4,7 +4,7 @@
  * sync runs).
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { formatBytes, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
+import { formatBytes, parseSize, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
 import { count, note, printJson, printLine, printWarning, table, verbosity } from '../output.js';
 import { progressFor } from '../progress.js';
@@ -71,9 +71,13 @@ export function registerSync(snapshot: Command): void {
     .addOption(
       new Option('--timeout <seconds>', 'give up after this long (with no teammate online at all, after 60 s)').default(undefined, '300').argParser(secondsOpt),
     )
+    .option('--max-write <size>', "refuse a teammate's chain once pulling it would write more than SIZE (free space is always checked)")
+    .option('--max-virtual-size <size>', 'refuse a chain with a disk larger than SIZE (default: 16T)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number }) => {
+      action(async (ctx, o: { team: string; bootstrap?: string[]; watch?: boolean; timeout?: number; maxWrite?: string; maxVirtualSize?: string }) => {
+        const maxWrite = o.maxWrite !== undefined ? parseSize(o.maxWrite, '--max-write') : undefined;
+        const maxVirtualSize = o.maxVirtualSize !== undefined ? parseSize(o.maxVirtualSize, '--max-virtual-size') : undefined;
         // On a terminal one line shows what the sync waits for, then each chain's progress (4 Hz).
         const bar = progressFor('sync', ctx.json);
         bar?.status(`sync: joining team ${o.team} and looking for teammates online...`);
@@ -104,6 +108,8 @@ export function registerSync(snapshot: Command): void {
               ...(o.bootstrap ? { bootstrap: o.bootstrap } : {}),
               ...(o.timeout !== undefined ? { timeout: o.timeout } : {}),
               watch: Boolean(o.watch),
+              ...(maxWrite !== undefined ? { maxWrite } : {}),
+              ...(maxVirtualSize !== undefined ? { maxVirtualSize } : {}),
               signal,
               onWarning,
               ...(bar ? { onProgress } : {}),

@@ -55,6 +55,8 @@ export class Sync {
           signal: this.s.signal(opts.signal),
           log: this.s.warner(opts.onWarning, 'NOTICE'),
           ...(opts.onProgress ? { progress: opts.onProgress } : {}),
+          maxWrite: opts.maxWrite,
+          maxVirtualSize: opts.maxVirtualSize,
         });
       } finally {
         if (opts.onTrace) setTraceSink(prevTrace);

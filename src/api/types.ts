@@ -248,7 +248,9 @@ export interface DiffOptions {
 /** One file-level change (`snapshot diff --files --json`). */
 export interface GuestFileChange {
   path: string;
-  change: 'added' | 'removed' | 'modified' | 'metadata';
+  change: 'added' | 'removed' | 'modified' | 'metadata' | 'renamed';
+  /** `renamed`: the path in the older state (the same file, by inode and birth; `fields` says what else changed). */
+  path_before?: string;
   type: 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket' | 'unknown';
   type_before?: GuestFileChange['type'];
   size_before: number | null;
@@ -290,7 +292,7 @@ export interface GuestPartitionDiff {
   /** Why a partition was not compared. */
   message?: string;
   warnings: string[];
-  summary?: { added: number; removed: number; modified: number; metadata: number; bytes_added: number; bytes_removed: number };
+  summary?: { added: number; removed: number; modified: number; metadata: number; renamed: number; bytes_added: number; bytes_removed: number };
   files?: GuestFileChange[];
   packages?: {
     manager: 'dpkg' | 'apk';
@@ -298,7 +300,7 @@ export interface GuestPartitionDiff {
     changes: { name: string; change: 'installed' | 'removed' | 'upgraded' | 'downgraded' | 'changed'; from: string | null; to: string | null }[];
   }[];
   etc?: GuestEtcChange[];
-  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number; bytes_read: number };
+  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number; bytes_read: number };
 }
 
 /** `snapshot diff --json`. */
@@ -725,6 +727,10 @@ export interface SyncRunOptions extends Omit<LongOptions, 'onProgress'> {
   onProgress?: (p: SyncProgressEvent) => void;
   /** Phase timings for profiling: milliseconds since the process started, and what happened. */
   onTrace?: (ms: number, what: string) => void;
+  /** Refuse (BUDGET_EXCEEDED) a pulled chain whose new layers would write more than this many bytes. Free space is always checked (NO_SPACE). */
+  maxWrite?: number;
+  /** Refuse (BUDGET_EXCEEDED) a pulled chain holding a disk larger than this (default 16 TiB). */
+  maxVirtualSize?: number;
 }
 
 /** `snapshot sync --json`. A run where a chain failed rejects instead (the first chain's code). */

@@ -32,6 +32,7 @@ interface FilesSummary {
   removed: number;
   modified: number;
   metadata: number;
+  renamed: number;
   bytes_added: number;
   bytes_removed: number;
 }
@@ -63,7 +64,7 @@ interface PartitionDiff {
   files?: FileChange[];
   packages?: PackagesResult[];
   etc?: EtcChange[];
-  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number; bytes_read: number };
+  stats?: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number; bytes_read: number };
 }
 
 export interface GuestDiff {
@@ -168,7 +169,7 @@ async function diffExtPartition(
 }
 
 function summarise(changes: FileChange[]): FilesSummary {
-  const s: FilesSummary = { added: 0, removed: 0, modified: 0, metadata: 0, bytes_added: 0, bytes_removed: 0 };
+  const s: FilesSummary = { added: 0, removed: 0, modified: 0, metadata: 0, renamed: 0, bytes_added: 0, bytes_removed: 0 };
   for (const c of changes) {
     s[c.change]++;
     const before = c.change === 'removed' && c.bytes !== undefined ? c.bytes : (c.size_before ?? 0);
@@ -207,7 +208,7 @@ async function etcChanges(fa: ExtFs, fb: ExtFs, changes: FileChange[], max: numb
     out.push(e);
     const contentChanged = c.change === 'added' || c.change === 'removed' || c.fields?.includes('content');
     if (!contentChanged || c.type !== 'file') continue;
-    const a = c.change === 'added' ? Buffer.alloc(0) : await textOf(fa, c.path, max);
+    const a = c.change === 'added' ? Buffer.alloc(0) : await textOf(fa, c.path_before ?? c.path, max);
     const b = c.change === 'removed' ? Buffer.alloc(0) : await textOf(fb, c.path, max);
     if (a === 'large' || b === 'large') e.too_large = true;
     else if (!Buffer.isBuffer(a) || !Buffer.isBuffer(b)) continue;

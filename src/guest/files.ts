@@ -6,8 +6,11 @@
  * its inode untouched) are attributed by one scan of the inode tables, which happens only when such
  * blocks exist. Changed directories give the names added and removed; changed inodes are compared
  * field by field, and their bytes only where their blocks changed or their block maps differ. Paths
- * come from `..` for directories and from one breadth-first walk that stops as soon as every
- * wanted inode has been seen. Files whose blocks did not change are never read.
+ * come from `..` for directories; a file no changed directory names (rewritten in place) is looked
+ * for in the directories whose inodes lie nearest to its own in its group's inode table (where both
+ * Linux and libext2fs put a file's directory: see nameNearby), and only what that does not find is
+ * left to one breadth-first walk from the root that stops as soon as every wanted inode has been
+ * seen. Files whose blocks did not change are never read.
  */
 import { checkAborted } from '../abort.js';
 import { BlockRuns, type Run } from './blocks.js';
@@ -18,7 +21,9 @@ type FileType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo' | 'socket
 
 export interface FileChange {
   path: string;
-  change: 'added' | 'removed' | 'modified' | 'metadata';
+  change: 'added' | 'removed' | 'modified' | 'metadata' | 'renamed';
+  /** `renamed`: the path before (the same file: same inode and birth, one link). */
+  path_before?: string;
   type: FileType;
   /** Set when the type changed (a file replaced by a symlink, ...). */
   type_before?: FileType;
@@ -45,7 +50,7 @@ export interface FilesDiff {
   changes: FileChange[];
   warnings: string[];
   /** What it cost: changed blocks, inodes compared, whether the inode tables were scanned. */
-  stats: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_walked: number };
+  stats: { changed_blocks: number; inodes_compared: number; owner_scan: boolean; dirs_searched: number; dirs_walked: number };
 }
 
 /** Entries visited when summarising an added or removed directory, or walking for paths. */
@@ -56,6 +61,10 @@ const ROOT = 2;
 const FT_DIR = 2;
 /** Path depth at most (a deeper chain of `..` is a loop). */
 const MAX_DEPTH = 2048;
+/** Directories read when looking for one inode's name near it, before it is left to the walk from the root. */
+const NEARBY_DIRS = 64;
+/** Bytes of inode table read at a time when looking for directories near an inode. */
+const NEARBY_CHUNK = 64 * 1024;
 
 function typeOf(mode: number): FileType {
   switch (mode & S_IFMT) {
@@ -117,7 +126,7 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       for (let k = 0; k < n; k++) if (da.compare(db, k * bs, (k + 1) * bs, k * bs, (k + 1) * bs) !== 0) changed.append(blk + k, 1);
     }
   }
-  const stats = { changed_blocks: changed.blocks, inodes_compared: 0, owner_scan: false, dirs_walked: 0 };
+  const stats = { changed_blocks: changed.blocks, inodes_compared: 0, owner_scan: false, dirs_searched: 0, dirs_walked: 0 };
   if (changed.size === 0) return { changes: [], warnings, stats };
 
   // 2. What the changed blocks are: inode tables (-> changed inodes), other metadata, or data.
@@ -235,12 +244,52 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
       warnings.push(err.message);
     }
   }
-  // An inode that lost a name and gained another (renamed, or freed and reused) is described by those names.
+  // A name removed and a name added for one inode that is the same file on both sides: renamed,
+  // reported once, under its new path (with what else changed).
+  const renames: { from: (typeof pendingNames)[number]; to: (typeof pendingNames)[number] }[] = [];
+  const gone = new Map<number, (typeof pendingNames)[number]>();
+  for (const p of pendingNames) if (p.a && !p.b) gone.set(p.a.ino, p);
+  const renamed = new Set<(typeof pendingNames)[number]>();
+  for (const p of pendingNames) {
+    if (p.a || !p.b) continue;
+    const from = gone.get(p.b.ino);
+    if (!from || renamed.has(from) || !sameFile(fa, from.a!, p.b)) continue;
+    renames.push({ from, to: p });
+    renamed.add(from);
+    renamed.add(p);
+  }
+  // An inode that lost a name and gained another (freed and reused) is described by those names.
   const lostName = new Set(pendingNames.filter((p) => p.a).map((p) => p.a!.ino));
   for (const p of pendingNames) if (p.b && lostName.has(p.b.ino)) covered.add(p.b.ino);
   const reported = new Set<string>();
+  for (const { from, to } of renames) {
+    checkAborted(signal);
+    const [da, db] = [await dirPath_(sideA, from.dir, warnings), await dirPath_(sideB, to.dir, warnings)];
+    if (da === null || db === null) continue;
+    const path = join(db, to.name);
+    const a = from.a!;
+    const b = to.b!;
+    try {
+      const ch = await compareNamed(path, a, b, fa, fb, changed, covered, stats);
+      const base: FileChange = ch ?? {
+        path,
+        change: 'renamed',
+        type: typeOf(b.mode),
+        size_before: a.size,
+        size_after: b.size,
+        mtime_before: iso(a.mtime),
+        mtime_after: iso(b.mtime),
+      };
+      changes.push({ ...base, change: 'renamed', path_before: join(da, from.name) });
+      reported.add(path);
+    } catch (err) {
+      if (!(err instanceof GuestFormatError)) throw err;
+      warnings.push(`${path}: ${err.message}`);
+    }
+  }
   for (const p of pendingNames) {
     checkAborted(signal);
+    if (renamed.has(p)) continue;
     const dirPath = await dirPath_(sideB, p.dir, warnings);
     if (dirPath === null) continue;
     const path = join(dirPath, p.name);
@@ -260,7 +309,11 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
   const rest: [Inode, Inode][] = [];
   for (const [ino, [ia, ib]] of pairs) if (ia.inUse && ib.inUse && !covered.has(ino)) rest.push([ia, ib]);
   const wanted = new Set(rest.filter(([, ib]) => (ib.mode & S_IFMT) !== S_IFDIR && !named.has(ib.ino)).map(([, ib]) => ib.ino));
-  if (wanted.size > 0) stats.dirs_walked = await walkForNames(fb, wanted, named, signal);
+  if (wanted.size > 0) {
+    const near = await nameNearby(fb, wanted, named, signal);
+    stats.dirs_searched = near.dirs;
+    if (near.left.size > 0) stats.dirs_walked = await walkForNames(fb, near.left, named, signal);
+  }
   for (const [ia, ib] of rest) {
     checkAborted(signal);
     let path: string | null;
@@ -282,6 +335,27 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
   }
   changes.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0));
   return { changes, warnings, stats };
+}
+
+/**
+ * Is inode `a` (before) the same file as `b` (after), not one freed and reused for another? Same
+ * type, one link on both sides for a non-directory (a second name is a hard link, not a rename),
+ * and the same birth: the
+ * creation time with its nanoseconds, the generation number and the block map (ext4's large inodes;
+ * without them, or when the map changed too, no rename is claimed and the names are reported as
+ * removed and added).
+ */
+function sameFile(fs: ExtFs, a: Inode, b: Inode): boolean {
+  if (!a.inUse || !b.inUse || (a.mode & S_IFMT) !== (b.mode & S_IFMT)) return false;
+  if ((b.mode & S_IFMT) !== S_IFDIR && (a.links !== 1 || b.links !== 1)) return false; // a directory has one name
+  // i_crtime (0x90) and i_crtime_extra (0x94) lie in the extra part when i_extra_isize covers them.
+  const birth = (i: Inode) => (fs.inodeSize >= 160 && i.raw.readUInt16LE(128) >= 24 ? i.raw.subarray(0x90, 0x98) : null);
+  const [ba, bb] = [birth(a), birth(b)];
+  if (!ba || !bb || !ba.equals(bb) || ba.readUInt32LE(0) === 0) return false;
+  // The same generation, and the same block map root (i_block): libext2fs writes creation times
+  // without nanoseconds, so an inode freed and reused within the same second for another file
+  // would pass the birth check; it would not also have the same blocks.
+  return a.raw.readUInt32LE(100) === b.raw.readUInt32LE(100) && a.raw.subarray(40, 100).equals(b.raw.subarray(40, 100));
 }
 
 async function sameRawInode(fa: ExtFs, fb: ExtFs, ino: number): Promise<boolean> {
@@ -375,6 +449,106 @@ async function findOwners(fs: ExtFs, runs: BlockRuns, signal?: AbortSignal): Pro
     }
   }
   return owners;
+}
+
+/**
+ * Names of `wanted` (files no changed directory names) found in the directories nearest to them in
+ * their group's inode table: ext4 has no parent pointer in a file's inode, but both allocators put a
+ * file in its directory's group — Linux's Orlov allocator starts a file's search there, libext2fs
+ * (mke2fs -d, debugfs) takes the first free inode from there, so a directory populated at once has
+ * its files right after it. So the directory inodes of the file's group are tried from the file's
+ * own number downwards (then those that end the group before: packed inodes run over a group's
+ * end), then upwards, NEARBY_DIRS of them at most per file, each read once for all wanted files. The cost follows the number of changed files, not of files; a file not found this
+ * way (a hard link, whose names could lie anywhere, or a file far from its directory) is left to the
+ * walk from the root (`left`). Any entry found names the file in this state: for a file with one
+ * link it is its only name, the one the walk would find.
+ */
+async function nameNearby(
+  fs: ExtFs,
+  wanted: Set<number>,
+  named: Map<number, { dir: number; name: string }>,
+  signal?: AbortSignal,
+): Promise<{ left: Set<number>; dirs: number }> {
+  const left = new Set<number>();
+  const found = new Map<number, { dir: number; name: string }>(); // wanted inodes only: bounded
+  const dirsRead = new Set<number>();
+  const perChunk = Math.max(1, Math.floor(NEARBY_CHUNK / fs.inodeSize));
+  const chunkCache = new Map<string, Inode[]>(); // group/chunk -> its directory inodes, descending
+  const dirsOf = async (g: number, c: number, usable: number): Promise<Inode[]> => {
+    const key = `${g}/${c}`;
+    const hit = chunkCache.get(key);
+    if (hit) return hit;
+    const first = c * perChunk;
+    const n = Math.min(perChunk, usable - first);
+    const d = await fs.group(g);
+    const startByte = first * fs.inodeSize;
+    const firstBlock = Math.floor(startByte / fs.blockSize);
+    const blocks = Math.ceil((startByte + n * fs.inodeSize) / fs.blockSize) - firstBlock;
+    const buf = await fs.readBlocks(d.inodeTable + firstBlock, blocks);
+    const out: Inode[] = [];
+    for (let k = n - 1; k >= 0; k--) {
+      const o = startByte - firstBlock * fs.blockSize + k * fs.inodeSize;
+      const ino = g * fs.inodesPerGroup + first + k + 1;
+      if ((ino < 11 && ino !== ROOT) || ino > fs.inodesCount) continue;
+      const i = fs.parseInode(ino, buf.subarray(o, o + fs.inodeSize));
+      if (i.inUse && (i.mode & S_IFMT) === S_IFDIR) out.push(i);
+    }
+    chunkCache.set(key, out);
+    return out;
+  };
+  for (const x of [...wanted].sort((p, q) => p - q)) {
+    checkAborted(signal);
+    const self = await fs.inode(x);
+    const g = Math.floor((x - 1) / fs.inodesPerGroup);
+    const usable = await fs.usableInodes(g);
+    if (self.links !== 1 || usable === 0) {
+      left.add(x);
+      continue;
+    }
+    const known = found.get(x);
+    if (known) {
+      named.set(x, known);
+      continue;
+    }
+    const chunks = Math.ceil(usable / perChunk);
+    const c0 = Math.min(Math.floor(((x - 1) % fs.inodesPerGroup) / perChunk), chunks - 1);
+    // Nearest first: the directories below the file, descending (and the last ones of the group
+    // before: libext2fs packs inodes, so a directory may end one group and its files start the
+    // next), then those above it, ascending.
+    const order: { g: number; c: number; up: boolean }[] = [];
+    for (let c = c0; c >= 0; c--) order.push({ g, c, up: false });
+    const prevUsable = g > 0 ? await fs.usableInodes(g - 1) : 0;
+    if (prevUsable > 0) order.push({ g: g - 1, c: Math.ceil(prevUsable / perChunk) - 1, up: false });
+    for (let c = c0; c < chunks; c++) order.push({ g, c, up: true });
+    let budget = NEARBY_DIRS;
+    search: for (const o of order) {
+      let dirs: Inode[];
+      try {
+        dirs = await dirsOf(o.g, o.c, o.g === g ? usable : prevUsable);
+      } catch (err) {
+        if (err instanceof GuestFormatError) break;
+        throw err;
+      }
+      for (const d of o.up ? dirs.filter((i) => i.ino > x).reverse() : dirs.filter((i) => i.ino < x)) {
+        if (dirsRead.has(d.ino)) continue;
+        if (budget-- <= 0) break search;
+        dirsRead.add(d.ino);
+        let entries: DirEntry[];
+        try {
+          entries = (await fs.readDir(d)).entries;
+        } catch (err) {
+          if (err instanceof GuestFormatError) continue;
+          throw err;
+        }
+        for (const e of entries) if (wanted.has(e.ino) && !found.has(e.ino)) found.set(e.ino, { dir: d.ino, name: e.name });
+        if (found.has(x)) break search;
+      }
+    }
+    const hit = found.get(x);
+    if (hit) named.set(x, hit);
+    else left.add(x);
+  }
+  return { left, dirs: dirsRead.size };
 }
 
 /** Breadth-first from the root until every wanted inode has a name; returns the directories read. */

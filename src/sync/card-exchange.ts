@@ -87,7 +87,9 @@ export class CardExchange {
       }
       const via = card.identity.equals(st.peer.publicKey) ? null : st.peer.name;
       const stranger = !this.cardOf.has(pk);
-      if (stranger && ++strangers > MAX_NEW_CARDS_PER_PEER) {
+      // The peer's own card (met this run, so not among the members known at the start) is no member
+      // learnt from its cards: it must not take one of the places of those.
+      if (stranger && via !== null && ++strangers > MAX_NEW_CARDS_PER_PEER) {
         if (strangers === MAX_NEW_CARDS_PER_PEER + 1) {
           log(`peer ${st.peer.name} handed on cards of more than ${MAX_NEW_CARDS_PER_PEER} members unknown here; the rest wait for the next sync`);
         }

@@ -7,11 +7,15 @@
  *     same catalog (provenance: the same author) and is in this chain (by content id); else
  *     `<vm>.<peer name>` under the same rule. A VM made here, imported, or pulled from another member
  *     is never touched, and nothing lands on a file that exists (a new VM's disk included).
- *  3. Gather: each block the new layers need comes from a local layer (of VMs shared with or pulled
+ *  3. Count: what the new layers would write (their maps, before a block is asked for) against the
+ *     free space and the caller's limits (WriteBudget, as `snapshot import` does): a root layer's
+ *     zero ranges are not written at all (unallocated clusters read as zero), so one Zero item over a
+ *     huge disk costs nothing there, and anywhere else it is counted, one L2 entry per cluster.
+ *  4. Gather: each block the new layers need comes from a local layer (of VMs shared with or pulled
  *     from this team only: the LocalBlocks index), from the spool (an earlier, interrupted pull), or
  *     from the peer; fetched
  *     blocks are verified by BlockChannel, then spooled (spool.ts) before they are used.
- *  4. Build and register, as `snapshot import` does: each layer is written by the qcow2 writer under a
+ *  5. Build and register, as `snapshot import` does: each layer is written by the qcow2 writer under a
  *     hidden temporary name (listed in PullTemps, without the VM lock, while the blocks arrive), every
  *     layer digest checked against the catalog; then, under the VM lock and the journal, the VM is
  *     checked again, the files renamed and the records (VM last) written in one journal commit. A
@@ -26,8 +30,9 @@ import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { ensureDir, pathExists, requireFreeSpace } from '../fsutil.js';
+import { ensureDir, freeSpace, pathExists } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
+import { checkVirtualSize, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { contentId, ensureContentIds, trustedContentId } from '../snapshots/identity.js';
 import {
@@ -109,6 +114,10 @@ export interface PullContext {
   progress?: (vm: string, done: number, total: number) => void;
   /** An abort stops the pull before it commits: the written layers are removed, nothing is registered. */
   signal?: AbortSignal | undefined;
+  /** Refuse (BUDGET_EXCEEDED) a chain whose new layers would write more than this; null: free space only. */
+  maxWrite: number | null;
+  /** Refuse (BUDGET_EXCEEDED) a chain with a disk larger than this (DEFAULT_MAX_VIRTUAL_SIZE). */
+  maxVirtualSize: number;
 }
 
 interface VerifiedSnapshot extends CatalogSnapshot {
@@ -266,7 +275,10 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   if (left.size) report.unavailable = full.filter((s) => left.has(s.id)).map((s) => s.name);
   if (!missing.length) return report;
 
-  // Step 3: gather.
+  // Step 3: count, before anything is asked for or written.
+  await chargeChain(ctx, vm, placed, missing);
+
+  // Step 4: gather.
   const need = new Map<string, { sha: Buffer; length: number }>();
   for (const s of missing)
     for (const m of s.maps) for (const it of m.items) if (it.kind === 'block') need.set(it.sha.toString('hex'), { sha: it.sha, length: it.length });
@@ -278,7 +290,7 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   }
   report.blocks_reused = reused;
 
-  // Steps 3 and 4 overlap: the layers are written while the blocks arrive (in the order the layers
+  // Steps 4 and 5 overlap: the layers are written while the blocks arrive (in the order the layers
   // need them: the order asked), each arrived block handed over in memory (up to ARRIVED_MAX bytes
   // waiting; beyond that, and for a block needed twice, the writer reads it back from the spool).
   const waiting = new Set(toFetch.map((h) => h.toString('hex')));
@@ -333,7 +345,7 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
       wakers.clear();
     }
   })();
-  // Step 4: build and register, while the blocks come. A fetch that fails wins over what the writer
+  // Step 5: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
   const building = build(ctx, vm, placed, chain, missing, blockOf, () =>
     fetching.then(() => {
@@ -351,6 +363,29 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   return report;
 }
 
+/**
+ * Step 3: what the layers of `missing` would write (WriteBudget: headers, L1 and L2 tables, data
+ * clusters, refcounts) against the free space where they land and `ctx.maxWrite`, and every disk
+ * against `ctx.maxVirtualSize`: a teammate's catalog of a few bytes must not make us write without
+ * bound (attack 2 of issue #11, the zero-range bomb). Pure arithmetic over the verified maps.
+ */
+async function chargeChain(ctx: PullContext, vm: string, placed: Placement, missing: VerifiedSnapshot[]): Promise<void> {
+  const what = `pull of ${ctx.peerName}'s ${vm}`;
+  for (const s of missing) for (const d of s.disks) checkVirtualSize(d.virtual_size, ctx.maxVirtualSize, `${what} (snapshot ${s.name}, disk ${d.target})`);
+  const dir = placed.exists ? path.dirname((await loadVm(ctx.home, placed.name)).disks[0]?.path ?? ctx.home.disksDir) : ctx.home.disksDir;
+  const budget = new WriteBudget({ free: await freeSpace(dir), maxWrite: ctx.maxWrite, what });
+  for (const s of missing) {
+    for (const m of s.maps) {
+      budget.beginLayer(m.virtualSize, m.clusterSize);
+      for (const it of m.items) {
+        if (it.kind === 'block') budget.data(it.offset, it.length);
+        else if (s.parent !== null) budget.zero(it.offset, it.length); // a root's zeros are not written
+      }
+      budget.endLayer();
+    }
+  }
+}
+
 const strayHint = 'move the stray file away (a disk left by `vm remove`?), then sync again';
 
 interface LayerPlan extends Landing {
@@ -361,7 +396,7 @@ interface LayerPlan extends Landing {
 }
 
 /**
- * Step 4. `blockOf` gives each block (waiting for blocks still on their way); `fetched` resolves once
+ * Step 5. `blockOf` gives each block (waiting for blocks still on their way); `fetched` resolves once
  * every block came (rejects when some could not be fetched): nothing is committed before it.
  *
  * The layers are written without the VM lock, under hidden temporary names listed in PullTemps, so a
@@ -405,9 +440,6 @@ async function build(
       for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
       await refuseExisting([...diskPath.values()], strayHint);
     }
-    // The layers take about their data: NO_SPACE now rather than a full disk half-way through.
-    const dataBytes = todo.reduce((a, s) => a + s.disks.reduce((b, d) => b + d.data_bytes, 0), 0);
-    await requireFreeSpace(path.dirname(diskPath.get(targets[0]!)!), dataBytes, `pulling ${ctx.peerName}'s ${remoteVm}`);
     const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
     const nameOf = new Map<string, string>();
     for (const [id, s] of placed.localById) {
@@ -594,7 +626,9 @@ async function writeLayer(blockOf: BlockGetter, file: string, backing: string | 
     for (const it of m.items as MapItem[]) {
       if (it.kind === 'zero') {
         if (asm.pending) throw new CloneboxError('INTERNAL', 'a cluster was left half written');
-        await w.writeZero(it.offset, it.length);
+        // A root reads as zero where nothing is allocated: zero clusters there would only cost
+        // metadata (one L2 entry per cluster, for a few bytes of catalog).
+        if (backing !== null) await w.writeZero(it.offset, it.length);
         dg.addZero(it.offset, it.length);
         continue;
       }

@@ -24,6 +24,7 @@ import path from 'node:path';
 import { abortedError } from '../abort.js';
 import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
+import { DEFAULT_MAX_VIRTUAL_SIZE } from '../qcow2/budget.js';
 import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
 import { originOf, type SnapshotRecord } from '../store/snapshots.js';
@@ -77,6 +78,10 @@ export interface SyncOptions {
   log?: (line: string) => void;
   /** Progress of each chain pulled: received bytes, written bytes of a snapshot, and its end. */
   progress?: (p: SyncProgress) => void;
+  /** Refuse (BUDGET_EXCEEDED) a chain whose new layers would write more than this; free space is always checked. */
+  maxWrite?: number | undefined;
+  /** Refuse (BUDGET_EXCEEDED) a chain with a disk larger than this (default DEFAULT_MAX_VIRTUAL_SIZE, 16 TiB). */
+  maxVirtualSize?: number | undefined;
 }
 
 type SyncProgress =
@@ -492,6 +497,8 @@ class SyncRun {
         temps,
         log,
         signal: opts.signal,
+        maxWrite: opts.maxWrite ?? null,
+        maxVirtualSize: opts.maxVirtualSize ?? DEFAULT_MAX_VIRTUAL_SIZE,
         fetch: fetcher.fetcherFor(st, (b) => opts.progress?.({ phase: 'receive', chain: label, done: b, total: null })),
         progress: (name: string, done: number, total: number) => opts.progress?.({ phase: 'write', chain: label, snapshot: name, done, total }),
       };

@@ -115,8 +115,9 @@ export class GuestVm extends CliHome {
 
 /** The changes in a short comparable form: `+ /path (type)`, `M /path [content]`, ... */
 export function brief(changes: readonly GuestFileChange[] | undefined): string[] {
-  const mark = { added: '+', removed: '-', modified: 'M', metadata: 'm' } as const;
+  const mark = { added: '+', removed: '-', modified: 'M', metadata: 'm', renamed: 'R' } as const;
   return (changes ?? []).map(
-    (c) => `${mark[c.change]} ${c.path} (${c.type})${c.fields ? ` [${c.fields.join(',')}]` : ''}${c.entries !== undefined ? ` {${c.entries}}` : ''}`,
+    (c) =>
+      `${mark[c.change]} ${c.path_before !== undefined ? `${c.path_before} -> ` : ''}${c.path} (${c.type})${c.fields ? ` [${c.fields.join(',')}]` : ''}${c.entries !== undefined ? ` {${c.entries}}` : ''}`,
   );
 }
