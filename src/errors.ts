@@ -131,6 +131,16 @@ export const ERROR_CODES = {
   FILE_EXISTS: { exit: 1, meaning: 'an import, a sync pull or `key generate` would overwrite an existing file' },
   BASE_MISSING: { exit: 1, meaning: 'a `--since` bundle imported into a VM that lacks its base snapshot (by content identity)' },
   DISK_MISMATCH: { exit: 1, meaning: "the bundle's disks differ from the target VM's" },
+  // Archive repositories (clonebox archive)
+  ARCHIVE_NOT_FOUND: { exit: 1, meaning: 'no archive repository at that path (no `config`), and none given by `--repo` or `CLONEBOX_ARCHIVE`' },
+  ARCHIVE_EXISTS: { exit: 1, meaning: '`archive init` of a directory that is not empty' },
+  ARCHIVE_UNSUPPORTED: { exit: 1, meaning: 'an archive repository format version this clonebox does not read' },
+  ARCHIVE_CORRUPT: {
+    exit: 1,
+    meaning: 'a file of the archive repository is damaged, cut short or was modified (the message names the file and what is wrong); nothing was written',
+  },
+  ARCHIVE_BUSY: { exit: 1, meaning: "another process holds the archive repository's lock (a gc) longer than `CLONEBOX_LOCK_WAIT_MS`" },
+  ARCHIVE_SNAPSHOT_NOT_FOUND: { exit: 1, meaning: 'the archive holds no snapshot of that name (or content id prefix) for that VM' },
   // Team sync
   TEAM_NOT_FOUND: { exit: 1, meaning: 'no team of that name on this workstation' },
   TEAM_EXISTS: { exit: 1, meaning: '`team create` or `team join` of a team name this workstation already has' },

@@ -186,6 +186,14 @@ export function idKey(master: Buffer): Buffer {
   return blake2b256(master, Buffer.from('clonebox-bundle/v1/block-id', 'latin1'));
 }
 
+/**
+ * A key derived from the master key for a purpose named by `label` (and bound to `parts`, such as a
+ * repository id): BLAKE2b-256(key = K, label || parts). The archive repository derives its keys so.
+ */
+export function subKey(master: Buffer, label: string, ...parts: Uint8Array[]): Buffer {
+  return blake2b256(master, Buffer.from(label, 'latin1'), ...parts);
+}
+
 /** A block's id as stored: its SHA-256, or the keyed BLAKE2b of that SHA-256 in encrypted bundles. */
 export function blockId(sha: Uint8Array, idk: Buffer | null): Buffer {
   if (!idk) return Buffer.from(sha.buffer, sha.byteOffset, sha.byteLength);
