@@ -37,7 +37,8 @@ import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ratio, requi
 import { prng } from './lib/layer.mjs';
 
 export const name = 'archive';
-export const description = 'archive push of 10 VMs cloned from a 1 GiB base: repository size vs compressed unique data and borg; re-push; speed vs snapshot export; peak RSS';
+export const description =
+  'archive push of 10 VMs cloned from a 1 GiB base: repository size vs compressed unique data and borg; re-push; speed vs snapshot export; peak RSS';
 
 const ENV = CLEAN_ENV;
 const VMS = 10;
@@ -184,7 +185,8 @@ function haveBorg(log) {
 /** Fails with a clear message when this build has no `archive` commands yet. */
 function requireArchive() {
   const r = spawnSync(NODE, [CLI, 'archive', '--help'], { encoding: 'utf8', env: ENV });
-  if (r.status !== 0) throw new Error(`this build has no \`clonebox archive\` (${(r.stderr || r.stdout).trim().split('\n')[0]}); build the archive branch first`);
+  if (r.status !== 0)
+    throw new Error(`this build has no \`clonebox archive\` (${(r.stderr || r.stdout).trim().split('\n')[0]}); build the archive branch first`);
 }
 
 export default async function run({ runs = 5, log = () => {} } = {}) {
@@ -341,7 +343,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     log(
       `repository ${mib(repoBytes)} = ${result.repository.ratio_vs_reference}x the reference ${mib(reference)} (target 1.05x); borg ${mib(borgResult?.repo_bytes)}`,
     );
-    log(`second push grew ${mib(secondGrew)} against zstd(new) + 64 KiB = ${mib(secondBound)} (${result.second_push.ratio_vs_bound}x; target <= 1.1x of zstd(new) + 64 KiB)`);
+    log(
+      `second push grew ${mib(secondGrew)} against zstd(new) + 64 KiB = ${mib(secondBound)} (${result.second_push.ratio_vs_bound}x; target <= 1.1x of zstd(new) + 64 KiB)`,
+    );
     log(`unchanged push grew ${unchangedGrew} bytes`);
     log(`push ${result.speed.ratio}x snapshot export (cpu ${result.speed.cpu_ratio}x; target 1.1x); peak RSS fresh ${mib(rssFresh)}, tenth ${mib(rss10)}`);
     log(`load: ${result.uptime_end}`);
