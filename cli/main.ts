@@ -4,6 +4,7 @@
  * method is called, so that start-up stays fast.
  */
 import { Command, CommanderError, Option } from 'commander';
+import { registerArchive } from './commands/archive.js';
 import { registerBundle } from './commands/bundle.js';
 import { registerCompletion } from './commands/completion.js';
 import { registerConfig } from './commands/config.js';
@@ -39,6 +40,7 @@ export function buildProgram(state: ParseState = { stderr: '', failed: null }): 
   registerVm(program);
   const snapshotCommand = registerSnapshot(program);
   registerBundle(snapshotCommand, program);
+  registerArchive(program);
   registerSync(snapshotCommand);
   registerTimeTravel(program);
   registerTeam(program);

@@ -3,6 +3,20 @@
  * are imported here: each method loads its implementation when it is called.
  */
 
+export type {
+  Archive,
+  ArchiveInitOptions,
+  ArchiveInitResult,
+  ArchiveListEntry,
+  ArchivePushOptions,
+  ArchivePushResult,
+  ArchiveRepoOptions,
+  ArchiveRestoreOptions,
+  ArchiveRestoreResult,
+  ArchiveShowResult,
+  ArchiveStats,
+  ArchiveVmStats,
+} from './api/archive.js';
 export type { Bundles, Keys } from './api/bundles.js';
 export { Clonebox } from './api/clonebox.js';
 export type { Config } from './api/config.js';

@@ -39,7 +39,7 @@ async function keySource(o: KeyOptions): Promise<KeySource | null> {
   return loadKeySource({ passphraseFile: o.passphraseFile, keyFile: o.keyFile, allowInsecureKeyFile: o.allowInsecureKeyFile });
 }
 
-function hasKey(o: KeyOptions): boolean {
+export function hasKey(o: KeyOptions): boolean {
   return o.keyFile !== undefined || o.key !== undefined || o.passphraseFile !== undefined || o.passphrase !== undefined;
 }
 
@@ -54,7 +54,7 @@ function passphraseChars(p: Buffer): number {
 const SHORT_PASSPHRASE = 8;
 
 /** Runs `fn` with the call's key and wipes the key's bytes when it settles. */
-async function withKey<T>(o: KeyOptions, fn: (key: KeySource | null) => Promise<T>): Promise<T> {
+export async function withKey<T>(o: KeyOptions, fn: (key: KeySource | null) => Promise<T>): Promise<T> {
   const key = await keySource(o);
   try {
     return await fn(key);

@@ -4,6 +4,7 @@
  * called, so that opening (and the CLI's start-up) stays cheap.
  */
 import { resolveHome, tightenHome } from '../store/home.js';
+import { Archive } from './archive.js';
 import { Bundles, Keys } from './bundles.js';
 import { Config } from './config.js';
 import { Demo } from './demo.js';
@@ -31,6 +32,7 @@ export class Clonebox {
   readonly config: Config;
   readonly schedule: Schedule;
   readonly events: Events;
+  readonly archive: Archive;
 
   private constructor(private readonly session: Session) {
     this.vms = new Vms(session);
@@ -45,6 +47,7 @@ export class Clonebox {
     this.config = new Config(session);
     this.schedule = new Schedule(session);
     this.events = new Events(session);
+    this.archive = new Archive(session);
   }
 
   /**

@@ -97,8 +97,8 @@ export class PendingRows {
     this.size++;
   }
 
-  /** Writes them as one index file; returns its id (null when there was nothing to write). */
-  async write(repo: Repo): Promise<string | null> {
+  /** Writes them as one index file; returns its id and size (null when there was nothing to write). */
+  async write(repo: Repo): Promise<{ id: string; bytes: number } | null> {
     if (this.size === 0) return null;
     const n = this.size;
     const order = new Uint32Array(n);
@@ -164,7 +164,7 @@ export class PendingRows {
       await w.abort();
       throw err;
     }
-    return id;
+    return { id, bytes: w.bytes };
   }
 }
 

@@ -63,6 +63,11 @@ export class LayerMapWriter {
     private readonly w: ContainerWriter,
   ) {}
 
+  /** Bytes of the file (complete once finish() ran). */
+  get bytes(): number {
+    return this.w.bytes;
+  }
+
   static async create(repo: Repo): Promise<LayerMapWriter> {
     // A provisional name in layers/: the final one (from the digest) is linked at finish().
     const w = await ContainerWriter.create(path.join(repo.dir, DIR_LAYERS, `pending-${newFileId()}`), FileType.Layer, repo.sealer(FileType.Layer, ''));

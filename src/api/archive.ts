@@ -1,0 +1,147 @@
+/**
+ * `cb.archive`: a deduplicated archive repository for the snapshot chains of many VMs over time (the
+ * work is in src/archive/; docs/archive.md for users, docs/archive-format.md for the format). Every call
+ * names the repository with `repo`, else the CLONEBOX_ARCHIVE environment variable. An encrypted
+ * repository needs its key for every call (the same options as bundles: a key file or a passphrase).
+ */
+
+import type { ArchiveListEntry, ArchiveShowResult, ArchiveStats } from '../archive/stats.js';
+import type { KeySource } from '../bundle/crypto.js';
+import { usageError } from '../errors.js';
+import { hasKey, withKey } from './bundles.js';
+import type { Session } from './session.js';
+import type { KeyOptions, LongOptions } from './types.js';
+
+export type { ArchiveListEntry, ArchiveShowResult, ArchiveStats, ArchiveVmStats } from '../archive/stats.js';
+
+/** Which repository, and its key. */
+export interface ArchiveRepoOptions extends KeyOptions {
+  /** The repository directory (default: $CLONEBOX_ARCHIVE). */
+  repo?: string;
+}
+
+export interface ArchiveInitOptions extends ArchiveRepoOptions {
+  /** Encrypt (needs a key file or a passphrase). */
+  encrypt?: boolean;
+  /** zstd level of the repository, 1-19 (default 3). */
+  level?: number;
+  /** Mark the repository append-only (what forget and gc then refuse). */
+  appendOnly?: boolean;
+}
+
+export interface ArchiveInitResult {
+  repo: string;
+  encrypted: boolean;
+  append_only: boolean;
+  level: number;
+}
+
+export interface ArchivePushOptions extends ArchiveRepoOptions, LongOptions {
+  /** Push only root..name (default: every snapshot of the VM, the whole tree). */
+  name?: string;
+}
+
+export interface ArchivePushResult {
+  vm: string;
+  /** The push record's id. */
+  record: string;
+  snapshots: string[];
+  /** Snapshots the repository held already: their layers were not read. */
+  reused: string[];
+  read_bytes: number;
+  new_blocks: number;
+  new_raw_bytes: number;
+  new_stored_bytes: number;
+  /** Bytes of the files this push added (packs, index files, layer maps, record). */
+  written_bytes: number;
+  packs: number;
+  index_files: number;
+  layers_stored: number;
+  seconds: number;
+}
+
+export interface ArchiveRestoreOptions extends ArchiveRepoOptions, LongOptions {
+  /** Name of the new VM (default: the archived VM's). */
+  as?: string;
+  /** Directory of the new VM's disks (default <home>/disks/<vm>). */
+  dir?: string;
+}
+
+export interface ArchiveRestoreResult {
+  vm: string;
+  from_vm: string;
+  snapshots: string[];
+  current: string;
+  content_id: string;
+  bytes_written: number;
+  seconds: number;
+}
+
+export class Archive {
+  constructor(private readonly s: Session) {}
+
+  private async open(opts: ArchiveRepoOptions, key: KeySource | null) {
+    const { Repo, resolveRepoDir } = await import('../archive/repo.js');
+    return Repo.open(resolveRepoDir(opts.repo), key, { allowPlain: opts.allowPlain, askPassphrase: opts.askPassphrase });
+  }
+
+  /** Creates a repository in `dir` (a new or empty directory). */
+  init(dir: string, opts: ArchiveInitOptions = {}): Promise<ArchiveInitResult> {
+    return this.s.run(async () => {
+      if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
+      if (!opts.encrypt && hasKey(opts)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the repository');
+      const { Repo } = await import('../archive/repo.js');
+      const r = await withKey(opts, (key) => Repo.init(dir, { key, level: opts.level, appendOnly: opts.appendOnly }));
+      return { repo: r.dir, encrypted: r.encrypted, append_only: r.appendOnly, level: r.level };
+    });
+  }
+
+  /** Stores a VM's snapshots (the whole tree, or root..name); only blocks the repository lacks are written. */
+  push(vm: string, opts: ArchivePushOptions = {}): Promise<ArchivePushResult> {
+    return this.s.run(async () => {
+      const { pushVm } = await import('../archive/push.js');
+      return withKey(opts, async (key) =>
+        pushVm(this.s.home, await this.open(opts, key), vm, { name: opts.name, signal: this.s.signal(opts.signal), onProgress: opts.onProgress }),
+      );
+    });
+  }
+
+  /** Archived snapshots, of every VM or of `vm`. */
+  list(vm?: string, opts: ArchiveRepoOptions = {}): Promise<ArchiveListEntry[]> {
+    return this.s.run(async () => {
+      const { listArchive } = await import('../archive/stats.js');
+      return withKey(opts, async (key) => listArchive(await this.open(opts, key), vm));
+    });
+  }
+
+  /** One archived snapshot: its metadata, disks and the line a restore rebuilds. By name, or by a content id prefix. */
+  show(vm: string, snapshot: string, opts: ArchiveRepoOptions = {}): Promise<ArchiveShowResult> {
+    return this.s.run(async () => {
+      const { showArchived } = await import('../archive/stats.js');
+      return withKey(opts, async (key) => showArchived(await this.open(opts, key), vm, snapshot));
+    });
+  }
+
+  /** Logical size, stored size, dedup and compression savings, per VM and in all. */
+  stats(opts: ArchiveRepoOptions = {}): Promise<ArchiveStats> {
+    return this.s.run(async () => {
+      const { archiveStats } = await import('../archive/stats.js');
+      return withKey(opts, async (key) => archiveStats(await this.open(opts, key)));
+    });
+  }
+
+  /** Rebuilds root..snapshot of an archived VM as qcow2 layers, registered as a new VM; all or nothing. */
+  restore(vm: string, snapshot: string, opts: ArchiveRestoreOptions = {}): Promise<ArchiveRestoreResult> {
+    return this.s.run(async () => {
+      const { restoreSnapshot } = await import('../archive/restore.js');
+      return withKey(opts, async (key) =>
+        restoreSnapshot(this.s.home, await this.open(opts, key), vm, snapshot, {
+          as: opts.as,
+          dir: opts.dir,
+          signal: this.s.signal(opts.signal),
+          onProgress: opts.onProgress,
+        }),
+      );
+    });
+  }
+}
