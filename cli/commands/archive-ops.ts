@@ -95,7 +95,7 @@ export function registerArchiveOps(archive: Command, parts: ArchiveCliParts): vo
         const r = await parts.withKey(o, 'decrypt', (key) => ctx.cb.archive.check({ ...key, readData: Boolean(o.readData) }));
         if (!r.ok) process.exitCode = 1;
         if (ctx.json) return printJson(r);
-        for (const e of r.errors) process.stderr.write(`clonebox: damaged: ${e.message}\n`);
+        for (const e of r.errors) process.stderr.write(`clonebox: damaged: ${e.message.includes(e.file) ? e.message : `${e.file}: ${e.message}`}\n`);
         for (const n of r.notes) printLine(`note: ${n.file}: ${n.message}`);
         printLine(
           `${r.ok ? 'ok' : `${count(r.errors.length, 'problem')} found`}: ${count(r.records, 'record')}, ${count(r.snapshots, 'snapshot')}, ${count(r.layers, 'layer')}, ${count(r.index_files, 'index file')}, ${count(r.packs, 'pack')} of ${count(r.blocks, 'block')}` +

@@ -28,7 +28,7 @@ import { readdir, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { checkAborted } from '../abort.js';
 import { blockId, type KeySource } from '../bundle/crypto.js';
-import { compressBound, compressInto, decodeFrame, FRAME_TARGET } from '../content/codec.js';
+import { Codec, compressBound, compressInto, decodeFrame, FRAME_TARGET } from '../content/codec.js';
 import { crashPoint } from '../crash.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { fsyncDir, sweepStaleTempsIn } from '../fsutil.js';
@@ -220,7 +220,8 @@ export async function collectGarbage(repo: Repo, opts: GcOptions = {}): Promise<
       const at = await writer.frame(
         z.codec,
         batch.map((b) => ({ length: b.data.length, id: b.id })),
-        Buffer.from(out.subarray(0, z.length)),
+        // Raw: zstd did not make it smaller, and the input itself is stored.
+        z.codec === Codec.Raw ? input : Buffer.from(out.subarray(0, z.length)),
         input.length,
       );
       for (const [slot, b] of batch.entries()) moved.set(b.key, { pack: writer.id, offset: at.offset, length: at.length, frame: at.frame, slot });
