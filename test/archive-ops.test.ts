@@ -9,8 +9,8 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { lockShared } from '../src/archive/lock.js';
 import { Repo } from '../src/archive/repo.js';
-import { parseCliError, parseJsonOutput } from './helpers/cli.js';
 import { checkArchive, expectRestorable, makeArchive } from './helpers/archive-repo.js';
+import { parseCliError, parseJsonOutput } from './helpers/cli.js';
 import { makeTempDir } from './helpers/temp.js';
 
 interface GcJson {
@@ -47,11 +47,26 @@ describe('archive forget + gc', () => {
 
     // keep-last 1 keeps s3, and s1 because s3 stands on it; s2 goes.
     const dry = await f.cli.json<{ keep: { name: string; reasons: string[] }[]; remove: { name: string }[] }>([
-      'archive', 'forget', 'web', '--keep-last', '1', '--dry-run', '--repo', f.repo,
+      'archive',
+      'forget',
+      'web',
+      '--keep-last',
+      '1',
+      '--dry-run',
+      '--repo',
+      f.repo,
     ]);
     expect(dry.remove.map((r) => r.name)).toEqual(['s2']);
     expect(dry.keep.find((k) => k.name === 's1')?.reasons).toEqual(['ancestor of s3']);
-    const forgot = await f.cli.json<{ remove: { name: string }[]; records_written: number }>(['archive', 'forget', 'web', '--keep-last', '1', '--repo', f.repo]);
+    const forgot = await f.cli.json<{ remove: { name: string }[]; records_written: number }>([
+      'archive',
+      'forget',
+      'web',
+      '--keep-last',
+      '1',
+      '--repo',
+      f.repo,
+    ]);
     expect(forgot.remove.map((r) => r.name)).toEqual(['s2']);
     const list = await f.cli.json<{ name: string }[]>(['archive', 'list', 'web', '--repo', f.repo]);
     expect(list.map((s) => s.name).sort()).toEqual(['s1', 's3']);
@@ -134,10 +149,7 @@ describe('append-only repositories', () => {
     for (const k of [key, other]) expect((await runCli(['key', 'generate', '-o', k], { home: path.join(root, 'h0') })).code).toBe(0);
     const f = await makeArchive(root, { init: ['--append-only', '--delete-key-file', key] });
     expect((await checkArchive(f.cli, f.repo)).ok).toBe(true);
-    for (const op of [
-      ['forget', 'web', '--keep-last', '1'],
-      ['gc'],
-    ]) {
+    for (const op of [['forget', 'web', '--keep-last', '1'], ['gc']]) {
       const none = await f.cli.cli(['archive', ...op, '--repo', f.repo, '--json']);
       expect(parseCliError(none, true).code, op[0]).toBe('ARCHIVE_APPEND_ONLY');
       const wrong = await f.cli.cli(['archive', ...op, '--repo', f.repo, '--delete-key-file', other, '--json']);

@@ -3,11 +3,12 @@
  * and check.ts. The Archive class (api/archive.ts) has one method per call, delegating here with its
  * repository opener. In an append-only repository forget and gc need the delete key (`deleteKeyFile`).
  */
-import type { KeySource } from '../bundle/crypto.js';
+
 import type { CheckResult } from '../archive/check.js';
 import type { ForgetResult } from '../archive/forget.js';
 import type { GcResult } from '../archive/gc.js';
 import type { Repo } from '../archive/repo.js';
+import type { KeySource } from '../bundle/crypto.js';
 import { parseSize } from '../names.js';
 import type { Policy as StoredPolicy } from '../snapshots/policy.js';
 import type { Session } from './session.js';

@@ -105,7 +105,10 @@ export class Archive {
       if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
       if (!opts.encrypt && hasKey(opts)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the repository');
       if (opts.appendOnly && opts.deleteKeyFile === undefined) {
-        throw usageError('--append-only needs --delete-key-file FILE', 'make one with `clonebox key generate -o FILE` and keep it away from the workstations that push');
+        throw usageError(
+          '--append-only needs --delete-key-file FILE',
+          'make one with `clonebox key generate -o FILE` and keep it away from the workstations that push',
+        );
       }
       if (!opts.appendOnly && opts.deleteKeyFile !== undefined) throw usageError('--delete-key-file is for --append-only repositories');
       const { Repo } = await import('../archive/repo.js');

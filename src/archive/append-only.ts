@@ -26,7 +26,7 @@ import { createFileExclusive } from '../fsutil.js';
 import { archiveCorrupt } from './container.js';
 import type { Repo } from './repo.js';
 
-export const APPEND_ONLY_FILE = 'append-only';
+const APPEND_ONLY_FILE = 'append-only';
 
 function keyCheck(repo: Repo, key: Buffer): Buffer {
   return sha256(Buffer.from('clonebox-archive/v1/delete-key\0', 'latin1'), repo.id, repo.checksum, key);
