@@ -7,6 +7,7 @@
  *   src/serve/                     the Redfish service and its client (public entry src/serve/index.ts)
  *   src/index.ts, src/api/         the public library entry
  *   src/demo/                      the demo story (drives the whole library)
+ *   src/archive/                   the archive repository (built from bundle's packs, frames and keys)
  *   src/bundle/  src/sync/         bundle files and team sync: siblings, neither imports the other
  *   src/snapshots/  src/vms.ts     snapshot and VM operations, the chain-landing module
  *   src/drivers/                   where a VM's disks are and how they are sealed into layers
@@ -36,6 +37,7 @@ const LAYERS = [
   { name: 'snapshots', path: '^src/(snapshots/|vms\\.ts$)' },
   { name: 'bundle', path: '^src/bundle/', siblings: ['sync'] },
   { name: 'sync', path: '^src/sync/', siblings: ['bundle'] },
+  { name: 'archive', path: '^src/archive/' },
   { name: 'demo', path: '^src/demo/' },
   { name: 'api', path: '^src/(api/|index\\.ts$)' },
   { name: 'serve', path: '^src/serve/' },

@@ -114,10 +114,11 @@ export const ERROR_CODES = {
   BUNDLE_CHANGED: { exit: 1, meaning: 'the bundle, or a temporary file of the import, changed while it was being read; nothing was imported' },
   BUNDLE_NOT_ENCRYPTED: {
     exit: 1,
-    meaning: 'a key or passphrase was given and the bundle is not encrypted (so nothing in it is authenticated); `--allow-plain` accepts it',
+    meaning:
+      'a key or passphrase was given and the bundle (or archive repository) is not encrypted (so nothing in it is authenticated); `--allow-plain` accepts it',
   },
-  KEY_REQUIRED: { exit: 1, meaning: 'the bundle is encrypted and no passphrase or key file was given' },
-  WRONG_KEY: { exit: 1, meaning: 'wrong passphrase or key, or a passphrase given for a key-file bundle (or the reverse)' },
+  KEY_REQUIRED: { exit: 1, meaning: 'the bundle (or archive repository) is encrypted and no passphrase or key file was given' },
+  WRONG_KEY: { exit: 1, meaning: 'wrong passphrase or key, or a passphrase given for a key-file bundle or archive repository (or the reverse)' },
   BAD_KEY_FILE: {
     exit: 1,
     meaning:

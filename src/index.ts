@@ -5,6 +5,10 @@
 
 export type {
   Archive,
+  ArchiveExportOptions,
+  ArchiveExportResult,
+  ArchiveImportOptions,
+  ArchiveImportResult,
   ArchiveInitOptions,
   ArchiveInitResult,
   ArchiveListEntry,

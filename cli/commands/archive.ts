@@ -208,6 +208,48 @@ export function registerArchive(program: Command): void {
 
   repoOptions(
     archive
+      .command('export')
+      .argument('<vm>', 'the archived VM')
+      .argument('<snapshot>', 'last snapshot of the line root..SNAPSHOT')
+      .description('write root..SNAPSHOT from the repository as a normal bundle (no VM is touched)'),
+  )
+    .requiredOption('-o, --output <file>', 'the bundle file')
+    .option('--encrypt', 'encrypt the bundle with the key given (--key-file or --passphrase-file)')
+    .option('--level <n>', 'zstd level, 1-19', levelOpt, 3)
+    .option('--force', 'replace an existing bundle file')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (ctx, vm: string, snap: string, o: RepoFlags & { output: string; encrypt?: boolean; level: number; force?: boolean }) => {
+        const r = await withKey(o, 'decrypt', (key) =>
+          long('export', ctx.json, (lo) =>
+            ctx.cb.archive.export(vm, snap, { ...key, output: o.output, encrypt: Boolean(o.encrypt), level: o.level, force: Boolean(o.force), ...lo }),
+          ),
+        );
+        if (ctx.json) return printJson(r);
+        printLine(`exported ${count(r.snapshots.length, 'snapshot')} of ${vm} from the archive to ${r.file}${r.encrypted ? ' (encrypted)' : ''}`);
+        printLine(`  data ${formatBytes(r.logical_bytes)}, bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`);
+      }),
+    );
+
+  repoOptions(archive.command('import').argument('<file>', 'a bundle file (of a whole chain)').description("store a bundle's chain in the repository"))
+    .option('--as <vm>', "store it under this VM name (default: the bundle's)")
+    .option('--allow-plain', 'accept a plain bundle although a key was given')
+    .option('--json', 'print JSON')
+    .action(
+      action(async (ctx, file: string, o: RepoFlags & { as?: string }) => {
+        const r = await withKey(o, 'decrypt', (key) =>
+          long('import', ctx.json, (lo) => ctx.cb.archive.import(file, { ...key, ...(o.as !== undefined ? { as: o.as } : {}), ...lo })),
+        );
+        if (ctx.json) return printJson(r);
+        printLine(`imported ${count(r.snapshots.length, 'snapshot')} of ${r.vm} as record ${r.record.slice(0, 12)}: ${r.snapshots.join(', ')}`);
+        printLine(
+          `  new ${count(r.new_blocks, 'block')}, ${formatBytes(r.new_raw_bytes)} stored in ${formatBytes(r.new_stored_bytes)}, in ${r.seconds.toFixed(1)} s`,
+        );
+      }),
+    );
+
+  repoOptions(
+    archive
       .command('restore')
       .argument('<vm>', 'the archived VM')
       .argument('<snapshot>', 'snapshot name, or a content id prefix (8+ hex digits)')

@@ -91,6 +91,43 @@ export interface ArchiveRestoreResult {
   seconds: number;
 }
 
+export interface ArchiveExportOptions extends ArchiveRepoOptions, LongOptions {
+  /** The bundle file to write. */
+  output: string;
+  /** Encrypt the bundle with the key given (the repository's, when it is encrypted). */
+  encrypt?: boolean;
+  /** zstd level of the bundle, 1-19 (default 3). */
+  level?: number;
+  /** Replace an existing bundle at `output`. */
+  force?: boolean;
+}
+
+export interface ArchiveExportResult {
+  file: string;
+  vm: string;
+  snapshots: string[];
+  logical_bytes: number;
+  stored_bytes: number;
+  bundle_bytes: number;
+  encrypted: boolean;
+  seconds: number;
+}
+
+export interface ArchiveImportOptions extends ArchiveRepoOptions, LongOptions {
+  /** Store the chain under this VM name (default: the bundle's). */
+  as?: string;
+}
+
+export interface ArchiveImportResult {
+  vm: string;
+  record: string;
+  snapshots: string[];
+  new_blocks: number;
+  new_raw_bytes: number;
+  new_stored_bytes: number;
+  seconds: number;
+}
+
 export class Archive {
   constructor(private readonly s: Session) {}
 
@@ -149,6 +186,60 @@ export class Archive {
     return this.s.run(async () => {
       const { archiveStats } = await import('../archive/stats.js');
       return withKey(opts, async (key) => archiveStats(await this.open(opts, key)));
+    });
+  }
+
+  /**
+   * Writes root..snapshot of an archived VM as a normal bundle (what `snapshot export` of that chain
+   * writes), touching no VM. The key given opens an encrypted repository and, with `encrypt`, encrypts the bundle.
+   */
+  export(vm: string, snapshot: string, opts: ArchiveExportOptions): Promise<ArchiveExportResult> {
+    return this.s.run(async () => {
+      if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
+      const { exportArchived } = await import('../archive/bundles.js');
+      const { Repo, resolveRepoDir } = await import('../archive/repo.js');
+      return withKey(opts, async (key) => {
+        const repo = await Repo.open(resolveRepoDir(opts.repo), key, {
+          allowPlain: opts.allowPlain || Boolean(opts.encrypt),
+          askPassphrase: opts.askPassphrase,
+        });
+        const r = await exportArchived(repo, vm, snapshot, {
+          output: opts.output,
+          key: opts.encrypt ? key : null,
+          level: opts.level,
+          force: opts.force,
+          signal: this.s.signal(opts.signal),
+          onProgress: opts.onProgress,
+        });
+        return {
+          file: r.file,
+          vm,
+          snapshots: r.snapshots,
+          logical_bytes: r.logical_bytes,
+          stored_bytes: r.stored_bytes,
+          bundle_bytes: r.bundle_bytes,
+          encrypted: r.encrypted,
+          seconds: r.seconds,
+        };
+      });
+    });
+  }
+
+  /** Stores a bundle's chain (a whole one, not a `--since` bundle). The key given opens the repository and the bundle. */
+  import(file: string, opts: ArchiveImportOptions = {}): Promise<ArchiveImportResult> {
+    return this.s.run(async () => {
+      const { importBundleToArchive } = await import('../archive/bundles.js');
+      const { Repo, resolveRepoDir } = await import('../archive/repo.js');
+      return withKey(opts, async (key) => {
+        const repo = await Repo.open(resolveRepoDir(opts.repo), key, { allowPlain: true, askPassphrase: opts.askPassphrase });
+        return importBundleToArchive(repo, file, {
+          bundleKey: key,
+          as: opts.as,
+          allowPlain: opts.allowPlain || (key !== null && repo.encrypted),
+          signal: this.s.signal(opts.signal),
+          onProgress: opts.onProgress,
+        });
+      });
     });
   }
 

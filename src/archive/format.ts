@@ -94,7 +94,6 @@ export const EXTENT_HEAD_BYTES = 17;
 
 // Limits a reader enforces before it allocates (writers stay far below them).
 export const MAX_PACK_ENTRY = 20 * 1024 * 1024;
-export const MAX_PACK_FILE = 1024 * 1024 * 1024;
 export const MAX_PACK_FRAMES = 65535;
 export const MAX_INDEX_ROWS = 4 * 1024 * 1024;
 export const MAX_INDEX_PACKS = 1024 * 1024;

@@ -42,7 +42,7 @@ import {
 import type { BlockLocation } from './packs.js';
 import { newFileId, type Repo } from './repo.js';
 
-export function bloomBytes(rows: number): number {
+function bloomBytes(rows: number): number {
   return 8 * Math.max(1, Math.ceil((rows * BLOOM_BITS_PER_ROW) / 64));
 }
 

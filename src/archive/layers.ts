@@ -17,7 +17,6 @@
  */
 import path from 'node:path';
 import { BLOCK_SIZE } from '../content/digest.js';
-import type { CloneboxError } from '../errors.js';
 import { archiveCorrupt, ContainerReader, ContainerWriter, readU64, writeU64 } from './container.js';
 import {
   DIR_LAYERS,
@@ -187,8 +186,7 @@ export class LayerMapReader {
         throw archiveCorrupt('layer trailer is not JSON', c.file);
       }
       if (
-        !t ||
-        t.version !== 1 ||
+        t?.version !== 1 ||
         !num(t.virtual_size, 1) ||
         !num(t.cluster_size, 512, 2 * 1024 * 1024) ||
         (t.cluster_size & (t.cluster_size - 1)) !== 0 ||
@@ -262,8 +260,4 @@ export class LayerMapReader {
   close(): Promise<void> {
     return this.c.close();
   }
-}
-
-export function layerMissing(name: string, file: string): CloneboxError {
-  return archiveCorrupt(`layer ${name.slice(0, 12)} is named by a record but missing`, file);
 }

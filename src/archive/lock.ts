@@ -20,6 +20,7 @@ import { CloneboxError, ioError } from '../errors.js';
 import { pidAlive } from '../fsutil.js';
 import type { Repo } from './repo.js';
 
+/** @public the exclusive side (gc, branch archive-ops) reads holders too. */
 export interface LockHolder {
   pid: number;
   host: string;
@@ -27,7 +28,9 @@ export interface LockHolder {
   since: string;
 }
 
+/** @public the exclusive side (gc, branch archive-ops) takes this file and waits for the shared ones. */
 export const EXCLUSIVE_LOCK = 'exclusive';
+/** @public as EXCLUSIVE_LOCK. */
 export const SHARED_LOCK_RE = /^shared-\d{1,10}-[0-9a-f]{8}$/;
 
 function lockWaitMs(): number {
@@ -35,7 +38,10 @@ function lockWaitMs(): number {
   return Number.isFinite(v) && v >= 0 ? v : 5000;
 }
 
-/** The holder in a lock file; null when there is none or it died on this host. */
+/**
+ * The holder in a lock file; null when there is none or it died on this host.
+ * @public as EXCLUSIVE_LOCK.
+ */
 export async function liveHolder(file: string): Promise<LockHolder | null> {
   let text: string;
   try {

@@ -161,7 +161,7 @@ async function totalData(plans: SnapPlan[]): Promise<number> {
 }
 
 /** Stores one qcow2 layer through `ingest`. */
-export async function ingestLayer(ingest: Ingest, file: string, resolved: boolean): Promise<StoredLayer> {
+async function ingestLayer(ingest: Ingest, file: string, resolved: boolean): Promise<StoredLayer> {
   const src = await openLayer(file, resolved);
   try {
     return await ingest.layer(src.virtualSize, src.clusterSize, async (b) => {
@@ -176,7 +176,7 @@ export async function ingestLayer(ingest: Ingest, file: string, resolved: boolea
 }
 
 /** Snapshots the repository holds, by content id (with their parent's content id). */
-export function knownSnapshots(records: PushRecord[]): Map<string, { snap: RecordSnapshot; parentId: string | null }> {
+function knownSnapshots(records: PushRecord[]): Map<string, { snap: RecordSnapshot; parentId: string | null }> {
   const out = new Map<string, { snap: RecordSnapshot; parentId: string | null }>();
   for (const r of records) {
     const ids = new Map(r.snapshots.map((s) => [s.name, s.content_id]));

@@ -29,12 +29,15 @@ export async function writeRecord(repo: Repo, rec: PushRecord): Promise<void> {
   }
 }
 
-/** Reads and checks one record. */
+/**
+ * Reads and checks one record.
+ * @public archive check and gc (branch archive-ops) read records one by one.
+ */
 export async function readRecord(repo: Repo, id: string): Promise<PushRecord> {
   const c = await ContainerReader.open(path.join(repo.snapshotsDir, id), FileType.Snapshots, repo.sealer(FileType.Snapshots, id), 1024);
   try {
     const t = safeJson(c.trailer, c.file, 'record trailer') as { version?: unknown; entries?: unknown } | null;
-    if (!t || t.version !== 1 || t.entries !== 1) throw archiveCorrupt('record trailer is not {version 1, entries 1}', c.file);
+    if (t?.version !== 1 || t.entries !== 1) throw archiveCorrupt('record trailer is not {version 1, entries 1}', c.file);
     const parts: Buffer[] = [];
     for await (const e of c.entries(MAX_RECORD_ENTRY)) parts.push(e);
     if (parts.length !== 1) throw archiveCorrupt(`record holds ${parts.length} entries, not 1`, c.file);
@@ -44,7 +47,10 @@ export async function readRecord(repo: Repo, id: string): Promise<PushRecord> {
   }
 }
 
-/** Ids of every record in the repository (sorted, oldest first is not implied: see created_at). */
+/**
+ * Ids of every record in the repository (sorted by id; created_at gives the order of pushes).
+ * @public archive check, forget and gc (branch archive-ops) list records.
+ */
 export async function listRecordIds(repo: Repo): Promise<string[]> {
   try {
     return (await readdir(repo.snapshotsDir)).filter((n) => ID_RE.test(n)).sort();
