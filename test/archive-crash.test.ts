@@ -61,7 +61,7 @@ async function listed(f: ArchiveFixture): Promise<string[]> {
 
 describe('archive operations killed at every crash point', () => {
   for (const sc of scenarios) {
-    it(`${sc.name}: check --read-data passes, every snapshot restores, the rerun completes`, { timeout: 900_000 }, async () => {
+    it(`${sc.name}: check --read-data passes, every snapshot restores, the rerun completes`, { timeout: 1_800_000 }, async () => {
       const root = await makeTempDir('clonebox-archive-crash-');
       const work = path.join(root, 'work');
       const tpl = path.join(root, 'template');
