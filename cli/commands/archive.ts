@@ -9,6 +9,7 @@ import { count, printJson, printLine, table } from '../output.js';
 import { type CliKey, type KeyFlags, keyOptions } from '../passphrase.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
+import { showTime } from '../time.js';
 import { registerArchiveOps } from './archive-ops.js';
 
 type RepoFlags = KeyFlags & { repo?: string };
@@ -126,8 +127,8 @@ export function registerArchive(program: Command): void {
               s.vm,
               s.shadowed ? `(${s.name})` : s.name,
               s.parent ?? '-',
-              s.created_at,
-              s.pushed_at,
+              showTime(s.created_at),
+              showTime(s.pushed_at),
               formatBytes(s.data_bytes),
               s.content_id.slice(0, 12),
             ]),
@@ -152,7 +153,7 @@ export function registerArchive(program: Command): void {
         printLine(`snapshot:    ${r.name} of ${r.vm}${r.shadowed ? ' (a newer snapshot has its name)' : ''}`);
         printLine(`content id:  ${r.content_id}`);
         printLine(`parent:      ${r.parent ?? '-'}`);
-        printLine(`created:     ${r.created_at}; pushed ${r.pushed_at} (in ${count(r.records, 'record')})`);
+        printLine(`created:     ${showTime(r.created_at)}; pushed ${showTime(r.pushed_at)} (in ${count(r.records, 'record')})`);
         printLine(`description: ${r.description ?? '-'}`);
         printLine(`tags:        ${r.tags.join(', ') || '-'}`);
         printLine(`line:        ${r.line.join(' -> ')}`);

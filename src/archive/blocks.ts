@@ -21,14 +21,15 @@ import type { Repo } from './repo.js';
 type Decoded = { raw: Buffer; shas: Buffer; ids: Buffer[]; lengths: number[]; at: number[] };
 
 /** Raw frames kept after use, by bytes. */
-const CACHE_BYTES = 32 * 1024 * 1024;
+const CACHE_BYTES = 16 * 1024 * 1024;
 /** Open pack files kept. */
 const OPEN_PACKS = 16;
 /** Map pieces read ahead of the one being handed out. */
-const AHEAD_PIECES = 512;
+const AHEAD_PIECES = 256;
 
 export class BlockSource {
-  private readonly packs = new Map<string, PackFileReader>();
+  private readonly packs = new Map<string, Promise<PackFileReader>>();
+  private readonly closing: Promise<void>[] = [];
   private readonly frames = new Map<string, Promise<Decoded>>();
   private cachedBytes = 0;
 
@@ -38,19 +39,30 @@ export class BlockSource {
     private readonly pool: WorkerPool,
   ) {}
 
-  private async pack(id: string): Promise<PackFileReader> {
+  /** Open pack files, most recently used last (a promise each: two frames of one pack share one opening). */
+  private pack(id: string): Promise<PackFileReader> {
     let p = this.packs.get(id);
     if (p) {
       this.packs.delete(id);
       this.packs.set(id, p);
       return p;
     }
-    p = await PackFileReader.open(this.repo, id);
+    p = PackFileReader.open(this.repo, id);
+    p.catch(() => undefined);
     this.packs.set(id, p);
     if (this.packs.size > OPEN_PACKS) {
       const [k, v] = this.packs.entries().next().value!;
       this.packs.delete(k);
-      await v.close();
+      // Closed once the reads already started on it are done (they hold the promise, not the map).
+      this.closing.push(
+        v.then(
+          async (r) => {
+            await Promise.allSettled([...this.frames.values()]);
+            await r.close();
+          },
+          () => undefined,
+        ),
+      );
     }
     return p;
   }
@@ -191,7 +203,13 @@ export class BlockSource {
   }
 
   async close(): Promise<void> {
-    for (const p of this.packs.values()) await p.close();
+    await Promise.allSettled([...this.frames.values()]);
+    for (const p of this.packs.values())
+      await p.then(
+        (r) => r.close(),
+        () => undefined,
+      );
+    await Promise.allSettled(this.closing);
     this.packs.clear();
     this.frames.clear();
   }

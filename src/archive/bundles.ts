@@ -134,6 +134,7 @@ export async function importBundleToArchive(repo: Repo, input: string | Readable
         hint: 'export the whole chain (without --since) and import that',
       });
     }
+    await repo.sweepTemps();
     index = await RepoIndex.open(repo);
     const progress = new Progress('import', src.size, opts.onProgress);
     ingest = new Ingest(repo, index, pool, null, opts.signal);

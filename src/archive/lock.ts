@@ -12,7 +12,7 @@
  * absent; one on another host is live until removed by hand.
  */
 import { randomBytes } from 'node:crypto';
-import { open, readFile, unlink } from 'node:fs/promises';
+import { open, readdir, readFile, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { nowIso } from '../clock.js';
@@ -64,9 +64,30 @@ export interface RepoLock {
   release(): Promise<void>;
 }
 
+/**
+ * Removes shared lock files whose holder died on this host (a push killed with SIGKILL leaves its own).
+ * A file without readable JSON (killed between creating and writing it) is judged by the pid in its name.
+ */
+async function clearDeadShared(repo: Repo): Promise<void> {
+  const names = await readdir(repo.locksDir).catch(() => [] as string[]);
+  for (const n of names) {
+    if (!SHARED_LOCK_RE.test(n)) continue;
+    const f = path.join(repo.locksDir, n);
+    let h: Partial<LockHolder> | null = null;
+    try {
+      h = JSON.parse(await readFile(f, 'utf8')) as Partial<LockHolder>;
+    } catch {
+      h = null;
+    }
+    const dead = h && typeof h.pid === 'number' ? h.host === os.hostname() && !pidAlive(h.pid) : !pidAlive(Number(n.split('-')[1]));
+    if (dead) await unlink(f).catch(() => undefined);
+  }
+}
+
 /** Takes the shared side of the repository lock (push, import). */
 export async function lockShared(repo: Repo, command: string): Promise<RepoLock> {
   const deadline = Date.now() + lockWaitMs();
+  await clearDeadShared(repo);
   const excl = path.join(repo.locksDir, EXCLUSIVE_LOCK);
   const info: LockHolder = { pid: process.pid, host: os.hostname(), command, since: nowIso() };
   for (;;) {

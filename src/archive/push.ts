@@ -218,6 +218,7 @@ export async function pushVm(home: Home, repo: Repo, vmName: string, opts: PushO
     let index: RepoIndex | null = null;
     let ingest: Ingest | null = null;
     try {
+      await repo.sweepTemps();
       const known = knownSnapshots(await readAllRecords(repo));
       index = await RepoIndex.open(repo);
       pool = await starting;

@@ -19,7 +19,7 @@ import { deriveMaster, idKey, type KeySource, keyCheck, Sealer, sha256, subKey }
 import { KDF_MEMLIMIT, KDF_OPSLIMIT, KeyKind, MAX_KDF_MEMLIMIT, MAX_KDF_OPSLIMIT } from '../bundle/format.js';
 import { nowIso } from '../clock.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
-import { createFileExclusive, ensureDir, fsyncDir } from '../fsutil.js';
+import { createFileExclusive, ensureDir, fsyncDir, sweepStaleTempsIn } from '../fsutil.js';
 import { archiveCorrupt, fileContext } from './container.js';
 import {
   ARCHIVE_VERSION,
@@ -348,6 +348,18 @@ export class Repo {
   }
   get locksDir(): string {
     return path.join(this.dir, DIR_LOCKS);
+  }
+
+  /**
+   * Deletes the temporaries of writers that died on this host (a push killed with SIGKILL): they are
+   * under hidden names no reader opens, so only their space is at stake. Returns how many went.
+   */
+  async sweepTemps(): Promise<number> {
+    let n = 0;
+    for (const d of [this.indexDir, path.join(this.dir, DIR_LAYERS), this.snapshotsDir]) n += await sweepStaleTempsIn(d);
+    const packs = path.join(this.dir, DIR_PACKS);
+    for (const sub of await readdir(packs).catch(() => [] as string[])) if (/^[0-9a-f]{2}$/.test(sub)) n += await sweepStaleTempsIn(path.join(packs, sub));
+    return n;
   }
 }
 
