@@ -16,7 +16,7 @@
  *   src/guest/                     the guest-aware diff: partitions, ext2/3/4, packages, /etc
  *   src/qcow2/  src/store/         the image format and the home's records; siblings
  *   base                           src/errors.ts, src/names.ts, src/fsutil.ts, src/zstd.ts,
- *                                  src/abort.ts, src/clock.ts: import nothing of ours but each other
+ *                                  src/abort.ts, src/clock.ts, src/crash.ts: import nothing of ours but each other
  *
  * The rule set is generated from LAYERS below: one `layer-<name>` rule per room, forbidding every room
  * that sits above it (and, for siblings, each other). Type-only imports count (tsPreCompilationDeps),
@@ -28,7 +28,7 @@
 
 /** Bottom first. Each entry: a name and the path pattern of its modules (relative to the repo root). */
 const LAYERS = [
-  { name: 'base', path: '^src/(errors|names|fsutil|zstd|abort|clock)\\.ts$' },
+  { name: 'base', path: '^src/(errors|names|fsutil|zstd|abort|clock|crash)\\.ts$' },
   { name: 'qcow2', path: '^src/qcow2/', siblings: ['store'] },
   { name: 'store', path: '^src/store/', siblings: ['qcow2'] },
   { name: 'guest', path: '^src/guest/' },

@@ -148,6 +148,10 @@ export const ERROR_CODES = {
     meaning: 'a file of the archive repository is damaged, cut short or was modified (the message names the file and what is wrong); nothing was written',
   },
   ARCHIVE_BUSY: { exit: 1, meaning: "another process holds the archive repository's lock (a gc) longer than `CLONEBOX_LOCK_WAIT_MS`" },
+  ARCHIVE_APPEND_ONLY: {
+    exit: 1,
+    meaning: '`archive forget` or `archive gc` of an append-only repository without its delete key (`--delete-key-file`); nothing was deleted',
+  },
   ARCHIVE_SNAPSHOT_NOT_FOUND: { exit: 1, meaning: 'the archive holds no snapshot of that name (or content id prefix) for that VM' },
   // Team sync
   TEAM_NOT_FOUND: { exit: 1, meaning: 'no team of that name on this workstation' },

@@ -21,6 +21,17 @@ export type {
   ArchiveStats,
   ArchiveVmStats,
 } from './api/archive.js';
+export type {
+  ArchiveCheckOptions,
+  ArchiveCheckProblem,
+  ArchiveCheckResult,
+  ArchiveDeleteOptions,
+  ArchiveForgetEntry,
+  ArchiveForgetOptions,
+  ArchiveForgetResult,
+  ArchiveGcOptions,
+  ArchiveGcResult,
+} from './api/archive-maintenance.js';
 export type { Bundles, Keys } from './api/bundles.js';
 export { Clonebox } from './api/clonebox.js';
 export type { Config } from './api/config.js';

@@ -10,6 +10,7 @@ import { type CliKey, type KeyFlags, keyOptions } from '../passphrase.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
 import { showTime } from '../time.js';
+import { registerArchiveOps } from './archive-ops.js';
 
 type RepoFlags = KeyFlags & { repo?: string };
 
@@ -65,14 +66,21 @@ export function registerArchive(program: Command): void {
     .option('--key-file <file>', '32-byte key file (see `clonebox key generate`)')
     .option('--allow-insecure-key-file', 'accept a key file that others can read')
     .option('--level <n>', 'zstd level of the repository, 1-19', levelOpt, 3)
-    .option('--append-only', 'mark the repository append-only')
+    .option('--append-only', 'forget and gc then need the delete key (--delete-key-file); push works as always')
+    .option('--delete-key-file <file>', 'with --append-only: the delete key, a key file from `clonebox key generate` kept away from pushing workstations')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, dir: string, o: KeyFlags & { encrypt?: boolean; level: number; appendOnly?: boolean }) => {
+      action(async (ctx, dir: string, o: KeyFlags & { encrypt?: boolean; level: number; appendOnly?: boolean; deleteKeyFile?: string }) => {
         const k = await keyOptions(o, o.encrypt ? 'encrypt' : 'none', false);
         let r: Awaited<ReturnType<typeof ctx.cb.archive.init>>;
         try {
-          r = await ctx.cb.archive.init(dir, { ...k.opts, encrypt: Boolean(o.encrypt), level: o.level, appendOnly: Boolean(o.appendOnly) });
+          r = await ctx.cb.archive.init(dir, {
+            ...k.opts,
+            encrypt: Boolean(o.encrypt),
+            level: o.level,
+            appendOnly: Boolean(o.appendOnly),
+            ...(o.deleteKeyFile !== undefined ? { deleteKeyFile: o.deleteKeyFile } : {}),
+          });
         } finally {
           k.wipe();
         }
@@ -263,4 +271,6 @@ export function registerArchive(program: Command): void {
         printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current}`);
       }),
     );
+
+  registerArchiveOps(archive, { repoOptions, withKey });
 }

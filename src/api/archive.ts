@@ -8,6 +8,18 @@
 import type { ArchiveListEntry, ArchiveShowResult, ArchiveStats } from '../archive/stats.js';
 import type { KeySource } from '../bundle/crypto.js';
 import { usageError } from '../errors.js';
+import {
+  type ArchiveCheckOptions,
+  type ArchiveCheckResult,
+  type ArchiveForgetOptions,
+  type ArchiveForgetResult,
+  type ArchiveGcOptions,
+  type ArchiveGcResult,
+  archiveCheck,
+  archiveForget,
+  archiveGc,
+  writeDeleteKey,
+} from './archive-maintenance.js';
 import { hasKey, withKey } from './bundles.js';
 import type { Session } from './session.js';
 import type { KeyOptions, LongOptions } from './types.js';
@@ -25,8 +37,10 @@ export interface ArchiveInitOptions extends ArchiveRepoOptions {
   encrypt?: boolean;
   /** zstd level of the repository, 1-19 (default 3). */
   level?: number;
-  /** Mark the repository append-only (what forget and gc then refuse). */
+  /** Mark the repository append-only: forget and gc then need the delete key (`deleteKeyFile`, required with it). */
   appendOnly?: boolean;
+  /** The delete key of an append-only repository: a 32-byte key file (`clonebox key generate`), kept away from the workstations that push. */
+  deleteKeyFile?: string;
 }
 
 export interface ArchiveInitResult {
@@ -127,8 +141,16 @@ export class Archive {
     return this.s.run(async () => {
       if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
       if (!opts.encrypt && hasKey(opts)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the repository');
+      if (opts.appendOnly && opts.deleteKeyFile === undefined) {
+        throw usageError(
+          '--append-only needs --delete-key-file FILE',
+          'make one with `clonebox key generate -o FILE` and keep it away from the workstations that push',
+        );
+      }
+      if (!opts.appendOnly && opts.deleteKeyFile !== undefined) throw usageError('--delete-key-file is for --append-only repositories');
       const { Repo } = await import('../archive/repo.js');
       const r = await withKey(opts, (key) => Repo.init(dir, { key, level: opts.level, appendOnly: opts.appendOnly }));
+      if (opts.deleteKeyFile !== undefined) await writeDeleteKey(r, opts.deleteKeyFile, opts.allowInsecureKeyFile);
       return { repo: r.dir, encrypted: r.encrypted, append_only: r.appendOnly, level: r.level };
     });
   }
@@ -234,5 +256,20 @@ export class Archive {
         }),
       );
     });
+  }
+
+  /** Forgets a VM's archived snapshots that no rule of `opts.policy` keeps (the rules of `snapshot policy`); gc then frees their blocks. */
+  forget(vm: string, opts: ArchiveForgetOptions): Promise<ArchiveForgetResult> {
+    return archiveForget(this.s, (o, k) => this.open(o, k), withKey, vm, opts);
+  }
+
+  /** Removes the blocks, packs and layer maps no archived snapshot needs. */
+  gc(opts: ArchiveGcOptions = {}): Promise<ArchiveGcResult> {
+    return archiveGc(this.s, (o, k) => this.open(o, k), withKey, opts);
+  }
+
+  /** Checks every record, layer map, index file and pack (with `readData`, every block). */
+  check(opts: ArchiveCheckOptions = {}): Promise<ArchiveCheckResult> {
+    return archiveCheck(this.s, (o, k) => this.open(o, k), withKey, opts);
   }
 }

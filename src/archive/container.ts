@@ -15,6 +15,7 @@ import { type FileHandle, link, open, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Sealer } from '../bundle/crypto.js';
 import { EntryKind } from '../bundle/format.js';
+import { crashPoint } from '../crash.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, fsyncDir, tempDone, tempPathFor } from '../fsutil.js';
 import { DATA_KIND, type FileType, FOOTER_BYTES, FOOTER_MAGIC, MAGIC, MAGIC_BYTES, TRAILER_INDEX } from './format.js';
@@ -124,6 +125,7 @@ export class ContainerWriter {
       await this.fh.sync();
       await this.fh.close();
       this.done = true;
+      crashPoint('archive.file-synced');
       await ensureDir(path.dirname(finalFile), 0o700);
       try {
         await link(this.tmp, finalFile);
@@ -138,6 +140,7 @@ export class ContainerWriter {
     await unlink(this.tmp).catch(() => undefined);
     tempDone(this.tmp);
     if (placed) await fsyncDir(path.dirname(finalFile));
+    crashPoint('archive.file-written');
     return placed;
   }
 

@@ -38,6 +38,7 @@
 import { lstat, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { nowIso } from '../clock.js';
+import { crashPoint } from '../crash.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, pathExists, sweepStaleTempsIn, writeJsonAtomic } from '../fsutil.js';
 import { groupJournalPath } from './groups.js';
@@ -110,15 +111,6 @@ interface JournalDoc {
   members?: string[];
 }
 
-let crashCounter = 0;
-/** A numbered point at which a crash test may kill us. */
-function crashPoint(): void {
-  const at = Number(process.env.CLONEBOX_CRASH_AT);
-  if (!Number.isInteger(at) || at <= 0) return;
-  crashCounter++;
-  if (crashCounter === at) process.kill(process.pid, 'SIGKILL');
-}
-
 export function journalPath(home: Home, vm: string): string {
   return path.join(vmDir(home, vm), 'journal.json');
 }
@@ -149,7 +141,7 @@ export class Journal {
 
   private async persist(): Promise<void> {
     await writeJsonAtomic(this.file, this.doc);
-    crashPoint();
+    crashPoint('journal.persist');
   }
 
   /**
@@ -296,7 +288,7 @@ async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers)
     }
     if (r?.warnings?.length) doc.warnings = [...(doc.warnings ?? []), ...r.warnings];
     if (r?.notes) doc.notes = { ...(doc.notes ?? {}), ...r.notes };
-    crashPoint();
+    crashPoint('journal.action');
     doc.done++;
     await writeJsonAtomic(file, doc);
   }
