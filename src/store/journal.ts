@@ -171,7 +171,7 @@ export class Journal {
       const redirect: JournalDoc = { format: 1, op, vm, started: doc.started, pid: doc.pid, phase: 'prepare', created: [], actions: [], done: 0, group };
       await ensureDir(vmDir(home, vm));
       await writeJsonAtomic(journalPath(home, vm), redirect);
-      crashPoint();
+      crashPoint('journal.group-redirect');
     }
     j.redirects = sorted.map((vm) => journalPath(home, vm));
     return j;
