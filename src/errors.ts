@@ -78,6 +78,13 @@ export const ERROR_CODES = {
   SNAPSHOT_NOT_FOUND: { exit: 1, meaning: 'no snapshot of that name, or none created at or before `--at TIME`' },
   SNAPSHOT_EXISTS: { exit: 1, meaning: 'a snapshot of that name exists, or a file already sits where its layer or memory file would go' },
   SNAPSHOT_HAS_CHILDREN: { exit: 1, meaning: 'delete of a snapshot that has children without `--recursive` or `--keep-children`; the message lists them' },
+  SNAPSHOT_IN_GROUP: {
+    exit: 1,
+    meaning: 'delete or restore of one member snapshot of a group snapshot on its own; the group snapshot is deleted and restored as a whole (`--group`)',
+  },
+  GROUP_NOT_FOUND: { exit: 1, meaning: 'no VM group of that name in this home' },
+  GROUP_EXISTS: { exit: 1, meaning: '`group create` of a group name this home already has' },
+  GROUP_HAS_SNAPSHOTS: { exit: 1, meaning: '`group delete` of a group that still has group snapshots; delete them first (`snapshot delete --group`)' },
   SNAPSHOT_NOT_READY: { exit: 1, meaning: 'export of a snapshot that is not `ready`' },
   NO_SNAPSHOTS: { exit: 1, meaning: 'export of a VM that has no snapshots' },
   COMMAND_FAILED: { exit: 1, meaning: '`snapshot run` could not start the command' },

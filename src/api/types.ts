@@ -129,6 +129,8 @@ export interface SnapshotView {
   disks: { target: string; path: string }[];
   /** Filesystem-consistent: the guest agent froze the guest's filesystems for it (`--quiesce`). */
   quiesced: boolean;
+  /** A member of a group snapshot: the group and the group snapshot's name (docs/groups.md); null otherwise. */
+  group: { name: string; snapshot: string } | null;
 }
 
 export interface TreeNode {
@@ -381,6 +383,99 @@ export interface RunResult {
   snapshot: string;
   exit_code: number;
   rolled_back: boolean;
+}
+
+// ---- groups ----
+
+/** `group show --json`, and each entry of `group list --json`. */
+export interface GroupView {
+  name: string;
+  description: string | null;
+  created_at: string;
+  /** Member VM names, sorted (the order their locks are taken in). */
+  members: string[];
+  /** Members that are no longer registered VMs: group snapshots are refused until they are removed from the group. */
+  missing: string[];
+  snapshot_count: number;
+  /** The newest group snapshot's name, or null. */
+  latest: string | null;
+}
+
+export interface GroupCreateOptions {
+  /** The member VMs (at least one; each registered). */
+  vms: string[];
+  description?: string | null;
+}
+
+/** One member of a group snapshot: the VM and its member snapshot's name in that VM's list. */
+export interface GroupSnapshotMember {
+  vm: string;
+  snapshot: string;
+}
+
+/** `snapshot create --group --json`, `snapshot show --group --json`, each entry of `snapshot list --group --json`. */
+export interface GroupSnapshotView {
+  name: string;
+  group: string;
+  state: 'creating' | 'ready' | 'reverting' | 'deleting';
+  created_at: string;
+  description: string | null;
+  tags: string[];
+  /** 'full' when every member holds memory state (`--memory`). */
+  type: 'disk' | 'full';
+  /** Sorted by VM name. */
+  members: GroupSnapshotMember[];
+  /**
+   * How the members were held at one point: 'locks' (image-driver VMs, whose images only clonebox
+   * writes), 'paused' (running domains suspended), 'frozen' (filesystems frozen by the guest agent,
+   * `--quiesce`), 'mixed' (frozen where an agent answered, paused where not).
+   */
+  consistency: 'locks' | 'paused' | 'frozen' | 'mixed';
+  /** Milliseconds the running domains were paused or frozen; null when none was running. */
+  pause_ms: number | null;
+  /** Every member snapshot was quiesced by its guest agent. */
+  quiesced: boolean;
+  auto_created: boolean;
+  auto_policy: string | null;
+}
+
+export interface GroupSnapshotCreateOptions extends LongOptions {
+  /** Default snap-YYYYMMDD-HHMMSS; every member snapshot gets this name. */
+  name?: string;
+  description?: string | null;
+  tags?: string[];
+  /** Include memory state (running libvirt members). */
+  memory?: boolean;
+  /** Freeze guest filesystems through the guest agent where one answers (others are paused). */
+  quiesce?: boolean;
+}
+
+export interface GroupRestoreOptions extends LongOptions {
+  /** The group snapshot. */
+  name: string;
+  /** Start the libvirt members afterwards. */
+  start?: boolean;
+}
+
+/** `snapshot restore --group --json`. */
+export interface GroupRestoreResult {
+  group: string;
+  restored: string;
+  members: GroupSnapshotMember[];
+}
+
+export interface GroupDeleteOptions extends LongOptions {
+  /** Also delete the member snapshots' descendants. */
+  recursive?: boolean;
+  /** Merge each member snapshot's data into its children. */
+  keepChildren?: boolean;
+}
+
+/** `snapshot delete --group --json`. */
+export interface GroupDeleteResult {
+  group: string;
+  deleted: string;
+  members: { vm: string; deleted: string[]; merged_into: string[] }[];
 }
 
 // ---- bundles ----

@@ -72,6 +72,8 @@ function toView(vm: string, m: Record<string, unknown>): SnapshotView {
     expires_at: typeof m.ExpiresAt === 'string' ? m.ExpiresAt : null,
     current: m.Current === true,
     quiesced: m.Quiesced === true,
+    // The Redfish member carries no group yet (docs/groups.md: groups are not in the service).
+    group: null,
     // The service does not expose host paths of layers.
     disks: [],
   };

@@ -23,6 +23,8 @@ export interface SnapshotView {
   disks: { target: string; path: string }[];
   /** Filesystem-consistent: the guest agent froze the guest's filesystems for it (`--quiesce`). */
   quiesced: boolean;
+  /** A member of a group snapshot (store/groups.ts): its group and group snapshot; null otherwise. */
+  group: { name: string; snapshot: string } | null;
 }
 
 export interface TreeNode {
@@ -69,6 +71,7 @@ export function toView(vm: VmRecord, r: SnapshotRecord, idx: Map<string | null, 
     current: vm.current === r.name,
     disks: r.disks.map((d) => ({ target: d.target, path: d.path })),
     quiesced: r.quiesced === true,
+    group: r.group ? { name: r.group.name, snapshot: r.group.snapshot } : null,
   };
 }
 

@@ -6,6 +6,8 @@
  *   <home>/vms/<vm>/journal.json     the multi-step operation in progress, if any
  *   <home>/vms/<vm>/lock             held while a command changes the VM
  *   <home>/disks/                    default directory for `vm create` images
+ *   <home>/groups/<group>/           a VM group: group.json, snapshots/*.json, journal.json, lock
+ *                                    (store/groups.ts, docs/groups.md)
  *
  * The home holds what others must not read (layers' block maps, team secrets, identity and catalog
  * keys), so it is a directory only its owner can enter: created 0700, and tightened when found looser
@@ -20,19 +22,24 @@ export interface Home {
   root: string;
   vmsDir: string;
   disksDir: string;
+  groupsDir: string;
 }
 
 export function resolveHome(explicit?: string): Home {
   const root = path.resolve(explicit ?? process.env.CLONEBOX_HOME ?? path.join(os.homedir(), '.clonebox'));
-  return { root, vmsDir: path.join(root, 'vms'), disksDir: path.join(root, 'disks') };
+  return { root, vmsDir: path.join(root, 'vms'), disksDir: path.join(root, 'disks'), groupsDir: path.join(root, 'groups') };
 }
 
 export function vmDir(home: Home, vm: string): string {
   return path.join(home.vmsDir, vm);
 }
 
+export function groupDir(home: Home, group: string): string {
+  return path.join(home.groupsDir, group);
+}
+
 /** What clonebox keeps at the top of a home: a directory holding anything else is not only ours. */
-const HOME_ENTRIES = new Set(['vms', 'disks', 'teams', 'identity', 'sync']);
+const HOME_ENTRIES = new Set(['vms', 'disks', 'teams', 'identity', 'sync', 'groups']);
 
 /** Creates the home (0700, with any missing parents) before the first thing is written in it. */
 export async function ensureHome(home: Home): Promise<void> {

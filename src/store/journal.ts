@@ -22,15 +22,27 @@
  * the step only wrote files the prepare phase announced. A VM is never left with a journal that every
  * later command replays into the same failure.
  *
+ * Group operations (store/groups.ts). An operation over several VMs (a group snapshot, restore or
+ * delete) is ONE journal, at <home>/groups/<group>/journal.json, holding the files and actions of every
+ * member: it is rolled back or forward as a whole, so every member ends entirely before or entirely
+ * after it. Each member VM's own journal.json is then a redirect ({group, started, pid}, no actions),
+ * written after the group journal and removed by the group commit's last actions. Per-VM recovery
+ * honours it: finding a redirect, recover() recovers the group journal (taking the group's lock and the
+ * other members' locks without waiting, in the group lock order) instead of the VM alone; a redirect
+ * whose group journal is gone or belongs to another operation is stale and simply removed.
+ *
  * Crash testing: CLONEBOX_CRASH_AT=N makes the process SIGKILL itself at the N-th journal step
- * (each persist and each commit action counts), so tests can stop an operation at every point.
+ * (each persist, each redirect written and each commit action counts), so tests can stop an operation
+ * at every point.
  */
 import { lstat, readdir, readFile, rename, rm, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { nowIso } from '../clock.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, pathExists, sweepStaleTempsIn, writeJsonAtomic } from '../fsutil.js';
-import { type Home, vmDir } from './home.js';
+import { groupJournalPath } from './groups.js';
+import { groupDir, type Home, vmDir } from './home.js';
+import { acquireLock, type Lock } from './lock.js';
 
 export type Action =
   | { do: 'rename'; from: string; to: string }
@@ -78,6 +90,7 @@ export type StepHandlers = ReadonlyMap<string, () => Promise<StepHandler>>;
 interface JournalDoc {
   format: 1;
   op: string;
+  /** The VM (a group journal: the group's name). */
   vm: string;
   started: string;
   pid: number;
@@ -88,6 +101,13 @@ interface JournalDoc {
   /** Reported by the driver steps done so far (absent in journals of older builds). */
   warnings?: string[];
   notes?: Record<string, unknown>;
+  /**
+   * A member VM's redirect: the operation is in this group's journal (with the same `started` and
+   * `pid`); this document holds nothing else to do.
+   */
+  group?: string;
+  /** A group journal: the member VMs, each holding a redirect while the operation runs. */
+  members?: string[];
 }
 
 let crashCounter = 0;
@@ -132,6 +152,42 @@ export class Journal {
     crashPoint();
   }
 
+  /**
+   * Starts an operation over several VMs: one journal for all of them (see the top). The caller holds
+   * the group's lock and every member's lock, and has recovered the group (recoverGroup()) and each
+   * member. `members` are the VMs whose state it changes.
+   */
+  static async beginGroup(home: Home, group: string, members: string[], op: string, handlers: StepHandlers): Promise<Journal> {
+    const file = groupJournalPath(home, group);
+    await ensureDir(path.dirname(file));
+    const sorted = [...new Set(members)].sort();
+    const doc: JournalDoc = {
+      format: 1,
+      op,
+      vm: group,
+      started: nowIso(),
+      pid: process.pid,
+      phase: 'prepare',
+      created: [],
+      actions: [],
+      done: 0,
+      members: sorted,
+    };
+    const j = new Journal(file, doc, handlers);
+    await j.persist();
+    for (const vm of sorted) {
+      const redirect: JournalDoc = { format: 1, op, vm, started: doc.started, pid: doc.pid, phase: 'prepare', created: [], actions: [], done: 0, group };
+      await ensureDir(vmDir(home, vm));
+      await writeJsonAtomic(journalPath(home, vm), redirect);
+      crashPoint();
+    }
+    j.redirects = sorted.map((vm) => journalPath(home, vm));
+    return j;
+  }
+
+  /** A group journal's member redirects (removed at the end of its commit or rollback). */
+  private redirects: string[] = [];
+
   /** Records a file this operation is about to create, so a crash before commit deletes it. */
   async willCreate(...files: string[]): Promise<void> {
     this.doc.created.push(...files);
@@ -145,7 +201,9 @@ export class Journal {
    */
   async commit(actions: Action[]): Promise<CommitResult> {
     this.doc.phase = 'commit';
-    this.doc.actions = actions;
+    // A group operation's last actions remove its members' redirects: until the very end, per-VM
+    // recovery of any member leads to this journal.
+    this.doc.actions = [...actions, ...this.redirects.map((f): Action => ({ do: 'unlink', path: f }))];
     this.doc.done = 0;
     await this.persist();
     return runActions(this.doc, this.file, this.handlers).catch(unwrapUndone);
@@ -159,6 +217,7 @@ export class Journal {
       return;
     }
     await deleteCreated(this.doc.created);
+    for (const f of this.redirects) await rm(f, { force: true });
     await rm(this.file, { force: true });
   }
 }
@@ -205,6 +264,12 @@ function unwrapUndone(err: unknown): never {
   throw err instanceof UndoneError ? err.reason : err;
 }
 
+/** The redirect files a group journal's commit removes last (its trailing unlinks of `<vm>/journal.json`). */
+function redirectsOf(doc: JournalDoc): string[] {
+  if (!doc.members) return [];
+  return doc.actions.filter((a): a is { do: 'unlink'; path: string } => a.do === 'unlink' && path.basename(a.path) === 'journal.json').map((a) => a.path);
+}
+
 /** Can the commit be undone at this point: every action before the current one wrote an announced file? */
 function undoable(doc: JournalDoc): boolean {
   const created = new Set(doc.created);
@@ -220,6 +285,7 @@ async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers)
     } catch (err) {
       if (a.do === 'driver' && err instanceof Error && NOT_TAKEN.has(err) && undoable(doc)) {
         const removed = await deleteCreated(doc.created);
+        for (const r of redirectsOf(doc)) await rm(r, { force: true });
         await rm(file, { force: true });
         // Nothing is left to finish: a later rollback() of this journal has nothing to delete.
         doc.phase = 'prepare';
@@ -339,6 +405,12 @@ export async function recoverReport(home: Home, vm: string, handlers: StepHandle
       hint: 'inspect it by hand; clonebox will not touch the VM until it is fixed or removed',
     });
   }
+  if (typeof doc.group === 'string') return recoverFromMember(home, vm, doc, handlers);
+  return recoverDoc(home, file, doc, handlers);
+}
+
+/** Rolls back (prepare) or forward (commit) the operation of a journal document read from `file`. */
+async function recoverDoc(home: Home, file: string, doc: JournalDoc, handlers: StepHandlers): Promise<RecoveryReport> {
   const op = typeof doc.op === 'string' ? doc.op : null;
   if (doc.phase === 'commit') {
     try {
@@ -351,8 +423,82 @@ export async function recoverReport(home: Home, vm: string, handlers: StepHandle
     return { outcome: 'completed', op, removedFiles: 0, removedBytes: 0 };
   }
   const removed = await deleteCreated(doc.created);
+  // A group journal rolled back in its prepare phase: its members' redirects go before it does.
+  for (const vm of doc.members ?? []) await removeRedirect(home, vm, doc);
   await rm(file, { force: true });
   return { outcome: 'rolled-back', op, removedFiles: removed.files, removedBytes: removed.bytes };
+}
+
+/** Removes `vm`'s journal if it is a redirect to the group operation `doc` (never another operation's journal). */
+async function removeRedirect(home: Home, vm: string, doc: JournalDoc): Promise<void> {
+  const file = journalPath(home, vm);
+  try {
+    const r = JSON.parse(await readFile(file, 'utf8')) as JournalDoc;
+    if (r.group === doc.vm && r.started === doc.started && r.pid === doc.pid) await rm(file, { force: true });
+  } catch {
+    /* none, or not ours */
+  }
+}
+
+/**
+ * Finishes or rolls back an interrupted group operation. The caller holds the group's lock and the
+ * lock of every member of it (a group command, before it begins its own operation).
+ */
+export async function recoverGroup(home: Home, group: string, handlers: StepHandlers): Promise<RecoveryReport> {
+  const file = groupJournalPath(home, group);
+  let doc: JournalDoc;
+  try {
+    doc = JSON.parse(await readFile(file, 'utf8')) as JournalDoc;
+    if (!isJournalDoc(doc) || !Array.isArray(doc.members)) throw new Error('unexpected shape');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { outcome: 'none', op: null, removedFiles: 0, removedBytes: 0 };
+    throw new CloneboxError('STORE_CORRUPT', `group operation journal is damaged (${(err as Error).message}), ${file}`, {
+      hint: "inspect it by hand; clonebox will not touch the group's VMs until it is fixed or removed",
+    });
+  }
+  return recoverDoc(home, file, doc, handlers);
+}
+
+/**
+ * Per-VM recovery that found a redirect: recovers the whole group operation. The caller holds `vm`'s
+ * lock; the group's lock and the other members' are taken without waiting (a live holder means another
+ * command is at it: VM_BUSY, try again), so this never waits while holding a lock out of order.
+ */
+async function recoverFromMember(home: Home, vm: string, redirect: JournalDoc, handlers: StepHandlers): Promise<RecoveryReport> {
+  const group = redirect.group!;
+  const gfile = groupJournalPath(home, group);
+  let doc: JournalDoc | null = null;
+  try {
+    doc = JSON.parse(await readFile(gfile, 'utf8')) as JournalDoc;
+  } catch {
+    doc = null;
+  }
+  const same = (d: JournalDoc | null): d is JournalDoc => d !== null && d.started === redirect.started && d.pid === redirect.pid;
+  if (!same(doc)) {
+    // The group operation ended (its journal is gone or is another one's): nothing of it is left to do here.
+    await rm(journalPath(home, vm), { force: true });
+    return { outcome: 'none', op: null, removedFiles: 0, removedBytes: 0 };
+  }
+  const held: Lock[] = [];
+  try {
+    held.push(await acquireLock(path.join(groupDir(home, group), 'lock'), `group ${group}`, 'group recovery', 0));
+    for (const m of (doc.members ?? []).filter((x) => x !== vm).sort()) {
+      held.push(await acquireLock(path.join(vmDir(home, m), 'lock'), m, 'group recovery', 0));
+    }
+  } catch (err) {
+    for (const l of held.reverse()) await l.release();
+    if (err instanceof CloneboxError && err.code === 'VM_BUSY') {
+      throw new CloneboxError('VM_BUSY', `VM ${vm} is part of an interrupted operation of group ${group} that another command is recovering`, {
+        hint: 'try again in a moment',
+      });
+    }
+    throw err;
+  }
+  try {
+    return await recoverGroup(home, group, handlers);
+  } finally {
+    for (const l of held.reverse()) await l.release();
+  }
 }
 
 /** A journal that parses but is not one (truncated by hand, another program's file) is damaged too. */

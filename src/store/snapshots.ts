@@ -59,6 +59,12 @@ export interface SnapshotRecord {
   quiesced?: boolean;
   /** Provenance (absent: made here). */
   origin?: SnapshotOrigin | null;
+  /**
+   * Set on a member snapshot of a group snapshot (store/groups.ts): the group and the group snapshot's
+   * name. Absent or null: a snapshot of this VM alone. Such a snapshot is deleted and restored only
+   * with its group snapshot, and retention never prunes it on its own.
+   */
+  group?: { name: string; snapshot: string } | null;
 }
 
 export function snapshotsDir(home: Home, vm: string): string {
