@@ -8,6 +8,7 @@ import { registerBundle } from './commands/bundle.js';
 import { registerCompletion } from './commands/completion.js';
 import { registerConfig } from './commands/config.js';
 import { registerDemo } from './commands/demo.js';
+import { registerGroup } from './commands/group.js';
 import { registerImage } from './commands/image.js';
 import { registerMan } from './commands/man.js';
 import { registerSchedule } from './commands/schedule.js';
@@ -37,6 +38,7 @@ export function buildProgram(state: ParseState = { stderr: '', failed: null }): 
     .configureHelp(helpConfiguration)
     .showHelpAfterError(false);
   registerVm(program);
+  registerGroup(program);
   const snapshotCommand = registerSnapshot(program);
   registerBundle(snapshotCommand, program);
   registerSync(snapshotCommand);

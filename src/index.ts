@@ -9,6 +9,7 @@ export type { Config } from './api/config.js';
 export type { Demo } from './api/demo.js';
 export type { Dht } from './api/dht.js';
 export type { Events } from './api/events.js';
+export type { Groups } from './api/groups.js';
 export type { Images } from './api/images.js';
 export type { Schedule } from './api/schedule.js';
 export type { Snapshots } from './api/snapshots.js';

@@ -1,8 +1,17 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { formatBytes, POLICY_KEYS, type PolicyChanges, parseSize, type SnapshotTreeDetails, type SnapshotView, type TreeNode } from '../../src/index.js';
+import {
+  formatBytes,
+  type GroupSnapshotView,
+  POLICY_KEYS,
+  type PolicyChanges,
+  parseSize,
+  type SnapshotTreeDetails,
+  type SnapshotView,
+  type TreeNode,
+} from '../../src/index.js';
 import { confirm } from '../confirm.js';
 import type { Ctx } from '../context.js';
-import { note, printJson, printLine, table } from '../output.js';
+import { note, printJson, printLine, table, usage } from '../output.js';
 import { withStatus } from '../progress.js';
 import { action } from '../run.js';
 import { age, showTime } from '../time.js';
@@ -95,7 +104,38 @@ async function restoreCommand(ctx: Ctx, vm: string, o: RestoreFlags): Promise<vo
   if (libvirt && !o.start) printLine('the libvirt domain is off now: start it with `virsh start`, or restore with --start to have it started');
 }
 
+/** `snapshot restore --group`: every member back to the group snapshot, all or nothing. */
+async function restoreGroupCommand(ctx: Ctx, group: string, o: RestoreFlags): Promise<void> {
+  if (o.name === undefined) throw usage('--group needs --name (the group snapshot)', `see \`clonebox snapshot list --group ${group}\``);
+  if (o.at !== undefined || o.backup)
+    throw usage(`--${o.at !== undefined ? 'at' : 'backup'} is not available with --group`, 'name the group snapshot with --name');
+  const g = await ctx.cb.groups.showSnapshot(group, o.name);
+  await confirm(
+    `Restore ${g.members.map((m) => m.vm).join(', ')} to group snapshot ${g.name} of ${group}? Changes made since (not snapshotted) will be discarded; running libvirt members are powered off first`,
+    Boolean(o.yes),
+  );
+  const r = await ctx.cb.groups.restore(group, { name: o.name, start: Boolean(o.start) });
+  if (ctx.json) return printJson(r);
+  printLine(`restored ${r.members.map((m) => m.vm).join(', ')} to group snapshot ${r.restored} of ${group}`);
+}
+
 const VM_ARG = 'the VM (see `clonebox vm list`)';
+const VM_OR_GROUP_ARG = 'the VM (see `clonebox vm list`); left out with --group';
+const GROUP_OPT = 'a VM group instead of one VM (see `clonebox group list`)';
+
+/** The VM, or null with --group: exactly one of them. */
+function vmOrGroup(command: string, vm: string | undefined, group: string | undefined): string | null {
+  if (group !== undefined && vm !== undefined)
+    throw usage(`--group and a VM exclude each other (${vm})`, `\`clonebox snapshot ${command} --group ${group} ...\` acts on every member`);
+  if (group === undefined && vm === undefined) throw usage("missing required argument 'vm'", `see \`clonebox snapshot ${command} --help\``);
+  return group === undefined ? vm! : null;
+}
+
+function groupSnapshotLine(v: GroupSnapshotView): string {
+  const held =
+    v.pause_ms === null ? '' : `; ${v.consistency === 'frozen' ? 'frozen' : v.consistency === 'mixed' ? 'paused or frozen' : 'paused'} for ${v.pause_ms} ms`;
+  return `${v.members.map((m) => m.vm).join(', ')}${held}`;
+}
 
 export function registerTimeTravel(program: Command): void {
   program
@@ -116,8 +156,9 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('create')
-    .argument('<vm>', VM_ARG)
-    .description('snapshot every disk of a VM (becomes the current snapshot)')
+    .argument('[vm]', VM_OR_GROUP_ARG)
+    .description('snapshot every disk of a VM, or every member of a group at one point (becomes the current snapshot)')
+    .option('--group <group>', GROUP_OPT)
     .addOption(new Option('--name <name>', 'snapshot name').default(undefined, 'snap-YYYYMMDD-HHMMSS'))
     .option('--description <text>', 'free text')
     .option('--tags <a,b>', 'comma-separated tags')
@@ -125,33 +166,73 @@ export function registerSnapshot(program: Command): Command {
     .option('--quiesce', 'freeze guest filesystems through the guest agent')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean }) => {
-        const tags = o.tags
-          ? o.tags
-              .split(',')
-              .map((t) => t.trim())
-              .filter(Boolean)
-          : [];
-        const v = await ctx.cb.snapshots.create(vm, {
-          ...(o.name !== undefined ? { name: o.name } : {}),
-          description: o.description ?? null,
-          tags,
-          memory: Boolean(o.memory),
-          quiesce: Boolean(o.quiesce),
-        });
-        if (ctx.json) return printJson(v);
-        printLine(`created snapshot ${v.name} of ${vm} (${formatBytes(v.size_bytes)})`);
-      }),
+      action(
+        async (
+          ctx,
+          vmArg: string | undefined,
+          o: { group?: string; name?: string; description?: string; tags?: string; memory?: boolean; quiesce?: boolean },
+        ) => {
+          const vm = vmOrGroup('create', vmArg, o.group);
+          const tags = o.tags
+            ? o.tags
+                .split(',')
+                .map((t) => t.trim())
+                .filter(Boolean)
+            : [];
+          if (vm === null) {
+            const g = await ctx.cb.groups.createSnapshot(o.group!, {
+              ...(o.name !== undefined ? { name: o.name } : {}),
+              description: o.description ?? null,
+              tags,
+              memory: Boolean(o.memory),
+              quiesce: Boolean(o.quiesce),
+            });
+            if (ctx.json) return printJson(g);
+            return printLine(`created group snapshot ${g.name} of ${g.group}: ${groupSnapshotLine(g)}`);
+          }
+          const v = await ctx.cb.snapshots.create(vm, {
+            ...(o.name !== undefined ? { name: o.name } : {}),
+            description: o.description ?? null,
+            tags,
+            memory: Boolean(o.memory),
+            quiesce: Boolean(o.quiesce),
+          });
+          if (ctx.json) return printJson(v);
+          printLine(`created snapshot ${v.name} of ${vm} (${formatBytes(v.size_bytes)})`);
+        },
+      ),
     );
 
   snap
     .command('list')
-    .argument('<vm>', VM_ARG)
-    .description('list snapshots, newest first')
+    .argument('[vm]', VM_OR_GROUP_ARG)
+    .description("list a VM's snapshots, or a group's group snapshots, newest first")
+    .option('--group <group>', GROUP_OPT)
     .option('--tree', 'show the snapshot tree')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { tree?: boolean }) => {
+      action(async (ctx, vmArg: string | undefined, o: { group?: string; tree?: boolean }) => {
+        const vm = vmOrGroup('list', vmArg, o.group);
+        if (vm === null) {
+          if (o.tree) throw usage('--tree and --group exclude each other', `each member's tree: \`clonebox snapshot list VM --tree\``);
+          const list = await ctx.cb.groups.snapshots(o.group!);
+          if (ctx.json) return printJson(list);
+          if (list.length === 0) return printLine(`no group snapshots of ${o.group}`);
+          return printLine(
+            table(
+              ['NAME', 'TYPE', 'CREATED', 'AGE', 'MEMBERS', 'HELD', 'TAGS'],
+              list.map((v) => [
+                v.name,
+                v.type,
+                showTime(v.created_at),
+                age(v.created_at),
+                v.members.map((m) => m.vm).join(','),
+                v.pause_ms === null ? v.consistency : `${v.consistency} ${v.pause_ms} ms`,
+                v.tags.join(','),
+              ]),
+            ),
+          );
+        }
         if (o.tree) {
           if (ctx.json) return printJson(await ctx.cb.snapshots.tree(vm));
           const t = await ctx.cb.snapshots.treeDetails(vm);
@@ -163,7 +244,7 @@ export function registerSnapshot(program: Command): Command {
         if (list.length === 0) return printLine(`no snapshots of ${vm}`);
         printLine(
           table(
-            ['', 'NAME', 'TYPE', 'CREATED', 'AGE', 'SIZE', 'PARENT', 'TAGS'],
+            ['', 'NAME', 'TYPE', 'CREATED', 'AGE', 'SIZE', 'PARENT', 'TAGS', 'GROUP'],
             list.map((v) => [
               v.current ? '*' : '',
               v.name,
@@ -173,8 +254,9 @@ export function registerSnapshot(program: Command): Command {
               formatBytes(v.size_bytes),
               v.parent ?? '-',
               v.tags.join(','),
+              v.group ? v.group.name : '-',
             ]),
-            [false, false, false, false, false, true, false, false],
+            [false, false, false, false, false, true, false, false, false],
           ),
         );
       }),
@@ -182,12 +264,27 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('show')
-    .argument('<vm>', VM_ARG)
-    .description('show one snapshot')
+    .argument('[vm]', VM_OR_GROUP_ARG)
+    .description('show one snapshot, or one group snapshot')
+    .option('--group <group>', GROUP_OPT)
     .requiredOption('--name <snapshot>', 'the snapshot')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name: string }) => {
+      action(async (ctx, vmArg: string | undefined, o: { group?: string; name: string }) => {
+        const vm = vmOrGroup('show', vmArg, o.group);
+        if (vm === null) {
+          const g = await ctx.cb.groups.showSnapshot(o.group!, o.name);
+          if (ctx.json) return printJson(g);
+          printLine(`name: ${g.name}`);
+          printLine(`group: ${g.group}`);
+          printLine(`type: ${g.type}, state: ${g.state}`);
+          printLine(`created: ${showTime(g.created_at)} (${age(g.created_at)}; ${g.created_at})`);
+          printLine(`members: ${g.members.map((m) => `${m.vm}/${m.snapshot}`).join(', ')}`);
+          printLine(`held by: ${g.consistency}${g.pause_ms === null ? '' : ` for ${g.pause_ms} ms`}${g.quiesced ? ' (quiesced)' : ''}`);
+          printLine(`tags: ${g.tags.join(', ') || '(none)'}${g.auto_created ? ` (auto: ${g.auto_policy})` : ''}`);
+          if (g.description) printLine(`description: ${g.description}`);
+          return;
+        }
         const v = await ctx.cb.snapshots.show(vm, o.name);
         if (ctx.json) return printJson(v);
         printLine(`name: ${v.name}${v.current ? ' (current)' : ''}`);
@@ -198,6 +295,7 @@ export function registerSnapshot(program: Command): Command {
         printLine(`children: ${v.children.join(', ') || '(none)'}`);
         printLine(`size: ${formatBytes(v.size_bytes)}`);
         printLine(`tags: ${v.tags.join(', ') || '(none)'}${v.auto_created ? ` (auto: ${v.auto_policy})` : ''}`);
+        if (v.group) printLine(`group: ${v.group.name} (group snapshot ${v.group.snapshot})`);
         if (v.expires_at) printLine(`expires: ${showTime(v.expires_at)}`);
         if (v.description) printLine(`description: ${v.description}`);
         for (const d of v.disks) printLine(`layer ${d.target}: ${d.path}`);
@@ -206,8 +304,9 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('restore')
-    .argument('<vm>', VM_ARG)
-    .description('make the VM state equal to a snapshot (discards unsnapshotted changes)')
+    .argument('[vm]', VM_OR_GROUP_ARG)
+    .description('make the VM state (or every member of a group) equal to a snapshot (discards unsnapshotted changes)')
+    .option('--group <group>', `${GROUP_OPT}: every member back to group snapshot --name, all or nothing`)
     .option('--name <snapshot>', 'the snapshot to restore')
     .option('--at <time>', 'restore the newest snapshot created at or before TIME (as `snapshot list` shows it, ISO-8601, "2h ago"...)')
     .option('--start', 'start the VM afterwards (libvirt)')
@@ -215,7 +314,13 @@ export function registerSnapshot(program: Command): Command {
     .option('--no-auto-snapshot', 'skip the snapshot before_operations: [restore] asks for')
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
-    .action(action(async (ctx, vm: string, o: RestoreFlags) => restoreCommand(ctx, vm, o)));
+    .action(
+      action(async (ctx, vmArg: string | undefined, o: RestoreFlags & { group?: string }) => {
+        const vm = vmOrGroup('restore', vmArg, o.group);
+        if (vm !== null) return restoreCommand(ctx, vm, o);
+        return restoreGroupCommand(ctx, o.group!, o);
+      }),
+    );
 
   snap
     .command('promote')
@@ -250,8 +355,9 @@ export function registerSnapshot(program: Command): Command {
 
   snap
     .command('delete')
-    .argument('<vm>', VM_ARG)
-    .description('delete a snapshot, keeping every other state identical')
+    .argument('[vm]', VM_OR_GROUP_ARG)
+    .description('delete a snapshot (or a group snapshot with every member snapshot), keeping every other state identical')
+    .option('--group <group>', GROUP_OPT)
     .requiredOption('--name <snapshot>', 'the snapshot to delete')
     .option('--recursive', 'delete its whole subtree')
     .option('--keep-children', 'merge its data into its children')
@@ -259,18 +365,33 @@ export function registerSnapshot(program: Command): Command {
     .option('--yes', 'do not ask for confirmation')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean; autoSnapshot: boolean }) => {
-        if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
-        const r = await withStatus(`deleting ${o.name} of ${vm} (merging its data where needed)`, ctx.json, () =>
-          ctx.cb.snapshots.delete(vm, o.name, {
-            recursive: Boolean(o.recursive),
-            keepChildren: Boolean(o.keepChildren),
-            noAutoSnapshot: !o.autoSnapshot,
-          }),
-        );
-        if (ctx.json) return printJson(r);
-        printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
-      }),
+      action(
+        async (
+          ctx,
+          vmArg: string | undefined,
+          o: { group?: string; name: string; recursive?: boolean; keepChildren?: boolean; yes?: boolean; autoSnapshot: boolean },
+        ) => {
+          const vm = vmOrGroup('delete', vmArg, o.group);
+          if (vm === null) {
+            if (o.recursive) await confirm(`Delete group snapshot ${o.name} of ${o.group} and all snapshots below its members?`, Boolean(o.yes));
+            const r = await withStatus(`deleting group snapshot ${o.name} of ${o.group}`, ctx.json, () =>
+              ctx.cb.groups.deleteSnapshot(o.group!, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) }),
+            );
+            if (ctx.json) return printJson(r);
+            return printLine(`deleted group snapshot ${r.deleted} of ${r.group} (${r.members.map((m) => `${m.vm}: ${m.deleted.join(', ')}`).join('; ')})`);
+          }
+          if (o.recursive) await confirm(`Delete snapshot ${o.name} of ${vm} and all snapshots below it?`, Boolean(o.yes));
+          const r = await withStatus(`deleting ${o.name} of ${vm} (merging its data where needed)`, ctx.json, () =>
+            ctx.cb.snapshots.delete(vm, o.name, {
+              recursive: Boolean(o.recursive),
+              keepChildren: Boolean(o.keepChildren),
+              noAutoSnapshot: !o.autoSnapshot,
+            }),
+          );
+          if (ctx.json) return printJson(r);
+          printLine(`deleted ${r.deleted.join(', ')}${r.merged_into.length ? ` (merged into ${r.merged_into.join(', ')})` : ''}`);
+        },
+      ),
     );
 
   snap

@@ -9,6 +9,7 @@ import { Config } from './config.js';
 import { Demo } from './demo.js';
 import { Dht } from './dht.js';
 import { Events } from './events.js';
+import { Groups } from './groups.js';
 import { Images } from './images.js';
 import { Schedule } from './schedule.js';
 import { Session } from './session.js';
@@ -31,6 +32,7 @@ export class Clonebox {
   readonly config: Config;
   readonly schedule: Schedule;
   readonly events: Events;
+  readonly groups: Groups;
 
   private constructor(private readonly session: Session) {
     this.vms = new Vms(session);
@@ -45,6 +47,7 @@ export class Clonebox {
     this.config = new Config(session);
     this.schedule = new Schedule(session);
     this.events = new Events(session);
+    this.groups = new Groups(session);
   }
 
   /**

@@ -8,6 +8,7 @@
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { now as clockNow, nowIso } from '../clock.js';
+import type { PreparedSnapshot } from '../drivers/driver.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { pathExists, requireFreeSpace, writeJsonAtomic } from '../fsutil.js';
@@ -22,7 +23,7 @@ import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
-import { ancestry, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
+import { ancestry, autoSnapshotName, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
 import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
 import { beforePolicy, namedPoliciesOf, policyOf, retentionKey, snapshotsBefore } from './settings.js';
 import type { VmStats } from './stats.js';
@@ -55,16 +56,6 @@ export interface OpResult<T> {
 
 function recordPath(home: Home, vm: string, name: string): string {
   return path.join(snapshotsDir(home, vm), `${name}.json`);
-}
-
-function pad(n: number, w = 2): string {
-  return String(n).padStart(w, '0');
-}
-
-function autoName(existing: Set<string>, now: Date): string {
-  const base = `snap-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
-  if (!existing.has(base)) return base;
-  for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
 }
 
 export class SnapshotManager {
@@ -203,14 +194,62 @@ export class SnapshotManager {
 
   private async createLocked(vm: VmRecord, snaps: SnapshotRecord[], opts: CreateOptions): Promise<OpResult<SnapshotView>> {
     const names = new Set(snaps.map((s) => s.name));
-    const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoName(names, clockNow());
+    const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoSnapshotName(names);
     if (names.has(name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
     if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
     const tags = [...new Set(opts.tags ?? [])];
     if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
-    const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot create ${name}`, driverStepHandlers);
     try {
+      const plan = await this.planCreate(vm, name, tags, opts, j);
+      const { rec, newVm, prepared } = plan;
+      const done = await j.commit(plan.actions);
+      const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
+      await this.addMemorySize(ready);
+      const after = [...snaps, ready];
+      const warnings = [...prepared.warnings, ...done.warnings];
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
+      if (logged) warnings.push(logged);
+      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };
+    } catch (err) {
+      await j.rollback();
+      throw err;
+    }
+  }
+
+  /**
+   * A full snapshot's size includes its memory state, which exists only once the commit has run (it
+   * showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash here leaves
+   * the disk-only size, which is what the record said before. Updates `ready` in place.
+   */
+  async addMemorySize(ready: SnapshotRecord): Promise<void> {
+    if (!ready.memory_path) return;
+    const mem = await stat(ready.memory_path).then(
+      (st) => st.size,
+      () => 0,
+    );
+    if (mem > 0) {
+      ready.size_bytes += mem;
+      await writeJsonAtomic(recordPath(this.home, ready.vm_name, ready.name), ready);
+    }
+  }
+
+  /**
+   * Prepares snapshot `name` of `vm` in journal `j` (a VM's own, or a group's) and returns the actions
+   * that commit it: the record (creating), the driver's actions, the record (ready, with the driver's
+   * `quiesced` note), the VM record. The caller has checked the name. Group snapshots pass
+   * `opts.group` (the member tag) and `opts.driverActions` false to run the driver's actions themselves
+   * (between a pause and a resume of every member).
+   */
+  async planCreate(
+    vm: VmRecord,
+    name: string,
+    tags: string[],
+    opts: CreateOptions & { group?: { name: string; snapshot: string } },
+    j: Journal,
+  ): Promise<{ rec: SnapshotRecord; newVm: VmRecord; rp: string; prepared: PreparedSnapshot; actions: Action[]; head: Action[]; tail: Action[] }> {
+    const driver = await driverFor(vm);
+    {
       let size = 0;
       for (const d of vm.disks) size += await allocatedBytes(d.path);
       const prepared = await driver.prepareSnapshot(vm, name, { memory: Boolean(opts.memory), quiesce: Boolean(opts.quiesce) }, j);
@@ -231,6 +270,7 @@ export class SnapshotManager {
         content_id: null,
         memory_path: prepared.memoryPath,
         quiesced: false,
+        ...(opts.group ? { group: opts.group } : {}),
       };
       // The configuration this snapshot goes with, for `before_operations: [config-change]`.
       const fingerprint = driver.configFingerprint && snapshotsBefore(vm, 'config-change') ? await driver.configFingerprint(vm) : null;
@@ -243,35 +283,13 @@ export class SnapshotManager {
       const rp = recordPath(this.home, vm.name, name);
       // A new file: if the driver's step fails without acting, the journal can undo the whole create.
       await j.willCreate(rp);
-      const done = await j.commit([
-        { do: 'write_json', path: rp, value: rec },
-        ...prepared.actions,
+      const head: Action[] = [{ do: 'write_json', path: rp, value: rec }];
+      const tail: Action[] = [
         // `quiesced` is what the driver's step reports; the record says false unless it did.
         { do: 'write_json', path: rp, value: { ...rec, state: 'ready' }, notes: ['quiesced'] },
         { do: 'write_json', path: vmFile(this.home, vm.name), value: newVm },
-      ]);
-      const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
-      if (rec.memory_path) {
-        // A full snapshot's size includes its memory state, which exists only once the commit has run
-        // (it showed `0 B` for a VM that had written nothing yet, issue 17). Not journaled: a crash
-        // here leaves the disk-only size, which is what the record said before.
-        const mem = await stat(rec.memory_path).then(
-          (st) => st.size,
-          () => 0,
-        );
-        if (mem > 0) {
-          ready.size_bytes += mem;
-          await writeJsonAtomic(rp, ready);
-        }
-      }
-      const after = [...snaps, ready];
-      const warnings = [...prepared.warnings, ...done.warnings];
-      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
-      if (logged) warnings.push(logged);
-      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };
-    } catch (err) {
-      await j.rollback();
-      throw err;
+      ];
+      return { rec, newVm, rp, prepared, actions: [...head, ...prepared.actions, ...tail], head, tail };
     }
   }
 
@@ -378,21 +396,26 @@ export class SnapshotManager {
   }
 
   private async restoreLocked(vm: VmRecord, target: SnapshotRecord): Promise<void> {
-    const driver = await driverFor(vm);
     const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`, driverStepHandlers);
     try {
-      const prepared = await driver.prepareRestore(vm, target, j);
-      const rp = recordPath(this.home, vm.name, target.name);
-      await j.commit([
-        { do: 'write_json', path: rp, value: { ...target, state: 'reverting' } },
-        ...prepared.actions,
-        { do: 'write_json', path: vmFile(this.home, vm.name), value: { ...vm, current: target.name, disks: prepared.disks } },
-        { do: 'write_json', path: rp, value: { ...target, state: 'ready' } },
-      ]);
+      await j.commit(await this.planRestore(vm, target, j));
     } catch (err) {
       await j.rollback();
       throw err;
     }
+  }
+
+  /** Prepares the restore of `target` on `vm` in journal `j` (a VM's own, or a group's); returns the actions that commit it. */
+  async planRestore(vm: VmRecord, target: SnapshotRecord, j: Journal): Promise<Action[]> {
+    const driver = await driverFor(vm);
+    const prepared = await driver.prepareRestore(vm, target, j);
+    const rp = recordPath(this.home, vm.name, target.name);
+    return [
+      { do: 'write_json', path: rp, value: { ...target, state: 'reverting' } },
+      ...prepared.actions,
+      { do: 'write_json', path: vmFile(this.home, vm.name), value: { ...vm, current: target.name, disks: prepared.disks } },
+      { do: 'write_json', path: rp, value: { ...target, state: 'ready' } },
+    ];
   }
 
   // ---------------------------------------------------------------- promote and branch
@@ -528,12 +551,57 @@ export class SnapshotManager {
     recursive: boolean,
     spare?: string,
   ): Promise<{ deleted: string[]; merged_into: string[] }> {
+    await this.checkDelete(vm, snaps, s, recursive, spare);
+    const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`, driverStepHandlers);
+    try {
+      const plan = await this.planDelete(vm, snaps, s, recursive, j, spare);
+      await j.commit(plan.actions);
+      // Told after the commit (a reader sees only what happened); a log that cannot be written is not
+      // a failed delete, so its message is dropped here as it has no warning channel in prune.
+      await appendEvents(this.home, plan.events);
+      return { deleted: plan.deleted, merged_into: plan.merged_into };
+    } catch (err) {
+      await j.rollback();
+      throw err;
+    }
+  }
+
+  /**
+   * What must hold before `s` is deleted: no member snapshot of a group snapshot goes (other than those
+   * of `groupSnapshot`, which a group delete removes), no export reads what it changes, its merges fit.
+   */
+  async checkDelete(vm: VmRecord, snaps: SnapshotRecord[], s: SnapshotRecord, recursive: boolean, spare?: string, groupSnapshot?: string): Promise<void> {
     const whole = recursive ? subtree(snaps, s.name) : [s];
     const doomed = whole.filter((d) => d.name !== spare);
+    const grouped = doomed.find((d) => d.group && d.group.snapshot !== groupSnapshot);
+    if (grouped?.group) {
+      throw CloneboxError.SNAPSHOT_IN_GROUP(
+        `snapshot ${grouped.name} of VM ${vm.name} belongs to group snapshot ${grouped.group.snapshot} of group ${grouped.group.name}`,
+        { hint: `delete the group snapshot as a whole: \`clonebox snapshot delete --group ${grouped.group.name} --name ${grouped.group.snapshot}\`` },
+      );
+    }
     const doomedNames = new Set(doomed.map((d) => d.name));
     // Their layers are deleted, and (keep-children) the children's rewritten: not while an export reads them.
     const touched = [...doomedNames, ...(recursive ? [] : snaps.filter((r) => r.parent === s.name).map((r) => r.name))];
     await checkNotPinned(this.home, vm.name, touched, `deleting snapshot ${s.name}`);
+    await this.checkMergeSpace(vm, snaps, s, doomedNames, recursive);
+  }
+
+  /**
+   * Prepares the delete of `s` (see deleteLocked) in journal `j` (a VM's own, or a group's): returns
+   * the actions that commit it, and what it deletes and merges. The caller has checked pins and space.
+   */
+  async planDelete(
+    vm: VmRecord,
+    snaps: SnapshotRecord[],
+    s: SnapshotRecord,
+    recursive: boolean,
+    j: Journal,
+    spare?: string,
+  ): Promise<{ actions: Action[]; deleted: string[]; merged_into: string[]; events: { vm: string; snapshot: string; op: 'deleted' | 'changed' }[] }> {
+    const whole = recursive ? subtree(snaps, s.name) : [s];
+    const doomed = whole.filter((d) => d.name !== spare);
+    const doomedNames = new Set(doomed.map((d) => d.name));
     const parent = s.parent ? (snaps.find((r) => r.name === s.parent) ?? null) : null;
     const newBase = new Map<string, string | null>();
     for (const d of vm.disks) {
@@ -541,11 +609,9 @@ export class SnapshotManager {
       const own = s.disks.find((l) => l.target === d.target)?.path;
       newBase.set(d.target, pl ?? (own ? await backingOf(own) : null));
     }
-    await this.checkMergeSpace(vm, snaps, s, doomedNames, recursive);
     const driver = await driverFor(vm);
-    const j = await Journal.begin(this.home, vm.name, `snapshot delete ${s.name}`, driverStepHandlers);
     const mergedInto: string[] = [];
-    try {
+    {
       const actions: Action[] = [];
       for (const d of doomed) actions.push({ do: 'write_json', path: recordPath(this.home, vm.name, d.name), value: { ...d, state: 'deleting' } });
       let newVm: VmRecord = vm;
@@ -591,17 +657,15 @@ export class SnapshotManager {
         actions.push({ do: 'unlink', path: recordPath(this.home, vm.name, d.name) });
       }
       actions.push({ do: 'write_json', path: vmFile(this.home, vm.name), value: newVm });
-      await j.commit(actions);
-      // Told after the commit (a reader sees only what happened); a log that cannot be written is not
-      // a failed delete, so its message is dropped here as it has no warning channel in prune.
-      await appendEvents(this.home, [
-        ...doomed.map((d) => ({ vm: vm.name, snapshot: d.name, op: 'deleted' as const })),
-        ...mergedInto.filter((n) => n !== 'current').map((n) => ({ vm: vm.name, snapshot: n, op: 'changed' as const })),
-      ]);
-      return { deleted: doomed.map((d) => d.name), merged_into: mergedInto };
-    } catch (err) {
-      await j.rollback();
-      throw err;
+      return {
+        actions,
+        deleted: doomed.map((d) => d.name),
+        merged_into: mergedInto,
+        events: [
+          ...doomed.map((d) => ({ vm: vm.name, snapshot: d.name, op: 'deleted' as const })),
+          ...mergedInto.filter((n) => n !== 'current').map((n) => ({ vm: vm.name, snapshot: n, op: 'changed' as const })),
+        ],
+      };
     }
   }
 
@@ -652,7 +716,8 @@ export class SnapshotManager {
     const named = namedPoliciesOf(vm);
     const groups = new Map<string, SnapshotRecord[]>();
     for (const s of snaps) {
-      if (!s.auto_created || s.state !== 'ready') continue;
+      // A member snapshot of a group snapshot goes only with its group (the group's own policy prunes it).
+      if (!s.auto_created || s.state !== 'ready' || s.group) continue;
       const key = retentionKey(vm, s.auto_policy);
       groups.set(key, [...(groups.get(key) ?? []), s]);
     }

@@ -2,6 +2,7 @@
  * The snapshot tree as the contract shows it: records plus derived fields (children, current,
  * expires_at), ancestry and subtree queries. Pure functions over records; no I/O.
  */
+import { now as clockNow } from '../clock.js';
 import type { VmRecord } from '../store/registry.js';
 import type { SnapshotRecord } from '../store/snapshots.js';
 
@@ -32,6 +33,17 @@ export interface TreeNode {
   created_at: string;
   current: boolean;
   children: TreeNode[];
+}
+
+function pad(n: number, w = 2): string {
+  return String(n).padStart(w, '0');
+}
+
+/** The default name of a new snapshot, `snap-YYYYMMDD-HHMMSS` (local time), made unique among `existing`. */
+export function autoSnapshotName(existing: Set<string>, now: Date = clockNow()): string {
+  const base = `snap-${now.getFullYear()}${pad(now.getMonth() + 1)}${pad(now.getDate())}-${pad(now.getHours())}${pad(now.getMinutes())}${pad(now.getSeconds())}`;
+  if (!existing.has(base)) return base;
+  for (let i = 2; ; i++) if (!existing.has(`${base}-${i}`)) return `${base}-${i}`;
 }
 
 /** Newest first; equal times fall back to name so the order is stable. */

@@ -60,14 +60,179 @@ export type LibvirtStep =
   /** Running domain: pull the layers above `base` into `path` (disk `target`); base null = all. */
   | (Where & { op: 'block_pull'; target: string; path: string; base: string | null });
 
+type SnapshotStep = Extract<LibvirtStep, { op: 'snapshot' }>;
+
+/**
+ * The snapshots of a group's libvirt members, taken at one point (docs/groups.md): every member that
+ * ran when the group snapshot was prepared is held (`pause`: virsh suspend; `freeze`: the guest agent
+ * freezes its filesystems) from before the first snapshot to after the last.
+ */
+interface GroupSnapshotStep {
+  op: 'group_snapshot';
+  members: { snap: SnapshotStep; hold: 'pause' | 'freeze' | 'none' }[];
+}
+
 export interface LibvirtAction {
   do: 'driver';
   driver: 'libvirt';
-  step: LibvirtStep;
+  step: LibvirtStep | GroupSnapshotStep;
 }
 
-function action(step: LibvirtStep): Action {
+function action(step: LibvirtStep | GroupSnapshotStep): Action {
   return { do: 'driver', driver: 'libvirt', step };
+}
+
+/**
+ * One journal action taking the snapshots that the members' own `snapshot` actions (from
+ * prepareSnapshot) would take one by one, with every running member held meanwhile. `quiesce`: hold a
+ * member whose guest agent was found answering by freezing it, the others by pausing them. The step
+ * reports the notes `pause_ms`, `consistency` and `quiesced` (all held members frozen).
+ */
+export async function groupSnapshotAction(memberActions: Action[]): Promise<Action> {
+  const members: GroupSnapshotStep['members'] = [];
+  for (const a of memberActions) {
+    const step = a.do === 'driver' && a.driver === 'libvirt' ? (a.step as LibvirtStep) : null;
+    if (step?.op !== 'snapshot') throw new CloneboxError('INTERNAL', 'a group snapshot step is made of libvirt snapshot steps only');
+    const running = (await new Virsh({ uri: step.uri }).state(step.domain)) === 'running';
+    // The member's own step no longer quiesces: freezing is done here, for all members at once.
+    members.push({ snap: { ...step, quiesce: false }, hold: !running ? 'none' : step.quiesce ? 'freeze' : 'pause' });
+  }
+  return action({ op: 'group_snapshot', members });
+}
+
+/** See GroupSnapshotStep. Idempotent: members already switched are skipped; held members are always released. */
+async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | undefined> {
+  const virsh = (m: GroupSnapshotStep['members'][number]) => new Virsh({ uri: m.snap.uri });
+  const todo: GroupSnapshotStep['members'] = [];
+  const states = new Map<GroupSnapshotStep['members'][number], string>();
+  for (const m of s.members) {
+    const v = virsh(m);
+    const st = await v.state(m.snap.domain);
+    states.set(m, st);
+    const active = st !== 'shut off' && st !== 'crashed';
+    const now = await currentSources(
+      v,
+      m.snap.domain,
+      m.snap.disks.map((d) => d.target),
+      active,
+    );
+    if (
+      sameList(
+        now,
+        m.snap.disks.map((d) => d.to),
+      )
+    )
+      continue;
+    if (
+      !sameList(
+        now,
+        m.snap.disks.map((d) => d.from),
+      )
+    ) {
+      throw new CloneboxError(
+        'DOMAIN_CHANGED',
+        `the domain's disks changed while the group snapshot was being taken (${now.join(', ')}), domain ${m.snap.domain}`,
+      );
+    }
+    todo.push(m);
+  }
+  const warnings: string[] = [];
+  const held = new Map<GroupSnapshotStep['members'][number], 'pause' | 'freeze'>();
+  // A member held by an attempt that was killed is still paused (or frozen): it is released below too.
+  for (const m of s.members) if (m.hold === 'pause' && states.get(m) === 'paused') held.set(m, 'pause');
+  const t0 = performance.now();
+  let failure: unknown = null;
+  try {
+    await Promise.all(
+      s.members
+        .filter((m) => todo.length > 0 && m.hold !== 'none' && states.get(m) === 'running')
+        .map(async (m) => {
+          const v = virsh(m);
+          if (m.hold === 'freeze') {
+            try {
+              await v.fsFreeze(m.snap.domain);
+              held.set(m, 'freeze');
+              return;
+            } catch (err) {
+              await v.fsThaw(m.snap.domain).catch(() => undefined);
+              warnings.push(`the guest agent of domain ${m.snap.domain} could not freeze its filesystems (${(err as Error).message}); paused it instead`);
+            }
+          }
+          await v.suspend(m.snap.domain);
+          held.set(m, 'pause');
+        }),
+    );
+    const results = await Promise.allSettled(
+      todo.map(async (m) => {
+        const v = virsh(m);
+        const st = states.get(m)!;
+        const active = st !== 'shut off' && st !== 'crashed';
+        // A memory file left by an attempt that did not complete is partial: start again.
+        if (m.snap.memoryFile !== null) await unlink(m.snap.memoryFile).catch(() => undefined);
+        await v.createSnapshot(m.snap.domain, {
+          name: m.snap.name,
+          disks: m.snap.disks.map((d) => ({ target: d.target, file: d.to })),
+          quiesce: false,
+          ...(m.snap.memoryFile !== null && active ? { memoryFile: m.snap.memoryFile } : {}),
+        });
+      }),
+    );
+    const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (bad) failure = bad.reason;
+  } catch (err) {
+    failure ??= err;
+  } finally {
+    await Promise.all(
+      [...held].map(async ([m, how]) => {
+        const v = virsh(m);
+        try {
+          if (how === 'freeze') await v.fsThaw(m.snap.domain);
+          else await v.resume(m.snap.domain);
+        } catch (err) {
+          warnings.push(`domain ${m.snap.domain} could not be ${how === 'freeze' ? 'thawed' : 'resumed'} (${(err as Error).message}); do it with virsh`);
+        }
+      }),
+    );
+  }
+  const pauseMs = held.size > 0 ? Math.round(performance.now() - t0) : null;
+  if (failure !== null) {
+    // Nothing was switched (libvirt's --atomic per domain, and every member still on its old images):
+    // the whole group snapshot can be undone. Anything else is finished by the next command.
+    const definite = failure instanceof CloneboxError && failure.code !== 'LIBVIRT_TIMEOUT' && failure.code !== 'LIBVIRT_UNAVAILABLE';
+    if (definite && todo.length === s.members.length) {
+      let none = true;
+      for (const m of s.members) {
+        const v = virsh(m);
+        const after = await currentSources(
+          v,
+          m.snap.domain,
+          m.snap.disks.map((d) => d.target),
+          await v.isActive(m.snap.domain),
+        ).catch(() => null);
+        if (
+          after === null ||
+          !sameList(
+            after,
+            m.snap.disks.map((d) => d.from),
+          )
+        )
+          none = false;
+      }
+      if (none) throw notTaken(failure as Error);
+    }
+    throw failure;
+  }
+  for (const m of s.members) {
+    await syncXml(
+      virsh(m),
+      m.snap.domain,
+      m.snap.disks.map((d) => ({ target: d.target, path: d.to })),
+    );
+  }
+  if (todo.length === 0) return warnings.length ? { warnings } : undefined;
+  const hows = [...held.values()];
+  const consistency = hows.length === 0 ? 'locks' : hows.every((h) => h === 'freeze') ? 'frozen' : hows.every((h) => h === 'pause') ? 'paused' : 'mixed';
+  return { warnings, notes: { pause_ms: pauseMs, consistency, quiesced: hows.length > 0 && consistency === 'frozen' } };
 }
 
 /**
@@ -75,7 +240,8 @@ function action(step: LibvirtStep): Action {
  * drivers/registry.ts loads on demand (journal recovery in a new process may not have loaded this
  * module yet). The steps in a journal are the ones action() wrote.
  */
-export const libvirtStepHandler: StepHandler = (step) => performLibvirtStep(step as LibvirtStep);
+export const libvirtStepHandler: StepHandler = (step) =>
+  (step as GroupSnapshotStep).op === 'group_snapshot' ? performGroupSnapshot(step as GroupSnapshotStep) : performLibvirtStep(step as LibvirtStep);
 
 const sameList = (a: (string | null)[], b: (string | null)[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 

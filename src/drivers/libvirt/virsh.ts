@@ -334,6 +334,16 @@ export class Virsh {
     });
   }
 
+  /** Pauses the domain's vCPUs (`virsh suspend`): the guest stops where it is, its disks stay open. */
+  async suspend(domain: string): Promise<void> {
+    await this.run(['suspend', domain], { domain, what: 'cannot pause domain' });
+  }
+
+  /** Lets a paused domain run again (`virsh resume`). */
+  async resume(domain: string): Promise<void> {
+    await this.run(['resume', domain], { domain, what: 'cannot resume domain' });
+  }
+
   /** Stops the domain whatever it is doing; no-op when already off. */
   async ensureStopped(domain: string): Promise<boolean> {
     if (!(await this.isActive(domain))) return false;
@@ -606,6 +616,11 @@ export class Virsh {
     if (!ch) return 'none';
     if (!active) return 'disconnected';
     return ch.state === 'connected' ? 'connected' : 'disconnected';
+  }
+
+  /** Has the guest agent freeze the guest's filesystems (flushed, no more writes until fsThaw). */
+  async fsFreeze(domain: string): Promise<void> {
+    await this.run(['domfsfreeze', domain], { domain, what: 'cannot freeze guest filesystems' });
   }
 
   /**

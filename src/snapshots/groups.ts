@@ -1,0 +1,519 @@
+/**
+ * Group operations (docs/groups.md): the group records (create, add, remove, delete, list, show) and the
+ * group snapshot operations (create, list, show, restore, delete). Every changing operation:
+ *   1. takes the group's lock, then every member's VM lock in sorted order of their names,
+ *   2. finishes or rolls back an interrupted group operation, then each member's own,
+ *   3. prepares every member's change in ONE group journal and commits them together, with the group
+ *      snapshot record, so that a crash leaves every member before or after, never a mix.
+ * The member snapshots themselves are made, restored and deleted by the SnapshotManager's plan*
+ * functions, exactly as a single VM's are.
+ */
+import { nowIso } from '../clock.js';
+import { driverFor, driverStepHandlers } from '../drivers/registry.js';
+import { CloneboxError } from '../errors.js';
+import { pathExists } from '../fsutil.js';
+import { checkName, closestName } from '../names.js';
+import { appendEvents } from '../store/events.js';
+import {
+  checkGroupName,
+  type GroupConsistency,
+  type GroupRecord,
+  type GroupSnapshotRecord,
+  groupFile,
+  groupJournalPath,
+  groupSnapshotFile,
+  listGroupNames,
+  listGroupSnapshotRecords,
+  loadGroup,
+  lockGroup,
+  removeGroupDir,
+  saveGroup,
+} from '../store/groups.js';
+import type { Home } from '../store/home.js';
+import { type Action, Journal, recover, recoverGroup } from '../store/journal.js';
+import type { Lock } from '../store/lock.js';
+import { listVmNames, loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import type { CreateOptions, OpResult, SnapshotManager } from './manager.js';
+import { autoSnapshotName, newestFirst } from './model.js';
+
+export interface GroupView {
+  name: string;
+  description: string | null;
+  created_at: string;
+  members: string[];
+  missing: string[];
+  snapshot_count: number;
+  latest: string | null;
+}
+
+export interface GroupSnapshotView {
+  name: string;
+  group: string;
+  state: GroupSnapshotRecord['state'];
+  created_at: string;
+  description: string | null;
+  tags: string[];
+  type: 'disk' | 'full';
+  members: { vm: string; snapshot: string }[];
+  consistency: GroupConsistency;
+  pause_ms: number | null;
+  quiesced: boolean;
+  auto_created: boolean;
+  auto_policy: string | null;
+}
+
+/** What a locked group operation sees: the group, its members' records and snapshots (sorted by VM). */
+interface Locked {
+  group: GroupRecord;
+  vms: Map<string, VmRecord>;
+  snaps: Map<string, SnapshotRecord[]>;
+  groupSnaps: GroupSnapshotRecord[];
+}
+
+export class GroupManager {
+  constructor(
+    readonly home: Home,
+    private readonly m: SnapshotManager,
+  ) {}
+
+  // ---------------------------------------------------------------- the group records
+
+  async create(name: string, vms: string[], description: string | null = null): Promise<GroupView> {
+    checkGroupName(name);
+    const members = await this.checkMembers(vms);
+    const lock = await lockGroup(this.home, name, 'group create');
+    try {
+      if (await pathExists(groupFile(this.home, name)))
+        throw CloneboxError.GROUP_EXISTS(`group ${name} already exists`, { hint: 'use `clonebox group add` to add VMs to it' });
+      const rec: GroupRecord = { format: 1, name, created_at: nowIso(), description, members };
+      await saveGroup(this.home, rec);
+      return this.view(rec, []);
+    } finally {
+      await lock.release();
+    }
+  }
+
+  /** Adds VMs to the group (already members: no change). */
+  async add(name: string, vms: string[]): Promise<GroupView> {
+    const added = await this.checkMembers(vms);
+    return this.change(name, 'group add', (g) => ({ ...g, members: [...new Set([...g.members, ...added])].sort() }));
+  }
+
+  /** Removes VMs from the group; its group snapshots keep naming them (they restore what they took). */
+  async remove(name: string, vms: string[]): Promise<GroupView> {
+    if (vms.length === 0) throw CloneboxError.USAGE('name at least one VM to remove (--vm)');
+    return this.change(name, 'group remove', (g) => {
+      const gone = vms.filter((v) => !g.members.includes(v));
+      if (gone.length > 0) {
+        throw CloneboxError.VM_NOT_FOUND(`${gone.join(', ')} ${gone.length === 1 ? 'is' : 'are'} not in group ${name}`, {
+          hint: `its members are ${g.members.join(', ')}`,
+        });
+      }
+      const members = g.members.filter((v) => !vms.includes(v));
+      if (members.length === 0) {
+        throw CloneboxError.USAGE(`group ${name} would have no member left`, { hint: `delete the group instead: \`clonebox group delete ${name}\`` });
+      }
+      return { ...g, members };
+    });
+  }
+
+  /** Deletes the group record; refused while it has group snapshots (their members would lose their group). */
+  async delete(name: string): Promise<{ name: string }> {
+    await loadGroup(this.home, name);
+    const lock = await lockGroup(this.home, name, 'group delete');
+    try {
+      await this.recoverGroupLocked(name);
+      const snaps = await listGroupSnapshotRecords(this.home, name);
+      if (snaps.length > 0) {
+        throw CloneboxError.GROUP_HAS_SNAPSHOTS(`group ${name} has ${snaps.length} group snapshot(s): ${snaps.map((s) => s.name).join(', ')}`, {
+          hint: `delete them first: \`clonebox snapshot delete --group ${name} --name SNAPSHOT\``,
+        });
+      }
+      await removeGroupDir(this.home, name);
+      return { name };
+    } finally {
+      await lock.release();
+    }
+  }
+
+  async list(): Promise<GroupView[]> {
+    const out: GroupView[] = [];
+    for (const n of await listGroupNames(this.home)) out.push(await this.show(n));
+    return out;
+  }
+
+  async show(name: string): Promise<GroupView> {
+    const g = await loadGroup(this.home, name);
+    const snaps = await this.readGroupSnapshots(name);
+    return this.view(g, snaps);
+  }
+
+  private async view(g: GroupRecord, snaps: GroupSnapshotRecord[]): Promise<GroupView> {
+    const missing: string[] = [];
+    for (const v of g.members) if (!(await vmExists(this.home, v))) missing.push(v);
+    const newest = [...snaps].sort(newestFirst)[0];
+    return {
+      name: g.name,
+      description: g.description ?? null,
+      created_at: g.created_at,
+      members: [...g.members],
+      missing,
+      snapshot_count: snaps.length,
+      latest: newest?.name ?? null,
+    };
+  }
+
+  /** Sorted, distinct, registered VM names; at least one. */
+  private async checkMembers(vms: string[]): Promise<string[]> {
+    if (vms.length === 0) throw CloneboxError.USAGE('a group needs at least one VM (--vm)');
+    const known = await listVmNames(this.home);
+    for (const v of vms) {
+      checkName('VM', v);
+      if (!known.includes(v)) {
+        const near = closestName(v, known);
+        throw CloneboxError.VM_NOT_FOUND(`no such VM, ${v}`, { hint: near ? `did you mean ${near}?` : `see \`clonebox vm list --home ${this.home.root}\`` });
+      }
+    }
+    return [...new Set(vms)].sort();
+  }
+
+  private async change(name: string, command: string, fn: (g: GroupRecord) => GroupRecord): Promise<GroupView> {
+    await loadGroup(this.home, name);
+    const lock = await lockGroup(this.home, name, command);
+    try {
+      const next = fn(await loadGroup(this.home, name));
+      await saveGroup(this.home, next);
+      return this.view(next, await listGroupSnapshotRecords(this.home, name));
+    } finally {
+      await lock.release();
+    }
+  }
+
+  // ---------------------------------------------------------------- locking and recovery
+
+  /**
+   * Runs `fn` with the group's lock and the lock of every VM the group names (its members, the members
+   * of its group snapshots and of an interrupted operation), taken in that order, sorted by VM name;
+   * any interrupted group operation, then each VM's own, recovered first.
+   */
+  async withGroup<T>(name: string, command: string, fn: (l: Locked) => Promise<T>): Promise<T> {
+    await loadGroup(this.home, name);
+    const glock = await lockGroup(this.home, name, command);
+    const held: Lock[] = [];
+    try {
+      const group = await loadGroup(this.home, name);
+      const names = new Set(group.members);
+      for (const s of await listGroupSnapshotRecords(this.home, name)) for (const mb of s.members) names.add(mb.vm);
+      for (const v of await this.journalMembers(name)) names.add(v);
+      const existing: string[] = [];
+      for (const v of [...names].sort()) if (await vmExists(this.home, v)) existing.push(v);
+      for (const v of existing) held.push(await lockVm(this.home, v, command));
+      await recoverGroup(this.home, name, driverStepHandlers);
+      for (const v of existing) await recover(this.home, v, driverStepHandlers);
+      const vms = new Map<string, VmRecord>();
+      const snaps = new Map<string, SnapshotRecord[]>();
+      for (const v of existing) {
+        vms.set(v, await loadVm(this.home, v));
+        snaps.set(v, await listSnapshotRecords(this.home, v));
+      }
+      return await fn({ group: await loadGroup(this.home, name), vms, snaps, groupSnaps: await listGroupSnapshotRecords(this.home, name) });
+    } finally {
+      for (const l of held.reverse()) await l.release();
+      await glock.release();
+    }
+  }
+
+  /** The members named by an interrupted group operation's journal, if any. */
+  private async journalMembers(name: string): Promise<string[]> {
+    try {
+      const { readFile } = await import('node:fs/promises');
+      const doc = JSON.parse(await readFile(groupJournalPath(this.home, name), 'utf8')) as { members?: unknown };
+      return Array.isArray(doc.members) ? doc.members.filter((m): m is string => typeof m === 'string') : [];
+    } catch {
+      return [];
+    }
+  }
+
+  private async recoverGroupLocked(name: string): Promise<void> {
+    if (await pathExists(groupJournalPath(this.home, name))) {
+      // Only reached with the group lock held and no member lock: recover under the full set of locks.
+      throw CloneboxError.VM_BUSY(`group ${name} has an interrupted operation`, {
+        hint: `run \`clonebox snapshot list --group ${name}\` to finish it, then try again`,
+      });
+    }
+  }
+
+  /** The group snapshot records, after recovering an interrupted operation (which needs every lock). */
+  private async readGroupSnapshots(name: string): Promise<GroupSnapshotRecord[]> {
+    if (await pathExists(groupJournalPath(this.home, name))) return this.withGroup(name, 'snapshot list --group', async (l) => l.groupSnaps);
+    return listGroupSnapshotRecords(this.home, name);
+  }
+
+  // ---------------------------------------------------------------- group snapshots
+
+  views(snaps: GroupSnapshotRecord[], memberSnaps?: Map<string, SnapshotRecord[]>): GroupSnapshotView[] {
+    return [...snaps].sort(newestFirst).map((s) => ({
+      name: s.name,
+      group: s.group,
+      state: s.state,
+      created_at: s.created_at,
+      description: s.description,
+      tags: [...s.tags],
+      type: s.type,
+      members: s.members.map((mb) => ({ vm: mb.vm, snapshot: mb.snapshot })),
+      consistency: s.consistency,
+      pause_ms: s.pause_ms,
+      quiesced:
+        memberSnaps !== undefined &&
+        s.members.length > 0 &&
+        s.members.every((mb) => memberSnaps.get(mb.vm)?.find((r) => r.name === mb.snapshot)?.quiesced === true),
+      auto_created: s.auto_created,
+      auto_policy: s.auto_policy,
+    }));
+  }
+
+  async listSnapshots(name: string): Promise<GroupSnapshotView[]> {
+    await loadGroup(this.home, name);
+    const snaps = await this.readGroupSnapshots(name);
+    return this.views(snaps, await this.memberRecords(snaps));
+  }
+
+  async showSnapshot(name: string, snapshot: string): Promise<GroupSnapshotView> {
+    const all = await this.listSnapshots(name);
+    const s = all.find((v) => v.name === snapshot);
+    if (!s)
+      throw this.notFound(
+        name,
+        snapshot,
+        all.map((v) => v.name),
+      );
+    return s;
+  }
+
+  private async memberRecords(snaps: GroupSnapshotRecord[]): Promise<Map<string, SnapshotRecord[]>> {
+    const out = new Map<string, SnapshotRecord[]>();
+    for (const v of new Set(snaps.flatMap((s) => s.members.map((mb) => mb.vm)))) {
+      if (await vmExists(this.home, v)) out.set(v, await listSnapshotRecords(this.home, v));
+    }
+    return out;
+  }
+
+  private notFound(group: string, snapshot: string, names: string[]): CloneboxError {
+    const near = closestName(snapshot, names);
+    return CloneboxError.SNAPSHOT_NOT_FOUND(`no such group snapshot ${snapshot}, group ${group}`, {
+      hint: near ? `did you mean ${near}?` : `see \`clonebox snapshot list --group ${group}\``,
+    });
+  }
+
+  /**
+   * Snapshots every member at one point (see docs/groups.md for how libvirt members are held); the
+   * member snapshots carry the group snapshot's name and become each VM's current snapshot.
+   */
+  async createSnapshot(name: string, opts: CreateOptions = {}): Promise<OpResult<GroupSnapshotView>> {
+    return this.withGroup(name, 'snapshot create --group', async (l) => {
+      const missing = l.group.members.filter((v) => !l.vms.has(v));
+      if (missing.length > 0) {
+        throw CloneboxError.VM_NOT_FOUND(`group ${name} names VMs that are not registered: ${missing.join(', ')}`, {
+          hint: `remove them from the group (\`clonebox group remove ${name} --vm ${missing[0]}\`) or register them again`,
+        });
+      }
+      const taken = new Set<string>(l.groupSnaps.map((s) => s.name));
+      for (const v of l.group.members) for (const r of l.snaps.get(v)!) taken.add(r.name);
+      const snap = opts.name !== undefined ? checkName('snapshot', opts.name) : autoSnapshotName(taken);
+      if (snap === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
+      if (l.groupSnaps.some((s) => s.name === snap)) throw CloneboxError.SNAPSHOT_EXISTS(`group snapshot ${snap} already exists, group ${name}`);
+      const clash = l.group.members.find((v) => l.snaps.get(v)!.some((r) => r.name === snap));
+      if (clash) {
+        throw CloneboxError.SNAPSHOT_EXISTS(`snapshot ${snap} already exists, VM ${clash} (every member snapshot takes the group snapshot's name)`, {
+          hint: 'choose another name with --name',
+        });
+      }
+      const tags = [...new Set(opts.tags ?? [])];
+      if (opts.autoPolicy && !tags.includes('auto')) tags.unshift('auto');
+      const members = l.group.members;
+      const j = await Journal.beginGroup(this.home, name, members, `snapshot create --group ${name} ${snap}`, driverStepHandlers);
+      try {
+        const plans = [];
+        for (const v of members) {
+          plans.push(await this.m.planCreate(l.vms.get(v)!, snap, tags, { ...opts, group: { name, snapshot: snap } }, j));
+        }
+        const libvirt = plans.filter((p) => p.newVm.driver === 'libvirt');
+        const rec: GroupSnapshotRecord = {
+          format: 1,
+          name: snap,
+          group: name,
+          state: 'creating',
+          created_at: nowIso(),
+          description: opts.description ?? null,
+          tags,
+          type: plans.every((p) => p.prepared.type === 'full') ? 'full' : 'disk',
+          members: members.map((v) => ({ vm: v, snapshot: snap })),
+          consistency: 'locks',
+          pause_ms: null,
+          auto_created: Boolean(opts.autoPolicy),
+          auto_policy: opts.autoPolicy ?? null,
+        };
+        const gp = groupSnapshotFile(this.home, name, snap);
+        await j.willCreate(gp);
+        const driverActions: Action[] = plans.filter((p) => p.newVm.driver !== 'libvirt').flatMap((p) => p.prepared.actions);
+        if (libvirt.length > 0) {
+          const { groupSnapshotAction } = await import('../drivers/libvirt/driver.js');
+          driverActions.push(await groupSnapshotAction(libvirt.flatMap((p) => p.prepared.actions)));
+        }
+        const done = await j.commit([
+          { do: 'write_json', path: gp, value: rec },
+          ...plans.flatMap((p) => p.head),
+          ...driverActions,
+          ...plans.flatMap((p) => p.tail),
+          { do: 'write_json', path: gp, value: { ...rec, state: 'ready' }, notes: ['pause_ms', 'consistency'] },
+        ]);
+        const ready: GroupSnapshotRecord = {
+          ...rec,
+          state: 'ready',
+          pause_ms: typeof done.notes.pause_ms === 'number' ? done.notes.pause_ms : null,
+          consistency: (done.notes.consistency as GroupConsistency | undefined) ?? 'locks',
+        };
+        const memberRecs = new Map<string, SnapshotRecord[]>();
+        for (const p of plans) {
+          const r: SnapshotRecord = { ...p.rec, state: 'ready', quiesced: done.notes.quiesced === true };
+          await this.m.addMemorySize(r);
+          memberRecs.set(p.rec.vm_name, [r]);
+        }
+        const warnings = [...plans.flatMap((p) => p.prepared.warnings), ...done.warnings];
+        const logged = await appendEvents(
+          this.home,
+          members.map((v) => ({ vm: v, snapshot: snap, op: 'created' as const })),
+        );
+        if (logged) warnings.push(logged);
+        return { value: this.views([ready], memberRecs)[0]!, warnings };
+      } catch (err) {
+        await j.rollback();
+        throw err;
+      }
+    });
+  }
+
+  /** Every member of group snapshot `snapshot` back to it, in one journal. */
+  async restore(
+    name: string,
+    snapshot: string,
+    opts: { start?: boolean } = {},
+  ): Promise<OpResult<{ restored: string; members: { vm: string; snapshot: string }[] }>> {
+    return this.withGroup(name, 'snapshot restore --group', async (l) => {
+      const gs = this.findGroupSnapshot(l, name, snapshot);
+      const targets = this.memberTargets(l, gs);
+      const j = await Journal.beginGroup(
+        this.home,
+        name,
+        gs.members.map((mb) => mb.vm),
+        `snapshot restore --group ${name} ${snapshot}`,
+        driverStepHandlers,
+      );
+      const gp = groupSnapshotFile(this.home, name, gs.name);
+      try {
+        const actions: Action[] = [{ do: 'write_json', path: gp, value: { ...gs, state: 'reverting' } }];
+        for (const t of targets) actions.push(...(await this.m.planRestore(t.vm, t.snap, j)));
+        actions.push({ do: 'write_json', path: gp, value: { ...gs, state: 'ready' } });
+        await j.commit(actions);
+      } catch (err) {
+        await j.rollback();
+        throw err;
+      }
+      const warnings: string[] = [];
+      const logged = await appendEvents(
+        this.home,
+        targets.map((t) => ({ vm: t.vm.name, snapshot: t.snap.name, op: 'restored' as const })),
+      );
+      if (logged) warnings.push(logged);
+      if (opts.start) {
+        for (const t of targets) {
+          const driver = await driverFor(t.vm);
+          if (driver.start) await driver.start(await loadVm(this.home, t.vm.name));
+          else warnings.push(`--start ignored: the ${t.vm.driver} driver has no running state, ${t.vm.name}`);
+        }
+      }
+      return { value: { restored: gs.name, members: gs.members.map((mb) => ({ vm: mb.vm, snapshot: mb.snapshot })) }, warnings };
+    });
+  }
+
+  /** Deletes group snapshot `snapshot` and every member snapshot of it, in one journal. */
+  async deleteSnapshot(
+    name: string,
+    snapshot: string,
+    opts: { recursive?: boolean; keepChildren?: boolean } = {},
+  ): Promise<OpResult<{ deleted: string; members: { vm: string; deleted: string[]; merged_into: string[] }[] }>> {
+    if (opts.recursive && opts.keepChildren) throw CloneboxError.USAGE('--recursive and --keep-children exclude each other');
+    return this.withGroup(name, 'snapshot delete --group', async (l) => {
+      const gs = this.findGroupSnapshot(l, name, snapshot);
+      const targets = this.memberTargets(l, gs);
+      const recursive = Boolean(opts.recursive);
+      for (const t of targets) {
+        const snaps = l.snaps.get(t.vm.name)!;
+        const children = snaps.filter((r) => r.parent === t.snap.name);
+        if (children.length > 0 && !recursive && !opts.keepChildren) {
+          throw CloneboxError.SNAPSHOT_HAS_CHILDREN(`snapshot ${t.snap.name} has children: ${children.map((c) => c.name).join(', ')}, VM ${t.vm.name}`, {
+            hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
+          });
+        }
+        await this.m.checkDelete(t.vm, snaps, t.snap, recursive, undefined, gs.name);
+      }
+      const j = await Journal.beginGroup(
+        this.home,
+        name,
+        gs.members.map((mb) => mb.vm),
+        `snapshot delete --group ${name} ${snapshot}`,
+        driverStepHandlers,
+      );
+      const gp = groupSnapshotFile(this.home, name, gs.name);
+      const result: { vm: string; deleted: string[]; merged_into: string[] }[] = [];
+      const events: { vm: string; snapshot: string; op: 'deleted' | 'changed' }[] = [];
+      try {
+        const actions: Action[] = [{ do: 'write_json', path: gp, value: { ...gs, state: 'deleting' } }];
+        for (const t of targets) {
+          const plan = await this.m.planDelete(t.vm, l.snaps.get(t.vm.name)!, t.snap, recursive, j);
+          actions.push(...plan.actions);
+          result.push({ vm: t.vm.name, deleted: plan.deleted, merged_into: plan.merged_into });
+          events.push(...plan.events);
+        }
+        actions.push({ do: 'unlink', path: gp });
+        await j.commit(actions);
+      } catch (err) {
+        await j.rollback();
+        throw err;
+      }
+      await appendEvents(this.home, events);
+      return { value: { deleted: gs.name, members: result }, warnings: [] };
+    });
+  }
+
+  private findGroupSnapshot(l: Locked, name: string, snapshot: string): GroupSnapshotRecord {
+    const gs = l.groupSnaps.find((s) => s.name === snapshot);
+    if (!gs)
+      throw this.notFound(
+        name,
+        snapshot,
+        l.groupSnaps.map((s) => s.name),
+      );
+    return gs;
+  }
+
+  /** Each member's VM and member snapshot; a member that is gone makes the whole operation refuse. */
+  private memberTargets(l: Locked, gs: GroupSnapshotRecord): { vm: VmRecord; snap: SnapshotRecord }[] {
+    return gs.members.map((mb) => {
+      const vm = l.vms.get(mb.vm);
+      if (!vm) {
+        throw CloneboxError.VM_NOT_FOUND(`VM ${mb.vm} of group snapshot ${gs.name} is not registered, group ${gs.group}`, {
+          hint: 'register it again under that name; nothing was changed',
+        });
+      }
+      const snap = l.snaps.get(mb.vm)!.find((r) => r.name === mb.snapshot);
+      if (!snap) {
+        throw CloneboxError.SNAPSHOT_NOT_FOUND(`VM ${mb.vm} has no snapshot ${mb.snapshot} of group snapshot ${gs.name}, group ${gs.group}`, {
+          hint: 'the group snapshot is incomplete; nothing was changed',
+        });
+      }
+      return { vm, snap };
+    });
+  }
+}
