@@ -105,6 +105,16 @@ const META: Meta = decodeMeta(encodeJson(WIRE), 'f');
  * A version 2 (group) meta on the wire: two members, VM db with snapshots a, b and VM app with a, and
  * the group snapshots that name them.
  */
+const GS = {
+  created_at: '2026-11-22T00:00:00.000Z',
+  description: null,
+  tags: ['t'],
+  type: 'disk',
+  consistency: 'locks',
+  pause_ms: null,
+  auto_created: false,
+  auto_policy: null,
+};
 const WIRE2: WireMeta = {
   format: 'clonebox-bundle',
   version: 2,
@@ -114,10 +124,11 @@ const WIRE2: WireMeta = {
   compression: { codec: 'zstd', level: 3 },
   group: {
     name: 'stack',
+    description: null,
     members: ['db', 'app'],
     snapshots: [
-      { name: 'g1', created_at: '2026-11-22T00:00:00.000Z', description: null, members: { db: 'a', app: 'a' } },
-      { name: 'g2', created_at: '2026-11-22T00:00:01.000Z', description: 'x', members: { db: 'b', app: 'a' } },
+      { ...GS, name: 'g1', members: { db: 'a', app: 'a' } },
+      { ...GS, name: 'g2', created_at: '2026-11-22T00:00:01.000Z', description: 'x', consistency: 'paused', pause_ms: 412, members: { db: 'b', app: 'a' } },
     ],
   },
   chains: [
@@ -313,6 +324,14 @@ describe('meta and seal', () => {
       ['more group snapshots than snapshots', /group\.snapshots has/, (m) => void m.group.snapshots.push(m.group.snapshots[0]!, m.group.snapshots[0]!)],
       ['path-like group name', /not a valid name/, (m) => void (m.group.name = '../g')],
       ['parent across chains', /parent/, (m) => void (m.snapshots[2]!.parent = 'b')],
+      [
+        'unknown consistency',
+        /consistency/,
+        (m) =>
+          void ((m.group.snapshots[0]!.members = { ...m.group.snapshots[0]!.members }),
+          ((m.group.snapshots[0] as unknown as Record<string, unknown>).consistency = 'hope')),
+      ],
+      ['negative pause', /pause_ms/, (m) => void ((m.group.snapshots[1] as unknown as Record<string, unknown>).pause_ms = -1)],
       ['no group', /group is not an object/, (m) => void delete (m as Partial<typeof m>).group],
     ];
     for (const [what, re, f] of bad2) {

@@ -173,7 +173,21 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
  * so blocks the VMs share (clones of one base) are stored once. `group` non-null makes it a version 2
  * (group) bundle; a single chain without a group is a version 1 bundle, as older readers expect.
  */
-export async function exportChains(home: Home, targets: ChainTarget[], group: MetaGroup | null, opts: ExportOptions): Promise<ExportResult> {
+/** What a caller does at two points of exportChains (a group export: group.ts). */
+export interface ExportHooks {
+  /** The resolved chains (VM → snapshot names, oldest first), still under the VM locks: throw to refuse. */
+  check?(chains: Map<string, string[]>): void;
+  /** Every chain is pinned and the VM locks are released. */
+  pinned?(): Promise<void>;
+}
+
+export async function exportChains(
+  home: Home,
+  targets: ChainTarget[],
+  group: MetaGroup | null,
+  opts: ExportOptions,
+  hooks: ExportHooks = {},
+): Promise<ExportResult> {
   for (const t of targets) checkName('VM', t.vm);
   const level = opts.level ?? 3;
   if (!Number.isInteger(level) || level < 1 || level > 19) throw usageError(`--level must be a whole number from 1 to 19, got ${level}`);
@@ -212,6 +226,7 @@ export async function exportChains(home: Home, targets: ChainTarget[], group: Me
       await recover(home, t.vm, driverStepHandlers);
       plans.push(await planChain(home, t));
     }
+    hooks.check?.(new Map(plans.map((p) => [p.vm, p.chain.map((s) => s.name)])));
     for (const p of plans) {
       pins.push(
         await pinSnapshots(
@@ -223,6 +238,7 @@ export async function exportChains(home: Home, targets: ChainTarget[], group: Me
       );
     }
     await releaseLocks();
+    await hooks.pinned?.();
 
     // One list of snapshots and layers, chain after chain.
     const chains: MetaChain[] = [];
@@ -430,7 +446,8 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     const disks = [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1));
     const tg = disks.map((d) => d.target).join(',');
     if (targets === null) targets = tg;
-    else if (targets !== tg) throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${tg}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
+    else if (targets !== tg)
+      throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${tg}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
     for (const d of disks) {
       const img = await Qcow2Image.open(d.path);
       try {

@@ -169,6 +169,13 @@ export interface MetaGroupSnapshot {
   name: string;
   created_at: string;
   description: string | null;
+  tags: string[];
+  type: 'disk' | 'full';
+  /** How the members were held at one point (store/groups.ts, GroupConsistency). */
+  consistency: 'locks' | 'paused' | 'frozen' | 'mixed';
+  pause_ms: number | null;
+  auto_created: boolean;
+  auto_policy: string | null;
   /** Member VM name → that VM's snapshot (which the bundle holds). */
   members: Record<string, string>;
 }
@@ -176,6 +183,7 @@ export interface MetaGroupSnapshot {
 /** The group of a version 2 bundle. */
 export interface MetaGroup {
   name: string;
+  description: string | null;
   /** The members, as the group record lists them (each has a chain in the bundle). */
   members: string[];
   /** Oldest first; only those whose every member snapshot is in the bundle. */

@@ -31,15 +31,7 @@ import { checkName } from '../names.js';
 import { checkVirtualSize, DEFAULT_MAX_VIRTUAL_SIZE, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureContentIds, trustedContentId } from '../snapshots/identity.js';
-import {
-  currentIsClean,
-  type Landing,
-  LayerAssembler,
-  landingTemp,
-  landOverlays,
-  type OverlayPlan,
-  refuseExisting,
-} from '../snapshots/landing.js';
+import { currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan, refuseExisting } from '../snapshots/landing.js';
 import { type Home, vmDir } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
@@ -296,6 +288,8 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
 
 /** What a group import registers besides the members (the group's own records); see importGroupBundle. */
 export interface GroupLanding {
+  /** The name the group is registered under (its member snapshots are tagged with it). */
+  name: string;
   /** Checked under the members' locks, before anything is written (the group must not exist...). */
   check(meta: Meta): Promise<void>;
   /**
@@ -316,7 +310,7 @@ export interface GroupImportResult {
  * Imports a group bundle: every member VM under its own name (all new), and the group, or nothing.
  * `landing` writes the group's records (store/groups knows their shape).
  */
-export async function importGroupChains(home: Home, group: string, opts: ImportOptions, landing: GroupLanding): Promise<GroupImportResult> {
+export async function importGroupChains(opts: ImportOptions, home: Home, landing: GroupLanding): Promise<GroupImportResult> {
   const r = await withReader(opts, async (reader, pool, size, t0, label) => {
     const meta = reader.meta;
     if (meta.group === null) {
@@ -340,7 +334,7 @@ export async function importGroupChains(home: Home, group: string, opts: ImportO
       label,
     );
   });
-  return { group, members: r.members, bytes_written: r.members.reduce((a, m) => a + m.bytes_written, 0), seconds: (Date.now() - r.t0) / 1000 };
+  return { group: landing.name, members: r.members, bytes_written: r.members.reduce((a, m) => a + m.bytes_written, 0), seconds: (Date.now() - r.t0) / 1000 };
 }
 
 /** Opens the bundle (and the worker pool) and hands them to `fn`; aborts and cleans up around it. */
@@ -386,12 +380,13 @@ interface MemberTarget {
 
 /**
  * Lands the chains of `members` (one for a single-VM import, one per member for a group), all or
- * nothing. Several VMs are locked in name order. One journal holds the whole operation: the first VM's
- * by name (the anchor). Its commit renames every layer into place, writes every member's snapshot
- * records, the group's records, the other members' VM records, and the anchor's VM record last: until
- * that last write the anchor has a journal and no vm.json, which the home sweep (store/sweep.ts) that
- * every command runs first rolls forward (commit phase) or back (prepare phase) — so after a crash,
- * the next command leaves every member either imported or absent.
+ * nothing. Several VMs are locked in name order (the caller holds the group's lock, taken first). One
+ * journal holds the whole operation: the VM's own, or for a group the group journal, with a redirect in
+ * each member's directory (store/journal.ts). Its commit renames every layer into place, writes every
+ * member's snapshot records, the group's records, and the VM records last. Until the commit ends the
+ * members hold a journal (the redirect) and, for the last ones, no vm.json: the home sweep
+ * (store/sweep.ts) that every command runs first, or any command on a member, rolls the whole import
+ * forward (commit phase) or back (prepare phase), so the next command sees every member imported or none.
  */
 async function importChains(
   home: Home,
@@ -413,8 +408,9 @@ async function importChains(
   const madeDirs: string[] = [];
   try {
     for (const m of order) locks.push(await lockVm(home, m.vm, 'snapshot import'));
-    for (const m of order) await recover(home, m.vm, driverStepHandlers);
+    // The group first: an interrupted import of it left redirects in the members' directories.
     if (group) await group.check(meta);
+    for (const m of order) await recover(home, m.vm, driverStepHandlers);
     const plans: Plan[] = [];
     for (const m of members) {
       const dir = opts.dir === undefined ? undefined : members.length > 1 || group ? path.join(opts.dir, m.vm) : opts.dir;
@@ -423,8 +419,21 @@ async function importChains(
       plans.push(plan);
     }
     const anchor = order[0]!.vm;
-    const what = group ? `snapshot import --group ${meta.group!.name} ${members.map((m) => m.vm).join(',')}` : `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`;
-    const j = await Journal.begin(home, anchor, what, driverStepHandlers);
+    const j = group
+      ? await Journal.beginGroup(
+          home,
+          group.name,
+          order.map((m) => m.vm),
+          `snapshot import --group ${group.name} ${order.map((m) => m.vm).join(',')}`,
+          driverStepHandlers,
+        )
+      : await Journal.begin(home, anchor, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`, driverStepHandlers);
+    // Member snapshots of the bundle's group snapshots carry the group's (new) name.
+    const tagOf = new Map<string, { name: string; snapshot: string }>();
+    if (group && meta.group) {
+      for (const g of meta.group.snapshots)
+        for (const [vm, snap] of Object.entries(g.members)) tagOf.set(`${vm}/${snap}`, { name: group.name, snapshot: g.name });
+    }
     const progress = new Progress('import', size, opts.onProgress);
     const budget = new WriteBudget({
       free: await freeSpace(path.dirname(plans[0]!.layers[0]!.final)),
@@ -481,6 +490,7 @@ async function importChains(
             ...(res.verified[si] ? {} : { content_id_unverified: true }),
             memory_path: null,
             origin: { kind: 'bundle', bundle: path.basename(label) },
+            ...(tagOf.has(`${m.vm}/${s.name}`) ? { group: tagOf.get(`${m.vm}/${s.name}`)! } : {}),
           });
         }
         recordsOf.set(m.vm, records);

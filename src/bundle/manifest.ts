@@ -26,6 +26,7 @@ import {
   type Meta,
   type MetaChain,
   type MetaGroup,
+  type MetaGroupSnapshot,
   type MetaLayer,
   type MetaSnapshot,
   type Seal,
@@ -346,6 +347,8 @@ export function decodeMeta(bytes: Buffer, file: string, version: number = BUNDLE
   };
 }
 
+const CONSISTENCY: string[] = ['locks', 'paused', 'frozen', 'mixed'];
+
 /** The group part of a version 2 meta: its members are exactly the chains' VMs. */
 function decodeGroup(c: Check, raw: unknown, chains: MetaChain[], snapsRaw: unknown[]): MetaGroup {
   const g = c.obj(raw, 'group');
@@ -371,9 +374,22 @@ function decodeGroup(c: Check, raw: unknown, chains: MetaChain[], snapsRaw: unkn
     if (keys.length !== members.length || !members.every((v) => Object.hasOwn(mo, v))) c.fail(`${at}.members does not name every member once`);
     const ms: Record<string, string> = {};
     for (const v of members) ms[v] = c.name(mo[v], `${at}.members.${v}`);
-    return { name: gname, created_at: c.time(o.created_at, `${at}.created_at`), description: c.strOrNull(o.description, `${at}.description`), members: ms };
+    if (o.type !== 'disk' && o.type !== 'full') c.fail(`${at}.type is not disk or full`);
+    if (!CONSISTENCY.includes(o.consistency as string)) c.fail(`${at}.consistency is not one of ${CONSISTENCY.join(', ')}`);
+    return {
+      name: gname,
+      created_at: c.time(o.created_at, `${at}.created_at`),
+      description: c.strOrNull(o.description, `${at}.description`),
+      tags: c.arr(o.tags, `${at}.tags`, 1024).map((t, j) => c.str(t, `${at}.tags[${j}]`, 256)),
+      type: o.type as 'disk' | 'full',
+      consistency: o.consistency as MetaGroupSnapshot['consistency'],
+      pause_ms: o.pause_ms === null ? null : c.int(o.pause_ms, `${at}.pause_ms`),
+      auto_created: c.bool(o.auto_created, `${at}.auto_created`),
+      auto_policy: c.strOrNull(o.auto_policy, `${at}.auto_policy`, 256),
+      members: ms,
+    };
   });
-  return { name, members, snapshots };
+  return { name, description: c.strOrNull(g.description, 'group.description'), members, snapshots };
 }
 
 export function decodeSeal(bytes: Buffer, meta: Meta, file: string): Seal {
