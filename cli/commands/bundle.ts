@@ -107,7 +107,8 @@ export function registerBundle(snapshot: Command, program: Command): void {
 
   snapshot
     .command('import')
-    .argument('<vm>', 'name of the VM to import into (new, or holding the base of a --since bundle); with --group: the bundle file')
+    // Not named `vm`: with --group it is the bundle file, which must not be read as a .clonebox.yaml (run.ts).
+    .argument('<vm|file>', 'name of the VM to import into (new, or holding the base of a --since bundle); with --group: the bundle file')
     .argument('[file]', 'bundle file, or - for stdin')
     .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
     .addOption(new Option('--group <group>', 'import a group bundle: every member as a new VM under its own name, and the group as <group>; all or nothing'))
