@@ -309,30 +309,132 @@ describe('meta and seal', () => {
     type G = { name: unknown; members: unknown[]; snapshots: { members: Record<string, unknown>; name: unknown }[] };
     type C = { vm: unknown; snapshots: unknown }[];
     const bad2: [string, RegExp, (m: WireMeta & { group: G; chains: C }) => void][] = [
-      ['chain counts exceed the snapshots', /chains\[1\]\.snapshots/, (m) => void (m.chains[1]!.snapshots = 2)],
-      ['chain counts fall short', /chains hold 2 snapshots/, (m) => void (m.chains[0]!.snapshots = 1)],
-      ['an empty chain', /chains\[1\]\.snapshots/, (m) => void (m.chains[1]!.snapshots = 0)],
-      ['huge chain count', /chains\[0\]\.snapshots/, (m) => void (m.chains[0]!.snapshots = 2 ** 40)],
-      ['no chains', /no chains/, (m) => void (m.chains = [])],
-      ['a VM twice', /appears twice/, (m) => void (m.chains[1]!.vm = 'db')],
-      ['path-like VM', /not a valid name/, (m) => void (m.chains[0]!.vm = '../x')],
-      ['members are not the chains', /group\.members/, (m) => void (m.group.members = ['db', 'web'])],
-      ['member listed twice', /group\.members/, (m) => void (m.group.members = ['db', 'app', 'db'])],
-      ['group snapshot misses a member', /every member once/, (m) => void delete m.group.snapshots[0]!.members.app],
-      ['group snapshot names a snapshot not in the bundle', /does not hold/, (m) => void (m.group.snapshots[1]!.members.app = 'b')],
-      ['group snapshot twice', /appears twice/, (m) => void (m.group.snapshots[1]!.name = 'g1')],
-      ['more group snapshots than snapshots', /group\.snapshots has/, (m) => void m.group.snapshots.push(m.group.snapshots[0]!, m.group.snapshots[0]!)],
-      ['path-like group name', /not a valid name/, (m) => void (m.group.name = '../g')],
-      ['parent across chains', /parent/, (m) => void (m.snapshots[2]!.parent = 'b')],
+      [
+        'chain counts exceed the snapshots',
+        /chains\[1\]\.snapshots/,
+        (m) => {
+          m.chains[1]!.snapshots = 2;
+        },
+      ],
+      [
+        'chain counts fall short',
+        /chains hold 2 snapshots/,
+        (m) => {
+          m.chains[0]!.snapshots = 1;
+        },
+      ],
+      [
+        'an empty chain',
+        /chains\[1\]\.snapshots/,
+        (m) => {
+          m.chains[1]!.snapshots = 0;
+        },
+      ],
+      [
+        'huge chain count',
+        /chains\[0\]\.snapshots/,
+        (m) => {
+          m.chains[0]!.snapshots = 2 ** 40;
+        },
+      ],
+      [
+        'no chains',
+        /no chains/,
+        (m) => {
+          m.chains = [];
+        },
+      ],
+      [
+        'a VM twice',
+        /appears twice/,
+        (m) => {
+          m.chains[1]!.vm = 'db';
+        },
+      ],
+      [
+        'path-like VM',
+        /not a valid name/,
+        (m) => {
+          m.chains[0]!.vm = '../x';
+        },
+      ],
+      [
+        'members are not the chains',
+        /group\.members/,
+        (m) => {
+          m.group.members = ['db', 'web'];
+        },
+      ],
+      [
+        'member listed twice',
+        /group\.members/,
+        (m) => {
+          m.group.members = ['db', 'app', 'db'];
+        },
+      ],
+      [
+        'group snapshot misses a member',
+        /every member once/,
+        (m) => {
+          delete m.group.snapshots[0]!.members.app;
+        },
+      ],
+      [
+        'group snapshot names a snapshot not in the bundle',
+        /does not hold/,
+        (m) => {
+          m.group.snapshots[1]!.members.app = 'b';
+        },
+      ],
+      [
+        'group snapshot twice',
+        /appears twice/,
+        (m) => {
+          m.group.snapshots[1]!.name = 'g1';
+        },
+      ],
+      [
+        'more group snapshots than snapshots',
+        /group\.snapshots has/,
+        (m) => {
+          m.group.snapshots.push(m.group.snapshots[0]!, m.group.snapshots[0]!);
+        },
+      ],
+      [
+        'path-like group name',
+        /not a valid name/,
+        (m) => {
+          m.group.name = '../g';
+        },
+      ],
+      [
+        'parent across chains',
+        /parent/,
+        (m) => {
+          m.snapshots[2]!.parent = 'b';
+        },
+      ],
       [
         'unknown consistency',
         /consistency/,
-        (m) =>
-          void ((m.group.snapshots[0]!.members = { ...m.group.snapshots[0]!.members }),
-          ((m.group.snapshots[0] as unknown as Record<string, unknown>).consistency = 'hope')),
+        (m) => {
+          (m.group.snapshots[0] as unknown as Record<string, unknown>).consistency = 'hope';
+        },
       ],
-      ['negative pause', /pause_ms/, (m) => void ((m.group.snapshots[1] as unknown as Record<string, unknown>).pause_ms = -1)],
-      ['no group', /group is not an object/, (m) => void delete (m as Partial<typeof m>).group],
+      [
+        'negative pause',
+        /pause_ms/,
+        (m) => {
+          (m.group.snapshots[1] as unknown as Record<string, unknown>).pause_ms = -1;
+        },
+      ],
+      [
+        'no group',
+        /group is not an object/,
+        (m) => {
+          delete (m as Partial<typeof m>).group;
+        },
+      ],
     ];
     for (const [what, re, f] of bad2) {
       const m = structuredClone(WIRE2) as WireMeta & { group: G; chains: C };

@@ -8,9 +8,9 @@
  * Lock order, as every group command: the group's lock first, then the members' VM locks by name.
  */
 import { nowIso } from '../clock.js';
+import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { pathExists } from '../fsutil.js';
-import { driverStepHandlers } from '../drivers/registry.js';
 import {
   checkGroupName,
   type GroupRecord,
