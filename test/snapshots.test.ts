@@ -28,6 +28,7 @@ const SNAPSHOT_KEYS = [
   'description',
   'disks',
   'expires_at',
+  'group',
   'name',
   'parent',
   'quiesced',

@@ -1,11 +1,19 @@
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
 import type { GroupView } from '../../src/index.js';
-import { printJson, printLine, table } from '../output.js';
+import { printJson, printLine, table, usage } from '../output.js';
 import { action } from '../run.js';
 import { showTime } from '../time.js';
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
+}
+
+function count(name: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} takes a whole number from 1, got ${JSON.stringify(v)}`);
+    return n;
+  };
 }
 
 const GROUP_ARG = 'the group (see `clonebox group list`)';
@@ -91,6 +99,70 @@ export function registerGroup(program: Command): void {
           ),
         );
       }),
+    );
+
+  group
+    .command('policy')
+    .argument('<group>', GROUP_ARG)
+    .argument('[policy]', 'a named policy to set (with --when) or remove (with --remove)')
+    .description("show or set a group's named policies: each run (`schedule run`) takes a group snapshot, and its retention prunes the group snapshots it made")
+    .option('--when <time>', 'when it runs: daily HH:MM or a cron expression (repeat for several)', collect)
+    .option('--timezone <tz>', 'IANA time zone the times are read in (default: local)')
+    .option('--keep-last <n>', 'keep the N newest', count('--keep-last'))
+    .option('--keep-daily <n>', 'keep the newest of each of the last N days', count('--keep-daily'))
+    .option('--keep-within <duration>', 'keep every one within DURATION of the newest (e.g. 7d)')
+    .option('--keep-for <duration>', 'keep every one younger than DURATION')
+    .option('--max-snapshots <n>', 'never more than N', count('--max-snapshots'))
+    .option('--remove', 'remove the policy')
+    .option('--json', 'print JSON')
+    .action(
+      action(
+        async (
+          ctx,
+          name: string,
+          policy: string | undefined,
+          o: {
+            when?: string[];
+            timezone?: string;
+            keepLast?: number;
+            keepDaily?: number;
+            keepWithin?: string;
+            keepFor?: string;
+            maxSnapshots?: number;
+            remove?: boolean;
+          },
+        ) => {
+          const setting = o.when !== undefined || o.remove;
+          if (policy === undefined && setting)
+            throw usage('name the policy to set or remove', `\`clonebox group policy ${name} nightly --when 02:00 --keep-last 7\``);
+          if (policy !== undefined && !setting) throw usage(`--when (to set policy ${policy}) or --remove is needed`, `see \`clonebox group policy --help\``);
+          if (o.remove && o.when !== undefined) throw usage('--remove and --when exclude each other');
+          const retention = {
+            ...(o.keepLast !== undefined ? { keep_last: o.keepLast } : {}),
+            ...(o.keepDaily !== undefined ? { keep_daily: o.keepDaily } : {}),
+            ...(o.keepWithin !== undefined ? { keep_within: o.keepWithin } : {}),
+            ...(o.keepFor !== undefined ? { keep_for: o.keepFor } : {}),
+            ...(o.maxSnapshots !== undefined ? { max_snapshots: o.maxSnapshots } : {}),
+          };
+          const r =
+            policy === undefined
+              ? await ctx.cb.groups.policy(name)
+              : await ctx.cb.groups.policy(name, {
+                  name: policy,
+                  spec: o.remove ? null : { policy: retention, when: o.when ?? [], timezone: o.timezone ?? null },
+                });
+          if (ctx.json) return printJson(r);
+          const names = Object.keys(r.policies);
+          if (names.length === 0) return printLine(`group ${name} has no named policies`);
+          for (const n of names) {
+            const p = r.policies[n]!;
+            const keep = Object.entries(p.policy)
+              .map(([k, v]) => `${k}=${v}`)
+              .join(' ');
+            printLine(`${n}: when ${p.when.join(', ')}${p.timezone ? ` (${p.timezone})` : ''}; ${keep || 'keeps all'}`);
+          }
+        },
+      ),
     );
 
   group

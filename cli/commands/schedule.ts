@@ -38,7 +38,7 @@ export function registerSchedule(program: Command): void {
           table(
             ['VM', 'POLICY', 'WHEN', 'LAST RUN', 'NEXT RUN'],
             list.map((e) => [
-              e.vm,
+              e.group !== undefined ? `${e.group} (group)` : e.vm,
               e.policy,
               e.when.length ? `${e.when.join('; ')}${e.timezone ? ` (${e.timezone})` : ''}` : '(not scheduled)',
               when(e.last_run),

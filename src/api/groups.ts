@@ -5,11 +5,16 @@
  * start and end.
  */
 import { checkAborted } from '../abort.js';
+import { usageError } from '../errors.js';
+import { parseSize } from '../names.js';
+import type { Policy as InternalPolicy } from '../snapshots/policy.js';
 import type { Session } from './session.js';
 import type {
   GroupCreateOptions,
   GroupDeleteOptions,
   GroupDeleteResult,
+  GroupPolicies,
+  GroupPolicySpec,
   GroupRestoreOptions,
   GroupRestoreResult,
   GroupSnapshotCreateOptions,
@@ -62,6 +67,28 @@ export class Groups {
 
   show(name: string): Promise<GroupView> {
     return this.s.run(async () => (await this.manager()).show(name));
+  }
+
+  /**
+   * The group's named policies. With `set` (a policy name and its spec, or null to remove it), changes
+   * that policy first. Each policy's runs (`schedule run`, or `clonebox serve`) take a group snapshot
+   * and apply its retention to the group snapshots it made.
+   */
+  policy(name: string, set?: { name: string; spec: GroupPolicySpec | null }): Promise<GroupPolicies> {
+    return this.s.run(async () => {
+      const m = await this.manager();
+      if (!set) return { group: name, policies: await m.setNamedPolicy(name, null, null) };
+      let spec: { policy: InternalPolicy; when: string[]; timezone: string | null } | null = null;
+      if (set.spec) {
+        const { parseDuration } = await import('../snapshots/policy.js');
+        const policy: Record<string, unknown> = { ...set.spec.policy };
+        if (typeof policy.max_size === 'string') policy.max_size = parseSize(policy.max_size, 'max size');
+        for (const k of ['keep_within', 'keep_for'] as const) if (typeof policy[k] === 'string') parseDuration(policy[k]);
+        if (set.spec.when.length === 0) throw usageError('a group policy needs at least one time (--when)');
+        spec = { policy: policy as InternalPolicy, when: set.spec.when, timezone: set.spec.timezone ?? null };
+      }
+      return { group: name, policies: await m.setNamedPolicy(name, set.name, spec) };
+    });
   }
 
   /**

@@ -42,6 +42,7 @@ export class Schedule {
       const { scheduleStatus } = await import('../snapshots/scheduler.js');
       return (await scheduleStatus(this.s.home)).map((st) => ({
         vm: st.vm,
+        ...(st.group !== null ? { group: st.group } : {}),
         policy: st.policy,
         when: st.named.when,
         timezone: st.named.timezone,

@@ -401,6 +401,23 @@ export interface GroupView {
   latest: string | null;
 }
 
+/** `group policy` (a group's named policy; docs/groups.md): what `cb.groups.policy()` takes. */
+export interface GroupPolicySpec {
+  /** Retention over the group snapshots this policy made (the keys of `snapshot policy`). */
+  policy: Policy;
+  /** When it runs: daily "HH:MM" or cron expressions. */
+  when: string[];
+  /** IANA time zone the times are read in (default: local). */
+  timezone?: string | null;
+}
+
+/** A group's named policies: `cb.groups.policy()`, `group policy --json`. */
+export interface GroupPolicies {
+  group: string;
+  /** `when` in cron form (a daily "HH:MM" as `M H * * *`); `since`: when the schedule was set. */
+  policies: Record<string, { policy: Omit<Policy, 'max_size'> & { max_size?: number }; when: string[]; timezone: string | null; since: string }>;
+}
+
 export interface GroupCreateOptions {
   /** The member VMs (at least one; each registered). */
   vms: string[];
@@ -891,7 +908,10 @@ export interface ConfigApplyResult {
 
 /** One policy in `schedule list --json`. */
 export interface ScheduleEntry {
+  /** The VM, or for a group's policy the group's name. */
   vm: string;
+  /** Set for a group's policy (its runs take group snapshots; docs/groups.md); absent for a VM's. */
+  group?: string;
   policy: string;
   when: string[];
   timezone: string | null;
@@ -909,10 +929,11 @@ export interface ScheduleRunResult {
   at: string;
   /** False when another `schedule run` held the lock: this pass did nothing. */
   ran: boolean;
-  taken: { vm: string; policy: string; snapshot: string }[];
-  pruned: { vm: string; snapshot: string; reason: string }[];
+  /** `group` is set for a group's policy (docs/groups.md): `vm` is then the group's name, `snapshot` a group snapshot. */
+  taken: { vm: string; group?: string; policy: string; snapshot: string }[];
+  pruned: { vm: string; group?: string; snapshot: string; reason: string }[];
   /** Policies that were due but failed (the pass goes on with the others). */
-  failed: { vm: string; policy: string; error: string }[];
+  failed: { vm: string; group?: string; policy: string; error: string }[];
 }
 
 export interface ScheduleInstallOptions {

@@ -8,11 +8,11 @@
  * The member snapshots themselves are made, restored and deleted by the SnapshotManager's plan*
  * functions, exactly as a single VM's are.
  */
-import { nowIso } from '../clock.js';
+import { now as clockNow, nowIso } from '../clock.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { pathExists } from '../fsutil.js';
-import { checkName, closestName } from '../names.js';
+import { checkName, closestName, NAME_RE } from '../names.js';
 import { appendEvents } from '../store/events.js';
 import {
   checkGroupName,
@@ -36,6 +36,8 @@ import { listVmNames, loadVm, lockVm, type VmRecord, vmExists } from '../store/r
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
 import type { CreateOptions, OpResult, SnapshotManager } from './manager.js';
 import { autoSnapshotName, newestFirst } from './model.js';
+import { canonicalPolicy, type Policy, planPrune, validatePolicy } from './policy.js';
+import { type NamedPolicy, namedPoliciesOf, policyOf, retentionKey, withAutoSettings } from './settings.js';
 
 export interface GroupView {
   name: string;
@@ -188,6 +190,82 @@ export class GroupManager {
     } finally {
       await lock.release();
     }
+  }
+
+  // ---------------------------------------------------------------- policies
+
+  /**
+   * The group's named policies (what `schedule run` takes for the group), after setting or removing
+   * one: `spec` null removes policy `policy`; otherwise it replaces it. A named policy keeps the time
+   * its schedule was first set while the schedule stays the same, so changing only its retention
+   * never shifts its runs.
+   */
+  async setNamedPolicy(
+    name: string,
+    policy: string | null,
+    spec: { policy: Policy; when: string[]; timezone: string | null } | null,
+  ): Promise<Record<string, NamedPolicy>> {
+    if (policy === null) return namedPoliciesOf(await loadGroup(this.home, name));
+    if (!NAME_RE.test(policy) || ['run', 'backup'].includes(policy) || policy.startsWith('before-')) {
+      throw CloneboxError.BAD_NAME(`invalid policy name ${JSON.stringify(policy)}`, { hint: 'letters, digits, ".", "_", "-"; not run, backup or before-*' });
+    }
+    let next: NamedPolicy | null = null;
+    if (spec !== null) {
+      // The cron engine loads only here and in the scheduler.
+      const { checkTimezone, cronOf } = await import('./schedule.js');
+      validatePolicy(spec.policy);
+      if (spec.timezone !== null) checkTimezone(spec.timezone);
+      const when = spec.when.map((w) => cronOf(w, spec.timezone));
+      next = { policy: canonicalPolicy(spec.policy), when, timezone: spec.timezone, since: nowIso() };
+    }
+    let out: Record<string, NamedPolicy> = {};
+    await this.change(name, 'group policy', (g) => {
+      const policies = { ...namedPoliciesOf(g) };
+      const prev = policies[policy];
+      if (next === null) {
+        if (!prev) throw CloneboxError.USAGE(`group ${name} has no policy ${policy}`, { hint: `its policies: ${Object.keys(policies).join(', ') || 'none'}` });
+        delete policies[policy];
+      } else {
+        const same = prev && JSON.stringify(prev.when) === JSON.stringify(next.when) && prev.timezone === next.timezone;
+        policies[policy] = same ? { ...next, since: prev.since } : next;
+      }
+      out = policies;
+      return withAutoSettings(g, { policies });
+    });
+    return out;
+  }
+
+  /**
+   * Applies retention to the group's auto group snapshots: each named policy over the group snapshots
+   * it made, the group's default policy (none: keep all) over the others; the newest group snapshot
+   * is always kept. A removed group snapshot is deleted as a whole, its data merged into what stands
+   * on its member snapshots. Returns what was removed.
+   */
+  async prune(name: string): Promise<{ snapshot: string; reason: string }[]> {
+    const g = await loadGroup(this.home, name);
+    const snaps = await this.readGroupSnapshots(name);
+    const newest = [...snaps].sort(newestFirst)[0]?.name ?? null;
+    const named = namedPoliciesOf(g);
+    const byKey = new Map<string, GroupSnapshotRecord[]>();
+    for (const s of snaps) {
+      if (!s.auto_created || s.state !== 'ready') continue;
+      const key = retentionKey(g, s.auto_policy);
+      byKey.set(key, [...(byKey.get(key) ?? []), s]);
+    }
+    const removed: { snapshot: string; reason: string }[] = [];
+    for (const [key, members] of byKey) {
+      const policy = key ? named[key]!.policy : policyOf(g);
+      const plan = planPrune(
+        members.map((c) => ({ name: c.name, created_at: c.created_at, size_bytes: 0 })),
+        policy,
+        { current: newest, now: clockNow().getTime() },
+      );
+      for (const r of plan.remove) {
+        await this.deleteSnapshot(name, r.name, { keepChildren: true });
+        removed.push({ snapshot: r.name, reason: key ? `${key}: ${r.reason}` : r.reason });
+      }
+    }
+    return removed;
   }
 
   // ---------------------------------------------------------------- locking and recovery
@@ -356,11 +434,14 @@ export class GroupManager {
         };
         const gp = groupSnapshotFile(this.home, name, snap);
         await j.willCreate(gp);
-        const driverActions: Action[] = plans.filter((p) => p.newVm.driver !== 'libvirt').flatMap((p) => p.prepared.actions);
+        // The libvirt members' step first: when libvirt refuses before switching any disk, everything
+        // before it only wrote new records, so the journal can undo the whole group snapshot.
+        const driverActions: Action[] = [];
         if (libvirt.length > 0) {
           const { groupSnapshotAction } = await import('../drivers/libvirt/driver.js');
           driverActions.push(await groupSnapshotAction(libvirt.flatMap((p) => p.prepared.actions)));
         }
+        driverActions.push(...plans.filter((p) => p.newVm.driver !== 'libvirt').flatMap((p) => p.prepared.actions));
         const done = await j.commit([
           { do: 'write_json', path: gp, value: rec },
           ...plans.flatMap((p) => p.head),

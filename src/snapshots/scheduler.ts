@@ -17,10 +17,12 @@ import path from 'node:path';
 import { now } from '../clock.js';
 import { CloneboxError } from '../errors.js';
 import { writeJsonAtomic } from '../fsutil.js';
-import { type Home, vmDir } from '../store/home.js';
+import { type GroupRecord, listGroupNames, listGroupSnapshotRecords, loadGroup } from '../store/groups.js';
+import { groupDir, type Home, vmDir } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { listVmNames, loadVm, type VmRecord } from '../store/registry.js';
 import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { GroupManager } from './groups.js';
 import type { SnapshotManager } from './manager.js';
 import { nextRun } from './schedule.js';
 import { autoSettingsOf, type NamedPolicy, snapshotsBefore } from './settings.js';
@@ -31,14 +33,15 @@ interface ScheduleState {
   last_run: Record<string, string>;
 }
 
-function statePath(home: Home, vm: string): string {
-  return path.join(vmDir(home, vm), 'schedule.json');
+/** `schedule.json` of a VM, or (`group`) of a group. */
+function statePath(home: Home, vm: string, group = false): string {
+  return path.join(group ? groupDir(home, vm) : vmDir(home, vm), 'schedule.json');
 }
 
-async function readState(home: Home, vm: string): Promise<ScheduleState> {
+async function readState(home: Home, vm: string, group = false): Promise<ScheduleState> {
   const { readFile } = await import('node:fs/promises');
   try {
-    const s = JSON.parse(await readFile(statePath(home, vm), 'utf8')) as Partial<ScheduleState>;
+    const s = JSON.parse(await readFile(statePath(home, vm, group), 'utf8')) as Partial<ScheduleState>;
     // Only well-formed times count; anything else is as if never run (the snapshots still tell).
     const last: Record<string, string> = {};
     for (const [k, v] of Object.entries(s.last_run ?? {})) if (typeof v === 'string' && !Number.isNaN(Date.parse(v))) last[k] = v;
@@ -49,7 +52,9 @@ async function readState(home: Home, vm: string): Promise<ScheduleState> {
 }
 
 export interface PolicyStatus {
+  /** The VM, or for a group's policy the group's name (then `group` is set too). */
   vm: string;
+  group: string | null;
   policy: string;
   named: NamedPolicy;
   last_run: string | null;
@@ -57,15 +62,24 @@ export interface PolicyStatus {
   due: boolean;
 }
 
-/** Last and next run of one policy at `at`. */
-function status(vm: VmRecord, snaps: SnapshotRecord[], state: ScheduleState, name: string, p: NamedPolicy, enabled: boolean, at: Date): PolicyStatus {
+/** Last and next run of one policy at `at` (`vm`: the VM, or a group; `snaps`: its snapshots, or the group's). */
+function status(
+  vm: { name: string },
+  snaps: Pick<SnapshotRecord, 'auto_created' | 'auto_policy' | 'created_at'>[],
+  state: ScheduleState,
+  name: string,
+  p: NamedPolicy,
+  enabled: boolean,
+  at: Date,
+  group: string | null = null,
+): PolicyStatus {
   const times = snaps.filter((s) => s.auto_created && s.auto_policy === name).map((s) => s.created_at);
   const recorded = state.last_run[name];
   if (recorded) times.push(recorded);
   const last = times.length ? times.reduce((a, b) => (Date.parse(a) >= Date.parse(b) ? a : b)) : null;
   const from = new Date(Math.max(last ? Date.parse(last) : 0, Date.parse(p.since) || 0));
   const next = enabled ? nextRun(p, from) : null;
-  return { vm: vm.name, policy: name, named: p, last_run: last, next_run: next ? next.toISOString() : null, due: next !== null && next <= at };
+  return { vm: vm.name, group, policy: name, named: p, last_run: last, next_run: next ? next.toISOString() : null, due: next !== null && next <= at };
 }
 
 /** Every named policy of every VM with its last and next run. */
@@ -84,15 +98,30 @@ export async function scheduleStatus(home: Home): Promise<PolicyStatus[]> {
     const state = await readState(home, name);
     for (const [pname, p] of Object.entries(settings.policies)) out.push(status(vm, snaps, state, pname, p, settings.enabled, at));
   }
+  // A group's named policies take group snapshots (docs/groups.md).
+  for (const name of await listGroupNames(home)) {
+    let g: GroupRecord;
+    try {
+      g = await loadGroup(home, name);
+    } catch {
+      continue;
+    }
+    const settings = autoSettingsOf(g);
+    if (Object.keys(settings.policies).length === 0) continue;
+    const snaps = await listGroupSnapshotRecords(home, name);
+    const state = await readState(home, name, true);
+    for (const [pname, p] of Object.entries(settings.policies)) out.push(status(g, snaps, state, pname, p, settings.enabled, at, name));
+  }
   return out;
 }
 
+/** `group` is set for what a group's policy did (then `vm` is the group's name). */
 export interface PassResult {
   at: string;
   ran: boolean;
-  taken: { vm: string; policy: string; snapshot: string }[];
-  pruned: { vm: string; snapshot: string; reason: string }[];
-  failed: { vm: string; policy: string; error: string }[];
+  taken: { vm: string; group?: string; policy: string; snapshot: string }[];
+  pruned: { vm: string; group?: string; snapshot: string; reason: string }[];
+  failed: { vm: string; group?: string; policy: string; error: string }[];
   warnings: string[];
 }
 
@@ -117,6 +146,10 @@ export async function runPass(mgr: SnapshotManager, opts: { signal?: AbortSignal
     for (const status of await scheduleStatus(mgr.home)) {
       if (!status.due) continue;
       opts.signal?.throwIfAborted();
+      if (status.group !== null) {
+        await groupRun(mgr, status.group, status.policy, result);
+        continue;
+      }
       try {
         const r = await mgr.create(status.vm, {
           autoPolicy: status.policy,
@@ -150,8 +183,33 @@ export async function runPass(mgr: SnapshotManager, opts: { signal?: AbortSignal
         result.failed.push({ vm, policy: '(retention)', error: `${err.code}: ${err.message}` });
       }
     }
+    for (const g of await listGroupNames(mgr.home)) {
+      opts.signal?.throwIfAborted();
+      try {
+        for (const r of await new GroupManager(mgr.home, mgr).prune(g)) result.pruned.push({ vm: g, group: g, ...r });
+      } catch (err) {
+        if (!(err instanceof CloneboxError) || err.code === 'INTERNAL') throw err;
+        result.failed.push({ vm: g, group: g, policy: '(retention)', error: `${err.code}: ${err.message}` });
+      }
+    }
   } finally {
     await lock.release();
   }
   return result;
+}
+
+/** A due policy of group `group`: one group snapshot, the group's retention, the run recorded. */
+async function groupRun(mgr: SnapshotManager, group: string, policy: string, result: PassResult): Promise<void> {
+  const gm = new GroupManager(mgr.home, mgr);
+  try {
+    const r = await gm.createSnapshot(group, { autoPolicy: policy, description: `scheduled group snapshot of policy ${policy}` });
+    result.taken.push({ vm: group, group, policy, snapshot: r.value.name });
+    result.warnings.push(...r.warnings);
+    const state = await readState(mgr.home, group, true);
+    state.last_run[policy] = r.value.created_at;
+    await writeJsonAtomic(statePath(mgr.home, group, true), state);
+  } catch (err) {
+    if (!(err instanceof CloneboxError) || err.code === 'INTERNAL') throw err;
+    result.failed.push({ vm: group, group, policy, error: `${err.code}: ${err.message}` });
+  }
 }

@@ -30,15 +30,18 @@ export interface AutoSettings {
   source: string | null;
 }
 
-export function policyOf(vm: VmRecord): Policy {
+/** What holds automatic-snapshot settings: a VM's record, or a group's (store/groups.ts, same keys in `extra`). */
+type Holder = Pick<VmRecord, 'extra'>;
+
+export function policyOf(vm: Holder): Policy {
   return (vm.extra?.policy as Policy | undefined) ?? {};
 }
 
-export function namedPoliciesOf(vm: VmRecord): Record<string, NamedPolicy> {
+export function namedPoliciesOf(vm: Holder): Record<string, NamedPolicy> {
   return (vm.extra?.policies as Record<string, NamedPolicy> | undefined) ?? {};
 }
 
-export function autoSettingsOf(vm: VmRecord): AutoSettings {
+export function autoSettingsOf(vm: Holder): AutoSettings {
   return {
     enabled: vm.extra?.auto_enabled !== false,
     policy: policyOf(vm),
@@ -49,7 +52,7 @@ export function autoSettingsOf(vm: VmRecord): AutoSettings {
 }
 
 /** The record with these settings (undefined parts left as they are). */
-export function withAutoSettings(vm: VmRecord, s: Partial<AutoSettings>): VmRecord {
+export function withAutoSettings<T extends Holder>(vm: T, s: Partial<AutoSettings>): T {
   const extra: Record<string, unknown> = { ...(vm.extra ?? {}) };
   if (s.enabled !== undefined) extra.auto_enabled = s.enabled;
   if (s.policy !== undefined) extra.policy = s.policy;
@@ -71,6 +74,6 @@ export function snapshotsBefore(vm: VmRecord, op: string): boolean {
 }
 
 /** The retention that governs an auto snapshot: its named policy's when that still exists, else the VM's. */
-export function retentionKey(vm: VmRecord, autoPolicy: string | null): string {
+export function retentionKey(vm: Holder, autoPolicy: string | null): string {
   return autoPolicy !== null && Object.hasOwn(namedPoliciesOf(vm), autoPolicy) ? autoPolicy : '';
 }

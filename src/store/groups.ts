@@ -45,7 +45,7 @@ type GroupSnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting';
  */
 export type GroupConsistency = 'locks' | 'paused' | 'frozen' | 'mixed';
 
-export interface GroupSnapshotMember {
+interface GroupSnapshotMember {
   vm: string;
   /** The member snapshot's name in the VM's own list (today always the group snapshot's name). */
   snapshot: string;
@@ -93,7 +93,7 @@ export function groupFile(home: Home, group: string): string {
   return path.join(groupDir(home, group), 'group.json');
 }
 
-export function groupSnapshotsDir(home: Home, group: string): string {
+function groupSnapshotsDir(home: Home, group: string): string {
   return path.join(groupDir(home, group), 'snapshots');
 }
 

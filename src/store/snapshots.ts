@@ -8,6 +8,7 @@ import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
+import type { MemberTag } from './groups.js';
 import { type Home, vmDir } from './home.js';
 
 type SnapshotState = 'creating' | 'ready' | 'reverting' | 'deleting' | 'failed';
@@ -64,7 +65,7 @@ export interface SnapshotRecord {
    * name. Absent or null: a snapshot of this VM alone. Such a snapshot is deleted and restored only
    * with its group snapshot, and retention never prunes it on its own.
    */
-  group?: { name: string; snapshot: string } | null;
+  group?: MemberTag | null;
 }
 
 export function snapshotsDir(home: Home, vm: string): string {

@@ -38,7 +38,7 @@ import { type Action, type Journal, notTaken, type StepHandler, type StepResult 
 import type { VmRecord } from '../../store/registry.js';
 import type { SnapshotRecord } from '../../store/snapshots.js';
 import type { LayerRef, PreparedSnapshot, PreparedSwitch, SnapshotDriver } from '../driver.js';
-import { type DiskInfo, type DomainXml, parseDomainXml } from './domain-xml.js';
+import { buildSnapshotXml, type DiskInfo, type DomainXml, parseDomainXml } from './domain-xml.js';
 import { DEFAULT_URI, Virsh } from './virsh.js';
 
 // --- journal steps ------------------------------------------------------------------------------------
@@ -137,64 +137,115 @@ async function performGroupSnapshot(s: GroupSnapshotStep): Promise<StepResult | 
     todo.push(m);
   }
   const warnings: string[] = [];
-  const held = new Map<GroupSnapshotStep['members'][number], 'pause' | 'freeze'>();
+  type Member = GroupSnapshotStep['members'][number];
+  const held = new Map<Member, 'pause' | 'freeze'>();
   // A member held by an attempt that was killed is still paused (or frozen): it is released below too.
   for (const m of s.members) if (m.hold === 'pause' && states.get(m) === 'paused') held.set(m, 'pause');
+  const toHold = s.members.filter((m) => todo.length > 0 && m.hold !== 'none' && states.get(m) === 'running');
+  for (const m of todo) if (m.snap.memoryFile !== null) await unlink(m.snap.memoryFile).catch(() => undefined); // partial: start again
   const t0 = performance.now();
-  let failure: unknown = null;
-  try {
-    await Promise.all(
-      s.members
-        .filter((m) => todo.length > 0 && m.hold !== 'none' && states.get(m) === 'running')
-        .map(async (m) => {
-          const v = virsh(m);
-          if (m.hold === 'freeze') {
-            try {
-              await v.fsFreeze(m.snap.domain);
-              held.set(m, 'freeze');
-              return;
-            } catch (err) {
-              await v.fsThaw(m.snap.domain).catch(() => undefined);
-              warnings.push(`the guest agent of domain ${m.snap.domain} could not freeze its filesystems (${(err as Error).message}); paused it instead`);
-            }
-          }
-          await v.suspend(m.snap.domain);
-          held.set(m, 'pause');
-        }),
-    );
-    const results = await Promise.allSettled(
-      todo.map(async (m) => {
-        const v = virsh(m);
-        const st = states.get(m)!;
-        const active = st !== 'shut off' && st !== 'crashed';
-        // A memory file left by an attempt that did not complete is partial: start again.
-        if (m.snap.memoryFile !== null) await unlink(m.snap.memoryFile).catch(() => undefined);
-        await v.createSnapshot(m.snap.domain, {
-          name: m.snap.name,
-          disks: m.snap.disks.map((d) => ({ target: d.target, file: d.to })),
-          quiesce: false,
-          ...(m.snap.memoryFile !== null && active ? { memoryFile: m.snap.memoryFile } : {}),
-        });
-      }),
-    );
-    const bad = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-    if (bad) failure = bad.reason;
-  } catch (err) {
-    failure ??= err;
-  } finally {
-    await Promise.all(
-      [...held].map(async ([m, how]) => {
+  // Freezing goes through each guest's agent (it may not answer: that member is paused instead).
+  await Promise.all(
+    toHold
+      .filter((m) => m.hold === 'freeze')
+      .map(async (m) => {
         const v = virsh(m);
         try {
-          if (how === 'freeze') await v.fsThaw(m.snap.domain);
-          else await v.resume(m.snap.domain);
+          await v.fsFreeze(m.snap.domain);
+          held.set(m, 'freeze');
         } catch (err) {
-          warnings.push(`domain ${m.snap.domain} could not be ${how === 'freeze' ? 'thawed' : 'resumed'} (${(err as Error).message}); do it with virsh`);
+          await v.fsThaw(m.snap.domain).catch(() => undefined);
+          warnings.push(`the guest agent of domain ${m.snap.domain} could not freeze its filesystems (${(err as Error).message}); paused it instead`);
         }
       }),
-    );
+  );
+  const frozen = held.size > 0;
+  const windows: { from: number; to: number }[] = [];
+  const toPause = toHold.filter((m) => !held.has(m));
+  for (const m of toPause) held.set(m, 'pause');
+  // Pause, every snapshot and resume (or thaw) in one virsh process per connection: the window holds
+  // libvirt's work and nothing else.
+  const failures: string[] = [];
+  await Promise.all(
+    [...new Set(s.members.map((m) => m.snap.uri))].map(async (uri) => {
+      const mine = (list: Member[]) => list.filter((m) => m.snap.uri === uri);
+      const snaps = mine(todo);
+      const xmls: string[] = [];
+      const cmds: string[][] = [];
+      cmds.push(['mark', 'held']);
+      for (const m of mine(toPause)) cmds.push(['suspend', m.snap.domain]);
+      for (const m of snaps) {
+        const st = states.get(m)!;
+        const memory = m.snap.memoryFile !== null && st !== 'shut off' && st !== 'crashed' ? m.snap.memoryFile : null;
+        xmls.push(
+          buildSnapshotXml({
+            name: m.snap.name,
+            disks: m.snap.disks.map((d) => ({ target: d.target, file: d.to })),
+            ...(memory === null ? {} : { memoryFile: memory }),
+          }),
+        );
+        cmds.push([
+          'snapshot-create',
+          m.snap.domain,
+          '--xmlfile',
+          `@xml${xmls.length - 1}`,
+          '--atomic',
+          ...(memory === null ? ['--disk-only'] : []),
+          '--no-metadata',
+          '--reuse-external',
+        ]);
+      }
+      for (const [m, how] of held) if (m.snap.uri === uri) cmds.push(how === 'freeze' ? ['domfsthaw', m.snap.domain] : ['resume', m.snap.domain]);
+      cmds.push(['mark', 'released']);
+      if (cmds.length === 2) return;
+      const memory = snaps.some((m) => m.snap.memoryFile !== null);
+      const { stderr, marks } = await new Virsh({ uri }).batch(cmds, { xmls, timeoutMs: memory ? 600_000 : 60_000 });
+      const from = marks.get('held');
+      const to = marks.get('released');
+      if (from !== undefined && to !== undefined && to > from) windows.push({ from: frozen ? t0 : from, to });
+      const lines = stderr
+        .split('\n')
+        .map((l) => l.trim())
+        .filter((l) => l.startsWith('error:'));
+      if (lines.length) failures.push(lines.join(' '));
+    }),
+  );
+  // The window as virsh's output shows it: from the line it wrote just before the first pause to the
+  // one just after the last resume (a frozen member's window starts at its freeze, before virsh ran).
+  // Without those lines (an older virsh): from before the pause to after the virsh process ended.
+  const pauseMs =
+    held.size === 0
+      ? null
+      : Math.round(windows.length > 0 ? Math.max(...windows.map((w) => w.to)) - Math.min(...windows.map((w) => w.from)) : performance.now() - t0);
+  // What took effect: every member released, and which snapshots were taken.
+  for (const [m, how] of held) {
+    const v = virsh(m);
+    if (how === 'pause' && (await v.state(m.snap.domain).catch(() => 'unknown')) === 'paused') {
+      await v.resume(m.snap.domain).catch((err: Error) => warnings.push(`domain ${m.snap.domain} could not be resumed (${err.message}); resume it with virsh`));
+    }
   }
-  const pauseMs = held.size > 0 ? Math.round(performance.now() - t0) : null;
+  let failure: unknown = null;
+  for (const m of todo) {
+    const v = virsh(m);
+    const now = await currentSources(
+      v,
+      m.snap.domain,
+      m.snap.disks.map((d) => d.target),
+      await v.isActive(m.snap.domain),
+    ).catch(() => null);
+    if (
+      now === null ||
+      !sameList(
+        now,
+        m.snap.disks.map((d) => d.to),
+      )
+    ) {
+      failure ??= new CloneboxError(
+        'LIBVIRT_ERROR',
+        `cannot create the group snapshot of domain ${m.snap.domain}: ${failures.join(' ') || 'its disks were not switched'}`,
+      );
+    }
+  }
   if (failure !== null) {
     // Nothing was switched (libvirt's --atomic per domain, and every member still on its old images):
     // the whole group snapshot can be undone. Anything else is finished by the next command.
