@@ -220,13 +220,27 @@ export function registerBundle(snapshot: Command, program: Command): void {
           return;
         }
         printLine('claims:    the sizes and content ids below are what the bundle says; `clonebox snapshot verify` checks them');
-        printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+        if (r.group) {
+          printLine(`group: ${r.group.name} (VMs ${r.group.members.join(', ')}), exported ${r.created_at}`);
+          printLine(`group snapshots: ${r.group.snapshots.map((g) => g.name).join(', ') || '(none)'}`);
+        } else {
+          printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+        }
         printLine('');
+        const vmCol = r.group !== null;
         printLine(
           table(
-            ['SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'],
-            r.snapshots.map((s) => [s.name, s.parent ?? '-', s.created_at, formatBytes(s.data_bytes), formatBytes(s.zero_bytes), s.description ?? '']),
-            [false, false, false, true, true, false],
+            [...(vmCol ? ['VM'] : []), 'SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'],
+            r.snapshots.map((s) => [
+              ...(vmCol ? [s.vm] : []),
+              s.name,
+              s.parent ?? '-',
+              s.created_at,
+              formatBytes(s.data_bytes),
+              formatBytes(s.zero_bytes),
+              s.description ?? '',
+            ]),
+            [...(vmCol ? [false] : []), false, false, false, true, true, false],
           ),
         );
         printLine('');
