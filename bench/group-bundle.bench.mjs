@@ -131,8 +131,8 @@ export default async function run({ runs, log }) {
           case: `export --group, 2 x (1 GiB base + ${WRITE_MiB} MiB): ${round(groupBytes / MiB)} MiB = ${round(groupBytes / bound, 3)}x bound`,
           clonebox_ms: c.median_ms,
           peer_ms: p.median_ms,
-          ratio: ratio(c.median_ms, p.median_ms),
-          cpu_ratio: cpuRatio(c.cpu_median_ms, p.cpu_median_ms),
+          ratio: ratio(c, p),
+          cpu_ratio: cpuRatio(c, p),
         },
       ],
     };
