@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { blockId, keyCheck, Sealer, sha256 } from '../src/bundle/crypto.js';
 import { BLOCK_SIZE, Codec, EntryKind, KeyKind, type Meta, type Seal } from '../src/bundle/format.js';
-import { decodeHeader, decodeMeta, decodeSeal, encodeHeader, encodeJson, headerPrefix } from '../src/bundle/manifest.js';
+import { decodeHeader, decodeMeta, decodeSeal, encodeHeader, encodeJson, encodeMeta, headerPrefix } from '../src/bundle/manifest.js';
 import { PackWriter, parsePack } from '../src/bundle/packs.js';
 import { type Batch, Batcher } from '../src/content/batcher.js';
 import { BlockIndex } from '../src/content/dedup.js';
@@ -55,7 +55,9 @@ function sampleHeader(encrypted: boolean): Buffer {
   return encodeHeader(prefix, encrypted ? keyCheck(Buffer.alloc(32, 2), prefix) : Buffer.alloc(32)).bytes;
 }
 
-const META: Meta = {
+/** A version 1 meta as it is on the wire (as every bundle before groups wrote it). */
+type WireMeta = Record<string, unknown> & { snapshots: Meta['snapshots']; layers: Meta['layers'] };
+const WIRE: WireMeta = {
   format: 'clonebox-bundle',
   version: 1,
   created_at: '2026-11-22T00:00:00.000Z',
@@ -95,6 +97,49 @@ const META: Meta = {
     { snapshot: 0, target: 'vdb', virtual_size: 1 << 20, cluster_size: 4096 },
     { snapshot: 1, target: 'vda', virtual_size: 1 << 30, cluster_size: 65536 },
     { snapshot: 1, target: 'vdb', virtual_size: 1 << 20, cluster_size: 4096 },
+  ],
+};
+const META: Meta = decodeMeta(encodeJson(WIRE), 'f');
+
+/**
+ * A version 2 (group) meta on the wire: two members, VM db with snapshots a, b and VM app with a, and
+ * the group snapshots that name them.
+ */
+const GS = {
+  created_at: '2026-11-22T00:00:00.000Z',
+  description: null,
+  tags: ['t'],
+  type: 'disk',
+  consistency: 'locks',
+  pause_ms: null,
+  auto_created: false,
+  auto_policy: null,
+};
+const WIRE2: WireMeta = {
+  format: 'clonebox-bundle',
+  version: 2,
+  created_at: '2026-11-22T00:00:00.000Z',
+  block_size: BLOCK_SIZE,
+  block_hash: 'sha256',
+  compression: { codec: 'zstd', level: 3 },
+  group: {
+    name: 'stack',
+    description: null,
+    members: ['db', 'app'],
+    snapshots: [
+      { ...GS, name: 'g1', members: { db: 'a', app: 'a' } },
+      { ...GS, name: 'g2', created_at: '2026-11-22T00:00:01.000Z', description: 'x', consistency: 'paused', pause_ms: 412, members: { db: 'b', app: 'a' } },
+    ],
+  },
+  chains: [
+    { vm: 'db', snapshots: 2 },
+    { vm: 'app', snapshots: 1 },
+  ],
+  snapshots: [...WIRE.snapshots, { ...WIRE.snapshots[0]! }],
+  layers: [
+    { snapshot: 0, target: 'vda', virtual_size: 1 << 30, cluster_size: 65536 },
+    { snapshot: 1, target: 'vda', virtual_size: 1 << 30, cluster_size: 65536 },
+    { snapshot: 2, target: 'sda', virtual_size: 1 << 20, cluster_size: 4096 },
   ],
 };
 
@@ -153,12 +198,28 @@ describe('header', () => {
 
 describe('meta and seal', () => {
   it('round-trip', () => {
-    expect(decodeMeta(encodeJson(META), 'f')).toEqual(META);
+    expect(META.chains).toEqual([{ vm: 'web', since: null, first: 0, count: 2 }]);
+    expect(META.group).toBe(null);
+    // A version 1 meta is written exactly as before groups: older readers read it.
+    expect(JSON.parse(encodeMeta(META).toString())).toEqual(WIRE);
+    const m2 = decodeMeta(encodeJson(WIRE2), 'f', 2);
+    expect(m2.chains).toEqual([
+      { vm: 'db', since: null, first: 0, count: 2 },
+      { vm: 'app', since: null, first: 2, count: 1 },
+    ]);
+    expect(m2.group?.snapshots.map((g) => g.members)).toEqual([
+      { db: 'a', app: 'a' },
+      { db: 'b', app: 'a' },
+    ]);
+    expect(JSON.parse(encodeMeta(m2).toString())).toEqual(WIRE2);
+    // The version in the meta must be the header's.
+    expect(() => decodeMeta(encodeJson(WIRE2), 'f', 1)).toThrow(/version/);
+    expect(() => decodeMeta(encodeJson(WIRE), 'f', 2)).toThrow(/version/);
     expect(decodeSeal(encodeJson(SEAL), META, 'f')).toEqual(SEAL);
   });
 
   it('refuse inconsistent content', () => {
-    const bad: [string, (m: Meta) => void][] = [
+    const bad: [string, (m: WireMeta) => void][] = [
       [
         'broken parent line',
         (m) => {
@@ -241,20 +302,160 @@ describe('meta and seal', () => {
       ],
     ];
     for (const [what, f] of bad) {
-      const m = structuredClone(META);
+      const m = structuredClone(WIRE);
       f(m);
       expect(() => decodeMeta(encodeJson(m), 'f'), what).toThrow(CloneboxError);
     }
+    type G = { name: unknown; members: unknown[]; snapshots: { members: Record<string, unknown>; name: unknown }[] };
+    type C = { vm: unknown; snapshots: unknown }[];
+    const bad2: [string, RegExp, (m: WireMeta & { group: G; chains: C }) => void][] = [
+      [
+        'chain counts exceed the snapshots',
+        /chains\[1\]\.snapshots/,
+        (m) => {
+          m.chains[1]!.snapshots = 2;
+        },
+      ],
+      [
+        'chain counts fall short',
+        /chains hold 2 snapshots/,
+        (m) => {
+          m.chains[0]!.snapshots = 1;
+        },
+      ],
+      [
+        'an empty chain',
+        /chains\[1\]\.snapshots/,
+        (m) => {
+          m.chains[1]!.snapshots = 0;
+        },
+      ],
+      [
+        'huge chain count',
+        /chains\[0\]\.snapshots/,
+        (m) => {
+          m.chains[0]!.snapshots = 2 ** 40;
+        },
+      ],
+      [
+        'no chains',
+        /no chains/,
+        (m) => {
+          m.chains = [];
+        },
+      ],
+      [
+        'a VM twice',
+        /appears twice/,
+        (m) => {
+          m.chains[1]!.vm = 'db';
+        },
+      ],
+      [
+        'path-like VM',
+        /not a valid name/,
+        (m) => {
+          m.chains[0]!.vm = '../x';
+        },
+      ],
+      [
+        'members are not the chains',
+        /group\.members/,
+        (m) => {
+          m.group.members = ['db', 'web'];
+        },
+      ],
+      [
+        'member listed twice',
+        /group\.members/,
+        (m) => {
+          m.group.members = ['db', 'app', 'db'];
+        },
+      ],
+      [
+        'group snapshot misses a member',
+        /every member once/,
+        (m) => {
+          delete m.group.snapshots[0]!.members.app;
+        },
+      ],
+      [
+        'group snapshot names a snapshot not in the bundle',
+        /does not hold/,
+        (m) => {
+          m.group.snapshots[1]!.members.app = 'b';
+        },
+      ],
+      [
+        'group snapshot twice',
+        /appears twice/,
+        (m) => {
+          m.group.snapshots[1]!.name = 'g1';
+        },
+      ],
+      [
+        'more group snapshots than snapshots',
+        /group\.snapshots has/,
+        (m) => {
+          m.group.snapshots.push(m.group.snapshots[0]!, m.group.snapshots[0]!);
+        },
+      ],
+      [
+        'path-like group name',
+        /not a valid name/,
+        (m) => {
+          m.group.name = '../g';
+        },
+      ],
+      [
+        'parent across chains',
+        /parent/,
+        (m) => {
+          m.snapshots[2]!.parent = 'b';
+        },
+      ],
+      [
+        'unknown consistency',
+        /consistency/,
+        (m) => {
+          (m.group.snapshots[0] as unknown as Record<string, unknown>).consistency = 'hope';
+        },
+      ],
+      [
+        'negative pause',
+        /pause_ms/,
+        (m) => {
+          (m.group.snapshots[1] as unknown as Record<string, unknown>).pause_ms = -1;
+        },
+      ],
+      [
+        'no group',
+        /group is not an object/,
+        (m) => {
+          delete (m as Partial<typeof m>).group;
+        },
+      ],
+    ];
+    for (const [what, re, f] of bad2) {
+      const m = structuredClone(WIRE2) as WireMeta & { group: G; chains: C };
+      f(m);
+      expect(() => decodeMeta(encodeJson(m), 'f', 2), what).toThrow(CloneboxError);
+      expect(() => decodeMeta(encodeJson(m), 'f', 2), what).toThrow(re);
+    }
+    // Snapshot names repeat across chains (members of one group snapshot share its name), not within one.
+    expect(() => decodeMeta(encodeJson(WIRE2), 'f', 2)).not.toThrow();
     expect(() => decodeSeal(encodeJson({ ...SEAL, layers: SEAL.layers.slice(1) }), META, 'f')).toThrow(CloneboxError);
     expect(() => decodeSeal(encodeJson({ ...SEAL, snapshots: [SEAL.snapshots[1], SEAL.snapshots[0]] }), META, 'f')).toThrow(CloneboxError);
   });
 
   it('answer garbage with coded errors only', () => {
     const r = rng(seed + 1);
-    const m = encodeJson(META);
+    const m = encodeJson(WIRE);
+    const m2 = encodeJson(WIRE2);
     const s = encodeJson(SEAL);
     for (let i = 0; i < 3000; i++) {
       expectCoded(() => decodeMeta(mutate(r, m), 'f'), 'meta');
+      expectCoded(() => decodeMeta(mutate(r, m2), 'f', 2), 'group meta');
       expectCoded(() => decodeSeal(mutate(r, s), META, 'f'), 'seal');
     }
     expectCoded(() => decodeMeta(Buffer.from('[]'), 'f'), 'meta');

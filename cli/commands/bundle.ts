@@ -3,7 +3,7 @@
  * and rendering only; the work is in the library's bundles and keys namespaces.
  */
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { formatBytes, type ProgressCallback, parseSize } from '../../src/index.js';
+import { CloneboxError, formatBytes, type ProgressCallback, parseSize } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
 import { count, printJson, printLine, table } from '../output.js';
 import { type CliKey, type KeyFlags, keyOptions } from '../passphrase.js';
@@ -48,9 +48,10 @@ async function long<T>(label: string, json: boolean, fn: (o: { signal: AbortSign
 export function registerBundle(snapshot: Command, program: Command): void {
   snapshot
     .command('export')
-    .argument('<vm>', 'the VM (see `clonebox vm list`)')
+    .argument('[vm]', 'the VM (see `clonebox vm list`); none with --group')
     .description('write snapshots (root..N) as one deduplicated, compressed tar bundle')
-    .addOption(new Option('--name <snapshot>', 'last snapshot to include').default(undefined, 'the current one'))
+    .addOption(new Option('--name <snapshot>', 'last snapshot to include (with --group: the last group snapshot)').default(undefined, 'the current one'))
+    .addOption(new Option('--group <group>', 'export every member of a VM group up to a group snapshot, blocks deduplicated across the VMs'))
     .option('--since <snapshot>', 'include only the snapshots after this base (the importing VM must hold it)')
     .requiredOption('-o, --output <file>', 'bundle file, or - for stdout (then --json goes to stderr)')
     .option('--encrypt', 'encrypt blocks and metadata (needs --passphrase-file or --key-file)')
@@ -61,78 +62,115 @@ export function registerBundle(snapshot: Command, program: Command): void {
     .option('--force', 'replace an existing bundle file (never a disk, a layer or a file in the home)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: KeyOpts & { name?: string; since?: string; output: string; encrypt?: boolean; level: number; force?: boolean }) => {
-        const toStdout = o.output === '-';
-        const r = await withKey(o, o.encrypt ? 'encrypt' : 'none', false, (key) =>
-          long('export', ctx.json, (lo) =>
-            ctx.cb.bundles.export(vm, {
-              ...key,
-              ...(o.name !== undefined ? { name: o.name } : {}),
-              ...(o.since !== undefined ? { since: o.since } : {}),
-              output: toStdout ? process.stdout : o.output,
-              encrypt: Boolean(o.encrypt),
-              level: o.level,
-              force: Boolean(o.force),
-              ...lo,
-            }),
-          ),
-        );
-        if (ctx.json) {
-          // stdout carries the bundle itself with -o -: the report goes to stderr then.
-          if (toStdout) process.stderr.write(`${JSON.stringify(r, null, 2)}\n`);
-          else printJson(r);
-          return;
-        }
-        const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
-        say(
-          `exported ${count(r.snapshots.length, 'snapshot')} of ${vm}${r.since ? ` after ${r.since}` : ''} to ${toStdout ? 'standard output' : r.file}${r.encrypted ? ' (encrypted)' : ''}`,
-        );
-        say(
-          `  data ${formatBytes(r.logical_bytes)} in ${count(r.blocks, 'block')}; unique ${formatBytes(r.unique_bytes)} in ${count(r.unique_blocks, 'block')} (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
-        );
-        say(
-          `  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`,
-        );
-      }),
+      action(
+        async (
+          ctx,
+          vm: string | undefined,
+          o: KeyOpts & { name?: string; since?: string; group?: string; output: string; encrypt?: boolean; level: number; force?: boolean },
+        ) => {
+          const toStdout = o.output === '-';
+          const r = await withKey(o, o.encrypt ? 'encrypt' : 'none', false, (key) =>
+            long('export', ctx.json, (lo) =>
+              ctx.cb.bundles.export(vm ?? null, {
+                ...key,
+                ...(o.group !== undefined ? { group: o.group } : {}),
+                ...(o.name !== undefined ? { name: o.name } : {}),
+                ...(o.since !== undefined ? { since: o.since } : {}),
+                output: toStdout ? process.stdout : o.output,
+                encrypt: Boolean(o.encrypt),
+                level: o.level,
+                force: Boolean(o.force),
+                ...lo,
+              }),
+            ),
+          );
+          if (ctx.json) {
+            // stdout carries the bundle itself with -o -: the report goes to stderr then.
+            if (toStdout) process.stderr.write(`${JSON.stringify(r, null, 2)}\n`);
+            else printJson(r);
+            return;
+          }
+          const say = (s: string) => (toStdout ? process.stderr.write(`${s}\n`) : printLine(s));
+          const of = r.group ? `group ${r.group} (${r.chains.map((c) => `${c.vm}: ${c.snapshots.length}`).join(', ')})` : vm;
+          say(
+            `exported ${count(r.snapshots.length, 'snapshot')} of ${of}${r.since ? ` after ${r.since}` : ''} to ${toStdout ? 'standard output' : r.file}${r.encrypted ? ' (encrypted)' : ''}`,
+          );
+          say(
+            `  data ${formatBytes(r.logical_bytes)} in ${count(r.blocks, 'block')}; unique ${formatBytes(r.unique_bytes)} in ${count(r.unique_blocks, 'block')} (dedup saved ${pct(r.logical_bytes - r.unique_bytes, r.logical_bytes)})`,
+          );
+          say(
+            `  stored ${formatBytes(r.stored_bytes)} (compression saved ${pct(r.unique_bytes - r.stored_bytes, r.unique_bytes)}); bundle ${formatBytes(r.bundle_bytes)} in ${r.seconds.toFixed(1)} s`,
+          );
+        },
+      ),
     );
 
   snapshot
     .command('import')
-    .argument('<vm>', 'name of the VM to import into (new, or holding the base of a --since bundle)')
-    .argument('<file>', 'bundle file, or - for stdin')
+    // Not named `vm`: with --group it is the bundle file, which must not be read as a .clonebox.yaml (run.ts).
+    .argument('<vm|file>', 'name of the VM to import into (new, or holding the base of a --since bundle); with --group: the bundle file')
+    .argument('[file]', 'bundle file, or - for stdin')
     .description('rebuild the snapshots of a bundle as qcow2 layers, registered as VM <vm>')
+    .addOption(new Option('--group <group>', 'import a group bundle: every member as a new VM under its own name, and the group as <group>; all or nothing'))
     .option('--passphrase-file <file>', PASSPHRASE_HELP)
     .option('--key-file <file>', 'key file of an encrypted bundle')
     .option('--allow-plain', 'accept a plain bundle although a key or passphrase was given')
     .option('--allow-insecure-key-file', 'accept a key file that others can read')
-    .addOption(new Option('--dir <dir>', 'directory for the disks of a new VM').default(undefined, '<home>/disks/<vm>'))
+    .addOption(
+      new Option('--dir <dir>', 'directory for the disks of a new VM (with --group: <dir>/<vm> for each member)').default(undefined, '<home>/disks/<vm>'),
+    )
     .option('--max-write <size>', 'refuse once the import would write more than SIZE (free space is always checked)')
     .option('--max-virtual-size <size>', 'refuse a disk larger than SIZE (default: 16T)')
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, file: string, o: KeyOpts & { dir?: string; maxWrite?: string; maxVirtualSize?: string }) => {
-        const maxWrite = o.maxWrite !== undefined ? parseSize(o.maxWrite, '--max-write') : undefined;
-        const maxVirtualSize = o.maxVirtualSize !== undefined ? parseSize(o.maxVirtualSize, '--max-virtual-size') : undefined;
-        const r = await withKey(o, 'decrypt', file === '-', (key) =>
-          long('import', ctx.json, (lo) =>
-            ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
-              ...key,
-              ...(o.dir !== undefined ? { dir: o.dir } : {}),
-              ...(maxWrite !== undefined ? { maxWrite } : {}),
-              ...(maxVirtualSize !== undefined ? { maxVirtualSize } : {}),
-              ...lo,
-            }),
-          ),
-        );
-        if (ctx.json) return printJson(r);
-        printLine(`imported ${count(r.snapshots.length, 'snapshot')} into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
-        printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
-        if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
-          printLine(
-            `  the VM's current state was left as it was; \`clonebox snapshot restore ${vm} --name ${r.snapshots[r.snapshots.length - 1]}\` switches to the imported one`,
+      action(
+        async (ctx, first: string, second: string | undefined, o: KeyOpts & { group?: string; dir?: string; maxWrite?: string; maxVirtualSize?: string }) => {
+          const maxWrite = o.maxWrite !== undefined ? parseSize(o.maxWrite, '--max-write') : undefined;
+          const maxVirtualSize = o.maxVirtualSize !== undefined ? parseSize(o.maxVirtualSize, '--max-virtual-size') : undefined;
+          if (o.group !== undefined) {
+            if (second !== undefined) throw CloneboxError.USAGE('with --group, give only the bundle file (the members keep their own names)');
+            const file = first;
+            const g = await withKey(o, 'decrypt', file === '-', (key) =>
+              long('import', ctx.json, (lo) =>
+                ctx.cb.bundles.import(null, file === '-' ? process.stdin : file, {
+                  ...key,
+                  group: o.group!,
+                  ...(o.dir !== undefined ? { dir: o.dir } : {}),
+                  ...(maxWrite !== undefined ? { maxWrite } : {}),
+                  ...(maxVirtualSize !== undefined ? { maxVirtualSize } : {}),
+                  ...lo,
+                }),
+              ),
+            );
+            if (ctx.json) return printJson(g);
+            printLine(`imported group ${g.group}: ${g.members.map((m) => `${m.vm} (${count(m.snapshots.length, 'snapshot')})`).join(', ')}`);
+            printLine(`  wrote ${formatBytes(g.bytes_written)} in ${g.seconds.toFixed(1)} s`);
+            return;
+          }
+          if (second === undefined) throw CloneboxError.USAGE('name the VM to import into and the bundle file', { hint: 'clonebox snapshot import VM FILE' });
+          const vm = first;
+          const file = second;
+          const r = await withKey(o, 'decrypt', file === '-', (key) =>
+            long('import', ctx.json, (lo) =>
+              ctx.cb.bundles.import(vm, file === '-' ? process.stdin : file, {
+                ...key,
+                ...(o.dir !== undefined ? { dir: o.dir } : {}),
+                ...(maxWrite !== undefined ? { maxWrite } : {}),
+                ...(maxVirtualSize !== undefined ? { maxVirtualSize } : {}),
+                ...lo,
+              }),
+            ),
           );
-        }
-      }),
+          if (ctx.json) return printJson(r);
+          printLine(`imported ${count(r.snapshots.length, 'snapshot')} into VM ${r.vm}${r.base ? ` on top of ${r.base}` : ''}: ${r.snapshots.join(', ')}`);
+          printLine(`  wrote ${formatBytes(r.bytes_written)} in ${r.seconds.toFixed(1)} s; current snapshot: ${r.current ?? '(none)'}`);
+          if (r.base && r.current !== r.snapshots[r.snapshots.length - 1]) {
+            printLine(
+              `  the VM's current state was left as it was; \`clonebox snapshot restore ${vm} --name ${r.snapshots[r.snapshots.length - 1]}\` switches to the imported one`,
+            );
+          }
+        },
+      ),
     );
 
   snapshot
@@ -182,13 +220,27 @@ export function registerBundle(snapshot: Command, program: Command): void {
           return;
         }
         printLine('claims:    the sizes and content ids below are what the bundle says; `clonebox snapshot verify` checks them');
-        printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+        if (r.group) {
+          printLine(`group: ${r.group.name} (VMs ${r.group.members.join(', ')}), exported ${r.created_at}`);
+          printLine(`group snapshots: ${r.group.snapshots.map((g) => g.name).join(', ') || '(none)'}`);
+        } else {
+          printLine(`VM: ${r.vm}, exported ${r.created_at}${r.since ? `, snapshots after ${r.since.name} (${r.since.content_id.slice(0, 12)})` : ''}`);
+        }
         printLine('');
+        const vmCol = r.group !== null;
         printLine(
           table(
-            ['SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'],
-            r.snapshots.map((s) => [s.name, s.parent ?? '-', s.created_at, formatBytes(s.data_bytes), formatBytes(s.zero_bytes), s.description ?? '']),
-            [false, false, false, true, true, false],
+            [...(vmCol ? ['VM'] : []), 'SNAPSHOT', 'PARENT', 'CREATED', 'DATA', 'ZERO', 'DESCRIPTION'],
+            r.snapshots.map((s) => [
+              ...(vmCol ? [s.vm] : []),
+              s.name,
+              s.parent ?? '-',
+              s.created_at,
+              formatBytes(s.data_bytes),
+              formatBytes(s.zero_bytes),
+              s.description ?? '',
+            ]),
+            [...(vmCol ? [false] : []), false, false, false, true, true, false],
           ),
         );
         printLine('');

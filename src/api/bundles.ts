@@ -10,6 +10,8 @@ import type {
   BundleInput,
   ExportOptions,
   ExportResult,
+  GroupImportOptions,
+  GroupImportResult,
   ImportOptions,
   ImportResult,
   InspectResult,
@@ -66,12 +68,18 @@ export async function withKey<T>(o: KeyOptions, fn: (key: KeySource | null) => P
 export class Bundles {
   constructor(private readonly s: Session) {}
 
-  /** Writes snapshots root..name (or those after `since`) of a VM as one bundle. */
-  export(vm: string, opts: ExportOptions): Promise<ExportResult> {
+  /**
+   * Writes snapshots root..name (or those after `since`) of a VM as one bundle; with `group` (and a
+   * null VM), every member's chain up to a group snapshot (a group bundle, deduplicated across the VMs).
+   */
+  export(vm: string | null, opts: ExportOptions): Promise<ExportResult> {
     return this.s.run(async () => {
+      if ((vm === null) === (opts.group === undefined)) throw usageError('name either a VM or a group (--group), not both or neither');
+      if (opts.group !== undefined && opts.since !== undefined) throw usageError('--since is not supported with --group', 'a group bundle holds whole chains');
       if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
       if (!opts.encrypt && hasKey(opts)) throw usageError('a key was given without --encrypt', 'add --encrypt to encrypt the bundle');
       const { exportBundle } = await import('../bundle/export.js');
+      const { exportGroupBundle } = await import('../bundle/group.js');
       const r = await withKey(opts.encrypt ? opts : {}, (key) => {
         if (key?.kind === 'passphrase' && passphraseChars(key.passphrase) < SHORT_PASSPHRASE) {
           this.s.warn(
@@ -79,7 +87,9 @@ export class Bundles {
             opts.onWarning,
           );
         }
-        return exportBundle(this.s.home, vm, {
+        const run = (o: Parameters<typeof exportBundle>[2]) =>
+          vm === null ? exportGroupBundle(this.s.home, opts.group!, o) : exportBundle(this.s.home, vm, o);
+        return run({
           name: opts.name,
           since: opts.since,
           output: opts.output,
@@ -93,6 +103,8 @@ export class Bundles {
       return {
         file: r.file,
         snapshots: r.snapshots,
+        chains: r.chains,
+        group: r.group,
         logical_bytes: r.logical_bytes,
         unique_bytes: r.unique_bytes,
         stored_bytes: r.stored_bytes,
@@ -107,7 +119,11 @@ export class Bundles {
   }
 
   /** Rebuilds a bundle's snapshots as qcow2 layers of VM `vm` (a new VM, or one that holds the bundle's base). */
-  import(vm: string, input: BundleInput, opts: ImportOptions = {}): Promise<ImportResult> {
+  import(vm: string, input: BundleInput, opts?: ImportOptions): Promise<ImportResult>;
+  /** Rebuilds a group bundle: every member as a new VM under its own name, and the group as `opts.group`; all or nothing. */
+  import(vm: null, input: BundleInput, opts: GroupImportOptions): Promise<GroupImportResult>;
+  import(vm: string | null, input: BundleInput, opts: ImportOptions | GroupImportOptions = {}): Promise<ImportResult | GroupImportResult> {
+    if (vm === null) return this.importGroup(input, opts as GroupImportOptions);
     return this.s.run(async () => {
       const { importBundle } = await import('../bundle/import.js');
       const r = await withKey(opts, (key) =>
@@ -124,6 +140,39 @@ export class Bundles {
         }),
       );
       return { vm: r.vm, snapshots: r.snapshots, bytes_written: r.bytes_written, seconds: r.seconds, current: r.current, base: r.base };
+    });
+  }
+
+  private importGroup(input: BundleInput, opts: GroupImportOptions): Promise<GroupImportResult> {
+    return this.s.run(async () => {
+      if (typeof opts.group !== 'string') throw usageError('name the group to import (--group NAME), or a VM');
+      const { importGroupBundle } = await import('../bundle/group.js');
+      const r = await withKey(opts, (key) =>
+        importGroupBundle(this.s.home, opts.group, {
+          input,
+          key,
+          dir: opts.dir,
+          allowPlain: opts.allowPlain,
+          askPassphrase: opts.askPassphrase,
+          maxWrite: opts.maxWrite,
+          maxVirtualSize: opts.maxVirtualSize,
+          signal: this.s.signal(opts.signal),
+          onProgress: opts.onProgress,
+        }),
+      );
+      return {
+        group: r.group,
+        members: r.members.map((m) => ({
+          vm: m.vm,
+          snapshots: m.snapshots,
+          bytes_written: m.bytes_written,
+          seconds: m.seconds,
+          current: m.current,
+          base: m.base,
+        })),
+        bytes_written: r.bytes_written,
+        seconds: r.seconds,
+      };
     });
   }
 

@@ -528,10 +528,15 @@ export interface KeyOptions {
 export interface ExportOptions extends LongOptions, KeyOptions {
   /** A file path, or a Node stream that takes the bundle. */
   output: string | Writable;
-  /** Last snapshot to include (default: the current one). */
+  /** Last snapshot to include (default: the current one); with `group`, the last group snapshot (default: the newest). */
   name?: string;
-  /** Include only the snapshots after this one (the importing VM must hold it). */
+  /** Include only the snapshots after this one (the importing VM must hold it). Not with `group`. */
   since?: string;
+  /**
+   * Export a VM group (pass null as the VM): every member's chain up to its member snapshot of group
+   * snapshot `name`, in one bundle whose blocks are deduplicated across the VMs (format version 2).
+   */
+  group?: string;
   /** Encrypt (needs a key). */
   encrypt?: boolean;
   /** zstd level, 1-19 (default 3). */
@@ -546,7 +551,12 @@ export interface ExportOptions extends LongOptions, KeyOptions {
 /** `snapshot export --json`. `file` is '-' when the output was a stream. */
 export interface ExportResult {
   file: string;
+  /** Every snapshot of the bundle, chain after chain. */
   snapshots: string[];
+  /** Per VM, its snapshots in the bundle: one entry, or one per member of a group bundle. */
+  chains: { vm: string; snapshots: string[] }[];
+  /** The group of a group bundle (`group` option), else null. */
+  group: string | null;
   logical_bytes: number;
   unique_bytes: number;
   stored_bytes: number;
@@ -565,6 +575,23 @@ export interface ImportOptions extends LongOptions, KeyOptions {
   maxWrite?: number;
   /** Refuse (BUDGET_EXCEEDED) a bundle holding a disk larger than this (default 16 TiB). */
   maxVirtualSize?: number;
+}
+
+/** Import of a group bundle: pass null as the VM; the members keep their own names. */
+export interface GroupImportOptions extends ImportOptions {
+  /** The name the group is registered under (the bundle's own group name, or another). */
+  group: string;
+  /** With a group: each member's disks go to <dir>/<vm> (default <home>/disks/<vm>). */
+  dir?: string;
+}
+
+/** `snapshot import --group --json`. */
+export interface GroupImportResult {
+  group: string;
+  /** Every member VM, each new, by name. */
+  members: ImportResult[];
+  bytes_written: number;
+  seconds: number;
 }
 
 /** `snapshot import --json`. */
@@ -606,10 +633,17 @@ export interface InspectResult {
    */
   claims_verified: false;
   bundle_bytes: number | null;
+  /** The VM of a single-VM bundle; null for a group bundle (see `chains`). */
   vm: string | null;
+  /** The group of a group bundle (format version 2), else null. */
+  group: { name: string; members: string[]; snapshots: { name: string; created_at: string; members: Record<string, string> }[] } | null;
+  /** Per VM, the names of its snapshots in the bundle (one entry unless a group bundle). */
+  chains: { vm: string; snapshots: string[] }[];
   created_at: string | null;
   since: { name: string; content_id: string } | null;
   snapshots: {
+    /** The VM whose chain holds the snapshot. */
+    vm: string;
     name: string;
     parent: string | null;
     created_at: string;

@@ -52,13 +52,15 @@ import {
   KDF_OPSLIMIT,
   KeyKind,
   type Meta,
+  type MetaChain,
+  type MetaGroup,
   type MetaLayer,
   PACK_TARGET,
   packEntryName,
   type Seal,
   type SealTotals,
 } from './format.js';
-import { encodeHeader, encodeJson, headerPrefix } from './manifest.js';
+import { encodeHeader, encodeJson, encodeMeta, headerPrefix } from './manifest.js';
 import { checkExportOutput } from './output.js';
 import { PackWriter } from './packs.js';
 import { Progress, type ProgressCallback } from './progress.js';
@@ -85,7 +87,12 @@ export interface ExportOptions {
 
 export interface ExportResult {
   file: string;
+  /** Every snapshot of the bundle, chain after chain. */
   snapshots: string[];
+  /** Per VM, its snapshots in the bundle (one chain unless it is a group bundle). */
+  chains: { vm: string; snapshots: string[] }[];
+  /** The group of a group bundle, else null. */
+  group: string | null;
   logical_bytes: number;
   unique_bytes: number;
   stored_bytes: number;
@@ -104,10 +111,10 @@ interface LayerPlan {
 }
 
 /** Header, sealer and block-id key for a new bundle. */
-async function newHeader(key: KeySource | null): Promise<{ header: Buffer; sealer: Sealer; idk: Buffer | null }> {
+async function newHeader(key: KeySource | null, version: 1 | 2): Promise<{ header: Buffer; sealer: Sealer; idk: Buffer | null }> {
   const bundleId = randomBytes(16);
   if (!key) {
-    const prefix = headerPrefix({ version: 1, encrypted: false, bundleId, keyKind: KeyKind.None, opslimit: 0, memlimit: 0, salt: Buffer.alloc(16) });
+    const prefix = headerPrefix({ version, encrypted: false, bundleId, keyKind: KeyKind.None, opslimit: 0, memlimit: 0, salt: Buffer.alloc(16) });
     const { bytes, checksum } = encodeHeader(prefix, Buffer.alloc(32));
     return { header: bytes, sealer: new Sealer(checksum, null), idk: null };
   }
@@ -115,7 +122,7 @@ async function newHeader(key: KeySource | null): Promise<{ header: Buffer; seale
   const kdf = passphrase ? { salt: randomBytes(16), opslimit: KDF_OPSLIMIT, memlimit: KDF_MEMLIMIT } : { salt: Buffer.alloc(16), opslimit: 0, memlimit: 0 };
   const master = await deriveMaster(key, kdf);
   const prefix = headerPrefix({
-    version: 1,
+    version,
     encrypted: true,
     bundleId,
     keyKind: passphrase ? KeyKind.Passphrase : KeyKind.KeyFile,
@@ -141,8 +148,47 @@ function notFound(vm: string, name: string): CloneboxError {
   return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
 }
 
+/** What to export of one VM: snapshots root..name (default: its current one), or those after `since`. */
+export interface ChainTarget {
+  vm: string;
+  name?: string | undefined;
+  since?: string | undefined;
+}
+
+/** One VM's chain, resolved and checked under its lock. */
+interface ChainPlan {
+  vm: string;
+  since: MetaChain['since'];
+  chain: SnapshotRecord[];
+  /** meta.snapshot indexes are the chain's own (0..), made global when the chains are put together. */
+  layers: LayerPlan[];
+}
+
 export async function exportBundle(home: Home, vmName: string, opts: ExportOptions): Promise<ExportResult> {
-  checkName('VM', vmName);
+  return exportChains(home, [{ vm: vmName, name: opts.name, since: opts.since }], null, opts);
+}
+
+/**
+ * Exports several VMs' chains as one bundle: one block numbering and one dedup index for all of them,
+ * so blocks the VMs share (clones of one base) are stored once. `group` non-null makes it a version 2
+ * (group) bundle; a single chain without a group is a version 1 bundle, as older readers expect.
+ */
+/** What a caller does at two points of exportChains (a group export: group.ts). */
+export interface ExportHooks {
+  /** The resolved chains (VM → snapshot names, oldest first), still under the VM locks: throw to refuse. */
+  check?(chains: Map<string, string[]>): void;
+  /** Every chain is pinned and the VM locks are released. */
+  pinned?(): Promise<void>;
+}
+
+export async function exportChains(
+  home: Home,
+  targets: ChainTarget[],
+  group: MetaGroup | null,
+  opts: ExportOptions,
+  hooks: ExportHooks = {},
+): Promise<ExportResult> {
+  for (const t of targets) checkName('VM', t.vm);
   const level = opts.level ?? 3;
   if (!Number.isInteger(level) || level < 1 || level > 19) throw usageError(`--level must be a whole number from 1 to 19, got ${level}`);
   const toStream = typeof opts.output !== 'string';
@@ -151,109 +197,69 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
   }
   checkAborted(opts.signal);
   const t0 = Date.now();
-  await loadVm(home, vmName); // VM_NOT_FOUND before a lock file is made
+  for (const t of targets) await loadVm(home, t.vm); // VM_NOT_FOUND before a lock file is made
   // A wrong output path fails now, not after the whole export (output.ts).
   const finalPath = typeof opts.output === 'string' ? await checkExportOutput(home, opts.output, Boolean(opts.force)) : null;
   // The workers start (load, compile, zstd) while the chain is checked, not after it (bench/README.md).
   const starting = WorkerPool.start();
   starting.catch(() => undefined);
   let pool: WorkerPool | null = null;
-  // The lock is held only while the chain is resolved and pinned (store/pins.ts): layers never change
+  // The locks are held only while the chains are resolved and pinned (store/pins.ts): layers never change
   // once made, except by a delete, which a pin holds off; so other commands (a scheduled snapshot
-  // create) run during a long export.
-  let lock: Lock | null = await lockVm(home, vmName, 'snapshot export').catch(async (err: unknown) => {
-    await (await starting.catch(() => null))?.close();
-    throw err;
-  });
-  let pin: Pin | null = null;
+  // create) run during a long export. Several VMs are locked in name order (the order every group
+  // operation takes them in), so two of them never wait on each other.
+  const locks: Lock[] = [];
+  const pins: Pin[] = [];
+  const releaseLocks = async () => {
+    for (const l of locks.splice(0).reverse()) await l.release();
+  };
   try {
-    await recover(home, vmName, driverStepHandlers);
-    const vm = await loadVm(home, vmName);
-    const snaps = await listSnapshotRecords(home, vmName);
-    const byName = new Map(snaps.map((s) => [s.name, s]));
-    const last = opts.name ?? vm.current;
-    if (last === null) {
-      throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
+    try {
+      for (const vm of targets.map((t) => t.vm).sort()) locks.push(await lockVm(home, vm, 'snapshot export'));
+    } catch (err) {
+      await releaseLocks();
+      await (await starting.catch(() => null))?.close();
+      throw err;
     }
-    if (opts.name !== undefined) checkName('snapshot', opts.name);
-    if (!byName.has(last)) throw notFound(vmName, last);
-    // The line from the root to `last`.
-    const line: SnapshotRecord[] = [];
-    for (let cur: string | null = last; cur !== null; cur = byName.get(cur)?.parent ?? null) {
-      const rec = byName.get(cur);
-      if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vmName}`);
-      if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vmName}`);
-      line.push(rec);
+    const plans: ChainPlan[] = [];
+    for (const t of targets) {
+      await recover(home, t.vm, driverStepHandlers);
+      plans.push(await planChain(home, t));
     }
-    line.reverse();
-    let since: Meta['since'] = null;
-    let chain = line;
-    if (opts.since !== undefined) {
-      checkName('snapshot', opts.since);
-      if (!byName.has(opts.since)) throw notFound(vmName, opts.since);
-      const at = line.findIndex((s) => s.name === opts.since);
-      if (at < 0 || at === line.length - 1) {
-        throw usageError(`--since ${opts.since} is not an ancestor of ${last}`, `see \`clonebox snapshot list ${vmName} --tree\``);
-      }
-      const ids = await ensureContentIds(home, snaps, [opts.since]);
-      since = { name: opts.since, content_id: ids.get(opts.since)! };
-      chain = line.slice(at + 1);
+    hooks.check?.(new Map(plans.map((p) => [p.vm, p.chain.map((s) => s.name)])));
+    for (const p of plans) {
+      pins.push(
+        await pinSnapshots(
+          home,
+          p.vm,
+          p.chain.map((s) => s.name),
+          'snapshot export',
+        ),
+      );
     }
-    for (const s of chain) {
-      if (s.state !== 'ready') throw new CloneboxError('SNAPSHOT_NOT_READY', `snapshot ${s.name} is ${s.state}, not ready, VM ${vmName}`);
-    }
+    await releaseLocks();
+    await hooks.pinned?.();
 
-    // Layers, with the checks that make the bundle rebuildable: each layer stands on its parent's.
+    // One list of snapshots and layers, chain after chain.
+    const chains: MetaChain[] = [];
+    const allSnaps: SnapshotRecord[] = [];
     const layers: LayerPlan[] = [];
-    let targets: string | null = null;
-    for (const [si, s] of chain.entries()) {
-      const disks = [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1));
-      const t = disks.map((d) => d.target).join(',');
-      if (targets === null) targets = t;
-      else if (targets !== t)
-        throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${t}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
-      for (const d of disks) {
-        const img = await Qcow2Image.open(d.path);
-        try {
-          const backing = img.backingPath();
-          let resolved = false;
-          if (s.parent === null) {
-            resolved = backing !== null;
-            // A root on a base image carries that base's bytes: its chain must still pass the rules
-            // `vm add` applied (the header may have changed since). A libvirt domain's chain is the domain's.
-            if (resolved && vm.driver === 'image') await checkedBackingChain(d.path, vm.allowed_backing ?? []);
-          } else {
-            const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
-            if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
-              throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
-            }
-          }
-          layers.push({ meta: { snapshot: si, target: d.target, virtual_size: img.virtualSize, cluster_size: img.clusterSize }, path: d.path, resolved });
-        } finally {
-          await img.close();
-        }
-      }
+    for (const p of plans) {
+      const first = allSnaps.length;
+      chains.push({ vm: p.vm, since: p.since, first, count: p.chain.length });
+      allSnaps.push(...p.chain);
+      for (const l of p.layers) layers.push({ ...l, meta: { ...l.meta, snapshot: l.meta.snapshot + first } });
     }
-
-    pin = await pinSnapshots(
-      home,
-      vmName,
-      chain.map((s) => s.name),
-      'snapshot export',
-    );
-    await lock.release();
-    lock = null;
-
     const meta: Meta = {
       format: 'clonebox-bundle',
-      version: 1,
+      version: group ? 2 : 1,
       created_at: nowIso(),
-      vm: { name: vmName },
       block_size: BLOCK_SIZE,
       block_hash: opts.key ? 'blake2b256-keyed-sha256' : 'sha256',
       compression: { codec: 'zstd', level },
-      since,
-      snapshots: chain.map((s) => ({
+      chains,
+      group,
+      snapshots: allSnaps.map((s) => ({
         name: s.name,
         parent: s.parent,
         type: s.type,
@@ -268,7 +274,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       layers: layers.map((l) => l.meta),
     };
 
-    const { header, sealer, idk } = await newHeader(opts.key);
+    const { header, sealer, idk } = await newHeader(opts.key, meta.version);
     let out: Writable;
     let tmp: string | null = null;
     let fh: import('node:fs/promises').FileHandle | null = null;
@@ -288,7 +294,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
     const progress = new Progress('export', opts.onProgress ? await totalData(layers) : null, opts.onProgress);
     try {
       await tarW.add(ENTRY_HEADER, header);
-      await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
+      await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeMeta(meta)));
       pool = await starting;
       // Dirty pages go to the disk while the export goes on (one datasync at a time, every 32 MiB), so
       // the fsync before the rename waits only for the tail, not for the whole bundle (bench/README.md).
@@ -313,19 +319,21 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack, opts.signal);
       await syncing;
       const ids: string[] = [];
-      for (const [si, s] of chain.entries()) {
-        const parentId = si === 0 ? (since ? since.content_id : null) : ids[si - 1]!;
-        ids.push(
-          s.content_id ??
-            contentId(
-              parentId,
-              layers.flatMap((l, li) => (l.meta.snapshot === si ? [{ target: l.meta.target, digest: result.digests[li]! }] : [])),
-            ),
-        );
+      for (const ch of chains) {
+        for (let si = ch.first; si < ch.first + ch.count; si++) {
+          const parentId = si === ch.first ? (ch.since ? ch.since.content_id : null) : ids[si - 1]!;
+          ids.push(
+            allSnaps[si]!.content_id ??
+              contentId(
+                parentId,
+                layers.flatMap((l, li) => (l.meta.snapshot === si ? [{ target: l.meta.target, digest: result.digests[li]! }] : [])),
+              ),
+          );
+        }
       }
       const seal: Seal = {
         packs: result.packs,
-        snapshots: chain.map((s, i) => ({ name: s.name, content_id: ids[i]! })),
+        snapshots: allSnaps.map((s, i) => ({ name: s.name, content_id: ids[i]! })),
         layers: result.layerStats,
         totals: result.totals,
       };
@@ -353,14 +361,18 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         await fsyncDir(path.dirname(finalPath!));
       }
       // The ids computed on the way are kept: later merges must not change what names these states.
-      await keepContentIds(
-        home,
-        vmName,
-        chain.map((s, i) => ({ rec: s, id: ids[i]! })),
-      );
+      for (const ch of chains) {
+        await keepContentIds(
+          home,
+          ch.vm,
+          allSnaps.slice(ch.first, ch.first + ch.count).map((s, i) => ({ rec: s, id: ids[ch.first + i]! })),
+        );
+      }
       return {
         file: finalPath ?? '-',
-        snapshots: chain.map((s) => s.name),
+        snapshots: allSnaps.map((s) => s.name),
+        chains: chains.map((ch) => ({ vm: ch.vm, snapshots: allSnaps.slice(ch.first, ch.first + ch.count).map((s) => s.name) })),
+        group: group?.name ?? null,
         logical_bytes: result.totals.logical_bytes,
         unique_bytes: result.totals.unique_bytes,
         stored_bytes: result.totals.stored_bytes,
@@ -369,7 +381,7 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
         encrypted: opts.key !== null,
         seconds: (Date.now() - t0) / 1000,
         bundle_bytes: tarW.bytes,
-        since: since?.name ?? null,
+        since: chains[0]!.since?.name ?? null,
       };
     } catch (err) {
       tarW.abort(err as Error);
@@ -383,10 +395,82 @@ export async function exportBundle(home: Home, vmName: string, opts: ExportOptio
       }
     }
   } finally {
-    await lock?.release();
-    await pin?.release();
+    await releaseLocks();
+    for (const p of pins) await p.release();
     if (!pool) await (await starting.catch(() => null))?.close(); // failed before the pipeline started
   }
+}
+
+/** Resolves and checks one VM's chain; the caller holds the VM's lock and has recovered its journal. */
+async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
+  const vmName = t.vm;
+  const vm = await loadVm(home, vmName);
+  const snaps = await listSnapshotRecords(home, vmName);
+  const byName = new Map(snaps.map((s) => [s.name, s]));
+  const last = t.name ?? vm.current;
+  if (last === null) {
+    throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
+  }
+  if (t.name !== undefined) checkName('snapshot', t.name);
+  if (!byName.has(last)) throw notFound(vmName, last);
+  // The line from the root to `last`.
+  const line: SnapshotRecord[] = [];
+  for (let cur: string | null = last; cur !== null; cur = byName.get(cur)?.parent ?? null) {
+    const rec = byName.get(cur);
+    if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vmName}`);
+    if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vmName}`);
+    line.push(rec);
+  }
+  line.reverse();
+  let since: MetaChain['since'] = null;
+  let chain = line;
+  if (t.since !== undefined) {
+    checkName('snapshot', t.since);
+    if (!byName.has(t.since)) throw notFound(vmName, t.since);
+    const at = line.findIndex((s) => s.name === t.since);
+    if (at < 0 || at === line.length - 1) {
+      throw usageError(`--since ${t.since} is not an ancestor of ${last}`, `see \`clonebox snapshot list ${vmName} --tree\``);
+    }
+    const ids = await ensureContentIds(home, snaps, [t.since]);
+    since = { name: t.since, content_id: ids.get(t.since)! };
+    chain = line.slice(at + 1);
+  }
+  for (const s of chain) {
+    if (s.state !== 'ready') throw new CloneboxError('SNAPSHOT_NOT_READY', `snapshot ${s.name} is ${s.state}, not ready, VM ${vmName}`);
+  }
+
+  // Layers, with the checks that make the bundle rebuildable: each layer stands on its parent's.
+  const layers: LayerPlan[] = [];
+  let targets: string | null = null;
+  for (const [si, s] of chain.entries()) {
+    const disks = [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1));
+    const tg = disks.map((d) => d.target).join(',');
+    if (targets === null) targets = tg;
+    else if (targets !== tg)
+      throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${tg}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
+    for (const d of disks) {
+      const img = await Qcow2Image.open(d.path);
+      try {
+        const backing = img.backingPath();
+        let resolved = false;
+        if (s.parent === null) {
+          resolved = backing !== null;
+          // A root on a base image carries that base's bytes: its chain must still pass the rules
+          // `vm add` applied (the header may have changed since). A libvirt domain's chain is the domain's.
+          if (resolved && vm.driver === 'image') await checkedBackingChain(d.path, vm.allowed_backing ?? []);
+        } else {
+          const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
+          if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
+            throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
+          }
+        }
+        layers.push({ meta: { snapshot: si, target: d.target, virtual_size: img.virtualSize, cluster_size: img.clusterSize }, path: d.path, resolved });
+      } finally {
+        await img.close();
+      }
+    }
+  }
+  return { vm: vmName, since, chain, layers };
 }
 
 /**

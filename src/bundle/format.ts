@@ -1,12 +1,17 @@
 /**
- * The clonebox bundle format, version 1: constants, limits and the shapes of every part.
+ * The clonebox bundle format, versions 1 and 2: constants, limits and the shapes of every part.
+ * Version 1 holds one VM's chain; version 2 (a group bundle) holds the chains of several VMs and the
+ * group they belong to, with one block numbering (one dedup index) for all of them. The two differ only
+ * in the header's version field and the meta; packs and seal are the same. A writer uses version 1 for
+ * a single VM, so that older readers still read what they can.
  * docs/bundle-format.md is the full description (someone could re-implement it from there); this file
  * is the same layout next to the code that writes and reads it.
  *
  * A bundle is a POSIX tar archive (`tar -tf` lists it) of these regular-file entries, in this order:
  *
  *   header            136 bytes, never encrypted (what a reader needs to derive the key)
- *   meta              sealed JSON: the VM, the snapshots with their metadata, the layers' parameters
+ *   meta              sealed JSON: the VM (v1) or the group and its member VMs' chains (v2), the
+ *                     snapshots with their metadata, the layers' parameters
  *   pack-00000000     sealed binary: records (map pieces) and frames of compressed blocks
  *   pack-00000001     ...
  *   seal              sealed JSON: pack count, content ids, per-layer digests and totals
@@ -20,7 +25,7 @@
  *
  *   off  size  field
  *     0    16  magic "clonebox-bundle\0"
- *    16     4  version (1)
+ *    16     4  version (1, or 2 for a group bundle)
  *    20     4  flags: bit 0 = encrypted; other bits must be zero
  *    24    16  bundle id (random)
  *    40     1  key kind: 0 none, 1 passphrase (Argon2id v1.3), 2 key file (32 raw bytes)
@@ -41,6 +46,8 @@
 
 export const BUNDLE_MAGIC = Buffer.from('clonebox-bundle\0', 'latin1');
 export const BUNDLE_VERSION = 1;
+/** The version of a group bundle (several VMs' chains and the group). */
+export const BUNDLE_VERSION_GROUP = 2;
 export const HEADER_SIZE = 136;
 
 export const FLAG_ENCRYPTED = 1;
@@ -80,6 +87,9 @@ export const MAX_FRAME_BLOCKS = MAX_FRAME_RAW / 512;
 export const MAX_PACKS = 99_999_999;
 export const MAX_SNAPSHOTS = 100_000;
 export const MAX_DISKS = 64;
+/** Member VMs (chains) in a group bundle, and group snapshots it names. */
+export const MAX_CHAINS = 256;
+export const MAX_GROUP_SNAPSHOTS = 100_000;
 /** Argon2id parameters a reader accepts: beyond this a hostile header could exhaust memory or time. */
 export const MAX_KDF_OPSLIMIT = 20;
 export const MAX_KDF_MEMLIMIT = 256 * 1024 * 1024;
@@ -135,27 +145,75 @@ export interface MetaSnapshot {
 }
 
 export interface MetaLayer {
-  /** Index into snapshots. */
+  /** Index into snapshots (of the whole bundle). */
   snapshot: number;
   target: string;
   virtual_size: number;
   cluster_size: number;
 }
 
+/**
+ * One VM's chain: snapshots first..first+count-1 of the bundle. A version 1 bundle has exactly one
+ * (its `vm` and `since` on the wire); a group bundle one per member, each a whole chain (since null).
+ */
+export interface MetaChain {
+  vm: string;
+  /** For a `--since` bundle (version 1 only): the snapshot the first one stands on, by name and content id. */
+  since: { name: string; content_id: string } | null;
+  first: number;
+  count: number;
+}
+
+/** A group snapshot as carried in a group bundle: its name and each member's snapshot. */
+export interface MetaGroupSnapshot {
+  name: string;
+  created_at: string;
+  description: string | null;
+  tags: string[];
+  type: 'disk' | 'full';
+  /** How the members were held at one point (store/groups.ts, GroupConsistency). */
+  consistency: 'locks' | 'paused' | 'frozen' | 'mixed';
+  pause_ms: number | null;
+  auto_created: boolean;
+  auto_policy: string | null;
+  /** Member VM name → that VM's snapshot (which the bundle holds). */
+  members: Record<string, string>;
+}
+
+/** The group of a version 2 bundle. */
+export interface MetaGroup {
+  name: string;
+  description: string | null;
+  /** The members, as the group record lists them (each has a chain in the bundle). */
+  members: string[];
+  /** Oldest first; only those whose every member snapshot is in the bundle. */
+  snapshots: MetaGroupSnapshot[];
+}
+
+/**
+ * The meta as readers use it, whatever its version: every snapshot and layer of the bundle in one list
+ * (chain after chain), the chains that cut the list, and the group (null in version 1).
+ * On the wire (manifest.ts, docs/bundle-format.md), version 1 names its one chain with `vm` and `since`,
+ * version 2 with `group` and `chains`.
+ */
 export interface Meta {
   format: 'clonebox-bundle';
-  version: 1;
+  version: 1 | 2;
   created_at: string;
-  vm: { name: string };
   block_size: number;
   block_hash: BlockHash;
   compression: { codec: 'zstd'; level: number };
-  /** For a `--since` bundle: the snapshot the first one stands on, by name and content id. */
-  since: { name: string; content_id: string } | null;
-  /** From the oldest to the newest; each one's parent is the previous one (the first's is `since`). */
+  chains: MetaChain[];
+  group: MetaGroup | null;
+  /** Chain after chain, each from its oldest to its newest; each one's parent is the previous one of its chain (the first's is its chain's `since`). */
   snapshots: MetaSnapshot[];
   /** Per snapshot, one per disk; in the order their records appear in the packs. */
   layers: MetaLayer[];
+}
+
+/** The chain snapshot `si` belongs to. */
+export function chainOf(meta: Meta, si: number): MetaChain {
+  return meta.chains.find((c) => si >= c.first && si < c.first + c.count)!;
 }
 
 export interface SealLayer {

@@ -25,29 +25,21 @@ import { nowIso } from '../clock.js';
 import { WorkerPool } from '../content/workers.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
-import { CloneboxError, ioError } from '../errors.js';
+import { CloneboxError, ioError, usageError } from '../errors.js';
 import { ensureDir, freeSpace } from '../fsutil.js';
 import { checkName } from '../names.js';
 import { checkVirtualSize, DEFAULT_MAX_VIRTUAL_SIZE, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureContentIds, trustedContentId } from '../snapshots/identity.js';
-import {
-  commitLanding,
-  currentIsClean,
-  type Landing,
-  LayerAssembler,
-  landingTemp,
-  landOverlays,
-  type OverlayPlan,
-  refuseExisting,
-} from '../snapshots/landing.js';
+import { currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan, refuseExisting } from '../snapshots/landing.js';
 import { type Home, vmDir } from '../store/home.js';
-import { Journal, journalPath, recover } from '../store/journal.js';
-import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
+import { type Action, Journal, journalPath, recover } from '../store/journal.js';
+import type { Lock } from '../store/lock.js';
+import { loadVm, lockVm, type VmRecord, vmExists, vmFile } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import { type KeySource, randomBytes } from './crypto.js';
 import { type BundleSink, decodeBundle } from './decode.js';
-import { BLOCK_SIZE, type Codec, type Meta } from './format.js';
+import { BLOCK_SIZE, type Codec, type Meta, type MetaChain } from './format.js';
 import { openInput } from './input.js';
 import { Progress, type ProgressCallback } from './progress.js';
 import { BundleReader, type ReaderKeyOptions } from './reader.js';
@@ -281,6 +273,75 @@ class ImportSink implements BundleSink {
 
 export async function importBundle(home: Home, vmName: string, opts: ImportOptions): Promise<ImportResult> {
   checkName('VM', vmName);
+  const r = await withReader(opts, async (reader, pool, size, t0, label) => {
+    const meta = reader.meta;
+    if (meta.group !== null || meta.chains.length !== 1) {
+      throw usageError(
+        `${label} is a group bundle (group ${meta.group?.name ?? '?'}, VMs ${meta.chains.map((c) => c.vm).join(', ')}), not one VM's`,
+        `import it with \`clonebox snapshot import --group ${meta.group?.name ?? 'NAME'} ${label}\``,
+      );
+    }
+    return importChains(home, [{ vm: vmName, chain: meta.chains[0]! }], null, reader, pool, opts, size, t0, label);
+  });
+  return r.members[0]!;
+}
+
+/** What a group import registers besides the members (the group's own records); see importGroupBundle. */
+export interface GroupLanding {
+  /** The name the group is registered under (its member snapshots are tagged with it). */
+  name: string;
+  /** Checked under the members' locks, before anything is written (the group must not exist...). */
+  check(meta: Meta): Promise<void>;
+  /**
+   * Journal actions that write the group's records, given each member's snapshot records; run in the
+   * commit after every member's records and before the last VM record (see importChains).
+   */
+  actions(meta: Meta, records: Map<string, SnapshotRecord[]>): Action[];
+}
+
+export interface GroupImportResult {
+  group: string;
+  members: ImportResult[];
+  bytes_written: number;
+  seconds: number;
+}
+
+/**
+ * Imports a group bundle: every member VM under its own name (all new), and the group, or nothing.
+ * `landing` writes the group's records (store/groups knows their shape).
+ */
+export async function importGroupChains(opts: ImportOptions, home: Home, landing: GroupLanding): Promise<GroupImportResult> {
+  const r = await withReader(opts, async (reader, pool, size, t0, label) => {
+    const meta = reader.meta;
+    if (meta.group === null) {
+      throw usageError(
+        `${label} holds one VM's snapshots (VM ${meta.chains[0]!.vm}), not a group's`,
+        `import it with \`clonebox snapshot import VM ${label}\``,
+      );
+    }
+    for (const ch of meta.chains) {
+      if (ch.since !== null) throw new CloneboxError('UNSUPPORTED', `VM ${ch.vm}'s chain in ${label} stands on a base; a group import takes whole chains`);
+    }
+    return importChains(
+      home,
+      meta.chains.map((chain) => ({ vm: chain.vm, chain })),
+      landing,
+      reader,
+      pool,
+      opts,
+      size,
+      t0,
+      label,
+    );
+  });
+  return { group: landing.name, members: r.members, bytes_written: r.members.reduce((a, m) => a + m.bytes_written, 0), seconds: (Date.now() - r.t0) / 1000 };
+}
+
+/** Opens the bundle (and the worker pool) and hands them to `fn`; aborts and cleans up around it. */
+async function withReader<T>(
+  opts: ImportOptions,
+  fn: (reader: BundleReader, pool: WorkerPool, size: number | null, t0: number, label: string) => Promise<T>,
+): Promise<T> {
   checkAborted(opts.signal);
   const t0 = Date.now();
   const input = await openInput(opts.input);
@@ -299,7 +360,7 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   try {
     reader = await BundleReader.open(input.stream, input.label, opts.key, { allowPlain: Boolean(opts.allowPlain), askPassphrase: opts.askPassphrase });
     if (input.file) reader.setSeekable(input.file);
-    return await importLocked(home, vmName, reader, await pool, opts, input.size, t0, input.label);
+    return await fn(reader, await pool, input.size, t0, input.label);
   } catch (err) {
     // Whatever the destroyed stream made the decoder say, the cause is the abort.
     if (opts.signal?.aborted) throw abortedError();
@@ -311,33 +372,78 @@ export async function importBundle(home: Home, vmName: string, opts: ImportOptio
   }
 }
 
-async function importLocked(
+/** A chain of the bundle and the VM it lands in. */
+interface MemberTarget {
+  vm: string;
+  chain: MetaChain;
+}
+
+/**
+ * Lands the chains of `members` (one for a single-VM import, one per member for a group), all or
+ * nothing. Several VMs are locked in name order (the caller holds the group's lock, taken first). One
+ * journal holds the whole operation: the VM's own, or for a group the group journal, with a redirect in
+ * each member's directory (store/journal.ts). Its commit renames every layer into place, writes every
+ * member's snapshot records, the group's records, and the VM records last. Until the commit ends the
+ * members hold a journal (the redirect) and, for the last ones, no vm.json: the home sweep
+ * (store/sweep.ts) that every command runs first, or any command on a member, rolls the whole import
+ * forward (commit phase) or back (prepare phase), so the next command sees every member imported or none.
+ */
+async function importChains(
   home: Home,
-  vmName: string,
+  members: MemberTarget[],
+  group: GroupLanding | null,
   reader: BundleReader,
   pool: WorkerPool,
   opts: ImportOptions,
   size: number | null,
   t0: number,
   label: string,
-): Promise<ImportResult> {
+): Promise<{ members: ImportResult[]; t0: number }> {
   const meta = reader.meta;
-  const hadDir = await exists(vmDir(home, vmName));
-  const lock = await lockVm(home, vmName, 'snapshot import');
+  const order = [...members].sort((a, b) => (a.vm < b.vm ? -1 : a.vm > b.vm ? 1 : 0));
+  const hadDir = new Map<string, boolean>();
+  for (const m of order) hadDir.set(m.vm, await exists(vmDir(home, m.vm)));
+  const locks: Lock[] = [];
   let committed = false;
-  let madeDir: string | null = null;
+  const madeDirs: string[] = [];
   try {
-    await recover(home, vmName, driverStepHandlers);
-    const plan = await planImport(home, vmName, meta, opts, reader.file);
-    madeDir = plan.createdDir;
-    const j = await Journal.begin(home, vmName, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`, driverStepHandlers);
+    for (const m of order) locks.push(await lockVm(home, m.vm, 'snapshot import'));
+    // The group first: an interrupted import of it left redirects in the members' directories.
+    if (group) await group.check(meta);
+    for (const m of order) await recover(home, m.vm, driverStepHandlers);
+    const plans: Plan[] = [];
+    for (const m of members) {
+      const dir = opts.dir === undefined ? undefined : members.length > 1 || group ? path.join(opts.dir, m.vm) : opts.dir;
+      const plan = await planImport(home, m.vm, meta, m.chain, { ...opts, dir }, reader.file);
+      if (plan.createdDir) madeDirs.push(plan.createdDir);
+      plans.push(plan);
+    }
+    const anchor = order[0]!.vm;
+    const j = group
+      ? await Journal.beginGroup(
+          home,
+          group.name,
+          order.map((m) => m.vm),
+          `snapshot import --group ${group.name} ${order.map((m) => m.vm).join(',')}`,
+          driverStepHandlers,
+        )
+      : await Journal.begin(home, anchor, `snapshot import ${meta.snapshots.map((s) => s.name).join(',')}`, driverStepHandlers);
+    // Member snapshots of the bundle's group snapshots carry the group's (new) name.
+    const tagOf = new Map<string, { name: string; snapshot: string }>();
+    if (group && meta.group) {
+      for (const g of meta.group.snapshots)
+        for (const [vm, snap] of Object.entries(g.members)) tagOf.set(`${vm}/${snap}`, { name: group.name, snapshot: g.name });
+    }
     const progress = new Progress('import', size, opts.onProgress);
     const budget = new WriteBudget({
-      free: await freeSpace(path.dirname(plan.layers[0]!.final)),
+      free: await freeSpace(path.dirname(plans[0]!.layers[0]!.final)),
       maxWrite: opts.maxWrite ?? null,
       what: `import of ${reader.file}`,
     });
-    const sink = new ImportSink(plan.layers, j, reader.canReread ? null : plan.spool, budget);
+    // The sink sees the bundle's layers in bundle order: chain after chain.
+    const files: LayerFile[] = new Array(meta.layers.length);
+    for (const p of plans) for (const [k, li] of p.layerIndexes.entries()) files[li] = p.layers[k]!;
+    const sink = new ImportSink(files, j, reader.canReread ? null : plans[0]!.spool, budget);
     try {
       await sink.open();
       const res = await decodeBundle(reader, pool, sink, {
@@ -350,54 +456,82 @@ async function importLocked(
       await sink.settle();
       await sink.close();
       checkAborted(opts.signal); // the last moment an abort can still undo the import
-      // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
-      const overlays = await landOverlays(j, plan.overlays, 'import');
-      let written = 0;
-      for (const f of [...plan.layers, ...overlays]) written += (await stat(f.temp)).size;
-      const last = meta.snapshots[meta.snapshots.length - 1]!.name;
-      const records: SnapshotRecord[] = meta.snapshots.map((s, si) => ({
-        name: s.name,
-        vm_name: vmName,
-        type: s.type,
-        state: 'ready',
-        created_at: s.created_at,
-        description: s.description,
-        parent: si === 0 ? plan.baseName : s.parent,
-        tags: s.tags,
-        auto_created: s.auto_created,
-        auto_policy: s.auto_policy,
-        expires_at: s.expires_at,
-        disks: meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, path: plan.layers[li]!.final }] : [])),
-        size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
-        content_id: res.contentIds[si]!,
-        ...(res.verified[si] ? {} : { content_id_unverified: true }),
-        memory_path: null,
-        origin: { kind: 'bundle', bundle: path.basename(label) },
-      }));
-      const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
-      const vmRec: VmRecord = plan.vm
-        ? { ...plan.vm, current: newCurrent }
-        : { format: 1, name: vmName, driver: 'image', created_at: nowIso(), disks: plan.disks, current: last };
+      const results: ImportResult[] = [];
+      const landings: Landing[] = [];
+      const recordsOf = new Map<string, SnapshotRecord[]>();
+      const vmRecs: VmRecord[] = [];
+      for (const [mi, m] of members.entries()) {
+        const plan = plans[mi]!;
+        const ch = m.chain;
+        // Writable overlays on the last snapshot (a new VM, or a fast-forward of a clean current state).
+        const overlays = await landOverlays(j, plan.overlays, 'import');
+        let written = 0;
+        for (const f of [...plan.layers, ...overlays]) written += (await stat(f.temp)).size;
+        landings.push(...plan.layers, ...overlays);
+        const last = meta.snapshots[ch.first + ch.count - 1]!.name;
+        const records: SnapshotRecord[] = [];
+        for (let si = ch.first; si < ch.first + ch.count; si++) {
+          const s = meta.snapshots[si]!;
+          records.push({
+            name: s.name,
+            vm_name: m.vm,
+            type: s.type,
+            state: 'ready',
+            created_at: s.created_at,
+            description: s.description,
+            parent: si === ch.first ? plan.baseName : s.parent,
+            tags: s.tags,
+            auto_created: s.auto_created,
+            auto_policy: s.auto_policy,
+            expires_at: s.expires_at,
+            disks: meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, path: files[li]!.final }] : [])),
+            size_bytes: res.seal.layers.reduce((a, l, li) => a + (meta.layers[li]!.snapshot === si ? l.data_bytes : 0), 0),
+            content_id: res.contentIds[si]!,
+            ...(res.verified[si] ? {} : { content_id_unverified: true }),
+            memory_path: null,
+            origin: { kind: 'bundle', bundle: path.basename(label) },
+            ...(tagOf.has(`${m.vm}/${s.name}`) ? { group: tagOf.get(`${m.vm}/${s.name}`)! } : {}),
+          });
+        }
+        recordsOf.set(m.vm, records);
+        const newCurrent = plan.overlays.length ? last : (plan.vm?.current ?? null);
+        const vmRec: VmRecord = plan.vm
+          ? { ...plan.vm, current: newCurrent }
+          : { format: 1, name: m.vm, driver: 'image', created_at: nowIso(), disks: plan.disks, current: last };
+        vmRecs.push(vmRec);
+        results.push({
+          vm: m.vm,
+          snapshots: records.map((r) => r.name),
+          bytes_written: written,
+          seconds: 0,
+          current: vmRec.current,
+          base: plan.baseName,
+        });
+      }
+      const actions: Action[] = landings.map((f) => ({ do: 'rename', from: f.temp, to: f.final }));
+      for (const [vm, records] of recordsOf) {
+        for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, vm), `${r.name}.json`), value: r });
+      }
+      if (group) actions.push(...group.actions(meta, recordsOf));
+      // The anchor's VM record last: the commit point every later command can see (see above).
+      const vmOrder = [...vmRecs].sort((a, b) => (a.name === anchor ? 1 : b.name === anchor ? -1 : 0));
+      for (const v of vmOrder) actions.push({ do: 'write_json', path: vmFile(home, v.name), value: v });
       // Past this point the import completes even across a crash (the journal rolls it forward).
-      await commitLanding(j, home, vmName, [...plan.layers, ...overlays], records, vmRec);
+      await j.commit(actions);
       committed = true;
-      return {
-        vm: vmName,
-        snapshots: meta.snapshots.map((s) => s.name),
-        bytes_written: written,
-        seconds: (Date.now() - t0) / 1000,
-        current: vmRec.current,
-        base: plan.baseName,
-      };
+      const seconds = (Date.now() - t0) / 1000;
+      return { members: results.map((r) => ({ ...r, seconds })), t0 };
     } catch (err) {
       await sink.abort().catch(() => undefined);
       await j.rollback().catch(() => undefined);
       throw err;
     }
   } finally {
-    await lock.release();
-    if (!committed && !hadDir) await removeEmptyVmDir(home, vmName);
-    if (!committed && madeDir) await rmdir(madeDir).catch(() => undefined); // only when empty
+    for (const l of locks.reverse()) await l.release();
+    if (!committed) {
+      for (const m of order) if (!hadDir.get(m.vm)) await removeEmptyVmDir(home, m.vm);
+      for (const d of madeDirs) await rmdir(d).catch(() => undefined); // only when empty
+    }
   }
 }
 
@@ -414,7 +548,9 @@ async function removeEmptyVmDir(home: Home, vm: string): Promise<void> {
 interface Plan {
   vm: VmRecord | null;
   disks: { target: string; path: string }[];
+  /** The chain's layers, in bundle order, and their indexes among the bundle's layers. */
   layers: LayerFile[];
+  layerIndexes: number[];
   overlays: OverlayPlan[];
   spool: string;
   baseName: string | null;
@@ -422,17 +558,21 @@ interface Plan {
   createdDir: string | null;
 }
 
-async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOptions, file: string): Promise<Plan> {
+async function planImport(home: Home, vmName: string, meta: Meta, chain: MetaChain, opts: ImportOptions, file: string): Promise<Plan> {
+  const inChain = (si: number) => si >= chain.first && si < chain.first + chain.count;
+  const chainLayers = meta.layers.flatMap((l, li) => (inChain(l.snapshot) ? [{ l, li }] : []));
+  const chainSnaps = meta.snapshots.slice(chain.first, chain.first + chain.count);
+  const lastSi = chain.first + chain.count - 1;
   // Before anything is written: a disk above the cap is refused on the meta's word alone.
-  for (const l of meta.layers) checkVirtualSize(l.virtual_size, opts.maxVirtualSize ?? DEFAULT_MAX_VIRTUAL_SIZE, `bundle ${file}`);
-  const targets = [...new Set(meta.layers.map((l) => l.target))].sort();
+  for (const { l } of chainLayers) checkVirtualSize(l.virtual_size, opts.maxVirtualSize ?? DEFAULT_MAX_VIRTUAL_SIZE, `bundle ${file}`);
+  const targets = [...new Set(chainLayers.map(({ l }) => l.target))].sort();
   let vm: VmRecord | null = null;
   let baseName: string | null = null;
   const diskPath = new Map<string, string>();
   const baseLayer = new Map<string, string>();
   let fastForward = true;
   let createdDir: string | null = null;
-  if (meta.since === null) {
+  if (chain.since === null) {
     if (await vmExists(home, vmName)) {
       throw new CloneboxError('VM_EXISTS', `VM already exists, ${vmName}`, { hint: 'import into a new VM name, or remove the existing VM first' });
     }
@@ -441,7 +581,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     await ensureDir(dir);
     for (const t of targets) diskPath.set(t, newDiskPath(dir, vmName, t));
   } else {
-    const since = meta.since;
+    const since = chain.since;
     const missing = (why: string) =>
       new CloneboxError(
         'BASE_MISSING',
@@ -469,7 +609,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
       throw missing(`VM ${vmName} lacks the bundle's base snapshot ${since.name}`);
     }
     baseName = base.name;
-    for (const s of meta.snapshots) {
+    for (const s of chainSnaps) {
       if (snaps.some((x) => x.name === s.name)) {
         throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${s.name} already exists, VM ${vmName}`, { hint: 'the VM already holds (part of) this bundle' });
       }
@@ -486,11 +626,11 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
   }
   const layers: LayerFile[] = [];
   const lastOf = new Map<string, string>();
-  for (const l of meta.layers) {
+  for (const { l } of chainLayers) {
     const s = meta.snapshots[l.snapshot]!;
     const disk = diskPath.get(l.target)!;
     const final = layerPathFor(disk, s.name);
-    const parentLayer = l.snapshot > 0 ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : (baseLayer.get(l.target) ?? null);
+    const parentLayer = l.snapshot > chain.first ? layerPathFor(disk, meta.snapshots[l.snapshot - 1]!.name) : (baseLayer.get(l.target) ?? null);
     layers.push({
       final,
       temp: landingTemp(final, 'import'),
@@ -500,7 +640,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     });
     lastOf.set(l.target, final);
   }
-  const lastLayers = meta.layers.filter((l) => l.snapshot === meta.snapshots.length - 1);
+  const lastLayers = chainLayers.map(({ l }) => l).filter((l) => l.snapshot === lastSi);
   const overlays: OverlayPlan[] = [];
   if (fastForward) {
     for (const l of lastLayers) {
@@ -517,6 +657,7 @@ async function planImport(home: Home, vmName: string, meta: Meta, opts: ImportOp
     vm,
     baseName,
     layers,
+    layerIndexes: chainLayers.map(({ li }) => li),
     overlays,
     createdDir,
     spool: path.join(spoolDir, `.clonebox-import-${process.pid}-${randomBytes(4).toString('hex')}.spool`),

@@ -5,7 +5,7 @@
  */
 import type { Readable } from 'node:stream';
 import type { KeySource } from './crypto.js';
-import type { SealTotals } from './format.js';
+import { chainOf, type SealTotals } from './format.js';
 import { openInput } from './input.js';
 import { BundleReader, type ReaderKeyOptions } from './reader.js';
 
@@ -20,10 +20,17 @@ export interface InspectResult extends SealTotals {
   /** Always false: what follows is the seal's claim, no block was checked (that is `verify`). */
   claims_verified: false;
   bundle_bytes: number | null;
+  /** The VM of a single-VM bundle; null for a group bundle (see `chains`). */
   vm: string | null;
+  /** The group of a group bundle (format version 2), else null. */
+  group: { name: string; members: string[]; snapshots: { name: string; created_at: string; members: Record<string, string> }[] } | null;
+  /** Per VM, the names of its snapshots in the bundle (one entry unless a group bundle). */
+  chains: { vm: string; snapshots: string[] }[];
   created_at: string | null;
   since: { name: string; content_id: string } | null;
   snapshots: {
+    /** The VM whose chain holds the snapshot. */
+    vm: string;
     name: string;
     parent: string | null;
     created_at: string;
@@ -58,6 +65,8 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
       claims_verified: false,
       bundle_bytes: src.size,
       vm: null,
+      group: null,
+      chains: [],
       created_at: null,
       since: null,
       snapshots: [],
@@ -81,9 +90,17 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
     const t = seal.totals;
     return {
       ...base,
-      vm: m.vm.name,
+      vm: m.group ? null : m.chains[0]!.vm,
+      group: m.group
+        ? {
+            name: m.group.name,
+            members: m.group.members,
+            snapshots: m.group.snapshots.map((g) => ({ name: g.name, created_at: g.created_at, members: g.members })),
+          }
+        : null,
+      chains: m.chains.map((c) => ({ vm: c.vm, snapshots: m.snapshots.slice(c.first, c.first + c.count).map((s) => s.name) })),
       created_at: m.created_at,
-      since: m.since,
+      since: m.group ? null : m.chains[0]!.since,
       packs: seal.packs,
       snapshots: m.snapshots.map((s, si) => {
         const disks = m.layers.flatMap((l, li) =>
@@ -101,6 +118,7 @@ export async function inspectBundle(input: string | Readable, key: KeySource | n
             : [],
         );
         return {
+          vm: chainOf(m, si).vm,
           name: s.name,
           parent: s.parent,
           created_at: s.created_at,

@@ -12,15 +12,21 @@ import {
   BLOCK_SIZE,
   BUNDLE_MAGIC,
   BUNDLE_VERSION,
+  BUNDLE_VERSION_GROUP,
   FLAG_ENCRYPTED,
   HEADER_SIZE,
   KeyKind,
+  MAX_CHAINS,
   MAX_DISKS,
+  MAX_GROUP_SNAPSHOTS,
   MAX_KDF_MEMLIMIT,
   MAX_KDF_OPSLIMIT,
   MAX_PACKS,
   MAX_SNAPSHOTS,
   type Meta,
+  type MetaChain,
+  type MetaGroup,
+  type MetaGroupSnapshot,
   type MetaLayer,
   type MetaSnapshot,
   type Seal,
@@ -78,10 +84,10 @@ export function decodeHeader(b: Buffer, file: string): BundleHeader {
   const checksum = b.subarray(104, 136);
   if (!sha256(b.subarray(0, 104)).equals(checksum)) throw corrupt('header checksum does not match', file);
   const version = b.readUInt32BE(16);
-  if (version !== BUNDLE_VERSION) {
+  if (version !== BUNDLE_VERSION && version !== BUNDLE_VERSION_GROUP) {
     throw new CloneboxError(
       'BUNDLE_UNSUPPORTED',
-      `bundle format version ${version} is not supported (this clonebox reads version ${BUNDLE_VERSION}), ${file}`,
+      `bundle format version ${version} is not supported (this clonebox reads versions ${BUNDLE_VERSION} and ${BUNDLE_VERSION_GROUP}), ${file}`,
       {
         hint: 'import it with the clonebox version that wrote it, or a newer one',
       },
@@ -193,56 +199,116 @@ export function encodeJson(v: unknown): Buffer {
   return Buffer.from(JSON.stringify(v), 'utf8');
 }
 
-export function decodeMeta(bytes: Buffer, file: string): Meta {
+/**
+ * The meta as it goes on the wire: version 1 names its one chain with `vm` and `since` (as every
+ * bundle before groups did, so older readers read it); version 2 carries `group` and `chains`.
+ */
+export function encodeMeta(m: Meta): Buffer {
+  const common = { format: m.format, version: m.version, created_at: m.created_at };
+  const rest = { block_size: m.block_size, block_hash: m.block_hash, compression: m.compression };
+  if (m.version === 1) {
+    const c = m.chains[0]!;
+    return encodeJson({ ...common, vm: { name: c.vm }, ...rest, since: c.since, snapshots: m.snapshots, layers: m.layers });
+  }
+  return encodeJson({
+    ...common,
+    ...rest,
+    group: m.group,
+    chains: m.chains.map((c) => ({ vm: c.vm, snapshots: c.count })),
+    snapshots: m.snapshots,
+    layers: m.layers,
+  });
+}
+
+/** `version`: the header's; the meta must say the same. */
+export function decodeMeta(bytes: Buffer, file: string, version: number = BUNDLE_VERSION): Meta {
   const c = new Check(file, 'meta');
   const m = c.obj(c.json(bytes), 'meta');
-  if (m.format !== 'clonebox-bundle' || m.version !== 1) c.fail('format or version is not clonebox-bundle 1');
-  const vm = c.obj(m.vm, 'vm');
+  if (m.format !== 'clonebox-bundle' || m.version !== version) c.fail(`format or version is not clonebox-bundle ${version}`);
   const block_size = c.int(m.block_size, 'block_size', 1, BLOCK_SIZE);
   if (block_size !== BLOCK_SIZE) c.fail(`block_size ${block_size} is not ${BLOCK_SIZE}`);
   if (m.block_hash !== 'sha256' && m.block_hash !== 'blake2b256-keyed-sha256') c.fail('unknown block_hash');
   const comp = c.obj(m.compression, 'compression');
   if (comp.codec !== 'zstd') c.fail('unknown compression codec');
   const level = c.int(comp.level, 'compression.level', -131072, 22);
-  let since: Meta['since'] = null;
-  if (m.since !== null) {
-    const s = c.obj(m.since, 'since');
-    since = { name: c.name(s.name, 'since.name'), content_id: c.hex64(s.content_id, 'since.content_id') };
-  }
   const snapsRaw = c.arr(m.snapshots, 'snapshots', MAX_SNAPSHOTS);
   if (snapsRaw.length === 0) c.fail('no snapshots');
+  let chains: MetaChain[];
+  let group: MetaGroup | null = null;
+  if (version === BUNDLE_VERSION) {
+    const vm = c.obj(m.vm, 'vm');
+    let since: MetaChain['since'] = null;
+    if (m.since !== null) {
+      const s = c.obj(m.since, 'since');
+      since = { name: c.name(s.name, 'since.name'), content_id: c.hex64(s.content_id, 'since.content_id') };
+    }
+    chains = [{ vm: c.name(vm.name, 'vm.name'), since, first: 0, count: snapsRaw.length }];
+  } else {
+    // Counts are checked against the snapshots actually there before anything is sized by them.
+    const chainsRaw = c.arr(m.chains, 'chains', MAX_CHAINS);
+    if (chainsRaw.length === 0) c.fail('no chains');
+    chains = [];
+    const vms = new Set<string>();
+    let first = 0;
+    for (const [i, raw] of chainsRaw.entries()) {
+      const o = c.obj(raw, `chains[${i}]`);
+      const vm = c.name(o.vm, `chains[${i}].vm`);
+      if (vms.has(vm)) c.fail(`chains[${i}].vm ${vm} appears twice`);
+      vms.add(vm);
+      const count = c.int(o.snapshots, `chains[${i}].snapshots`, 1, snapsRaw.length - first);
+      chains.push({ vm, since: null, first, count });
+      first += count;
+    }
+    if (first !== snapsRaw.length) c.fail(`the chains hold ${first} snapshots, the meta lists ${snapsRaw.length}`);
+    group = decodeGroup(c, m.group, chains, snapsRaw);
+  }
   const snapshots: MetaSnapshot[] = [];
-  const names = new Set<string>();
-  for (const [i, raw] of snapsRaw.entries()) {
-    const at = `snapshots[${i}]`;
-    const s = c.obj(raw, at);
-    const name = c.name(s.name, `${at}.name`);
-    if (names.has(name)) c.fail(`${at}.name ${name} appears twice`);
-    if (since && name === since.name) c.fail(`${at}.name ${name} is the base's name`);
-    names.add(name);
-    const parent = s.parent === null ? null : c.name(s.parent, `${at}.parent`);
-    const want = i === 0 ? (since ? since.name : null) : snapshots[i - 1]!.name;
-    if (parent !== want) c.fail(`${at}.parent is ${parent}, expected ${want}`);
-    if (s.type !== 'disk' && s.type !== 'full') c.fail(`${at}.type is not disk or full`);
-    const tagsRaw = c.arr(s.tags, `${at}.tags`, 1024);
-    snapshots.push({
-      name,
-      parent,
-      type: s.type as 'disk' | 'full',
-      created_at: c.time(s.created_at, `${at}.created_at`),
-      description: c.strOrNull(s.description, `${at}.description`),
-      tags: tagsRaw.map((t, j) => c.str(t, `${at}.tags[${j}]`, 256)),
-      auto_created: c.bool(s.auto_created, `${at}.auto_created`),
-      auto_policy: c.strOrNull(s.auto_policy, `${at}.auto_policy`, 256),
-      expires_at: c.timeOrNull(s.expires_at, `${at}.expires_at`),
-      content_id: s.content_id === null ? null : c.hex64(s.content_id, `${at}.content_id`),
-    });
+  for (const chain of chains) {
+    const names = new Set<string>();
+    const since = chain.since;
+    for (let i = chain.first; i < chain.first + chain.count; i++) {
+      const at = `snapshots[${i}]`;
+      const s = c.obj(snapsRaw[i], at);
+      const name = c.name(s.name, `${at}.name`);
+      if (names.has(name)) c.fail(`${at}.name ${name} appears twice in VM ${chain.vm}'s chain`);
+      if (since && name === since.name) c.fail(`${at}.name ${name} is the base's name`);
+      names.add(name);
+      const parent = s.parent === null ? null : c.name(s.parent, `${at}.parent`);
+      const want = i === chain.first ? (since ? since.name : null) : snapshots[i - 1]!.name;
+      if (parent !== want) c.fail(`${at}.parent is ${parent}, expected ${want}`);
+      if (s.type !== 'disk' && s.type !== 'full') c.fail(`${at}.type is not disk or full`);
+      const tagsRaw = c.arr(s.tags, `${at}.tags`, 1024);
+      snapshots.push({
+        name,
+        parent,
+        type: s.type as 'disk' | 'full',
+        created_at: c.time(s.created_at, `${at}.created_at`),
+        description: c.strOrNull(s.description, `${at}.description`),
+        tags: tagsRaw.map((t, j) => c.str(t, `${at}.tags[${j}]`, 256)),
+        auto_created: c.bool(s.auto_created, `${at}.auto_created`),
+        auto_policy: c.strOrNull(s.auto_policy, `${at}.auto_policy`, 256),
+        expires_at: c.timeOrNull(s.expires_at, `${at}.expires_at`),
+        content_id: s.content_id === null ? null : c.hex64(s.content_id, `${at}.content_id`),
+      });
+    }
+  }
+  if (group) {
+    // Every group snapshot names, for every member, a snapshot of that member's chain.
+    for (const [i, g] of group.snapshots.entries()) {
+      for (const chain of chains) {
+        const want = g.members[chain.vm];
+        if (!snapshots.slice(chain.first, chain.first + chain.count).some((s) => s.name === want)) {
+          c.fail(`group.snapshots[${i}] names snapshot ${want} of VM ${chain.vm}, which the bundle does not hold`);
+        }
+      }
+    }
   }
   const layersRaw = c.arr(m.layers, 'layers', MAX_SNAPSHOTS * MAX_DISKS);
   const layers: MetaLayer[] = [];
   let targets: string[] | null = null;
   for (let si = 0, li = 0; si < snapshots.length; si++) {
-    // Each snapshot's layers are contiguous, in snapshot order, and every snapshot has the same disks.
+    // Each snapshot's layers are contiguous, in snapshot order, and every snapshot of a chain has the same disks.
+    if (chains.some((ch) => ch.first === si)) targets = null;
     const mine: string[] = [];
     while (li < layersRaw.length) {
       const at = `layers[${li}]`;
@@ -264,21 +330,66 @@ export function decodeMeta(bytes: Buffer, file: string): Meta {
     if (mine.length === 0) c.fail(`snapshot ${snapshots[si]!.name} has no layers`);
     const sorted = [...mine].sort();
     if (targets === null) targets = sorted;
-    else if (targets.join(',') !== sorted.join(',')) c.fail(`snapshot ${snapshots[si]!.name} has other disks than the first`);
+    else if (targets.join(',') !== sorted.join(',')) c.fail(`snapshot ${snapshots[si]!.name} has other disks than the first of its chain`);
     if (si === snapshots.length - 1 && li !== layersRaw.length) c.fail('layers belong to no snapshot or are out of order');
   }
   return {
     format: 'clonebox-bundle',
-    version: 1,
+    version: version === BUNDLE_VERSION ? 1 : 2,
     created_at: c.time(m.created_at, 'created_at'),
-    vm: { name: c.name(vm.name, 'vm.name') },
     block_size,
     block_hash: m.block_hash as Meta['block_hash'],
     compression: { codec: 'zstd', level },
-    since,
+    chains,
+    group,
     snapshots,
     layers,
   };
+}
+
+const CONSISTENCY: string[] = ['locks', 'paused', 'frozen', 'mixed'];
+
+/** The group part of a version 2 meta: its members are exactly the chains' VMs. */
+function decodeGroup(c: Check, raw: unknown, chains: MetaChain[], snapsRaw: unknown[]): MetaGroup {
+  const g = c.obj(raw, 'group');
+  const name = c.name(g.name, 'group.name');
+  const membersRaw = c.arr(g.members, 'group.members', MAX_CHAINS);
+  const members = membersRaw.map((v, i) => c.name(v, `group.members[${i}]`));
+  const chainVms = chains.map((ch) => ch.vm);
+  if ([...members].sort().join(',') !== [...chainVms].sort().join(',') || new Set(members).size !== members.length) {
+    c.fail(`group.members (${members.join(', ')}) are not the chains' VMs (${chainVms.join(', ')})`);
+  }
+  // At most one group snapshot per snapshot of a chain: a bound that follows from the data, checked before use.
+  const snapsMax = Math.min(MAX_GROUP_SNAPSHOTS, snapsRaw.length);
+  const gsRaw = c.arr(g.snapshots, 'group.snapshots', snapsMax);
+  const seen = new Set<string>();
+  const snapshots = gsRaw.map((r, i) => {
+    const at = `group.snapshots[${i}]`;
+    const o = c.obj(r, at);
+    const gname = c.name(o.name, `${at}.name`);
+    if (seen.has(gname)) c.fail(`${at}.name ${gname} appears twice`);
+    seen.add(gname);
+    const mo = c.obj(o.members, `${at}.members`);
+    const keys = Object.keys(mo);
+    if (keys.length !== members.length || !members.every((v) => Object.hasOwn(mo, v))) c.fail(`${at}.members does not name every member once`);
+    const ms: Record<string, string> = {};
+    for (const v of members) ms[v] = c.name(mo[v], `${at}.members.${v}`);
+    if (o.type !== 'disk' && o.type !== 'full') c.fail(`${at}.type is not disk or full`);
+    if (!CONSISTENCY.includes(o.consistency as string)) c.fail(`${at}.consistency is not one of ${CONSISTENCY.join(', ')}`);
+    return {
+      name: gname,
+      created_at: c.time(o.created_at, `${at}.created_at`),
+      description: c.strOrNull(o.description, `${at}.description`),
+      tags: c.arr(o.tags, `${at}.tags`, 1024).map((t, j) => c.str(t, `${at}.tags[${j}]`, 256)),
+      type: o.type as 'disk' | 'full',
+      consistency: o.consistency as MetaGroupSnapshot['consistency'],
+      pause_ms: o.pause_ms === null ? null : c.int(o.pause_ms, `${at}.pause_ms`),
+      auto_created: c.bool(o.auto_created, `${at}.auto_created`),
+      auto_policy: c.strOrNull(o.auto_policy, `${at}.auto_policy`, 256),
+      members: ms,
+    };
+  });
+  return { name, description: c.strOrNull(g.description, 'group.description'), members, snapshots };
 }
 
 export function decodeSeal(bytes: Buffer, meta: Meta, file: string): Seal {

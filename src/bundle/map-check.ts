@@ -5,7 +5,7 @@
  * the way, for the seal check.
  */
 import { BLOCK_SIZE, blockEnd, LayerDigest } from '../content/digest.js';
-import type { Meta } from './format.js';
+import { chainOf, type Meta } from './format.js';
 import { corrupt } from './reader.js';
 
 /** Layer boundaries, as the sink sees them: every layer begins and ends exactly once, in order. */
@@ -36,7 +36,8 @@ export class MapChecker {
 
   layerName(li: number): string {
     const l = this.layers[li]!;
-    return `layer ${li} (snapshot ${this.meta.snapshots[l.snapshot]!.name}, disk ${l.target})`;
+    const vm = this.meta.chains.length > 1 ? `VM ${chainOf(this.meta, l.snapshot).vm}, ` : '';
+    return `layer ${li} (${vm}snapshot ${this.meta.snapshots[l.snapshot]!.name}, disk ${l.target})`;
   }
 
   /** A zero record: checked, then counted in its layer's digest. */

@@ -161,7 +161,7 @@ export class BundleReader {
     if (!m) throw corrupt('the archive ends after the header', this.file);
     const payload = this.sealer.open(EntryKind.Meta, 0, m.data);
     if (!payload) throw corrupt('the meta fails authentication', this.file);
-    this.meta = decodeMeta(payload, this.file);
+    this.meta = decodeMeta(payload, this.file, this.header.version);
   }
 
   private async unlock(h: BundleHeader, key: KeySource | null, kind: 'passphrase' | 'keyfile', lockedOk: boolean): Promise<void> {

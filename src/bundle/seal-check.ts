@@ -11,7 +11,7 @@
  */
 import type { LayerDigest } from '../content/digest.js';
 import { contentId } from '../snapshots/identity.js';
-import type { Meta, Seal, SealTotals } from './format.js';
+import { chainOf, type Meta, type Seal, type SealTotals } from './format.js';
 import { corrupt } from './reader.js';
 
 /** Returns the layers' digests and the snapshots' content ids, in meta order. */
@@ -39,8 +39,10 @@ export function checkSeal(
   const ids: string[] = [];
   const verified: boolean[] = [];
   for (const [si, s] of meta.snapshots.entries()) {
-    // The first one stands on `since`, which the importer matches only with a verified local id.
-    const parentId = si === 0 ? (meta.since ? meta.since.content_id : null) : ids[si - 1]!;
+    // The first of a chain stands on its `since`, which the importer matches only with a verified local id.
+    const chain = chainOf(meta, si);
+    const first = si === chain.first;
+    const parentId = first ? (chain.since ? chain.since.content_id : null) : ids[si - 1]!;
     const sealed = seal.snapshots[si]!.content_id;
     if (s.content_id !== null && s.content_id !== sealed) throw corrupt(`snapshot ${s.name}: content id differs between meta and seal`, file);
     const derived = contentId(
@@ -48,7 +50,7 @@ export function checkSeal(
       meta.layers.flatMap((l, li) => (l.snapshot === si ? [{ target: l.target, digest: out[li]! }] : [])),
     );
     if (s.content_id === null && derived !== sealed) throw corrupt(`snapshot ${s.name}: content id does not match its layers`, file);
-    verified.push(derived === sealed && (si === 0 || verified[si - 1]!));
+    verified.push(derived === sealed && (first || verified[si - 1]!));
     ids.push(sealed);
   }
   return { digests: out, contentIds: ids, verified };

@@ -6,7 +6,7 @@
 import { createWriteStream } from 'node:fs';
 import { Sealer } from '../../src/bundle/crypto.js';
 import { ENTRY_HEADER, ENTRY_META, ENTRY_SEAL, EntryKind, KeyKind, type Meta, packEntryName, type Seal } from '../../src/bundle/format.js';
-import { encodeHeader, encodeJson, headerPrefix } from '../../src/bundle/manifest.js';
+import { encodeHeader, encodeJson, encodeMeta, headerPrefix } from '../../src/bundle/manifest.js';
 import { PackWriter } from '../../src/bundle/packs.js';
 import { TarWriter } from '../../src/bundle/tar.js';
 import { LayerDigest } from '../../src/content/digest.js';
@@ -37,11 +37,11 @@ export async function forgeZeroBundle(file: string, layers: ForgedLayer[]): Prom
     format: 'clonebox-bundle',
     version: 1,
     created_at: now,
-    vm: { name: 'forged' },
     block_size: 64 * 1024,
     block_hash: 'sha256',
     compression: { codec: 'zstd', level: 3 },
-    since: null,
+    chains: [{ vm: 'forged', since: null, first: 0, count: layers.length }],
+    group: null,
     snapshots: layers.map((_, i) => ({
       name: `s${i}`,
       parent: i === 0 ? null : `s${i - 1}`,
@@ -77,7 +77,7 @@ export async function forgeZeroBundle(file: string, layers: ForgedLayer[]): Prom
   const out = createWriteStream(file);
   const tar = new TarWriter(out, new Date(0));
   await tar.add(ENTRY_HEADER, header);
-  await tar.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeJson(meta)));
+  await tar.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeMeta(meta)));
   await tar.add(packEntryName(0), sealer.sealParts(EntryKind.Pack, 0, pw.take()));
   await tar.add(ENTRY_SEAL, sealer.sealParts(EntryKind.Seal, 0, encodeJson(seal)));
   await tar.finish();
