@@ -127,10 +127,16 @@ export async function importBundleToArchive(repo: Repo, input: string | Readable
     reader = await BundleReader.open(src.stream, src.label, opts.bundleKey, { allowPlain: Boolean(opts.allowPlain) });
     if (src.file) reader.setSeekable(src.file);
     const meta = reader.meta;
-    const vm = opts.as ?? meta.vm.name;
+    const chain = meta.chains[0]!;
+    if (meta.group !== null || meta.chains.length !== 1) {
+      throw new CloneboxError('UNSUPPORTED', `${src.label} is a group bundle (VMs ${meta.chains.map((c) => c.vm).join(', ')}); the archive imports one VM's bundle`, {
+        hint: 'import the group with `snapshot import --group`, then `archive push` each member',
+      });
+    }
+    const vm = opts.as ?? chain.vm;
     checkName('VM', vm);
-    if (meta.since !== null) {
-      throw new CloneboxError('UNSUPPORTED', `the bundle holds only the snapshots after ${meta.since.name}; the archive stores whole lines, ${src.label}`, {
+    if (chain.since !== null) {
+      throw new CloneboxError('UNSUPPORTED', `the bundle holds only the snapshots after ${chain.since.name}; the archive stores whole lines, ${src.label}`, {
         hint: 'export the whole chain (without --since) and import that',
       });
     }
