@@ -42,8 +42,8 @@ async function step<T>(phase: string, opts: LongOptions, signal: AbortSignal, fn
   return r;
 }
 
-/** The store's stamp function, once loaded (stamp() is called per request by the REST service). */
-let stampOf: ((home: Session['home'], vm: string) => string | null) | null = null;
+/** The store's records watch class, once loaded (stamp() is called per request by the REST service). */
+let RecordsWatchClass: typeof import('../store/records-watch.js').RecordsWatch | null = null;
 
 export class Snapshots {
   constructor(private readonly s: Session) {}
@@ -73,21 +73,35 @@ export class Snapshots {
 
   /**
    * A string that changes whenever the VM's snapshot or VM records change (by any process): a
-   * long-running caller re-reads list() only when it differs. Null when they changed within the last
-   * 100 ms (file times are too coarse to tell two changes that close apart): read list() then. Cheap:
-   * two stat calls.
+   * long-running caller re-reads list() only when it differs. Null: they changed so recently that
+   * list() must be read. Cheap: no system call while nothing changes (an inotify watch of the VM's
+   * record directories, src/store/records-watch.ts; two stat calls where a watch cannot be made).
+   * Changes made through this Clonebox show at once; those of other processes as soon as their
+   * notification is read, which is before any I/O that began after the change completes.
    */
   stamp(vm: string): Promise<string | null> {
     return this.s.run(async () => {
       checkName('VM', vm);
-      stampOf ??= (await import('../store/snapshots.js')).recordsStamp;
-      return stampOf(this.s.home, vm);
-    });
+      RecordsWatchClass ??= (await import('../store/records-watch.js')).RecordsWatch;
+      this.s.records ??= new RecordsWatchClass(this.s.home);
+      const w = this.s.records.stamp(vm);
+      return w === null ? null : `${w}.${this.s.changes}`;
+    }, true);
+  }
+
+  /**
+   * What stamp() would answer, when that is known without I/O (the VM's records are watched and
+   * nothing changed since stamp() was last asked); else undefined: call stamp(). Synchronous, for a
+   * server's hot path.
+   */
+  knownStamp(vm: string): string | undefined {
+    const w = this.s.isClosed ? undefined : this.s.records?.peek(vm);
+    return w === undefined ? undefined : `${w}.${this.s.changes}`;
   }
 
   /** Newest first. */
   list(vm: string): Promise<SnapshotView[]> {
-    return this.s.run(async () => (await this.manager()).list(vm));
+    return this.s.run(async () => (await this.manager()).list(vm), true);
   }
 
   tree(vm: string): Promise<SnapshotTree> {
@@ -113,7 +127,7 @@ export class Snapshots {
   }
 
   show(vm: string, name: string): Promise<SnapshotView> {
-    return this.s.run(async () => (await this.manager()).show(vm, name));
+    return this.s.run(async () => (await this.manager()).show(vm, name), true);
   }
 
   /** The name of the snapshot a restore selection names (exactly one of name and at). */

@@ -117,6 +117,19 @@ async function listing(s: Service, vm: string): Promise<Listing> {
   }
 }
 
+/**
+ * The reply body kept for `key` ('' for the collection, else a snapshot's name) when it is known
+ * without I/O to be current (no task on the VM, the records unchanged): the hot path, answered
+ * synchronously.
+ */
+function keptBody(s: Service, vm: string, key: string): { text: string; etag: string | null } | undefined {
+  if (busy(s, vm)) return undefined;
+  const stamp = s.cb.snapshots.knownStamp(vm);
+  if (stamp === undefined) return undefined;
+  const l = s.lists.get(vm);
+  return l?.stamp === stamp ? l.bodies.get(key) : undefined;
+}
+
 async function listVm(s: Service, vm: string): Promise<SnapshotView[]> {
   return (await listing(s, vm)).list;
 }
@@ -176,21 +189,47 @@ async function estimate(s: Service, vm: string, name: string, t: TaskContext): P
   if (need > free) throw new RedfishError(507, [baseMessage('InsufficientStorage'), estimateMsg]);
 }
 
+async function getCollection(c: Context<Env>): Promise<Response> {
+  const s = c.get('service');
+  const vm = systemId(c);
+  const l = await listing(s, vm);
+  const cacheable = !busy(s, vm);
+  const hit = cacheable ? l.bodies.get('') : undefined;
+  if (hit) return jsonText(hit.text);
+  const recorded = new Set(l.list.map((x) => x.name));
+  const members = [...creating(s, vm, recorded).map(([n]) => snapshotUri(vm, n)), ...l.list.map((x) => snapshotUri(vm, x.name))];
+  const text = JSON.stringify(collection(snapshotsUri(vm), '#HawkFishSnapshotCollection.HawkFishSnapshotCollection', 'Snapshot Collection', members));
+  if (cacheable) l.bodies.set('', { text, etag: null });
+  return jsonText(text);
+}
+
+async function getSnapshot(c: Context<Env>): Promise<Response> {
+  const s = c.get('service');
+  const vm = systemId(c);
+  const name = snapshotId(c);
+  const l = await listing(s, vm);
+  const cacheable = !busy(s, vm);
+  const hit = cacheable ? l.bodies.get(name) : undefined;
+  if (hit?.etag) return jsonText(hit.text, { ETag: hit.etag });
+  const found = l.list.find((x) => x.name === name);
+  const p = s.pending.get(pendingKey(vm, name));
+  if (!found) {
+    if (p?.created) return json(creatingMember(vm, name, p));
+    throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
+  }
+  const body = member(found, p);
+  const etag = String(body['@odata.etag']);
+  const text = JSON.stringify(body);
+  if (cacheable) l.bodies.set(name, { text, etag });
+  return jsonText(text, { ETag: etag });
+}
+
 export function snapshotRoutes(app: Hono<Env>): void {
   const coll = `/redfish/v1/Systems/:id/Oem/HawkFish/Snapshots`;
   resource(app, coll, {
-    GET: async (c) => {
-      const s = c.get('service');
-      const vm = systemId(c);
-      const l = await listing(s, vm);
-      const cacheable = !busy(s, vm);
-      const hit = cacheable ? l.bodies.get('') : undefined;
-      if (hit) return jsonText(hit.text);
-      const recorded = new Set(l.list.map((x) => x.name));
-      const members = [...creating(s, vm, recorded).map(([n]) => snapshotUri(vm, n)), ...l.list.map((x) => snapshotUri(vm, x.name))];
-      const text = JSON.stringify(collection(snapshotsUri(vm), '#HawkFishSnapshotCollection.HawkFishSnapshotCollection', 'Snapshot Collection', members));
-      if (cacheable) l.bodies.set('', { text, etag: null });
-      return jsonText(text);
+    GET: (c) => {
+      const kept = keptBody(c.get('service'), systemId(c), '');
+      return kept ? jsonText(kept.text) : getCollection(c);
     },
     POST: async (c) => {
       need(c, 'Operator');
@@ -252,25 +291,9 @@ export function snapshotRoutes(app: Hono<Env>): void {
 
   const one = `${coll}/:sid`;
   resource(app, one, {
-    GET: async (c) => {
-      const s = c.get('service');
-      const vm = systemId(c);
-      const name = snapshotId(c);
-      const l = await listing(s, vm);
-      const cacheable = !busy(s, vm);
-      const hit = cacheable ? l.bodies.get(name) : undefined;
-      if (hit?.etag) return jsonText(hit.text, { ETag: hit.etag });
-      const found = l.list.find((x) => x.name === name);
-      const p = s.pending.get(pendingKey(vm, name));
-      if (!found) {
-        if (p?.created) return json(creatingMember(vm, name, p));
-        throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
-      }
-      const body = member(found, p);
-      const etag = String(body['@odata.etag']);
-      const text = JSON.stringify(body);
-      if (cacheable) l.bodies.set(name, { text, etag });
-      return jsonText(text, { ETag: etag });
+    GET: (c) => {
+      const kept = keptBody(c.get('service'), systemId(c), snapshotId(c));
+      return kept?.etag ? jsonText(kept.text, { ETag: kept.etag }) : getSnapshot(c);
     },
     DELETE: async (c) => {
       need(c, 'Operator');
