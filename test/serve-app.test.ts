@@ -485,6 +485,87 @@ describe('task, session and event services', () => {
   });
 });
 
+describe('cancelling tasks (DELETE of a task or its monitor)', () => {
+  /** Polls the monitor until the task left New (it reads the home's event log first). */
+  async function running(mon: string): Promise<void> {
+    for (let i = 0; i < 500; i++) {
+      const t = (await (await req('GET', mon)).json()) as { TaskState: string };
+      if (t.TaskState !== 'New') {
+        expect(t.TaskState).toBe('Running');
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    throw new Error(`task ${mon} did not start`);
+  }
+
+  it('cancels a running create and a running revert: 204, Cancelled, TaskCancelled at the monitor, nothing changed on disk', async () => {
+    const currentBefore = (await cb.vms.show('web')).current;
+    const lock = await lockVm(resolveHome(home), 'web', 'test holds the VM');
+    try {
+      const before = await homeState();
+      const r = await req('POST', SNAPS, { user: 'op', body: { Name: 'cancelled' } });
+      const mon = r.headers.get('Location')!;
+      await running(mon);
+      expect((await getJson(`${SNAPS}/cancelled`)).SnapshotState).toBe('Creating');
+      const del = await req('DELETE', mon, { user: 'op' });
+      expect(del.status).toBe(204);
+      await expectError(await req('GET', mon), 409, 'TaskCancelled');
+      const id = mon.split('/').pop()!;
+      const task = await getJson<{ TaskState: string; Messages: { MessageId: string }[] }>(`/redfish/v1/TaskService/Tasks/${id}`);
+      expect(task.TaskState).toBe('Cancelled');
+      expect(task.Messages.map((m) => m.MessageId.split('.').pop())).toContain('TaskCancelled');
+      await expectError(await req('GET', `${SNAPS}/cancelled`), 404, 'ResourceNotFound');
+      expect((await getJson<{ Members: { '@odata.id': string }[] }>(SNAPS)).Members).not.toContainEqual({ '@odata.id': `${SNAPS}/cancelled` });
+
+      // The same through the Task resource, for a revert.
+      const rev = await req('POST', `${SNAPS}/s1/Actions/Oem.HawkFish.Snapshot.Revert`, { user: 'op', body: {} });
+      const revMon = rev.headers.get('Location')!;
+      await running(revMon);
+      expect((await getJson(`${SNAPS}/s1`)).SnapshotState).toBe('Reverting');
+      expect((await req('DELETE', `/redfish/v1/TaskService/Tasks/${revMon.split('/').pop()}`, { user: 'op' })).status).toBe(204);
+      await expectError(await req('GET', revMon), 409, 'TaskCancelled');
+      expect((await getJson(`${SNAPS}/s1`)).SnapshotState).toBe('Ready');
+      expect(await homeState()).toBe(before);
+    } finally {
+      await lock.release();
+    }
+    expect((await cb.vms.show('web')).current).toBe(currentBefore);
+    for (const s of await cb.snapshots.list('web')) for (const d of s.disks) expect((await qemuCheck(d.path)).code).toBe(0);
+  });
+
+  it('refuses to cancel a task that ended (409 TaskNotCancellable), an unknown one (404), and for a ReadOnly user (403)', async () => {
+    const r = await req('POST', SNAPS, { user: 'op', body: { Name: 'kept' } });
+    const mon = r.headers.get('Location')!;
+    await expectError(await req('DELETE', mon, { user: 'ro' }), 403, 'InsufficientPrivilege');
+    expect((await finish(r)).status).toBe(201);
+    await expectError(await req('DELETE', mon, { user: 'op' }), 409, 'TaskNotCancellable');
+    await expectError(await req('DELETE', `/redfish/v1/TaskService/Tasks/${mon.split('/').pop()}`, { user: 'op' }), 409, 'TaskNotCancellable');
+    expect((await getJson(`${SNAPS}/kept`)).SnapshotState).toBe('Ready');
+    await expectError(await req('DELETE', '/redfish/v1/TaskService/TaskMonitors/ffff', { user: 'op' }), 404, 'ResourceNotFound');
+  });
+
+  it('rolls a create back when its signal fires after the driver prepared, before the journal commits (the library half of a cancel)', async () => {
+    const before = await homeState();
+    const ac = new AbortController();
+    const err = await cb.snapshots
+      .create('web', {
+        name: 'late-cancel',
+        signal: ac.signal,
+        // Fires once the create has passed its own start check: the lock is free, so the next check is the commit point.
+        onProgress: (p) => {
+          if (p.done === 0) ac.abort();
+        },
+      })
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    expect((err as { code?: string }).code).toBe('ABORTED');
+    expect(await homeState()).toBe(before);
+  });
+});
+
 describe('bad input: right status, Redfish error body, nothing changed on disk', () => {
   it.each([
     ['malformed JSON', () => req('POST', SNAPS, { user: 'op', raw: '{"Name": ' }), 400, 'MalformedJSON'],

@@ -1,7 +1,8 @@
 /**
  * `cb.snapshots`: the snapshot tree of a VM (the work is in src/snapshots/). Restore, delete and
  * create are journaled operations that cannot stop half-way: their signal is checked before they
- * start, and onProgress hears when they start and end.
+ * start, and for create and restore also while they wait for the VM lock and just before their
+ * journal commits (what they prepared is rolled back then); onProgress hears when they start and end.
  */
 import { checkAborted } from '../abort.js';
 import { usageError } from '../errors.js';
@@ -57,13 +58,15 @@ export class Snapshots {
   create(vm: string, opts: SnapshotCreateOptions = {}): Promise<SnapshotView> {
     return this.s.run(async () => {
       const m = await this.manager();
-      const r = await step('create', opts, this.s.signal(opts.signal), () =>
+      const signal = this.s.signal(opts.signal);
+      const r = await step('create', opts, signal, () =>
         m.create(vm, {
           ...(opts.name !== undefined ? { name: opts.name } : {}),
           description: opts.description ?? null,
           tags: opts.tags ?? [],
           memory: Boolean(opts.memory),
           quiesce: Boolean(opts.quiesce),
+          signal,
         }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
@@ -166,8 +169,9 @@ export class Snapshots {
     return this.s.run(async () => {
       const sel = selection(opts);
       const m = await this.manager();
-      const r = await step('restore', opts, this.s.signal(opts.signal), () =>
-        m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot) }),
+      const signal = this.s.signal(opts.signal);
+      const r = await step('restore', opts, signal, () =>
+        m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot), signal }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
       r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));

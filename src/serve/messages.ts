@@ -165,6 +165,11 @@ const OEM = {
     resolution: 'Raise the system snapshot limit (Oem.HawkFish.SnapshotLimit) to keep more snapshots.',
   },
   OperationWarning: { message: '%1', severity: 'Warning', resolution: 'None.' },
+  TaskNotCancellable: {
+    message: "Task '%1' has already ended (%2) and cannot be cancelled.",
+    severity: 'Warning',
+    resolution: "None: the task's monitor answers with the operation's outcome.",
+  },
   // Base has no message for a body over the size limit (HTTP 413).
   RequestBodyTooLarge: {
     message: 'The request body is larger than the %1 bytes the service accepts.',

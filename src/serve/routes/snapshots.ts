@@ -258,7 +258,15 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const key = pendingKey(vm, name);
       s.pending.set(key, { state: 'Creating', created: { description, tags, time: new Date(s.now()).toISOString(), type: memory ? 'full' : 'disk' } });
       const id = s.tasks.start(
-        { name: `Create snapshot ${name} of ${vm}`, method: 'POST', target: snapshotsUri(vm), body, queue: vm, ctx: { vm, snapshot: name } },
+        {
+          name: `Create snapshot ${name} of ${vm}`,
+          method: 'POST',
+          target: snapshotsUri(vm),
+          body,
+          queue: vm,
+          ctx: { vm, snapshot: name },
+          release: () => s.pending.delete(key),
+        },
         async (t): Promise<FinalResponse> => {
           try {
             await estimate(s, v.name, name, t);
@@ -322,7 +330,17 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const doomed = recursive ? subtreeOf(list, name) : [name];
       for (const d of doomed) s.pending.set(pendingKey(vm, d), { state: 'Deleting' });
       const id = s.tasks.start(
-        { name: `Delete snapshot ${name} of ${vm}`, method: 'DELETE', target: snapshotUri(vm, name), body: null, queue: vm, ctx: { vm, snapshot: name } },
+        {
+          name: `Delete snapshot ${name} of ${vm}`,
+          method: 'DELETE',
+          target: snapshotUri(vm, name),
+          body: null,
+          queue: vm,
+          ctx: { vm, snapshot: name },
+          release: () => {
+            for (const d of doomed) s.pending.delete(pendingKey(vm, d));
+          },
+        },
         async (t): Promise<FinalResponse> => {
           try {
             await s.cb.snapshots.delete(vm, name, {
@@ -363,6 +381,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
         body,
         queue: vm,
         ctx: { vm, snapshot: name },
+        release: () => s.pending.delete(key),
       },
       async (t): Promise<FinalResponse> => {
         try {
