@@ -710,4 +710,45 @@ describe('events (SSE)', () => {
     const again = await readEvents(await req('GET', es.ServerSentEventUri, { headers: { 'Last-Event-ID': evs[6]!.id } }), (e) => e.length >= evs.length - 7);
     expect(again.map((e) => e.id)).toEqual(evs.slice(7).map((e) => e.id));
   });
+
+  it('filters the stream with $filter (RegistryPrefix, ResourceType, MessageId, OriginResource, not/and/or) and shows snapshots a bundle import registered, in order', async () => {
+    const filter = "RegistryPrefix eq 'ResourceEvent' and (ResourceType eq 'HawkFishSnapshot' or OriginResource eq '/redfish/v1/Systems/web')";
+    const only = await req('GET', `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent(filter)}`);
+    expect(only.status).toBe(200);
+    const byId = await req(
+      'GET',
+      `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent("(MessageId eq 'TaskEvent.TaskStarted' or MessageId eq 'TaskEvent.1.0.3.TaskCompletedOK') and not (RegistryPrefix ne 'TaskEvent')")}`,
+    );
+    expect(byId.status).toBe(200);
+    await create('flt1');
+    const bundle = path.join(home, 'web.cbx');
+    const cli = new CliHome(home);
+    await cli.ok(['snapshot', 'export', 'web', '-o', bundle]);
+    await cli.ok(['snapshot', 'import', 'copy', bundle]);
+    const imported = (await cb.snapshots.list('copy')).map((x) => x.name).reverse();
+    expect(imported.length).toBeGreaterThan(0);
+    const evs = await readEvents(only, (e) => recs(e).filter((r) => r.OriginOfCondition['@odata.id'].includes('/Systems/copy/')).length >= imported.length);
+    // No task events, no other registry: every record is a ResourceEvent about a snapshot or the system.
+    for (const r of recs(evs)) expect(r.MessageId.startsWith('ResourceEvent.')).toBe(true);
+    expect(recs(evs).map((r) => `${r.MessageId.split('.').pop()} ${r.OriginOfCondition['@odata.id']}`)).toEqual([
+      `ResourceCreated ${SNAPS}/flt1`,
+      ...imported.map((n) => `ResourceCreated /redfish/v1/Systems/copy/Oem/HawkFish/Snapshots/${n}`),
+    ]);
+    const tasks = recs(await readEvents(byId, (e) => recs(e).length >= 2)).map((r) => r.MessageId.split('.').pop());
+    expect(tasks).toEqual(['TaskStarted', 'TaskCompletedOK']);
+    await cb.vms.remove('copy', { deleteFiles: true });
+  });
+
+  it.each([
+    ['an unknown property', "Severity eq 'OK'"],
+    ['an unsupported operator', "MessageId gt 'a'"],
+    ['a number', 'EventType eq 5'],
+    ['an unterminated string', "MessageId eq 'x"],
+    ['a missing parenthesis', "(MessageId eq 'x'"],
+    ['trailing words', "MessageId eq 'x' MessageId"],
+    ['a function', "contains(MessageId, 'x')"],
+  ])('refuses a $filter with %s (400 QueryParameterValueFormatError)', async (_what, f) => {
+    const b = await expectError(await req('GET', `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent(f)}`), 400, 'QueryParameterValueFormatError');
+    expect(b.error['@Message.ExtendedInfo'][0]!.Resolution).toMatch(/^The filter has /);
+  });
 });
