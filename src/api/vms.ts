@@ -50,6 +50,11 @@ export class Vms {
     return this.s.run(async () => (await import('../vms.js')).vmPowerState(this.s.home, name), true);
   }
 
+  /** A libvirt domain's current memory in bytes (what a full snapshot saves); null for image-driver VMs. */
+  memoryBytes(name: string): Promise<number | null> {
+    return this.s.run(async () => (await import('../vms.js')).vmMemoryBytes(this.s.home, name), true);
+  }
+
   show(name: string): Promise<VmView> {
     return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name), true);
   }

@@ -159,6 +159,11 @@ const OEM = {
     severity: 'OK',
     resolution: 'None.',
   },
+  MemoryEstimate: {
+    message: "Snapshot '%1' of system '%2' saves the guest's memory: %3 bytes, counted in the storage estimate.",
+    severity: 'OK',
+    resolution: 'None.',
+  },
   PrunedByLimit: {
     message: "Snapshots %1 of system '%2' were removed by its retention policy (limit %3).",
     severity: 'Warning',

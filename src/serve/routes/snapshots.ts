@@ -175,14 +175,23 @@ function accepted(id: string): Response {
   return new Response(null, { status: 202, headers: { Location: monitorUri(id) } });
 }
 
-/** Space a create needs: the data of the current overlays (what the snapshot seals and a merge may copy). */
-async function estimate(s: Service, vm: string, name: string, t: TaskContext): Promise<void> {
+/**
+ * Space a create needs: the data of the current overlays (what the snapshot seals and a merge may
+ * copy), plus for a full snapshot of a libvirt domain its current memory (the memory file goes beside
+ * the first disk). Both are in the task's messages.
+ */
+async function estimate(s: Service, vm: string, name: string, memory: boolean, t: TaskContext): Promise<void> {
   const v = await s.cb.vms.show(vm);
   let need = 0;
   let free = Number.POSITIVE_INFINITY;
   for (const d of v.disks) {
     need += (await s.cb.images.info(d.path)).data_bytes;
     free = Math.min(free, await s.freeBytes(path.dirname(d.path)));
+  }
+  const mem = memory && v.driver === 'libvirt' ? await s.cb.vms.memoryBytes(vm) : null;
+  if (mem !== null) {
+    need += mem;
+    t.message(oemMessage('MemoryEstimate', [name, vm, mem]));
   }
   const estimateMsg = oemMessage('StorageEstimate', [name, vm, need, Number.isFinite(free) ? free : 0]);
   t.message(estimateMsg);
@@ -269,7 +278,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
         },
         async (t): Promise<FinalResponse> => {
           try {
-            await estimate(s, v.name, name, t);
+            await estimate(s, v.name, name, memory, t);
             const made = await s.cb.snapshots.create(vm, {
               name,
               description,
