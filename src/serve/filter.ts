@@ -21,7 +21,7 @@ const PROPERTIES = ['EventFormatType', 'EventType', 'MessageId', 'OriginResource
 type Property = (typeof PROPERTIES)[number];
 
 /** What a filter is evaluated on: one record of an Event. */
-export interface FilterSubject {
+interface FilterSubject {
   EventType: string;
   MessageId: string;
   OriginOfCondition: { '@odata.id': string };

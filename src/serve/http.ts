@@ -11,7 +11,7 @@ import { badRequest, RedfishError } from './errors.js';
 import { MAX_BODY } from './limits.js';
 import { baseMessage, oemMessage } from './messages.js';
 
-export const JSON_TYPE = 'application/json; charset=utf-8';
+const JSON_TYPE = 'application/json; charset=utf-8';
 
 /**
  * Replies made here carry OData-Version in a plain header object; others get it set afterwards.
@@ -27,7 +27,7 @@ function reply(body: string | null, status: number, headers: Record<string, stri
 }
 
 /** Makes sure the reply carries `OData-Version: 4.0` (every response does). */
-export function odata(r: Response): Response {
+function odata(r: Response): Response {
   if (!withOData.has(r)) r.headers.set('OData-Version', '4.0');
   return r;
 }

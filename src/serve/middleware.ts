@@ -27,7 +27,7 @@ export function sourceAddress(c: Context<Env>): string {
  * c.req.header() makes the adapter build a fetch Headers object of every header first, which cost
  * more than the rest of a cached GET.
  */
-export function header(c: Context<Env>, lowerName: string): string | undefined {
+function header(c: Context<Env>, lowerName: string): string | undefined {
   const h = (c.env as Partial<HttpBindings> | undefined)?.incoming?.headers;
   if (!h) return c.req.header(lowerName);
   const v = h[lowerName];
