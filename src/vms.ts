@@ -279,3 +279,12 @@ export async function vmPowerState(
   const { Virsh } = await import('./drivers/libvirt/virsh.js');
   return new Virsh({ uri: rec.libvirt.uri }).state(rec.libvirt.domain);
 }
+
+/** A libvirt domain's current memory in bytes (what a full snapshot saves); null for image-driver VMs. */
+export async function vmMemoryBytes(home: Home, name: string): Promise<number | null> {
+  checkName('VM', name);
+  const rec = await loadVm(home, name);
+  if (rec.driver !== 'libvirt' || !rec.libvirt) return null;
+  const { Virsh } = await import('./drivers/libvirt/virsh.js');
+  return new Virsh({ uri: rec.libvirt.uri }).memoryBytes(rec.libvirt.domain);
+}

@@ -313,7 +313,12 @@ describe('systems and snapshots', () => {
       expect(during.SnapshotState).toBe('Creating');
       expect(during.Description).toBe('waits for the lock');
       expect((await getJson<{ Members: { '@odata.id': string }[] }>(SNAPS)).Members[0]).toEqual({ '@odata.id': `${SNAPS}/slow` });
-      const task = (await (await req('GET', r.headers.get('Location')!)).json()) as { TaskState: string; '@odata.id': string };
+      // New until the task has read the home's event log (a few file reads), then Running while it waits for the lock.
+      let task = { TaskState: 'New', '@odata.id': '' };
+      for (let i = 0; i < 500 && task.TaskState === 'New'; i++) {
+        if (i > 0) await new Promise((res) => setTimeout(res, 10));
+        task = (await (await req('GET', r.headers.get('Location')!)).json()) as typeof task;
+      }
       expect(task.TaskState).toBe('Running');
       expect((await getJson(task['@odata.id'])).TaskState).toBe('Running');
       const rev = await req('POST', `${SNAPS}/s1/Actions/Oem.HawkFish.Snapshot.Revert`, { user: 'op', body: {} });
@@ -480,6 +485,87 @@ describe('task, session and event services', () => {
   });
 });
 
+describe('cancelling tasks (DELETE of a task or its monitor)', () => {
+  /** Polls the monitor until the task left New (it reads the home's event log first). */
+  async function running(mon: string): Promise<void> {
+    for (let i = 0; i < 500; i++) {
+      const t = (await (await req('GET', mon)).json()) as { TaskState: string };
+      if (t.TaskState !== 'New') {
+        expect(t.TaskState).toBe('Running');
+        return;
+      }
+      await new Promise((res) => setTimeout(res, 10));
+    }
+    throw new Error(`task ${mon} did not start`);
+  }
+
+  it('cancels a running create and a running revert: 204, Cancelled, TaskCancelled at the monitor, nothing changed on disk', async () => {
+    const currentBefore = (await cb.vms.show('web')).current;
+    const lock = await lockVm(resolveHome(home), 'web', 'test holds the VM');
+    try {
+      const before = await homeState();
+      const r = await req('POST', SNAPS, { user: 'op', body: { Name: 'cancelled' } });
+      const mon = r.headers.get('Location')!;
+      await running(mon);
+      expect((await getJson(`${SNAPS}/cancelled`)).SnapshotState).toBe('Creating');
+      const del = await req('DELETE', mon, { user: 'op' });
+      expect(del.status).toBe(204);
+      await expectError(await req('GET', mon), 409, 'TaskCancelled');
+      const id = mon.split('/').pop()!;
+      const task = await getJson<{ TaskState: string; Messages: { MessageId: string }[] }>(`/redfish/v1/TaskService/Tasks/${id}`);
+      expect(task.TaskState).toBe('Cancelled');
+      expect(task.Messages.map((m) => m.MessageId.split('.').pop())).toContain('TaskCancelled');
+      await expectError(await req('GET', `${SNAPS}/cancelled`), 404, 'ResourceNotFound');
+      expect((await getJson<{ Members: { '@odata.id': string }[] }>(SNAPS)).Members).not.toContainEqual({ '@odata.id': `${SNAPS}/cancelled` });
+
+      // The same through the Task resource, for a revert.
+      const rev = await req('POST', `${SNAPS}/s1/Actions/Oem.HawkFish.Snapshot.Revert`, { user: 'op', body: {} });
+      const revMon = rev.headers.get('Location')!;
+      await running(revMon);
+      expect((await getJson(`${SNAPS}/s1`)).SnapshotState).toBe('Reverting');
+      expect((await req('DELETE', `/redfish/v1/TaskService/Tasks/${revMon.split('/').pop()}`, { user: 'op' })).status).toBe(204);
+      await expectError(await req('GET', revMon), 409, 'TaskCancelled');
+      expect((await getJson(`${SNAPS}/s1`)).SnapshotState).toBe('Ready');
+      expect(await homeState()).toBe(before);
+    } finally {
+      await lock.release();
+    }
+    expect((await cb.vms.show('web')).current).toBe(currentBefore);
+    for (const s of await cb.snapshots.list('web')) for (const d of s.disks) expect((await qemuCheck(d.path)).code).toBe(0);
+  });
+
+  it('refuses to cancel a task that ended (409 TaskNotCancellable), an unknown one (404), and for a ReadOnly user (403)', async () => {
+    const r = await req('POST', SNAPS, { user: 'op', body: { Name: 'kept' } });
+    const mon = r.headers.get('Location')!;
+    await expectError(await req('DELETE', mon, { user: 'ro' }), 403, 'InsufficientPrivilege');
+    expect((await finish(r)).status).toBe(201);
+    await expectError(await req('DELETE', mon, { user: 'op' }), 409, 'TaskNotCancellable');
+    await expectError(await req('DELETE', `/redfish/v1/TaskService/Tasks/${mon.split('/').pop()}`, { user: 'op' }), 409, 'TaskNotCancellable');
+    expect((await getJson(`${SNAPS}/kept`)).SnapshotState).toBe('Ready');
+    await expectError(await req('DELETE', '/redfish/v1/TaskService/TaskMonitors/ffff', { user: 'op' }), 404, 'ResourceNotFound');
+  });
+
+  it('rolls a create back when its signal fires after the driver prepared, before the journal commits (the library half of a cancel)', async () => {
+    const before = await homeState();
+    const ac = new AbortController();
+    const err = await cb.snapshots
+      .create('web', {
+        name: 'late-cancel',
+        signal: ac.signal,
+        // Fires once the create has passed its own start check: the lock is free, so the next check is the commit point.
+        onProgress: (p) => {
+          if (p.done === 0) ac.abort();
+        },
+      })
+      .then(
+        () => null,
+        (e: unknown) => e,
+      );
+    expect((err as { code?: string }).code).toBe('ABORTED');
+    expect(await homeState()).toBe(before);
+  });
+});
+
 describe('bad input: right status, Redfish error body, nothing changed on disk', () => {
   it.each([
     ['malformed JSON', () => req('POST', SNAPS, { user: 'op', raw: '{"Name": ' }), 400, 'MalformedJSON'],
@@ -623,5 +709,46 @@ describe('events (SSE)', () => {
     // Resume: everything after the 7th event again, from the kept buffer.
     const again = await readEvents(await req('GET', es.ServerSentEventUri, { headers: { 'Last-Event-ID': evs[6]!.id } }), (e) => e.length >= evs.length - 7);
     expect(again.map((e) => e.id)).toEqual(evs.slice(7).map((e) => e.id));
+  });
+
+  it('filters the stream with $filter (RegistryPrefix, ResourceType, MessageId, OriginResource, not/and/or) and shows snapshots a bundle import registered, in order', async () => {
+    const filter = "RegistryPrefix eq 'ResourceEvent' and (ResourceType eq 'HawkFishSnapshot' or OriginResource eq '/redfish/v1/Systems/web')";
+    const only = await req('GET', `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent(filter)}`);
+    expect(only.status).toBe(200);
+    const byId = await req(
+      'GET',
+      `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent("(MessageId eq 'TaskEvent.TaskStarted' or MessageId eq 'TaskEvent.1.0.3.TaskCompletedOK') and not (RegistryPrefix ne 'TaskEvent')")}`,
+    );
+    expect(byId.status).toBe(200);
+    await create('flt1');
+    const bundle = path.join(home, 'web.cbx');
+    const cli = new CliHome(home);
+    await cli.ok(['snapshot', 'export', 'web', '-o', bundle]);
+    await cli.ok(['snapshot', 'import', 'copy', bundle]);
+    const imported = (await cb.snapshots.list('copy')).map((x) => x.name).reverse();
+    expect(imported.length).toBeGreaterThan(0);
+    const evs = await readEvents(only, (e) => recs(e).filter((r) => r.OriginOfCondition['@odata.id'].includes('/Systems/copy/')).length >= imported.length);
+    // No task events, no other registry: every record is a ResourceEvent about a snapshot or the system.
+    for (const r of recs(evs)) expect(r.MessageId.startsWith('ResourceEvent.')).toBe(true);
+    expect(recs(evs).map((r) => `${r.MessageId.split('.').pop()} ${r.OriginOfCondition['@odata.id']}`)).toEqual([
+      `ResourceCreated ${SNAPS}/flt1`,
+      ...imported.map((n) => `ResourceCreated /redfish/v1/Systems/copy/Oem/HawkFish/Snapshots/${n}`),
+    ]);
+    const tasks = recs(await readEvents(byId, (e) => recs(e).length >= 2)).map((r) => r.MessageId.split('.').pop());
+    expect(tasks).toEqual(['TaskStarted', 'TaskCompletedOK']);
+    await cb.vms.remove('copy', { deleteFiles: true });
+  });
+
+  it.each([
+    ['an unknown property', "Severity eq 'OK'"],
+    ['an unsupported operator', "MessageId gt 'a'"],
+    ['a number', 'EventType eq 5'],
+    ['an unterminated string', "MessageId eq 'x"],
+    ['a missing parenthesis', "(MessageId eq 'x'"],
+    ['trailing words', "MessageId eq 'x' MessageId"],
+    ['a function', "contains(MessageId, 'x')"],
+  ])('refuses a $filter with %s (400 QueryParameterValueFormatError)', async (_what, f) => {
+    const b = await expectError(await req('GET', `/redfish/v1/EventService/SSE?$filter=${encodeURIComponent(f)}`), 400, 'QueryParameterValueFormatError');
+    expect(b.error['@Message.ExtendedInfo'][0]!.Resolution).toMatch(/^The filter has /);
   });
 });

@@ -8,6 +8,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { chmod, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { resolveHome } from '../src/store/home.js';
+import { lockVm } from '../src/store/registry.js';
 import { CLI_PATH, CliHome, parseCliError } from './helpers/cli.js';
 import { run } from './helpers/process.js';
 import { qemuCompare } from './helpers/qemu.js';
@@ -163,6 +165,48 @@ describe('clonebox serve with real clients', () => {
     // Graceful stop on SIGTERM.
     s.child.kill('SIGTERM');
     expect(await s.exited).toEqual({ code: 0, signal: null });
+  });
+
+  it('over a socket: a CLI change shows at the very next request, and DELETE of a task monitor cancels a running create', async () => {
+    const s = await startServe(f.home, ['--insecure-http', '--no-schedule'], { CLONEBOX_LOCK_WAIT_MS: '60000' });
+    const auth = { Authorization: `Basic ${Buffer.from(`admin:${PW}`).toString('base64')}` };
+    const coll = `${s.url}/redfish/v1/Systems/web/Oem/HawkFish/Snapshots`;
+    const names = async () =>
+      ((await (await fetch(coll, { headers: auth })).json()) as { Members: { '@odata.id': string }[] }).Members.map((m) => m['@odata.id'].split('/').pop());
+    // The served list is kept between requests (inotify tells the service of changes): each CLI change
+    // must show at the request right after the CLI exits, several times over.
+    for (let i = 0; i < 3; i++) {
+      const before = await names();
+      expect(await names()).toEqual(before);
+      await f.ok(['snapshot', 'create', 'web', '--name', `sock${i}`]);
+      expect(await names()).toEqual([`sock${i}`, ...before]);
+      await f.ok(['snapshot', 'delete', 'web', '--name', `sock${i}`]);
+      expect(await names()).toEqual(before);
+    }
+
+    const before = await f.json<{ name: string }[]>(['snapshot', 'list', 'web']);
+    const lock = await lockVm(resolveHome(f.home), 'web', 'test holds the VM');
+    try {
+      const r = await fetch(coll, { method: 'POST', headers: { ...auth, 'Content-Type': 'application/json' }, body: JSON.stringify({ Name: 'never' }) });
+      expect(r.status).toBe(202);
+      const mon = `${s.url}${r.headers.get('Location')}`;
+      let state = 'New';
+      for (let i = 0; i < 500 && state === 'New'; i++) {
+        if (i > 0) await new Promise((res) => setTimeout(res, 20));
+        state = ((await (await fetch(mon, { headers: auth })).json()) as { TaskState: string }).TaskState;
+      }
+      expect(state).toBe('Running');
+      const del = await fetch(mon, { method: 'DELETE', headers: auth });
+      expect(del.status).toBe(204);
+      const after = await fetch(mon, { headers: auth });
+      expect(after.status).toBe(409);
+      expect(((await after.json()) as { error: { code: string } }).error.code).toBe('TaskEvent.1.0.3.TaskCancelled');
+      expect((await fetch(`${coll}/never`, { headers: auth })).status).toBe(404);
+      expect((await fetch(mon, { method: 'DELETE', headers: auth })).status).toBe(409);
+    } finally {
+      await lock.release();
+    }
+    expect(await f.json<{ name: string }[]>(['snapshot', 'list', 'web'])).toEqual(before);
   });
 
   it('clonebox remote drives the service and prints what the local commands print', async () => {

@@ -52,5 +52,30 @@ describe.skipIf(suite.skip)(suite.title, () => {
     // The test domain has no guest agent: the snapshot is taken crash-consistent, with the OEM warning.
     expect(task.Messages.map((m) => m.MessageId)).toContain('HawkFish.1.0.0.QuiesceUnavailable');
     expect((await cb.snapshots.list('lv')).map((s) => s.name)).toEqual(['live']);
+
+    // A full snapshot: the domain's current memory (as `virsh dominfo` reports it) is in the estimate.
+    const info = await virsh.run(['dominfo', dom.name], { what: 'cannot read domain info' });
+    const kib = Number(/^Used memory:\s*(\d+) KiB$/m.exec(info)?.[1]);
+    expect(kib).toBeGreaterThan(0);
+    const full = await svc.app.request('/redfish/v1/Systems/lv/Oem/HawkFish/Snapshots', {
+      method: 'POST',
+      headers: { ...auth, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ Name: 'full', Memory: true }),
+    });
+    expect(full.status).toBe(202);
+    const fullMon = full.headers.get('Location')!;
+    for (let i = 0; ; i++) {
+      final = await svc.app.request(fullMon, { headers: auth });
+      if (final.status !== 202 || i > 6000) break;
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    expect(final.status, await final.clone().text()).toBe(201);
+    expect(((await final.json()) as { Type: string }).Type).toBe('full');
+    type Msg = { MessageId: string; MessageArgs: string[] };
+    const fullTask = (await (await svc.app.request(fullMon.replace('TaskMonitors', 'Tasks'), { headers: auth })).json()) as { Messages: Msg[] };
+    const mem = fullTask.Messages.find((m) => m.MessageId === 'HawkFish.1.0.0.MemoryEstimate');
+    expect(mem?.MessageArgs).toEqual(['full', 'lv', String(kib * 1024)]);
+    const est = fullTask.Messages.find((m) => m.MessageId === 'HawkFish.1.0.0.StorageEstimate');
+    expect(Number(est?.MessageArgs[2])).toBeGreaterThanOrEqual(kib * 1024);
   });
 });

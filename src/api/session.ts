@@ -4,6 +4,7 @@
  */
 import { CloneboxError } from '../errors.js';
 import type { Home } from '../store/home.js';
+import type { RecordsWatch } from '../store/records-watch.js';
 import type { Warning, WarningCallback } from './types.js';
 
 export class Session {
@@ -14,16 +15,38 @@ export class Session {
   private readonly closers: (() => Promise<void>)[] = [];
   /** Warnings nobody took (no onWarning given to open() nor to the call). */
   readonly kept: Warning[] = [];
+  /**
+   * Calls that may have changed the home, counted as each ends: part of cb.snapshots.stamp, which
+   * otherwise learns of changes from inotify, and so only once the event loop has turned.
+   */
+  changes = 0;
+  /** The records watch behind cb.snapshots.stamp (made by its first call, closed by close()). */
+  records: RecordsWatch | null = null;
 
   constructor(
     readonly home: Home,
     private readonly onWarning: WarningCallback | undefined,
   ) {}
 
-  /** Runs one call: refused after close(), counted until it settles. */
-  run<T>(fn: () => Promise<T>): Promise<T> {
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /**
+   * Runs one call: refused after close(), counted until it settles. A call that is not `readOnly`
+   * counts as a change when it ends (before its caller resumes).
+   */
+  run<T>(fn: () => Promise<T>, readOnly = false): Promise<T> {
     if (this.closed) return Promise.reject(CloneboxError.USAGE('this Clonebox is closed', { hint: 'open another with Clonebox.open()' }));
-    const p = fn();
+    const p = readOnly
+      ? fn()
+      : (async () => {
+          try {
+            return await fn();
+          } finally {
+            this.changes++;
+          }
+        })();
     this.running.add(p);
     const forget = () => {
       this.running.delete(p);
@@ -56,6 +79,7 @@ export class Session {
     if (this.closed) return;
     this.closed = true;
     this.stop.abort();
+    this.records?.close();
     await Promise.allSettled([...this.running]);
     await Promise.allSettled(this.closers.map((fn) => fn()));
   }

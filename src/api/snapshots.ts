@@ -1,7 +1,8 @@
 /**
  * `cb.snapshots`: the snapshot tree of a VM (the work is in src/snapshots/). Restore, delete and
  * create are journaled operations that cannot stop half-way: their signal is checked before they
- * start, and onProgress hears when they start and end.
+ * start, and for create and restore also while they wait for the VM lock and just before their
+ * journal commits (what they prepared is rolled back then); onProgress hears when they start and end.
  */
 import { checkAborted } from '../abort.js';
 import { usageError } from '../errors.js';
@@ -42,8 +43,8 @@ async function step<T>(phase: string, opts: LongOptions, signal: AbortSignal, fn
   return r;
 }
 
-/** The store's stamp function, once loaded (stamp() is called per request by the REST service). */
-let stampOf: ((home: Session['home'], vm: string) => string | null) | null = null;
+/** The store's records watch class, once loaded (stamp() is called per request by the REST service). */
+let RecordsWatchClass: typeof import('../store/records-watch.js').RecordsWatch | null = null;
 
 export class Snapshots {
   constructor(private readonly s: Session) {}
@@ -57,13 +58,15 @@ export class Snapshots {
   create(vm: string, opts: SnapshotCreateOptions = {}): Promise<SnapshotView> {
     return this.s.run(async () => {
       const m = await this.manager();
-      const r = await step('create', opts, this.s.signal(opts.signal), () =>
+      const signal = this.s.signal(opts.signal);
+      const r = await step('create', opts, signal, () =>
         m.create(vm, {
           ...(opts.name !== undefined ? { name: opts.name } : {}),
           description: opts.description ?? null,
           tags: opts.tags ?? [],
           memory: Boolean(opts.memory),
           quiesce: Boolean(opts.quiesce),
+          signal,
         }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
@@ -73,21 +76,35 @@ export class Snapshots {
 
   /**
    * A string that changes whenever the VM's snapshot or VM records change (by any process): a
-   * long-running caller re-reads list() only when it differs. Null when they changed within the last
-   * 100 ms (file times are too coarse to tell two changes that close apart): read list() then. Cheap:
-   * two stat calls.
+   * long-running caller re-reads list() only when it differs. Null: they changed so recently that
+   * list() must be read. Cheap: no system call while nothing changes (an inotify watch of the VM's
+   * record directories, src/store/records-watch.ts; two stat calls where a watch cannot be made).
+   * Changes made through this Clonebox show at once; those of other processes as soon as their
+   * notification is read, which is before any I/O that began after the change completes.
    */
   stamp(vm: string): Promise<string | null> {
     return this.s.run(async () => {
       checkName('VM', vm);
-      stampOf ??= (await import('../store/snapshots.js')).recordsStamp;
-      return stampOf(this.s.home, vm);
-    });
+      RecordsWatchClass ??= (await import('../store/records-watch.js')).RecordsWatch;
+      this.s.records ??= new RecordsWatchClass(this.s.home);
+      const w = this.s.records.stamp(vm);
+      return w === null ? null : `${w}.${this.s.changes}`;
+    }, true);
+  }
+
+  /**
+   * What stamp() would answer, when that is known without I/O (the VM's records are watched and
+   * nothing changed since stamp() was last asked); else undefined: call stamp(). Synchronous, for a
+   * server's hot path.
+   */
+  knownStamp(vm: string): string | undefined {
+    const w = this.s.isClosed ? undefined : this.s.records?.peek(vm);
+    return w === undefined ? undefined : `${w}.${this.s.changes}`;
   }
 
   /** Newest first. */
   list(vm: string): Promise<SnapshotView[]> {
-    return this.s.run(async () => (await this.manager()).list(vm));
+    return this.s.run(async () => (await this.manager()).list(vm), true);
   }
 
   tree(vm: string): Promise<SnapshotTree> {
@@ -113,7 +130,7 @@ export class Snapshots {
   }
 
   show(vm: string, name: string): Promise<SnapshotView> {
-    return this.s.run(async () => (await this.manager()).show(vm, name));
+    return this.s.run(async () => (await this.manager()).show(vm, name), true);
   }
 
   /** The name of the snapshot a restore selection names (exactly one of name and at). */
@@ -152,8 +169,9 @@ export class Snapshots {
     return this.s.run(async () => {
       const sel = selection(opts);
       const m = await this.manager();
-      const r = await step('restore', opts, this.s.signal(opts.signal), () =>
-        m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot) }),
+      const signal = this.s.signal(opts.signal);
+      const r = await step('restore', opts, signal, () =>
+        m.restore(vm, sel, { backup: Boolean(opts.backup), start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot), signal }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
       r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));

@@ -37,21 +37,26 @@ export class Vms {
   }
 
   list(): Promise<VmView[]> {
-    return this.s.run(async () => (await import('../vms.js')).listVms(this.s.home));
+    return this.s.run(async () => (await import('../vms.js')).listVms(this.s.home), true);
   }
 
   /** Bytes the VM's files take on disk: current images, snapshot layers and memory files. */
   diskUsage(name: string): Promise<number> {
-    return this.s.run(async () => (await import('../vms.js')).vmDiskUsage(this.s.home, name));
+    return this.s.run(async () => (await import('../vms.js')).vmDiskUsage(this.s.home, name), true);
   }
 
   /** A libvirt domain's state ('running', 'shut off', ...); null for image-driver VMs. */
   powerState(name: string): Promise<PowerState | null> {
-    return this.s.run(async () => (await import('../vms.js')).vmPowerState(this.s.home, name));
+    return this.s.run(async () => (await import('../vms.js')).vmPowerState(this.s.home, name), true);
+  }
+
+  /** A libvirt domain's current memory in bytes (what a full snapshot saves); null for image-driver VMs. */
+  memoryBytes(name: string): Promise<number | null> {
+    return this.s.run(async () => (await import('../vms.js')).vmMemoryBytes(this.s.home, name), true);
   }
 
   show(name: string): Promise<VmView> {
-    return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name));
+    return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name), true);
   }
 
   /** Unregisters the VM; with deleteFiles also deletes its disks and layers. */

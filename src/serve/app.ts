@@ -10,10 +10,10 @@ import { Authenticator } from './auth.js';
 import type { Env, Service, ServiceOptions } from './context.js';
 import { errorBody, RedfishError } from './errors.js';
 import { EventBus } from './events.js';
-import { JSON_TYPE } from './http.js';
+import { guarded, guardResources, jsonText } from './http.js';
 import { LoginThrottle } from './limits.js';
 import { baseMessage } from './messages.js';
-import { authenticate, odataVersion } from './middleware.js';
+import { serviceGuard } from './middleware.js';
 import { eventRoutes } from './routes/events.js';
 import { rootRoutes } from './routes/root.js';
 import { sessionRoutes } from './routes/sessions.js';
@@ -36,10 +36,7 @@ async function statfsFree(dir: string): Promise<number> {
 }
 
 function respond(err: RedfishError): Response {
-  return new Response(JSON.stringify(errorBody(err.messages)), {
-    status: err.status,
-    headers: { 'Content-Type': JSON_TYPE, 'OData-Version': '4.0', ...err.headers },
-  });
+  return jsonText(JSON.stringify(errorBody(err.messages)), err.headers, err.status);
 }
 
 export async function createRedfishApp(cb: Clonebox, opts: ServiceOptions & { uuid?: string } = {}): Promise<RedfishApp> {
@@ -67,24 +64,19 @@ export async function createRedfishApp(cb: Clonebox, opts: ServiceOptions & { uu
   };
 
   const app = new Hono<Env>({ strict: false });
-  app.use('*', async (c, next) => {
-    c.set('service', service);
-    await next();
-    c.res.headers.set('OData-Version', '4.0');
-  });
-  app.use('*', async (_c, next) => {
-    if (service.tasks.isClosing) throw new RedfishError(503, [baseMessage('ServiceShuttingDown')]);
-    await next();
-  });
-  app.use('*', odataVersion());
-  app.use('*', authenticate());
+  guardResources(app, serviceGuard(service));
   rootRoutes(app);
   sessionRoutes(app);
   systemRoutes(app);
   snapshotRoutes(app);
   taskRoutes(app);
   eventRoutes(app);
-  app.notFound((c) => respond(new RedfishError(404, [baseMessage('ResourceMissingAtURI', [c.req.path.slice(0, 256)])])));
+  // Behind the guard like every resource: without credentials an unknown URI is 401, not 404.
+  app.notFound(
+    guarded(app, (c) => {
+      throw new RedfishError(404, [baseMessage('ResourceMissingAtURI', [c.req.path.slice(0, 256)])]);
+    }),
+  );
   app.onError((err) => {
     if (err instanceof RedfishError) return respond(err);
     return respond(new RedfishError(500, [baseMessage('InternalError')]));

@@ -67,11 +67,19 @@ export class Authenticator {
     private readonly now: () => number,
   ) {}
 
-  /** Re-reads the accounts file when its size or mtime changed (checked at most once a second). */
-  private async refresh(): Promise<void> {
+  /**
+   * Re-reads the accounts file when its size or mtime changed (checked at most once a second). The
+   * guard calls it before each request, so that token() can answer without waiting. Null when no
+   * check is due (no promise to wait for on the hot path).
+   */
+  refresh(): Promise<void> | null {
     const t = this.now();
-    if (t - this.checkedAt < 1000) return;
+    if (t - this.checkedAt < 1000) return null;
     this.checkedAt = t;
+    return this.reload();
+  }
+
+  private async reload(): Promise<void> {
     const st = await stat(accountsPath(this.home)).catch(() => null);
     const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : 'none';
     if (stamp === this.stamp) return;
@@ -112,8 +120,8 @@ export class Authenticator {
     return a ? { user: a.name, role: a.role, sessionId: null } : null;
   }
 
-  async token(token: string): Promise<Principal | null> {
-    await this.refresh();
+  /** The session of a token (call refresh() first: accounts removed or changed end their sessions). */
+  token(token: string): Principal | null {
     const s = this.byToken.get(token);
     if (!s) return null;
     if (this.now() - s.lastUsed > SESSION_TIMEOUT_S * 1000) {

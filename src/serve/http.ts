@@ -11,17 +11,36 @@ import { badRequest, RedfishError } from './errors.js';
 import { MAX_BODY } from './limits.js';
 import { baseMessage, oemMessage } from './messages.js';
 
-export const JSON_TYPE = 'application/json; charset=utf-8';
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+/**
+ * Replies made here carry OData-Version in a plain header object; others get it set afterwards.
+ * Why both: setting a header on a Response turns its header object into a Headers instance, which
+ * cost the hot GETs a tenth of their time (the node adapter writes a plain object straight out).
+ */
+const withOData = new WeakSet<Response>();
+
+function reply(body: string | null, status: number, headers: Record<string, string>): Response {
+  const r = new Response(body, { status, headers: { 'OData-Version': '4.0', ...headers } });
+  withOData.add(r);
+  return r;
+}
+
+/** Makes sure the reply carries `OData-Version: 4.0` (every response does). */
+function odata(r: Response): Response {
+  if (!withOData.has(r)) r.headers.set('OData-Version', '4.0');
+  return r;
+}
 
 export function json(body: unknown, status = 200, headers: Record<string, string> = {}): Response {
   // No body, no Content-Type: a client that sees application/json tries to parse the empty body.
-  if (status === 204 || body === null) return new Response(null, { status, headers });
-  return new Response(JSON.stringify(body), { status, headers: { 'Content-Type': JSON_TYPE, ...headers } });
+  if (status === 204 || body === null) return reply(null, status, headers);
+  return reply(JSON.stringify(body), status, { 'Content-Type': JSON_TYPE, ...headers });
 }
 
 /** A reply whose JSON text is already made (cached bodies). */
-export function jsonText(text: string, headers: Record<string, string> = {}): Response {
-  return new Response(text, { status: 200, headers: { 'Content-Type': JSON_TYPE, ...headers } });
+export function jsonText(text: string, headers: Record<string, string> = {}, status = 200): Response {
+  return reply(text, status, { 'Content-Type': JSON_TYPE, ...headers });
 }
 
 /** Collection resource in Redfish's shape. */
@@ -113,19 +132,57 @@ export function checkProps(obj: Record<string, unknown>, schema: Record<string, 
 }
 
 type Method = 'GET' | 'POST' | 'PATCH' | 'DELETE';
-type Handler = (c: Context<Env>) => Promise<Response> | Response;
+export type Handler = (c: Context<Env>) => Promise<Response> | Response;
+/**
+ * What runs before every handler (middleware.ts: the service, shutdown, OData-Version, authentication).
+ * Undefined when it finished without waiting (a token, nothing to re-read): a handler that can answer
+ * from memory then answers synchronously, and the node adapter writes the reply without a promise.
+ */
+export type Guard = (c: Context<Env>) => Promise<void> | undefined;
 
-/** Registers a resource's methods; any other method gets 405 with `Allow`. */
+const guards = new WeakMap<Hono<Env>, Guard>();
+
+/** Sets the guard of an app's resources: call before registering them. */
+export function guardResources(app: Hono<Env>, guard: Guard): void {
+  guards.set(app, guard);
+}
+
+/** A handler behind the app's guard, its reply with OData-Version. */
+export function guarded(app: Hono<Env>, h: Handler): Handler {
+  const guard = guards.get(app);
+  if (!guard) throw new Error('guardResources() was not called for this app');
+  return (c) => {
+    const waiting = guard(c);
+    if (waiting) return waiting.then(() => h(c)).then(odata);
+    const r = h(c);
+    return r instanceof Promise ? r.then(odata) : odata(r);
+  };
+}
+
+/** Methods a request may name that a resource does not serve get 405 (others: 404). HEAD follows GET. */
+const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
+
+/**
+ * Registers a resource's methods; any other method gets 405 with `Allow`. Each route is one handler
+ * with the guard inside it rather than app-wide middleware: hono then skips its middleware chain
+ * (a third of the time of a cached GET).
+ */
 export function resource(app: Hono<Env>, path: string, handlers: Partial<Record<Method, Handler>>): void {
   const methods = Object.keys(handlers) as Method[];
   for (const m of methods) {
     const h = handlers[m];
-    if (h) app.on(m, path, h);
+    if (h) app.on(m, path, guarded(app, h));
   }
   const allow = [...methods, ...(methods.includes('GET') ? ['HEAD'] : [])].join(', ');
-  app.all(path, () => {
-    throw new RedfishError(405, [baseMessage('OperationNotAllowed')], { Allow: allow });
-  });
+  const others = METHODS.filter((m) => !(methods as string[]).includes(m));
+  if (others.length === 0) return;
+  app.on(
+    others,
+    path,
+    guarded(app, () => {
+      throw new RedfishError(405, [baseMessage('OperationNotAllowed')], { Allow: allow });
+    }),
+  );
 }
 
 /** Throws 403 unless the request's principal has at least `role`. */

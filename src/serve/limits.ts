@@ -10,6 +10,8 @@ export const SESSION_TIMEOUT_S = 30 * 60;
 export const MAX_SESSIONS = 256;
 /** Finished tasks kept for their monitors and the Tasks collection (oldest dropped first). */
 export const MAX_FINISHED_TASKS = 200;
+/** How long a DELETE of a task waits for the task to stop before it answers 202 (cancel still under way). */
+export const CANCEL_WAIT_MS = 10_000;
 /** Events kept for Last-Event-ID resumption. */
 export const EVENT_BUFFER = 1000;
 /** Password hashes verified at once: each Argon2id verify takes 64 MiB and ~0.1 s of a core. */

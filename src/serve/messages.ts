@@ -159,12 +159,22 @@ const OEM = {
     severity: 'OK',
     resolution: 'None.',
   },
+  MemoryEstimate: {
+    message: "Snapshot '%1' of system '%2' saves the guest's memory: %3 bytes, counted in the storage estimate.",
+    severity: 'OK',
+    resolution: 'None.',
+  },
   PrunedByLimit: {
     message: "Snapshots %1 of system '%2' were removed by its retention policy (limit %3).",
     severity: 'Warning',
     resolution: 'Raise the system snapshot limit (Oem.HawkFish.SnapshotLimit) to keep more snapshots.',
   },
   OperationWarning: { message: '%1', severity: 'Warning', resolution: 'None.' },
+  TaskNotCancellable: {
+    message: "Task '%1' has already ended (%2) and cannot be cancelled.",
+    severity: 'Warning',
+    resolution: "None: the task's monitor answers with the operation's outcome.",
+  },
   // Base has no message for a body over the size limit (HTTP 413).
   RequestBodyTooLarge: {
     message: 'The request body is larger than the %1 bytes the service accepts.',

@@ -38,8 +38,13 @@ interface Task {
   payload: { HttpOperation: string; TargetUri: string; JsonBody: string };
   final: FinalResponse | null;
   abort: AbortController;
+  /** A client asked to cancel it (DELETE of the task or its monitor). */
+  cancelRequested: boolean;
   done: Promise<void>;
 }
+
+/** What a cancel request found or achieved (routes/tasks.ts maps it onto a status). */
+export type CancelOutcome = 'unknown' | 'ended' | 'cancelled' | 'completed' | 'pending';
 
 export interface TaskSpec {
   name: string;
@@ -50,6 +55,8 @@ export interface TaskSpec {
   queue: string;
   /** The system and snapshot the task is about (for error messages). */
   ctx: { vm: string; snapshot?: string };
+  /** Undoes what the route set up for the task (its transient snapshot state) when the task never runs. */
+  release?: () => void;
 }
 
 export class TaskService {
@@ -80,6 +87,7 @@ export class TaskService {
       payload: { HttpOperation: spec.method, TargetUri: spec.target, JsonBody: JSON.stringify(spec.body ?? {}) },
       final: null,
       abort: new AbortController(),
+      cancelRequested: false,
       done: Promise.resolve(),
     };
     this.tasks.set(id, task);
@@ -96,7 +104,9 @@ export class TaskService {
   private async runOne(task: Task, spec: TaskSpec, fn: (t: TaskContext) => Promise<FinalResponse>): Promise<void> {
     const origin = taskUri(task.id);
     if (task.abort.signal.aborted) {
-      this.finish(task, 'Cancelled', fromLibraryError(task.abort.signal.reason, spec.ctx));
+      spec.release?.();
+      if (task.cancelRequested) this.cancelled(task);
+      else this.finish(task, 'Cancelled', fromLibraryError(task.abort.signal.reason, spec.ctx));
       this.bus.publish([{ message: taskMessage('TaskCancelled', [task.id]), origin }]);
       return;
     }
@@ -121,6 +131,13 @@ export class TaskService {
     try {
       final = await fn(ctx);
     } catch (err) {
+      if (task.cancelRequested && err instanceof CloneboxError && err.code === 'ABORTED') {
+        // Stopped where the library leaves nothing behind: the snapshots are as they were.
+        await this.syncHome().catch(() => undefined);
+        this.cancelled(task);
+        this.bus.publish([{ message: taskMessage('TaskCancelled', [task.id]), origin }]);
+        return;
+      }
       ok = false;
       const e = fromLibraryError(err, spec.ctx);
       task.messages.push(...e.messages);
@@ -134,6 +151,43 @@ export class TaskService {
     const warned = task.messages.some((m) => m.MessageSeverity !== 'OK');
     const id = !ok ? 'TaskAborted' : warned ? 'TaskCompletedWarning' : 'TaskCompletedOK';
     this.bus.publish([{ message: taskMessage(id, [task.id]), origin }]);
+  }
+
+  /** A task a client cancelled: its monitor then answers 409 with the TaskCancelled message. */
+  private cancelled(task: Task): void {
+    const m = taskMessage('TaskCancelled', [task.id]);
+    task.messages.push(m);
+    task.final = { status: 409, body: errorBody([m]), headers: {} };
+    task.state = 'Cancelled';
+    task.end = this.now();
+  }
+
+  /**
+   * Cancels a task that has not ended: its signal aborts, and a create or revert stops where that
+   * leaves nothing behind (waiting for the VM lock, or before its journal commits). Waits up to
+   * `waitMs` for the outcome: cancelled, or completed when the operation was past its last such point.
+   */
+  async cancel(id: string, waitMs: number): Promise<CancelOutcome> {
+    const t = this.tasks.get(id);
+    if (!t) return 'unknown';
+    if (t.final !== null) return 'ended';
+    t.cancelRequested = true;
+    t.abort.abort(CloneboxError.ABORTED(`task ${id} was cancelled`));
+    let timer: NodeJS.Timeout | undefined;
+    const settled = await Promise.race([
+      t.done.then(() => true),
+      new Promise<false>((resolve) => {
+        timer = setTimeout(() => resolve(false), waitMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    if (!settled) return 'pending';
+    return t.state === 'Cancelled' ? 'cancelled' : 'completed';
+  }
+
+  /** The state of a task (null when unknown). */
+  state(id: string): TaskState | null {
+    return this.tasks.get(id)?.state ?? null;
   }
 
   private finish(task: Task, state: TaskState, e: ReturnType<typeof fromLibraryError>): void {

@@ -15,6 +15,7 @@
  * before the VM lock is taken) and in what they check; the order of journal steps each one makes is
  * part of what the crash tests replay (CLONEBOX_CRASH_AT), so this module adds none of its own.
  */
+
 import { randomBytes } from 'node:crypto';
 import { lstat } from 'node:fs/promises';
 import path from 'node:path';
@@ -23,6 +24,7 @@ import { CloneboxError } from '../errors.js';
 import { createOverlay } from '../qcow2/overlay.js';
 import { isEmptyImage } from '../qcow2/reader.js';
 import type { Qcow2Writer } from '../qcow2/writer.js';
+import { appendEvents } from '../store/events.js';
 import type { Home } from '../store/home.js';
 import type { Action, Journal } from '../store/journal.js';
 import { type VmRecord, vmFile } from '../store/registry.js';
@@ -142,4 +144,11 @@ export async function commitLanding(j: Journal, home: Home, vmName: string, file
   for (const r of records) actions.push({ do: 'write_json', path: path.join(snapshotsDir(home, vmName), `${r.name}.json`), value: r });
   actions.push({ do: 'write_json', path: vmFile(home, vmName), value: vm });
   await j.commit(actions);
+  // Imports and pulls register snapshots too: a long-running reader of the home (clonebox serve)
+  // tells its clients, parents first. The log is a notification channel: a failed append does not
+  // fail what committed (the records are the truth).
+  await appendEvents(
+    home,
+    records.map((r) => ({ vm: vmName, snapshot: r.name, op: 'created' as const })),
+  );
 }

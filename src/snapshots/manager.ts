@@ -7,6 +7,7 @@
  */
 import { stat } from 'node:fs/promises';
 import path from 'node:path';
+import { checkAborted } from '../abort.js';
 import { now as clockNow, nowIso } from '../clock.js';
 import type { PreparedSnapshot } from '../drivers/driver.js';
 import { driverFor, driverStepHandlers } from '../drivers/registry.js';
@@ -37,6 +38,11 @@ export interface CreateOptions {
   quiesce?: boolean;
   /** Set for automatic snapshots: the policy (or trigger) that made it. */
   autoPolicy?: string;
+  /**
+   * Stops the create while that leaves nothing behind: waiting for the VM lock, or after the driver
+   * prepared its files and before the journal commits (rolled back then). ABORTED.
+   */
+  signal?: AbortSignal;
 }
 
 /** For operations that `before_operations` may precede with an auto snapshot. */
@@ -72,10 +78,10 @@ export class SnapshotManager {
    * Runs `fn` with the VM locked and any interrupted operation recovered, after the check of
    * `before_operations: [config-change]`.
    */
-  async withVm<T>(vmName: string, command: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>): Promise<T> {
+  async withVm<T>(vmName: string, command: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>, signal?: AbortSignal): Promise<T> {
     checkName('VM', vmName);
     await loadVm(this.home, vmName); // a clear VM_NOT_FOUND before any lock file is made
-    const lock = await lockVm(this.home, vmName, command);
+    const lock = await lockVm(this.home, vmName, command, signal);
     try {
       await recover(this.home, vmName, driverStepHandlers);
       // When it takes a snapshot, fn sees the VM as it is after it (read again below).
@@ -178,7 +184,7 @@ export class SnapshotManager {
   // ---------------------------------------------------------------- create
 
   async create(vmName: string, opts: CreateOptions = {}): Promise<OpResult<SnapshotView>> {
-    const result = await this.withVm(vmName, 'snapshot create', (vm, snaps) => this.createLocked(vm, snaps, opts));
+    const result = await this.withVm(vmName, 'snapshot create', (vm, snaps) => this.createLocked(vm, snaps, opts), opts.signal);
     if (opts.autoPolicy) {
       // The policy applies after each auto snapshot; failing to prune must not fail the snapshot.
       try {
@@ -203,6 +209,8 @@ export class SnapshotManager {
     try {
       const plan = await this.planCreate(vm, name, tags, opts, j);
       const { rec, newVm, prepared } = plan;
+      // The last point where a cancel (the REST service's DELETE of a task) rolls everything back.
+      checkAborted(opts.signal);
       const done = await j.commit(plan.actions);
       const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
       await this.addMemorySize(ready);
@@ -357,48 +365,56 @@ export class SnapshotManager {
   async restore(
     vmName: string,
     sel: { name?: string; at?: string },
-    opts: { backup?: boolean; start?: boolean } & BeforeOpOptions = {},
+    opts: { backup?: boolean; start?: boolean; signal?: AbortSignal } & BeforeOpOptions = {},
   ): Promise<OpResult<{ restored: string; backup: string | null }>> {
-    return this.withVm(vmName, 'snapshot restore', async (vm, snaps) => {
-      const target = this.select(snaps, vm, sel).snapshot;
-      const warnings: string[] = [];
-      const notices: string[] = [];
-      let backup: string | null = null;
-      // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
-      const before = opts.backup ? null : await this.snapshotBefore(vm, snaps, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
-      if (before) {
-        backup = before.name;
-        notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
-        vm = await loadVm(this.home, vm.name);
-        snaps = await listSnapshotRecords(this.home, vm.name);
-      }
-      if (opts.backup) {
-        const b = await this.createLocked(vm, snaps, {
-          autoPolicy: 'backup',
-          tags: ['auto', 'backup'],
-          description: `automatic backup before restoring ${target.name}`,
-        });
-        backup = b.value.name;
-        warnings.push(...b.warnings);
-        vm = await loadVm(this.home, vm.name);
-        snaps = await listSnapshotRecords(this.home, vm.name);
-      }
-      await this.restoreLocked(vm, target);
-      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
-      if (logged) warnings.push(logged);
-      if (opts.start) {
-        const driver = await driverFor(vm);
-        if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
-        else await driver.start(await loadVm(this.home, vm.name));
-      }
-      return { value: { restored: target.name, backup }, warnings, notices };
-    });
+    return this.withVm(
+      vmName,
+      'snapshot restore',
+      async (vm, snaps) => {
+        const target = this.select(snaps, vm, sel).snapshot;
+        const warnings: string[] = [];
+        const notices: string[] = [];
+        let backup: string | null = null;
+        // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
+        const before = opts.backup ? null : await this.snapshotBefore(vm, snaps, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
+        if (before) {
+          backup = before.name;
+          notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
+          vm = await loadVm(this.home, vm.name);
+          snaps = await listSnapshotRecords(this.home, vm.name);
+        }
+        if (opts.backup) {
+          const b = await this.createLocked(vm, snaps, {
+            autoPolicy: 'backup',
+            tags: ['auto', 'backup'],
+            description: `automatic backup before restoring ${target.name}`,
+          });
+          backup = b.value.name;
+          warnings.push(...b.warnings);
+          vm = await loadVm(this.home, vm.name);
+          snaps = await listSnapshotRecords(this.home, vm.name);
+        }
+        await this.restoreLocked(vm, target, opts.signal);
+        const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
+        if (logged) warnings.push(logged);
+        if (opts.start) {
+          const driver = await driverFor(vm);
+          if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
+          else await driver.start(await loadVm(this.home, vm.name));
+        }
+        return { value: { restored: target.name, backup }, warnings, notices };
+      },
+      opts.signal,
+    );
   }
 
-  private async restoreLocked(vm: VmRecord, target: SnapshotRecord): Promise<void> {
+  /** `signal`: checked after the driver prepared and before the commit (rolled back then). */
+  private async restoreLocked(vm: VmRecord, target: SnapshotRecord, signal?: AbortSignal): Promise<void> {
     const j = await Journal.begin(this.home, vm.name, `snapshot restore ${target.name}`, driverStepHandlers);
     try {
-      await j.commit(await this.planRestore(vm, target, j));
+      const actions = await this.planRestore(vm, target, j);
+      checkAborted(signal);
+      await j.commit(actions);
     } catch (err) {
       await j.rollback();
       throw err;

@@ -6,6 +6,7 @@
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { checkAborted } from '../abort.js';
 import { CloneboxError, ioError } from '../errors.js';
 import { ensureDir, pidAlive, tempDone, tempPathFor } from '../fsutil.js';
 
@@ -31,7 +32,7 @@ function lockWaitMs(): number {
   return Number.isFinite(v) && v >= 0 ? v : 5000;
 }
 
-export async function acquireLock(file: string, what: string, command: string, waitMs = lockWaitMs()): Promise<Lock> {
+export async function acquireLock(file: string, what: string, command: string, waitMs = lockWaitMs(), signal?: AbortSignal): Promise<Lock> {
   const deadline = Date.now() + waitMs;
   const info: LockInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString() };
   // Rounds that did not wait for a live holder (a directory made again, a stale or unreadable lock
@@ -109,6 +110,8 @@ export async function acquireLock(file: string, what: string, command: string, w
       }
       continue;
     }
+    // Waiting for another holder is a point where stopping leaves nothing behind.
+    checkAborted(signal);
     if (Date.now() >= deadline) {
       throw new CloneboxError('VM_BUSY', `VM is busy, ${what}`, {
         hint: `${holder.command} (pid ${holder.pid} on ${holder.host}) holds it since ${holder.since}; try again when it ends`,

@@ -90,11 +90,12 @@ export async function listVmNames(home: Home): Promise<string[]> {
   return out;
 }
 
-export async function lockVm(home: Home, vm: string, command: string): Promise<Lock> {
+/** `signal` stops the wait for another holder (ABORTED). */
+export async function lockVm(home: Home, vm: string, command: string, signal?: AbortSignal): Promise<Lock> {
   const dir = vmDir(home, vm);
   await ensureHome(home);
   await ensureDir(dir);
-  const lock = await acquireLock(path.join(dir, 'lock'), vm, command);
+  const lock = await acquireLock(path.join(dir, 'lock'), vm, command, undefined, signal);
   return {
     path: lock.path,
     release: async () => {

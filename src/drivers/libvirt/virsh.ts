@@ -346,6 +346,15 @@ export class Virsh {
     return info;
   }
 
+  /**
+   * The domain's current memory in bytes (dominfo's "Used memory", in KiB): what a full snapshot
+   * saves at most. Null when libvirt does not say.
+   */
+  async memoryBytes(domain: string): Promise<number | null> {
+    const m = /^(\d{1,15})\s*KiB$/i.exec((await this.info(domain))['Used memory'] ?? '');
+    return m ? Number(m[1]) * 1024 : null;
+  }
+
   async hasManagedSave(domain: string): Promise<boolean> {
     return (await this.info(domain))['Managed save'] === 'yes';
   }

@@ -117,6 +117,19 @@ async function listing(s: Service, vm: string): Promise<Listing> {
   }
 }
 
+/**
+ * The reply body kept for `key` ('' for the collection, else a snapshot's name) when it is known
+ * without I/O to be current (no task on the VM, the records unchanged): the hot path, answered
+ * synchronously.
+ */
+function keptBody(s: Service, vm: string, key: string): { text: string; etag: string | null } | undefined {
+  if (busy(s, vm)) return undefined;
+  const stamp = s.cb.snapshots.knownStamp(vm);
+  if (stamp === undefined) return undefined;
+  const l = s.lists.get(vm);
+  return l?.stamp === stamp ? l.bodies.get(key) : undefined;
+}
+
 async function listVm(s: Service, vm: string): Promise<SnapshotView[]> {
   return (await listing(s, vm)).list;
 }
@@ -162,8 +175,12 @@ function accepted(id: string): Response {
   return new Response(null, { status: 202, headers: { Location: monitorUri(id) } });
 }
 
-/** Space a create needs: the data of the current overlays (what the snapshot seals and a merge may copy). */
-async function estimate(s: Service, vm: string, name: string, t: TaskContext): Promise<void> {
+/**
+ * Space a create needs: the data of the current overlays (what the snapshot seals and a merge may
+ * copy), plus for a full snapshot of a libvirt domain its current memory (the memory file goes beside
+ * the first disk). Both are in the task's messages.
+ */
+async function estimate(s: Service, vm: string, name: string, memory: boolean, t: TaskContext): Promise<void> {
   const v = await s.cb.vms.show(vm);
   let need = 0;
   let free = Number.POSITIVE_INFINITY;
@@ -171,26 +188,57 @@ async function estimate(s: Service, vm: string, name: string, t: TaskContext): P
     need += (await s.cb.images.info(d.path)).data_bytes;
     free = Math.min(free, await s.freeBytes(path.dirname(d.path)));
   }
+  const mem = memory && v.driver === 'libvirt' ? await s.cb.vms.memoryBytes(vm) : null;
+  if (mem !== null) {
+    need += mem;
+    t.message(oemMessage('MemoryEstimate', [name, vm, mem]));
+  }
   const estimateMsg = oemMessage('StorageEstimate', [name, vm, need, Number.isFinite(free) ? free : 0]);
   t.message(estimateMsg);
   if (need > free) throw new RedfishError(507, [baseMessage('InsufficientStorage'), estimateMsg]);
 }
 
+async function getCollection(c: Context<Env>): Promise<Response> {
+  const s = c.get('service');
+  const vm = systemId(c);
+  const l = await listing(s, vm);
+  const cacheable = !busy(s, vm);
+  const hit = cacheable ? l.bodies.get('') : undefined;
+  if (hit) return jsonText(hit.text);
+  const recorded = new Set(l.list.map((x) => x.name));
+  const members = [...creating(s, vm, recorded).map(([n]) => snapshotUri(vm, n)), ...l.list.map((x) => snapshotUri(vm, x.name))];
+  const text = JSON.stringify(collection(snapshotsUri(vm), '#HawkFishSnapshotCollection.HawkFishSnapshotCollection', 'Snapshot Collection', members));
+  if (cacheable) l.bodies.set('', { text, etag: null });
+  return jsonText(text);
+}
+
+async function getSnapshot(c: Context<Env>): Promise<Response> {
+  const s = c.get('service');
+  const vm = systemId(c);
+  const name = snapshotId(c);
+  const l = await listing(s, vm);
+  const cacheable = !busy(s, vm);
+  const hit = cacheable ? l.bodies.get(name) : undefined;
+  if (hit?.etag) return jsonText(hit.text, { ETag: hit.etag });
+  const found = l.list.find((x) => x.name === name);
+  const p = s.pending.get(pendingKey(vm, name));
+  if (!found) {
+    if (p?.created) return json(creatingMember(vm, name, p));
+    throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
+  }
+  const body = member(found, p);
+  const etag = String(body['@odata.etag']);
+  const text = JSON.stringify(body);
+  if (cacheable) l.bodies.set(name, { text, etag });
+  return jsonText(text, { ETag: etag });
+}
+
 export function snapshotRoutes(app: Hono<Env>): void {
   const coll = `/redfish/v1/Systems/:id/Oem/HawkFish/Snapshots`;
   resource(app, coll, {
-    GET: async (c) => {
-      const s = c.get('service');
-      const vm = systemId(c);
-      const l = await listing(s, vm);
-      const cacheable = !busy(s, vm);
-      const hit = cacheable ? l.bodies.get('') : undefined;
-      if (hit) return jsonText(hit.text);
-      const recorded = new Set(l.list.map((x) => x.name));
-      const members = [...creating(s, vm, recorded).map(([n]) => snapshotUri(vm, n)), ...l.list.map((x) => snapshotUri(vm, x.name))];
-      const text = JSON.stringify(collection(snapshotsUri(vm), '#HawkFishSnapshotCollection.HawkFishSnapshotCollection', 'Snapshot Collection', members));
-      if (cacheable) l.bodies.set('', { text, etag: null });
-      return jsonText(text);
+    GET: (c) => {
+      const kept = keptBody(c.get('service'), systemId(c), '');
+      return kept ? jsonText(kept.text) : getCollection(c);
     },
     POST: async (c) => {
       need(c, 'Operator');
@@ -219,10 +267,18 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const key = pendingKey(vm, name);
       s.pending.set(key, { state: 'Creating', created: { description, tags, time: new Date(s.now()).toISOString(), type: memory ? 'full' : 'disk' } });
       const id = s.tasks.start(
-        { name: `Create snapshot ${name} of ${vm}`, method: 'POST', target: snapshotsUri(vm), body, queue: vm, ctx: { vm, snapshot: name } },
+        {
+          name: `Create snapshot ${name} of ${vm}`,
+          method: 'POST',
+          target: snapshotsUri(vm),
+          body,
+          queue: vm,
+          ctx: { vm, snapshot: name },
+          release: () => s.pending.delete(key),
+        },
         async (t): Promise<FinalResponse> => {
           try {
-            await estimate(s, v.name, name, t);
+            await estimate(s, v.name, name, memory, t);
             const made = await s.cb.snapshots.create(vm, {
               name,
               description,
@@ -252,25 +308,9 @@ export function snapshotRoutes(app: Hono<Env>): void {
 
   const one = `${coll}/:sid`;
   resource(app, one, {
-    GET: async (c) => {
-      const s = c.get('service');
-      const vm = systemId(c);
-      const name = snapshotId(c);
-      const l = await listing(s, vm);
-      const cacheable = !busy(s, vm);
-      const hit = cacheable ? l.bodies.get(name) : undefined;
-      if (hit?.etag) return jsonText(hit.text, { ETag: hit.etag });
-      const found = l.list.find((x) => x.name === name);
-      const p = s.pending.get(pendingKey(vm, name));
-      if (!found) {
-        if (p?.created) return json(creatingMember(vm, name, p));
-        throw notFound('HawkFishSnapshot', name, 'SNAPSHOT_NOT_FOUND');
-      }
-      const body = member(found, p);
-      const etag = String(body['@odata.etag']);
-      const text = JSON.stringify(body);
-      if (cacheable) l.bodies.set(name, { text, etag });
-      return jsonText(text, { ETag: etag });
+    GET: (c) => {
+      const kept = keptBody(c.get('service'), systemId(c), snapshotId(c));
+      return kept?.etag ? jsonText(kept.text, { ETag: kept.etag }) : getSnapshot(c);
     },
     DELETE: async (c) => {
       need(c, 'Operator');
@@ -299,7 +339,17 @@ export function snapshotRoutes(app: Hono<Env>): void {
       const doomed = recursive ? subtreeOf(list, name) : [name];
       for (const d of doomed) s.pending.set(pendingKey(vm, d), { state: 'Deleting' });
       const id = s.tasks.start(
-        { name: `Delete snapshot ${name} of ${vm}`, method: 'DELETE', target: snapshotUri(vm, name), body: null, queue: vm, ctx: { vm, snapshot: name } },
+        {
+          name: `Delete snapshot ${name} of ${vm}`,
+          method: 'DELETE',
+          target: snapshotUri(vm, name),
+          body: null,
+          queue: vm,
+          ctx: { vm, snapshot: name },
+          release: () => {
+            for (const d of doomed) s.pending.delete(pendingKey(vm, d));
+          },
+        },
         async (t): Promise<FinalResponse> => {
           try {
             await s.cb.snapshots.delete(vm, name, {
@@ -340,6 +390,7 @@ export function snapshotRoutes(app: Hono<Env>): void {
         body,
         queue: vm,
         ctx: { vm, snapshot: name },
+        release: () => s.pending.delete(key),
       },
       async (t): Promise<FinalResponse> => {
         try {

@@ -2,11 +2,36 @@
  * TaskService: the Tasks collection, each Task, and the task monitors that `Location` names after a
  * create, revert or delete (202 and the Task while it runs, then the operation's own response).
  */
-import type { Hono } from 'hono';
+import type { Context, Hono } from 'hono';
 import type { Env } from '../context.js';
-import { notFound } from '../errors.js';
-import { collection, json, resource } from '../http.js';
-import { ROOT, TASK_MONITORS, TASKS, taskUri } from '../uris.js';
+import { notFound, RedfishError } from '../errors.js';
+import { collection, json, need, resource } from '../http.js';
+import { CANCEL_WAIT_MS } from '../limits.js';
+import { oemMessage } from '../messages.js';
+import { monitorUri, ROOT, TASK_MONITORS, TASKS, taskUri } from '../uris.js';
+
+/**
+ * DELETE of a task or its monitor cancels it (DSP0266 lets a client cancel through the monitor): 204
+ * once cancelled, nothing changed; 409 TaskNotCancellable when it had ended, or completed before the
+ * cancel could take effect; 202 with the monitor when it has not stopped within CANCEL_WAIT_MS (a
+ * task queued behind another one on the same system).
+ */
+async function cancel(c: Context<Env>, type: 'Task' | 'TaskMonitor'): Promise<Response> {
+  need(c, 'Operator');
+  const { tasks } = c.get('service');
+  const id = c.req.param('tid') ?? '';
+  const outcome = await tasks.cancel(id, CANCEL_WAIT_MS);
+  switch (outcome) {
+    case 'unknown':
+      throw notFound(type, id.slice(0, 64));
+    case 'cancelled':
+      return json(null, 204);
+    case 'pending':
+      return json(null, 202, { Location: monitorUri(id) });
+    default:
+      throw new RedfishError(409, [oemMessage('TaskNotCancellable', [id, tasks.state(id) ?? 'Completed'])]);
+  }
+}
 
 export function taskRoutes(app: Hono<Env>): void {
   resource(app, `${ROOT}/TaskService`, {
@@ -31,6 +56,7 @@ export function taskRoutes(app: Hono<Env>): void {
       if (!v) throw notFound('Task', (c.req.param('tid') ?? '').slice(0, 64));
       return json(v);
     },
+    DELETE: (c) => cancel(c, 'Task'),
   });
   resource(app, `${TASK_MONITORS}/:tid`, {
     GET: (c) => {
@@ -41,5 +67,6 @@ export function taskRoutes(app: Hono<Env>): void {
       if (!final) return json(tasks.view(id), 202);
       return json(final.body, final.status, final.headers);
     },
+    DELETE: (c) => cancel(c, 'TaskMonitor'),
   });
 }
