@@ -269,7 +269,8 @@ async function syncCase(d, home, disks, disk, src4, total, runs, log) {
   cli(home, 'snapshot', 'share', 'v', '--team', TEAM, '--json');
   const recvBase = path.join(d, 'recv-base');
   const recv = path.join(d, 'recv');
-  cli(recvBase, 'team', 'join', TEAM, '--invite', invite, '--name', 'receiver', '--json');
+  // The full pull goes to `recv` itself (records hold absolute layer paths), then is copied aside.
+  cli(recv, 'team', 'join', TEAM, '--invite', invite, '--name', 'receiver', '--json');
   const boot = background([CLI, '--home', path.join(d, 'boot'), 'dht', 'bootstrap', '--host', '127.0.0.1', '--port', '0', '--json'], 'dht bootstrap');
   const procs = [boot];
   try {
@@ -281,10 +282,11 @@ async function syncCase(d, home, disks, disk, src4, total, runs, log) {
     };
     const syncArgs = ['snapshot', 'sync', '--team', TEAM, '--bootstrap', bs, '--timeout', '120', '--json'];
     let sharer = startSharer();
-    const full = cli(recvBase, ...syncArgs);
+    const full = cli(recv, ...syncArgs);
     const fullCount = full.chains.reduce((a, c) => a + c.snapshots.length, 0);
     if (fullCount < total + 1) throw new Error(`full pull brought ${fullCount} snapshots, expected ${total + 1}`);
     await sharer.stop();
+    await restoreHome(recv, recvBase);
     // The rsync side's destination as it was before the new snapshot.
     const destBase = path.join(d, 'dest-base');
     const dest = path.join(d, 'dest');
