@@ -154,7 +154,22 @@ function background(args, label) {
 async function restoreHome(from, to) {
   await rm(to, { recursive: true, force: true });
   sh('cp', ['-a', '--reflink=auto', from, to]);
-  for (const f of sh('find', [from, '-name', 'CORESTORE', '-type', 'f']).split('\n').filter(Boolean)) sh('ln', ['-f', f, path.join(to, path.relative(from, f))]);
+  for (const f of sh('find', [from, '-name', 'CORESTORE', '-type', 'f']).split('\n').filter(Boolean))
+    sh('ln', ['-f', f, path.join(to, path.relative(from, f))]);
+}
+
+/** Runs one case; a failure is recorded (and logged) instead of ending the whole bench. */
+async function guarded(out, key, total, log, fn) {
+  try {
+    out[key] = await fn();
+    const r = out[key];
+    log(
+      `${total}: ${key}: clonebox ${r.clonebox.median_ms} ms (${r.clonebox.samples_ms.join(', ')}), peer ${r.peer.median_ms} ms${r.first_ms !== undefined ? `, first ${r.first_ms} ms` : ''}`,
+    );
+  } catch (err) {
+    out[key] = { error: String(err?.message ?? err).slice(0, 2000) };
+    log(`${total}: ${key} FAILED: ${out[key].error.split('\n')[0]}`);
+  }
 }
 
 async function oneLength(dir, total, runs, log, skip) {
@@ -171,90 +186,104 @@ async function oneLength(dir, total, runs, log, skip) {
 
   if (!skip.has('list')) {
     log(`${total}: list (${runs} runs per side)...`);
-    const r = await measure(
-      {
-        clonebox: async () => {
-          const x = await timedCli(home, 'snapshot', 'list', 'v', '--json');
-          if (x.json.length !== total + 1) throw new Error(`list gave ${x.json.length} snapshots, expected ${total + 1}`);
-          return { ms: x.ms, cpuMs: x.cpuMs };
+    await guarded(out, 'list', total, log, async () => {
+      const r = await measure(
+        {
+          clonebox: async () => {
+            const x = await timedCli(home, 'snapshot', 'list', 'v', '--json');
+            if (x.json.length !== total + 1) throw new Error(`list gave ${x.json.length} snapshots, expected ${total + 1}`);
+            return { ms: x.ms, cpuMs: x.cpuMs };
+          },
+          qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', newLayer], { env: ENV }),
         },
-        qemu_img_info: () => timeCommand('qemu-img', ['info', '--output=json', newLayer], { env: ENV }),
-      },
-      { runs },
-    );
-    out.list = { clonebox: r.clonebox, peer: r.qemu_img_info, ratio: ratio(r.clonebox, r.qemu_img_info), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img_info) };
+        { runs },
+      );
+      return { clonebox: r.clonebox, peer: r.qemu_img_info, ratio: ratio(r.clonebox, r.qemu_img_info), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img_info) };
+    });
   }
 
   if (!skip.has('export')) {
     log(`${total}: export --since ${prev} of the newest snapshot (4 MiB; ${runs} runs per side)...`);
-    const bundle = path.join(d, 'inc.cbx');
-    const exportOnce = async () => {
+    await guarded(out, 'export_since', total, log, async () => {
+      const bundle = path.join(d, 'inc.cbx');
+      const exportOnce = async () => {
+        await rm(bundle, { force: true });
+        const x = await timedCli(home, 'snapshot', 'export', 'v', '--since', prev, '--name', 'new', '-o', bundle, '--json');
+        if (JSON.stringify(x.json.snapshots) !== '["new"]' || x.json.logical_bytes !== 4 * MiB)
+          throw new Error(`export --since gave ${x.stdout.slice(0, 300)}`);
+        return { ms: x.ms, cpuMs: x.cpuMs, bundle_bytes: x.json.bundle_bytes };
+      };
+      const first = await exportOnce();
+      const peerFile = path.join(d, 'peer.tar.zst');
+      const r = await measure(
+        {
+          clonebox: exportOnce,
+          tar_zstd: () =>
+            timeCommand(
+              'bash',
+              ['-c', 'tar -cf - -C "$1" "$2" | zstd -3 -T2 -q -f -o "$3"', 'bash', path.dirname(newLayer), path.basename(newLayer), peerFile],
+              { env: ENV },
+            ),
+        },
+        { runs },
+      );
+      const res = {
+        first_ms: round(first.ms),
+        first_cpu_ms: round(first.cpuMs),
+        clonebox: r.clonebox,
+        peer: r.tar_zstd,
+        ratio: ratio(r.clonebox, r.tar_zstd),
+        cpu_ratio: cpuRatio(r.clonebox, r.tar_zstd),
+        bundle_bytes: first.bundle_bytes,
+        peer_bytes: (await stat(peerFile)).size,
+      };
       await rm(bundle, { force: true });
-      const x = await timedCli(home, 'snapshot', 'export', 'v', '--since', prev, '--name', 'new', '-o', bundle, '--json');
-      if (JSON.stringify(x.json.snapshots) !== '["new"]' || x.json.logical_bytes !== 4 * MiB)
-        throw new Error(`export --since gave ${x.stdout.slice(0, 300)}`);
-      return { ms: x.ms, cpuMs: x.cpuMs, bundle_bytes: x.json.bundle_bytes };
-    };
-    const first = await exportOnce();
-    const peerFile = path.join(d, 'peer.tar.zst');
-    const r = await measure(
-      {
-        clonebox: exportOnce,
-        tar_zstd: () => timeCommand('bash', ['-c', 'tar -cf - -C "$1" "$2" | zstd -3 -T2 -q -f -o "$3"', 'bash', path.dirname(newLayer), path.basename(newLayer), peerFile], { env: ENV }),
-      },
-      { runs },
-    );
-    out.export_since = {
-      first_ms: round(first.ms),
-      first_cpu_ms: round(first.cpuMs),
-      clonebox: r.clonebox,
-      peer: r.tar_zstd,
-      ratio: ratio(r.clonebox, r.tar_zstd),
-      cpu_ratio: cpuRatio(r.clonebox, r.tar_zstd),
-      bundle_bytes: first.bundle_bytes,
-      peer_bytes: (await stat(peerFile)).size,
-    };
-    await rm(bundle, { force: true });
+      return res;
+    });
   }
 
   if (!skip.has('sync')) {
     log(`${total}: incremental sync of one new snapshot (4 MiB; ${runs} runs per side)...`);
-    out.sync_incremental = await syncCase(d, home, disks, disk, src4, total, runs, log);
+    await guarded(out, 'sync_incremental', total, log, () => syncCase(d, home, disks, disk, src4, total, runs, log));
   }
 
   if (!skip.has('create')) {
     log(`${total}: create (${runs} runs per side)...`);
-    let n = 0;
-    const r = await measure(
-      {
-        clonebox: async () => {
-          const x = await timedCli(home, 'snapshot', 'create', 'v', '--name', `c${++n}`, '--json');
-          if (x.json.name !== `c${n}`) throw new Error(`snapshot create returned ${x.stdout}`);
-          return { ms: x.ms, cpuMs: x.cpuMs };
+    await guarded(out, 'create', total, log, async () => {
+      let n = 0;
+      const r = await measure(
+        {
+          clonebox: async () => {
+            const x = await timedCli(home, 'snapshot', 'create', 'v', '--name', `c${++n}`, '--json');
+            if (x.json.name !== `c${n}`) throw new Error(`snapshot create returned ${x.stdout}`);
+            return { ms: x.ms, cpuMs: x.cpuMs };
+          },
+          qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', newLayer, '-F', 'qcow2', peerOut], { env: ENV }),
         },
-        qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', newLayer, '-F', 'qcow2', peerOut], { env: ENV }),
-      },
-      { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
-    );
-    out.create = { clonebox: r.clonebox, peer: r.qemu_img, ratio: ratio(r.clonebox, r.qemu_img), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img) };
+        { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
+      );
+      return { clonebox: r.clonebox, peer: r.qemu_img, ratio: ratio(r.clonebox, r.qemu_img), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img) };
+    });
   }
 
   if (!skip.has('restore')) {
     log(`${total}: restore (${runs} runs per side)...`);
-    const r = await measure(
-      {
-        clonebox: async () => {
-          const x = await timedCli(home, 'snapshot', 'restore', 'v', '--name', 'new', '--yes', '--json');
-          if (x.json.restored !== 'new') throw new Error(`snapshot restore returned ${x.stdout}`);
-          return { ms: x.ms, cpuMs: x.cpuMs };
+    await guarded(out, 'restore', total, log, async () => {
+      const r = await measure(
+        {
+          clonebox: async () => {
+            const x = await timedCli(home, 'snapshot', 'restore', 'v', '--name', 'new', '--yes', '--json');
+            if (x.json.restored !== 'new') throw new Error(`snapshot restore returned ${x.stdout}`);
+            return { ms: x.ms, cpuMs: x.cpuMs };
+          },
+          qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', newLayer, '-F', 'qcow2', peerOut], { env: ENV }),
         },
-        qemu_img: () => timeCommand('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', newLayer, '-F', 'qcow2', peerOut], { env: ENV }),
-      },
-      { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
-    );
-    const info = JSON.parse(sh('qemu-img', ['info', '--output=json', disk]));
-    if (path.resolve(disks, info['backing-filename'] ?? '') !== newLayer) throw new Error(`restore left ${disk} on ${info['backing-filename']}`);
-    out.restore = { clonebox: r.clonebox, peer: r.qemu_img, ratio: ratio(r.clonebox, r.qemu_img), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img) };
+        { runs, before: (side) => (side === 'qemu_img' ? rm(peerOut, { force: true }) : undefined) },
+      );
+      const info = JSON.parse(sh('qemu-img', ['info', '--output=json', disk]));
+      if (path.resolve(disks, info['backing-filename'] ?? '') !== newLayer) throw new Error(`restore left ${disk} on ${info['backing-filename']}`);
+      return { clonebox: r.clonebox, peer: r.qemu_img, ratio: ratio(r.clonebox, r.qemu_img), cpu_ratio: cpuRatio(r.clonebox, r.qemu_img) };
+    });
   }
   await rm(d, { recursive: true, force: true });
   return out;
@@ -339,10 +368,22 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const summary = [];
     for (const [key, label] of ops) {
       if (!lo[key]) continue;
+      if (!lo[key].clonebox || !hi[key].clonebox) {
+        for (const p of perLength)
+          if (p[key].error) summary.push({ case: `${label} @${p.snapshots} FAILED`, clonebox_ms: NaN, peer_ms: NaN, ratio: NaN, cpu_ratio: NaN });
+        continue;
+      }
       growth[key] = round(hi[key].clonebox.median_ms / lo[key].clonebox.median_ms, 2);
       // The growth as a table row: the longest chain against the shortest (target: about 1.0).
-      summary.push({ case: `${label} ${hi.snapshots}/${lo.snapshots}`, clonebox_ms: hi[key].clonebox.median_ms, peer_ms: lo[key].clonebox.median_ms, ratio: growth[key], cpu_ratio: null });
+      summary.push({
+        case: `${label} ${hi.snapshots}/${lo.snapshots}`,
+        clonebox_ms: hi[key].clonebox.median_ms,
+        peer_ms: lo[key].clonebox.median_ms,
+        ratio: growth[key],
+        cpu_ratio: null,
+      });
       for (const p of perLength) {
+        if (!p[key].clonebox) continue;
         summary.push({
           case: `${label} @${p.snapshots}`,
           clonebox_ms: p[key].clonebox.median_ms,
@@ -352,7 +393,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         });
       }
       log(
-        `${label}: ${perLength.map((p) => `${p.snapshots}: ${p[key].clonebox.median_ms} ms`).join(', ')}; ${hi.snapshots}/${lo.snapshots} = ${growth[key].toFixed(2)}` +
+        `${label}: ${perLength.map((p) => `${p.snapshots}: ${p[key].clonebox?.median_ms ?? "failed"} ms`).join(', ')}; ${hi.snapshots}/${lo.snapshots} = ${growth[key].toFixed(2)}` +
           (key === 'export_since' ? `; first export after building: ${perLength.map((p) => `${p.snapshots}: ${p[key].first_ms} ms`).join(', ')}` : ''),
       );
     }
