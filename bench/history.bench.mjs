@@ -393,7 +393,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         });
       }
       log(
-        `${label}: ${perLength.map((p) => `${p.snapshots}: ${p[key].clonebox?.median_ms ?? "failed"} ms`).join(', ')}; ${hi.snapshots}/${lo.snapshots} = ${growth[key].toFixed(2)}` +
+        `${label}: ${perLength.map((p) => `${p.snapshots}: ${p[key].clonebox?.median_ms ?? 'failed'} ms`).join(', ')}; ${hi.snapshots}/${lo.snapshots} = ${growth[key].toFixed(2)}` +
           (key === 'export_since' ? `; first export after building: ${perLength.map((p) => `${p.snapshots}: ${p[key].first_ms} ms`).join(', ')}` : ''),
       );
     }

@@ -181,6 +181,8 @@ interface Where {
   file: string;
   offset: number;
   length: number;
+  /** A root layer's map may hold its base image's data: read it through the whole chain. */
+  resolved: boolean;
 }
 
 /**
@@ -208,7 +210,7 @@ export class LocalBlocks {
         for (const d of s.disks) {
           try {
             const resolved = await isResolvedLayer(s, d.path);
-            lb.addMap(d.path, await cachedLayerMap(home, d.path, resolved));
+            lb.addMap(d.path, await cachedLayerMap(home, d.path, resolved), resolved);
           } catch (err) {
             log?.(`cannot index layer ${d.path}: ${(err as Error).message}`);
           }
@@ -218,11 +220,11 @@ export class LocalBlocks {
     return lb;
   }
 
-  addMap(file: string, m: LayerMap): void {
+  addMap(file: string, m: LayerMap, resolved = false): void {
     for (const it of m.items) {
       if (it.kind !== 'block') continue;
       const hex = it.sha.toString('hex');
-      if (!this.where.has(hex)) this.where.set(hex, { file, offset: it.offset, length: it.length });
+      if (!this.where.has(hex)) this.where.set(hex, { file, offset: it.offset, length: it.length, resolved });
     }
   }
 
@@ -241,7 +243,8 @@ export class LocalBlocks {
     try {
       let ch = this.chains.get(w.file);
       if (!ch) {
-        ch = await Chain.open(w.file);
+        // The layer's own clusters hold its map's blocks (a root's may be its base's): not its history.
+        ch = w.resolved ? await Chain.open(w.file) : await Chain.openOwn(w.file);
         this.chains.set(w.file, ch);
       }
       const data = await ch.read(w.offset, w.length);

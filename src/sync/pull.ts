@@ -266,14 +266,7 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   const full = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
   trace(`pull ${vm}: verified ${full.length} snapshots`);
   if (!full.length) return null;
-  const placed = await place(
-    home,
-    vm,
-    peer,
-    ctx.catalog.key.toString('hex'),
-    new Set(full.map((s) => s.key)),
-    log,
-  );
+  const placed = await place(home, vm, peer, ctx.catalog.key.toString('hex'), new Set(full.map((s) => s.key)), log);
   if (!placed) {
     throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
   }
