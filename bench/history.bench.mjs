@@ -314,6 +314,7 @@ async function syncCase(d, home, disks, disk, src4, total, runs, log) {
     const full = cli(recv, ...syncArgs);
     const fullCount = full.chains.reduce((a, c) => a + c.snapshots.length, 0);
     if (fullCount < total + 1) throw new Error(`full pull brought ${fullCount} snapshots, expected ${total + 1}`);
+    log(`${total}: the receiver pulled all ${fullCount} snapshots (untimed)`);
     await sharer.stop();
     await restoreHome(recv, recvBase);
     // The rsync side's destination as it was before the new snapshot.
