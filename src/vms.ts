@@ -13,7 +13,7 @@ import type { Home } from './store/home.js';
 import { recover } from './store/journal.js';
 import { checkNotPinned } from './store/pins.js';
 import { diskTarget, findDiskOwner, listVmNames, loadVm, lockVm, removeVmDir, saveVm, type VmRecord, vmExists } from './store/registry.js';
-import { listSnapshotRecords } from './store/snapshots.js';
+import { listSnapshotNames, listSnapshotRecords } from './store/snapshots.js';
 
 export interface DiskView {
   target: string;
@@ -47,8 +47,8 @@ export async function vmView(home: Home, rec: VmRecord): Promise<VmView> {
     }
     disks.push({ target: d.target, path: d.path, virtual_size: virtualSize });
   }
-  const snaps = await listSnapshotRecords(home, rec.name);
-  return { name: rec.name, driver: rec.driver, current: rec.current, snapshot_count: snaps.length, disks };
+  const count = (await listSnapshotNames(home, rec.name)).length;
+  return { name: rec.name, driver: rec.driver, current: rec.current, snapshot_count: count, disks };
 }
 
 export async function createVm(home: Home, name: string, opts: { size: number; dir?: string; clusterSize?: number }): Promise<VmView> {

@@ -88,7 +88,12 @@ interface RestoreFlags {
 
 /** `snapshot restore` and `time-travel`: resolve, say what will happen (and to a libvirt domain), confirm, restore. */
 async function restoreCommand(ctx: Ctx, vm: string, o: RestoreFlags): Promise<void> {
-  const sel = await ctx.cb.snapshots.select(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
+  // By name with --yes there is nothing to show or confirm first: the restore checks the name itself
+  // (reading that one record, not the whole history).
+  const sel =
+    o.name !== undefined && o.yes
+      ? { snapshot: { name: o.name, created_at: '' }, resolved_at: null }
+      : await ctx.cb.snapshots.select(vm, { ...(o.name !== undefined ? { name: o.name } : {}), ...(o.at !== undefined ? { at: o.at } : {}) });
   const target = sel.snapshot.name;
   const libvirt = (await ctx.cb.vms.show(vm)).driver === 'libvirt';
   if (sel.resolved_at !== null && !ctx.json) {

@@ -38,7 +38,7 @@ import { recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
 import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
   BLOCK_SIZE,
@@ -489,9 +489,8 @@ async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotR
     throw err;
   }
   try {
-    const now = new Map((await listSnapshotRecords(home, vm)).map((r) => [r.name, r]));
     for (const { rec, id } of missing) {
-      const cur = now.get(rec.name);
+      const cur = readSnapshotRecord(home, vm, rec.name);
       if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
       rec.content_id = id;
       await saveSnapshotRecord(home, { ...cur, content_id: id });

@@ -22,7 +22,7 @@ import type { Home } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
 import { checkNotPinned, pinnedSnapshots } from '../store/pins.js';
 import { loadVm, lockVm, type VmRecord, vmFile } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
+import { listSnapshotNames, listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
 import type { DiskDiff } from './diff.js';
 import { ancestry, autoSnapshotName, buildTree, childrenIndex, newestFirst, type SnapshotView, subtree, toView } from './model.js';
 import { canonicalPolicy, type Policy, type PrunePlan, parseDuration, planPrune, validatePolicy } from './policy.js';
@@ -79,6 +79,14 @@ export class SnapshotManager {
    * `before_operations: [config-change]`.
    */
   async withVm<T>(vmName: string, command: string, fn: (vm: VmRecord, snaps: SnapshotRecord[]) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    return this.locked(vmName, command, async (vm) => fn(vm, await listSnapshotRecords(this.home, vmName)), signal);
+  }
+
+  /**
+   * withVm without reading the snapshot records: a command that needs one or two of them (create,
+   * restore by name) reads those, so its cost does not grow with the VM's history.
+   */
+  private async locked<T>(vmName: string, command: string, fn: (vm: VmRecord) => Promise<T>, signal?: AbortSignal): Promise<T> {
     checkName('VM', vmName);
     await loadVm(this.home, vmName); // a clear VM_NOT_FOUND before any lock file is made
     const lock = await lockVm(this.home, vmName, command, signal);
@@ -86,12 +94,15 @@ export class SnapshotManager {
       await recover(this.home, vmName, driverStepHandlers);
       // When it takes a snapshot, fn sees the VM as it is after it (read again below).
       await this.checkConfigChange(await loadVm(this.home, vmName));
-      const vm = await loadVm(this.home, vmName);
-      const snaps = await listSnapshotRecords(this.home, vmName);
-      return await fn(vm, snaps);
+      return await fn(await loadVm(this.home, vmName));
     } finally {
       await lock.release();
     }
+  }
+
+  /** The names of the VM's snapshots (a directory listing; no record is read). */
+  private async names(vm: VmRecord): Promise<Set<string>> {
+    return new Set(await listSnapshotNames(this.home, vm.name));
   }
 
   /**
@@ -117,7 +128,7 @@ export class SnapshotManager {
       await writeJsonAtomic(vmFile(this.home, vm.name), { ...vm, extra: { ...(vm.extra ?? {}), config_fingerprint: now } });
       return false;
     }
-    const taken = await this.snapshotBefore(vm, await listSnapshotRecords(this.home, vm.name), 'config-change', `the configuration change of ${vm.name}`, {});
+    const taken = await this.snapshotBefore(vm, await this.names(vm), 'config-change', `the configuration change of ${vm.name}`, {});
     if (taken) this.onNotice(`the configuration of ${vm.name} changed since its last snapshot: took automatic snapshot ${taken.name}`);
     return taken !== null;
   }
@@ -134,16 +145,27 @@ export class SnapshotManager {
 
   private find(snaps: SnapshotRecord[], vm: VmRecord, name: string): SnapshotRecord {
     const s = snaps.find((r) => r.name === name);
-    if (!s) {
-      const near = closestName(
+    if (!s)
+      throw this.notFound(
+        vm,
         name,
         snaps.map((r) => r.name),
       );
-      throw new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm.name}`, {
-        hint: near ? `did you mean ${near}?` : `see \`clonebox snapshot list ${vm.name}\``,
-      });
-    }
     return s;
+  }
+
+  /** find() for a command that has the names only: reads that one record. */
+  private findByName(vm: VmRecord, names: Set<string>, name: string): SnapshotRecord {
+    const s = names.has(name) ? readSnapshotRecord(this.home, vm.name, name) : null;
+    if (!s) throw this.notFound(vm, name, [...names]);
+    return s;
+  }
+
+  private notFound(vm: VmRecord, name: string, names: string[]): CloneboxError {
+    const near = closestName(name, names);
+    return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm.name}`, {
+      hint: near ? `did you mean ${near}?` : `see \`clonebox snapshot list ${vm.name}\``,
+    });
   }
 
   // ---------------------------------------------------------------- views
@@ -184,7 +206,7 @@ export class SnapshotManager {
   // ---------------------------------------------------------------- create
 
   async create(vmName: string, opts: CreateOptions = {}): Promise<OpResult<SnapshotView>> {
-    const result = await this.withVm(vmName, 'snapshot create', (vm, snaps) => this.createLocked(vm, snaps, opts), opts.signal);
+    const result = await this.locked(vmName, 'snapshot create', async (vm) => this.createLocked(vm, await this.names(vm), opts), opts.signal);
     if (opts.autoPolicy) {
       // The policy applies after each auto snapshot; failing to prune must not fail the snapshot.
       try {
@@ -198,8 +220,8 @@ export class SnapshotManager {
     return result;
   }
 
-  private async createLocked(vm: VmRecord, snaps: SnapshotRecord[], opts: CreateOptions): Promise<OpResult<SnapshotView>> {
-    const names = new Set(snaps.map((s) => s.name));
+  /** `names`: the VM's snapshots now (the new name must not be one of them). */
+  private async createLocked(vm: VmRecord, names: Set<string>, opts: CreateOptions): Promise<OpResult<SnapshotView>> {
     const name = opts.name !== undefined ? checkName('snapshot', opts.name) : autoSnapshotName(names);
     if (names.has(name)) throw new CloneboxError('SNAPSHOT_EXISTS', `snapshot ${name} already exists, VM ${vm.name}`);
     if (name === 'current') throw new CloneboxError('BAD_NAME', '"current" is reserved (it names the current state in diff)');
@@ -214,11 +236,11 @@ export class SnapshotManager {
       const done = await j.commit(plan.actions);
       const ready: SnapshotRecord = { ...rec, state: 'ready', quiesced: done.notes.quiesced === true };
       await this.addMemorySize(ready);
-      const after = [...snaps, ready];
       const warnings = [...prepared.warnings, ...done.warnings];
       const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: name, op: 'created' }]);
       if (logged) warnings.push(logged);
-      return { value: this.views(newVm, after).find((v) => v.name === name)!, warnings };
+      // A new snapshot has no children yet: its view needs no other record.
+      return { value: this.views(newVm, [ready])[0]!, warnings };
     } catch (err) {
       await j.rollback();
       throw err;
@@ -306,11 +328,11 @@ export class SnapshotManager {
    * null when none is asked for (or `noAutoSnapshot`). If it cannot be taken the operation must not
    * run: AUTO_SNAPSHOT_FAILED.
    */
-  async snapshotBefore(vm: VmRecord, snaps: SnapshotRecord[], op: string, what: string, opts: BeforeOpOptions): Promise<SnapshotView | null> {
+  async snapshotBefore(vm: VmRecord, names: Set<string>, op: string, what: string, opts: BeforeOpOptions): Promise<SnapshotView | null> {
     if (opts.noAutoSnapshot || !snapshotsBefore(vm, op)) return null;
     try {
       return (
-        await this.createLocked(vm, snaps, {
+        await this.createLocked(vm, names, {
           autoPolicy: beforePolicy(op),
           tags: ['auto', 'before'],
           description: `automatic snapshot before ${what}`.slice(0, 500),
@@ -328,7 +350,7 @@ export class SnapshotManager {
   /** For an operation outside this manager (import): takes the before-op snapshot under the VM lock. */
   async snapshotBeforeOp(vmName: string, op: string, what: string, opts: BeforeOpOptions): Promise<SnapshotView | null> {
     if (opts.noAutoSnapshot) return null;
-    return this.withVm(vmName, `auto snapshot before ${op}`, (vm, snaps) => this.snapshotBefore(vm, snaps, op, what, opts));
+    return this.locked(vmName, `auto snapshot before ${op}`, async (vm) => this.snapshotBefore(vm, await this.names(vm), op, what, opts));
   }
 
   // ---------------------------------------------------------------- restore
@@ -367,45 +389,42 @@ export class SnapshotManager {
     sel: { name?: string; at?: string },
     opts: { backup?: boolean; start?: boolean; signal?: AbortSignal } & BeforeOpOptions = {},
   ): Promise<OpResult<{ restored: string; backup: string | null }>> {
-    return this.withVm(
-      vmName,
-      'snapshot restore',
-      async (vm, snaps) => {
-        const target = this.select(snaps, vm, sel).snapshot;
-        const warnings: string[] = [];
-        const notices: string[] = [];
-        let backup: string | null = null;
-        // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
-        const before = opts.backup ? null : await this.snapshotBefore(vm, snaps, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
-        if (before) {
-          backup = before.name;
-          notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
-          vm = await loadVm(this.home, vm.name);
-          snaps = await listSnapshotRecords(this.home, vm.name);
-        }
-        if (opts.backup) {
-          const b = await this.createLocked(vm, snaps, {
-            autoPolicy: 'backup',
-            tags: ['auto', 'backup'],
-            description: `automatic backup before restoring ${target.name}`,
-          });
-          backup = b.value.name;
-          warnings.push(...b.warnings);
-          vm = await loadVm(this.home, vm.name);
-          snaps = await listSnapshotRecords(this.home, vm.name);
-        }
-        await this.restoreLocked(vm, target, opts.signal);
-        const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
-        if (logged) warnings.push(logged);
-        if (opts.start) {
-          const driver = await driverFor(vm);
-          if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
-          else await driver.start(await loadVm(this.home, vm.name));
-        }
-        return { value: { restored: target.name, backup }, warnings, notices };
-      },
-      opts.signal,
-    );
+    return this.locked(vmName, 'snapshot restore', async (vm) => {
+      let names = await this.names(vm);
+      // By name: that record alone; by time: every record (their creation times).
+      const target =
+        sel.name !== undefined ? this.findByName(vm, names, sel.name) : this.select(await listSnapshotRecords(this.home, vm.name), vm, sel).snapshot;
+      const warnings: string[] = [];
+      const notices: string[] = [];
+      let backup: string | null = null;
+      // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
+      const before = opts.backup ? null : await this.snapshotBefore(vm, names, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
+      if (before) {
+        backup = before.name;
+        notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
+        vm = await loadVm(this.home, vm.name);
+        names = await this.names(vm);
+      }
+      if (opts.backup) {
+        const b = await this.createLocked(vm, names, {
+          autoPolicy: 'backup',
+          tags: ['auto', 'backup'],
+          description: `automatic backup before restoring ${target.name}`,
+        });
+        backup = b.value.name;
+        warnings.push(...b.warnings);
+        vm = await loadVm(this.home, vm.name);
+      }
+      await this.restoreLocked(vm, target, opts.signal);
+      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
+      if (logged) warnings.push(logged);
+      if (opts.start) {
+        const driver = await driverFor(vm);
+        if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
+        else await driver.start(await loadVm(this.home, vm.name));
+      }
+      return { value: { restored: target.name, backup }, warnings, notices };
+    }, opts.signal);
   }
 
   /** `signal`: checked after the driver prepared and before the commit (rolled back then). */
@@ -450,7 +469,7 @@ export class SnapshotManager {
       let kept: string | null = null;
       const warnings: string[] = [];
       if (await this.hasUnsavedState(vm)) {
-        const k = await this.createLocked(vm, snaps, {
+        const k = await this.createLocked(vm, new Set(snaps.map((s) => s.name)), {
           ...(opts.keepAs !== undefined ? { name: opts.keepAs } : {}),
           description: `the state before ${name} was promoted`,
         });
@@ -540,7 +559,7 @@ export class SnapshotManager {
           hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
         });
       }
-      const before = await this.snapshotBefore(vm, snaps, 'delete', `deleting snapshot ${name} of ${vm.name}`, opts);
+      const before = await this.snapshotBefore(vm, new Set(snaps.map((s) => s.name)), 'delete', `deleting snapshot ${name} of ${vm.name}`, opts);
       if (!before) return { value: await this.deleteLocked(vm, snaps, s, Boolean(opts.recursive)), warnings: [] };
       // The new snapshot holds the current state: if that stood on the deleted snapshot, it is now its
       // child, merged into (or with --recursive, spared and rebased) like the current state was.

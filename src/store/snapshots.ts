@@ -72,6 +72,17 @@ export function snapshotsDir(home: Home, vm: string): string {
   return path.join(vmDir(home, vm), 'snapshots');
 }
 
+/** The names of a VM's snapshot records: a directory listing, no record read. */
+export async function listSnapshotNames(home: Home, vm: string): Promise<string[]> {
+  const dir = snapshotsDir(home, vm);
+  try {
+    return (await readdir(dir)).filter((n) => n.endsWith('.json') && !n.startsWith('.')).map((n) => n.slice(0, -'.json'.length));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw ioError(err, 'cannot list snapshots', dir);
+  }
+}
+
 export async function listSnapshotRecords(home: Home, vm: string): Promise<SnapshotRecord[]> {
   const dir = snapshotsDir(home, vm);
   let names: string[];
@@ -94,6 +105,23 @@ export async function listSnapshotRecords(home: Home, vm: string): Promise<Snaps
     }
   }
   return out;
+}
+
+/** One snapshot's record, or null when there is none (a command that needs a few, not the whole history). */
+export function readSnapshotRecord(home: Home, vm: string, name: string): SnapshotRecord | null {
+  const file = path.join(snapshotsDir(home, vm), `${name}.json`);
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return null;
+    throw ioError(err, 'cannot read snapshot record', file);
+  }
+  try {
+    return JSON.parse(text) as SnapshotRecord;
+  } catch (err) {
+    throw new CloneboxError('STORE_CORRUPT', `snapshot record is damaged (${(err as Error).message}), ${file}`);
+  }
 }
 
 export async function saveSnapshotRecord(home: Home, rec: SnapshotRecord): Promise<void> {

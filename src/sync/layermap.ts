@@ -177,10 +177,15 @@ export async function rememberLayerMap(home: Home, file: string, resolved: boole
 
 // ---- local blocks -----------------------------------------------------------------------------------
 
+/** Layer maps read at once by LocalBlocks.scan. */
+const SCAN_CONCURRENCY = 8;
+
 interface Where {
   file: string;
   offset: number;
   length: number;
+  /** A root layer's map may hold its base image's data: read it through the whole chain. */
+  resolved: boolean;
 }
 
 /**
@@ -196,6 +201,7 @@ export class LocalBlocks {
 
   static async scan(home: Home, usable: (vm: string, snap: SnapshotRecord) => boolean, log?: (line: string) => void): Promise<LocalBlocks> {
     const lb = new LocalBlocks();
+    const layers: { snap: SnapshotRecord; file: string }[] = [];
     for (const vm of await listVmNames(home)) {
       let snaps: Awaited<ReturnType<typeof listSnapshotRecords>>;
       try {
@@ -203,26 +209,41 @@ export class LocalBlocks {
       } catch {
         continue;
       }
-      for (const s of snaps) {
-        if (s.state !== 'ready' || !usable(vm, s)) continue;
-        for (const d of s.disks) {
-          try {
-            const resolved = await isResolvedLayer(s, d.path);
-            lb.addMap(d.path, await cachedLayerMap(home, d.path, resolved));
-          } catch (err) {
-            log?.(`cannot index layer ${d.path}: ${(err as Error).message}`);
-          }
+      for (const s of snaps) if (s.state === 'ready' && usable(vm, s)) for (const d of s.disks) layers.push({ snap: s, file: d.path });
+    }
+    // One cached map per layer of the whole history: several read at once (each is a stat and a
+    // small read, mostly waiting), added in order so that the first layer holding a block names it.
+    const done: ({ map: LayerMap; resolved: boolean } | null | undefined)[] = new Array(layers.length);
+    let next = 0;
+    let added = 0;
+    const lane = async () => {
+      while (next < layers.length) {
+        const i = next++;
+        const { snap, file } = layers[i]!;
+        try {
+          const resolved = await isResolvedLayer(snap, file);
+          done[i] = { map: await cachedLayerMap(home, file, resolved), resolved };
+        } catch (err) {
+          log?.(`cannot index layer ${file}: ${(err as Error).message}`);
+          done[i] = null;
+        }
+        // Maps are dropped once added: memory stays at a few maps, not the whole history's.
+        for (; added < layers.length && done[added] !== undefined; added++) {
+          const d = done[added];
+          if (d) lb.addMap(layers[added]!.file, d.map, d.resolved);
+          done[added] = null;
         }
       }
-    }
+    };
+    await Promise.all(Array.from({ length: Math.min(SCAN_CONCURRENCY, layers.length) }, lane));
     return lb;
   }
 
-  addMap(file: string, m: LayerMap): void {
+  addMap(file: string, m: LayerMap, resolved = false): void {
     for (const it of m.items) {
       if (it.kind !== 'block') continue;
       const hex = it.sha.toString('hex');
-      if (!this.where.has(hex)) this.where.set(hex, { file, offset: it.offset, length: it.length });
+      if (!this.where.has(hex)) this.where.set(hex, { file, offset: it.offset, length: it.length, resolved });
     }
   }
 
@@ -241,7 +262,8 @@ export class LocalBlocks {
     try {
       let ch = this.chains.get(w.file);
       if (!ch) {
-        ch = await Chain.open(w.file);
+        // The layer's own clusters hold its map's blocks (a root's may be its base's): not its history.
+        ch = w.resolved ? await Chain.open(w.file) : await Chain.openOwn(w.file);
         this.chains.set(w.file, ch);
       }
       const data = await ch.read(w.offset, w.length);

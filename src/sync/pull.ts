@@ -122,6 +122,20 @@ export interface PullContext {
 
 interface VerifiedSnapshot extends CatalogSnapshot {
   maps: LayerMap[]; // per disk, in record order
+  /** This snapshot in the chain (snapKey), and its parent's (null: a root). */
+  key: string;
+  parentKey: string | null;
+}
+
+/**
+ * A snapshot's identity in a pulled chain. Its content id names its state, not the snapshot: two
+ * snapshots with identical content on the same parent (an empty snapshot taken right after another on
+ * the same parent, two empty branch points) share a content id and are still two snapshots, with their
+ * own names, children and places in the tree. Within one VM's chain the name tells them apart (a pulled
+ * snapshot keeps its author's name), so the pair is the key; blocks are still shared by hash.
+ */
+function snapKey(contentId: string, name: string): string {
+  return `${contentId}/${name}`;
 }
 
 function chainError(message: string, hint?: string): CloneboxError {
@@ -146,11 +160,15 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
   const share = view.shares.get(vm);
   if (!share) return [];
   const all = view.snapshots.get(vm) ?? [];
-  const byId = new Map<string, VerifiedSnapshot>();
+  const byKey = new Map<string, VerifiedSnapshot>();
+  /** content id -> key of the latest snapshot with it (for a parent named by content id alone). */
+  const latestById = new Map<string, string>();
   for (const s of all) {
-    if (byId.has(s.id)) continue;
+    const key = snapKey(s.id, s.name);
+    if (byKey.has(key)) continue;
     const parentHex = s.parent ? s.parent.toString('hex') : null;
-    if (parentHex !== null && !byId.has(parentHex)) {
+    const parentKey = parentHex === null ? null : s.parent_name !== null ? snapKey(parentHex, s.parent_name) : (latestById.get(parentHex) ?? null);
+    if (parentHex !== null && (parentKey === null || !byKey.has(parentKey))) {
       throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} names a parent that comes nowhere before it`);
     }
     const maps: LayerMap[] = [];
@@ -183,15 +201,16 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
     );
     if (id !== s.id) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} does not have the content id its layers give`);
     if (new Set(s.disks.map((d) => d.target)).size !== s.disks.length) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} lists a disk twice`);
-    byId.set(id, { ...s, maps });
+    byKey.set(key, { ...s, maps, key, parentKey });
+    latestById.set(id, key);
   }
-  let list = [...byId.values()];
+  let list = [...byKey.values()];
   if (share.upto !== null) {
     // root..upto only (the newest record of that name).
     const top = [...list].reverse().find((s) => s.name === share.upto);
     const keep = new Set<string>();
-    for (let cur = top ?? null; cur; cur = cur.parent ? (byId.get(cur.parent.toString('hex')) ?? null) : null) keep.add(cur.id);
-    list = list.filter((s) => keep.has(s.id));
+    for (let cur = top ?? null; cur; cur = cur.parentKey ? (byKey.get(cur.parentKey) ?? null) : null) keep.add(cur.key);
+    list = list.filter((s) => keep.has(s.key));
   }
   return list;
 }
@@ -199,12 +218,12 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
 interface Placement {
   name: string;
   exists: boolean;
-  /** content id -> local snapshot record (existing VM). */
-  localById: Map<string, SnapshotRecord>;
+  /** snapKey -> local snapshot record (existing VM). */
+  localByKey: Map<string, SnapshotRecord>;
 }
 
 /** Why a local VM is not the one this chain extends (null: it is). */
-function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], ids: Set<string>, catalogKey: string): string | null {
+function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], keys: Set<string>, catalogKey: string): string | null {
   if (rec.driver !== 'image') return `it is a ${rec.driver} VM`;
   if (!snaps.length) return 'it has no snapshots';
   for (const s of snaps) {
@@ -214,7 +233,7 @@ function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], ids: Set<string>, 
     if (o.catalog_key !== catalogKey) return `snapshot ${s.name} was pulled from ${o.member}, another author`;
     // An id that could not be re-derived from layers (content_id_unverified) is never a chain base.
     const id = trustedContentId(s);
-    if (id === null || !ids.has(id)) return `snapshot ${s.name} is not in this chain`;
+    if (id === null || !keys.has(snapKey(id, s.name))) return `snapshot ${s.name} is not in this chain`;
   }
   return null;
 }
@@ -224,10 +243,10 @@ function notSameChain(rec: VmRecord, snaps: SnapshotRecord[], ids: Set<string>, 
  * extended only when every snapshot in it was pulled from this very catalog (the same author): a
  * teammate whose chain shares our snapshots' content ids cannot make our own VM boot its disk.
  */
-async function place(home: Home, vm: string, peer: string, catalogKey: string, ids: Set<string>, log: (l: string) => void): Promise<Placement | null> {
+async function place(home: Home, vm: string, peer: string, catalogKey: string, keys: Set<string>, log: (l: string) => void): Promise<Placement | null> {
   const candidates = [vm, `${vm}.${peer}`].filter((n) => NAME_RE.test(n));
   for (const name of candidates) {
-    if (!(await vmExists(home, name))) return { name, exists: false, localById: new Map() };
+    if (!(await vmExists(home, name))) return { name, exists: false, localByKey: new Map() };
     const rec = await loadVm(home, name);
     const lock = await lockVm(home, name, 'snapshot sync');
     let snaps: SnapshotRecord[];
@@ -238,8 +257,8 @@ async function place(home: Home, vm: string, peer: string, catalogKey: string, i
     } finally {
       await lock.release();
     }
-    const why = notSameChain(rec, snaps, ids, catalogKey);
-    if (why === null) return { name, exists: true, localById: new Map(snaps.map((s) => [s.content_id!, s])) };
+    const why = notSameChain(rec, snaps, keys, catalogKey);
+    if (why === null) return { name, exists: true, localByKey: new Map(snaps.map((s) => [snapKey(s.content_id!, s.name), s])) };
     log(`VM ${name} here is not ${peer}'s ${vm} (${why}): left untouched`);
   }
   return null;
@@ -256,23 +275,22 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   const full = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
   trace(`pull ${vm}: verified ${full.length} snapshots`);
   if (!full.length) return null;
-  const ids = new Set(full.map((s) => s.id));
-  const placed = await place(home, vm, peer, ctx.catalog.key.toString('hex'), ids, log);
+  const placed = await place(home, vm, peer, ctx.catalog.key.toString('hex'), new Set(full.map((s) => s.key)), log);
   if (!placed) {
     throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
   }
   const left = new Set<string>();
   if (unservable?.size) {
     for (const s of full) {
-      if (placed.localById.has(s.id)) continue;
-      const parentLeft = s.parent !== null && left.has(s.parent.toString('hex'));
-      if (parentLeft || s.maps.some((m) => m.items.some((it) => it.kind === 'block' && unservable.has(it.sha.toString('hex'))))) left.add(s.id);
+      if (placed.localByKey.has(s.key)) continue;
+      const parentLeft = s.parentKey !== null && left.has(s.parentKey);
+      if (parentLeft || s.maps.some((m) => m.items.some((it) => it.kind === 'block' && unservable.has(it.sha.toString('hex'))))) left.add(s.key);
     }
   }
-  const chain = full.filter((s) => !left.has(s.id));
-  const missing = chain.filter((s) => !placed.localById.has(s.id));
+  const chain = full.filter((s) => !left.has(s.key));
+  const missing = chain.filter((s) => !placed.localByKey.has(s.key));
   const report: ChainReport = { vm: placed.name, snapshots: [], blocks_fetched: 0, blocks_reused: 0, bytes_received: 0, peer, remote_vm: vm };
-  if (left.size) report.unavailable = full.filter((s) => left.has(s.id)).map((s) => s.name);
+  if (left.size) report.unavailable = full.filter((s) => left.has(s.key)).map((s) => s.name);
   if (!missing.length) return report;
 
   // Step 3: count, before anything is asked for or written.
@@ -416,7 +434,7 @@ async function build(
 ): Promise<string[]> {
   const { home, temps } = ctx;
   const name = placed.name;
-  const todo = missing.filter((m) => !placed.localById.has(m.id));
+  const todo = missing.filter((m) => !placed.localByKey.has(m.key));
   if (!todo.length) return [];
   const changed = () => chainError(`VM ${name} changed while pulling ${ctx.peerName}'s ${remoteVm}; sync again`);
   const vm: VmRecord | null = placed.exists ? await loadVm(home, name) : null;
@@ -440,11 +458,11 @@ async function build(
       for (const t of targets) diskPath.set(t, newDiskPath(dir, name, t));
       await refuseExisting([...diskPath.values()], strayHint);
     }
-    const layerOf = new Map<string, Map<string, string>>(); // content id -> target -> layer path
+    const layerOf = new Map<string, Map<string, string>>(); // snapKey -> target -> layer path
     const nameOf = new Map<string, string>();
-    for (const [id, s] of placed.localById) {
-      layerOf.set(id, new Map(s.disks.map((d) => [d.target, d.path])));
-      nameOf.set(id, s.name);
+    for (const [key, s] of placed.localByKey) {
+      layerOf.set(key, new Map(s.disks.map((d) => [d.target, d.path])));
+      nameOf.set(key, s.name);
     }
     const plans: LayerPlan[] = [];
     for (const s of todo) {
@@ -454,8 +472,8 @@ async function build(
         if (!dp) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm} has a disk ${d.target} the others lack`);
         const final = layerPathFor(dp, s.name);
         await refuseExisting([final], strayHint);
-        const parentLayer = s.parent ? (layerOf.get(s.parent.toString('hex'))?.get(d.target) ?? null) : null;
-        if (s.parent && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
+        const parentLayer = s.parentKey ? (layerOf.get(s.parentKey)?.get(d.target) ?? null) : null;
+        if (s.parentKey && !parentLayer) throw chainError(`snapshot ${s.name} of ${ctx.peerName}'s ${remoteVm}: its parent has no ${d.target} layer`);
         plans.push({
           snap: s,
           disk: di,
@@ -466,8 +484,8 @@ async function build(
         });
         mine.set(d.target, final);
       }
-      layerOf.set(s.id, mine);
-      nameOf.set(s.id, s.name);
+      layerOf.set(s.key, mine);
+      nameOf.set(s.key, s.name);
     }
 
     // Unlocked: write every layer as its blocks arrive.
@@ -493,9 +511,9 @@ async function build(
         const snaps = await listSnapshotRecords(home, name);
         if (snaps.some((s) => !s.content_id)) await ensureContentIds(home, snaps);
         // The chain was placed on these snapshots and disks, and the new layers stand on their files.
-        if (snaps.length !== placed.localById.size) throw changed();
+        if (snaps.length !== placed.localByKey.size) throw changed();
         for (const s of snaps) {
-          const was = s.content_id ? placed.localById.get(s.content_id) : undefined;
+          const was = s.content_id ? placed.localByKey.get(snapKey(s.content_id, s.name)) : undefined;
           if (!was || was.name !== s.name || JSON.stringify(was.disks) !== JSON.stringify(s.disks)) throw changed();
         }
         if (JSON.stringify(cur.disks) !== JSON.stringify(vm!.disks)) throw changed();
@@ -506,25 +524,26 @@ async function build(
       } else if (placed.exists) throw chainError(`VM ${name} vanished while pulling; sync again`);
       await refuseExisting([...plans.map((p) => p.final), ...(cur ? [] : [...diskPath.values()])], strayHint);
 
-      // The head the sharer stands on (else the newest pulled snapshot).
+      // The head the sharer stands on (else the newest pulled snapshot). A Head record names a content
+      // id: of snapshots sharing it (the same state), the newest in the catalog is taken.
       const headHex = ctx.view.heads.get(remoteVm)?.toString('hex') ?? null;
-      const head = headHex !== null && layerOf.has(headHex) ? headHex : todo[todo.length - 1]!.id;
+      const headSnap = headHex === null ? undefined : [...chain].reverse().find((c) => c.id === headHex && layerOf.has(c.key));
+      const head = headSnap?.key ?? todo[todo.length - 1]!.key;
       let fastForward = !cur;
-      const curId = cur && cur.current !== null ? ([...placed.localById].find(([, s]) => s.name === cur!.current)?.[0] ?? null) : null;
-      if (cur && curId !== null) {
+      const curKey = cur && cur.current !== null ? ([...placed.localByKey].find(([, s]) => s.name === cur!.current)?.[0] ?? null) : null;
+      if (cur && curKey !== null) {
         // Moves the current state to the new head only when it stands, unchanged, on an ancestor of it.
         let anc: string | null = head;
         let isAnc = false;
-        const byId = new Map(chain.map((c) => [c.id, c]));
+        const byKey = new Map(chain.map((c) => [c.key, c]));
         while (anc !== null) {
-          if (anc === curId) {
+          if (anc === curKey) {
             isAnc = true;
             break;
           }
-          const c = byId.get(anc);
-          anc = c?.parent ? c.parent.toString('hex') : null;
+          anc = byKey.get(anc)?.parentKey ?? null;
         }
-        fastForward = isAnc && curId !== head && (await currentIsClean(cur.disks));
+        fastForward = isAnc && curKey !== head && (await currentIsClean(cur.disks));
       }
 
       const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`, driverStepHandlers);
@@ -534,9 +553,9 @@ async function build(
         await temps.drop(plans.map((p) => p.temp));
         const overlayPlans: OverlayPlan[] = [];
         if (fastForward) {
-          const headSnap = chain.find((c) => c.id === head)!;
-          for (const [di, d] of headSnap.disks.entries()) {
-            const m = headSnap.maps[di]!;
+          const top = chain.find((c) => c.key === head)!;
+          for (const [di, d] of top.disks.entries()) {
+            const m = top.maps[di]!;
             overlayPlans.push({
               final: diskPath.get(d.target)!,
               backing: layerOf.get(head)!.get(d.target)!,
@@ -560,12 +579,12 @@ async function build(
           state: 'ready',
           created_at: s.created_at,
           description: s.description,
-          parent: s.parent ? nameOf.get(s.parent.toString('hex'))! : null,
+          parent: s.parentKey ? nameOf.get(s.parentKey)! : null,
           tags: s.tags,
           auto_created: s.auto_created,
           auto_policy: s.auto_policy,
           expires_at: null,
-          disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.id)!.get(d.target)! })),
+          disks: s.disks.map((d) => ({ target: d.target, path: layerOf.get(s.key)!.get(d.target)! })),
           size_bytes: s.disks.reduce((a, d) => a + d.data_bytes, 0),
           content_id: s.id,
           memory_path: null,

@@ -286,6 +286,8 @@ interface Located {
   file: string;
   offset: number;
   length: number;
+  /** The layer is a root: read through its whole chain (see chain()). */
+  resolved: boolean;
 }
 
 /**
@@ -317,7 +319,7 @@ export class ShareSource implements BlockSource {
           const file = l.disks.find((x) => x.target === d.target)?.path;
           if (!file) continue;
           for (const it of await cat.mapItems(d.map_start, d.map_count, vm, d.target)) {
-            if (it.kind === 'block') src.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+            if (it.kind === 'block') src.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length, resolved: l.parent === null });
           }
         }
       }
@@ -388,7 +390,7 @@ export class ShareSource implements BlockSource {
             const items = await o.mapItems(d.map_start, d.map_count, vm, d.target).catch(() => []);
             for (const it of items) {
               if (it.kind === 'block' && !this.index.has(it.sha.toString('hex')))
-                this.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length });
+                this.index.set(it.sha.toString('hex'), { file, offset: it.offset, length: it.length, resolved: l.parent === null });
             }
           }
         }
@@ -401,10 +403,11 @@ export class ShareSource implements BlockSource {
     return this.own;
   }
 
-  private async chain(file: string): Promise<Chain> {
+  /** `resolved`: a root, whose map may be its base image's data too (the others' are their own). */
+  private async chain(file: string, resolved: boolean): Promise<Chain> {
     let ch = this.chains.get(file);
     if (!ch) {
-      ch = await Chain.open(file);
+      ch = resolved ? await Chain.open(file) : await Chain.openOwn(file);
       this.chains.set(file, ch);
     }
     return ch;
@@ -446,7 +449,7 @@ export class ShareSource implements BlockSource {
         const first = group[j]!.at;
         const last = group[k - 1]!.at;
         const len = last.offset + last.length - first.offset;
-        const bytes = await (await this.chain(first.file)).read(first.offset, len);
+        const bytes = await (await this.chain(first.file, first.resolved)).read(first.offset, len);
         if (len === raw && bytes.byteOffset === 0 && bytes.buffer.byteLength === len)
           data = bytes; // the whole frame, in memory of its own
         else {
