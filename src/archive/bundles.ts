@@ -129,9 +129,13 @@ export async function importBundleToArchive(repo: Repo, input: string | Readable
     const meta = reader.meta;
     const chain = meta.chains[0]!;
     if (meta.group !== null || meta.chains.length !== 1) {
-      throw new CloneboxError('UNSUPPORTED', `${src.label} is a group bundle (VMs ${meta.chains.map((c) => c.vm).join(', ')}); the archive imports one VM's bundle`, {
-        hint: 'import the group with `snapshot import --group`, then `archive push` each member',
-      });
+      throw new CloneboxError(
+        'UNSUPPORTED',
+        `${src.label} is a group bundle (VMs ${meta.chains.map((c) => c.vm).join(', ')}); the archive imports one VM's bundle`,
+        {
+          hint: 'import the group with `snapshot import --group`, then `archive push` each member',
+        },
+      );
     }
     const vm = opts.as ?? chain.vm;
     checkName('VM', vm);

@@ -389,42 +389,47 @@ export class SnapshotManager {
     sel: { name?: string; at?: string },
     opts: { backup?: boolean; start?: boolean; signal?: AbortSignal } & BeforeOpOptions = {},
   ): Promise<OpResult<{ restored: string; backup: string | null }>> {
-    return this.locked(vmName, 'snapshot restore', async (vm) => {
-      let names = await this.names(vm);
-      // By name: that record alone; by time: every record (their creation times).
-      const target =
-        sel.name !== undefined ? this.findByName(vm, names, sel.name) : this.select(await listSnapshotRecords(this.home, vm.name), vm, sel).snapshot;
-      const warnings: string[] = [];
-      const notices: string[] = [];
-      let backup: string | null = null;
-      // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
-      const before = opts.backup ? null : await this.snapshotBefore(vm, names, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
-      if (before) {
-        backup = before.name;
-        notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
-        vm = await loadVm(this.home, vm.name);
-        names = await this.names(vm);
-      }
-      if (opts.backup) {
-        const b = await this.createLocked(vm, names, {
-          autoPolicy: 'backup',
-          tags: ['auto', 'backup'],
-          description: `automatic backup before restoring ${target.name}`,
-        });
-        backup = b.value.name;
-        warnings.push(...b.warnings);
-        vm = await loadVm(this.home, vm.name);
-      }
-      await this.restoreLocked(vm, target, opts.signal);
-      const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
-      if (logged) warnings.push(logged);
-      if (opts.start) {
-        const driver = await driverFor(vm);
-        if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
-        else await driver.start(await loadVm(this.home, vm.name));
-      }
-      return { value: { restored: target.name, backup }, warnings, notices };
-    }, opts.signal);
+    return this.locked(
+      vmName,
+      'snapshot restore',
+      async (vm) => {
+        let names = await this.names(vm);
+        // By name: that record alone; by time: every record (their creation times).
+        const target =
+          sel.name !== undefined ? this.findByName(vm, names, sel.name) : this.select(await listSnapshotRecords(this.home, vm.name), vm, sel).snapshot;
+        const warnings: string[] = [];
+        const notices: string[] = [];
+        let backup: string | null = null;
+        // --backup is the user's own request; before_operations: [restore] asks for the same snapshot.
+        const before = opts.backup ? null : await this.snapshotBefore(vm, names, 'restore', `restoring ${target.name} on ${vm.name}`, opts);
+        if (before) {
+          backup = before.name;
+          notices.push(`took automatic snapshot ${before.name} of ${vm.name} before restoring ${target.name}`);
+          vm = await loadVm(this.home, vm.name);
+          names = await this.names(vm);
+        }
+        if (opts.backup) {
+          const b = await this.createLocked(vm, names, {
+            autoPolicy: 'backup',
+            tags: ['auto', 'backup'],
+            description: `automatic backup before restoring ${target.name}`,
+          });
+          backup = b.value.name;
+          warnings.push(...b.warnings);
+          vm = await loadVm(this.home, vm.name);
+        }
+        await this.restoreLocked(vm, target, opts.signal);
+        const logged = await appendEvents(this.home, [{ vm: vm.name, snapshot: target.name, op: 'restored' }]);
+        if (logged) warnings.push(logged);
+        if (opts.start) {
+          const driver = await driverFor(vm);
+          if (!driver.start) warnings.push(`--start ignored: the ${vm.driver} driver has no running state, ${vm.name}`);
+          else await driver.start(await loadVm(this.home, vm.name));
+        }
+        return { value: { restored: target.name, backup }, warnings, notices };
+      },
+      opts.signal,
+    );
   }
 
   /** `signal`: checked after the driver prepared and before the commit (rolled back then). */
