@@ -1,0 +1,86 @@
+/**
+ * Adaptive compression of served frames, modelled on `zstd --adapt`: the level of the next frame
+ * follows which end of the serving pipeline waits. One FramePace per block channel (a peer's link):
+ *
+ * - the sender waited for the wire (the stream asked it to wait for a drain) while frames were ready:
+ *   the link is slower than the compressor, so spend more CPU to send fewer bytes (level up);
+ * - the sender waited for frames (reading and compressing are behind) while the wire was free: the
+ *   link outruns the compressor, so compress less (level down, down to raw).
+ *
+ * Decisions are made per window of frames, from the time each side waited in that window; a window
+ * where neither side clearly dominates keeps the level. The receiver needs nothing: every frame says
+ * its codec (raw or zstd, any level decodes with the same decoder), and every block is verified as
+ * before. Levels climb one step at a time, so a burst of waiting costs at most a window of frames at
+ * a poorer level.
+ */
+
+/** Steps of the ladder: 0 means raw (no compression), others are zstd levels. */
+export const LEVELS = [0, 1, 3, 6, 9] as const;
+/** Where a channel starts: the bundle's default, zstd 3. */
+const START = 2;
+/** Frames per decision. */
+const WINDOW = 4;
+/** One side's waiting must exceed the other's by this factor (and a floor) to move the level. */
+const DOMINANCE = 2;
+const FLOOR_MS = 2;
+
+export interface PaceSnapshot {
+  level: number;
+  frames: number;
+  /** Frames sent at each level of LEVELS. */
+  byLevel: number[];
+}
+
+export class FramePace {
+  private step: number;
+  private frames = 0;
+  private wireWait = 0;
+  private frameWait = 0;
+  private inWindow = 0;
+  private readonly byLevel: number[] = LEVELS.map(() => 0);
+
+  /** `fixed`: a level of LEVELS to use always (CLONEBOX_SYNC_LEVEL), or null to adapt. */
+  constructor(private readonly fixed: number | null = null) {
+    const i = fixed === null ? -1 : LEVELS.indexOf(fixed as (typeof LEVELS)[number]);
+    this.step = i >= 0 ? i : START;
+  }
+
+  /** zstd level for the next frame (0: send it raw). */
+  level(): number {
+    return LEVELS[this.step]!;
+  }
+
+  /**
+   * One frame was sent at `level`: `frameWaitMs` is how long the sender waited for it to be ready
+   * (read and compressed), `wireWaitMs` how long it then waited for the stream to take more.
+   */
+  sent(level: number, frameWaitMs: number, wireWaitMs: number): void {
+    this.frames++;
+    const i = LEVELS.indexOf(level as (typeof LEVELS)[number]);
+    if (i >= 0) this.byLevel[i]!++;
+    if (this.fixed !== null) return;
+    this.frameWait += frameWaitMs;
+    this.wireWait += wireWaitMs;
+    if (++this.inWindow < WINDOW) return;
+    if (this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait) this.step = Math.min(LEVELS.length - 1, this.step + 1);
+    else if (this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait) this.step = Math.max(0, this.step - 1);
+    this.inWindow = 0;
+    this.frameWait = 0;
+    this.wireWait = 0;
+  }
+
+  snapshot(): PaceSnapshot {
+    return { level: this.level(), frames: this.frames, byLevel: [...this.byLevel] };
+  }
+}
+
+/**
+ * The level setting from the environment: CLONEBOX_SYNC_LEVEL=raw|1|3|6|9 pins it (for measurements and
+ * for users who know their link), anything else or unset adapts.
+ */
+export function fixedLevelFromEnv(env: NodeJS.ProcessEnv = process.env): number | null {
+  const v = env.CLONEBOX_SYNC_LEVEL;
+  if (v === undefined || v === '' || v === 'auto') return null;
+  const n = v === 'raw' ? 0 : Number(v);
+  return (LEVELS as readonly number[]).includes(n) ? n : null;
+}
