@@ -242,9 +242,13 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     const encm = await measure(
       {
         encrypted: async () => {
-          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--force', '--encrypt', '--key-file', keyFile, '--json'], {
-            env: ENV,
-          });
+          const r = await timeCommand(
+            NODE,
+            [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--force', '--encrypt', '--key-file', keyFile, '--json'],
+            {
+              env: ENV,
+            },
+          );
           return { ms: r.ms, cpuMs: r.cpuMs };
         },
         plain: async () => {

@@ -713,7 +713,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           c.target_met = c.ratio <= c.target_ratio;
           c.chain_mib_per_s = round(chainMiB / (c.clonebox.median_ms / 1000), 1);
           c.rsync_chain_mib_per_s = round(chainMiB / (c.rsync.median_ms / 1000), 1);
-          log(`${c.case}: wall ratio ${c.ratio} (target <= ${c.target_ratio}: ${c.target_met ? 'met' : 'MISSED'}), ${c.chain_mib_per_s} MiB/s of chain data (rsync ${c.rsync_chain_mib_per_s})`);
+          log(
+            `${c.case}: wall ratio ${c.ratio} (target <= ${c.target_ratio}: ${c.target_met ? 'met' : 'MISSED'}), ${c.chain_mib_per_s} MiB/s of chain data (rsync ${c.rsync_chain_mib_per_s})`,
+          );
         });
       }
 
@@ -792,7 +794,8 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         cases,
       };
       const targetOf = (c) => {
-        if (c.key.endsWith('-inc')) return `${c.clonebox_wire_vs_compressed_new}x compressed new on the wire, target <= ${INC_TARGET}x: ${c.target_met ? 'met' : 'MISSED'}`;
+        if (c.key.endsWith('-inc'))
+          return `${c.clonebox_wire_vs_compressed_new}x compressed new on the wire, target <= ${INC_TARGET}x: ${c.target_met ? 'met' : 'MISSED'}`;
         if (c.key === 'loopback-full') return `${c.chain_mib_per_s} MiB/s, target >= ${LOOPBACK_TARGET_MIB_S}: ${c.target_met ? 'met' : 'MISSED'}`;
         return `wall target <= ${c.target_ratio}: ${c.target_met ? 'met' : 'MISSED'}, ${c.chain_mib_per_s} MiB/s`;
       };
@@ -803,7 +806,8 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         ratio: c.ratio,
         cpu_ratio: c.cpu_ratio,
       }));
-      for (const l of links) if (l.skipped) result.summary.push({ case: `${l.label} cases skipped: ${l.skipped}`, clonebox_ms: NaN, peer_ms: NaN, ratio: NaN, cpu_ratio: NaN });
+      for (const l of links)
+        if (l.skipped) result.summary.push({ case: `${l.label} cases skipped: ${l.skipped}`, clonebox_ms: NaN, peer_ms: NaN, ratio: NaN, cpu_ratio: NaN });
       return result;
     });
   } finally {

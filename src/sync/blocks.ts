@@ -308,7 +308,10 @@ export class BlockChannel {
           // The message holds its own copy of the data once send() returned.
           part.release?.();
           await sent;
-          if (part.level !== undefined) this.pace.sent(part.level, ready - asked, performance.now() - ready);
+          if (part.level !== undefined) {
+            const raw = part.frame.blocks.reduce((a, b) => a + b.size, 0);
+            this.pace.sent(part.level, raw, ready - asked, performance.now() - ready);
+          }
         }
       }
     } finally {

@@ -8,18 +8,35 @@
  *   link outruns the compressor, so compress less (level down, down to raw).
  *
  * Decisions are made per window of frames, from the time each side waited in that window; a window
- * where neither side clearly dominates keeps the level. The receiver needs nothing: every frame says
+ * where neither side clearly dominates keeps the level. One more bound, from the measured send rate:
+ * a level is only used while one core compresses several times faster at it than the frames leave
+ * (SPEED). Without it, on one machine (loopback, or namespaces sharing the cores) a receiver slowed by
+ * the CPU the sharer spends looks like a slow wire and pushed the level to 9, which made both slower. The receiver needs nothing: every frame says
  * its codec (raw or zstd, any level decodes with the same decoder), and every block is verified as
  * before. Levels climb one step at a time, so a burst of waiting costs at most a window of frames at
  * a poorer level.
  */
 
+import { trace } from './trace.js';
+
 /** Steps of the ladder: 0 means raw (no compression), others are zstd levels. */
 export const LEVELS = [0, 1, 3, 6, 9] as const;
 /** Where a channel starts: the bundle's default, zstd 3. */
 const START = 2;
-/** Frames per decision. */
-const WINDOW = 4;
+/**
+ * Conservative raw MiB/s of one core at each step (zstd on mixed data; raw is free), and how many times
+ * faster than the frames leave it must be to step up, or may be before stepping down.
+ */
+const SPEED = [Infinity, 300, 200, 70, 40];
+const HEADROOM_UP = 2;
+const HEADROOM_DOWN = 1.5;
+/**
+ * Frames per decision, and how much of the rate estimate the newest window makes: a receiver's window
+ * of 16 MiB makes sends bursty, so a window of a few frames alone saw anything from 6 to 450 MiB/s
+ * on one pull (bench/README.md).
+ */
+const WINDOW = 8;
+const RATE_WEIGHT = 0.5;
 /** One side's waiting must exceed the other's by this factor (and a floor) to move the level. */
 const DOMINANCE = 2;
 const FLOOR_MS = 2;
@@ -36,6 +53,9 @@ export class FramePace {
   private frames = 0;
   private wireWait = 0;
   private frameWait = 0;
+  private busy = 0;
+  private raw = 0;
+  private rate = -1;
   private inWindow = 0;
   private readonly byLevel: number[] = LEVELS.map(() => 0);
 
@@ -51,19 +71,34 @@ export class FramePace {
   }
 
   /**
-   * One frame was sent at `level`: `frameWaitMs` is how long the sender waited for it to be ready
-   * (read and compressed), `wireWaitMs` how long it then waited for the stream to take more.
+   * One frame of `rawBytes` was sent at `level`: `frameWaitMs` is how long the sender waited for it to
+   * be ready (read and compressed), `wireWaitMs` how long it then waited for the stream to take more.
    */
-  sent(level: number, frameWaitMs: number, wireWaitMs: number): void {
+  sent(level: number, rawBytes: number, frameWaitMs: number, wireWaitMs: number): void {
     this.frames++;
     const i = LEVELS.indexOf(level as (typeof LEVELS)[number]);
     if (i >= 0) this.byLevel[i]!++;
     if (this.fixed !== null) return;
     this.frameWait += frameWaitMs;
     this.wireWait += wireWaitMs;
+    this.busy += frameWaitMs + wireWaitMs;
+    this.raw += rawBytes;
     if (++this.inWindow < WINDOW) return;
-    if (this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait) this.step = Math.min(LEVELS.length - 1, this.step + 1);
-    else if (this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait) this.step = Math.max(0, this.step - 1);
+    const was = this.step;
+    // Raw MiB/s leaving while the sender was busy (idle time between requests does not count).
+    const now = this.busy > 0 ? this.raw / 1048576 / (this.busy / 1000) : 1e6;
+    this.rate = this.rate < 0 ? now : RATE_WEIGHT * now + (1 - RATE_WEIGHT) * this.rate;
+    const rate = this.rate;
+    const wireBound = this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait;
+    const frameBound = this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait;
+    if (this.step > 0 && (frameBound || rate * HEADROOM_DOWN > SPEED[this.step]!)) this.step--;
+    else if (wireBound && this.step < LEVELS.length - 1 && rate * HEADROOM_UP < SPEED[this.step + 1]!) this.step++;
+    if (this.step !== was)
+      trace(
+        `pace: level ${LEVELS[was]} -> ${this.level()} (${rate.toFixed(0)} MiB/s raw; waited ${Math.round(this.frameWait)} ms for frames, ${Math.round(this.wireWait)} ms for the wire)`,
+      );
+    this.busy = 0;
+    this.raw = 0;
     this.inWindow = 0;
     this.frameWait = 0;
     this.wireWait = 0;
