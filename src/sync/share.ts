@@ -163,6 +163,8 @@ function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecor
 
 /** Largest frame served: FRAME_TARGET, within the wire's limit. */
 const FRAME_LIMIT = Math.min(FRAME_TARGET, MAX_FRAME_RAW);
+/** The level of frames served without a pace (the bundle's default). */
+const DEFAULT_LEVEL = 3;
 /** Frame buffers kept for reuse: the channels' frames under way (SERVE_AHEAD each) and a few more. */
 const POOL_DEPTH = 12;
 
@@ -440,7 +442,8 @@ export class ShareSource implements BlockSource {
     return this.pool;
   }
 
-  async *read(hashes: Buffer[], pace?: FramePace): AsyncIterable<SourcePart | Promise<SourcePart>> {
+  /** `pace` is required here so that a wrapper cannot drop it (a dropped pace served everything at level 3). */
+  async *read(hashes: Buffer[], pace: FramePace | undefined): AsyncIterable<SourcePart | Promise<SourcePart>> {
     await this.indexPulled();
     const missing: Buffer[] = [];
     const found: { hash: Buffer; at: Located }[] = [];
@@ -477,7 +480,7 @@ export class ShareSource implements BlockSource {
       }
       this.blocksServed += group.length;
       const blocks = group.map((g) => ({ hash: g.hash, size: g.at.length }));
-      const level = pace?.level() ?? 3;
+      const level = pace?.level() ?? DEFAULT_LEVEL;
       if (level === 0) {
         yield { frame: { codec: 0, blocks, data }, level, release: () => this.give(this.inputs, data.buffer as ArrayBuffer) };
         continue;
