@@ -11,13 +11,13 @@ import { FramePace, fixedLevelFromEnv, LEVELS } from '../src/sync/pace.js';
 const MiB = 1024 * 1024;
 
 /** Feeds `frames` frames of 2 MiB at the pace's current level; `ms` gives the waits of one frame. */
-function feed(p: FramePace, frames: number, ms: (level: number) => { frame: number; wire: number }): number[] {
+function feed(p: FramePace, frames: number, ms: (level: number) => { frame: number; wire: number; compress?: number }): number[] {
   const seen: number[] = [];
   for (let i = 0; i < frames; i++) {
     const level = p.level();
     seen.push(level);
     const w = ms(level);
-    p.sent(level, 2 * MiB, w.frame, w.wire);
+    p.sent(level, 2 * MiB, w.frame, w.wire, w.compress);
   }
   return seen;
 }
@@ -34,6 +34,17 @@ describe('FramePace', () => {
     expect(seen[0]).toBe(3);
     expect(p.level()).toBe(6);
     expect(Math.max(...seen)).toBe(6); // 9 needs a slower wire than 25 MiB/s (SPEED / HEADROOM_UP)
+  });
+
+  it('does not climb when its own compression is slow (a loaded sharer, or one machine), however slow the wire looks', () => {
+    const loaded = new FramePace();
+    // 25 MiB/s leaving; zstd 3 measured at 2 MiB per 60 ms (33 MiB/s): zstd 6 would be ~14 MiB/s.
+    feed(loaded, 40, () => ({ frame: 0, wire: 80, compress: 60 }));
+    expect(loaded.level()).toBe(3);
+    const idle = new FramePace();
+    // The same wire, zstd 3 at 2 MiB per 10 ms (200 MiB/s): zstd 6 keeps up, 9 would not.
+    feed(idle, 40, (level) => ({ frame: 0, wire: 80, compress: level === 3 ? 10 : 25 }));
+    expect(idle.level()).toBe(6);
   });
 
   it('climbs to the top on a very slow wire', () => {

@@ -43,9 +43,10 @@ import { FramePace, fixedLevelFromEnv } from './pace.js';
 
 /**
  * One answer to a request: a frame of blocks the source has, or the hashes it lacks. A frame says the
- * zstd level it was made with (0: raw) for the channel's pace, and may give its buffers back once sent.
+ * zstd level it was made with (0: raw) and how long compressing it took, for the channel's pace, and
+ * may give its buffers back once sent.
  */
-export type SourcePart = { frame: Omit<BlockFrame, 'id'>; level?: number; release?: () => void } | { missing: Buffer[] };
+export type SourcePart = { frame: Omit<BlockFrame, 'id'>; level?: number; compressMs?: number; release?: () => void } | { missing: Buffer[] };
 
 /**
  * What a sharer serves from: parts in the order of the request. A part may be a promise (work started
@@ -310,7 +311,7 @@ export class BlockChannel {
           await sent;
           if (part.level !== undefined) {
             const raw = part.frame.blocks.reduce((a, b) => a + b.size, 0);
-            this.pace.sent(part.level, raw, ready - asked, performance.now() - ready);
+            this.pace.sent(part.level, raw, ready - asked, performance.now() - ready, part.compressMs);
           }
         }
       }

@@ -28,6 +28,11 @@ const START = 2;
  * faster than the frames leave it must be to step up, or may be before stepping down.
  */
 const SPEED = [Infinity, 300, 200, 70, 40];
+/**
+ * CPU per byte of each step relative to level 1 (zstd CLI on 64 MiB of the sync bench's layer data,
+ * bench/README.md): with the measured speed at the current level it predicts the next level's.
+ */
+const COST = [0, 1, 2.3, 5.6, 12];
 const HEADROOM_UP = 2;
 const HEADROOM_DOWN = 1.5;
 /**
@@ -56,6 +61,10 @@ export class FramePace {
   private busy = 0;
   private raw = 0;
   private rate = -1;
+  /** Measured raw MiB/s of one compression at the current level (smoothed; -1: none yet). */
+  private speed = -1;
+  private compressMs = 0;
+  private compressed = 0;
   private inWindow = 0;
   private readonly byLevel: number[] = LEVELS.map(() => 0);
 
@@ -74,7 +83,7 @@ export class FramePace {
    * One frame of `rawBytes` was sent at `level`: `frameWaitMs` is how long the sender waited for it to
    * be ready (read and compressed), `wireWaitMs` how long it then waited for the stream to take more.
    */
-  sent(level: number, rawBytes: number, frameWaitMs: number, wireWaitMs: number): void {
+  sent(level: number, rawBytes: number, frameWaitMs: number, wireWaitMs: number, compressMs?: number): void {
     this.frames++;
     const i = LEVELS.indexOf(level as (typeof LEVELS)[number]);
     if (i >= 0) this.byLevel[i]!++;
@@ -83,22 +92,38 @@ export class FramePace {
     this.wireWait += wireWaitMs;
     this.busy += frameWaitMs + wireWaitMs;
     this.raw += rawBytes;
+    if (compressMs !== undefined && level === this.level() && level > 0) {
+      this.compressMs += compressMs;
+      this.compressed += rawBytes;
+    }
     if (++this.inWindow < WINDOW) return;
     const was = this.step;
     // Raw MiB/s leaving while the sender was busy (idle time between requests does not count).
     const now = this.busy > 0 ? this.raw / 1048576 / (this.busy / 1000) : 1e6;
     this.rate = this.rate < 0 ? now : RATE_WEIGHT * now + (1 - RATE_WEIGHT) * this.rate;
     const rate = this.rate;
+    if (this.compressMs > 0) {
+      const now = this.compressed / 1048576 / (this.compressMs / 1000);
+      this.speed = this.speed < 0 ? now : RATE_WEIGHT * now + (1 - RATE_WEIGHT) * this.speed;
+    }
+    // The next level's speed: measured at this one and scaled by the cost ratio (a loaded sharer
+    // compresses slower, so it climbs less), never above the static bound.
+    const next = this.step + 1;
+    const nextSpeed =
+      next >= LEVELS.length ? 0 : this.speed > 0 && this.step > 0 ? Math.min(SPEED[next]!, (this.speed * COST[this.step]!) / COST[next]!) : SPEED[next]!;
     const wireBound = this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait;
     const frameBound = this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait;
     if (this.step > 0 && (frameBound || rate * HEADROOM_DOWN > SPEED[this.step]!)) this.step--;
-    else if (wireBound && this.step < LEVELS.length - 1 && rate * HEADROOM_UP < SPEED[this.step + 1]!) this.step++;
+    else if (wireBound && next < LEVELS.length && rate * HEADROOM_UP < nextSpeed) this.step++;
     if (this.step !== was)
       trace(
-        `pace: level ${LEVELS[was]} -> ${this.level()} (${rate.toFixed(0)} MiB/s raw; waited ${Math.round(this.frameWait)} ms for frames, ${Math.round(this.wireWait)} ms for the wire)`,
+        `pace: level ${LEVELS[was]} -> ${this.level()} (${rate.toFixed(0)} MiB/s raw, compressing at ${this.speed.toFixed(0)} MiB/s; waited ${Math.round(this.frameWait)} ms for frames, ${Math.round(this.wireWait)} ms for the wire)`,
       );
+    if (this.step !== was) this.speed = -1; // measured anew at the new level
     this.busy = 0;
     this.raw = 0;
+    this.compressMs = 0;
+    this.compressed = 0;
     this.inWindow = 0;
     this.frameWait = 0;
     this.wireWait = 0;

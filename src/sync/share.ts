@@ -496,6 +496,7 @@ export class ShareSource implements BlockSource {
     const raw = data.length;
     const input = data.buffer as ArrayBuffer;
     const output = this.take(this.outputs, compressBound(raw));
+    const t0 = performance.now();
     const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input, length: raw, output, level }, [input, output]);
     if (!('storedLength' in rep)) throw new CloneboxError('INTERNAL', 'unexpected reply from a compression worker');
     const zstd = rep.codec === Codec.Zstd;
@@ -506,6 +507,7 @@ export class ShareSource implements BlockSource {
     return {
       frame: { codec: zstd ? 1 : 0, blocks, data: zstd ? Buffer.from(rep.output, 0, rep.storedLength) : Buffer.from(rep.input, 0, raw) },
       level,
+      compressMs: performance.now() - t0,
       release,
     };
   }
