@@ -47,6 +47,14 @@ describe('FramePace', () => {
     expect(idle.level()).toBe(6);
   });
 
+  it('a peer on this machine never climbs past zstd 3, however slow it looks', () => {
+    const p = new FramePace(null, 3);
+    feed(p, 40, () => ({ frame: 0, wire: 400 })); // 5 MiB/s raw: elsewhere this climbs to 9
+    expect(p.level()).toBe(3);
+    feed(p, 40, (level) => ({ frame: level === 0 ? 0 : 30, wire: 1 })); // and still comes down
+    expect(p.level()).toBe(0);
+  });
+
   it('climbs to the top on a very slow wire', () => {
     const p = new FramePace();
     feed(p, 40, () => ({ frame: 0, wire: 400 })); // 5 MiB/s raw

@@ -137,14 +137,16 @@ export class BlockChannel {
   private drainWaiters: (() => void)[] = [];
   private closed = false;
   /** The compression level of frames served on this channel, from where the sender waits (pace.ts). */
-  readonly pace = new FramePace(fixedLevelFromEnv());
+  readonly pace: FramePace;
 
   private constructor(
     mux: Protomux,
     private readonly source: BlockSource | null,
     private readonly decode: FrameDecoder,
     private readonly onAbuse: ((why: string) => void) | null,
+    maxLevel?: number,
   ) {
+    this.pace = new FramePace(fixedLevelFromEnv(), maxLevel);
     const channel = mux.createChannel({
       protocol: BLOCKS_PROTOCOL,
       messages: [
@@ -164,8 +166,11 @@ export class BlockChannel {
    * Creates and opens the channel on a proven peer's mux (call it from a TeamSwarm service, so that
    * the peer's open is never refused). `source`: what to serve (null: serve nothing, answer Missing).
    */
-  static attach(mux: Protomux, opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void } = {}): BlockChannel {
-    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null);
+  static attach(
+    mux: Protomux,
+    opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void; maxLevel?: number } = {},
+  ): BlockChannel {
+    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null, opts.maxLevel);
     bc.channel.open();
     return bc;
   }

@@ -7,6 +7,11 @@
  * - the sender waited for frames (reading and compressing are behind) while the wire was free: the
  *   link outruns the compressor, so compress less (level down, down to raw).
  *
+ * A peer on this machine (loopback) adapts between raw and 3 only: there the sharer's CPU is the
+ * receiver's, so a receiver slowed by the sharer's compression looks like a slow wire, and climbing
+ * made both slower (bench/README.md, issue #16). The bench's links are namespaces on one machine too,
+ * which the sharer cannot tell from a LAN.
+ *
  * Decisions are made per window of frames, from the time each side waited in that window; a window
  * where neither side clearly dominates keeps the level. One more bound, from the measured send rate:
  * a level is only used while one core compresses several times faster at it than the frames leave
@@ -68,10 +73,21 @@ export class FramePace {
   private inWindow = 0;
   private readonly byLevel: number[] = LEVELS.map(() => 0);
 
-  /** `fixed`: a level of LEVELS to use always (CLONEBOX_SYNC_LEVEL), or null to adapt. */
-  constructor(private readonly fixed: number | null = null) {
+  private readonly top: number;
+
+  /**
+   * `fixed`: a level of LEVELS to use always (CLONEBOX_SYNC_LEVEL), or null to adapt. `maxLevel`: the
+   * highest level to adapt to (a peer on this machine: 3, see BlockChannel.attach).
+   */
+  constructor(
+    private readonly fixed: number | null = null,
+    maxLevel: number = LEVELS[LEVELS.length - 1]!,
+  ) {
     const i = fixed === null ? -1 : LEVELS.indexOf(fixed as (typeof LEVELS)[number]);
-    this.step = i >= 0 ? i : START;
+    let top = 0;
+    for (let k = 0; k < LEVELS.length; k++) if (LEVELS[k]! <= maxLevel) top = k;
+    this.top = top;
+    this.step = i >= 0 ? i : Math.min(START, this.top);
   }
 
   /** zstd level for the next frame (0: send it raw). */
@@ -110,11 +126,11 @@ export class FramePace {
     // compresses slower, so it climbs less), never above the static bound.
     const next = this.step + 1;
     const nextSpeed =
-      next >= LEVELS.length ? 0 : this.speed > 0 && this.step > 0 ? Math.min(SPEED[next]!, (this.speed * COST[this.step]!) / COST[next]!) : SPEED[next]!;
+      next > this.top ? 0 : this.speed > 0 && this.step > 0 ? Math.min(SPEED[next]!, (this.speed * COST[this.step]!) / COST[next]!) : SPEED[next]!;
     const wireBound = this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait;
     const frameBound = this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait;
     if (this.step > 0 && (frameBound || rate * HEADROOM_DOWN > SPEED[this.step]!)) this.step--;
-    else if (wireBound && next < LEVELS.length && rate * HEADROOM_UP < nextSpeed) this.step++;
+    else if (wireBound && next <= this.top && rate * HEADROOM_UP < nextSpeed) this.step++;
     if (this.step !== was)
       trace(
         `pace: level ${LEVELS[was]} -> ${this.level()} (${rate.toFixed(0)} MiB/s raw, compressing at ${this.speed.toFixed(0)} MiB/s; waited ${Math.round(this.frameWait)} ms for frames, ${Math.round(this.wireWait)} ms for the wire)`,
