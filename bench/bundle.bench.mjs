@@ -18,7 +18,8 @@
  *   export   clonebox snapshot export v -o B              vs  tar -cf - L1 L2 L3 | zstd -3 -T2 -o T
  *   import   clonebox snapshot import w B --dir D (fresh home and dir every run)
  *                                                         vs  zstd -d -c T | tar -xf - -C D
- * Untimed: peak RSS of export and import (/usr/bin/time -f %M), an encrypted export, the round trip
+ *   encrypted  export --encrypt --key-file K               vs  the plain export (target: within 1.1x)
+ * Untimed: peak RSS of export and import (/usr/bin/time -f %M), the round trip
  * checked with qemu-img compare, sizes: the bundle, tar|zstd -3, zstd -3 of the unique 64 KiB blocks
  * (what the bundle must approach), borg (`borg create --compression zstd,3`; Debian's borgbackup is
  * installed by this bench when missing) and restic when it can be had the same way.
@@ -237,9 +238,27 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     await rm(keyFile, { force: true });
     sh(NODE, [CLI, 'key', 'generate', '-o', keyFile], { env: ENV });
     const encBundle = path.join(dir, 'chain-enc.bundle');
-    const enc = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--encrypt', '--key-file', keyFile, '--json'], {
-      env: ENV,
-    });
+    log(`encrypted export vs plain export: ${runs} timed runs per side...`);
+    const encm = await measure(
+      {
+        encrypted: async () => {
+          const r = await timeCommand(
+            NODE,
+            [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', encBundle, '--force', '--encrypt', '--key-file', keyFile, '--json'],
+            {
+              env: ENV,
+            },
+          );
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
+        plain: async () => {
+          const r = await timeCommand(NODE, [CLI, '--home', chain.home, 'snapshot', 'export', VM, '-o', bundle, '--force', '--json'], { env: ENV });
+          return { ms: r.ms, cpuMs: r.cpuMs };
+        },
+      },
+      { runs },
+    );
+    const enc = { ms: encm.encrypted.median_ms };
     const verify = await timeCommand(NODE, [CLI, 'snapshot', 'verify', encBundle, '--key-file', keyFile, '--json'], { env: ENV });
 
     const sizes = {
@@ -284,7 +303,13 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
       zstd: zstdVersion,
       export: { ...exp, ratio: ratio(exp.clonebox, exp['tar|zstd']), cpu_ratio: cpuRatio(exp.clonebox, exp['tar|zstd']) },
       import: { ...imp, ratio: ratio(imp.clonebox, imp['zstd|tar']), cpu_ratio: cpuRatio(imp.clonebox, imp['zstd|tar']) },
-      encrypted: { export_ms: round(enc.ms), verify_ms: round(verify.ms) },
+      encrypted: {
+        export_ms: round(enc.ms),
+        plain_export_ms: encm.plain.median_ms,
+        ratio: ratio(encm.encrypted, encm.plain),
+        cpu_ratio: cpuRatio(encm.encrypted, encm.plain),
+        verify_ms: round(verify.ms),
+      },
       peak_rss_bytes: { export: rssExport, import: rssImport },
       sizes,
       size_ratios: {
@@ -311,20 +336,34 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     log(
       `peak RSS: export ${mib(rssExport)}, import ${mib(rssImport)}; export ${result.export.ratio}x tar|zstd (cpu ${result.export.cpu_ratio}x), import ${result.import.ratio}x zstd|tar (cpu ${result.import.cpu_ratio}x)`,
     );
+    // Issue #16's targets beside each ratio: export and import no slower than the peer, an encrypted
+    // export within 1.1x of a plain one, the bundle no larger than before it (0.997x zstd -3 of the
+    // unique data, 2026-12-02), peak RSS under 256 MiB.
+    const met = (ok) => (ok ? 'met' : 'MISSED');
+    const rssMax = Math.max(rssExport ?? 0, rssImport ?? 0);
+    const sizeNote = `bundle ${result.size_ratios.bundle_vs_unique_zstd3}x zstd -3 of unique data (target <= 0.997: ${met(result.size_ratios.bundle_vs_unique_zstd3 <= 0.997)})`;
+    const rssNote = `peak RSS ${mib(rssExport)} / ${mib(rssImport)} (target <= 256 MiB: ${met(rssMax <= 256 * MiB)})`;
     result.summary = [
       {
-        case: 'export vs tar|zstd -3 -T2',
+        case: `export vs tar|zstd -3 -T2 (target <= 1.0: ${met(result.export.ratio <= 1)}; ${sizeNote})`,
         clonebox_ms: exp.clonebox.median_ms,
         peer_ms: exp['tar|zstd'].median_ms,
         ratio: result.export.ratio,
         cpu_ratio: result.export.cpu_ratio,
       },
       {
-        case: 'import vs zstd -d|tar -x',
+        case: `import vs zstd -d|tar -x (target <= 1.0: ${met(result.import.ratio <= 1)}; ${rssNote})`,
         clonebox_ms: imp.clonebox.median_ms,
         peer_ms: imp['zstd|tar'].median_ms,
         ratio: result.import.ratio,
         cpu_ratio: result.import.cpu_ratio,
+      },
+      {
+        case: `encrypted export vs plain export (target <= 1.1: ${met(result.encrypted.ratio <= 1.1)})`,
+        clonebox_ms: encm.encrypted.median_ms,
+        peer_ms: encm.plain.median_ms,
+        ratio: result.encrypted.ratio,
+        cpu_ratio: result.encrypted.cpu_ratio,
       },
     ];
     return result;

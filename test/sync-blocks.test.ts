@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compressBound, compressInto } from '../src/content/codec.js';
 import type { BlockChannel, BlockSource } from '../src/sync/blocks.js';
 import { CODEC_RAW, CODEC_ZSTD } from '../src/sync/messages.js';
+import { type FramePace, LEVELS } from '../src/sync/pace.js';
 import type { TeamSwarm } from '../src/sync/swarm.js';
 import { type BlockPair, openBlockPair } from './helpers/block-pair.js';
 import { rng } from './helpers/random.js';
@@ -57,7 +58,7 @@ function frameSource(opts: { per?: number } = {}): BlockSource {
 }
 
 beforeAll(async () => {
-  const serving: BlockSource = { read: (hashes) => (source ?? frameSource()).read(hashes) };
+  const serving: BlockSource = { read: (hashes, pace) => (source ?? frameSource()).read(hashes, pace) };
   pair = await openBlockPair('clonebox-sync-blocks-', { serve: { source: serving } });
   sharer = pair.sharer;
   fetcher = pair.fetcher;
@@ -67,6 +68,10 @@ afterAll(async () => {
   await pair?.close();
   await cleanupTempDirs();
 });
+
+/** Frames the sharer's channel has counted so far (its pace lives as long as the channel). */
+let servingPace: FramePace | null = null;
+const fetcherPaceFrames = () => servingPace?.snapshot().frames ?? 0;
 
 describe('block channel', () => {
   it('fetches verified blocks in frames and reports the missing ones', async () => {
@@ -86,6 +91,37 @@ describe('block channel', () => {
     expect(res.bytes).toBe(blocks.reduce((a, b) => a + b.length, 0));
     expect(res.wireBytes).toBeLessThan(res.bytes * 0.6); // the compressible half shrank
     for (const b of blocks) expect(got.get(hex(sha(b)))!.equals(b)).toBe(true);
+  });
+
+  it('takes frames at any level the sharer picks (raw and every zstd level of the pace), each block verified', async () => {
+    const paces: FramePace[] = [];
+    let k = 0;
+    const before = fetcherPaceFrames();
+    source = {
+      async *read(hashes, pace) {
+        if (pace) paces.push(pace);
+        servingPace ??= pace ?? null;
+        for (let i = 0; i < hashes.length; i += 3) {
+          const group = hashes.slice(i, i + 3).map((h) => store.get(hex(h))!);
+          const raw = Buffer.concat(group);
+          // Every level in turn (what an adaptive sharer may send), or the pace's own when asked.
+          const level = k++ % 2 ? LEVELS[k % LEVELS.length]! : (pace?.level() ?? 3);
+          const out = Buffer.alloc(compressBound(raw.length));
+          const c = level === 0 ? { codec: 0, length: raw.length } : compressInto(raw, out, level);
+          const data = c.codec === 1 ? Buffer.from(out.subarray(0, c.length)) : Buffer.from(raw);
+          yield { frame: { codec: c.codec === 1 ? CODEC_ZSTD : CODEC_RAW, blocks: group.map((b) => ({ hash: sha(b), size: b.length })), data }, level };
+        }
+      },
+    };
+    const got = new Map<string, Buffer>();
+    const res = await fetcher.fetch(blocks.map(sha), { onBlock: (h, data) => void got.set(hex(h), Buffer.from(data)) });
+    expect(res.received).toBe(blocks.length);
+    expect(res.corrupt).toEqual([]);
+    for (const b of blocks) expect(got.get(hex(sha(b)))?.equals(b)).toBe(true);
+    // The serving channel handed its pace to the source and counted every frame it sent.
+    expect(paces.length).toBeGreaterThan(0);
+    expect(paces[0]!.snapshot().frames - before).toBe(k);
+    expect(new Set(paces).size).toBe(1); // one pace per channel (per peer's link)
   });
 
   it('never hands on a damaged block: a bad byte in a raw frame, a spoiled zstd frame', async () => {

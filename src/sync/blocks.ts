@@ -39,9 +39,14 @@ import {
   MAX_FRAME_RAW,
   MAX_HASHES_PER_REQUEST,
 } from './messages.js';
+import { FramePace, fixedLevelFromEnv } from './pace.js';
 
-/** One answer to a request: a frame of blocks the source has, or the hashes it lacks. */
-export type SourcePart = { frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[] };
+/**
+ * One answer to a request: a frame of blocks the source has, or the hashes it lacks. A frame says the
+ * zstd level it was made with (0: raw) and how long compressing it took, for the channel's pace, and
+ * may give its buffers back once sent.
+ */
+export type SourcePart = { frame: Omit<BlockFrame, 'id'>; level?: number; compressMs?: number; release?: () => void } | { missing: Buffer[] };
 
 /**
  * What a sharer serves from: parts in the order of the request. A part may be a promise (work started
@@ -49,7 +54,8 @@ export type SourcePart = { frame: Omit<BlockFrame, 'id'> } | { missing: Buffer[]
  * across requests, and sends them in order.
  */
 export interface BlockSource {
-  read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>>;
+  /** `pace`: the channel's compression pace (pace.ts): the level to make each frame with. */
+  read(hashes: Buffer[], pace?: FramePace): AsyncIterable<SourcePart | Promise<SourcePart>>;
 }
 
 /** Parts (frames) a serving channel prepares ahead of the one it sends. */
@@ -130,13 +136,17 @@ export class BlockChannel {
   private wakeProducer: (() => void) | null = null;
   private drainWaiters: (() => void)[] = [];
   private closed = false;
+  /** The compression level of frames served on this channel, from where the sender waits (pace.ts). */
+  readonly pace: FramePace;
 
   private constructor(
     mux: Protomux,
     private readonly source: BlockSource | null,
     private readonly decode: FrameDecoder,
     private readonly onAbuse: ((why: string) => void) | null,
+    maxLevel?: number,
   ) {
+    this.pace = new FramePace(fixedLevelFromEnv(), maxLevel);
     const channel = mux.createChannel({
       protocol: BLOCKS_PROTOCOL,
       messages: [
@@ -156,8 +166,11 @@ export class BlockChannel {
    * Creates and opens the channel on a proven peer's mux (call it from a TeamSwarm service, so that
    * the peer's open is never refused). `source`: what to serve (null: serve nothing, answer Missing).
    */
-  static attach(mux: Protomux, opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void } = {}): BlockChannel {
-    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null);
+  static attach(
+    mux: Protomux,
+    opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void; maxLevel?: number } = {},
+  ): BlockChannel {
+    const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null, opts.maxLevel);
     bc.channel.open();
     return bc;
   }
@@ -191,6 +204,7 @@ export class BlockChannel {
     for (const w of waiters) w();
   }
 
+  /** Resolves once the stream takes more (at once unless it asked for a drain). */
   private async send<T>(index: number, value: T): Promise<void> {
     if (this.closed) return;
     if (!this.channel.messages[index]!.send(value) && !this.closed) {
@@ -244,7 +258,7 @@ export class BlockChannel {
             this.push(req.id, Promise.resolve({ missing: req.hashes }));
             continue;
           }
-          this.iter = this.source.read(req.hashes)[Symbol.asyncIterator]();
+          this.iter = this.source.read(req.hashes, this.pace)[Symbol.asyncIterator]();
           this.iterId = req.id;
         }
         const id = this.iterId;
@@ -276,6 +290,7 @@ export class BlockChannel {
         const head = this.ahead.shift()!;
         this.wakeProducer?.();
         let part: SourcePart;
+        const asked = performance.now();
         try {
           part = await head.part;
         } catch {
@@ -294,7 +309,15 @@ export class BlockChannel {
             await this.send(2, { id: head.id, hashes: part.missing.slice(i, i + MAX_HASHES_PER_REQUEST) });
           }
         } else {
-          await this.send(1, { id: head.id, ...part.frame });
+          const ready = performance.now();
+          const sent = this.send(1, { id: head.id, ...part.frame });
+          // The message holds its own copy of the data once send() returned.
+          part.release?.();
+          await sent;
+          if (part.level !== undefined) {
+            const raw = part.frame.blocks.reduce((a, b) => a + b.size, 0);
+            this.pace.sent(part.level, raw, ready - asked, performance.now() - ready, part.compressMs);
+          }
         }
       }
     } finally {

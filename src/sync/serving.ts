@@ -7,6 +7,7 @@ import type { Home } from '../store/home.js';
 import type { BlockSource, SourcePart } from './blocks.js';
 import type { Catalog } from './catalog.js';
 import type { CatalogSet } from './catalog-set.js';
+import type { FramePace } from './pace.js';
 import { ShareSource } from './share.js';
 
 export class ServingSource implements BlockSource {
@@ -31,9 +32,9 @@ export class ServingSource implements BlockSource {
     return this.source.blocks;
   }
 
-  read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>> {
+  read(hashes: Buffer[], pace?: FramePace): AsyncIterable<SourcePart | Promise<SourcePart>> {
     this.lastServed = Date.now();
-    const inner = this.source.read(hashes);
+    const inner = this.source.read(hashes, pace);
     const self = this;
     return (async function* () {
       for await (const part of inner) {

@@ -18,6 +18,7 @@ import { CloneboxError } from '../errors.js';
 import { ensureDir, writeJsonAtomic } from '../fsutil.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';
+import { ChainReader } from '../qcow2/chain-reader.js';
 import { contentId, isResolvedLayer } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
@@ -29,6 +30,7 @@ import { type CatalogRecord, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordE
 import { ensureIdentity } from './identity.js';
 import { cachedLayerMap } from './layermap.js';
 import { type BlockFrame, MAX_FRAME_RAW } from './messages.js';
+import type { FramePace } from './pace.js';
 import { loadTeam } from './teams.js';
 
 interface SharesFile {
@@ -158,6 +160,13 @@ function sharedLine(snaps: SnapshotRecord[], upto: string | null): SnapshotRecor
     return good;
   });
 }
+
+/** Largest frame served: FRAME_TARGET, within the wire's limit. */
+const FRAME_LIMIT = Math.min(FRAME_TARGET, MAX_FRAME_RAW);
+/** The level of frames served without a pace (the bundle's default). */
+const DEFAULT_LEVEL = 3;
+/** Frame buffers kept for reuse: the channels' frames under way (SERVE_AHEAD each) and a few more. */
+const POOL_DEPTH = 12;
 
 const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
 
@@ -294,12 +303,17 @@ interface Located {
  * Serves the blocks of this workstation's shared chains: an index SHA-256 -> (local layer, offset)
  * built from our own catalog's maps of the VMs still shared, and of the chains it pulled from
  * teammates (so a teammate can get them while their author is offline), and frames read through the layer's
- * chain, compressed with zstd (level 3; raw when that is not smaller) on the bundle's worker threads
- * (one per core) while the next frames are read, at most FRAME_TARGET raw bytes.
+ * chain straight into reused buffers, compressed with zstd at the level the channel's pace chooses
+ * (pace.ts: raw on a link that outruns the compressor, higher levels on a slow one; raw whenever zstd
+ * does not make a frame smaller) on the bundle's worker threads (one per core) while the next frames
+ * are read, at most FRAME_TARGET raw bytes.
  */
 export class ShareSource implements BlockSource {
   private readonly index = new Map<string, Located>();
-  private readonly chains = new Map<string, Chain>();
+  private readonly chains = new Map<string, Promise<ChainReader>>();
+  /** Frame buffers (input FRAME_TARGET, output its compress bound) given back after their frame was sent. */
+  private readonly inputs: ArrayBuffer[] = [];
+  private readonly outputs: ArrayBuffer[] = [];
   private own = 0;
   private pool: Promise<WorkerPool> | null = null;
   private pulled: { home: Home; team: string; catalogs: () => Catalog[]; onError: (err: Error) => void; done: Promise<void> | null } | null = null;
@@ -404,13 +418,25 @@ export class ShareSource implements BlockSource {
   }
 
   /** `resolved`: a root, whose map may be its base image's data too (the others' are their own). */
-  private async chain(file: string, resolved: boolean): Promise<Chain> {
+  private chain(file: string, resolved: boolean): Promise<ChainReader> {
     let ch = this.chains.get(file);
     if (!ch) {
-      ch = resolved ? await Chain.open(file) : await Chain.openOwn(file);
+      ch = (resolved ? Chain.open(file) : Chain.openOwn(file)).then((c) => new ChainReader(c));
+      ch.catch(() => this.chains.delete(file));
       this.chains.set(file, ch);
     }
     return ch;
+  }
+
+  /** A buffer of at least `n` bytes from `pool` (frames are at most FRAME_TARGET raw), else a new one. */
+  private take(pool: ArrayBuffer[], n: number): ArrayBuffer {
+    const b = pool.pop();
+    // Sized for the largest frame so that any frame can reuse any buffer.
+    return b && b.byteLength >= n ? b : new ArrayBuffer(Math.max(n, pool === this.inputs ? FRAME_LIMIT : compressBound(FRAME_LIMIT)));
+  }
+
+  private give(pool: ArrayBuffer[], b: ArrayBuffer): void {
+    if (pool.length < POOL_DEPTH) pool.push(b);
   }
 
   /** The bundle's worker pool, started on first use: frames are compressed there, off this thread. */
@@ -419,7 +445,8 @@ export class ShareSource implements BlockSource {
     return this.pool;
   }
 
-  async *read(hashes: Buffer[]): AsyncIterable<SourcePart | Promise<SourcePart>> {
+  /** `pace` is required here so that a wrapper cannot drop it (a dropped pace served everything at level 3). */
+  async *read(hashes: Buffer[], pace: FramePace | undefined): AsyncIterable<SourcePart | Promise<SourcePart>> {
     await this.indexPulled();
     const missing: Buffer[] = [];
     const found: { hash: Buffer; at: Located }[] = [];
@@ -434,12 +461,13 @@ export class ShareSource implements BlockSource {
     while (i < found.length) {
       const group: typeof found = [];
       let raw = 0;
-      while (i < found.length && raw + found[i]!.at.length <= Math.min(FRAME_TARGET, MAX_FRAME_RAW)) {
+      while (i < found.length && raw + found[i]!.at.length <= FRAME_LIMIT) {
         group.push(found[i]!);
         raw += found[i]!.at.length;
         i++;
       }
-      let data: Buffer | null = null;
+      // Read straight into the frame's buffer: one pread per piece, no per-read buffer, no copy.
+      const data = Buffer.from(this.take(this.inputs, raw), 0, raw);
       let at = 0;
       let j = 0;
       while (j < group.length) {
@@ -449,41 +477,52 @@ export class ShareSource implements BlockSource {
         const first = group[j]!.at;
         const last = group[k - 1]!.at;
         const len = last.offset + last.length - first.offset;
-        const bytes = await (await this.chain(first.file, first.resolved)).read(first.offset, len);
-        if (len === raw && bytes.byteOffset === 0 && bytes.buffer.byteLength === len)
-          data = bytes; // the whole frame, in memory of its own
-        else {
-          data ??= Buffer.from(new ArrayBuffer(raw));
-          bytes.copy(data, at);
-        }
+        await (await this.chain(first.file, first.resolved)).readInto(first.offset, len, data.subarray(at, at + len));
         at += len;
         j = k;
       }
       this.blocksServed += group.length;
+      const blocks = group.map((g) => ({ hash: g.hash, size: g.at.length }));
+      const level = pace?.level() ?? DEFAULT_LEVEL;
+      if (level === 0) {
+        yield { frame: { codec: 0, blocks, data }, level, release: () => this.give(this.inputs, data.buffer as ArrayBuffer) };
+        continue;
+      }
       // Compressed on a worker while the next frame is read (the channel keeps a few under way).
-      yield this.compress(
-        data!,
-        group.map((g) => ({ hash: g.hash, size: g.at.length })),
-      );
+      yield this.compress(data, blocks, level);
     }
   }
 
-  /** zstd level 3 on a worker thread; raw when that is not smaller. `data` is handed over (transferred). */
-  private async compress(data: Buffer, blocks: BlockFrame['blocks']): Promise<SourcePart> {
+  /** zstd at `level` on a worker thread; raw when that is not smaller. `data`'s memory is handed over (transferred). */
+  private async compress(data: Buffer, blocks: BlockFrame['blocks'], level: number): Promise<SourcePart> {
     const pool = await this.workers();
     const raw = data.length;
-    const output = new ArrayBuffer(compressBound(raw));
-    const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: data.buffer as ArrayBuffer, length: raw, output, level: 3 }, [
-      data.buffer as ArrayBuffer,
-      output,
-    ]);
+    const input = data.buffer as ArrayBuffer;
+    const output = this.take(this.outputs, compressBound(raw));
+    const t0 = performance.now();
+    const rep = await pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input, length: raw, output, level }, [input, output]);
     if (!('storedLength' in rep)) throw new CloneboxError('INTERNAL', 'unexpected reply from a compression worker');
     const zstd = rep.codec === Codec.Zstd;
-    return { frame: { codec: zstd ? 1 : 0, blocks, data: zstd ? Buffer.from(rep.output, 0, rep.storedLength) : Buffer.from(rep.input, 0, raw) } };
+    const release = () => {
+      this.give(this.inputs, rep.input);
+      this.give(this.outputs, rep.output);
+    };
+    return {
+      frame: { codec: zstd ? 1 : 0, blocks, data: zstd ? Buffer.from(rep.output, 0, rep.storedLength) : Buffer.from(rep.input, 0, raw) },
+      level,
+      compressMs: performance.now() - t0,
+      release,
+    };
   }
 
   async close(): Promise<void> {
-    for (const ch of this.chains.values()) await ch.close();
+    for (const p of this.chains.values()) {
+      const r = await p.catch(() => null);
+      if (r) {
+        await r.close();
+        await r.chain.close();
+      }
+    }
     this.chains.clear();
     const pool = this.pool;
     this.pool = null;

@@ -35,7 +35,7 @@ import { Catalog, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
-import type { HostPort } from './hostport.js';
+import { type HostPort, isLoopbackHost } from './hostport.js';
 import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL } from './messages.js';
@@ -294,8 +294,11 @@ class SyncRun {
           for (const c of catalogs.catalogs()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
+          // A teammate on this machine shares our cores: no climbing past zstd 3 (pace.ts).
+          const host = (peer.stream as { rawStream?: { remoteHost?: string | null } | null }).rawStream?.remoteHost;
           this.stateOf(peer).channel = BlockChannel.attach(peer.mux, {
             source: serving,
+            ...(host && isLoopbackHost(host) ? { maxLevel: 3 } : {}),
             onAbuse: (why) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
           });
         },
