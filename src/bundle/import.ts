@@ -32,6 +32,7 @@ import { checkVirtualSize, DEFAULT_MAX_VIRTUAL_SIZE, WriteBudget } from '../qcow
 import { Qcow2Writer } from '../qcow2/writer.js';
 import { ensureContentIds, trustedContentId } from '../snapshots/identity.js';
 import { currentIsClean, type Landing, LayerAssembler, landingTemp, landOverlays, type OverlayPlan, refuseExisting } from '../snapshots/landing.js';
+import { appendEvents } from '../store/events.js';
 import { type Home, vmDir } from '../store/home.js';
 import { type Action, Journal, journalPath, recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
@@ -519,6 +520,12 @@ async function importChains(
       // Past this point the import completes even across a crash (the journal rolls it forward).
       await j.commit(actions);
       committed = true;
+      // Imports register snapshots too: a long-running reader of the home (clonebox serve) tells its
+      // clients, parents first. The log only notifies: a failed append does not fail what committed.
+      await appendEvents(
+        home,
+        [...recordsOf].flatMap(([vm, records]) => records.map((r) => ({ vm, snapshot: r.name, op: 'created' as const }))),
+      );
       const seconds = (Date.now() - t0) / 1000;
       return { members: results.map((r) => ({ ...r, seconds })), t0 };
     } catch (err) {
