@@ -343,7 +343,7 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
  * and the same birth: the
  * creation time with its nanoseconds, the generation number and the block map (ext4's large inodes;
  * without them, or when the map changed too, no rename is claimed and the names are reported as
- * removed and added).
+ * removed and added), and for a non-directory the same size and modification time.
  */
 function sameFile(fs: ExtFs, a: Inode, b: Inode): boolean {
   if (!a.inUse || !b.inUse || (a.mode & S_IFMT) !== (b.mode & S_IFMT)) return false;
@@ -355,7 +355,15 @@ function sameFile(fs: ExtFs, a: Inode, b: Inode): boolean {
   // The same generation, and the same block map root (i_block): libext2fs writes creation times
   // without nanoseconds, so an inode freed and reused within the same second for another file
   // would pass the birth check; it would not also have the same blocks.
-  return a.raw.readUInt32LE(100) === b.raw.readUInt32LE(100) && a.raw.subarray(40, 100).equals(b.raw.subarray(40, 100));
+  if (a.raw.readUInt32LE(100) !== b.raw.readUInt32LE(100) || !a.raw.subarray(40, 100).equals(b.raw.subarray(40, 100))) return false;
+  // A file freed and its inode and blocks reused within that second for a new file passes all of the
+  // above (seen with debugfs: `rm` then `write`). rename(2) keeps the size and the modification time,
+  // so a file whose size (i_size_lo at 4, i_size_high at 108) or mtime (16) changed is not claimed as
+  // renamed. A directory keeps the looser rule: its size and mtime follow its entries.
+  if ((b.mode & S_IFMT) === S_IFDIR) return true;
+  return (
+    a.raw.readUInt32LE(4) === b.raw.readUInt32LE(4) && a.raw.readUInt32LE(108) === b.raw.readUInt32LE(108) && a.raw.readUInt32LE(16) === b.raw.readUInt32LE(16)
+  );
 }
 
 async function sameRawInode(fa: ExtFs, fb: ExtFs, ino: number): Promise<boolean> {
