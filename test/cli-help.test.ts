@@ -66,7 +66,7 @@ describe('help texts', () => {
   it('`clonebox help snapshot export` shows that command, not the snapshot group', async () => {
     const r = await cli('help', 'snapshot', 'export');
     expect(r.code).toBe(0);
-    expect(r.stdout).toMatch(/^Usage: clonebox snapshot export \[options\] <vm>/);
+    expect(r.stdout).toMatch(/^Usage: clonebox snapshot export \[options\] \[vm\]/);
     const withHome = await cli('--home', '/nonexistent', 'help', 'vm', 'create');
     expect(withHome.stdout).toMatch(/^Usage: clonebox vm create /);
   });
