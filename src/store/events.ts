@@ -12,9 +12,9 @@
  * operation that committed is not failed by an append that could not be written.
  */
 import { type FSWatcher, watch } from 'node:fs';
-import { type FileHandle, mkdir, open, rename, stat } from 'node:fs/promises';
+import { type FileHandle, open, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { Home } from './home.js';
+import { ensureHome, type Home } from './home.js';
 
 export interface HomeEvent {
   /** ISO-8601, when the change committed. */
@@ -45,13 +45,13 @@ export async function appendEvents(home: Home, events: Omit<HomeEvent, 'pid' | '
   const time = new Date().toISOString();
   const data = events.map((e) => `${JSON.stringify({ time, vm: e.vm, snapshot: e.snapshot, op: e.op, pid: process.pid })}\n`).join('');
   try {
-    await mkdir(home.root, { recursive: true });
+    await ensureHome(home);
     const size = await stat(file).then(
       (s) => s.size,
       () => 0,
     );
     if (size > ROTATE_BYTES) await rename(file, `${file}.1`).catch(() => undefined);
-    const fh = await open(file, 'a', 0o644);
+    const fh = await open(file, 'a', 0o600);
     try {
       await fh.write(data);
     } finally {
@@ -89,7 +89,7 @@ export class EventTail {
   private constructor(private readonly file: string) {}
 
   static async open(home: Home): Promise<EventTail> {
-    await mkdir(home.root, { recursive: true });
+    await ensureHome(home);
     const t = new EventTail(eventLogPath(home));
     await t.reopen(true);
     return t;

@@ -39,7 +39,9 @@ export function groupDir(home: Home, group: string): string {
 }
 
 /** What clonebox keeps at the top of a home: a directory holding anything else is not only ours. */
-const HOME_ENTRIES = new Set(['vms', 'disks', 'teams', 'identity', 'sync', 'groups']);
+// Everything clonebox itself puts at the top of a home (the event log and its rotated copy, the
+// scheduler's lock, the service's accounts and certificate): a home holding only these is ours to chmod.
+const HOME_ENTRIES = new Set(['vms', 'disks', 'teams', 'identity', 'sync', 'groups', 'events.log', 'events.log.1', 'schedule.lock', 'serve']);
 
 /** Creates the home (0700, with any missing parents) before the first thing is written in it. */
 export async function ensureHome(home: Home): Promise<void> {
