@@ -15,27 +15,11 @@ import type { GroupSnapshotView, SnapshotView } from '../src/index.js';
 import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { libvirtSuite, sh, URI, useTestDaemon } from './helpers/libvirt.js';
 import { makeTempDir } from './helpers/temp.js';
-import { guestImage, removeAllGuests, TestGuest } from './helpers/test-guest.js';
+import { guestImageGate, removeAllGuests, TestGuest } from './helpers/test-guest.js';
 
 const BASE = 'a group of two running libvirt guests (real daemon)';
 const { suite } = await libvirtSuite(BASE);
-const REQUIRED = process.env.CLONEBOX_REQUIRE_LIBVIRT === '1';
-
-const image = suite.skip
-  ? { ok: false, reason: 'no libvirtd' }
-  : await guestImage().then(
-      () => ({ ok: true, reason: '' }),
-      (e: Error) => ({ ok: false, reason: e.message }),
-    );
-if (!suite.skip && !image.ok) {
-  if (REQUIRED) {
-    describe(BASE, () => {
-      it('needs the test guest image (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-        throw new Error(image.reason);
-      });
-    });
-  } else process.stderr.write(`\n*** SKIPPING ${BASE}: ${image.reason}\n\n`);
-}
+const image = await guestImageGate(BASE, suite.skip);
 
 describe.skipIf(suite.skip || !image.ok)(`${suite.title} (group)`, () => {
   const virsh = useTestDaemon();

@@ -22,29 +22,11 @@ import { parseJsonOutput, runCli } from './helpers/cli.js';
 import { libvirtSuite, sh, TestDomain, URI, useTestDaemon } from './helpers/libvirt.js';
 import type { RunResult } from './helpers/process.js';
 import { makeTempDir } from './helpers/temp.js';
-import { COUNTER_LOG, guestImage, parseCounter, removeAllGuests, TestGuest } from './helpers/test-guest.js';
+import { COUNTER_LOG, guestImageGate, parseCounter, removeAllGuests, TestGuest } from './helpers/test-guest.js';
 
 const BASE = 'a real Debian guest under libvirt (real daemon)';
 const { suite } = await libvirtSuite(BASE);
-const REQUIRED = process.env.CLONEBOX_REQUIRE_LIBVIRT === '1';
-
-// The image is built (or found in its cache) before the tests are collected: a machine that cannot build
-// it skips loudly, and CI (CLONEBOX_REQUIRE_LIBVIRT=1) fails with the builder's error instead.
-const image = suite.skip
-  ? { ok: false, reason: 'no libvirtd' }
-  : await guestImage().then(
-      () => ({ ok: true, reason: '' }),
-      (e: Error) => ({ ok: false, reason: e.message }),
-    );
-if (!suite.skip && !image.ok) {
-  if (REQUIRED) {
-    describe(BASE, () => {
-      it('needs the test guest image (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
-        throw new Error(image.reason);
-      });
-    });
-  } else process.stderr.write(`\n*** SKIPPING ${BASE}: ${image.reason}\n\n`);
-}
+const image = await guestImageGate(BASE, suite.skip);
 
 interface SnapJson {
   name: string;

@@ -16,6 +16,7 @@ import { execFile } from 'node:child_process';
 import { copyFile, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { describe, it } from 'vitest';
 import type { Virsh } from '../../src/drivers/libvirt/virsh.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
@@ -34,6 +35,28 @@ export interface GuestImage {
   /** Hostname cbguest-b: a second guest for group tests. */
   imageB: string;
   cmdline: string;
+}
+
+/**
+ * Builds (or finds) the image before a test file's tests are collected, so that a machine that cannot
+ * build it skips loudly, and CI (CLONEBOX_REQUIRE_LIBVIRT=1) fails with the builder's error instead.
+ * `skip`: the libvirt suite already skips (no daemon), so the image is not even tried.
+ */
+export async function guestImageGate(base: string, skip: boolean): Promise<{ ok: boolean; reason: string }> {
+  if (skip) return { ok: false, reason: 'no libvirtd' };
+  const image = await guestImage().then(
+    () => ({ ok: true, reason: '' }),
+    (e: Error) => ({ ok: false, reason: e.message }),
+  );
+  if (image.ok) return image;
+  if (process.env.CLONEBOX_REQUIRE_LIBVIRT === '1') {
+    describe(base, () => {
+      it('needs the test guest image (CLONEBOX_REQUIRE_LIBVIRT=1)', () => {
+        throw new Error(image.reason);
+      });
+    });
+  } else process.stderr.write(`\n*** SKIPPING ${base}: ${image.reason}\n\n`);
+  return image;
 }
 
 let building: Promise<GuestImage> | null = null;
