@@ -264,6 +264,17 @@ describe('before_operations of a group', () => {
     expect((await qemuCompare(s.disks[0]!.path, cur)).code).toBe(0);
     const first = (await t.cb.snapshots.list('web')).find((x) => x.name === r.auto_snapshot)!;
     expect((await qemuCompare(first.disks[0]!.path, before.web)).code).toBe(0);
+
+    // --recursive: the new auto snapshot (in the deleted subtree) is spared and keeps the state.
+    await t.cb.groups.createSnapshot('shop', { name: 'g2' });
+    await qemuIo(t.disk('web'), 'write -P 4 5M 1M');
+    const webNow = await t.ref('web', 'now');
+    const rec = await t.cb.groups.deleteSnapshot('shop', 'g2', { recursive: true });
+    expect(rec.auto_snapshot).toMatch(/^snap-/);
+    expect(rec.members.map((m) => m.deleted)).toEqual([['g2'], ['g2']]);
+    const spared = (await t.cb.snapshots.list('web')).find((x) => x.name === rec.auto_snapshot)!;
+    expect((await qemuCompare(spared.disks[0]!.path, webNow)).code).toBe(0);
+    expect((await qemuCompare(t.disk('web'), webNow)).code).toBe(0);
     expect(await journals(t.home)).toEqual([]);
   }, 60_000);
 });
