@@ -84,6 +84,11 @@ export const ERROR_CODES = {
   },
   GROUP_NOT_FOUND: { exit: 1, meaning: 'no VM group of that name in this home' },
   GROUP_EXISTS: { exit: 1, meaning: '`group create` of a group name this home already has' },
+  VM_IN_GROUP: {
+    exit: 1,
+    meaning:
+      '`vm remove` of a VM that is a member of a group or of its group snapshots; the message names the groups (`group remove` first, or `--leave-groups`)',
+  },
   GROUP_HAS_SNAPSHOTS: { exit: 1, meaning: '`group delete` of a group that still has group snapshots; delete them first (`snapshot delete --group`)' },
   SNAPSHOT_NOT_READY: { exit: 1, meaning: 'export of a snapshot that is not `ready`' },
   NO_SNAPSHOTS: { exit: 1, meaning: 'export of a VM that has no snapshots' },

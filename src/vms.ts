@@ -9,8 +9,11 @@ import { checkName } from './names.js';
 import { type ChainLink, checkedBackingChain } from './qcow2/backing.js';
 import { Qcow2Image } from './qcow2/reader.js';
 import { Qcow2Writer } from './qcow2/writer.js';
+import type { LeftGroup } from './snapshots/groups.js';
+import { lockGroup } from './store/groups.js';
 import type { Home } from './store/home.js';
 import { recover } from './store/journal.js';
+import type { Lock } from './store/lock.js';
 import { checkNotPinned } from './store/pins.js';
 import { diskTarget, findDiskOwner, listVmNames, loadVm, lockVm, removeVmDir, saveVm, type VmRecord, vmExists } from './store/registry.js';
 import { listSnapshotNames, listSnapshotRecords } from './store/snapshots.js';
@@ -211,37 +214,67 @@ export async function showVm(home: Home, name: string): Promise<VmView> {
  * Unregisters a VM. With deleteFiles, its disks and every snapshot layer are deleted too: the record
  * goes first so that a crash mid-way leaves unreferenced files, never a VM pointing at missing ones.
  */
-export async function removeVm(home: Home, name: string, deleteFiles: boolean): Promise<{ name: string; deleted_files: string[] }> {
+/**
+ * Unregisters the VM (and with `deleteFiles` deletes its files). A VM that a group names (as a member
+ * or in a group snapshot) is refused with VM_IN_GROUP unless `leaveGroups`: then it is taken out of
+ * those groups and their group snapshots in the same journaled operation (GroupManager), so no group
+ * record is left naming a VM or a snapshot that no longer exists. Lock order: the groups' locks
+ * (sorted), then the VM's.
+ */
+export async function removeVm(
+  home: Home,
+  name: string,
+  deleteFiles: boolean,
+  leaveGroups = false,
+): Promise<{ name: string; deleted_files: string[]; left_groups: LeftGroup[] }> {
   checkName('VM', name);
   await loadVm(home, name); // a clear VM_NOT_FOUND before any lock file is made
-  const lock = await lockVm(home, name, 'vm remove');
+  const { GroupManager, inGroupError } = await import('./snapshots/groups.js');
+  const { SnapshotManager } = await import('./snapshots/manager.js');
+  const groups = new GroupManager(home, new SnapshotManager(home));
+  const ties = await groups.tiesOf(name);
+  if (ties.length > 0 && !leaveGroups) throw inGroupError(name, ties);
+  const glocks: Lock[] = [];
   const deleted: string[] = [];
   try {
-    // Finish or undo an interrupted operation first, so the files listed below are the real ones.
-    await recover(home, name, driverStepHandlers);
-    const rec = await loadVm(home, name);
-    const snaps = await listSnapshotRecords(home, name);
-    await checkNotPinned(home, name, null, 'removing the VM');
-    if (deleteFiles && rec.driver === 'libvirt' && rec.libvirt) {
-      const { checkDomainStopped } = await import('./drivers/libvirt/driver.js');
-      await checkDomainStopped(rec.libvirt.domain, rec.libvirt.uri, `cannot delete the files of VM ${name}`);
-    }
-    await removeVmDir(home, name);
-    if (deleteFiles) {
-      // Disks, layers, and the memory state of full snapshots (`<disk>@<snapshot>.mem`).
-      const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => [...s.disks.map((d) => d.path), ...(s.memory_path ? [s.memory_path] : [])])];
-      for (const f of files) {
-        try {
-          await unlink(f);
-          deleted.push(f);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, 'cannot delete', f);
+    for (const t of ties) glocks.push(await lockGroup(home, t.group, 'vm remove'));
+    const lock = await lockVm(home, name, 'vm remove');
+    try {
+      // Finish or undo an interrupted operation first, so the files listed below are the real ones.
+      await recover(home, name, driverStepHandlers);
+      const rec = await loadVm(home, name);
+      const now = await groups.tiesOf(name, true);
+      const unlocked = now.find((t) => !ties.some((x) => x.group === t.group));
+      if (unlocked) {
+        throw CloneboxError.VM_BUSY(`group ${unlocked.group} took VM ${name} in while it was being removed`, { hint: 'run the command again' });
+      }
+      if (now.length > 0 && !leaveGroups) throw inGroupError(name, now);
+      const snaps = await listSnapshotRecords(home, name);
+      await checkNotPinned(home, name, null, 'removing the VM');
+      if (deleteFiles && rec.driver === 'libvirt' && rec.libvirt) {
+        const { checkDomainStopped } = await import('./drivers/libvirt/driver.js');
+        await checkDomainStopped(rec.libvirt.domain, rec.libvirt.uri, `cannot delete the files of VM ${name}`);
+      }
+      const left = now.length > 0 ? await groups.leaveAndUnregister(name, now) : [];
+      await removeVmDir(home, name);
+      if (deleteFiles) {
+        // Disks, layers, and the memory state of full snapshots (`<disk>@<snapshot>.mem`).
+        const files = [...rec.disks.map((d) => d.path), ...snaps.flatMap((s) => [...s.disks.map((d) => d.path), ...(s.memory_path ? [s.memory_path] : [])])];
+        for (const f of files) {
+          try {
+            await unlink(f);
+            deleted.push(f);
+          } catch (err) {
+            if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(err, 'cannot delete', f);
+          }
         }
       }
+      return { name, deleted_files: deleted, left_groups: left };
+    } finally {
+      await lock.release();
     }
-    return { name, deleted_files: deleted };
   } finally {
-    await lock.release();
+    for (const l of glocks.reverse()) await l.release();
   }
 }
 

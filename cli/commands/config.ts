@@ -24,6 +24,7 @@ export function registerConfig(program: Command): void {
         if (ctx.json) return printJson(r);
         const what = r.registered ? `registered ${r.vm} and applied` : r.changed ? `applied` : 'unchanged:';
         printLine(`${what} ${r.file}${r.registered || r.changed ? ` to ${r.vm}` : ` (${r.vm} already matches it)`}`);
+        for (const g of r.groups) printLine(`  group ${g.name}: ${g.created ? 'created' : g.changed ? 'changed' : 'unchanged'}`);
       }),
     );
 
@@ -49,7 +50,9 @@ export function registerConfig(program: Command): void {
       action(async (ctx, file: string) => {
         const r = await ctx.cb.config.check(file);
         if (ctx.json) return printJson(r);
-        printLine(`${r.file}: valid (VM ${r.vm}${r.policies.length ? `, policies ${r.policies.join(', ')}` : ''})`);
+        printLine(
+          `${r.file}: valid (VM ${r.vm}${r.policies.length ? `, policies ${r.policies.join(', ')}` : ''}${r.groups.length ? `, groups ${r.groups.join(', ')}` : ''})`,
+        );
       }),
     );
 }

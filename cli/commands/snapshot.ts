@@ -119,7 +119,7 @@ async function restoreGroupCommand(ctx: Ctx, group: string, o: RestoreFlags): Pr
     `Restore ${g.members.map((m) => m.vm).join(', ')} to group snapshot ${g.name} of ${group}? Changes made since (not snapshotted) will be discarded; running libvirt members are powered off first`,
     Boolean(o.yes),
   );
-  const r = await ctx.cb.groups.restore(group, { name: o.name, start: Boolean(o.start) });
+  const r = await ctx.cb.groups.restore(group, { name: o.name, start: Boolean(o.start), noAutoSnapshot: !o.autoSnapshot });
   if (ctx.json) return printJson(r);
   printLine(`restored ${r.members.map((m) => m.vm).join(', ')} to group snapshot ${r.restored} of ${group}`);
 }
@@ -380,7 +380,11 @@ export function registerSnapshot(program: Command): Command {
           if (vm === null) {
             if (o.recursive) await confirm(`Delete group snapshot ${o.name} of ${o.group} and all snapshots below its members?`, Boolean(o.yes));
             const r = await withStatus(`deleting group snapshot ${o.name} of ${o.group}`, ctx.json, () =>
-              ctx.cb.groups.deleteSnapshot(o.group!, o.name, { recursive: Boolean(o.recursive), keepChildren: Boolean(o.keepChildren) }),
+              ctx.cb.groups.deleteSnapshot(o.group!, o.name, {
+                recursive: Boolean(o.recursive),
+                keepChildren: Boolean(o.keepChildren),
+                noAutoSnapshot: !o.autoSnapshot,
+              }),
             );
             if (ctx.json) return printJson(r);
             return printLine(`deleted group snapshot ${r.deleted} of ${r.group} (${r.members.map((m) => `${m.vm}: ${m.deleted.join(', ')}`).join('; ')})`);

@@ -115,14 +115,23 @@ export function registerVm(program: Command): void {
     .argument('<vm>', 'the VM (see `clonebox vm list`)')
     .description('unregister a VM (and with --delete-files, delete its disks and layers)')
     .option('--delete-files', 'also delete the disk images and snapshot layers')
+    .option('--leave-groups', 'also take it out of the groups that name it and of their group snapshots')
     .option('--yes', 'do not ask for confirmation')
     .addOption(new Option('--json', 'print JSON'))
     .action(
-      action(async (ctx, name: string, o: { deleteFiles?: boolean; yes?: boolean }) => {
+      action(async (ctx, name: string, o: { deleteFiles?: boolean; leaveGroups?: boolean; yes?: boolean }) => {
         if (o.deleteFiles) await confirm(`Delete VM ${name} with all its disk images and snapshot layers?`, Boolean(o.yes));
-        const r = await ctx.cb.vms.remove(name, { deleteFiles: Boolean(o.deleteFiles) });
+        const r = await ctx.cb.vms.remove(name, { deleteFiles: Boolean(o.deleteFiles), leaveGroups: Boolean(o.leaveGroups) });
         if (ctx.json) return printJson(r);
         printLine(`removed VM ${name}${o.deleteFiles ? ` and ${r.deleted_files.length} file(s)` : ' (files kept)'}`);
+        for (const g of r.left_groups) {
+          const parts = [
+            g.snapshots_changed.length ? `group snapshots ${g.snapshots_changed.join(', ')} keep the other members` : '',
+            g.snapshots_deleted.length ? `group snapshots ${g.snapshots_deleted.join(', ')} deleted (${name} was their only member)` : '',
+            g.group_deleted ? 'the group had no member left and was deleted' : '',
+          ].filter(Boolean);
+          printLine(`  left group ${g.group}${parts.length ? `: ${parts.join('; ')}` : ''}`);
+        }
       }),
     );
 }

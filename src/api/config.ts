@@ -50,7 +50,7 @@ export class Config {
   check(file: string): Promise<ConfigCheckResult> {
     return this.s.run(async () => {
       const spec = await (await import('../snapshots/config-file.js')).loadConfig(file);
-      return { file: spec.file, vm: spec.vm.name, policies: Object.keys(spec.policies) };
+      return { file: spec.file, vm: spec.vm.name, policies: Object.keys(spec.policies), groups: spec.groups.map((g) => g.name) };
     });
   }
 
@@ -86,9 +86,33 @@ export class Config {
         }
       }
       const { applySpec } = await import('../snapshots/auto-config.js');
-      const r = await applySpec(await this.manager(), spec);
+      const mgr = await this.manager();
+      const r = await applySpec(mgr, spec);
       const vm = await loadVm(this.s.home, spec.vm.name);
-      return { file: spec.file, vm: vm.name, registered, changed: r.changed || registered, config: effective(vm, r.settings) };
+      // Every group's members are checked before any group is written: a file applies its groups whole.
+      const missing: string[] = [];
+      for (const g of spec.groups) {
+        for (const m of g.members) if (!(await vmExists(this.s.home, m))) missing.push(`${g.membersAt}: VM ${m} of group ${g.name} is not registered`);
+      }
+      if (missing.length > 0) {
+        throw CloneboxError.CONFIG_INVALID(`${spec.file}: ${missing.length === 1 ? 'a problem' : `${missing.length} problems`}\n${missing.join('\n')}`, {
+          hint: 'register the VMs first (`clonebox vm add`, or apply their own .clonebox.yaml), or leave them out of the group',
+        });
+      }
+      const groups = [];
+      if (spec.groups.length > 0) {
+        const { GroupManager } = await import('../snapshots/groups.js');
+        const gm = new GroupManager(this.s.home, mgr);
+        for (const g of spec.groups) groups.push(await gm.applyConfig(g, spec.file));
+      }
+      return {
+        file: spec.file,
+        vm: vm.name,
+        registered,
+        changed: r.changed || registered || groups.some((g) => g.changed),
+        config: effective(vm, r.settings),
+        groups,
+      };
     });
   }
 

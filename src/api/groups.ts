@@ -125,9 +125,12 @@ export class Groups {
   restore(name: string, opts: GroupRestoreOptions): Promise<GroupRestoreResult> {
     return this.s.run(async () => {
       const m = await this.manager();
-      const r = await step('restore', opts, this.s.signal(opts.signal), () => m.restore(name, opts.name, { start: Boolean(opts.start) }));
+      const r = await step('restore', opts, this.s.signal(opts.signal), () =>
+        m.restore(name, opts.name, { start: Boolean(opts.start), noAutoSnapshot: Boolean(opts.noAutoSnapshot) }),
+      );
       r.warnings.forEach(this.s.warner(opts.onWarning));
-      return { group: name, restored: r.value.restored, members: r.value.members };
+      r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));
+      return { group: name, restored: r.value.restored, members: r.value.members, auto_snapshot: r.value.auto_snapshot };
     });
   }
 
@@ -136,10 +139,15 @@ export class Groups {
     return this.s.run(async () => {
       const m = await this.manager();
       const r = await step('delete', opts, this.s.signal(opts.signal), () =>
-        m.deleteSnapshot(name, snapshot, { recursive: Boolean(opts.recursive), keepChildren: Boolean(opts.keepChildren) }),
+        m.deleteSnapshot(name, snapshot, {
+          recursive: Boolean(opts.recursive),
+          keepChildren: Boolean(opts.keepChildren),
+          noAutoSnapshot: Boolean(opts.noAutoSnapshot),
+        }),
       );
       r.warnings.forEach(this.s.warner(opts.onWarning));
-      return { group: name, deleted: r.value.deleted, members: r.value.members };
+      r.notices?.forEach(this.s.warner(opts.onWarning, 'NOTICE'));
+      return { group: name, deleted: r.value.deleted, members: r.value.members, auto_snapshot: r.value.auto_snapshot };
     });
   }
 }

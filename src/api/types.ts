@@ -106,6 +106,8 @@ export interface VmCreateOptions {
 export interface VmRemoveResult {
   name: string;
   deleted_files: string[];
+  /** With `leaveGroups`: what changed in each group that named the VM (empty when none did). */
+  left_groups: { group: string; group_deleted: boolean; snapshots_changed: string[]; snapshots_deleted: string[] }[];
 }
 
 // ---- snapshots ----
@@ -474,6 +476,8 @@ export interface GroupRestoreOptions extends LongOptions {
   name: string;
   /** Start the libvirt members afterwards. */
   start?: boolean;
+  /** Skip the group auto snapshot `before_operations: [restore]` (of the group or a member) asks for. */
+  noAutoSnapshot?: boolean;
 }
 
 /** `snapshot restore --group --json`. */
@@ -481,6 +485,8 @@ export interface GroupRestoreResult {
   group: string;
   restored: string;
   members: GroupSnapshotMember[];
+  /** The group auto snapshot taken first (`before_operations: [restore]`), or null. */
+  auto_snapshot: string | null;
 }
 
 export interface GroupDeleteOptions extends LongOptions {
@@ -488,6 +494,8 @@ export interface GroupDeleteOptions extends LongOptions {
   recursive?: boolean;
   /** Merge each member snapshot's data into its children. */
   keepChildren?: boolean;
+  /** Skip the group auto snapshot `before_operations: [delete]` (of the group or a member) asks for. */
+  noAutoSnapshot?: boolean;
 }
 
 /** `snapshot delete --group --json`. */
@@ -495,6 +503,8 @@ export interface GroupDeleteResult {
   group: string;
   deleted: string;
   members: { vm: string; deleted: string[]; merged_into: string[] }[];
+  /** The group auto snapshot taken first (`before_operations: [delete]`), or null. */
+  auto_snapshot: string | null;
 }
 
 // ---- bundles ----
@@ -899,6 +909,8 @@ export interface ConfigCheckResult {
   file: string;
   vm: string;
   policies: string[];
+  /** The groups the file names (`groups:`). */
+  groups: string[];
 }
 
 /** `apply --json`. */
@@ -907,9 +919,11 @@ export interface ConfigApplyResult {
   vm: string;
   /** True when apply registered the VM (the file names its disks or libvirt domain). */
   registered: boolean;
-  /** False when the VM already had exactly this configuration (nothing was written). */
+  /** False when the VM and every group of the file already had exactly this configuration (nothing was written). */
   changed: boolean;
   config: EffectiveConfig;
+  /** Each group of the file's `groups:`: created, changed, or already matching. */
+  groups: { name: string; created: boolean; changed: boolean }[];
 }
 
 /** One policy in `schedule list --json`. */

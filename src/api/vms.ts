@@ -59,8 +59,12 @@ export class Vms {
     return this.s.run(async () => (await import('../vms.js')).showVm(this.s.home, name), true);
   }
 
-  /** Unregisters the VM; with deleteFiles also deletes its disks and layers. */
-  remove(name: string, opts: { deleteFiles?: boolean } = {}): Promise<VmRemoveResult> {
-    return this.s.run(async () => (await import('../vms.js')).removeVm(this.s.home, name, Boolean(opts.deleteFiles)));
+  /**
+   * Unregisters the VM; with deleteFiles also deletes its disks and layers. A VM that a group names
+   * (member, or in a group snapshot) is refused (VM_IN_GROUP) unless leaveGroups: then it is also
+   * taken out of those groups and their group snapshots.
+   */
+  remove(name: string, opts: { deleteFiles?: boolean; leaveGroups?: boolean } = {}): Promise<VmRemoveResult> {
+    return this.s.run(async () => (await import('../vms.js')).removeVm(this.s.home, name, Boolean(opts.deleteFiles), Boolean(opts.leaveGroups)));
   }
 }

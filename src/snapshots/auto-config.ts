@@ -12,24 +12,32 @@ import type { SnapshotManager } from './manager.js';
 import { canonicalPolicy } from './policy.js';
 import { type AutoSettings, autoSettingsOf, type NamedPolicy, withAutoSettings } from './settings.js';
 
-/** The settings a file gives, keeping `since` of policies whose schedule did not change. */
-function settingsFromSpec(spec: ConfigSpec, old: AutoSettings): AutoSettings {
+/**
+ * The settings a file gives a VM (or a group: `src` is then one of its `groups:`), keeping `since` of
+ * policies whose schedule did not change.
+ */
+export function settingsFromSpec(src: Pick<ConfigSpec, 'auto' | 'policies'>, file: string, old: AutoSettings): AutoSettings {
   const policies: Record<string, NamedPolicy> = {};
-  for (const [name, p] of Object.entries(spec.policies)) {
+  for (const [name, p] of Object.entries(src.policies)) {
     const prev = old.policies[name];
     const same = prev && JSON.stringify(prev.when) === JSON.stringify(p.when) && prev.timezone === p.timezone;
     policies[name] = { policy: canonicalPolicy(p.policy), when: p.when, timezone: p.timezone, since: same ? prev.since : nowIso() };
   }
-  return { enabled: spec.auto.enabled, policy: canonicalPolicy(spec.auto.policy), policies, before_operations: spec.auto.before_operations, source: spec.file };
+  return { enabled: src.auto.enabled, policy: canonicalPolicy(src.auto.policy), policies, before_operations: src.auto.before_operations, source: file };
+}
+
+/** Whether two settings say the same (which file said it is not a setting). */
+export function sameSettings(a: AutoSettings, b: AutoSettings): boolean {
+  return JSON.stringify({ ...a, source: null }) === JSON.stringify({ ...b, source: null });
 }
 
 /** Writes the file's settings into the VM's record; returns them and whether anything changed (`source` names the file that last changed them). */
 export async function applySpec(mgr: SnapshotManager, spec: ConfigSpec): Promise<{ settings: AutoSettings; changed: boolean }> {
   return mgr.withVm(spec.vm.name, 'config apply', async (vm) => {
     const old = autoSettingsOf(vm);
-    const settings = settingsFromSpec(spec, old);
+    const settings = settingsFromSpec(spec, spec.file, old);
     // Which file said it is not a setting: the same settings from another file change nothing.
-    if (JSON.stringify({ ...settings, source: null }) === JSON.stringify({ ...old, source: null })) return { settings: old, changed: false };
+    if (sameSettings(settings, old)) return { settings: old, changed: false };
     await writeJsonAtomic(vmFile(mgr.home, vm.name), withAutoSettings(vm, settings));
     return { settings, changed: true };
   });

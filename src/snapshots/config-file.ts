@@ -38,6 +38,25 @@ export interface ConfigSpec {
   };
   auto: { enabled: boolean; before_operations: string[]; policy: Policy };
   policies: Record<string, ConfigPolicy>;
+  /** The groups the file names (`groups:`), in file order. */
+  groups: ConfigGroup[];
+}
+
+/** The operations a group's `before_operations` may name: the group operations that change members. */
+export const GROUP_OPERATIONS = ['restore', 'delete'] as const;
+
+/** One entry of `groups:`: a group, its members and its automatic-snapshot settings (as `group policy` sets them). */
+export interface ConfigGroup {
+  name: string;
+  /** Sorted, distinct VM names; at least one. */
+  members: string[];
+  /** Absent: left as the group has it (none for a new group). */
+  description?: string | null;
+  auto: { enabled: boolean; before_operations: string[]; policy: Policy };
+  policies: Record<string, ConfigPolicy>;
+  /** FILE:LINE:COLUMN of the group's `name` and of its `members`, for errors found when applying. */
+  at: string;
+  membersAt: string;
 }
 
 /** A path given for a configuration: the file itself, or a directory that holds `.clonebox.yaml`. */
@@ -198,7 +217,7 @@ export function parseConfig(file: string, text: string): ConfigSpec {
     throw invalid(p);
   }
   const root = doc.contents as Value;
-  const top = entries(p, root, 'the file', ['vm', 'policies']);
+  const top = entries(p, root, 'the file', ['vm', 'policies', 'groups']);
   const vmPair = top.get('vm');
   if (!vmPair) p.add(root, 'the file needs a `vm:` mapping with at least `name:`');
   const vm = vmPair ? entries(p, vmPair.value, 'vm', ['name', 'disks', 'libvirt', 'snapshots']) : new Map<string, Pair<Node, Node | null>>();
@@ -234,29 +253,48 @@ export function parseConfig(file: string, text: string): ConfigSpec {
   const auto: ConfigSpec['auto'] = { enabled: true, before_operations: [], policy: {} };
   const policies: Record<string, ConfigPolicy> = {};
   const snaps = vm.get('snapshots') ? entries(p, vm.get('snapshots')!.value, 'vm.snapshots', ['auto_snapshot', 'policies']) : new Map();
-  const autoPair = snaps.get('auto_snapshot');
-  if (autoPair) {
-    const a = entries(p, autoPair.value, 'vm.snapshots.auto_snapshot', ['enabled', 'before_operations', 'policy']);
-    const en = a.get('enabled');
-    if (en) {
-      if (isScalar(en.value) && typeof en.value.value === 'boolean') auto.enabled = en.value.value;
-      else p.add(en.value, 'vm.snapshots.auto_snapshot.enabled must be true or false');
-    }
-    const ops = a.get('before_operations');
-    if (ops) {
-      for (const op of strList(p, ops.value, 'vm.snapshots.auto_snapshot.before_operations') ?? []) {
-        if (!NAME_RE.test(op))
-          p.add(ops.value, `operation ${JSON.stringify(op)} is not a name (known: ${KNOWN_OPERATIONS.join(', ')}, or any \`snapshot run --op NAME\`)`);
-        else if (!auto.before_operations.includes(op)) auto.before_operations.push(op);
-      }
-    }
-    const pol = a.get('policy');
-    if (pol) auto.policy = retention(p, entries(p, pol.value, 'vm.snapshots.auto_snapshot.policy', RETENTION_KEYS), 'vm.snapshots.auto_snapshot.policy');
-  }
-  for (const [where, pair] of [
+  autoSnapshot(p, snaps.get('auto_snapshot'), 'vm.snapshots.auto_snapshot', auto, null);
+  namedPolicies(p, policies, [
     ['policies', top.get('policies')],
     ['vm.snapshots.policies', snaps.get('policies')],
-  ] as const) {
+  ]);
+  const groups = top.get('groups') ? parseGroups(p, top.get('groups')!.value) : [];
+  if (p.list.length > 0) throw invalid(p);
+  return { file, vm: { name, disks, libvirt, at: p.at(namePair?.value) }, auto, policies, groups };
+}
+
+/** `auto_snapshot:` of a VM (`allowedOps` null: any operation name) or of a group (only GROUP_OPERATIONS). */
+function autoSnapshot(
+  p: Problems,
+  pair: Pair<Node, Node | null> | undefined,
+  where: string,
+  auto: ConfigSpec['auto'],
+  allowedOps: readonly string[] | null,
+): void {
+  if (!pair) return;
+  const a = entries(p, pair.value, where, ['enabled', 'before_operations', 'policy']);
+  const en = a.get('enabled');
+  if (en) {
+    if (isScalar(en.value) && typeof en.value.value === 'boolean') auto.enabled = en.value.value;
+    else p.add(en.value, `${where}.enabled must be true or false`);
+  }
+  const ops = a.get('before_operations');
+  if (ops) {
+    for (const op of strList(p, ops.value, `${where}.before_operations`) ?? []) {
+      if (allowedOps !== null && !allowedOps.includes(op))
+        p.add(ops.value, `operation ${JSON.stringify(op)} is not a group operation (a group takes its snapshot before: ${allowedOps.join(', ')})`);
+      else if (!NAME_RE.test(op))
+        p.add(ops.value, `operation ${JSON.stringify(op)} is not a name (known: ${KNOWN_OPERATIONS.join(', ')}, or any \`snapshot run --op NAME\`)`);
+      else if (!auto.before_operations.includes(op)) auto.before_operations.push(op);
+    }
+  }
+  const pol = a.get('policy');
+  if (pol) auto.policy = retention(p, entries(p, pol.value, `${where}.policy`, RETENTION_KEYS), `${where}.policy`);
+}
+
+/** Named policies from one or more `policies:` mappings into `policies` (a name may appear once). */
+function namedPolicies(p: Problems, policies: Record<string, ConfigPolicy>, places: readonly (readonly [string, Pair<Node, Node | null> | undefined])[]): void {
+  for (const [where, pair] of places) {
     if (!pair) continue;
     if (!isMap(pair.value)) {
       p.add(pair.value, `${where} must be a mapping of policy names to policies`);
@@ -278,8 +316,56 @@ export function parseConfig(file: string, text: string): ConfigSpec {
       policies[pname] = namedPolicy(p, item.value, `${where}.${pname}`);
     }
   }
-  if (p.list.length > 0) throw invalid(p);
-  return { file, vm: { name, disks, libvirt, at: p.at(namePair?.value) }, auto, policies };
+}
+
+/** `groups:`: a list of `{name, members, description?, auto_snapshot?, policies?}`. */
+function parseGroups(p: Problems, node: Value): ConfigGroup[] {
+  if (!isSeq(node)) {
+    p.add(node, 'groups must be a list of groups (each with name and members)');
+    return [];
+  }
+  const out: ConfigGroup[] = [];
+  for (const [i, item] of (node.items as Value[]).entries()) {
+    const g = entries(p, item, `groups[${i}]`, ['name', 'members', 'description', 'auto_snapshot', 'policies']);
+    if (!isMap(item)) continue;
+    const namePair = g.get('name');
+    const name = namePair ? str(p, namePair.value, `groups[${i}].name`) : null;
+    if (!namePair) p.add(item, `groups[${i}] needs a \`name:\``);
+    else if (name !== null && (!NAME_RE.test(name) || name === '.' || name === '..')) {
+      p.add(namePair.value, `groups[${i}].name ${JSON.stringify(name)} is not a group name (letters, digits, ".", "_", "-"; at most 128)`);
+    } else if (name !== null && out.some((o) => o.name === name)) p.add(namePair.value, `group ${name} is named twice`);
+    const where = name ? `groups.${name}` : `groups[${i}]`;
+    const membersPair = g.get('members');
+    const members: string[] = [];
+    if (!membersPair) p.add(item, `${where} needs \`members:\` (a list of VM names)`);
+    else {
+      for (const m of strList(p, membersPair.value, `${where}.members`) ?? []) {
+        if (!NAME_RE.test(m) || m === '.' || m === '..') p.add(membersPair.value, `${where}.members: ${JSON.stringify(m)} is not a VM name`);
+        else if (members.includes(m)) p.add(membersPair.value, `${where}.members names ${m} twice`);
+        else members.push(m);
+      }
+      if (members.length === 0 && isSeq(membersPair.value) && membersPair.value.items.length === 0)
+        p.add(membersPair.value, `${where}.members needs at least one VM`);
+    }
+    let description: string | null | undefined;
+    const d = g.get('description');
+    if (d) description = isScalar(d.value) && d.value.value === null ? null : str(p, d.value, `${where}.description`);
+    const auto: ConfigGroup['auto'] = { enabled: true, before_operations: [], policy: {} };
+    autoSnapshot(p, g.get('auto_snapshot'), `${where}.auto_snapshot`, auto, GROUP_OPERATIONS);
+    const policies: Record<string, ConfigPolicy> = {};
+    namedPolicies(p, policies, [[`${where}.policies`, g.get('policies')]]);
+    if (name === null || members.length === 0) continue;
+    out.push({
+      name,
+      members: members.sort(),
+      ...(description !== undefined ? { description } : {}),
+      auto,
+      policies,
+      at: p.at(namePair?.value),
+      membersAt: p.at(membersPair?.value),
+    });
+  }
+  return out;
 }
 
 function namedPolicy(p: Problems, node: Value, where: string): ConfigPolicy {

@@ -32,12 +32,13 @@ import {
 import type { Home } from '../store/home.js';
 import { type Action, Journal, recover, recoverGroup } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
-import { listVmNames, loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord } from '../store/snapshots.js';
-import type { CreateOptions, OpResult, SnapshotManager } from './manager.js';
+import { listVmNames, loadVm, lockVm, type VmRecord, vmExists, vmFile } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotsDir } from '../store/snapshots.js';
+import type { ConfigGroup } from './config-file.js';
+import type { BeforeOpOptions, CreateOptions, OpResult, SnapshotManager } from './manager.js';
 import { autoSnapshotName, newestFirst } from './model.js';
 import { canonicalPolicy, type Policy, planPrune, validatePolicy } from './policy.js';
-import { type NamedPolicy, namedPoliciesOf, policyOf, retentionKey, withAutoSettings } from './settings.js';
+import { autoSettingsOf, beforePolicy, type NamedPolicy, namedPoliciesOf, policyOf, retentionKey, snapshotsBefore, withAutoSettings } from './settings.js';
 
 export interface GroupView {
   name: string;
@@ -71,6 +72,37 @@ interface Locked {
   vms: Map<string, VmRecord>;
   snaps: Map<string, SnapshotRecord[]>;
   groupSnaps: GroupSnapshotRecord[];
+}
+
+/** What ties a VM to a group: membership of the group record, and the group snapshots that name it. */
+export interface GroupTie {
+  group: string;
+  member: boolean;
+  snapshots: string[];
+}
+
+/** What `vm remove --leave-groups` changed in one group. */
+export interface LeftGroup {
+  group: string;
+  /** The group had no other member and no group snapshot left: it was deleted. */
+  group_deleted: boolean;
+  /** Group snapshots that named the VM and keep their other members. */
+  snapshots_changed: string[];
+  /** Group snapshots that named the VM alone: deleted. */
+  snapshots_deleted: string[];
+}
+
+/** VM_IN_GROUP for `vm remove` of a VM with ties: names each group and what to do. */
+export function inGroupError(vm: string, ties: GroupTie[]): CloneboxError {
+  const what = ties.map(
+    (t) => `${t.group} (${[t.member ? 'member' : null, t.snapshots.length ? `group snapshots ${t.snapshots.join(', ')}` : null].filter(Boolean).join('; ')})`,
+  );
+  const member = ties.find((t) => t.member);
+  return CloneboxError.VM_IN_GROUP(`VM ${vm} belongs to group${ties.length === 1 ? '' : 's'} ${what.join(', ')}`, {
+    hint: member
+      ? `remove it from the group first (\`clonebox group remove ${member.group} --vm ${vm}\`), or pass --leave-groups to take it out of its groups and their group snapshots`
+      : `its group snapshots name it: pass --leave-groups to take it out of them, or delete them first (\`clonebox snapshot delete --group ${ties[0]!.group} --name ${ties[0]!.snapshots[0]}\`)`,
+  });
 }
 
 export class GroupManager {
@@ -141,14 +173,22 @@ export class GroupManager {
 
   async list(): Promise<GroupView[]> {
     const out: GroupView[] = [];
-    for (const n of await listGroupNames(this.home)) out.push(await this.show(n));
+    for (const n of await listGroupNames(this.home)) {
+      try {
+        out.push(await this.show(n));
+      } catch (err) {
+        // Its interrupted operation, finished just now, deleted it (`vm remove --leave-groups` of its last member).
+        if (!(err instanceof CloneboxError && err.code === 'GROUP_NOT_FOUND')) throw err;
+      }
+    }
     return out;
   }
 
   async show(name: string): Promise<GroupView> {
-    const g = await loadGroup(this.home, name);
+    await loadGroup(this.home, name); // GROUP_NOT_FOUND before any recovery
     const snaps = await this.readGroupSnapshots(name);
-    return this.view(g, snaps);
+    // Read after the recovery: an interrupted operation may have changed the record.
+    return this.view(await loadGroup(this.home, name), snaps);
   }
 
   private async view(g: GroupRecord, snaps: GroupSnapshotRecord[]): Promise<GroupView> {
@@ -182,11 +222,142 @@ export class GroupManager {
 
   private async change(name: string, command: string, fn: (g: GroupRecord) => GroupRecord): Promise<GroupView> {
     await loadGroup(this.home, name);
+    // An interrupted group operation may still write the group record (`vm remove --leave-groups`):
+    // finished first, so this change is not overwritten by its roll-forward.
+    await this.readGroupSnapshots(name);
     const lock = await lockGroup(this.home, name, command);
     try {
+      await this.recoverGroupLocked(name);
       const next = fn(await loadGroup(this.home, name));
       await saveGroup(this.home, next);
       return this.view(next, await listGroupSnapshotRecords(this.home, name));
+    } finally {
+      await lock.release();
+    }
+  }
+
+  // ---------------------------------------------------------------- a VM leaving its groups (vm remove)
+
+  /**
+   * The groups that name `vm` (as a member, or in a group snapshot), sorted. Unless `locked`, an
+   * interrupted group operation is finished first (under its own locks); with `locked` (the caller
+   * holds the group locks) one still there is VM_BUSY.
+   */
+  async tiesOf(vm: string, locked = false): Promise<GroupTie[]> {
+    const out: GroupTie[] = [];
+    for (const g of await listGroupNames(this.home)) {
+      if (locked) await this.recoverGroupLocked(g);
+      let snaps: GroupSnapshotRecord[];
+      let rec: GroupRecord;
+      try {
+        snaps = locked ? await listGroupSnapshotRecords(this.home, g) : await this.readGroupSnapshots(g);
+        rec = await loadGroup(this.home, g);
+      } catch (err) {
+        // Its interrupted operation, finished just now, deleted it.
+        if (err instanceof CloneboxError && err.code === 'GROUP_NOT_FOUND') continue;
+        throw err;
+      }
+      const named = snaps.filter((s) => s.members.some((mb) => mb.vm === vm)).map((s) => s.name);
+      if (rec.members.includes(vm) || named.length > 0) out.push({ group: g, member: rec.members.includes(vm), snapshots: named });
+    }
+    return out;
+  }
+
+  /**
+   * Takes `vm` out of every group of `ties` and unregisters it: the caller holds those groups' locks
+   * (sorted) and the VM's lock, and has checked everything else. One group journal per group (its
+   * member: `vm`), so the group's own recovery and the VM's (through its redirect) finish it; the last
+   * one also removes the VM's record (first) and snapshot records (last). A crash between two groups leaves the VM
+   * registered and out of the first groups only: every state on the way is a valid one, and running
+   * `vm remove --leave-groups` again finishes. Each group snapshot that named the VM keeps its other
+   * members (one with no member left is deleted); a group with no member and no group snapshot left
+   * is deleted. Returns what changed per group.
+   */
+  async leaveAndUnregister(vm: string, ties: GroupTie[]): Promise<LeftGroup[]> {
+    const plans: { group: string; actions: Action[]; deleted: boolean; changed: string[]; gone: string[] }[] = [];
+    for (const t of ties) {
+      const g = await loadGroup(this.home, t.group);
+      const actions: Action[] = [];
+      const changed: string[] = [];
+      const gone: string[] = [];
+      let left = 0;
+      for (const s of await listGroupSnapshotRecords(this.home, t.group)) {
+        const rest = s.members.filter((mb) => mb.vm !== vm);
+        if (rest.length === s.members.length) left++;
+        else if (rest.length === 0) {
+          actions.push({ do: 'unlink', path: groupSnapshotFile(this.home, t.group, s.name) });
+          gone.push(s.name);
+        } else {
+          actions.push({ do: 'write_json', path: groupSnapshotFile(this.home, t.group, s.name), value: { ...s, members: rest } });
+          changed.push(s.name);
+          left++;
+        }
+      }
+      const members = g.members.filter((m) => m !== vm);
+      let deleted = false;
+      if (members.length === 0) {
+        if (left > 0) {
+          throw CloneboxError.VM_IN_GROUP(`VM ${vm} is the last member of group ${t.group}, which keeps group snapshots of other VMs`, {
+            hint: `delete the group's snapshots first (\`clonebox snapshot list --group ${t.group}\`), then the group; nothing was changed`,
+          });
+        }
+        // The record goes last: the group exists until everything of it is gone.
+        actions.push({ do: 'unlink', path: groupFile(this.home, t.group) });
+        deleted = true;
+      } else if (members.length !== g.members.length) {
+        actions.push({ do: 'write_json', path: groupFile(this.home, t.group), value: { ...g, members } });
+      }
+      plans.push({ group: t.group, actions, deleted, changed, gone });
+    }
+    const out: LeftGroup[] = [];
+    for (const [i, p] of plans.entries()) {
+      const last = i === plans.length - 1;
+      // vm.json first: the VM stops existing at once, as a plain `vm remove` does, and from then on its
+      // directory (a journal, no vm.json) is finished by the home sweep of whatever command runs next.
+      const actions: Action[] = last
+        ? [{ do: 'unlink', path: vmFile(this.home, vm) }, ...p.actions, { do: 'remove_dir', path: snapshotsDir(this.home, vm) }]
+        : p.actions;
+      const j = await Journal.beginGroup(this.home, p.group, [vm], `vm remove ${vm} --leave-groups`, driverStepHandlers);
+      try {
+        await j.commit(actions);
+      } catch (err) {
+        await j.rollback();
+        throw err;
+      }
+      if (p.deleted) await removeGroupDir(this.home, p.group);
+      out.push({ group: p.group, group_deleted: p.deleted, snapshots_changed: p.changed, snapshots_deleted: p.gone });
+    }
+    return out;
+  }
+
+  // ---------------------------------------------------------------- .clonebox.yaml (config apply)
+
+  /**
+   * Makes group `c.name` match an entry of a file's `groups:`: creates it, or replaces its members,
+   * description (when the file gives one) and automatic-snapshot settings, in one atomic write of its
+   * record under its lock. Idempotent: `changed` false when it already matched. Group snapshots are
+   * not touched (they name their own members).
+   */
+  async applyConfig(c: ConfigGroup, file: string): Promise<{ name: string; created: boolean; changed: boolean }> {
+    checkGroupName(c.name);
+    const members = await this.checkMembers(c.members);
+    const { sameSettings, settingsFromSpec } = await import('./auto-config.js');
+    if (await pathExists(groupFile(this.home, c.name))) await this.readGroupSnapshots(c.name);
+    const lock = await lockGroup(this.home, c.name, 'config apply');
+    try {
+      const exists = await pathExists(groupFile(this.home, c.name));
+      if (exists) await this.recoverGroupLocked(c.name);
+      const old: GroupRecord = exists
+        ? await loadGroup(this.home, c.name)
+        : { format: 1, name: c.name, created_at: nowIso(), description: c.description ?? null, members };
+      const was = autoSettingsOf(old);
+      const settings = settingsFromSpec(c, file, was);
+      const description = c.description !== undefined ? c.description : (old.description ?? null);
+      if (exists && sameSettings(settings, was) && JSON.stringify(old.members) === JSON.stringify(members) && description === (old.description ?? null)) {
+        return { name: c.name, created: false, changed: false };
+      }
+      await saveGroup(this.home, withAutoSettings({ ...old, members, description }, settings));
+      return { name: c.name, created: !exists, changed: true };
     } finally {
       await lock.release();
     }
@@ -261,7 +432,7 @@ export class GroupManager {
         { current: newest, now: clockNow().getTime() },
       );
       for (const r of plan.remove) {
-        await this.deleteSnapshot(name, r.name, { keepChildren: true });
+        await this.deleteSnapshot(name, r.name, { keepChildren: true, noAutoSnapshot: true });
         removed.push({ snapshot: r.name, reason: key ? `${key}: ${r.reason}` : r.reason });
       }
     }
@@ -288,10 +459,13 @@ export class GroupManager {
       for (const v of [...names].sort()) if (await vmExists(this.home, v)) existing.push(v);
       for (const v of existing) held.push(await lockVm(this.home, v, command));
       await recoverGroup(this.home, name, driverStepHandlers);
-      for (const v of existing) await recover(this.home, v, driverStepHandlers);
+      // The recovered operation may have unregistered a VM (`vm remove --leave-groups`).
+      const present: string[] = [];
+      for (const v of existing) if (await vmExists(this.home, v)) present.push(v);
+      for (const v of present) await recover(this.home, v, driverStepHandlers);
       const vms = new Map<string, VmRecord>();
       const snaps = new Map<string, SnapshotRecord[]>();
-      for (const v of existing) {
+      for (const v of present) {
         vms.set(v, await loadVm(this.home, v));
         snaps.set(v, await listSnapshotRecords(this.home, v));
       }
@@ -389,7 +563,12 @@ export class GroupManager {
    * member snapshots carry the group snapshot's name and become each VM's current snapshot.
    */
   async createSnapshot(name: string, opts: CreateOptions = {}): Promise<OpResult<GroupSnapshotView>> {
-    return this.withGroup(name, 'snapshot create --group', async (l) => {
+    return this.withGroup(name, 'snapshot create --group', async (l) => this.createLocked(name, l, opts));
+  }
+
+  /** createSnapshot() with every lock held and `l` read under them. */
+  private async createLocked(name: string, l: Locked, opts: CreateOptions): Promise<OpResult<GroupSnapshotView>> {
+    {
       const missing = l.group.members.filter((v) => !l.vms.has(v));
       if (missing.length > 0) {
         throw CloneboxError.VM_NOT_FOUND(`group ${name} names VMs that are not registered: ${missing.join(', ')}`, {
@@ -472,16 +651,65 @@ export class GroupManager {
         await j.rollback();
         throw err;
       }
-    });
+    }
+  }
+
+  /**
+   * The auto group snapshot `before_operations` asks for before group operation `op` (restore,
+   * delete): ONE group snapshot of every member at one point, taken under the operation's locks,
+   * when the group's settings name `op` or any member's do (a member that wants a snapshot before
+   * `op` gets it as its member snapshot; no separate per-VM snapshots are taken). Null when none is
+   * asked for, or `noAutoSnapshot`. If it cannot be taken the operation does not run
+   * (AUTO_SNAPSHOT_FAILED). `l` is read again afterwards by the caller.
+   */
+  private async snapshotBefore(name: string, l: Locked, op: string, what: string, opts: BeforeOpOptions): Promise<GroupSnapshotView | null> {
+    if (opts.noAutoSnapshot) return null;
+    const group = autoSettingsOf(l.group);
+    const wants = (group.enabled && group.before_operations.includes(op)) || l.group.members.some((v) => l.vms.has(v) && snapshotsBefore(l.vms.get(v)!, op));
+    if (!wants) return null;
+    try {
+      return (
+        await this.createLocked(name, l, {
+          autoPolicy: beforePolicy(op),
+          tags: ['auto', 'before'],
+          description: `automatic group snapshot before ${what}`.slice(0, 500),
+        })
+      ).value;
+    } catch (err) {
+      const why = err instanceof CloneboxError ? `${err.code}: ${err.message}` : (err as Error).message;
+      throw CloneboxError.AUTO_SNAPSHOT_FAILED(`cannot take the automatic group snapshot before ${what} (${why}); nothing was changed`, {
+        hint: `before_operations of group ${name} (or of a member) asks for it; fix the cause, or run again with --no-auto-snapshot`,
+        cause: err,
+      });
+    }
+  }
+
+  /** What a locked operation sees, read again (after an auto snapshot changed it). */
+  private async reread(name: string, l: Locked): Promise<Locked> {
+    const vms = new Map<string, VmRecord>();
+    const snaps = new Map<string, SnapshotRecord[]>();
+    for (const v of l.vms.keys()) {
+      vms.set(v, await loadVm(this.home, v));
+      snaps.set(v, await listSnapshotRecords(this.home, v));
+    }
+    return { group: await loadGroup(this.home, name), vms, snaps, groupSnaps: await listGroupSnapshotRecords(this.home, name) };
   }
 
   /** Every member of group snapshot `snapshot` back to it, in one journal. */
   async restore(
     name: string,
     snapshot: string,
-    opts: { start?: boolean } = {},
-  ): Promise<OpResult<{ restored: string; members: { vm: string; snapshot: string }[] }>> {
-    return this.withGroup(name, 'snapshot restore --group', async (l) => {
+    opts: { start?: boolean } & BeforeOpOptions = {},
+  ): Promise<OpResult<{ restored: string; members: { vm: string; snapshot: string }[]; auto_snapshot: string | null }>> {
+    return this.withGroup(name, 'snapshot restore --group', async (l0) => {
+      let l = l0;
+      this.memberTargets(l, this.findGroupSnapshot(l, name, snapshot));
+      const notices: string[] = [];
+      const before = await this.snapshotBefore(name, l, 'restore', `restoring group snapshot ${snapshot} of ${name}`, opts);
+      if (before) {
+        notices.push(`took automatic group snapshot ${before.name} of ${name} before restoring ${snapshot}`);
+        l = await this.reread(name, l);
+      }
       const gs = this.findGroupSnapshot(l, name, snapshot);
       const targets = this.memberTargets(l, gs);
       const j = await Journal.beginGroup(
@@ -514,7 +742,11 @@ export class GroupManager {
           else warnings.push(`--start ignored: the ${t.vm.driver} driver has no running state, ${t.vm.name}`);
         }
       }
-      return { value: { restored: gs.name, members: gs.members.map((mb) => ({ vm: mb.vm, snapshot: mb.snapshot })) }, warnings };
+      return {
+        value: { restored: gs.name, members: gs.members.map((mb) => ({ vm: mb.vm, snapshot: mb.snapshot })), auto_snapshot: before?.name ?? null },
+        warnings,
+        notices,
+      };
     });
   }
 
@@ -522,23 +754,35 @@ export class GroupManager {
   async deleteSnapshot(
     name: string,
     snapshot: string,
-    opts: { recursive?: boolean; keepChildren?: boolean } = {},
-  ): Promise<OpResult<{ deleted: string; members: { vm: string; deleted: string[]; merged_into: string[] }[] }>> {
+    opts: { recursive?: boolean; keepChildren?: boolean } & BeforeOpOptions = {},
+  ): Promise<OpResult<{ deleted: string; members: { vm: string; deleted: string[]; merged_into: string[] }[]; auto_snapshot: string | null }>> {
     if (opts.recursive && opts.keepChildren) throw CloneboxError.USAGE('--recursive and --keep-children exclude each other');
-    return this.withGroup(name, 'snapshot delete --group', async (l) => {
-      const gs = this.findGroupSnapshot(l, name, snapshot);
-      const targets = this.memberTargets(l, gs);
+    return this.withGroup(name, 'snapshot delete --group', async (l0) => {
+      let l = l0;
       const recursive = Boolean(opts.recursive);
-      for (const t of targets) {
-        const snaps = l.snaps.get(t.vm.name)!;
-        const children = snaps.filter((r) => r.parent === t.snap.name);
-        if (children.length > 0 && !recursive && !opts.keepChildren) {
-          throw CloneboxError.SNAPSHOT_HAS_CHILDREN(`snapshot ${t.snap.name} has children: ${children.map((c) => c.name).join(', ')}, VM ${t.vm.name}`, {
-            hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
-          });
+      const checkAll = async (spare?: string) => {
+        const gs = this.findGroupSnapshot(l, name, snapshot);
+        const targets = this.memberTargets(l, gs);
+        for (const t of targets) {
+          const snaps = l.snaps.get(t.vm.name)!;
+          const children = snaps.filter((r) => r.parent === t.snap.name && r.name !== spare);
+          if (children.length > 0 && !recursive && !opts.keepChildren) {
+            throw CloneboxError.SNAPSHOT_HAS_CHILDREN(`snapshot ${t.snap.name} has children: ${children.map((c) => c.name).join(', ')}, VM ${t.vm.name}`, {
+              hint: 'use --keep-children to merge it into them, or --recursive to delete them too',
+            });
+          }
+          await this.m.checkDelete(t.vm, snaps, t.snap, recursive, spare, gs.name);
         }
-        await this.m.checkDelete(t.vm, snaps, t.snap, recursive, undefined, gs.name);
-      }
+        return { gs, targets };
+      };
+      await checkAll();
+      // The auto snapshot holds the current states: where one stood on the deleted snapshot, its member
+      // snapshot is now a child of it, merged into (or with --recursive, spared and rebased) as the
+      // current state would have been.
+      const before = await this.snapshotBefore(name, l, 'delete', `deleting group snapshot ${snapshot} of ${name}`, opts);
+      if (before) l = await this.reread(name, l);
+      const spare = before?.name;
+      const { gs, targets } = await checkAll(spare);
       const j = await Journal.beginGroup(
         this.home,
         name,
@@ -552,7 +796,8 @@ export class GroupManager {
       try {
         const actions: Action[] = [{ do: 'write_json', path: gp, value: { ...gs, state: 'deleting' } }];
         for (const t of targets) {
-          const plan = await this.m.planDelete(t.vm, l.snaps.get(t.vm.name)!, t.snap, recursive, j);
+          // The auto snapshot's member snapshots (another group snapshot's) are spared by a recursive delete.
+          const plan = await this.m.planDelete(t.vm, l.snaps.get(t.vm.name)!, t.snap, recursive, j, spare);
           actions.push(...plan.actions);
           result.push({ vm: t.vm.name, deleted: plan.deleted, merged_into: plan.merged_into });
           events.push(...plan.events);
@@ -564,7 +809,11 @@ export class GroupManager {
         throw err;
       }
       await appendEvents(this.home, events);
-      return { value: { deleted: gs.name, members: result }, warnings: [] };
+      return {
+        value: { deleted: gs.name, members: result, auto_snapshot: spare ?? null },
+        warnings: [],
+        notices: spare ? [`took automatic group snapshot ${spare} of ${name} before deleting ${snapshot}`] : [],
+      };
     });
   }
 

@@ -73,7 +73,70 @@ export async function sweepInterrupted(home: Home, handlers: StepHandlers = NO_D
       warnings.push(`could not clean up an interrupted operation in ${path.join(home.vmsDir, vm)}: ${(err as Error).message}`);
     }
   }
+  for (const group of await groupCandidates(home)) {
+    try {
+      const w = await sweepGroup(home, group, handlers);
+      if (w) warnings.push(w);
+    } catch (err) {
+      warnings.push(`could not clean up an interrupted operation in ${path.join(home.groupsDir, group)}: ${(err as Error).message}`);
+    }
+  }
   return warnings;
+}
+
+/**
+ * Group directories with a journal and no group record: a group import interrupted before the group
+ * existed, or a `vm remove --leave-groups` that deleted the group's record and was killed before its
+ * journal was gone. No group command opens such a directory, so the sweep finishes them too.
+ */
+async function groupCandidates(home: Home): Promise<string[]> {
+  let names: string[];
+  try {
+    names = await readdir(home.groupsDir);
+  } catch {
+    return [];
+  }
+  const found: string[] = [];
+  for (const n of names.sort()) {
+    if (n.startsWith('.')) continue;
+    const dir = path.join(home.groupsDir, n);
+    if ((await exists(path.join(dir, 'journal.json'))) && !(await exists(path.join(dir, 'group.json')))) found.push(n);
+  }
+  return found;
+}
+
+/** Recovers one group candidate under the group's lock and its members' (taken without waiting, in the group lock order). */
+async function sweepGroup(home: Home, group: string, handlers: StepHandlers): Promise<string | null> {
+  const { acquireLock } = await import('./lock.js');
+  const { recoverGroup } = await import('./journal.js');
+  const { groupJournalPath } = await import('./groups.js');
+  const { readFile } = await import('node:fs/promises');
+  const dir = path.join(home.groupsDir, group);
+  const held: Awaited<ReturnType<typeof acquireLock>>[] = [];
+  let members: string[] = [];
+  try {
+    try {
+      held.push(await acquireLock(path.join(dir, 'lock'), `group ${group}`, 'clonebox (recovering an interrupted operation)', 0));
+      const doc = JSON.parse(await readFile(groupJournalPath(home, group), 'utf8')) as { members?: unknown };
+      members = Array.isArray(doc.members) ? doc.members.filter((m): m is string => typeof m === 'string').sort() : [];
+      for (const m of members) held.push(await acquireLock(path.join(home.vmsDir, m, 'lock'), m, 'clonebox (recovering an interrupted operation)', 0));
+    } catch {
+      return null; // busy (still running, or being recovered), or gone meanwhile
+    }
+    if (!(await exists(groupJournalPath(home, group))) || (await exists(path.join(dir, 'group.json')))) return null;
+    const r = await recoverGroup(home, group, handlers);
+    if (r.outcome === 'none') return null;
+    if (await exists(path.join(dir, 'group.json'))) return `completed an interrupted ${opWord(r.op)} of group '${group}' (the group exists)`;
+    // No group record after it: nothing of the group is left to keep.
+    await rm(dir, { recursive: true, force: true });
+    return r.outcome === 'completed'
+      ? `completed an interrupted ${opWord(r.op)} in ${dir}`
+      : `removed the remains of an interrupted ${opWord(r.op)} of group '${group}'`;
+  } finally {
+    for (const l of held.reverse()) await l.release();
+    // A member's lock made its directory again if the operation had removed it: only when empty.
+    for (const m of members) await rmdir(path.join(home.vmsDir, m)).catch(() => undefined);
+  }
 }
 
 function opWord(op: string | null): string {
