@@ -487,7 +487,18 @@ class SyncRun {
       log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
       return;
     }
-    const view = await cat.view();
+    let view: CatalogView;
+    try {
+      view = await cat.view();
+    } catch (err) {
+      // A record this build cannot read (a newer record type, or a malformed one): that author's chains
+      // wait, the other teammates' are pulled.
+      const e = err as Error;
+      const message = `the catalog of ${author} cannot be read here (${e.message}): none of its chains are pulled`;
+      report.errors.push({ peer: author, vm: null, code: err instanceof CloneboxError ? err.code : 'SYNC_CATALOG', message });
+      log(message);
+      return;
+    }
     for (const vm of view.shares.keys()) {
       if (this.scheduler.stopping) return;
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
