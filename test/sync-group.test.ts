@@ -12,7 +12,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { expectSameChain } from './helpers/chains.js';
-import { runCli } from './helpers/cli.js';
+import { cb, runCli } from './helpers/cli.js';
 import { useSyncTestbed } from './helpers/dht.js';
 import { qemuCompare, qemuIo } from './helpers/qemu.js';
 
@@ -83,6 +83,8 @@ describe('snapshot share --group / sync', () => {
     await ok(A(), ['group', 'create', 'shop', '--vm', 'db', '--vm', 'app']);
     await ok(A(), ['snapshot', 'create', '--group', 'shop', '--name', 's1']);
     invite = (await json<{ invite: string }>(A(), ['team', 'create', 'crew', '--name', 'ws-a'])).invite;
+    // A VM and --group exclude each other (a usage error, exit 2).
+    expect((await cb(A(), ['snapshot', 'share', 'db', '--group', 'shop', '--team', 'crew'])).code).toBe(2);
     const shared = await json<{ vms: string[]; published: string[] }>(A(), ['snapshot', 'share', '--group', 'shop', '--team', 'crew']);
     expect(shared).toMatchObject({ vms: ['app', 'db'], published: ['s1'] });
     sharer = tb.watch(A(), 'crew');

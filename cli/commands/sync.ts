@@ -30,7 +30,7 @@ export function registerSync(snapshot: Command): void {
   snapshot
     .command('share')
     .argument('[vm]', 'the VM (see `clonebox vm list`); not with --group')
-    .description("publish a VM's snapshots (and its later ones) to a team")
+    .description("publish a VM's snapshots (and its later ones) to a team; --group: a VM group's")
     .requiredOption('--team <team>', 'the team to share with')
     .option('--name <snapshot>', 'share only the snapshots from the root to this one')
     .option('--group <group>', "share a VM group: every member's chain and the group snapshots (instead of a VM)")

@@ -88,7 +88,7 @@ export interface HeadRecord {
 }
 
 /** One member of a group snapshot: the VM as shared, its member snapshot by name and content id (pull.ts snapKey). */
-export interface GroupMemberEntry {
+interface GroupMemberEntry {
   vm: string;
   snapshot: string;
   content_id: Buffer;
@@ -154,6 +154,19 @@ function size(state: c.State, what: string): number {
   const n = c.uint.decode(state);
   check(Number.isSafeInteger(n) && n >= 0 && n <= MAX_SIZE, what);
   return n;
+}
+
+/** created_at, description and tags, as Snapshot and Group records hold them. */
+function timeAndNotes(state: c.State): { created_at: string; description: string | null; tags: string[] } {
+  const created_at = text(state, 'time');
+  check(!Number.isNaN(Date.parse(created_at)), 'time');
+  const description = optString.decode(state);
+  check(description === null || description.length <= MAX_TEXT, 'description');
+  const nt = c.uint.decode(state);
+  check(nt <= MAX_TAGS, 'tag count');
+  const tags: string[] = [];
+  for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+  return { created_at, description, tags };
 }
 
 function optHash(state: c.State): Buffer | null {
@@ -342,14 +355,7 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         check((parent === null) === (parent_name === null), 'parent');
         const type = c.string.decode(state);
         check(type === 'disk' || type === 'full', 'snapshot type');
-        const created_at = text(state, 'time');
-        check(!Number.isNaN(Date.parse(created_at)), 'time');
-        const description = optString.decode(state);
-        check(description === null || description.length <= MAX_TEXT, 'description');
-        const nt = c.uint.decode(state);
-        check(nt <= MAX_TAGS, 'tag count');
-        const tags: string[] = [];
-        for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+        const { created_at, description, tags } = timeAndNotes(state);
         const auto_created = c.uint8.decode(state) === 1;
         const auto_policy = optString.decode(state);
         const nd = c.uint.decode(state);
@@ -399,14 +405,7 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
 function decodeGroup(state: c.State): GroupRecordEntry {
   const group = name(state, 'group name');
   const gname = name(state, 'group snapshot name');
-  const created_at = text(state, 'time');
-  check(!Number.isNaN(Date.parse(created_at)), 'time');
-  const description = optString.decode(state);
-  check(description === null || description.length <= MAX_TEXT, 'description');
-  const nt = c.uint.decode(state);
-  check(nt <= MAX_TAGS, 'tag count');
-  const tags: string[] = [];
-  for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+  const { created_at, description, tags } = timeAndNotes(state);
   const type = c.string.decode(state);
   check(type === 'disk' || type === 'full', 'group snapshot type');
   const consistency = c.string.decode(state);

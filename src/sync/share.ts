@@ -36,7 +36,7 @@ import { ensureIdentity } from './identity.js';
 import { cachedLayerMap } from './layermap.js';
 import { type BlockFrame, MAX_FRAME_RAW } from './messages.js';
 import type { FramePace } from './pace.js';
-import { loadTeam } from './teams.js';
+import { loadTeam, type TeamRecord } from './teams.js';
 
 interface SharesFile {
   format: 1;
@@ -93,17 +93,29 @@ export async function shareVm(home: Home, team: string, vm: string, upto: string
     }
   }
   await updateShares(home, team, (s) => ({ ...s, vms: { ...s.vms, [vm]: { upto, since: new Date().toISOString() } } }));
-  const identity = await ensureIdentity(home);
+  const published = await publishNow(home, rec, log, (res) => res.find((r) => r.vm === vm)?.snapshots ?? []);
+  return { vm, team, upto, published };
+}
+
+/**
+ * Publishes at once when our catalog is free, then `then` reads the outcome; null when a running sync
+ * holds the catalog (it publishes within seconds).
+ */
+async function publishNow<T>(
+  home: Home,
+  team: TeamRecord,
+  log: ((l: string) => void) | undefined,
+  then: (res: Awaited<ReturnType<typeof publish>>, cat: Catalog) => T | Promise<T>,
+): Promise<T | null> {
   let cat: Catalog;
   try {
-    cat = await Catalog.openOwn(home, rec, identity);
+    cat = await Catalog.openOwn(home, team, await ensureIdentity(home));
   } catch (err) {
-    if ((err as CloneboxError).code === 'SYNC_BUSY') return { vm, team, upto, published: null };
+    if ((err as CloneboxError).code === 'SYNC_BUSY') return null;
     throw err;
   }
   try {
-    const res = await publish(home, team, cat, log);
-    return { vm, team, upto, published: res.find((r) => r.vm === vm)?.snapshots ?? [] };
+    return await then(await publish(home, team.team, cat, log), cat);
   } finally {
     await cat.close();
   }
@@ -139,20 +151,8 @@ export async function shareGroup(home: Home, team: string, group: string, log?: 
     vms: { ...s.vms, ...Object.fromEntries(vms.map((vm) => [vm, { upto: null, since: s.vms[vm]?.upto === null ? s.vms[vm].since : since }])) },
     groups: { ...s.groups, [group]: { since: s.groups?.[group]?.since ?? since } },
   }));
-  const identity = await ensureIdentity(home);
-  let cat: Catalog;
-  try {
-    cat = await Catalog.openOwn(home, rec, identity);
-  } catch (err) {
-    if ((err as CloneboxError).code === 'SYNC_BUSY') return { group, team, vms, published: null };
-    throw err;
-  }
-  try {
-    await publish(home, team, cat, log);
-    return { group, team, vms, published: ((await cat.view()).groups.get(group) ?? []).map((r) => r.name) };
-  } finally {
-    await cat.close();
-  }
+  const published = await publishNow(home, rec, log, async (_, cat) => ((await cat.view()).groups.get(group) ?? []).map((r) => r.name));
+  return { group, team, vms, published };
 }
 
 export async function unshareVm(home: Home, team: string, vm: string): Promise<{ vm: string; team: string; was_shared: boolean }> {
@@ -165,17 +165,7 @@ export async function unshareVm(home: Home, team: string, vm: string): Promise<{
     delete vms[vm];
     return { ...s, vms };
   });
-  const identity = await ensureIdentity(home);
-  try {
-    const cat = await Catalog.openOwn(home, rec, identity);
-    try {
-      await publish(home, team, cat);
-    } finally {
-      await cat.close();
-    }
-  } catch (err) {
-    if ((err as CloneboxError).code !== 'SYNC_BUSY') throw err;
-  }
+  await publishNow(home, rec, undefined, () => undefined);
   return { vm, team, was_shared: was };
 }
 
