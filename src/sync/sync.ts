@@ -143,6 +143,8 @@ class SyncRun {
   private readonly cleanups: (() => Promise<void>)[] = [];
   /** Teammates' catalogs found beyond the limits (reported once per run). */
   private readonly overLimit = new Set<Catalog>();
+  /** Teammates' catalogs this build could not read, at which length (reported once per length). */
+  private readonly unreadable = new Map<Catalog, number>();
   private lastPeerAt = 0;
   /** The spool is cleared (and closed) once every block in it is in a registered layer. */
   private spoolDone = false;
@@ -493,8 +495,10 @@ class SyncRun {
     } catch (err) {
       // A record this build cannot read (a newer record type, or a malformed one): that author's chains
       // wait, the other teammates' are pulled.
-      const e = err as Error;
-      const message = `the catalog of ${author} cannot be read here (${e.message}): none of its chains are pulled`;
+      // Told once per catalog length (a --watch run looks again every few seconds).
+      if (this.unreadable.get(cat) === cat.core.length) return;
+      this.unreadable.set(cat, cat.core.length);
+      const message = `the catalog of ${author} cannot be read here (${(err as Error).message}): none of its chains are pulled`;
       report.errors.push({ peer: author, vm: null, code: err instanceof CloneboxError ? err.code : 'SYNC_CATALOG', message });
       log(message);
       return;
