@@ -6,7 +6,8 @@
  * Covered: the group and both members arrive, identical to the source, and a group restore brings both
  * members back to the group snapshot (qemu-img compare); a receiver whose --max-write refuses one
  * member registers no group and names the missing member, and a later sync that brings the member
- * registers it; a sync SIGKILLed in the group's commit leaves, after the next command, the whole group.
+ * registers it; a receiver holding another group of that name keeps it untouched (GROUP_EXISTS); a sync
+ * SIGKILLed in the group's commit leaves, after the next command, the whole group.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -121,9 +122,19 @@ describe('snapshot share --group / sync', () => {
     // C and E end in the same state (db pulled, app refused by --max-write); E is for the next test.
     const C = home('c');
     const E = home('e');
+    // F, meanwhile, holds a group of that name with another member: left untouched, GROUP_EXISTS.
+    const F = home('f');
     await join(C, 'ws-c');
     await join(E, 'ws-e');
-    const [r, e] = await Promise.all([sync(C, ['--max-write', '3M']), sync(E, ['--max-write', '3M'])]);
+    await join(F, 'ws-f');
+    await ok(F, ['vm', 'create', 'solo', '--size', '1M']);
+    await ok(F, ['group', 'create', 'shop', '--vm', 'solo']);
+    const [r, e, f] = await Promise.all([sync(C, ['--max-write', '3M']), sync(E, ['--max-write', '3M']), sync(F)]);
+    expect(f.code).not.toBe(0);
+    expect(f.stderr).toContain("group shop here has members solo, not ws-a's app, db");
+    expect((await json<{ members: string[] }>(F, ['group', 'show', 'shop'])).members).toEqual(['solo']);
+    expect(await json(F, ['snapshot', 'list', '--group', 'shop'])).toEqual([]);
+    expect((await json<SnapshotDoc[]>(F, ['snapshot', 'list', 'app'])).map((s) => [s.name, s.group])).toEqual([['s1', null]]);
     for (const x of [r, e]) {
       expect(x.code).not.toBe(0);
       expect(x.stderr).toContain("pull of ws-a's app would write more than the limit");
