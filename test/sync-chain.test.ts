@@ -10,45 +10,20 @@
  * nothing registered, then a clean retry; a pull SIGKILLed mid-way resuming without fetching again
  * what it had; three homes.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
-import { open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { open, readdir, readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
 import { CLI_PATH, cb } from './helpers/cli.js';
-import { watchSync } from './helpers/dht.js';
+import { useSyncTestbed } from './helpers/dht.js';
 import { run } from './helpers/process.js';
 import { qemuIo } from './helpers/qemu.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const MiB = 1024 * 1024;
-let net: PrivateDht;
-let root: string;
-let bs: string;
-const children = new Set<ChildProcess>();
-
-beforeAll(async () => {
-  net = await startPrivateDht({ host: '127.0.0.1', port: 0 });
-  bs = `${net.address.host}:${net.address.port}`;
-  root = await makeTempDir('clonebox-sync-chain-');
-});
-
-afterAll(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await net?.close();
-  await cleanupTempDirs();
-});
-
-const home = (n: string) => path.join(root, n);
-
-async function ok(h: string, args: string[], timeoutMs = 60_000): Promise<string> {
-  const r = await cb(h, args, timeoutMs);
-  if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} (home ${path.basename(h)}) exited ${r.code}\n${r.stderr}\n${r.stdout}`);
-  return r.stdout;
-}
-const json = async <T = unknown>(h: string, args: string[], timeoutMs?: number): Promise<T> => JSON.parse(await ok(h, [...args, '--json'], timeoutMs)) as T;
+const tb = useSyncTestbed('clonebox-sync-chain-');
+const { children, home, ok, json, randomFile, diskOf } = tb;
 
 /** The parts of the CLI's --json documents that these tests read. */
 interface DiskDoc {
@@ -88,24 +63,13 @@ interface SyncDoc {
   error?: { code: string; message: string };
 }
 
-async function randomFile(name: string, bytes: number): Promise<string> {
-  const f = path.join(root, name);
-  await writeFile(f, randomBytes(bytes));
-  return f;
-}
-
-async function diskOf(h: string, vm: string): Promise<string> {
-  return (await json<VmDoc>(h, ['vm', 'show', vm])).disks[0]!.path;
-}
-
 function watch(h: string): { stop(): Promise<void>; stderr(): string } {
-  return watchSync(h, { team: 'crew', bootstrap: bs, children });
+  return tb.watch(h, 'crew');
 }
 
-async function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
-  const r = await cb(h, ['snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', String(timeoutS), '--json'], (timeoutS + 20) * 1000);
+function sync(h: string, timeoutS = 60): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
   // A run that printed nothing gives {}: the assertions on its fields then fail and show it.
-  return { code: r.code, doc: JSON.parse(r.stdout.trim() || '{}') as SyncDoc, stderr: r.stderr };
+  return tb.sync<SyncDoc>(h, 'crew', timeoutS);
 }
 
 async function join(h: string, name: string): Promise<void> {
@@ -256,7 +220,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     sharer = watch(A());
     const E = home('e');
     await join(E, 'ws-e');
-    const child = spawn(process.execPath, [CLI_PATH, '--home', E, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+    const child = spawn(process.execPath, [CLI_PATH, '--home', E, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', tb.bs, '--timeout', '60', '--json'], {
       stdio: 'ignore',
     });
     children.add(child);
@@ -322,7 +286,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     const B = home('b');
     // B shares a VM of its own whose base holds the same 8 MiB as A's dev (blocks F will have from dev).
     await ok(B, ['vm', 'create', 'tools', '--size', '32M']);
-    await qemuIo(await diskOf(B, 'tools'), `write -s ${path.join(root, 'r8')} 0 8M`);
+    await qemuIo(await diskOf(B, 'tools'), `write -s ${path.join(tb.root, 'r8')} 0 8M`);
     await ok(B, ['snapshot', 'create', 'tools', '--name', 't1']);
     await ok(B, ['snapshot', 'share', 'tools', '--team', 'crew']);
     const second = watch(B);
@@ -362,7 +326,7 @@ describe('snapshot share / sync between homes on a local testnet', () => {
 
     const env: NodeJS.ProcessEnv = { ...process.env };
     delete env.CLONEBOX_HOME;
-    const child = spawn(process.execPath, [CLI_PATH, '--home', G, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+    const child = spawn(process.execPath, [CLI_PATH, '--home', G, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', tb.bs, '--timeout', '60', '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env,
     });

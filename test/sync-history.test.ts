@@ -1,55 +1,13 @@
-/**
- * Snapshot identity against content identity, and long histories, between homes on one machine: a
- * private DHT on 127.0.0.1 made here (never the public DHT), a sharer running `snapshot sync --watch`
- * as a child process (stopped with SIGTERM), receivers running `snapshot sync --json`.
- *
- *  1. Two distinct snapshots with identical content on the same parent (an empty snapshot taken right
- *     after another, and an empty branch point on the same parent) share a content id; a pull keeps
- *     them apart: every snapshot, with its own parent and children, on a first pull and on a later one
- *     that extends the VM, while their blocks are still fetched once.
- *  2. A chain of a few hundred snapshots (made through the library API) still lists, exports with
- *     --since (imported on top of a full import of the same chain) and syncs (full, then incremental:
- *     only the new snapshot moves).
- */
-import type { ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Clonebox } from '../src/index.js';
-import { type PrivateDht, startPrivateDht } from '../src/sync/bootstrap.js';
 import { expectSameChain } from './helpers/chains.js';
-import { cb } from './helpers/cli.js';
-import { watchSync } from './helpers/dht.js';
+import { useSyncTestbed } from './helpers/dht.js';
 import { qemuIo } from './helpers/qemu.js';
-import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
 const MiB = 1024 * 1024;
-let net: PrivateDht;
-let root: string;
-let bs: string;
-const children = new Set<ChildProcess>();
-
-beforeAll(async () => {
-  net = await startPrivateDht({ host: '127.0.0.1', port: 0 });
-  bs = `${net.address.host}:${net.address.port}`;
-  root = await makeTempDir('clonebox-sync-history-');
-});
-
-afterAll(async () => {
-  for (const c of children) c.kill('SIGKILL');
-  await net?.close();
-  await cleanupTempDirs();
-});
-
-const home = (n: string) => path.join(root, n);
-
-async function ok(h: string, args: string[], timeoutMs = 120_000): Promise<string> {
-  const r = await cb(h, args, timeoutMs);
-  if (r.code !== 0) throw new Error(`clonebox ${args.join(' ')} (home ${path.basename(h)}) exited ${r.code}\n${r.stderr}\n${r.stdout}`);
-  return r.stdout;
-}
-const json = async <T = unknown>(h: string, args: string[], timeoutMs?: number): Promise<T> => JSON.parse(await ok(h, [...args, '--json'], timeoutMs)) as T;
+const tb = useSyncTestbed('clonebox-sync-history-', { timeoutMs: 120_000 });
+const { home, ok, json, randomFile, diskOf } = tb;
 
 interface SnapshotDoc {
   name: string;
@@ -68,19 +26,8 @@ interface SyncDoc {
   bytes_received: number;
 }
 
-async function diskOf(h: string, vm: string): Promise<string> {
-  return (await json<{ disks: { path: string }[] }>(h, ['vm', 'show', vm])).disks[0]!.path;
-}
-
-async function randomFile(name: string, bytes: number): Promise<string> {
-  const f = path.join(root, name);
-  await writeFile(f, randomBytes(bytes));
-  return f;
-}
-
-async function sync(h: string, team: string, timeoutS = 90): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
-  const r = await cb(h, ['snapshot', 'sync', '--team', team, '--bootstrap', bs, '--timeout', String(timeoutS), '--json'], (timeoutS + 30) * 1000);
-  return { code: r.code, doc: JSON.parse(r.stdout.trim() || '{}') as SyncDoc, stderr: r.stderr };
+function sync(h: string, team: string, timeoutS = 90): Promise<{ code: number; doc: SyncDoc; stderr: string }> {
+  return tb.sync<SyncDoc>(h, team, timeoutS);
 }
 
 /** name -> parent, for a VM's snapshots. */
@@ -92,7 +39,7 @@ async function parents(h: string, vm: string): Promise<Record<string, string | n
 describe('snapshots with identical content on one parent stay distinct through a sync', () => {
   const A = () => home('twins-a');
   const B = () => home('twins-b');
-  let sharer: ReturnType<typeof watchSync>;
+  let sharer: ReturnType<typeof tb.watch>;
 
   beforeAll(async () => {
     await ok(A(), ['vm', 'create', 'dev', '--size', '32M']);
@@ -111,7 +58,7 @@ describe('snapshots with identical content on one parent stay distinct through a
     const invite = (await json<{ invite: string }>(A(), ['team', 'create', 'twins', '--name', 'ws-a'])).invite;
     await ok(A(), ['snapshot', 'share', 'dev', '--team', 'twins']);
     await ok(B(), ['team', 'join', 'twins', '--invite', invite, '--name', 'ws-b']);
-    sharer = watchSync(A(), { team: 'twins', bootstrap: bs, children });
+    sharer = tb.watch(A(), 'twins');
   }, 180_000);
 
   afterAll(async () => {
@@ -141,7 +88,7 @@ describe('snapshots with identical content on one parent stay distinct through a
     await ok(A(), ['snapshot', 'restore', 'dev', '--name', 'bp2', '--yes']);
     await qemuIo(await diskOf(A(), 'dev'), 'write -P 0x7c 12M 1M');
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'z1']);
-    sharer = watchSync(A(), { team: 'twins', bootstrap: bs, children });
+    sharer = tb.watch(A(), 'twins');
     const r = await sync(B(), 'twins');
     expect(r.code, r.stderr).toBe(0);
     expect(r.doc.chains).toHaveLength(1);
@@ -165,7 +112,7 @@ describe('a chain of a few hundred snapshots', () => {
   const B = () => home('long-b');
   const C = () => home('long-c');
   const nameOf = (i: number) => `s${String(i).padStart(3, '0')}`;
-  let sharer: ReturnType<typeof watchSync> | null = null;
+  let sharer: ReturnType<typeof tb.watch> | null = null;
 
   beforeAll(async () => {
     await ok(A(), ['vm', 'create', 'dev', '--size', '64M']);
@@ -200,8 +147,8 @@ describe('a chain of a few hundred snapshots', () => {
   }, 120_000);
 
   it('exports --since the last snapshot alone, which imports on top of the chain', async () => {
-    const full = path.join(root, 'long-full.cbx');
-    const inc = path.join(root, 'long-inc.cbx');
+    const full = path.join(tb.root, 'long-full.cbx');
+    const inc = path.join(tb.root, 'long-inc.cbx');
     const a = await json<{ snapshots: string[] }>(A(), ['snapshot', 'export', 'dev', '--name', nameOf(N - 2), '-o', full], 300_000);
     expect(a.snapshots).toHaveLength(N - 1);
     const b = await json<{ snapshots: string[]; since: string | null }>(A(), ['snapshot', 'export', 'dev', '--since', nameOf(N - 2), '-o', inc]);
@@ -217,7 +164,7 @@ describe('a chain of a few hundred snapshots', () => {
     const invite = (await json<{ invite: string }>(A(), ['team', 'create', 'long', '--name', 'ws-a'])).invite;
     await ok(A(), ['snapshot', 'share', 'dev', '--team', 'long'], 300_000);
     await ok(B(), ['team', 'join', 'long', '--invite', invite, '--name', 'ws-b']);
-    sharer = watchSync(A(), { team: 'long', bootstrap: bs, children });
+    sharer = tb.watch(A(), 'long');
     const r = await sync(B(), 'long', 240);
     expect(r.code, r.stderr).toBe(0);
     expect(r.doc.chains.flatMap((c) => c.snapshots)).toHaveLength(N);
@@ -227,7 +174,7 @@ describe('a chain of a few hundred snapshots', () => {
     await sharer.stop();
     await qemuIo(await diskOf(A(), 'dev'), `write -s ${await randomFile('long-r2', MiB)} 40M 1M`);
     await ok(A(), ['snapshot', 'create', 'dev', '--name', 'more']);
-    sharer = watchSync(A(), { team: 'long', bootstrap: bs, children });
+    sharer = tb.watch(A(), 'long');
     const r2 = await sync(B(), 'long');
     expect(r2.code, r2.stderr).toBe(0);
     expect(r2.doc.chains.flatMap((c) => c.snapshots)).toEqual(['more']);

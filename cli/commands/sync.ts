@@ -6,7 +6,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { formatBytes, parseSize, type SyncProgressEvent, type SyncResult, type Warning } from '../../src/index.js';
 import { interruptible } from '../interrupt.js';
-import { count, note, printJson, printLine, printWarning, table, verbosity } from '../output.js';
+import { count, note, printJson, printLine, printWarning, table, usage, verbosity } from '../output.js';
 import { progressFor } from '../progress.js';
 import { action } from '../run.js';
 
@@ -29,19 +29,33 @@ function pulledText(p: SyncProgressEvent): string {
 export function registerSync(snapshot: Command): void {
   snapshot
     .command('share')
-    .argument('<vm>', 'the VM (see `clonebox vm list`)')
-    .description("publish a VM's snapshots (and its later ones) to a team")
+    .argument('[vm]', 'the VM (see `clonebox vm list`); not with --group')
+    .description("publish a VM's snapshots (and its later ones) to a team; --group: a VM group's")
     .requiredOption('--team <team>', 'the team to share with')
     .option('--name <snapshot>', 'share only the snapshots from the root to this one')
+    .option('--group <group>', "share a VM group: every member's chain and the group snapshots (instead of a VM)")
     .option('--json', 'print JSON')
     .action(
-      action(async (ctx, vm: string, o: { team: string; name?: string }) => {
+      action(async (ctx, vm: string | undefined, o: { team: string; name?: string; group?: string }) => {
+        // Teammates pull only from a workstation that is online: share publishes, sync serves.
+        const serve = `teammates get it while this workstation (or a teammate who pulled it) runs \`clonebox snapshot sync --team ${o.team}\``;
+        const busy = `the running \`snapshot sync --watch\` publishes it within a few seconds; ${serve}`;
+        if (o.group !== undefined) {
+          if (vm !== undefined)
+            throw usage(`--group and a VM exclude each other (${vm})`, `\`clonebox snapshot share --group ${o.group}\` shares every member`);
+          if (o.name !== undefined) throw usage('--name is not available with --group', 'a group is shared with whole chains');
+          const r = await ctx.cb.sync.share(null, { team: o.team, group: o.group });
+          if (ctx.json) return printJson(r);
+          printLine(`sharing group ${o.group} with team ${o.team}: ${r.vms.join(', ')} (and their later snapshots)`);
+          if (r.published === null) printLine(busy);
+          else printLine(`group snapshots published: ${r.published.length ? r.published.join(', ') : '(none yet)'}; ${serve}`);
+          return;
+        }
+        if (vm === undefined) throw usage("missing required argument 'vm'", 'see `clonebox snapshot share --help`');
         const r = await ctx.cb.sync.share(vm, { team: o.team, ...(o.name !== undefined ? { name: o.name } : {}) });
         if (ctx.json) return printJson(r);
         printLine(`sharing ${vm} with team ${o.team}${o.name ? ` (up to ${o.name})` : ' (and its later snapshots)'}`);
-        // Teammates pull only from a workstation that is online: share publishes, sync serves.
-        const serve = `teammates get it while this workstation (or a teammate who pulled it) runs \`clonebox snapshot sync --team ${o.team}\``;
-        if (r.published === null) printLine(`the running \`snapshot sync --watch\` publishes it within a few seconds; ${serve}`);
+        if (r.published === null) printLine(busy);
         else printLine(`published: ${r.published.length ? r.published.join(', ') : '(no snapshots yet)'}; ${serve}`);
       }),
     );
@@ -142,6 +156,10 @@ export function registerSync(snapshot: Command): void {
           printLine(
             '(0 new snapshots: that chain is up to date here; snapshots its sharer made since appear once its running sync republishes them, within seconds)',
           );
+        }
+        for (const g of report.groups) {
+          if (g.registered.length) printLine(`group ${g.group} from ${g.peer}: registered ${g.registered.join(', ')}`);
+          for (const w of g.waiting) printLine(`group ${g.group} from ${g.peer}: ${w.snapshot} waits for ${w.missing.join(', ')}`);
         }
         printLine(`received ${formatBytes(report.bytes_received)}`);
       }),

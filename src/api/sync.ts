@@ -3,17 +3,31 @@
  * teammates' (the work is in src/sync/). Aborting a run stops a pull before it registers anything:
  * blocks received stay in the spool for the next run, and its temporaries are removed.
  */
-import { CloneboxError } from '../errors.js';
+import { CloneboxError, usageError } from '../errors.js';
 import { checkName } from '../names.js';
 import type { Session } from './session.js';
-import type { ShareOptions, ShareResult, SyncResult, SyncRunOptions, UnshareResult } from './types.js';
+import type { ShareGroupOptions, ShareGroupResult, ShareOptions, ShareResult, SyncResult, SyncRunOptions, UnshareResult } from './types.js';
 
 export class Sync {
   constructor(private readonly s: Session) {}
 
   /** Publishes the VM's snapshots (and, without `name`, its later ones) to the team. */
-  share(vm: string, opts: ShareOptions): Promise<ShareResult> {
+  share(vm: string, opts: ShareOptions): Promise<ShareResult>;
+  /**
+   * With `group` (and a null VM): shares every member VM's whole chain and the group's snapshots; a
+   * teammate registers a group snapshot only once every member's chain up to it is complete there.
+   */
+  share(vm: null, opts: ShareGroupOptions): Promise<ShareGroupResult>;
+  share(vm: string | null, opts: ShareOptions | ShareGroupOptions): Promise<ShareResult | ShareGroupResult> {
     return this.s.run(async () => {
+      if ((vm === null) !== 'group' in opts) throw usageError('name either a VM or a group (`group`), not both or neither');
+      if (vm === null || 'group' in opts) {
+        const o = opts as ShareGroupOptions;
+        if ((opts as ShareOptions).name !== undefined) throw usageError('`name` is not available with `group`', 'a group is shared with whole chains');
+        checkName('team', o.team);
+        const { shareGroup } = await import('../sync/share.js');
+        return shareGroup(this.s.home, o.team, o.group, this.s.warner(o.onWarning));
+      }
       checkName('VM', vm);
       checkName('team', opts.team);
       if (opts.name !== undefined) checkName('snapshot', opts.name);
@@ -80,6 +94,7 @@ export class Sync {
         })),
         bytes_received: report.bytes_received,
         shared: report.shared,
+        groups: report.groups,
       };
     });
   }

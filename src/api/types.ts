@@ -736,6 +736,21 @@ export interface ShareResult {
   published: string[] | null;
 }
 
+/** `snapshot share --group` (a null VM and `group`): share a VM group's members and group snapshots. */
+export interface ShareGroupOptions extends WarningOptions {
+  team: string;
+  group: string;
+}
+
+/** `snapshot share --group --json`. `published` (group snapshots in the catalog) is null when a running sync holds the catalog. */
+export interface ShareGroupResult {
+  group: string;
+  team: string;
+  /** The member VMs now shared, whole chains. */
+  vms: string[];
+  published: string[] | null;
+}
+
 /** `snapshot unshare --json`. */
 export interface UnshareResult {
   vm: string;
@@ -793,6 +808,11 @@ export interface SyncResult {
   }[];
   bytes_received: number;
   shared: { vm: string; snapshots: string[] }[];
+  /**
+   * Teammates' shared groups (`snapshot share --group`): the group snapshots this run registered, and
+   * those waiting because a member's snapshot is not complete here (`missing`: the teammate's VM names).
+   */
+  groups: { group: string; peer: string; registered: string[]; waiting: { snapshot: string; missing: string[] }[] }[];
 }
 
 // ---- images ----

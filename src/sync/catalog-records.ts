@@ -9,9 +9,14 @@
  *   3 Map       vm, target, items: the piece of one layer's map (zero extents and 64 KiB blocks by SHA-256)
  *   4 Snapshot  vm, name, content id, parent content id, metadata, disks (digest + which Map entries)
  *   5 Head      vm, content id of the sharer's current snapshot (or none)
+ *   6 Group     a group snapshot: group, name, metadata, members (vm, member snapshot name, content id)
  *
  * A Snapshot record names its map pieces by entry index (map_start, map_count): they are appended
- * before it, so a replicated catalog prefix is always self-contained.
+ * before it, so a replicated catalog prefix is always self-contained. A Group record is appended after
+ * the Snapshot records of every member snapshot it names (a puller still checks each one).
+ *
+ * A receiver older than the Group record refuses a catalog holding one (`catalog record type 6`): it
+ * pulls nothing of that author until it is upgraded, and never half-understands a group.
  */
 import c from 'compact-encoding';
 import { NAME_RE } from '../names.js';
@@ -24,8 +29,12 @@ const MAX_TAGS = 256;
 const MAX_DISKS = 64;
 const MAX_TEXT = 64 * 1024;
 const MAX_SIZE = 2 ** 53 - 1;
+/** Members of one group snapshot (a group is a handful of VMs). */
+export const MAX_GROUP_MEMBERS = 64;
+/** The consistency values of a group snapshot (store/groups.ts GroupConsistency). */
+const CONSISTENCIES = ['locks', 'paused', 'frozen', 'mixed'] as const;
 
-export const RecordKind = { Share: 1, Unshare: 2, Map: 3, Snapshot: 4, Head: 5 } as const;
+export const RecordKind = { Share: 1, Unshare: 2, Map: 3, Snapshot: 4, Head: 5, Group: 6 } as const;
 
 export type MapItem = { kind: 'zero'; offset: number; length: number } | { kind: 'block'; offset: number; length: number; sha: Buffer };
 
@@ -78,7 +87,39 @@ export interface HeadRecord {
   content_id: Buffer | null;
 }
 
-export type CatalogRecord = ShareRecord | UnshareRecord | MapRecord | SnapshotRecordEntry | HeadRecord;
+/** One member of a group snapshot: the VM as shared, its member snapshot by name and content id (pull.ts snapKey). */
+interface GroupMemberEntry {
+  vm: string;
+  snapshot: string;
+  content_id: Buffer;
+}
+/** A group snapshot of a shared group (docs/groups.md, "Sharing a group"). */
+export interface GroupRecordEntry {
+  kind: 'group';
+  group: string;
+  name: string;
+  created_at: string;
+  description: string | null;
+  tags: string[];
+  type: 'disk' | 'full';
+  consistency: (typeof CONSISTENCIES)[number];
+  pause_ms: number | null;
+  auto_created: boolean;
+  auto_policy: string | null;
+  /** Sorted by vm, each vm once. */
+  members: GroupMemberEntry[];
+}
+
+export type CatalogRecord = ShareRecord | UnshareRecord | MapRecord | SnapshotRecordEntry | HeadRecord | GroupRecordEntry;
+
+const KIND_BYTE: Record<CatalogRecord['kind'], number> = {
+  share: RecordKind.Share,
+  unshare: RecordKind.Unshare,
+  map: RecordKind.Map,
+  snapshot: RecordKind.Snapshot,
+  head: RecordKind.Head,
+  group: RecordKind.Group,
+};
 
 function check(ok: boolean, what: string): void {
   if (!ok) throw new WireError(`catalog ${what}`);
@@ -113,6 +154,19 @@ function size(state: c.State, what: string): number {
   const n = c.uint.decode(state);
   check(Number.isSafeInteger(n) && n >= 0 && n <= MAX_SIZE, what);
   return n;
+}
+
+/** created_at, description and tags, as Snapshot and Group records hold them. */
+function timeAndNotes(state: c.State): { created_at: string; description: string | null; tags: string[] } {
+  const created_at = text(state, 'time');
+  check(!Number.isNaN(Date.parse(created_at)), 'time');
+  const description = optString.decode(state);
+  check(description === null || description.length <= MAX_TEXT, 'description');
+  const nt = c.uint.decode(state);
+  check(nt <= MAX_TAGS, 'tag count');
+  const tags: string[] = [];
+  for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+  return { created_at, description, tags };
 }
 
 function optHash(state: c.State): Buffer | null {
@@ -169,14 +223,30 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         c.string.preencode(state, r.vm);
         c.optionalBuffer.preencode(state, r.content_id);
         break;
+      case 'group':
+        c.string.preencode(state, r.group);
+        c.string.preencode(state, r.name);
+        c.string.preencode(state, r.created_at);
+        optString.preencode(state, r.description);
+        c.uint.preencode(state, r.tags.length);
+        for (const t of r.tags) c.string.preencode(state, t);
+        c.string.preencode(state, r.type);
+        c.string.preencode(state, r.consistency);
+        c.uint.preencode(state, r.pause_ms === null ? 0 : r.pause_ms + 1);
+        state.end += 1;
+        optString.preencode(state, r.auto_policy);
+        c.uint.preencode(state, r.members.length);
+        for (const m of r.members) {
+          c.string.preencode(state, m.vm);
+          c.string.preencode(state, m.snapshot);
+          state.end += HASH_BYTES;
+        }
+        break;
     }
   },
   encode(state, r) {
     c.uint8.encode(state, CATALOG_FORMAT);
-    c.uint8.encode(
-      state,
-      RecordKind[r.kind === 'share' ? 'Share' : r.kind === 'unshare' ? 'Unshare' : r.kind === 'map' ? 'Map' : r.kind === 'snapshot' ? 'Snapshot' : 'Head'],
-    );
+    c.uint8.encode(state, KIND_BYTE[r.kind]);
     switch (r.kind) {
       case 'share':
         c.string.encode(state, r.vm);
@@ -222,6 +292,25 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         c.string.encode(state, r.vm);
         c.optionalBuffer.encode(state, r.content_id);
         break;
+      case 'group':
+        c.string.encode(state, r.group);
+        c.string.encode(state, r.name);
+        c.string.encode(state, r.created_at);
+        optString.encode(state, r.description);
+        c.uint.encode(state, r.tags.length);
+        for (const t of r.tags) c.string.encode(state, t);
+        c.string.encode(state, r.type);
+        c.string.encode(state, r.consistency);
+        c.uint.encode(state, r.pause_ms === null ? 0 : r.pause_ms + 1);
+        c.uint8.encode(state, r.auto_created ? 1 : 0);
+        optString.encode(state, r.auto_policy);
+        c.uint.encode(state, r.members.length);
+        for (const m of r.members) {
+          c.string.encode(state, m.vm);
+          c.string.encode(state, m.snapshot);
+          c.fixed32.encode(state, m.content_id);
+        }
+        break;
     }
   },
   decode(state): CatalogRecord {
@@ -266,14 +355,7 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
         check((parent === null) === (parent_name === null), 'parent');
         const type = c.string.decode(state);
         check(type === 'disk' || type === 'full', 'snapshot type');
-        const created_at = text(state, 'time');
-        check(!Number.isNaN(Date.parse(created_at)), 'time');
-        const description = optString.decode(state);
-        check(description === null || description.length <= MAX_TEXT, 'description');
-        const nt = c.uint.decode(state);
-        check(nt <= MAX_TAGS, 'tag count');
-        const tags: string[] = [];
-        for (let i = 0; i < nt; i++) tags.push(text(state, 'tag'));
+        const { created_at, description, tags } = timeAndNotes(state);
         const auto_created = c.uint8.decode(state) === 1;
         const auto_policy = optString.decode(state);
         const nd = c.uint.decode(state);
@@ -312,11 +394,50 @@ const catalogRecord: c.Encoding<CatalogRecord> = {
       }
       case RecordKind.Head:
         return { kind: 'head', vm: name(state, 'vm name'), content_id: optHash(state) };
+      case RecordKind.Group:
+        return decodeGroup(state);
       default:
         throw new WireError(`catalog record type ${kind}`);
     }
   },
 };
+
+function decodeGroup(state: c.State): GroupRecordEntry {
+  const group = name(state, 'group name');
+  const gname = name(state, 'group snapshot name');
+  const { created_at, description, tags } = timeAndNotes(state);
+  const type = c.string.decode(state);
+  check(type === 'disk' || type === 'full', 'group snapshot type');
+  const consistency = c.string.decode(state);
+  check((CONSISTENCIES as readonly string[]).includes(consistency), 'group consistency');
+  const pause = size(state, 'pause');
+  const auto_created = c.uint8.decode(state) === 1;
+  const auto_policy = optString.decode(state);
+  check(auto_policy === null || NAME_RE.test(auto_policy), 'policy name');
+  const nm = c.uint.decode(state);
+  check(nm >= 1 && nm <= MAX_GROUP_MEMBERS, 'group member count');
+  const members: GroupMemberEntry[] = [];
+  for (let i = 0; i < nm; i++) {
+    const vm = name(state, 'vm name');
+    // Sorted and distinct: a member named twice could tag one snapshot for two places.
+    check(i === 0 || members[i - 1]!.vm < vm, 'group members order');
+    members.push({ vm, snapshot: name(state, 'snapshot name'), content_id: c.fixed32.decode(state) });
+  }
+  return {
+    kind: 'group',
+    group,
+    name: gname,
+    created_at,
+    description,
+    tags,
+    type: type as 'disk' | 'full',
+    consistency: consistency as GroupRecordEntry['consistency'],
+    pause_ms: pause === 0 ? null : pause - 1,
+    auto_created,
+    auto_policy,
+    members,
+  };
+}
 
 export function encodeRecord(r: CatalogRecord): Buffer {
   return c.encode(catalogRecord, r);

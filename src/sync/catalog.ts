@@ -17,7 +17,16 @@ import Hypercore from 'hypercore';
 import { CloneboxError } from '../errors.js';
 import { ensureDir, ensurePrivateDir } from '../fsutil.js';
 import type { Home } from '../store/home.js';
-import { type CatalogRecord, decodeRecord, encodeRecord, type HeadRecord, type MapItem, RecordKind, type SnapshotRecordEntry } from './catalog-records.js';
+import {
+  type CatalogRecord,
+  decodeRecord,
+  encodeRecord,
+  type GroupRecordEntry,
+  type HeadRecord,
+  type MapItem,
+  RecordKind,
+  type SnapshotRecordEntry,
+} from './catalog-records.js';
 import { type Identity, type KeyPair, publicKeyOfSeed } from './identity.js';
 import { teamTopic } from './keys.js';
 import { catalogOverLimit } from './limits.js';
@@ -48,13 +57,15 @@ export interface CatalogSnapshot extends SnapshotRecordEntry {
   id: string; // content id, hex
 }
 
-/** What a catalog says, folded: shares in force, every snapshot record, the heads. */
+/** What a catalog says, folded: shares in force, every snapshot record, the heads, the group snapshots. */
 export interface CatalogView {
   length: number;
   shares: Map<string, { upto: string | null }>;
   /** vm -> its snapshot records, in catalog order. */
   snapshots: Map<string, CatalogSnapshot[]>;
   heads: Map<string, Buffer | null>;
+  /** group -> its group snapshot records, in catalog order. */
+  groups: Map<string, GroupRecordEntry[]>;
 }
 
 export class Catalog {
@@ -136,7 +147,7 @@ export class Catalog {
    * record (a heap exhaustion from a ~1 MB catalog).
    */
   async view(): Promise<CatalogView> {
-    const v: CatalogView = { length: this.core.length, shares: new Map(), snapshots: new Map(), heads: new Map() };
+    const v: CatalogView = { length: this.core.length, shares: new Map(), snapshots: new Map(), heads: new Map(), groups: new Map() };
     let claimed = 0; // entries before this index belong to a Snapshot record already
     for (let i = 0; i < v.length; i++) {
       const buf = await this.core.get(i, { timeout: 30_000 });
@@ -146,7 +157,11 @@ export class Catalog {
       if (r.kind === 'share') v.shares.set(r.vm, { upto: r.upto });
       else if (r.kind === 'unshare') v.shares.delete(r.vm);
       else if (r.kind === 'head') v.heads.set(r.vm, (r as HeadRecord).content_id);
-      else if (r.kind === 'snapshot') {
+      else if (r.kind === 'group') {
+        const list = v.groups.get(r.group) ?? [];
+        list.push(r);
+        v.groups.set(r.group, list);
+      } else if (r.kind === 'snapshot') {
         for (const d of r.disks) {
           if (d.map_start < claimed || d.map_start + d.map_count > i) {
             throw new CloneboxError(

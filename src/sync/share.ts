@@ -9,33 +9,40 @@
  * snapshot's maps and record appended together), and a Head record when the VM's current snapshot
  * moved. So a shared VM's later snapshots follow; `unshare` stops that (what teammates already pulled
  * stays theirs).
+ *
+ * `snapshot share --group G` shares every member VM of the group as `share VM` does (whole chains) and
+ * records the group in shares.json; publishing then appends a Group record for each ready group
+ * snapshot once every member snapshot it names is published (docs/groups.md, "Sharing a group").
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Codec, compressBound, FRAME_TARGET } from '../content/codec.js';
 import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
-import { ensureDir, writeJsonAtomic } from '../fsutil.js';
+import { ensureDir, pathExists, writeJsonAtomic } from '../fsutil.js';
 import { checkName } from '../names.js';
 import { Chain } from '../qcow2/chain.js';
 import { ChainReader } from '../qcow2/chain-reader.js';
 import { contentId, isResolvedLayer } from '../snapshots/identity.js';
+import { checkGroupName, groupFile, listGroupSnapshotRecords, loadGroup } from '../store/groups.js';
 import type { Home } from '../store/home.js';
 import { acquireLock } from '../store/lock.js';
 import { listVmNames, loadVm, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, originOf, type SnapshotRecord } from '../store/snapshots.js';
 import type { BlockSource, SourcePart } from './blocks.js';
 import { Catalog, type CatalogView, syncDir } from './catalog.js';
-import { type CatalogRecord, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
+import { type CatalogRecord, type GroupRecordEntry, MAX_MAP_ITEMS, type MapRecord, type SnapshotRecordEntry } from './catalog-records.js';
 import { ensureIdentity } from './identity.js';
 import { cachedLayerMap } from './layermap.js';
 import { type BlockFrame, MAX_FRAME_RAW } from './messages.js';
 import type { FramePace } from './pace.js';
-import { loadTeam } from './teams.js';
+import { loadTeam, type TeamRecord } from './teams.js';
 
 interface SharesFile {
   format: 1;
   vms: Record<string, { upto: string | null; since: string }>;
+  /** Groups shared (`share --group`); absent in files of older builds. */
+  groups?: Record<string, { since: string }>;
 }
 
 function sharesFile(home: Home, team: string): string {
@@ -45,7 +52,7 @@ function sharesFile(home: Home, team: string): string {
 async function loadShares(home: Home, team: string): Promise<SharesFile> {
   try {
     const doc = JSON.parse(await readFile(sharesFile(home, team), 'utf8')) as SharesFile;
-    if (doc.format !== 1 || typeof doc.vms !== 'object') throw new Error('unexpected shape');
+    if (doc.format !== 1 || typeof doc.vms !== 'object' || (doc.groups !== undefined && typeof doc.groups !== 'object')) throw new Error('unexpected shape');
     return doc;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { format: 1, vms: {} };
@@ -86,20 +93,66 @@ export async function shareVm(home: Home, team: string, vm: string, upto: string
     }
   }
   await updateShares(home, team, (s) => ({ ...s, vms: { ...s.vms, [vm]: { upto, since: new Date().toISOString() } } }));
-  const identity = await ensureIdentity(home);
+  const published = await publishNow(home, rec, log, (res) => res.find((r) => r.vm === vm)?.snapshots ?? []);
+  return { vm, team, upto, published };
+}
+
+/**
+ * Publishes at once when our catalog is free, then `then` reads the outcome; null when a running sync
+ * holds the catalog (it publishes within seconds).
+ */
+async function publishNow<T>(
+  home: Home,
+  team: TeamRecord,
+  log: ((l: string) => void) | undefined,
+  then: (res: Awaited<ReturnType<typeof publish>>, cat: Catalog) => T | Promise<T>,
+): Promise<T | null> {
   let cat: Catalog;
   try {
-    cat = await Catalog.openOwn(home, rec, identity);
+    cat = await Catalog.openOwn(home, team, await ensureIdentity(home));
   } catch (err) {
-    if ((err as CloneboxError).code === 'SYNC_BUSY') return { vm, team, upto, published: null };
+    if ((err as CloneboxError).code === 'SYNC_BUSY') return null;
     throw err;
   }
   try {
-    const res = await publish(home, team, cat, log);
-    return { vm, team, upto, published: res.find((r) => r.vm === vm)?.snapshots ?? [] };
+    return await then(await publish(home, team.team, cat, log), cat);
   } finally {
     await cat.close();
   }
+}
+
+export interface ShareGroupResult {
+  group: string;
+  team: string;
+  /** The member VMs now shared (every VM the group or one of its group snapshots names that exists here). */
+  vms: string[];
+  /** Group snapshots now in the catalog (null when a running sync holds the catalog: it publishes). */
+  published: string[] | null;
+}
+
+/**
+ * Shares group `group`: each member VM's whole chain (as `share VM` without --name: a group snapshot
+ * needs every member's line up to it) and the group's snapshots.
+ */
+export async function shareGroup(home: Home, team: string, group: string, log?: (l: string) => void): Promise<ShareGroupResult> {
+  checkGroupName(group);
+  const rec = await loadTeam(home, team);
+  const g = await loadGroup(home, group);
+  const named = new Set(g.members);
+  for (const s of await listGroupSnapshotRecords(home, group)) for (const m of s.members) named.add(m.vm);
+  const vms: string[] = [];
+  for (const vm of [...named].sort()) {
+    if (await vmExists(home, vm)) vms.push(vm);
+    else log?.(`group ${group} names VM ${vm}, which no longer exists here: its group snapshots cannot be shared`);
+  }
+  const since = new Date().toISOString();
+  await updateShares(home, team, (s) => ({
+    ...s,
+    vms: { ...s.vms, ...Object.fromEntries(vms.map((vm) => [vm, { upto: null, since: s.vms[vm]?.upto === null ? s.vms[vm].since : since }])) },
+    groups: { ...s.groups, [group]: { since: s.groups?.[group]?.since ?? since } },
+  }));
+  const published = await publishNow(home, rec, log, async (_, cat) => ((await cat.view()).groups.get(group) ?? []).map((r) => r.name));
+  return { group, team, vms, published };
 }
 
 export async function unshareVm(home: Home, team: string, vm: string): Promise<{ vm: string; team: string; was_shared: boolean }> {
@@ -112,17 +165,7 @@ export async function unshareVm(home: Home, team: string, vm: string): Promise<{
     delete vms[vm];
     return { ...s, vms };
   });
-  const identity = await ensureIdentity(home);
-  try {
-    const cat = await Catalog.openOwn(home, rec, identity);
-    try {
-      await publish(home, team, cat);
-    } finally {
-      await cat.close();
-    }
-  } catch (err) {
-    if ((err as CloneboxError).code !== 'SYNC_BUSY') throw err;
-  }
+  await publishNow(home, rec, undefined, () => undefined);
   return { vm, team, was_shared: was };
 }
 
@@ -195,6 +238,8 @@ export async function publish(
   await cat.append(head);
 
   const out: { vm: string; snapshots: string[]; appended: number }[] = [];
+  /** vm -> local snapshot name -> published content id (for the Group records). */
+  const ids = new Map<string, Map<string, string>>();
   for (const [vm, s] of Object.entries(shares.vms)) {
     if (!(await vmExists(home, vm))) {
       log?.(`shared VM ${vm} no longer exists here; nothing new to publish`);
@@ -213,6 +258,7 @@ export async function publish(
     const published = new Map<string, SnapshotRecordEntry & { id: string }>();
     for (const p of view.snapshots.get(vm) ?? []) published.set(keyOf(p.name, p.created_at), p);
     const idOf = new Map<string, string>(); // local snapshot name -> published content id
+    ids.set(vm, idOf);
     for (const r of line) {
       const p = published.get(keyOf(r.name, r.created_at));
       if (p) idOf.set(r.name, p.id);
@@ -286,7 +332,52 @@ export async function publish(
     }
     out.push({ vm, snapshots: line.filter((r) => idOf.has(r.name)).map((r) => r.name), appended });
   }
+  await publishGroups(home, shares, cat, view, ids, log);
   return out;
+}
+
+/**
+ * Appends a Group record for each ready group snapshot of a shared group that is not in the catalog
+ * yet and whose member snapshots all are (`ids`): a teammate then finds every member it names. The
+ * others wait for a later publish (a member still being published, or not publishable: pulled here).
+ */
+async function publishGroups(
+  home: Home,
+  shares: SharesFile,
+  cat: Catalog,
+  view: CatalogView,
+  ids: Map<string, Map<string, string>>,
+  log?: (l: string) => void,
+): Promise<void> {
+  for (const group of Object.keys(shares.groups ?? {}).sort()) {
+    if (!(await pathExists(groupFile(home, group)))) {
+      log?.(`shared group ${group} no longer exists here; nothing new to publish`);
+      continue;
+    }
+    const done = new Set((view.groups.get(group) ?? []).map((g) => keyOf(g.name, g.created_at)));
+    const snaps = (await listGroupSnapshotRecords(home, group)).filter((g) => g.state === 'ready').sort((a, b) => a.created_at.localeCompare(b.created_at));
+    const recs: GroupRecordEntry[] = [];
+    for (const g of snaps) {
+      if (done.has(keyOf(g.name, g.created_at))) continue;
+      const members = [...g.members].sort((a, b) => (a.vm < b.vm ? -1 : 1)).map((m) => ({ ...m, id: ids.get(m.vm)?.get(m.snapshot) }));
+      if (members.some((m) => m.id === undefined)) continue;
+      recs.push({
+        kind: 'group',
+        group,
+        name: g.name,
+        created_at: g.created_at,
+        description: g.description,
+        tags: g.tags,
+        type: g.type,
+        consistency: g.consistency,
+        pause_ms: g.pause_ms,
+        auto_created: g.auto_created,
+        auto_policy: g.auto_policy,
+        members: members.map((m) => ({ vm: m.vm, snapshot: m.snapshot, content_id: Buffer.from(m.id!, 'hex') })),
+      });
+    }
+    await cat.append(recs);
+  }
 }
 
 // ---- serving ----------------------------------------------------------------------------------------

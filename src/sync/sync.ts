@@ -31,7 +31,7 @@ import { originOf, type SnapshotRecord } from '../store/snapshots.js';
 import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
 import { catalogProof } from './cards.js';
-import { Catalog, catalogKeyPair } from './catalog.js';
+import { Catalog, type CatalogView, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
@@ -40,6 +40,7 @@ import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL } from './messages.js';
 import { BlocksUnavailable, type ChainReport, pullChain } from './pull.js';
+import { type GroupPullReport, pullGroups } from './pull-group.js';
 import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
@@ -98,6 +99,8 @@ export interface SyncReport {
   shared: { vm: string; snapshots: string[] }[];
   /** Extra: chains that failed (the command exits 1 when any did). */
   errors: { peer: string; vm: string | null; code: ErrorCode; message: string }[];
+  /** Teammates' shared groups: what was registered, and what waits for a member (pull-group.ts). */
+  groups: GroupPullReport[];
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms).unref?.());
@@ -131,7 +134,7 @@ class SyncRun {
   private readonly peerDeadline: number;
   /** --watch: the timeout bounds only reaching the DHT; pulls take what they take. */
   private readonly pullDeadline: number;
-  private readonly report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [] };
+  private readonly report: SyncReport = { peers: [], chains: [], bytes_received: 0, shared: [], errors: [], groups: [] };
   /** Per proven connection, by peer public key hex. */
   private readonly states = new Map<string, PeerState>();
   private readonly scheduler = new PullScheduler((key) => this.pullKey(key));
@@ -140,6 +143,8 @@ class SyncRun {
   private readonly cleanups: (() => Promise<void>)[] = [];
   /** Teammates' catalogs found beyond the limits (reported once per run). */
   private readonly overLimit = new Set<Catalog>();
+  /** Teammates' catalogs this build could not read, at which length (reported once per length). */
+  private readonly unreadable = new Map<Catalog, number>();
   private lastPeerAt = 0;
   /** The spool is cleared (and closed) once every block in it is in a registered layer. */
   private spoolDone = false;
@@ -484,7 +489,20 @@ class SyncRun {
       log(`the catalog of ${author} is not complete here yet; its chains wait for the next sync`);
       return;
     }
-    const view = await cat.view();
+    let view: CatalogView;
+    try {
+      view = await cat.view();
+    } catch (err) {
+      // A record this build cannot read (a newer record type, or a malformed one): that author's chains
+      // wait, the other teammates' are pulled.
+      // Told once per catalog length (a --watch run looks again every few seconds).
+      if (this.unreadable.get(cat) === cat.core.length) return;
+      this.unreadable.set(cat, cat.core.length);
+      const message = `the catalog of ${author} cannot be read here (${(err as Error).message}): none of its chains are pulled`;
+      report.errors.push({ peer: author, vm: null, code: err instanceof CloneboxError ? err.code : 'SYNC_CATALOG', message });
+      log(message);
+      return;
+    }
     for (const vm of view.shares.keys()) {
       if (this.scheduler.stopping) return;
       const label = `${vm} from ${author}${author === st.peer.name ? '' : ` (via ${st.peer.name})`}`;
@@ -550,6 +568,27 @@ class SyncRun {
         report.errors.push({ peer: author, vm, code: err instanceof CloneboxError ? err.code : 'INTERNAL', message: e.message });
         log(`pull ${label} failed: ${e.message}`);
       }
+    }
+    if (view.groups.size && !this.scheduler.stopping) await this.pullGroupsOf(cat, view, author);
+  }
+
+  /**
+   * The catalog's shared groups, once its chains are pulled: each group snapshot whose members are all
+   * complete here is registered (pull-group.ts). A pass of a catalog replaces its earlier report.
+   */
+  private async pullGroupsOf(cat: Catalog, view: CatalogView, author: string): Promise<void> {
+    const { report, log } = this;
+    const { reports, errors } = await pullGroups({ home: this.home, peerName: author, catalogKey: cat.key.toString('hex'), view }, log);
+    for (const r of reports) {
+      const prev = report.groups.findIndex((g) => g.group === r.group && g.peer === r.peer);
+      if (prev >= 0) {
+        const registered = [...report.groups[prev]!.registered, ...r.registered];
+        report.groups[prev] = { ...r, registered };
+      } else report.groups.push(r);
+    }
+    for (const { group, error } of errors) {
+      report.errors.push({ peer: author, vm: null, code: error instanceof CloneboxError ? error.code : 'INTERNAL', message: error.message });
+      log(`group ${group} from ${author} not registered: ${error.message}`);
     }
   }
 }
