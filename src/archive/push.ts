@@ -164,12 +164,7 @@ async function totalData(plans: SnapPlan[]): Promise<number> {
 async function ingestLayer(ingest: Ingest, file: string, resolved: boolean): Promise<StoredLayer> {
   const src = await openLayer(file, resolved);
   try {
-    return await ingest.layer(src.virtualSize, src.clusterSize, async (b) => {
-      for await (const p of src.pieces()) {
-        if (p.kind === 'zero') await b.zero(p.offset, p.length);
-        else await b.data(p.offset, p.length, p.fill);
-      }
-    });
+    return await ingest.storeLayer(src);
   } finally {
     await src.close();
   }

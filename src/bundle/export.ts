@@ -1,30 +1,26 @@
 /**
  * `snapshot export`: a snapshot chain (root..N, or the layers after BASE) into one bundle.
  *
- * Pipeline, per layer in bundle order:
- *   main thread   reads the layer's map and data (blocks.ts), cuts blocks into ~4 MiB batches
- *   worker        hashes every block of a batch (SHA-256)
- *   main thread   looks each block id up in the dedup index, in batch order: known → a reference,
- *                 new → gets the next block number
+ * Pipeline, per layer in bundle order (content/frames.ts, shared with the archive's push):
+ *   main thread   reads the layer's map and data (content/layer.ts), cuts blocks into ~2 MiB batches,
+ *                 hashes every block (SHA-256) and looks its id up in the dedup index: known → a
+ *                 reference, new → gets the next block number
  *   worker        compresses the batch's new blocks into one zstd frame (the bytes never came back)
  *   main thread   appends the frame and the batch's records to the current pack, in batch order;
  *                 a full pack is sealed and written as one tar entry
  * Batches in flight are bounded (two per worker), so memory does not grow with the disk.
  */
 
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { link, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { checkAborted } from '../abort.js';
 import { nowIso } from '../clock.js';
-import { type Batch, Batcher } from '../content/batcher.js';
-import { compressBound } from '../content/codec.js';
 import { BlockIndex } from '../content/dedup.js';
 import { LayerDigest } from '../content/digest.js';
+import { FramePipeline } from '../content/frames.js';
 import { openLayer } from '../content/layer.js';
-import type { WorkerReply } from '../content/worker.js';
 import { WorkerPool } from '../content/workers.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
@@ -42,7 +38,6 @@ import { listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, saveSnaps
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
   BLOCK_SIZE,
-  Codec,
   ENTRY_HEADER,
   ENTRY_META,
   ENTRY_SEAL,
@@ -523,37 +518,11 @@ async function totalData(layers: LayerPlan[]): Promise<number> {
   return n;
 }
 
-interface InFlight {
-  batch: { layer: number; items: Batch['items'] };
-  /** SHA-256 of each block item, in item order. */
-  shas: Buffer;
-  /** Block number of each block item, in item order. */
-  numbers: Uint32Array;
-  /** Lengths and ids of the batch's new blocks (the frame), in order. */
-  fresh: { length: number; id: Buffer }[];
-  frame: Promise<{ codec: Codec; stored: Buffer; rawLength: number; release: () => void }> | null;
-}
-
 interface PipelineResult {
   packs: number;
   digests: Buffer[];
   layerStats: Seal['layers'];
   totals: SealTotals;
-}
-
-/** ArrayBuffers that cycle between this thread and the workers (no page faults, no garbage). */
-class BufferPool {
-  private readonly free: ArrayBuffer[] = [];
-  constructor(
-    private readonly size: number,
-    private readonly keep: number,
-  ) {}
-  take(): ArrayBuffer {
-    return this.free.pop() ?? new ArrayBuffer(this.size);
-  }
-  give(b: ArrayBuffer): void {
-    if (b.byteLength === this.size && this.free.length < this.keep) this.free.push(b);
-  }
 }
 
 async function runPipeline(
@@ -571,16 +540,9 @@ async function runPipeline(
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
   const digests = layers.map((l) => new LayerDigest(l.meta.virtual_size, l.meta.cluster_size));
-  // Frames being compressed: enough to keep every worker busy while this thread reads and hashes.
-  const maxInFlight = pool.size * 2;
   const packTarget = envSize('CLONEBOX_BUNDLE_PACK_BYTES', PACK_TARGET);
   const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
   const packW = new PackWriter(packTarget + 2 * (frameTarget + BLOCK_SIZE));
-  // Pools as deep as the frames in flight (plus the batcher's and the one being emitted): a fresh
-  // buffer costs a page fault per 4 KiB when first touched, and shallow pools kept faulting (bench/README.md).
-  const inputs = new BufferPool(frameTarget + BLOCK_SIZE, maxInFlight + 3);
-  const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE), maxInFlight + 2);
-  const queue: InFlight[] = [];
 
   const writePack = async () => {
     const payload = packW.take();
@@ -591,113 +553,67 @@ async function runPipeline(
     await packW.ready();
   };
 
-  // In batch order: the frame (if any), then the batch's records; a full pack goes out as one entry.
-  const emit = async (f: InFlight) => {
-    const b = f.batch;
-    if (f.frame) {
-      const frame = await f.frame;
-      packW.frame(frame.codec, f.fresh, frame.stored);
-      frame.release();
-      totals.frames++;
-      totals.stored_bytes += frame.stored.length;
-      totals.unique_bytes += frame.rawLength;
-      totals.unique_blocks += f.fresh.length;
-    }
-    const dg = digests[b.layer]!;
-    let k = 0;
-    let bytes = 0;
-    for (const it of b.items) {
-      if (it.kind === 'zero') {
-        packW.zero(b.layer, it.offset, it.length);
-        dg.addZero(it.offset, it.length);
-        continue;
-      }
-      packW.data(b.layer, it.offset, f.numbers[k]!, it.length);
-      dg.addBlock(it.offset, it.length, f.shas.subarray(k * 32, k * 32 + 32));
-      totals.blocks++;
-      totals.logical_bytes += it.length;
-      bytes += it.length;
-      k++;
-    }
-    if (packW.size >= packTarget) await writePack();
-    progress.add(bytes);
-    checkAborted(signal);
-  };
-
-  // Runs on this thread while the batch buffer is still ours: hash, dedup, copy the new blocks out.
-  const submit = async (batch: Batch) => {
-    const shas = Buffer.allocUnsafe(batch.blocks * 32);
-    const numbers = new Uint32Array(batch.blocks);
-    const fresh: { length: number; id: Buffer }[] = [];
-    const freshItems: { at: number; length: number }[] = [];
-    let k = 0;
-    for (const it of batch.items) {
-      if (it.kind !== 'block') continue;
-      const sha = shas.subarray(k * 32, k * 32 + 32);
-      createHash('sha256')
-        .update(batch.buf.subarray(it.at, it.at + it.length))
-        .digest()
-        .copy(sha);
-      const bid = blockId(sha, idk);
-      let n = index.get(bid);
-      if (n < 0) {
-        n = index.add(bid);
-        fresh.push({ length: it.length, id: index.idOf(n) });
-        freshItems.push(it);
-      }
-      numbers[k++] = n;
-    }
-    const f: InFlight = { batch: { layer: batch.layer, items: batch.items }, shas, numbers, fresh, frame: null };
-    let input: Buffer | null = null;
-    let rawLength = 0;
-    let kept = false;
-    if (fresh.length === batch.blocks && fresh.length > 0) {
-      // Every block is new: the batch buffer itself goes to the worker (no copy); the batcher takes another.
-      input = batch.buf;
-      rawLength = batch.used;
-      kept = true;
-    } else if (fresh.length) {
-      input = Buffer.from(inputs.take());
-      for (const it of freshItems) {
-        batch.buf.copy(input, rawLength, it.at, it.at + it.length);
-        rawLength += it.length;
-      }
-    }
-    if (input) {
-      const output = outputs.take();
-      const inAb = input.buffer as ArrayBuffer;
-      const raw = rawLength;
-      f.frame = pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level }, [inAb, output]).then((rep) => {
-        const r = rep as Extract<WorkerReply, { storedLength: number }>;
-        // The stored bytes stay in their buffer until the batch is emitted (copied into the pack then).
-        if (r.codec === Codec.Zstd) {
-          inputs.give(r.input);
-          return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => outputs.give(r.output) };
+  // Per batch: the block number of each block item. In batch order: the frame (if any), then the
+  // batch's records; a full pack goes out as one entry.
+  const pipeline = new FramePipeline<Uint32Array>(
+    pool,
+    {
+      begin: (blocks) => new Uint32Array(blocks),
+      block: (numbers, k, sha) => {
+        const bid = blockId(sha, idk);
+        let n = index.get(bid);
+        const fresh = n < 0;
+        if (fresh) n = index.add(bid);
+        numbers[k] = n;
+        return fresh ? index.idOf(n) : null;
+      },
+      emit: async (b) => {
+        if (b.frame) {
+          packW.frame(b.frame.codec, b.fresh, b.frame.stored);
+          totals.frames++;
+          totals.stored_bytes += b.frame.stored.length;
+          totals.unique_bytes += b.frame.rawLength;
+          totals.unique_blocks += b.fresh.length;
         }
-        outputs.give(r.output);
-        return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => inputs.give(r.input) };
-      });
-      f.frame.catch(() => undefined); // a failure surfaces when the batch is emitted
-    }
-    queue.push(f);
-    while (queue.length > maxInFlight) await emit(queue.shift()!);
-    return kept ? ('kept' as const) : undefined;
-  };
+        const dg = digests[b.layer]!;
+        let k = 0;
+        let bytes = 0;
+        for (const it of b.items) {
+          if (it.kind === 'zero') {
+            packW.zero(b.layer, it.offset, it.length);
+            dg.addZero(it.offset, it.length);
+            continue;
+          }
+          packW.data(b.layer, it.offset, b.state[k]!, it.length);
+          dg.addBlock(it.offset, it.length, b.shas.subarray(k * 32, k * 32 + 32));
+          totals.blocks++;
+          totals.logical_bytes += it.length;
+          bytes += it.length;
+          k++;
+        }
+        if (packW.size >= packTarget) await writePack();
+        progress.add(bytes);
+        checkAborted(signal);
+      },
+    },
+    frameTarget,
+    level,
+  );
 
-  for (const [li, l] of layers.entries()) {
-    const src = await openLayer(l.path, l.resolved);
-    try {
-      const batcher = new Batcher(li, frameTarget, submit, () => Buffer.from(inputs.take()));
-      for await (const p of src.pieces()) {
-        if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
-        else await batcher.data(p.offset, p.length, p.fill);
+  try {
+    for (const [li, l] of layers.entries()) {
+      const src = await openLayer(l.path, l.resolved);
+      try {
+        await pipeline.layer(li, src);
+      } finally {
+        await src.close();
       }
-      await batcher.flush();
-    } finally {
-      await src.close();
     }
+    await pipeline.drain();
+  } catch (err) {
+    await pipeline.abort();
+    throw err;
   }
-  while (queue.length) await emit(queue.shift()!);
   if (!packW.empty) await writePack();
   const layerStats = digests.map((d) => {
     const digest = d.digest();
