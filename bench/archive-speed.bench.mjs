@@ -14,11 +14,27 @@
  * Env: BENCH_ARCHIVE_SPEED_MIB (disk size, a multiple of 64), BENCH_RUNS when run alone.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdir, readdir, rm, stat } from 'node:fs/promises';
+import { mkdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { regionWriter } from './lib/chain-data.mjs';
-import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import {
+  CLEAN_ENV,
+  CLI,
+  cpuRatio,
+  filesBytes,
+  MiB,
+  machineInfo,
+  measure,
+  NODE,
+  peakRss,
+  ratio,
+  requireTool,
+  sh,
+  timeCommand,
+  uptime,
+  withTempDir,
+} from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 
 export const name = 'archive-speed';
@@ -29,7 +45,8 @@ const CS = 64 * 1024;
 
 function diskMiB() {
   const v = Number(process.env.BENCH_ARCHIVE_SPEED_MIB ?? 512);
-  if (!Number.isInteger(v) || v < 64 || v % 64 !== 0) throw new Error(`BENCH_ARCHIVE_SPEED_MIB must be a multiple of 64, got ${process.env.BENCH_ARCHIVE_SPEED_MIB}`);
+  if (!Number.isInteger(v) || v < 64 || v % 64 !== 0)
+    throw new Error(`BENCH_ARCHIVE_SPEED_MIB must be a multiple of 64, got ${process.env.BENCH_ARCHIVE_SPEED_MIB}`);
   return v;
 }
 
@@ -60,24 +77,6 @@ async function buildChain(dir, mib) {
   await rm(src, { recursive: true, force: true });
   return { home, data_bytes: (mib / 4 + mib / 8 + mib / 16) * MiB };
 }
-
-async function filesBytes(dir) {
-  let total = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) total += (await stat(path.join(e.parentPath ?? e.path, e.name))).size;
-  }
-  return total;
-}
-
-/** Peak RSS in bytes of one run of a command. */
-function peakRss(args) {
-  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS=%M', ...args], { encoding: 'utf8', env: ENV, maxBuffer: 64 * MiB });
-  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
-  const m = /MAXRSS=(\d+)/.exec(r.stderr);
-  return m ? Number(m[1]) * 1024 : null;
-}
-
-const uptime = () => sh('uptime', []).trim();
 
 export default async function run({ runs = 5, log = () => {} } = {}) {
   requireTool('qemu-img');
@@ -131,7 +130,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     log(
       `push ${s(speed.clonebox.median_ms)} (cpu ${s(speed.clonebox.cpu_median_ms)}) vs export ${s(speed['snapshot export'].median_ms)} (cpu ${s(speed['snapshot export'].cpu_median_ms)}): ${result.speed.ratio}x wall, ${result.speed.cpu_ratio}x cpu (target 1.1x)`,
     );
-    log(`peak RSS push ${(rssPush / MiB).toFixed(0)} MiB, export ${(rssExport / MiB).toFixed(0)} MiB (target 256 MiB); repository ${repoBytes} bytes, bundle ${bundleBytes} bytes`);
+    log(
+      `peak RSS push ${(rssPush / MiB).toFixed(0)} MiB, export ${(rssExport / MiB).toFixed(0)} MiB (target 256 MiB); repository ${repoBytes} bytes, bundle ${bundleBytes} bytes`,
+    );
     log(`load: ${result.uptime_end}`);
     result.summary = [
       {

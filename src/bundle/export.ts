@@ -26,15 +26,14 @@ import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { fsyncDir, tempDone, tempPathFor } from '../fsutil.js';
 import { checkName } from '../names.js';
-import { checkedBackingChain } from '../qcow2/backing.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { checkedLayers, keepContentIds, layersDataBytes, lineTo, snapshotNotFound } from '../snapshots/chain-read.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
 import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotMeta } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
   BLOCK_SIZE,
@@ -138,10 +137,6 @@ function envSize(name: string, dflt: number): number {
 
 /** Written bytes between background datasyncs of an export to a file. */
 const BACKGROUND_SYNC_BYTES = 32 * 1024 * 1024;
-
-function notFound(vm: string, name: string): CloneboxError {
-  return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
-}
 
 /** What to export of one VM: snapshots root..name (default: its current one), or those after `since`. */
 export interface ChainTarget {
@@ -254,18 +249,7 @@ export async function exportChains(
       compression: { codec: 'zstd', level },
       chains,
       group,
-      snapshots: allSnaps.map((s) => ({
-        name: s.name,
-        parent: s.parent,
-        type: s.type,
-        created_at: s.created_at,
-        description: s.description,
-        tags: s.tags,
-        auto_created: s.auto_created,
-        auto_policy: s.auto_policy,
-        expires_at: s.expires_at,
-        content_id: s.content_id ?? null,
-      })),
+      snapshots: allSnaps.map((s) => ({ ...snapshotMeta(s), content_id: s.content_id ?? null })),
       layers: layers.map((l) => l.meta),
     };
 
@@ -286,7 +270,7 @@ export async function exportChains(
       out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 2 * PACK_TARGET + 1024 * 1024 });
     }
     const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStream);
-    const progress = new Progress('export', opts.onProgress ? await totalData(layers) : null, opts.onProgress);
+    const progress = new Progress('export', opts.onProgress ? await layersDataBytes(layers) : null, opts.onProgress);
     try {
       await tarW.add(ENTRY_HEADER, header);
       await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeMeta(meta)));
@@ -361,6 +345,7 @@ export async function exportChains(
           home,
           ch.vm,
           allSnaps.slice(ch.first, ch.first + ch.count).map((s, i) => ({ rec: s, id: ids[ch.first + i]! })),
+          'snapshot export',
         );
       }
       return {
@@ -407,21 +392,13 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
   }
   if (t.name !== undefined) checkName('snapshot', t.name);
-  if (!byName.has(last)) throw notFound(vmName, last);
-  // The line from the root to `last`.
-  const line: SnapshotRecord[] = [];
-  for (let cur: string | null = last; cur !== null; cur = byName.get(cur)?.parent ?? null) {
-    const rec = byName.get(cur);
-    if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vmName}`);
-    if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vmName}`);
-    line.push(rec);
-  }
-  line.reverse();
+  if (!byName.has(last)) throw snapshotNotFound(vmName, last);
+  const line = lineTo(vmName, byName, last);
   let since: MetaChain['since'] = null;
   let chain = line;
   if (t.since !== undefined) {
     checkName('snapshot', t.since);
-    if (!byName.has(t.since)) throw notFound(vmName, t.since);
+    if (!byName.has(t.since)) throw snapshotNotFound(vmName, t.since);
     const at = line.findIndex((s) => s.name === t.since);
     if (at < 0 || at === line.length - 1) {
       throw usageError(`--since ${t.since} is not an ancestor of ${last}`, `see \`clonebox snapshot list ${vmName} --tree\``);
@@ -443,56 +420,11 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     if (targets === null) targets = tg;
     else if (targets !== tg)
       throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${tg}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
-    for (const d of disks) {
-      const img = await Qcow2Image.open(d.path);
-      try {
-        const backing = img.backingPath();
-        let resolved = false;
-        if (s.parent === null) {
-          resolved = backing !== null;
-          // A root on a base image carries that base's bytes: its chain must still pass the rules
-          // `vm add` applied (the header may have changed since). A libvirt domain's chain is the domain's.
-          if (resolved && vm.driver === 'image') await checkedBackingChain(d.path, vm.allowed_backing ?? []);
-        } else {
-          const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
-          if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
-            throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
-          }
-        }
-        layers.push({ meta: { snapshot: si, target: d.target, virtual_size: img.virtualSize, cluster_size: img.clusterSize }, path: d.path, resolved });
-      } finally {
-        await img.close();
-      }
+    for (const l of await checkedLayers(vm, s, byName)) {
+      layers.push({ meta: { snapshot: si, target: l.target, virtual_size: l.virtualSize, cluster_size: l.clusterSize }, path: l.path, resolved: l.resolved });
     }
   }
   return { vm: vmName, since, chain, layers };
-}
-
-/**
- * Records the content ids an export computed, for snapshots that had none, under the VM lock again
- * (the pin keeps the snapshots from being merged meanwhile). A VM busy past the lock wait is left as it
- * is: the ids are computed again by the next export or share, from the same unchanged layers.
- */
-async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotRecord; id: string }[]): Promise<void> {
-  const missing = computed.filter((c) => !c.rec.content_id);
-  if (missing.length === 0) return;
-  let lock: Lock;
-  try {
-    lock = await lockVm(home, vm, 'snapshot export');
-  } catch (err) {
-    if (err instanceof CloneboxError && err.code === 'VM_BUSY') return;
-    throw err;
-  }
-  try {
-    for (const { rec, id } of missing) {
-      const cur = readSnapshotRecord(home, vm, rec.name);
-      if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
-      rec.content_id = id;
-      await saveSnapshotRecord(home, { ...cur, content_id: id });
-    }
-  } finally {
-    await lock.release();
-  }
 }
 
 /**
@@ -503,19 +435,6 @@ function writeError(err: unknown, file: string | null): unknown {
   const code = (err as NodeJS.ErrnoException | null)?.code;
   if (err instanceof CloneboxError || typeof code !== 'string' || !/^E[A-Z0-9]+$/.test(code)) return err;
   return ioError(err, 'cannot write bundle', file ?? '(standard output)');
-}
-
-async function totalData(layers: LayerPlan[]): Promise<number> {
-  let n = 0;
-  for (const l of layers) {
-    const src = await openLayer(l.path, l.resolved);
-    try {
-      for await (const p of src.pieces()) if (p.kind === 'data') n += p.length;
-    } finally {
-      await src.close();
-    }
-  }
-  return n;
 }
 
 interface PipelineResult {

@@ -19,7 +19,7 @@ import type { WorkerReply } from './worker.js';
 import type { WorkerPool } from './workers.js';
 
 /** A batch's new blocks compressed as one frame (or kept raw when zstd did not pay). */
-export interface Frame {
+interface Frame {
   codec: Codec;
   stored: Buffer;
   rawLength: number;
@@ -105,7 +105,12 @@ export class FramePipeline<S> {
 
   /** Like layer(), for pieces from elsewhere (a bundle being read): `fill` hands them to the batcher. */
   async feed(layer: number, fill: (b: Batcher) => Promise<void>): Promise<void> {
-    const batcher = new Batcher(layer, this.frameTarget, (b) => this.submit(b), () => Buffer.from(this.inputs.take()));
+    const batcher = new Batcher(
+      layer,
+      this.frameTarget,
+      (b) => this.submit(b),
+      () => Buffer.from(this.inputs.take()),
+    );
     await fill(batcher);
     await batcher.flush();
   }
@@ -173,16 +178,18 @@ export class FramePipeline<S> {
       const output = this.outputs.take();
       const inAb = input.buffer as ArrayBuffer;
       const raw = rawLength;
-      f.frame = pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level: this.level }, [inAb, output]).then((rep) => {
-        const r = rep as Extract<WorkerReply, { storedLength: number }>;
-        // The stored bytes stay in their buffer until the batch is emitted (copied into the pack then).
-        if (r.codec === Codec.Zstd) {
-          this.inputs.give(r.input);
-          return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => this.outputs.give(r.output) };
-        }
-        this.outputs.give(r.output);
-        return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => this.inputs.give(r.input) };
-      });
+      f.frame = pool
+        .request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level: this.level }, [inAb, output])
+        .then((rep) => {
+          const r = rep as Extract<WorkerReply, { storedLength: number }>;
+          // The stored bytes stay in their buffer until the batch is emitted (copied into the pack then).
+          if (r.codec === Codec.Zstd) {
+            this.inputs.give(r.input);
+            return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => this.outputs.give(r.output) };
+          }
+          this.outputs.give(r.output);
+          return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => this.inputs.give(r.input) };
+        });
       f.frame.catch(() => undefined); // a failure surfaces when the batch is emitted
     }
     this.queue.push(f);
