@@ -7,8 +7,8 @@
  *   worker        compresses the batch's new blocks into one zstd frame
  *   this thread   appends the frame to the open pack, notes the new blocks' places, and every block
  *                 (new or known) and zero extent in the layer's map
- * A full pack is finished (trailer, fsync, link) in the background while the next one fills, one at a
- * time; its blocks go into an index file only once it is in place.
+ * A full pack is finished (trailer, fsync, link) in the background while the next one fills (two at the
+ * most); its blocks go into an index file only once it is in place.
  *
  * Durability order (docs/archive-format.md §1): a layer map is linked only once every block it names
  * is in a pack that is in place and in an index file that is in place. So layer maps are finished
@@ -56,6 +56,9 @@ export interface IngestStats {
   map_bytes: number;
 }
 
+/** Packs finished in the background at once (each holds only its rows in memory meanwhile). */
+const MAX_CLOSING = 2;
+
 /** Layer maps written but not yet linked (their blocks' index file is not written yet). */
 const MAX_WAITING_MAPS = 32;
 
@@ -85,10 +88,10 @@ export class Ingest {
   /** Rows of the open pack (moved to `pending` when it is in place). */
   private packRows: { id: Buffer; loc: BlockLocation }[] = [];
   /**
-   * The pack being finished (trailer, fsync, link) while the next one fills: its fsync waits for the
-   * disk, not for this thread (bench/README.md, "archive push against snapshot export"). One at a time.
+   * Packs being finished (trailer, fsync, link) while the next one fills, oldest first: their fsyncs wait
+   * for the disk, not for this thread (bench/README.md, "archive push against snapshot export").
    */
-  private closing: Promise<void> | null = null;
+  private readonly closing: Promise<void>[] = [];
   private pending = new PendingRows();
   private readonly waiting: { w: LayerMapWriter; layer: StoredLayer }[] = [];
   private readonly target = packTarget();
@@ -189,28 +192,28 @@ export class Ingest {
     checkAborted(this.signal);
   }
 
-  /** Starts finishing the open pack in the background, once the one before it is in place. */
+  /** Starts finishing the open pack in the background (after the oldest one, when MAX_CLOSING are). */
   private async closePack(): Promise<void> {
     if (!this.pack) return;
     // (the open pack keeps the fresh blocks in memory while an index file may be written here)
-    await this.settle();
+    while (this.closing.length >= MAX_CLOSING) await this.settleOne();
     const p = this.pack;
     const rows = this.packRows;
     this.pack = null;
     this.packRows = [];
-    this.closing = p.finish().then(() => {
+    const done = p.finish().then(() => {
       this.stats.packs++;
       this.stats.pack_bytes += p.bytes;
       for (const r of rows) this.pending.add(r.id, r.loc);
     });
-    this.closing.catch(() => undefined); // a failure surfaces at the next settle()
+    done.catch(() => undefined); // a failure surfaces when it is settled
+    this.closing.push(done);
   }
 
-  /** Waits for the pack being finished; its rows are pending then (an index file is written once they are many). */
-  private async settle(): Promise<void> {
-    if (!this.closing) return;
-    await this.closing;
-    this.closing = null;
+  /** Waits for the oldest pack being finished; its rows are pending then (an index file is written once they are many). */
+  private async settleOne(): Promise<void> {
+    await this.closing[0];
+    this.closing.shift();
     if (this.pending.size >= INDEX_FLUSH_ROWS) await this.writeIndex();
   }
 
@@ -223,13 +226,13 @@ export class Ingest {
       await this.index.add(written.id);
     }
     // Blocks in an index file are found there now; only blocks still on their way stay in memory.
-    if (!this.pack && !this.closing && this.packRows.length === 0) this.fresh = new BlockIndex();
+    if (!this.pack && this.closing.length === 0 && this.packRows.length === 0) this.fresh = new BlockIndex();
   }
 
   /** Puts every block written so far in place (pack, index), then links the waiting layer maps. */
   async flush(): Promise<void> {
     await this.closePack();
-    await this.settle();
+    while (this.closing.length) await this.settleOne();
     await this.writeIndex();
     for (const x of this.waiting.splice(0)) {
       const stored = await x.w.finish({
@@ -254,8 +257,7 @@ export class Ingest {
 
   /** Drops what was not put in place (packs and maps in progress); files already in place stay (gc reclaims them). */
   async abort(): Promise<void> {
-    await this.closing?.catch(() => undefined);
-    this.closing = null;
+    await Promise.allSettled(this.closing.splice(0));
     await this.pack?.abort();
     this.pack = null;
     for (const x of this.waiting.splice(0)) await x.w.abort();
