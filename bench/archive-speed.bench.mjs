@@ -10,7 +10,8 @@
  * Measured: one untimed warm-up of each side, then `runs` alternated runs (push into a repository made
  * fresh before each run; export to one file with --force): median wall and CPU time (user + system of
  * the whole process tree), the push/export ratios (target 1.1), and the peak RSS of one more run of
- * each under /usr/bin/time (target 256 MiB). Wall time under load says little; CPU time is steadier.
+ * each under /usr/bin/time (target 256 MiB); then `archive check --read-data` of that repository (the
+ * bench fails when a block does not read back). Wall time under load says little; CPU time is steadier.
  * Env: BENCH_ARCHIVE_SPEED_MIB (disk size, a multiple of 64), BENCH_RUNS when run alone.
  */
 import { spawnSync } from 'node:child_process';
@@ -105,6 +106,9 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
     init();
     const rssPush = peakRss([NODE, ...pushArgs]);
     const rssExport = peakRss([NODE, ...exportArgs]);
+    // The push stored what it read, whole: every block read back and checked against its id.
+    const checked = JSON.parse(cli(home, ['archive', 'check', '--read-data', '--repo', repo, '--json']));
+    if (!checked.ok) throw new Error(`archive check --read-data after the push: ${JSON.stringify(checked)}`);
     const repoBytes = await filesBytes(repo);
     const bundleBytes = (await stat(bundle)).size;
     const result = {
