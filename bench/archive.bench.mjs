@@ -33,7 +33,24 @@ import { copyFile, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { regionWriter } from './lib/chain-data.mjs';
-import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import {
+  CLEAN_ENV,
+  CLI,
+  cpuRatio,
+  filesBytes,
+  MiB,
+  machineInfo,
+  measure,
+  NODE,
+  peakRss,
+  ratio,
+  requireTool,
+  round,
+  sh,
+  timeCommand,
+  uptime,
+  withTempDir,
+} from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 
 export const name = 'archive';
@@ -64,21 +81,8 @@ function zstdSize(files) {
   return Number(r.stdout.trim());
 }
 
-/** Sum of the sizes of the regular files under `dir` (what the repository holds, without directory entries). */
-async function filesBytes(dir) {
-  let total = 0;
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
-    if (e.isFile()) total += (await stat(path.join(e.parentPath ?? e.path, e.name))).size;
-  }
-  return total;
-}
-
 function duBytes(p) {
   return Number(sh('du', ['-sb', p]).split('\t')[0]);
-}
-
-function uptime() {
-  return sh('uptime', []).trim();
 }
 
 /** Writes `mib` MiB of own data into `disk`: half random, half text, 1 MiB regions and 64 KiB clusters. */
@@ -166,14 +170,6 @@ async function newSnapshot(data, dir) {
   await rm(src, { recursive: true, force: true });
   cli(home, ['snapshot', 'create', 'vm0', '--name', 's4']);
   return z;
-}
-
-/** Peak RSS in bytes of one run of a command. */
-function peakRss(args) {
-  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS=%M', ...args], { encoding: 'utf8', env: ENV, maxBuffer: 64 * MiB });
-  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
-  const m = /MAXRSS=(\d+)/.exec(r.stderr);
-  return m ? Number(m[1]) * 1024 : null;
 }
 
 function haveBorg(log) {

@@ -31,7 +31,23 @@ import { mkdir, open, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { regionWriter } from './lib/chain-data.mjs';
-import { CLEAN_ENV, CLI, cpuRatio, MiB, machineInfo, measure, NODE, ROOT, ratio, requireTool, round, sh, timeCommand, withTempDir } from './lib/harness.mjs';
+import {
+  CLEAN_ENV,
+  CLI,
+  cpuRatio,
+  MiB,
+  machineInfo,
+  measure,
+  NODE,
+  peakRss,
+  ROOT,
+  ratio,
+  requireTool,
+  round,
+  sh,
+  timeCommand,
+  withTempDir,
+} from './lib/harness.mjs';
 import { prng } from './lib/layer.mjs';
 
 export const name = 'bundle';
@@ -151,14 +167,6 @@ function ensureTool(bin, pkg, log) {
 
 async function duBytes(p) {
   return Number(sh('du', ['-sb', p]).split('\t')[0]);
-}
-
-/** Peak RSS in bytes of one run of a command. */
-function peakRss(args, env = ENV) {
-  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS=%M', ...args], { encoding: 'utf8', env, maxBuffer: 64 * MiB });
-  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
-  const m = /MAXRSS=(\d+)/.exec(r.stderr);
-  return m ? Number(m[1]) * 1024 : null;
 }
 
 export default async function run({ runs = 5, log = () => {} } = {}) {

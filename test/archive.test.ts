@@ -10,7 +10,7 @@ import { readdir, readFile, stat, truncate, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Clonebox, CloneboxError } from '../src/index.js';
-import { CliHome, parseCliError } from './helpers/cli.js';
+import { CliHome, parseCliError, parseJsonOutput } from './helpers/cli.js';
 import { qemuCheck, qemuCompare, qemuImg, qemuIo } from './helpers/qemu.js';
 import { compressibleBytes, rng } from './helpers/random.js';
 import { makeTempDir } from './helpers/temp.js';
@@ -180,6 +180,36 @@ describe('archive push / restore', () => {
     const unknown = await h.cli(['archive', 'restore', 'web', 'nope', '--repo', repo, '--json']);
     expect(parseCliError(unknown, true).code).toBe('ARCHIVE_SNAPSHOT_NOT_FOUND');
   }, 400_000);
+
+  it('pushes through many packs, each finished while the next fills: a block seen again meanwhile is stored once, check --read-data passes, every snapshot restores', async () => {
+    const { root, h, disks, repo } = await setup('packs');
+    const r = rng(29);
+    const rnd = path.join(root, 'random.bin');
+    await writeFile(rnd, r.bytes(3 * MiB));
+    const text = path.join(root, 'text.bin');
+    await writeFile(text, compressibleBytes(r, 2 * MiB));
+    await h.ok(['vm', 'create', 'db', '--size', '64M', '--dir', disks]);
+    const disk = path.join(disks, 'db.qcow2');
+    // The random bytes twice in one layer, 16 MiB apart: their second copy comes while the packs of the
+    // first are being finished, and must be found among the blocks on their way.
+    await qemuIo(disk, [`write -s ${rnd} 0 3M`, `write -s ${text} 4M 2M`, `write -s ${rnd} 16M 3M`]);
+    await h.ok(['snapshot', 'create', 'db', '--name', 's1']);
+    await qemuIo(disk, [`write -s ${rnd} 32M 3M`, 'write -P 0x42 40M 1M']);
+    await h.ok(['snapshot', 'create', 'db', '--name', 's2']);
+
+    await h.ok(['archive', 'init', repo]);
+    // 256 KiB packs: every frame (up to 2 MiB) closes its pack.
+    const small = { env: { CLONEBOX_ARCHIVE_PACK_BYTES: String(256 * 1024) } };
+    const p = parseJsonOutput<PushDoc & { packs: number }>(await h.cli(['archive', 'push', 'db', '--repo', repo, '--json'], small));
+    expect(p.packs).toBeGreaterThanOrEqual(3);
+    expect((await filesUnder(path.join(repo, 'packs'))).length).toBe(p.packs);
+    // 3 MiB random (once, though written three times), 2 MiB text, and one 64 KiB block of the pattern.
+    expect(p.read_bytes).toBe(12 * MiB);
+    expect(p.new_raw_bytes).toBe(5 * MiB + 64 * 1024);
+    expect((await h.json<{ ok: boolean }>(['archive', 'check', '--read-data', '--repo', repo])).ok).toBe(true);
+    const res = await h.json<{ snapshots: string[] }>(['archive', 'restore', 'db', 's2', '--as', 'db-copy', '--dir', path.join(root, 'copy'), '--repo', repo]);
+    await expectRestored(h, 'db', 'db-copy', res.snapshots);
+  }, 300_000);
 
   it('stores the base of VMs cloned from one base image once', async () => {
     const { root, h, disks, repo } = await setup('clones');

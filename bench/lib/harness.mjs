@@ -4,7 +4,7 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -206,3 +206,25 @@ export function distReady() {
 }
 
 export const MiB = 1024 * 1024;
+
+/** Peak RSS in bytes of one run of a command (/usr/bin/time), null when it did not say. */
+export function peakRss(args, env = CLEAN_ENV) {
+  const r = spawnSync('/usr/bin/time', ['-f', 'MAXRSS=%M', ...args], { encoding: 'utf8', env, maxBuffer: 64 * MiB });
+  if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
+  const m = /MAXRSS=(\d+)/.exec(r.stderr);
+  return m ? Number(m[1]) * 1024 : null;
+}
+
+/** Sum of the sizes of the regular files under `dir` (without directory entries). */
+export async function filesBytes(dir) {
+  let total = 0;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    if (e.isFile()) total += (await stat(path.join(e.parentPath ?? e.path, e.name))).size;
+  }
+  return total;
+}
+
+/** The machine's load, as `uptime` prints it (beside every timing taken on the shared machine). */
+export function uptime() {
+  return sh('uptime', []).trim();
+}

@@ -5,6 +5,8 @@
  * repository needs its key for every call (the same options as bundles: a key file or a passphrase).
  */
 
+import type { ArchiveImportResult } from '../archive/bundles.js';
+import type { PushResult } from '../archive/push.js';
 import type { ArchiveListEntry, ArchiveShowResult, ArchiveStats } from '../archive/stats.js';
 import type { KeySource } from '../bundle/crypto.js';
 import { usageError } from '../errors.js';
@@ -24,6 +26,8 @@ import { hasKey, withKey } from './bundles.js';
 import type { Session } from './session.js';
 import type { KeyOptions, LongOptions } from './types.js';
 
+export type { ArchiveImportResult } from '../archive/bundles.js';
+export type { PushResult as ArchivePushResult } from '../archive/push.js';
 export type { ArchiveListEntry, ArchiveShowResult, ArchiveStats, ArchiveVmStats } from '../archive/stats.js';
 
 /** Which repository, and its key. */
@@ -53,25 +57,6 @@ export interface ArchiveInitResult {
 export interface ArchivePushOptions extends ArchiveRepoOptions, LongOptions {
   /** Push only root..name (default: every snapshot of the VM, the whole tree). */
   name?: string;
-}
-
-export interface ArchivePushResult {
-  vm: string;
-  /** The push record's id. */
-  record: string;
-  snapshots: string[];
-  /** Snapshots the repository held already: their layers were not read. */
-  reused: string[];
-  read_bytes: number;
-  new_blocks: number;
-  new_raw_bytes: number;
-  new_stored_bytes: number;
-  /** Bytes of the files this push added (packs, index files, layer maps, record). */
-  written_bytes: number;
-  packs: number;
-  index_files: number;
-  layers_stored: number;
-  seconds: number;
 }
 
 export interface ArchiveRestoreOptions extends ArchiveRepoOptions, LongOptions {
@@ -118,22 +103,13 @@ export interface ArchiveImportOptions extends ArchiveRepoOptions, LongOptions {
   as?: string;
 }
 
-export interface ArchiveImportResult {
-  vm: string;
-  record: string;
-  snapshots: string[];
-  new_blocks: number;
-  new_raw_bytes: number;
-  new_stored_bytes: number;
-  seconds: number;
-}
-
 export class Archive {
   constructor(private readonly s: Session) {}
 
-  private async open(opts: ArchiveRepoOptions, key: KeySource | null) {
+  /** The repository the options name, opened with `key` (`allowPlain`: a key given to a plain repository is not refused). */
+  private async open(opts: ArchiveRepoOptions, key: KeySource | null, allowPlain = opts.allowPlain) {
     const { Repo, resolveRepoDir } = await import('../archive/repo.js');
-    return Repo.open(resolveRepoDir(opts.repo), key, { allowPlain: opts.allowPlain, askPassphrase: opts.askPassphrase });
+    return Repo.open(resolveRepoDir(opts.repo), key, { allowPlain, askPassphrase: opts.askPassphrase });
   }
 
   /** Creates a repository in `dir` (a new or empty directory). */
@@ -156,7 +132,7 @@ export class Archive {
   }
 
   /** Stores a VM's snapshots (the whole tree, or root..name); only blocks the repository lacks are written. */
-  push(vm: string, opts: ArchivePushOptions = {}): Promise<ArchivePushResult> {
+  push(vm: string, opts: ArchivePushOptions = {}): Promise<PushResult> {
     return this.s.run(async () => {
       const { pushVm } = await import('../archive/push.js');
       return withKey(opts, async (key) =>
@@ -197,12 +173,8 @@ export class Archive {
     return this.s.run(async () => {
       if (opts.encrypt && !hasKey(opts)) throw usageError('--encrypt needs --passphrase-file FILE or --key-file FILE');
       const { exportArchived } = await import('../archive/bundles.js');
-      const { Repo, resolveRepoDir } = await import('../archive/repo.js');
       return withKey(opts, async (key) => {
-        const repo = await Repo.open(resolveRepoDir(opts.repo), key, {
-          allowPlain: opts.allowPlain || Boolean(opts.encrypt),
-          askPassphrase: opts.askPassphrase,
-        });
+        const repo = await this.open(opts, key, opts.allowPlain || Boolean(opts.encrypt));
         const r = await exportArchived(repo, vm, snapshot, {
           output: opts.output,
           key: opts.encrypt ? key : null,
@@ -229,9 +201,8 @@ export class Archive {
   import(file: string, opts: ArchiveImportOptions = {}): Promise<ArchiveImportResult> {
     return this.s.run(async () => {
       const { importBundleToArchive } = await import('../archive/bundles.js');
-      const { Repo, resolveRepoDir } = await import('../archive/repo.js');
       return withKey(opts, async (key) => {
-        const repo = await Repo.open(resolveRepoDir(opts.repo), key, { allowPlain: true, askPassphrase: opts.askPassphrase });
+        const repo = await this.open(opts, key, true);
         return importBundleToArchive(repo, file, {
           bundleKey: key,
           as: opts.as,

@@ -21,20 +21,19 @@ import { type ExportResult, exportBundle } from '../bundle/export.js';
 import { openInput } from '../bundle/input.js';
 import { Progress, type ProgressCallback } from '../bundle/progress.js';
 import { BundleReader } from '../bundle/reader.js';
-import { nowIso } from '../clock.js';
 import type { Batcher } from '../content/batcher.js';
 import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
 import { checkName } from '../names.js';
-import { contentId } from '../snapshots/identity.js';
 import { resolveHome } from '../store/home.js';
-import type { PushRecord, RecordDisk, RecordSnapshot } from './format.js';
+import { snapshotMeta } from '../store/snapshots.js';
+import type { RecordDisk, RecordSnapshot } from './format.js';
 import { RepoIndex } from './index-file.js';
 import { Ingest, type StoredLayer } from './ingest.js';
 import { lockShared } from './lock.js';
-import { recordDisk, statsOf } from './push.js';
+import { disksContentId, newRecord, recordDisk } from './push.js';
 import { writeRecord } from './records.js';
-import { hostName, newFileId, type Repo } from './repo.js';
+import type { Repo } from './repo.js';
 import { restoreSnapshot } from './restore.js';
 
 export interface ArchiveImportOptions {
@@ -181,37 +180,11 @@ export async function importBundleToArchive(repo: Repo, input: string | Readable
     let parentId: string | null = null;
     for (const [si, s] of meta.snapshots.entries()) {
       const disks: RecordDisk[] = meta.layers.flatMap((l, li) => (l.snapshot === si ? [recordDisk(l.target, stored[li]!)] : []));
-      const id = contentId(
-        parentId,
-        disks.map((d) => ({ target: d.target, digest: Buffer.from(d.digest, 'hex') })),
-      );
-      snaps.push({
-        name: s.name,
-        parent: s.parent,
-        type: s.type,
-        created_at: s.created_at,
-        description: s.description,
-        tags: s.tags,
-        auto_created: s.auto_created,
-        auto_policy: s.auto_policy,
-        expires_at: s.expires_at,
-        content_id: id,
-        disks,
-      });
+      const id = disksContentId(parentId, disks);
+      snaps.push({ ...snapshotMeta(s), content_id: id, disks });
       parentId = id;
     }
-    const rec: PushRecord = {
-      format: 'clonebox-archive-snapshots',
-      version: 1,
-      id: newFileId(),
-      created_at: nowIso(),
-      vm,
-      source: 'import',
-      host: hostName(),
-      current: snaps[snaps.length - 1]!.name,
-      snapshots: snaps,
-      stats: statsOf(ingest.stats),
-    };
+    const rec = newRecord(vm, 'import', snaps[snaps.length - 1]!.name, snaps, ingest.stats);
     checkAborted(opts.signal);
     await writeRecord(repo, rec);
     const st = ingest.stats;

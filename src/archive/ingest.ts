@@ -1,28 +1,29 @@
 /**
  * Storing layers in a repository: what push (from qcow2 layers) and import (from a bundle) share.
  *
- * Per layer, in guest order (as `snapshot export` does it, src/bundle/export.ts):
- *   this thread   cuts blocks into batches (content/batcher.ts), hashes every block, looks its id up:
- *                 first among this run's new blocks, then in the repository's index files
- *   worker        compresses the batch's new blocks into one zstd frame (content/workers.ts)
+ * Per layer, in guest order, through the frame pipeline `snapshot export` uses (content/frames.ts):
+ *   this thread   hashes every block and looks its id up: first among this run's new blocks, then in
+ *                 the repository's index files
+ *   worker        compresses the batch's new blocks into one zstd frame
  *   this thread   appends the frame to the open pack, notes the new blocks' places, and every block
  *                 (new or known) and zero extent in the layer's map
- * Batches in flight are bounded (two per worker), so memory does not grow with the disk.
+ * A full pack is finished (trailer, fsync, link) in the background while the next one fills (two at the
+ * most); its blocks go into an index file only once it is in place.
  *
  * Durability order (docs/archive-format.md §1): a layer map is linked only once every block it names
  * is in a pack that is in place and in an index file that is in place. So layer maps are finished
  * (written, not linked) as layers end and linked in commit() — or earlier, after a flush, when many
  * wait — and the caller writes its record after commit().
  */
-import { createHash } from 'node:crypto';
 import { checkAborted } from '../abort.js';
 import { blockId } from '../bundle/crypto.js';
 import type { Progress } from '../bundle/progress.js';
-import { type Batch, Batcher } from '../content/batcher.js';
-import { Codec, compressBound, FRAME_TARGET } from '../content/codec.js';
+import type { Batcher } from '../content/batcher.js';
+import { FRAME_TARGET } from '../content/codec.js';
 import { BlockIndex } from '../content/dedup.js';
 import { BLOCK_SIZE, LayerDigest } from '../content/digest.js';
-import type { WorkerReply } from '../content/worker.js';
+import { type FramedBatch, FramePipeline, feedPieces } from '../content/frames.js';
+import type { LayerSource } from '../content/layer.js';
 import type { WorkerPool } from '../content/workers.js';
 import { INDEX_FLUSH_ROWS, PACK_TARGET } from './format.js';
 import { PendingRows, type RepoIndex } from './index-file.js';
@@ -55,29 +56,8 @@ export interface IngestStats {
   map_bytes: number;
 }
 
-interface InFlight {
-  items: Batch['items'];
-  shas: Buffer;
-  ids: Buffer;
-  /** Per block item: index into `fresh` when it is new here, else -1. */
-  freshAt: Int32Array;
-  fresh: { length: number; id: Buffer }[];
-  frame: Promise<{ codec: Codec; stored: Buffer; rawLength: number; release: () => void }> | null;
-}
-
-class BufferPool {
-  private readonly free: ArrayBuffer[] = [];
-  constructor(
-    private readonly size: number,
-    private readonly keep: number,
-  ) {}
-  take(): ArrayBuffer {
-    return this.free.pop() ?? new ArrayBuffer(this.size);
-  }
-  give(b: ArrayBuffer): void {
-    if (b.byteLength === this.size && this.free.length < this.keep) this.free.push(b);
-  }
-}
+/** Packs finished in the background at once (each holds only its rows in memory meanwhile). */
+const MAX_CLOSING = 2;
 
 /** Layer maps written but not yet linked (their blocks' index file is not written yet). */
 const MAX_WAITING_MAPS = 32;
@@ -107,23 +87,41 @@ export class Ingest {
   private pack: PackFileWriter | null = null;
   /** Rows of the open pack (moved to `pending` when it is in place). */
   private packRows: { id: Buffer; loc: BlockLocation }[] = [];
+  /**
+   * Packs being finished (trailer, fsync, link) while the next one fills, oldest first: their fsyncs wait
+   * for the disk, not for this thread (bench/README.md, "archive push against snapshot export").
+   */
+  private readonly closing: Promise<void>[] = [];
   private pending = new PendingRows();
   private readonly waiting: { w: LayerMapWriter; layer: StoredLayer }[] = [];
-  private readonly maxInFlight: number;
-  private readonly inputs: BufferPool;
-  private readonly outputs: BufferPool;
   private readonly target = packTarget();
+  private readonly pipeline: FramePipeline<Buffer>;
+  /** The layer being stored: its map and digest (emit() adds every batch to them). */
+  private cur: { map: LayerMapWriter; digest: LayerDigest } | null = null;
 
   constructor(
     private readonly repo: Repo,
     private readonly index: RepoIndex,
-    private readonly pool: WorkerPool,
+    pool: WorkerPool,
     private readonly progress: Progress | null,
     private readonly signal: AbortSignal | undefined,
   ) {
-    this.maxInFlight = pool.size * 2;
-    this.inputs = new BufferPool(FRAME_TARGET + BLOCK_SIZE, this.maxInFlight + 3);
-    this.outputs = new BufferPool(compressBound(FRAME_TARGET + BLOCK_SIZE), this.maxInFlight + 2);
+    // Per batch: the id of each block item (the map names blocks by id).
+    this.pipeline = new FramePipeline<Buffer>(
+      pool,
+      {
+        begin: (blocks) => Buffer.allocUnsafe(blocks * 32),
+        block: (ids, k, sha) => {
+          const bid = blockId(sha, this.repo.idk);
+          bid.copy(ids, k * 32);
+          if (this.fresh.get(bid) >= 0) return null;
+          return this.index.get(bid).then((loc) => (loc === null ? Buffer.from(this.fresh.idOf(this.fresh.add(bid))) : null));
+        },
+        emit: (b) => this.emit(b),
+      },
+      FRAME_TARGET,
+      repo.level,
+    );
   }
 
   /**
@@ -133,107 +131,16 @@ export class Ingest {
   async layer(virtualSize: number, clusterSize: number, feed: (b: Batcher) => Promise<void>): Promise<StoredLayer> {
     const map = await LayerMapWriter.create(this.repo);
     const digest = new LayerDigest(virtualSize, clusterSize);
-    const queue: InFlight[] = [];
+    this.cur = { map, digest };
     try {
-      const emit = async (f: InFlight) => {
-        let locs: { frame: number; offset: number; length: number } | null = null;
-        if (f.frame) {
-          const fr = await f.frame;
-          this.pack ??= await PackFileWriter.create(this.repo);
-          locs = await this.pack.frame(fr.codec, f.fresh, fr.stored, fr.rawLength);
-          fr.release();
-          this.stats.new_blocks += f.fresh.length;
-          this.stats.new_raw_bytes += fr.rawLength;
-          this.stats.new_stored_bytes += fr.stored.length;
-          for (const [slot, b] of f.fresh.entries()) this.packRows.push({ id: b.id, loc: { pack: this.pack.id, ...locs, slot } });
-        }
-        let k = 0;
-        let bytes = 0;
-        for (const it of f.items) {
-          if (it.kind === 'zero') {
-            digest.addZero(it.offset, it.length);
-            await map.addZero(it.offset, it.length);
-            continue;
-          }
-          digest.addBlock(it.offset, it.length, f.shas.subarray(k * 32, k * 32 + 32));
-          await map.addBlock(it.offset, it.length, f.ids.subarray(k * 32, k * 32 + 32));
-          bytes += it.length;
-          k++;
-        }
-        this.stats.read_bytes += bytes;
-        this.progress?.add(bytes);
-        if (this.pack && this.pack.bytes >= this.target) await this.closePack();
-        checkAborted(this.signal);
-      };
-      const submit = async (batch: Batch): Promise<'kept' | undefined> => {
-        const shas = Buffer.allocUnsafe(batch.blocks * 32);
-        const ids = Buffer.allocUnsafe(batch.blocks * 32);
-        const freshAt = new Int32Array(batch.blocks).fill(-1);
-        const fresh: { length: number; id: Buffer }[] = [];
-        const freshItems: { at: number; length: number }[] = [];
-        let k = 0;
-        for (const it of batch.items) {
-          if (it.kind !== 'block') continue;
-          const sha = shas.subarray(k * 32, k * 32 + 32);
-          createHash('sha256')
-            .update(batch.buf.subarray(it.at, it.at + it.length))
-            .digest()
-            .copy(sha);
-          const bid = blockId(sha, this.repo.idk);
-          bid.copy(ids, k * 32);
-          if (this.fresh.get(bid) < 0 && (await this.index.get(bid)) === null) {
-            const n = this.fresh.add(bid);
-            freshAt[k] = fresh.length;
-            fresh.push({ length: it.length, id: Buffer.from(this.fresh.idOf(n)) });
-            freshItems.push(it);
-          }
-          k++;
-        }
-        const f: InFlight = { items: batch.items, shas, ids, freshAt, fresh, frame: null };
-        let input: Buffer | null = null;
-        let rawLength = 0;
-        let kept = false;
-        if (fresh.length === batch.blocks && fresh.length > 0) {
-          input = batch.buf;
-          rawLength = batch.used;
-          kept = true;
-        } else if (fresh.length) {
-          input = Buffer.from(this.inputs.take());
-          for (const it of freshItems) {
-            batch.buf.copy(input, rawLength, it.at, it.at + it.length);
-            rawLength += it.length;
-          }
-        }
-        if (input) {
-          const output = this.outputs.take();
-          const inAb = input.buffer as ArrayBuffer;
-          const raw = rawLength;
-          const pool = this.pool;
-          f.frame = pool
-            .request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level: this.repo.level }, [inAb, output])
-            .then((rep) => {
-              const r = rep as Extract<WorkerReply, { storedLength: number }>;
-              if (r.codec === Codec.Zstd) {
-                this.inputs.give(r.input);
-                return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => this.outputs.give(r.output) };
-              }
-              this.outputs.give(r.output);
-              return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => this.inputs.give(r.input) };
-            });
-          f.frame.catch(() => undefined);
-        }
-        queue.push(f);
-        while (queue.length > this.maxInFlight) await emit(queue.shift()!);
-        return kept ? 'kept' : undefined;
-      };
-      const batcher = new Batcher(0, FRAME_TARGET, submit, () => Buffer.from(this.inputs.take()));
-      await feed(batcher);
-      await batcher.flush();
-      while (queue.length) await emit(queue.shift()!);
+      await this.pipeline.feed(0, feed);
+      await this.pipeline.drain();
     } catch (err) {
-      await Promise.allSettled(queue.map((f) => f.frame));
+      await this.pipeline.abort();
       await map.abort();
       throw err;
+    } finally {
+      this.cur = null;
     }
     const d = digest.digest();
     const layer: StoredLayer = {
@@ -250,15 +157,63 @@ export class Ingest {
     return layer;
   }
 
+  /** Stores one qcow2 layer (content/layer.ts's pieces, in guest order). */
+  storeLayer(src: LayerSource): Promise<StoredLayer> {
+    return this.layer(src.virtualSize, src.clusterSize, (b) => feedPieces(b, src));
+  }
+
+  private async emit(f: FramedBatch<Buffer>): Promise<void> {
+    const { map, digest } = this.cur!;
+    if (f.frame) {
+      const fr = f.frame;
+      this.pack ??= await PackFileWriter.create(this.repo);
+      const locs = await this.pack.frame(fr.codec, f.fresh, fr.stored, fr.rawLength);
+      this.stats.new_blocks += f.fresh.length;
+      this.stats.new_raw_bytes += fr.rawLength;
+      this.stats.new_stored_bytes += fr.stored.length;
+      for (const [slot, b] of f.fresh.entries()) this.packRows.push({ id: b.id, loc: { pack: this.pack.id, ...locs, slot } });
+    }
+    let k = 0;
+    let bytes = 0;
+    for (const it of f.items) {
+      if (it.kind === 'zero') {
+        digest.addZero(it.offset, it.length);
+        await map.addZero(it.offset, it.length);
+        continue;
+      }
+      digest.addBlock(it.offset, it.length, f.shas.subarray(k * 32, k * 32 + 32));
+      await map.addBlock(it.offset, it.length, f.state.subarray(k * 32, k * 32 + 32));
+      bytes += it.length;
+      k++;
+    }
+    this.stats.read_bytes += bytes;
+    this.progress?.add(bytes);
+    if (this.pack && this.pack.bytes >= this.target) await this.closePack();
+    checkAborted(this.signal);
+  }
+
+  /** Starts finishing the open pack in the background (after the oldest one, when MAX_CLOSING are). */
   private async closePack(): Promise<void> {
+    if (!this.pack) return;
+    // (the open pack keeps the fresh blocks in memory while an index file may be written here)
+    while (this.closing.length >= MAX_CLOSING) await this.settleOne();
     const p = this.pack;
-    if (!p) return;
+    const rows = this.packRows;
     this.pack = null;
-    await p.finish();
-    this.stats.packs++;
-    this.stats.pack_bytes += p.bytes;
-    for (const r of this.packRows) this.pending.add(r.id, r.loc);
     this.packRows = [];
+    const done = p.finish().then(() => {
+      this.stats.packs++;
+      this.stats.pack_bytes += p.bytes;
+      for (const r of rows) this.pending.add(r.id, r.loc);
+    });
+    done.catch(() => undefined); // a failure surfaces when it is settled
+    this.closing.push(done);
+  }
+
+  /** Waits for the oldest pack being finished; its rows are pending then (an index file is written once they are many). */
+  private async settleOne(): Promise<void> {
+    await this.closing[0];
+    this.closing.shift();
     if (this.pending.size >= INDEX_FLUSH_ROWS) await this.writeIndex();
   }
 
@@ -271,12 +226,13 @@ export class Ingest {
       await this.index.add(written.id);
     }
     // Blocks in an index file are found there now; only blocks still on their way stay in memory.
-    if (!this.pack && this.packRows.length === 0) this.fresh = new BlockIndex();
+    if (!this.pack && this.closing.length === 0 && this.packRows.length === 0) this.fresh = new BlockIndex();
   }
 
   /** Puts every block written so far in place (pack, index), then links the waiting layer maps. */
   async flush(): Promise<void> {
     await this.closePack();
+    while (this.closing.length) await this.settleOne();
     await this.writeIndex();
     for (const x of this.waiting.splice(0)) {
       const stored = await x.w.finish({
@@ -301,6 +257,7 @@ export class Ingest {
 
   /** Drops what was not put in place (packs and maps in progress); files already in place stay (gc reclaims them). */
   async abort(): Promise<void> {
+    await Promise.allSettled(this.closing.splice(0));
     await this.pack?.abort();
     this.pack = null;
     for (const x of this.waiting.splice(0)) await x.w.abort();

@@ -23,15 +23,14 @@ import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
 import { pathExists } from '../fsutil.js';
 import { checkName } from '../names.js';
-import { checkedBackingChain } from '../qcow2/backing.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { type CheckedLayer, checkedLayers, keepContentIds, layersDataBytes, lineTo, snapshotNotFound } from '../snapshots/chain-read.js';
 import { contentId, trustedContentId } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
 import { type Pin, pinSnapshots } from '../store/pins.js';
-import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
+import { loadVm, lockVm, type VmRecord } from '../store/registry.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotMeta } from '../store/snapshots.js';
 import type { PushRecord, RecordDisk, RecordSnapshot } from './format.js';
 import { RepoIndex } from './index-file.js';
 import { Ingest, type IngestStats, type StoredLayer } from './ingest.js';
@@ -47,8 +46,10 @@ export interface PushOptions {
   onProgress?: ProgressCallback | undefined;
 }
 
+/** What a push did (the library API's ArchivePushResult). */
 export interface PushResult {
   vm: string;
+  /** The push record's id. */
   record: string;
   snapshots: string[];
   /** Snapshots the repository held already (their layers were not read). */
@@ -57,7 +58,7 @@ export interface PushResult {
   new_blocks: number;
   new_raw_bytes: number;
   new_stored_bytes: number;
-  /** Bytes of files this push added: packs, index files, layer maps and the record. */
+  /** Bytes of the files this push added: packs, index files, layer maps and the record. */
   written_bytes: number;
   packs: number;
   index_files: number;
@@ -65,19 +66,9 @@ export interface PushResult {
   seconds: number;
 }
 
-interface LayerPlan {
-  target: string;
-  path: string;
-  resolved: boolean;
-}
-
 interface SnapPlan {
   rec: SnapshotRecord;
-  layers: LayerPlan[];
-}
-
-function notFound(vm: string, name: string): CloneboxError {
-  return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
+  layers: CheckedLayer[];
 }
 
 /** The snapshots to push, parents first: the whole tree, or the line root..name. */
@@ -85,15 +76,8 @@ function selectSnapshots(vm: string, snaps: SnapshotRecord[], name: string | und
   const byName = new Map(snaps.map((s) => [s.name, s]));
   if (name !== undefined) {
     checkName('snapshot', name);
-    if (!byName.has(name)) throw notFound(vm, name);
-    const line: SnapshotRecord[] = [];
-    for (let cur: string | null = name; cur !== null; cur = byName.get(cur)?.parent ?? null) {
-      const rec = byName.get(cur);
-      if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vm}`);
-      if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vm}`);
-      line.push(rec);
-    }
-    return line.reverse();
+    if (!byName.has(name)) throw snapshotNotFound(vm, name);
+    return lineTo(vm, byName, name);
   }
   const out: SnapshotRecord[] = [];
   const children = new Map<string | null, SnapshotRecord[]>();
@@ -115,61 +99,21 @@ function selectSnapshots(vm: string, snaps: SnapshotRecord[], name: string | und
   return out;
 }
 
-async function planLayers(vmRec: Awaited<ReturnType<typeof loadVm>>, chain: SnapshotRecord[]): Promise<SnapPlan[]> {
+async function planLayers(vmRec: VmRecord, chain: SnapshotRecord[]): Promise<SnapPlan[]> {
   const byName = new Map(chain.map((s) => [s.name, s]));
   const out: SnapPlan[] = [];
   for (const s of chain) {
     if (s.state !== 'ready') throw new CloneboxError('SNAPSHOT_NOT_READY', `snapshot ${s.name} is ${s.state}, not ready, VM ${vmRec.name}`);
-    const layers: LayerPlan[] = [];
-    for (const d of [...s.disks].sort((a, b) => (a.target < b.target ? -1 : 1))) {
-      const img = await Qcow2Image.open(d.path);
-      try {
-        const backing = img.backingPath();
-        let resolved = false;
-        if (s.parent === null) {
-          resolved = backing !== null;
-          if (resolved && vmRec.driver === 'image') await checkedBackingChain(d.path, vmRec.allowed_backing ?? []);
-        } else {
-          const want = byName.get(s.parent)?.disks.find((x) => x.target === d.target)?.path ?? null;
-          if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
-            throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
-          }
-        }
-        layers.push({ target: d.target, path: d.path, resolved });
-      } finally {
-        await img.close();
-      }
-    }
-    out.push({ rec: s, layers });
+    out.push({ rec: s, layers: await checkedLayers(vmRec, s, byName) });
   }
   return out;
-}
-
-async function totalData(plans: SnapPlan[]): Promise<number> {
-  let n = 0;
-  for (const p of plans) {
-    for (const l of p.layers) {
-      const src = await openLayer(l.path, l.resolved);
-      try {
-        for await (const x of src.pieces()) if (x.kind === 'data') n += x.length;
-      } finally {
-        await src.close();
-      }
-    }
-  }
-  return n;
 }
 
 /** Stores one qcow2 layer through `ingest`. */
 async function ingestLayer(ingest: Ingest, file: string, resolved: boolean): Promise<StoredLayer> {
   const src = await openLayer(file, resolved);
   try {
-    return await ingest.layer(src.virtualSize, src.clusterSize, async (b) => {
-      for await (const p of src.pieces()) {
-        if (p.kind === 'zero') await b.zero(p.offset, p.length);
-        else await b.data(p.offset, p.length, p.fill);
-      }
-    });
+    return await ingest.storeLayer(src);
   } finally {
     await src.close();
   }
@@ -222,7 +166,7 @@ export async function pushVm(home: Home, repo: Repo, vmName: string, opts: PushO
       const known = knownSnapshots(await readAllRecords(repo));
       index = await RepoIndex.open(repo);
       pool = await starting;
-      const progress = opts.onProgress ? new Progress('push', await totalData(plans), opts.onProgress) : null;
+      const progress = opts.onProgress ? new Progress('push', await layersDataBytes(plans.flatMap((p) => p.layers)), opts.onProgress) : null;
       ingest = new Ingest(repo, index, pool, progress, opts.signal);
       const ids = new Map<string, string>();
       const reused: string[] = [];
@@ -241,51 +185,26 @@ export async function pushVm(home: Home, repo: Repo, vmName: string, opts: PushO
         }
         const disks: RecordDisk[] = [];
         for (const l of p.layers) disks.push(recordDisk(l.target, await ingestLayer(ingest, l.path, l.resolved)));
-        ids.set(
-          s.name,
-          contentId(
-            parentId,
-            disks.map((d) => ({ target: d.target, digest: Buffer.from(d.digest, 'hex') })),
-          ),
-        );
+        ids.set(s.name, disksContentId(parentId, disks));
         out.push({ rec: s, disks });
       }
       await ingest.commit();
-      const recSnaps: RecordSnapshot[] = [];
-      for (const { rec: s, disks } of out) {
-        recSnaps.push({
-          name: s.name,
-          parent: s.parent,
-          type: s.type,
-          created_at: s.created_at,
-          description: s.description,
-          tags: s.tags,
-          auto_created: s.auto_created,
-          auto_policy: s.auto_policy,
-          expires_at: s.expires_at,
-          content_id: ids.get(s.name)!,
-          disks,
-        });
-      }
       const st = ingest.stats;
-      const rec: PushRecord = {
-        format: 'clonebox-archive-snapshots',
-        version: 1,
-        id: newFileId(),
-        created_at: nowIso(),
-        vm: vmName,
-        source: 'push',
-        host: hostName(),
-        current: vm.current !== null && chain.some((s) => s.name === vm.current) ? vm.current : null,
-        snapshots: recSnaps,
-        stats: statsOf(st),
-      };
+      const current = vm.current !== null && chain.some((s) => s.name === vm.current) ? vm.current : null;
+      const rec = newRecord(
+        vmName,
+        'push',
+        current,
+        out.map(({ rec: s, disks }) => ({ ...snapshotMeta(s), content_id: ids.get(s.name)!, disks })),
+        st,
+      );
       checkAborted(opts.signal);
       await writeRecord(repo, rec);
       await keepContentIds(
         home,
         vmName,
         chain.map((s) => ({ rec: s, id: ids.get(s.name)! })),
+        'archive push',
       );
       return {
         vm: vmName,
@@ -316,13 +235,25 @@ export async function pushVm(home: Home, repo: Repo, vmName: string, opts: PushO
   }
 }
 
-export function statsOf(st: IngestStats): PushRecord['stats'] {
+/** A new record of what a push or an import stored (written once the ingest committed). */
+export function newRecord(vm: string, source: PushRecord['source'], current: string | null, snapshots: RecordSnapshot[], st: IngestStats): PushRecord {
   return {
-    read_bytes: st.read_bytes,
-    new_blocks: st.new_blocks,
-    new_raw_bytes: st.new_raw_bytes,
-    new_stored_bytes: st.new_stored_bytes,
-    pack_bytes: st.pack_bytes,
+    format: 'clonebox-archive-snapshots',
+    version: 1,
+    id: newFileId(),
+    created_at: nowIso(),
+    vm,
+    source,
+    host: hostName(),
+    current,
+    snapshots,
+    stats: {
+      read_bytes: st.read_bytes,
+      new_blocks: st.new_blocks,
+      new_raw_bytes: st.new_raw_bytes,
+      new_stored_bytes: st.new_stored_bytes,
+      pack_bytes: st.pack_bytes,
+    },
   };
 }
 
@@ -331,6 +262,14 @@ async function writtenBytes(repo: Repo, recordId: string, st: IngestStats): Prom
   const { stat } = await import('node:fs/promises');
   const recBytes = (await stat(path.join(repo.snapshotsDir, recordId))).size;
   return st.pack_bytes + st.index_bytes + st.map_bytes + recBytes;
+}
+
+/** A snapshot's content id from its parent's and its disks' layer digests (snapshots/identity.ts). */
+export function disksContentId(parentId: string | null, disks: RecordDisk[]): string {
+  return contentId(
+    parentId,
+    disks.map((d) => ({ target: d.target, digest: Buffer.from(d.digest, 'hex') })),
+  );
 }
 
 export function recordDisk(target: string, l: StoredLayer): RecordDisk {
@@ -344,37 +283,11 @@ export function recordDisk(target: string, l: StoredLayer): RecordDisk {
   };
 }
 
-function sameTargets(disks: RecordDisk[], layers: LayerPlan[]): boolean {
+function sameTargets(disks: RecordDisk[], layers: CheckedLayer[]): boolean {
   return disks.length === layers.length && disks.every((d, i) => d.target === layers[i]!.target);
 }
 
 async function layersPresent(repo: Repo, disks: RecordDisk[]): Promise<boolean> {
   for (const d of disks) if (!(await pathExists(repo.layerPath(d.layer)))) return false;
   return true;
-}
-
-/**
- * Records the content ids a push computed, for snapshots that had none, under the VM lock again (the
- * pin kept them from being merged meanwhile); a VM busy past the lock wait is left as it is.
- */
-async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotRecord; id: string }[]): Promise<void> {
-  const missing = computed.filter((c) => !c.rec.content_id);
-  if (missing.length === 0) return;
-  let lock: Lock;
-  try {
-    lock = await lockVm(home, vm, 'archive push');
-  } catch (err) {
-    if (err instanceof CloneboxError && err.code === 'VM_BUSY') return;
-    throw err;
-  }
-  try {
-    const now = new Map((await listSnapshotRecords(home, vm)).map((r) => [r.name, r]));
-    for (const { rec, id } of missing) {
-      const cur = now.get(rec.name);
-      if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
-      await saveSnapshotRecord(home, { ...cur, content_id: id });
-    }
-  } finally {
-    await lock.release();
-  }
 }

@@ -1,48 +1,42 @@
 /**
  * `snapshot export`: a snapshot chain (root..N, or the layers after BASE) into one bundle.
  *
- * Pipeline, per layer in bundle order:
- *   main thread   reads the layer's map and data (blocks.ts), cuts blocks into ~4 MiB batches
- *   worker        hashes every block of a batch (SHA-256)
- *   main thread   looks each block id up in the dedup index, in batch order: known → a reference,
- *                 new → gets the next block number
+ * Pipeline, per layer in bundle order (content/frames.ts, shared with the archive's push):
+ *   main thread   reads the layer's map and data (content/layer.ts), cuts blocks into ~2 MiB batches,
+ *                 hashes every block (SHA-256) and looks its id up in the dedup index: known → a
+ *                 reference, new → gets the next block number
  *   worker        compresses the batch's new blocks into one zstd frame (the bytes never came back)
  *   main thread   appends the frame and the batch's records to the current pack, in batch order;
  *                 a full pack is sealed and written as one tar entry
  * Batches in flight are bounded (two per worker), so memory does not grow with the disk.
  */
 
-import { createHash } from 'node:crypto';
 import { createWriteStream } from 'node:fs';
 import { link, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Writable } from 'node:stream';
 import { checkAborted } from '../abort.js';
 import { nowIso } from '../clock.js';
-import { type Batch, Batcher } from '../content/batcher.js';
-import { compressBound } from '../content/codec.js';
 import { BlockIndex } from '../content/dedup.js';
 import { LayerDigest } from '../content/digest.js';
+import { FramePipeline } from '../content/frames.js';
 import { openLayer } from '../content/layer.js';
-import type { WorkerReply } from '../content/worker.js';
 import { WorkerPool } from '../content/workers.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { fsyncDir, tempDone, tempPathFor } from '../fsutil.js';
 import { checkName } from '../names.js';
-import { checkedBackingChain } from '../qcow2/backing.js';
-import { Qcow2Image } from '../qcow2/reader.js';
+import { checkedLayers, keepContentIds, layersDataBytes, lineTo, snapshotNotFound } from '../snapshots/chain-read.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
 import { recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
 import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, saveSnapshotRecord } from '../store/snapshots.js';
+import { listSnapshotRecords, type SnapshotRecord, snapshotMeta } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
   BLOCK_SIZE,
-  Codec,
   ENTRY_HEADER,
   ENTRY_META,
   ENTRY_SEAL,
@@ -143,10 +137,6 @@ function envSize(name: string, dflt: number): number {
 
 /** Written bytes between background datasyncs of an export to a file. */
 const BACKGROUND_SYNC_BYTES = 32 * 1024 * 1024;
-
-function notFound(vm: string, name: string): CloneboxError {
-  return new CloneboxError('SNAPSHOT_NOT_FOUND', `no such snapshot ${name}, VM ${vm}`, { hint: `see \`clonebox snapshot list ${vm}\`` });
-}
 
 /** What to export of one VM: snapshots root..name (default: its current one), or those after `since`. */
 export interface ChainTarget {
@@ -259,18 +249,7 @@ export async function exportChains(
       compression: { codec: 'zstd', level },
       chains,
       group,
-      snapshots: allSnaps.map((s) => ({
-        name: s.name,
-        parent: s.parent,
-        type: s.type,
-        created_at: s.created_at,
-        description: s.description,
-        tags: s.tags,
-        auto_created: s.auto_created,
-        auto_policy: s.auto_policy,
-        expires_at: s.expires_at,
-        content_id: s.content_id ?? null,
-      })),
+      snapshots: allSnaps.map((s) => ({ ...snapshotMeta(s), content_id: s.content_id ?? null })),
       layers: layers.map((l) => l.meta),
     };
 
@@ -291,7 +270,7 @@ export async function exportChains(
       out = createWriteStream('', { fd: fh.fd, autoClose: false, highWaterMark: 2 * PACK_TARGET + 1024 * 1024 });
     }
     const tarW = new TarWriter(out, opts.key ? new Date(0) : new Date(), !toStream);
-    const progress = new Progress('export', opts.onProgress ? await totalData(layers) : null, opts.onProgress);
+    const progress = new Progress('export', opts.onProgress ? await layersDataBytes(layers) : null, opts.onProgress);
     try {
       await tarW.add(ENTRY_HEADER, header);
       await tarW.add(ENTRY_META, sealer.sealParts(EntryKind.Meta, 0, encodeMeta(meta)));
@@ -366,6 +345,7 @@ export async function exportChains(
           home,
           ch.vm,
           allSnaps.slice(ch.first, ch.first + ch.count).map((s, i) => ({ rec: s, id: ids[ch.first + i]! })),
+          'snapshot export',
         );
       }
       return {
@@ -412,21 +392,13 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
   }
   if (t.name !== undefined) checkName('snapshot', t.name);
-  if (!byName.has(last)) throw notFound(vmName, last);
-  // The line from the root to `last`.
-  const line: SnapshotRecord[] = [];
-  for (let cur: string | null = last; cur !== null; cur = byName.get(cur)?.parent ?? null) {
-    const rec = byName.get(cur);
-    if (!rec) throw new CloneboxError('STORE_CORRUPT', `snapshot ${line[line.length - 1]?.name} names a missing parent ${cur}, VM ${vmName}`);
-    if (line.length > snaps.length) throw new CloneboxError('STORE_CORRUPT', `snapshot parents form a loop, VM ${vmName}`);
-    line.push(rec);
-  }
-  line.reverse();
+  if (!byName.has(last)) throw snapshotNotFound(vmName, last);
+  const line = lineTo(vmName, byName, last);
   let since: MetaChain['since'] = null;
   let chain = line;
   if (t.since !== undefined) {
     checkName('snapshot', t.since);
-    if (!byName.has(t.since)) throw notFound(vmName, t.since);
+    if (!byName.has(t.since)) throw snapshotNotFound(vmName, t.since);
     const at = line.findIndex((s) => s.name === t.since);
     if (at < 0 || at === line.length - 1) {
       throw usageError(`--since ${t.since} is not an ancestor of ${last}`, `see \`clonebox snapshot list ${vmName} --tree\``);
@@ -448,56 +420,11 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     if (targets === null) targets = tg;
     else if (targets !== tg)
       throw new CloneboxError('UNSUPPORTED', `snapshot ${s.name} has other disks (${tg}) than ${chain[0]!.name} (${targets}), VM ${vmName}`);
-    for (const d of disks) {
-      const img = await Qcow2Image.open(d.path);
-      try {
-        const backing = img.backingPath();
-        let resolved = false;
-        if (s.parent === null) {
-          resolved = backing !== null;
-          // A root on a base image carries that base's bytes: its chain must still pass the rules
-          // `vm add` applied (the header may have changed since). A libvirt domain's chain is the domain's.
-          if (resolved && vm.driver === 'image') await checkedBackingChain(d.path, vm.allowed_backing ?? []);
-        } else {
-          const want = byName.get(s.parent)!.disks.find((x) => x.target === d.target)?.path ?? null;
-          if (want === null || backing === null || path.resolve(backing) !== path.resolve(want)) {
-            throw new CloneboxError('STORE_CORRUPT', `layer ${d.path} stands on ${backing ?? 'nothing'}, not on its parent's layer ${want}`);
-          }
-        }
-        layers.push({ meta: { snapshot: si, target: d.target, virtual_size: img.virtualSize, cluster_size: img.clusterSize }, path: d.path, resolved });
-      } finally {
-        await img.close();
-      }
+    for (const l of await checkedLayers(vm, s, byName)) {
+      layers.push({ meta: { snapshot: si, target: l.target, virtual_size: l.virtualSize, cluster_size: l.clusterSize }, path: l.path, resolved: l.resolved });
     }
   }
   return { vm: vmName, since, chain, layers };
-}
-
-/**
- * Records the content ids an export computed, for snapshots that had none, under the VM lock again
- * (the pin keeps the snapshots from being merged meanwhile). A VM busy past the lock wait is left as it
- * is: the ids are computed again by the next export or share, from the same unchanged layers.
- */
-async function keepContentIds(home: Home, vm: string, computed: { rec: SnapshotRecord; id: string }[]): Promise<void> {
-  const missing = computed.filter((c) => !c.rec.content_id);
-  if (missing.length === 0) return;
-  let lock: Lock;
-  try {
-    lock = await lockVm(home, vm, 'snapshot export');
-  } catch (err) {
-    if (err instanceof CloneboxError && err.code === 'VM_BUSY') return;
-    throw err;
-  }
-  try {
-    for (const { rec, id } of missing) {
-      const cur = readSnapshotRecord(home, vm, rec.name);
-      if (!cur || cur.content_id || JSON.stringify(cur.disks) !== JSON.stringify(rec.disks)) continue;
-      rec.content_id = id;
-      await saveSnapshotRecord(home, { ...cur, content_id: id });
-    }
-  } finally {
-    await lock.release();
-  }
 }
 
 /**
@@ -510,50 +437,11 @@ function writeError(err: unknown, file: string | null): unknown {
   return ioError(err, 'cannot write bundle', file ?? '(standard output)');
 }
 
-async function totalData(layers: LayerPlan[]): Promise<number> {
-  let n = 0;
-  for (const l of layers) {
-    const src = await openLayer(l.path, l.resolved);
-    try {
-      for await (const p of src.pieces()) if (p.kind === 'data') n += p.length;
-    } finally {
-      await src.close();
-    }
-  }
-  return n;
-}
-
-interface InFlight {
-  batch: { layer: number; items: Batch['items'] };
-  /** SHA-256 of each block item, in item order. */
-  shas: Buffer;
-  /** Block number of each block item, in item order. */
-  numbers: Uint32Array;
-  /** Lengths and ids of the batch's new blocks (the frame), in order. */
-  fresh: { length: number; id: Buffer }[];
-  frame: Promise<{ codec: Codec; stored: Buffer; rawLength: number; release: () => void }> | null;
-}
-
 interface PipelineResult {
   packs: number;
   digests: Buffer[];
   layerStats: Seal['layers'];
   totals: SealTotals;
-}
-
-/** ArrayBuffers that cycle between this thread and the workers (no page faults, no garbage). */
-class BufferPool {
-  private readonly free: ArrayBuffer[] = [];
-  constructor(
-    private readonly size: number,
-    private readonly keep: number,
-  ) {}
-  take(): ArrayBuffer {
-    return this.free.pop() ?? new ArrayBuffer(this.size);
-  }
-  give(b: ArrayBuffer): void {
-    if (b.byteLength === this.size && this.free.length < this.keep) this.free.push(b);
-  }
 }
 
 async function runPipeline(
@@ -571,16 +459,9 @@ async function runPipeline(
   let packNo = 0;
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
   const digests = layers.map((l) => new LayerDigest(l.meta.virtual_size, l.meta.cluster_size));
-  // Frames being compressed: enough to keep every worker busy while this thread reads and hashes.
-  const maxInFlight = pool.size * 2;
   const packTarget = envSize('CLONEBOX_BUNDLE_PACK_BYTES', PACK_TARGET);
   const frameTarget = envSize('CLONEBOX_BUNDLE_FRAME_BYTES', FRAME_TARGET);
   const packW = new PackWriter(packTarget + 2 * (frameTarget + BLOCK_SIZE));
-  // Pools as deep as the frames in flight (plus the batcher's and the one being emitted): a fresh
-  // buffer costs a page fault per 4 KiB when first touched, and shallow pools kept faulting (bench/README.md).
-  const inputs = new BufferPool(frameTarget + BLOCK_SIZE, maxInFlight + 3);
-  const outputs = new BufferPool(compressBound(frameTarget + BLOCK_SIZE), maxInFlight + 2);
-  const queue: InFlight[] = [];
 
   const writePack = async () => {
     const payload = packW.take();
@@ -591,113 +472,67 @@ async function runPipeline(
     await packW.ready();
   };
 
-  // In batch order: the frame (if any), then the batch's records; a full pack goes out as one entry.
-  const emit = async (f: InFlight) => {
-    const b = f.batch;
-    if (f.frame) {
-      const frame = await f.frame;
-      packW.frame(frame.codec, f.fresh, frame.stored);
-      frame.release();
-      totals.frames++;
-      totals.stored_bytes += frame.stored.length;
-      totals.unique_bytes += frame.rawLength;
-      totals.unique_blocks += f.fresh.length;
-    }
-    const dg = digests[b.layer]!;
-    let k = 0;
-    let bytes = 0;
-    for (const it of b.items) {
-      if (it.kind === 'zero') {
-        packW.zero(b.layer, it.offset, it.length);
-        dg.addZero(it.offset, it.length);
-        continue;
-      }
-      packW.data(b.layer, it.offset, f.numbers[k]!, it.length);
-      dg.addBlock(it.offset, it.length, f.shas.subarray(k * 32, k * 32 + 32));
-      totals.blocks++;
-      totals.logical_bytes += it.length;
-      bytes += it.length;
-      k++;
-    }
-    if (packW.size >= packTarget) await writePack();
-    progress.add(bytes);
-    checkAborted(signal);
-  };
-
-  // Runs on this thread while the batch buffer is still ours: hash, dedup, copy the new blocks out.
-  const submit = async (batch: Batch) => {
-    const shas = Buffer.allocUnsafe(batch.blocks * 32);
-    const numbers = new Uint32Array(batch.blocks);
-    const fresh: { length: number; id: Buffer }[] = [];
-    const freshItems: { at: number; length: number }[] = [];
-    let k = 0;
-    for (const it of batch.items) {
-      if (it.kind !== 'block') continue;
-      const sha = shas.subarray(k * 32, k * 32 + 32);
-      createHash('sha256')
-        .update(batch.buf.subarray(it.at, it.at + it.length))
-        .digest()
-        .copy(sha);
-      const bid = blockId(sha, idk);
-      let n = index.get(bid);
-      if (n < 0) {
-        n = index.add(bid);
-        fresh.push({ length: it.length, id: index.idOf(n) });
-        freshItems.push(it);
-      }
-      numbers[k++] = n;
-    }
-    const f: InFlight = { batch: { layer: batch.layer, items: batch.items }, shas, numbers, fresh, frame: null };
-    let input: Buffer | null = null;
-    let rawLength = 0;
-    let kept = false;
-    if (fresh.length === batch.blocks && fresh.length > 0) {
-      // Every block is new: the batch buffer itself goes to the worker (no copy); the batcher takes another.
-      input = batch.buf;
-      rawLength = batch.used;
-      kept = true;
-    } else if (fresh.length) {
-      input = Buffer.from(inputs.take());
-      for (const it of freshItems) {
-        batch.buf.copy(input, rawLength, it.at, it.at + it.length);
-        rawLength += it.length;
-      }
-    }
-    if (input) {
-      const output = outputs.take();
-      const inAb = input.buffer as ArrayBuffer;
-      const raw = rawLength;
-      f.frame = pool.request(pool.pick(), { op: 'compress', id: pool.newId(), input: inAb, length: raw, output, level }, [inAb, output]).then((rep) => {
-        const r = rep as Extract<WorkerReply, { storedLength: number }>;
-        // The stored bytes stay in their buffer until the batch is emitted (copied into the pack then).
-        if (r.codec === Codec.Zstd) {
-          inputs.give(r.input);
-          return { codec: r.codec, stored: Buffer.from(r.output, 0, r.storedLength), rawLength: raw, release: () => outputs.give(r.output) };
+  // Per batch: the block number of each block item. In batch order: the frame (if any), then the
+  // batch's records; a full pack goes out as one entry.
+  const pipeline = new FramePipeline<Uint32Array>(
+    pool,
+    {
+      begin: (blocks) => new Uint32Array(blocks),
+      block: (numbers, k, sha) => {
+        const bid = blockId(sha, idk);
+        let n = index.get(bid);
+        const fresh = n < 0;
+        if (fresh) n = index.add(bid);
+        numbers[k] = n;
+        return fresh ? index.idOf(n) : null;
+      },
+      emit: async (b) => {
+        if (b.frame) {
+          packW.frame(b.frame.codec, b.fresh, b.frame.stored);
+          totals.frames++;
+          totals.stored_bytes += b.frame.stored.length;
+          totals.unique_bytes += b.frame.rawLength;
+          totals.unique_blocks += b.fresh.length;
         }
-        outputs.give(r.output);
-        return { codec: r.codec, stored: Buffer.from(r.input, 0, raw), rawLength: raw, release: () => inputs.give(r.input) };
-      });
-      f.frame.catch(() => undefined); // a failure surfaces when the batch is emitted
-    }
-    queue.push(f);
-    while (queue.length > maxInFlight) await emit(queue.shift()!);
-    return kept ? ('kept' as const) : undefined;
-  };
+        const dg = digests[b.layer]!;
+        let k = 0;
+        let bytes = 0;
+        for (const it of b.items) {
+          if (it.kind === 'zero') {
+            packW.zero(b.layer, it.offset, it.length);
+            dg.addZero(it.offset, it.length);
+            continue;
+          }
+          packW.data(b.layer, it.offset, b.state[k]!, it.length);
+          dg.addBlock(it.offset, it.length, b.shas.subarray(k * 32, k * 32 + 32));
+          totals.blocks++;
+          totals.logical_bytes += it.length;
+          bytes += it.length;
+          k++;
+        }
+        if (packW.size >= packTarget) await writePack();
+        progress.add(bytes);
+        checkAborted(signal);
+      },
+    },
+    frameTarget,
+    level,
+  );
 
-  for (const [li, l] of layers.entries()) {
-    const src = await openLayer(l.path, l.resolved);
-    try {
-      const batcher = new Batcher(li, frameTarget, submit, () => Buffer.from(inputs.take()));
-      for await (const p of src.pieces()) {
-        if (p.kind === 'zero') await batcher.zero(p.offset, p.length);
-        else await batcher.data(p.offset, p.length, p.fill);
+  try {
+    for (const [li, l] of layers.entries()) {
+      const src = await openLayer(l.path, l.resolved);
+      try {
+        await pipeline.layer(li, src);
+      } finally {
+        await src.close();
       }
-      await batcher.flush();
-    } finally {
-      await src.close();
     }
+    await pipeline.drain();
+  } catch (err) {
+    await pipeline.abort();
+    throw err;
   }
-  while (queue.length) await emit(queue.shift()!);
   if (!packW.empty) await writePack();
   const layerStats = digests.map((d) => {
     const digest = d.digest();

@@ -68,6 +68,27 @@ export interface SnapshotRecord {
   group?: MemberTag | null;
 }
 
+/** What a snapshot's record says of it that travels with it out of the home (a bundle's meta, an archive record). */
+export type SnapshotMeta = Pick<
+  SnapshotRecord,
+  'name' | 'parent' | 'type' | 'created_at' | 'description' | 'tags' | 'auto_created' | 'auto_policy' | 'expires_at'
+>;
+
+/** Those fields alone, of a home's record or of a bundle's or an archive's copy of one. */
+export function snapshotMeta(s: SnapshotMeta): SnapshotMeta {
+  return {
+    name: s.name,
+    parent: s.parent,
+    type: s.type,
+    created_at: s.created_at,
+    description: s.description,
+    tags: s.tags,
+    auto_created: s.auto_created,
+    auto_policy: s.auto_policy,
+    expires_at: s.expires_at,
+  };
+}
+
 export function snapshotsDir(home: Home, vm: string): string {
   return path.join(vmDir(home, vm), 'snapshots');
 }
