@@ -4,7 +4,10 @@
  * none, gets nothing and is closed; a port that refuses the connection leaves blocks on the Hyperswarm
  * connection and the fetch completes there.
  */
+
+import { type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import NoiseSecretStream from '@hyperswarm/secret-stream';
@@ -17,6 +20,10 @@ import { BLOCKS_PROTOCOL, CODEC_RAW, TCP_PROTOCOL } from '../src/sync/messages.j
 import { type TeamPeer, TeamSwarm } from '../src/sync/swarm.js';
 import { TcpPath, type TcpPathOptions } from '../src/sync/tcp.js';
 import { createTeam, joinTeam, loadTeam } from '../src/sync/teams.js';
+import { expectSameChain } from './helpers/chains.js';
+import { cb, runCli } from './helpers/cli.js';
+import { watchSync } from './helpers/dht.js';
+import { qemuIo } from './helpers/qemu.js';
 import { rng } from './helpers/random.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
@@ -207,4 +214,54 @@ describe('TCP path for blocks', () => {
       await close();
     }
   }, 60_000);
+});
+
+describe('snapshot sync over the TCP path (CLI)', () => {
+  it('pulls over TCP identical to the source; with the path off on the receiver, over the Hyperswarm connection', async () => {
+    const dht = await startPrivateDht({ host: '127.0.0.1', port: 0 });
+    const bs = `${dht.address.host}:${dht.address.port}`;
+    const root = await makeTempDir('sync-tcp-cli');
+    const children = new Set<ChildProcess>();
+    const ok = async (h: string, args: string[]) => {
+      const res = await cb(h, args, 60_000);
+      if (res.code !== 0) throw new Error(`clonebox ${args.join(' ')} exited ${res.code}: ${res.stderr}`);
+      return res.stdout;
+    };
+    const [A, B, C] = ['a', 'b', 'c'].map((n) => path.join(root, n)) as [string, string, string];
+    let sharer: ReturnType<typeof watchSync> | null = null;
+    try {
+      await ok(A, ['vm', 'create', 'dev', '--size', '32M']);
+      const disk = (JSON.parse(await ok(A, ['vm', 'show', 'dev', '--json'])) as { disks: { path: string }[] }).disks[0]!.path;
+      const data = path.join(root, 'r6');
+      await writeFile(data, r.bytes(6 * 1024 * 1024));
+      await qemuIo(disk, `write -s ${data} 0 6M`);
+      await qemuIo(disk, 'write -P 0x33 8M 2M');
+      await ok(A, ['snapshot', 'create', 'dev', '--name', 'base']);
+      const { invite } = JSON.parse(await ok(A, ['team', 'create', 'crew', '--name', 'ws-a', '--json'])) as { invite: string };
+      await ok(A, ['snapshot', 'share', 'dev', '--team', 'crew']);
+      sharer = watchSync(A, { team: 'crew', bootstrap: bs, children });
+      const pull = async (h: string, name: string, env: NodeJS.ProcessEnv) => {
+        await ok(h, ['team', 'join', 'crew', '--invite', invite, '--name', name]);
+        const res = await runCli(['--home', h, 'snapshot', 'sync', '--team', 'crew', '--bootstrap', bs, '--timeout', '60', '--json'], {
+          home: null,
+          env: { CLONEBOX_SYNC_TRACE: '1', ...env },
+          timeoutMs: 90_000,
+        });
+        expect(res.code, res.stderr).toBe(0);
+        await expectSameChain(A, 'dev', h, 'dev', { sameTree: true });
+        return res.stderr;
+      };
+      const overTcp = await pull(B, 'ws-b', {});
+      expect(overTcp).toMatch(/tcp: peer ws-a: blocks over TCP/);
+      expect(overTcp).toMatch(/fetch \d+ blocks from ws-a over TCP/);
+      expect(overTcp).not.toMatch(/over the Hyperswarm connection/);
+      const off = await pull(C, 'ws-c', { CLONEBOX_SYNC_TCP: '0' });
+      expect(off).toMatch(/fetch \d+ blocks from ws-a over the Hyperswarm connection/);
+      expect(off).not.toMatch(/over TCP/);
+    } finally {
+      await sharer?.stop();
+      for (const c of children) c.kill('SIGKILL');
+      await dht.close();
+    }
+  }, 120_000);
 });
