@@ -103,8 +103,6 @@ export class TcpPath {
         settle(false);
         return;
       }
-      this.streams.add(stream);
-      stream.once('close', () => this.streams.delete(stream));
       peer.stream.once('close', () => stream.destroy());
       const mux = Protomux.from(stream);
       this.links++;
@@ -199,8 +197,7 @@ export class TcpPath {
     }
     this.unauthenticated++;
     sock.setNoDelay(true);
-    const stream = new NoiseSecretStream(false, sock, { keyPair: this.opts.keyPair });
-    stream.on('error', () => undefined);
+    const stream = this.track(new NoiseSecretStream(false, sock, { keyPair: this.opts.keyPair }));
     let counted = true;
     const release = () => {
       if (counted) this.unauthenticated--;
@@ -226,6 +223,14 @@ export class TcpPath {
     });
   }
 
+  /** Every stream from its first byte (handshaking or linked) is closed with the path. */
+  private track(stream: NoiseSecretStream): NoiseSecretStream {
+    stream.on('error', () => undefined);
+    this.streams.add(stream);
+    stream.once('close', () => this.streams.delete(stream));
+    return stream;
+  }
+
   /** The ports listened on (traces and tests). */
   get ports(): number[] {
     return this.servers.map((srv) => (srv.address() as net.AddressInfo | null)?.port ?? 0).filter((p) => p > 0);
@@ -237,8 +242,7 @@ export class TcpPath {
       const sock = net.connect({ host, port });
       sock.on('error', () => undefined);
       sock.setNoDelay(true);
-      const stream = new NoiseSecretStream(true, sock, { keyPair: this.opts.keyPair });
-      stream.on('error', () => undefined);
+      const stream = this.track(new NoiseSecretStream(true, sock, { keyPair: this.opts.keyPair }));
       const timer = setTimeout(() => stream.destroy(), this.opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS);
       timer.unref();
       void stream.opened.then((ok) => {
