@@ -5,7 +5,7 @@
  * connection and the fetch completes there.
  */
 
-import { type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import net from 'node:net';
