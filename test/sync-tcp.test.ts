@@ -2,7 +2,7 @@
  * The TCP path for blocks (src/sync/tcp.ts) between two real TeamSwarms on a private DHT on 127.0.0.1:
  * blocks move to a Noise stream over TCP once membership is proven; a socket with any other key, or
  * none, gets nothing and is closed; a port that refuses the connection leaves blocks on the Hyperswarm
- * connection and the fetch completes there.
+ * connection and the fetch completes there; so does a fetch cut off by the TCP stream closing.
  */
 
 import type { ChildProcess } from 'node:child_process';
@@ -184,6 +184,16 @@ describe('TCP path for blocks', () => {
       const dialler = ends.find((e) => e !== offerer)!;
       const again = new NoiseSecretStream(true, net.connect({ host: '127.0.0.1', port }), { keyPair: dialler.keyPair });
       expect((await closedWithin(again, 5000)).closed).toBe(true);
+
+      // The TCP stream cut mid-fetch: that fetch ends with blocks unanswered, and the Hyperswarm
+      // connection's channel (the one a pull falls back to) still serves them all.
+      const cut = fetcher.fetch([...store.values()].map(sha), {
+        onBlock: () => ends[1].streams[0]!.destroy(),
+        deadline: Date.now() + 20_000,
+      });
+      const res = await cut;
+      expect(res.unanswered.length).toBeGreaterThan(0);
+      await fetchAll(await ends[1].udx);
     } finally {
       await close();
     }
