@@ -49,7 +49,8 @@
  * same for the incremental ones, default min(runs, 3)), BENCH_SYNC_CASES (comma list of loopback-full,
  * loopback-inc, link-full, link-inc (100 Mbit/s), gig-full, gig-inc (1 Gbit/s)), BENCH_SYNC_DEBUG=1
  * (children's stderr in the log). The sharer runs with the environment's CLONEBOX_SYNC_LEVEL when
- * BENCH_SYNC_LEVEL is set (pinning its compression level, for A/B against the adaptive pace).
+ * BENCH_SYNC_LEVEL is set (pinning its compression level, for A/B against the adaptive pace);
+ * BENCH_SYNC_TCP=0 turns the TCP path off at both ends, BENCH_SYNC_TCP_AB=1 adds the A/B side below.
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -65,7 +66,18 @@ export const name = 'sync';
 export const description =
   'snapshot sync (full, incremental) of a 3-layer chain vs rsync -a from an rsync daemon, on loopback and 100 Mbit/s and 1 Gbit/s veth links; wall and bytes on the wire';
 
-const ENV = process.env.BENCH_SYNC_LEVEL ? { ...CLEAN_ENV, CLONEBOX_SYNC_LEVEL: process.env.BENCH_SYNC_LEVEL } : CLEAN_ENV;
+const ENV = {
+  ...CLEAN_ENV,
+  ...(process.env.BENCH_SYNC_LEVEL ? { CLONEBOX_SYNC_LEVEL: process.env.BENCH_SYNC_LEVEL } : {}),
+  ...(process.env.BENCH_SYNC_TCP ? { CLONEBOX_SYNC_TCP: process.env.BENCH_SYNC_TCP } : {}),
+};
+/**
+ * BENCH_SYNC_TCP_AB=1: each case also runs a third side, `clonebox_udx`, the same pull with the TCP
+ * path off on the receiver (CLONEBOX_SYNC_TCP=0: it refuses the channel, so blocks stay on the
+ * Hyperswarm connection), alternated with the other two against the same sharer.
+ */
+const TCP_AB = process.env.BENCH_SYNC_TCP_AB === '1';
+const UDX_ENV = { ...ENV, CLONEBOX_SYNC_TCP: '0' };
 const VM = 'v';
 const TEAM = 'bench';
 const dist = (p) => pathToFileURL(path.join(ROOT, 'dist', p)).href;
@@ -548,14 +560,14 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
 
       /** One case: clonebox and rsync, alternated, with wire bytes per run. */
       const runCase = async (net, label, srv, { fresh, base, timedRuns, warmup }) => {
-        const wire = { clonebox: [], rsync: [] };
+        const wire = { clonebox: [], rsync: [], clonebox_udx: [] };
         const count = () => (net.ns || net.clientNs ? counters(net.clientNs ?? net.ns, net.dev) : null);
-        const serverCpu = { clonebox: [], rsync: [] };
+        const serverCpu = { clonebox: [], rsync: [], clonebox_udx: [] };
         const timed = async (side, cmd, args) => {
-          const server = side === 'clonebox' ? srv.sharer.child.pid : srv.daemon.child.pid;
+          const server = side === 'rsync' ? srv.daemon.child.pid : srv.sharer.child.pid;
           const s0 = processCpuMs(server);
           const c0 = count();
-          const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: ENV });
+          const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: side === 'clonebox_udx' ? UDX_ENV : ENV });
           const c1 = count();
           if (c0 && c1) {
             // lo: every packet is counted once sent and once received; a veth end sees both directions.
@@ -567,34 +579,23 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           // CPU of both ends: the client command, and the sharer / the rsync daemon during the run.
           return { ...r, clientCpuMs: r.cpuMs, cpuMs: r.cpuMs + serverMs };
         };
+        const pull = (side) => async () => {
+          const r = await timed(side, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']);
+          const doc = JSON.parse(r.stdout);
+          if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
+          return {
+            ms: r.ms,
+            cpuMs: r.cpuMs,
+            client_cpu_ms: r.clientCpuMs,
+            bytes_received: doc.bytes_received,
+            blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0),
+            snapshots: doc.chains.flatMap((c) => c.snapshots),
+          };
+        };
         const m = await measure(
           {
-            clonebox: async () => {
-              const r = await timed('clonebox', NODE, [
-                CLI,
-                '--home',
-                recv,
-                'snapshot',
-                'sync',
-                '--team',
-                TEAM,
-                '--bootstrap',
-                srv.bs,
-                '--timeout',
-                '300',
-                '--json',
-              ]);
-              const doc = JSON.parse(r.stdout);
-              if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
-              return {
-                ms: r.ms,
-                cpuMs: r.cpuMs,
-                client_cpu_ms: r.clientCpuMs,
-                bytes_received: doc.bytes_received,
-                blocks_fetched: doc.chains.reduce((a, c) => a + c.blocks_fetched, 0),
-                snapshots: doc.chains.flatMap((c) => c.snapshots),
-              };
-            },
+            clonebox: pull('clonebox'),
+            ...(TCP_AB ? { clonebox_udx: pull('clonebox_udx') } : {}),
             rsync: async () => {
               const r = await timed('rsync', 'rsync', ['-a', '--stats', srv.url, `${dest}/`]);
               const num = (re) => Number((re.exec(r.stdout)?.[1] ?? 'NaN').replace(/[,.](?=\d{3})/g, ''));
@@ -610,7 +611,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           {
             runs: timedRuns,
             warmup,
-            before: async (side) => (side === 'clonebox' ? restore(fresh ? recvEmpty : base.recv, recv) : restore(fresh ? null : base.dest, dest)),
+            before: async (side) => (side !== 'rsync' ? restore(fresh ? recvEmpty : base.recv, recv) : restore(fresh ? null : base.dest, dest)),
           },
         );
         return { m, wire, serverCpu };
@@ -647,6 +648,17 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           cpu_ratio: cpuRatio(cb, rs),
           ...extra,
         };
+        if (m.clonebox_udx) {
+          c.clonebox_udx = {
+            ...m.clonebox_udx,
+            wire_bytes: wire.clonebox_udx,
+            wire_median: med(wire.clonebox_udx),
+            server_cpu_ms: serverCpu.clonebox_udx,
+            server_cpu_median_ms: med(serverCpu.clonebox_udx),
+          };
+          c.tcp_vs_udx_ratio = ratio(cb, m.clonebox_udx);
+          c.tcp_vs_udx_cpu_ratio = cpuRatio(cb, m.clonebox_udx);
+        }
         // Bytes: the interface counters where there are some, else each tool's own count.
         c.wire_source =
           c.clonebox.wire_median !== null
@@ -661,6 +673,11 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         log(
           `${label}: clonebox ${cb.median_ms} ms vs rsync ${rs.median_ms} ms (ratio ${c.ratio}; CPU of both ends ${cb.cpu_median_ms} vs ${rs.cpu_median_ms} ms, ratio ${c.cpu_ratio}; sharer ${c.clonebox.server_cpu_median_ms} ms, rsync daemon ${c.rsync.server_cpu_median_ms} ms); wire ${(c.clonebox_wire / MiB).toFixed(1)} vs ${(c.rsync_wire / MiB).toFixed(1)} MiB (ratio ${c.wire_ratio}, ${c.wire_source}); clonebox payload ${(cb.bytes_received / MiB).toFixed(1)} MiB`,
         );
+        if (c.clonebox_udx) {
+          log(
+            `${label}: TCP path ${cb.median_ms} ms vs Hyperswarm connection ${c.clonebox_udx.median_ms} ms (ratio ${c.tcp_vs_udx_ratio}; CPU of both ends ${cb.cpu_median_ms} vs ${c.clonebox_udx.cpu_median_ms} ms, ratio ${c.tcp_vs_udx_cpu_ratio}; sharer ${c.clonebox.server_cpu_median_ms} vs ${c.clonebox_udx.server_cpu_median_ms} ms)`,
+          );
+        }
         return c;
       };
 

@@ -136,6 +136,8 @@ export class BlockChannel {
   private wakeProducer: (() => void) | null = null;
   private drainWaiters: (() => void)[] = [];
   private closed = false;
+  /** What the channel's mux runs on: the Hyperswarm connection, or the TCP path (tcp.ts). */
+  transport: 'hyperswarm' | 'tcp' = 'hyperswarm';
   /** The compression level of frames served on this channel, from where the sender waits (pace.ts). */
   readonly pace: FramePace;
 
@@ -168,9 +170,16 @@ export class BlockChannel {
    */
   static attach(
     mux: Protomux,
-    opts: { source?: BlockSource | null; decode?: FrameDecoder; onAbuse?: (why: string) => void; maxLevel?: number } = {},
+    opts: {
+      source?: BlockSource | null;
+      decode?: FrameDecoder;
+      onAbuse?: (why: string) => void;
+      maxLevel?: number;
+      transport?: 'hyperswarm' | 'tcp';
+    } = {},
   ): BlockChannel {
     const bc = new BlockChannel(mux, opts.source ?? null, opts.decode ?? defaultDecoder, opts.onAbuse ?? null, opts.maxLevel);
+    if (opts.transport) bc.transport = opts.transport;
     bc.channel.open();
     return bc;
   }

@@ -10,12 +10,18 @@ import type { Catalog } from './catalog.js';
 import type { Fetcher } from './pull.js';
 import type { Spool } from './spool.js';
 import { shortKey, type TeamPeer } from './swarm.js';
+import { trace } from './trace.js';
 
 /** What a sync run knows of one proven teammate connection. */
 export interface PeerState {
   peer: TeamPeer;
   channel: BlockChannel | null;
   catalog: Catalog | null;
+  /**
+   * Settles once the TCP path to the peer (tcp.ts) is up or given up (bounded): true when `channel` is
+   * then the one on TCP. Null: no TCP path tried.
+   */
+  tcp: Promise<boolean> | null;
   /** The catalog cards the peer handed us (resolves with none if it never opens the channel). */
   cards: Promise<CatalogCard[]> | null;
 }
@@ -49,7 +55,10 @@ export class PeerFetcher {
       const tries = [...order, st];
       for (const s of tries) {
         if (!todo.length || this.opts.stopping()) break;
+        // Blocks go on TCP when it comes up: a LAN or one machine answers within milliseconds.
+        if (s.tcp) await s.tcp;
         if (!s.channel || s.peer.stream.destroyed) continue;
+        trace(`fetch ${todo.length} blocks from ${s.peer.name} over ${s.channel.transport === 'tcp' ? 'TCP' : 'the Hyperswarm connection'}`);
         let bytes = 0;
         const r = await s.channel.fetch(todo, {
           onBlock: async (h, data) => {

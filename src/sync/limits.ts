@@ -51,3 +51,9 @@ export function catalogOverLimit(length: number, byteLength: number): string | n
   if (byteLength > lim.bytes) return `${byteLength} bytes, more than the limit of ${lim.bytes}`;
   return null;
 }
+
+/**
+ * Sockets accepted on the TCP listener (tcp.ts) whose Noise handshake is not done yet, in all. Only a
+ * teammate just offered the port connects, once per connection; anything beyond is closed at once.
+ */
+export const MAX_TCP_UNAUTHENTICATED = 16;

@@ -11,6 +11,8 @@
  *   clonebox/catalogs    its handshake carries the catalog cards the sender knows (cards.ts), its own
  *                        first, so teammates can follow catalogs of members they never met. A peer
  *                        that does not speak it (an older clonebox) just never opens it.
+ *   clonebox/tcp         one Offer each way: the TCP port blocks may move to (tcp.ts); a peer that
+ *                        does not speak it rejects the channel and blocks stay on this connection.
  *
  * Encodings are compact-encoding (varint "uint", length-prefixed strings and buffers). The protocol
  * version travels in the membership handshake; both sides then speak the lower of the two versions.
@@ -27,6 +29,7 @@ export const MEMBERSHIP_PROTOCOL = 'clonebox/membership';
 export const BLOCKS_PROTOCOL = 'clonebox/blocks';
 /** Version 2: cards carry the catalog key's countersignature (version 1 peers never open this one). */
 export const CATALOGS_PROTOCOL = 'clonebox/catalogs/2';
+export const TCP_PROTOCOL = 'clonebox/tcp';
 
 /** Most block hashes in one Request or Missing. */
 export const MAX_HASHES_PER_REQUEST = 4096;
@@ -313,6 +316,34 @@ export const blockCancel: c.Encoding<BlockCancel> = {
   },
   decode(state) {
     return { id: c.uint.decode(state) };
+  },
+};
+
+// ---- TCP path channel (clonebox/tcp) --------------------------------------------------------------
+
+/**
+ * The one message of the channel (tcp.ts). The side that did not dial the Hyperswarm connection offers
+ * a port on the address the other side reaches it at; the other dials it, or answers port 0 when it
+ * could not (then both keep blocks on the Hyperswarm connection). Port 0 from the offering side: no
+ * TCP path offered.
+ *
+ *   port   uint   1..65535, or 0
+ */
+export interface TcpOffer {
+  port: number;
+}
+
+export const tcpOffer: c.Encoding<TcpOffer> = {
+  preencode(state, m) {
+    c.uint.preencode(state, m.port);
+  },
+  encode(state, m) {
+    c.uint.encode(state, m.port);
+  },
+  decode(state) {
+    const port = c.uint.decode(state);
+    check(port <= 65535, `TCP port ${port} out of range`);
+    return { port };
   },
 };
 

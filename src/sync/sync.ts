@@ -38,7 +38,7 @@ import { PeerFetcher, type PeerState } from './fetcher.js';
 import { type HostPort, isLoopbackHost } from './hostport.js';
 import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
-import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL } from './messages.js';
+import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL, TCP_PROTOCOL } from './messages.js';
 import { BlocksUnavailable, type ChainReport, pullChain } from './pull.js';
 import { type GroupPullReport, pullGroups } from './pull-group.js';
 import { PullScheduler } from './scheduler.js';
@@ -46,6 +46,7 @@ import { ServingSource } from './serving.js';
 import { publish } from './share.js';
 import { Spool } from './spool.js';
 import { shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
+import { TcpPath, tcpPathEnabled } from './tcp.js';
 import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
 import { trace } from './trace.js';
@@ -262,7 +263,7 @@ class SyncRun {
     let st = this.states.get(hex);
     if (!st || st.peer !== peer) {
       const same = st?.peer === peer;
-      st = { peer, channel: same ? st!.channel : null, catalog: same ? st!.catalog : null, cards: same ? st!.cards : null };
+      st = { peer, channel: same ? st!.channel : null, tcp: same ? st!.tcp : null, catalog: same ? st!.catalog : null, cards: same ? st!.cards : null };
       this.states.set(hex, st);
     }
     return st;
@@ -272,6 +273,36 @@ class SyncRun {
     const { home, log } = this;
     const { catalogs, cards, serving } = this.s;
     const own = catalogs.own;
+    const blockOptions = (peer: TeamPeer) => {
+      // A teammate on this machine shares our cores: no climbing past zstd 3 (pace.ts).
+      const host = (peer.stream as { rawStream?: { remoteHost?: string | null } | null }).rawStream?.remoteHost;
+      return {
+        source: serving,
+        ...(host && isLoopbackHost(host) ? { maxLevel: 3 } : {}),
+        onAbuse: (why: string) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
+      };
+    };
+    // Blocks move to a TCP stream of their own when the peer can reach it (tcp.ts); the Hyperswarm
+    // connection's channel serves too, and fetches again if that stream closes.
+    const tcp = new TcpPath({
+      keyPair: { publicKey: this.identity.publicKey, secretKey: this.identity.secretKey },
+      onLink: (peer, mux, stream) => {
+        const st = this.stateOf(peer);
+        const before = st.channel;
+        const ch = BlockChannel.attach(mux, { ...blockOptions(peer), transport: 'tcp' });
+        st.channel = ch;
+        stream.once('close', () => {
+          if (st.channel === ch) st.channel = before;
+        });
+      },
+    });
+    const tcpServices: Record<string, (peer: TeamPeer) => void> = tcpPathEnabled()
+      ? {
+          [TCP_PROTOCOL]: (peer) => {
+            this.stateOf(peer).tcp = tcp.attach(peer);
+          },
+        }
+      : {};
     const swarm = await TeamSwarm.open({
       home,
       team: this.team,
@@ -299,21 +330,17 @@ class SyncRun {
           for (const c of catalogs.catalogs()) c.core.replicate(peer.mux);
         },
         [BLOCKS_PROTOCOL]: (peer) => {
-          // A teammate on this machine shares our cores: no climbing past zstd 3 (pace.ts).
-          const host = (peer.stream as { rawStream?: { remoteHost?: string | null } | null }).rawStream?.remoteHost;
-          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, {
-            source: serving,
-            ...(host && isLoopbackHost(host) ? { maxLevel: 3 } : {}),
-            onAbuse: (why) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
-          });
+          this.stateOf(peer).channel = BlockChannel.attach(peer.mux, blockOptions(peer));
         },
         [CATALOGS_PROTOCOL]: (peer) => {
           cards.attach(peer, this.stateOf(peer));
         },
+        ...tcpServices,
       },
     });
     this.s.swarm = swarm;
     this.cleanups.unshift(() => swarm.close());
+    this.cleanups.unshift(() => tcp.close());
     trace('sync: swarm joined');
     const onPeer = (peer: TeamPeer) => {
       this.lastPeerAt = Date.now();
