@@ -230,24 +230,28 @@ export class Sealer {
     return kind === EntryKind.Pack ? packDigest(ad, payload, `pack ${index}`, 'bundle') : sha256(ad, payload);
   }
 
-  seal(kind: EntryKind, index: number, payload: Buffer): Buffer {
+  /** `alloc(n)` gives the sealed entry's memory (exactly n bytes; e.g. reused buffers). */
+  seal(kind: EntryKind, index: number, payload: Buffer, alloc: (size: number) => Buffer = (n) => Buffer.allocUnsafe(n)): Buffer {
     const ad = associatedData(this.headerChecksum, kind, index);
     if (!this.key) {
-      const out = Buffer.allocUnsafe(payload.length + TAG_PLAIN_BYTES);
+      const out = alloc(payload.length + TAG_PLAIN_BYTES);
       payload.copy(out, 0);
       this.plainTag(kind, index, payload).copy(out, payload.length);
       return out;
     }
-    const out = Buffer.allocUnsafe(NONCE_BYTES + payload.length + TAG_AEAD_BYTES);
+    const out = alloc(NONCE_BYTES + payload.length + TAG_AEAD_BYTES);
     const nonce = out.subarray(0, NONCE_BYTES);
     na().randombytes_buf(nonce);
     na().crypto_aead_xchacha20poly1305_ietf_encrypt(out.subarray(NONCE_BYTES), payload, ad, null, nonce, this.key);
     return out;
   }
 
-  /** The sealed entry as parts to write one after the other (a plain entry's payload is not copied). */
-  sealParts(kind: EntryKind, index: number, payload: Buffer): Buffer[] {
-    if (this.key) return [this.seal(kind, index, payload)];
+  /**
+   * The sealed entry as parts to write one after the other (a plain entry's payload is not copied;
+   * `alloc` as for seal(), used only when encrypting).
+   */
+  sealParts(kind: EntryKind, index: number, payload: Buffer, alloc?: (size: number) => Buffer): Buffer[] {
+    if (this.key) return [this.seal(kind, index, payload, alloc)];
     return [payload, this.plainTag(kind, index, payload)];
   }
 

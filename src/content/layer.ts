@@ -23,7 +23,7 @@
 import { CloneboxError } from '../errors.js';
 import { Chain } from '../qcow2/chain.js';
 import { Qcow2Image } from '../qcow2/reader.js';
-import { type DataChunk, readData } from '../qcow2/stream.js';
+import { type DataChunk, HostReader, readData } from '../qcow2/stream.js';
 
 /**
  * Copies bytes [piece.offset + skip, + len) of a data piece into `buf` at `at`. Calls must come in
@@ -54,12 +54,15 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
   const cs = img.clusterSize;
   const root = resolved || img.backingFile === null;
   if (!resolved && !img.header.extendedL2) {
-    // Fast path: the map from the layer's own runs, the bytes from the streaming reader (batched host
-    // reads with read-ahead, one reused ring of buffers), copied straight into the caller's buffer.
+    // Fast path: the map from the layer's own runs. A plain run's bytes are read from the host straight
+    // into the caller's buffer: no copy of every byte through the streaming reader's ring, and no ring
+    // (bench/README.md, "Figures behind the code"). Compressed clusters come from the streaming reader
+    // (batched host reads, read-ahead, decompression into one reused ring) and are copied from there.
+    let host: HostReader | null = null;
     let chunks: AsyncGenerator<DataChunk> | null = null;
     let cur: DataChunk | null = null;
-    const fillAt = async (buf: Buffer, at: number, from: number, len: number): Promise<void> => {
-      chunks ??= readData(img, { reuseBuffers: true, maxBatchBytes: 1024 * 1024, readAheadBytes: 4 * 1024 * 1024 });
+    const fillCompressed = async (buf: Buffer, at: number, from: number, len: number): Promise<void> => {
+      chunks ??= readData(img, { reuseBuffers: true, compressedOnly: true, maxBatchBytes: 1024 * 1024, readAheadBytes: 4 * 1024 * 1024 });
       let done = 0;
       while (done < len) {
         const g = from + done;
@@ -75,6 +78,10 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
         done += n;
       }
     };
+    const fillPlain = async (buf: Buffer, at: number, hostAt: number, len: number): Promise<void> => {
+      host ??= await HostReader.open(img);
+      await host.read(buf.subarray(at, at + len), hostAt);
+    };
     return {
       virtualSize: vs,
       clusterSize: cs,
@@ -84,12 +91,17 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
             if (!root) yield { kind: 'zero', offset: r.offset, length: r.length };
           } else if (r.kind === 'data') {
             const base = r.offset;
-            yield { kind: 'data', offset: r.offset, length: r.length, fill: (buf, at, skip, len) => fillAt(buf, at, base + skip, len) };
+            const hostBase = r.hostOffset!; // every plain data run has one (reader.ts)
+            const fill: Fill = r.compressed
+              ? (buf, at, skip, len) => fillCompressed(buf, at, base + skip, len)
+              : (buf, at, skip, len) => fillPlain(buf, at, hostBase + skip, len);
+            yield { kind: 'data', offset: r.offset, length: r.length, fill };
           }
         }
       },
       close: async () => {
         await chunks?.return(undefined);
+        await (host as HostReader | null)?.close();
         await img.close();
       },
     };

@@ -73,6 +73,11 @@ export interface StreamOptions {
    * (they may be views into a larger batch buffer, which a kept chunk keeps alive).
    */
   reuseBuffers?: boolean;
+  /**
+   * Yield compressed clusters only, skipping plain data runs (a caller that reads plain runs itself,
+   * straight into its own buffers, with `HostReader`).
+   */
+  compressedOnly?: boolean;
 }
 
 const STREAM_DEFAULTS = {
@@ -134,8 +139,8 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
   // in flight (the read-ahead, or one batch) and what wrapping around can waste.
   const ring = opts.reuseBuffers ? new Ring(readAhead + 2 * 2 * maxBatch) : null;
   const fileSize = img.fileSize;
-  const io = await fdOf(img);
-  const ctx: BatchContext = { img, fd: io.fd, syncReadMax, slowSyncReads: 0 };
+  const io = await HostReader.open(img, syncReadMax);
+  const compressedOnly = opts.compressedOnly === true;
 
   const inFlight: Launched[] = [];
   let inFlightBytes = 0;
@@ -151,7 +156,7 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
       // in flight fresh memory does.
       if (!mem && inFlight.length > 0) return false;
     }
-    const done = runBatch(ctx, b, mem);
+    const done = runBatch(img, io, b, mem);
     done.catch(() => undefined); // awaited in order below; this only keeps a failure from being "unhandled"
     inFlight.push({ done, bytes });
     inFlightBytes += bytes;
@@ -163,7 +168,7 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
     const source = start === 0 && end === img.virtualSize ? img.runs() : img.runsIn(start, end);
     let batch: Batch | null = null;
     for await (const r of source) {
-      if (r.kind !== 'data') continue;
+      if (r.kind !== 'data' || (compressedOnly && !r.compressed)) continue;
       for (const p of piecesOf(r, cs, fileSize, maxBatch)) {
         const pOut = p.skip >= 0 ? cs : 0;
         if (batch) {
@@ -192,7 +197,7 @@ export async function* readData(img: Qcow2Image, opts: StreamOptions = {}): Asyn
   } finally {
     // Early exit (break, error): let reads still in flight finish before the caller may close the file.
     await Promise.allSettled(inFlight.map((f) => f.done));
-    if (io.close) await io.close();
+    await io.close();
   }
 
   async function* consumeHead(): AsyncGenerator<DataChunk> {
@@ -224,28 +229,12 @@ function piecesOf(r: Run, cs: number, fileSize: number, max: number): Piece[] {
   return out;
 }
 
-interface BatchContext {
-  img: Qcow2Image;
-  fd: number;
-  syncReadMax: number;
-  slowSyncReads: number;
-}
-
 /** Reads one batch (into `mem` when given) and decompresses its compressed clusters. */
-async function runBatch(ctx: BatchContext, b: Batch, mem: Buffer | null): Promise<DataChunk[]> {
-  const { img } = ctx;
+async function runBatch(img: Qcow2Image, io: HostReader, b: Batch, mem: Buffer | null): Promise<DataChunk[]> {
   const cs = img.clusterSize;
   const span = b.hostEnd - b.host;
   const buf = mem ? mem.subarray(0, span) : Buffer.allocUnsafe(span);
-  if (span <= ctx.syncReadMax) {
-    const t0 = performance.now();
-    preadSync(ctx.fd, buf, b.host, img.path);
-    // A small read that took this long waited for the disk (or lost the CPU: on a busy machine a
-    // cached read is sometimes preempted, hence a few, not one). Then the layer is not all in the page
-    // cache, and there blocking reads one at a time lose to several in flight (each miss stalls the
-    // stream): read asynchronously from now on. A wrong switch only costs some CPU.
-    if (performance.now() - t0 > SLOW_SYNC_READ_MS && ++ctx.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH) ctx.syncReadMax = 0;
-  } else await pread(ctx.fd, buf, b.host, img.path);
+  await io.read(buf, b.host);
   const zstd = img.header.compressionType === 'zstd';
   let outBuf: Buffer | null = null;
   let outPos = 0;
@@ -313,14 +302,46 @@ class Ring {
   }
 }
 
-/** The image's own descriptor when it exposes one, else a descriptor of our own on the same path. */
-async function fdOf(img: Qcow2Image): Promise<{ fd: number; close: (() => Promise<void>) | null }> {
-  const fh = (img as unknown as { fh?: { fd?: unknown } }).fh;
-  if (fh && typeof fh.fd === 'number' && fh.fd >= 0) return { fd: fh.fd, close: null };
-  const fd = await new Promise<number>((resolve, reject) => {
-    openFile(img.path, 'r', (err, d) => (err ? reject(ioError(err, 'cannot open image', img.path)) : resolve(d)));
-  });
-  return { fd, close: () => new Promise<void>((resolve) => closeFile(fd, () => resolve())) };
+/**
+ * Reads host bytes of one image: small reads with a blocking pread on the calling thread, large ones in
+ * the thread pool (see `StreamOptions.syncReadMaxBytes`). What lies past the end of the file reads as
+ * zeros, as QEMU reads it.
+ */
+export class HostReader {
+  private slowSyncReads = 0;
+
+  private constructor(
+    private readonly file: string,
+    private readonly fd: number,
+    private syncReadMax: number,
+    private readonly closeFd: (() => Promise<void>) | null,
+  ) {}
+
+  /** On the image's own descriptor when it exposes one, else on a descriptor of our own (closed by `close`). */
+  static async open(img: Qcow2Image, syncReadMax: number = STREAM_DEFAULTS.syncReadMaxBytes): Promise<HostReader> {
+    const fh = (img as unknown as { fh?: { fd?: unknown } }).fh;
+    if (fh && typeof fh.fd === 'number' && fh.fd >= 0) return new HostReader(img.path, fh.fd, syncReadMax, null);
+    const fd = await new Promise<number>((resolve, reject) => {
+      openFile(img.path, 'r', (err, d) => (err ? reject(ioError(err, 'cannot open image', img.path)) : resolve(d)));
+    });
+    return new HostReader(img.path, fd, syncReadMax, () => new Promise<void>((resolve) => closeFile(fd, () => resolve())));
+  }
+
+  /** Fills `buf` with the bytes at host offset `pos`. */
+  async read(buf: Buffer, pos: number): Promise<void> {
+    if (buf.length > this.syncReadMax) return pread(this.fd, buf, pos, this.file);
+    const t0 = performance.now();
+    preadSync(this.fd, buf, pos, this.file);
+    // A small read that took this long waited for the disk (or lost the CPU: on a busy machine a
+    // cached read is sometimes preempted, hence a few, not one). Then the layer is not all in the page
+    // cache, and there blocking reads one at a time lose to several in flight (each miss stalls the
+    // stream): read asynchronously from now on. A wrong switch only costs some CPU.
+    if (performance.now() - t0 > SLOW_SYNC_READ_MS && ++this.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH) this.syncReadMax = 0;
+  }
+
+  async close(): Promise<void> {
+    await this.closeFd?.();
+  }
 }
 
 /** Reads `buf.length` bytes at `pos` in the thread pool; what lies past the end of the file reads as zeros. */
