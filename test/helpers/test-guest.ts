@@ -26,7 +26,7 @@ const BUILD_TIMEOUT_MS = Number(process.env.CLONEBOX_GUEST_BUILD_TIMEOUT_MS ?? 2
 /** From `virsh start` to the first answer to guest-ping: ~20 s under TCG on an idle machine. */
 const BOOT_TIMEOUT_MS = Number(process.env.CLONEBOX_GUEST_BOOT_TIMEOUT_MS ?? 300_000);
 
-export interface GuestImage {
+interface GuestImage {
   dir: string;
   kernel: string;
   initrd: string;
@@ -62,7 +62,7 @@ export async function guestImageGate(base: string, skip: boolean): Promise<{ ok:
 let building: Promise<GuestImage> | null = null;
 
 /** Builds (or finds in the cache) the guest image; one build per test process. */
-export function guestImage(): Promise<GuestImage> {
+function guestImage(): Promise<GuestImage> {
   building ??= new Promise<GuestImage>((resolve, reject) => {
     execFile('bash', [BUILDER], { timeout: BUILD_TIMEOUT_MS, killSignal: 'SIGKILL', maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       if (err) {
