@@ -510,9 +510,9 @@ async function build(
     // Unlocked: write every layer as its blocks arrive.
     const total = plans.reduce((a, p) => a + p.snap.maps[p.disk]!.dataBytes, 0);
     let done = 0;
+    await temps.add(...plans.map((p) => p.temp));
+    made.push(...plans.map((p) => p.temp));
     for (const p of plans) {
-      await temps.add(p.temp);
-      made.push(p.temp);
       done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
     }
     await fetched();
