@@ -31,7 +31,7 @@ import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { ensureDir, freeSpace, pathExists } from '../fsutil.js';
+import { ensureDir, freeSpace, pathExists, syncFiles } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { checkVirtualSize, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
@@ -515,6 +515,9 @@ async function build(
     for (const p of plans) {
       done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
     }
+    // Durable before the journal names them: all together, not one fsync (and one of the directory)
+    // per layer.
+    await syncFiles(plans.map((p) => p.temp));
     await fetched();
     checkAborted(ctx.signal);
 
@@ -681,7 +684,7 @@ async function writeLayer(blockOf: BlockGetter, file: string, backing: string | 
     }
     if (asm.pending) throw chainError('map blocks do not fill whole clusters');
     if (!dg.digest().equals(m.digest)) throw chainError('a pulled layer does not match its digest');
-    await w.finish();
+    await w.finish({ durable: false }); // build() syncs every layer together
   } catch (err) {
     await w.abort();
     throw err;
