@@ -314,7 +314,9 @@ async function syncCase(d, home, disks, disk, src4, total, runs, log) {
     };
     const syncArgs = ['snapshot', 'sync', '--team', TEAM, '--bootstrap', bs, '--timeout', '120', '--json'];
     let sharer = startSharer();
-    const fullRun = await timedCli(recv, ...syncArgs);
+    // The full pull of a long history is setup, not the timed case: it gets all the time it needs
+    // (at 1,000 snapshots under load it took longer than the incremental runs' 120 s).
+    const fullRun = await timedCli(recv, ...syncArgs.map((a) => (a === '120' ? '1800' : a)));
     const full = fullRun.json;
     const fullCount = full.chains.reduce((a, c) => a + c.snapshots.length, 0);
     if (fullCount < total + 1) throw new Error(`full pull brought ${fullCount} snapshots, expected ${total + 1}`);
