@@ -217,7 +217,7 @@ export class Catalog {
       const len = h.length;
       if (h.format !== VIEW_CACHE_FORMAT || h.key !== this.key.toString('hex') || h.fork !== this.core.fork) return null;
       if (!Number.isSafeInteger(len) || (len as number) < 0 || (len as number) > length || !Number.isSafeInteger(n)) return null;
-      if (typeof h.tree_hash !== 'string' || !(await this.core.treeHash(len as number)).equals(Buffer.from(h.tree_hash, 'hex'))) return null;
+      if (typeof h.tree_hash !== 'string' || !(await this.treeHashHere(len as number))?.equals(Buffer.from(h.tree_hash, 'hex'))) return null;
       const entries: FoldEntry[] = [];
       let at = nl + 1;
       let last = -1;
@@ -237,14 +237,29 @@ export class Catalog {
     }
   }
 
+  /**
+   * The tree hash at `length` when entry length-1 is stored here (null otherwise, or on an error):
+   * Hypercore's treeHash would wait for a peer to send that entry.
+   */
+  private async treeHashHere(length: number): Promise<Buffer | null> {
+    try {
+      if (length > 0 && !(await this.core.has(length - 1))) return null;
+      return await this.core.treeHash(length);
+    } catch {
+      return null;
+    }
+  }
+
   private async writeViewCache(length: number, entries: FoldEntry[]): Promise<void> {
     if (this.viewFile === null) return;
+    const hash = await this.treeHashHere(length);
+    if (hash === null) return;
     const head = JSON.stringify({
       format: VIEW_CACHE_FORMAT,
       key: this.key.toString('hex'),
       fork: this.core.fork,
       length,
-      tree_hash: (await this.core.treeHash(length)).toString('hex'),
+      tree_hash: hash.toString('hex'),
       entries: entries.length,
     });
     const parts: Buffer[] = [Buffer.from(`${head}\n`)];
