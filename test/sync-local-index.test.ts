@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Clonebox } from '../src/index.js';
 import { type Home, resolveHome } from '../src/store/home.js';
 import { listSnapshotRecords } from '../src/store/snapshots.js';
-import { LocalBlocks } from '../src/sync/layermap.js';
+import { computeLayerMap, LocalBlocks } from '../src/sync/layermap.js';
 import { qemuIo } from './helpers/qemu.js';
 import { cleanupTempDirs, makeTempDir } from './helpers/temp.js';
 
@@ -27,7 +27,8 @@ const mapsDir = () => path.join(home.root, 'sync', 'maps');
 const indexFile = () => path.join(mapsDir(), 'local-blocks.index');
 const mapFiles = async () => (await readdir(mapsDir()).catch(() => [] as string[])).filter((n) => n.endsWith('.map'));
 
-async function scan(usable: (name: string) => boolean = () => true): Promise<LocalBlocks> {
+/** s3 stands in for a layer a pull writes during a sync: not in the scans until the last test. */
+async function scan(usable: (name: string) => boolean = (n) => n !== 's3'): Promise<LocalBlocks> {
   return LocalBlocks.scan(home, (_vm, s) => usable(s.name));
 }
 
@@ -42,6 +43,8 @@ beforeAll(async () => {
     await cb.snapshots.create('dev', { name: 's1' });
     await qemuIo(disk, 'write -P 0x22 1M 64k');
     await cb.snapshots.create('dev', { name: 's2' });
+    await qemuIo(disk, 'write -P 0x44 2M 64k');
+    await cb.snapshots.create('dev', { name: 's3' });
   } finally {
     await cb.close();
   }
@@ -102,5 +105,19 @@ describe('the index of local blocks', () => {
       await lb.close();
       expect((await readFile(indexFile())).equals(bad)).toBe(false);
     }
+  });
+
+  it('holds a layer a pull added once the sync closes, so the next scan opens no map for it either', async () => {
+    const lb = await scan();
+    const s3 = layers.get('s3')!;
+    await lb.addPulled(s3, await computeLayerMap(s3, false));
+    expect(lb.has(shaOf(0x44))).toBe(true);
+    await lb.close();
+    for (const n of await mapFiles()) await rm(path.join(mapsDir(), n));
+    const next = await scan(() => true);
+    expect(next.has(shaOf(0x44))).toBe(true);
+    expect((await next.read(shaOf(0x44)))?.equals(Buffer.alloc(64 * KiB, 0x44))).toBe(true);
+    await next.close();
+    expect(await mapFiles()).toEqual([]);
   });
 });

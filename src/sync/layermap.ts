@@ -276,9 +276,14 @@ interface Where {
 export class LocalBlocks {
   private readonly where = new Map<string, Where>();
   private readonly chains = new Map<string, Chain>();
+  /** What the index holds (scan), plus the layers a pull added: written again at close when it grew. */
+  private indexed: IndexedLayer[] = [];
+  private indexGrew = false;
+  private home: Home | null = null;
 
   static async scan(home: Home, usable: (vm: string, snap: SnapshotRecord) => boolean, log?: (line: string) => void): Promise<LocalBlocks> {
     const lb = new LocalBlocks();
+    lb.home = home;
     const layers: { snap: SnapshotRecord; file: string }[] = [];
     for (const vm of await listVmNames(home)) {
       let snaps: Awaited<ReturnType<typeof listSnapshotRecords>>;
@@ -323,8 +328,8 @@ export class LocalBlocks {
       }
     };
     await Promise.all(Array.from({ length: Math.min(SCAN_CONCURRENCY, layers.length) }, lane));
-    const kept = done.filter((d): d is IndexedLayer => !!d);
-    if (changed || kept.length !== index.size) await writeLocalIndex(home, kept);
+    lb.indexed = done.filter((d): d is IndexedLayer => !!d);
+    if (changed || lb.indexed.length !== index.size) await writeLocalIndex(home, lb.indexed);
     return lb;
   }
 
@@ -335,7 +340,22 @@ export class LocalBlocks {
     }
   }
 
-  addMap(file: string, m: LayerMap, resolved = false): void {
+  /**
+   * A layer a pull just wrote from its verified map `m` (never a resolved root: a pulled root has no
+   * base): its blocks are reusable at once, and the index written at close() holds it, so the next
+   * sync does not open its map either.
+   */
+  async addPulled(file: string, m: LayerMap): Promise<void> {
+    this.addMap(file, m);
+    try {
+      this.indexed.push({ file, stamp: await stampOf(file), resolved: false, body: blocksBody(m) });
+      this.indexGrew = true;
+    } catch {
+      // Not indexed: the next scan reads its cached map.
+    }
+  }
+
+  private addMap(file: string, m: LayerMap, resolved = false): void {
     for (const it of m.items) {
       if (it.kind !== 'block') continue;
       const hex = it.sha.toString('hex');
@@ -373,5 +393,7 @@ export class LocalBlocks {
   async close(): Promise<void> {
     for (const ch of this.chains.values()) await ch.close();
     this.chains.clear();
+    if (this.indexGrew && this.home) await writeLocalIndex(this.home, this.indexed);
+    this.indexGrew = false;
   }
 }

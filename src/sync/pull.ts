@@ -639,7 +639,7 @@ async function build(
     for (const p of plans) {
       const m = p.snap.maps[p.disk]!;
       await rememberLayerMap(home, p.final, false, m);
-      ctx.local.addMap(p.final, m);
+      await ctx.local.addPulled(p.final, m);
     }
     return todo.map((s) => s.name);
   } finally {
