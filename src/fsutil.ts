@@ -122,6 +122,33 @@ async function sweepDir(dir: string, accept: (name: string) => boolean): Promise
   return removed;
 }
 
+/**
+ * Makes `files` durable: each fsynced, several at once (the file system commits them together), then
+ * each directory holding one. For many files written without their own fsyncs (Qcow2Writer.finish
+ * with `durable: false`): one fsync each in sequence, and one of their directory each, was most of
+ * the time a pull of a long history spent writing its small layers.
+ */
+export async function syncFiles(files: string[], concurrency = 16): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < files.length) {
+      const f = files[next++]!;
+      try {
+        const fh = await open(f, 'r');
+        try {
+          await fh.sync();
+        } finally {
+          await fh.close();
+        }
+      } catch (err) {
+        throw ioError(err, 'cannot sync', f);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(concurrency, files.length) }, lane));
+  for (const dir of new Set(files.map((f) => path.dirname(f)))) await fsyncDir(dir);
+}
+
 /** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */
 async function writeTempSynced(file: string, data: string | Buffer, mode: number): Promise<string> {
   const tmp = tempPathFor(file);

@@ -4,7 +4,7 @@
  * the caller, and a step that fails without acting (notTaken) undoes the operation instead of leaving a
  * commit that every later command would replay into the same failure.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { CloneboxError } from '../src/errors.js';
@@ -123,5 +123,45 @@ describe('journal driver steps', () => {
     await writeFile(journalPath(home, 'vm'), JSON.stringify(doc));
     expect(await recover(home, 'vm', fake())).toBe('completed');
     expect(JSON.parse(await readFile(rec, 'utf8'))).toEqual({ quiesced: true });
+  });
+});
+
+describe('journal progress', () => {
+  const progress = async (home: ReturnType<typeof resolveHome>) => (JSON.parse(await readFile(journalPath(home, 'vm'), 'utf8')) as { done: number }).done;
+  const touch = (f: string) => writeFile(f, 'x');
+
+  it('is noted before an action on a file an unnoted action touched, and a roll-forward re-runs only distinct files', async () => {
+    const { home } = await setup();
+    const f = (n: string) => path.join(home.root, n);
+    for (const n of ['a1', 'a2', 'x']) await touch(f(n));
+    // Distinct files, then a rename whose target directory is missing (it fails, as a crash would stop it).
+    const j = await Journal.begin(home, 'vm', 'op', fake());
+    await expect(
+      j.commit([
+        { do: 'rename', from: f('a1'), to: f('b1') },
+        { do: 'write_json', path: f('r1.json'), value: { n: 1 } },
+        { do: 'rename', from: f('a2'), to: f('d/b2') },
+      ]),
+    ).rejects.toBeInstanceOf(CloneboxError);
+    // Nothing noted: the first two actions are re-run by the roll-forward, and find their work done.
+    expect(await progress(home)).toBe(0);
+    await mkdir(f('d'));
+    expect(await recover(home, 'vm', fake())).toBe('completed');
+    expect([await exists(f('a1')), await exists(f('b1')), await exists(f('d/b2'))]).toEqual([false, true, true]);
+    expect(JSON.parse(await readFile(f('r1.json'), 'utf8'))).toEqual({ n: 1 });
+
+    // x -> y, then y -> z: re-running the first after the second would fail (its source and target
+    // both gone), so the progress is noted between them.
+    const k = await Journal.begin(home, 'vm', 'op', fake());
+    await expect(
+      k.commit([
+        { do: 'rename', from: f('x'), to: f('y') },
+        { do: 'rename', from: f('y'), to: f('e/z') },
+      ]),
+    ).rejects.toBeInstanceOf(CloneboxError);
+    expect(await progress(home)).toBe(1);
+    await mkdir(f('e'));
+    expect(await recover(home, 'vm', fake())).toBe('completed');
+    expect([await exists(f('x')), await exists(f('y')), await exists(f('e/z'))]).toEqual([false, false, true]);
   });
 });

@@ -63,11 +63,15 @@ declare module 'hypercore' {
     readonly byteLength: number;
     /** Blocks 0..contiguousLength-1 are all stored locally. */
     readonly contiguousLength: number;
+    /** Bumped when the writer truncates the core (a fork of its history). */
+    readonly fork: number;
     readonly peers: unknown[];
     ready(): Promise<void>;
     append(block: Buffer | Buffer[]): Promise<{ length: number; byteLength: number }>;
     get(index: number, opts?: Hypercore.GetOptions): Promise<Buffer | null>;
     has(start: number, end?: number): Promise<boolean>;
+    /** The Merkle tree's root hash over blocks [0, length): equal hashes, equal blocks. */
+    treeHash(length?: number): Promise<Buffer>;
     /** Fetch new length and signature from peers; resolves true when the length changed. */
     update(opts?: { wait?: boolean }): Promise<boolean>;
     download(range?: Hypercore.Range): Hypercore.Download;

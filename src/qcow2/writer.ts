@@ -344,8 +344,13 @@ export class Qcow2Writer {
     }
   }
 
-  /** Writes the L1 table and refcounts, fsyncs, and renames the image into place. */
-  async finish(): Promise<void> {
+  /**
+   * Writes the L1 table and refcounts, fsyncs, and renames the image into place. `durable: false`
+   * leaves both fsyncs (the image's and its directory's) to a caller that makes many images durable
+   * together (syncFiles) before anything refers to them.
+   */
+  async finish(opts: { durable?: boolean } = {}): Promise<void> {
+    const durable = opts.durable ?? true;
     try {
       await this.flushBatch();
       await this.syncing;
@@ -356,7 +361,7 @@ export class Qcow2Writer {
       for (let i = 0; i < this.l1.length; i++) l1.writeBigUInt64BE(this.l1[i]!, i * 8);
       if (l1.length) await this.pwrite(l1, this.l1Offset);
       await this.writeRefcounts();
-      await this.fh.sync();
+      if (durable) await this.fh.sync();
       await this.fh.close();
       this.finished = true;
     } catch (err) {
@@ -365,7 +370,7 @@ export class Qcow2Writer {
     }
     try {
       await rename(this.tmpPath, this.path);
-      await fsyncDir(path.dirname(this.path));
+      if (durable) await fsyncDir(path.dirname(this.path));
     } catch (err) {
       await unlink(this.tmpPath).catch(() => undefined);
       throw ioError(err, 'cannot move image into place', this.path);

@@ -5,9 +5,10 @@
  *   prepare  new files are created (each recorded in the journal BEFORE it is created); nothing that
  *            already existed is touched. A crash here is rolled back: the recorded files are deleted.
  *   commit   the complete list of remaining actions (renames, record writes, deletions) is written to
- *            the journal first, then executed one by one, the journal noting progress after each. A
- *            crash here is rolled forward: the next command re-runs the actions from the last one
- *            noted. Every action is idempotent, so re-running the one in flight is harmless.
+ *            the journal first, then executed one by one, the journal noting progress before any
+ *            action that could not be re-run blindly (see runActions). A crash here is rolled
+ *            forward: the next command re-runs the actions from the last one noted. Every action is
+ *            idempotent, and those re-run together touch distinct files, so re-running them is harmless.
  *
  * The journal lives at <home>/vms/<vm>/journal.json and is replaced atomically at every step.
  *
@@ -204,7 +205,9 @@ export class Journal {
   /** Undoes the prepare phase (after an error): deletes what it created and the journal. */
   async rollback(): Promise<void> {
     if (this.doc.phase === 'commit') {
-      // Past the point of no return: finish instead of undoing.
+      // Past the point of no return: finish instead of undoing (from the progress made in memory,
+      // persisted first: runActions counts on the journal's progress being the one it starts from).
+      await writeJsonAtomic(this.file, this.doc);
       await runActions(this.doc, this.file, this.handlers).catch(unwrapUndone);
       return;
     }
@@ -268,9 +271,44 @@ function undoable(doc: JournalDoc): boolean {
   return doc.actions.slice(0, doc.done).every((a) => a.do === 'write_json' && created.has(a.path));
 }
 
+/**
+ * The files an action touches, or null for one whose effects are not confined to named files (a
+ * driver step, a removed directory). See runActions.
+ */
+function touchedBy(a: Action): string[] | null {
+  switch (a.do) {
+    case 'rename':
+      return [path.resolve(a.from), path.resolve(a.to)];
+    case 'unlink':
+    case 'write_json':
+      return [path.resolve(a.path)];
+    default:
+      return null;
+  }
+}
+
+/**
+ * Performs the actions from `doc.done` on, `doc.done` persisted as at the call. Progress is persisted
+ * before an action that touches a file an action since the last persisted progress touched, around
+ * every driver step and removed directory, and with a step's notes or warnings: a roll-forward re-runs
+ * at most a run of renames, deletions and record writes on distinct files, each of which finds its
+ * work done (a rename whose source is gone and target there, a deletion of a missing file, the same
+ * record written again). Persisting the whole journal after every action cost a pull of 1,002 layers
+ * 2,004 rewrites of a journal of ~0.9 MB (72 ms each at load 10: about 2.4 min).
+ */
 async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers): Promise<CommitResult> {
+  let persisted = doc.done;
+  const touched = new Set<string>(); // by the actions in [persisted, doc.done)
+  const persist = async () => {
+    if (persisted === doc.done) return;
+    await writeJsonAtomic(file, doc);
+    persisted = doc.done;
+    touched.clear();
+  };
   while (doc.done < doc.actions.length) {
     const a = doc.actions[doc.done]!;
+    const files = touchedBy(a);
+    if (files === null || files.some((f) => touched.has(f))) await persist();
     let r: StepResult | undefined;
     try {
       r = await perform(a, handlers, doc.notes ?? {});
@@ -290,7 +328,8 @@ async function runActions(doc: JournalDoc, file: string, handlers: StepHandlers)
     if (r?.notes) doc.notes = { ...(doc.notes ?? {}), ...r.notes };
     crashPoint('journal.action');
     doc.done++;
-    await writeJsonAtomic(file, doc);
+    if (files === null || r?.warnings?.length || r?.notes) await persist();
+    else for (const f of files) touched.add(f);
   }
   await rm(file, { force: true });
   return { warnings: doc.warnings ?? [], notes: doc.notes ?? {} };

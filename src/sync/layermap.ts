@@ -4,7 +4,9 @@
  * receiver uses them to find blocks it already has in any local layer (other VMs, earlier pulls).
  *
  * Maps of local layers are cached under <home>/sync/maps/ keyed by the layer's path and stamped with
- * its size, mtime and inode, so a layer is read once, not at every sync.
+ * its size, mtime and inode, so a layer is read once, not at every sync; the blocks of every layer a
+ * sync may reuse are indexed in one file there (local-blocks.index), so a sync opens only the maps of
+ * layers that are new or changed since the last.
  */
 import { createHash } from 'node:crypto';
 import { readFile, stat } from 'node:fs/promises';
@@ -175,6 +177,82 @@ export async function rememberLayerMap(home: Home, file: string, resolved: boole
   await writeFileAtomic(cf, encodeMap(await stampOf(file), resolved, m), 0o600).catch(() => undefined);
 }
 
+// ---- index of local blocks --------------------------------------------------------------------------
+
+/**
+ * <home>/sync/maps/local-blocks.index: what the last LocalBlocks.scan found, so that the next one
+ * reads one file instead of a cached map per layer. A JSON line (format, and per layer its path,
+ * stamp, whether it is read resolved, and its block count), then per layer its blocks, INDEX_ENTRY
+ * bytes each: SHA-256, offset and length (doubles, big-endian). A layer whose stamp (size, mtime,
+ * inode) changed is read again; a damaged or foreign index is ignored and rewritten. Blocks read
+ * through it are still checked against their hash (LocalBlocks.read).
+ */
+const INDEX_FORMAT = 1;
+const INDEX_ENTRY = 32 + 8 + 8;
+
+interface IndexedLayer {
+  file: string;
+  stamp: string;
+  resolved: boolean;
+  /** Its blocks, INDEX_ENTRY bytes each. */
+  body: Buffer;
+}
+
+function localIndexFile(home: Home): string {
+  return path.join(home.root, 'sync', 'maps', 'local-blocks.index');
+}
+
+function blocksBody(m: LayerMap): Buffer {
+  const blocks = m.items.filter((it) => it.kind === 'block');
+  const body = Buffer.alloc(blocks.length * INDEX_ENTRY);
+  blocks.forEach((it, i) => {
+    const at = i * INDEX_ENTRY;
+    it.sha.copy(body, at);
+    body.writeDoubleBE(it.offset, at + 32);
+    body.writeDoubleBE(it.length, at + 40);
+  });
+  return body;
+}
+
+/** The last scan's layers by path (empty when there is no index, or it is not one this code wrote). */
+async function readLocalIndex(home: Home): Promise<Map<string, IndexedLayer>> {
+  const out = new Map<string, IndexedLayer>();
+  const buf = await readFile(localIndexFile(home)).catch(() => null);
+  if (!buf) return out;
+  const nl = buf.indexOf(10);
+  if (nl < 0) return out;
+  try {
+    const h = JSON.parse(buf.subarray(0, nl).toString()) as { format?: unknown; layers?: unknown };
+    if (h.format !== INDEX_FORMAT || !Array.isArray(h.layers)) return out;
+    let at = nl + 1;
+    for (const l of h.layers as { file?: unknown; stamp?: unknown; resolved?: unknown; blocks?: unknown }[]) {
+      const n = l.blocks;
+      if (typeof l.file !== 'string' || typeof l.stamp !== 'string' || typeof l.resolved !== 'boolean' || !Number.isSafeInteger(n) || (n as number) < 0) {
+        return new Map();
+      }
+      const end = at + (n as number) * INDEX_ENTRY;
+      if (end > buf.length) return new Map();
+      out.set(l.file, { file: l.file, stamp: l.stamp, resolved: l.resolved, body: buf.subarray(at, end) });
+      at = end;
+    }
+    return at === buf.length ? out : new Map();
+  } catch {
+    return new Map();
+  }
+}
+
+async function writeLocalIndex(home: Home, layers: IndexedLayer[]): Promise<void> {
+  const head = JSON.stringify({
+    format: INDEX_FORMAT,
+    layers: layers.map((l) => ({ file: l.file, stamp: l.stamp, resolved: l.resolved, blocks: l.body.length / INDEX_ENTRY })),
+  });
+  const file = localIndexFile(home);
+  await ensureDir(path.dirname(file), 0o700);
+  // Every block hash of every reusable layer: 0600, as the layers and their maps. A cache: a failed
+  // write costs the next scan its reads, nothing else.
+  await writeFileAtomic(file, Buffer.concat([Buffer.from(`${head}\n`), ...layers.map((l) => l.body)]), 0o600).catch(() => undefined);
+}
+
 // ---- local blocks -----------------------------------------------------------------------------------
 
 /** Layer maps read at once by LocalBlocks.scan. */
@@ -198,9 +276,14 @@ interface Where {
 export class LocalBlocks {
   private readonly where = new Map<string, Where>();
   private readonly chains = new Map<string, Chain>();
+  /** What the index holds (scan), plus the layers a pull added: written again at close when it grew. */
+  private indexed: IndexedLayer[] = [];
+  private indexGrew = false;
+  private home: Home | null = null;
 
   static async scan(home: Home, usable: (vm: string, snap: SnapshotRecord) => boolean, log?: (line: string) => void): Promise<LocalBlocks> {
     const lb = new LocalBlocks();
+    lb.home = home;
     const layers: { snap: SnapshotRecord; file: string }[] = [];
     for (const vm of await listVmNames(home)) {
       let snaps: Awaited<ReturnType<typeof listSnapshotRecords>>;
@@ -211,9 +294,14 @@ export class LocalBlocks {
       }
       for (const s of snaps) if (s.state === 'ready' && usable(vm, s)) for (const d of s.disks) layers.push({ snap: s, file: d.path });
     }
-    // One cached map per layer of the whole history: several read at once (each is a stat and a
-    // small read, mostly waiting), added in order so that the first layer holding a block names it.
-    const done: ({ map: LayerMap; resolved: boolean } | null | undefined)[] = new Array(layers.length);
+    // The index of the last scan gives every layer whose stamp is unchanged: one file read for the
+    // whole history, where a cached map per layer was one open and read each (0.41 s of a receiver's
+    // incremental sync at 1,004 layers). Only new or changed layers are read, several at once (each
+    // is a stat and a small read, mostly waiting), added in order so that the first layer holding a
+    // block names it.
+    const index = await readLocalIndex(home);
+    const done: (IndexedLayer | null | undefined)[] = new Array(layers.length);
+    let changed = false;
     let next = 0;
     let added = 0;
     const lane = async () => {
@@ -221,25 +309,53 @@ export class LocalBlocks {
         const i = next++;
         const { snap, file } = layers[i]!;
         try {
+          const stamp = await stampOf(file);
           const resolved = await isResolvedLayer(snap, file);
-          done[i] = { map: await cachedLayerMap(home, file, resolved), resolved };
+          const hit = index.get(file);
+          if (hit && hit.stamp === stamp && hit.resolved === resolved) done[i] = hit;
+          else {
+            changed = true;
+            done[i] = { file, stamp, resolved, body: blocksBody(await cachedLayerMap(home, file, resolved)) };
+          }
         } catch (err) {
           log?.(`cannot index layer ${file}: ${(err as Error).message}`);
           done[i] = null;
         }
-        // Maps are dropped once added: memory stays at a few maps, not the whole history's.
         for (; added < layers.length && done[added] !== undefined; added++) {
           const d = done[added];
-          if (d) lb.addMap(layers[added]!.file, d.map, d.resolved);
-          done[added] = null;
+          if (d) lb.addBody(d.file, d.body, d.resolved);
         }
       }
     };
     await Promise.all(Array.from({ length: Math.min(SCAN_CONCURRENCY, layers.length) }, lane));
+    lb.indexed = done.filter((d): d is IndexedLayer => !!d);
+    if (changed || lb.indexed.length !== index.size) await writeLocalIndex(home, lb.indexed);
     return lb;
   }
 
-  addMap(file: string, m: LayerMap, resolved = false): void {
+  private addBody(file: string, body: Buffer, resolved: boolean): void {
+    for (let at = 0; at < body.length; at += INDEX_ENTRY) {
+      const hex = body.toString('hex', at, at + 32);
+      if (!this.where.has(hex)) this.where.set(hex, { file, offset: body.readDoubleBE(at + 32), length: body.readDoubleBE(at + 40), resolved });
+    }
+  }
+
+  /**
+   * A layer a pull just wrote from its verified map `m` (never a resolved root: a pulled root has no
+   * base): its blocks are reusable at once, and the index written at close() holds it, so the next
+   * sync does not open its map either.
+   */
+  async addPulled(file: string, m: LayerMap): Promise<void> {
+    this.addMap(file, m);
+    try {
+      this.indexed.push({ file, stamp: await stampOf(file), resolved: false, body: blocksBody(m) });
+      this.indexGrew = true;
+    } catch {
+      // Not indexed: the next scan reads its cached map.
+    }
+  }
+
+  private addMap(file: string, m: LayerMap, resolved = false): void {
     for (const it of m.items) {
       if (it.kind !== 'block') continue;
       const hex = it.sha.toString('hex');
@@ -277,5 +393,7 @@ export class LocalBlocks {
   async close(): Promise<void> {
     for (const ch of this.chains.values()) await ch.close();
     this.chains.clear();
+    if (this.indexGrew && this.home) await writeLocalIndex(this.home, this.indexed);
+    this.indexGrew = false;
   }
 }

@@ -1,8 +1,9 @@
 /**
  * Pulling one teammate's shared chain into this home.
  *
- *  1. Verify: every snapshot record's maps give its layer digests (recomputed here), and the digests
- *     with the parent's content id give its content id; the parent must come earlier in the catalog.
+ *  1. Verify: every snapshot record's layer digests with the parent's content id give its content id;
+ *     the parent must come earlier in the catalog; the maps of every snapshot not held here yet give
+ *     its layer digests (recomputed here).
  *  2. Place: VM `<vm>` when it does not exist, or when every snapshot it holds was pulled from this
  *     same catalog (provenance: the same author) and is in this chain (by content id); else
  *     `<vm>.<peer name>` under the same rule. A VM made here, imported, or pulled from another member
@@ -30,7 +31,7 @@ import { BLOCK_SIZE } from '../content/digest.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
-import { ensureDir, freeSpace, pathExists } from '../fsutil.js';
+import { ensureDir, freeSpace, pathExists, syncFiles } from '../fsutil.js';
 import { NAME_RE } from '../names.js';
 import { checkVirtualSize, WriteBudget } from '../qcow2/budget.js';
 import { Qcow2Writer } from '../qcow2/writer.js';
@@ -155,15 +156,21 @@ export class BlocksUnavailable extends CloneboxError {
   }
 }
 
-/** The snapshots of `vm` the catalog shares, verified (step 1), parents first. */
-async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: string): Promise<VerifiedSnapshot[]> {
+/**
+ * The snapshots of `vm` the catalog shares, parents first, their content ids verified against their
+ * layer digests and parents (step 1). Their maps are checked against those digests by verifyMaps,
+ * only for the snapshots this pull does not hold yet: a snapshot held here was pulled from this same
+ * catalog (place() checks the provenance) with its map verified then, and an incremental pull must
+ * not read and hash the map of every snapshot in the history again.
+ */
+function verifiedChain(view: CatalogView, vm: string, peer: string): { all: VerifiedSnapshot[]; list: VerifiedSnapshot[] } {
   const share = view.shares.get(vm);
-  if (!share) return [];
-  const all = view.snapshots.get(vm) ?? [];
+  if (!share) return { all: [], list: [] };
+  const records = view.snapshots.get(vm) ?? [];
   const byKey = new Map<string, VerifiedSnapshot>();
   /** content id -> key of the latest snapshot with it (for a parent named by content id alone). */
   const latestById = new Map<string, string>();
-  for (const s of all) {
+  for (const s of records) {
     const key = snapKey(s.id, s.name);
     if (byKey.has(key)) continue;
     const parentHex = s.parent ? s.parent.toString('hex') : null;
@@ -171,40 +178,17 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
     if (parentHex !== null && (parentKey === null || !byKey.has(parentKey))) {
       throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} names a parent that comes nowhere before it`);
     }
-    const maps: LayerMap[] = [];
-    for (const d of s.disks) {
-      const items = await cat.mapItems(d.map_start, d.map_count, vm, d.target);
-      let end = 0;
-      for (const it of items) {
-        if (it.offset < end || it.offset + it.length > d.virtual_size + d.cluster_size) {
-          throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) is out of order or out of range`);
-        }
-        end = it.offset + it.length;
-      }
-      const dg = digestOfItems(d.virtual_size, d.cluster_size, items);
-      if (!dg.digest().equals(d.digest) || dg.blocks !== d.blocks || dg.dataBytes !== d.data_bytes) {
-        throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) does not give its layer digest`);
-      }
-      maps.push({
-        virtualSize: d.virtual_size,
-        clusterSize: d.cluster_size,
-        items,
-        digest: d.digest,
-        dataBytes: d.data_bytes,
-        zeroBytes: d.zero_bytes,
-        blocks: d.blocks,
-      });
-    }
     const id = contentId(
       parentHex,
       s.disks.map((d) => ({ target: d.target, digest: d.digest })),
     );
     if (id !== s.id) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} does not have the content id its layers give`);
     if (new Set(s.disks.map((d) => d.target)).size !== s.disks.length) throw chainError(`catalog of ${peer}: snapshot ${vm}/${s.name} lists a disk twice`);
-    byKey.set(key, { ...s, maps, key, parentKey });
+    byKey.set(key, { ...s, maps: [], key, parentKey });
     latestById.set(id, key);
   }
-  let list = [...byKey.values()];
+  const all = [...byKey.values()];
+  let list = all;
   if (share.upto !== null) {
     // root..upto only (the newest record of that name).
     const top = [...list].reverse().find((s) => s.name === share.upto);
@@ -212,7 +196,36 @@ async function verifiedChain(cat: Catalog, view: CatalogView, vm: string, peer: 
     for (let cur = top ?? null; cur; cur = cur.parentKey ? (byKey.get(cur.parentKey) ?? null) : null) keep.add(cur.key);
     list = list.filter((s) => keep.has(s.key));
   }
-  return list;
+  return { all, list };
+}
+
+/** Reads the maps of `s` from the catalog and checks that they give its layer digests (step 1). */
+async function verifyMaps(cat: Catalog, vm: string, peer: string, s: VerifiedSnapshot): Promise<void> {
+  const maps: LayerMap[] = [];
+  for (const d of s.disks) {
+    const items = await cat.mapItems(d.map_start, d.map_count, vm, d.target);
+    let end = 0;
+    for (const it of items) {
+      if (it.offset < end || it.offset + it.length > d.virtual_size + d.cluster_size) {
+        throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) is out of order or out of range`);
+      }
+      end = it.offset + it.length;
+    }
+    const dg = digestOfItems(d.virtual_size, d.cluster_size, items);
+    if (!dg.digest().equals(d.digest) || dg.blocks !== d.blocks || dg.dataBytes !== d.data_bytes) {
+      throw chainError(`catalog of ${peer}: the map of ${vm}/${s.name} (${d.target}) does not give its layer digest`);
+    }
+    maps.push({
+      virtualSize: d.virtual_size,
+      clusterSize: d.cluster_size,
+      items,
+      digest: d.digest,
+      dataBytes: d.data_bytes,
+      zeroBytes: d.zero_bytes,
+      blocks: d.blocks,
+    });
+  }
+  s.maps = maps;
 }
 
 interface Placement {
@@ -272,13 +285,19 @@ async function place(home: Home, vm: string, peer: string, catalogKey: string, k
 export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<string>): Promise<ChainReport | null> {
   const { home, peerName: peer, log } = ctx;
   trace(`pull ${vm}: verifying`);
-  const full = await verifiedChain(ctx.catalog, ctx.view, vm, peer);
-  trace(`pull ${vm}: verified ${full.length} snapshots`);
+  const { all, list: full } = verifiedChain(ctx.view, vm, peer);
   if (!full.length) return null;
   const placed = await place(home, vm, peer, ctx.catalog.key.toString('hex'), new Set(full.map((s) => s.key)), log);
   if (!placed) {
     throw chainError(`cannot pull ${peer}'s ${vm}: VMs ${vm} and ${vm}.${peer} here both hold other chains`, `rename or remove one of them, then sync again`);
   }
+  let mapped = 0;
+  for (const s of all) {
+    if (placed.localByKey.has(s.key)) continue;
+    await verifyMaps(ctx.catalog, vm, peer, s);
+    mapped++;
+  }
+  trace(`pull ${vm}: verified ${all.length} snapshots, the maps of ${mapped}`);
   const left = new Set<string>();
   if (unservable?.size) {
     for (const s of full) {
@@ -491,11 +510,14 @@ async function build(
     // Unlocked: write every layer as its blocks arrive.
     const total = plans.reduce((a, p) => a + p.snap.maps[p.disk]!.dataBytes, 0);
     let done = 0;
+    await temps.add(...plans.map((p) => p.temp));
+    made.push(...plans.map((p) => p.temp));
     for (const p of plans) {
-      await temps.add(p.temp);
-      made.push(p.temp);
       done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
     }
+    // Durable before the journal names them: all together, not one fsync (and one of the directory)
+    // per layer.
+    await syncFiles(plans.map((p) => p.temp));
     await fetched();
     checkAborted(ctx.signal);
 
@@ -554,13 +576,13 @@ async function build(
         const overlayPlans: OverlayPlan[] = [];
         if (fastForward) {
           const top = chain.find((c) => c.key === head)!;
-          for (const [di, d] of top.disks.entries()) {
-            const m = top.maps[di]!;
+          for (const d of top.disks) {
+            // The head may be a snapshot held here already (its maps were not read): the record's sizes.
             overlayPlans.push({
               final: diskPath.get(d.target)!,
               backing: layerOf.get(head)!.get(d.target)!,
-              virtualSize: m.virtualSize,
-              clusterSize: m.clusterSize,
+              virtualSize: d.virtual_size,
+              clusterSize: d.cluster_size,
             });
           }
         }
@@ -617,7 +639,7 @@ async function build(
     for (const p of plans) {
       const m = p.snap.maps[p.disk]!;
       await rememberLayerMap(home, p.final, false, m);
-      ctx.local.addMap(p.final, m);
+      await ctx.local.addPulled(p.final, m);
     }
     return todo.map((s) => s.name);
   } finally {
@@ -662,7 +684,7 @@ async function writeLayer(blockOf: BlockGetter, file: string, backing: string | 
     }
     if (asm.pending) throw chainError('map blocks do not fill whole clusters');
     if (!dg.digest().equals(m.digest)) throw chainError('a pulled layer does not match its digest');
-    await w.finish();
+    await w.finish({ durable: false }); // build() syncs every layer together
   } catch (err) {
     await w.abort();
     throw err;

@@ -216,6 +216,13 @@ const keyOf = (name: string, createdAt: string) => `${name}\u0000${createdAt}`;
 /** Shared VMs (team/vm) whose pulled snapshots publish() has said it leaves out. */
 const toldPulled = new Set<string>();
 
+/** Entries and (estimated) bytes of one batch of snapshots appended to the catalog by publish(). */
+const BATCH_ENTRIES = 256;
+const BATCH_BYTES = 8 * 1024 * 1024;
+/** Estimates for BATCH_BYTES: a map item's encoded size at most (kind, two varints, hash), a Snapshot record's. */
+const MAP_ITEM_BYTES = 1 + 9 + 9 + 32;
+const SNAPSHOT_RECORD_BYTES = 4096;
+
 /**
  * Brings the catalog up to date with shares.json and the shared VMs' snapshots. Returns, per shared
  * VM, the snapshots it holds in the catalog.
@@ -264,13 +271,31 @@ export async function publish(
       if (p) idOf.set(r.name, p.id);
     }
     let appended = 0;
+    // Snapshots are appended in batches, one Hypercore append (one write to its storage) each: record
+    // by record, a first share of 1,000 snapshots took minutes of storage writes. A batch holds whole
+    // snapshots (maps and record), so the catalog only ever grows by complete snapshots.
+    const batch: CatalogRecord[] = [];
+    let batchBytes = 0;
+    let batchSnapshots = 0;
+    let appendedEntries = 0;
+    const base = cat.length;
+    const flush = async () => {
+      if (!batch.length) return;
+      const at = await cat.append(batch);
+      if (at !== base + appendedEntries) throw new CloneboxError('INTERNAL', `catalog grew while publishing ${vm}`);
+      appendedEntries += batch.length;
+      appended += batchSnapshots;
+      batch.length = 0;
+      batchBytes = 0;
+      batchSnapshots = 0;
+    };
     for (const r of line) {
       if (idOf.has(r.name)) continue;
       const parentId = r.parent === null ? null : (idOf.get(r.parent) ?? null);
       if (r.parent !== null && parentId === null) continue; // parent not publishable
       const recs: CatalogRecord[] = [];
       const disks: SnapshotRecordEntry['disks'] = [];
-      let index = cat.length;
+      let index = base + appendedEntries + batch.length;
       for (const d of [...r.disks].sort((a, b) => (a.target < b.target ? -1 : 1))) {
         const resolved = await isResolvedLayer(r, d.path);
         const m = await cachedLayerMap(home, d.path, resolved);
@@ -279,6 +304,7 @@ export async function publish(
           const items = m.items.slice(i, i + MAX_MAP_ITEMS);
           if (!items.length) break;
           recs.push({ kind: 'map', vm, target: d.target, items } satisfies MapRecord);
+          batchBytes += items.length * MAP_ITEM_BYTES;
           index++;
         }
         disks.push({
@@ -314,13 +340,13 @@ export async function publish(
         auto_policy: r.auto_policy,
         disks,
       });
-      const at = await cat.append(recs);
-      if (at !== index - disks.reduce((a, d) => a + d.map_count, 0)) {
-        throw new CloneboxError('INTERNAL', `catalog grew while publishing ${vm}/${r.name}`);
-      }
+      for (const x of recs) batch.push(x);
+      batchBytes += SNAPSHOT_RECORD_BYTES;
+      batchSnapshots++;
       idOf.set(r.name, id);
-      appended++;
+      if (batch.length >= BATCH_ENTRIES || batchBytes >= BATCH_BYTES) await flush();
     }
+    await flush();
     // Head: the current snapshot when it is shared, else the newest shared one on its line.
     let headName: string | null = vmRec.current;
     while (headName !== null && !idOf.has(headName)) headName = snaps.find((x) => x.name === headName)?.parent ?? null;

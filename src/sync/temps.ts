@@ -66,12 +66,16 @@ export class PullTemps {
     return t;
   }
 
-  /** Lists `file` (a directory: `dir/`) durably before it is created. */
-  async add(file: string): Promise<void> {
-    this.entries.add(file);
+  /**
+   * Lists `files` (a directory: `dir/`) durably before they are created: one write and one datasync
+   * for all of them (a pull of 1,002 layers listed them one datasync each).
+   */
+  async add(...files: string[]): Promise<void> {
+    if (!files.length) return;
+    for (const f of files) this.entries.add(f);
     const fh = await open(this.file, 'a', 0o600);
     try {
-      await fh.write(`${file}\n`);
+      await fh.write(files.map((f) => `${f}\n`).join(''));
       await fh.datasync();
     } finally {
       await fh.close();
