@@ -75,12 +75,13 @@ export interface ChainReport {
 
 /**
  * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
- * called with each verified block once it is in the spool (the data stays valid: not reused).
+ * called with each verified block once it is in the spool (the data stays valid: not reused); the
+ * fetch waits for the promise it returns (the layer writer's backpressure).
  */
 export type Fetcher = (
   hashes: Buffer[],
   sizeOf: (h: Buffer) => number,
-  onArrive?: (hash: Buffer, data: Buffer) => void,
+  onArrive?: (hash: Buffer, data: Buffer) => Promise<void> | void,
 ) => Promise<{
   fetched: number;
   wireBytes: number;
@@ -328,14 +329,25 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   report.blocks_reused = reused;
 
   // Steps 4 and 5 overlap: the layers are written while the blocks arrive (in the order the layers
-  // need them: the order asked), each arrived block handed over in memory (up to ARRIVED_MAX bytes
-  // waiting; beyond that, and for a block needed twice, the writer reads it back from the spool).
+  // need them: the order asked), each arrived block handed over in memory. Once ARRIVED_MAX bytes
+  // wait for the writer, the fetch waits for it (backpressure): a block let through to the spool
+  // alone costs a read back and a second SHA-256 (profile in bench/README.md, receiver). The fetch
+  // never waits while the writer waits for a block (it may be one not asked yet) or once the writer
+  // stopped; a block needed twice is read back from the spool.
   const waiting = new Set(toFetch.map((h) => h.toString('hex')));
   const wakers = new Map<string, () => void>();
   const arrived = new Map<string, Buffer>();
   let arrivedBytes = 0;
   let fetchOver = toFetch.length === 0;
-  const onArrive = (h: Buffer, data: Buffer) => {
+  let writerOver = false;
+  let roomWaiter: (() => void) | null = null;
+  const room = () => {
+    const r = roomWaiter;
+    roomWaiter = null;
+    r?.();
+  };
+  const writerFull = () => arrivedBytes + BLOCK_SIZE > ARRIVED_MAX && wakers.size === 0 && !writerOver;
+  const onArrive = async (h: Buffer, data: Buffer): Promise<void> => {
     const hex = h.toString('hex');
     if (!waiting.delete(hex)) return;
     if (arrivedBytes + data.length <= ARRIVED_MAX) {
@@ -344,18 +356,28 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
     }
     wakers.get(hex)?.();
     wakers.delete(hex);
+    while (writerFull()) await new Promise<void>((r) => (roomWaiter = r));
   };
   const blockOf: BlockGetter = async (sha) => {
     const hex = sha.toString('hex');
-    if (waiting.has(hex) && !fetchOver) await new Promise<void>((r) => wakers.set(hex, r));
+    if (waiting.has(hex) && !fetchOver) {
+      const got = new Promise<void>((r) => wakers.set(hex, r));
+      room();
+      await got;
+    }
     const mem = arrived.get(hex);
     if (mem) {
+      fromMemory++;
       arrived.delete(hex);
       arrivedBytes -= mem.length;
+      room();
       return mem; // verified against its hash on arrival (BlockChannel)
     }
+    fromDisk++;
     return (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
   };
+  let fromMemory = 0;
+  let fromDisk = 0;
   let fetchError: BlocksUnavailable | null = null;
   const fetching = (async () => {
     if (!toFetch.length) return;
@@ -384,18 +406,23 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   })();
   // Step 5: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
-  const building = build(ctx, vm, placed, chain, missing, blockOf, () =>
-    fetching.then(() => {
+  const building = build(ctx, vm, placed, chain, missing, blockOf, () => {
+    writerOver = true; // every layer is written: nothing more is taken from memory
+    room();
+    return fetching.then(() => {
       if (fetchError) throw fetchError;
-    }),
-  );
+    });
+  }).finally(() => {
+    writerOver = true;
+    room();
+  });
   const [f, b] = await Promise.allSettled([fetching, building]);
   await ctx.spool.flush();
   if (f.status === 'rejected') throw f.reason;
   if (fetchError) throw fetchError;
   if (b.status === 'rejected') throw b.reason;
   const built = b.value;
-  trace(`pull ${vm}: built and registered`);
+  trace(`pull ${vm}: built and registered (blocks for the writer: ${fromMemory} in memory, ${fromDisk} read back)`);
   report.snapshots = built;
   return report;
 }
@@ -517,7 +544,9 @@ async function build(
     }
     // Durable before the journal names them: all together, not one fsync (and one of the directory)
     // per layer.
+    trace(`pull ${remoteVm}: layers written`);
     await syncFiles(plans.map((p) => p.temp));
+    trace(`pull ${remoteVm}: layers synced`);
     await fetched();
     checkAborted(ctx.signal);
 
