@@ -22,9 +22,7 @@
  * another peer) is the puller's business.
  */
 import type Protomux from 'protomux';
-import { type Codec, decodeFrame } from '../content/codec.js';
-import type { WorkerPool } from '../content/workers.js';
-import { CloneboxError } from '../errors.js';
+import { decodeFrame } from '../content/codec.js';
 import { MAX_QUEUED_REQUESTS } from './limits.js';
 import {
   BLOCKS_PROTOCOL,
@@ -80,27 +78,6 @@ const defaultDecoder: FrameDecoder = (frame) => {
   const total = frame.blocks.reduce((a, b) => a + b.size, 0);
   return decodeFrame(frame.codec, frame.data, total, lengths);
 };
-
-/**
- * A FrameDecoder on the bundle's worker pool (started on first use): zstd and SHA-256 run off the
- * receiving thread, which decrypts, spools and writes the layers (profile in bench/README.md,
- * receiver). The frame's bytes are copied into memory of their own and handed over, not cloned.
- */
-export function poolDecoder(workers: () => Promise<WorkerPool>): FrameDecoder {
-  return async (frame) => {
-    if (frame.codec !== CODEC_RAW && frame.codec !== CODEC_ZSTD) return null;
-    const lengths = Uint32Array.from(frame.blocks.map((b) => b.size));
-    const rawLength = frame.blocks.reduce((a, b) => a + b.size, 0);
-    const stored = new ArrayBuffer(frame.data.length);
-    new Uint8Array(stored).set(frame.data);
-    const pool = await workers();
-    const msg = { op: 'decode' as const, id: pool.newId(), codec: frame.codec as Codec, stored, offset: 0, length: stored.byteLength, rawLength, lengths };
-    const r = await pool.request(pool.pick(), msg, [stored]);
-    if ('bad' in r) return null;
-    if (!('raw' in r)) throw new CloneboxError('INTERNAL', 'frame worker answered a decode with something else');
-    return { raw: Buffer.from(r.raw, 0, r.rawLength), shas: Buffer.from(r.shas) };
-  };
-}
 
 export interface FetchOptions {
   /** Called once per verified block, in arrival order; the fetch waits for the returned promise. */
@@ -459,12 +436,9 @@ export class BlockChannel {
       return;
     }
     for (const h of hexes) p.taken.add(h);
-    // Decoding may be asynchronous (worker threads): it starts at once, so that frames decode side by
-    // side (at most the window's worth), and blocks are handed on in arrival order.
-    const decoding = (async () => this.decode(frame))();
-    decoding.catch(() => undefined); // surfaced through the chain
+    // Decoding may be asynchronous (worker threads); blocks are handed on in arrival order.
     p.chain = p.chain.then(async () => {
-      const decoded = await decoding;
+      const decoded = await this.decode(frame);
       let at = 0;
       for (const [i, b] of frame.blocks.entries()) {
         const hex = b.hash.toString('hex');

@@ -22,14 +22,13 @@
  */
 import path from 'node:path';
 import { abortedError } from '../abort.js';
-import { WorkerPool } from '../content/workers.js';
 import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
 import { DEFAULT_MAX_VIRTUAL_SIZE } from '../qcow2/budget.js';
 import { ensureHome, type Home } from '../store/home.js';
 import { acquireLock, type Lock } from '../store/lock.js';
 import { originOf, type SnapshotRecord } from '../store/snapshots.js';
-import { BlockChannel, poolDecoder } from './blocks.js';
+import { BlockChannel } from './blocks.js';
 import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
 import { catalogProof } from './cards.js';
 import { Catalog, type CatalogView, catalogKeyPair } from './catalog.js';
@@ -274,21 +273,11 @@ class SyncRun {
     const { home, log } = this;
     const { catalogs, cards, serving } = this.s;
     const own = catalogs.own;
-    // Frames we fetch are decoded on a worker pool of the run's own, started with the first frame.
-    let pool: Promise<WorkerPool> | null = null;
-    this.cleanups.push(async () => {
-      if (pool) await (await pool).close();
-    });
-    const decode = poolDecoder(() => {
-      pool ??= WorkerPool.start();
-      return pool;
-    });
     const blockOptions = (peer: TeamPeer) => {
       // A teammate on this machine shares our cores: no climbing past zstd 3 (pace.ts).
       const host = (peer.stream as { rawStream?: { remoteHost?: string | null } | null }).rawStream?.remoteHost;
       return {
         source: serving,
-        decode,
         ...(host && isLoopbackHost(host) ? { maxLevel: 3 } : {}),
         onAbuse: (why: string) => log(`peer ${peer.name} (${shortKey(peer.publicKey)}): ${why}; its block channel is closed`),
       };
