@@ -50,6 +50,7 @@ import type { Home } from '../store/home.js';
 import { Journal, recover } from '../store/journal.js';
 import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, originOf, type SnapshotOrigin, type SnapshotRecord } from '../store/snapshots.js';
+import { Arrivals } from './arrivals.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import type { MapItem } from './catalog-records.js';
 import { digestOfItems, type LayerMap, type LocalBlocks, rememberLayerMap } from './layermap.js';
@@ -328,63 +329,23 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   }
   report.blocks_reused = reused;
 
-  // Steps 4 and 5 overlap: the layers are written while the blocks arrive (in the order the layers
-  // need them: the order asked), each arrived block handed over in memory. Once ARRIVED_MAX bytes
-  // wait for the writer, the fetch waits for it (backpressure): a block let through to the spool
-  // alone costs a read back and a second SHA-256 (profile in bench/README.md, receiver). The fetch
-  // never waits while the writer waits for a block (it may be one not asked yet) or once the writer
-  // stopped; a block needed twice is read back from the spool.
-  const waiting = new Set(toFetch.map((h) => h.toString('hex')));
-  const wakers = new Map<string, () => void>();
-  const arrived = new Map<string, Buffer>();
-  let arrivedBytes = 0;
-  let fetchOver = toFetch.length === 0;
-  let writerOver = false;
-  let roomWaiter: (() => void) | null = null;
-  const room = () => {
-    const r = roomWaiter;
-    roomWaiter = null;
-    r?.();
-  };
-  const writerFull = () => arrivedBytes + BLOCK_SIZE > ARRIVED_MAX && wakers.size === 0 && !writerOver;
-  const onArrive = async (h: Buffer, data: Buffer): Promise<void> => {
-    const hex = h.toString('hex');
-    if (!waiting.delete(hex)) return;
-    if (arrivedBytes + data.length <= ARRIVED_MAX) {
-      arrived.set(hex, data);
-      arrivedBytes += data.length;
-    }
-    wakers.get(hex)?.();
-    wakers.delete(hex);
-    while (writerFull()) await new Promise<void>((r) => (roomWaiter = r));
-  };
-  const blockOf: BlockGetter = async (sha) => {
-    const hex = sha.toString('hex');
-    if (waiting.has(hex) && !fetchOver) {
-      const got = new Promise<void>((r) => wakers.set(hex, r));
-      room();
-      await got;
-    }
-    const mem = arrived.get(hex);
-    if (mem) {
-      fromMemory++;
-      arrived.delete(hex);
-      arrivedBytes -= mem.length;
-      room();
-      return mem; // verified against its hash on arrival (BlockChannel)
-    }
-    fromDisk++;
-    return (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
-  };
-  let fromMemory = 0;
-  let fromDisk = 0;
+  // Steps 4 and 5 overlap (arrivals.ts): each arrived block handed to the writer in memory, the
+  // fetch waiting for the writer once ARRIVED_MAX bytes wait; a block needed twice comes back from
+  // the spool.
+  const arrivals = new Arrivals(toFetch, ARRIVED_MAX);
+  // A block in memory was verified on arrival (BlockChannel); the spool and local layers hash again.
+  const blockOf: BlockGetter = async (sha) => (await arrivals.take(sha)) ?? (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
   let fetchError: BlocksUnavailable | null = null;
   const fetching = (async () => {
     if (!toFetch.length) return;
     const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
     trace(`pull ${vm}: fetching ${toFetch.length} blocks`);
     try {
-      const got = await ctx.fetch(toFetch, (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE, onArrive);
+      const got = await ctx.fetch(
+        toFetch,
+        (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE,
+        (h, data) => arrivals.arrive(h, data),
+      );
       trace(`pull ${vm}: fetched ${got.fetched} blocks, ${got.wireBytes} bytes`);
       report.blocks_fetched = got.fetched;
       report.bytes_received = got.wireBytes;
@@ -399,30 +360,24 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
       }
     } finally {
       // Nothing more will come: a writer still waiting finds its block missing (and fails).
-      fetchOver = true;
-      for (const w of wakers.values()) w();
-      wakers.clear();
+      arrivals.endFetch();
     }
   })();
   // Step 5: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
   const building = build(ctx, vm, placed, chain, missing, blockOf, () => {
-    writerOver = true; // every layer is written: nothing more is taken from memory
-    room();
+    arrivals.endWriter(); // every layer is written: nothing more is taken from memory
     return fetching.then(() => {
       if (fetchError) throw fetchError;
     });
-  }).finally(() => {
-    writerOver = true;
-    room();
-  });
+  }).finally(() => arrivals.endWriter());
   const [f, b] = await Promise.allSettled([fetching, building]);
   await ctx.spool.flush();
   if (f.status === 'rejected') throw f.reason;
   if (fetchError) throw fetchError;
   if (b.status === 'rejected') throw b.reason;
   const built = b.value;
-  trace(`pull ${vm}: built and registered (blocks for the writer: ${fromMemory} in memory, ${fromDisk} read back)`);
+  trace(`pull ${vm}: built and registered (blocks for the writer: ${arrivals.fromMemory} in memory, ${arrivals.elsewhere} read back)`);
   report.snapshots = built;
   return report;
 }
