@@ -64,7 +64,7 @@ export class PeerFetcher {
           onBlock: async (h, data) => {
             if (this.opts.signal?.aborted) throw abortedError(); // the pull fails before it registers anything
             await spool.append(h, data); // keeps `data`: frames are decoded into fresh buffers
-            onArrive?.(h, data);
+            await onArrive?.(h, data); // the layer writer's backpressure
             bytes += data.length;
             progress(bytes);
           },

@@ -50,6 +50,7 @@ import type { Home } from '../store/home.js';
 import { Journal, recover } from '../store/journal.js';
 import { loadVm, lockVm, type VmRecord, vmExists } from '../store/registry.js';
 import { listSnapshotRecords, originOf, type SnapshotOrigin, type SnapshotRecord } from '../store/snapshots.js';
+import { Arrivals } from './arrivals.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import type { MapItem } from './catalog-records.js';
 import { digestOfItems, type LayerMap, type LocalBlocks, rememberLayerMap } from './layermap.js';
@@ -75,12 +76,13 @@ export interface ChainReport {
 
 /**
  * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
- * called with each verified block once it is in the spool (the data stays valid: not reused).
+ * called with each verified block once it is in the spool (the data stays valid: not reused); the
+ * fetch waits for the promise it returns (the layer writer's backpressure).
  */
 export type Fetcher = (
   hashes: Buffer[],
   sizeOf: (h: Buffer) => number,
-  onArrive?: (hash: Buffer, data: Buffer) => void,
+  onArrive?: (hash: Buffer, data: Buffer) => Promise<void> | void,
 ) => Promise<{
   fetched: number;
   wireBytes: number;
@@ -327,42 +329,23 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   }
   report.blocks_reused = reused;
 
-  // Steps 4 and 5 overlap: the layers are written while the blocks arrive (in the order the layers
-  // need them: the order asked), each arrived block handed over in memory (up to ARRIVED_MAX bytes
-  // waiting; beyond that, and for a block needed twice, the writer reads it back from the spool).
-  const waiting = new Set(toFetch.map((h) => h.toString('hex')));
-  const wakers = new Map<string, () => void>();
-  const arrived = new Map<string, Buffer>();
-  let arrivedBytes = 0;
-  let fetchOver = toFetch.length === 0;
-  const onArrive = (h: Buffer, data: Buffer) => {
-    const hex = h.toString('hex');
-    if (!waiting.delete(hex)) return;
-    if (arrivedBytes + data.length <= ARRIVED_MAX) {
-      arrived.set(hex, data);
-      arrivedBytes += data.length;
-    }
-    wakers.get(hex)?.();
-    wakers.delete(hex);
-  };
-  const blockOf: BlockGetter = async (sha) => {
-    const hex = sha.toString('hex');
-    if (waiting.has(hex) && !fetchOver) await new Promise<void>((r) => wakers.set(hex, r));
-    const mem = arrived.get(hex);
-    if (mem) {
-      arrived.delete(hex);
-      arrivedBytes -= mem.length;
-      return mem; // verified against its hash on arrival (BlockChannel)
-    }
-    return (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
-  };
+  // Steps 4 and 5 overlap (arrivals.ts): each arrived block handed to the writer in memory, the
+  // fetch waiting for the writer once ARRIVED_MAX bytes wait; a block needed twice comes back from
+  // the spool.
+  const arrivals = new Arrivals(toFetch, ARRIVED_MAX);
+  // A block in memory was verified on arrival (BlockChannel); the spool and local layers hash again.
+  const blockOf: BlockGetter = async (sha) => (await arrivals.take(sha)) ?? (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
   let fetchError: BlocksUnavailable | null = null;
   const fetching = (async () => {
     if (!toFetch.length) return;
     const sizes = new Map([...need.values()].map((n) => [n.sha.toString('hex'), n.length]));
     trace(`pull ${vm}: fetching ${toFetch.length} blocks`);
     try {
-      const got = await ctx.fetch(toFetch, (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE, onArrive);
+      const got = await ctx.fetch(
+        toFetch,
+        (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE,
+        (h, data) => arrivals.arrive(h, data),
+      );
       trace(`pull ${vm}: fetched ${got.fetched} blocks, ${got.wireBytes} bytes`);
       report.blocks_fetched = got.fetched;
       report.bytes_received = got.wireBytes;
@@ -377,25 +360,24 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
       }
     } finally {
       // Nothing more will come: a writer still waiting finds its block missing (and fails).
-      fetchOver = true;
-      for (const w of wakers.values()) w();
-      wakers.clear();
+      arrivals.endFetch();
     }
   })();
   // Step 5: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
-  const building = build(ctx, vm, placed, chain, missing, blockOf, () =>
-    fetching.then(() => {
+  const building = build(ctx, vm, placed, chain, missing, blockOf, () => {
+    arrivals.endWriter(); // every layer is written: nothing more is taken from memory
+    return fetching.then(() => {
       if (fetchError) throw fetchError;
-    }),
-  );
+    });
+  }).finally(() => arrivals.endWriter());
   const [f, b] = await Promise.allSettled([fetching, building]);
   await ctx.spool.flush();
   if (f.status === 'rejected') throw f.reason;
   if (fetchError) throw fetchError;
   if (b.status === 'rejected') throw b.reason;
   const built = b.value;
-  trace(`pull ${vm}: built and registered`);
+  trace(`pull ${vm}: built and registered (blocks for the writer: ${arrivals.fromMemory} in memory, ${arrivals.elsewhere} read back)`);
   report.snapshots = built;
   return report;
 }
@@ -517,7 +499,9 @@ async function build(
     }
     // Durable before the journal names them: all together, not one fsync (and one of the directory)
     // per layer.
+    trace(`pull ${remoteVm}: layers written`);
     await syncFiles(plans.map((p) => p.temp));
+    trace(`pull ${remoteVm}: layers synced`);
     await fetched();
     checkAborted(ctx.signal);
 

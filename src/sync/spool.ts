@@ -36,6 +36,8 @@ export class Spool {
   private queueAt = 0;
   /** Bytes handed to writes that have not completed. */
   private unwritten = 0;
+  /** Every block below this offset is written (writes complete in file order, on `chain`). */
+  private writtenTo = 0;
   /** Writes, fsyncs and index appends, in order. */
   private chain: Promise<void> = Promise.resolve();
 
@@ -46,6 +48,7 @@ export class Spool {
     private end: number,
   ) {
     this.queueAt = end;
+    this.writtenTo = end;
   }
 
   static dirOf(home: Home): string {
@@ -144,6 +147,7 @@ export class Spool {
           const all = Buffer.concat(bufs); // a short write: the rest one piece at a time
           while (done < total) done += (await this.data.write(all, done, total - done, at + done)).bytesWritten;
         }
+        this.writtenTo = at + total;
       } finally {
         this.unwritten -= total;
       }
@@ -173,8 +177,12 @@ export class Spool {
   async read(sha: Buffer): Promise<Buffer | null> {
     const w = this.where.get(sha.toString('hex'));
     if (!w) return null;
-    if (w.offset >= this.queueAt) this.writeQueued();
-    await this.chain;
+    // A block written already is read at once: waiting for the chain would wait for the fsyncs and
+    // index appends queued behind it (the layer writer reads blocks needed twice while blocks arrive).
+    if (w.offset + w.length > this.writtenTo) {
+      if (w.offset >= this.queueAt) this.writeQueued();
+      await this.chain;
+    }
     const buf = Buffer.allocUnsafe(w.length);
     let got = 0;
     while (got < w.length) {
