@@ -25,7 +25,7 @@ import { WorkerPool } from '../content/workers.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError, ioError, usageError } from '../errors.js';
 import { fsyncDir, tempDone, tempPathFor } from '../fsutil.js';
-import { checkName } from '../names.js';
+import { checkName, NAME_RE } from '../names.js';
 import { checkedLayers, keepContentIds, layersDataBytes, lineTo, snapshotNotFound } from '../snapshots/chain-read.js';
 import { contentId, ensureContentIds } from '../snapshots/identity.js';
 import type { Home } from '../store/home.js';
@@ -33,7 +33,7 @@ import { recover } from '../store/journal.js';
 import type { Lock } from '../store/lock.js';
 import { type Pin, pinSnapshots } from '../store/pins.js';
 import { loadVm, lockVm } from '../store/registry.js';
-import { listSnapshotRecords, type SnapshotRecord, snapshotMeta } from '../store/snapshots.js';
+import { listSnapshotRecords, readSnapshotRecord, type SnapshotRecord, snapshotMeta } from '../store/snapshots.js';
 import { blockId, deriveMaster, encKey, idKey, type KeySource, keyCheck, randomBytes, Sealer } from './crypto.js';
 import {
   BLOCK_SIZE,
@@ -385,15 +385,17 @@ export async function exportChains(
 async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
   const vmName = t.vm;
   const vm = await loadVm(home, vmName);
-  const snaps = await listSnapshotRecords(home, vmName);
-  const byName = new Map(snaps.map((s) => [s.name, s]));
   const last = t.name ?? vm.current;
+  // `--since` of a recent snapshot reads only the records back to it, not the whole history (issue 16).
+  const short = last !== null && t.since !== undefined ? shortLine(home, vmName, last, t.since) : null;
+  const snaps = short ?? (await listSnapshotRecords(home, vmName));
+  const byName = new Map(snaps.map((s) => [s.name, s]));
   if (last === null) {
     throw new CloneboxError('NO_SNAPSHOTS', `VM ${vmName} has no snapshot to export`, { hint: `create one with \`clonebox snapshot create ${vmName}\`` });
   }
   if (t.name !== undefined) checkName('snapshot', t.name);
   if (!byName.has(last)) throw snapshotNotFound(vmName, last);
-  const line = lineTo(vmName, byName, last);
+  const line = short ? [...short].reverse() : lineTo(vmName, byName, last);
   let since: MetaChain['since'] = null;
   let chain = line;
   if (t.since !== undefined) {
@@ -425,6 +427,27 @@ async function planChain(home: Home, t: ChainTarget): Promise<ChainPlan> {
     }
   }
   return { vm: vmName, since, chain, layers };
+}
+
+/**
+ * The records from `last` back to `since` (both included), read one by one along the parents, when
+ * `since` is on that line and already has its content id; null otherwise (a name that is not valid,
+ * missing or not an ancestor, or an id still to compute): the caller then reads every record and
+ * reports, or computes, as before.
+ */
+function shortLine(home: Home, vm: string, last: string, since: string): SnapshotRecord[] | null {
+  if (!NAME_RE.test(last) || !NAME_RE.test(since)) return null;
+  const out: SnapshotRecord[] = [];
+  const seen = new Set<string>();
+  for (let cur: string | null = last; cur !== null && !seen.has(cur) && NAME_RE.test(cur); ) {
+    const rec = readSnapshotRecord(home, vm, cur);
+    if (rec === null || rec.name !== cur) return null;
+    out.push(rec);
+    seen.add(cur);
+    if (cur === since) return rec.content_id ? out : null;
+    cur = rec.parent;
+  }
+  return null;
 }
 
 /**
