@@ -4,10 +4,11 @@
  * partitioned with sfdisk and loaded as snapshot and current state with qemu-img. Each test checks
  * that exactly the changes made are reported: nothing more, nothing less.
  */
+import { existsSync } from 'node:fs';
 import { copyFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { blockOf, brief, debugfs, GuestVm, mkfs, partitionedDisk, place, pwrite, type Tree, writeTree } from './helpers/guest.js';
+import { blockOf, brief, debugfs, GuestVm, mkfs, partitionedDisk, partitionedDisk4k, place, pwrite, type Tree, writeTree } from './helpers/guest.js';
 import { rng } from './helpers/random.js';
 import { makeTempDir } from './helpers/temp.js';
 
@@ -315,6 +316,44 @@ describe('snapshot diff --files, partitioned disks', () => {
       [2, `gpt:${L.toLowerCase()}`, 'ext4', 'compared', undefined],
       [3, `gpt:${L.toLowerCase()}`, 'ext4', 'unchanged', undefined],
       [4, `gpt:${L.toLowerCase()}`, 'xfs', 'unsupported', 'partition 4: xfs is not supported; files not compared'],
+    ]);
+    expect(brief(g.partitions[0]!.files)).toEqual(['M /in1/f (file) [content,size]']);
+    expect(brief(g.partitions[1]!.files)).toEqual(['m /in2/g (file) [mode]']);
+  });
+});
+
+// Loop devices need root and /dev/loop-control (CI runs as root, as setup-libvirt.sh does).
+const canLoop = existsSync('/dev/loop-control') && process.getuid?.() === 0;
+
+describe('snapshot diff --files, 4Kn disk', () => {
+  it.skipIf(!canLoop)('GPT with 4096-byte sectors (header at byte 4096, LBAs in 4 KiB units): both ext4 partitions found and compared', async () => {
+    const root = await makeTempDir('clonebox-guest-gpt4k-');
+    const parts: string[] = [];
+    for (const n of [1, 2]) {
+      await writeTree(path.join(root, `s${n}`), { [`in${n}`]: { f: `part ${n}`, g: 'g' } });
+      parts.push(path.join(root, `p${n}.raw`));
+      await mkfs(parts[n - 1]!, 'ext4', '8M', path.join(root, `s${n}`));
+    }
+    const a = path.join(root, 'a.raw');
+    const L = '0FC63DAF-8483-4772-8E79-3D69D8477DE4';
+    // In 4 KiB sectors: 1 MiB = 256, 8 MiB = 2048.
+    await partitionedDisk4k(a, 24 * MiB, `label: gpt\nstart=256, size=2048, type=${L}\nstart=2304, size=2048, type=${L}\n`);
+    for (const [k, p] of parts.entries()) await place(a, (1 + 8 * k) * MiB, p);
+    const b = path.join(root, 'b.raw');
+    const file = path.join(root, 'n');
+    await writeFile(file, 'changed on 4Kn\n');
+    await debugfs(parts[0]!, ['rm /in1/f', `write ${file} /in1/f`]);
+    await debugfs(parts[1]!, ['sif /in2/g mode 0100700']);
+    await copyFile(a, b);
+    await place(b, MiB, parts[0]!);
+    await place(b, 9 * MiB, parts[1]!);
+    const vm = await GuestVm.create(root, a, b);
+    const g = (await vm.diff(['--files'])).disks[0]!.guest!;
+    expect(g.scheme).toBe('gpt');
+    expect(g.warnings).toEqual([]);
+    expect(g.partitions.map((p) => [p.index, p.start, p.size, p.filesystem, p.status])).toEqual([
+      [1, MiB, 8 * MiB, 'ext4', 'compared'],
+      [2, 9 * MiB, 8 * MiB, 'ext4', 'compared'],
     ]);
     expect(brief(g.partitions[0]!.files)).toEqual(['M /in1/f (file) [content,size]']);
     expect(brief(g.partitions[1]!.files)).toEqual(['m /in2/g (file) [mode]']);

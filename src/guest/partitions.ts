@@ -73,7 +73,7 @@ export async function readPartitions(disk: ByteSource): Promise<PartitionTable> 
     }
     parts.push({ index, start: lba * SECTOR, size: count * SECTOR, type });
   };
-  if (entries.some((e) => e.type === 0xee)) return readGpt(disk, sectors, warnings);
+  if (entries.some((e) => e.type === 0xee)) return readGpt(disk, warnings);
   let logical = 5;
   for (const [i, e] of entries.entries()) {
     if (e.type === 0) continue;
@@ -113,23 +113,42 @@ export async function readPartitions(disk: ByteSource): Promise<PartitionTable> 
   return { scheme: 'mbr', partitions: parts, warnings };
 }
 
-async function readGpt(disk: ByteSource, sectors: number, warnings: string[]): Promise<PartitionTable> {
+/**
+ * The GPT header sits in LBA 1, whose byte offset is the disk's logical sector size: 512 on most disks,
+ * 4096 on a 4Kn disk (a qcow2 attached with `logical_block_size=4096`). The MBR does not say which, so
+ * the header is looked for at 512, then at 4096; every LBA of the table is in that unit. An MBR without
+ * GPT is read in 512-byte sectors only (its entries carry no signature that would tell a 4Kn disk).
+ */
+const GPT_SECTORS = [512, 4096] as const;
+
+async function readGpt(disk: ByteSource, warnings: string[]): Promise<PartitionTable> {
   const none: PartitionTable = { scheme: 'gpt', partitions: [], warnings };
-  const h = await disk.read(SECTOR, SECTOR);
-  if (h.toString('latin1', 0, 8) !== 'EFI PART') {
-    warnings.push('protective MBR without a GPT header at sector 1; no partition compared');
+  let sector = 0;
+  let h: Buffer | null = null;
+  for (const size of GPT_SECTORS) {
+    if (disk.size < 2 * size) break;
+    const b = await disk.read(size, SECTOR);
+    if (b.toString('latin1', 0, 8) === 'EFI PART') {
+      sector = size;
+      h = b;
+      break;
+    }
+  }
+  if (h === null) {
+    warnings.push('protective MBR without a GPT header at LBA 1 (512- or 4096-byte sectors); no partition compared');
     return none;
   }
+  const sectors = Math.floor(disk.size / sector);
   const entriesLba = Number(h.readBigUInt64LE(72));
   const count = h.readUInt32LE(80);
   const entrySize = h.readUInt32LE(84);
-  if (entrySize < 128 || entrySize % 8 !== 0 || count * entrySize > MAX_GPT_ARRAY || entriesLba < 2 || entriesLba * SECTOR + count * entrySize > disk.size) {
+  if (entrySize < 128 || entrySize % 8 !== 0 || count * entrySize > MAX_GPT_ARRAY || entriesLba < 2 || entriesLba * sector + count * entrySize > disk.size) {
     warnings.push(
       `GPT header gives an entry array that cannot be right (${count} entries of ${entrySize} bytes at sector ${entriesLba}); no partition compared`,
     );
     return none;
   }
-  const arr = await disk.read(entriesLba * SECTOR, count * entrySize);
+  const arr = await disk.read(entriesLba * sector, count * entrySize);
   const parts: Partition[] = [];
   for (let i = 0; i < count; i++) {
     const o = i * entrySize;
@@ -140,7 +159,7 @@ async function readGpt(disk: ByteSource, sectors: number, warnings: string[]): P
       warnings.push(`partition ${i + 1}: entry points past the end of the disk (sectors ${first}-${last} of ${sectors}); skipped`);
       continue;
     }
-    parts.push({ index: i + 1, start: first * SECTOR, size: (last - first + 1) * SECTOR, type: `gpt:${guid(arr, o)}` });
+    parts.push({ index: i + 1, start: first * sector, size: (last - first + 1) * sector, type: `gpt:${guid(arr, o)}` });
   }
   return { scheme: 'gpt', partitions: parts, warnings };
 }

@@ -73,6 +73,26 @@ export async function partitionedDisk(out: string, size: number, script: string)
   await runChecked('sfdisk', ['-q', out], { input: script });
 }
 
+/**
+ * The same with 4096-byte logical sectors (a 4Kn disk): sfdisk takes the sector size from the device,
+ * so the file is attached as a loop device with `losetup --sector-size 4096` while sfdisk writes.
+ */
+export async function partitionedDisk4k(out: string, size: number, script: string): Promise<void> {
+  await rm(out, { force: true });
+  const fh = await open(out, 'w');
+  await fh.truncate(size);
+  await fh.close();
+  const dev = (await runChecked('losetup', ['--sector-size', '4096', '--find', '--show', out])).stdout.trim();
+  try {
+    // sfdisk asks the kernel to re-read the table, which a loop device without partition scanning
+    // refuses; the table itself is written and flushed by then.
+    const r = await run('sfdisk', ['-q', '--no-reread', dev], { input: script });
+    if (r.code !== 0) throw new Error(`sfdisk on ${dev} failed: ${r.stderr.trim()}`);
+  } finally {
+    await runChecked('losetup', ['--detach', dev]);
+  }
+}
+
 export class GuestVm extends CliHome {
   readonly disk: string;
 
