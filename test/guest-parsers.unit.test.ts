@@ -3,21 +3,10 @@
  * hostile entries and chains), dpkg/apk databases and version order, the unified diff.
  */
 import { describe, expect, it } from 'vitest';
-import type { ByteSource } from '../src/guest/disk.js';
-import { GuestFormatError } from '../src/guest/disk.js';
 import { compareApk, compareDpkg, diffPackages, parseApkInstalled, parseDpkgStatus } from '../src/guest/packages.js';
 import { readPartitions } from '../src/guest/partitions.js';
 import { unifiedDiff } from '../src/guest/unidiff.js';
-
-function mem(buf: Buffer): ByteSource {
-  return {
-    size: buf.length,
-    read: async (o, l) => {
-      if (o < 0 || o + l > buf.length) throw new GuestFormatError('past the end');
-      return Buffer.from(buf.subarray(o, o + l));
-    },
-  };
-}
+import { memSource as mem } from './helpers/mem-source.js';
 
 function mbrEntry(buf: Buffer, at: number, slot: number, type: number, lba: number, sectors: number): void {
   const o = at + 446 + slot * 16;

@@ -7,6 +7,7 @@
  * image yields a GuestFormatError and never a hang or an unbounded allocation.
  */
 import { type ByteSource, GuestFormatError } from './disk.js';
+import { type JournalHost, JournalOverlay, scanJournal } from './journal.js';
 
 export const S_IFMT = 0xf000;
 export const S_IFDIR = 0x4000;
@@ -82,6 +83,19 @@ interface GroupDesc {
   itableUnused: number;
 }
 
+/** What became of the journal when the filesystem was opened. */
+export interface JournalState {
+  /** Its committed transactions were replayed (the filesystem reads through them). */
+  replayed: boolean;
+  transactions: number;
+  /** Blocks whose content came from the journal (sorted). */
+  blocks: readonly number[];
+  /** What was not replayed, and why. */
+  warnings: string[];
+}
+
+const NO_JOURNAL: JournalState = { replayed: false, transactions: 0, blocks: [], warnings: [] };
+
 export class ExtFs {
   readonly blockSize: number;
   readonly inodeSize: number;
@@ -99,6 +113,7 @@ export class ExtFs {
   readonly reservedGdtBlocks: number;
   readonly uuid: string;
   private readonly gdCache = new Map<number, GroupDesc>();
+  journal: JournalState = NO_JOURNAL;
 
   private constructor(
     readonly src: ByteSource,
@@ -141,7 +156,55 @@ export class ExtFs {
     if (src.size < 2048) throw new GuestFormatError('too small for an ext superblock');
     const sb = await src.read(1024, 1024);
     if (sb.readUInt16LE(56) !== 0xef53) throw new GuestFormatError('no ext superblock (bad magic)');
-    return new ExtFs(src, sb);
+    const fs = new ExtFs(src, sb);
+    return fs.needsRecovery ? fs.replayed() : fs;
+  }
+
+  /**
+   * This filesystem as the kernel would mount it: with the journal's committed transactions in place
+   * (src/guest/journal.ts). A journal that cannot be read leaves the filesystem as it is on disk,
+   * with a warning.
+   */
+  private async replayed(): Promise<ExtFs> {
+    const unseen = 'changes still in the journal are not seen';
+    if (this.journalInode === 0) {
+      this.journal = { ...NO_JOURNAL, warnings: [`the journal is on another device and is not replayed: ${unseen}`] };
+      return this;
+    }
+    try {
+      const replay = await scanJournal(await this.journalHost());
+      if (!replay) return this;
+      const overlay = new JournalOverlay(this.src, this.blockSize, replay.copies);
+      const sb = await overlay.read(1024, 1024);
+      if (sb.readUInt16LE(56) !== 0xef53) throw new GuestFormatError('the replayed superblock has a bad magic');
+      const fs = new ExtFs(overlay, sb);
+      fs.journal = { replayed: true, transactions: replay.transactions, blocks: overlay.blocks, warnings: replay.warnings };
+      return fs;
+    } catch (err) {
+      if (!(err instanceof GuestFormatError)) throw err;
+      this.journal = { ...NO_JOURNAL, warnings: [`its journal to replay could not be read (${err.message}): ${unseen}`] };
+      return this;
+    }
+  }
+
+  private async journalHost(): Promise<JournalHost> {
+    const i = await this.inode(this.journalInode);
+    const { extents } = await this.map(i);
+    const journalBlocks = Math.floor(i.size / this.blockSize);
+    const journalBlock = (logical: number): number => {
+      let lo = 0;
+      let hi = extents.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        const e = extents[mid]!;
+        if (e.logical + e.length <= logical) lo = mid + 1;
+        else hi = mid;
+      }
+      const e = extents[lo];
+      if (logical >= journalBlocks || !e || e.logical > logical || e.uninit) throw new GuestFormatError(`ext journal: its block ${logical} is not mapped`);
+      return e.physical + (logical - e.logical);
+    };
+    return { blockSize: this.blockSize, blocksCount: this.blocksCount, journalBlocks, journalBlock, readBlock: (b) => this.readBlock(b) };
   }
 
   /** The journal holds transactions not yet written to their place (a state taken while mounted). */

@@ -110,14 +110,22 @@ export async function diffFiles(fa: ExtFs, fb: ExtFs, changedBytes: readonly Run
     ['before', fa],
     ['after', fb],
   ] as const) {
-    if (f.needsRecovery) warnings.push(`the ${s} state has a journal to replay (taken while mounted): changes still in the journal are not seen`);
+    for (const w of f.journal.warnings) warnings.push(`the ${s} state: ${w}`);
   }
 
-  // 1. Blocks whose bytes differ.
+  // 1. Blocks whose bytes differ: where the disk changed, and where either state reads a journal
+  // copy (a replayed block may differ from the other state's while its place on disk did not).
+  const toCompare = BlockRuns.of([
+    ...changedBytes.map((r) => {
+      const first = Math.floor(r.start / bs);
+      return { start: first, count: Math.min(blocksCount, Math.ceil((r.start + r.count) / bs)) - first };
+    }),
+    ...[fa, fb].flatMap((f) => f.journal.blocks.filter((b) => b < blocksCount).map((b) => ({ start: b, count: 1 }))),
+  ]);
   const changed = new BlockRuns();
-  for (const r of changedBytes) {
-    const first = Math.floor(r.start / bs);
-    const end = Math.min(blocksCount, Math.ceil((r.start + r.count) / bs));
+  for (const r of toCompare.list) {
+    const first = r.start;
+    const end = r.start + r.count;
     const step = Math.max(1, Math.floor(COMPARE_SLICE / bs));
     for (let blk = first; blk < end; blk += step) {
       checkAborted(signal);
