@@ -400,3 +400,65 @@ describe('Qcow2Writer file hygiene', () => {
     expect(await listDir(dir)).toEqual([]);
   });
 });
+
+describe('Qcow2Writer in place, reading back what it wrote (sync/placed.ts)', () => {
+  it('reads back blocks across two write batches, and writes at its path itself', async () => {
+    const dir = await makeTempDir('clonebox-writer-');
+    const file = path.join(dir, '.layer.sync-test');
+    const cs = 16 * K;
+    const w = await Qcow2Writer.create(file, { virtualSize: 64 * M, clusterSize: cs, inPlace: true });
+    expect(await listDir(dir)).toEqual(['.layer.sync-test']); // no temporary name
+    const r = rng(SEED);
+    const blocks: { host: number; data: Buffer }[] = [];
+    let straddled = 0;
+    // One cluster first: the 64 KiB blocks after it do not line up with the 4 MiB batches.
+    let guest = 0;
+    for (const len of [cs, ...Array<number>(100).fill(64 * K)]) {
+      const data = Buffer.alloc(len);
+      for (let i = 0; i < len; i += 4) data.writeUInt32LE(r.int(0, 2 ** 32 - 1), i);
+      const host = await w.write(guest, data);
+      expect(host).toBeGreaterThan(0);
+      blocks.push({ host, data });
+      guest += len;
+      // A read back writes the batch out (then the next batch starts at the next block): only for the
+      // block whose head was written and tail not, and once at the end.
+      // The writer gathers contiguous clusters into 4 MiB batches from its first data cluster.
+      const first = blocks[0]!.host;
+      if (Math.floor((host - first) / (4 * M)) !== Math.floor((host + len - 1 - first) / (4 * M))) {
+        straddled++;
+        assertSameBytes(await w.readBack(host, len), data, `block at ${host}, across two batches`);
+      }
+    }
+    expect(straddled, 'no block lay across two batches').toBeGreaterThan(0);
+    for (const b of blocks) assertSameBytes(await w.readBack(b.host, b.data.length), b.data, `block at ${b.host}`);
+    await expect(w.readBack(2 ** 40, 64 * K)).rejects.toBeInstanceOf(CloneboxError);
+    await w.finish({ durable: false });
+    expect(await listDir(dir)).toEqual(['.layer.sync-test']);
+    expect((await qemuCheck(file)).code).toBe(0);
+    const fh = await open(file, 'r');
+    try {
+      for (const b of blocks) {
+        const got = Buffer.alloc(b.data.length);
+        await fh.read(got, 0, got.length, b.host);
+        assertSameBytes(got, b.data, `on disk at ${b.host}`);
+      }
+    } finally {
+      await fh.close();
+    }
+  });
+
+  it('abandon() leaves the file with every block handed to it', async () => {
+    const dir = await makeTempDir('clonebox-writer-');
+    const file = path.join(dir, '.kept.sync-test');
+    const w = await Qcow2Writer.create(file, { virtualSize: 8 * M, clusterSize: 64 * K, inPlace: true });
+    const data = Buffer.alloc(64 * K, 0x5a);
+    const host = await w.write(0, data);
+    await w.abandon();
+    await w.abandon();
+    const got = Buffer.alloc(data.length);
+    const fh = await open(file, 'r');
+    await fh.read(got, 0, got.length, host);
+    await fh.close();
+    assertSameBytes(got, data, 'abandoned block');
+  });
+});

@@ -30,6 +30,12 @@ export interface CreateOptions {
    * clonebox makes for its own VMs are 0600; overlays a libvirt domain's qemu must open keep 0644.
    */
   mode?: number;
+  /**
+   * Write at `path` itself, not under a temporary name renamed at finish(): for a caller whose path is
+   * a temporary already (a pull's layer, listed for removal), which names the file in an index of
+   * placed blocks while it is being written (sync/placed.ts).
+   */
+  inPlace?: boolean;
 }
 
 const HEADER_LENGTH = 112;
@@ -85,9 +91,13 @@ export class Qcow2Writer {
    */
   private syncing: Promise<void> | null = null;
   private syncedTo = 0;
+  /** Datasyncs asked for by syncFlushed(), chained; finish() and abandon() wait for them. */
+  private asked: Promise<unknown> = Promise.resolve();
+  private readonly inPlace: boolean;
 
   private constructor(p: string, tmp: string, fh: FileHandle, clusterSize: number, virtualSize: number, l1Size: number, l1Offset: number, next: number) {
     this.path = p;
+    this.inPlace = p === tmp;
     this.tmpPath = tmp;
     this.fh = fh;
     this.clusterSize = clusterSize;
@@ -127,7 +137,7 @@ export class Qcow2Writer {
     // A zero-sized disk has no L1 table (l1_table_offset 0): reserving a cluster for it anyway would
     // leave a cluster with refcount 1 that nothing references, which `qemu-img check` reports as a leak.
     const l1Clusters = Math.ceil((l1Size * 8) / cs);
-    const tmp = tempPathFor(abs);
+    const tmp = opts.inPlace ? abs : tempPathFor(abs);
     let fh: FileHandle;
     try {
       fh = await open(tmp, 'wx+', opts.mode ?? 0o644);
@@ -354,6 +364,7 @@ export class Qcow2Writer {
     try {
       await this.flushBatch();
       await this.syncing;
+      await this.asked;
       this.releaseBuffers();
       for (const t of this.l2Cache.values()) if (t.dirty) await this.pwrite(t.buf, t.host);
       this.l2Cache.clear();
@@ -369,7 +380,7 @@ export class Qcow2Writer {
       throw err;
     }
     try {
-      await rename(this.tmpPath, this.path);
+      if (!this.inPlace) await rename(this.tmpPath, this.path);
       if (durable) await fsyncDir(path.dirname(this.path));
     } catch (err) {
       await unlink(this.tmpPath).catch(() => undefined);
@@ -415,6 +426,69 @@ export class Qcow2Writer {
     hdr.writeBigUInt64BE(BigInt(tableAt), 0);
     hdr.writeUInt32BE(tableClusters, 8);
     await this.pwrite(hdr, 48);
+  }
+
+  /**
+   * Makes every data cluster handed to the kernel so far durable (one datasync, started now) and
+   * resolves with the host offset below which they all lie: a caller that noted where its blocks went
+   * (write()'s host offsets) may vouch for those below it. Runs beside the writes, not in their way.
+   */
+  syncFlushed(): Promise<number> {
+    if (this.finished) return Promise.reject(new CloneboxError('INTERNAL', `image already finished, ${this.path}`));
+    const end = this.flushedEnd;
+    const p = this.asked.then(async () => {
+      try {
+        await this.fh.datasync();
+      } catch (err) {
+        throw ioError(err, 'cannot sync image', this.tmpPath);
+      }
+      return end;
+    });
+    this.asked = p.catch(() => undefined);
+    return p;
+  }
+
+  /**
+   * Reads back `length` bytes of data written at host offset `host` (as write() returned it). Bytes
+   * still in the filling batch, or in the write in flight, are written out first: a block may lie
+   * across two batches, its head written and its tail not (reading the file alone would give zeros
+   * for the tail, reading the batch alone garbage for the head). Not to be called while a write() is
+   * pending.
+   */
+  async readBack(host: number, length: number): Promise<Buffer> {
+    if (this.finished) throw new CloneboxError('INTERNAL', `image already finished, ${this.path}`);
+    if (!Number.isSafeInteger(host) || host < 0 || !Number.isSafeInteger(length) || length < 0 || host + length > this.next) {
+      throw new CloneboxError('INTERNAL', `read back of ${length} bytes at ${host} is outside the data written, ${this.path}`);
+    }
+    if (host + length > this.flushedEnd) await this.flushBatch(true);
+    const buf = Buffer.allocUnsafe(length);
+    let got = 0;
+    while (got < length) {
+      let n: number;
+      try {
+        ({ bytesRead: n } = await this.fh.read(buf, got, length - got, host + got));
+      } catch (err) {
+        throw ioError(err, 'cannot read image', this.tmpPath);
+      }
+      if (n === 0) throw new CloneboxError('IO', `image is shorter than written, ${this.tmpPath}`);
+      got += n;
+    }
+    return buf;
+  }
+
+  /**
+   * Stops without finishing and leaves the file for the caller (its blocks may still be read back,
+   * sync/placed.ts salvages them): the data handed in so far is written out, nothing else. Safe to
+   * call more than once; the caller removes the file.
+   */
+  async abandon(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    await this.flushBatch(true).catch(() => undefined);
+    await this.syncing?.catch(() => undefined);
+    await this.asked;
+    this.releaseBuffers();
+    await this.fh.close().catch(() => undefined);
   }
 
   /** Removes the temporary file; safe to call more than once. */
