@@ -225,14 +225,19 @@ describe('snapshot share / sync between homes on a local testnet', () => {
     });
     children.add(child);
     const exited = new Promise<void>((r) => child.once('exit', () => r()));
-    const idx = path.join(E, 'sync', 'partial', 'blocks.idx');
+    const idx = path.join(E, 'sync', 'partial', 'placed.idx');
     const t0 = Date.now();
     let killedAt = 0;
     while (Date.now() - t0 < 60_000) {
-      const size = await stat(path.join(E, 'sync', 'partial', 'blocks.dat')).then(
-        (s) => s.size,
-        () => 0,
-      );
+      // placed.idx: one 64-byte entry per 64 KiB block durably placed in the layer being written
+      const size =
+        ((await stat(idx).then(
+          (s) => s.size,
+          () => 0,
+        )) /
+          64) *
+        64 *
+        1024;
       if (size >= 28 * MiB) {
         // dev's ~9 MiB come first (E pulls every shared chain), then big's
         child.kill('SIGKILL');

@@ -2,8 +2,8 @@
  * Blocks on their way from a pull's fetch to its layer writer (pull.ts, steps 4 and 5 overlap): the
  * layers are written while the blocks arrive, in the order the layers need them (the order asked),
  * each verified block handed over in memory. Once `max` bytes wait for the writer, the fetch waits
- * for it (backpressure): a block let through to the spool alone costs a read back and a second
- * SHA-256 (bench/README.md, "Receiver profile": 3578 of 4608 block uses read back before). The fetch
+ * for it (backpressure): a block let through (`spill`: to the spool) costs a write, a read back and a
+ * second SHA-256 (bench/README.md, "Receiver profile": 3578 of 4608 block uses read back before). The fetch
  * never waits while the writer waits for a block (it may be one not asked for yet, or asked again of
  * another teammate) nor once the writer stopped, so neither side can hold the other for good.
  */
@@ -25,6 +25,8 @@ export class Arrivals {
   constructor(
     hashes: Buffer[],
     private readonly max: number,
+    /** Where a verified block goes when it is not held (memory full): it must not be lost. */
+    private readonly spill: (hash: Buffer, data: Buffer) => Promise<void> | void = () => undefined,
   ) {
     this.waiting = new Set(hashes.map((h) => h.toString('hex')));
     this.fetchOver = hashes.length === 0;
@@ -42,7 +44,7 @@ export class Arrivals {
     if (this.heldBytes + data.length <= this.max) {
       this.held.set(hex, data);
       this.heldBytes += data.length;
-    }
+    } else await this.spill(hash, data);
     this.wakers.get(hex)?.();
     this.wakers.delete(hex);
     while (this.full()) await new Promise<void>((r) => (this.roomWaiter = r));
@@ -76,6 +78,15 @@ export class Arrivals {
     this.fetchOver = true;
     for (const w of this.wakers.values()) w();
     this.wakers.clear();
+  }
+
+  /** Hands every block held (for a pull that failed: they go to the spool) and forgets them. */
+  takeAll(): [Buffer, Buffer][] {
+    const all = [...this.held].map(([hex, data]): [Buffer, Buffer] => [Buffer.from(hex, 'hex'), data]);
+    this.held.clear();
+    this.heldBytes = 0;
+    this.room();
+    return all;
   }
 
   /** The writer stopped (every layer written, or failed): the fetch no longer waits for it. */

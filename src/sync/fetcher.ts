@@ -1,14 +1,13 @@
 /**
  * The peer fetcher of a sync run: gets the blocks a pull needs from the teammates online — the sharer
- * first, then any other teammate, and a corrupt block asked for once more — spooling each verified
- * block before the pull uses it.
+ * first, then any other teammate, and a corrupt block asked for once more — handing each verified
+ * block to the pull (which places it in a layer, or the spool).
  */
 import { abortedError } from '../abort.js';
 import type { BlockChannel } from './blocks.js';
 import type { CatalogCard } from './cards.js';
 import type { Catalog } from './catalog.js';
 import type { Fetcher } from './pull.js';
-import type { Spool } from './spool.js';
 import { shortKey, type TeamPeer } from './swarm.js';
 import { trace } from './trace.js';
 
@@ -27,7 +26,6 @@ export interface PeerState {
 }
 
 export interface PeerFetcherOptions {
-  spool: Spool;
   /** Every peer state of the run (the fetcher tries the others after the sharer). */
   peers: () => Iterable<PeerState>;
   deadline: number;
@@ -43,7 +41,7 @@ export class PeerFetcher {
 
   /** A Fetcher for a pull whose chain `st` shares; `progress` gets the bytes received so far. */
   fetcherFor(st: PeerState, progress: (bytes: number) => void): Fetcher {
-    const { spool, log } = this.opts;
+    const { log } = this.opts;
     return async (hashes, sizeOf, onArrive) => {
       let todo = hashes;
       let fetched = 0;
@@ -63,8 +61,7 @@ export class PeerFetcher {
         const r = await s.channel.fetch(todo, {
           onBlock: async (h, data) => {
             if (this.opts.signal?.aborted) throw abortedError(); // the pull fails before it registers anything
-            await spool.append(h, data); // keeps `data`: frames are decoded into fresh buffers
-            await onArrive?.(h, data); // the layer writer's backpressure
+            await onArrive?.(h, data); // keeps `data` (frames are decoded into fresh buffers); the writer's backpressure
             bytes += data.length;
             progress(bytes);
           },
@@ -81,7 +78,6 @@ export class PeerFetcher {
         // The sharer, asked last, said plainly that it does not have them (no timeout, no corruption).
         notServed = s === st && r.corrupt.length === 0 && r.unanswered.length === 0;
       }
-      await spool.flush();
       return { fetched, wireBytes, failed: todo, corrupt, notServed: notServed && todo.length > 0 };
     };
   }

@@ -14,13 +14,18 @@
  *     huge disk costs nothing there, and anywhere else it is counted, one L2 entry per cluster.
  *  4. Gather: each block the new layers need comes from a local layer (of VMs shared with or pulled
  *     from this team only: the LocalBlocks index), from the spool (an earlier, interrupted pull), or
- *     from the peer; fetched
- *     blocks are verified by BlockChannel, then spooled (spool.ts) before they are used.
+ *     from the peer; fetched blocks are verified by BlockChannel and handed to the layer writer in
+ *     memory (arrivals.ts).
  *  5. Build and register, as `snapshot import` does: each layer is written by the qcow2 writer under a
  *     hidden temporary name (listed in PullTemps, without the VM lock, while the blocks arrive), every
  *     layer digest checked against the catalog; then, under the VM lock and the journal, the VM is
  *     checked again, the files renamed and the records (VM last) written in one journal commit. A
- *     failure before that leaves nothing behind.
+ *     failure before that leaves nothing behind but the blocks it fetched, in the spool.
+ *
+ * Each fetched block is written once, into the layer that needs it; placed.ts indexes where (durably,
+ * in batches) and reads it back when a later layer needs it again. Only a block the layers cannot hold
+ * as it is (let through while memory was full, or gathered into a cluster larger than a block) goes to
+ * the spool. A pull that fails copies its placed blocks into the spool before its layers are removed.
  */
 
 import { rm, rmdir, stat, unlink } from 'node:fs/promises';
@@ -28,6 +33,7 @@ import path from 'node:path';
 import { checkAborted } from '../abort.js';
 import { nowIso } from '../clock.js';
 import { BLOCK_SIZE } from '../content/digest.js';
+import { crashPoint } from '../crash.js';
 import { layerPathFor, newDiskPath } from '../drivers/image.js';
 import { driverStepHandlers } from '../drivers/registry.js';
 import { CloneboxError } from '../errors.js';
@@ -54,6 +60,7 @@ import { Arrivals } from './arrivals.js';
 import type { Catalog, CatalogSnapshot, CatalogView } from './catalog.js';
 import type { MapItem } from './catalog-records.js';
 import { digestOfItems, type LayerMap, type LocalBlocks, rememberLayerMap } from './layermap.js';
+import { Placements } from './placed.js';
 import type { Spool } from './spool.js';
 import type { PullTemps } from './temps.js';
 import { trace } from './trace.js';
@@ -75,9 +82,9 @@ export interface ChainReport {
 }
 
 /**
- * Fetches blocks from teammates into the spool; resolves with what it could not get. `onArrive` is
- * called with each verified block once it is in the spool (the data stays valid: not reused); the
- * fetch waits for the promise it returns (the layer writer's backpressure).
+ * Fetches blocks from teammates; resolves with what it could not get. `onArrive` is called with each
+ * verified block (the data stays valid: not reused) and keeps it (pull.ts places it in a layer or the
+ * spool); the fetch waits for the promise it returns (the layer writer's backpressure).
  */
 export type Fetcher = (
   hashes: Buffer[],
@@ -92,8 +99,17 @@ export type Fetcher = (
   notServed: boolean;
 }>;
 
-/** A block's verified bytes for the layer writer (waits while it is on its way), or null. */
-type BlockGetter = (sha: Buffer) => Promise<Buffer | null>;
+/**
+ * A block's verified bytes for the layer writer (waits while it is on its way), or null. `fresh`: it
+ * came from the fetch and is held nowhere else yet (the writer places it, or spools it).
+ */
+type BlockGetter = (sha: Buffer) => Promise<{ data: Buffer; fresh: boolean } | null>;
+
+/** Where the layer writer keeps the fetched blocks it writes (see the module comment). */
+interface BlockKeep {
+  placements: Placements;
+  spool: Spool;
+}
 
 /** Bytes of arrived blocks held in memory for the layer writer. */
 const ARRIVED_MAX = 64 * 1024 * 1024;
@@ -331,10 +347,17 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
 
   // Steps 4 and 5 overlap (arrivals.ts): each arrived block handed to the writer in memory, the
   // fetch waiting for the writer once ARRIVED_MAX bytes wait; a block needed twice comes back from
-  // the spool.
-  const arrivals = new Arrivals(toFetch, ARRIVED_MAX);
-  // A block in memory was verified on arrival (BlockChannel); the spool and local layers hash again.
-  const blockOf: BlockGetter = async (sha) => (await arrivals.take(sha)) ?? (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
+  // the layer it was placed in (placed.ts), or the spool.
+  const placements = await Placements.begin(home);
+  const arrivals = new Arrivals(toFetch, ARRIVED_MAX, (h, data) => ctx.spool.append(h, data));
+  // A block in memory was verified on arrival (BlockChannel); placed blocks, the spool and local
+  // layers hash again.
+  const blockOf: BlockGetter = async (sha) => {
+    const mem = await arrivals.take(sha);
+    if (mem) return { data: mem, fresh: true };
+    const data = (await placements.read(sha)) ?? (await ctx.spool.read(sha)) ?? (await ctx.local.read(sha));
+    return data ? { data, fresh: false } : null;
+  };
   let fetchError: BlocksUnavailable | null = null;
   const fetching = (async () => {
     if (!toFetch.length) return;
@@ -365,14 +388,19 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
   })();
   // Step 5: build and register, while the blocks come. A fetch that fails wins over what the writer
   // then reports (a missing block); the build never commits without every block (digest check).
-  const building = build(ctx, vm, placed, chain, missing, blockOf, () => {
+  const building = build(ctx, vm, placed, chain, missing, blockOf, { placements, spool: ctx.spool }, () => {
     arrivals.endWriter(); // every layer is written: nothing more is taken from memory
     return fetching.then(() => {
       if (fetchError) throw fetchError;
     });
   }).finally(() => arrivals.endWriter());
   const [f, b] = await Promise.allSettled([fetching, building]);
+  if (f.status === 'rejected' || fetchError || b.status === 'rejected') {
+    // Blocks that arrived and were never written: kept for the next sync, like the placed ones.
+    for (const [h, data] of arrivals.takeAll()) await ctx.spool.append(h, data);
+  }
   await ctx.spool.flush();
+  await placements.close();
   if (f.status === 'rejected') throw f.reason;
   if (fetchError) throw fetchError;
   if (b.status === 'rejected') throw b.reason;
@@ -431,6 +459,7 @@ async function build(
   chain: VerifiedSnapshot[],
   missing: VerifiedSnapshot[],
   blockOf: BlockGetter,
+  keep: BlockKeep,
   fetched: () => Promise<void>,
 ): Promise<string[]> {
   const { home, temps } = ctx;
@@ -495,12 +524,13 @@ async function build(
     await temps.add(...plans.map((p) => p.temp));
     made.push(...plans.map((p) => p.temp));
     for (const p of plans) {
-      done += await writeLayer(blockOf, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
+      done += await writeLayer(blockOf, keep, p.temp, p.backing, p.snap.maps[p.disk]!, (n) => ctx.progress?.(name, done + n, total));
     }
     // Durable before the journal names them: all together, not one fsync (and one of the directory)
     // per layer.
     trace(`pull ${remoteVm}: layers written`);
     await syncFiles(plans.map((p) => p.temp));
+    await keep.placements.settle();
     trace(`pull ${remoteVm}: layers synced`);
     await fetched();
     checkAborted(ctx.signal);
@@ -552,6 +582,7 @@ async function build(
         fastForward = isAnc && curKey !== head && (await currentIsClean(cur.disks));
       }
 
+      crashPoint('sync-commit'); // every layer written and synced, still listed in PullTemps
       const j = await Journal.begin(home, name, `snapshot sync ${ctx.peerName}/${remoteVm}`, driverStepHandlers);
       try {
         // The journal owns the layers from here (rollback deletes them, commit renames them).
@@ -628,6 +659,9 @@ async function build(
     return todo.map((s) => s.name);
   } finally {
     if (!committed) {
+      // The blocks placed in the layers go to the spool before the layers go: the next sync reuses them.
+      const n = await keep.placements.salvageTo(keep.spool).catch(() => 0);
+      if (n) trace(`pull ${remoteVm}: ${n} placed blocks salvaged into the spool`);
       for (const f of made) if (!f.endsWith(path.sep)) await unlink(f).catch(() => undefined);
       if (madeDir) await rmdir(madeDir).catch(() => undefined);
     }
@@ -635,15 +669,29 @@ async function build(
   }
 }
 
-/** Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes. */
-async function writeLayer(blockOf: BlockGetter, file: string, backing: string | null, m: LayerMap, onBytes: (n: number) => void): Promise<number> {
+/**
+ * Writes one layer from its verified map; every block is hashed again on the way. Returns data bytes.
+ * The layer is written at `file` itself (a listed temporary), so that placed.idx can name it while it
+ * is written; a fetched block is noted where it went (placements), or spooled when it did not go
+ * anywhere as it is (gathered into a larger cluster).
+ */
+async function writeLayer(
+  blockOf: BlockGetter,
+  keep: BlockKeep,
+  file: string,
+  backing: string | null,
+  m: LayerMap,
+  onBytes: (n: number) => void,
+): Promise<number> {
   const w = await Qcow2Writer.create(file, {
     mode: 0o600,
     virtualSize: m.virtualSize,
     clusterSize: m.clusterSize,
     backingFile: backing,
     backingFormat: backing ? 'qcow2' : null,
+    inPlace: true,
   });
+  keep.placements.writing(file, w);
   const asm = new LayerAssembler(w, () => chainError('map blocks do not fill whole clusters'));
   let bytes = 0;
   try {
@@ -657,21 +705,28 @@ async function writeLayer(blockOf: BlockGetter, file: string, backing: string | 
         dg.addZero(it.offset, it.length);
         continue;
       }
-      const data = await blockOf(it.sha);
-      if (!data || data.length !== it.length) {
+      const got = await blockOf(it.sha);
+      if (!got || got.data.length !== it.length) {
         throw chainError(`block ${it.sha.toString('hex').slice(0, 12)} needed at ${it.offset} is no longer available here`, 'sync again');
       }
       dg.addBlock(it.offset, it.length, it.sha); // data was hashed against it.sha on arrival or by read()
       bytes += it.length;
       if (bytes % (8 * 1024 * 1024) < it.length) onBytes(bytes);
-      await asm.block(it.offset, data);
+      const host = await asm.block(it.offset, got.data);
+      if (got.fresh) {
+        if (host >= 0) keep.placements.placed(it.sha, host, it.length);
+        else await keep.spool.append(it.sha, got.data); // the writer copied it: the spool may keep it
+      }
     }
     if (asm.pending) throw chainError('map blocks do not fill whole clusters');
     if (!dg.digest().equals(m.digest)) throw chainError('a pulled layer does not match its digest');
     await w.finish({ durable: false }); // build() syncs every layer together
   } catch (err) {
-    await w.abort();
+    // The file stays until build() salvaged its placed blocks (then removes it, with the others).
+    await w.abandon();
     throw err;
+  } finally {
+    keep.placements.done(file);
   }
   onBytes(bytes);
   await stat(file);

@@ -1,6 +1,9 @@
 /**
- * The pull spool: <home>/sync/partial/, where verified blocks received from teammates wait until the
- * layers that need them are built. It is what makes an interrupted pull resume without fetching again:
+ * The pull spool: <home>/sync/partial/, where verified blocks received from teammates wait when no
+ * layer being written holds them: the blocks a failed or killed pull had placed in its layers
+ * (salvaged, placed.ts), those that arrived and were not written yet when it failed, and the few a
+ * layer cannot take as they are (pull.ts). It is what makes an interrupted pull resume without
+ * fetching again:
  *
  *   blocks.dat   raw bytes of verified blocks, appended
  *   blocks.idx   one 44-byte entry per block: SHA-256 (32), u64 offset in blocks.dat, u32 length;
@@ -200,10 +203,14 @@ export class Spool {
     await this.idx.close().catch(() => undefined);
   }
 
-  /** Closes and deletes the spool (every block in it is in a registered layer now). */
+  /**
+   * Closes and deletes the spool (every block in it is in a registered layer now), with the index of
+   * placed blocks (placed.ts: every pull of the run committed or salvaged its own).
+   */
   async clear(): Promise<void> {
     await this.close();
     await rm(path.join(this.dir, 'blocks.idx'), { force: true });
     await rm(path.join(this.dir, 'blocks.dat'), { force: true });
+    await rm(path.join(this.dir, 'placed.idx'), { force: true });
   }
 }

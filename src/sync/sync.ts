@@ -39,6 +39,7 @@ import { type HostPort, isLoopbackHost } from './hostport.js';
 import { ensureIdentity, type Identity } from './identity.js';
 import { LocalBlocks } from './layermap.js';
 import { BLOCKS_PROTOCOL, CATALOGS_PROTOCOL, TCP_PROTOCOL } from './messages.js';
+import { salvageKilled } from './placed.js';
 import { BlocksUnavailable, type ChainReport, pullChain } from './pull.js';
 import { type GroupPullReport, pullGroups } from './pull-group.js';
 import { PullScheduler } from './scheduler.js';
@@ -224,14 +225,17 @@ class SyncRun {
     const local = await LocalBlocks.scan(home, await this.reusable(own), log);
     this.cleanups.push(() => local.close());
     trace(`sync: local blocks indexed (${local.size})`);
-    // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock).
-    const temps = await PullTemps.open(home, log);
+    // What a killed pull wrote before taking a VM lock goes first (we hold the sync lock), the blocks
+    // it placed in its layers into the spool before the layers go.
     const spool = await Spool.open(home);
     this.cleanups.push(async () => {
       if (!this.spoolDone) await spool.close();
     });
+    const temps = await PullTemps.open(home, log, async (files) => {
+      const n = await salvageKilled(home, spool, files);
+      if (n) log(`kept ${n} block(s) an interrupted pull had written`);
+    });
     const fetcher = new PeerFetcher({
-      spool,
       peers: () => this.states.values(),
       deadline: this.pullDeadline,
       log,

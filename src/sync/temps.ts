@@ -24,8 +24,11 @@ export class PullTemps {
     return path.join(home.root, 'sync', 'pull-temps.list');
   }
 
-  /** Removes what an earlier, killed pull left; the caller holds the sync lock. Returns what it removed. */
-  static async open(home: Home, log: (line: string) => void): Promise<PullTemps> {
+  /**
+   * Removes what an earlier, killed pull left; the caller holds the sync lock. `salvage` is given the
+   * listed files first (only those this would remove), to copy the blocks placed in them (placed.ts).
+   */
+  static async open(home: Home, log: (line: string) => void, salvage?: (files: string[]) => Promise<void>): Promise<PullTemps> {
     const t = new PullTemps(PullTemps.listPath(home));
     const text = await readFile(t.file, 'utf8').catch((e: NodeJS.ErrnoException) => {
       if (e.code === 'ENOENT') return '';
@@ -39,10 +42,11 @@ export class PullTemps {
     let removed = 0;
     // Files first, then directories (deepest first): a directory goes only once it is empty.
     const lines = text.split('\n').filter((l) => l.length > 0 && path.isAbsolute(l));
-    for (const l of lines.filter((x) => !x.endsWith('/'))) {
-      // Only hidden temporaries inside this home's disk area or a VM's own directory: a damaged line
-      // must never point us at a user's file.
-      if (!path.basename(l).startsWith('.') || !l.includes('.sync-')) continue;
+    // Only hidden temporaries inside this home's disk area or a VM's own directory: a damaged line
+    // must never point us at a user's file.
+    const files = lines.filter((x) => !x.endsWith('/') && path.basename(x).startsWith('.') && x.includes('.sync-'));
+    if (salvage) await salvage(files);
+    for (const l of files) {
       if (
         await unlink(l).then(
           () => true,
