@@ -232,7 +232,11 @@ class SyncRun {
       if (!this.spoolDone) await spool.close();
     });
     const temps = await PullTemps.open(home, log, async (files) => {
-      const n = await salvageKilled(home, spool, files);
+      // A salvage that fails costs a refetch of those blocks, never the sync.
+      const n = await salvageKilled(home, spool, files).catch((err: Error) => {
+        log(`could not keep the blocks an interrupted pull had written (${err.message}); they will be fetched again`);
+        return 0;
+      });
       if (n) log(`kept ${n} block(s) an interrupted pull had written`);
     });
     const fetcher = new PeerFetcher({
