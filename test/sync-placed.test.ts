@@ -7,6 +7,7 @@
  * Every salvaged block is checked in the spool; nothing else may be there.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { appendFile, mkdir, open, readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -144,7 +145,18 @@ describe('placed.idx', () => {
     const order = entries.map((e, i) => [e, (i * 7) % entries.length] as const).sort((a, b) => a[1] - b[1]);
     await writeFile(placedIndexPath(home), Buffer.concat(order.map(([e]) => e)));
     const fds = await openFds();
+    // Sampled between the salvage's reads: at most 8 layers open, plus placed.idx itself.
+    let most = 0;
+    let sampling = true;
+    const sample = () => {
+      most = Math.max(most, readdirSync('/proc/self/fd').length - fds);
+      if (sampling) setImmediate(sample);
+    };
+    sample();
     expect(await salvageKilled(home, spool, files)).toBe(all.length);
+    sampling = false;
+    expect(most).toBeGreaterThan(1);
+    expect(most).toBeLessThanOrEqual(8 + 1);
     expect(await openFds()).toBe(fds);
     for (const b of all) expect((await spool.read(sha(b)))?.equals(b)).toBe(true);
     await spool.close();
