@@ -69,9 +69,21 @@ describe('FramePace', () => {
   });
 
   it('comes down when frames leave faster than one core compresses at this level, whoever waits', () => {
-    const p = new FramePace();
+    const p = new FramePace(null, 3);
     // 2 MiB per 8 ms = 250 MiB/s raw: zstd 3 and 1 would hold it up.
     feed(p, 16, () => ({ frame: 0, wire: 8 }));
+    expect(p.level()).toBe(0);
+  });
+
+  it('across a link, the send rate alone takes it down to zstd 1 but never to raw (raw doubles the bytes)', () => {
+    const p = new FramePace();
+    // The same 250 MiB/s while the sender waits for the wire only: a stream whose buffers take whole
+    // frames looks this fast even at 100 Mbit/s.
+    const seen = feed(p, 40, () => ({ frame: 0, wire: 8 }));
+    expect(p.level()).toBe(1);
+    expect(seen).not.toContain(0);
+    // Waiting for frames still takes it to raw.
+    feed(p, 16, (level) => ({ frame: level === 0 ? 0 : 30, wire: 1 }));
     expect(p.level()).toBe(0);
   });
 

@@ -116,7 +116,9 @@ async function openPair(make: MakePath): Promise<{ ends: [End, End]; close: () =
 async function fetchAll(ch: BlockChannel): Promise<void> {
   const got = new Map<string, Buffer>();
   const res = await ch.fetch([...store.values()].map(sha), {
-    onBlock: (h, d) => void got.set(h.toString('hex'), Buffer.from(d)),
+    // Kept as handed on, as a pull does: raw frames are hashed where they arrived, so this checks
+    // that no later read overwrites them.
+    onBlock: (h, d) => void got.set(h.toString('hex'), d),
     deadline: Date.now() + 20_000,
   });
   expect(res.received).toBe(blocks.length);

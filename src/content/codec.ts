@@ -22,17 +22,17 @@ export const FRAME_TARGET = 2 * 1024 * 1024;
 let cctx: InstanceType<ZstdBinding['CCtx']> | null = null;
 let dctx: ZstdDCtx | null = null;
 
-/** SHA-256 of each block: `blocks` holds (offset, length) pairs into `buf`. Returns n × 32 bytes. */
-function hashBlocks(buf: Uint8Array, blocks: Uint32Array): Buffer {
-  const n = blocks.length / 2;
-  const out = Buffer.from(new ArrayBuffer(n * 32));
-  for (let i = 0; i < n; i++) {
-    const at = blocks[2 * i]!;
-    const len = blocks[2 * i + 1]!;
+/** SHA-256 of each block of a frame's raw bytes, blocks back to back of the given lengths: n × 32 bytes. */
+export function hashFrame(raw: Uint8Array, lengths: Uint32Array): Buffer {
+  const out = Buffer.from(new ArrayBuffer(lengths.length * 32));
+  let at = 0;
+  for (let i = 0; i < lengths.length; i++) {
+    const len = lengths[i]!;
     createHash('sha256')
-      .update(buf.subarray(at, at + len))
+      .update(raw.subarray(at, at + len))
       .digest()
       .copy(out, i * 32);
+    at += len;
   }
   return out;
 }
@@ -82,12 +82,5 @@ export function decodeFrame(
     }
     if (n !== rawLength) return null;
   }
-  const blocks = new Uint32Array(lengths.length * 2);
-  let at = 0;
-  for (let i = 0; i < lengths.length; i++) {
-    blocks[2 * i] = at;
-    blocks[2 * i + 1] = lengths[i]!;
-    at += lengths[i]!;
-  }
-  return { raw, shas: hashBlocks(raw, blocks) };
+  return { raw, shas: hashFrame(raw, lengths) };
 }

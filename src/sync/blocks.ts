@@ -22,7 +22,7 @@
  * another peer) is the puller's business.
  */
 import type Protomux from 'protomux';
-import { decodeFrame } from '../content/codec.js';
+import { decodeFrame, hashFrame } from '../content/codec.js';
 import { MAX_QUEUED_REQUESTS } from './limits.js';
 import {
   BLOCKS_PROTOCOL,
@@ -76,6 +76,15 @@ const defaultDecoder: FrameDecoder = (frame) => {
   if (frame.codec !== CODEC_RAW && frame.codec !== CODEC_ZSTD) return null;
   const lengths = Uint32Array.from(frame.blocks.map((b) => b.size));
   const total = frame.blocks.reduce((a, b) => a + b.size, 0);
+  if (frame.codec === CODEC_RAW && frame.data.length === total && frame.data.length * 2 >= frame.data.buffer.byteLength) {
+    // Hashed where it arrived, and the blocks handed on are views of it: a raw frame's payload is a
+    // view of the message it came in, memory of its own that no later read overwrites (Protomux over
+    // secret-stream: a message whole in one read of the socket lies in that read's memory, which UDX
+    // and framed-socket.ts never refill; a message across reads is reassembled into a new buffer).
+    // A small frame in a large read is copied instead, so that a block held for the writer does not
+    // keep much more memory alive than its own size.
+    return { raw: frame.data, shas: hashFrame(frame.data, lengths) };
+  }
   return decodeFrame(frame.codec, frame.data, total, lengths);
 };
 

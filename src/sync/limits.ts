@@ -57,3 +57,11 @@ export function catalogOverLimit(length: number, byteLength: number): string | n
  * teammate just offered the port connects, once per connection; anything beyond is closed at once.
  */
 export const MAX_TCP_UNAUTHENTICATED = 16;
+
+/**
+ * Largest message on the TCP path (framed-socket.ts): secret-stream's own limit (its 3-byte length
+ * prefix), and before the Noise handshake is done a small one: the handshake's messages and the
+ * stream header are a few hundred bytes, so a stranger cannot make us allocate 16 MiB per socket.
+ */
+export const MAX_TCP_MESSAGE = 256 * 256 * 256 - 1;
+export const MAX_TCP_HANDSHAKE_MESSAGE = 64 * 1024;

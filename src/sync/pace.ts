@@ -16,7 +16,9 @@
  * where neither side clearly dominates keeps the level. One more bound, from the measured send rate:
  * a level is only used while one core compresses several times faster at it than the frames leave
  * (SPEED). Without it, on one machine (loopback, or namespaces sharing the cores) a receiver slowed by
- * the CPU the sharer spends looks like a slow wire and pushed the level to 9, which made both slower. The receiver needs nothing: every frame says
+ * the CPU the sharer spends looks like a slow wire and pushed the level to 9, which made both slower.
+ * Across a link (not a peer on this machine) that bound takes the level down to 1 but never to raw:
+ * only waiting for frames does, since raw doubles the bytes on the wire. The receiver needs nothing: every frame says
  * its codec (raw or zstd, any level decodes with the same decoder), and every block is verified as
  * before. Levels climb one step at a time, so a burst of waiting costs at most a window of frames at
  * a poorer level.
@@ -74,6 +76,8 @@ export class FramePace {
   private readonly byLevel: number[] = LEVELS.map(() => 0);
 
   private readonly top: number;
+  /** A peer on this machine (maxLevel below the ladder's top): the send rate alone may take it to raw. */
+  private readonly local: boolean;
 
   /**
    * `fixed`: a level of LEVELS to use always (CLONEBOX_SYNC_LEVEL), or null to adapt. `maxLevel`: the
@@ -87,6 +91,7 @@ export class FramePace {
     let top = 0;
     for (let k = 0; k < LEVELS.length; k++) if (LEVELS[k]! <= maxLevel) top = k;
     this.top = top;
+    this.local = top < LEVELS.length - 1;
     this.step = i >= 0 ? i : Math.min(START, this.top);
   }
 
@@ -129,7 +134,11 @@ export class FramePace {
       next > this.top ? 0 : this.speed > 0 && this.step > 0 ? Math.min(SPEED[next]!, (this.speed * COST[this.step]!) / COST[next]!) : SPEED[next]!;
     const wireBound = this.wireWait > FLOOR_MS && this.wireWait > DOMINANCE * this.frameWait;
     const frameBound = this.frameWait > FLOOR_MS && this.frameWait > DOMINANCE * this.wireWait;
-    if (this.step > 0 && (frameBound || rate * HEADROOM_DOWN > SPEED[this.step]!)) this.step--;
+    // Raw doubles the bytes on a link, so across one the last step down needs the sender to have waited
+    // for frames: the rate alone is measured over the sender's busy time only, and a stream that
+    // rarely makes it wait (its buffers take whole frames) looks fast on any link, even 100 Mbit/s.
+    const rateBound = rate * HEADROOM_DOWN > SPEED[this.step]! && (this.step > 1 || this.local);
+    if (this.step > 0 && (frameBound || rateBound)) this.step--;
     else if (wireBound && next <= this.top && rate * HEADROOM_UP < nextSpeed) this.step++;
     if (this.step !== was)
       trace(

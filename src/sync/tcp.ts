@@ -8,7 +8,9 @@
  * stream only when the remote key is the peer already proven on the Hyperswarm connection: the
  * listener accepts a key only while it awaits that peer, once, and closes any other socket. The new
  * stream gets a Protomux of its own for `clonebox/blocks` (onLink); the Hyperswarm connection stays
- * for everything else and carries blocks again if the TCP stream closes.
+ * for everything else and carries blocks again if the TCP stream closes. The sockets under the Noise
+ * streams read whole messages (framed-socket.ts): secret-stream decrypts each where it landed instead
+ * of reassembling block frames from 64 KiB reads.
  *
  * Nothing here can fail a sync: a peer that does not speak the channel (an older clonebox, or
  * CLONEBOX_SYNC_TCP=0) rejects it, a port that cannot be reached (NAT, firewall) is reported back as
@@ -19,7 +21,8 @@ import net from 'node:net';
 import NoiseSecretStream from '@hyperswarm/secret-stream';
 import Protomux from 'protomux';
 import { localAddressTo } from './dht.js';
-import { MAX_TCP_UNAUTHENTICATED } from './limits.js';
+import { framedSocket } from './framed-socket.js';
+import { MAX_TCP_HANDSHAKE_MESSAGE, MAX_TCP_MESSAGE, MAX_TCP_UNAUTHENTICATED } from './limits.js';
 import { TCP_PROTOCOL, type TcpOffer, tcpOffer } from './messages.js';
 import type { TeamPeer } from './swarm.js';
 import { trace } from './trace.js';
@@ -173,7 +176,8 @@ export class TcpPath {
       let p = this.listeners.get(local);
       if (!p) {
         p = new Promise<number | null>((resolve) => {
-          const srv = net.createServer((sock) => this.accept(sock));
+          // Paused: the connection moves to a socket that reads whole messages (framed-socket.ts).
+          const srv = net.createServer({ pauseOnConnect: true }, (sock) => this.accept(sock));
           srv.once('error', () => resolve(null));
           srv.listen({ host: local, port: 0 }, () => {
             this.servers.push(srv);
@@ -188,16 +192,19 @@ export class TcpPath {
     return made;
   }
 
-  private accept(sock: net.Socket): void {
-    sock.on('error', () => undefined);
+  private accept(accepted: net.Socket): void {
+    accepted.on('error', () => undefined);
     if (this.closed || this.awaiting.size === 0 || this.unauthenticated >= MAX_TCP_UNAUTHENTICATED) {
       this.refusedSockets++;
-      sock.destroy();
+      accepted.destroy();
       return;
     }
     this.unauthenticated++;
+    let stream: NoiseSecretStream | null = null;
+    const sock = framedSocket({ accepted }, () => messageLimit(stream));
+    sock.on('error', () => undefined);
     sock.setNoDelay(true);
-    const stream = this.track(new NoiseSecretStream(false, sock, { keyPair: this.opts.keyPair }));
+    stream = this.track(new NoiseSecretStream(false, sock, { keyPair: this.opts.keyPair }));
     let counted = true;
     const release = () => {
       if (counted) this.unauthenticated--;
@@ -239,10 +246,12 @@ export class TcpPath {
   /** Dials a peer's port: the Noise stream once it is authenticated to `key`, else null (bounded). */
   protected connect(host: string, port: number, key: Buffer): Promise<NoiseSecretStream | null> {
     return new Promise((resolve) => {
-      const sock = net.connect({ host, port });
+      let noise: NoiseSecretStream | null = null;
+      const sock = framedSocket({ connect: { host, port } }, () => messageLimit(noise));
       sock.on('error', () => undefined);
       sock.setNoDelay(true);
       const stream = this.track(new NoiseSecretStream(true, sock, { keyPair: this.opts.keyPair }));
+      noise = stream;
       const timer = setTimeout(() => stream.destroy(), this.opts.connectTimeoutMs ?? CONNECT_TIMEOUT_MS);
       timer.unref();
       void stream.opened.then((ok) => {
@@ -253,4 +262,9 @@ export class TcpPath {
       });
     });
   }
+}
+
+/** Largest message a TCP peer may send: small ones until the Noise handshake is done (no allocation on a stranger's word). */
+function messageLimit(stream: NoiseSecretStream | null): number {
+  return stream?.handshakeHash ? MAX_TCP_MESSAGE : MAX_TCP_HANDSHAKE_MESSAGE;
 }
