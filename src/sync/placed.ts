@@ -205,6 +205,9 @@ export class Placements {
 
   /** Every layer was synced by the caller: indexes every placed block, and waits for the index. */
   async settle(): Promise<void> {
+    // A checkpoint still running puts back the blocks its sync did not cover: wait for it first, so
+    // that this last one indexes those too.
+    await this.chain;
     this.checkpoint(true);
     await this.chain;
   }
