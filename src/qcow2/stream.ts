@@ -87,10 +87,8 @@ const STREAM_DEFAULTS = {
   syncReadMaxBytes: 256 * 1024,
 } as const;
 
-/** A blocking read slower than this (ms) means the data came from the disk, not the page cache. */
-const SLOW_SYNC_READ_MS = 1;
-/** Slow blocking reads after which a stream reads asynchronously only. */
-const SLOW_SYNC_READS_TO_SWITCH = 4;
+/** Blocking reads that went to the disk (and at least a quarter of all) after which a stream reads asynchronously only. */
+const DISK_SYNC_READS_TO_SWITCH = 4;
 
 /** One data run and where its bytes are on the host. */
 interface Piece {
@@ -308,7 +306,8 @@ class Ring {
  * zeros, as QEMU reads it.
  */
 export class HostReader {
-  private slowSyncReads = 0;
+  private syncReads = 0;
+  private diskSyncReads = 0;
 
   private constructor(
     private readonly file: string,
@@ -327,16 +326,26 @@ export class HostReader {
     return new HostReader(img.path, fd, syncReadMax, () => new Promise<void>((resolve) => closeFile(fd, () => resolve())));
   }
 
+  /** Whether reads up to the limit still block (false once the image proved not to be in the page cache). */
+  get blocking(): boolean {
+    return this.syncReadMax > 0;
+  }
+
   /** Fills `buf` with the bytes at host offset `pos`. */
   async read(buf: Buffer, pos: number): Promise<void> {
     if (buf.length > this.syncReadMax) return pread(this.fd, buf, pos, this.file);
-    const t0 = performance.now();
+    const before = process.resourceUsage().fsRead;
     preadSync(this.fd, buf, pos, this.file);
-    // A small read that took this long waited for the disk (or lost the CPU: on a busy machine a
-    // cached read is sometimes preempted, hence a few, not one). Then the layer is not all in the page
-    // cache, and there blocking reads one at a time lose to several in flight (each miss stalls the
-    // stream): read asynchronously from now on. A wrong switch only costs some CPU.
-    if (performance.now() - t0 > SLOW_SYNC_READ_MS && ++this.slowSyncReads >= SLOW_SYNC_READS_TO_SWITCH) this.syncReadMax = 0;
+    // Blocks read in by the file system during the read: it waited for the disk. Its time says less:
+    // on a busy machine a read from the page cache is often preempted. When a quarter or more of the
+    // reads go to the disk the layer is not in the page cache, and there blocking reads one at a time
+    // lose to several in flight (each miss stalls the stream): read asynchronously from now on. The
+    // count is the whole process's, so another thread's disk reads can make the switch too: a wrong
+    // switch only costs some waiting.
+    this.syncReads++;
+    if (process.resourceUsage().fsRead > before && ++this.diskSyncReads >= DISK_SYNC_READS_TO_SWITCH && this.diskSyncReads * 4 >= this.syncReads) {
+      this.syncReadMax = 0;
+    }
   }
 
   async close(): Promise<void> {
