@@ -150,13 +150,13 @@ export async function syncFiles(files: string[], concurrency = 16): Promise<void
 }
 
 /** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */
-async function writeTempSynced(file: string, data: string | Buffer, mode: number): Promise<string> {
+async function writeTempSynced(file: string, data: string | Buffer, mode: number, durable = true): Promise<string> {
   const tmp = tempPathFor(file);
   try {
     const fh = await open(tmp, 'wx', mode);
     try {
       await fh.writeFile(data);
-      await fh.sync();
+      if (durable) await fh.sync();
     } finally {
       await fh.close();
     }
@@ -169,10 +169,15 @@ async function writeTempSynced(file: string, data: string | Buffer, mode: number
   return tmp;
 }
 
-export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644): Promise<void> {
+/**
+ * Replaces `file` with `data` at once: readers see the old or the new content, never a mix. `durable:
+ * false` skips both fsyncs, for files that mean nothing after a crash (a pin names a live process):
+ * still atomic, no longer guaranteed to survive one.
+ */
+export async function writeFileAtomic(file: string, data: string | Buffer, mode = 0o644, durable = true): Promise<void> {
   let tmp: string | null = null;
   try {
-    tmp = await writeTempSynced(file, data, mode);
+    tmp = await writeTempSynced(file, data, mode, durable);
     await rename(tmp, file);
   } catch (err) {
     if (tmp) await unlink(tmp).catch(() => undefined);
@@ -180,7 +185,7 @@ export async function writeFileAtomic(file: string, data: string | Buffer, mode 
   } finally {
     if (tmp) tempDone(tmp);
   }
-  await fsyncDir(path.dirname(file));
+  if (durable) await fsyncDir(path.dirname(file));
 }
 
 /**
@@ -210,8 +215,8 @@ export async function createFileExclusive(file: string, data: string | Buffer, m
   }
 }
 
-export async function writeJsonAtomic(file: string, value: unknown, mode = 0o644): Promise<void> {
-  await writeFileAtomic(file, `${JSON.stringify(value, null, 2)}\n`, mode);
+export async function writeJsonAtomic(file: string, value: unknown, mode = 0o644, durable = true): Promise<void> {
+  await writeFileAtomic(file, `${JSON.stringify(value, null, 2)}\n`, mode, durable);
 }
 
 export async function ensureDir(dir: string, mode = 0o755): Promise<void> {

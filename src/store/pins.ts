@@ -40,7 +40,9 @@ export async function pinSnapshots(home: Home, vm: string, snapshots: string[], 
   await ensureDir(dir);
   const file = path.join(dir, `${process.pid}-${++pinCounter}.json`);
   const info: PinInfo = { pid: process.pid, host: os.hostname(), command, since: new Date().toISOString(), snapshots };
-  await writeJsonAtomic(file, info);
+  // Atomic but not fsynced: a pin means something only while its process lives, and a crash of the
+  // machine ends that process; one that survives a crash is stale and removed like any other.
+  await writeJsonAtomic(file, info, 0o644, false);
   let released = false;
   return {
     release: async () => {
