@@ -296,6 +296,8 @@ export async function exportChains(
           });
       };
       const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack, opts.signal);
+      // Every frame is compressed: the workers end while the seal is written and the bundle made durable.
+      void pool.close();
       await syncing;
       const ids: string[] = [];
       for (const ch of chains) {

@@ -454,6 +454,8 @@ async function importChains(
           checkAborted(opts.signal);
         },
       });
+      // Every frame is decoded: the workers end while the layers are made durable and committed.
+      void pool.close();
       await sink.settle();
       await sink.close();
       checkAborted(opts.signal); // the last moment an abort can still undo the import

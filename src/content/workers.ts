@@ -117,8 +117,16 @@ export class WorkerPool {
     });
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.slots.map((s) => s.worker?.terminate()));
-    this.slots.length = 0;
+  private closing: Promise<void> | null = null;
+
+  /**
+   * Ends the workers; every call gets the same promise, so a caller done with the pool early can
+   * start the termination while it finishes other work, and the owner's close() still waits for it.
+   */
+  close(): Promise<void> {
+    this.closing ??= Promise.all(this.slots.map((s) => s.worker?.terminate())).then(() => {
+      this.slots.length = 0;
+    });
+    return this.closing;
   }
 }
