@@ -1,6 +1,8 @@
-/** Reading a disk as the VM sees it, through its backing chain, for diff and rebase. */
+/** Reading a disk as the VM sees it, through its backing chain, for diff, rebase and the sync sharer's frames. */
+import { readSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { ioError } from '../errors.js';
+import type { BlockingReads } from './blocking-reads.js';
 import type { Chain } from './chain.js';
 
 /**
@@ -11,7 +13,14 @@ import type { Chain } from './chain.js';
 export class ChainReader {
   private readonly fhs = new Map<string, Promise<FileHandle>>();
 
-  constructor(readonly chain: Chain) {}
+  /**
+   * `blocking`: when pieces are read with a blocking pread on this thread (blocking-reads.ts; may be
+   * shared by the readers of several chains); without it every read goes to the thread pool.
+   */
+  constructor(
+    readonly chain: Chain,
+    private readonly blocking: BlockingReads | null = null,
+  ) {}
 
   private fh(file: string): Promise<FileHandle> {
     let p = this.fhs.get(file);
@@ -27,6 +36,12 @@ export class ChainReader {
   /** Host bytes [pos, pos+len) of `file` into buf[dst..]; past the end of the file reads as zeros. */
   private async pread(file: string, buf: Buffer, dst: number, len: number, pos: number): Promise<void> {
     const fh = await this.fh(file);
+    if (this.blocking?.wants(len)) {
+      const t0 = performance.now();
+      preadSync(fh.fd, file, buf, dst, len, pos);
+      this.blocking.took(len, performance.now() - t0);
+      return;
+    }
     let done = 0;
     while (done < len) {
       const { bytesRead } = await fh.read(buf, dst + done, len - done, pos + done).catch((err) => {
@@ -66,5 +81,23 @@ export class ChainReader {
 
   async close(): Promise<void> {
     for (const p of this.fhs.values()) await (await p.catch(() => null))?.close().catch(() => undefined);
+  }
+}
+
+/** As ChainReader's pread, blocking the calling thread. */
+function preadSync(fd: number, file: string, buf: Buffer, dst: number, len: number, pos: number): void {
+  let done = 0;
+  while (done < len) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, dst + done, len - done, pos + done);
+    } catch (err) {
+      throw ioError(err, 'cannot read image', file);
+    }
+    if (n === 0) {
+      buf.fill(0, dst + done, dst + len);
+      return;
+    }
+    done += n;
   }
 }

@@ -21,6 +21,7 @@ import { WorkerPool } from '../content/workers.js';
 import { CloneboxError } from '../errors.js';
 import { ensureDir, pathExists, writeJsonAtomic } from '../fsutil.js';
 import { checkName } from '../names.js';
+import { BlockingReads } from '../qcow2/blocking-reads.js';
 import { Chain } from '../qcow2/chain.js';
 import { ChainReader } from '../qcow2/chain-reader.js';
 import { contentId, isResolvedLayer } from '../snapshots/identity.js';
@@ -428,6 +429,12 @@ interface Located {
 export class ShareSource implements BlockSource {
   private readonly index = new Map<string, Located>();
   private readonly chains = new Map<string, Promise<ChainReader>>();
+  /**
+   * Frames are read with blocking preads while the layers are page-cached: the read sits between a
+   * request and its frame, and a thread-pool read waits for a core the compressing workers and the
+   * peer keep busy (blocking-reads.ts).
+   */
+  private readonly blocking = new BlockingReads(FRAME_LIMIT);
   /** Frame buffers (input FRAME_TARGET, output its compress bound) given back after their frame was sent. */
   private readonly inputs: ArrayBuffer[] = [];
   private readonly outputs: ArrayBuffer[] = [];
@@ -538,7 +545,7 @@ export class ShareSource implements BlockSource {
   private chain(file: string, resolved: boolean): Promise<ChainReader> {
     let ch = this.chains.get(file);
     if (!ch) {
-      ch = (resolved ? Chain.open(file) : Chain.openOwn(file)).then((c) => new ChainReader(c));
+      ch = (resolved ? Chain.open(file) : Chain.openOwn(file)).then((c) => new ChainReader(c, this.blocking));
       ch.catch(() => this.chains.delete(file));
       this.chains.set(file, ch);
     }
