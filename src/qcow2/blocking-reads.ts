@@ -4,23 +4,25 @@
  * costs the same copy plus a thread-pool round trip, and on a machine whose cores are busy the pool's
  * thread must first get a CPU, so the awaiting thread sits idle far longer than the copy takes. From
  * the disk it is the other way round: a blocking read stalls everything, several in flight beat one
- * at a time. So reads start blocking and turn asynchronous for good once enough of them were slow.
+ * at a time. So reads start blocking and turn asynchronous for good once enough of them went to the
+ * disk.
  *
- * The rule is HostReader's (stream.ts): a read slower than SLOW_MS plus its length at BYTES_PER_MS
- * waited for the disk or lost the CPU; a machine under load preempts a cached read now and then, so
- * what counts is a share of slow reads (at least SLOW_TO_SWITCH and a quarter of all), not one.
+ * A read went to the disk when the process's block-input count (`process.resourceUsage().fsRead`,
+ * getrusage's ru_inblock) grew during it. Its time says less: on a busy machine a page-cached read is
+ * often preempted, and a rule on time had turned loaded exports asynchronous (bench/README.md). The
+ * count is the whole process's, so another thread's disk reads can make the switch too; a wrong
+ * switch only costs some waiting. What counts is a share (at least DISK_TO_SWITCH reads and a quarter
+ * of all), not one: the kernel's read-ahead leaves most forward reads of a cold file in the cache.
+ *
+ * Used by HostReader (stream.ts: bundle export, the streaming reader) and ChainReader (sync's sharer).
  */
 
-/** A blocking read slower than this (ms), plus its length at BYTES_PER_MS, did not come from the page cache. */
-const SLOW_MS = 1;
-/** Page-cache copy speed assumed for the bound above (well below what memory copies reach). */
-const BYTES_PER_MS = 1024 * 1024;
-/** Slow blocking reads (and at least a quarter of all) after which reads go to the thread pool. */
-const SLOW_TO_SWITCH = 4;
+/** Blocking reads that went to the disk (and at least a quarter of all) after which reads go to the thread pool. */
+const DISK_TO_SWITCH = 4;
 
 export class BlockingReads {
   private reads = 0;
-  private slow = 0;
+  private fromDisk = 0;
   private on: boolean;
 
   /** `maxBytes`: the largest read done blocking (0: never block). */
@@ -33,14 +35,22 @@ export class BlockingReads {
     return this.on && len <= this.maxBytes;
   }
 
-  /** Whether reads are still done blocking (false once too many were slow). */
+  /** Whether reads are still done blocking (false once too many went to the disk). */
   get active(): boolean {
     return this.on;
   }
 
-  /** A blocking read of `len` bytes took `ms`. */
-  took(len: number, ms: number): void {
+  /** Runs one blocking read and notes whether it went to the disk. */
+  run<T>(read: () => T): T {
+    const before = process.resourceUsage().fsRead;
+    const r = read();
+    this.took(process.resourceUsage().fsRead > before);
+    return r;
+  }
+
+  /** A blocking read was done; `disk`: it waited for the disk. */
+  took(disk: boolean): void {
     this.reads++;
-    if (ms > SLOW_MS + len / BYTES_PER_MS && ++this.slow >= SLOW_TO_SWITCH && this.slow * 4 >= this.reads) this.on = false;
+    if (disk && ++this.fromDisk >= DISK_TO_SWITCH && this.fromDisk * 4 >= this.reads) this.on = false;
   }
 }

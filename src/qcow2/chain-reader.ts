@@ -37,9 +37,7 @@ export class ChainReader {
   private async pread(file: string, buf: Buffer, dst: number, len: number, pos: number): Promise<void> {
     const fh = await this.fh(file);
     if (this.blocking?.wants(len)) {
-      const t0 = performance.now();
-      preadSync(fh.fd, file, buf, dst, len, pos);
-      this.blocking.took(len, performance.now() - t0);
+      this.blocking.run(() => preadSync(fh.fd, file, buf, dst, len, pos));
       return;
     }
     let done = 0;

@@ -31,6 +31,7 @@
  */
 import { close as closeFile, read as fsRead, open as openFile, readSync } from 'node:fs';
 import { ioError } from '../errors.js';
+import { BlockingReads } from './blocking-reads.js';
 import { decodeCluster } from './compressed.js';
 import type { Qcow2Image, Run } from './reader.js';
 
@@ -60,9 +61,9 @@ export interface StreamOptions {
    * instead of through the libuv thread pool (default 256 KiB; 0: never). A thread-pool round trip
    * costs more CPU than copying a few hundred KiB from the page cache, and a layer's scattered
    * clusters make thousands of such reads; large batches still go to the pool, where the copy overlaps
-   * with the consumer. After 4 blocking reads that took over a millisecond (the data came from the
-   * disk, not the page cache) the stream stops using them: from the disk, several reads in flight
-   * beat one at a time. Set 0 in a process whose event loop must never wait for the disk.
+   * with the consumer. Once enough blocking reads went to the disk, not the page cache, the stream
+   * stops using them: from the disk, several reads in flight beat one at a time (blocking-reads.ts).
+   * Set 0 in a process whose event loop must never wait for the disk.
    */
   syncReadMaxBytes?: number;
   /**
@@ -86,9 +87,6 @@ const STREAM_DEFAULTS = {
   readAheadBytes: 4 * 1024 * 1024,
   syncReadMaxBytes: 256 * 1024,
 } as const;
-
-/** Blocking reads that went to the disk (and at least a quarter of all) after which a stream reads asynchronously only. */
-const DISK_SYNC_READS_TO_SWITCH = 4;
 
 /** One data run and where its bytes are on the host. */
 interface Piece {
@@ -306,15 +304,16 @@ class Ring {
  * zeros, as QEMU reads it.
  */
 export class HostReader {
-  private syncReads = 0;
-  private diskSyncReads = 0;
+  private readonly blockingReads: BlockingReads;
 
   private constructor(
     private readonly file: string,
     private readonly fd: number,
-    private syncReadMax: number,
+    syncReadMax: number,
     private readonly closeFd: (() => Promise<void>) | null,
-  ) {}
+  ) {
+    this.blockingReads = new BlockingReads(syncReadMax);
+  }
 
   /** On the image's own descriptor when it exposes one, else on a descriptor of our own (closed by `close`). */
   static async open(img: Qcow2Image, syncReadMax: number = STREAM_DEFAULTS.syncReadMaxBytes): Promise<HostReader> {
@@ -328,24 +327,16 @@ export class HostReader {
 
   /** Whether reads up to the limit still block (false once the image proved not to be in the page cache). */
   get blocking(): boolean {
-    return this.syncReadMax > 0;
+    return this.blockingReads.active;
   }
 
-  /** Fills `buf` with the bytes at host offset `pos`. */
+  /**
+   * Fills `buf` with the bytes at host offset `pos`: blocking while the image is page-cached (once its
+   * reads go to the disk, several in flight beat one at a time: blocking-reads.ts).
+   */
   async read(buf: Buffer, pos: number): Promise<void> {
-    if (buf.length > this.syncReadMax) return pread(this.fd, buf, pos, this.file);
-    const before = process.resourceUsage().fsRead;
-    preadSync(this.fd, buf, pos, this.file);
-    // Blocks read in by the file system during the read: it waited for the disk. Its time says less:
-    // on a busy machine a read from the page cache is often preempted. When a quarter or more of the
-    // reads go to the disk the layer is not in the page cache, and there blocking reads one at a time
-    // lose to several in flight (each miss stalls the stream): read asynchronously from now on. The
-    // count is the whole process's, so another thread's disk reads can make the switch too: a wrong
-    // switch only costs some waiting.
-    this.syncReads++;
-    if (process.resourceUsage().fsRead > before && ++this.diskSyncReads >= DISK_SYNC_READS_TO_SWITCH && this.diskSyncReads * 4 >= this.syncReads) {
-      this.syncReadMax = 0;
-    }
+    if (!this.blockingReads.wants(buf.length)) return pread(this.fd, buf, pos, this.file);
+    this.blockingReads.run(() => preadSync(this.fd, buf, pos, this.file));
   }
 
   async close(): Promise<void> {
