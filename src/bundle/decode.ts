@@ -64,66 +64,28 @@ export async function decodeBundle(
   const map = new MapChecker(meta, file, sink);
   const store = new FrameStore(r, pool, sink);
   const totals: SealTotals = { logical_bytes: 0, unique_bytes: 0, stored_bytes: 0, blocks: 0, unique_blocks: 0, frames: 0 };
-  /**
-   * Frames decoded ahead of use, and earlier frames fetched ahead of the records that need them. The
-   * decode-ahead runs across pack boundaries: once every frame of this pack is on the pool, the next
-   * pack is read and its first frames go too, so that the workers do not wait while this thread writes
-   * the last records of a pack and reads the next (that gap, once per pack, left both idle).
-   */
+  /** Frames decoded ahead of use, and earlier frames fetched ahead of the records that need them. */
   const DECODE_AHEAD = 2 * pool.size;
   const REFS_AHEAD = 3;
 
-  interface PackWork {
-    no: number;
-    payload: Buffer;
-    records: PackRecord[];
-    frameRecs: FrameRecord[];
-    decoding: Promise<Decoded>[];
-  }
-  const load = async (no: number): Promise<PackWork | null> => {
+  let packNo = 0;
+  for (;;) {
     const payload = await r.nextPack();
-    if (payload === null) return null;
-    const records = [...parsePack(payload, packEntryName(no), file)];
-    const frameRecs = records.filter((x): x is FrameRecord => x.type === 'frame');
-    return { no, payload, records, frameRecs, decoding: [] };
-  };
-  /** Frames sent to the pool and not yet taken, over both packs. */
-  let inFlight = 0;
-  let cur = await load(0);
-  /** The following pack: undefined until asked for, then its load (null: there is none). */
-  let next: Promise<PackWork | null> | undefined;
-  let nextWork: PackWork | null = null;
-  const dispatch = (w: PackWork) => {
-    while (w.decoding.length < w.frameRecs.length && inFlight < DECODE_AHEAD) {
-      const rec = w.frameRecs[w.decoding.length]!;
-      const p = store.decode(rec.codec, rec.stored, rec.rawLength, Uint32Array.from(rec.lengths));
-      p.catch(() => undefined);
-      w.decoding.push(p);
-      inFlight++;
-    }
-  };
-  const decodeAhead = (w: PackWork) => {
-    dispatch(w);
-    if (w.decoding.length < w.frameRecs.length || inFlight >= DECODE_AHEAD) return;
-    if (nextWork) return dispatch(nextWork);
-    if (next) return;
-    // A failure here (a damaged next pack) surfaces when that pack's turn comes, after this one's records.
-    next = load(w.no + 1);
-    next.then(
-      (nw) => {
-        nextWork = nw;
-        if (nw) dispatch(nw);
-      },
-      () => undefined,
-    );
-  };
-
-  while (cur) {
-    const { no: packNo, payload, records } = cur;
+    if (payload === null) break;
     const where = packEntryName(packNo);
-    const work = cur;
+    const records = [...parsePack(payload, where, file)];
+    const frameRecs = records.filter((x): x is FrameRecord => x.type === 'frame');
+    const decoding: Promise<Decoded>[] = [];
     let consumed = 0;
-    decodeAhead(work);
+    const decodeAhead = () => {
+      while (decoding.length < frameRecs.length && decoding.length - consumed < DECODE_AHEAD) {
+        const rec = frameRecs[decoding.length]!;
+        const p = store.decode(rec.codec, rec.stored, rec.rawLength, Uint32Array.from(rec.lengths));
+        p.catch(() => undefined);
+        decoding.push(p);
+      }
+    };
+    decodeAhead();
     // Earlier frames this pack's records use, in order of first use: fetched a few ahead.
     const known = store.blocks;
     const refOrder: number[] = [];
@@ -154,10 +116,9 @@ export async function decodeBundle(
     refsAhead(0);
     for (const rec of records) {
       if (rec.type === 'frame') {
-        const d = await work.decoding[consumed]!;
+        const d = await decoding[consumed]!;
         consumed++;
-        inFlight--;
-        decodeAhead(work);
+        decodeAhead();
         if (!d) throw corrupt(`${where}: frame ${store.frames} does not decompress to its ${rec.rawLength} bytes`, file);
         store.addBlocks(rec, d, where);
         await sink.frame?.(store.frames, rec.codec, rec.stored, d.raw);
@@ -186,12 +147,8 @@ export async function decodeBundle(
         o += len;
       }
     }
+    packNo++;
     opts.onPack?.();
-    // Only now, with this pack done, may the next load start: the reader then reads ahead into this
-    // pack's buffer (reader.ts, three buffers in turn).
-    cur = await (next ?? load(packNo + 1));
-    next = undefined;
-    nextWork = null;
   }
   await map.finish();
   // Everything is read: now the seal must agree with what we saw.

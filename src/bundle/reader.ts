@@ -196,22 +196,19 @@ export class BundleReader {
   }
 
   /**
-   * Three buffers take turns for pack entries (and three for decrypted payloads): nextPack() returns
-   * pack k and reads pack k + 1 ahead into buffer (k + 1) % 3, while the caller may still work on pack
-   * k - 1 (decode.ts asks for the next pack before it is done with the current one, so that the
-   * workers have frames across the gap). A caller must be done with pack k - 1 before it asks for
-   * pack k + 1.
+   * Two buffers take turns for pack entries (and two for decrypted payloads): pack k is read into
+   * buffer k % 2 while the caller still works on pack k - 1 in the other one.
    */
-  private readonly entryBufs: (Buffer | null)[] = [null, null, null];
-  private readonly plainBufs: (Buffer | null)[] = [null, null, null];
+  private readonly entryBufs: (Buffer | null)[] = [null, null];
+  private readonly plainBufs: (Buffer | null)[] = [null, null];
 
   private static turn(bufs: (Buffer | null)[], k: number, size: number): Buffer {
-    const b = bufs[k % bufs.length];
+    const b = bufs[k % 2];
     if (b && b.length >= size) return b.subarray(0, size);
     // Room to spare: a pack a little larger than the last must not cost a fresh (page-faulting) buffer.
     // Shared memory: the workers decode frames where they lie, nothing is copied or transferred.
     const fresh = Buffer.from(new SharedArrayBuffer(Math.max(Math.ceil(size * 1.25), 12 * 1024 * 1024)));
-    bufs[k % bufs.length] = fresh;
+    bufs[k % 2] = fresh;
     return fresh.subarray(0, size);
   }
 
