@@ -33,15 +33,6 @@ export type Fill = (buf: Buffer, at: number, skip: number, len: number) => Promi
 
 type Piece = { kind: 'zero'; offset: number; length: number } | { kind: 'data'; offset: number; length: number; fill: Fill };
 
-/**
- * A plain run's bytes are read with a blocking pread up to this size (a batch's room is at most
- * FRAME_TARGET + BLOCK_SIZE): from the page cache a 2 MiB pread takes a few tenths of a millisecond,
- * while a thread-pool read of the same waits for a thread to get a CPU, which the workers compressing
- * on every core make slow, and this thread hashes nothing meanwhile (bench/README.md). Reads from the
- * disk are noticed by HostReader, which then goes asynchronous.
- */
-const PLAIN_SYNC_READ_MAX = 4 * 1024 * 1024;
-
 /** Slow-path data pieces are at most this long, so one chain read never needs more memory. */
 const MAX_PIECE = 4 * 1024 * 1024;
 
@@ -88,7 +79,7 @@ export async function openLayer(file: string, resolved: boolean): Promise<LayerS
       }
     };
     const fillPlain = async (buf: Buffer, at: number, hostAt: number, len: number): Promise<void> => {
-      host ??= await HostReader.open(img, PLAIN_SYNC_READ_MAX);
+      host ??= await HostReader.open(img);
       await host.read(buf.subarray(at, at + len), hostAt);
     };
     return {
