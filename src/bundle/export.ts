@@ -297,7 +297,7 @@ export async function exportChains(
       };
       const result = await runPipeline(pool, layers, tarW, sealer, idk, level, progress, afterPack, opts.signal);
       // Every frame is compressed: the workers end while the seal is written and the bundle made durable.
-      void pool.close();
+      pool.close().catch(() => undefined); // a failure surfaces where the pool is closed for good
       await syncing;
       const ids: string[] = [];
       for (const ch of chains) {

@@ -455,7 +455,7 @@ async function importChains(
         },
       });
       // Every frame is decoded: the workers end while the layers are made durable and committed.
-      void pool.close();
+      pool.close().catch(() => undefined); // a failure surfaces where the pool is closed for good
       await sink.settle();
       await sink.close();
       checkAborted(opts.signal); // the last moment an abort can still undo the import
