@@ -149,7 +149,7 @@ export async function syncFiles(files: string[], concurrency = 16): Promise<void
   for (const dir of new Set(files.map((f) => path.dirname(f)))) await fsyncDir(dir);
 }
 
-/** Writes `data` to a new temporary sibling of `file`, fsynced; returns its path. */
+/** Writes `data` to a new temporary sibling of `file`, fsynced unless `durable` is false; returns its path. */
 async function writeTempSynced(file: string, data: string | Buffer, mode: number, durable = true): Promise<string> {
   const tmp = tempPathFor(file);
   try {

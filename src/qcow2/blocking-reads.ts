@@ -16,6 +16,8 @@
  *
  * Used by HostReader (stream.ts: bundle export, the streaming reader) and ChainReader (sync's sharer).
  */
+import { readSync } from 'node:fs';
+import { ioError } from '../errors.js';
 
 /** Blocking reads that went to the disk (and at least a quarter of all) after which reads go to the thread pool. */
 const DISK_TO_SWITCH = 4;
@@ -52,5 +54,23 @@ export class BlockingReads {
   took(disk: boolean): void {
     this.reads++;
     if (disk && ++this.fromDisk >= DISK_TO_SWITCH && this.fromDisk * 4 >= this.reads) this.on = false;
+  }
+}
+
+/** Fills `buf` with the bytes of `fd` at `pos`, blocking the calling thread; past the end of the file reads as zeros. */
+export function preadSync(fd: number, buf: Buffer, pos: number, file: string): void {
+  let done = 0;
+  while (done < buf.length) {
+    let n: number;
+    try {
+      n = readSync(fd, buf, done, buf.length - done, pos + done);
+    } catch (err) {
+      throw ioError(err, 'cannot read image', file);
+    }
+    if (n === 0) {
+      buf.fill(0, done);
+      return;
+    }
+    done += n;
   }
 }

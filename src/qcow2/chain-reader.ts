@@ -1,8 +1,7 @@
 /** Reading a disk as the VM sees it, through its backing chain, for diff, rebase and the sync sharer's frames. */
-import { readSync } from 'node:fs';
 import { type FileHandle, open } from 'node:fs/promises';
 import { ioError } from '../errors.js';
-import type { BlockingReads } from './blocking-reads.js';
+import { type BlockingReads, preadSync } from './blocking-reads.js';
 import type { Chain } from './chain.js';
 
 /**
@@ -37,7 +36,7 @@ export class ChainReader {
   private async pread(file: string, buf: Buffer, dst: number, len: number, pos: number): Promise<void> {
     const fh = await this.fh(file);
     if (this.blocking?.wants(len)) {
-      this.blocking.run(() => preadSync(fh.fd, file, buf, dst, len, pos));
+      this.blocking.run(() => preadSync(fh.fd, buf.subarray(dst, dst + len), pos, file));
       return;
     }
     let done = 0;
@@ -79,23 +78,5 @@ export class ChainReader {
 
   async close(): Promise<void> {
     for (const p of this.fhs.values()) await (await p.catch(() => null))?.close().catch(() => undefined);
-  }
-}
-
-/** As ChainReader's pread, blocking the calling thread. */
-function preadSync(fd: number, file: string, buf: Buffer, dst: number, len: number, pos: number): void {
-  let done = 0;
-  while (done < len) {
-    let n: number;
-    try {
-      n = readSync(fd, buf, dst + done, len - done, pos + done);
-    } catch (err) {
-      throw ioError(err, 'cannot read image', file);
-    }
-    if (n === 0) {
-      buf.fill(0, dst + done, dst + len);
-      return;
-    }
-    done += n;
   }
 }

@@ -29,9 +29,9 @@
  * that does not decompress to exactly one cluster is a QCOW2_CORRUPT error naming the file, or
  * QCOW2_TRUNCATED when the file ends inside the cluster's compressed bytes.
  */
-import { close as closeFile, read as fsRead, open as openFile, readSync } from 'node:fs';
+import { close as closeFile, read as fsRead, open as openFile } from 'node:fs';
 import { ioError } from '../errors.js';
-import { BlockingReads } from './blocking-reads.js';
+import { BlockingReads, preadSync } from './blocking-reads.js';
 import { decodeCluster } from './compressed.js';
 import type { Qcow2Image, Run } from './reader.js';
 
@@ -363,22 +363,4 @@ function pread(fd: number, buf: Buffer, pos: number, file: string): Promise<void
     if (buf.length === 0) resolve();
     else step();
   });
-}
-
-/** As `pread`, blocking the calling thread. */
-function preadSync(fd: number, buf: Buffer, pos: number, file: string): void {
-  let done = 0;
-  while (done < buf.length) {
-    let n: number;
-    try {
-      n = readSync(fd, buf, done, buf.length - done, pos + done);
-    } catch (err) {
-      throw ioError(err, 'cannot read image', file);
-    }
-    if (n === 0) {
-      buf.fill(0, done);
-      return;
-    }
-    done += n;
-  }
 }
