@@ -51,6 +51,10 @@
  * (children's stderr in the log). The sharer runs with the environment's CLONEBOX_SYNC_LEVEL when
  * BENCH_SYNC_LEVEL is set (pinning its compression level, for A/B against the adaptive pace);
  * BENCH_SYNC_TCP=0 turns the TCP path off at both ends, BENCH_SYNC_TCP_AB=1 adds the A/B side below.
+ * For profiling: BENCH_SYNC_TRACE=1 runs every clonebox with CLONEBOX_SYNC_TRACE=1 (with
+ * BENCH_SYNC_DEBUG=1 the receivers' phase timings land in the log too), BENCH_SYNC_RECV_NODE_OPTIONS
+ * is the receivers' NODE_OPTIONS (e.g. `--require` of a preload that writes a CPU profile at exit:
+ * Node 20 refuses --cpu-prof there).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -70,6 +74,7 @@ const ENV = {
   ...CLEAN_ENV,
   ...(process.env.BENCH_SYNC_LEVEL ? { CLONEBOX_SYNC_LEVEL: process.env.BENCH_SYNC_LEVEL } : {}),
   ...(process.env.BENCH_SYNC_TCP ? { CLONEBOX_SYNC_TCP: process.env.BENCH_SYNC_TCP } : {}),
+  ...(process.env.BENCH_SYNC_TRACE ? { CLONEBOX_SYNC_TRACE: '1' } : {}),
 };
 /**
  * BENCH_SYNC_TCP_AB=1: each case also runs a third side, `clonebox_udx`, the same pull with the TCP
@@ -567,7 +572,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           const server = side === 'rsync' ? srv.daemon.child.pid : srv.sharer.child.pid;
           const s0 = processCpuMs(server);
           const c0 = count();
-          const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: side === 'clonebox_udx' ? UDX_ENV : ENV });
+          const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: { ...(side === 'clonebox_udx' ? UDX_ENV : ENV), ...(side !== 'rsync' && process.env.BENCH_SYNC_RECV_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SYNC_RECV_NODE_OPTIONS } : {}) } });
           const c1 = count();
           if (c0 && c1) {
             // lo: every packet is counted once sent and once received; a veth end sees both directions.
@@ -581,6 +586,7 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
         };
         const pull = (side) => async () => {
           const r = await timed(side, NODE, [CLI, '--home', recv, 'snapshot', 'sync', '--team', TEAM, '--bootstrap', srv.bs, '--timeout', '300', '--json']);
+          if (process.env.BENCH_SYNC_DEBUG) for (const l of r.stderr.split('\n')) if (l) log(`[${side}] ${l}`);
           const doc = JSON.parse(r.stdout);
           if (!doc.peers.includes('sharer')) throw new Error(`clonebox sync (${label}) saw no sharer: ${r.stderr.trim().slice(0, 1000)}`);
           return {
