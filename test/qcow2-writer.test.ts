@@ -420,9 +420,8 @@ describe('Qcow2Writer in place, reading back what it wrote (sync/placed.ts)', ()
       expect(host).toBeGreaterThan(0);
       blocks.push({ host, data });
       guest += len;
-      // A read back writes the batch out (then the next batch starts at the next block): only for the
-      // block whose head was written and tail not, and once at the end.
-      // The writer gathers contiguous clusters into 4 MiB batches from its first data cluster.
+      // The writer gathers contiguous clusters into 4 MiB batches from its first data cluster (a read
+      // back writes nothing out): read back each block whose head is in one batch and tail in the next.
       const first = blocks[0]!.host;
       if (Math.floor((host - first) / (4 * M)) !== Math.floor((host + len - 1 - first) / (4 * M))) {
         straddled++;
@@ -445,6 +444,42 @@ describe('Qcow2Writer in place, reading back what it wrote (sync/placed.ts)', ()
     } finally {
       await fh.close();
     }
+  });
+
+  it('reads back from the file, the batch being written and the filling batch, blocking and not', async () => {
+    const dir = await makeTempDir('clonebox-writer-');
+    const file = path.join(dir, '.mixed.sync-test');
+    const w = await Qcow2Writer.create(file, { virtualSize: 256 * M, clusterSize: 64 * K, inPlace: true });
+    const flyingOf = () => (w as unknown as { flying: { host: number; len: number } | null }).flying;
+    const r = rng(SEED + 5);
+    const written: { host: number; data: Buffer }[] = [];
+    const same = async (host: number, data: Buffer, what: string) => assertSameBytes(await w.readBack(host, data.length), data, what);
+    let fromFlying = 0;
+    let large = 0;
+    let guest = 0;
+    for (let i = 0; i < 400; i++) {
+      const data = r.bytes(64 * K);
+      const expected = Buffer.from(data);
+      const host = await w.write(guest, data);
+      data.fill(0xee); // the writer keeps its own copy: what is read back must not see this
+      guest += data.length;
+      written.push({ host, data: expected });
+      const f = flyingOf();
+      const pick = written[r.int(0, written.length - 1)]!;
+      if (f && pick.host >= f.host && pick.host < f.host + f.len) fromFlying++;
+      await same(pick.host, pick.data, `block at ${pick.host}`);
+      if (i % 50 === 49 && i >= 96) {
+        // Over 4 MiB: read through the thread pool, laid over by both batches.
+        const from = written.length - 96;
+        const want = Buffer.concat(written.slice(from).map((b) => b.data));
+        await same(written[from]!.host, want, `the last 6 MiB at ${written[from]!.host}`);
+        large++;
+      }
+    }
+    expect(fromFlying, 'no read back came from the batch being written').toBeGreaterThan(0);
+    expect(large).toBe(7);
+    await w.finish({ durable: false });
+    expect((await qemuCheck(file)).code).toBe(0);
   });
 
   it('abandon() leaves the file with every block handed to it', async () => {

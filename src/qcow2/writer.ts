@@ -16,6 +16,7 @@ import { type FileHandle, open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { CloneboxError, ioError } from '../errors.js';
 import { fsyncDir, tempPathFor } from '../fsutil.js';
+import { BlockingReads, preadSync } from './blocking-reads.js';
 import { EXT_BACKING_FORMAT, L2E_COPIED, MAX_BACKING_FILE_NAME, MAX_L1_BYTES, MAX_VIRTUAL_SIZE, QCOW2_MAGIC } from './format.js';
 
 export interface CreateOptions {
@@ -76,6 +77,10 @@ export class Qcow2Writer {
   private batchHost = 0;
   private batchLen = 0;
   private inflight: Promise<void> | null = null;
+  /** The batch being written (its buffer is not reused before that write is done), for readBack(). */
+  private flying: { buf: Buffer; host: number; len: number } | null = null;
+  /** Reads back with a blocking pread while they come from the page cache (blocking-reads.ts). */
+  private readonly backReads = new BlockingReads(WRITE_BATCH);
   private finished = false;
   /** Bytes of guest data written (data clusters only), for reports. */
   dataBytes = 0;
@@ -173,9 +178,12 @@ export class Qcow2Writer {
       const buf = this.batchBuf!;
       const end = this.batchHost + this.batchLen;
       const write = this.pwrite(buf.subarray(0, this.batchLen), this.batchHost);
+      const flying = { buf, host: this.batchHost, len: this.batchLen };
+      this.flying = flying;
       // The buffer becomes the spare once its write is done; until then nobody touches it.
       this.inflight = write.then(() => {
         this.flushedEnd = end;
+        if (this.flying === flying) this.flying = null;
         if (this.syncing === null && end - this.syncedTo >= BACKGROUND_SYNC_BYTES) {
           // Errors are left to finish()'s fsync, which reports them with the file's name.
           this.syncing = this.fh
@@ -449,29 +457,47 @@ export class Qcow2Writer {
   }
 
   /**
-   * Reads back `length` bytes of data written at host offset `host` (as write() returned it). Bytes
-   * still in the filling batch, or in the write in flight, are written out first: a block may lie
-   * across two batches, its head written and its tail not (reading the file alone would give zeros
-   * for the tail, reading the batch alone garbage for the head). Not to be called while a write() is
-   * pending.
+   * Reads back `length` bytes of data written at host offset `host` (as write() returned it). What is
+   * not on the file yet comes from memory: the filling batch and the batch being written (a block may
+   * lie across both, or across the file and a batch), laid over what the file gives. Nothing is
+   * drained: a sync pull reads back every block its chain uses twice, and draining the batch for each
+   * made the writer wait for a 4 MiB write per block (bench/README.md, "The pull's read-backs").
+   * Not to be called while a write() is pending.
    */
   async readBack(host: number, length: number): Promise<Buffer> {
     if (this.finished) throw new CloneboxError('INTERNAL', `image already finished, ${this.path}`);
     if (!Number.isSafeInteger(host) || host < 0 || !Number.isSafeInteger(length) || length < 0 || host + length > this.next) {
       throw new CloneboxError('INTERNAL', `read back of ${length} bytes at ${host} is outside the data written, ${this.path}`);
     }
-    if (host + length > this.flushedEnd) await this.flushBatch(true);
+    // Taken before any await: a write finishing meanwhile leaves its buffer as it is (no write() can
+    // start a new batch before this returns), so laying these over the file's bytes stays right.
+    const flying = this.flying;
+    const batch = this.batchLen > 0 ? { buf: this.batchBuf!, host: this.batchHost, len: this.batchLen } : null;
     const buf = Buffer.allocUnsafe(length);
-    let got = 0;
-    while (got < length) {
-      let n: number;
-      try {
-        ({ bytesRead: n } = await this.fh.read(buf, got, length - got, host + got));
-      } catch (err) {
-        throw ioError(err, 'cannot read image', this.tmpPath);
+    const inMemory = (m: { host: number; len: number } | null) => m !== null && m.host <= host && host + length <= m.host + m.len;
+    if (!inMemory(flying) && !inMemory(batch)) {
+      // Past the end of the file reads as zeros here: those bytes are in a batch, laid over below.
+      if (this.backReads.wants(length)) this.backReads.run(() => preadSync(this.fh.fd, buf, host, this.tmpPath));
+      else {
+        let got = 0;
+        while (got < length) {
+          let n: number;
+          try {
+            ({ bytesRead: n } = await this.fh.read(buf, got, length - got, host + got));
+          } catch (err) {
+            throw ioError(err, 'cannot read image', this.tmpPath);
+          }
+          if (n === 0) break;
+          got += n;
+        }
+        buf.fill(0, got);
       }
-      if (n === 0) throw new CloneboxError('IO', `image is shorter than written, ${this.tmpPath}`);
-      got += n;
+    }
+    for (const m of [flying, batch]) {
+      if (!m) continue;
+      const from = Math.max(host, m.host);
+      const to = Math.min(host + length, m.host + m.len);
+      if (from < to) m.buf.copy(buf, from - host, from - m.host, to - m.host);
     }
     return buf;
   }

@@ -30,6 +30,7 @@ import { BLOCK_SIZE } from '../content/digest.js';
 import { crashPoint } from '../crash.js';
 import { ioError } from '../errors.js';
 import { syncFiles } from '../fsutil.js';
+import { BlockingReads, preadSync } from '../qcow2/blocking-reads.js';
 import type { Qcow2Writer } from '../qcow2/writer.js';
 import type { Home } from '../store/home.js';
 import { Spool } from './spool.js';
@@ -79,6 +80,7 @@ export function decodeEntry(e: Buffer): { sha: Buffer; tag: string; host: number
 /** Up to MAX_HANDLES files open for reading, least recently used closed first. */
 class ReadHandles {
   private readonly open = new Map<string, { fh: FileHandle; size: number } | null>();
+  private readonly blocking = new BlockingReads(BLOCK_SIZE);
 
   /** `length` bytes at `host` of `file`, or null when the file is missing or the range is not in it. */
   async read(file: string, host: number, length: number): Promise<Buffer | null> {
@@ -98,6 +100,12 @@ class ReadHandles {
     this.open.set(file, h);
     if (!h || host + length > h.size) return null;
     const buf = Buffer.allocUnsafe(length);
+    // The layer was written moments ago: from the page cache a blocking pread is a copy, a thread-pool
+    // read a round trip per block, paid by the writer of the next layer (blocking-reads.ts).
+    if (this.blocking.wants(length)) {
+      this.blocking.run(() => preadSync(h.fh.fd, buf, host, file));
+      return buf;
+    }
     let got = 0;
     while (got < length) {
       const { bytesRead } = await h.fh.read(buf, got, length - got, host + got);
