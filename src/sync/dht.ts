@@ -121,7 +121,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function waitReachable(dht: HyperDHT, bootstrap: Bootstrap, deadline: number, retryMs = 2000): Promise<void> {
   const started = Date.now();
   let bootstrapped = false;
-  dht.fullyBootstrapped().then(
+  const boot = dht.fullyBootstrapped().then(
     () => {
       bootstrapped = true;
     },
@@ -139,7 +139,10 @@ async function waitReachable(dht: HyperDHT, bootstrap: Bootstrap, deadline: numb
       lastTry = now;
       dht.refresh(); // asks the bootstrap nodes again
     }
-    await sleep(Math.min(50, Math.max(1, deadline - now)));
+    // Until the first round is over, also woken by its end: a poll alone made every sync wait up to
+    // 50 ms more before it could join.
+    const nap = sleep(Math.min(50, Math.max(1, deadline - now)));
+    await (bootstrapped ? nap : Promise.race([nap, boot]));
   }
 }
 

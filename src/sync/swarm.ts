@@ -21,6 +21,7 @@
  */
 import { EventEmitter } from 'node:events';
 import type NoiseSecretStream from '@hyperswarm/secret-stream';
+import type HyperDHT from 'hyperdht';
 import Hyperswarm from 'hyperswarm';
 import type { Home } from '../store/home.js';
 import { verifyCatalogProof } from './cards.js';
@@ -52,6 +53,12 @@ export interface TeamSwarmOptions {
   bootstrap: Bootstrap;
   /** Epoch ms by which the DHT must be reachable (DHT_UNREACHABLE otherwise). */
   deadline: number;
+  /**
+   * A DHT node being opened already (openDht with the same bootstrap and identity), so that its
+   * bootstrap round trips overlap the caller's own start; the swarm owns it from here. Else one is
+   * opened here.
+   */
+  dht?: Promise<HyperDHT>;
   proofTimeoutMs?: number;
   /** Our catalog core key, announced to proven peers (null: nothing shared yet). */
   catalogKey?: Buffer | null;
@@ -66,6 +73,16 @@ export interface TeamSwarmOptions {
    * never refused.
    */
   services?: Record<string, (peer: TeamPeer) => void | Promise<void>>;
+}
+
+/** The team's DHT node (openDht), errors logged. */
+export function openDhtFor(opts: Pick<TeamSwarmOptions, 'bootstrap' | 'deadline' | 'identity' | 'log'>): Promise<HyperDHT> {
+  return openDht({
+    bootstrap: opts.bootstrap,
+    deadline: opts.deadline,
+    keyPair: opts.identity,
+    onError: (err) => opts.log?.(`DHT error: ${err.message}`),
+  });
 }
 
 /** Reasons that get a peer refused for REFUSE_MS (a closed connection may just be a retry). */
@@ -116,12 +133,7 @@ export class TeamSwarm extends EventEmitter {
   /** Joins the team's swarm. Throws DHT_UNREACHABLE at opts.deadline when no DHT node answers. */
   static async open(opts: TeamSwarmOptions): Promise<TeamSwarm> {
     const log = opts.log ?? (() => undefined);
-    const dht = await openDht({
-      bootstrap: opts.bootstrap,
-      deadline: opts.deadline,
-      keyPair: opts.identity,
-      onError: (err) => log(`DHT error: ${err.message}`),
-    });
+    const dht = await (opts.dht ?? openDhtFor(opts));
     let self: TeamSwarm | null = null;
     const swarm = new Hyperswarm({
       dht,

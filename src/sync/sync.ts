@@ -33,6 +33,7 @@ import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
 import { catalogProof } from './cards.js';
 import { Catalog, type CatalogView, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
+import type HyperDHT from 'hyperdht';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
 import { type HostPort, isLoopbackHost } from './hostport.js';
@@ -46,7 +47,7 @@ import { PullScheduler } from './scheduler.js';
 import { ServingSource } from './serving.js';
 import { publish } from './share.js';
 import { Spool } from './spool.js';
-import { shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
+import { openDhtFor, shortKey, type TeamPeer, TeamSwarm } from './swarm.js';
 import { TcpPath, tcpPathEnabled } from './tcp.js';
 import { loadTeam, resolveBootstrap, type TeamRecord } from './teams.js';
 import { PullTemps } from './temps.js';
@@ -168,8 +169,15 @@ class SyncRun {
   async run(): Promise<SyncReport> {
     const lock = await this.lock();
     try {
+      // The DHT node bootstraps (round trips to the bootstrap nodes) while start() reads catalogs and
+      // indexes (disk and CPU); joinSwarm() hands it to the swarm, which closes it.
+      const dht = openDhtFor({ bootstrap: this.bootstrap, deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS), identity: this.identity, log: this.log });
+      dht.catch(() => undefined); // reported when joinSwarm() awaits it
+      this.cleanups.push(async () => {
+        if (!this.s?.swarm) await (await dht.catch(() => null))?.destroy({ force: true }).catch(() => undefined);
+      });
       await this.start();
-      await this.joinSwarm();
+      await this.joinSwarm(dht);
       if (this.opts.watch) await this.watch();
       else await this.untilCaughtUp();
       await this.scheduler.idle();
@@ -277,7 +285,7 @@ class SyncRun {
     return st;
   }
 
-  private async joinSwarm(): Promise<void> {
+  private async joinSwarm(dht: Promise<HyperDHT>): Promise<void> {
     const { home, log } = this;
     const { catalogs, cards, serving } = this.s;
     const own = catalogs.own;
@@ -317,6 +325,7 @@ class SyncRun {
       identity: this.identity,
       bootstrap: this.bootstrap,
       deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS),
+      dht,
       log,
       catalogKey: own.key,
       catalogSig: catalogProof(catalogKeyPair(this.identity, this.team), this.team, this.identity.publicKey),
@@ -422,7 +431,9 @@ class SyncRun {
           ? now - Math.max(this.lastPeerAt, serving.lastServed) >= SETTLE_MS
           : discovered && swarm.provingNow === 0 && now - this.lastPeerAt >= PEER_GRACE_MS;
       if (report.peers.length > 0 && quiet && !this.scheduler.busy) break;
-      await sleep(50);
+      // Looked at again every 50 ms, and as soon as the pulls are done: that is the usual end, and a
+      // poll alone let it wait up to 50 ms more.
+      await (this.scheduler.busy ? Promise.race([sleep(50), this.scheduler.idle()]) : sleep(50));
     }
     if (opts.signal?.aborted) {
       this.scheduler.stop();
