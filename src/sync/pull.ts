@@ -369,7 +369,7 @@ export async function pullChain(ctx: PullContext, vm: string, unservable?: Set<s
         (h) => sizes.get(h.toString('hex')) ?? BLOCK_SIZE,
         (h, data) => arrivals.arrive(h, data),
       );
-      trace(`pull ${vm}: fetched ${got.fetched} blocks, ${got.wireBytes} bytes`);
+      trace(`pull ${vm}: fetched ${got.fetched} blocks, ${got.wireBytes} bytes (${(arrivals.bytes / 1048576).toFixed(1)} MiB of them wait for the writer)`);
       report.blocks_fetched = got.fetched;
       report.bytes_received = got.wireBytes;
       if (got.failed.length) {
