@@ -572,7 +572,12 @@ export default async function run({ runs = 5, log = () => {} } = {}) {
           const server = side === 'rsync' ? srv.daemon.child.pid : srv.sharer.child.pid;
           const s0 = processCpuMs(server);
           const c0 = count();
-          const r = await timeCommand(...inNs(net.clientNs, cmd, args), { env: { ...(side === 'clonebox_udx' ? UDX_ENV : ENV), ...(side !== 'rsync' && process.env.BENCH_SYNC_RECV_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SYNC_RECV_NODE_OPTIONS } : {}) } });
+          const r = await timeCommand(...inNs(net.clientNs, cmd, args), {
+            env: {
+              ...(side === 'clonebox_udx' ? UDX_ENV : ENV),
+              ...(side !== 'rsync' && process.env.BENCH_SYNC_RECV_NODE_OPTIONS ? { NODE_OPTIONS: process.env.BENCH_SYNC_RECV_NODE_OPTIONS } : {}),
+            },
+          });
           const c1 = count();
           if (c0 && c1) {
             // lo: every packet is counted once sent and once received; a veth end sees both directions.

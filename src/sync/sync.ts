@@ -21,6 +21,7 @@
  * (the spool) and the command fails with SYNC_TIMEOUT.
  */
 import path from 'node:path';
+import type HyperDHT from 'hyperdht';
 import { abortedError } from '../abort.js';
 import { CloneboxError, type ErrorCode } from '../errors.js';
 import { ensurePrivateDir } from '../fsutil.js';
@@ -33,7 +34,6 @@ import { CardExchange, RELAY_WAIT_MS } from './card-exchange.js';
 import { catalogProof } from './cards.js';
 import { Catalog, type CatalogView, catalogKeyPair } from './catalog.js';
 import { CatalogSet } from './catalog-set.js';
-import type HyperDHT from 'hyperdht';
 import type { Bootstrap } from './dht.js';
 import { PeerFetcher, type PeerState } from './fetcher.js';
 import { type HostPort, isLoopbackHost } from './hostport.js';
@@ -171,7 +171,12 @@ class SyncRun {
     try {
       // The DHT node bootstraps (round trips to the bootstrap nodes) while start() reads catalogs and
       // indexes (disk and CPU); joinSwarm() hands it to the swarm, which closes it.
-      const dht = openDhtFor({ bootstrap: this.bootstrap, deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS), identity: this.identity, log: this.log });
+      const dht = openDhtFor({
+        bootstrap: this.bootstrap,
+        deadline: Math.min(this.deadline, Date.now() + DHT_JOIN_MS),
+        identity: this.identity,
+        log: this.log,
+      });
       dht.catch(() => undefined); // reported when joinSwarm() awaits it
       this.cleanups.push(async () => {
         if (!this.s?.swarm) await (await dht.catch(() => null))?.destroy({ force: true }).catch(() => undefined);
